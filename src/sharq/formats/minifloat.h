@@ -1,0 +1,191 @@
+// Element and scale codecs: E2M1, E4M3/UE4M3, UE8M0, E6M2, S1P2, BF16, FP16.
+//
+// One implementation for host and device (SHARQ_HD). The rounding and saturation rules are the
+// contract of ../shared/docs/SHARQ_SPEC.md; E2M1, E4M3, BF16 and FP16 are bit-exact with CUDA's
+// cuda_fp4.h / cuda_fp8.h / cuda_fp16.h / cuda_bf16.h host conversions (tests/formats).
+//
+// Rounding to an integer grid is done with the "magic number" trick (x + 2^23) - 2^23, which is
+// round-to-nearest-even in IEEE FP32 for 0 <= x < 2^22 on every target, and needs no rounding-mode
+// state. These TUs are compiled with -ffp-contract=off so that no FMA changes a rounding.
+#pragma once
+
+#include "sharq/core/hd.h"
+
+namespace sharq {
+
+// ---------------------------------------------------------------------------------------------
+// E2M1 (FP4): s | e2 | m1, values +-{0, 0.5, 1, 1.5, 2, 3, 4, 6}. Code bit 3 is the sign.
+// Encode: RNE, saturate to +-6. NaN encodes to 0x7 (+6) whatever its sign, as CUDA does; the block
+// quantizers never feed NaN here (a non-finite block gets a NaN scale instead).
+SHARQ_HD uint8_t e2m1_encode(float x) {
+  if (is_nan(x)) return 0x7;
+  const uint8_t sign = (f32_bits(x) >> 28) & 0x8;
+  const float a = abs_f32(x);
+  // Decision thresholds are the midpoints; at a tie the even code (mantissa bit 0) wins, which
+  // gives ">" at 0.25, 1.25, 2.5, 5 and ">=" at 0.75, 1.75, 3.5.
+  const uint8_t mag = static_cast<uint8_t>((a > 0.25f) + (a >= 0.75f) + (a > 1.25f) + (a >= 1.75f) +
+                                           (a > 2.5f) + (a >= 3.5f) + (a > 5.0f));
+  return sign | mag;
+}
+
+SHARQ_HD float e2m1_magnitude(uint8_t code3) {
+  // 0, 0.5, 1, 1.5, 2, 3, 4, 6 without a table (device friendly): e = code>>1, m = code&1.
+  const uint32_t e = code3 >> 1, m = code3 & 1;
+  if (e == 0) return 0.5f * static_cast<float>(m);
+  return static_cast<float>((2u + m) << (e - 1)) * 0.5f;
+}
+
+SHARQ_HD float e2m1_decode(uint8_t code) {
+  const float mag = e2m1_magnitude(code & 0x7);
+  return (code & 0x8) ? -mag : mag;
+}
+
+// ---------------------------------------------------------------------------------------------
+// E4M3 (OCP FP8, "fn" variant): bias 7, max 448, subnormals m/8 * 2^-6, 0x7F/0xFF = NaN, no Inf.
+// Encode = __nv_cvt_float_to_fp8(x, __NV_SATFINITE, __NV_E4M3): RNE, +-Inf and overflow saturate
+// to +-448, NaN -> 0x7F.
+SHARQ_HD uint8_t e4m3_encode(float x) {
+  if (is_nan(x)) return 0x7F;
+  const uint32_t bits = f32_bits(x);
+  const uint8_t sign = static_cast<uint8_t>((bits >> 24) & 0x80);
+  const float a = abs_f32(x);
+  uint32_t mag;
+  if (a >= 0.015625f) {  // 2^-6: normal range. Round the FP32 mantissa to 3 bits (RNE), with carry.
+    uint32_t u = f32_bits(a);
+    u += 0x7FFFFu + ((u >> 20) & 1u);
+    u >>= 20;                         // 8-bit FP32 exponent << 3 | 3-bit mantissa
+    const uint32_t e = u >> 3;        // biased by 127
+    mag = e >= 136u ? 0x7Fu : (((e - 120u) << 3) | (u & 7u));  // 136 = 2^9 region: overflow
+    if (mag > 0x7Eu) mag = 0x7Eu;     // SATFINITE (Inf included)
+  } else {                            // subnormal: multiples of 2^-9
+    mag = static_cast<uint32_t>((a * 512.0f + 8388608.0f) - 8388608.0f);  // 0..8; 8 is 2^-6
+  }
+  return sign | static_cast<uint8_t>(mag);
+}
+
+SHARQ_HD float e4m3_decode(uint8_t code) {
+  const uint32_t e = (code >> 3) & 0xF, m = code & 0x7;
+  float mag;
+  if (e == 0xF && m == 0x7) return f32_from_bits(0x7FC00000u);
+  if (e == 0) mag = static_cast<float>(m) * 0.001953125f;  // m * 2^-9
+  else mag = f32_from_bits(((e + 120u) << 23) | (m << 20));
+  return (code & 0x80) ? -mag : mag;
+}
+
+// UE4M3: the NVFP4 scale. E4M3 restricted to non-negative inputs (callers pass amax/6 >= 0), so
+// the sign bit is always 0 and 0x7F is the NaN scale that marks a non-finite block.
+SHARQ_HD uint8_t ue4m3_encode(float x) { return e4m3_encode(abs_f32(x)) & 0x7F; }
+SHARQ_HD float ue4m3_decode(uint8_t code) { return e4m3_decode(code & 0x7F); }
+inline constexpr uint8_t kUe4m3Nan = 0x7F;
+
+// ---------------------------------------------------------------------------------------------
+// UE8M0 (MX scale): 2^(e - 127); e = 255 is NaN. e = 0 is 2^-127, an FP32 subnormal.
+inline constexpr uint8_t kUe8m0Nan = 0xFF;
+SHARQ_HD float ue8m0_decode(uint8_t e) {
+  if (e == 0xFF) return f32_from_bits(0x7FC00000u);
+  if (e == 0) return f32_from_bits(0x00400000u);
+  return f32_from_bits(static_cast<uint32_t>(e) << 23);
+}
+// floor(log2(a)) for finite a > 0. FP32 subnormals return -127 - 1 or lower: every caller clamps
+// the MX exponent at -127, so the exact value below -126 does not matter (documented there).
+SHARQ_HD int floor_log2_pos(float a) {
+  const int e = static_cast<int>((f32_bits(a) >> 23) & 0xFF);
+  return e == 0 ? -149 : e - 127;
+}
+// The OCP MX v1.0 shared exponent for an E2M1 block: floor(log2(amax)) - 2 (2 = E2M1's emax),
+// clamped to the UE8M0 range [-127, 127]. amax must be finite and > 0.
+SHARQ_HD uint8_t ue8m0_for_e2m1_block(float amax) {
+  int e = floor_log2_pos(amax) - 2;
+  if (e < -127) e = -127;
+  if (e > 127) e = 127;
+  return static_cast<uint8_t>(e + 127);
+}
+
+// ---------------------------------------------------------------------------------------------
+// E6M2 (HiF4 level-1 scale): code = (e + 48) << 2 | m, value 2^e (1 + m/4), e in [-48, 15].
+// Code 0xFF (e = 15, m = 3) is reserved; sharq uses it as the NaN scale. No zero and no subnormals:
+// values below 2^-48 (including 0) encode to the minimum 2^-48; finite values above the maximum
+// 2^15 * 1.5 saturate. Rounding: RNE on the 2-bit mantissa, with carry into the exponent.
+inline constexpr uint8_t kE6m2Nan = 0xFF;
+inline constexpr uint8_t kE6m2Max = 0xFE;
+SHARQ_HD uint8_t e6m2_encode(float x) {
+  if (is_nonfinite(x)) return kE6m2Nan;
+  const float a = abs_f32(x);
+  if (a < 3.5527136788005009e-15f) return 0;  // 2^-48
+  uint32_t u = f32_bits(a);
+  u += 0xFFFFFu + ((u >> 21) & 1u);
+  u >>= 21;                                   // FP32 exponent << 2 | 2-bit mantissa
+  const int e = static_cast<int>(u >> 2) - 127;
+  if (e > 15) return kE6m2Max;
+  const uint32_t code = (static_cast<uint32_t>(e + 48) << 2) | (u & 3u);
+  return code > kE6m2Max ? kE6m2Max : static_cast<uint8_t>(code);
+}
+SHARQ_HD float e6m2_decode(uint8_t code) {
+  if (code == kE6m2Nan) return f32_from_bits(0x7FC00000u);
+  const uint32_t e = code >> 2, m = code & 3u;  // value exponent = e - 48; FP32 biased = e + 79
+  return f32_from_bits(((e + 79u) << 23) | (m << 21));
+}
+
+// ---------------------------------------------------------------------------------------------
+// S1P2 (HiF4 element): sign | 3-bit magnitude k, value +-k/4, k in 0..7 (0 .. 1.75).
+// Encode: round to nearest, ties to even k, saturate to +-1.75; NaN -> 0x7 (as E2M1).
+SHARQ_HD uint8_t s1p2_encode(float x) {
+  if (is_nan(x)) return 0x7;
+  const uint8_t sign = (f32_bits(x) >> 28) & 0x8;
+  const float a = abs_f32(x);
+  if (a >= 1.75f) return sign | 0x7;
+  const uint32_t k = static_cast<uint32_t>((a * 4.0f + 8388608.0f) - 8388608.0f);
+  return sign | static_cast<uint8_t>(k);
+}
+SHARQ_HD float s1p2_decode(uint8_t code) {
+  const float mag = static_cast<float>(code & 0x7) * 0.25f;
+  return (code & 0x8) ? -mag : mag;
+}
+
+// ---------------------------------------------------------------------------------------------
+// BF16 and FP16: RNE, overflow to Inf (FP16), NaN -> 0x7FFF (canonical, as CUDA's host code).
+SHARQ_HD uint16_t bf16_encode(float x) {
+  if (is_nan(x)) return 0x7FFF;
+  uint32_t u = f32_bits(x);
+  u += 0x7FFFu + ((u >> 16) & 1u);
+  return static_cast<uint16_t>(u >> 16);
+}
+SHARQ_HD float bf16_decode(uint16_t h) { return f32_from_bits(static_cast<uint32_t>(h) << 16); }
+
+SHARQ_HD uint16_t fp16_encode(float x) {
+  if (is_nan(x)) return 0x7FFF;
+  const uint32_t bits = f32_bits(x);
+  const uint16_t sign = static_cast<uint16_t>((bits >> 16) & 0x8000u);
+  const float a = abs_f32(x);
+  uint32_t mag;
+  if (a >= 6.103515625e-05f) {  // 2^-14: normal range; round mantissa to 10 bits with carry
+    uint32_t u = f32_bits(a);
+    if (u >= 0x47800000u) {     // >= 2^16: beyond the largest finite half even after rounding
+      mag = 0x7C00u;
+    } else {
+      u += 0xFFFu + ((u >> 13) & 1u);
+      u >>= 13;                                // FP32 exponent << 10 | 10-bit mantissa
+      mag = u - (112u << 10);                  // rebias 127 -> 15
+      if (mag >= 0x7C00u) mag = 0x7C00u;       // rounded up past 65504: Inf
+    }
+  } else {  // subnormal: multiples of 2^-24
+    mag = static_cast<uint32_t>((a * 16777216.0f + 8388608.0f) - 8388608.0f);
+  }
+  return sign | static_cast<uint16_t>(mag);
+}
+SHARQ_HD float fp16_decode(uint16_t h) {
+  const uint32_t sign = static_cast<uint32_t>(h & 0x8000u) << 16;
+  const uint32_t e = (h >> 10) & 0x1F, m = h & 0x3FF;
+  if (e == 0x1F) return f32_from_bits(sign | 0x7F800000u | (m << 13));
+  if (e == 0) {
+    const float mag = static_cast<float>(m) * 5.9604644775390625e-08f;  // 2^-24
+    return sign ? -mag : mag;
+  }
+  return f32_from_bits(sign | ((e + 112u) << 23) | (m << 13));
+}
+
+// Round a float through a format and back (handy for references and the bf16/fp16 schemes).
+SHARQ_HD float round_bf16(float x) { return bf16_decode(bf16_encode(x)); }
+SHARQ_HD float round_fp16(float x) { return fp16_decode(fp16_encode(x)); }
+
+}  // namespace sharq

@@ -1,0 +1,380 @@
+#include "sharq/kernels/cpu/linear.h"
+
+#include <algorithm>
+#include <sstream>
+#include <stdexcept>
+
+#include <fmt/format.h>
+
+#include "sharq/decompose/sharq_decompose.h"
+#include "sharq/kernels/cpu/gemm.h"
+
+namespace sharq {
+
+// ================================================================================================
+// Scheme names
+namespace {
+
+struct BaseName { const char* name; SchemeKind kind; };
+constexpr BaseName kBaseNames[] = {
+    {"fp32", SchemeKind::fp32},   {"fp16", SchemeKind::fp16},   {"bf16", SchemeKind::bf16},
+    {"fp8", SchemeKind::fp8},     {"w4a16", SchemeKind::w4a16}, {"nvfp4", SchemeKind::nvfp4},
+    {"mxfp4", SchemeKind::mxfp4}, {"hif4", SchemeKind::hif4},   {"sharq", SchemeKind::sharq},
+    {"sharq-mxfp4", SchemeKind::sharq_mxfp4}, {"sharq-hif4", SchemeKind::sharq_hif4},
+};
+
+const char* base_name(SchemeKind k) {
+  for (const auto& b : kBaseNames)
+    if (b.kind == k) return b.name;
+  return "?";
+}
+
+MaskSpec default_mask(SchemeKind k) {
+  MaskSpec m;
+  m.kind = k == SchemeKind::sharq_hif4 ? MaskKind::scalar24 : MaskKind::pair48;
+  return m;
+}
+
+std::string join_names() {
+  std::string s;
+  for (const auto& b : kBaseNames) {
+    if (!s.empty()) s += ", ";
+    s += b.name;
+  }
+  return s;
+}
+
+}  // namespace
+
+const std::vector<std::string>& scheme_base_names() {
+  static const std::vector<std::string> names = [] {
+    std::vector<std::string> v;
+    for (const auto& b : kBaseNames) v.emplace_back(b.name);
+    return v;
+  }();
+  return names;
+}
+
+bool Scheme::is_sharq() const {
+  return kind == SchemeKind::sharq || kind == SchemeKind::sharq_mxfp4 || kind == SchemeKind::sharq_hif4;
+}
+bool Scheme::has_act_global_scale() const { return kind == SchemeKind::nvfp4 || kind == SchemeKind::sharq; }
+
+std::string Scheme::name() const {
+  std::string s = base_name(kind);
+  if (is_sharq()) {
+    const MaskSpec def = default_mask(kind);
+    if (mask.kind != def.kind || (mask.kind == MaskKind::nm)) {
+      s += ':';
+      s += to_string(MaskSpec{mask.kind, PairScore::max, mask.n, mask.m});
+    }
+    if (mask.kind == MaskKind::pair48 && mask.score != PairScore::max) {
+      static const char* names[] = {"max", "l1", "l2", "maxmin"};
+      s += ':';
+      s += names[static_cast<int>(mask.score)];
+    }
+  }
+  if (has_act_global_scale() && act_scale == GlobalScale::per_row) s += ":token";
+  return s;
+}
+
+Scheme parse_scheme(const std::string& text) {
+  std::vector<std::string> parts;
+  std::stringstream ss(text);
+  for (std::string p; std::getline(ss, p, ':');) parts.push_back(p);
+  if (parts.empty() || parts[0].empty()) throw std::invalid_argument(fmt::format("empty scheme name; known schemes: {}", join_names()));
+  Scheme s;
+  bool found = false;
+  for (const auto& b : kBaseNames)
+    if (parts[0] == b.name) { s.kind = b.kind; found = true; }
+  if (!found) throw std::invalid_argument(fmt::format("unknown scheme '{}'; known schemes: {}", parts[0], join_names()));
+  s.mask = default_mask(s.kind);
+  for (size_t i = 1; i < parts.size(); ++i) {
+    const std::string& w = parts[i];
+    const bool mask_word = w == "p48" || w == "s24" || w.rfind("nm", 0) == 0 || w == "max" || w == "l1" ||
+                           w == "l2" || w == "maxmin";
+    if (mask_word && !s.is_sharq())
+      throw std::invalid_argument(fmt::format("scheme '{}': option '{}' applies to sharq variants only", text, w));
+    if (w == "p48") s.mask.kind = MaskKind::pair48;
+    else if (w == "s24") s.mask.kind = MaskKind::scalar24;
+    else if (w == "max") s.mask.score = PairScore::max;
+    else if (w == "l1") s.mask.score = PairScore::l1;
+    else if (w == "l2") s.mask.score = PairScore::l2sq;
+    else if (w == "maxmin") s.mask.score = PairScore::max_quarter_min;
+    else if (w.rfind("nm", 0) == 0) {
+      int n = 0, m = 0;
+      char extra = 0;
+      if (std::sscanf(w.c_str(), "nm%d_%d%c", &n, &m, &extra) != 2 || n < 0 || m < 1 || n > m || m > 256)
+        throw std::invalid_argument(fmt::format("scheme '{}': bad N:M option '{}' (expected nmN_M, 0 <= N <= M <= 256)", text, w));
+      s.mask.kind = MaskKind::nm;
+      s.mask.n = n;
+      s.mask.m = m;
+    } else if (w == "tensor" || w == "token") {
+      if (!s.has_act_global_scale())
+        throw std::invalid_argument(fmt::format("scheme '{}': option '{}' applies to nvfp4 and sharq only", text, w));
+      s.act_scale = w == "token" ? GlobalScale::per_row : GlobalScale::per_tensor;
+    } else {
+      throw std::invalid_argument(fmt::format(
+          "scheme '{}': unknown option '{}' (known: p48, s24, nmN_M, max, l1, l2, maxmin, tensor, token)", text, w));
+    }
+  }
+  return s;
+}
+
+std::vector<Scheme> parse_scheme_list(const std::string& csv) {
+  std::vector<Scheme> out;
+  std::stringstream ss(csv);
+  for (std::string p; std::getline(ss, p, ',');)
+    if (!p.empty()) out.push_back(parse_scheme(p));
+  if (out.empty()) throw std::invalid_argument("empty scheme list");
+  return out;
+}
+
+Scheme sharq_baseline(const Scheme& s) {
+  Scheme b;
+  switch (s.kind) {
+    case SchemeKind::sharq: b.kind = SchemeKind::nvfp4; b.act_scale = s.act_scale; break;
+    case SchemeKind::sharq_mxfp4: b.kind = SchemeKind::mxfp4; break;
+    case SchemeKind::sharq_hif4: b.kind = SchemeKind::hif4; break;
+    default: throw std::invalid_argument(fmt::format("scheme '{}' is not a SharQ variant", s.name()));
+  }
+  return b;
+}
+
+// ================================================================================================
+// Weight sources: packed storage decoded segment by segment.
+namespace {
+
+template <class Codec>
+class Dense16Source final : public WeightPanelSource {  // fp16 / bf16 storage
+ public:
+  Dense16Source(const float* W, int64_t N, int64_t K) : N_(N), K_(K), w_(static_cast<size_t>(N * K)) {
+    for (size_t i = 0; i < w_.size(); ++i) w_[i] = Codec::encode(W[i]);
+  }
+  int64_t rows() const override { return N_; }
+  int64_t cols() const override { return K_; }
+  size_t bytes() const override { return w_.size() * 2; }
+  void decode_segment(int64_t n, int64_t k0, int kc, float* out) const override {
+    const uint16_t* p = w_.data() + n * K_ + k0;
+    for (int t = 0; t < kc; ++t) out[t] = Codec::decode(p[t]);
+  }
+ private:
+  int64_t N_, K_;
+  std::vector<uint16_t> w_;
+};
+struct Bf16Codec { static uint16_t encode(float x) { return bf16_encode(x); } static float decode(uint16_t h) { return bf16_decode(h); } };
+struct Fp16Codec { static uint16_t encode(float x) { return fp16_encode(x); } static float decode(uint16_t h) { return fp16_decode(h); } };
+
+class Fp32Source final : public WeightPanelSource {
+ public:
+  Fp32Source(const float* W, int64_t N, int64_t K) : N_(N), K_(K), w_(W, W + N * K) {}
+  int64_t rows() const override { return N_; }
+  int64_t cols() const override { return K_; }
+  size_t bytes() const override { return w_.size() * 4; }
+  void decode_segment(int64_t n, int64_t k0, int kc, float* out) const override {
+    std::copy_n(w_.data() + n * K_ + k0, kc, out);
+  }
+ private:
+  int64_t N_, K_;
+  std::vector<float> w_;
+};
+
+// E4M3 codes of one value: non-finite input becomes the NaN code (SATFINITE alone would turn Inf
+// into 448 and hide it).
+uint8_t fp8_quantize_value(float x, float s) { return is_nonfinite(x) ? 0x7F : e4m3_encode(x / s); }
+float fp8_row_scale(const float* x, int64_t K) {
+  const float a = amax_finite(x, static_cast<int>(K));
+  return a > 0.0f ? a / 448.0f : 1.0f;
+}
+
+class Fp8Source final : public WeightPanelSource {  // per-output-channel scales live in col_scale
+ public:
+  Fp8Source(const float* W, int64_t N, int64_t K, std::vector<float>& scales)
+      : N_(N), K_(K), q_(static_cast<size_t>(N * K)) {
+    scales.resize(static_cast<size_t>(N));
+    for (int64_t n = 0; n < N; ++n) {
+      scales[n] = fp8_row_scale(W + n * K, K);
+      for (int64_t k = 0; k < K; ++k) q_[n * K + k] = fp8_quantize_value(W[n * K + k], scales[n]);
+    }
+  }
+  int64_t rows() const override { return N_; }
+  int64_t cols() const override { return K_; }
+  size_t bytes() const override { return q_.size() + static_cast<size_t>(N_) * 4; }
+  void decode_segment(int64_t n, int64_t k0, int kc, float* out) const override {
+    const uint8_t* p = q_.data() + n * K_ + k0;
+    for (int t = 0; t < kc; ++t) out[t] = e4m3_decode(p[t]);
+  }
+ private:
+  int64_t N_, K_;
+  std::vector<uint8_t> q_;
+};
+
+template <class F>
+class BlockSource final : public WeightPanelSource {
+ public:
+  explicit BlockSource(QuantizedMatrix<F> q) : q_(std::move(q)) {}
+  int64_t rows() const override { return q_.rows; }
+  int64_t cols() const override { return q_.cols; }
+  size_t bytes() const override { return q_.bytes(); }
+  void decode_segment(int64_t n, int64_t k0, int kc, float* out) const override {
+    constexpr int B = F::kBlock;
+    const auto* row = q_.row(n);
+    float buf[B];
+    for (int64_t b = k0 / B; b * B < k0 + kc; ++b) {
+      dequantize_block<F>(row[b], buf);
+      const int64_t lo = std::max<int64_t>(b * B, k0), hi = std::min<int64_t>((b + 1) * B, k0 + kc);
+      for (int64_t k = lo; k < hi; ++k) out[k - k0] = buf[k - b * B];
+    }
+  }
+  const QuantizedMatrix<F>& matrix() const { return q_; }
+ private:
+  QuantizedMatrix<F> q_;
+};
+
+// ================================================================================================
+// Concrete layers: weight storage + online activation preparation.
+
+template <class F>
+std::vector<float> global_col_scale(const QuantizedMatrix<F>& q) {
+  return std::vector<float>(static_cast<size_t>(q.rows), q.global(0));
+}
+
+// Block-quantized activations X^ (scaled domain) + row scales.
+template <class F>
+void prepare_blocks(const float* X, int64_t M, int64_t K, GlobalScale g, std::vector<float>& xhat,
+                             std::vector<float>& rs) {
+    const QuantizedMatrix<F> q = quantize_matrix<F>(X, M, K, g);
+    for (int64_t m = 0; m < M; ++m) {
+      dequantize_row<F>(q.row(m), K, xhat.data() + m * K);
+      rs[m] = q.global(m);
+    }
+  }
+
+template <class V, int G>
+void prepare_sharq_packed(const float* X, int64_t M, int64_t K, const Scheme& s, std::vector<float>& xhat,
+                            std::vector<float>& rs, std::vector<float>* sh, std::vector<float>* rh) {
+    const auto a = sharq_prepare<V, G>(X, M, K, s.mask.score, s.act_scale);
+#pragma omp parallel for schedule(static) if (M * K > (1 << 15))
+    for (int64_t m = 0; m < M; ++m) {
+      sharq_dequantize_row<V, G>(a, m, xhat.data() + m * K, sh ? sh->data() + m * K : nullptr,
+                                 rh ? rh->data() + m * K : nullptr);
+      rs[m] = a.global(m);
+    }
+  }
+
+class SchemeLinear final : public Linear {
+ public:
+  SchemeLinear(const Scheme& s, const float* W, int64_t N, int64_t K, const float* bias) : Linear(s, N, K) {
+    if (bias) bias_.assign(bias, bias + N);
+    switch (s.kind) {
+      case SchemeKind::fp32: weights_ = std::make_unique<Fp32Source>(W, N, K); break;
+      case SchemeKind::fp16: weights_ = std::make_unique<Dense16Source<Fp16Codec>>(W, N, K); break;
+      case SchemeKind::bf16: weights_ = std::make_unique<Dense16Source<Bf16Codec>>(W, N, K); break;
+      case SchemeKind::fp8: weights_ = std::make_unique<Fp8Source>(W, N, K, col_scale_); break;
+      case SchemeKind::w4a16:
+      case SchemeKind::nvfp4: set_blocks<Nvfp4_16>(W, GlobalScale::per_tensor); break;
+      case SchemeKind::sharq: set_blocks<Nvfp4_32>(W, GlobalScale::per_tensor); break;  // W32 shared
+      case SchemeKind::mxfp4:
+      case SchemeKind::sharq_mxfp4: set_blocks<Mxfp4>(W, GlobalScale::none); break;
+      case SchemeKind::hif4:
+      case SchemeKind::sharq_hif4: set_blocks<Hif4>(W, GlobalScale::none); break;
+    }
+  }
+
+ protected:
+  void prepare(const float* X, int64_t M, std::vector<float>& xhat, std::vector<float>& rs,
+               std::vector<float>* sh, std::vector<float>* rh) const override {
+    const int64_t K = K_;
+    const size_t n = static_cast<size_t>(M * K);
+    xhat.resize(n);
+    rs.assign(static_cast<size_t>(M), 1.0f);
+    if (sh) sh->assign(n, 0.0f);
+    if (rh) rh->assign(n, 0.0f);
+    switch (scheme_.kind) {
+      case SchemeKind::fp32: std::copy_n(X, n, xhat.data()); break;
+      case SchemeKind::fp16: for (size_t i = 0; i < n; ++i) xhat[i] = round_fp16(X[i]); break;
+      case SchemeKind::bf16:
+      case SchemeKind::w4a16: for (size_t i = 0; i < n; ++i) xhat[i] = round_bf16(X[i]); break;
+      case SchemeKind::fp8:
+        for (int64_t m = 0; m < M; ++m) {
+          rs[m] = fp8_row_scale(X + m * K, K);
+          for (int64_t k = 0; k < K; ++k) xhat[m * K + k] = e4m3_decode(fp8_quantize_value(X[m * K + k], rs[m]));
+        }
+        break;
+      case SchemeKind::nvfp4: prepare_blocks<Nvfp4_16>(X, M, K, scheme_.act_scale, xhat, rs); break;
+      case SchemeKind::mxfp4: prepare_blocks<Mxfp4>(X, M, K, GlobalScale::none, xhat, rs); break;
+      case SchemeKind::hif4: prepare_blocks<Hif4>(X, M, K, GlobalScale::none, xhat, rs); break;
+      case SchemeKind::sharq: prepare_sharq<SharqNvfp4>(X, M, xhat, rs, sh, rh, SharqFormat::nvfp4); break;
+      case SchemeKind::sharq_mxfp4: prepare_sharq<SharqMxfp4>(X, M, xhat, rs, sh, rh, SharqFormat::mxfp4); break;
+      case SchemeKind::sharq_hif4: prepare_sharq<SharqHif4>(X, M, xhat, rs, sh, rh, SharqFormat::hif4); break;
+    }
+  }
+
+ private:
+  template <class F>
+  void set_blocks(const float* W, GlobalScale g) {
+    auto q = quantize_matrix<F>(W, N_, K_, g);
+    col_scale_ = global_col_scale(q);
+    weights_ = std::make_unique<BlockSource<F>>(std::move(q));
+  }
+
+  template <class V>
+  void prepare_sharq(const float* X, int64_t M, std::vector<float>& xhat, std::vector<float>& rs,
+                     std::vector<float>* sh, std::vector<float>* rh, SharqFormat fmt) const {
+    const GlobalScale g = V::kGlobal ? scheme_.act_scale : GlobalScale::none;
+    Scheme s = scheme_;
+    s.act_scale = g;
+    switch (scheme_.mask.kind) {
+      case MaskKind::pair48: prepare_sharq_packed<V, 8>(X, M, K_, s, xhat, rs, sh, rh); return;
+      case MaskKind::scalar24: prepare_sharq_packed<V, 4>(X, M, K_, s, xhat, rs, sh, rh); return;
+      case MaskKind::nm: {  // general N:M has no packed form: the dense reference path
+        const DenseDecomposition d = sharq_decompose_dense(X, M, K_, fmt, scheme_.mask, g);
+        for (size_t i = 0; i < xhat.size(); ++i) xhat[i] = d.s_hat[i] + d.r_hat[i];
+        if (sh) *sh = d.s_hat;
+        if (rh) *rh = d.r_hat;
+        for (int64_t m = 0; m < M; ++m) rs[m] = d.g.empty() ? 1.0f : (d.g.size() == 1 ? d.g[0] : d.g[m]);
+        return;
+      }
+    }
+  }
+};
+
+}  // namespace
+
+std::unique_ptr<Linear> Linear::create(const Scheme& scheme, const float* W, int64_t N, int64_t K, const float* bias) {
+  check_shape("Linear weight", N, K);
+  if (N * K > 0 && W == nullptr) throw std::invalid_argument("Linear::create: null weight pointer");
+  return std::make_unique<SchemeLinear>(scheme, W, N, K, bias);
+}
+
+size_t Linear::weight_bytes() const { return weights_->bytes(); }
+
+void Linear::forward(const float* X, int64_t M, float* Y) const {
+  if (M < 0) throw std::invalid_argument(fmt::format("{} linear: negative M = {}", scheme_.name(), M));
+  if (M == 0) return;
+  std::vector<float> xhat, rs;
+  prepare(X, M, xhat, rs, nullptr, nullptr);
+  gemm_xwt(xhat.data(), M, K_, *weights_, rs.data(), col_scale_.empty() ? nullptr : col_scale_.data(),
+           bias_.empty() ? nullptr : bias_.data(), Y);
+}
+
+std::vector<float> Linear::forward(const std::vector<float>& X, int64_t M) const {
+  if (M < 0 || static_cast<int64_t>(X.size()) != M * K_)
+    throw std::invalid_argument(fmt::format("{} linear: input has {} values, expected M x K = {} x {}",
+                                            scheme_.name(), X.size(), M, K_));
+  std::vector<float> Y(static_cast<size_t>(M * N_));
+  forward(X.data(), M, Y.data());
+  return Y;
+}
+
+LinearOperands Linear::operands(const float* X, int64_t M) const {
+  LinearOperands o;
+  o.M = M; o.N = N_; o.K = K_;
+  const bool sh = scheme_.is_sharq();
+  prepare(X, M, o.x, o.row_scale, sh ? &o.s_hat : nullptr, sh ? &o.r_hat : nullptr);
+  o.w = weights_->decode_all();
+  o.col_scale = col_scale_.empty() ? std::vector<float>(static_cast<size_t>(N_), 1.0f) : col_scale_;
+  return o;
+}
+
+}  // namespace sharq

@@ -1,0 +1,109 @@
+// Block quantizers: NVFP4-16/32, MXFP4-32, HiF4-64 (SHARQ_SPEC "Block quantizers").
+//
+// Each format is a small traits struct with
+//   quantize(v, block)      v: exactly kBlock floats (already divided by the second-level scale)
+//   element_scale(s, k)     the FP32 factor of logical element k (0 <= k < kBlock)
+//   decode(code)            the 4-bit element value
+// so that dequant(k) = decode(code_k) * element_scale(s, k). Every product here is exact in FP32.
+//
+// Non-finite input (sharq's own rule, SHARQ_SPEC leaves it open): a block whose max |v| is NaN or
+// Inf gets the format's NaN scale code and all-zero codes. Its dequantized values are all NaN, so
+// the NaN reaches every output the block contributes to, and no other block is touched.
+#pragma once
+
+#include "sharq/formats/blocks.h"
+#include "sharq/formats/minifloat.h"
+
+namespace sharq {
+
+// NVFP4-B: s = UE4M3(amax/6); q = E2M1(v/s) dividing by the *rounded* s; zero block -> s = 0.
+template <int B>
+struct Nvfp4 {
+  static constexpr int kBlock = B;
+  using scale_t = scale_ue4m3;
+  using block_t = block_fp4<scale_t, B>;
+
+  SHARQ_HD static void quantize(const float* v, block_t& b) {
+    for (int i = 0; i < B / 2; ++i) b.qs[i] = 0;
+    const float amax = amax_nan_sticky(v, B);
+    if (is_nonfinite(amax)) { b.s.e = kUe4m3Nan; return; }
+    b.s.e = ue4m3_encode(amax / 6.0f);
+    const float s = ue4m3_decode(b.s.e);
+    if (s == 0.0f) return;  // zero (or underflowing) block: scale 0, codes 0
+    for (int k = 0; k < B; ++k) set_nibble(b.qs, k, e2m1_encode(v[k] / s));
+  }
+  SHARQ_HD static float element_scale(const scale_t& s, int /*k*/) { return ue4m3_decode(s.e); }
+  SHARQ_HD static float decode(uint8_t code) { return e2m1_decode(code); }
+};
+
+// MXFP4-32 (OCP MX v1.0): scale 2^(floor(log2 amax) - 2), UE8M0; q = E2M1(v/scale), saturating.
+// A zero block gets scale code 0 (2^-127) and zero codes.
+struct Mxfp4 {
+  static constexpr int kBlock = 32;
+  using scale_t = scale_ue8m0;
+  using block_t = block_fp4<scale_t, 32>;
+
+  SHARQ_HD static void quantize(const float* v, block_t& b) {
+    for (int i = 0; i < 16; ++i) b.qs[i] = 0;
+    const float amax = amax_nan_sticky(v, 32);
+    if (is_nonfinite(amax)) { b.s.e = kUe8m0Nan; return; }
+    if (amax == 0.0f) { b.s.e = 0; return; }
+    b.s.e = ue8m0_for_e2m1_block(amax);
+    const float s = ue8m0_decode(b.s.e);
+    for (int k = 0; k < 32; ++k) set_nibble(b.qs, k, e2m1_encode(v[k] / s));
+  }
+  SHARQ_HD static float element_scale(const scale_t& s, int /*k*/) { return ue8m0_decode(s.e); }
+  SHARQ_HD static float decode(uint8_t code) { return e2m1_decode(code); }
+};
+
+// HiF4-64: three-level scale (E6M2 unit scale, x2 per 8-group, x2 per 4-group), S1P2 elements.
+struct Hif4 {
+  static constexpr int kBlock = 64;
+  using scale_t = scale_hif4;
+  using block_t = block_fp4<scale_t, 64>;
+
+  SHARQ_HD static int e8_bit(const scale_t& s, int k) { return (s.e8 >> (k >> 3)) & 1; }
+  SHARQ_HD static int e16_bit(const scale_t& s, int k) { return (s.e16[k >> 5] >> ((k >> 2) & 7)) & 1; }
+
+  SHARQ_HD static void quantize(const float* v, block_t& b) {
+    for (int i = 0; i < 32; ++i) b.qs[i] = 0;
+    b.s.e8 = 0; b.s.e16[0] = 0; b.s.e16[1] = 0;
+    const float vmax = amax_nan_sticky(v, 64);
+    if (is_nonfinite(vmax)) { b.s.sf = kE6m2Nan; return; }
+    b.s.sf = e6m2_encode(vmax / 7.0f);
+    const float sf = e6m2_decode(b.s.sf);
+    for (int j = 0; j < 8; ++j) {
+      if (amax_nan_sticky(v + 8 * j, 8) / sf >= 4.0f) b.s.e8 = static_cast<uint8_t>(b.s.e8 | (1u << j));
+    }
+    for (int i = 0; i < 16; ++i) {
+      const float s8 = sf * static_cast<float>(1 << e8_bit(b.s, 4 * i));
+      if (amax_nan_sticky(v + 4 * i, 4) / s8 >= 2.0f)
+        b.s.e16[i >> 3] = static_cast<uint8_t>(b.s.e16[i >> 3] | (1u << (i & 7)));
+    }
+    for (int k = 0; k < 64; ++k) set_nibble(b.qs, k, s1p2_encode(v[k] / element_scale(b.s, k)));
+  }
+  SHARQ_HD static float element_scale(const scale_t& s, int k) {
+    return e6m2_decode(s.sf) * static_cast<float>(1 << (e8_bit(s, k) + e16_bit(s, k)));
+  }
+  SHARQ_HD static float decode(uint8_t code) { return s1p2_decode(code); }
+};
+
+using Nvfp4_16 = Nvfp4<16>;
+using Nvfp4_32 = Nvfp4<32>;
+
+// Dequantize one block into kBlock floats.
+template <class F>
+SHARQ_HD void dequantize_block(const typename F::block_t& b, float* out) {
+  for (int k = 0; k < F::kBlock; ++k) out[k] = F::decode(get_nibble(b.qs, k)) * F::element_scale(b.s, k);
+}
+
+// ---- second-level (FP32) scale for NVFP4 --------------------------------------------------------
+// g = max|T| / (448 * 6), clamped to >= 1e-9; the max runs over the finite values only, so a NaN or
+// Inf poisons only its own block (above), never the scale of the whole tensor/row.
+inline constexpr float kNvfp4GlobalDiv = 448.0f * 6.0f;  // 2688
+SHARQ_HD float nvfp4_global_scale(float amax_finite_value) {
+  const float g = amax_finite_value / kNvfp4GlobalDiv;
+  return g >= 1e-9f ? g : 1e-9f;
+}
+
+}  // namespace sharq

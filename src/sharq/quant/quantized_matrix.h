@@ -1,0 +1,76 @@
+// Host containers for block-quantized matrices, and whole-matrix quantize/dequantize.
+//
+// A QuantizedMatrix<F> holds rows x cols logical values as rows of ceil(cols / F::kBlock) blocks
+// (blocks.h). K that is not a multiple of the block is zero-padded, which is exact.
+// NVFP4 adds the FP32 second-level scale g (per tensor or per row): the blocks quantize x / g, and
+// g multiplies back in the GEMM epilogue.
+#pragma once
+
+#include <cstdint>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "sharq/quant/block_quant.h"
+
+namespace sharq {
+
+enum class GlobalScale { none, per_tensor, per_row };
+
+template <class F>
+struct QuantizedMatrix {
+  using block_t = typename F::block_t;
+  int64_t rows = 0, cols = 0;
+  int64_t blocks_per_row = 0;       // ceil(cols / F::kBlock)
+  std::vector<block_t> blocks;      // rows * blocks_per_row
+  GlobalScale gmode = GlobalScale::none;
+  std::vector<float> g;             // empty (none), 1 (per tensor) or rows (per row)
+
+  const block_t* row(int64_t r) const { return blocks.data() + r * blocks_per_row; }
+  block_t* row(int64_t r) { return blocks.data() + r * blocks_per_row; }
+  float global(int64_t r) const { return g.empty() ? 1.0f : (g.size() == 1 ? g[0] : g[static_cast<size_t>(r)]); }
+  size_t bytes() const { return blocks.size() * sizeof(block_t) + g.size() * sizeof(float); }
+};
+
+inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+// Second-level scales of a rows x cols matrix: {} (none), {g} (per tensor) or one per row.
+std::vector<float> nvfp4_global_scales(const float* x, int64_t rows, int64_t cols, GlobalScale mode);
+
+// Quantize one row of `cols` values divided by g into ceil(cols/B) blocks (zero-padded tail).
+template <class F>
+void quantize_row(const float* x, int64_t cols, float g, typename F::block_t* out) {
+  const int B = F::kBlock;
+  float buf[F::kBlock];
+  for (int64_t b = 0; b * B < cols; ++b) {
+    for (int k = 0; k < B; ++k) {
+      const int64_t c = b * B + k;
+      buf[k] = c < cols ? (g == 1.0f ? x[c] : x[c] / g) : 0.0f;
+    }
+    F::quantize(buf, out[b]);
+  }
+}
+
+// Dequantize one row into `cols` floats, in the scaled domain (g not applied).
+template <class F>
+void dequantize_row(const typename F::block_t* blocks, int64_t cols, float* out) {
+  const int B = F::kBlock;
+  float buf[F::kBlock];
+  for (int64_t b = 0; b * B < cols; ++b) {
+    dequantize_block<F>(blocks[b], buf);
+    for (int k = 0; k < B && b * B + k < cols; ++k) out[b * B + k] = buf[k];
+  }
+}
+
+// Quantize a row-major rows x cols matrix. `gmode` must be none for formats without a second level.
+template <class F>
+QuantizedMatrix<F> quantize_matrix(const float* x, int64_t rows, int64_t cols, GlobalScale gmode);
+
+// Dequantize to rows x cols floats. with_global = true multiplies g back in (real domain).
+template <class F>
+std::vector<float> dequantize_matrix(const QuantizedMatrix<F>& q, bool with_global);
+
+// Throws std::invalid_argument naming `what` when a dimension is negative or too large.
+void check_shape(const char* what, int64_t rows, int64_t cols);
+
+}  // namespace sharq
