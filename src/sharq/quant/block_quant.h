@@ -16,6 +16,14 @@
 
 namespace sharq {
 
+// value table of the 16 codes of a 4-bit element format, times one scale: table[c] = decode(c) * s.
+// Dequantizing through it gives exactly decode(c) * s (the same single product) at a table lookup
+// per element.
+template <class Decode>
+SHARQ_HD void scaled_code_table(float s, float* table, Decode decode) {
+  for (int c = 0; c < 16; ++c) table[c] = decode(static_cast<uint8_t>(c)) * s;
+}
+
 // NVFP4-B: s = UE4M3(amax/6); q = E2M1(v/s) dividing by the *rounded* s; zero block -> s = 0.
 template <int B>
 struct Nvfp4 {
@@ -34,6 +42,11 @@ struct Nvfp4 {
   }
   SHARQ_HD static float element_scale(const scale_t& s, int /*k*/) { return ue4m3_decode(s.e); }
   SHARQ_HD static float decode(uint8_t code) { return e2m1_decode(code); }
+  SHARQ_HD static void dequantize(const block_t& b, float* out) {
+    float t[16];
+    scaled_code_table(ue4m3_decode(b.s.e), t, e2m1_decode);
+    for (int i = 0; i < B / 2; ++i) { out[2 * i] = t[b.qs[i] & 0xF]; out[2 * i + 1] = t[b.qs[i] >> 4]; }
+  }
 };
 
 // MXFP4-32 (OCP MX v1.0): scale 2^(floor(log2 amax) - 2), UE8M0; q = E2M1(v/scale), saturating.
@@ -54,6 +67,11 @@ struct Mxfp4 {
   }
   SHARQ_HD static float element_scale(const scale_t& s, int /*k*/) { return ue8m0_decode(s.e); }
   SHARQ_HD static float decode(uint8_t code) { return e2m1_decode(code); }
+  SHARQ_HD static void dequantize(const block_t& b, float* out) {
+    float t[16];
+    scaled_code_table(ue8m0_decode(b.s.e), t, e2m1_decode);
+    for (int i = 0; i < 16; ++i) { out[2 * i] = t[b.qs[i] & 0xF]; out[2 * i + 1] = t[b.qs[i] >> 4]; }
+  }
 };
 
 // HiF4-64: three-level scale (E6M2 unit scale, x2 per 8-group, x2 per 4-group), S1P2 elements.
@@ -86,15 +104,29 @@ struct Hif4 {
     return e6m2_decode(s.sf) * static_cast<float>(1 << (e8_bit(s, k) + e16_bit(s, k)));
   }
   SHARQ_HD static float decode(uint8_t code) { return s1p2_decode(code); }
+  SHARQ_HD static void dequantize(const block_t& b, float* out) {
+    float base[16];
+    scaled_code_table(1.0f, base, s1p2_decode);
+    const float sf = e6m2_decode(b.s.sf);
+    for (int g = 0; g < 16; ++g) {  // one scale per 4-group: the same product as element_scale()
+      const float s = sf * static_cast<float>(1 << (e8_bit(b.s, 4 * g) + e16_bit(b.s, 4 * g)));
+      const uint8_t lo = b.qs[2 * g], hi = b.qs[2 * g + 1];
+      out[4 * g] = base[lo & 0xF] * s;
+      out[4 * g + 1] = base[lo >> 4] * s;
+      out[4 * g + 2] = base[hi & 0xF] * s;
+      out[4 * g + 3] = base[hi >> 4] * s;
+    }
+  }
 };
 
 using Nvfp4_16 = Nvfp4<16>;
 using Nvfp4_32 = Nvfp4<32>;
 
-// Dequantize one block into kBlock floats.
+// Dequantize one block into kBlock floats: out[k] = decode(code_k) * element_scale(s, k), computed
+// by each format's table-driven F::dequantize (tests check it against this per-element definition).
 template <class F>
 SHARQ_HD void dequantize_block(const typename F::block_t& b, float* out) {
-  for (int k = 0; k < F::kBlock; ++k) out[k] = F::decode(get_nibble(b.qs, k)) * F::element_scale(b.s, k);
+  F::dequantize(b, out);
 }
 
 // ---- second-level (FP32) scale for NVFP4 --------------------------------------------------------

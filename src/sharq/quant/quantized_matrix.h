@@ -34,6 +34,19 @@ struct QuantizedMatrix {
 
 inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
+// The W32-shared NVFP4 weight payload (SHARQ_SPEC "The SharQ decomposition", step 6) read as
+// NVFP4-16 blocks, as SharQ's dense (residual) path reads it: 16-block j16 of row r is half j16 % 2
+// of 32-block j16 / 2, with that block's scale code duplicated. Nothing is re-rounded, so the view
+// dequantizes to exactly the same W^ as the 32-block view the sparse path reads.
+// 0 <= j16 < 2 * q.blocks_per_row; 16-blocks past ceil(cols / 16) hold only padding.
+inline block_nvfp4_16 nvfp4_16_view(const QuantizedMatrix<Nvfp4_32>& q, int64_t r, int64_t j16) {
+  const block_nvfp4_32& b = q.row(r)[j16 / 2];
+  block_nvfp4_16 v;
+  v.s = b.s;
+  for (int i = 0; i < 8; ++i) v.qs[i] = b.qs[(j16 % 2) * 8 + i];
+  return v;
+}
+
 // Second-level scales of a rows x cols matrix: {} (none), {g} (per tensor) or one per row.
 std::vector<float> nvfp4_global_scales(const float* x, int64_t rows, int64_t cols, GlobalScale mode);
 

@@ -36,7 +36,8 @@ class WeightPanelSource {
 
   // W[n0 + j][k0 + t] -> panel[t * kGemmNR + j] for j < nr, t < kc (kc <= kGemmKC); columns j >= nr
   // are written as 0.
-  void decode_panel(int64_t n0, int nr, int64_t k0, int kc, float* panel) const;
+  // The default goes through decode_segment; packed formats override it to decode in place.
+  virtual void decode_panel(int64_t n0, int nr, int64_t k0, int kc, float* panel) const;
   std::vector<float> decode_all() const;  // N x K, for references and tools (not used by forward)
 };
 

@@ -226,7 +226,23 @@ class BlockSource final : public WeightPanelSource {
       for (int64_t k = lo; k < hi; ++k) out[k - k0] = buf[k - b * B];
     }
   }
-  const QuantizedMatrix<F>& matrix() const { return q_; }
+  // Straight into the k-major panel: one block decode per (row, block), no intermediate copy.
+  void decode_panel(int64_t n0, int nr, int64_t k0, int kc, float* panel) const override {
+    constexpr int B = F::kBlock;
+    float buf[B];
+    for (int j = 0; j < kGemmNR; ++j) {
+      if (j >= nr) {
+        for (int t = 0; t < kc; ++t) panel[t * kGemmNR + j] = 0.0f;
+        continue;
+      }
+      const auto* row = q_.row(n0 + j);
+      for (int t0 = 0; t0 < kc; t0 += B) {  // k0 is a multiple of kGemmKC, hence of B
+        dequantize_block<F>(row[(k0 + t0) / B], buf);
+        const int len = std::min(B, kc - t0);
+        for (int t = 0; t < len; ++t) panel[(t0 + t) * kGemmNR + j] = buf[t];
+      }
+    }
+  }
  private:
   QuantizedMatrix<F> q_;
 };

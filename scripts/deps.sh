@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# Install sharq's Debian build dependencies (idempotent: packages already present are skipped).
+set -euo pipefail
+pkgs=(g++ cmake ninja-build pkg-config
+      libgtest-dev libgmock-dev libbenchmark-dev
+      libfmt-dev libcli11-dev nlohmann-json3-dev)
+missing=()
+for p in "${pkgs[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if ((${#missing[@]})); then
+  echo "sharq: installing Debian packages: ${missing[*]}"
+  SUDO=""
+  if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}"
+fi
