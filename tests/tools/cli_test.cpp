@@ -1,0 +1,52 @@
+// The CLI's contract: a clean run exits 0; bad input exits non-zero with a message that names
+// the problem.
+#include <gtest/gtest.h>
+
+#include <array>
+#include <cstdio>
+#include <string>
+#include <sys/wait.h>
+
+namespace {
+
+struct Result { int status; std::string out; };
+
+Result run(const std::string& args) {
+  const std::string cmd = std::string(SHARQ_CLI_PATH) + " " + args + " 2>&1";
+  FILE* p = popen(cmd.c_str(), "r");
+  Result r{-1, {}};
+  if (!p) return r;
+  std::array<char, 4096> buf{};
+  size_t n;
+  while ((n = fread(buf.data(), 1, buf.size(), p)) > 0) r.out.append(buf.data(), n);
+  const int st = pclose(p);
+  r.status = WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+  return r;
+}
+
+TEST(Cli, OpcheckPrintsTheErrorTable) {
+  const Result r = run("opcheck -M 4 -K 128 -N 16 --schemes nvfp4,sharq");
+  EXPECT_EQ(r.status, 0) << r.out;
+  EXPECT_NE(r.out.find("rel_err"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("sharq"), std::string::npos) << r.out;
+}
+
+TEST(Cli, UnknownSchemeFailsWithItsName) {
+  const Result r = run("opcheck -M 4 -K 64 -N 4 --schemes fp32,nosuch");
+  EXPECT_NE(r.status, 0);
+  EXPECT_NE(r.out.find("unknown scheme 'nosuch'"), std::string::npos) << r.out;
+}
+
+TEST(Cli, MissingInputFileFailsWithThePath) {
+  const Result r = run("opcheck --x /nonexistent/x.npy");
+  EXPECT_NE(r.status, 0);
+  EXPECT_NE(r.out.find("/nonexistent/x.npy"), std::string::npos) << r.out;
+}
+
+TEST(Cli, BadOptionValueFails) {
+  EXPECT_NE(run("opcheck -M -3").status, 0);
+  EXPECT_NE(run("nosuchcommand").status, 0);
+  EXPECT_NE(run("").status, 0);  // a subcommand is required
+}
+
+}  // namespace
