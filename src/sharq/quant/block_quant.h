@@ -19,9 +19,9 @@ namespace sharq {
 // value table of the 16 codes of a 4-bit element format, times one scale: table[c] = decode(c) * s.
 // Dequantizing through it gives exactly decode(c) * s (the same single product) at a table lookup
 // per element.
-template <class Decode>
-SHARQ_HD void scaled_code_table(float s, float* table, Decode decode) {
-  for (int c = 0; c < 16; ++c) table[c] = decode(static_cast<uint8_t>(c)) * s;
+template <class F>
+SHARQ_HD void scaled_code_table(float s, float* table) {
+  for (int c = 0; c < 16; ++c) table[c] = F::decode(static_cast<uint8_t>(c)) * s;
 }
 
 // NVFP4-B: s = UE4M3(amax/6); q = E2M1(v/s) dividing by the *rounded* s; zero block -> s = 0.
@@ -44,7 +44,7 @@ struct Nvfp4 {
   SHARQ_HD static float decode(uint8_t code) { return e2m1_decode(code); }
   SHARQ_HD static void dequantize(const block_t& b, float* out) {
     float t[16];
-    scaled_code_table(ue4m3_decode(b.s.e), t, e2m1_decode);
+    scaled_code_table<Nvfp4>(ue4m3_decode(b.s.e), t);
     for (int i = 0; i < B / 2; ++i) { out[2 * i] = t[b.qs[i] & 0xF]; out[2 * i + 1] = t[b.qs[i] >> 4]; }
   }
 };
@@ -69,7 +69,7 @@ struct Mxfp4 {
   SHARQ_HD static float decode(uint8_t code) { return e2m1_decode(code); }
   SHARQ_HD static void dequantize(const block_t& b, float* out) {
     float t[16];
-    scaled_code_table(ue8m0_decode(b.s.e), t, e2m1_decode);
+    scaled_code_table<Mxfp4>(ue8m0_decode(b.s.e), t);
     for (int i = 0; i < 16; ++i) { out[2 * i] = t[b.qs[i] & 0xF]; out[2 * i + 1] = t[b.qs[i] >> 4]; }
   }
 };
@@ -106,7 +106,7 @@ struct Hif4 {
   SHARQ_HD static float decode(uint8_t code) { return s1p2_decode(code); }
   SHARQ_HD static void dequantize(const block_t& b, float* out) {
     float base[16];
-    scaled_code_table(1.0f, base, s1p2_decode);
+    scaled_code_table<Hif4>(1.0f, base);
     const float sf = e6m2_decode(b.s.sf);
     for (int g = 0; g < 16; ++g) {  // one scale per 4-group: the same product as element_scale()
       const float s = sf * static_cast<float>(1 << (e8_bit(b.s, 4 * g) + e16_bit(b.s, 4 * g)));

@@ -1,0 +1,41 @@
+// Checked CUDA calls: a failure throws std::runtime_error naming the call, file and line.
+#pragma once
+
+#include <stdexcept>
+#include <string>
+
+#include <cuda_runtime.h>
+
+#define SHARQ_CUDA_CHECK(call)                                                                        \
+  do {                                                                                                \
+    const cudaError_t sharq_err_ = (call);                                                            \
+    if (sharq_err_ != cudaSuccess)                                                                    \
+      throw std::runtime_error(std::string("CUDA call failed: ") + #call + " at " + __FILE__ + ":" + \
+                               std::to_string(__LINE__) + ": " + cudaGetErrorString(sharq_err_));   \
+  } while (0)
+
+namespace sharq::cuda {
+
+// Number of usable CUDA devices; 0 (never an exception) when there is no driver or no GPU.
+int device_count() noexcept;
+
+// RAII device buffer: freed on every path, errors included.
+template <class T>
+class DeviceBuffer {
+ public:
+  explicit DeviceBuffer(size_t n) : n_(n) {
+    if (n) SHARQ_CUDA_CHECK(cudaMalloc(&p_, n * sizeof(T)));
+  }
+  ~DeviceBuffer() { if (p_) cudaFree(p_); }
+  DeviceBuffer(const DeviceBuffer&) = delete;
+  DeviceBuffer& operator=(const DeviceBuffer&) = delete;
+  T* get() const { return p_; }
+  size_t size() const { return n_; }
+  void upload(const T* h) { if (n_) SHARQ_CUDA_CHECK(cudaMemcpy(p_, h, n_ * sizeof(T), cudaMemcpyHostToDevice)); }
+  void download(T* h) const { if (n_) SHARQ_CUDA_CHECK(cudaMemcpy(h, p_, n_ * sizeof(T), cudaMemcpyDeviceToHost)); }
+ private:
+  T* p_ = nullptr;
+  size_t n_;
+};
+
+}  // namespace sharq::cuda
