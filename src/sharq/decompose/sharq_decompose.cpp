@@ -83,19 +83,19 @@ DenseDecomposition decompose_dense(const float* x, int64_t rows, int64_t cols, c
     const size_t o = static_cast<size_t>(r * cols);
     const float g = d.g.empty() ? 1.0f : (d.g.size() == 1 ? d.g[0] : d.g[r]);
     for (int64_t c = 0; c < cols; ++c) d.xt[o + c] = x[o + c] / g;
-    const std::vector<uint8_t> keep = mask_row(&d.xt[o], cols, mask);
+    const std::vector<uint8_t> keep = mask_row(d.xt.data() + o, cols, mask);
     for (int64_t c = 0; c < cols; ++c) {
       d.keep[o + c] = keep[c];
       d.s[o + c] = keep[c] ? d.xt[o + c] : 0.0f;
     }
-    quantize_row<Fbb>(&d.s[o], cols, 1.0f, qb.data());
-    dequantize_row<Fbb>(qb.data(), cols, &d.s_hat[o]);
+    quantize_row<Fbb>(d.s.data() + o, cols, 1.0f, qb.data());
+    dequantize_row<Fbb>(qb.data(), cols, d.s_hat.data() + o);
     for (int64_t c = 0; c < cols; ++c) {
       if (!keep[c]) d.s_hat[o + c] = 0.0f;  // masked positions stay 0, even in a NaN block
       d.r[o + c] = d.xt[o + c] - d.s_hat[o + c];
     }
-    quantize_row<Fres>(&d.r[o], cols, 1.0f, qr.data());
-    dequantize_row<Fres>(qr.data(), cols, &d.r_hat[o]);
+    quantize_row<Fres>(d.r.data() + o, cols, 1.0f, qr.data());
+    dequantize_row<Fres>(qr.data(), cols, d.r_hat.data() + o);
   }
   return d;
 }

@@ -66,7 +66,9 @@ void gemm_xwt(const float* A, int64_t M, int64_t K, const WeightPanelSource& W, 
   if (W.cols() != K) throw std::invalid_argument("gemm_xwt: K of activations and weights differ");
   if (M == 0 || N == 0) return;
   const int64_t panels = (N + kGemmNR - 1) / kGemmNR;
-#pragma omp parallel
+  // Small products stay on the calling thread: waking the team costs more than it saves.
+  const bool parallel = panels > 1 && M * N * K >= (int64_t{1} << 18);
+#pragma omp parallel if (parallel)
   {
     alignas(64) float panel[kGemmKC * kGemmNR];
     std::vector<float> C(static_cast<size_t>(M * kGemmNR));

@@ -1,6 +1,7 @@
 #include "sharq/kernels/cpu/linear.h"
 
 #include <algorithm>
+#include <cstdio>
 #include <sstream>
 #include <stdexcept>
 
@@ -118,6 +119,8 @@ Scheme parse_scheme(const std::string& text) {
           "scheme '{}': unknown option '{}' (known: p48, s24, nmN_M, max, l1, l2, maxmin, tensor, token)", text, w));
     }
   }
+  if (s.mask.kind != MaskKind::pair48 && s.mask.score != PairScore::max)
+    throw std::invalid_argument(fmt::format("scheme '{}': pair scores (l1, l2, maxmin) apply to the p48 mask only", text));
   return s;
 }
 
