@@ -319,6 +319,18 @@ TYPED_TEST(QuantMatrix, InvalidShapesThrow) {
   EXPECT_NO_THROW(sharq::check_shape("t", (int64_t{1} << 31) - 1, 0));
 }
 
+TYPED_TEST(QuantMatrix, SecondLevelScaleOnlyForNvfp4) {
+  using F = TypeParam;
+  const float x[64] = {1.0f};
+  for (GlobalScale g : {GlobalScale::per_tensor, GlobalScale::per_row}) {
+    if constexpr (F::kHasGlobal) {
+      EXPECT_NO_THROW(sharq::quantize_matrix<F>(x, 1, 64, g));
+    } else {
+      EXPECT_THROW(sharq::quantize_matrix<F>(x, 1, 64, g), std::invalid_argument);
+    }
+  }
+}
+
 // =====================================================================================================
 // NVFP4 second-level scale
 TEST(Nvfp4GlobalScale, HandCheckedValues) {
@@ -346,6 +358,33 @@ TEST(Nvfp4GlobalScale, HandCheckedValues) {
   // A row of NaNs only: no finite value, g = 1e-9.
   const float nans[3] = {kNaN, kNaN, -kInf};
   EXPECT_EQ(sharq::nvfp4_global_scales(nans, 1, 3, GlobalScale::per_row)[0], 1e-9f);
+}
+
+TEST(Nvfp4GlobalScale, BlocksQuantizeXDividedByGInFp32) {
+  // g = 40320 / 2688 = 15. Block 1 holds 90, 18.75, 37.5, 75: divided by 15 that is exactly 6,
+  // 1.25, 2.5, 5, i.e. three E2M1 ties with scale s = UE4M3(6/6) = 1, which round to even:
+  // 1.25 -> 1, 2.5 -> 2, 5 -> 4. (Multiplying by a rounded 1/15 instead would land just above
+  // each tie, giving 1.5, 3 and 6.)
+  std::vector<float> x(32, 0.0f);
+  x[0] = 40320.0f;
+  x[16] = 90.0f; x[17] = 18.75f; x[18] = 37.5f; x[19] = -75.0f;
+  for (GlobalScale mode : {GlobalScale::per_tensor, GlobalScale::per_row}) {
+    const auto q = sharq::quantize_matrix<sharq::Nvfp4_16>(x.data(), 1, 32, mode);
+    ASSERT_EQ(q.g.size(), 1u);
+    EXPECT_EQ(q.g[0], 15.0f);
+    EXPECT_EQ(q.row(0)[0].s.e, 0x7E);  // 2688 / 6 = 448
+    EXPECT_EQ(q.row(0)[1].s.e, 0x38);  // 1.0
+    EXPECT_EQ(code_at(q.row(0)[1], 0), 0x7);
+    EXPECT_EQ(code_at(q.row(0)[1], 1), 0x2);
+    EXPECT_EQ(code_at(q.row(0)[1], 2), 0x4);
+    EXPECT_EQ(code_at(q.row(0)[1], 3), 0xE);
+    const std::vector<float> d = sharq::dequantize_matrix(q, true);
+    EXPECT_EQ(d[0], 40320.0f);
+    EXPECT_EQ(d[16], 90.0f);
+    EXPECT_EQ(d[17], 15.0f);
+    EXPECT_EQ(d[18], 30.0f);
+    EXPECT_EQ(d[19], -60.0f);
+  }
 }
 
 TEST(Nvfp4GlobalScale, PerTensorIsTheMaxOfPerRow) {

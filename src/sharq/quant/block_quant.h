@@ -28,6 +28,7 @@ SHARQ_HD void scaled_code_table(float s, float* table) {
 template <int B>
 struct Nvfp4 {
   static constexpr int kBlock = B;
+  static constexpr bool kHasGlobal = true;  // FP32 second-level scale
   using scale_t = scale_ue4m3;
   using block_t = block_fp4<scale_t, B>;
 
@@ -53,6 +54,7 @@ struct Nvfp4 {
 // A zero block gets scale code 0 (2^-127) and zero codes.
 struct Mxfp4 {
   static constexpr int kBlock = 32;
+  static constexpr bool kHasGlobal = false;
   using scale_t = scale_ue8m0;
   using block_t = block_fp4<scale_t, 32>;
 
@@ -77,6 +79,7 @@ struct Mxfp4 {
 // HiF4-64: three-level scale (E6M2 unit scale, x2 per 8-group, x2 per 4-group), S1P2 elements.
 struct Hif4 {
   static constexpr int kBlock = 64;
+  static constexpr bool kHasGlobal = false;
   using scale_t = scale_hif4;
   using block_t = block_fp4<scale_t, 64>;
 

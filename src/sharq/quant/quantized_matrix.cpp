@@ -31,6 +31,8 @@ std::vector<float> nvfp4_global_scales(const float* x, int64_t rows, int64_t col
 template <class F>
 QuantizedMatrix<F> quantize_matrix(const float* x, int64_t rows, int64_t cols, GlobalScale gmode) {
   check_shape("quantize_matrix", rows, cols);
+  if (!F::kHasGlobal && gmode != GlobalScale::none)
+    throw std::invalid_argument("quantize_matrix: MXFP4 and HiF4 have no second-level scale (use GlobalScale::none)");
   QuantizedMatrix<F> q;
   q.rows = rows;
   q.cols = cols;
