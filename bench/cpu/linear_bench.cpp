@@ -8,6 +8,7 @@
 #include <cstdio>
 #include <fstream>
 #include <map>
+#include <set>
 #include <string>
 #include <thread>
 #include <vector>
@@ -59,8 +60,16 @@ void BM_sharq_prepare_only(benchmark::State& state) {  // the online activation 
 class RatioReporter : public benchmark::ConsoleReporter {
  public:
   void ReportRuns(const std::vector<Run>& runs) override {
-    for (const auto& r : runs)
-      if (r.run_type == Run::RT_Iteration) times_[r.benchmark_name()] = r.GetAdjustedRealTime();
+    // single runs, or the median when --benchmark_repetitions asks for aggregates
+    for (const auto& r : runs) {
+      std::string name = r.benchmark_name();
+      name = name.substr(0, name.find("/real_time"));
+      if (r.run_type == Run::RT_Iteration && !medians_.count(name)) times_[name] = r.GetAdjustedRealTime();
+      if (r.run_type == Run::RT_Aggregate && r.aggregate_name == "median") {
+        times_[name] = r.GetAdjustedRealTime();
+        medians_.insert(name);
+      }
+    }
     ConsoleReporter::ReportRuns(runs);
   }
   void Finalize() override {
@@ -81,6 +90,7 @@ class RatioReporter : public benchmark::ConsoleReporter {
   }
  private:
   std::map<std::string, double> times_;
+  std::set<std::string> medians_;
 };
 
 }  // namespace

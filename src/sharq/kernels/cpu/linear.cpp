@@ -1,6 +1,7 @@
 #include "sharq/kernels/cpu/linear.h"
 
 #include <algorithm>
+#include <array>
 #include <cstdio>
 #include <sstream>
 #include <stdexcept>
@@ -204,8 +205,13 @@ class Fp8Source final : public WeightPanelSource {  // per-output-channel scales
   int64_t cols() const override { return K_; }
   size_t bytes() const override { return q_.size() + static_cast<size_t>(N_) * 4; }
   void decode_segment(int64_t n, int64_t k0, int kc, float* out) const override {
+    static const std::array<float, 256> table = [] {  // e4m3_decode of every code
+      std::array<float, 256> t{};
+      for (int c = 0; c < 256; ++c) t[c] = e4m3_decode(static_cast<uint8_t>(c));
+      return t;
+    }();
     const uint8_t* p = q_.data() + n * K_ + k0;
-    for (int t = 0; t < kc; ++t) out[t] = e4m3_decode(p[t]);
+    for (int t = 0; t < kc; ++t) out[t] = table[p[t]];
   }
  private:
   int64_t N_, K_;
