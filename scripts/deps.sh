@@ -3,7 +3,8 @@
 set -euo pipefail
 pkgs=(g++ cmake ninja-build pkg-config
       libgtest-dev libgmock-dev libbenchmark-dev
-      libfmt-dev libcli11-dev nlohmann-json3-dev)
+      libfmt-dev libcli11-dev nlohmann-json3-dev
+      libpcre2-dev libutf8proc-dev libsentencepiece-dev)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

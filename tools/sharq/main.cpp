@@ -4,13 +4,22 @@
 // errors exit with CLI11's status (non-zero) and its message.
 #include <cstdio>
 #include <exception>
+#include <fstream>
+#include <stdexcept>
 #include <string>
 
 #include <CLI/CLI.hpp>
 #include <fmt/format.h>
 
 #include "sharq/kernels/cpu/linear.h"
+#include "sharq/model/checkpoint.h"
+#include "sharq/model/tokenizer.h"
+#include "sharq/model/transformer.h"
+#include "sharq/tools/analyze.h"
+#include "sharq/tools/generate.h"
 #include "sharq/tools/opcheck.h"
+#include "sharq/tools/perplexity.h"
+#include "sharq/tools/zeroshot.h"
 
 namespace {
 
@@ -31,6 +40,36 @@ int cmd_opcheck(const sharq::OpcheckConfig& cfg, bool csv, bool json) {
   if (json) std::fputs(sharq::format_opcheck_json(r).c_str(), stdout);
   else if (csv) std::fputs(sharq::format_opcheck_csv(r).c_str(), stdout);
   else std::fputs(sharq::format_opcheck_table(r).c_str(), stdout);
+  return 0;
+}
+
+struct GenerateArgs {
+  std::string model, tokenizer, scheme = "fp32";
+  sharq::GenerateOptions opt;
+  bool stats = false;
+};
+
+int cmd_generate(const GenerateArgs& a) {
+  const sharq::Checkpoint ck = sharq::load_checkpoint(a.model);
+  const auto tok = sharq::load_tokenizer_for(a.model, a.tokenizer);
+  const sharq::Transformer model(ck, sharq::parse_scheme(a.scheme));
+  const auto r = sharq::generate(model, *tok, a.opt, [](const std::string& piece) {
+    std::fputs(piece.c_str(), stdout);
+    std::fflush(stdout);
+  });
+  std::fputc('\n', stdout);
+  if (a.stats) {
+    const double n = static_cast<double>(r.generated_ids.size());
+    std::fprintf(stderr, "%s: %zu prompt tokens in %.1f ms, %zu generated in %.1f ms (%.1f tok/s)\n", a.scheme.c_str(),
+                 r.prompt_ids.size(), r.prefill_ms, r.generated_ids.size(), r.decode_ms,
+                 r.decode_ms > 0 ? 1000.0 * n / r.decode_ms : 0.0);
+  }
+  return 0;
+}
+
+int cmd_ppl(const sharq::PplOptions& o, bool json) {
+  const sharq::PplResult r = sharq::run_perplexity(o);
+  std::fputs(json ? sharq::format_ppl_json(r).c_str() : sharq::format_ppl_table(r).c_str(), stdout);
   return 0;
 }
 
@@ -58,6 +97,58 @@ int main(int argc, char** argv) {
   op->add_flag("--json", oc_json, "JSON output");
   op->footer(kSchemeHelp);
 
+  // ---- generate
+  GenerateArgs ga;
+  auto* gen = app.add_subcommand("generate", "Generate text from a checkpoint (greedy or sampled)");
+  gen->add_option("model", ga.model, "Hugging Face model directory or llama2.c .bin checkpoint")->required();
+  gen->add_option("--tokenizer", ga.tokenizer, "tokenizer file (tokenizer.json, tokenizer.model or llama2.c tok*.bin)");
+  gen->add_option("-p,--prompt", ga.opt.prompt, "prompt text (empty: start from BOS)");
+  gen->add_option("-n,--steps", ga.opt.steps, "positions to run, prompt included (llama2.c semantics)")
+      ->capture_default_str()->check(CLI::PositiveNumber);
+  gen->add_option("-t,--temperature", ga.opt.temperature, "0 = greedy")->capture_default_str()->check(CLI::NonNegativeNumber);
+  gen->add_option("--top-p", ga.opt.top_p, "nucleus sampling mass")->capture_default_str()->check(CLI::Range(0.0, 1.0));
+  gen->add_option("--seed", ga.opt.seed, "sampling seed")->capture_default_str();
+  gen->add_option("--scheme", ga.scheme, "linear-layer scheme (see `sharq schemes`)")->capture_default_str();
+  gen->add_flag("--stats", ga.stats, "print timing to stderr");
+
+  // ---- ppl
+  sharq::PplOptions po;
+  bool po_json = false, po_quiet = false;
+  auto* ppl = app.add_subcommand("ppl", "Perplexity, KL and top-1 agreement of several schemes over a text file");
+  ppl->add_option("model", po.model_path, "Hugging Face model directory or llama2.c .bin checkpoint")->required();
+  ppl->add_option("--tokenizer", po.tokenizer_path, "tokenizer file (default: found beside the model)");
+  ppl->add_option("--data", po.data_path, "text file (e.g. wiki.test.txt)")->required();
+  ppl->add_option("--ctx", po.ctx, "window length in tokens")->capture_default_str();
+  ppl->add_option("--max-windows", po.max_windows, "only the first N windows (0 = all)")->capture_default_str();
+  ppl->add_option("--schemes", po.schemes, "comma-separated schemes")->capture_default_str();
+  ppl->add_option("--reference", po.reference, "reference scheme for delta, KL, top-1 and gap")->capture_default_str();
+  ppl->add_flag("--json", po_json, "JSON output");
+  ppl->add_flag("-q,--quiet", po_quiet, "no progress bar");
+  ppl->footer(kSchemeHelp);
+
+  // ---- eval
+  sharq::EvalOptions eo;
+  bool eo_json = false, eo_quiet = false;
+  auto* ev = app.add_subcommand("eval", "Zero-shot accuracy (acc, acc_norm) of several schemes");
+  ev->add_option("model", eo.model_path, "Hugging Face model directory or llama2.c .bin checkpoint")->required();
+  ev->add_option("--tokenizer", eo.tokenizer_path, "tokenizer file (default: found beside the model)");
+  ev->add_option("--tasks", eo.tasks, "comma-separated tasks")->capture_default_str();
+  ev->add_option("--schemes", eo.schemes, "comma-separated schemes")->capture_default_str();
+  ev->add_option("--data-dir", eo.data_dir, "folder of <task>.jsonl")->capture_default_str();
+  ev->add_option("--limit", eo.limit, "first N examples per task (0 = all)")->capture_default_str();
+  ev->add_flag("--json", eo_json, "JSON output");
+  ev->add_flag("-q,--quiet", eo_quiet, "no progress on stderr");
+
+  // ---- analyze
+  sharq::AnalyzeOptions ao;
+  auto* an = app.add_subcommand("analyze", "Per-layer outlier statistics and per-layer error of each scheme");
+  an->add_option("model", ao.model_path, "Hugging Face model directory or llama2.c .bin checkpoint")->required();
+  an->add_option("--tokenizer", ao.tokenizer_path, "tokenizer file (default: found beside the model)");
+  an->add_option("--data", ao.data_path, "text file")->required();
+  an->add_option("--tokens", ao.tokens, "tokens of the file to run")->capture_default_str();
+  an->add_option("--schemes", ao.schemes, "comma-separated schemes")->capture_default_str();
+  an->add_option("--svg", ao.svg_path, "also write an SVG plot of the per-layer errors here");
+
   // ---- schemes
   auto* sc = app.add_subcommand("schemes", "List the linear-layer schemes and their options");
 
@@ -68,6 +159,27 @@ int main(int argc, char** argv) {
   }
   try {
     if (*op) return cmd_opcheck(oc, oc_csv, oc_json);
+    if (*gen) return cmd_generate(ga);
+    if (*an) {
+      const auto r = sharq::run_analyze(ao);
+      std::fputs(sharq::format_analyze_table(r).c_str(), stdout);
+      if (!ao.svg_path.empty()) {
+        std::ofstream svg(ao.svg_path);
+        if (!(svg << sharq::render_analyze_svg(r))) throw std::runtime_error(ao.svg_path + ": cannot write the SVG");
+        std::fprintf(stderr, "wrote %s\n", ao.svg_path.c_str());
+      }
+      return 0;
+    }
+    if (*ev) {
+      eo.progress = !eo_quiet;
+      const auto rows = sharq::run_zeroshot(eo);
+      std::fputs(eo_json ? sharq::format_eval_json(rows).c_str() : sharq::format_eval_table(rows).c_str(), stdout);
+      return 0;
+    }
+    if (*ppl) {
+      po.progress = !po_quiet;
+      return cmd_ppl(po, po_json);
+    }
     if (*sc) {
       std::fputs(kSchemeHelp, stdout);
       return 0;

@@ -267,25 +267,26 @@ std::vector<float> global_col_scale(const QuantizedMatrix<F>& q) {
 // Block-quantized activations X^ (scaled domain) + row scales.
 template <class F>
 void prepare_blocks(const float* X, int64_t M, int64_t K, GlobalScale g, std::vector<float>& xhat,
-                             std::vector<float>& rs) {
-    const QuantizedMatrix<F> q = quantize_matrix<F>(X, M, K, g);
-    for (int64_t m = 0; m < M; ++m) {
-      dequantize_row<F>(q.row(m), K, xhat.data() + m * K);
-      rs[m] = q.global(m);
-    }
+                    std::vector<float>& rs) {
+  const QuantizedMatrix<F> q = quantize_matrix<F>(X, M, K, g);
+  for (int64_t m = 0; m < M; ++m) {
+    dequantize_row<F>(q.row(m), K, xhat.data() + m * K);
+    rs[m] = q.global(m);
   }
+}
 
+// SharQ through the packed path: the backbone and residual blocks a GEMM consumes, then X^ = S^ + R^.
 template <class V, int G>
 void prepare_sharq_packed(const float* X, int64_t M, int64_t K, const Scheme& s, std::vector<float>& xhat,
-                            std::vector<float>& rs, std::vector<float>* sh, std::vector<float>* rh) {
-    const auto a = sharq_prepare<V, G>(X, M, K, s.mask.score, s.act_scale);
+                          std::vector<float>& rs, std::vector<float>* sh, std::vector<float>* rh) {
+  const auto a = sharq_prepare<V, G>(X, M, K, s.mask.score, s.act_scale);
 #pragma omp parallel for schedule(static) if (M * K > (1 << 15))
-    for (int64_t m = 0; m < M; ++m) {
-      sharq_dequantize_row<V, G>(a, m, xhat.data() + m * K, sh ? sh->data() + m * K : nullptr,
-                                 rh ? rh->data() + m * K : nullptr);
-      rs[m] = a.global(m);
-    }
+  for (int64_t m = 0; m < M; ++m) {
+    sharq_dequantize_row<V, G>(a, m, xhat.data() + m * K, sh ? sh->data() + m * K : nullptr,
+                               rh ? rh->data() + m * K : nullptr);
+    rs[m] = a.global(m);
   }
+}
 
 class SchemeLinear final : public Linear {
  public:
@@ -375,12 +376,28 @@ std::unique_ptr<Linear> Linear::create(const Scheme& scheme, const float* W, int
 size_t Linear::weight_bytes() const { return weights_->bytes(); }
 
 void Linear::forward(const float* X, int64_t M, float* Y) const {
+  forward_prepared(prepare_input(X, M), Y);
+}
+
+Linear::PreparedInput Linear::prepare_input(const float* X, int64_t M) const {
   if (M < 0) throw std::invalid_argument(fmt::format("{} linear: negative M = {}", scheme_.name(), M));
-  if (M == 0) return;
-  std::vector<float> xhat, rs;
-  prepare(X, M, xhat, rs, nullptr, nullptr);
-  gemm_xwt(xhat.data(), M, K_, *weights_, rs.data(), col_scale_.empty() ? nullptr : col_scale_.data(),
-           bias_.empty() ? nullptr : bias_.data(), Y);
+  PreparedInput p;
+  p.M = M;
+  p.K = K_;
+  p.scheme = scheme_.name();
+  if (M > 0) prepare(X, M, p.xhat, p.row_scale, nullptr, nullptr);
+  return p;
+}
+
+void Linear::forward_prepared(const PreparedInput& in, float* Y) const {
+  if (in.scheme != scheme_.name())
+    throw std::invalid_argument(fmt::format("{} linear: input was prepared for scheme '{}'", scheme_.name(), in.scheme));
+  if (in.K != K_)
+    throw std::invalid_argument(fmt::format("{} linear: prepared input has K = {}, layer has in_features = {}",
+                                            scheme_.name(), in.K, K_));
+  if (in.M == 0) return;
+  gemm_xwt(in.xhat.data(), in.M, K_, *weights_, in.row_scale.data(),
+           col_scale_.empty() ? nullptr : col_scale_.data(), bias_.empty() ? nullptr : bias_.data(), Y);
 }
 
 std::vector<float> Linear::forward(const std::vector<float>& X, int64_t M) const {

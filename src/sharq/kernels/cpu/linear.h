@@ -72,6 +72,19 @@ class Linear {
 
   // X: M x K; Y: M x N. M = 0 is allowed.
   void forward(const float* X, int64_t M, float* Y) const;
+
+  // The online activation preparation on its own, so that layers reading the same input (q/k/v,
+  // gate/up) prepare it once: it depends only on the scheme, never on the weights.
+  struct PreparedInput {
+    int64_t M = 0, K = 0;
+    std::string scheme;  // name of the scheme that prepared it
+    std::vector<float> xhat, row_scale;
+  };
+  PreparedInput prepare_input(const float* X, int64_t M) const;
+  // Y = this layer applied to a prepared input; `in` must come from a layer of the same scheme
+  // (name) and in_features (checked).
+  void forward_prepared(const PreparedInput& in, float* Y) const;
+
   std::vector<float> forward(const std::vector<float>& X, int64_t M) const;
 
   // The dequantized operands this layer computes with (for FP64 references and `opcheck --save`).

@@ -1,0 +1,183 @@
+#include "sharq/model/safetensors.h"
+
+#include <algorithm>
+#include <bit>
+#include <cstring>
+#include <limits>
+#include <vector>
+
+#include <fmt/format.h>
+#include <nlohmann/json.hpp>
+
+#include "sharq/formats/minifloat.h"
+#include "sharq/model/loader_text.h"
+
+namespace sharq {
+namespace {
+
+using nlohmann::json;
+
+using loader_text::describe;
+
+uint64_t le64(const uint8_t* p) {
+  uint64_t v = 0;
+  for (int i = 7; i >= 0; --i) v = (v << 8) | p[i];
+  return v;
+}
+
+size_t item_bytes(const std::string& dtype) {
+  if (dtype == "F32") return 4;
+  if (dtype == "F16" || dtype == "BF16") return 2;
+  return 0;
+}
+
+// A tensor's validated entry: everything needed to convert it, checked before anything is allocated.
+struct Entry {
+  const std::string* name;
+  std::string dtype;
+  std::vector<int64_t> shape;
+  uint64_t begin, end;
+  size_t count;
+};
+
+uint64_t offset_value(const json& v, const std::string& file, const std::string& tensor, int which) {
+  if (!v.is_number_unsigned() && !(v.is_number_integer() && v.get<int64_t>() >= 0))
+    throw CheckpointError(fmt::format("{}: tensor '{}': data_offsets[{}] must be a non-negative integer, got {}", file, tensor, which, describe(v)));
+  return v.get<uint64_t>();
+}
+
+Entry validate_entry(const std::string& tname, const json& info, const std::string& file, uint64_t data_len) {
+  if (!info.is_object())
+    throw CheckpointError(fmt::format("{}: tensor '{}': header entry must be an object, got {}", file, tname, describe(info)));
+  Entry e{&tname, {}, {}, 0, 0, 0};
+
+  const auto dt = info.find("dtype");
+  if (dt == info.end()) throw CheckpointError(fmt::format("{}: tensor '{}': field 'dtype' is missing", file, tname));
+  if (!dt->is_string()) throw CheckpointError(fmt::format("{}: tensor '{}': field 'dtype' must be a string, got {}", file, tname, describe(*dt)));
+  e.dtype = dt->get<std::string>();
+  const size_t item = item_bytes(e.dtype);
+  if (item == 0)
+    throw CheckpointError(fmt::format("{}: tensor '{}' has unsupported dtype '{}' (supported: F32, F16, BF16)", file, tname, e.dtype));
+
+  // Offsets first: on a truncated file the useful message is that the data runs past the end.
+  const auto off = info.find("data_offsets");
+  if (off == info.end()) throw CheckpointError(fmt::format("{}: tensor '{}': field 'data_offsets' is missing", file, tname));
+  if (!off->is_array() || off->size() != 2)
+    throw CheckpointError(fmt::format("{}: tensor '{}': field 'data_offsets' must be a list [begin, end]", file, tname));
+  e.begin = offset_value((*off)[0], file, tname, 0);
+  e.end = offset_value((*off)[1], file, tname, 1);
+  if (e.end < e.begin)
+    throw CheckpointError(fmt::format("{}: tensor '{}': data_offsets [{}, {}] end before they begin", file, tname, e.begin, e.end));
+  if (e.end > data_len)
+    throw CheckpointError(fmt::format("{}: tensor '{}': data_offsets [{}, {}] run past the end of the data section ({} bytes; truncated file?)",
+                                      file, tname, e.begin, e.end, data_len));
+  const uint64_t span = e.end - e.begin;
+
+  const auto sh = info.find("shape");
+  if (sh == info.end()) throw CheckpointError(fmt::format("{}: tensor '{}': field 'shape' is missing", file, tname));
+  if (!sh->is_array()) throw CheckpointError(fmt::format("{}: tensor '{}': field 'shape' must be a list, got {}", file, tname, describe(*sh)));
+  bool has_zero = false;
+  for (const json& d : *sh) {
+    if (!d.is_number_unsigned() && !(d.is_number_integer() && d.get<int64_t>() >= 0))
+      throw CheckpointError(fmt::format("{}: tensor '{}': field 'shape' has a dimension {} that is not a non-negative integer", file, tname, describe(d)));
+    const uint64_t v = d.get<uint64_t>();
+    if (v > static_cast<uint64_t>(std::numeric_limits<int64_t>::max()))
+      throw CheckpointError(fmt::format("{}: tensor '{}': field 'shape' dimension {} is out of range", file, tname, v));
+    e.shape.push_back(static_cast<int64_t>(v));
+    if (v == 0) has_zero = true;
+  }
+  // Element count, overflow-free: the running product never exceeds span / itemsize, which bounds
+  // the allocation by the bytes actually present.
+  uint64_t count = has_zero ? 0 : 1;
+  for (int64_t d : e.shape) {
+    if (has_zero) break;
+    if (count > span / item / static_cast<uint64_t>(d))
+      throw CheckpointError(fmt::format("{}: tensor '{}': shape {} x {} needs more than the {} bytes data_offsets [{}, {}] span", file, tname,
+                                        loader_text::shape(e.shape), e.dtype, span, e.begin, e.end));
+    count *= static_cast<uint64_t>(d);
+  }
+  if (count * item != span)
+    throw CheckpointError(fmt::format("{}: tensor '{}': shape {} x {} is {} bytes but data_offsets [{}, {}] span {}", file, tname,
+                                      loader_text::shape(e.shape), e.dtype, count * item, e.begin, e.end, span));
+  e.count = static_cast<size_t>(count);
+  return e;
+}
+
+void convert(const Entry& e, const uint8_t* src, std::vector<float>& out) {
+  out.resize(e.count);
+  if (e.count == 0) return;  // an empty vector's data() may be null, which memcpy must not get
+  if (e.dtype == "F32") {
+    if constexpr (std::endian::native == std::endian::little) {
+      std::memcpy(out.data(), src, e.count * 4);
+    } else {
+      for (size_t i = 0; i < e.count; ++i) {
+        const uint8_t* p = src + 4 * i;
+        out[i] = f32_from_bits(p[0] | (p[1] << 8) | (p[2] << 16) | (static_cast<uint32_t>(p[3]) << 24));
+      }
+    }
+    return;
+  }
+  const bool bf16 = e.dtype == "BF16";
+  for (size_t i = 0; i < e.count; ++i) {
+    const uint16_t h = static_cast<uint16_t>(src[2 * i] | (src[2 * i + 1] << 8));
+    out[i] = bf16 ? bf16_decode(h) : fp16_decode(h);
+  }
+}
+
+}  // namespace
+
+std::map<std::string, Tensor> parse_safetensors(const uint8_t* b, size_t n, const std::string& name) {
+  if (n < 8) throw CheckpointError(fmt::format("{}: file is {} bytes, too short for the 8-byte safetensors header length", name, n));
+  const uint64_t header_len = le64(b);
+  if (header_len > n - 8)
+    throw CheckpointError(fmt::format("{}: header length {} runs past the end of the file ({} bytes)", name, header_len, n));
+  if (header_len > kSafetensorsMaxHeaderBytes)
+    throw CheckpointError(fmt::format("{}: header length {} exceeds the format's limit of {} bytes", name, header_len, kSafetensorsMaxHeaderBytes));
+
+  json header;
+  try {
+    header = json::parse(b + 8, b + 8 + header_len);
+  } catch (const json::exception& e) {
+    throw CheckpointError(fmt::format("{}: header is not valid JSON ({})", name, e.what()));
+  }
+  if (!header.is_object()) throw CheckpointError(fmt::format("{}: header must be a JSON object, got {}", name, describe(header)));
+
+  const uint8_t* data = b + 8 + header_len;
+  const uint64_t data_len = n - 8 - header_len;
+  std::vector<Entry> entries;
+  try {
+    for (const auto& [tname, info] : header.items()) {
+      if (tname == "__metadata__") continue;  // free-form strings; nothing the loader needs
+      entries.push_back(validate_entry(tname, info, name, data_len));
+    }
+  } catch (const json::exception& e) {
+    // every access above is type-checked first; this is the backstop that keeps the error contract
+    throw CheckpointError(fmt::format("{}: malformed header ({})", name, e.what()));
+  }
+  // Overlapping ranges would let a small file expand into many copies of the same bytes.
+  std::vector<const Entry*> by_offset;
+  for (const Entry& e : entries)
+    if (e.end > e.begin) by_offset.push_back(&e);
+  std::sort(by_offset.begin(), by_offset.end(), [](const Entry* x, const Entry* y) { return x->begin < y->begin; });
+  for (size_t i = 1; i < by_offset.size(); ++i) {
+    if (by_offset[i]->begin < by_offset[i - 1]->end)
+      throw CheckpointError(fmt::format("{}: tensors '{}' and '{}' overlap in the data section", name, *by_offset[i - 1]->name, *by_offset[i]->name));
+  }
+
+  std::map<std::string, Tensor> out;
+  for (const Entry& e : entries) {
+    Tensor t;
+    t.shape = e.shape;
+    t.dtype = e.dtype;
+    convert(e, data + e.begin, t.data);
+    out.emplace(*e.name, std::move(t));
+  }
+  return out;
+}
+
+std::map<std::string, Tensor> read_safetensors(const std::string& path) {
+  const std::vector<uint8_t> bytes = read_file_bytes(path);
+  return parse_safetensors(bytes.data(), bytes.size(), path);
+}
+
+}  // namespace sharq

@@ -1,0 +1,63 @@
+// Decoder-only transformer forward pass on the CPU (FP32 compute): Llama 2/3/3.1, Mistral,
+// Qwen2/2.5, Qwen3, Mixtral, Qwen3-MoE.
+//
+// What is quantized (SHARQ_SPEC "Where it is applied"): the seven projections of every block
+// (q, k, v, o, gate, up, down) and every MoE expert's gate/up/down go through the chosen scheme.
+// Embeddings, lm_head, the MoE router, norms and attention stay FP32. q/k/v read one prepared
+// input, as do gate/up. A prefill runs all its tokens through each linear as one M x K matrix, so
+// per-tensor activation scales see the whole window, as in the paper's reference code.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <vector>
+
+#include "sharq/kernels/cpu/linear.h"
+#include "sharq/model/checkpoint.h"
+
+namespace sharq {
+
+struct KVCache {
+  int64_t capacity = 0, len = 0;
+  int64_t kv_dim = 0;
+  std::vector<std::vector<float>> k, v;  // per layer: capacity x kv_dim
+};
+
+// Per-call hook for analysis tools: called with each projection input (after preparation is
+// decided, before it): layer index, projection name ("q_proj", "o_proj", "gate_proj",
+// "down_proj", "experts.gate_up", "experts.down"), the M x K input.
+struct ProjectionObserver {
+  virtual ~ProjectionObserver() = default;
+  virtual void on_input(int64_t layer, const char* proj, const float* x, int64_t M, int64_t K) = 0;
+};
+
+class Transformer {
+ public:
+  // Builds every linear of the checkpoint under `scheme` (weights quantized once, here).
+  Transformer(const Checkpoint& ckpt, const Scheme& scheme);
+  ~Transformer();
+  Transformer(const Transformer&) = delete;
+  Transformer& operator=(const Transformer&) = delete;
+
+  const ModelConfig& config() const { return cfg_; }
+  const Scheme& scheme() const { return scheme_; }
+
+  KVCache new_cache(int64_t capacity) const;
+
+  // Runs tokens[0..T) at positions cache.len .. cache.len + T - 1 and appends them to the cache.
+  // logits: T x vocab (all_logits) or 1 x vocab (the last position only).
+  void forward(const int32_t* tokens, int64_t T, KVCache& cache, float* logits, bool all_logits,
+               ProjectionObserver* observer = nullptr) const;
+
+ private:
+  struct Layer;
+  ModelConfig cfg_;
+  Scheme scheme_;
+  std::vector<float> embed_;       // vocab x hidden
+  std::vector<float> final_norm_;  // hidden
+  std::unique_ptr<Linear> lm_head_;
+  std::vector<std::unique_ptr<Layer>> layers_;
+  std::vector<float> inv_freq_;    // head_dim / 2 RoPE frequencies (with llama3 scaling applied)
+};
+
+}  // namespace sharq

@@ -1,0 +1,181 @@
+#include "sharq/tools/analyze.h"
+
+#include <algorithm>
+#include <cmath>
+#include <fstream>
+#include <map>
+#include <sstream>
+#include <stdexcept>
+
+#include <fmt/format.h>
+
+#include "sharq/kernels/cpu/linear.h"
+#include "sharq/model/checkpoint.h"
+#include "sharq/model/tokenizer.h"
+#include "sharq/model/transformer.h"
+
+namespace sharq {
+namespace {
+
+struct Capture : ProjectionObserver {
+  struct Input { int64_t layer; std::string proj; int64_t M, K; std::vector<float> x; };
+  std::vector<Input> inputs;
+  void on_input(int64_t layer, const char* proj, const float* x, int64_t M, int64_t K) override {
+    const std::string p = proj;
+    if (p.rfind("experts", 0) == 0) return;  // routed subsets: not comparable across layers
+    inputs.push_back({layer, p, M, K, std::vector<float>(x, x + M * K)});
+  }
+};
+
+// The weight a captured input feeds (q_proj stands for q/k/v, gate_proj for gate/up).
+std::string weight_name(int64_t layer, const std::string& proj) {
+  const char* block = (proj == "q_proj" || proj == "o_proj") ? "self_attn" : "mlp";
+  return fmt::format("model.layers.{}.{}.{}.weight", layer, block, proj);
+}
+
+double rel_err(const std::vector<float>& y, const std::vector<float>& ref) {
+  double n = 0, d = 0;
+  for (size_t i = 0; i < y.size(); ++i) {
+    n += (static_cast<double>(y[i]) - ref[i]) * (static_cast<double>(y[i]) - ref[i]);
+    d += static_cast<double>(ref[i]) * ref[i];
+  }
+  return d > 0 ? std::sqrt(n / d) : 0.0;
+}
+
+}  // namespace
+
+AnalyzeResult run_analyze(const AnalyzeOptions& opt) {
+  const std::vector<Scheme> schemes = parse_scheme_list(opt.schemes);
+  const Checkpoint ck = load_checkpoint(opt.model_path);
+  const auto tok = load_tokenizer_for(opt.model_path, opt.tokenizer_path);
+  std::ifstream f(opt.data_path, std::ios::binary);
+  if (!f) throw std::runtime_error(fmt::format("{}: cannot open the data file", opt.data_path));
+  std::stringstream ss;
+  ss << f.rdbuf();
+  std::vector<int32_t> ids = tok->encode(ss.str(), true);
+  if (opt.tokens < 1) throw std::invalid_argument("--tokens must be >= 1");
+  if (static_cast<int64_t>(ids.size()) > opt.tokens) ids.resize(static_cast<size_t>(opt.tokens));
+  const Transformer model(ck, Scheme{});
+  Capture cap;
+  KVCache cache = model.new_cache(static_cast<int64_t>(ids.size()));
+  std::vector<float> logits(static_cast<size_t>(ck.config.vocab_size));
+  model.forward(ids.data(), static_cast<int64_t>(ids.size()), cache, logits.data(), false, &cap);
+
+  AnalyzeResult res;
+  res.model = opt.model_path;
+  res.data = opt.data_path;
+  res.tokens = static_cast<int64_t>(ids.size());
+  for (const auto& s : schemes) res.schemes.push_back(s.name());
+  for (const auto& in : cap.inputs) {
+    AnalyzeRow row;
+    row.layer = in.layer;
+    row.proj = in.proj;
+    row.K = in.K;
+    std::vector<double> ch(static_cast<size_t>(in.K), 0.0);
+    double ratio = 0, m1 = 0, m2 = 0, m4 = 0;
+    for (int64_t m = 0; m < in.M; ++m) {
+      double mx = 0, mean = 0;
+      for (int64_t k = 0; k < in.K; ++k) {
+        const double a = std::fabs(in.x[m * in.K + k]);
+        mx = std::max(mx, a);
+        mean += a;
+        ch[k] += a / static_cast<double>(in.M);
+        m1 += in.x[m * in.K + k];
+      }
+      mean /= static_cast<double>(in.K);
+      ratio += mean > 0 ? mx / mean : 0.0;
+    }
+    const double n = static_cast<double>(in.x.size());
+    m1 /= n;
+    for (float v : in.x) { const double d = v - m1; m2 += d * d; m4 += d * d * d * d; }
+    m2 /= n; m4 /= n;
+    row.max_mean_ratio = ratio / static_cast<double>(in.M);
+    row.kurtosis = m2 > 0 ? m4 / (m2 * m2) : 0.0;
+    std::vector<int64_t> order(static_cast<size_t>(in.K));
+    for (int64_t k = 0; k < in.K; ++k) order[k] = k;
+    std::partial_sort(order.begin(), order.begin() + std::min<int64_t>(5, in.K), order.end(),
+                      [&](int64_t a, int64_t b) { return ch[a] > ch[b]; });
+    for (int64_t i = 0; i < std::min<int64_t>(5, in.K); ++i) row.top_channels.push_back({order[i], ch[order[i]]});
+
+    const Tensor& w = ck.tensors.at(weight_name(in.layer, in.proj));
+    const int64_t N = w.shape[0];
+    std::vector<float> yref(static_cast<size_t>(in.M * N)), y(yref.size());
+    Linear::create(Scheme{}, w.data.data(), N, in.K)->forward(in.x.data(), in.M, yref.data());
+    for (const auto& s : schemes) {
+      Linear::create(s, w.data.data(), N, in.K)->forward(in.x.data(), in.M, y.data());
+      row.rel_err.push_back(rel_err(y, yref));
+    }
+    res.rows.push_back(std::move(row));
+  }
+  return res;
+}
+
+std::string format_analyze_table(const AnalyzeResult& r) {
+  std::string s = fmt::format("analyze: {} on the first {} tokens of {}\n"
+                              "  ratio = mean over tokens of max|x|/mean|x|; kurt = Pearson kurtosis (Gaussian 3);\n"
+                              "  errors = ||XW^T - Q(X)Q(W)^T|| / ||XW^T|| of the layer alone\n\n",
+                              r.model, r.tokens, r.data);
+  s += fmt::format("{:>5} {:<10} {:>6} {:>8} {:>9}  ", "layer", "input", "K", "ratio", "kurt");
+  for (const auto& sc : r.schemes) s += fmt::format("{:>12} ", sc.substr(0, 12));
+  s += " top channels (mean |x|)\n";
+  for (const auto& row : r.rows) {
+    s += fmt::format("{:>5} {:<10} {:>6} {:>8.1f} {:>9.1f}  ", row.layer, row.proj, row.K, row.max_mean_ratio, row.kurtosis);
+    for (double e : row.rel_err) s += fmt::format("{:>12.4e} ", e);
+    s += " ";
+    for (const auto& [c, v] : row.top_channels) s += fmt::format("{}:{:.3f} ", c, v);
+    s += "\n";
+  }
+  return s;
+}
+
+std::string render_analyze_svg(const AnalyzeResult& r) {
+  // one panel per projection input; x = layer, y = log10(relative error), one line per scheme
+  std::vector<std::string> projs;
+  for (const auto& row : r.rows)
+    if (std::find(projs.begin(), projs.end(), row.proj) == projs.end()) projs.push_back(row.proj);
+  int64_t layers = 0;
+  double lo = 1e300, hi = -1e300;
+  for (const auto& row : r.rows) {
+    layers = std::max(layers, row.layer + 1);
+    for (double e : row.rel_err)
+      if (e > 0) { lo = std::min(lo, std::log10(e)); hi = std::max(hi, std::log10(e)); }
+  }
+  if (lo > hi) { lo = -3; hi = 0; }
+  lo = std::floor(lo); hi = std::ceil(hi);
+  if (hi <= lo) hi = lo + 1;
+  const int pw = 360, ph = 240, ml = 60, mt = 40, gap = 40;
+  const int W = ml + static_cast<int>(projs.size()) * (pw + gap) + 180, H = mt + ph + 70;
+  static const char* colors[] = {"#d62728", "#1f77b4", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f"};
+  std::string s = fmt::format("<svg xmlns='http://www.w3.org/2000/svg' width='{}' height='{}' font-family='sans-serif' font-size='12'>\n"
+                              "<rect width='100%' height='100%' fill='white'/>\n"
+                              "<text x='{}' y='20' font-size='14'>Per-layer relative output error (log scale): {}</text>\n",
+                              W, H, ml, r.model);
+  for (size_t p = 0; p < projs.size(); ++p) {
+    const int x0 = ml + static_cast<int>(p) * (pw + gap), y0 = mt;
+    s += fmt::format("<rect x='{}' y='{}' width='{}' height='{}' fill='none' stroke='#444'/>\n", x0, y0, pw, ph);
+    s += fmt::format("<text x='{}' y='{}'>{} input</text>\n", x0 + 4, y0 - 6, projs[p]);
+    for (double d = lo; d <= hi + 1e-9; d += 1) {
+      const double y = y0 + ph - (d - lo) / (hi - lo) * ph;
+      s += fmt::format("<line x1='{}' x2='{}' y1='{:.1f}' y2='{:.1f}' stroke='#ddd'/><text x='{}' y='{:.1f}' text-anchor='end'>1e{}</text>\n",
+                       x0, x0 + pw, y, y, x0 - 4, y + 4, static_cast<int>(d));
+    }
+    auto X = [&](int64_t l) { return x0 + (layers > 1 ? static_cast<double>(l) / (layers - 1) : 0.5) * pw; };
+    for (int64_t l = 0; l < layers; ++l)
+      s += fmt::format("<text x='{:.1f}' y='{}' text-anchor='middle'>{}</text>\n", X(l), y0 + ph + 16, l);
+    for (size_t k = 0; k < r.schemes.size(); ++k) {
+      std::string pts;
+      for (const auto& row : r.rows)
+        if (row.proj == projs[p] && row.rel_err[k] > 0)
+          pts += fmt::format("{:.1f},{:.1f} ", X(row.layer), y0 + ph - (std::log10(row.rel_err[k]) - lo) / (hi - lo) * ph);
+      s += fmt::format("<polyline fill='none' stroke='{}' stroke-width='2' points='{}'/>\n", colors[k % 8], pts);
+    }
+  }
+  const int lx = ml + static_cast<int>(projs.size()) * (pw + gap);
+  for (size_t k = 0; k < r.schemes.size(); ++k)
+    s += fmt::format("<line x1='{}' x2='{}' y1='{}' y2='{}' stroke='{}' stroke-width='3'/><text x='{}' y='{}'>{}</text>\n", lx,
+                     lx + 20, mt + 10 + 18 * k, mt + 10 + 18 * k, colors[k % 8], lx + 26, mt + 14 + 18 * k, r.schemes[k]);
+  s += fmt::format("<text x='{}' y='{}'>layer</text>\n</svg>\n", ml, mt + ph + 40);
+  return s;
+}
+
+}  // namespace sharq

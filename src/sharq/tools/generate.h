@@ -1,0 +1,39 @@
+// Text generation: greedy or sampled (temperature, top-p, seed), llama2.c `run` semantics.
+//
+// The prompt (BOS + encoded text; BOS alone for an empty prompt) is prefilled as one batch, then
+// tokens are sampled one at a time until `steps` positions are used (prompt included, as in
+// llama2.c) or the model emits EOS or BOS.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "sharq/model/tokenizer.h"
+#include "sharq/model/transformer.h"
+
+namespace sharq {
+
+struct GenerateOptions {
+  std::string prompt;
+  int64_t steps = 256;
+  float temperature = 0.0f;  // 0 = greedy (argmax, first maximum)
+  float top_p = 0.9f;        // nucleus sampling when temperature > 0 (>= 1: plain sampling)
+  uint64_t seed = 42;
+};
+
+struct GenerateResult {
+  std::vector<int32_t> prompt_ids, generated_ids;
+  std::string text;       // decoded generated tokens, streamed the way llama2.c prints them
+  double prefill_ms = 0, decode_ms = 0;
+};
+
+// on_text, when given, receives each piece as soon as it is decoded.
+GenerateResult generate(const Transformer& model, const Tokenizer& tok, const GenerateOptions& opt,
+                        const std::function<void(const std::string&)>& on_text = {});
+
+// Index of the sampled token; greedy = first maximum. `rng_state` carries the sampler state.
+int32_t sample_token(const float* logits, int64_t vocab, float temperature, float top_p, uint64_t& rng_state);
+
+}  // namespace sharq

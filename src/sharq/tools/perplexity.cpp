@@ -1,0 +1,187 @@
+#include "sharq/tools/perplexity.h"
+
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <fstream>
+#include <map>
+#include <memory>
+#include <sstream>
+#include <stdexcept>
+
+#include <fmt/format.h>
+#include <nlohmann/json.hpp>
+
+#include "sharq/model/checkpoint.h"
+#include "sharq/model/tokenizer.h"
+#include "sharq/model/transformer.h"
+
+namespace sharq {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+double seconds_since(Clock::time_point t) { return std::chrono::duration<double>(Clock::now() - t).count(); }
+
+std::string read_text(const std::string& path) {
+  std::ifstream f(path, std::ios::binary);
+  if (!f) throw std::runtime_error(fmt::format("{}: cannot open the data file", path));
+  std::stringstream ss;
+  ss << f.rdbuf();
+  return ss.str();
+}
+
+// log-softmax of one row, in double
+void log_softmax(const float* logits, int64_t V, std::vector<double>& out) {
+  out.resize(static_cast<size_t>(V));
+  double mx = logits[0];
+  for (int64_t i = 1; i < V; ++i) mx = std::max(mx, static_cast<double>(logits[i]));
+  double sum = 0.0;
+  for (int64_t i = 0; i < V; ++i) sum += std::exp(logits[i] - mx);
+  const double lse = mx + std::log(sum);
+  for (int64_t i = 0; i < V; ++i) out[i] = logits[i] - lse;
+}
+
+int64_t argmax(const float* v, int64_t n) {
+  int64_t b = 0;
+  for (int64_t i = 1; i < n; ++i)
+    if (v[i] > v[b]) b = i;
+  return b;
+}
+
+void progress_bar(int64_t done, int64_t total, double elapsed) {
+  const int width = 30;
+  const int filled = total ? static_cast<int>(width * done / total) : width;
+  const double eta = done ? elapsed / static_cast<double>(done) * static_cast<double>(total - done) : 0.0;
+  std::fprintf(stderr, "\r[%s%s] %lld/%lld windows, %.0fs elapsed, ETA %.0fs ", std::string(filled, '#').c_str(),
+               std::string(width - filled, '.').c_str(), static_cast<long long>(done), static_cast<long long>(total),
+               elapsed, eta);
+  if (done == total) std::fputc('\n', stderr);
+  std::fflush(stderr);
+}
+
+}  // namespace
+
+PplResult run_perplexity(const PplOptions& opt) {
+  if (opt.ctx < 2) throw std::invalid_argument(fmt::format("--ctx must be >= 2, got {}", opt.ctx));
+  if (opt.max_windows < 0) throw std::invalid_argument("--max-windows must be >= 0");
+  std::vector<Scheme> schemes = parse_scheme_list(opt.schemes);
+  const Scheme reference = parse_scheme(opt.reference);
+
+  // every scheme to run: the reference first, the requested ones, then SharQ baselines not listed
+  std::vector<Scheme> run;
+  std::map<std::string, size_t> slot;
+  auto add = [&](const Scheme& s) {
+    if (slot.emplace(s.name(), run.size()).second) run.push_back(s);
+  };
+  add(reference);
+  for (const auto& s : schemes) add(s);
+  for (const auto& s : schemes)
+    if (s.is_sharq()) add(sharq_baseline(s));
+
+  const Checkpoint ck = load_checkpoint(opt.model_path);
+  const auto tok = load_tokenizer_for(opt.model_path, opt.tokenizer_path);
+  PplResult res;
+  res.model = opt.model_path;
+  res.data = opt.data_path;
+  res.reference = reference.name();
+  res.ctx = opt.ctx;
+  if (opt.ctx > ck.config.max_position_embeddings && ck.config.max_position_embeddings > 0)
+    throw std::invalid_argument(fmt::format("--ctx {} exceeds the model's max_position_embeddings {}", opt.ctx,
+                                            ck.config.max_position_embeddings));
+
+  const auto t_tok = Clock::now();
+  const std::vector<int32_t> ids = tok->encode(read_text(opt.data_path), true);
+  res.tokenize_seconds = seconds_since(t_tok);
+  res.tokens_in_file = static_cast<int64_t>(ids.size());
+  res.windows_in_file = res.tokens_in_file / opt.ctx;
+  res.windows = opt.max_windows ? std::min(opt.max_windows, res.windows_in_file) : res.windows_in_file;
+  if (res.windows == 0)
+    throw std::invalid_argument(fmt::format("{}: {} tokens, fewer than one window of --ctx {}", opt.data_path,
+                                            res.tokens_in_file, opt.ctx));
+
+  std::vector<std::unique_ptr<Transformer>> models;
+  for (const auto& s : run) models.push_back(std::make_unique<Transformer>(ck, s));
+  const int64_t V = ck.config.vocab_size, N = opt.ctx;
+  std::vector<double> nll(run.size(), 0.0), kl(run.size(), 0.0), secs(run.size(), 0.0);
+  std::vector<int64_t> agree(run.size(), 0);
+  std::vector<float> ref_logits(static_cast<size_t>(N * V)), logits(static_cast<size_t>(N * V));
+  std::vector<double> lp_ref, lp;
+  const auto t_start = Clock::now();
+  for (int64_t w = 0; w < res.windows; ++w) {
+    const int32_t* win = ids.data() + w * N;
+    for (size_t s = 0; s < run.size(); ++s) {
+      KVCache cache = models[s]->new_cache(N);
+      float* out = s == 0 ? ref_logits.data() : logits.data();
+      const auto t0 = Clock::now();
+      models[s]->forward(win, N, cache, out, true);
+      secs[s] += seconds_since(t0);
+      for (int64_t t = 0; t + 1 < N; ++t) {
+        const float* row = out + t * V;
+        log_softmax(row, V, lp);
+        nll[s] -= lp[win[t + 1]];
+        if (s == 0) continue;
+        log_softmax(ref_logits.data() + t * V, V, lp_ref);
+        double d = 0.0;
+        for (int64_t i = 0; i < V; ++i) d += std::exp(lp_ref[i]) * (lp_ref[i] - lp[i]);
+        kl[s] += d;
+        agree[s] += argmax(row, V) == argmax(ref_logits.data() + t * V, V);
+      }
+    }
+    if (opt.progress) progress_bar(w + 1, res.windows, seconds_since(t_start));
+  }
+  res.predicted = res.windows * (N - 1);
+  const double P = static_cast<double>(res.predicted);
+  std::vector<PplRow> rows(run.size());
+  for (size_t s = 0; s < run.size(); ++s) {
+    rows[s].scheme = run[s].name();
+    rows[s].nll = nll[s] / P;
+    rows[s].ppl = std::exp(rows[s].nll);
+    rows[s].kl = s == 0 ? 0.0 : kl[s] / P;
+    rows[s].top1 = s == 0 ? 1.0 : static_cast<double>(agree[s]) / P;
+    rows[s].seconds = secs[s];
+  }
+  for (size_t s = 0; s < run.size(); ++s) {
+    rows[s].delta_ppl = rows[s].ppl - rows[0].ppl;
+    if (run[s].is_sharq()) {
+      const PplRow& b = rows[slot.at(sharq_baseline(run[s]).name())];
+      rows[s].baseline = b.scheme;
+      const double denom = b.ppl - rows[0].ppl;
+      if (denom > 0) rows[s].gap = (b.ppl - rows[s].ppl) / denom;
+    }
+  }
+  res.rows = rows;
+  return res;
+}
+
+std::string format_ppl_table(const PplResult& r) {
+  std::string s = fmt::format("ppl: {} on {}\n  {} tokens, {} windows of {} (of {} in the file), {} predicted tokens; "
+                              "tokenized in {:.2f}s\n  reference: {}; gap = (ppl_base - ppl) / (ppl_base - ppl_{})\n\n",
+                              r.model, r.data, r.tokens_in_file, r.windows, r.ctx, r.windows_in_file, r.predicted,
+                              r.tokenize_seconds, r.reference, r.reference);
+  s += fmt::format("{:<20} {:>10} {:>9} {:>10} {:>7}  {:<12} {:>8} {:>8}\n", "scheme", "ppl", "delta", "KL", "top1",
+                   "baseline", "gap", "sec");
+  for (const auto& row : r.rows)
+    s += fmt::format("{:<20} {:>10.4f} {:>+9.4f} {:>10.6f} {:>6.2f}%  {:<12} {:>8} {:>8.1f}\n", row.scheme, row.ppl,
+                     row.delta_ppl, row.kl, 100.0 * row.top1, row.baseline.empty() ? "-" : row.baseline,
+                     row.gap ? fmt::format("{:.1f}%", 100.0 * *row.gap) : std::string("-"), row.seconds);
+  return s;
+}
+
+std::string format_ppl_json(const PplResult& r) {
+  nlohmann::json j;
+  j["model"] = r.model; j["data"] = r.data; j["reference"] = r.reference; j["ctx"] = r.ctx;
+  j["windows"] = r.windows; j["windows_in_file"] = r.windows_in_file; j["tokens_in_file"] = r.tokens_in_file;
+  j["predicted_tokens"] = r.predicted; j["tokenize_seconds"] = r.tokenize_seconds;
+  j["rows"] = nlohmann::json::array();
+  for (const auto& row : r.rows) {
+    nlohmann::json o;
+    o["scheme"] = row.scheme; o["ppl"] = row.ppl; o["nll"] = row.nll; o["delta_ppl"] = row.delta_ppl;
+    o["kl"] = row.kl; o["top1_agreement"] = row.top1; o["seconds"] = row.seconds;
+    if (!row.baseline.empty()) o["baseline"] = row.baseline;
+    o["gap_recovered"] = row.gap ? nlohmann::json(*row.gap) : nlohmann::json(nullptr);
+    j["rows"].push_back(o);
+  }
+  return j.dump(2) + "\n";
+}
+
+}  // namespace sharq

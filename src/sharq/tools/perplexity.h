@@ -1,0 +1,51 @@
+// `sharq ppl`: perplexity of several schemes over one text file, in one run.
+//
+// Protocol of the common WikiText-2 LLM scripts: tokenize the whole file once (with the
+// tokenizer's BOS), cut the ids into non-overlapping windows of ctx tokens (the remainder is
+// dropped), run each window from an empty cache, and average the NLL of every predicted token
+// (ctx - 1 per window). Windows run outermost and every scheme sees the same window, so the KL
+// divergence from the reference scheme and the top-1 agreement are computed without storing logits.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "sharq/kernels/cpu/linear.h"
+
+namespace sharq {
+
+struct PplOptions {
+  std::string model_path, tokenizer_path, data_path;
+  int64_t ctx = 512;
+  int64_t max_windows = 0;  // 0 = every window of the file
+  std::string schemes = "fp32,bf16,fp8,w4a16,nvfp4,sharq,mxfp4,sharq-mxfp4,hif4,sharq-hif4,sharq:s24:token";
+  std::string reference = "fp16";  // SHARQ_SPEC: FP16 is the accuracy reference (run even if not listed)
+  bool progress = true;            // progress bar with ETA on stderr
+};
+
+struct PplRow {
+  std::string scheme;
+  double nll = 0, ppl = 0;
+  double kl = 0;          // mean KL(reference || scheme) per predicted token, nats
+  double top1 = 0;        // share of positions whose argmax equals the reference's
+  double delta_ppl = 0;   // ppl - ppl_reference
+  std::string baseline;   // SharQ variants: their W4A4 baseline
+  std::optional<double> gap;  // (ppl_base - ppl) / (ppl_base - ppl_ref)
+  double seconds = 0;
+};
+
+struct PplResult {
+  std::string model, data, reference;
+  int64_t ctx = 0, windows = 0, windows_in_file = 0, tokens_in_file = 0, predicted = 0;
+  double tokenize_seconds = 0;
+  std::vector<PplRow> rows;  // the requested schemes, in order (plus reference/baselines if added)
+};
+
+PplResult run_perplexity(const PplOptions& opt);
+std::string format_ppl_table(const PplResult& r);
+std::string format_ppl_json(const PplResult& r);
+
+}  // namespace sharq

@@ -1,0 +1,223 @@
+// llama2.c tokenizer (stories260K's tok512.bin) against run.c's rules, worked by hand from the
+// pieces and scores in the file (read here independently of the library), plus round trips and
+// every malformed-file path.
+#include "sharq/model/tokenizer.h"
+
+#include <gtest/gtest.h>
+
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <map>
+#include <random>
+#include <sstream>
+#include <string>
+
+namespace {
+
+namespace fs = std::filesystem;
+using sharq::TokenizerError;
+
+const std::string kDir = SHARQ_SOURCE_DIR "/../shared/models/stories260K";
+const std::string kTok = kDir + "/tok512.bin";
+
+std::string read_bytes(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  return std::string((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+}
+
+// The file's entries: piece -> id, scores, and each entry's offset.
+struct TokFile {
+  std::string bytes;
+  std::map<std::string, int32_t> id;
+  std::vector<std::string> piece;
+  std::vector<float> score;
+  std::vector<size_t> entry_offset;
+  explicit TokFile(const std::string& path) : bytes(read_bytes(path)) {
+    size_t off = 4;
+    while (off + 8 <= bytes.size()) {
+      int32_t len;
+      float sc;
+      std::memcpy(&sc, bytes.data() + off, 4);
+      std::memcpy(&len, bytes.data() + off + 4, 4);
+      entry_offset.push_back(off);
+      piece.push_back(bytes.substr(off + 8, static_cast<size_t>(len)));
+      score.push_back(sc);
+      id.emplace(piece.back(), static_cast<int32_t>(entry_offset.size() - 1));
+      off += 8 + static_cast<size_t>(len);
+    }
+  }
+  int32_t lookup(const std::string& s) const {
+    const auto it = id.find(s);
+    return it == id.end() ? -1 : it->second;
+  }
+};
+
+// run.c's encode as written there (rescan every pair after each merge): the reference the
+// library's heap-based merging must reproduce. Texts here hold no NUL and no unknown bytes.
+std::vector<int32_t> run_c_encode(const TokFile& f, const std::string& text, bool bos) {
+  std::vector<int32_t> tokens;
+  if (bos) tokens.push_back(1);
+  if (!text.empty()) tokens.push_back(f.lookup(" "));
+  std::string buf;
+  for (size_t i = 0; i < text.size(); ++i) {
+    if ((static_cast<unsigned char>(text[i]) & 0xC0) != 0x80) buf.clear();
+    buf.push_back(text[i]);
+    if (i + 1 < text.size() && (static_cast<unsigned char>(text[i + 1]) & 0xC0) == 0x80 && buf.size() < 4) continue;
+    const int32_t id = f.lookup(buf);
+    if (id != -1) tokens.push_back(id);
+    else
+      for (char c : buf) tokens.push_back(static_cast<unsigned char>(c) + 3);
+    buf.clear();
+  }
+  while (true) {
+    float best_score = -1e10;
+    int32_t best_id = -1;
+    size_t best_idx = 0;
+    for (size_t i = 0; i + 1 < tokens.size(); ++i) {
+      const int32_t id = f.lookup(f.piece[tokens[i]] + f.piece[tokens[i + 1]]);
+      if (id != -1 && f.score[id] > best_score) {
+        best_score = f.score[id];
+        best_id = id;
+        best_idx = i;
+      }
+    }
+    if (best_id == -1) break;
+    tokens[best_idx] = best_id;
+    tokens.erase(tokens.begin() + static_cast<std::ptrdiff_t>(best_idx) + 1);
+  }
+  return tokens;
+}
+
+class Tok512 : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    if (!fs::exists(kTok)) GTEST_SKIP() << "stories260K tok512.bin not found under " << kDir;
+    tok_ = sharq::load_llama2c_tokenizer(kTok, 512);
+    file_ = std::make_unique<TokFile>(kTok);
+  }
+  int32_t id(const std::string& piece) const { return file_->id.at(piece); }
+  std::unique_ptr<sharq::Tokenizer> tok_;
+  std::unique_ptr<TokFile> file_;
+};
+
+TEST_F(Tok512, EncodesTheByHand) {
+  // [" ", t, h, e]: " t" (score -0) beats "he" (-1), then "he" (-1) beats " th" (-49), then " the".
+  EXPECT_EQ(tok_->encode("the", false), (std::vector<int32_t>{id(" the")}));
+  EXPECT_EQ(tok_->encode("the", true), (std::vector<int32_t>{1, id(" the")}));
+  EXPECT_EQ(tok_->encode("", true), (std::vector<int32_t>{1}));  // no dummy prefix for empty text
+  EXPECT_TRUE(tok_->encode("", false).empty());
+}
+
+TEST_F(Tok512, LooksUpCodePointsAndFallsBackToBytes) {
+  // 'é' is a piece, " é" is not: no merge. '日' (E6 97 A5) is no piece: three byte tokens.
+  ASSERT_EQ(file_->id.count(" \xC3\xA9"), 0u);
+  EXPECT_EQ(tok_->encode("\xC3\xA9", false), (std::vector<int32_t>{id(" "), id("\xC3\xA9")}));
+  ASSERT_EQ(file_->id.count("\xE6\x97\xA5"), 0u);
+  EXPECT_EQ(tok_->encode("\xE6\x97\xA5", false), (std::vector<int32_t>{id(" "), 0xE6 + 3, 0x97 + 3, 0xA5 + 3}));
+  // A stray continuation byte is looked up alone, then falls back to its byte.
+  EXPECT_EQ(tok_->encode("\x97", false), (std::vector<int32_t>{id(" "), 0x97 + 3}));
+}
+
+TEST_F(Tok512, DecodesAsRunC) {
+  EXPECT_EQ(tok_->decode_step(1, id(" the")), "the");    // after BOS the leading space goes
+  EXPECT_EQ(tok_->decode_step(7, id(" the")), " the");
+  EXPECT_EQ(tok_->decode_step(7, 3 + 'A'), "A");          // <0x41>
+  EXPECT_EQ(tok_->decode_step(7, 3 + '\n'), "\n");
+  EXPECT_EQ(tok_->decode_step(7, 3), "");                 // <0x00> is the empty C string
+  EXPECT_EQ(tok_->decode_step(7, 1), "\n<s>\n");          // BOS's piece as stored
+  EXPECT_EQ(tok_->decode_step(7, 512), "");
+  EXPECT_EQ(tok_->bos_id(), 1);
+  EXPECT_EQ(tok_->eos_id(), 2);
+  EXPECT_EQ(tok_->vocab_size(), 512);
+}
+
+TEST_F(Tok512, TextRoundTripsThroughEncodeAndDecode) {
+  const std::string sample = SHARQ_SOURCE_DIR "/../shared/data/tinystories/sample.txt";
+  for (const std::string& path : {kDir + "/REFERENCE_GREEDY.txt", sample}) {
+    SCOPED_TRACE(path);
+    if (!fs::exists(path)) GTEST_SKIP() << path << " not found";
+    const std::string text = read_bytes(path);
+    const std::vector<int32_t> ids = tok_->encode(text, true);
+    EXPECT_EQ(ids.front(), 1);
+    EXPECT_EQ(tok_->decode(ids, true), text);
+    std::string streamed;
+    for (size_t i = 1; i < ids.size(); ++i) streamed += tok_->decode_step(ids[i - 1], ids[i]);
+    EXPECT_EQ(streamed, text);
+    EXPECT_LT(ids.size(), text.size() / 2);  // merging happened
+  }
+}
+
+TEST_F(Tok512, MergesExactlyAsRunCsRescanLoop) {
+  std::vector<std::string> texts;
+  const std::string sample_path = SHARQ_SOURCE_DIR "/../shared/data/tinystories/sample.txt";
+  if (fs::exists(sample_path)) {
+    std::istringstream lines(read_bytes(sample_path));
+    for (std::string line; std::getline(lines, line);) texts.push_back(line);
+  }
+  // Random strings over pieces' characters, spaces, newlines and multi-byte code points, so that
+  // score ties, byte fallback and merges across BOS and the dummy prefix all occur.
+  const std::vector<std::string> alphabet = {"a", "e", "t", "h", " ", " ", "\n", "o", "n", "s", "d", "!", "\xC3\xA9",
+                                             "\xE6\x97\xA5", "\xE2\x80\x9C", "<", "s", ">", "0", "x"};
+  std::mt19937 rng(20261127);
+  for (int n = 0; n < 300; ++n) {
+    std::string t;
+    const int len = static_cast<int>(rng() % 40);
+    for (int k = 0; k < len; ++k) t += alphabet[rng() % alphabet.size()];
+    texts.push_back(t);
+  }
+  for (const std::string& t : texts) {
+    SCOPED_TRACE(t);
+    EXPECT_EQ(tok_->encode(t, true), run_c_encode(*file_, t, true));
+    EXPECT_EQ(tok_->encode(t, false), run_c_encode(*file_, t, false));
+  }
+}
+
+TEST_F(Tok512, TextEndsAtItsFirstNulAsInRunC) {
+  EXPECT_EQ(tok_->encode(std::string("the\0cat", 7), false), tok_->encode("the", false));
+}
+
+TEST(Llama2cTokenizer, CorruptFilesAreErrorsNamingFileAndEntry) {
+  if (!fs::exists(kTok)) GTEST_SKIP() << "stories260K tok512.bin not found under " << kDir;
+  const TokFile good(kTok);
+  const fs::path dir = fs::temp_directory_path() / "sharq_llama2c_bad_files";
+  fs::create_directories(dir);
+  const auto write = [&](const std::string& name, const std::string& bytes) {
+    std::ofstream(dir / name, std::ios::binary) << bytes;
+    return (dir / name).string();
+  };
+  std::string negative = good.bytes;
+  const int32_t minus_one = -1;
+  std::memcpy(&negative[good.entry_offset[300] + 4], &minus_one, 4);
+  std::string huge = good.bytes;
+  const int32_t too_long = 1 << 30;
+  std::memcpy(&huge[good.entry_offset[17] + 4], &too_long, 4);
+  const std::pair<std::string, std::string> cases[] = {
+      {(dir / "missing.bin").string(), "cannot open"},
+      {write("empty.bin", ""), "too short"},
+      {write("cut_in_bytes.bin", good.bytes.substr(0, good.entry_offset[200] + 9)), "entry 200 is truncated"},
+      {write("cut_in_header.bin", good.bytes.substr(0, good.entry_offset[511] + 5)), "entry 511 is truncated"},
+      {write("negative.bin", negative), "entry 300 has a negative length"},
+      {write("huge.bin", huge), "entry 17 is truncated"},
+  };
+  for (const auto& [path, what] : cases) {
+    SCOPED_TRACE(path);
+    try {
+      sharq::load_llama2c_tokenizer(path);
+      ADD_FAILURE() << "no error";
+    } catch (const TokenizerError& e) {
+      EXPECT_NE(std::string(e.what()).find(path), std::string::npos) << e.what();
+      EXPECT_NE(std::string(e.what()).find(what), std::string::npos) << e.what();
+    }
+  }
+  try {
+    sharq::load_llama2c_tokenizer(kTok, 32000);
+    ADD_FAILURE() << "vocab size mismatch accepted";
+  } catch (const TokenizerError& e) {
+    EXPECT_NE(std::string(e.what()).find("512 tokens"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("32000"), std::string::npos) << e.what();
+  }
+  fs::remove_all(dir);
+}
+
+}  // namespace
