@@ -76,7 +76,13 @@ GenerateResult generate(const Transformer& model, const Tokenizer& tok, const Ge
     res.text += piece;
     if (on_text) on_text(piece);
   };
-  // llama2.c prints the prompt's own tokens (after the first) as it walks through them
+  // llama2.c prints the prompt's own tokens (after the BOS) as it walks through them; a tokenizer
+  // without BOS (Qwen) starts the text with the first prompt token itself
+  if (res.prompt_ids[0] != tok.bos_id()) {
+    const std::string first = tok.decode({res.prompt_ids[0]});
+    res.text += first;
+    if (on_text) on_text(first);
+  }
   for (int64_t i = 1; i < n_prompt; ++i) emit(res.prompt_ids[i - 1], res.prompt_ids[i]);
 
   const auto t0 = std::chrono::steady_clock::now();
