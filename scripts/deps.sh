@@ -4,7 +4,8 @@ set -euo pipefail
 pkgs=(g++ cmake ninja-build pkg-config
       libgtest-dev libgmock-dev libbenchmark-dev
       libfmt-dev libcli11-dev nlohmann-json3-dev
-      libpcre2-dev libutf8proc-dev libsentencepiece-dev)
+      libpcre2-dev libutf8proc-dev libsentencepiece-dev
+      clang libclang-rt-14-dev)  # libFuzzer runs of the checkpoint parsers (scripts/fuzz.sh)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -14,4 +14,6 @@ cmake -S . -B build-asan -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DSHARQ_SANI
 cmake --build build-asan -j "$jobs"
 (cd build-asan && ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
    ctest --output-on-failure -j "$jobs" --timeout 900)
-echo "sharq: all tests passed (Release and ASan+UBSan)"
+# libFuzzer targets of the checkpoint parsers, a bounded time each (skips cleanly without clang)
+scripts/fuzz.sh "${SHARQ_FUZZ_SECONDS:-20}"
+echo "sharq: all tests passed (Release, ASan+UBSan, fuzz)"

@@ -124,7 +124,7 @@ Transformer::Transformer(const Checkpoint& ck, const Scheme& scheme) : cfg_(ck.c
     L->q = make_linear(ck, p + "self_attn.q_proj", qd, H, scheme, c.attention_bias);
     L->k = make_linear(ck, p + "self_attn.k_proj", kvd, H, scheme, c.attention_bias);
     L->v = make_linear(ck, p + "self_attn.v_proj", kvd, H, scheme, c.attention_bias);
-    L->o = make_linear(ck, p + "self_attn.o_proj", H, qd, scheme, false);
+    L->o = make_linear(ck, p + "self_attn.o_proj", H, qd, scheme, c.attention_output_bias);
     if (c.qk_norm) {
       L->q_norm = copy_tensor(ck, p + "self_attn.q_norm.weight", {hd});
       L->k_norm = copy_tensor(ck, p + "self_attn.k_norm.weight", {hd});
@@ -207,11 +207,14 @@ void Transformer::forward(const int32_t* tokens, int64_t T, KVCache& cache, floa
 #pragma omp parallel for collapse(2) schedule(static) if (T * nh * (p0 + T) * hd > (1 << 16))
     for (int64_t t = 0; t < T; ++t) {
       for (int64_t hh = 0; hh < nh; ++hh) {
-        const int64_t kvh = hh / (nh / nkv), n_keys = p0 + t + 1;  // causal
+        // causal, and within the sliding window when the model has one (Mistral: key j is seen
+        // from position i while i - j < window)
+        const int64_t kvh = hh / (nh / nkv), n_keys = p0 + t + 1;
+        const int64_t j0 = c.sliding_window > 0 ? std::max<int64_t>(0, n_keys - c.sliding_window) : 0;
         const float* qh = q.data() + t * qd + hh * hd;
-        std::vector<float> sc(static_cast<size_t>(n_keys));
+        std::vector<float> sc(static_cast<size_t>(n_keys), 0.0f);
         float mx = -INFINITY;
-        for (int64_t j = 0; j < n_keys; ++j) {
+        for (int64_t j = j0; j < n_keys; ++j) {
           const float* kj = Kc + j * kvd + kvh * hd;
           float dot = 0.0f;
           for (int64_t i = 0; i < hd; ++i) dot += qh[i] * kj[i];
@@ -219,11 +222,11 @@ void Transformer::forward(const int32_t* tokens, int64_t T, KVCache& cache, floa
           mx = std::max(mx, sc[j]);
         }
         double sum = 0.0;
-        for (auto& s : sc) { s = std::exp(s - mx); sum += s; }
+        for (int64_t j = j0; j < n_keys; ++j) { sc[j] = std::exp(sc[j] - mx); sum += sc[j]; }
         float* out = att.data() + t * qd + hh * hd;
         std::fill(out, out + hd, 0.0f);
         const float inv = static_cast<float>(1.0 / sum);
-        for (int64_t j = 0; j < n_keys; ++j) {
+        for (int64_t j = j0; j < n_keys; ++j) {
           const float w = sc[j] * inv;
           const float* vj = Vc + j * kvd + kvh * hd;
           for (int64_t i = 0; i < hd; ++i) out[i] += w * vj[i];
