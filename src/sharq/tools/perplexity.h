@@ -33,7 +33,8 @@ struct PplRow {
   double top1 = 0;        // share of positions whose argmax equals the reference's
   double delta_ppl = 0;   // ppl - ppl_reference
   std::string baseline;   // SharQ variants: their W4A4 baseline
-  std::optional<double> gap;  // (ppl_base - ppl) / (ppl_base - ppl_ref)
+  std::optional<double> gap;     // (ppl_base - ppl) / (ppl_base - ppl_ref); absent when ppl_base <= ppl_ref
+  std::optional<double> kl_gap;  // (KL_base - KL) / KL_base: the share of the baseline's divergence removed
   double seconds = 0;
 };
 
