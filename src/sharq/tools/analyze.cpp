@@ -13,6 +13,7 @@
 #include "sharq/model/checkpoint.h"
 #include "sharq/model/tokenizer.h"
 #include "sharq/model/transformer.h"
+#include "sharq/tools/scoring.h"
 
 namespace sharq {
 namespace {
@@ -48,11 +49,7 @@ AnalyzeResult run_analyze(const AnalyzeOptions& opt) {
   const std::vector<Scheme> schemes = parse_scheme_list(opt.schemes);
   const Checkpoint ck = load_checkpoint(opt.model_path);
   const auto tok = load_tokenizer_for(opt.model_path, opt.tokenizer_path);
-  std::ifstream f(opt.data_path, std::ios::binary);
-  if (!f) throw std::runtime_error(fmt::format("{}: cannot open the data file", opt.data_path));
-  std::stringstream ss;
-  ss << f.rdbuf();
-  std::vector<int32_t> ids = tok->encode(ss.str(), true);
+  std::vector<int32_t> ids = tok->encode(read_text_file(opt.data_path), true);
   if (opt.tokens < 1) throw std::invalid_argument("--tokens must be >= 1");
   if (static_cast<int64_t>(ids.size()) > opt.tokens) ids.resize(static_cast<size_t>(opt.tokens));
   const Transformer model(ck, Scheme{});

@@ -15,38 +15,13 @@
 #include "sharq/model/checkpoint.h"
 #include "sharq/model/tokenizer.h"
 #include "sharq/model/transformer.h"
+#include "sharq/tools/scoring.h"
 
 namespace sharq {
 namespace {
 
 using Clock = std::chrono::steady_clock;
 double seconds_since(Clock::time_point t) { return std::chrono::duration<double>(Clock::now() - t).count(); }
-
-std::string read_text(const std::string& path) {
-  std::ifstream f(path, std::ios::binary);
-  if (!f) throw std::runtime_error(fmt::format("{}: cannot open the data file", path));
-  std::stringstream ss;
-  ss << f.rdbuf();
-  return ss.str();
-}
-
-// log-softmax of one row, in double
-void log_softmax(const float* logits, int64_t V, std::vector<double>& out) {
-  out.resize(static_cast<size_t>(V));
-  double mx = logits[0];
-  for (int64_t i = 1; i < V; ++i) mx = std::max(mx, static_cast<double>(logits[i]));
-  double sum = 0.0;
-  for (int64_t i = 0; i < V; ++i) sum += std::exp(logits[i] - mx);
-  const double lse = mx + std::log(sum);
-  for (int64_t i = 0; i < V; ++i) out[i] = logits[i] - lse;
-}
-
-int64_t argmax(const float* v, int64_t n) {
-  int64_t b = 0;
-  for (int64_t i = 1; i < n; ++i)
-    if (v[i] > v[b]) b = i;
-  return b;
-}
 
 void progress_bar(int64_t done, int64_t total, double elapsed) {
   const int width = 30;
@@ -90,7 +65,7 @@ PplResult run_perplexity(const PplOptions& opt) {
                                             ck.config.max_position_embeddings));
 
   const auto t_tok = Clock::now();
-  const std::vector<int32_t> ids = tok->encode(read_text(opt.data_path), true);
+  const std::vector<int32_t> ids = tok->encode(read_text_file(opt.data_path), true);
   res.tokenize_seconds = seconds_since(t_tok);
   res.tokens_in_file = static_cast<int64_t>(ids.size());
   res.windows_in_file = res.tokens_in_file / opt.ctx;

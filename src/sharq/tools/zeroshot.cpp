@@ -16,6 +16,7 @@
 #include "sharq/model/checkpoint.h"
 #include "sharq/model/tokenizer.h"
 #include "sharq/model/transformer.h"
+#include "sharq/tools/scoring.h"
 
 namespace sharq {
 namespace {
@@ -34,6 +35,13 @@ int64_t codepoints(const std::string& s) {
   int64_t n = 0;
   for (unsigned char c : s) n += (c & 0xC0) != 0x80;
   return n;
+}
+
+// (not `" " + s`: GCC 12 warns falsely about that, PR 105651)
+std::string with_leading_space(const std::string& s) {
+  std::string out(1, ' ');
+  out.append(s);
+  return out;
 }
 
 const char* delimiter_of(const std::string& task) {
@@ -57,10 +65,10 @@ std::vector<Example> load_task(const std::string& dir, const std::string& task, 
       const nlohmann::json j = nlohmann::json::parse(line);
       Example ex;
       if (task == "winogrande") {
-        for (const auto& c : j.at("context_options")) ex.options.push_back({c.get<std::string>(), " " + j.at("continuation").get<std::string>()});
+        for (const auto& c : j.at("context_options")) ex.options.push_back({c.get<std::string>(), with_leading_space(j.at("continuation").get<std::string>())});
         ex.gold = j.at("gold").get<int64_t>();
       } else if (task == "lambada_openai") {
-        ex.options.push_back({j.at("context").get<std::string>(), " " + j.at("continuation").get<std::string>()});
+        ex.options.push_back({j.at("context").get<std::string>(), with_leading_space(j.at("continuation").get<std::string>())});
         ex.greedy = true;
       } else {
         const char* delim = delimiter_of(task);
@@ -120,6 +128,7 @@ std::vector<EvalRow> run_zeroshot(const EvalOptions& opt) {
       double correct = 0, correct_norm = 0;
       std::vector<int32_t> ids;
       std::vector<float> logits;
+      std::vector<double> lp;
       for (size_t e = 0; e < data.size(); ++e) {
         const Example& ex = data[e];
         std::vector<double> ll(ex.options.size());
@@ -133,14 +142,9 @@ std::vector<EvalRow> run_zeroshot(const EvalOptions& opt) {
           model.forward(ids.data(), T, cache, logits.data(), true);
           for (int64_t t = n_ctx; t < T; ++t) {  // token t predicted from position t - 1
             const float* r = logits.data() + (t - 1) * V;
-            double mx = r[0];
-            int64_t am = 0;
-            for (int64_t i = 1; i < V; ++i)
-              if (r[i] > mx) { mx = r[i]; am = i; }
-            double sum = 0;
-            for (int64_t i = 0; i < V; ++i) sum += std::exp(r[i] - mx);
-            ll[o] += r[ids[t]] - mx - std::log(sum);
-            greedy_ok = greedy_ok && am == ids[t];
+            log_softmax(r, V, lp);
+            ll[o] += lp[ids[t]];
+            greedy_ok = greedy_ok && argmax(r, V) == ids[t];
           }
         }
         if (ex.greedy) {
