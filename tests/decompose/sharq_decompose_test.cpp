@@ -20,6 +20,7 @@
 #include <vector>
 
 #include "sharq/decompose/sharq_decompose.h"
+#include "../support/bit_compare.h"
 #include "../support/test_inputs.h"
 
 namespace sharq {
@@ -27,35 +28,19 @@ namespace {
 
 using sharq_test::outlier_heavy;
 using sharq_test::Rng;
+using sharq_test::bit_equal;
+using sharq_test::float_bits;
+using sharq_test::hex;
+using sharq_test::same_bits;
 
 // ================================================================================================
 // Utilities
 
-uint32_t bits_of(float x) {
-  uint32_t u;
-  std::memcpy(&u, &x, sizeof u);
-  return u;
-}
-// Bit-exact equality; any two NaNs compare equal (a NaN's payload is not part of the contract).
-bool same_bits(float a, float b) { return bits_of(a) == bits_of(b) || (std::isnan(a) && std::isnan(b)); }
 // Value equality (+0 == -0), NaN == NaN: for comparisons against test-side references, which do
 // not model the sign of a zero.
 bool same_value(double a, double b) { return a == b || (std::isnan(a) && std::isnan(b)); }
 
-std::string hex(double v) {
-  std::ostringstream os;
-  os << std::hexfloat << v << " (" << std::defaultfloat << v << ")";
-  return os.str();
-}
 
-::testing::AssertionResult bit_equal(const std::vector<float>& a, const std::vector<float>& b, int64_t cols) {
-  if (a.size() != b.size()) return ::testing::AssertionFailure() << "sizes " << a.size() << " vs " << b.size();
-  for (size_t i = 0; i < a.size(); ++i)
-    if (!same_bits(a[i], b[i]))
-      return ::testing::AssertionFailure() << "first mismatch at (" << i / cols << ", " << i % cols
-                                           << "): " << hex(a[i]) << " vs " << hex(b[i]);
-  return ::testing::AssertionSuccess();
-}
 
 
 // Inputs that stress the edge cases: ties (small integers and zeros: mask ties, E2M1 ties), tiny
@@ -679,7 +664,7 @@ TEST(SharqDecompose, NonFiniteInputPoisonsOnlyItsBackboneSpan) {
             if (d.keep[i]) {
               ASSERT_TRUE(std::isnan(p.s_hat[i]));
             } else {
-              ASSERT_EQ(bits_of(p.s_hat[i]), 0u) << "a dropped position stays +0 even in a NaN span";
+              ASSERT_EQ(float_bits(p.s_hat[i]), 0u) << "a dropped position stays +0 even in a NaN span";
             }
           } else {
             ASSERT_TRUE(std::isfinite(p.xhat[i])) << "X^ should be finite at (" << m << ", " << c << ")";

@@ -20,6 +20,7 @@
 #include <omp.h>
 
 #include "sharq/decompose/sharq_decompose.h"
+#include "../../support/bit_compare.h"
 #include "../../support/test_inputs.h"
 #include "sharq/kernels/cpu/linear.h"
 
@@ -28,24 +29,14 @@ namespace {
 
 using sharq_test::outlier_heavy;
 using sharq_test::Rng;
+using sharq_test::bit_equal;
+using sharq_test::float_bits;
+using sharq_test::same_bits;
 
 // ================================================================================================
 // Utilities
 
-uint32_t bits_of(float x) {
-  uint32_t u;
-  std::memcpy(&u, &x, sizeof u);
-  return u;
-}
-bool same_bits(float a, float b) { return bits_of(a) == bits_of(b) || (std::isnan(a) && std::isnan(b)); }
 
-::testing::AssertionResult bit_equal(const std::vector<float>& a, const std::vector<float>& b) {
-  if (a.size() != b.size()) return ::testing::AssertionFailure() << "sizes " << a.size() << " vs " << b.size();
-  for (size_t i = 0; i < a.size(); ++i)
-    if (!same_bits(a[i], b[i]))
-      return ::testing::AssertionFailure() << "first mismatch at " << i << ": " << std::hexfloat << a[i] << " vs " << b[i];
-  return ::testing::AssertionSuccess();
-}
 
 
 // Weights: Gaussian, std 1/sqrt(K), with 1/128 of the entries 8x larger.
@@ -104,7 +95,7 @@ double e4m3_round(double a) {
 bool e4m3_representable(float v) { return std::isfinite(v) && e4m3_round(v) == v; }
 // BF16 RNE via the two bf16 neighbours of x.
 float bf16_round(float x) {
-  const uint32_t u = bits_of(x), t = u & 0xFFFF0000u;
+  const uint32_t u = float_bits(x), t = u & 0xFFFF0000u;
   float lo, hi;
   std::memcpy(&lo, &t, 4);
   const uint32_t t2 = t + 0x10000u;
