@@ -225,34 +225,30 @@ class BlockSource final : public WeightPanelSource {
   int64_t rows() const override { return q_.rows; }
   int64_t cols() const override { return q_.cols; }
   size_t bytes() const override { return q_.bytes(); }
-  void decode_segment(int64_t n, int64_t k0, int kc, float* out) const override {
+  void decode_segment(int64_t n, int64_t k0, int kc, float* out) const override { decode_strided(n, k0, kc, out, 1); }
+  // Straight into the k-major panel: one block decode per (row, block), no intermediate copy.
+  void decode_panel(int64_t n0, int nr, int64_t k0, int kc, float* panel) const override {
+    for (int j = 0; j < kGemmNR; ++j) {
+      if (j < nr) {
+        decode_strided(n0 + j, k0, kc, panel + j, kGemmNR);
+      } else {
+        for (int t = 0; t < kc; ++t) panel[t * kGemmNR + j] = 0.0f;
+      }
+    }
+  }
+
+ private:
+  // W[n][k0 .. k0 + kc) -> out[t * stride], block by block (any k0).
+  void decode_strided(int64_t n, int64_t k0, int kc, float* out, int stride) const {
     constexpr int B = F::kBlock;
     const auto* row = q_.row(n);
     float buf[B];
     for (int64_t b = k0 / B; b * B < k0 + kc; ++b) {
       dequantize_block<F>(row[b], buf);
       const int64_t lo = std::max<int64_t>(b * B, k0), hi = std::min<int64_t>((b + 1) * B, k0 + kc);
-      for (int64_t k = lo; k < hi; ++k) out[k - k0] = buf[k - b * B];
+      for (int64_t k = lo; k < hi; ++k) out[(k - k0) * stride] = buf[k - b * B];
     }
   }
-  // Straight into the k-major panel: one block decode per (row, block), no intermediate copy.
-  void decode_panel(int64_t n0, int nr, int64_t k0, int kc, float* panel) const override {
-    constexpr int B = F::kBlock;
-    float buf[B];
-    for (int j = 0; j < kGemmNR; ++j) {
-      if (j >= nr) {
-        for (int t = 0; t < kc; ++t) panel[t * kGemmNR + j] = 0.0f;
-        continue;
-      }
-      const auto* row = q_.row(n0 + j);
-      for (int t0 = 0; t0 < kc; t0 += B) {  // k0 is a multiple of kGemmKC, hence of B
-        dequantize_block<F>(row[(k0 + t0) / B], buf);
-        const int len = std::min(B, kc - t0);
-        for (int t = 0; t < len; ++t) panel[(t0 + t) * kGemmNR + j] = buf[t];
-      }
-    }
-  }
- private:
   QuantizedMatrix<F> q_;
 };
 
