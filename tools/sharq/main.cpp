@@ -16,6 +16,7 @@
 #include "sharq/model/tokenizer.h"
 #include "sharq/model/transformer.h"
 #include "sharq/tools/analyze.h"
+#include "sharq/tools/cuda/bench_gemm.h"  // plain C++: the options struct; the function needs SHARQ_HAVE_CUDA
 #include "sharq/tools/generate.h"
 #include "sharq/tools/opcheck.h"
 #include "sharq/tools/perplexity.h"
@@ -65,6 +66,27 @@ int cmd_generate(const GenerateArgs& a) {
                  r.decode_ms > 0 ? 1000.0 * n / r.decode_ms : 0.0);
   }
   return 0;
+}
+
+constexpr const char* kBenchGemmHelp =
+    "Methods (median us of >= 50 reps, one CUDA event pair each, rotating buffer sets >= 3x L2):\n"
+    "  fp16, bf16, fp8          cuBLASLt (fp8: E4M3, per-tensor scales, GEMM only)\n"
+    "  w4a16, nvfp4             GpuLinear forward (nvfp4 = its activation prep + GEMM)\n"
+    "  exact, merged            SharQ GpuLinear forward (prep + GEMM); *_gemm: GEMM only\n"
+    "  prep, prep_merged        the SharQ activation prep alone\n"
+    "TB/s counts W + X + Y once each: fp16/bf16 2NK+2MK+2MN; fp8 NK+MK+8+2MN; GpuLinear forward\n"
+    "weight_bytes()+2MK+2MN (intermediate planes not counted); *_gemm weight_bytes() + FP16 planes\n"
+    "2*M*Kp each (exact 2, merged 1) + 4*G (g_x, G = M per token, 1 per tensor) + 2MN; prep 2MK + planes\n"
+    "written + 4*G; Kp = round_up(K, 128). TFLOP/s = 2*M*N*K / t. Speedups = t_fp16 or t_fp8 / t_sharq.\n";
+
+int cmd_bench_gemm(const sharq::BenchGemmOptions& o) {
+#ifdef SHARQ_HAVE_CUDA
+  return sharq::run_bench_gemm(o);
+#else
+  (void)o;
+  throw std::runtime_error("bench gemm: this sharq was built without CUDA (reconfigure with nvcc on the PATH "
+                           "or -DSHARQ_CUDA=ON)");
+#endif
 }
 
 int cmd_ppl(const sharq::PplOptions& o, bool json) {
@@ -149,6 +171,34 @@ int main(int argc, char** argv) {
   an->add_option("--schemes", ao.schemes, "comma-separated schemes")->capture_default_str();
   an->add_option("--svg", ao.svg_path, "also write an SVG plot of the per-layer errors here");
 
+  // ---- bench gemm
+  sharq::BenchGemmOptions bo;
+  auto* bench = app.add_subcommand("bench", "GPU benchmarks (needs a CUDA build and an NVIDIA Hopper GPU)");
+  bench->require_subcommand(1);
+  auto* bg = bench->add_subcommand(
+      "gemm", "Time the GPU linear layers (SharQ, NVFP4, W4A16) against cuBLASLt FP16/BF16/FP8 on LLM shapes");
+  bg->add_option("--model", bo.model, "llama3.1-8b | qwen2.5-7b | all, comma-separated (default all; --quick: llama3.1-8b)");
+  bg->add_option("--layer", bo.layers, "comma-separated: qkv, o, gate_up, down | all")->capture_default_str();
+  bg->add_option("-M,--m", bo.m, "comma-separated token counts (default 1,8,16,64,256,1024,4096; --quick: 1,16,256,4096)")
+      ->delimiter(',')->check(CLI::PositiveNumber);
+  bg->add_option("--reps", bo.reps, "timed repetitions per method, median reported (at least 50)")
+      ->capture_default_str()->check(CLI::PositiveNumber);
+  bg->add_option("--warmup", bo.warmup, "warm-up calls per method (at least one per buffer set)")
+      ->capture_default_str()->check(CLI::NonNegativeNumber);
+  bg->add_option("--max-sets", bo.max_sets, "cap on the rotating (W, X, Y) buffer sets per method")
+      ->capture_default_str()->check(CLI::Range(1, 64));
+  bg->add_option("--kernel", bo.kernel, "GpuLinear GEMM kernel: auto | decode | prefill")
+      ->capture_default_str()->check(CLI::IsMember({"auto", "decode", "prefill"}));
+  bg->add_option("--act-scale", bo.act_scale, "SharQ/NVFP4 activation scale g_x: token | tensor")
+      ->capture_default_str()->check(CLI::IsMember({"token", "tensor"}));
+  bg->add_option("--mask", bo.mask, "SharQ mask: p48 | s24")->capture_default_str()->check(CLI::IsMember({"p48", "s24"}));
+  bg->add_option("--seed", bo.seed, "seed of the random X and W")->capture_default_str();
+  bg->add_option("--device", bo.device, "CUDA device ordinal")->capture_default_str()->check(CLI::NonNegativeNumber);
+  bg->add_flag("--csv", bo.csv, "CSV on stdout, one row per (model, layer, M), with a header");
+  bg->add_flag("--quick", bo.quick, "fewer shapes: llama3.1-8b, M = 1,16,256,4096 (explicit --model/--m win)");
+  bg->add_flag("-q,--quiet", bo.quiet, "no progress on stderr");
+  bg->footer(kBenchGemmHelp);
+
   // ---- schemes
   auto* sc = app.add_subcommand("schemes", "List the linear-layer schemes and their options");
 
@@ -180,6 +230,7 @@ int main(int argc, char** argv) {
       po.progress = !po_quiet;
       return cmd_ppl(po, po_json);
     }
+    if (*bg) return cmd_bench_gemm(bo);
     if (*sc) {
       std::fputs(kSchemeHelp, stdout);
       return 0;

@@ -32,13 +32,21 @@ struct Nvfp4 {
   using scale_t = scale_ue4m3;
   using block_t = block_fp4<scale_t, B>;
 
+  // The two halves of quantize(), exposed so that a warp can quantize a block one lane per
+  // element with the very same arithmetic (kernels/cuda/sharq_prep.cu):
+  //   scale_for(amax)          the block's scale from its amax_nan_sticky()
+  //   code_divisor(amax, s)    what every element is divided by, or 0: all codes 0 (NaN, zero or
+  //                            underflowing block)
+  SHARQ_HD static scale_t scale_for(float amax) {
+    return scale_t{is_nonfinite(amax) ? kUe4m3Nan : ue4m3_encode(amax / 6.0f)};
+  }
+  SHARQ_HD static float code_divisor(float amax, scale_t s) { return is_nonfinite(amax) ? 0.0f : ue4m3_decode(s.e); }
   SHARQ_HD static void quantize(const float* v, block_t& b) {
     for (int i = 0; i < B / 2; ++i) b.qs[i] = 0;
     const float amax = amax_nan_sticky(v, B);
-    if (is_nonfinite(amax)) { b.s.e = kUe4m3Nan; return; }
-    b.s.e = ue4m3_encode(amax / 6.0f);
-    const float s = ue4m3_decode(b.s.e);
-    if (s == 0.0f) return;  // zero (or underflowing) block: scale 0, codes 0
+    b.s = scale_for(amax);
+    const float s = code_divisor(amax, b.s);
+    if (s == 0.0f) return;  // NaN block (NaN scale), zero or underflowing block (scale 0): codes 0
     for (int k = 0; k < B; ++k) set_nibble(b.qs, k, e2m1_encode(v[k] / s));
   }
   SHARQ_HD static float element_scale(const scale_t& s, int /*k*/) { return ue4m3_decode(s.e); }
@@ -58,13 +66,18 @@ struct Mxfp4 {
   using scale_t = scale_ue8m0;
   using block_t = block_fp4<scale_t, 32>;
 
+  SHARQ_HD static scale_t scale_for(float amax) {
+    return scale_t{is_nonfinite(amax) ? kUe8m0Nan : amax == 0.0f ? uint8_t{0} : ue8m0_for_e2m1_block(amax)};
+  }
+  SHARQ_HD static float code_divisor(float amax, scale_t s) {
+    return is_nonfinite(amax) || amax == 0.0f ? 0.0f : ue8m0_decode(s.e);  // 2^e > 0 for every finite e
+  }
   SHARQ_HD static void quantize(const float* v, block_t& b) {
     for (int i = 0; i < 16; ++i) b.qs[i] = 0;
     const float amax = amax_nan_sticky(v, 32);
-    if (is_nonfinite(amax)) { b.s.e = kUe8m0Nan; return; }
-    if (amax == 0.0f) { b.s.e = 0; return; }
-    b.s.e = ue8m0_for_e2m1_block(amax);
-    const float s = ue8m0_decode(b.s.e);
+    b.s = scale_for(amax);
+    const float s = code_divisor(amax, b.s);
+    if (s == 0.0f) return;
     for (int k = 0; k < 32; ++k) set_nibble(b.qs, k, e2m1_encode(v[k] / s));
   }
   SHARQ_HD static float element_scale(const scale_t& s, int /*k*/) { return ue8m0_decode(s.e); }

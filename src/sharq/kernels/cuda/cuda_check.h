@@ -3,6 +3,7 @@
 
 #include <stdexcept>
 #include <string>
+#include <vector>
 
 #include <cuda_runtime.h>
 
@@ -27,12 +28,24 @@ class DeviceBuffer {
     if (n) SHARQ_CUDA_CHECK(cudaMalloc(&p_, n * sizeof(T)));
   }
   ~DeviceBuffer() { if (p_) cudaFree(p_); }
+  DeviceBuffer() : n_(0) {}
   DeviceBuffer(const DeviceBuffer&) = delete;
   DeviceBuffer& operator=(const DeviceBuffer&) = delete;
+  DeviceBuffer(DeviceBuffer&& o) noexcept : p_(o.p_), n_(o.n_) { o.p_ = nullptr; o.n_ = 0; }
+  DeviceBuffer& operator=(DeviceBuffer&& o) noexcept {
+    if (this != &o) {
+      if (p_) cudaFree(p_);
+      p_ = o.p_; n_ = o.n_;
+      o.p_ = nullptr; o.n_ = 0;
+    }
+    return *this;
+  }
   T* get() const { return p_; }
   size_t size() const { return n_; }
   void upload(const T* h) { if (n_) SHARQ_CUDA_CHECK(cudaMemcpy(p_, h, n_ * sizeof(T), cudaMemcpyHostToDevice)); }
   void download(T* h) const { if (n_) SHARQ_CUDA_CHECK(cudaMemcpy(h, p_, n_ * sizeof(T), cudaMemcpyDeviceToHost)); }
+  std::vector<T> to_host() const { std::vector<T> h(n_); download(h.data()); return h; }
+  size_t bytes() const { return n_ * sizeof(T); }
  private:
   T* p_ = nullptr;
   size_t n_;

@@ -1,0 +1,384 @@
+// Fused activation prep (see sharq_prep.h). One thread block per row:
+//   1. stage the row in shared memory as FP32 (16-byte loads when K % 8 == 0);
+//   2. optional RMSNorm: warp 0 sums x*x in the documented order, everyone rescales in place;
+//   3. g_x: per token, a block max of the finite |x| (order-free, so exact); per tensor, read from
+//      a first pass (amax_kernel) that did steps 1-2 and an atomicMax on the FP32 bits;
+//   4. one thread per 32-wide span runs the shared SHARQ_HD sharq_prepare_span() (or, for the NVFP4
+//      baseline, one NVFP4-16 block quantization per 16-wide span) and writes what was asked for.
+#include "sharq/kernels/cuda/sharq_prep.h"
+
+#include <algorithm>
+#include <stdexcept>
+#include <string>
+
+#include <fmt/format.h>
+
+#include "sharq/kernels/cuda/cuda_check.h"
+
+namespace sharq::cuda {
+namespace {
+
+template <class T> __device__ __forceinline__ float to_f32(T v);
+template <> __device__ __forceinline__ float to_f32<__half>(__half v) { return __half2float(v); }
+template <> __device__ __forceinline__ float to_f32<__nv_bfloat16>(__nv_bfloat16 v) { return __bfloat162float(v); }
+
+struct RowArgs {
+  const void* x;
+  const void* rms_w;
+  int64_t K, spans, ld;
+  float eps;
+  bool per_tensor;          // NVFP4: g from *amax_bits
+  const uint32_t* amax_bits;
+  PairScore score;
+  PrepOut out;
+  block_nvfp4_16* nv_blocks;  // nvfp4_prep only
+};
+
+// Steps 1-2: the (normalized) row in smem, K floats followed by zero padding up to 32 * spans.
+template <class T, bool kRms>
+__device__ void stage_row(const RowArgs& a, int64_t m, float* row, float* bcast) {
+  const T* x = static_cast<const T*>(a.x) + m * a.K;
+  const int64_t K = a.K;
+  if (K % 8 == 0) {
+    const uint4* xv = reinterpret_cast<const uint4*>(x);
+    for (int64_t i = threadIdx.x; i < K / 8; i += blockDim.x) {
+      const uint4 u = xv[i];
+      const T* e = reinterpret_cast<const T*>(&u);
+#pragma unroll
+      for (int j = 0; j < 8; ++j) row[i * 8 + j] = to_f32(e[j]);
+    }
+  } else {
+    for (int64_t i = threadIdx.x; i < K; i += blockDim.x) row[i] = to_f32(x[i]);
+  }
+  for (int64_t i = K + threadIdx.x; i < a.spans * 32; i += blockDim.x) row[i] = 0.0f;
+  __syncthreads();
+  if constexpr (kRms) {
+    if (threadIdx.x < 32) {
+      float p = 0.0f;
+      for (int64_t i = threadIdx.x; i < K; i += 32) p = p + row[i] * row[i];
+      for (int off = 16; off >= 1; off >>= 1) p = p + __shfl_xor_sync(0xffffffffu, p, off);
+      if (threadIdx.x == 0) *bcast = 1.0f / sqrtf(p / static_cast<float>(K) + a.eps);
+    }
+    __syncthreads();
+    const float inv = *bcast;
+    const T* w = static_cast<const T*>(a.rms_w);
+    for (int64_t i = threadIdx.x; i < K; i += blockDim.x) row[i] = (row[i] * inv) * to_f32(w[i]);
+    __syncthreads();
+  }
+}
+
+// Block max of the finite |row[i]| (every thread gets it).
+__device__ float block_amax_finite(const float* row, int64_t K, float* red) {
+  float m = 0.0f;
+  for (int64_t i = threadIdx.x; i < K; i += blockDim.x) {
+    const float v = abs_f32(row[i]);
+    if (!is_nonfinite(v) && v > m) m = v;
+  }
+  for (int off = 16; off >= 1; off >>= 1) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, off));
+  if ((threadIdx.x & 31) == 0) red[threadIdx.x / 32] = m;
+  __syncthreads();
+  float r = 0.0f;
+  for (unsigned w = 0; w < blockDim.x / 32; ++w) r = fmaxf(r, red[w]);
+  __syncthreads();
+  return r;
+}
+
+template <class T, bool kRms>
+__global__ void amax_kernel(RowArgs a, uint32_t* amax_bits) {
+  extern __shared__ float smem[];
+  float* row = smem + 64;
+  stage_row<T, kRms>(a, blockIdx.x, row, smem);
+  const float m = block_amax_finite(row, a.K, smem + 32);
+  if (threadIdx.x == 0) atomicMax(amax_bits, f32_bits(m));  // non-negative floats order as their bits
+}
+
+// max |v| over aligned segments of `width` lanes, NaN-sticky like amax_nan_sticky(): NaN if any
+// lane holds NaN, else the exact max (Inf included). Max is order-free, so this equals the CPU's scan.
+template <int kWidth>
+__device__ __forceinline__ float segment_amax_sticky(float v) {
+  float m = abs_f32(v);
+#pragma unroll
+  for (int off = kWidth / 2; off >= 1; off >>= 1) {
+    const float o = __shfl_xor_sync(0xffffffffu, m, off);
+    m = (is_nan(m) || is_nan(o)) ? f32_from_bits(0x7FC00000u) : fmaxf(m, o);
+  }
+  return m;
+}
+
+// One block of F quantized one lane per element: the same scale_for / code_divisor / e2m1_encode
+// sequence as F::quantize(). Returns the lane's code; *scale receives the block scale.
+template <class F>
+__device__ __forceinline__ uint8_t lane_quantize(float v, typename F::scale_t* scale) {
+  const float amax = segment_amax_sticky<F::kBlock>(v);
+  *scale = F::scale_for(amax);
+  const float d = F::code_divisor(amax, *scale);
+  return d == 0.0f ? uint8_t{0} : e2m1_encode(v / d);
+}
+
+// Two 4-bit codes of lanes 2i, 2i+1 -> byte (even lane's code in the low nibble); valid on even lanes.
+__device__ __forceinline__ uint8_t pair_byte(uint8_t code) {
+  const uint32_t hi = __shfl_down_sync(0xffffffffu, static_cast<uint32_t>(code), 1);
+  return static_cast<uint8_t>(code | (hi << 4));
+}
+
+// One 32-wide backbone span, one lane per element (the warp-parallel form of sharq_prepare_span;
+// bit-identical, see sharq_prep_test).
+template <class V, int Group>
+__device__ void warp_span(const RowArgs& a, int64_t m, int64_t sp, float g, const float* row, float* xs, uint8_t* cs) {
+  using Fbb = typename V::Fbb;
+  using Fres = typename V::Fres;
+  using bb_t = backbone_block_t<V, Group>;
+  constexpr int kRes = 32 / Fres::kBlock;
+  const int lane = threadIdx.x & 31;
+  const float xt = row[sp * 32 + lane] / g;  // padding: 0 / g = 0, as on the CPU
+  xs[lane] = xt;
+  __syncwarp();
+  // 1. mask: every lane of a group evaluates its group's selection (same function as the CPU)
+  const int grp = lane / Group, pos = lane % Group;
+  uint8_t meta, bits;
+  if constexpr (Group == 8) {
+    meta = pair48_select(xs + 8 * grp, a.score);
+    bits = pair48_keep_bits(meta);
+  } else {
+    meta = scalar24_select(xs + 4 * grp);
+    bits = scalar24_keep_bits(meta);
+  }
+  const bool kept = (bits >> pos) & 1u;
+  const float sv = kept ? xt : 0.0f;
+  // 2. backbone quantization over the logical span; S^ of the kept positions
+  typename Fbb::scale_t bsc;
+  const uint8_t code = lane_quantize<Fbb>(sv, &bsc);
+  const float sh = kept ? Fbb::decode(code) * Fbb::element_scale(bsc, lane) : 0.0f;
+  // 3. residual against the quantized backbone, 4. its quantization
+  const float r = xt - sh;
+  typename Fres::scale_t rsc;
+  const uint8_t rcode = lane_quantize<Fres>(r, &rsc);
+  const int64_t idx = m * a.spans + sp;
+  // packed outputs (byte stores; the fast path writes planes only)
+  const uint32_t kept_mask = __ballot_sync(0xffffffffu, kept);
+  const uint8_t rbyte = pair_byte(rcode);
+  const uint32_t meta_next = __shfl_down_sync(0xffffffffu, static_cast<uint32_t>(meta), Group);
+  if (a.out.backbone) {
+    bb_t* bb = static_cast<bb_t*>(a.out.backbone) + idx;
+    if (kept) cs[__popc(kept_mask & ((1u << lane) - 1u))] = code;
+    __syncwarp();
+    if (lane == 0) bb->s = bsc;
+    if (pos == 0 && grp % 2 == 0) bb->meta[grp / 2] = static_cast<uint8_t>(meta | (meta_next << 4));
+    if (lane < 8) bb->qs[lane] = static_cast<uint8_t>(cs[2 * lane] | (cs[2 * lane + 1] << 4));
+  }
+  if (a.out.residual) {
+    auto* res = static_cast<typename Fres::block_t*>(a.out.residual) + idx * kRes;
+    const int b = lane / Fres::kBlock, k = lane % Fres::kBlock;
+    if (k == 0) res[b].s = rsc;
+    if (k % 2 == 0) res[b].qs[k / 2] = rbyte;
+  }
+  const int64_t o = m * a.ld + sp * 32 + lane;
+  if (a.out.s_plane || a.out.r_plane || a.out.x_plane) {
+    const float rh = Fres::decode(rcode) * Fres::element_scale(rsc, lane % Fres::kBlock);
+    if (a.out.s_plane) a.out.s_plane[o] = __float2half_rn(sh);
+    if (a.out.r_plane) a.out.r_plane[o] = __float2half_rn(rh);
+    if (a.out.x_plane) a.out.x_plane[o] = __float2half_rn(sh + rh);  // S^ + R^ exact in FP32 (NVFP4), rounded once
+  }
+  __syncwarp();  // xs / cs are reused by the next span
+}
+
+// Spans of row blockIdx.x handled by this block: chunk blockIdx.y of gridDim.y.
+__device__ __forceinline__ void span_range(int64_t spans, int64_t* b, int64_t* e) {
+  const int64_t per = (spans + gridDim.y - 1) / gridDim.y;
+  *b = static_cast<int64_t>(blockIdx.y) * per;
+  *e = *b + per < spans ? *b + per : spans;
+}
+
+template <class V, int Group, class T, bool kRms>
+__global__ void __launch_bounds__(256) sharq_prep_kernel(RowArgs a) {
+  extern __shared__ float smem[];
+  __shared__ float xs_all[8][32];
+  __shared__ uint8_t cs_all[8][32];
+  float* row = smem + 64;
+  const int64_t m = blockIdx.x;
+  stage_row<T, kRms>(a, m, row, smem);
+  float g = 1.0f;
+  if constexpr (V::kGlobal) {
+    g = a.per_tensor ? nvfp4_global_scale(f32_from_bits(*a.amax_bits))
+                     : nvfp4_global_scale(block_amax_finite(row, a.K, smem + 32));
+    if (a.out.g && threadIdx.x == 0 && blockIdx.y == 0 && (!a.per_tensor || m == 0)) a.out.g[a.per_tensor ? 0 : m] = g;
+  }
+  const int warp = threadIdx.x / 32;
+  int64_t b, e;
+  span_range(a.spans, &b, &e);
+  for (int64_t sp = b + warp; sp < e; sp += blockDim.x / 32)
+    warp_span<V, Group>(a, m, sp, g, row, xs_all[warp], cs_all[warp]);
+  if (blockIdx.y == 0) {  // zero padding of the planes from 32 * spans up to ld
+    for (int64_t c = a.spans * 32 + threadIdx.x; c < a.ld; c += blockDim.x) {
+      const __half z = __float2half_rn(0.0f);
+      if (a.out.s_plane) a.out.s_plane[m * a.ld + c] = z;
+      if (a.out.r_plane) a.out.r_plane[m * a.ld + c] = z;
+      if (a.out.x_plane) a.out.x_plane[m * a.ld + c] = z;
+    }
+  }
+}
+
+// NVFP4 W4A4 baseline: a warp quantizes 32 columns = two NVFP4-16 blocks, one lane per element.
+// a.spans counts 32-wide chunks here.
+template <class T, bool kRms>
+__global__ void __launch_bounds__(256) nvfp4_prep_kernel(RowArgs a) {
+  extern __shared__ float smem[];
+  float* row = smem + 64;
+  const int64_t m = blockIdx.x;
+  stage_row<T, kRms>(a, m, row, smem);
+  const float g = a.per_tensor ? nvfp4_global_scale(f32_from_bits(*a.amax_bits))
+                               : nvfp4_global_scale(block_amax_finite(row, a.K, smem + 32));
+  if (a.out.g && threadIdx.x == 0 && blockIdx.y == 0 && (!a.per_tensor || m == 0)) a.out.g[a.per_tensor ? 0 : m] = g;
+  const int warp = threadIdx.x / 32, lane = threadIdx.x & 31;
+  const int64_t nblk = (a.K + 15) / 16;
+  int64_t b, e;
+  span_range(a.spans, &b, &e);
+  for (int64_t sp = b + warp; sp < e; sp += blockDim.x / 32) {
+    const float v = row[sp * 32 + lane] / g;
+    scale_ue4m3 sc;
+    const uint8_t code = lane_quantize<Nvfp4_16>(v, &sc);
+    const uint8_t byte = pair_byte(code);
+    const int64_t blk = sp * 2 + lane / 16;
+    if (a.nv_blocks && blk < nblk) {
+      if (lane % 16 == 0) a.nv_blocks[m * nblk + blk].s = sc;
+      if (lane % 2 == 0) a.nv_blocks[m * nblk + blk].qs[(lane % 16) / 2] = byte;
+    }
+    if (a.out.x_plane) a.out.x_plane[m * a.ld + sp * 32 + lane] = __float2half_rn(e2m1_decode(code) * ue4m3_decode(sc.e));
+  }
+  if (blockIdx.y == 0 && a.out.x_plane)
+    for (int64_t c = a.spans * 32 + threadIdx.x; c < a.ld; c += blockDim.x) a.out.x_plane[m * a.ld + c] = __float2half_rn(0.0f);
+}
+
+// Blocks per row: one when M alone fills the chip; else the row's spans are shared out (each
+// block stages the whole row for its norm and amax, then quantizes ~2 spans per warp).
+unsigned blocks_per_row(int64_t M, int64_t spans) {
+  static const int sms = [] {
+    int dev = 0, v = 0;
+    SHARQ_CUDA_CHECK(cudaGetDevice(&dev));
+    SHARQ_CUDA_CHECK(cudaDeviceGetAttribute(&v, cudaDevAttrMultiProcessorCount, dev));
+    return v;
+  }();
+  const int64_t want = (4LL * sms + M - 1) / M, most = (spans + 15) / 16;
+  return static_cast<unsigned>(std::max<int64_t>(1, std::min(want, most)));
+}
+
+size_t smem_bytes(int64_t spans32) { return static_cast<size_t>(64 + spans32 * 32) * sizeof(float); }
+
+template <class K>
+void raise_smem(K kernel, size_t bytes) {
+  if (bytes > 48 * 1024) SHARQ_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                                               static_cast<int>(bytes)));
+}
+
+void check_common(const char* what, const void* x, int64_t M, int64_t K, bool rmsnorm, const void* rms_w, int64_t ld) {
+  if (M < 0 || K <= 0) throw std::invalid_argument(fmt::format("{}: bad shape M = {}, K = {}", what, M, K));
+  if (K > kPrepMaxK)
+    throw std::invalid_argument(fmt::format("{}: K = {} exceeds the supported maximum {} (one row is staged in shared memory)",
+                                            what, K, kPrepMaxK));
+  if (M > 0 && !x) throw std::invalid_argument(fmt::format("{}: x is null", what));
+  if (rmsnorm && !rms_w) throw std::invalid_argument(fmt::format("{}: rmsnorm requested without its weight", what));
+  if (ld % 8 != 0 || ld < (K + 127) / 128 * 128)
+    throw std::invalid_argument(fmt::format("{}: plane leading dimension {} must be a multiple of 8 and >= {}", what, ld,
+                                            (K + 127) / 128 * 128));
+}
+
+template <class T, bool kRms>
+void launch_amax(const RowArgs& a, int64_t M, uint32_t* scratch, cudaStream_t st) {
+  SHARQ_CUDA_CHECK(cudaMemsetAsync(scratch, 0, sizeof(uint32_t), st));
+  const size_t sm = smem_bytes(a.spans);
+  raise_smem(amax_kernel<T, kRms>, sm);
+  amax_kernel<T, kRms><<<static_cast<unsigned>(M), 256, sm, st>>>(a, scratch);
+  SHARQ_CUDA_CHECK(cudaGetLastError());
+}
+
+template <class V, int G, class T, bool kRms>
+void launch_sharq(const RowArgs& a, int64_t M, cudaStream_t st) {
+  const size_t sm = smem_bytes(a.spans);
+  raise_smem(sharq_prep_kernel<V, G, T, kRms>, sm);
+  sharq_prep_kernel<V, G, T, kRms><<<dim3(static_cast<unsigned>(M), blocks_per_row(M, a.spans)), 256, sm, st>>>(a);
+  SHARQ_CUDA_CHECK(cudaGetLastError());
+}
+
+template <class T, bool kRms>
+void dispatch_sharq(const PrepSpec& s, RowArgs& a, int64_t M, uint32_t* scratch, cudaStream_t st) {
+  if (s.fmt == SharqFormat::nvfp4 && a.per_tensor) {
+    launch_amax<T, kRms>(a, M, scratch, st);
+    a.amax_bits = scratch;
+  }
+  if (s.fmt == SharqFormat::nvfp4) {
+    if (s.mask == MaskKind::pair48) launch_sharq<SharqNvfp4, 8, T, kRms>(a, M, st);
+    else launch_sharq<SharqNvfp4, 4, T, kRms>(a, M, st);
+  } else {
+    if (s.mask == MaskKind::pair48) launch_sharq<SharqMxfp4, 8, T, kRms>(a, M, st);
+    else launch_sharq<SharqMxfp4, 4, T, kRms>(a, M, st);
+  }
+}
+
+}  // namespace
+
+void sharq_prep(const void* x, DType xt, int64_t M, int64_t K, const void* rms_weight, const PrepSpec& spec,
+                const PrepOut& out, uint32_t* scratch, cudaStream_t stream) {
+  const int64_t ld = out.ld ? out.ld : (K + 127) / 128 * 128;
+  check_common("sharq_prep", x, M, K, spec.rmsnorm, rms_weight, ld);
+  if (spec.fmt == SharqFormat::hif4)
+    throw std::invalid_argument("sharq_prep: HiF4 is not supported on the GPU (NVFP4 and MXFP4 are)");
+  if (spec.mask != MaskKind::pair48 && spec.mask != MaskKind::scalar24)
+    throw std::invalid_argument("sharq_prep: the mask must be pair-4:8 or scalar 2:4 (the general N:M mask has no packed form)");
+  const bool nv = spec.fmt == SharqFormat::nvfp4;
+  if (nv && spec.act_scale == GlobalScale::none)
+    throw std::invalid_argument("sharq_prep: NVFP4 needs a per-tensor or per-token activation scale");
+  if (!nv && (out.s_plane || out.r_plane || out.x_plane))
+    throw std::invalid_argument("sharq_prep: FP16 planes are NVFP4-only (MXFP4 power-of-two scales leave the FP16 range)");
+  const bool per_tensor = nv && spec.act_scale == GlobalScale::per_tensor;
+  if (per_tensor && !scratch && M > 0) throw std::invalid_argument("sharq_prep: per-tensor scale needs the scratch word");
+  if (M == 0) return;
+  RowArgs a{x, rms_weight, K, (K + 31) / 32, ld, spec.eps, per_tensor, nullptr, spec.score, out, nullptr};
+  a.out.ld = ld;
+  if (xt == DType::bf16) {
+    if (spec.rmsnorm) dispatch_sharq<__nv_bfloat16, true>(spec, a, M, scratch, stream);
+    else dispatch_sharq<__nv_bfloat16, false>(spec, a, M, scratch, stream);
+  } else {
+    if (spec.rmsnorm) dispatch_sharq<__half, true>(spec, a, M, scratch, stream);
+    else dispatch_sharq<__half, false>(spec, a, M, scratch, stream);
+  }
+}
+
+namespace {
+template <class T, bool kRms>
+void launch_nvfp4(RowArgs& a, int64_t M, uint32_t* scratch, cudaStream_t st) {
+  if (a.per_tensor) {
+    launch_amax<T, kRms>(a, M, scratch, st);
+    a.amax_bits = scratch;
+  }
+  const size_t sm = smem_bytes(a.spans);
+  raise_smem(nvfp4_prep_kernel<T, kRms>, sm);
+  nvfp4_prep_kernel<T, kRms><<<dim3(static_cast<unsigned>(M), blocks_per_row(M, a.spans)), 256, sm, st>>>(a);
+  SHARQ_CUDA_CHECK(cudaGetLastError());
+}
+}  // namespace
+
+void nvfp4_prep(const void* x, DType xt, int64_t M, int64_t K, const void* rms_weight, GlobalScale act_scale,
+                bool rmsnorm, float eps, block_nvfp4_16* blocks, float* g, __half* x_plane, int64_t ld,
+                uint32_t* scratch, cudaStream_t stream) {
+  if (!ld) ld = (K + 127) / 128 * 128;
+  check_common("nvfp4_prep", x, M, K, rmsnorm, rms_weight, ld);
+  if (act_scale == GlobalScale::none)
+    throw std::invalid_argument("nvfp4_prep: NVFP4 needs a per-tensor or per-token activation scale");
+  const bool per_tensor = act_scale == GlobalScale::per_tensor;
+  if (per_tensor && !scratch && M > 0) throw std::invalid_argument("nvfp4_prep: per-tensor scale needs the scratch word");
+  if (M == 0) return;
+  PrepOut out;
+  out.g = g;
+  out.x_plane = x_plane;
+  out.ld = ld;
+  RowArgs a{x, rms_weight, K, (K + 31) / 32, ld, eps, per_tensor, nullptr, PairScore::max, out, blocks};
+  if (xt == DType::bf16) {
+    if (rmsnorm) launch_nvfp4<__nv_bfloat16, true>(a, M, scratch, stream);
+    else launch_nvfp4<__nv_bfloat16, false>(a, M, scratch, stream);
+  } else {
+    if (rmsnorm) launch_nvfp4<__half, true>(a, M, scratch, stream);
+    else launch_nvfp4<__half, false>(a, M, scratch, stream);
+  }
+}
+
+}  // namespace sharq::cuda

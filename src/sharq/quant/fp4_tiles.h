@@ -1,0 +1,51 @@
+// The GPU weight layout of an NVFP4 matrix: the same codes and scale bytes as QuantizedMatrix,
+// permuted so that one 16-byte load per lane feeds the tensor-core fragments (Marlin-style).
+//
+// The matrix (N x K, nn.Linear layout) is cut into tiles of 8 rows x 128 columns; K is padded with
+// zero codes and zero scales up to Kp = ceil(K / 128) * 128 (exact: padded products are 0 * 0).
+// N must be a multiple of 8. Tile t = (n / 8) * (Kp / 128) + k / 128.
+//
+//   codes  512 bytes per tile. Lane L (0..31) of a warp owns row r = L / 4 and q = L % 4; its
+//          16 bytes are 4 little-endian words, word j covering the 32-column sub-block j of the
+//          tile. Nibble p (0..3) of word j holds column 32 j + 8 p + 2 q, nibble p + 4 holds the
+//          next column. So (word >> 4 p) & 0x000F000F puts the pair {col, col + 1} into the low
+//          and high 16-bit halves: exactly the B fragment b0,b1 (p = 0, 2) / b2,b3 (p = 1, 3) of
+//          mma.m16n8k16 for the k16 step 2 j + p / 2, and the pairs a wgmma B tile stores.
+//   scales the scale bytes of the tile's blocks, row-major [8 rows][128 / block] (32 bytes for
+//          NVFP4-W32 blocks, 64 bytes for NVFP4-W16), tile after tile.
+//
+// Nothing is re-rounded: unpack_fp4_tiles() gives back the QuantizedMatrix bytes (tested).
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+#include "sharq/quant/quantized_matrix.h"
+
+namespace sharq {
+
+struct Fp4Tiles {
+  int64_t N = 0, K = 0, Kp = 0;
+  int block = 32;                 // scale group: 32 (SharQ's W32 payload) or 16 (NVFP4 baseline)
+  std::vector<uint8_t> codes;     // (N / 8) * (Kp / 128) * 512
+  std::vector<uint8_t> scales;    // (N / 8) * (Kp / 128) * 8 * (128 / block)
+  std::vector<float> g;           // the second-level scale(s): 1 (per tensor) or N (per row)
+
+  static constexpr int kTileRows = 8, kTileCols = 128, kTileCodeBytes = 512;
+  int64_t k_tiles() const { return Kp / kTileCols; }
+  int scale_bytes_per_tile() const { return kTileRows * (kTileCols / block); }
+  size_t bytes() const { return codes.size() + scales.size() + g.size() * sizeof(float); }
+};
+
+// Throws std::invalid_argument (naming N) when N is not a multiple of 8.
+Fp4Tiles pack_fp4_tiles(const QuantizedMatrix<Nvfp4_32>& w);
+Fp4Tiles pack_fp4_tiles(const QuantizedMatrix<Nvfp4_16>& w);
+
+// The inverse, for tests: 4-bit code and scale byte of element (n, k) of the tiled matrix.
+uint8_t fp4_tiles_code(const Fp4Tiles& t, int64_t n, int64_t k);
+uint8_t fp4_tiles_scale(const Fp4Tiles& t, int64_t n, int64_t k);
+
+// Dequantized W^ (N x K, scaled domain: g not applied), for references.
+std::vector<float> fp4_tiles_dequantize(const Fp4Tiles& t);
+
+}  // namespace sharq

@@ -1,0 +1,272 @@
+// The wgmma prefill FP4-weight GEMM against a double-precision host reference: merged (one FP16
+// path), exact (two FP16 paths summed in the same accumulators) and W4A16 (BF16 activations), weight
+// blocks of 16 and 32, M not a multiple of the 128-row tile, K not a multiple of 128 (zero padding),
+// per-tensor and per-row g_w, row scales absent / per tensor / per row, ldy with 16-byte and with
+// 4-byte aligned rows. Y is poisoned first: rows >= M and columns >= N must stay untouched. A NaN weight scale makes exactly its column NaN.
+// Label `gpu`; skips cleanly where there is no GPU.
+#include "sharq/kernels/cuda/fp4_gemm.h"
+
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstring>
+#include <random>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "sharq/formats/minifloat.h"
+#include "sharq/kernels/cuda/cuda_check.h"
+#include "sharq/quant/fp4_tiles.h"
+#include "sharq/quant/quantized_matrix.h"
+
+namespace {
+
+using namespace sharq;
+
+#define SKIP_WITHOUT_GPU() \
+  if (cuda::device_count() == 0) GTEST_SKIP() << "no CUDA device: GPU test skipped"
+
+enum class Mode { merged, exact, w4a16 };
+
+const char* mode_name(Mode m) { return m == Mode::merged ? "merged" : m == Mode::exact ? "exact" : "w4a16"; }
+
+struct Case {
+  int64_t M, N, K;
+  int block;       // 16 or 32
+  Mode mode;
+  int rs_kind;     // 0: no row scale, 1: one, 2: per row
+  bool g_per_row;  // per-row g_w
+};
+
+std::string describe(const Case& c) {
+  return std::string(mode_name(c.mode)) + " M=" + std::to_string(c.M) + " N=" + std::to_string(c.N) +
+         " K=" + std::to_string(c.K) + " block=" + std::to_string(c.block) + " rs=" + std::to_string(c.rs_kind) +
+         " g_per_row=" + std::to_string(c.g_per_row);
+}
+
+Fp4Tiles make_weights(int64_t N, int64_t K, int block, bool g_per_row, uint64_t seed) {
+  std::mt19937_64 rng(seed);
+  std::normal_distribution<float> nd(0.0f, 1.0f);
+  std::vector<float> w(static_cast<size_t>(N * K));
+  for (int64_t n = 0; n < N; ++n) {
+    const float row_mag = std::ldexp(1.0f, static_cast<int>(n % 7) - 3);  // rows of different size
+    for (int64_t k = 0; k < K; ++k) w[static_cast<size_t>(n * K + k)] = row_mag * nd(rng);
+  }
+  const GlobalScale gs = g_per_row ? GlobalScale::per_row : GlobalScale::per_tensor;
+  if (block == 16) return pack_fp4_tiles(quantize_matrix<Nvfp4_16>(w.data(), N, K, gs));
+  return pack_fp4_tiles(quantize_matrix<Nvfp4_32>(w.data(), N, K, gs));
+}
+
+// An M x lda activation plane (16-bit codes), zero past K. FP16: exact E2M1 x UE4M3 products (what
+// the prep writes), about a quarter of them 0. BF16: arbitrary BF16 values.
+std::vector<uint16_t> make_plane(int64_t M, int64_t K, int64_t lda, bool bf16, uint64_t seed) {
+  std::mt19937_64 rng(seed);
+  std::uniform_int_distribution<int> code(0, 15), scale(0x28, 0x48);
+  std::normal_distribution<float> nd(0.0f, 1.0f);
+  std::vector<uint16_t> a(static_cast<size_t>(M * lda), 0);
+  for (int64_t m = 0; m < M; ++m)
+    for (int64_t k = 0; k < K; ++k) {
+      uint16_t v;
+      if (bf16) {
+        v = bf16_encode(nd(rng));
+      } else {
+        const float x = e2m1_decode(static_cast<uint8_t>(code(rng))) * ue4m3_decode(static_cast<uint8_t>(scale(rng)));
+        v = fp16_encode(x);
+      }
+      a[static_cast<size_t>(m * lda + k)] = v;
+    }
+  return a;
+}
+
+float plane_value(uint16_t v, bool bf16) { return bf16 ? bf16_decode(v) : fp16_decode(v); }
+
+struct PrefillRun {
+  std::vector<uint16_t> y;  // M_alloc x ldy, BF16 bits
+  int64_t ldy = 0, m_alloc = 0;
+};
+
+constexpr uint16_t kPoison = 0xFFFF;
+
+// Runs the kernel on the given tiles and planes; returns the whole (poisoned first) Y buffer.
+PrefillRun run_prefill(const Fp4Tiles& tiles, const std::vector<std::vector<uint16_t>>& planes, int64_t M, int64_t lda,
+                bool bf16, const std::vector<float>& row_scale) {
+  // ldy % 8 == 0 takes the kernel's 16-byte store path, ldy % 8 == 2 its 4-byte one
+  const int64_t ldy = tiles.N + (M % 3 == 0 ? 2 : 8);
+  const auto w = cuda::DeviceFp4Weights::upload(tiles);
+  std::vector<cuda::DeviceBuffer<uint16_t>> dplanes;
+  for (const auto& p : planes) {
+    dplanes.emplace_back(p.size());
+    dplanes.back().upload(p.data());
+  }
+  cuda::DeviceBuffer<float> drs(row_scale.size());
+  drs.upload(row_scale.data());
+  PrefillRun r;
+  r.ldy = ldy;
+  r.m_alloc = M + 5;
+  cuda::DeviceBuffer<uint16_t> dy(static_cast<size_t>(r.ldy * r.m_alloc));
+  SHARQ_CUDA_CHECK(cudaMemset(dy.get(), 0xFF, dy.bytes()));
+
+  cuda::Fp4GemmArgs a;
+  a.a0 = dplanes[0].get();
+  a.a1 = dplanes.size() > 1 ? dplanes[1].get() : nullptr;
+  a.adt = bf16 ? cuda::DType::bf16 : cuda::DType::f16;
+  a.M = M;
+  a.lda = lda;
+  a.row_scale = row_scale.empty() ? nullptr : drs.get();
+  a.row_scale_count = static_cast<int64_t>(row_scale.size());
+  a.y = reinterpret_cast<__nv_bfloat16*>(dy.get());
+  a.ldy = r.ldy;
+  cuda::fp4_gemm_prefill(a, w, nullptr);
+  SHARQ_CUDA_CHECK(cudaDeviceSynchronize());
+  r.y = dy.to_host();
+  return r;
+}
+
+void check_case(const Case& c, uint64_t seed) {
+  SCOPED_TRACE(describe(c));
+  const Fp4Tiles tiles = make_weights(c.N, c.K, c.block, c.g_per_row, seed);
+  ASSERT_EQ(tiles.block, c.block);
+  const int64_t lda = tiles.Kp + (c.M % 2 ? 8 : 0);  // sometimes wider than Kp
+  const bool bf16 = c.mode == Mode::w4a16;
+  const int paths = c.mode == Mode::exact ? 2 : 1;
+  std::vector<std::vector<uint16_t>> planes;
+  for (int p = 0; p < paths; ++p) planes.push_back(make_plane(c.M, c.K, lda, bf16, seed * 31 + p));
+  std::vector<float> rs;
+  std::mt19937_64 rng(seed + 7);
+  std::uniform_real_distribution<float> ud(0.5f, 2.0f);
+  if (c.rs_kind == 1) rs.push_back(ud(rng));
+  if (c.rs_kind == 2)
+    for (int64_t m = 0; m < c.M; ++m) rs.push_back(ud(rng));
+
+  const PrefillRun r = run_prefill(tiles, planes, c.M, lda, bf16, rs);
+
+  // reference in double
+  const std::vector<float> wd = fp4_tiles_dequantize(tiles);  // N x K
+  std::vector<double> a(static_cast<size_t>(c.M * c.K) * paths);
+  for (int p = 0; p < paths; ++p)
+    for (int64_t m = 0; m < c.M; ++m)
+      for (int64_t k = 0; k < c.K; ++k)
+        a[static_cast<size_t>((p * c.M + m) * c.K + k)] = plane_value(planes[p][static_cast<size_t>(m * lda + k)], bf16);
+  int64_t bad = 0;
+  double worst = 0.0;
+  for (int64_t m = 0; m < c.M; ++m) {
+    const double rsv = rs.empty() ? 1.0 : rs[rs.size() == 1 ? 0 : static_cast<size_t>(m)];
+    for (int64_t n = 0; n < c.N; ++n) {
+      double s = 0.0, sa = 0.0;
+      const float* wr = wd.data() + n * c.K;
+      for (int p = 0; p < paths; ++p) {
+        const double* ar = a.data() + (p * c.M + m) * c.K;
+        for (int64_t k = 0; k < c.K; ++k) {
+          const double t = ar[k] * static_cast<double>(wr[k]);
+          s += t;
+          sa += std::fabs(t);
+        }
+      }
+      const double sc = rsv * static_cast<double>(tiles.g.size() == 1 ? tiles.g[0] : tiles.g[static_cast<size_t>(n)]);
+      const double ref = s * sc, absref = sa * std::fabs(sc);
+      const uint16_t bits = r.y[static_cast<size_t>(m * r.ldy + n)];
+      const double got = bf16_decode(bits);
+      const double err = std::fabs(got - ref);
+      const double tol = 1e-2 * std::fabs(ref) + 1e-4 * absref + 1e-30;
+      if (!(err <= tol)) {
+        if (bad < 8)
+          ADD_FAILURE() << "m=" << m << " n=" << n << " got " << got << " (0x" << std::hex << bits << std::dec
+                        << ") want " << ref << " (abs-sum " << absref << ")";
+        ++bad;
+      }
+      if (absref > 0) worst = std::max(worst, err / (std::fabs(ref) + 1e-2 * absref));
+    }
+  }
+  EXPECT_EQ(bad, 0) << "worst error / (|ref| + 1e-2 abs-sum): " << worst;
+  // poison: columns >= N of rows < M, and every row >= M, untouched
+  int64_t touched = 0;
+  for (int64_t m = 0; m < r.m_alloc; ++m)
+    for (int64_t n = (m < c.M ? c.N : 0); n < r.ldy; ++n) touched += r.y[static_cast<size_t>(m * r.ldy + n)] != kPoison;
+  EXPECT_EQ(touched, 0) << "elements outside the M x N output were written";
+}
+
+void sweep(Mode mode) {
+  uint64_t seed = 1;
+  int variant = 0;
+  for (int block : {32, 16})
+    for (int64_t M : {1, 77, 128, 300})
+      for (int64_t N : {128, 384})
+        for (int64_t K : {128, 320, 4096}) {
+          Case c{M, N, K, block, mode, variant % 3, (variant % 2) == 1};
+          if (M == 1 && c.rs_kind == 2) c.rs_kind = 1;
+          ++variant;
+          check_case(c, seed++);
+          if (::testing::Test::HasFatalFailure()) return;
+        }
+}
+
+TEST(Fp4GemmPrefill, MergedSinglePathMatchesTheReference) {
+  SKIP_WITHOUT_GPU();
+  sweep(Mode::merged);
+}
+
+TEST(Fp4GemmPrefill, ExactTwoPathsAccumulateTogether) {
+  SKIP_WITHOUT_GPU();
+  sweep(Mode::exact);
+}
+
+TEST(Fp4GemmPrefill, W4A16Bf16MatchesTheReference) {
+  SKIP_WITHOUT_GPU();
+  sweep(Mode::w4a16);
+}
+
+// A large-ish shape: many k-steps and several CTAs in both grid dimensions.
+TEST(Fp4GemmPrefill, LargerShapeMatchesTheReference) {
+  SKIP_WITHOUT_GPU();
+  check_case(Case{1000, 1024, 2048, 32, Mode::exact, 2, true}, 4242);
+  check_case(Case{513, 640, 1152, 16, Mode::merged, 1, false}, 4243);
+}
+
+// One weight block with the NaN scale (0x7F): exactly its output column becomes NaN, every row.
+TEST(Fp4GemmPrefill, NanScalePoisonsExactlyItsColumn) {
+  SKIP_WITHOUT_GPU();
+  for (int block : {32, 16})
+    for (Mode mode : {Mode::merged, Mode::exact, Mode::w4a16}) {
+      SCOPED_TRACE(std::string(mode_name(mode)) + " block " + std::to_string(block));
+      const int64_t M = 150, N = 256, K = 384;
+      Fp4Tiles tiles = make_weights(N, K, block, false, 99 + block);
+      const int64_t nn = 133, kk = 200;  // the poisoned block holds (nn, kk)
+      const int64_t tile = (nn / 8) * tiles.k_tiles() + kk / 128;
+      tiles.scales[static_cast<size_t>(tile * tiles.scale_bytes_per_tile() + (nn % 8) * (128 / block) +
+                                       (kk % 128) / block)] = kUe4m3Nan;
+      ASSERT_EQ(fp4_tiles_scale(tiles, nn, kk), kUe4m3Nan);
+      const bool bf16 = mode == Mode::w4a16;
+      std::vector<std::vector<uint16_t>> planes;
+      for (int p = 0; p < (mode == Mode::exact ? 2 : 1); ++p) planes.push_back(make_plane(M, K, tiles.Kp, bf16, 5 + p));
+      const PrefillRun r = run_prefill(tiles, planes, M, tiles.Kp, bf16, {});
+      int64_t wrong = 0;
+      for (int64_t m = 0; m < M; ++m)
+        for (int64_t n = 0; n < N; ++n) {
+          const float v = bf16_decode(r.y[static_cast<size_t>(m * r.ldy + n)]);
+          wrong += (n == nn) ? !std::isnan(v) : !std::isfinite(v);
+        }
+      EXPECT_EQ(wrong, 0);
+    }
+}
+
+TEST(Fp4GemmPrefill, RejectsNotAMultipleOf128Columns) {
+  SKIP_WITHOUT_GPU();
+  const Fp4Tiles tiles = make_weights(136, 128, 32, false, 3);
+  const auto w = cuda::DeviceFp4Weights::upload(tiles);
+  cuda::DeviceBuffer<uint16_t> a(static_cast<size_t>(4 * 128)), y(static_cast<size_t>(4 * 136));
+  cuda::Fp4GemmArgs args;
+  args.a0 = a.get();
+  args.M = 4;
+  args.lda = 128;
+  args.y = reinterpret_cast<__nv_bfloat16*>(y.get());
+  args.ldy = 136;
+  try {
+    cuda::fp4_gemm_prefill(args, w, nullptr);
+    FAIL() << "expected std::invalid_argument";
+  } catch (const std::invalid_argument& e) {
+    EXPECT_NE(std::string(e.what()).find("136"), std::string::npos) << e.what();
+  }
+}
+
+}  // namespace

@@ -1,0 +1,254 @@
+// The fused prep kernel against the CPU reference: packed codes, scales, metadata, g_x and the FP16
+// planes must be bit-identical to sharq_prepare() on the same (BF16/FP16-rounded, optionally
+// RMS-normalized) input. Label `gpu`; skips cleanly where there is no GPU.
+#include "sharq/kernels/cuda/sharq_prep.h"
+
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstring>
+#include <limits>
+
+#include "../../support/test_inputs.h"
+#include "sharq/kernels/cuda/cuda_check.h"
+
+namespace {
+
+using namespace sharq;
+using namespace sharq::cuda;
+
+#define SKIP_WITHOUT_GPU() \
+  if (device_count() == 0) GTEST_SKIP() << "no CUDA device: GPU test skipped"
+
+// Input rounded to the kernel's input type; returns the raw 16-bit codes and the exact floats.
+struct Input { std::vector<uint16_t> bits; std::vector<float> f; };
+Input make_input(const std::vector<float>& x, DType t) {
+  Input in;
+  for (float v : x) {
+    const uint16_t b = t == DType::bf16 ? bf16_encode(v) : fp16_encode(v);
+    in.bits.push_back(b);
+    in.f.push_back(t == DType::bf16 ? bf16_decode(b) : fp16_decode(b));
+  }
+  return in;
+}
+
+std::vector<float> input_values(int64_t M, int64_t K, uint64_t seed, bool outliers, DType t) {
+  std::vector<float> x;
+  if (outliers) {
+    x = sharq_test::outlier_heavy(M, K, seed);
+    if (t == DType::f16)
+      for (auto& v : x) v *= 0.01f;  // keep outlier-heavy FP16 inputs in range
+  } else {
+    sharq_test::Rng rng(seed);
+    for (int64_t i = 0; i < M * K; ++i) x.push_back(static_cast<float>(rng.normal()));
+  }
+  return x;
+}
+
+uint16_t h16(float v) { return fp16_encode(v); }
+
+struct Case {
+  int64_t M, K;
+  SharqFormat fmt;
+  MaskKind mask;
+  GlobalScale gs;
+  DType dt;
+  bool rms, outliers;
+};
+
+template <class V, int G>
+void run_case(const Case& c, uint64_t seed, const std::vector<float>* forced = nullptr) {
+  const auto xin = make_input(forced ? *forced : input_values(c.M, c.K, seed, c.outliers, c.dt), c.dt);
+  std::vector<float> wf;
+  Input w;
+  std::vector<float> ref_in = xin.f;
+  if (c.rms) {
+    sharq_test::Rng rng(seed + 7);
+    std::vector<float> wv;
+    for (int64_t k = 0; k < c.K; ++k) wv.push_back(static_cast<float>(0.5 + rng.uniform()));
+    w = make_input(wv, c.dt);
+    rmsnorm_reference(xin.f.data(), c.M, c.K, w.f.data(), 1e-6f, ref_in.data());
+  }
+  const GlobalScale ref_gs = V::kGlobal ? c.gs : GlobalScale::none;
+  const auto ref = sharq_prepare<V, G>(ref_in.data(), c.M, c.K, PairScore::max, ref_gs);
+
+  const int64_t spans = (c.K + 31) / 32, ld = (c.K + 127) / 128 * 128;
+  using bb_t = backbone_block_t<V, G>;
+  using res_t = typename V::Fres::block_t;
+  DeviceBuffer<uint16_t> dx(xin.bits.size()), dw(w.bits.size());
+  dx.upload(xin.bits.data());
+  if (c.rms) dw.upload(w.bits.data());
+  DeviceBuffer<bb_t> dbb(static_cast<size_t>(c.M * spans));
+  DeviceBuffer<res_t> dres(static_cast<size_t>(c.M * spans * ref.kResPerSpan));
+  DeviceBuffer<float> dg(static_cast<size_t>(c.M));
+  const bool planes = c.fmt == SharqFormat::nvfp4;
+  DeviceBuffer<__half> ds(planes ? c.M * ld : 0), dr(planes ? c.M * ld : 0), dxp(planes ? c.M * ld : 0);
+  DeviceBuffer<uint32_t> scratch(1);
+  for (auto* b : {&ds, &dr, &dxp})
+    if (b->size()) SHARQ_CUDA_CHECK(cudaMemset(b->get(), 0xFF, b->bytes()));  // poison
+  SHARQ_CUDA_CHECK(cudaMemset(dbb.get(), 0xFF, dbb.bytes()));
+  SHARQ_CUDA_CHECK(cudaMemset(dres.get(), 0xFF, dres.bytes()));
+  PrepSpec spec;
+  spec.fmt = c.fmt;
+  spec.mask = c.mask;
+  spec.act_scale = c.gs;
+  spec.rmsnorm = c.rms;
+  PrepOut out;
+  out.backbone = dbb.get();
+  out.residual = dres.get();
+  out.g = dg.get();
+  if (planes) { out.s_plane = ds.get(); out.r_plane = dr.get(); out.x_plane = dxp.get(); }
+  sharq_prep(dx.get(), c.dt, c.M, c.K, c.rms ? dw.get() : nullptr, spec, out, scratch.get(), nullptr);
+  SHARQ_CUDA_CHECK(cudaDeviceSynchronize());
+
+  const auto bb = dbb.to_host();
+  const auto res = dres.to_host();
+  ASSERT_EQ(std::memcmp(bb.data(), ref.backbone.data(), bb.size() * sizeof(bb_t)), 0) << "backbone blocks differ";
+  ASSERT_EQ(std::memcmp(res.data(), ref.residual.data(), res.size() * sizeof(res_t)), 0) << "residual blocks differ";
+  if (V::kGlobal) {
+    const auto g = dg.to_host();
+    const size_t ng = c.gs == GlobalScale::per_tensor ? 1 : static_cast<size_t>(c.M);
+    for (size_t i = 0; i < ng; ++i) ASSERT_EQ(f32_bits(g[i]), f32_bits(ref.g[i])) << "g_x of row " << i;
+  }
+  if (!planes) return;
+  const auto s = ds.to_host(), r = dr.to_host(), xp = dxp.to_host();
+  std::vector<float> xh(c.K), sh(c.K), rh(c.K);
+  for (int64_t m = 0; m < c.M; ++m) {
+    sharq_dequantize_row<V, G>(ref, m, xh.data(), sh.data(), rh.data());
+    for (int64_t k = 0; k < ld; ++k) {
+      const size_t i = static_cast<size_t>(m * ld + k);
+      uint16_t es = 0, er = 0, ex = 0;
+      if (k < c.K) { es = h16(sh[k]); er = h16(rh[k]); ex = h16(xh[k]); }
+      uint16_t gs, gr, gx;
+      std::memcpy(&gs, &s[i], 2); std::memcpy(&gr, &r[i], 2); std::memcpy(&gx, &xp[i], 2);
+      ASSERT_EQ(gs, es) << "S^ plane at " << m << "," << k;
+      ASSERT_EQ(gr, er) << "R^ plane at " << m << "," << k;
+      ASSERT_EQ(gx, ex) << "X^ plane at " << m << "," << k;
+      if (k < c.K && !std::isnan(sh[k]) && !std::isnan(rh[k])) {
+        ASSERT_EQ(fp16_decode(es), sh[k]) << "S^ not exact in FP16 at " << m << "," << k;
+        ASSERT_EQ(fp16_decode(er), rh[k]) << "R^ not exact in FP16 at " << m << "," << k;
+      }
+    }
+  }
+}
+
+void run(const Case& c, uint64_t seed, const std::vector<float>* forced = nullptr) {
+  SCOPED_TRACE(::testing::Message() << "M=" << c.M << " K=" << c.K << " fmt=" << static_cast<int>(c.fmt)
+                                    << " mask=" << static_cast<int>(c.mask) << " gs=" << static_cast<int>(c.gs)
+                                    << " dt=" << static_cast<int>(c.dt) << " rms=" << c.rms << " outliers=" << c.outliers);
+  if (c.fmt == SharqFormat::nvfp4) {
+    if (c.mask == MaskKind::pair48) run_case<SharqNvfp4, 8>(c, seed, forced);
+    else run_case<SharqNvfp4, 4>(c, seed, forced);
+  } else {
+    if (c.mask == MaskKind::pair48) run_case<SharqMxfp4, 8>(c, seed, forced);
+    else run_case<SharqMxfp4, 4>(c, seed, forced);
+  }
+}
+
+TEST(SharqPrep, BitIdenticalToTheCpuReferenceAcrossShapesAndOptions) {
+  SKIP_WITHOUT_GPU();
+  uint64_t seed = 100;
+  const std::pair<int64_t, int64_t> shapes[] = {{1, 4096}, {1, 96}, {3, 160}, {7, 4160}, {33, 512}, {5, 14336}};
+  for (auto [M, K] : shapes)
+    for (SharqFormat f : {SharqFormat::nvfp4, SharqFormat::mxfp4})
+      for (MaskKind mk : {MaskKind::pair48, MaskKind::scalar24})
+        for (bool outl : {false, true}) {
+          run({M, K, f, mk, GlobalScale::per_row, DType::bf16, false, outl}, ++seed);
+          if (f == SharqFormat::nvfp4) run({M, K, f, mk, GlobalScale::per_tensor, DType::bf16, false, outl}, ++seed);
+        }
+}
+
+TEST(SharqPrep, FusedRmsNormAndFp16InputsAreBitIdentical) {
+  SKIP_WITHOUT_GPU();
+  uint64_t seed = 500;
+  for (auto [M, K] : {std::pair<int64_t, int64_t>{1, 4096}, {9, 200}, {4, 3584}})
+    for (DType dt : {DType::bf16, DType::f16})
+      for (GlobalScale gs : {GlobalScale::per_row, GlobalScale::per_tensor}) {
+        run({M, K, SharqFormat::nvfp4, MaskKind::pair48, gs, dt, true, true}, ++seed);
+        run({M, K, SharqFormat::nvfp4, MaskKind::scalar24, gs, dt, false, true}, ++seed);
+        run({M, K, SharqFormat::mxfp4, MaskKind::pair48, gs, dt, true, false}, ++seed);
+      }
+}
+
+TEST(SharqPrep, NanAndInfBehaveAsOnTheCpu) {
+  SKIP_WITHOUT_GPU();
+  const int64_t M = 4, K = 256;
+  auto x = input_values(M, K, 900, true, DType::bf16);
+  x[0 * K + 5] = std::numeric_limits<float>::quiet_NaN();
+  x[1 * K + 77] = std::numeric_limits<float>::infinity();
+  x[2 * K + 200] = -std::numeric_limits<float>::infinity();
+  for (GlobalScale gs : {GlobalScale::per_row, GlobalScale::per_tensor})
+    for (MaskKind mk : {MaskKind::pair48, MaskKind::scalar24}) {
+      run({M, K, SharqFormat::nvfp4, mk, gs, DType::bf16, false, false}, 0, &x);
+      run({M, K, SharqFormat::mxfp4, mk, gs, DType::bf16, false, false}, 0, &x);
+      run({M, K, SharqFormat::nvfp4, mk, gs, DType::bf16, true, false}, 0, &x);  // NaN poisons the row's norm
+    }
+}
+
+TEST(SharqPrep, Nvfp4BaselinePrepMatchesTheCpuQuantizer) {
+  SKIP_WITHOUT_GPU();
+  uint64_t seed = 1000;
+  for (auto [M, K] : {std::pair<int64_t, int64_t>{1, 4096}, {6, 208}, {17, 1024}})
+    for (GlobalScale gs : {GlobalScale::per_row, GlobalScale::per_tensor}) {
+      const auto xin = make_input(input_values(M, K, ++seed, true, DType::bf16), DType::bf16);
+      const auto q = quantize_matrix<Nvfp4_16>(xin.f.data(), M, K, gs);
+      const int64_t ld = (K + 127) / 128 * 128;
+      DeviceBuffer<uint16_t> dx(xin.bits.size());
+      dx.upload(xin.bits.data());
+      DeviceBuffer<block_nvfp4_16> db(q.blocks.size());
+      DeviceBuffer<float> dg(static_cast<size_t>(M));
+      DeviceBuffer<__half> dp(static_cast<size_t>(M * ld));
+      DeviceBuffer<uint32_t> scratch(1);
+      SHARQ_CUDA_CHECK(cudaMemset(dp.get(), 0xFF, dp.bytes()));
+      nvfp4_prep(dx.get(), DType::bf16, M, K, nullptr, gs, false, 0.0f, db.get(), dg.get(), dp.get(), ld, scratch.get(), nullptr);
+      SHARQ_CUDA_CHECK(cudaDeviceSynchronize());
+      const auto b = db.to_host();
+      ASSERT_EQ(std::memcmp(b.data(), q.blocks.data(), b.size() * sizeof(block_nvfp4_16)), 0);
+      const auto g = dg.to_host();
+      for (size_t i = 0; i < q.g.size(); ++i) ASSERT_EQ(f32_bits(g[i]), f32_bits(q.g[i]));
+      const auto deq = dequantize_matrix(q, false);
+      const auto p = dp.to_host();
+      for (int64_t m = 0; m < M; ++m)
+        for (int64_t k = 0; k < ld; ++k) {
+          uint16_t got;
+          std::memcpy(&got, &p[m * ld + k], 2);
+          ASSERT_EQ(got, k < K ? h16(deq[m * K + k]) : 0) << m << "," << k;
+        }
+    }
+}
+
+TEST(SharqPrep, RejectsUnsupportedInputsBeforeLaunch) {
+  // argument checks come before any CUDA call: these run without a GPU too
+  PrepSpec spec;
+  PrepOut out;
+  const uint16_t dummy[8] = {};
+  auto expect_throw = [&](auto fn, const char* needle) {
+    try {
+      fn();
+      FAIL() << "expected std::invalid_argument containing '" << needle << "'";
+    } catch (const std::invalid_argument& e) {
+      EXPECT_NE(std::string(e.what()).find(needle), std::string::npos) << e.what();
+    }
+  };
+  expect_throw([&] { sharq_prep(dummy, DType::bf16, 1, kPrepMaxK + 32, nullptr, spec, out, nullptr, nullptr); }, "exceeds");
+  expect_throw([&] { sharq_prep(nullptr, DType::bf16, 2, 64, nullptr, spec, out, nullptr, nullptr); }, "x is null");
+  PrepSpec hif = spec;
+  hif.fmt = SharqFormat::hif4;
+  expect_throw([&] { sharq_prep(dummy, DType::bf16, 1, 64, nullptr, hif, out, nullptr, nullptr); }, "HiF4");
+  PrepSpec rms = spec;
+  rms.rmsnorm = true;
+  expect_throw([&] { sharq_prep(dummy, DType::bf16, 1, 64, nullptr, rms, out, nullptr, nullptr); }, "rmsnorm");
+  PrepSpec mx = spec;
+  mx.fmt = SharqFormat::mxfp4;
+  PrepOut planes;
+  planes.x_plane = reinterpret_cast<__half*>(8);
+  expect_throw([&] { sharq_prep(dummy, DType::bf16, 1, 64, nullptr, mx, planes, nullptr, nullptr); }, "NVFP4-only");
+  PrepSpec pt = spec;
+  pt.act_scale = GlobalScale::per_tensor;
+  expect_throw([&] { sharq_prep(dummy, DType::bf16, 1, 64, nullptr, pt, out, nullptr, nullptr); }, "scratch");
+  PrepOut badld;
+  badld.ld = 100;
+  expect_throw([&] { sharq_prep(dummy, DType::bf16, 1, 64, nullptr, spec, badld, nullptr, nullptr); }, "leading dimension");
+}
+
+}  // namespace
