@@ -14,7 +14,9 @@
 
 namespace sharq::cuda {
 
-enum class BlasType : uint8_t { f16, bf16, fp8_e4m3 };
+// f16_bf16out / f16_f32out: FP16 X and W, BF16 / FP32 Y (SharQ's merged prefill over dequantized
+// weights; FP32 for tests).
+enum class BlasType : uint8_t { f16, bf16, fp8_e4m3, f16_bf16out, f16_f32out };
 const char* blas_type_name(BlasType t);
 
 class CublasLtGemm {
@@ -31,7 +33,7 @@ class CublasLtGemm {
   // before any CUDA call. Calls share one workspace: issue them on one stream (or order the
   // streams); the object is not thread-safe.
   void matmul(BlasType t, const void* X, const void* W, void* Y, int64_t M, int64_t N, int64_t K,
-              const float* x_scale, const float* w_scale, cudaStream_t stream);
+              const float* x_scale, const float* w_scale, cudaStream_t stream, float alpha = 1.0f);
 
   // The argument checks of matmul, without any CUDA call: throws std::invalid_argument.
   static void validate(BlasType t, const void* X, const void* W, const void* Y, int64_t M, int64_t N, int64_t K,

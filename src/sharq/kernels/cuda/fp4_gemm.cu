@@ -13,6 +13,7 @@
 //   - split-K across blockIdx.y fills the chip for small N; partial sums go to an FP32 workspace and
 //     a second kernel adds them in split order (deterministic) and applies g_x g_w.
 #include "sharq/kernels/cuda/fp4_gemm.h"
+#include "sharq/kernels/cuda/fp4_decode.cuh"
 
 #include <algorithm>
 #include <stdexcept>
@@ -62,26 +63,6 @@ template <class T> struct Vec2;
 template <> struct Vec2<__half> { using type = __half2; };
 template <> struct Vec2<__nv_bfloat16> { using type = __nv_bfloat162; };
 
-__device__ __forceinline__ uint32_t as_u32(__half2 v) { return *reinterpret_cast<uint32_t*>(&v); }
-__device__ __forceinline__ uint32_t as_u32(__nv_bfloat162 v) { return *reinterpret_cast<uint32_t*>(&v); }
-
-// Two E2M1 codes (bits 0-3 and 16-19 of w) -> a pair of exact FP16/BF16 values times the scale pair.
-// FP16: magnitude bits e1 e0 m at 11..9 give 2^(e-15)(1 + m/2) (or m/2 * 2^-14 for e = 0), i.e. the
-// E2M1 value times 2^-14; one multiply by 2^14 is exact. BF16: bits 8..6 and 2^126.
-template <class T>
-__device__ __forceinline__ uint32_t decode_pair(uint32_t w, typename Vec2<T>::type scale2) {
-  if constexpr (std::is_same_v<T, __half>) {
-    const uint32_t bits = ((w & 0x00070007u) << 9) | ((w & 0x00080008u) << 12);
-    __half2 v = *reinterpret_cast<const __half2*>(&bits);
-    v = __hmul2(v, __half2half2(__ushort_as_half(0x7400)));  // 2^14
-    return as_u32(__hmul2(v, scale2));
-  } else {
-    const uint32_t bits = ((w & 0x00070007u) << 6) | ((w & 0x00080008u) << 12);
-    __nv_bfloat162 v = *reinterpret_cast<const __nv_bfloat162*>(&bits);
-    v = __hmul2(v, __bfloat162bfloat162(__ushort_as_bfloat16(0x7E80)));  // 2^126
-    return as_u32(__hmul2(v, scale2));
-  }
-}
 
 template <class T>
 __device__ __forceinline__ void mma16816(float* c, const uint32_t* a, uint32_t b0, uint32_t b1) {
@@ -127,26 +108,15 @@ struct ScaleRegs;
 template <> struct ScaleRegs<32> { uint32_t v; };
 template <> struct ScaleRegs<16> { uint2 v; };
 
-template <int kWBlock>
-__device__ __forceinline__ uint8_t scale_byte(const ScaleRegs<kWBlock>& s, int blk) {
-  if constexpr (kWBlock == 32) return static_cast<uint8_t>(s.v >> (8 * blk));
-  else return static_cast<uint8_t>((blk < 4 ? s.v.x : s.v.y) >> (8 * (blk & 3)));
-}
-
 template <class T, int kPaths, int kWBlock, int kMT>
 __global__ void __launch_bounds__(kDecWarps * 32) decode_kernel(DecodeArgs a) {
   using T2 = typename Vec2<T>::type;
   constexpr int kRows = kMT * 16;
+  using D = Fp4Pair<T>;
   extern __shared__ __align__(16) unsigned char smem_raw[];
   T* abuf = reinterpret_cast<T*>(smem_raw);                       // [2][kPaths][kRows][kAPitch]
-  __shared__ T scale_table[128];
 
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  for (int i = threadIdx.x; i < 128; i += blockDim.x) {
-    const float s = ue4m3_decode(static_cast<uint8_t>(i));
-    if constexpr (std::is_same_v<T, __half>) scale_table[i] = __float2half_rn(s);
-    else scale_table[i] = __float2bfloat16_rn(s);
-  }
 
   const int64_t m0 = static_cast<int64_t>(blockIdx.z) * kRows;
   const int64_t c_begin = static_cast<int64_t>(blockIdx.y) * a.chunks_per_split;
@@ -198,7 +168,6 @@ __global__ void __launch_bounds__(kDecWarps * 32) decode_kernel(DecodeArgs a) {
     load_a(c_begin, 0);
     load_w(c_begin, wc, sc);
   }
-  __syncthreads();  // scale table
   int buf = 0;
   for (int64_t c = c_begin; c < c_end; ++c) {
     const bool more = c + 1 < c_end;
@@ -211,6 +180,23 @@ __global__ void __launch_bounds__(kDecWarps * 32) decode_kernel(DecodeArgs a) {
     }
     __syncthreads();
     const T* ab = abuf + static_cast<int64_t>(buf) * kPaths * kRows * kAPitch;
+    // scale pairs of this k-tile, per tile: W32 {s_j, s_j} for sub-block j; W16 {s_2j+s, ...}
+    T2 sp[kNT][kWBlock == 32 ? 4 : 8];
+#pragma unroll
+    for (int t = 0; t < kNT; ++t) {
+      if constexpr (kWBlock == 32) {
+        const T2 a01 = D::scale_pair(sc[t].v), a23 = D::scale_pair(sc[t].v >> 16);
+        sp[t][0] = bcast_lo(a01); sp[t][1] = bcast_hi(a01); sp[t][2] = bcast_lo(a23); sp[t][3] = bcast_hi(a23);
+      } else {
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+          const uint32_t wv = h == 0 ? sc[t].v.x : sc[t].v.y;
+          const T2 a01 = D::scale_pair(wv), a23 = D::scale_pair(wv >> 16);
+          sp[t][4 * h + 0] = bcast_lo(a01); sp[t][4 * h + 1] = bcast_hi(a01);
+          sp[t][4 * h + 2] = bcast_lo(a23); sp[t][4 * h + 3] = bcast_hi(a23);
+        }
+      }
+    }
 #pragma unroll
     for (int j = 0; j < 4; ++j) {  // 32-column sub-block of the k-tile
 #pragma unroll
@@ -225,12 +211,9 @@ __global__ void __launch_bounds__(kDecWarps * 32) decode_kernel(DecodeArgs a) {
 #pragma unroll
         for (int t = 0; t < kNT; ++t) {
           const uint32_t word = j == 0 ? wc[t].x : j == 1 ? wc[t].y : j == 2 ? wc[t].z : wc[t].w;
-          const T sv = scale_table[scale_byte<kWBlock>(sc[t], kWBlock == 32 ? j : 2 * j + s) & 0x7F];
-          T2 s2;
-          s2.x = sv;
-          s2.y = sv;
-          const uint32_t b0 = decode_pair<T>(word >> (8 * s), s2);
-          const uint32_t b1 = decode_pair<T>(word >> (8 * s + 4), s2);
+          const T2 s2 = sp[t][kWBlock == 32 ? j : 2 * j + s];
+          const uint32_t b0 = D::decode(word >> (8 * s), s2);
+          const uint32_t b1 = D::decode(word >> (8 * s + 4), s2);
 #pragma unroll
           for (int p = 0; p < kPaths; ++p)
 #pragma unroll
@@ -259,7 +242,7 @@ __global__ void __launch_bounds__(kDecWarps * 32) decode_kernel(DecodeArgs a) {
       for (int h = 0; h < 2; ++h) {
         const int64_t row = m0 + i * 16 + g + 8 * h;
         if (row >= a.M) continue;
-        const float v0 = acc[i][t][2 * h], v1 = acc[i][t][2 * h + 1];
+        const float v0 = acc[i][t][2 * h] * D::kPost, v1 = acc[i][t][2 * h + 1] * D::kPost;  // exact 2^k
         if (a.ws) {
           float* w = a.ws + (static_cast<int64_t>(blockIdx.y) * a.M + row) * a.N + col;
           *reinterpret_cast<float2*>(w) = make_float2(v0, v1);
@@ -305,9 +288,10 @@ __global__ void dequantize_kernel(const uint8_t* codes, const uint8_t* scales, i
   for (int j = 0; j < 4; ++j)
     for (int p = 0; p < 4; ++p) {
       const int blk = block == 32 ? j : 2 * j + p / 2;
-      const __half sv = __float2half_rn(ue4m3_decode(scales[tile * (block == 32 ? 32 : 64) + r * (128 / block) + blk]));
-      const uint32_t v = decode_pair<__half>(words[j] >> (4 * p), __halves2half2(sv, sv));
-      *reinterpret_cast<uint32_t*>(out + n * Kp + kt * 128 + 32 * j + 8 * p + 2 * q) = v;
+      const uint32_t byte = scales[tile * (block == 32 ? 32 : 64) + r * (128 / block) + blk];
+      const uint32_t v = Fp4Pair<__half>::decode(words[j] >> (4 * p), Fp4Pair<__half>::scale_pair(byte | (byte << 8)));
+      const __half2 w2 = __hmul2(*reinterpret_cast<const __half2*>(&v), __half2half2(__ushort_as_half(0x5800)));  // * 2^7
+      *reinterpret_cast<__half2*>(out + n * Kp + kt * 128 + 32 * j + 8 * p + 2 * q) = w2;
     }
 }
 

@@ -78,6 +78,7 @@
 //   - Epilogue: wgmma.wait_group 0, cp.async.wait_group 0 and a barrier before the stage memory
 //     is reused for the transpose; a second barrier before it is read back.
 #include "sharq/kernels/cuda/fp4_gemm.h"
+#include "sharq/kernels/cuda/fp4_decode.cuh"
 
 #include <cuda_fp8.h>
 
@@ -258,46 +259,16 @@ template <class T> struct Pair;
 template <> struct Pair<__half> { using type = __half2; };
 template <> struct Pair<__nv_bfloat16> { using type = __nv_bfloat162; };
 
-__device__ __forceinline__ uint32_t bits_of(__half2 v) { return *reinterpret_cast<uint32_t*>(&v); }
-__device__ __forceinline__ uint32_t bits_of(__nv_bfloat162 v) { return *reinterpret_cast<uint32_t*>(&v); }
 
-// Two UE4M3 scale bytes (bits 0-7 -> .x, 8-15 -> .y) to exact FP16 (0x7F -> NaN) / BF16.
+// Scale pairs (pre-multiplied by 2^7 / 2^118) and one-multiply pair decode: fp4_decode.cuh.
 template <class T>
-__device__ __forceinline__ typename Pair<T>::type scale_pair(uint32_t two_bytes) {
-  const __half2_raw r = __nv_cvt_fp8x2_to_halfraw2(static_cast<__nv_fp8x2_storage_t>(two_bytes & 0xFFFFu), __NV_E4M3);
-  const __half2 h(r);
-  if constexpr (std::is_same_v<T, __half>) {
-    return h;
-  } else {
-    const float2 f = __half22float2(h);  // exact; NaN stays NaN
-    return __floats2bfloat162_rn(f.x, f.y);
-  }
-}
-
+__device__ __forceinline__ typename Pair<T>::type scale_pair(uint32_t two_bytes) { return Fp4Pair<T>::scale_pair(two_bytes); }
 template <class T>
-__device__ __forceinline__ typename Pair<T>::type bcast_lo(typename Pair<T>::type v) {
-  return typename Pair<T>::type(v.x, v.x);
-}
+__device__ __forceinline__ typename Pair<T>::type bcast_lo(typename Pair<T>::type v) { return sharq::cuda::bcast_lo(v); }
 template <class T>
-__device__ __forceinline__ typename Pair<T>::type bcast_hi(typename Pair<T>::type v) {
-  return typename Pair<T>::type(v.y, v.y);
-}
-
-// Codes at bits 0-3 (column c) and 16-19 (column c + 1) of x -> {W^[c], W^[c + 1]} times scale2.
+__device__ __forceinline__ typename Pair<T>::type bcast_hi(typename Pair<T>::type v) { return sharq::cuda::bcast_hi(v); }
 template <class T>
-__device__ __forceinline__ uint32_t decode_pair(uint32_t x, typename Pair<T>::type scale2) {
-  if constexpr (std::is_same_v<T, __half>) {
-    const uint32_t b = ((x & 0x00070007u) << 9) | ((x & 0x00080008u) << 12);  // value * 2^-14
-    __half2 v = *reinterpret_cast<const __half2*>(&b);
-    v = __hmul2(v, __half2(__ushort_as_half(0x7400), __ushort_as_half(0x7400)));  // * 2^14, exact
-    return bits_of(__hmul2(v, scale2));
-  } else {
-    const uint32_t b = ((x & 0x00070007u) << 6) | ((x & 0x00080008u) << 12);   // value * 2^-126
-    __nv_bfloat162 v = *reinterpret_cast<const __nv_bfloat162*>(&b);
-    v = __hmul2(v, __nv_bfloat162(__ushort_as_bfloat16(0x7E80), __ushort_as_bfloat16(0x7E80)));  // * 2^126
-    return bits_of(__hmul2(v, scale2));
-  }
-}
+__device__ __forceinline__ uint32_t decode_pair(uint32_t x, typename Pair<T>::type scale2) { return Fp4Pair<T>::decode(x, scale2); }
 
 // One lane's raw weights for one 128-column k-tile: its 16 code bytes of the two 8-row tiles
 // (rows g and g + 8 of the warp's 16) and its row's scale bytes of each.
@@ -456,7 +427,8 @@ __global__ void __launch_bounds__(kThreads, 1) fp4_prefill_kernel(const PrefillP
 
   if (prm.y_f32) {  // uniform across the block: the test-only FP32 output, no transpose
     const int na = 64 * wg + 16 * w + g, nb = na + 8;
-    const float ga = prm.gw[prm.gw_per_col ? n0 + na : 0], gb = prm.gw[prm.gw_per_col ? n0 + nb : 0];
+    const float ga = prm.gw[prm.gw_per_col ? n0 + na : 0] * Fp4Pair<T>::kPost,
+                gb = prm.gw[prm.gw_per_col ? n0 + nb : 0] * Fp4Pair<T>::kPost;  // exact power of 2
 #pragma unroll
     for (int j = 0; j < NT / 8; ++j)
 #pragma unroll
@@ -473,7 +445,8 @@ __global__ void __launch_bounds__(kThreads, 1) fp4_prefill_kernel(const PrefillP
   // d[4j + {0,1}] = D^T[16 w + g][8 j + 2 q + {0,1}], d[4j + {2,3}] = row + 8.
   {
     const int na = 64 * wg + 16 * w + g, nb = na + 8;
-    const float ga = prm.gw[prm.gw_per_col ? n0 + na : 0], gb = prm.gw[prm.gw_per_col ? n0 + nb : 0];
+    const float ga = prm.gw[prm.gw_per_col ? n0 + na : 0] * Fp4Pair<T>::kPost,
+                gb = prm.gw[prm.gw_per_col ? n0 + nb : 0] * Fp4Pair<T>::kPost;  // exact power of 2
 #pragma unroll
     for (int j = 0; j < NT / 8; ++j) {
       const int t0 = 8 * j + 2 * q, t1 = t0 + 1;

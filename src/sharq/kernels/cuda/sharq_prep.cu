@@ -1,10 +1,15 @@
-// Fused activation prep (see sharq_prep.h). One thread block per row:
-//   1. stage the row in shared memory as FP32 (16-byte loads when K % 8 == 0);
+// Fused activation prep (see sharq_prep.h). One thread block per row (or a few per row for small M):
+//   1. stage the row in shared memory as FP32 (16-byte loads when K % 8 == 0), span by span with a
+//      stride of kStride = 36 floats, so that a warp whose lanes read 32 consecutive spans with
+//      16-byte loads hits every bank once per quarter warp;
 //   2. optional RMSNorm: warp 0 sums x*x in the documented order, everyone rescales in place;
 //   3. g_x: per token, a block max of the finite |x| (order-free, so exact); per tensor, read from
 //      a first pass (amax_kernel) that did steps 1-2 and an atomicMax on the FP32 bits;
-//   4. one thread per 32-wide span runs the shared SHARQ_HD sharq_prepare_span() (or, for the NVFP4
-//      baseline, one NVFP4-16 block quantization per 16-wide span) and writes what was asked for.
+//   4. one thread per 32-wide span, everything in registers: x~ = x / g, mask, backbone block over
+//      the 16 kept values (the dropped zeros change neither the amax nor any kept code), residual,
+//      residual blocks, then 16-byte stores of the FP16 planes. Every per-block step (amax, scale,
+//      divisor) runs once per block, not once per lane; every per-element step is the same
+//      SHARQ_HD arithmetic as sharq_prepare_span() / F::quantize() (bit-identical, sharq_prep_test).
 #include "sharq/kernels/cuda/sharq_prep.h"
 
 #include <algorithm>
@@ -34,7 +39,11 @@ struct RowArgs {
   block_nvfp4_16* nv_blocks;  // nvfp4_prep only
 };
 
-// Steps 1-2: the (normalized) row in smem, K floats followed by zero padding up to 32 * spans.
+// Staged row layout: span s at row + s * kStride (32 values, then 4 unused floats).
+constexpr int kStride = 36;
+__device__ __forceinline__ int64_t sidx(int64_t e) { return (e >> 5) * kStride + (e & 31); }
+
+// Steps 1-2: the (normalized) row in smem, K values followed by zero padding up to 32 * spans.
 template <class T, bool kRms>
 __device__ void stage_row(const RowArgs& a, int64_t m, float* row, float* bcast) {
   const T* x = static_cast<const T*>(a.x) + m * a.K;
@@ -44,34 +53,35 @@ __device__ void stage_row(const RowArgs& a, int64_t m, float* row, float* bcast)
     for (int64_t i = threadIdx.x; i < K / 8; i += blockDim.x) {
       const uint4 u = xv[i];
       const T* e = reinterpret_cast<const T*>(&u);
-#pragma unroll
-      for (int j = 0; j < 8; ++j) row[i * 8 + j] = to_f32(e[j]);
+      float4* d = reinterpret_cast<float4*>(row + sidx(i * 8));  // 8 values never straddle a span
+      d[0] = make_float4(to_f32(e[0]), to_f32(e[1]), to_f32(e[2]), to_f32(e[3]));
+      d[1] = make_float4(to_f32(e[4]), to_f32(e[5]), to_f32(e[6]), to_f32(e[7]));
     }
   } else {
-    for (int64_t i = threadIdx.x; i < K; i += blockDim.x) row[i] = to_f32(x[i]);
+    for (int64_t i = threadIdx.x; i < K; i += blockDim.x) row[sidx(i)] = to_f32(x[i]);
   }
-  for (int64_t i = K + threadIdx.x; i < a.spans * 32; i += blockDim.x) row[i] = 0.0f;
+  for (int64_t i = K + threadIdx.x; i < a.spans * 32; i += blockDim.x) row[sidx(i)] = 0.0f;
   __syncthreads();
   if constexpr (kRms) {
     if (threadIdx.x < 32) {
       float p = 0.0f;
-      for (int64_t i = threadIdx.x; i < K; i += 32) p = p + row[i] * row[i];
+      for (int64_t i = threadIdx.x; i < K; i += 32) p = p + row[sidx(i)] * row[sidx(i)];
       for (int off = 16; off >= 1; off >>= 1) p = p + __shfl_xor_sync(0xffffffffu, p, off);
       if (threadIdx.x == 0) *bcast = 1.0f / sqrtf(p / static_cast<float>(K) + a.eps);
     }
     __syncthreads();
     const float inv = *bcast;
     const T* w = static_cast<const T*>(a.rms_w);
-    for (int64_t i = threadIdx.x; i < K; i += blockDim.x) row[i] = (row[i] * inv) * to_f32(w[i]);
+    for (int64_t i = threadIdx.x; i < K; i += blockDim.x) row[sidx(i)] = (row[sidx(i)] * inv) * to_f32(w[i]);
     __syncthreads();
   }
 }
 
-// Block max of the finite |row[i]| (every thread gets it).
+// Block max of the finite |x| of the staged row (every thread gets it).
 __device__ float block_amax_finite(const float* row, int64_t K, float* red) {
   float m = 0.0f;
   for (int64_t i = threadIdx.x; i < K; i += blockDim.x) {
-    const float v = abs_f32(row[i]);
+    const float v = abs_f32(row[sidx(i)]);
     if (!is_nonfinite(v) && v > m) m = v;
   }
   for (int off = 16; off >= 1; off >>= 1) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, off));
@@ -92,94 +102,178 @@ __global__ void amax_kernel(RowArgs a, uint32_t* amax_bits) {
   if (threadIdx.x == 0) atomicMax(amax_bits, f32_bits(m));  // non-negative floats order as their bits
 }
 
-// max |v| over aligned segments of `width` lanes, NaN-sticky like amax_nan_sticky(): NaN if any
-// lane holds NaN, else the exact max (Inf included). Max is order-free, so this equals the CPU's scan.
-template <int kWidth>
-__device__ __forceinline__ float segment_amax_sticky(float v) {
-  float m = abs_f32(v);
+// top2_of4() (nm_mask.h) restated without indexing its score array by a runtime index, so that
+// the scores stay in registers: the same two scans, the same ranks_above(), the same tie rule.
+__device__ __forceinline__ uint8_t top2_of4_reg(const float (&s)[4]) {
+  int i0 = 0;
+  float v0 = s[0];
 #pragma unroll
-  for (int off = kWidth / 2; off >= 1; off >>= 1) {
-    const float o = __shfl_xor_sync(0xffffffffu, m, off);
-    m = (is_nan(m) || is_nan(o)) ? f32_from_bits(0x7FC00000u) : fmaxf(m, o);
+  for (int i = 1; i < 4; ++i)
+    if (ranks_above(s[i], v0)) { i0 = i; v0 = s[i]; }
+  const int first = i0 == 0 ? 1 : 0;  // the second scan starts at `first`, then runs from first + 1
+  int i1 = first;
+  float v1 = i0 == 0 ? s[1] : s[0];
+#pragma unroll
+  for (int i = 1; i < 4; ++i)
+    if (i > first && i != i0 && ranks_above(s[i], v1)) { i1 = i; v1 = s[i]; }
+  const int lo = i0 < i1 ? i0 : i1, hi = i0 < i1 ? i1 : i0;
+  return static_cast<uint8_t>(lo | (hi << 2));
+}
+
+// Metadata nibble of one mask group (x: the group's Group values): pair48_select / scalar24_select.
+template <int Group>
+__device__ __forceinline__ uint8_t group_select(const float* x, PairScore score) {
+  float s[4];
+  if constexpr (Group == 8) {
+#pragma unroll
+    for (int p = 0; p < 4; ++p) s[p] = pair_score(x[2 * p], x[2 * p + 1], score);
+  } else {
+#pragma unroll
+    for (int i = 0; i < 4; ++i) s[i] = abs_f32(x[i]);
   }
-  return m;
+  return top2_of4_reg(s);
 }
 
-// One block of F quantized one lane per element: the same scale_for / code_divisor / e2m1_encode
-// sequence as F::quantize(). Returns the lane's code; *scale receives the block scale.
-template <class F>
-__device__ __forceinline__ uint8_t lane_quantize(float v, typename F::scale_t* scale) {
-  const float amax = segment_amax_sticky<F::kBlock>(v);
-  *scale = F::scale_for(amax);
-  const float d = F::code_divisor(amax, *scale);
-  return d == 0.0f ? uint8_t{0} : e2m1_encode(v / d);
+// v[i] for a runtime i known to lie in [lo, hi] (select chain, no local memory).
+template <int lo, int hi>
+__device__ __forceinline__ float pick(const float* v, int i) {
+  float r = v[hi];
+#pragma unroll
+  for (int j = hi - 1; j >= lo; --j) r = i == j ? v[j] : r;
+  return r;
 }
 
-// Two 4-bit codes of lanes 2i, 2i+1 -> byte (even lane's code in the low nibble); valid on even lanes.
-__device__ __forceinline__ uint8_t pair_byte(uint8_t code) {
-  const uint32_t hi = __shfl_down_sync(0xffffffffu, static_cast<uint32_t>(code), 1);
-  return static_cast<uint8_t>(code | (hi << 4));
+// The quantization of one block of F, given its values in registers: the same scale_for /
+// code_divisor / e2m1_encode / decode * element_scale sequence as F::quantize() + dequantize.
+// The divisor is replaced by 1 for a zero divisor (codes forced to 0 anyway) only to keep the
+// division off its slow path.
+template <class F, int N>
+struct BlockQ {
+  typename F::scale_t s;
+  uint8_t code[N];
+  float deq[N];
+};
+template <class F, int N>
+__device__ __forceinline__ void quantize_regs(const float* v, BlockQ<F, N>& q) {
+  // amax over the N given values; for the backbone these are the kept values only: the dropped
+  // positions are +0 in S, which change neither the NaN-sticky max (it starts at 0) nor any code.
+  const float amax = amax_nan_sticky(v, N);
+  q.s = F::scale_for(amax);
+  const float d = F::code_divisor(amax, q.s);
+  const float dd = d == 0.0f ? 1.0f : d;
+  const float es = F::element_scale(q.s, 0);  // NVFP4 / MXFP4: one scale for the whole block
+#pragma unroll
+  for (int k = 0; k < N; ++k) {
+    q.code[k] = d == 0.0f ? uint8_t{0} : e2m1_encode(v[k] / dd);
+    q.deq[k] = F::decode(q.code[k]) * es;
+  }
 }
 
-// One 32-wide backbone span, one lane per element (the warp-parallel form of sharq_prepare_span;
-// bit-identical, see sharq_prep_test).
+__device__ __forceinline__ uint32_t pack_half2(float lo, float hi) {
+  const __half2 h = __floats2half2_rn(lo, hi);  // two independent RN conversions, as __float2half_rn
+  return *reinterpret_cast<const uint32_t*>(&h);
+}
+// 8 floats -> 8 halves, one 16-byte store (dst 16-byte aligned).
+__device__ __forceinline__ void store_half8(__half* dst, const float* v) {
+  *reinterpret_cast<uint4*>(dst) =
+      make_uint4(pack_half2(v[0], v[1]), pack_half2(v[2], v[3]), pack_half2(v[4], v[5]), pack_half2(v[6], v[7]));
+}
+
+// One 32-wide backbone span, one thread, all in registers (the register form of sharq_prepare_span).
 template <class V, int Group>
-__device__ void warp_span(const RowArgs& a, int64_t m, int64_t sp, float g, const float* row, float* xs, uint8_t* cs) {
+__device__ __forceinline__ void thread_span(const RowArgs& a, int64_t m, int64_t sp, float g, const float* row) {
   using Fbb = typename V::Fbb;
   using Fres = typename V::Fres;
   using bb_t = backbone_block_t<V, Group>;
-  constexpr int kRes = 32 / Fres::kBlock;
-  const int lane = threadIdx.x & 31;
-  const float xt = row[sp * 32 + lane] / g;  // padding: 0 / g = 0, as on the CPU
-  xs[lane] = xt;
-  __syncwarp();
-  // 1. mask: every lane of a group evaluates its group's selection (same function as the CPU)
-  const int grp = lane / Group, pos = lane % Group;
-  uint8_t meta, bits;
-  if constexpr (Group == 8) {
-    meta = pair48_select(xs + 8 * grp, a.score);
-    bits = pair48_keep_bits(meta);
-  } else {
-    meta = scalar24_select(xs + 4 * grp);
-    bits = scalar24_keep_bits(meta);
+  static_assert(Fbb::kBlock == 32 && 32 % Fres::kBlock == 0, "one 32-wide backbone block per span");
+  constexpr int kGroups = 32 / Group, kRB = Fres::kBlock, kRes = 32 / kRB;
+  constexpr int kKeep = Group / 2;  // kept values per group (2 pairs / 2 elements), in K order
+  // x~ = x / g (padding: 0 / g = 0, as on the CPU)
+  float x[32];
+  const float4* src = reinterpret_cast<const float4*>(row + sp * kStride);
+#pragma unroll
+  for (int i = 0; i < 8; ++i) {
+    const float4 t = src[i];
+    x[4 * i] = t.x / g; x[4 * i + 1] = t.y / g; x[4 * i + 2] = t.z / g; x[4 * i + 3] = t.w / g;
   }
-  const bool kept = (bits >> pos) & 1u;
-  const float sv = kept ? xt : 0.0f;
-  // 2. backbone quantization over the logical span; S^ of the kept positions
-  typename Fbb::scale_t bsc;
-  const uint8_t code = lane_quantize<Fbb>(sv, &bsc);
-  const float sh = kept ? Fbb::decode(code) * Fbb::element_scale(bsc, lane) : 0.0f;
-  // 3. residual against the quantized backbone, 4. its quantization
-  const float r = xt - sh;
-  typename Fres::scale_t rsc;
-  const uint8_t rcode = lane_quantize<Fres>(r, &rsc);
+  // 1. mask: metadata nibble per group; the kept values gathered in ascending K order
+  uint8_t meta[kGroups];
+  float kv[16];
+#pragma unroll
+  for (int gi = 0; gi < kGroups; ++gi) {
+    const float* xg = x + gi * Group;
+    meta[gi] = group_select<Group>(xg, a.score);
+    const int i0 = meta[gi] & 3, i1 = meta[gi] >> 2;  // i0 < i1
+    if constexpr (Group == 8) {  // pairs i0, i1
+      float e[8], o[8];
+#pragma unroll
+      for (int p = 0; p < 4; ++p) { e[p] = xg[2 * p]; o[p] = xg[2 * p + 1]; }
+      kv[4 * gi + 0] = pick<0, 2>(e, i0);
+      kv[4 * gi + 1] = pick<0, 2>(o, i0);
+      kv[4 * gi + 2] = pick<1, 3>(e, i1);
+      kv[4 * gi + 3] = pick<1, 3>(o, i1);
+    } else {  // elements i0, i1
+      kv[2 * gi + 0] = pick<0, 2>(xg, i0);
+      kv[2 * gi + 1] = pick<1, 3>(xg, i1);
+    }
+  }
+  // 2. backbone block over the logical span (kept values; see quantize_regs)
+  BlockQ<Fbb, 16> bq;
+  quantize_regs<Fbb, 16>(kv, bq);
+  // S^ at logical position k: the kept value's dequantized code, 0 where dropped
+  auto s_hat = [&](int k) -> float {
+    const int gi = k / Group, i = k % Group;
+    const int i0 = meta[gi] & 3, i1 = meta[gi] >> 2;
+    if constexpr (Group == 8) {
+      const int p = i / 2, e = i % 2;
+      return i0 == p ? bq.deq[4 * gi + e] : (i1 == p ? bq.deq[4 * gi + 2 + e] : 0.0f);
+    } else {
+      return i0 == i ? bq.deq[2 * gi] : (i1 == i ? bq.deq[2 * gi + 1] : 0.0f);
+    }
+  };
+  // 3. residual against the quantized backbone (in place)
+#pragma unroll
+  for (int k = 0; k < 32; ++k) x[k] = x[k] - s_hat(k);
   const int64_t idx = m * a.spans + sp;
-  // packed outputs (byte stores; the fast path writes planes only)
-  const uint32_t kept_mask = __ballot_sync(0xffffffffu, kept);
-  const uint8_t rbyte = pair_byte(rcode);
-  const uint32_t meta_next = __shfl_down_sync(0xffffffffu, static_cast<uint32_t>(meta), Group);
   if (a.out.backbone) {
     bb_t* bb = static_cast<bb_t*>(a.out.backbone) + idx;
-    if (kept) cs[__popc(kept_mask & ((1u << lane) - 1u))] = code;
-    __syncwarp();
-    if (lane == 0) bb->s = bsc;
-    if (pos == 0 && grp % 2 == 0) bb->meta[grp / 2] = static_cast<uint8_t>(meta | (meta_next << 4));
-    if (lane < 8) bb->qs[lane] = static_cast<uint8_t>(cs[2 * lane] | (cs[2 * lane + 1] << 4));
+    bb->s = bq.s;
+#pragma unroll
+    for (int i = 0; i < kGroups / 2; ++i) bb->meta[i] = static_cast<uint8_t>(meta[2 * i] | (meta[2 * i + 1] << 4));
+#pragma unroll
+    for (int i = 0; i < 8; ++i) bb->qs[i] = static_cast<uint8_t>(bq.code[2 * i] | (bq.code[2 * i + 1] << 4));
   }
-  if (a.out.residual) {
-    auto* res = static_cast<typename Fres::block_t*>(a.out.residual) + idx * kRes;
-    const int b = lane / Fres::kBlock, k = lane % Fres::kBlock;
-    if (k == 0) res[b].s = rsc;
-    if (k % 2 == 0) res[b].qs[k / 2] = rbyte;
+  static_assert(kKeep * kGroups == 16, "half of the span is kept");
+  // 4. residual blocks, then the outputs of their positions
+  const int64_t o = m * a.ld + sp * 32;
+#pragma unroll
+  for (int b = 0; b < kRes; ++b) {
+    BlockQ<Fres, kRB> rq;
+    quantize_regs<Fres, kRB>(x + b * kRB, rq);
+    if (a.out.residual) {
+      auto* res = static_cast<typename Fres::block_t*>(a.out.residual) + idx * kRes + b;
+      res->s = rq.s;
+#pragma unroll
+      for (int i = 0; i < kRB / 2; ++i) res->qs[i] = static_cast<uint8_t>(rq.code[2 * i] | (rq.code[2 * i + 1] << 4));
+    }
+    if constexpr (V::kGlobal) {  // FP16 planes: NVFP4 only (checked on the host)
+#pragma unroll
+      for (int c = 0; c < kRB / 8; ++c) {
+        float sh[8], rh[8], xh[8];
+#pragma unroll
+        for (int j = 0; j < 8; ++j) {
+          const int k = b * kRB + c * 8 + j;
+          sh[j] = s_hat(k);
+          rh[j] = rq.deq[c * 8 + j];
+          xh[j] = sh[j] + rh[j];  // S^ + R^ exact in FP32 (NVFP4), rounded once
+        }
+        const int64_t oc = o + b * kRB + c * 8;
+        if (a.out.s_plane) store_half8(a.out.s_plane + oc, sh);
+        if (a.out.r_plane) store_half8(a.out.r_plane + oc, rh);
+        if (a.out.x_plane) store_half8(a.out.x_plane + oc, xh);
+      }
+    }
   }
-  const int64_t o = m * a.ld + sp * 32 + lane;
-  if (a.out.s_plane || a.out.r_plane || a.out.x_plane) {
-    const float rh = Fres::decode(rcode) * Fres::element_scale(rsc, lane % Fres::kBlock);
-    if (a.out.s_plane) a.out.s_plane[o] = __float2half_rn(sh);
-    if (a.out.r_plane) a.out.r_plane[o] = __float2half_rn(rh);
-    if (a.out.x_plane) a.out.x_plane[o] = __float2half_rn(sh + rh);  // S^ + R^ exact in FP32 (NVFP4), rounded once
-  }
-  __syncwarp();  // xs / cs are reused by the next span
 }
 
 // Spans of row blockIdx.x handled by this block: chunk blockIdx.y of gridDim.y.
@@ -189,11 +283,15 @@ __device__ __forceinline__ void span_range(int64_t spans, int64_t* b, int64_t* e
   *e = *b + per < spans ? *b + per : spans;
 }
 
+// Zero padding of a plane from 32 * spans up to ld (block y == 0 of the row).
+__device__ __forceinline__ void zero_tail(__half* plane, const RowArgs& a, int64_t m) {
+  if (!plane) return;
+  for (int64_t c = a.spans * 32 + threadIdx.x; c < a.ld; c += blockDim.x) plane[m * a.ld + c] = __float2half_rn(0.0f);
+}
+
 template <class V, int Group, class T, bool kRms>
 __global__ void __launch_bounds__(256) sharq_prep_kernel(RowArgs a) {
   extern __shared__ float smem[];
-  __shared__ float xs_all[8][32];
-  __shared__ uint8_t cs_all[8][32];
   float* row = smem + 64;
   const int64_t m = blockIdx.x;
   stage_row<T, kRms>(a, m, row, smem);
@@ -203,22 +301,17 @@ __global__ void __launch_bounds__(256) sharq_prep_kernel(RowArgs a) {
                      : nvfp4_global_scale(block_amax_finite(row, a.K, smem + 32));
     if (a.out.g && threadIdx.x == 0 && blockIdx.y == 0 && (!a.per_tensor || m == 0)) a.out.g[a.per_tensor ? 0 : m] = g;
   }
-  const int warp = threadIdx.x / 32;
   int64_t b, e;
   span_range(a.spans, &b, &e);
-  for (int64_t sp = b + warp; sp < e; sp += blockDim.x / 32)
-    warp_span<V, Group>(a, m, sp, g, row, xs_all[warp], cs_all[warp]);
-  if (blockIdx.y == 0) {  // zero padding of the planes from 32 * spans up to ld
-    for (int64_t c = a.spans * 32 + threadIdx.x; c < a.ld; c += blockDim.x) {
-      const __half z = __float2half_rn(0.0f);
-      if (a.out.s_plane) a.out.s_plane[m * a.ld + c] = z;
-      if (a.out.r_plane) a.out.r_plane[m * a.ld + c] = z;
-      if (a.out.x_plane) a.out.x_plane[m * a.ld + c] = z;
-    }
+  for (int64_t sp = b + threadIdx.x; sp < e; sp += blockDim.x) thread_span<V, Group>(a, m, sp, g, row);
+  if (blockIdx.y == 0) {
+    zero_tail(a.out.s_plane, a, m);
+    zero_tail(a.out.r_plane, a, m);
+    zero_tail(a.out.x_plane, a, m);
   }
 }
 
-// NVFP4 W4A4 baseline: a warp quantizes 32 columns = two NVFP4-16 blocks, one lane per element.
+// NVFP4 W4A4 baseline: a thread quantizes 32 columns = two NVFP4-16 blocks, in registers.
 // a.spans counts 32-wide chunks here.
 template <class T, bool kRms>
 __global__ void __launch_bounds__(256) nvfp4_prep_kernel(RowArgs a) {
@@ -229,40 +322,59 @@ __global__ void __launch_bounds__(256) nvfp4_prep_kernel(RowArgs a) {
   const float g = a.per_tensor ? nvfp4_global_scale(f32_from_bits(*a.amax_bits))
                                : nvfp4_global_scale(block_amax_finite(row, a.K, smem + 32));
   if (a.out.g && threadIdx.x == 0 && blockIdx.y == 0 && (!a.per_tensor || m == 0)) a.out.g[a.per_tensor ? 0 : m] = g;
-  const int warp = threadIdx.x / 32, lane = threadIdx.x & 31;
   const int64_t nblk = (a.K + 15) / 16;
   int64_t b, e;
   span_range(a.spans, &b, &e);
-  for (int64_t sp = b + warp; sp < e; sp += blockDim.x / 32) {
-    const float v = row[sp * 32 + lane] / g;
-    scale_ue4m3 sc;
-    const uint8_t code = lane_quantize<Nvfp4_16>(v, &sc);
-    const uint8_t byte = pair_byte(code);
-    const int64_t blk = sp * 2 + lane / 16;
-    if (a.nv_blocks && blk < nblk) {
-      if (lane % 16 == 0) a.nv_blocks[m * nblk + blk].s = sc;
-      if (lane % 2 == 0) a.nv_blocks[m * nblk + blk].qs[(lane % 16) / 2] = byte;
+  for (int64_t sp = b + threadIdx.x; sp < e; sp += blockDim.x) {
+    const float4* src = reinterpret_cast<const float4*>(row + sp * kStride);
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      float v[16];
+#pragma unroll
+      for (int i = 0; i < 4; ++i) {
+        const float4 t = src[4 * h + i];
+        v[4 * i] = t.x / g; v[4 * i + 1] = t.y / g; v[4 * i + 2] = t.z / g; v[4 * i + 3] = t.w / g;
+      }
+      BlockQ<Nvfp4_16, 16> q;
+      quantize_regs<Nvfp4_16, 16>(v, q);  // deq = e2m1_decode(code) * ue4m3_decode(s)
+      const int64_t blk = sp * 2 + h;
+      if (a.nv_blocks && blk < nblk) {
+        block_nvfp4_16* nb = a.nv_blocks + m * nblk + blk;
+        nb->s = q.s;
+#pragma unroll
+        for (int i = 0; i < 8; ++i) nb->qs[i] = static_cast<uint8_t>(q.code[2 * i] | (q.code[2 * i + 1] << 4));
+      }
+      if (a.out.x_plane) {
+        store_half8(a.out.x_plane + m * a.ld + sp * 32 + 16 * h, q.deq);
+        store_half8(a.out.x_plane + m * a.ld + sp * 32 + 16 * h + 8, q.deq + 8);
+      }
     }
-    if (a.out.x_plane) a.out.x_plane[m * a.ld + sp * 32 + lane] = __float2half_rn(e2m1_decode(code) * ue4m3_decode(sc.e));
   }
-  if (blockIdx.y == 0 && a.out.x_plane)
-    for (int64_t c = a.spans * 32 + threadIdx.x; c < a.ld; c += blockDim.x) a.out.x_plane[m * a.ld + c] = __float2half_rn(0.0f);
+  if (blockIdx.y == 0) zero_tail(a.out.x_plane, a, m);
 }
 
-// Blocks per row: one when M alone fills the chip; else the row's spans are shared out (each
-// block stages the whole row for its norm and amax, then quantizes ~2 spans per warp).
-unsigned blocks_per_row(int64_t M, int64_t spans) {
+// Launch shape: rows x bpr blocks of `threads` threads; a thread quantizes whole spans.
+// Many rows: one block per row (threads = spans, up to 256, looping past that). Few rows: the
+// row's spans are shared out so that every thread has about one span (each block stages the
+// whole row for its norm and amax).
+struct Shape {
+  unsigned bpr, threads;
+};
+Shape launch_shape(int64_t M, int64_t spans) {
   static const int sms = [] {
     int dev = 0, v = 0;
     SHARQ_CUDA_CHECK(cudaGetDevice(&dev));
     SHARQ_CUDA_CHECK(cudaDeviceGetAttribute(&v, cudaDevAttrMultiProcessorCount, dev));
     return v;
   }();
-  const int64_t want = (4LL * sms + M - 1) / M, most = (spans + 15) / 16;
-  return static_cast<unsigned>(std::max<int64_t>(1, std::min(want, most)));
+  int64_t bpr = 1;
+  if (M < 2LL * sms) bpr = std::max<int64_t>(1, std::min<int64_t>((spans + 63) / 64, (4LL * sms + M - 1) / M));
+  const int64_t per = (spans + bpr - 1) / bpr;
+  const int64_t threads = std::min<int64_t>(256, std::max<int64_t>(64, (per + 31) / 32 * 32));
+  return {static_cast<unsigned>(bpr), static_cast<unsigned>(threads)};
 }
 
-size_t smem_bytes(int64_t spans32) { return static_cast<size_t>(64 + spans32 * 32) * sizeof(float); }
+size_t smem_bytes(int64_t spans32) { return static_cast<size_t>(64 + spans32 * kStride) * sizeof(float); }
 
 template <class K>
 void raise_smem(K kernel, size_t bytes) {
@@ -295,7 +407,8 @@ template <class V, int G, class T, bool kRms>
 void launch_sharq(const RowArgs& a, int64_t M, cudaStream_t st) {
   const size_t sm = smem_bytes(a.spans);
   raise_smem(sharq_prep_kernel<V, G, T, kRms>, sm);
-  sharq_prep_kernel<V, G, T, kRms><<<dim3(static_cast<unsigned>(M), blocks_per_row(M, a.spans)), 256, sm, st>>>(a);
+  const Shape sh = launch_shape(M, a.spans);
+  sharq_prep_kernel<V, G, T, kRms><<<dim3(static_cast<unsigned>(M), sh.bpr), sh.threads, sm, st>>>(a);
   SHARQ_CUDA_CHECK(cudaGetLastError());
 }
 
@@ -352,7 +465,8 @@ void launch_nvfp4(RowArgs& a, int64_t M, uint32_t* scratch, cudaStream_t st) {
   }
   const size_t sm = smem_bytes(a.spans);
   raise_smem(nvfp4_prep_kernel<T, kRms>, sm);
-  nvfp4_prep_kernel<T, kRms><<<dim3(static_cast<unsigned>(M), blocks_per_row(M, a.spans)), 256, sm, st>>>(a);
+  const Shape sh = launch_shape(M, a.spans);
+  nvfp4_prep_kernel<T, kRms><<<dim3(static_cast<unsigned>(M), sh.bpr), sh.threads, sm, st>>>(a);
   SHARQ_CUDA_CHECK(cudaGetLastError());
 }
 }  // namespace
