@@ -148,7 +148,9 @@ void run(const Case& c, uint64_t seed, const std::vector<float>* forced = nullpt
 TEST(SharqPrep, BitIdenticalToTheCpuReferenceAcrossShapesAndOptions) {
   SKIP_WITHOUT_GPU();
   uint64_t seed = 100;
-  const std::pair<int64_t, int64_t> shapes[] = {{1, 4096}, {1, 96}, {3, 160}, {7, 4160}, {33, 512}, {5, 14336}};
+  // M <= 64: the warp-per-span kernels; M > 64: the thread-per-span kernels
+  const std::pair<int64_t, int64_t> shapes[] = {{1, 4096}, {1, 96}, {3, 160}, {7, 4160}, {33, 512}, {5, 14336},
+                                                {100, 4096}, {65, 96}, {130, 14336}};
   for (auto [M, K] : shapes)
     for (SharqFormat f : {SharqFormat::nvfp4, SharqFormat::mxfp4})
       for (MaskKind mk : {MaskKind::pair48, MaskKind::scalar24})
@@ -161,7 +163,7 @@ TEST(SharqPrep, BitIdenticalToTheCpuReferenceAcrossShapesAndOptions) {
 TEST(SharqPrep, FusedRmsNormAndFp16InputsAreBitIdentical) {
   SKIP_WITHOUT_GPU();
   uint64_t seed = 500;
-  for (auto [M, K] : {std::pair<int64_t, int64_t>{1, 4096}, {9, 200}, {4, 3584}})
+  for (auto [M, K] : {std::pair<int64_t, int64_t>{1, 4096}, {9, 200}, {4, 3584}, {80, 200}})
     for (DType dt : {DType::bf16, DType::f16})
       for (GlobalScale gs : {GlobalScale::per_row, GlobalScale::per_tensor}) {
         run({M, K, SharqFormat::nvfp4, MaskKind::pair48, gs, dt, true, true}, ++seed);
@@ -172,7 +174,8 @@ TEST(SharqPrep, FusedRmsNormAndFp16InputsAreBitIdentical) {
 
 TEST(SharqPrep, NanAndInfBehaveAsOnTheCpu) {
   SKIP_WITHOUT_GPU();
-  const int64_t M = 4, K = 256;
+  for (const int64_t M : {4, 72}) {
+  const int64_t K = 256;
   auto x = input_values(M, K, 900, true, DType::bf16);
   x[0 * K + 5] = std::numeric_limits<float>::quiet_NaN();
   x[1 * K + 77] = std::numeric_limits<float>::infinity();
@@ -183,12 +186,13 @@ TEST(SharqPrep, NanAndInfBehaveAsOnTheCpu) {
       run({M, K, SharqFormat::mxfp4, mk, gs, DType::bf16, false, false}, 0, &x);
       run({M, K, SharqFormat::nvfp4, mk, gs, DType::bf16, true, false}, 0, &x);  // NaN poisons the row's norm
     }
+  }
 }
 
 TEST(SharqPrep, Nvfp4BaselinePrepMatchesTheCpuQuantizer) {
   SKIP_WITHOUT_GPU();
   uint64_t seed = 1000;
-  for (auto [M, K] : {std::pair<int64_t, int64_t>{1, 4096}, {6, 208}, {17, 1024}})
+  for (auto [M, K] : {std::pair<int64_t, int64_t>{1, 4096}, {6, 208}, {17, 1024}, {70, 208}})
     for (GlobalScale gs : {GlobalScale::per_row, GlobalScale::per_tensor}) {
       const auto xin = make_input(input_values(M, K, ++seed, true, DType::bf16), DType::bf16);
       const auto q = quantize_matrix<Nvfp4_16>(xin.f.data(), M, K, gs);

@@ -43,8 +43,6 @@ namespace sharq::cuda {
 const char* blas_type_name(BlasType t) {
   switch (t) {
     case BlasType::f16: return "fp16";
-    case BlasType::f16_bf16out: return "fp16->bf16";
-    case BlasType::f16_f32out: return "fp16->fp32";
     case BlasType::bf16: return "bf16";
     case BlasType::fp8_e4m3: return "fp8_e4m3";
   }
@@ -114,8 +112,6 @@ struct TypeInfo {
 TypeInfo type_info(BlasType t) {
   switch (t) {
     case BlasType::f16: return {CUDA_R_16F, CUDA_R_16F};
-    case BlasType::f16_bf16out: return {CUDA_R_16F, CUDA_R_16BF};
-    case BlasType::f16_f32out: return {CUDA_R_16F, CUDA_R_32F};
     case BlasType::bf16: return {CUDA_R_16BF, CUDA_R_16BF};
     case BlasType::fp8_e4m3: return {CUDA_R_8F_E4M3, CUDA_R_16BF};
   }
@@ -156,7 +152,7 @@ CublasLtGemm::~CublasLtGemm() = default;
 void CublasLtGemm::validate(BlasType t, const void* X, const void* W, const void* Y, int64_t M, int64_t N, int64_t K,
                             const float* x_scale, const float* w_scale) {
   const std::string where = "CublasLtGemm::matmul(" + shape_string(t, M, N, K) + "): ";
-  if (t != BlasType::f16 && t != BlasType::f16_bf16out && t != BlasType::f16_f32out && t != BlasType::bf16 && t != BlasType::fp8_e4m3)
+  if (t != BlasType::f16 && t != BlasType::bf16 && t != BlasType::fp8_e4m3)
     throw std::invalid_argument("CublasLtGemm::matmul: unknown BlasType");
   if (M < 0) throw std::invalid_argument(where + "M must be >= 0");
   if (N <= 0 || K <= 0) throw std::invalid_argument(where + "N and K must be > 0");

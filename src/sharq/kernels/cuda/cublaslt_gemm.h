@@ -14,9 +14,7 @@
 
 namespace sharq::cuda {
 
-// f16_bf16out / f16_f32out: FP16 X and W, BF16 / FP32 Y (SharQ's merged prefill over dequantized
-// weights; FP32 for tests).
-enum class BlasType : uint8_t { f16, bf16, fp8_e4m3, f16_bf16out, f16_f32out };
+enum class BlasType : uint8_t { f16, bf16, fp8_e4m3 };
 const char* blas_type_name(BlasType t);
 
 class CublasLtGemm {

@@ -1,5 +1,4 @@
-// FP4-weight GEMM dispatcher, the decode (small-M) kernel, the split-K reduction and the weight
-// dequantization kernel. The wgmma prefill kernel lives in fp4_gemm_prefill.cu.
+// FP4-weight GEMM dispatcher, the decode (small-M) kernel and the split-K reduction. The wgmma prefill kernel lives in fp4_gemm_prefill.cu.
 //
 // Decode kernel (mma.sync.m16n8k16, FP32 accumulators), one block = 4 warps x kNT n8-tiles:
 //   - the block walks its K range 128 columns at a time (one Fp4Tiles k-tile per step);
@@ -275,26 +274,6 @@ __global__ void splitk_reduce_kernel(const float* ws, int64_t splits, int64_t M,
   else *reinterpret_cast<__nv_bfloat162*>(y + row * ldy + col) = __floats2bfloat162_rn(s0 * (r * g0), s1 * (r * g1));
 }
 
-// One thread per (tile, lane): 32 codes of one row -> FP16 at their columns.
-__global__ void dequantize_kernel(const uint8_t* codes, const uint8_t* scales, int block, int64_t N, int64_t k_tiles,
-                                  __half* out) {
-  const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (i >= N / 8 * k_tiles * 32) return;
-  const int64_t tile = i / 32;
-  const int lane = static_cast<int>(i % 32), r = lane / 4, q = lane % 4;
-  const int64_t n = (tile / k_tiles) * 8 + r, kt = tile % k_tiles, Kp = k_tiles * 128;
-  const uint4 w = *reinterpret_cast<const uint4*>(codes + tile * 512 + lane * 16);
-  const uint32_t words[4] = {w.x, w.y, w.z, w.w};
-  for (int j = 0; j < 4; ++j)
-    for (int p = 0; p < 4; ++p) {
-      const int blk = block == 32 ? j : 2 * j + p / 2;
-      const uint32_t byte = scales[tile * (block == 32 ? 32 : 64) + r * (128 / block) + blk];
-      const uint32_t v = Fp4Pair<__half>::decode(words[j] >> (4 * p), Fp4Pair<__half>::scale_pair(byte | (byte << 8)));
-      const __half2 w2 = __hmul2(*reinterpret_cast<const __half2*>(&v), __half2half2(__ushort_as_half(0x5800)));  // * 2^7
-      *reinterpret_cast<__half2*>(out + n * Kp + kt * 128 + 32 * j + 8 * p + 2 * q) = w2;
-    }
-}
-
 int sm_count() {
   static int n = [] {
     int dev = 0, v = 0;
@@ -402,15 +381,6 @@ void fp4_gemm(const Fp4GemmArgs& a, const DeviceFp4Weights& w, Fp4GemmKernel ker
   } else {
     fp4_gemm_decode(a, w, workspace, workspace_bytes, stream);
   }
-}
-
-void fp4_dequantize_weights(const DeviceFp4Weights& w, __half* out, cudaStream_t stream) {
-  if (!out) throw std::invalid_argument("fp4_dequantize_weights: null output");
-  const int64_t k_tiles = w.Kp / 128, threads = w.N / 8 * k_tiles * 32;
-  if (threads == 0) return;
-  dequantize_kernel<<<static_cast<unsigned>((threads + 255) / 256), 256, 0, stream>>>(w.codes.get(), w.scales.get(),
-                                                                                     w.block, w.N, k_tiles, out);
-  SHARQ_CUDA_CHECK(cudaGetLastError());
 }
 
 }  // namespace sharq::cuda

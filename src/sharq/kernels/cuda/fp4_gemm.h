@@ -68,7 +68,4 @@ void fp4_gemm_decode(const Fp4GemmArgs& a, const DeviceFp4Weights& w, void* work
                      cudaStream_t stream);
 void fp4_gemm_prefill(const Fp4GemmArgs& a, const DeviceFp4Weights& w, cudaStream_t stream);
 
-// W^ in FP16 (N x Kp, scaled domain, exact), for the "dequantize, then cuBLASLt FP16" prefill path.
-void fp4_dequantize_weights(const DeviceFp4Weights& w, __half* out, cudaStream_t stream);
-
 }  // namespace sharq::cuda

@@ -1,7 +1,5 @@
 #include "sharq/kernels/cuda/gpu_linear.h"
 
-#include "sharq/kernels/cuda/cublaslt_gemm.h"
-
 #include <stdexcept>
 
 #include <fmt/format.h>
@@ -32,10 +30,7 @@ Fp4Tiles quantize_weights(GpuScheme s, const float* W, int64_t N, int64_t K) {
 }  // namespace
 
 GpuLinear::GpuLinear(GpuScheme scheme, const float* W, int64_t N, int64_t K, const GpuLinearOptions& opt)
-    : scheme_(scheme), N_(N), K_(K), opt_(opt) {
-  const Fp4Tiles t = quantize_weights(scheme, W, N, K);
-  gw_ = t.g.empty() ? 1.0f : t.g[0];  // per-tensor g_w
-  w_ = DeviceFp4Weights::upload(t);
+    : scheme_(scheme), N_(N), K_(K), opt_(opt), w_(DeviceFp4Weights::upload(quantize_weights(scheme, W, N, K))) {
   if (opt.mask != MaskKind::pair48 && opt.mask != MaskKind::scalar24)
     throw std::invalid_argument("GpuLinear: the mask must be pair-4:8 or scalar 2:4");
   if (opt.act_scale == GlobalScale::none && scheme != GpuScheme::w4a16)
@@ -43,13 +38,6 @@ GpuLinear::GpuLinear(GpuScheme scheme, const float* W, int64_t N, int64_t K, con
 }
 
 GpuLinear::~GpuLinear() = default;
-
-bool GpuLinear::merged_via_cublas(int64_t M) const {
-  if (scheme_ != GpuScheme::sharq_merged || M <= 64) return false;
-  if (opt_.merged_prefill == MergedPrefill::dequant_cublas) return true;
-  return opt_.merged_prefill == MergedPrefill::automatic && opt_.kernel == Fp4GemmKernel::automatic &&
-         M >= opt_.cublas_min_m;
-}
 
 void GpuLinear::reserve(int64_t M) {
   if (M <= cap_) return;
@@ -89,7 +77,6 @@ void GpuLinear::prepare(const __nv_bfloat16* x, int64_t M, cudaStream_t stream) 
         out.r_plane = a1_.get();
       } else {
         out.x_plane = a0_.get();
-        out.x_plane_scaled = merged_via_cublas(M);
       }
       sharq_prep(x, DType::bf16, M, K_, nullptr, spec, out, scratch_.get(), stream);
       break;
@@ -121,16 +108,6 @@ void GpuLinear::gemm(__nv_bfloat16* y, cudaStream_t stream, float* y_f32) {
     a.a1 = scheme_ == GpuScheme::sharq_exact ? a1_.get() : nullptr;
     a.row_scale = g_.get();
     a.row_scale_count = opt_.act_scale == GlobalScale::per_tensor ? 1 : M_;
-  }
-  if (merged_via_cublas(M_)) {  // exact FP16 W^ (scaled domain), then one cuBLASLt FP16 GEMM
-    if (!w16_.get()) w16_ = DeviceBuffer<__half>(static_cast<size_t>(N_ * w_.Kp));
-    if (!blas_) blas_ = std::make_unique<CublasLtGemm>();
-    fp4_dequantize_weights(w_, w16_.get(), stream);
-    if (y_f32)
-      blas_->matmul(BlasType::f16_f32out, a0_.get(), w16_.get(), y_f32, M_, N_, w_.Kp, nullptr, nullptr, stream, gw_);
-    else
-      blas_->matmul(BlasType::f16_bf16out, a0_.get(), w16_.get(), y, M_, N_, w_.Kp, nullptr, nullptr, stream, gw_);
-    return;
   }
   fp4_gemm(a, w_, opt_.kernel, ws_.get(), ws_.bytes(), stream);
 }

@@ -19,22 +19,13 @@
 
 namespace sharq::cuda {
 
-class CublasLtGemm;
-
 enum class GpuScheme : uint8_t { sharq_exact, sharq_merged, nvfp4, w4a16 };
 const char* gpu_scheme_name(GpuScheme s);
-
-// How sharq_merged runs M > 64: the fused wgmma kernel (FP4 weights decoded in registers), or the
-// weights dequantized exactly to an FP16 scratch copy (N x Kp) followed by cuBLASLt FP16 with g_x
-// folded into the FP16 activations (prep writes fp16((S^ + R^) g_x); values must stay in FP16 range).
-enum class MergedPrefill : uint8_t { automatic, wgmma, dequant_cublas };
 
 struct GpuLinearOptions {
   MaskKind mask = MaskKind::pair48;              // SharQ: pair48 | scalar24
   GlobalScale act_scale = GlobalScale::per_row;  // sharq/nvfp4: per_row (token) | per_tensor
   Fp4GemmKernel kernel = Fp4GemmKernel::automatic;
-  MergedPrefill merged_prefill = MergedPrefill::automatic;
-  int64_t cublas_min_m = 1024;  // automatic: dequant_cublas from this M on
 };
 
 class GpuLinear {
@@ -68,7 +59,6 @@ class GpuLinear {
 
  private:
   void reserve(int64_t M);
-  bool merged_via_cublas(int64_t M) const;
   GpuScheme scheme_;
   int64_t N_, K_;
   GpuLinearOptions opt_;
@@ -78,9 +68,6 @@ class GpuLinear {
   DeviceBuffer<float> g_;
   DeviceBuffer<uint32_t> scratch_;
   DeviceBuffer<uint8_t> ws_;
-  DeviceBuffer<__half> w16_;  // dequantized weights (dequant_cublas only, allocated on first use)
-  std::unique_ptr<CublasLtGemm> blas_;
-  float gw_ = 1.0f;
   const __nv_bfloat16* x_ = nullptr;  // w4a16 reads X directly (must stay valid until gemm())
 };
 

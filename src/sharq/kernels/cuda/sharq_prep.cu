@@ -50,7 +50,20 @@ __device__ void stage_row(const RowArgs& a, int64_t m, float* row, float* bcast)
   const int64_t K = a.K;
   if (K % 8 == 0) {
     const uint4* xv = reinterpret_cast<const uint4*>(x);
-    for (int64_t i = threadIdx.x; i < K / 8; i += blockDim.x) {
+    int64_t i0 = threadIdx.x;
+    for (; i0 + 3 * static_cast<int64_t>(blockDim.x) < K / 8; i0 += 4 * static_cast<int64_t>(blockDim.x)) {
+      uint4 u[4];  // four loads in flight before the first use
+#pragma unroll
+      for (int j = 0; j < 4; ++j) u[j] = xv[i0 + j * static_cast<int64_t>(blockDim.x)];
+#pragma unroll
+      for (int j = 0; j < 4; ++j) {
+        const T* e = reinterpret_cast<const T*>(&u[j]);
+        float4* d = reinterpret_cast<float4*>(row + sidx((i0 + j * static_cast<int64_t>(blockDim.x)) * 8));
+        d[0] = make_float4(to_f32(e[0]), to_f32(e[1]), to_f32(e[2]), to_f32(e[3]));
+        d[1] = make_float4(to_f32(e[4]), to_f32(e[5]), to_f32(e[6]), to_f32(e[7]));
+      }
+    }
+    for (int64_t i = i0; i < K / 8; i += blockDim.x) {
       const uint4 u = xv[i];
       const T* e = reinterpret_cast<const T*>(&u);
       float4* d = reinterpret_cast<float4*>(row + sidx(i * 8));  // 8 values never straddle a span
@@ -95,7 +108,7 @@ __device__ float block_amax_finite(const float* row, int64_t K, float* red) {
 
 template <class T, bool kRms>
 __global__ void amax_kernel(RowArgs a, uint32_t* amax_bits) {
-  extern __shared__ float smem[];
+  extern __shared__ __align__(16) float smem[];  // float4 access to the staged row
   float* row = smem + 64;
   stage_row<T, kRms>(a, blockIdx.x, row, smem);
   const float m = block_amax_finite(row, a.K, smem + 32);
@@ -205,7 +218,7 @@ __device__ __forceinline__ void thread_span(const RowArgs& a, int64_t m, int64_t
     meta[gi] = group_select<Group>(xg, a.score);
     const int i0 = meta[gi] & 3, i1 = meta[gi] >> 2;  // i0 < i1
     if constexpr (Group == 8) {  // pairs i0, i1
-      float e[8], o[8];
+      float e[4], o[4];  // even / odd member of each pair
 #pragma unroll
       for (int p = 0; p < 4; ++p) { e[p] = xg[2 * p]; o[p] = xg[2 * p + 1]; }
       kv[4 * gi + 0] = pick<0, 2>(e, i0);
@@ -291,7 +304,7 @@ __device__ __forceinline__ void zero_tail(__half* plane, const RowArgs& a, int64
 
 template <class V, int Group, class T, bool kRms>
 __global__ void __launch_bounds__(256) sharq_prep_kernel(RowArgs a) {
-  extern __shared__ float smem[];
+  extern __shared__ __align__(16) float smem[];  // float4 access to the staged row
   float* row = smem + 64;
   const int64_t m = blockIdx.x;
   stage_row<T, kRms>(a, m, row, smem);
@@ -315,7 +328,7 @@ __global__ void __launch_bounds__(256) sharq_prep_kernel(RowArgs a) {
 // a.spans counts 32-wide chunks here.
 template <class T, bool kRms>
 __global__ void __launch_bounds__(256) nvfp4_prep_kernel(RowArgs a) {
-  extern __shared__ float smem[];
+  extern __shared__ __align__(16) float smem[];  // float4 access to the staged row
   float* row = smem + 64;
   const int64_t m = blockIdx.x;
   stage_row<T, kRms>(a, m, row, smem);
@@ -353,6 +366,159 @@ __global__ void __launch_bounds__(256) nvfp4_prep_kernel(RowArgs a) {
   if (blockIdx.y == 0) zero_tail(a.out.x_plane, a, m);
 }
 
+// ---- small-M (latency) kernels: one warp per span ------------------------------------------
+// max |v| over aligned segments of `width` lanes, NaN-sticky like amax_nan_sticky(): NaN if any
+// lane holds NaN, else the exact max (Inf included). Max is order-free, so this equals the CPU's scan.
+template <int kWidth>
+__device__ __forceinline__ float segment_amax_sticky(float v) {
+  float m = abs_f32(v);
+#pragma unroll
+  for (int off = kWidth / 2; off >= 1; off >>= 1) {
+    const float o = __shfl_xor_sync(0xffffffffu, m, off);
+    m = (is_nan(m) || is_nan(o)) ? f32_from_bits(0x7FC00000u) : fmaxf(m, o);
+  }
+  return m;
+}
+
+// One block of F quantized one lane per element: the same scale_for / code_divisor / e2m1_encode
+// sequence as F::quantize(). Returns the lane's code; *scale receives the block scale.
+template <class F>
+__device__ __forceinline__ uint8_t lane_quantize(float v, typename F::scale_t* scale) {
+  const float amax = segment_amax_sticky<F::kBlock>(v);
+  *scale = F::scale_for(amax);
+  const float d = F::code_divisor(amax, *scale);
+  return d == 0.0f ? uint8_t{0} : e2m1_encode(v / d);
+}
+
+// Two 4-bit codes of lanes 2i, 2i+1 -> byte (even lane's code in the low nibble); valid on even lanes.
+__device__ __forceinline__ uint8_t pair_byte(uint8_t code) {
+  const uint32_t hi = __shfl_down_sync(0xffffffffu, static_cast<uint32_t>(code), 1);
+  return static_cast<uint8_t>(code | (hi << 4));
+}
+
+// One 32-wide backbone span, one lane per element (the warp-parallel form of sharq_prepare_span;
+// bit-identical, see sharq_prep_test).
+template <class V, int Group>
+__device__ void warp_span(const RowArgs& a, int64_t m, int64_t sp, float g, const float* row, float* xs, uint8_t* cs) {
+  using Fbb = typename V::Fbb;
+  using Fres = typename V::Fres;
+  using bb_t = backbone_block_t<V, Group>;
+  constexpr int kRes = 32 / Fres::kBlock;
+  const int lane = threadIdx.x & 31;
+  const float xt = row[sidx(sp * 32 + lane)] / g;  // padding: 0 / g = 0, as on the CPU
+  xs[lane] = xt;
+  __syncwarp();
+  // 1. mask: every lane of a group evaluates its group's selection (same function as the CPU)
+  const int grp = lane / Group, pos = lane % Group;
+  uint8_t meta, bits;
+  if constexpr (Group == 8) {
+    meta = pair48_select(xs + 8 * grp, a.score);
+    bits = pair48_keep_bits(meta);
+  } else {
+    meta = scalar24_select(xs + 4 * grp);
+    bits = scalar24_keep_bits(meta);
+  }
+  const bool kept = (bits >> pos) & 1u;
+  const float sv = kept ? xt : 0.0f;
+  // 2. backbone quantization over the logical span; S^ of the kept positions
+  typename Fbb::scale_t bsc;
+  const uint8_t code = lane_quantize<Fbb>(sv, &bsc);
+  const float sh = kept ? Fbb::decode(code) * Fbb::element_scale(bsc, lane) : 0.0f;
+  // 3. residual against the quantized backbone, 4. its quantization
+  const float r = xt - sh;
+  typename Fres::scale_t rsc;
+  const uint8_t rcode = lane_quantize<Fres>(r, &rsc);
+  const int64_t idx = m * a.spans + sp;
+  // packed outputs (byte stores; the fast path writes planes only)
+  const uint32_t kept_mask = __ballot_sync(0xffffffffu, kept);
+  const uint8_t rbyte = pair_byte(rcode);
+  const uint32_t meta_next = __shfl_down_sync(0xffffffffu, static_cast<uint32_t>(meta), Group);
+  if (a.out.backbone) {
+    bb_t* bb = static_cast<bb_t*>(a.out.backbone) + idx;
+    if (kept) cs[__popc(kept_mask & ((1u << lane) - 1u))] = code;
+    __syncwarp();
+    if (lane == 0) bb->s = bsc;
+    if (pos == 0 && grp % 2 == 0) bb->meta[grp / 2] = static_cast<uint8_t>(meta | (meta_next << 4));
+    if (lane < 8) bb->qs[lane] = static_cast<uint8_t>(cs[2 * lane] | (cs[2 * lane + 1] << 4));
+  }
+  if (a.out.residual) {
+    auto* res = static_cast<typename Fres::block_t*>(a.out.residual) + idx * kRes;
+    const int b = lane / Fres::kBlock, k = lane % Fres::kBlock;
+    if (k == 0) res[b].s = rsc;
+    if (k % 2 == 0) res[b].qs[k / 2] = rbyte;
+  }
+  const int64_t o = m * a.ld + sp * 32 + lane;
+  if (a.out.s_plane || a.out.r_plane || a.out.x_plane) {
+    const float rh = Fres::decode(rcode) * Fres::element_scale(rsc, lane % Fres::kBlock);
+    if (a.out.s_plane) a.out.s_plane[o] = __float2half_rn(sh);
+    if (a.out.r_plane) a.out.r_plane[o] = __float2half_rn(rh);
+    if (a.out.x_plane) a.out.x_plane[o] = __float2half_rn(sh + rh);  // exact sum, rounded once
+  }
+  __syncwarp();  // xs / cs are reused by the next span
+}
+
+// Small-M (latency) form: one warp per span, one lane per element (lower latency per span than the
+// thread-per-span kernel, which wins on throughput at large M). Bit-identical to it and to the CPU.
+template <class V, int Group, class T, bool kRms>
+__global__ void __launch_bounds__(256) sharq_prep_warp_kernel(RowArgs a) {
+  extern __shared__ __align__(16) float smem[];
+  __shared__ float xs_all[8][32];
+  __shared__ uint8_t cs_all[8][32];
+  float* row = smem + 64;
+  const int64_t m = blockIdx.x;
+  stage_row<T, kRms>(a, m, row, smem);
+  float g = 1.0f;
+  if constexpr (V::kGlobal) {
+    g = a.per_tensor ? nvfp4_global_scale(f32_from_bits(*a.amax_bits))
+                     : nvfp4_global_scale(block_amax_finite(row, a.K, smem + 32));
+    if (a.out.g && threadIdx.x == 0 && blockIdx.y == 0 && (!a.per_tensor || m == 0)) a.out.g[a.per_tensor ? 0 : m] = g;
+  }
+  const int warp = threadIdx.x / 32;
+  int64_t b, e;
+  span_range(a.spans, &b, &e);
+  for (int64_t sp = b + warp; sp < e; sp += blockDim.x / 32)
+    warp_span<V, Group>(a, m, sp, g, row, xs_all[warp], cs_all[warp]);
+  if (blockIdx.y == 0) {  // zero padding of the planes from 32 * spans up to ld
+    for (int64_t c = a.spans * 32 + threadIdx.x; c < a.ld; c += blockDim.x) {
+      const __half z = __float2half_rn(0.0f);
+      if (a.out.s_plane) a.out.s_plane[m * a.ld + c] = z;
+      if (a.out.r_plane) a.out.r_plane[m * a.ld + c] = z;
+      if (a.out.x_plane) a.out.x_plane[m * a.ld + c] = z;
+    }
+  }
+}
+
+// Small-M NVFP4 W4A4 baseline: a warp quantizes 32 columns = two NVFP4-16 blocks, one lane per element.
+// a.spans counts 32-wide chunks here.
+template <class T, bool kRms>
+__global__ void __launch_bounds__(256) nvfp4_prep_warp_kernel(RowArgs a) {
+  extern __shared__ __align__(16) float smem[];
+  float* row = smem + 64;
+  const int64_t m = blockIdx.x;
+  stage_row<T, kRms>(a, m, row, smem);
+  const float g = a.per_tensor ? nvfp4_global_scale(f32_from_bits(*a.amax_bits))
+                               : nvfp4_global_scale(block_amax_finite(row, a.K, smem + 32));
+  if (a.out.g && threadIdx.x == 0 && blockIdx.y == 0 && (!a.per_tensor || m == 0)) a.out.g[a.per_tensor ? 0 : m] = g;
+  const int warp = threadIdx.x / 32, lane = threadIdx.x & 31;
+  const int64_t nblk = (a.K + 15) / 16;
+  int64_t b, e;
+  span_range(a.spans, &b, &e);
+  for (int64_t sp = b + warp; sp < e; sp += blockDim.x / 32) {
+    const float v = row[sidx(sp * 32 + lane)] / g;
+    scale_ue4m3 sc;
+    const uint8_t code = lane_quantize<Nvfp4_16>(v, &sc);
+    const uint8_t byte = pair_byte(code);
+    const int64_t blk = sp * 2 + lane / 16;
+    if (a.nv_blocks && blk < nblk) {
+      if (lane % 16 == 0) a.nv_blocks[m * nblk + blk].s = sc;
+      if (lane % 2 == 0) a.nv_blocks[m * nblk + blk].qs[(lane % 16) / 2] = byte;
+    }
+    if (a.out.x_plane) a.out.x_plane[m * a.ld + sp * 32 + lane] = __float2half_rn(e2m1_decode(code) * ue4m3_decode(sc.e));
+  }
+  if (blockIdx.y == 0 && a.out.x_plane)
+    for (int64_t c = a.spans * 32 + threadIdx.x; c < a.ld; c += blockDim.x) a.out.x_plane[m * a.ld + c] = __float2half_rn(0.0f);
+}
+
 // Launch shape: rows x bpr blocks of `threads` threads; a thread quantizes whole spans.
 // Many rows: one block per row (threads = spans, up to 256, looping past that). Few rows: the
 // row's spans are shared out so that every thread has about one span (each block stages the
@@ -372,6 +538,20 @@ Shape launch_shape(int64_t M, int64_t spans) {
   const int64_t per = (spans + bpr - 1) / bpr;
   const int64_t threads = std::min<int64_t>(256, std::max<int64_t>(64, (per + 31) / 32 * 32));
   return {static_cast<unsigned>(bpr), static_cast<unsigned>(threads)};
+}
+
+// Decode sizes use the warp-per-span kernels (latency); larger M the thread-per-span ones (throughput).
+constexpr int64_t kWarpKernelMaxM = 64;
+// Warp kernels: 8 warps per block, about one span per warp (each block stages the whole row).
+unsigned warp_blocks_per_row(int64_t M, int64_t spans) {
+  static const int sms = [] {
+    int dev = 0, v = 0;
+    SHARQ_CUDA_CHECK(cudaGetDevice(&dev));
+    SHARQ_CUDA_CHECK(cudaDeviceGetAttribute(&v, cudaDevAttrMultiProcessorCount, dev));
+    return v;
+  }();
+  const int64_t most = (spans + 7) / 8, want = (8LL * sms + M - 1) / M;
+  return static_cast<unsigned>(std::max<int64_t>(1, std::min(most, want)));
 }
 
 size_t smem_bytes(int64_t spans32) { return static_cast<size_t>(64 + spans32 * kStride) * sizeof(float); }
@@ -406,9 +586,14 @@ void launch_amax(const RowArgs& a, int64_t M, uint32_t* scratch, cudaStream_t st
 template <class V, int G, class T, bool kRms>
 void launch_sharq(const RowArgs& a, int64_t M, cudaStream_t st) {
   const size_t sm = smem_bytes(a.spans);
-  raise_smem(sharq_prep_kernel<V, G, T, kRms>, sm);
-  const Shape sh = launch_shape(M, a.spans);
-  sharq_prep_kernel<V, G, T, kRms><<<dim3(static_cast<unsigned>(M), sh.bpr), sh.threads, sm, st>>>(a);
+  if (M <= kWarpKernelMaxM) {
+    raise_smem(sharq_prep_warp_kernel<V, G, T, kRms>, sm);
+    sharq_prep_warp_kernel<V, G, T, kRms><<<dim3(static_cast<unsigned>(M), warp_blocks_per_row(M, a.spans)), 256, sm, st>>>(a);
+  } else {
+    raise_smem(sharq_prep_kernel<V, G, T, kRms>, sm);
+    const Shape sh = launch_shape(M, a.spans);
+    sharq_prep_kernel<V, G, T, kRms><<<dim3(static_cast<unsigned>(M), sh.bpr), sh.threads, sm, st>>>(a);
+  }
   SHARQ_CUDA_CHECK(cudaGetLastError());
 }
 
@@ -464,9 +649,14 @@ void launch_nvfp4(RowArgs& a, int64_t M, uint32_t* scratch, cudaStream_t st) {
     a.amax_bits = scratch;
   }
   const size_t sm = smem_bytes(a.spans);
-  raise_smem(nvfp4_prep_kernel<T, kRms>, sm);
-  const Shape sh = launch_shape(M, a.spans);
-  nvfp4_prep_kernel<T, kRms><<<dim3(static_cast<unsigned>(M), sh.bpr), sh.threads, sm, st>>>(a);
+  if (M <= kWarpKernelMaxM) {
+    raise_smem(nvfp4_prep_warp_kernel<T, kRms>, sm);
+    nvfp4_prep_warp_kernel<T, kRms><<<dim3(static_cast<unsigned>(M), warp_blocks_per_row(M, a.spans)), 256, sm, st>>>(a);
+  } else {
+    raise_smem(nvfp4_prep_kernel<T, kRms>, sm);
+    const Shape sh = launch_shape(M, a.spans);
+    nvfp4_prep_kernel<T, kRms><<<dim3(static_cast<unsigned>(M), sh.bpr), sh.threads, sm, st>>>(a);
+  }
   SHARQ_CUDA_CHECK(cudaGetLastError());
 }
 }  // namespace

@@ -47,8 +47,6 @@ struct PrepOut {
   __half* r_plane = nullptr;   // M x ld: R^
   __half* x_plane = nullptr;   // M x ld: fp16(S^ + R^), merged mode
   int64_t ld = 0;              // 0: round_up(K, 128)
-  bool x_plane_scaled = false; // x_plane holds fp16((S^ + R^) * g_x), the original domain (for a GEMM
-                               // that cannot apply per-token scales: dequantized W + cuBLASLt)
 };
 
 // Largest K the prep accepts (one row is staged in shared memory as FP32).

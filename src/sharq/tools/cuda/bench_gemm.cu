@@ -819,10 +819,6 @@ int run_bench_gemm(const BenchGemmOptions& opt_in) {
   else if (opt.kernel == "decode") c.lin_opt.kernel = cuda::Fp4GemmKernel::decode;
   else if (opt.kernel == "prefill") c.lin_opt.kernel = cuda::Fp4GemmKernel::prefill;
   else throw std::invalid_argument("bench gemm: --kernel must be auto, decode or prefill (got '" + opt.kernel + "')");
-  if (opt.merged_prefill == "auto") c.lin_opt.merged_prefill = cuda::MergedPrefill::automatic;
-  else if (opt.merged_prefill == "wgmma") c.lin_opt.merged_prefill = cuda::MergedPrefill::wgmma;
-  else if (opt.merged_prefill == "cublas") c.lin_opt.merged_prefill = cuda::MergedPrefill::dequant_cublas;
-  else throw std::invalid_argument("bench gemm: --merged-prefill must be auto, wgmma or cublas (got '" + opt.merged_prefill + "')");
   if (opt.act_scale == "token") c.lin_opt.act_scale = GlobalScale::per_row;
   else if (opt.act_scale == "tensor") c.lin_opt.act_scale = GlobalScale::per_tensor;
   else throw std::invalid_argument("bench gemm: --act-scale must be token or tensor (got '" + opt.act_scale + "')");

@@ -45,7 +45,6 @@ struct BenchGemmOptions {
   std::string kernel = "auto";       // GpuLinear GEMM kernel: auto | decode | prefill
   std::string act_scale = "token";   // SharQ / NVFP4 activation g_x: token | tensor
   std::string mask = "p48";          // SharQ mask: p48 | s24
-  std::string merged_prefill = "auto";  // SharQ merged, M > 64: auto | wgmma | cublas (dequantized W + cuBLASLt)
   uint64_t seed = 1;                 // seed of the random X and W
   int device = 0;                    // CUDA device ordinal
   bool csv = false;                  // CSV to stdout (one row per model, layer, M) instead of tables
