@@ -1,15 +1,16 @@
-// Fused activation prep (see sharq_prep.h). One thread block per row (or a few per row for small M):
-//   1. stage the row in shared memory as FP32 (16-byte loads when K % 8 == 0), span by span with a
-//      stride of kStride = 36 floats, so that a warp whose lanes read 32 consecutive spans with
-//      16-byte loads hits every bank once per quarter warp;
-//   2. optional RMSNorm: warp 0 sums x*x in the documented order, everyone rescales in place;
+// Fused activation prep (see sharq_prep.h). Blocks own one row (or a share of its spans for small M):
+//   1. the row is read straight from global memory (16-byte loads when K % 8 == 0; nothing staged
+//      in shared memory, so small blocks and high occupancy; the second read hits L1/L2);
+//   2. optional RMSNorm: warp 0 sums x*x in the documented order, every value is (x * inv) * w;
 //   3. g_x: per token, a block max of the finite |x| (order-free, so exact); per tensor, read from
 //      a first pass (amax_kernel) that did steps 1-2 and an atomicMax on the FP32 bits;
-//   4. one thread per 32-wide span, everything in registers: x~ = x / g, mask, backbone block over
-//      the 16 kept values (the dropped zeros change neither the amax nor any kept code), residual,
-//      residual blocks, then 16-byte stores of the FP16 planes. Every per-block step (amax, scale,
-//      divisor) runs once per block, not once per lane; every per-element step is the same
-//      SHARQ_HD arithmetic as sharq_prepare_span() / F::quantize() (bit-identical, sharq_prep_test).
+//   4a. M > 64 (throughput): one thread per 32-wide span, everything in registers: x~ = x / g, mask,
+//      backbone block over the 16 kept values (the dropped zeros change neither the amax nor any kept
+//      code), residual, residual blocks, then 16-byte stores of the FP16 planes. Every per-block step
+//      (amax, scale, divisor) runs once per block, not once per lane;
+//   4b. M <= 64 (latency): one warp per span, one lane per element, block steps by shuffles.
+//   Every per-element step is the same SHARQ_HD arithmetic as sharq_prepare_span() / F::quantize()
+//   (bit-identical to the CPU reference, sharq_prep_test covers both forms).
 #include "sharq/kernels/cuda/sharq_prep.h"
 
 #include <algorithm>
@@ -39,63 +40,74 @@ struct RowArgs {
   block_nvfp4_16* nv_blocks;  // nvfp4_prep only
 };
 
-// Staged row layout: span s at row + s * kStride (32 values, then 4 unused floats).
-constexpr int kStride = 36;
-__device__ __forceinline__ int64_t sidx(int64_t e) { return (e >> 5) * kStride + (e & 31); }
-
-// Steps 1-2: the (normalized) row in smem, K values followed by zero padding up to 32 * spans.
+// The (optionally RMS-normalized) row, read straight from global memory: nothing is staged in
+// shared memory, so blocks stay small and many fit on an SM; the second read of a row (amax pass,
+// then the spans) hits L1/L2. at8() uses one 16-byte load for 8 values when K % 8 == 0.
 template <class T, bool kRms>
-__device__ void stage_row(const RowArgs& a, int64_t m, float* row, float* bcast) {
-  const T* x = static_cast<const T*>(a.x) + m * a.K;
-  const int64_t K = a.K;
-  if (K % 8 == 0) {
-    const uint4* xv = reinterpret_cast<const uint4*>(x);
-    int64_t i0 = threadIdx.x;
-    for (; i0 + 3 * static_cast<int64_t>(blockDim.x) < K / 8; i0 += 4 * static_cast<int64_t>(blockDim.x)) {
-      uint4 u[4];  // four loads in flight before the first use
-#pragma unroll
-      for (int j = 0; j < 4; ++j) u[j] = xv[i0 + j * static_cast<int64_t>(blockDim.x)];
-#pragma unroll
-      for (int j = 0; j < 4; ++j) {
-        const T* e = reinterpret_cast<const T*>(&u[j]);
-        float4* d = reinterpret_cast<float4*>(row + sidx((i0 + j * static_cast<int64_t>(blockDim.x)) * 8));
-        d[0] = make_float4(to_f32(e[0]), to_f32(e[1]), to_f32(e[2]), to_f32(e[3]));
-        d[1] = make_float4(to_f32(e[4]), to_f32(e[5]), to_f32(e[6]), to_f32(e[7]));
-      }
-    }
-    for (int64_t i = i0; i < K / 8; i += blockDim.x) {
-      const uint4 u = xv[i];
-      const T* e = reinterpret_cast<const T*>(&u);
-      float4* d = reinterpret_cast<float4*>(row + sidx(i * 8));  // 8 values never straddle a span
-      d[0] = make_float4(to_f32(e[0]), to_f32(e[1]), to_f32(e[2]), to_f32(e[3]));
-      d[1] = make_float4(to_f32(e[4]), to_f32(e[5]), to_f32(e[6]), to_f32(e[7]));
-    }
-  } else {
-    for (int64_t i = threadIdx.x; i < K; i += blockDim.x) row[sidx(i)] = to_f32(x[i]);
+struct RowView {
+  const T* x;
+  const T* w;
+  int64_t K;
+  float inv;
+  __device__ __forceinline__ float at(int64_t i) const {
+    if (i >= K) return 0.0f;  // zero padding along K, as on the CPU
+    float v = to_f32(x[i]);
+    if constexpr (kRms) v = (v * inv) * to_f32(w[i]);
+    return v;
   }
-  for (int64_t i = K + threadIdx.x; i < a.spans * 32; i += blockDim.x) row[sidx(i)] = 0.0f;
-  __syncthreads();
+  __device__ __forceinline__ void at8(int64_t i, float* o) const {
+    if (K % 8 == 0 && i + 8 <= K) {
+      const uint4 u = *reinterpret_cast<const uint4*>(x + i);
+      const T* e = reinterpret_cast<const T*>(&u);
+#pragma unroll
+      for (int j = 0; j < 8; ++j) o[j] = to_f32(e[j]);
+      if constexpr (kRms) {
+        const uint4 uw = *reinterpret_cast<const uint4*>(w + i);
+        const T* ew = reinterpret_cast<const T*>(&uw);
+#pragma unroll
+        for (int j = 0; j < 8; ++j) o[j] = (o[j] * inv) * to_f32(ew[j]);
+      }
+    } else {
+#pragma unroll
+      for (int j = 0; j < 8; ++j) o[j] = at(i + j);
+    }
+  }
+};
+
+// Row m's view. RMSNorm: warp 0 sums x*x in the documented order (lane-strided partial sums,
+// then the xor butterfly), as rmsnorm_reference() does; every thread gets inv. red: >= 1 float.
+template <class T, bool kRms>
+__device__ RowView<T, kRms> make_row(const RowArgs& a, int64_t m, float* red) {
+  RowView<T, kRms> r{static_cast<const T*>(a.x) + m * a.K, static_cast<const T*>(a.rms_w), a.K, 1.0f};
   if constexpr (kRms) {
     if (threadIdx.x < 32) {
       float p = 0.0f;
-      for (int64_t i = threadIdx.x; i < K; i += 32) p = p + row[sidx(i)] * row[sidx(i)];
+      for (int64_t i = threadIdx.x; i < a.K; i += 32) {
+        const float v = to_f32(r.x[i]);
+        p = p + v * v;
+      }
       for (int off = 16; off >= 1; off >>= 1) p = p + __shfl_xor_sync(0xffffffffu, p, off);
-      if (threadIdx.x == 0) *bcast = 1.0f / sqrtf(p / static_cast<float>(K) + a.eps);
+      if (threadIdx.x == 0) *red = 1.0f / sqrtf(p / static_cast<float>(a.K) + a.eps);
     }
     __syncthreads();
-    const float inv = *bcast;
-    const T* w = static_cast<const T*>(a.rms_w);
-    for (int64_t i = threadIdx.x; i < K; i += blockDim.x) row[sidx(i)] = (row[sidx(i)] * inv) * to_f32(w[i]);
+    r.inv = *red;
     __syncthreads();
   }
+  return r;
 }
 
-// Block max of the finite |x| of the staged row (every thread gets it).
-__device__ float block_amax_finite(const float* row, int64_t K, float* red) {
+// Block max of the finite |x| of the (normalized) row; every thread gets it. red: >= 32 floats.
+template <class R>
+__device__ float row_amax(const R& row, float* red) {
   float m = 0.0f;
-  for (int64_t i = threadIdx.x; i < K; i += blockDim.x) {
-    const float v = abs_f32(row[sidx(i)]);
-    if (!is_nonfinite(v) && v > m) m = v;
+  for (int64_t i = 8 * static_cast<int64_t>(threadIdx.x); i < row.K; i += 8 * static_cast<int64_t>(blockDim.x)) {
+    float v[8];
+    row.at8(i, v);
+#pragma unroll
+    for (int j = 0; j < 8; ++j) {
+      const float a = abs_f32(v[j]);
+      if (!is_nonfinite(a) && a > m) m = a;
+    }
   }
   for (int off = 16; off >= 1; off >>= 1) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, off));
   if ((threadIdx.x & 31) == 0) red[threadIdx.x / 32] = m;
@@ -108,10 +120,9 @@ __device__ float block_amax_finite(const float* row, int64_t K, float* red) {
 
 template <class T, bool kRms>
 __global__ void amax_kernel(RowArgs a, uint32_t* amax_bits) {
-  extern __shared__ __align__(16) float smem[];  // float4 access to the staged row
-  float* row = smem + 64;
-  stage_row<T, kRms>(a, blockIdx.x, row, smem);
-  const float m = block_amax_finite(row, a.K, smem + 32);
+  __shared__ float red[33];
+  const auto row = make_row<T, kRms>(a, blockIdx.x, red + 32);
+  const float m = row_amax(row, red);
   if (threadIdx.x == 0) atomicMax(amax_bits, f32_bits(m));  // non-negative floats order as their bits
 }
 
@@ -193,8 +204,8 @@ __device__ __forceinline__ void store_half8(__half* dst, const float* v) {
 }
 
 // One 32-wide backbone span, one thread, all in registers (the register form of sharq_prepare_span).
-template <class V, int Group>
-__device__ __forceinline__ void thread_span(const RowArgs& a, int64_t m, int64_t sp, float g, const float* row) {
+template <class V, int Group, class R>
+__device__ __forceinline__ void thread_span(const RowArgs& a, int64_t m, int64_t sp, float g, const R& row) {
   using Fbb = typename V::Fbb;
   using Fres = typename V::Fres;
   using bb_t = backbone_block_t<V, Group>;
@@ -203,12 +214,10 @@ __device__ __forceinline__ void thread_span(const RowArgs& a, int64_t m, int64_t
   constexpr int kKeep = Group / 2;  // kept values per group (2 pairs / 2 elements), in K order
   // x~ = x / g (padding: 0 / g = 0, as on the CPU)
   float x[32];
-  const float4* src = reinterpret_cast<const float4*>(row + sp * kStride);
 #pragma unroll
-  for (int i = 0; i < 8; ++i) {
-    const float4 t = src[i];
-    x[4 * i] = t.x / g; x[4 * i + 1] = t.y / g; x[4 * i + 2] = t.z / g; x[4 * i + 3] = t.w / g;
-  }
+  for (int i = 0; i < 4; ++i) row.at8(sp * 32 + 8 * i, x + 8 * i);
+#pragma unroll
+  for (int k = 0; k < 32; ++k) x[k] = x[k] / g;
   // 1. mask: metadata nibble per group; the kept values gathered in ascending K order
   uint8_t meta[kGroups];
   float kv[16];
@@ -304,14 +313,13 @@ __device__ __forceinline__ void zero_tail(__half* plane, const RowArgs& a, int64
 
 template <class V, int Group, class T, bool kRms>
 __global__ void __launch_bounds__(256) sharq_prep_kernel(RowArgs a) {
-  extern __shared__ __align__(16) float smem[];  // float4 access to the staged row
-  float* row = smem + 64;
+  __shared__ float red[33];
   const int64_t m = blockIdx.x;
-  stage_row<T, kRms>(a, m, row, smem);
+  const auto row = make_row<T, kRms>(a, m, red + 32);
   float g = 1.0f;
   if constexpr (V::kGlobal) {
     g = a.per_tensor ? nvfp4_global_scale(f32_from_bits(*a.amax_bits))
-                     : nvfp4_global_scale(block_amax_finite(row, a.K, smem + 32));
+                     : nvfp4_global_scale(row_amax(row, red));
     if (a.out.g && threadIdx.x == 0 && blockIdx.y == 0 && (!a.per_tensor || m == 0)) a.out.g[a.per_tensor ? 0 : m] = g;
   }
   int64_t b, e;
@@ -328,26 +336,23 @@ __global__ void __launch_bounds__(256) sharq_prep_kernel(RowArgs a) {
 // a.spans counts 32-wide chunks here.
 template <class T, bool kRms>
 __global__ void __launch_bounds__(256) nvfp4_prep_kernel(RowArgs a) {
-  extern __shared__ __align__(16) float smem[];  // float4 access to the staged row
-  float* row = smem + 64;
+  __shared__ float red[33];
   const int64_t m = blockIdx.x;
-  stage_row<T, kRms>(a, m, row, smem);
+  const auto row = make_row<T, kRms>(a, m, red + 32);
   const float g = a.per_tensor ? nvfp4_global_scale(f32_from_bits(*a.amax_bits))
-                               : nvfp4_global_scale(block_amax_finite(row, a.K, smem + 32));
+                               : nvfp4_global_scale(row_amax(row, red));
   if (a.out.g && threadIdx.x == 0 && blockIdx.y == 0 && (!a.per_tensor || m == 0)) a.out.g[a.per_tensor ? 0 : m] = g;
   const int64_t nblk = (a.K + 15) / 16;
   int64_t b, e;
   span_range(a.spans, &b, &e);
   for (int64_t sp = b + threadIdx.x; sp < e; sp += blockDim.x) {
-    const float4* src = reinterpret_cast<const float4*>(row + sp * kStride);
 #pragma unroll
     for (int h = 0; h < 2; ++h) {
       float v[16];
+      row.at8(sp * 32 + 16 * h, v);
+      row.at8(sp * 32 + 16 * h + 8, v + 8);
 #pragma unroll
-      for (int i = 0; i < 4; ++i) {
-        const float4 t = src[4 * h + i];
-        v[4 * i] = t.x / g; v[4 * i + 1] = t.y / g; v[4 * i + 2] = t.z / g; v[4 * i + 3] = t.w / g;
-      }
+      for (int k = 0; k < 16; ++k) v[k] = v[k] / g;
       BlockQ<Nvfp4_16, 16> q;
       quantize_regs<Nvfp4_16, 16>(v, q);  // deq = e2m1_decode(code) * ue4m3_decode(s)
       const int64_t blk = sp * 2 + h;
@@ -398,14 +403,14 @@ __device__ __forceinline__ uint8_t pair_byte(uint8_t code) {
 
 // One 32-wide backbone span, one lane per element (the warp-parallel form of sharq_prepare_span;
 // bit-identical, see sharq_prep_test).
-template <class V, int Group>
-__device__ void warp_span(const RowArgs& a, int64_t m, int64_t sp, float g, const float* row, float* xs, uint8_t* cs) {
+template <class V, int Group, class R>
+__device__ void warp_span(const RowArgs& a, int64_t m, int64_t sp, float g, const R& row, float* xs, uint8_t* cs) {
   using Fbb = typename V::Fbb;
   using Fres = typename V::Fres;
   using bb_t = backbone_block_t<V, Group>;
   constexpr int kRes = 32 / Fres::kBlock;
   const int lane = threadIdx.x & 31;
-  const float xt = row[sidx(sp * 32 + lane)] / g;  // padding: 0 / g = 0, as on the CPU
+  const float xt = row.at(sp * 32 + lane) / g;  // padding: 0 / g = 0, as on the CPU
   xs[lane] = xt;
   __syncwarp();
   // 1. mask: every lane of a group evaluates its group's selection (same function as the CPU)
@@ -461,16 +466,15 @@ __device__ void warp_span(const RowArgs& a, int64_t m, int64_t sp, float g, cons
 // thread-per-span kernel, which wins on throughput at large M). Bit-identical to it and to the CPU.
 template <class V, int Group, class T, bool kRms>
 __global__ void __launch_bounds__(256) sharq_prep_warp_kernel(RowArgs a) {
-  extern __shared__ __align__(16) float smem[];
+  __shared__ float red[33];
   __shared__ float xs_all[8][32];
   __shared__ uint8_t cs_all[8][32];
-  float* row = smem + 64;
   const int64_t m = blockIdx.x;
-  stage_row<T, kRms>(a, m, row, smem);
+  const auto row = make_row<T, kRms>(a, m, red + 32);
   float g = 1.0f;
   if constexpr (V::kGlobal) {
     g = a.per_tensor ? nvfp4_global_scale(f32_from_bits(*a.amax_bits))
-                     : nvfp4_global_scale(block_amax_finite(row, a.K, smem + 32));
+                     : nvfp4_global_scale(row_amax(row, red));
     if (a.out.g && threadIdx.x == 0 && blockIdx.y == 0 && (!a.per_tensor || m == 0)) a.out.g[a.per_tensor ? 0 : m] = g;
   }
   const int warp = threadIdx.x / 32;
@@ -492,19 +496,18 @@ __global__ void __launch_bounds__(256) sharq_prep_warp_kernel(RowArgs a) {
 // a.spans counts 32-wide chunks here.
 template <class T, bool kRms>
 __global__ void __launch_bounds__(256) nvfp4_prep_warp_kernel(RowArgs a) {
-  extern __shared__ __align__(16) float smem[];
-  float* row = smem + 64;
+  __shared__ float red[33];
   const int64_t m = blockIdx.x;
-  stage_row<T, kRms>(a, m, row, smem);
+  const auto row = make_row<T, kRms>(a, m, red + 32);
   const float g = a.per_tensor ? nvfp4_global_scale(f32_from_bits(*a.amax_bits))
-                               : nvfp4_global_scale(block_amax_finite(row, a.K, smem + 32));
+                               : nvfp4_global_scale(row_amax(row, red));
   if (a.out.g && threadIdx.x == 0 && blockIdx.y == 0 && (!a.per_tensor || m == 0)) a.out.g[a.per_tensor ? 0 : m] = g;
   const int warp = threadIdx.x / 32, lane = threadIdx.x & 31;
   const int64_t nblk = (a.K + 15) / 16;
   int64_t b, e;
   span_range(a.spans, &b, &e);
   for (int64_t sp = b + warp; sp < e; sp += blockDim.x / 32) {
-    const float v = row[sidx(sp * 32 + lane)] / g;
+    const float v = row.at(sp * 32 + lane) / g;
     scale_ue4m3 sc;
     const uint8_t code = lane_quantize<Nvfp4_16>(v, &sc);
     const uint8_t byte = pair_byte(code);
@@ -521,7 +524,7 @@ __global__ void __launch_bounds__(256) nvfp4_prep_warp_kernel(RowArgs a) {
 
 // Launch shape: rows x bpr blocks of `threads` threads; a thread quantizes whole spans.
 // Many rows: one block per row (threads = spans, up to 256, looping past that). Few rows: the
-// row's spans are shared out so that every thread has about one span (each block stages the
+// row's spans are shared out so that every thread has about one span (each block reads the
 // whole row for its norm and amax).
 struct Shape {
   unsigned bpr, threads;
@@ -542,7 +545,7 @@ Shape launch_shape(int64_t M, int64_t spans) {
 
 // Decode sizes use the warp-per-span kernels (latency); larger M the thread-per-span ones (throughput).
 constexpr int64_t kWarpKernelMaxM = 64;
-// Warp kernels: 8 warps per block, about one span per warp (each block stages the whole row).
+// Warp kernels: 8 warps per block, about one span per warp (each block reads the whole row for g).
 unsigned warp_blocks_per_row(int64_t M, int64_t spans) {
   static const int sms = [] {
     int dev = 0, v = 0;
@@ -554,7 +557,7 @@ unsigned warp_blocks_per_row(int64_t M, int64_t spans) {
   return static_cast<unsigned>(std::max<int64_t>(1, std::min(most, want)));
 }
 
-size_t smem_bytes(int64_t spans32) { return static_cast<size_t>(64 + spans32 * kStride) * sizeof(float); }
+size_t smem_bytes(int64_t) { return 0; }  // rows are read from global memory, not staged
 
 template <class K>
 void raise_smem(K kernel, size_t bytes) {
@@ -565,7 +568,7 @@ void raise_smem(K kernel, size_t bytes) {
 void check_common(const char* what, const void* x, int64_t M, int64_t K, bool rmsnorm, const void* rms_w, int64_t ld) {
   if (M < 0 || K <= 0) throw std::invalid_argument(fmt::format("{}: bad shape M = {}, K = {}", what, M, K));
   if (K > kPrepMaxK)
-    throw std::invalid_argument(fmt::format("{}: K = {} exceeds the supported maximum {} (one row is staged in shared memory)",
+    throw std::invalid_argument(fmt::format("{}: K = {} exceeds the supported maximum {}",
                                             what, K, kPrepMaxK));
   if (M > 0 && !x) throw std::invalid_argument(fmt::format("{}: x is null", what));
   if (rmsnorm && !rms_w) throw std::invalid_argument(fmt::format("{}: rmsnorm requested without its weight", what));

@@ -49,8 +49,8 @@ struct PrepOut {
   int64_t ld = 0;              // 0: round_up(K, 128)
 };
 
-// Largest K the prep accepts (one row is staged in shared memory as FP32).
-constexpr int64_t kPrepMaxK = 49152;
+// Largest K the prep accepts (a sanity bound on one row).
+constexpr int64_t kPrepMaxK = int64_t{1} << 20;
 
 // Runs the prep on `stream`. x: M x K device array of `xt`; rms_weight: K values of `xt` (only
 // when spec.rmsnorm). scratch: 1 device word, needed for per-tensor NVFP4 (else may be null).
