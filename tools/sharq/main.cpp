@@ -187,7 +187,7 @@ int main(int argc, char** argv) {
       ->capture_default_str()->check(CLI::NonNegativeNumber);
   bg->add_option("--max-sets", bo.max_sets, "cap on the rotating (W, X, Y) buffer sets per method")
       ->capture_default_str()->check(CLI::Range(1, 64));
-  bg->add_option("--kernel", bo.kernel, "GpuLinear GEMM kernel: auto | decode | prefill")
+  bg->add_option("--kernel", bo.kernel, "GpuLinear GEMM kernel: auto | decode (mma.sync) | small (wgmma, M <= 64) | prefill (wgmma)")
       ->capture_default_str()->check(CLI::IsMember({"auto", "decode", "prefill"}));
   bg->add_option("--act-scale", bo.act_scale, "SharQ/NVFP4 activation scale g_x: token | tensor")
       ->capture_default_str()->check(CLI::IsMember({"token", "tensor"}));

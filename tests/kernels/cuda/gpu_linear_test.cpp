@@ -114,8 +114,8 @@ TEST(GpuLinear, ExactSharqMatchesTheCpuReference) {
     for (bool outl : {false, true})
       for (MaskKind mk : {MaskKind::pair48, MaskKind::scalar24})
         for (GlobalScale gs : {GlobalScale::per_row, GlobalScale::per_tensor})
-          for (Fp4GemmKernel kern : {Fp4GemmKernel::decode, Fp4GemmKernel::automatic}) {
-            if (kern == Fp4GemmKernel::automatic && (sh.M <= 64 || sh.N % 128 != 0)) continue;  // = decode
+          for (Fp4GemmKernel kern : {Fp4GemmKernel::decode, Fp4GemmKernel::automatic}) {  // auto: small / prefill
+            if (kern == Fp4GemmKernel::automatic && sh.N % 128 != 0) continue;  // = decode
             const auto p = make_problem(sh.M, sh.N, sh.K, ++seed, outl);
             std::string scheme = "sharq";
             scheme += mk == MaskKind::scalar24 ? ":s24" : ":p48";
@@ -159,7 +159,7 @@ TEST(GpuLinear, MergedModeDeviationIsFarBelowTheFp4Error) {
         const double dev = rel_l2(merged.y32, exact.y32), fp4 = rel_l2(exact.y32, fp32);
         worst = std::max(worst, dev);
         std::printf("merged vs exact (%s): M=%-4lld N=%-4lld K=%-5lld outliers=%d %s  deviation %.3e   FP4 error %.3e   ratio %.4f\n",
-                    sh.M > 64 ? "wgmma" : "decode", static_cast<long long>(sh.M), static_cast<long long>(sh.N), static_cast<long long>(sh.K), outl,
+                    sh.M > 64 ? "wgmma prefill" : "wgmma small", static_cast<long long>(sh.M), static_cast<long long>(sh.N), static_cast<long long>(sh.K), outl,
                     gs == GlobalScale::per_row ? "token " : "tensor", dev, fp4, dev / fp4);
         EXPECT_LE(dev, 2e-3) << "merged deviation";
         EXPECT_LE(dev, 0.05 * fp4) << "merged deviation vs FP4 error";

@@ -325,7 +325,9 @@ void launch_decode_mt(const DecodeArgs& d, const DecodePlan& p, cudaStream_t st)
 size_t fp4_gemm_workspace_bytes(int64_t M, const DeviceFp4Weights& w) {
   if (M <= 0 || w.N <= 0) return 0;
   const DecodePlan p = plan_decode(M, w);
-  return p.splits > 1 ? static_cast<size_t>(p.splits * M * w.N) * sizeof(float) : 0;
+  size_t b = p.splits > 1 ? static_cast<size_t>(p.splits * M * w.N) * sizeof(float) : 0;
+  if (M <= kSmallMaxM && w.N % 128 == 0) b = std::max(b, fp4_gemm_wgmma_small_workspace_bytes(M, w));
+  return b;
 }
 
 void fp4_gemm_decode(const Fp4GemmArgs& a, const DeviceFp4Weights& w, void* workspace, size_t workspace_bytes,
@@ -373,8 +375,16 @@ void fp4_gemm(const Fp4GemmArgs& a, const DeviceFp4Weights& w, Fp4GemmKernel ker
     throw std::invalid_argument(fmt::format("fp4_gemm: ldy = {} must be >= N = {} and even", a.ldy, w.N));
   if (a.row_scale && a.row_scale_count != 1 && a.row_scale_count != a.M)
     throw std::invalid_argument(fmt::format("fp4_gemm: row_scale_count = {} (1 or M = {})", a.row_scale_count, a.M));
-  if (kernel == Fp4GemmKernel::automatic) kernel = (a.M <= 64 || w.N % 128 != 0) ? Fp4GemmKernel::decode : Fp4GemmKernel::prefill;
-  if (kernel == Fp4GemmKernel::prefill) {
+  if (kernel == Fp4GemmKernel::automatic) {
+    if (w.N % 128 != 0) kernel = Fp4GemmKernel::decode;
+    else kernel = a.M <= kSmallMaxM ? Fp4GemmKernel::small : Fp4GemmKernel::prefill;
+  }
+  if (kernel == Fp4GemmKernel::small) {
+    if (w.N % 128 != 0 || a.M > kSmallMaxM)
+      throw std::invalid_argument(fmt::format("fp4_gemm: the small wgmma kernel needs N % 128 == 0 and M <= {} (N = {}, M = {})",
+                                              kSmallMaxM, w.N, a.M));
+    fp4_gemm_wgmma_small(a, w, workspace, workspace_bytes, stream);
+  } else if (kernel == Fp4GemmKernel::prefill) {
     if (w.N % 128 != 0)
       throw std::invalid_argument(fmt::format("fp4_gemm: the prefill kernel needs N % 128 == 0 (N = {})", w.N));
     fp4_gemm_prefill(a, w, stream);

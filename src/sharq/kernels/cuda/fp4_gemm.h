@@ -15,8 +15,9 @@
 //             8 x 128 per k-step with 16-byte loads, reuses each decoded fragment for every m16 tile
 //             and both paths; split-K over the grid so that small N still fills the chip, with a
 //             deterministic second pass that sums the splits in order.
-//   prefill : wgmma (m64nNk16, FP32 accumulators) with the weight tile decoded into swizzled
-//             shared memory; N % 128 == 0.
+//   small   : wgmma m64nNk16 with the weights decoded in registers as the A operand and N = 8..64
+//             tokens (M <= 64, N % 128 == 0), split-K with an ordered FP32 reduction.
+//   prefill : the same swapped wgmma with 128/256-token tiles (M > 64, N % 128 == 0).
 #pragma once
 
 #include <cstdint>
@@ -54,9 +55,11 @@ struct Fp4GemmArgs {
                                      // tests can check the FP32 result before the BF16 rounding
 };
 
-enum class Fp4GemmKernel : uint8_t { automatic, decode, prefill };
+// automatic: M <= 64 -> small (wgmma) when N % 128 == 0, else decode (mma.sync); M > 64 -> prefill
+// when N % 128 == 0, else decode.
+enum class Fp4GemmKernel : uint8_t { automatic, decode, small, prefill };
 
-// FP32 workspace the decode kernel's split-K needs (0 when it needs none).
+// FP32 workspace the split-K of the small-M kernels needs (0 when none), whichever fp4_gemm picks.
 size_t fp4_gemm_workspace_bytes(int64_t M, const DeviceFp4Weights& w);
 
 // Throws std::invalid_argument (unsupported shape, null pointer, too small workspace) before launch.
@@ -67,5 +70,19 @@ void fp4_gemm(const Fp4GemmArgs& a, const DeviceFp4Weights& w, Fp4GemmKernel ker
 void fp4_gemm_decode(const Fp4GemmArgs& a, const DeviceFp4Weights& w, void* workspace, size_t workspace_bytes,
                      cudaStream_t stream);
 void fp4_gemm_prefill(const Fp4GemmArgs& a, const DeviceFp4Weights& w, cudaStream_t stream);
+
+// Small-M wgmma kernel (fp4_gemm_prefill.cu), M <= kSmallMaxM, N % 128 == 0: the prefill's swapped
+// wgmma with token tiles of 8 / 16 / 32 / 64 (the smallest >= M), split-K over the grid (FP32
+// partials in the workspace [split][M][N], summed in split order by a second kernel: deterministic).
+// The weights are read from HBM once. Both kernels use programmatic dependent launch (they may be
+// launched before the previous kernel in the stream has finished, and wait for it before touching
+// global memory).
+// splits: 0 picks the count (the same rule in both functions); > 0 forces it (clamped to Kp / 128),
+// for tuning. Validates like fp4_gemm_prefill (also: FP16 planes for two paths, a large enough
+// 16-byte aligned workspace when splits > 1) and throws std::invalid_argument before any launch.
+inline constexpr int64_t kSmallMaxM = 64;
+size_t fp4_gemm_wgmma_small_workspace_bytes(int64_t M, const DeviceFp4Weights& w, int splits = 0);
+void fp4_gemm_wgmma_small(const Fp4GemmArgs& a, const DeviceFp4Weights& w, void* workspace, size_t workspace_bytes,
+                          cudaStream_t stream, int splits = 0);
 
 }  // namespace sharq::cuda

@@ -82,6 +82,8 @@
 
 #include <cuda_fp8.h>
 
+#include <algorithm>
+#include <cmath>
 #include <cstdint>
 #include <stdexcept>
 #include <type_traits>
@@ -133,6 +135,18 @@ __device__ __forceinline__ uint32_t smem_u32(const void* p) {
 }
 __device__ __forceinline__ void cp_async16_zfill(uint32_t dst, const void* src, uint32_t src_bytes) {
   asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "r"(src_bytes) : "memory");
+}
+template <int Bytes>
+__device__ __forceinline__ void cp_async_small(uint32_t dst, const void* src) {  // 4 or 8 bytes (.ca)
+  asm volatile("cp.async.ca.shared.global [%0], [%1], %2;\n" ::"r"(dst), "l"(src), "n"(Bytes) : "memory");
+}
+__device__ __forceinline__ void cp_async16(uint32_t dst, const void* src) {
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(dst), "l"(src) : "memory");
+}
+__device__ __forceinline__ uint2 lds64(uint32_t a) {
+  uint2 v;
+  asm volatile("ld.shared.v2.u32 {%0, %1}, [%2];\n" : "=r"(v.x), "=r"(v.y) : "r"(a) : "memory");
+  return v;
 }
 __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
 template <int N>
@@ -507,6 +521,433 @@ void launch_shape(const PrefillParams& prm, int block, int64_t N, cudaStream_t s
   }
 }
 
+
+// =============================================================================================
+// Small M (decode, M <= 64): the same swapped wgmma with token tiles NT = 8, 16, 32 or 64
+// (m64nNTk16) and split-K over blockIdx.y.
+//
+// At small M the GEMM is a stream of the FP4 weights (N K / 2 bytes + scales, each byte read from
+// HBM exactly once: block (x, y) owns weight rows 128 x .. 128 x + 127 and k-tiles
+// [y kps, min((y + 1) kps, Kp / 128)), no two blocks share a weight tile). The re-tuning against the
+// prefill kernel:
+//   - weight prefetch: the weights do not go through registers but through cp.async into per-thread
+//     shared-memory slots (each thread copies exactly the 32 code bytes + scale bytes it decodes and
+//     reads them back itself: no barrier, no proxy fence). They ride in the activation copy groups:
+//     k-tile j in the group of k-step 2 j - 2, so S / 2 k-tiles (up to 6 x 10 KB per block) are in
+//     flight, with S = 12 stages where shared memory allows it (S / 2 + 1 weight slots);
+//   - registers: NT / 2 accumulators (4 .. 32) and no weight ring: <= 128 registers, 2 blocks of
+//     256 threads per SM (__launch_bounds__), ~110 KB of shared memory each at most;
+//   - split-K: with splits > 1 every block writes FP32 partials (x kPost, nothing else) to the
+//     workspace [split][M][N]; small_splitk_reduce_kernel adds them in split order (deterministic)
+//     and applies row_scale x g_w. With splits == 1 the kernel writes Y itself.
+//   - programmatic dependent launch: both kernels are launched with programmatic stream
+//     serialization and execute griddepcontrol.wait before their first global memory access (the
+//     launch and the prologue address arithmetic overlap the previous kernel's tail; the reduction
+//     launch overlaps the GEMM's). Without a PDL-aware predecessor this is a plain stream-ordered
+//     launch. (Issuing the first weight copies before the wait is a possible next step.)
+// The k-step pipeline, the decode and the hazard argument are exactly the prefill kernel's (see the
+// top of this file): only the k range, the stage count and the weight staging differ.
+// =============================================================================================
+
+// Shared memory per block: S activation stages and W = S / 2 + 1 weight slots (one k-tile each:
+// 256 threads x (2 x 16 code bytes + 2 x 4 / 8 scale bytes), each thread's own bytes), S the
+// largest even count <= 12 that keeps 2 blocks per SM.
+template <int P, int NT, int Block>
+struct SmallCfg {
+  static constexpr int kTileBytes = NT * kRowBytes;  // one path's activation tile (1 KB .. 8 KB)
+  static constexpr int kStageBytes = P * kTileBytes;
+  static constexpr int kScaleBytes = Block == 16 ? 8 : 4;         // per thread per 8-row tile
+  static constexpr int kSlotCodes = 2 * kThreads * 16;            // 8 KB
+  static constexpr int kSlotBytes = kSlotCodes + 2 * kThreads * kScaleBytes;
+  static constexpr int smem_for(int s) { return s * kStageBytes + (s / 2 + 1) * kSlotBytes + 1024; }
+  static constexpr int kBudget = 112 * 1024;                      // 2 blocks per SM (+ 1 KB reserved each)
+  static constexpr int kStages = smem_for(12) <= kBudget ? 12 : smem_for(10) <= kBudget ? 10
+                                 : smem_for(8) <= kBudget ? 8 : smem_for(6) <= kBudget ? 6 : 4;
+  static constexpr int kWSlots = kStages / 2 + 1;
+  static constexpr int kSmem = smem_for(kStages);                 // + base alignment
+  static constexpr int kMinBlocks = 2;
+  // Activation copies per stage: 8 P 16-byte chunks per token row; a thread copies kCpt consecutive
+  // chunks of one row of one path (kTpr threads per row, NT kTpr <= 256 threads busy).
+  static constexpr int kChunks = P * NT * 8;
+  static constexpr int kCpt = kChunks > kThreads ? kChunks / kThreads : 1;
+  static constexpr int kTpr = 8 * P / kCpt;
+  static_assert(8 % kCpt == 0 && NT * kTpr <= kThreads, "copy mapping");
+  static_assert(kTileBytes % 1024 == 0 && kSlotBytes % 1024 == 0, "tiles must stay 1024-byte aligned");
+  static_assert(kStages >= 4 && kStages % 2 == 0, "the pipeline needs 4 stages");
+  static_assert(kMinBlocks * (kSmem + 1024) <= 228 * 1024, "shared memory for the target occupancy");
+};
+
+struct SmallParams {
+  const uint8_t* a0;
+  const uint8_t* a1;
+  int64_t M, lda_bytes;
+  const uint8_t* codes;
+  const uint8_t* scales;
+  const float* gw;
+  int gw_per_col;
+  const float* rs;
+  int rs_per_row;
+  int64_t N, k_tiles, kt_per_split;
+  __nv_bfloat16* y;
+  float* y_f32;
+  int64_t ldy;
+  float* ws;  // non-null (splits > 1): FP32 partials [split][M][N] instead of Y
+};
+
+__device__ __forceinline__ void grid_dependency_wait() { asm volatile("griddepcontrol.wait;\n" ::: "memory"); }
+
+#define SHARQ_SW_F4(i) "+f"(d[i]), "+f"(d[i + 1]), "+f"(d[i + 2]), "+f"(d[i + 3])
+#define SHARQ_SW_F16(i) SHARQ_SW_F4(i), SHARQ_SW_F4(i + 4), SHARQ_SW_F4(i + 8), SHARQ_SW_F4(i + 12)
+#define SHARQ_SW_IN "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(db), "n"(1)
+#define SHARQ_SW_N8(TY)                                                                      \
+  asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %9, 0;\n"                                   \
+               "wgmma.mma_async.sync.aligned.m64n8k16.f32." TY "." TY                        \
+               " {%0, %1, %2, %3}, {%4, %5, %6, %7}, %8, p, 1, 1, 0;\n}\n"                   \
+               : SHARQ_SW_F4(0)                                                              \
+               : SHARQ_SW_IN                                                                 \
+               : "memory")
+#define SHARQ_SW_N16(TY)                                                                     \
+  asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %13, 0;\n"                                  \
+               "wgmma.mma_async.sync.aligned.m64n16k16.f32." TY "." TY                       \
+               " {%0, %1, %2, %3, %4, %5, %6, %7}, {%8, %9, %10, %11}, %12, p, 1, 1, 0;\n}\n" \
+               : SHARQ_SW_F4(0), SHARQ_SW_F4(4)                                              \
+               : SHARQ_SW_IN                                                                 \
+               : "memory")
+#define SHARQ_SW_N32(TY)                                                                                   \
+  asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %21, 0;\n"                                                \
+               "wgmma.mma_async.sync.aligned.m64n32k16.f32." TY "." TY                                     \
+               " {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15},"                  \
+               " {%16, %17, %18, %19}, %20, p, 1, 1, 0;\n}\n"                                              \
+               : SHARQ_SW_F16(0)                                                                           \
+               : SHARQ_SW_IN                                                                               \
+               : "memory")
+#define SHARQ_SW_N64(TY)                                                                                   \
+  asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %37, 0;\n"                                                \
+               "wgmma.mma_async.sync.aligned.m64n64k16.f32." TY "." TY                                     \
+               " {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15,"                   \
+               " %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31},"         \
+               " {%32, %33, %34, %35}, %36, p, 1, 1, 0;\n}\n"                                              \
+               : SHARQ_SW_F16(0), SHARQ_SW_F16(16)                                                         \
+               : SHARQ_SW_IN                                                                               \
+               : "memory")
+
+// D (64 x NT, FP32) += A (64 x 16, registers) * B^T (NT x 16, smem, K-major, 128B-swizzled).
+template <class T, int NT>
+__device__ __forceinline__ void wgmma_small(float (&d)[NT / 2], const uint32_t (&a)[4], uint64_t db) {
+  static_assert(NT == 8 || NT == 16 || NT == 32 || NT == 64, "NT");
+  constexpr bool kHalf = std::is_same_v<T, __half>;
+  if constexpr (NT == 8) {
+    if constexpr (kHalf) SHARQ_SW_N8("f16"); else SHARQ_SW_N8("bf16");
+  } else if constexpr (NT == 16) {
+    if constexpr (kHalf) SHARQ_SW_N16("f16"); else SHARQ_SW_N16("bf16");
+  } else if constexpr (NT == 32) {
+    if constexpr (kHalf) SHARQ_SW_N32("f16"); else SHARQ_SW_N32("bf16");
+  } else {
+    if constexpr (kHalf) SHARQ_SW_N64("f16"); else SHARQ_SW_N64("bf16");
+  }
+}
+#undef SHARQ_SW_F4
+#undef SHARQ_SW_F16
+#undef SHARQ_SW_IN
+#undef SHARQ_SW_N8
+#undef SHARQ_SW_N16
+#undef SHARQ_SW_N32
+#undef SHARQ_SW_N64
+
+template <class T, int P, int Block, int NT>
+__global__ void __launch_bounds__(kThreads, SmallCfg<P, NT, Block>::kMinBlocks) fp4_small_kernel(const SmallParams prm) {
+  using C = SmallCfg<P, NT, Block>;
+  constexpr int S = C::kStages, W = C::kWSlots;
+  extern __shared__ uint8_t smem_raw[];
+  const uint32_t smem0 = (smem_u32(smem_raw) + 1023u) & ~1023u;
+  const uint32_t wsm0 = smem0 + static_cast<uint32_t>(S * C::kStageBytes);  // weight slots
+
+  const int tid = static_cast<int>(threadIdx.x);
+  const int wg = tid >> 7, w = (tid >> 5) & 3, lane = tid & 31, g = lane >> 2, q = lane & 3;
+  const int64_t n0 = static_cast<int64_t>(blockIdx.x) * kBNW;
+  const int64_t kt0 = static_cast<int64_t>(blockIdx.y) * prm.kt_per_split;
+  const int nkt = static_cast<int>(prm.k_tiles - kt0 < prm.kt_per_split ? prm.k_tiles - kt0 : prm.kt_per_split);  // >= 1
+  const int ksteps = 2 * nkt;
+
+  // Weights: this warp's two 8-row tiles (rows n0 + 64 wg + 16 w + {0..7, 8..15}), from k-tile kt0.
+  const int64_t tile0 = (n0 + 64 * wg + 16 * w) / 8;
+  constexpr int kScaleTile = 8 * (128 / Block);
+  const uint8_t* codes_t0 = prm.codes + (tile0 * prm.k_tiles + kt0) * 512 + lane * 16;
+  const uint8_t* scales_t0 = prm.scales + (tile0 * prm.k_tiles + kt0) * kScaleTile + g * (128 / Block);
+  const int64_t tcs = prm.k_tiles * 512, tss = prm.k_tiles * kScaleTile;
+  // This thread's bytes of weight slot j: codes of tile t at + t 4096 + 16 tid, scales at
+  // + 8192 + t 256 SB + SB tid (lane-contiguous: conflict-free). Only this thread reads them back.
+  const uint32_t w_codes = wsm0 + static_cast<uint32_t>(16 * tid);
+  const uint32_t w_scales = wsm0 + static_cast<uint32_t>(C::kSlotCodes + C::kScaleBytes * tid);
+  auto issue_weights = [&](int kt) {
+    const uint32_t slot = static_cast<uint32_t>((kt % W) * C::kSlotBytes);
+#pragma unroll
+    for (int t = 0; t < 2; ++t) {
+      cp_async16(w_codes + slot + t * kThreads * 16, codes_t0 + t * tcs + static_cast<int64_t>(kt) * 512);
+      cp_async_small<C::kScaleBytes>(w_scales + slot + t * kThreads * C::kScaleBytes,
+                                     scales_t0 + t * tss + static_cast<int64_t>(kt) * kScaleTile);
+    }
+  };
+  auto read_weights = [&](int kt, RawW<Block>& r) {
+    const uint32_t slot = static_cast<uint32_t>((kt % W) * C::kSlotBytes);
+#pragma unroll
+    for (int t = 0; t < 2; ++t) {
+      r.c[t] = lds128(w_codes + slot + t * kThreads * 16);
+      if constexpr (Block == 16) {
+        const uint2 v = lds64(w_scales + slot + t * kThreads * 8);
+        r.s[t][0] = v.x;
+        r.s[t][1] = v.y;
+      } else {
+        r.s[t][0] = lds32(w_scales + slot + t * kThreads * 4);
+      }
+    }
+  };
+
+  // Activation copies: thread tid < NT kTpr copies chunks c0 .. c0 + kCpt - 1 of token row
+  // r = tid / kTpr of path p (j0 = (tid % kTpr) kCpt = 8 p + c0). Rows >= M are zero-filled (the
+  // source is then row 0, not read).
+  const bool c_on = tid < NT * C::kTpr;
+  const int c_r = (tid / C::kTpr) % NT, c_j0 = (tid % C::kTpr) * C::kCpt, c_p = c_j0 >> 3, c_c0 = c_j0 & 7;
+  const bool c_valid = c_r < prm.M;
+  const uint32_t c_len = c_valid ? 16u : 0u;
+  const uint8_t* c_src = (c_p == 0 ? prm.a0 : prm.a1) + (c_valid ? c_r * prm.lda_bytes : 0) + c_c0 * 16 + kt0 * 256;
+  const uint32_t c_sm = static_cast<uint32_t>(c_p * C::kTileBytes + c_r * kRowBytes);
+
+  // The cp.async group of k-step ks: its activation tiles, and for even ks the weights of k-tile
+  // ks / 2 + 1 (ks = 0: k-tiles 0 and 1). K-tile j is decoded after step 2 j - 1 has waited for
+  // group 2 j - 1 >= 2 j - 2, and it is issued at step 2 j - S, S / 2 k-tiles ahead. Its slot j % W
+  // is rewritten by k-tile j + W, issued at step 2 j + 2: after the last read of j (after step 2 j).
+  auto issue_copies = [&](int ks) {
+    if ((ks & 1) == 0) {
+      if (ks == 0) issue_weights(0);
+      if (ks / 2 + 1 < nkt) issue_weights(ks / 2 + 1);
+    }
+    if (!c_on) return;
+    const uint32_t sb = smem0 + static_cast<uint32_t>((ks % S) * C::kStageBytes) + c_sm;
+    const uint8_t* src = c_src + static_cast<int64_t>(ks) * kRowBytes;
+#pragma unroll
+    for (int e = 0; e < C::kCpt; ++e)
+      cp_async16_zfill(sb + (((c_c0 + e) ^ (c_r & 7)) << 4), src + 16 * e, c_len);
+  };
+
+  grid_dependency_wait();  // PDL: the previous kernel's writes are visible, its reads done
+
+  float acc[NT / 2];
+#pragma unroll
+  for (int i = 0; i < NT / 2; ++i) acc[i] = 0.0f;
+  uint32_t fA[4][4], fB[4][4];
+  RawW<Block> raw;
+
+#pragma unroll
+  for (int s = 0; s < S - 2; ++s) {
+    if (s < ksteps) issue_copies(s);
+    cp_async_commit();
+  }
+  cp_async_wait<S - 3>();  // group 0 (k-tile 0) has landed
+  read_weights(0, raw);
+  decode_step<T, Block, 0>(raw, fA);
+
+  auto step = [&](int i, uint32_t(&f)[4][4]) {
+    cp_async_wait<S - 3>();
+    fence_proxy_async_smem();
+    __syncthreads();
+    const uint32_t sb = smem0 + static_cast<uint32_t>((i % S) * C::kStageBytes);
+    fence_regs(acc);
+    fence_regs(f);
+    wgmma_fence();
+#pragma unroll
+    for (int p = 0; p < P; ++p) {
+      const uint64_t db = make_desc(sb + static_cast<uint32_t>(p * C::kTileBytes));
+#pragma unroll
+      for (int kk = 0; kk < 4; ++kk) wgmma_small<T, NT>(acc, f[kk], db + 2 * kk);
+    }
+    wgmma_commit();
+    fence_regs(acc);
+    wgmma_wait<1>();
+    fence_regs(acc);
+    if (i + S - 2 < ksteps) issue_copies(i + S - 2);
+    cp_async_commit();
+  };
+
+  for (int kt = 0; kt < nkt; ++kt) {
+    step(2 * kt, fA);
+    fence_regs(fB);
+    read_weights(kt, raw);
+    decode_step<T, Block, 1>(raw, fB);  // fB was read by wgmma(2 kt - 1): complete
+    step(2 * kt + 1, fB);
+    if (kt + 1 < nkt) {
+      fence_regs(fA);
+      read_weights(kt + 1, raw);
+      decode_step<T, Block, 0>(raw, fA);  // fA was read by wgmma(2 kt): complete
+    }
+  }
+  wgmma_wait<0>();
+  fence_regs(acc);
+  cp_async_wait<0>();
+
+  // D^T fragments: acc[4j + h] = D^T[16 w + g][8 j + 2 q + h], acc[4j + 2 + h] = row + 8.
+  const int na = 64 * wg + 16 * w + g, nb = na + 8;
+  if (prm.ws) {
+    float* base = prm.ws + static_cast<int64_t>(blockIdx.y) * prm.M * prm.N + n0;
+#pragma unroll
+    for (int j = 0; j < NT / 8; ++j)
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        const int t = 8 * j + 2 * q + h;
+        if (t >= prm.M) continue;
+        base[t * prm.N + na] = acc[4 * j + h] * Fp4Pair<T>::kPost;  // exact power of 2
+        base[t * prm.N + nb] = acc[4 * j + 2 + h] * Fp4Pair<T>::kPost;
+      }
+    return;
+  }
+  const float ga = prm.gw[prm.gw_per_col ? n0 + na : 0] * Fp4Pair<T>::kPost,
+              gb = prm.gw[prm.gw_per_col ? n0 + nb : 0] * Fp4Pair<T>::kPost;
+#pragma unroll
+  for (int j = 0; j < NT / 8; ++j)
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      const int t = 8 * j + 2 * q + h;
+      if (t >= prm.M) continue;
+      const float r = prm.rs ? prm.rs[prm.rs_per_row ? t : 0] : 1.0f;
+      const float va = acc[4 * j + h] * (r * ga), vb = acc[4 * j + 2 + h] * (r * gb);
+      if (prm.y_f32) {
+        prm.y_f32[t * prm.ldy + n0 + na] = va;
+        prm.y_f32[t * prm.ldy + n0 + nb] = vb;
+      } else {
+        prm.y[t * prm.ldy + n0 + na] = __float2bfloat16_rn(va);
+        prm.y[t * prm.ldy + n0 + nb] = __float2bfloat16_rn(vb);
+      }
+    }
+}
+
+// Y[m][n] = (sum over the splits, in split order, of ws[s][m][n]) * row_scale[m] * g_w[n]; four
+// columns per thread (N % 128 == 0, the workspace 16-byte aligned).
+__global__ void __launch_bounds__(256) small_splitk_reduce_kernel(const float* ws, int splits, int64_t M, int64_t N,
+                                                                  const float* rs, int rs_per_row, const float* gw,
+                                                                  int gw_per_col, __nv_bfloat16* y, float* y_f32,
+                                                                  int64_t ldy) {
+  grid_dependency_wait();  // PDL: the GEMM's partials are complete and visible
+  const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (i >= M * N / 4) return;
+  const int64_t row = (4 * i) / N, col = (4 * i) % N;
+  const int64_t plane = M * N;
+  float4 s = *reinterpret_cast<const float4*>(ws + row * N + col);
+  for (int sp = 1; sp < splits; ++sp) {
+    const float4 v = *reinterpret_cast<const float4*>(ws + sp * plane + row * N + col);
+    s.x += v.x;
+    s.y += v.y;
+    s.z += v.z;
+    s.w += v.w;
+  }
+  const float r = rs ? rs[rs_per_row ? row : 0] : 1.0f;
+  const float g0 = gw[gw_per_col ? col : 0], g1 = gw[gw_per_col ? col + 1 : 0], g2 = gw[gw_per_col ? col + 2 : 0],
+              g3 = gw[gw_per_col ? col + 3 : 0];
+  const float v0 = s.x * (r * g0), v1 = s.y * (r * g1), v2 = s.z * (r * g2), v3 = s.w * (r * g3);
+  if (y_f32) {
+    float* o = y_f32 + row * ldy + col;
+    o[0] = v0;
+    o[1] = v1;
+    o[2] = v2;
+    o[3] = v3;
+  } else {
+    __nv_bfloat162* o = reinterpret_cast<__nv_bfloat162*>(y + row * ldy + col);  // 4-byte aligned: ldy even
+    o[0] = __floats2bfloat162_rn(v0, v1);
+    o[1] = __floats2bfloat162_rn(v2, v3);
+  }
+}
+
+int small_sm_count() {
+  static const int n = [] {
+    int dev = 0, v = 0;
+    SHARQ_CUDA_CHECK(cudaGetDevice(&dev));
+    SHARQ_CUDA_CHECK(cudaDeviceGetAttribute(&v, cudaDevAttrMultiProcessorCount, dev));
+    return v;
+  }();
+  return n;
+}
+
+struct SmallPlan {
+  int nt = 8;
+  int64_t n_blocks = 0, kps = 1, splits = 1;
+};
+
+int small_nt(int64_t M) { return M <= 8 ? 8 : M <= 16 ? 16 : M <= 32 ? 32 : 64; }
+
+// The split count. Cost model (microseconds), weights streamed at kBw over all SMs: a block k-tile
+// (128 x 128 weights, 8 KB codes + scales) costs `unit` at the fair per-SM share of the bandwidth;
+// an SM can run up to kSmFast times faster than its share when others idle, so the time is the larger
+// of the average and the busiest SM's k-tiles / kSmFast (blocks are spread evenly over the SMs);
+// splits > 1 add the reduction launch and the workspace write + read.
+SmallPlan plan_small(int64_t M, const DeviceFp4Weights& w, int splits_req) {
+  SmallPlan p;
+  p.nt = small_nt(M);
+  p.n_blocks = w.N / kBNW;
+  const int64_t k_tiles = w.Kp / 128;
+  int64_t s = 1;
+  if (splits_req > 0) {
+    s = std::min<int64_t>({splits_req, k_tiles, 65535});
+  } else {
+    constexpr double kBw = 3.0e12, kSmFast = 1.25, kReduceUs = 1.5;
+    const double sms = small_sm_count();
+    const double tile_bytes = 128.0 * 128.0 / 2 + 128.0 * (128 / w.block);
+    const double unit = tile_bytes * sms / kBw * 1e6;
+    const double avg = static_cast<double>(p.n_blocks * k_tiles) / sms;
+    double best = 0;
+    for (int64_t c = 1; c <= std::min<int64_t>(k_tiles, 256); ++c) {
+      const int64_t kps = (k_tiles + c - 1) / c;
+      if ((k_tiles + kps - 1) / kps != c) continue;  // same kps as a smaller count
+      const double busiest = std::ceil(static_cast<double>(p.n_blocks * c) / sms) * static_cast<double>(kps);
+      double t = std::max(avg, busiest / kSmFast) * unit;
+      if (c > 1) t += kReduceUs + 2.0 * static_cast<double>(c * M * w.N) * 4.0 / kBw * 1e6;
+      if (c == 1 || t < best) {
+        best = t;
+        s = c;
+      }
+    }
+  }
+  p.kps = (k_tiles + s - 1) / s;
+  p.splits = (k_tiles + p.kps - 1) / p.kps;
+  return p;
+}
+
+template <class T, int P, int Block, int NT>
+void launch_small(const SmallParams& prm, const SmallPlan& plan, cudaStream_t stream) {
+  auto kernel = fp4_small_kernel<T, P, Block, NT>;
+  constexpr int smem = SmallCfg<P, NT, Block>::kSmem;
+  static const bool configured = [&] {
+    SHARQ_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
+    return true;
+  }();
+  (void)configured;
+  cudaLaunchAttribute attr[1];
+  attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  attr[0].val.programmaticStreamSerializationAllowed = 1;
+  cudaLaunchConfig_t cfg = {};
+  cfg.gridDim = dim3(static_cast<unsigned>(plan.n_blocks), static_cast<unsigned>(plan.splits));
+  cfg.blockDim = dim3(kThreads);
+  cfg.dynamicSmemBytes = smem;
+  cfg.stream = stream;
+  cfg.attrs = attr;
+  cfg.numAttrs = 1;
+  SHARQ_CUDA_CHECK(cudaLaunchKernelEx(&cfg, kernel, prm));
+}
+
+template <class T, int P, int Block>
+void launch_small_nt(const SmallParams& prm, const SmallPlan& plan, cudaStream_t stream) {
+  switch (plan.nt) {
+    case 8: launch_small<T, P, Block, 8>(prm, plan, stream); break;
+    case 16: launch_small<T, P, Block, 16>(prm, plan, stream); break;
+    case 32: launch_small<T, P, Block, 32>(prm, plan, stream); break;
+    default: launch_small<T, P, Block, 64>(prm, plan, stream); break;
+  }
+}
+
+template <class T, int P>
+void launch_small_block(const SmallParams& prm, int block, const SmallPlan& plan, cudaStream_t stream) {
+  if (block == 32) launch_small_nt<T, P, 32>(prm, plan, stream);
+  else launch_small_nt<T, P, 16>(prm, plan, stream);
+}
+
 }  // namespace
 
 void fp4_gemm_prefill(const Fp4GemmArgs& a, const DeviceFp4Weights& w, cudaStream_t stream) {
@@ -559,6 +1000,88 @@ void fp4_gemm_prefill(const Fp4GemmArgs& a, const DeviceFp4Weights& w, cudaStrea
   } else {
     if (two) launch_shape<__half, 2>(prm, w.block, w.N, stream);
     else launch_shape<__half, 1>(prm, w.block, w.N, stream);
+  }
+}
+
+
+size_t fp4_gemm_wgmma_small_workspace_bytes(int64_t M, const DeviceFp4Weights& w, int splits) {
+  if (M <= 0 || M > kSmallMaxM || w.N <= 0 || w.N % kBNW != 0 || w.Kp <= 0 || w.Kp % 128 != 0) return 0;
+  const SmallPlan p = plan_small(M, w, splits);
+  return p.splits > 1 ? static_cast<size_t>(p.splits * M * w.N) * sizeof(float) : 0;
+}
+
+void fp4_gemm_wgmma_small(const Fp4GemmArgs& a, const DeviceFp4Weights& w, void* workspace, size_t workspace_bytes,
+                          cudaStream_t stream, int splits) {
+  const char* fn = "fp4_gemm_wgmma_small";
+  if (w.N <= 0 || w.N % kBNW != 0)
+    throw std::invalid_argument(fmt::format("{}: N = {} must be a positive multiple of {}", fn, w.N, kBNW));
+  if (w.Kp <= 0 || w.Kp % 128 != 0)
+    throw std::invalid_argument(fmt::format("{}: Kp = {} must be a positive multiple of 128", fn, w.Kp));
+  if (w.block != 16 && w.block != 32)
+    throw std::invalid_argument(fmt::format("{}: weight block {} (16 or 32)", fn, w.block));
+  if (a.M < 0 || a.M > kSmallMaxM)
+    throw std::invalid_argument(fmt::format("{}: M = {} (0 .. {})", fn, a.M, kSmallMaxM));
+  if (a.M == 0) return;
+  if (!a.a0 || (!a.y && !a.y_f32) || !w.codes.get() || !w.scales.get() || !w.g.get())
+    throw std::invalid_argument(fmt::format("{}: null activation, output or weight pointer", fn));
+  if (a.adt == DType::bf16 && a.a1)
+    throw std::invalid_argument(fmt::format("{}: the two-path (exact) mode takes FP16 planes", fn));
+  if (a.lda < w.Kp || a.lda % 8 != 0)
+    throw std::invalid_argument(fmt::format("{}: lda = {} must be >= Kp = {} and a multiple of 8", fn, a.lda, w.Kp));
+  if (a.ldy < w.N || a.ldy % 2 != 0)
+    throw std::invalid_argument(fmt::format("{}: ldy = {} must be >= N = {} and even", fn, a.ldy, w.N));
+  const auto misaligned = [](const void* p, uintptr_t n) { return p && reinterpret_cast<uintptr_t>(p) % n != 0; };
+  if (misaligned(a.a0, 16) || misaligned(a.a1, 16) || misaligned(a.y, 4) || misaligned(a.y_f32, 4) ||
+      misaligned(w.codes.get(), 16) || misaligned(w.scales.get(), 8) || misaligned(workspace, 16))
+    throw std::invalid_argument(fmt::format("{}: misaligned operand (A and the workspace need 16 bytes, Y 4)", fn));
+  if (a.row_scale && a.row_scale_count != 1 && a.row_scale_count != a.M)
+    throw std::invalid_argument(fmt::format("{}: row_scale_count = {} (1 or M = {})", fn, a.row_scale_count, a.M));
+  if (w.g.size() != 1 && static_cast<int64_t>(w.g.size()) != w.N)
+    throw std::invalid_argument(fmt::format("{}: {} weight scales g (1 or N = {})", fn, w.g.size(), w.N));
+  const SmallPlan plan = plan_small(a.M, w, splits);
+  const size_t need = plan.splits > 1 ? static_cast<size_t>(plan.splits * a.M * w.N) * sizeof(float) : 0;
+  if (need && (!workspace || workspace_bytes < need))
+    throw std::invalid_argument(fmt::format("{}: needs {} bytes of workspace for M = {}, N = {} ({} splits), got {}", fn,
+                                            need, a.M, w.N, plan.splits, workspace ? workspace_bytes : 0));
+
+  SmallParams prm;
+  prm.a0 = static_cast<const uint8_t*>(a.a0);
+  prm.a1 = static_cast<const uint8_t*>(a.a1);
+  prm.M = a.M;
+  prm.lda_bytes = a.lda * 2;
+  prm.codes = w.codes.get();
+  prm.scales = w.scales.get();
+  prm.gw = w.g.get();
+  prm.gw_per_col = w.g.size() == 1 ? 0 : 1;
+  prm.rs = a.row_scale;
+  prm.rs_per_row = (a.row_scale && a.row_scale_count == a.M && a.M != 1) ? 1 : 0;
+  prm.N = w.N;
+  prm.k_tiles = w.Kp / 128;
+  prm.kt_per_split = plan.kps;
+  prm.y = a.y;
+  prm.y_f32 = a.y_f32;
+  prm.ldy = a.ldy;
+  prm.ws = plan.splits > 1 ? static_cast<float*>(workspace) : nullptr;
+
+  if (a.adt == DType::bf16) launch_small_block<__nv_bfloat16, 1>(prm, w.block, plan, stream);
+  else if (a.a1) launch_small_block<__half, 2>(prm, w.block, plan, stream);
+  else launch_small_block<__half, 1>(prm, w.block, plan, stream);
+
+  if (plan.splits > 1) {
+    const int64_t quads = a.M * w.N / 4;
+    cudaLaunchAttribute attr[1];
+    attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    attr[0].val.programmaticStreamSerializationAllowed = 1;
+    cudaLaunchConfig_t cfg = {};
+    cfg.gridDim = dim3(static_cast<unsigned>((quads + 255) / 256));
+    cfg.blockDim = dim3(256);
+    cfg.dynamicSmemBytes = 0;
+    cfg.stream = stream;
+    cfg.attrs = attr;
+    cfg.numAttrs = 1;
+    SHARQ_CUDA_CHECK(cudaLaunchKernelEx(&cfg, small_splitk_reduce_kernel, static_cast<const float*>(workspace),
+                                        static_cast<int>(plan.splits), a.M, w.N, a.row_scale, prm.rs_per_row,
+                                        static_cast<const float*>(w.g.get()), prm.gw_per_col, a.y, a.y_f32, a.ldy));
   }
 }
 

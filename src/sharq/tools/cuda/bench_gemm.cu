@@ -818,7 +818,8 @@ int run_bench_gemm(const BenchGemmOptions& opt_in) {
   if (opt.kernel == "auto") c.lin_opt.kernel = cuda::Fp4GemmKernel::automatic;
   else if (opt.kernel == "decode") c.lin_opt.kernel = cuda::Fp4GemmKernel::decode;
   else if (opt.kernel == "prefill") c.lin_opt.kernel = cuda::Fp4GemmKernel::prefill;
-  else throw std::invalid_argument("bench gemm: --kernel must be auto, decode or prefill (got '" + opt.kernel + "')");
+  else if (opt.kernel == "small") c.lin_opt.kernel = cuda::Fp4GemmKernel::small;
+  else throw std::invalid_argument("bench gemm: --kernel must be auto, decode, small or prefill (got '" + opt.kernel + "')");
   if (opt.act_scale == "token") c.lin_opt.act_scale = GlobalScale::per_row;
   else if (opt.act_scale == "tensor") c.lin_opt.act_scale = GlobalScale::per_tensor;
   else throw std::invalid_argument("bench gemm: --act-scale must be token or tensor (got '" + opt.act_scale + "')");

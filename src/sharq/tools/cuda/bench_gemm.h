@@ -42,7 +42,7 @@ struct BenchGemmOptions {
   int reps = 50;                     // timed repetitions per method (at least 50: raised with a warning)
   int warmup = 10;                   // warm-up calls per method (at least one per buffer set)
   int max_sets = 16;                 // cap on the rotating buffer sets per method
-  std::string kernel = "auto";       // GpuLinear GEMM kernel: auto | decode | prefill
+  std::string kernel = "auto";       // GpuLinear GEMM kernel: auto | decode | small | prefill
   std::string act_scale = "token";   // SharQ / NVFP4 activation g_x: token | tensor
   std::string mask = "p48";          // SharQ mask: p48 | s24
   uint64_t seed = 1;                 // seed of the random X and W
