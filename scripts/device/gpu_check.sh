@@ -16,7 +16,7 @@ while [[ $# -gt 0 ]]; do
 done
 BUILD=${BUILD:-build-gpu}
 {
-  echo "commit: $(git rev-parse --short HEAD 2>/dev/null) $(git status --porcelain 2>/dev/null | wc -l) changed files"
+  echo "tree: the working tree as sent (the device copy's .git may be stale: record the local HEAD)"
   nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
   nvcc --version | tail -1
 } | tee "$OUT/env.txt"
