@@ -904,13 +904,6 @@ SmallPlan plan_small(int64_t M, const DeviceFp4Weights& w, int splits_req) {
         s = c;
       }
     }
-    // Decode sizes: at least two blocks per SM (the kernel's occupancy), so that small-N layers
-    // (down, o) keep enough weight loads in flight; measured on down (N = 4096, K = 14336): 8 splits
-    // 7% faster than the model's 4. The partials are small at M <= 16.
-    if (M <= 16) {
-      const int64_t fill = (2 * static_cast<int64_t>(sms) + p.n_blocks - 1) / p.n_blocks;
-      if (fill > s) s = std::min<int64_t>(fill, k_tiles);
-    }
   }
   p.kps = (k_tiles + s - 1) / s;
   p.splits = (k_tiles + p.kps - 1) / p.kps;
