@@ -11,8 +11,8 @@ namespace {
 
 struct Result { int status; std::string out; };
 
-Result run(const std::string& args) {
-  const std::string cmd = std::string(SHARQ_CLI_PATH) + " " + args + " 2>&1";
+Result run(const std::string& args, const std::string& env = "") {
+  const std::string cmd = env + (env.empty() ? "" : " ") + std::string(SHARQ_CLI_PATH) + " " + args + " 2>&1";
   FILE* p = popen(cmd.c_str(), "r");
   Result r{-1, {}};
   if (!p) return r;
@@ -47,6 +47,15 @@ TEST(Cli, BadOptionValueFails) {
   EXPECT_NE(run("opcheck -M -3").status, 0);
   EXPECT_NE(run("nosuchcommand").status, 0);
   EXPECT_NE(run("").status, 0);  // a subcommand is required
+}
+
+// `sharq bench gemm` needs a CUDA build and a GPU; with no visible device (here forced, so that the
+// test means the same on the GPU machine) it must say why and exit 1, never crash or hang.
+TEST(Cli, BenchGemmWithoutAGpuFailsWithAReason) {
+  const Result r = run("bench gemm --quick", "CUDA_VISIBLE_DEVICES=");
+  EXPECT_EQ(r.status, 1) << r.out;
+  EXPECT_NE(r.out.find("bench gemm"), std::string::npos) << r.out;
+  EXPECT_TRUE(r.out.find("no CUDA device") != std::string::npos || r.out.find("without CUDA") != std::string::npos) << r.out;
 }
 
 }  // namespace
