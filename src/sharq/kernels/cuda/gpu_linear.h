@@ -2,9 +2,10 @@
 // uploaded as Fp4Tiles; forward = activation prep + FP4 GEMM, BF16 in and out.
 //
 //   sharq_exact  : prep -> planes S^, R^ -> GEMM with both paths summed in FP32 accumulators
-//                  (decode kernel for M <= 64, else the wgmma kernel reading [S^ | R^] against the
-//                  same decoded weight tile: 2x the MMA work, ceiling 0.5x cuBLAS FP16)
-//   sharq_merged : prep -> plane fp16(S^ + R^) -> one GEMM (decode or wgmma, or dequantized W + cuBLASLt)
+//                  (small-M wgmma kernel for M <= 64, else the prefill wgmma kernel; both read
+//                  [S^ | R^] against the same decoded weight fragment: 2x the MMA work, prefill
+//                  ceiling 0.5x cuBLAS FP16)
+//   sharq_merged : prep -> plane fp16(S^ + R^) -> one GEMM (same kernels, one path)
 //   nvfp4        : the paper's W4A4 baseline (NVFP4-16 activations and weights)
 //   w4a16        : NVFP4-16 weights, BF16 activations
 #pragma once
