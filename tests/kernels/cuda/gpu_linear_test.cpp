@@ -212,6 +212,29 @@ TEST(GpuLinear, NanInTheInputPoisonsOnlyItsRow) {
   }
 }
 
+TEST(Fp4Gemm, RejectsMisalignedOperandsBeforeLaunch) {
+  SKIP_WITHOUT_GPU();
+  std::vector<float> W(128 * 256, 0.25f);
+  const auto w = DeviceFp4Weights::upload(pack_fp4_tiles(quantize_matrix<Nvfp4_32>(W.data(), 128, 256, GlobalScale::per_tensor)));
+  DeviceBuffer<__half> a(4 * 256 + 8);
+  DeviceBuffer<__nv_bfloat16> y(4 * 128 + 2);
+  Fp4GemmArgs args;
+  args.M = 4;
+  args.lda = 256;
+  args.ldy = 128;
+  args.a0 = a.get() + 1;  // 2 bytes off
+  args.y = y.get();
+  try {
+    fp4_gemm(args, w, Fp4GemmKernel::automatic, nullptr, 0, nullptr);
+    FAIL() << "expected std::invalid_argument";
+  } catch (const std::invalid_argument& e) {
+    EXPECT_NE(std::string(e.what()).find("16-byte aligned"), std::string::npos) << e.what();
+  }
+  args.a0 = a.get();
+  args.y = y.get() + 1;
+  EXPECT_THROW(fp4_gemm(args, w, Fp4GemmKernel::automatic, nullptr, 0, nullptr), std::invalid_argument);
+}
+
 TEST(GpuLinear, RejectsBadShapesBeforeLaunch) {
   SKIP_WITHOUT_GPU();
   std::vector<float> W(12 * 64, 0.5f);

@@ -375,6 +375,11 @@ void fp4_gemm(const Fp4GemmArgs& a, const DeviceFp4Weights& w, Fp4GemmKernel ker
     throw std::invalid_argument(fmt::format("fp4_gemm: ldy = {} must be >= N = {} and even", a.ldy, w.N));
   if (a.row_scale && a.row_scale_count != 1 && a.row_scale_count != a.M)
     throw std::invalid_argument(fmt::format("fp4_gemm: row_scale_count = {} (1 or M = {})", a.row_scale_count, a.M));
+  const auto misaligned = [](const void* p, uintptr_t n) { return p && reinterpret_cast<uintptr_t>(p) % n != 0; };
+  if (misaligned(a.a0, 16) || misaligned(a.a1, 16))
+    throw std::invalid_argument("fp4_gemm: the activation planes must be 16-byte aligned (16-byte async copies)");
+  if (misaligned(a.y, 4) || misaligned(a.y_f32, 8))
+    throw std::invalid_argument("fp4_gemm: the output must be 4-byte (BF16) / 8-byte (FP32) aligned (pair stores)");
   if (kernel == Fp4GemmKernel::automatic) {
     if (w.N % 128 != 0) kernel = Fp4GemmKernel::decode;
     else kernel = a.M <= kSmallMaxM ? Fp4GemmKernel::small : Fp4GemmKernel::prefill;
