@@ -65,6 +65,16 @@ int device_count() noexcept {
   return n;
 }
 
+int sm_count() {
+  static const int n = [] {
+    int dev = 0, v = 0;
+    SHARQ_CUDA_CHECK(cudaGetDevice(&dev));
+    SHARQ_CUDA_CHECK(cudaDeviceGetAttribute(&v, cudaDevAttrMultiProcessorCount, dev));
+    return v;
+  }();
+  return n;
+}
+
 ElementCodes encode_on_device(const std::vector<float>& x) {
   const int64_t n = static_cast<int64_t>(x.size());
   ElementCodes c;

@@ -20,6 +20,9 @@ namespace sharq::cuda {
 // Number of usable CUDA devices; 0 (never an exception) when there is no driver or no GPU.
 int device_count() noexcept;
 
+// Multiprocessor count of the current device (read once per process; throws like SHARQ_CUDA_CHECK).
+int sm_count();
+
 // RAII device buffer: freed on every path, errors included.
 template <class T>
 class DeviceBuffer {

@@ -58,9 +58,6 @@ struct DecodeArgs {
   float* ws;     // null: write y directly
 };
 
-template <class T> struct Vec2;
-template <> struct Vec2<__half> { using type = __half2; };
-template <> struct Vec2<__nv_bfloat16> { using type = __nv_bfloat162; };
 
 
 template <class T>
@@ -109,9 +106,9 @@ template <> struct ScaleRegs<16> { uint2 v; };
 
 template <class T, int kPaths, int kWBlock, int kMT>
 __global__ void __launch_bounds__(kDecWarps * 32) decode_kernel(DecodeArgs a) {
-  using T2 = typename Vec2<T>::type;
   constexpr int kRows = kMT * 16;
   using D = Fp4Pair<T>;
+  using T2 = typename D::V;
   extern __shared__ __align__(16) unsigned char smem_raw[];
   T* abuf = reinterpret_cast<T*>(smem_raw);                       // [2][kPaths][kRows][kAPitch]
 
@@ -272,16 +269,6 @@ __global__ void splitk_reduce_kernel(const float* ws, int64_t splits, int64_t M,
   const float g0 = gw[gw_count == 1 ? 0 : col], g1 = gw[gw_count == 1 ? 0 : col + 1];
   if (y_f32) *reinterpret_cast<float2*>(y_f32 + row * ldy + col) = make_float2(s0 * (r * g0), s1 * (r * g1));
   else *reinterpret_cast<__nv_bfloat162*>(y + row * ldy + col) = __floats2bfloat162_rn(s0 * (r * g0), s1 * (r * g1));
-}
-
-int sm_count() {
-  static int n = [] {
-    int dev = 0, v = 0;
-    SHARQ_CUDA_CHECK(cudaGetDevice(&dev));
-    SHARQ_CUDA_CHECK(cudaDeviceGetAttribute(&v, cudaDevAttrMultiProcessorCount, dev));
-    return v;
-  }();
-  return n;
 }
 
 struct DecodePlan { int mt; int64_t n_blocks, m_blocks, splits, cps; };

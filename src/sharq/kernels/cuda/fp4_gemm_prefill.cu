@@ -269,20 +269,7 @@ __device__ __forceinline__ void wgmma_rs(float (&d)[NT / 2], const uint32_t (&a)
 #undef SHARQ_WG_F64
 
 // ---- weight decode --------------------------------------------------------------------------
-template <class T> struct Pair;
-template <> struct Pair<__half> { using type = __half2; };
-template <> struct Pair<__nv_bfloat16> { using type = __nv_bfloat162; };
-
-
-// Scale pairs (pre-multiplied by 2^7 / 2^118) and one-multiply pair decode: fp4_decode.cuh.
-template <class T>
-__device__ __forceinline__ typename Pair<T>::type scale_pair(uint32_t two_bytes) { return Fp4Pair<T>::scale_pair(two_bytes); }
-template <class T>
-__device__ __forceinline__ typename Pair<T>::type bcast_lo(typename Pair<T>::type v) { return sharq::cuda::bcast_lo(v); }
-template <class T>
-__device__ __forceinline__ typename Pair<T>::type bcast_hi(typename Pair<T>::type v) { return sharq::cuda::bcast_hi(v); }
-template <class T>
-__device__ __forceinline__ uint32_t decode_pair(uint32_t x, typename Pair<T>::type scale2) { return Fp4Pair<T>::decode(x, scale2); }
+// Weight decode: fp4_decode.cuh (Fp4Pair<T>: scale pairs pre-multiplied by 2^7 / 2^118, one-multiply pair decode).
 
 // One lane's raw weights for one 128-column k-tile: its 16 code bytes of the two 8-row tiles
 // (rows g and g + 8 of the warp's 16) and its row's scale bytes of each.
@@ -311,21 +298,21 @@ __device__ __forceinline__ void load_raw(RawW<Block>& r, const uint8_t* codes_t0
 // The A fragments of the k-step with half H (columns 64 H .. 64 H + 63 of the k-tile): f[kk][0..3].
 template <class T, int Block, int H>
 __device__ __forceinline__ void decode_step(const RawW<Block>& r, uint32_t (&f)[4][4]) {
-  using V = typename Pair<T>::type;
+  using V = typename Fp4Pair<T>::V;
   V sc[2][4];  // [tile][kk]
 #pragma unroll
   for (int t = 0; t < 2; ++t) {
     if constexpr (Block == 32) {
-      const V s = scale_pair<T>(r.s[t][0] >> (16 * H));  // blocks (words) 2H, 2H + 1
-      sc[t][0] = sc[t][1] = bcast_lo<T>(s);
-      sc[t][2] = sc[t][3] = bcast_hi<T>(s);
+      const V s = Fp4Pair<T>::scale_pair(r.s[t][0] >> (16 * H));  // blocks (words) 2H, 2H + 1
+      sc[t][0] = sc[t][1] = bcast_lo(s);
+      sc[t][2] = sc[t][3] = bcast_hi(s);
     } else {
       const uint32_t w = r.s[t][H];                       // blocks 4H .. 4H + 3
-      const V s01 = scale_pair<T>(w), s23 = scale_pair<T>(w >> 16);
-      sc[t][0] = bcast_lo<T>(s01);
-      sc[t][1] = bcast_hi<T>(s01);
-      sc[t][2] = bcast_lo<T>(s23);
-      sc[t][3] = bcast_hi<T>(s23);
+      const V s01 = Fp4Pair<T>::scale_pair(w), s23 = Fp4Pair<T>::scale_pair(w >> 16);
+      sc[t][0] = bcast_lo(s01);
+      sc[t][1] = bcast_hi(s01);
+      sc[t][2] = bcast_lo(s23);
+      sc[t][3] = bcast_hi(s23);
     }
   }
 #pragma unroll
@@ -333,10 +320,10 @@ __device__ __forceinline__ void decode_step(const RawW<Block>& r, uint32_t (&f)[
     const int jj = kk >> 1, plo = 2 * (kk & 1);
     const uint32_t w0 = (H == 0) ? (jj ? r.c[0].y : r.c[0].x) : (jj ? r.c[0].w : r.c[0].z);
     const uint32_t w1 = (H == 0) ? (jj ? r.c[1].y : r.c[1].x) : (jj ? r.c[1].w : r.c[1].z);
-    f[kk][0] = decode_pair<T>(w0 >> (4 * plo), sc[0][kk]);        // row g,     cols 2q, 2q+1
-    f[kk][1] = decode_pair<T>(w1 >> (4 * plo), sc[1][kk]);        // row g + 8
-    f[kk][2] = decode_pair<T>(w0 >> (4 * (plo + 1)), sc[0][kk]);  // row g,     cols 2q+8, 2q+9
-    f[kk][3] = decode_pair<T>(w1 >> (4 * (plo + 1)), sc[1][kk]);  // row g + 8
+    f[kk][0] = Fp4Pair<T>::decode(w0 >> (4 * plo), sc[0][kk]);        // row g,     cols 2q, 2q+1
+    f[kk][1] = Fp4Pair<T>::decode(w1 >> (4 * plo), sc[1][kk]);        // row g + 8
+    f[kk][2] = Fp4Pair<T>::decode(w0 >> (4 * (plo + 1)), sc[0][kk]);  // row g,     cols 2q+8, 2q+9
+    f[kk][3] = Fp4Pair<T>::decode(w1 >> (4 * (plo + 1)), sc[1][kk]);  // row g + 8
   }
 }
 
@@ -856,15 +843,6 @@ __global__ void __launch_bounds__(256) small_splitk_reduce_kernel(const float* w
   }
 }
 
-int small_sm_count() {
-  static const int n = [] {
-    int dev = 0, v = 0;
-    SHARQ_CUDA_CHECK(cudaGetDevice(&dev));
-    SHARQ_CUDA_CHECK(cudaDeviceGetAttribute(&v, cudaDevAttrMultiProcessorCount, dev));
-    return v;
-  }();
-  return n;
-}
 
 struct SmallPlan {
   int nt = 8;
@@ -888,7 +866,7 @@ SmallPlan plan_small(int64_t M, const DeviceFp4Weights& w, int splits_req) {
     s = std::min<int64_t>({splits_req, k_tiles, 65535});
   } else {
     constexpr double kBw = 3.0e12, kSmFast = 1.25, kReduceUs = 1.5;
-    const double sms = small_sm_count();
+    const double sms = sm_count();
     const double tile_bytes = 128.0 * 128.0 / 2 + 128.0 * (128 / w.block);
     const double unit = tile_bytes * sms / kBw * 1e6;
     const double avg = static_cast<double>(p.n_blocks * k_tiles) / sms;

@@ -305,6 +305,15 @@ __device__ __forceinline__ void span_range(int64_t spans, int64_t* b, int64_t* e
   *e = *b + per < spans ? *b + per : spans;
 }
 
+// g_x of row m (NVFP4): from the per-tensor pass, or this row's finite amax; block y == 0 of the
+// row (row 0 for per tensor) stores it. Every thread gets it.
+template <class R>
+__device__ __forceinline__ float row_global_scale(const RowArgs& a, const R& row, int64_t m, float* red) {
+  const float g = a.per_tensor ? nvfp4_global_scale(f32_from_bits(*a.amax_bits)) : nvfp4_global_scale(row_amax(row, red));
+  if (a.out.g && threadIdx.x == 0 && blockIdx.y == 0 && (!a.per_tensor || m == 0)) a.out.g[a.per_tensor ? 0 : m] = g;
+  return g;
+}
+
 // Zero padding of a plane from 32 * spans up to ld (block y == 0 of the row).
 __device__ __forceinline__ void zero_tail(__half* plane, const RowArgs& a, int64_t m) {
   if (!plane) return;
@@ -318,9 +327,7 @@ __global__ void __launch_bounds__(256) sharq_prep_kernel(RowArgs a) {
   const auto row = make_row<T, kRms>(a, m, red + 32);
   float g = 1.0f;
   if constexpr (V::kGlobal) {
-    g = a.per_tensor ? nvfp4_global_scale(f32_from_bits(*a.amax_bits))
-                     : nvfp4_global_scale(row_amax(row, red));
-    if (a.out.g && threadIdx.x == 0 && blockIdx.y == 0 && (!a.per_tensor || m == 0)) a.out.g[a.per_tensor ? 0 : m] = g;
+    g = row_global_scale(a, row, m, red);
   }
   int64_t b, e;
   span_range(a.spans, &b, &e);
@@ -339,9 +346,7 @@ __global__ void __launch_bounds__(256) nvfp4_prep_kernel(RowArgs a) {
   __shared__ float red[33];
   const int64_t m = blockIdx.x;
   const auto row = make_row<T, kRms>(a, m, red + 32);
-  const float g = a.per_tensor ? nvfp4_global_scale(f32_from_bits(*a.amax_bits))
-                               : nvfp4_global_scale(row_amax(row, red));
-  if (a.out.g && threadIdx.x == 0 && blockIdx.y == 0 && (!a.per_tensor || m == 0)) a.out.g[a.per_tensor ? 0 : m] = g;
+  const float g = row_global_scale(a, row, m, red);
   const int64_t nblk = (a.K + 15) / 16;
   int64_t b, e;
   span_range(a.spans, &b, &e);
@@ -473,22 +478,17 @@ __global__ void __launch_bounds__(256) sharq_prep_warp_kernel(RowArgs a) {
   const auto row = make_row<T, kRms>(a, m, red + 32);
   float g = 1.0f;
   if constexpr (V::kGlobal) {
-    g = a.per_tensor ? nvfp4_global_scale(f32_from_bits(*a.amax_bits))
-                     : nvfp4_global_scale(row_amax(row, red));
-    if (a.out.g && threadIdx.x == 0 && blockIdx.y == 0 && (!a.per_tensor || m == 0)) a.out.g[a.per_tensor ? 0 : m] = g;
+    g = row_global_scale(a, row, m, red);
   }
   const int warp = threadIdx.x / 32;
   int64_t b, e;
   span_range(a.spans, &b, &e);
   for (int64_t sp = b + warp; sp < e; sp += blockDim.x / 32)
     warp_span<V, Group>(a, m, sp, g, row, xs_all[warp], cs_all[warp]);
-  if (blockIdx.y == 0) {  // zero padding of the planes from 32 * spans up to ld
-    for (int64_t c = a.spans * 32 + threadIdx.x; c < a.ld; c += blockDim.x) {
-      const __half z = __float2half_rn(0.0f);
-      if (a.out.s_plane) a.out.s_plane[m * a.ld + c] = z;
-      if (a.out.r_plane) a.out.r_plane[m * a.ld + c] = z;
-      if (a.out.x_plane) a.out.x_plane[m * a.ld + c] = z;
-    }
+  if (blockIdx.y == 0) {
+    zero_tail(a.out.s_plane, a, m);
+    zero_tail(a.out.r_plane, a, m);
+    zero_tail(a.out.x_plane, a, m);
   }
 }
 
@@ -499,9 +499,7 @@ __global__ void __launch_bounds__(256) nvfp4_prep_warp_kernel(RowArgs a) {
   __shared__ float red[33];
   const int64_t m = blockIdx.x;
   const auto row = make_row<T, kRms>(a, m, red + 32);
-  const float g = a.per_tensor ? nvfp4_global_scale(f32_from_bits(*a.amax_bits))
-                               : nvfp4_global_scale(row_amax(row, red));
-  if (a.out.g && threadIdx.x == 0 && blockIdx.y == 0 && (!a.per_tensor || m == 0)) a.out.g[a.per_tensor ? 0 : m] = g;
+  const float g = row_global_scale(a, row, m, red);
   const int warp = threadIdx.x / 32, lane = threadIdx.x & 31;
   const int64_t nblk = (a.K + 15) / 16;
   int64_t b, e;
@@ -518,8 +516,7 @@ __global__ void __launch_bounds__(256) nvfp4_prep_warp_kernel(RowArgs a) {
     }
     if (a.out.x_plane) a.out.x_plane[m * a.ld + sp * 32 + lane] = __float2half_rn(e2m1_decode(code) * ue4m3_decode(sc.e));
   }
-  if (blockIdx.y == 0 && a.out.x_plane)
-    for (int64_t c = a.spans * 32 + threadIdx.x; c < a.ld; c += blockDim.x) a.out.x_plane[m * a.ld + c] = __float2half_rn(0.0f);
+  if (blockIdx.y == 0) zero_tail(a.out.x_plane, a, m);
 }
 
 // Launch shape: rows x bpr blocks of `threads` threads; a thread quantizes whole spans.
@@ -530,12 +527,7 @@ struct Shape {
   unsigned bpr, threads;
 };
 Shape launch_shape(int64_t M, int64_t spans) {
-  static const int sms = [] {
-    int dev = 0, v = 0;
-    SHARQ_CUDA_CHECK(cudaGetDevice(&dev));
-    SHARQ_CUDA_CHECK(cudaDeviceGetAttribute(&v, cudaDevAttrMultiProcessorCount, dev));
-    return v;
-  }();
+  const int sms = sm_count();
   int64_t bpr = 1;
   if (M < 2LL * sms) bpr = std::max<int64_t>(1, std::min<int64_t>((spans + 63) / 64, (4LL * sms + M - 1) / M));
   const int64_t per = (spans + bpr - 1) / bpr;
@@ -547,23 +539,11 @@ Shape launch_shape(int64_t M, int64_t spans) {
 constexpr int64_t kWarpKernelMaxM = 64;
 // Warp kernels: 8 warps per block, about one span per warp (each block reads the whole row for g).
 unsigned warp_blocks_per_row(int64_t M, int64_t spans) {
-  static const int sms = [] {
-    int dev = 0, v = 0;
-    SHARQ_CUDA_CHECK(cudaGetDevice(&dev));
-    SHARQ_CUDA_CHECK(cudaDeviceGetAttribute(&v, cudaDevAttrMultiProcessorCount, dev));
-    return v;
-  }();
+  const int sms = sm_count();
   const int64_t most = (spans + 7) / 8, want = (8LL * sms + M - 1) / M;
   return static_cast<unsigned>(std::max<int64_t>(1, std::min(most, want)));
 }
 
-size_t smem_bytes(int64_t) { return 0; }  // rows are read from global memory, not staged
-
-template <class K>
-void raise_smem(K kernel, size_t bytes) {
-  if (bytes > 48 * 1024) SHARQ_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                                               static_cast<int>(bytes)));
-}
 
 void check_common(const char* what, const void* x, int64_t M, int64_t K, bool rmsnorm, const void* rms_w, int64_t ld) {
   if (M < 0 || K <= 0) throw std::invalid_argument(fmt::format("{}: bad shape M = {}, K = {}", what, M, K));
@@ -580,22 +560,17 @@ void check_common(const char* what, const void* x, int64_t M, int64_t K, bool rm
 template <class T, bool kRms>
 void launch_amax(const RowArgs& a, int64_t M, uint32_t* scratch, cudaStream_t st) {
   SHARQ_CUDA_CHECK(cudaMemsetAsync(scratch, 0, sizeof(uint32_t), st));
-  const size_t sm = smem_bytes(a.spans);
-  raise_smem(amax_kernel<T, kRms>, sm);
-  amax_kernel<T, kRms><<<static_cast<unsigned>(M), 256, sm, st>>>(a, scratch);
+  amax_kernel<T, kRms><<<static_cast<unsigned>(M), 256, 0, st>>>(a, scratch);
   SHARQ_CUDA_CHECK(cudaGetLastError());
 }
 
 template <class V, int G, class T, bool kRms>
 void launch_sharq(const RowArgs& a, int64_t M, cudaStream_t st) {
-  const size_t sm = smem_bytes(a.spans);
   if (M <= kWarpKernelMaxM) {
-    raise_smem(sharq_prep_warp_kernel<V, G, T, kRms>, sm);
-    sharq_prep_warp_kernel<V, G, T, kRms><<<dim3(static_cast<unsigned>(M), warp_blocks_per_row(M, a.spans)), 256, sm, st>>>(a);
+    sharq_prep_warp_kernel<V, G, T, kRms><<<dim3(static_cast<unsigned>(M), warp_blocks_per_row(M, a.spans)), 256, 0, st>>>(a);
   } else {
-    raise_smem(sharq_prep_kernel<V, G, T, kRms>, sm);
     const Shape sh = launch_shape(M, a.spans);
-    sharq_prep_kernel<V, G, T, kRms><<<dim3(static_cast<unsigned>(M), sh.bpr), sh.threads, sm, st>>>(a);
+    sharq_prep_kernel<V, G, T, kRms><<<dim3(static_cast<unsigned>(M), sh.bpr), sh.threads, 0, st>>>(a);
   }
   SHARQ_CUDA_CHECK(cudaGetLastError());
 }
@@ -651,14 +626,11 @@ void launch_nvfp4(RowArgs& a, int64_t M, uint32_t* scratch, cudaStream_t st) {
     launch_amax<T, kRms>(a, M, scratch, st);
     a.amax_bits = scratch;
   }
-  const size_t sm = smem_bytes(a.spans);
   if (M <= kWarpKernelMaxM) {
-    raise_smem(nvfp4_prep_warp_kernel<T, kRms>, sm);
-    nvfp4_prep_warp_kernel<T, kRms><<<dim3(static_cast<unsigned>(M), warp_blocks_per_row(M, a.spans)), 256, sm, st>>>(a);
+    nvfp4_prep_warp_kernel<T, kRms><<<dim3(static_cast<unsigned>(M), warp_blocks_per_row(M, a.spans)), 256, 0, st>>>(a);
   } else {
-    raise_smem(nvfp4_prep_kernel<T, kRms>, sm);
     const Shape sh = launch_shape(M, a.spans);
-    nvfp4_prep_kernel<T, kRms><<<dim3(static_cast<unsigned>(M), sh.bpr), sh.threads, sm, st>>>(a);
+    nvfp4_prep_kernel<T, kRms><<<dim3(static_cast<unsigned>(M), sh.bpr), sh.threads, 0, st>>>(a);
   }
   SHARQ_CUDA_CHECK(cudaGetLastError());
 }
