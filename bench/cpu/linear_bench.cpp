@@ -16,7 +16,7 @@
 #include <omp.h>
 
 #include "sharq/decompose/sharq_decompose.h"
-#include "sharq/kernels/cpu/linear.h"
+#include "sharq/runtime/cpu/linear.h"
 #include "sharq/tools/opcheck.h"
 
 namespace {

@@ -32,11 +32,11 @@ fi
 if [[ $SAN == 1 ]]; then
   for t in "$BUILD"/tests/*_test; do
     case "$(basename "$t")" in
-      codec_parity_test|sharq_prep_test|gpu_linear_test|fp4_gemm_prefill_test|cublaslt_gemm_test) ;;
+      codec_parity_test|sharq_prep_test|gpu_linear_test|fp4_gemm_prefill_test|fp4_gemm_small_test|cublaslt_gemm_test) ;;
       *) continue ;;
     esac
     echo "== compute-sanitizer memcheck $(basename "$t")"
-    compute-sanitizer --tool memcheck --error-exitcode 9 "$t" ${SAN_FILTER:+--gtest_filter=$SAN_FILTER} >"$OUT/memcheck_$(basename "$t").log" 2>&1
+    timeout "${SAN_TIMEOUT:-600}" compute-sanitizer --tool memcheck --error-exitcode 9 "$t" ${SAN_FILTER:+--gtest_filter=$SAN_FILTER} >"$OUT/memcheck_$(basename "$t").log" 2>&1
     echo "rc=$? $(grep -E 'ERROR SUMMARY' "$OUT/memcheck_$(basename "$t").log")"
   done | tee "$OUT/memcheck_summary.txt"
 fi

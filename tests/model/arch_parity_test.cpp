@@ -10,7 +10,7 @@
 
 #include <nlohmann/json.hpp>
 
-#include "sharq/model/transformer.h"
+#include "sharq/runtime/cpu/transformer.h"
 
 namespace {
 

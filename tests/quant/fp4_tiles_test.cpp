@@ -4,6 +4,7 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cstring>
 
 #include "../support/test_inputs.h"
@@ -30,8 +31,11 @@ void check_roundtrip(int64_t N, int64_t K, uint64_t seed) {
   ASSERT_GE(t.Kp, K);
   ASSERT_LT(t.Kp - K, 128);
   ASSERT_EQ(t.block, F::kBlock);
-  ASSERT_EQ(t.codes.size(), static_cast<size_t>(N / 8 * t.Kp / 128 * 512));
-  ASSERT_EQ(t.scales.size(), static_cast<size_t>(N / 8 * t.Kp / 128 * 8 * (128 / F::kBlock)));
+  ASSERT_EQ(t.Np % 128, 0);
+  ASSERT_GE(t.Np, N);
+  ASSERT_LT(t.Np - N, 128);
+  ASSERT_EQ(t.codes.size(), static_cast<size_t>(t.Np / 8 * t.Kp / 128 * 512));
+  ASSERT_EQ(t.scales.size(), static_cast<size_t>(t.Np / 8 * t.Kp / 128 * 8 * (128 / F::kBlock)));
   ASSERT_EQ(t.g, q.g);
   for (int64_t n = 0; n < N; ++n)
     for (int64_t k = 0; k < t.Kp; ++k) {
@@ -88,15 +92,24 @@ TEST(Fp4Tiles, LaneWordNibbleOrderIsTheMmaFragmentOrder) {
     }
 }
 
-TEST(Fp4Tiles, RejectsRowsNotAMultipleOf8) {
-  const auto W = random_matrix(12, 64, 6);
-  const auto q = quantize_matrix<Nvfp4_32>(W.data(), 12, 64, GlobalScale::per_tensor);
-  try {
-    pack_fp4_tiles(q);
-    FAIL() << "expected std::invalid_argument";
-  } catch (const std::invalid_argument& e) {
-    EXPECT_NE(std::string(e.what()).find("N = 12"), std::string::npos) << e.what();
+TEST(Fp4Tiles, AnyRowCountIsPaddedWithZeroRows) {
+  for (const int64_t N : {1, 12, 127, 129}) {
+    const auto W = random_matrix(N, 200, 6 + N);
+    const auto q = quantize_matrix<Nvfp4_32>(W.data(), N, 200, GlobalScale::per_tensor);
+    const Fp4Tiles t = pack_fp4_tiles(q);
+    ASSERT_EQ(t.Np, (N + 127) / 128 * 128) << N;
+    for (int64_t n = N; n < t.Np; ++n)
+      for (int64_t k = 0; k < t.Kp; k += 7) {
+        ASSERT_EQ(fp4_tiles_code(t, n, k), 0) << n << "," << k;
+        ASSERT_EQ(fp4_tiles_scale(t, n, k), 0) << n << "," << k;
+      }
+    // the real rows are all there
+    const std::vector<float> d = fp4_tiles_dequantize(t);
+    ASSERT_EQ(d.size(), static_cast<size_t>(N * 200));
+    EXPECT_TRUE(std::any_of(d.begin(), d.end(), [](float v) { return v != 0.0f; }));
   }
+  const QuantizedMatrix<Nvfp4_32> empty = quantize_matrix<Nvfp4_32>(nullptr, 0, 64, GlobalScale::per_tensor);
+  EXPECT_THROW(pack_fp4_tiles(empty), std::invalid_argument);
 }
 
 }  // namespace

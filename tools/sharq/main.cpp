@@ -11,10 +11,10 @@
 #include <CLI/CLI.hpp>
 #include <fmt/format.h>
 
-#include "sharq/kernels/cpu/linear.h"
+#include "sharq/runtime/cpu/linear.h"
 #include "sharq/model/checkpoint.h"
 #include "sharq/model/tokenizer.h"
-#include "sharq/model/transformer.h"
+#include "sharq/runtime/cpu/transformer.h"
 #include "sharq/tools/analyze.h"
 #include "sharq/tools/cuda/bench_gemm.h"  // plain C++: the options struct; the function needs SHARQ_HAVE_CUDA
 #include "sharq/tools/generate.h"
@@ -187,8 +187,8 @@ int main(int argc, char** argv) {
       ->capture_default_str()->check(CLI::NonNegativeNumber);
   bg->add_option("--max-sets", bo.max_sets, "cap on the rotating (W, X, Y) buffer sets per method")
       ->capture_default_str()->check(CLI::Range(1, 64));
-  bg->add_option("--kernel", bo.kernel, "GpuLinear GEMM kernel: auto | decode (mma.sync) | small (wgmma, M <= 64) | prefill (wgmma)")
-      ->capture_default_str()->check(CLI::IsMember({"auto", "decode", "prefill"}));
+  bg->add_option("--kernel", bo.kernel, "FP4 GEMM family: auto | small (M <= 64) | prefill")
+      ->capture_default_str()->check(CLI::IsMember({"auto", "small", "prefill"}));
   bg->add_option("--act-scale", bo.act_scale, "SharQ/NVFP4 activation scale g_x: token | tensor")
       ->capture_default_str()->check(CLI::IsMember({"token", "tensor"}));
   bg->add_option("--mask", bo.mask, "SharQ mask: p48 | s24")->capture_default_str()->check(CLI::IsMember({"p48", "s24"}));

@@ -31,15 +31,16 @@ size_t scale_pos(const Fp4Tiles& t, int64_t n, int64_t k) {
 
 template <class F>
 Fp4Tiles pack(const QuantizedMatrix<F>& w) {
-  if (w.rows % 8 != 0)
-    throw std::invalid_argument(fmt::format("pack_fp4_tiles: N = {} rows is not a multiple of 8", w.rows));
+  if (w.rows <= 0 || w.cols <= 0)
+    throw std::invalid_argument(fmt::format("pack_fp4_tiles: empty matrix N = {}, K = {}", w.rows, w.cols));
   Fp4Tiles t;
   t.N = w.rows;
   t.K = w.cols;
+  t.Np = ceil_div(w.rows, int64_t{Fp4Tiles::kRowPad}) * Fp4Tiles::kRowPad;
   t.Kp = ceil_div(w.cols, 128) * 128;
   t.block = F::kBlock;
   t.g = w.g;
-  const size_t tiles = static_cast<size_t>(t.N / 8 * t.k_tiles());
+  const size_t tiles = static_cast<size_t>(t.Np / 8 * t.k_tiles());
   t.codes.assign(tiles * 512, 0);
   t.scales.assign(tiles * static_cast<size_t>(t.scale_bytes_per_tile()), 0);
   for (int64_t n = 0; n < t.N; ++n) {

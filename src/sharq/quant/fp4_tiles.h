@@ -1,9 +1,14 @@
 // The GPU weight layout of an NVFP4 matrix: the same codes and scale bytes as QuantizedMatrix,
 // permuted so that one 16-byte load per lane feeds the tensor-core fragments (Marlin-style).
 //
+// This is THE packed FP4 weight layout of sharq: every GPU kernel family reads it, and it is the only
+// form the checkpoint loaders produce for the GPU. A kernel that needs another layout changes this
+// one for every family; two copies of a model's weights never coexist (docs/numerics.md).
+//
 // The matrix (N x K, nn.Linear layout) is cut into tiles of 8 rows x 128 columns; K is padded with
-// zero codes and zero scales up to Kp = ceil(K / 128) * 128 (exact: padded products are 0 * 0).
-// N must be a multiple of 8. Tile t = (n / 8) * (Kp / 128) + k / 128.
+// zero codes and zero scales up to Kp = ceil(K / 128) * 128 and N with zero rows up to
+// Np = ceil(N / 128) * 128 (one CTA's 128 weight rows), so any N works (exact: padded products are
+// 0 * 0; the kernels never write output columns >= N). Tile t = (n / 8) * (Kp / 128) + k / 128.
 //
 //   codes  512 bytes per tile. Lane L (0..31) of a warp owns row r = L / 4 and q = L % 4; its
 //          16 bytes are 4 little-endian words, word j covering the 32-column sub-block j of the
@@ -25,23 +30,24 @@
 namespace sharq {
 
 struct Fp4Tiles {
-  int64_t N = 0, K = 0, Kp = 0;
+  int64_t N = 0, K = 0, Np = 0, Kp = 0;
   int block = 32;                 // scale group: 32 (SharQ's W32 payload) or 16 (NVFP4 baseline)
-  std::vector<uint8_t> codes;     // (N / 8) * (Kp / 128) * 512
-  std::vector<uint8_t> scales;    // (N / 8) * (Kp / 128) * 8 * (128 / block)
+  std::vector<uint8_t> codes;     // (Np / 8) * (Kp / 128) * 512
+  std::vector<uint8_t> scales;    // (Np / 8) * (Kp / 128) * 8 * (128 / block)
   std::vector<float> g;           // the second-level scale(s): 1 (per tensor) or N (per row)
 
-  static constexpr int kTileRows = 8, kTileCols = 128, kTileCodeBytes = 512;
+  static constexpr int kTileRows = 8, kTileCols = 128, kTileCodeBytes = 512, kRowPad = 128;
   int64_t k_tiles() const { return Kp / kTileCols; }
   int scale_bytes_per_tile() const { return kTileRows * (kTileCols / block); }
   size_t bytes() const { return codes.size() + scales.size() + g.size() * sizeof(float); }
 };
 
-// Throws std::invalid_argument (naming N) when N is not a multiple of 8.
+// Throws std::invalid_argument for an empty matrix.
 Fp4Tiles pack_fp4_tiles(const QuantizedMatrix<Nvfp4_32>& w);
 Fp4Tiles pack_fp4_tiles(const QuantizedMatrix<Nvfp4_16>& w);
 
-// The inverse, for tests: 4-bit code and scale byte of element (n, k) of the tiled matrix.
+// The inverse, for tests: 4-bit code and scale byte of element (n, k) of the tiled matrix
+// (n < Np, k < Kp; the padding reads 0).
 uint8_t fp4_tiles_code(const Fp4Tiles& t, int64_t n, int64_t k);
 uint8_t fp4_tiles_scale(const Fp4Tiles& t, int64_t n, int64_t k);
 

@@ -11,7 +11,7 @@
 #include <vector>
 
 #include "sharq/model/tokenizer.h"
-#include "sharq/model/transformer.h"
+#include "sharq/runtime/cpu/transformer.h"
 
 namespace sharq {
 

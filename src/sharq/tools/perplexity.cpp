@@ -14,7 +14,7 @@
 
 #include "sharq/model/checkpoint.h"
 #include "sharq/model/tokenizer.h"
-#include "sharq/model/transformer.h"
+#include "sharq/runtime/cpu/transformer.h"
 #include "sharq/tools/scoring.h"
 
 namespace sharq {

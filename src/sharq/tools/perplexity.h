@@ -13,7 +13,7 @@
 #include <string>
 #include <vector>
 
-#include "sharq/kernels/cpu/linear.h"
+#include "sharq/runtime/cpu/linear.h"
 
 namespace sharq {
 

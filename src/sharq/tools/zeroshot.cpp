@@ -12,10 +12,10 @@
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
 
-#include "sharq/kernels/cpu/linear.h"
+#include "sharq/runtime/cpu/linear.h"
 #include "sharq/model/checkpoint.h"
 #include "sharq/model/tokenizer.h"
-#include "sharq/model/transformer.h"
+#include "sharq/runtime/cpu/transformer.h"
 #include "sharq/tools/scoring.h"
 
 namespace sharq {

@@ -1,4 +1,4 @@
-// The small-M wgmma FP4-weight GEMM (fp4_gemm_wgmma_small) against a double-precision host reference
+// The small-M wgmma FP4-weight GEMM (fp4_gemm (small family)) against a double-precision host reference
 // of the dequantized operands: M in {1, 5, 8, 16, 33, 64} (every token tile 8 / 16 / 32 / 64),
 // N in {128, 384, 4096}, K in {128, 320, 4096, 14336} (K not a multiple of 128: zero padding),
 // merged (one FP16 path), exact (two FP16 paths in the same accumulators) and W4A16 (BF16), weight
@@ -8,7 +8,7 @@
 //   - BF16 output: every element within one BF16 rounding of the reference (+ FP32 slack);
 //   - outputs poisoned first: nothing outside the M x N block is written;
 //   - a NaN scale byte makes exactly its column NaN; two runs are bitwise identical.
-// Fp4GemmSmallTiming.* prints microseconds against fp4_gemm_decode (no assertion on speed).
+// Fp4GemmSmallTiming.* prints microseconds per split count (no assertion on speed).
 // Label `gpu`; skips cleanly where there is no GPU.
 #include "sharq/kernels/cuda/fp4_gemm.h"
 
@@ -45,18 +45,20 @@ Fp4Tiles make_tiles(int64_t N, int64_t K, int block, bool g_per_row, uint64_t se
   Fp4Tiles t;
   t.N = N;
   t.K = K;
+  t.Np = (N + 127) / 128 * 128;
   t.Kp = (K + 127) / 128 * 128;
   t.block = block;
-  const int64_t tiles = N / 8 * t.k_tiles();
+  const int64_t tiles = t.Np / 8 * t.k_tiles();
   t.codes.resize(static_cast<size_t>(tiles * Fp4Tiles::kTileCodeBytes));
   t.scales.resize(static_cast<size_t>(tiles * t.scale_bytes_per_tile()));
   std::mt19937_64 rng(seed);
   for (auto& c : t.codes) c = static_cast<uint8_t>(rng());
   std::uniform_int_distribution<int> sd(0x18, 0x48);
   for (auto& s : t.scales) s = static_cast<uint8_t>(sd(rng));
-  // zero the padding k >= K (codes and scales), as the packer does
-  for (int64_t n = 0; n < N; ++n)
-    for (int64_t k = K; k < t.Kp; ++k) {
+  // zero the scales of the padding k >= K and n >= N (the packer zeroes the codes too; with zero
+  // scales the random codes of the padded rows decode to 0 and must not reach any output)
+  for (int64_t n = 0; n < t.Np; ++n)
+    for (int64_t k = (n < N ? K : 0); k < t.Kp; ++k) {
       const int64_t tile = (n / 8) * t.k_tiles() + k / 128;
       t.scales[static_cast<size_t>(tile * t.scale_bytes_per_tile() + (n % 8) * (128 / block) + (k % 128) / block)] = 0;
     }
@@ -111,7 +113,7 @@ Out run_small(const cuda::DeviceFp4Weights& w, const std::vector<std::vector<uin
   cuda::DeviceBuffer<uint16_t> y16(static_cast<size_t>(o.ldy * o.m_alloc));
   SHARQ_CUDA_CHECK(cudaMemset(y32.get(), 0xFF, y32.bytes()));
   SHARQ_CUDA_CHECK(cudaMemset(y16.get(), 0xFF, y16.bytes()));
-  const size_t ws_bytes = cuda::fp4_gemm_wgmma_small_workspace_bytes(M, w, splits);
+  const size_t ws_bytes = cuda::fp4_gemm_plan(M, w, cuda::Fp4GemmKernel::small, splits).workspace_bytes;
   cuda::DeviceBuffer<float> ws(ws_bytes / sizeof(float));
   if (ws_bytes) SHARQ_CUDA_CHECK(cudaMemset(ws.get(), 0xFF, ws.bytes()));  // NaN: every partial must be written
 
@@ -125,10 +127,10 @@ Out run_small(const cuda::DeviceFp4Weights& w, const std::vector<std::vector<uin
   a.row_scale_count = static_cast<int64_t>(row_scale.size());
   a.ldy = o.ldy;
   a.y_f32 = y32.get();
-  cuda::fp4_gemm_wgmma_small(a, w, ws.get(), ws_bytes, nullptr, splits);
+  cuda::fp4_gemm(a, w, ws.get(), ws_bytes, nullptr, cuda::Fp4GemmKernel::small, splits);
   a.y_f32 = nullptr;
   a.y = reinterpret_cast<__nv_bfloat16*>(y16.get());
-  cuda::fp4_gemm_wgmma_small(a, w, ws.get(), ws_bytes, nullptr, splits);
+  cuda::fp4_gemm(a, w, ws.get(), ws_bytes, nullptr, cuda::Fp4GemmKernel::small, splits);
   SHARQ_CUDA_CHECK(cudaDeviceSynchronize());
   o.f32 = y32.to_host();
   o.bf16 = y16.to_host();
@@ -311,7 +313,7 @@ TEST(Fp4GemmSmall, Deterministic) {
   const Fp4Tiles tiles = make_tiles(N, K, 32, true, 77);
   const auto w = cuda::DeviceFp4Weights::upload(tiles);
   std::vector<std::vector<uint16_t>> planes{make_plane(M, K, tiles.Kp, false, 1), make_plane(M, K, tiles.Kp, false, 2)};
-  ASSERT_GT(cuda::fp4_gemm_wgmma_small_workspace_bytes(M, w), 0u) << "expected a split-K plan";
+  ASSERT_GT(cuda::fp4_gemm_plan(M, w).workspace_bytes, 0u) << "expected a split-K plan";
   const Out a = run_small(w, planes, M, tiles.Kp, false, {1.5f}, 0), b = run_small(w, planes, M, tiles.Kp, false, {1.5f}, 0);
   EXPECT_EQ(std::memcmp(a.f32.data(), b.f32.data(), a.f32.size() * 4), 0);
   EXPECT_EQ(a.bf16, b.bf16);
@@ -358,14 +360,46 @@ TEST(Fp4GemmSmall, RejectsBadArguments) {
   args.lda = 4096;
   args.y = reinterpret_cast<__nv_bfloat16*>(y.get());
   args.ldy = 256;
-  EXPECT_THROW(cuda::fp4_gemm_wgmma_small(args, w, nullptr, 0, nullptr), std::invalid_argument);  // M > 64
+  EXPECT_THROW(cuda::fp4_gemm(args, w, nullptr, 0, nullptr, cuda::Fp4GemmKernel::small), std::invalid_argument);  // M > 64
   args.M = 4;
-  ASSERT_GT(cuda::fp4_gemm_wgmma_small_workspace_bytes(4, w), 0u);
-  EXPECT_THROW(cuda::fp4_gemm_wgmma_small(args, w, nullptr, 0, nullptr), std::invalid_argument);  // no workspace
-  const Fp4Tiles t136 = make_tiles(136, 128, 32, false, 4);
-  const auto w136 = cuda::DeviceFp4Weights::upload(t136);
-  args.ldy = 136;
-  EXPECT_THROW(cuda::fp4_gemm_wgmma_small(args, w136, nullptr, 0, nullptr), std::invalid_argument);  // N % 128
+  ASSERT_GT(cuda::fp4_gemm_plan(4, w).workspace_bytes, 0u);
+  EXPECT_THROW(cuda::fp4_gemm(args, w, nullptr, 0, nullptr), std::invalid_argument);  // no workspace
+  args.lda = 4000;
+  EXPECT_THROW(cuda::fp4_gemm(args, w, nullptr, 0, nullptr, cuda::Fp4GemmKernel::small, 1), std::invalid_argument);  // lda < Kp
+  args.lda = 4096;
+  args.ldy = 255;
+  EXPECT_THROW(cuda::fp4_gemm(args, w, nullptr, 0, nullptr, cuda::Fp4GemmKernel::small, 1), std::invalid_argument);  // ldy < N
+  args.ldy = 256;
+  args.a0 = static_cast<const uint8_t*>(args.a0) + 2;
+  EXPECT_THROW(cuda::fp4_gemm(args, w, nullptr, 0, nullptr, cuda::Fp4GemmKernel::small, 1), std::invalid_argument);  // misaligned
+  EXPECT_THROW(cuda::fp4_gemm_plan(4, w, cuda::Fp4GemmKernel::small, -1), std::invalid_argument);
+}
+
+// The split count is a function of (N, K) only: the same for every M of the family (batch invariance).
+TEST(Fp4GemmSmall, SplitCountDoesNotDependOnM) {
+  SKIP_WITHOUT_GPU();
+  for (auto [N, K] : {std::pair<int64_t, int64_t>{128, 4096}, {4096, 14336}, {28672, 4096}, {200, 320}}) {
+    const auto w = cuda::DeviceFp4Weights::upload(make_tiles(N, K, 32, false, 9));
+    const auto p1 = cuda::fp4_gemm_plan(1, w);
+    for (int64_t M = 2; M <= cuda::kSmallMaxM; ++M) {
+      const auto p = cuda::fp4_gemm_plan(M, w);
+      EXPECT_EQ(p.kernel, cuda::Fp4GemmKernel::small);
+      EXPECT_EQ(p.splits, p1.splits) << "N=" << N << " K=" << K << " M=" << M;
+      EXPECT_EQ(p.kt_per_split, p1.kt_per_split);
+    }
+    EXPECT_EQ(cuda::fp4_gemm_plan(cuda::kSmallMaxM + 1, w).kernel, cuda::Fp4GemmKernel::prefill);
+    EXPECT_EQ(cuda::fp4_gemm_workspace_bytes(1000, w), cuda::fp4_gemm_plan(cuda::kSmallMaxM, w).workspace_bytes);
+  }
+}
+
+// Any N: the layout pads the weight rows to 128 and the kernels write no column >= N.
+TEST(Fp4GemmSmall, AnyOutputWidthMatchesTheReference) {
+  SKIP_WITHOUT_GPU();
+  uint64_t seed = 900;
+  for (int64_t N : {8, 200, 1000})
+    for (int64_t M : {1, 7, 64})
+      for (Mode mode : {Mode::exact, Mode::merged, Mode::w4a16})
+        for (int splits : {0, 1, 2}) check_case(Case{M, N, 320, 32, mode, 2 * (M > 1), N == 200, splits}, seed++);
 }
 
 // ---- timing (prints only) ----------------------------------------------------------------------
@@ -412,14 +446,14 @@ std::pair<double, double> time_us(F&& launch, int copies) {
   return {batch[25], single[25]};
 }
 
-TEST(Fp4GemmSmallTiming, AgainstTheDecodeKernel) {
+TEST(Fp4GemmSmallTiming, SplitCounts) {
   SKIP_WITHOUT_GPU();
   constexpr int kCopies = 4;
   for (auto [N, K] : {std::pair<int64_t, int64_t>{28672, 4096}, {4096, 14336}}) {
     std::vector<cuda::DeviceFp4Weights> ws;
     for (int i = 0; i < kCopies; ++i) {
       cuda::DeviceFp4Weights w;
-      w.N = N; w.K = K; w.Kp = K; w.block = 32;
+      w.N = N; w.K = K; w.Np = N; w.Kp = K; w.block = 32;
       w.codes = cuda::DeviceBuffer<uint8_t>(static_cast<size_t>(N * K / 2));
       w.scales = cuda::DeviceBuffer<uint8_t>(static_cast<size_t>(N * K / 32));
       w.g = cuda::DeviceBuffer<float>(1);
@@ -438,8 +472,8 @@ TEST(Fp4GemmSmallTiming, AgainstTheDecodeKernel) {
           SHARQ_CUDA_CHECK(cudaMemset(planes.back().get(), 0x22, planes.back().bytes()));  // small finite FP16
         }
         cuda::DeviceBuffer<uint16_t> y(static_cast<size_t>(M * N));
-        size_t need = cuda::fp4_gemm_workspace_bytes(M, ws[0]);
-        for (int s : {0, 1, 2, 3, 4, 6, 8, 16}) need = std::max(need, cuda::fp4_gemm_wgmma_small_workspace_bytes(M, ws[0], s));
+        size_t need = 0;
+        for (int s : {0, 1, 2, 3, 4, 6, 8, 16}) need = std::max(need, cuda::fp4_gemm_plan(M, ws[0], cuda::Fp4GemmKernel::small, s).workspace_bytes);
         cuda::DeviceBuffer<float> wsp(need / 4 + 4);
         cuda::Fp4GemmArgs a;
         a.a0 = planes[0].get();
@@ -448,14 +482,12 @@ TEST(Fp4GemmSmallTiming, AgainstTheDecodeKernel) {
         a.lda = K;
         a.y = reinterpret_cast<__nv_bfloat16*>(y.get());
         a.ldy = N;
-        const auto old = time_us([&](int i) { cuda::fp4_gemm_decode(a, ws[i], wsp.get(), wsp.bytes(), nullptr); }, kCopies);
-        std::printf("[timing] N=%lld K=%lld M=%lld paths=%d  decode (mma.sync): %.1f us/launch back-to-back (%.2f TB/s), %.1f us single\n",
-                    static_cast<long long>(N), static_cast<long long>(K), static_cast<long long>(M), paths, old.first,
-                    wbytes / old.first * 1e-6, old.second);
+        std::printf("[timing] N=%lld K=%lld M=%lld paths=%d\n", static_cast<long long>(N), static_cast<long long>(K),
+                    static_cast<long long>(M), paths);
         for (int s : {0, 1, 2, 3, 4, 6, 8, 16}) {
           if (paths == 2 && s != 0) continue;
-          const auto nw = time_us([&](int i) { cuda::fp4_gemm_wgmma_small(a, ws[i], wsp.get(), wsp.bytes(), nullptr, s); }, kCopies);
-          const size_t wsb = cuda::fp4_gemm_wgmma_small_workspace_bytes(M, ws[0], s);
+          const auto nw = time_us([&](int i) { cuda::fp4_gemm(a, ws[i], wsp.get(), wsp.bytes(), nullptr, cuda::Fp4GemmKernel::small, s); }, kCopies);
+          const size_t wsb = cuda::fp4_gemm_plan(M, ws[0], cuda::Fp4GemmKernel::small, s).workspace_bytes;
           std::printf("[timing]   wgmma_small splits=%s%d: %.1f us/launch back-to-back (%.2f TB/s), %.1f us single%s\n",
                       s == 0 ? "auto->" : "", s == 0 ? static_cast<int>(wsb ? wsb / (M * N * 4) : 1) : s, nw.first,
                       wbytes / nw.first * 1e-6, nw.second, s == 0 ? "  <- automatic" : "");

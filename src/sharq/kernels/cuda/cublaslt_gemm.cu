@@ -26,6 +26,7 @@
 #include <string>
 
 #include "sharq/formats/minifloat.h"
+#include "sharq/quant/fp8.h"
 #include "sharq/kernels/cuda/cuda_check.h"
 
 // Checked cuBLAS(Lt) call: throws std::runtime_error naming the call, file:line and the status.
@@ -45,6 +46,7 @@ const char* blas_type_name(BlasType t) {
     case BlasType::f16: return "fp16";
     case BlasType::bf16: return "bf16";
     case BlasType::fp8_e4m3: return "fp8_e4m3";
+    case BlasType::fp8_e4m3_rowwise: return "fp8_e4m3_rowwise";
   }
   return "unknown";
 }
@@ -113,7 +115,8 @@ TypeInfo type_info(BlasType t) {
   switch (t) {
     case BlasType::f16: return {CUDA_R_16F, CUDA_R_16F};
     case BlasType::bf16: return {CUDA_R_16BF, CUDA_R_16BF};
-    case BlasType::fp8_e4m3: return {CUDA_R_8F_E4M3, CUDA_R_16BF};
+    case BlasType::fp8_e4m3:
+    case BlasType::fp8_e4m3_rowwise: return {CUDA_R_8F_E4M3, CUDA_R_16BF};
   }
   throw std::invalid_argument("CublasLtGemm: unknown BlasType");
 }
@@ -152,15 +155,19 @@ CublasLtGemm::~CublasLtGemm() = default;
 void CublasLtGemm::validate(BlasType t, const void* X, const void* W, const void* Y, int64_t M, int64_t N, int64_t K,
                             const float* x_scale, const float* w_scale) {
   const std::string where = "CublasLtGemm::matmul(" + shape_string(t, M, N, K) + "): ";
-  if (t != BlasType::f16 && t != BlasType::bf16 && t != BlasType::fp8_e4m3)
+  if (t != BlasType::f16 && t != BlasType::bf16 && t != BlasType::fp8_e4m3 && t != BlasType::fp8_e4m3_rowwise)
     throw std::invalid_argument("CublasLtGemm::matmul: unknown BlasType");
   if (M < 0) throw std::invalid_argument(where + "M must be >= 0");
   if (N <= 0 || K <= 0) throw std::invalid_argument(where + "N and K must be > 0");
   if (M == 0) return;  // no-op: nothing is read or written
   if (!X || !W || !Y) throw std::invalid_argument(where + "X, W and Y must be non-null device pointers");
-  if (t == BlasType::fp8_e4m3) {
+  if (t == BlasType::fp8_e4m3 || t == BlasType::fp8_e4m3_rowwise) {
     if (!x_scale || !w_scale)
-      throw std::invalid_argument(where + "FP8 needs both per-tensor scales (x_scale, w_scale: device floats)");
+      throw std::invalid_argument(where + (t == BlasType::fp8_e4m3
+                                               ? "FP8 needs both per-tensor scales (x_scale, w_scale: device floats)"
+                                               : "row-wise FP8 needs x_scale (M floats) and w_scale (N floats)"));
+    if (pointer_alignment(x_scale) < 4 || pointer_alignment(w_scale) < 4)
+      throw std::invalid_argument(where + "FP8 scales must be 4-byte aligned device floats");
     if (K % 16 != 0) throw std::invalid_argument(where + "FP8 needs K % 16 == 0 (16-byte aligned rows)");
     if (pointer_alignment(X) < 16 || pointer_alignment(W) < 16 || pointer_alignment(Y) < 16)
       throw std::invalid_argument(where + "FP8 needs 16-byte aligned X, W and Y");
@@ -174,7 +181,8 @@ void CublasLtGemm::matmul(BlasType t, const void* X, const void* W, void* Y, int
                           const float* x_scale, const float* w_scale, cudaStream_t stream, float alpha_value) {
   validate(t, X, W, Y, M, N, K, x_scale, w_scale);
   if (M == 0) return;
-  const bool fp8 = t == BlasType::fp8_e4m3;
+  const bool rowwise = t == BlasType::fp8_e4m3_rowwise;
+  const bool fp8 = t == BlasType::fp8_e4m3 || rowwise;
   const int fast = fp8 && fp8_fast_accum_ ? 1 : 0;
   const uint32_t al_w = pointer_alignment(W), al_x = pointer_alignment(X), al_y = pointer_alignment(Y);
   const PlanKey key{static_cast<int>(t), M, N, K, al_w, al_x, al_y, fast};
@@ -194,6 +202,11 @@ void CublasLtGemm::matmul(BlasType t, const void* X, const void* W, void* Y, int
       const void* b_scale = x_scale;
       plan->desc.set(CUBLASLT_MATMUL_DESC_A_SCALE_POINTER, a_scale);
       plan->desc.set(CUBLASLT_MATMUL_DESC_B_SCALE_POINTER, b_scale);
+      if (rowwise) {  // A = W: one scale per row of op(A) (our N); B = X: one per column of op(B) (our M)
+        const int32_t mode = CUBLASLT_MATMUL_MATRIX_SCALE_OUTER_VEC_32F;
+        plan->desc.set(CUBLASLT_MATMUL_DESC_A_SCALE_MODE, mode);
+        plan->desc.set(CUBLASLT_MATMUL_DESC_B_SCALE_MODE, mode);
+      }
     }
     MatmulPreference pref;
     const uint64_t ws = kWorkspaceBytes;
@@ -213,6 +226,7 @@ void CublasLtGemm::matmul(BlasType t, const void* X, const void* W, void* Y, int
       throw std::runtime_error("cuBLASLt: no algorithm for " + shape_string(t, M, N, K) + " (TN, alignments W/X/Y " +
                                std::to_string(al_w) + "/" + std::to_string(al_x) + "/" + std::to_string(al_y) +
                                " bytes" + (fp8 ? ", fast_accum " + std::to_string(fast) : std::string()) +
+                               (rowwise ? ", OUTER_VEC_32F row/column scales" : "") +
                                "; FP8 also needs 16-byte leading dimensions: K % 16 == 0, N % 8 == 0)");
     SHARQ_CUBLAS_CHECK(st);
     SHARQ_CUBLAS_CHECK(result.state);
@@ -278,6 +292,37 @@ __global__ void quantize_e4m3_kernel(const __nv_bfloat16* __restrict__ x, int64_
     out[i] = e4m3_encode(__bfloat162float(x[i]) / s);  // IEEE division (no fast math in this TU)
 }
 
+// One block per row: the finite amax (NaN-free max of |x|: the order of a max does not matter),
+// then every code of the row with the shared scale.
+__global__ void __launch_bounds__(kThreads) quantize_fp8_row_kernel(const __nv_bfloat16* __restrict__ x, int64_t K,
+                                                                      uint8_t* __restrict__ out, int64_t ld,
+                                                                      float* __restrict__ scales) {
+  const int64_t row = blockIdx.x;
+  const __nv_bfloat16* xr = x + row * K;
+  float m = 0.0f;
+  for (int64_t k = threadIdx.x; k < K; k += kThreads) {
+    const float a = abs_f32(__bfloat162float(xr[k]));
+    if (!is_nonfinite(a) && a > m) m = a;
+  }
+  for (int off = 16; off > 0; off >>= 1) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, off));
+  __shared__ float warp_max[kThreads / 32];
+  __shared__ float row_scale;
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  if (lane == 0) warp_max[warp] = m;
+  __syncthreads();
+  if (warp == 0) {
+    m = lane < kThreads / 32 ? warp_max[lane] : 0.0f;
+    for (int off = 16; off > 0; off >>= 1) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, off));
+    if (lane == 0) {
+      row_scale = fp8_scale_from_amax(m);
+      scales[row] = row_scale;
+    }
+  }
+  __syncthreads();
+  const float s = row_scale;
+  for (int64_t k = threadIdx.x; k < K; k += kThreads) out[row * ld + k] = fp8_quantize_value(__bfloat162float(xr[k]), s);
+}
+
 unsigned grid_for(int64_t n) {
   const int64_t b = (n + kThreads - 1) / kThreads;
   return static_cast<unsigned>(b < 4096 ? (b > 0 ? b : 1) : 4096);
@@ -310,6 +355,21 @@ void quantize_fp8_per_tensor(const void* x_bf16, int64_t n, void* out_e4m3, floa
     quantize_e4m3_kernel<<<grid_for(n), kThreads, 0, stream>>>(x, n, scale, out);
     SHARQ_CUDA_CHECK(cudaGetLastError());
   }
+}
+
+void quantize_fp8_per_row(const void* x_bf16, int64_t M, int64_t K, void* out_e4m3, int64_t ld_out, float* scales,
+                          cudaStream_t stream) {
+  if (M < 0 || K <= 0 || ld_out < K)
+    throw std::invalid_argument("quantize_fp8_per_row: M must be >= 0, K > 0 and ld_out >= K");
+  if (M == 0) return;
+  if (M > 0x7FFFFFFF) throw std::invalid_argument("quantize_fp8_per_row: M is too large");
+  if (!x_bf16 || !out_e4m3 || !scales)
+    throw std::invalid_argument("quantize_fp8_per_row: x, out and scales must be non-null device pointers");
+  if (reinterpret_cast<uintptr_t>(x_bf16) % 2 != 0 || reinterpret_cast<uintptr_t>(scales) % 4 != 0)
+    throw std::invalid_argument("quantize_fp8_per_row: x must be 2-byte and scales 4-byte aligned");
+  quantize_fp8_row_kernel<<<static_cast<unsigned>(M), kThreads, 0, stream>>>(static_cast<const __nv_bfloat16*>(x_bf16), K,
+                                                                             static_cast<uint8_t*>(out_e4m3), ld_out, scales);
+  SHARQ_CUDA_CHECK(cudaGetLastError());
 }
 
 }  // namespace sharq::cuda

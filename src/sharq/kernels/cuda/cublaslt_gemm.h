@@ -1,6 +1,10 @@
 // cuBLASLt baselines in the same harness: Y[M x N] = X[M x K] W[N x K]^T.
 //   f16, bf16 : X, W and Y of that type, FP32 accumulation (CUBLAS_COMPUTE_32F).
-//   fp8_e4m3  : X, W in E4M3 with per-tensor FP32 scales (device pointers), Y in BF16.
+//   fp8_e4m3  : X, W in E4M3 with per-tensor FP32 scales (device pointers), Y in BF16: the faster
+//               per-tensor reference column of the benches, not sharq's fp8 scheme.
+//   fp8_e4m3_rowwise : the fp8 scheme (quant/scheme.h): X, W in E4M3 with one FP32 scale per row of
+//               X (M floats, per token) and per row of W (N floats, per output channel), applied by
+//               cuBLASLt's OUTER_VEC_32F scale mode in the epilogue; Y in BF16.
 // Every cuBLAS call is checked; a failure names the call and the status.
 #pragma once
 
@@ -14,7 +18,7 @@
 
 namespace sharq::cuda {
 
-enum class BlasType : uint8_t { f16, bf16, fp8_e4m3 };
+enum class BlasType : uint8_t { f16, bf16, fp8_e4m3, fp8_e4m3_rowwise };
 const char* blas_type_name(BlasType t);
 
 class CublasLtGemm {
@@ -29,7 +33,8 @@ class CublasLtGemm {
   // since both change which algorithms are legal). M == 0 is a no-op. x_scale / w_scale are the
   // FP8 per-tensor scales (device floats; ignored for f16/bf16). Arguments are checked (validate)
   // before any CUDA call. Calls share one workspace: issue them on one stream (or order the
-  // streams); the object is not thread-safe.
+  // streams); the object is not thread-safe. A plan is made on the first call of a shape (host work
+  // only: no allocation, no synchronization), so a call may be captured in a CUDA graph.
   void matmul(BlasType t, const void* X, const void* W, void* Y, int64_t M, int64_t N, int64_t K,
               const float* x_scale, const float* w_scale, cudaStream_t stream, float alpha = 1.0f);
 
@@ -57,5 +62,13 @@ class CublasLtGemm {
 // x and out may be null only when n == 0. Asynchronous on `stream`; throws std::invalid_argument
 // on bad arguments before any CUDA call.
 void quantize_fp8_per_tensor(const void* x_bf16, int64_t n, void* out_e4m3, float* scale, cudaStream_t stream);
+
+// The fp8 scheme's activation quantization (quant/fp8.h, bit-identical to the CPU reference): X
+// (BF16, M x K, row stride K) -> E4M3 codes (M x ld_out, ld_out >= K; columns K.. are not written)
+// and one scale per row (M floats, amax / 448 of the row's finite values, 1 for a zero row;
+// non-finite -> 0x7F). One block per row; asynchronous on `stream`; throws std::invalid_argument on
+// bad arguments before any launch.
+void quantize_fp8_per_row(const void* x_bf16, int64_t M, int64_t K, void* out_e4m3, int64_t ld_out, float* scales,
+                          cudaStream_t stream);
 
 }  // namespace sharq::cuda

@@ -1,29 +1,942 @@
-// FP4-weight GEMM dispatcher, the decode (small-M) kernel and the split-K reduction. The wgmma prefill kernel lives in fp4_gemm_prefill.cu.
+// The FP4-weight GEMM family on Hopper (fp4_gemm.h): validation, planning, the two wgmma kernels
+// (prefill for large M, small for decode-sized M) and the one split-K reduction.
 //
-// Decode kernel (mma.sync.m16n8k16, FP32 accumulators), one block = 4 warps x kNT n8-tiles:
-//   - the block walks its K range 128 columns at a time (one Fp4Tiles k-tile per step);
-//   - the activation chunk (kMT*16 rows x 128, every path) is staged in shared memory with cp.async
-//     (double buffered, rows >= M zero-filled) and read with ldmatrix.x4;
-//   - each lane loads its 16 bytes of every weight tile of the next step (one LDG.128 per tile, the
-//     warp reads 512 contiguous bytes), so the weight stream is in flight while this step computes;
-//   - a weight fragment is decoded once (E2M1 -> FP16 by bit placement and one exact multiply, times
-//     the UE4M3 scale from a 128-entry table built with the shared codec) and used for every m16
-//     tile and both SharQ paths: the weights cross HBM once.
-//   - split-K across blockIdx.y fills the chip for small N; partial sums go to an FP32 workspace and
-//     a second kernel adds them in split order (deterministic) and applies g_x g_w.
+// The prefill (large-M) FP4-weight GEMM on Hopper: wgmma, FP32 accumulators in registers, the
+// NVFP4 weights decoded exactly to FP16/BF16 *in registers* and fed to wgmma as its register
+// operand A ("swap AB": the kernel computes Y^T = W^ A_p^T), the activation planes staged in
+// 128B-swizzled shared memory as its operand B.
+//
+//   Y[m][n] = bf16( (sum_p sum_k A_p[m][k] * W^[n][k]) * (row_scale[m] * g_w[n]) )
+//
+// Why swapped: wgmma takes only its A operand from registers. Decoding the weights straight into
+// A fragments costs no shared-memory store, load or proxy fence for W (the Fp4Tiles layout is
+// exactly the mma/wgmma A-fragment order, see below), and each decoded fragment serves all NT
+// tokens of the CTA and both SharQ paths. Shared memory carries only the activations.
+//
+// ---------------------------------------------------------------------------------------------
+// CTA = 256 threads = 2 warpgroups. CTA tile: 128 weight rows (n) x NT tokens (m), NT = 256 (M > 128)
+// or 128; warpgroup wg owns weight rows 64 wg .. 64 wg + 63 (one m64 wgmma slab) and all NT tokens:
+// its accumulators are D^T[64][NT] (NT / 2 FP32 registers per thread). BK = 64 per k-step.
+//
+// wgmma (per warpgroup, per k16 step kk = 0..3 of a k-step, per path p):
+//   wgmma.mma_async.sync.aligned.m64n{NT}k16.f32.{f16|bf16}.{f16|bf16}
+//       D, {a0..a3} (weight fragment, registers), desc(activation tile of path p) + 2 kk,
+//       scale-d = 1 (D starts at 0), imm-scale-a = imm-scale-b = 1, imm-trans-b = 0 (K-major).
+//
+// Register A fragment (m64k16, 16-bit types, = mma.m16n8k16's A layout per warp): warp w of the
+// warpgroup owns rows 16 w .. 16 w + 15; lane l = 4 g + q holds
+//   a0 = {(16w + g, 2q), (16w + g, 2q + 1)}     a1 = the same for row 16w + g + 8
+//   a2 = {(16w + g, 2q + 8), (.., 2q + 9)}       a3 = the same for row 16w + g + 8.
+// Fp4Tiles (fp4_tiles.h): in the 8 x 128 tile, lane l = 4 g + q (row g) holds 4 words; nibble p
+// (and p + 4) of word j is column 32 j + 8 p + 2 q (and + 1). So for the k16 step s = 2 j + s' of a
+// 128-column tile, nibble pair p = 2 s' of word j is exactly a0 (tile of rows 16w..16w+7) / a1 (the
+// next tile, rows + 8) and p = 2 s' + 1 is a2 / a3. Each lane loads 16 bytes from each of its two
+// tiles per 128 columns (LDG.128, a warp reads 512 contiguous bytes) plus its row's scale bytes.
+// A k-step (64 columns, h = k-step & 1) uses words 2h, 2h + 1: kk = 2 jj + s', word 2h + jj.
+// Scale of (word j, pair p): block 32 -> byte j of the row; block 16 -> byte 2 j + p / 2 (for the
+// pair (2 s', 2 s' + 1) of kk both give byte 4 h + kk).
+//
+// Decode (exact): FP16: magnitude bits (e1 e0 m) to bits 11..9 and the sign to bit 15 give the E2M1
+// value times 2^-14 (e = 0 lands on the FP16 subnormals, which HMUL2 handles); times 2^14 is exact;
+// times the scale (cvt.rn.f16x2.e4m3x2: exact, 0x7F -> NaN) is exact: at most 6 significant bits,
+// in [2^-10, 2688]. BF16: bits 8..6 and 2^126; the scale goes FP16 -> FP32 -> BF16 (exact).
+//
+// Shared memory: kStages stages, each P activation tiles of NT rows (tokens) x 64 halves (128 B),
+// K-major, 128B-swizzled: the 16-byte chunk c (halves 8c .. 8c + 7) of row r is stored at byte
+// r * 128 + ((c ^ (r & 7)) << 4). Tiles are 1024-byte aligned (dynamic smem base rounded up), so
+// this is exactly the hardware's 128B swizzle (address bits [4,7) ^= bits [7,10)) and the
+// descriptor base-offset field stays 0. Stage bytes P * NT * 128: 32 KB (P=1, NT=256) .. 64 KB
+// (P=2, NT=256: 3 stages, else 4). The epilogue reuses the stage memory for a [NT][136] BF16
+// transpose buffer.
+//
+// Descriptor (PTX ISA "Matrix Descriptor Format"): bits 0-13 = (addr & 0x3FFFF) >> 4, 16-29 =
+// leading byte offset >> 4 (unused for a swizzled K-major operand whose k16 slice, 32 bytes, lies
+// inside the 128-byte swizzle row: 1), 32-45 = stride byte offset >> 4 (1024 B between 8-row
+// groups: 64), 49-51 = base offset (0), 62-63 = swizzle mode (1 = 128B). The k16 step kk starts at
+// byte 32 kk of the tile: the address field advances by 2 per step; the hardware XOR on the
+// absolute address bits then reproduces the store pattern above.
+//
+// Pipeline. Step i (k-step i, stage i % S), activation copies are cp.async (16 B, zero-filled past
+// row M - 1: src-size 0, source clamped to row 0), weights are register-prefetched one 128-column
+// tile ahead, weight fragments double-buffered in registers (fA for even steps, fB for odd):
+//   (1) cp.async.wait_group S - 3       this thread's copies of step i have landed
+//   (2) fence.proxy.async.shared::cta   its generic-proxy (cp.async) writes -> async proxy
+//   (3) __syncthreads                   every thread's copies of step i are visible to every wgmma
+//   (4) wgmma.fence; 4 P wgmma (frags of step i, tiles of stage i % S); commit
+//   (5) wgmma.wait_group 1              this warpgroup's wgmma(i - 1) has completed
+//   (6) cp.async of step i + S - 2 into stage (i - 2) % S; commit (possibly empty)
+//   (7) decode the fragments of step i + 1 into the buffer wgmma(i - 1) read
+// Hazards:
+//   - (6) overwrites stage (i - 2) % S, read by wgmma(i - 2) of BOTH warpgroups (the activation
+//     tile is shared). The own one completed at (5). The other warpgroup passed barrier (3) of step
+//     i, so it had executed (5) of step i - 1, where its wgmma(i - 2) completed. (Writing stage
+//     (i - 1) % S would be a race: the other warpgroup's wgmma(i - 1) may still be reading it.)
+//   - (7) rewrites the registers wgmma(i - 1) read: complete at (5). ptxas sees the register
+//     reads of in-flight wgmma and would serialize (and warn) rather than break them.
+//   - (1): the prologue commits S - 2 groups (steps 0 .. S - 3), each step one more: at step i,
+//     S - 2 + i groups are committed, the newest S - 3 (steps i + 1 ..) may stay in flight.
+//   - wgmma(i) and wgmma(i - 1) of a warpgroup are in flight together on the same accumulators:
+//     allowed (same shape, ordered by the hardware). Ordinary instructions touch the accumulators
+//     only after wgmma.wait_group 0; empty asm "+f" fences pin the accumulator accesses in place.
+//   - Epilogue: wgmma.wait_group 0, cp.async.wait_group 0 and a barrier before the stage memory
+//     is reused for the transpose; a second barrier before it is read back.
 #include "sharq/kernels/cuda/fp4_gemm.h"
 #include "sharq/kernels/cuda/fp4_decode.cuh"
 
+#include <cuda_fp8.h>
+
 #include <algorithm>
+#include <cmath>
+#include <cstdint>
 #include <stdexcept>
+#include <type_traits>
 
 #include <fmt/format.h>
 
 namespace sharq::cuda {
+namespace {
+
+constexpr int kBNW = 128;         // weight rows per CTA (2 warpgroups x m64)
+constexpr int kThreads = 256;
+constexpr int kRowBytes = 128;    // one swizzled activation row: 64 halves
+constexpr int kEpiPitch = (kBNW + 8) * 2;  // bytes per token row of the epilogue transpose buffer
+
+template <int P, int NT>
+struct Cfg {
+  static constexpr int kTileBytes = NT * kRowBytes;  // one path's activation tile
+  static constexpr int kStageBytes = P * kTileBytes;
+  static constexpr int kStages = 4 * kStageBytes <= 200 * 1024 ? 4 : 3;
+  static constexpr int kPipeBytes = kStages * kStageBytes;
+  static constexpr int kEpiBytes = NT * kEpiPitch;
+  static constexpr int kSmem = (kPipeBytes > kEpiBytes ? kPipeBytes : kEpiBytes) + 1024;  // + base alignment
+  static constexpr int kAcc = NT / 2;                // FP32 accumulators per thread
+  static_assert(kStageBytes % 1024 == 0 && kTileBytes % 1024 == 0, "tiles must stay 1024-byte aligned");
+  static_assert(kStages >= 3, "the pipeline needs 3 stages (see the hazard notes)");
+  static_assert(kSmem <= 227 * 1024, "shared memory");
+};
+
+// The one parameter block of both kernels (and the reduction), built by fp4_gemm() after validation.
+struct Fp4GemmParams {
+  const uint8_t* a0;
+  const uint8_t* a1;
+  int64_t M, lda_bytes;
+  const uint8_t* codes;
+  const uint8_t* scales;
+  const float* gw;
+  int gw_per_col;
+  const float* rs;
+  int rs_per_row;
+  int64_t N, Np;             // output columns; padded weight rows (a multiple of kBNW)
+  int64_t k_tiles;           // Kp / 128
+  int64_t kt_per_split;      // small: k-tiles per split; prefill: k_tiles
+  __nv_bfloat16* y;
+  float* y_f32;              // non-null: FP32 output instead of y (tests)
+  int64_t ldy;
+  int y_store;               // prefill epilogue stores: 16 (rows 16-byte aligned), 4 (pairs) or 2 bytes
+  float* ws;                 // small with splits > 1: FP32 partials [split][M][Np] instead of Y
+};
+
+// ---- PTX helpers ----------------------------------------------------------------------------
+__device__ __forceinline__ uint32_t smem_u32(const void* p) {
+  return static_cast<uint32_t>(__cvta_generic_to_shared(p));
+}
+__device__ __forceinline__ void cp_async16_zfill(uint32_t dst, const void* src, uint32_t src_bytes) {
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "r"(src_bytes) : "memory");
+}
+template <int Bytes>
+__device__ __forceinline__ void cp_async_small(uint32_t dst, const void* src) {  // 4 or 8 bytes (.ca)
+  asm volatile("cp.async.ca.shared.global [%0], [%1], %2;\n" ::"r"(dst), "l"(src), "n"(Bytes) : "memory");
+}
+__device__ __forceinline__ void cp_async16(uint32_t dst, const void* src) {
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(dst), "l"(src) : "memory");
+}
+__device__ __forceinline__ uint2 lds64(uint32_t a) {
+  uint2 v;
+  asm volatile("ld.shared.v2.u32 {%0, %1}, [%2];\n" : "=r"(v.x), "=r"(v.y) : "r"(a) : "memory");
+  return v;
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
+template <int N>
+__device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory"); }
+
+__device__ __forceinline__ uint4 ldg_nc_v4(const void* p) {
+  uint4 v;
+  asm volatile("ld.global.nc.L1::no_allocate.v4.u32 {%0, %1, %2, %3}, [%4];\n"
+               : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
+               : "l"(p));
+  return v;
+}
+__device__ __forceinline__ uint2 ldg_nc_v2(const void* p) {
+  uint2 v;
+  asm volatile("ld.global.nc.L1::no_allocate.v2.u32 {%0, %1}, [%2];\n" : "=r"(v.x), "=r"(v.y) : "l"(p));
+  return v;
+}
+__device__ __forceinline__ uint32_t ldg_nc_u32(const void* p) {
+  uint32_t v;
+  asm volatile("ld.global.nc.L1::no_allocate.u32 %0, [%1];\n" : "=r"(v) : "l"(p));
+  return v;
+}
+__device__ __forceinline__ void sts16(uint32_t a, uint16_t v) {
+  asm volatile("st.shared.u16 [%0], %1;\n" ::"r"(a), "h"(v) : "memory");
+}
+__device__ __forceinline__ uint16_t lds16(uint32_t a) {
+  uint16_t v;
+  asm volatile("ld.shared.u16 %0, [%1];\n" : "=h"(v) : "r"(a) : "memory");
+  return v;
+}
+__device__ __forceinline__ uint32_t lds32(uint32_t a) {
+  uint32_t v;
+  asm volatile("ld.shared.u32 %0, [%1];\n" : "=r"(v) : "r"(a) : "memory");
+  return v;
+}
+__device__ __forceinline__ uint4 lds128(uint32_t a) {
+  uint4 v;
+  asm volatile("ld.shared.v4.u32 {%0, %1, %2, %3}, [%4];\n" : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w) : "r"(a) : "memory");
+  return v;
+}
+__device__ __forceinline__ void fence_proxy_async_smem() {
+  asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
+}
+
+__device__ __forceinline__ void wgmma_fence() { asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory"); }
+__device__ __forceinline__ void wgmma_commit() { asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory"); }
+template <int N>
+__device__ __forceinline__ void wgmma_wait() { asm volatile("wgmma.wait_group.sync.aligned %0;\n" ::"n"(N) : "memory"); }
+
+// Pins accumulator / fragment registers: no access is moved across the (volatile) wgmma statements.
+template <int N>
+__device__ __forceinline__ void fence_regs(float (&d)[N]) {
+#pragma unroll
+  for (int i = 0; i < N; ++i) asm volatile("" : "+f"(d[i])::"memory");
+}
+__device__ __forceinline__ void fence_regs(uint32_t (&f)[4][4]) {
+#pragma unroll
+  for (int i = 0; i < 4; ++i)
+#pragma unroll
+    for (int j = 0; j < 4; ++j) asm volatile("" : "+r"(f[i][j])::"memory");
+}
+
+// K-major, 128B-swizzled operand: SBO = 1024 B (encoded 64), LBO unused (1), swizzle mode 1.
+__device__ __forceinline__ uint64_t make_desc(uint32_t saddr) {
+  return static_cast<uint64_t>((saddr & 0x3FFFFu) >> 4) | (uint64_t{1} << 16) | (uint64_t{1024 >> 4} << 32) |
+         (uint64_t{1} << 62);
+}
+
+#define SHARQ_WG_D64                                                                                 \
+  "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, " \
+  "%21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, %37, %38, %39, "  \
+  "%40, %41, %42, %43, %44, %45, %46, %47, %48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, "  \
+  "%59, %60, %61, %62, %63}"
+#define SHARQ_WG_D128                                                                                \
+  "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, " \
+  "%21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, %37, %38, %39, "  \
+  "%40, %41, %42, %43, %44, %45, %46, %47, %48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, "  \
+  "%59, %60, %61, %62, %63, %64, %65, %66, %67, %68, %69, %70, %71, %72, %73, %74, %75, %76, %77, "  \
+  "%78, %79, %80, %81, %82, %83, %84, %85, %86, %87, %88, %89, %90, %91, %92, %93, %94, %95, %96, "  \
+  "%97, %98, %99, %100, %101, %102, %103, %104, %105, %106, %107, %108, %109, %110, %111, %112, "     \
+  "%113, %114, %115, %116, %117, %118, %119, %120, %121, %122, %123, %124, %125, %126, %127}"
+#define SHARQ_WG_F4(i) "+f"(d[i]), "+f"(d[i + 1]), "+f"(d[i + 2]), "+f"(d[i + 3])
+#define SHARQ_WG_F16(i) SHARQ_WG_F4(i), SHARQ_WG_F4(i + 4), SHARQ_WG_F4(i + 8), SHARQ_WG_F4(i + 12)
+#define SHARQ_WG_F64(i) SHARQ_WG_F16(i), SHARQ_WG_F16(i + 16), SHARQ_WG_F16(i + 32), SHARQ_WG_F16(i + 48)
+
+// D (64 x NT, FP32) += A (64 x 16, registers) * B^T (NT x 16, smem, K-major).
+template <class T, int NT>
+__device__ __forceinline__ void wgmma_rs(float (&d)[NT / 2], const uint32_t (&a)[4], uint64_t db) {
+  static_assert(NT == 128 || NT == 256, "NT");
+  constexpr bool kHalf = std::is_same_v<T, __half>;
+  if constexpr (NT == 128 && kHalf) {
+    asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %69, 0;\n"
+                 "wgmma.mma_async.sync.aligned.m64n128k16.f32.f16.f16 " SHARQ_WG_D64
+                 ", {%64, %65, %66, %67}, %68, p, 1, 1, 0;\n}\n"
+                 : SHARQ_WG_F64(0)
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(db), "n"(1)
+                 : "memory");
+  } else if constexpr (NT == 128) {
+    asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %69, 0;\n"
+                 "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 " SHARQ_WG_D64
+                 ", {%64, %65, %66, %67}, %68, p, 1, 1, 0;\n}\n"
+                 : SHARQ_WG_F64(0)
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(db), "n"(1)
+                 : "memory");
+  } else if constexpr (kHalf) {
+    asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %133, 0;\n"
+                 "wgmma.mma_async.sync.aligned.m64n256k16.f32.f16.f16 " SHARQ_WG_D128
+                 ", {%128, %129, %130, %131}, %132, p, 1, 1, 0;\n}\n"
+                 : SHARQ_WG_F64(0), SHARQ_WG_F64(64)
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(db), "n"(1)
+                 : "memory");
+  } else {
+    asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %133, 0;\n"
+                 "wgmma.mma_async.sync.aligned.m64n256k16.f32.bf16.bf16 " SHARQ_WG_D128
+                 ", {%128, %129, %130, %131}, %132, p, 1, 1, 0;\n}\n"
+                 : SHARQ_WG_F64(0), SHARQ_WG_F64(64)
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(db), "n"(1)
+                 : "memory");
+  }
+}
+#undef SHARQ_WG_D64
+#undef SHARQ_WG_D128
+#undef SHARQ_WG_F4
+#undef SHARQ_WG_F16
+#undef SHARQ_WG_F64
+
+// ---- weight decode --------------------------------------------------------------------------
+// Weight decode: fp4_decode.cuh (Fp4Pair<T>: scale pairs pre-multiplied by 2^7 / 2^118, one-multiply pair decode).
+
+// One lane's raw weights for one 128-column k-tile: its 16 code bytes of the two 8-row tiles
+// (rows g and g + 8 of the warp's 16) and its row's scale bytes of each.
+template <int Block>
+struct RawW {
+  uint4 c[2];
+  uint32_t s[2][Block == 16 ? 2 : 1];
+};
+
+template <int Block>
+__device__ __forceinline__ void load_raw(RawW<Block>& r, const uint8_t* codes_t0, const uint8_t* scales_t0,
+                                         int64_t tile_code_stride, int64_t tile_scale_stride, int64_t kt) {
+#pragma unroll
+  for (int t = 0; t < 2; ++t) {
+    r.c[t] = ldg_nc_v4(codes_t0 + t * tile_code_stride + kt * 512);
+    if constexpr (Block == 16) {
+      const uint2 s = ldg_nc_v2(scales_t0 + t * tile_scale_stride + kt * 64);
+      r.s[t][0] = s.x;
+      r.s[t][1] = s.y;
+    } else {
+      r.s[t][0] = ldg_nc_u32(scales_t0 + t * tile_scale_stride + kt * 32);
+    }
+  }
+}
+
+// The A fragments of the k-step with half H (columns 64 H .. 64 H + 63 of the k-tile): f[kk][0..3].
+template <class T, int Block, int H>
+__device__ __forceinline__ void decode_step(const RawW<Block>& r, uint32_t (&f)[4][4]) {
+  using V = typename Fp4Pair<T>::V;
+  V sc[2][4];  // [tile][kk]
+#pragma unroll
+  for (int t = 0; t < 2; ++t) {
+    if constexpr (Block == 32) {
+      const V s = Fp4Pair<T>::scale_pair(r.s[t][0] >> (16 * H));  // blocks (words) 2H, 2H + 1
+      sc[t][0] = sc[t][1] = bcast_lo(s);
+      sc[t][2] = sc[t][3] = bcast_hi(s);
+    } else {
+      const uint32_t w = r.s[t][H];                       // blocks 4H .. 4H + 3
+      const V s01 = Fp4Pair<T>::scale_pair(w), s23 = Fp4Pair<T>::scale_pair(w >> 16);
+      sc[t][0] = bcast_lo(s01);
+      sc[t][1] = bcast_hi(s01);
+      sc[t][2] = bcast_lo(s23);
+      sc[t][3] = bcast_hi(s23);
+    }
+  }
+#pragma unroll
+  for (int kk = 0; kk < 4; ++kk) {
+    const int jj = kk >> 1, plo = 2 * (kk & 1);
+    const uint32_t w0 = (H == 0) ? (jj ? r.c[0].y : r.c[0].x) : (jj ? r.c[0].w : r.c[0].z);
+    const uint32_t w1 = (H == 0) ? (jj ? r.c[1].y : r.c[1].x) : (jj ? r.c[1].w : r.c[1].z);
+    f[kk][0] = Fp4Pair<T>::decode(w0 >> (4 * plo), sc[0][kk]);        // row g,     cols 2q, 2q+1
+    f[kk][1] = Fp4Pair<T>::decode(w1 >> (4 * plo), sc[1][kk]);        // row g + 8
+    f[kk][2] = Fp4Pair<T>::decode(w0 >> (4 * (plo + 1)), sc[0][kk]);  // row g,     cols 2q+8, 2q+9
+    f[kk][3] = Fp4Pair<T>::decode(w1 >> (4 * (plo + 1)), sc[1][kk]);  // row g + 8
+  }
+}
+
+// ---- the kernel -----------------------------------------------------------------------------
+template <class T, int P, int Block, int NT>
+__global__ void __launch_bounds__(kThreads, 1) fp4_prefill_kernel(const Fp4GemmParams prm) {
+  using C = Cfg<P, NT>;
+  constexpr int S = C::kStages;
+  extern __shared__ uint8_t smem_raw[];
+  const uint32_t smem0 = (smem_u32(smem_raw) + 1023u) & ~1023u;
+
+  const int tid = static_cast<int>(threadIdx.x);
+  const int wg = tid >> 7, w = (tid >> 5) & 3, lane = tid & 31, g = lane >> 2, q = lane & 3;
+  const int64_t n0 = static_cast<int64_t>(blockIdx.x) * kBNW;
+  const int64_t m0 = static_cast<int64_t>(blockIdx.y) * NT;
+  const int ksteps = static_cast<int>(prm.k_tiles * 2);
+
+  // Activation copies: chunk tid & 7 of token rows (tid >> 3) + 32 it, it < NT / 32.
+  constexpr int kIt = NT / 32;
+  const int c_chunk = tid & 7, c_row0 = tid >> 3;
+  const uint32_t c_sm = static_cast<uint32_t>(c_row0 * kRowBytes + ((c_chunk ^ (c_row0 & 7)) << 4));  // + it * 4096
+  const int64_t rows_left = prm.M - m0 - c_row0;  // row (c_row0 + 32 it) is valid iff 32 it < rows_left
+  const int64_t c_goff = (m0 + c_row0) * prm.lda_bytes + c_chunk * 16;
+  const int64_t c_gstep = 32 * prm.lda_bytes;
+
+  auto issue_copies = [&](int ks) {
+    const uint32_t sb = smem0 + static_cast<uint32_t>((ks % S) * C::kStageBytes) + c_sm;
+#pragma unroll
+    for (int p = 0; p < P; ++p) {
+      const uint8_t* base = (p == 0 ? prm.a0 : prm.a1);
+      const uint8_t* src = base + c_goff + static_cast<int64_t>(ks) * kRowBytes;
+#pragma unroll
+      for (int it = 0; it < kIt; ++it) {
+        const bool ok = 32 * it < rows_left;
+        cp_async16_zfill(sb + p * C::kTileBytes + it * 32 * kRowBytes, ok ? src + it * c_gstep : base + c_chunk * 16,
+                         ok ? 16u : 0u);
+      }
+    }
+  };
+
+  // Weights: this warp's two 8-row tiles (rows n0 + 64 wg + 16 w + {0..7, 8..15}).
+  const int64_t tile0 = (n0 + 64 * wg + 16 * w) / 8;
+  constexpr int kScaleTile = 8 * (128 / Block);  // scale bytes per tile
+  const uint8_t* codes_t0 = prm.codes + tile0 * prm.k_tiles * 512 + lane * 16;
+  const uint8_t* scales_t0 = prm.scales + tile0 * prm.k_tiles * kScaleTile + g * (128 / Block);
+  const int64_t tcs = prm.k_tiles * 512, tss = prm.k_tiles * kScaleTile;
+
+  float acc[C::kAcc];
+#pragma unroll
+  for (int i = 0; i < C::kAcc; ++i) acc[i] = 0.0f;
+  uint32_t fA[4][4], fB[4][4];
+  RawW<Block> rc, rn;
+
+  // prologue: activation steps 0 .. S - 3 (one group each), weights of k-tile 0, fragments of step 0
+#pragma unroll
+  for (int s = 0; s < S - 2; ++s) {
+    if (s < ksteps) issue_copies(s);
+    cp_async_commit();
+  }
+  load_raw<Block>(rc, codes_t0, scales_t0, tcs, tss, 0);
+  decode_step<T, Block, 0>(rc, fA);
+
+  auto step = [&](int i, uint32_t(&f)[4][4]) {
+    cp_async_wait<S - 3>();
+    fence_proxy_async_smem();
+    __syncthreads();
+    const uint32_t sb = smem0 + static_cast<uint32_t>((i % S) * C::kStageBytes);
+    fence_regs(acc);
+    fence_regs(f);
+    wgmma_fence();
+#pragma unroll
+    for (int p = 0; p < P; ++p) {
+      const uint64_t db = make_desc(sb + static_cast<uint32_t>(p * C::kTileBytes));
+#pragma unroll
+      for (int kk = 0; kk < 4; ++kk) wgmma_rs<T, NT>(acc, f[kk], db + 2 * kk);  // + 32 bytes per k16
+    }
+    wgmma_commit();
+    fence_regs(acc);
+    wgmma_wait<1>();
+    fence_regs(acc);
+    if (i + S - 2 < ksteps) issue_copies(i + S - 2);
+    cp_async_commit();
+  };
+
+  for (int64_t kt = 0; kt < prm.k_tiles; ++kt) {
+    const bool more = kt + 1 < prm.k_tiles;
+    if (more) load_raw<Block>(rn, codes_t0, scales_t0, tcs, tss, kt + 1);
+    step(static_cast<int>(2 * kt), fA);
+    fence_regs(fB);
+    decode_step<T, Block, 1>(rc, fB);  // fB was read by wgmma(2 kt - 1): complete
+    step(static_cast<int>(2 * kt + 1), fB);
+    if (more) {
+      fence_regs(fA);
+      decode_step<T, Block, 0>(rn, fA);  // fA was read by wgmma(2 kt): complete
+      rc = rn;
+    }
+  }
+  wgmma_wait<0>();
+  fence_regs(acc);
+  cp_async_wait<0>();
+  __syncthreads();  // every warpgroup is done with the stage memory
+
+  const int na = 64 * wg + 16 * w + g, nb = na + 8;
+  const bool oka = n0 + na < prm.N, okb = n0 + nb < prm.N;  // padded weight rows write nothing
+  const float ga = oka ? prm.gw[prm.gw_per_col ? n0 + na : 0] * Fp4Pair<T>::kPost : 0.0f,
+              gb = okb ? prm.gw[prm.gw_per_col ? n0 + nb : 0] * Fp4Pair<T>::kPost : 0.0f;  // exact power of 2
+  if (prm.y_f32) {  // uniform across the block: the test-only FP32 output, no transpose
+#pragma unroll
+    for (int j = 0; j < NT / 8; ++j)
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        const int64_t t = m0 + 8 * j + 2 * q + h;
+        if (t >= prm.M) continue;
+        const float r = prm.rs ? prm.rs[prm.rs_per_row ? t : 0] : 1.0f;
+        if (oka) prm.y_f32[t * prm.ldy + n0 + na] = acc[4 * j + h] * (r * ga);
+        if (okb) prm.y_f32[t * prm.ldy + n0 + nb] = acc[4 * j + 2 + h] * (r * gb);
+      }
+    return;
+  }
+  // Epilogue 1: D^T fragments -> scaled BF16, transposed into smem [NT tokens][kBNW + 8].
+  // d[4j + {0,1}] = D^T[16 w + g][8 j + 2 q + {0,1}], d[4j + {2,3}] = row + 8.
+  {
+#pragma unroll
+    for (int j = 0; j < NT / 8; ++j) {
+      const int t0 = 8 * j + 2 * q, t1 = t0 + 1;
+      float r0 = 1.0f, r1 = 1.0f;
+      if (prm.rs) {
+        const int64_t i0 = m0 + t0 < prm.M ? m0 + t0 : 0, i1 = m0 + t1 < prm.M ? m0 + t1 : 0;
+        r0 = prm.rs[prm.rs_per_row ? i0 : 0];
+        r1 = prm.rs[prm.rs_per_row ? i1 : 0];
+      }
+      const uint32_t row0 = smem0 + static_cast<uint32_t>(t0 * kEpiPitch), row1 = row0 + kEpiPitch;
+      sts16(row0 + 2 * na, __bfloat16_as_ushort(__float2bfloat16_rn(acc[4 * j + 0] * (r0 * ga))));
+      sts16(row1 + 2 * na, __bfloat16_as_ushort(__float2bfloat16_rn(acc[4 * j + 1] * (r1 * ga))));
+      sts16(row0 + 2 * nb, __bfloat16_as_ushort(__float2bfloat16_rn(acc[4 * j + 2] * (r0 * gb))));
+      sts16(row1 + 2 * nb, __bfloat16_as_ushort(__float2bfloat16_rn(acc[4 * j + 3] * (r1 * gb))));
+    }
+  }
+  __syncthreads();
+  // Epilogue 2: token rows < M and columns < N out to Y, coalesced.
+  const int64_t rows = prm.M - m0 < NT ? prm.M - m0 : NT;
+  const int cols = prm.N - n0 < kBNW ? static_cast<int>(prm.N - n0) : kBNW;
+  if (cols < kBNW || prm.y_store == 2) {  // a partial last block (N % 128 != 0) or an odd ldy: elements
+    for (int idx = tid; idx < rows * cols; idx += kThreads) {
+      const int t = idx / cols, c = idx % cols;
+      prm.y[(m0 + t) * prm.ldy + n0 + c] = __ushort_as_bfloat16(lds16(smem0 + static_cast<uint32_t>(t * kEpiPitch + c * 2)));
+    }
+  } else if (prm.y_store == 16) {
+    for (int idx = tid; idx < rows * 16; idx += kThreads) {
+      const int t = idx >> 4, c = idx & 15;
+      const uint4 v = lds128(smem0 + static_cast<uint32_t>(t * kEpiPitch + c * 16));
+      *reinterpret_cast<uint4*>(prm.y + (m0 + t) * prm.ldy + n0 + c * 8) = v;
+    }
+  } else {
+    for (int idx = tid; idx < rows * 64; idx += kThreads) {
+      const int t = idx >> 6, c = idx & 63;
+      const uint32_t v = lds32(smem0 + static_cast<uint32_t>(t * kEpiPitch + c * 4));
+      *reinterpret_cast<uint32_t*>(prm.y + (m0 + t) * prm.ldy + n0 + c * 2) = v;
+    }
+  }
+}
+
+template <class T, int P, int Block, int NT>
+void launch_prefill(const Fp4GemmParams& prm, cudaStream_t stream) {
+  auto kernel = fp4_prefill_kernel<T, P, Block, NT>;
+  constexpr int smem = Cfg<P, NT>::kSmem;
+  static const bool configured = [&] {  // once per process, before any capture can start
+    SHARQ_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
+    return true;
+  }();
+  (void)configured;
+  const dim3 grid(static_cast<unsigned>(prm.Np / kBNW), static_cast<unsigned>((prm.M + NT - 1) / NT));
+  kernel<<<grid, kThreads, smem, stream>>>(prm);
+  SHARQ_CUDA_CHECK(cudaGetLastError());
+}
+
+// =============================================================================================
+// Small M (decode, M <= 64): the same swapped wgmma with token tiles NT = 8, 16, 32 or 64
+// (m64nNTk16) and split-K over blockIdx.y.
+//
+// At small M the GEMM is a stream of the FP4 weights (N K / 2 bytes + scales, each byte read from
+// HBM exactly once: block (x, y) owns weight rows 128 x .. 128 x + 127 and k-tiles
+// [y kps, min((y + 1) kps, Kp / 128)), no two blocks share a weight tile). The re-tuning against the
+// prefill kernel:
+//   - weight prefetch: the weights do not go through registers but through cp.async into per-thread
+//     shared-memory slots (each thread copies exactly the 32 code bytes + scale bytes it decodes and
+//     reads them back itself: no barrier, no proxy fence). They ride in the activation copy groups:
+//     k-tile j in the group of k-step 2 j - 2, so S / 2 k-tiles (up to 6 x 10 KB per block) are in
+//     flight, with S = 12 stages where shared memory allows it (S / 2 + 1 weight slots);
+//   - registers: NT / 2 accumulators (4 .. 32) and no weight ring: <= 128 registers, 2 blocks of
+//     256 threads per SM (__launch_bounds__), ~110 KB of shared memory each at most;
+//   - split-K: with splits > 1 every block writes FP32 partials (x kPost, nothing else) to the
+//     workspace [split][M][N]; small_splitk_reduce_kernel adds them in split order (deterministic)
+//     and applies row_scale x g_w. With splits == 1 the kernel writes Y itself.
+//   - programmatic dependent launch: both kernels are launched with programmatic stream
+//     serialization and execute griddepcontrol.wait before their first global memory access (the
+//     launch and the prologue address arithmetic overlap the previous kernel's tail; the reduction
+//     launch overlaps the GEMM's). Without a PDL-aware predecessor this is a plain stream-ordered
+//     launch. (Issuing the first weight copies before the wait is a possible next step.)
+// The k-step pipeline, the decode and the hazard argument are exactly the prefill kernel's (see the
+// top of this file): only the k range, the stage count and the weight staging differ.
+// =============================================================================================
+
+// Shared memory per block: S activation stages and W = S / 2 + 1 weight slots (one k-tile each:
+// 256 threads x (2 x 16 code bytes + 2 x 4 / 8 scale bytes), each thread's own bytes), S the
+// largest even count <= 12 that keeps 2 blocks per SM.
+template <int P, int NT, int Block>
+struct SmallCfg {
+  static constexpr int kTileBytes = NT * kRowBytes;  // one path's activation tile (1 KB .. 8 KB)
+  static constexpr int kStageBytes = P * kTileBytes;
+  static constexpr int kScaleBytes = Block == 16 ? 8 : 4;         // per thread per 8-row tile
+  static constexpr int kSlotCodes = 2 * kThreads * 16;            // 8 KB
+  static constexpr int kSlotBytes = kSlotCodes + 2 * kThreads * kScaleBytes;
+  static constexpr int smem_for(int s) { return s * kStageBytes + (s / 2 + 1) * kSlotBytes + 1024; }
+  static constexpr int kBudget = 112 * 1024;                      // 2 blocks per SM (+ 1 KB reserved each)
+  static constexpr int kStages = smem_for(12) <= kBudget ? 12 : smem_for(10) <= kBudget ? 10
+                                 : smem_for(8) <= kBudget ? 8 : smem_for(6) <= kBudget ? 6 : 4;
+  static constexpr int kWSlots = kStages / 2 + 1;
+  static constexpr int kSmem = smem_for(kStages);                 // + base alignment
+  static constexpr int kMinBlocks = 2;
+  // Activation copies per stage: 8 P 16-byte chunks per token row; a thread copies kCpt consecutive
+  // chunks of one row of one path (kTpr threads per row, NT kTpr <= 256 threads busy).
+  static constexpr int kChunks = P * NT * 8;
+  static constexpr int kCpt = kChunks > kThreads ? kChunks / kThreads : 1;
+  static constexpr int kTpr = 8 * P / kCpt;
+  static_assert(8 % kCpt == 0 && NT * kTpr <= kThreads, "copy mapping");
+  static_assert(kTileBytes % 1024 == 0 && kSlotBytes % 1024 == 0, "tiles must stay 1024-byte aligned");
+  static_assert(kStages >= 4 && kStages % 2 == 0, "the pipeline needs 4 stages");
+  static_assert(kMinBlocks * (kSmem + 1024) <= 228 * 1024, "shared memory for the target occupancy");
+};
+
+
+__device__ __forceinline__ void grid_dependency_wait() { asm volatile("griddepcontrol.wait;\n" ::: "memory"); }
+
+#define SHARQ_SW_F4(i) "+f"(d[i]), "+f"(d[i + 1]), "+f"(d[i + 2]), "+f"(d[i + 3])
+#define SHARQ_SW_F16(i) SHARQ_SW_F4(i), SHARQ_SW_F4(i + 4), SHARQ_SW_F4(i + 8), SHARQ_SW_F4(i + 12)
+#define SHARQ_SW_IN "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(db), "n"(1)
+#define SHARQ_SW_N8(TY)                                                                      \
+  asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %9, 0;\n"                                   \
+               "wgmma.mma_async.sync.aligned.m64n8k16.f32." TY "." TY                        \
+               " {%0, %1, %2, %3}, {%4, %5, %6, %7}, %8, p, 1, 1, 0;\n}\n"                   \
+               : SHARQ_SW_F4(0)                                                              \
+               : SHARQ_SW_IN                                                                 \
+               : "memory")
+#define SHARQ_SW_N16(TY)                                                                     \
+  asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %13, 0;\n"                                  \
+               "wgmma.mma_async.sync.aligned.m64n16k16.f32." TY "." TY                       \
+               " {%0, %1, %2, %3, %4, %5, %6, %7}, {%8, %9, %10, %11}, %12, p, 1, 1, 0;\n}\n" \
+               : SHARQ_SW_F4(0), SHARQ_SW_F4(4)                                              \
+               : SHARQ_SW_IN                                                                 \
+               : "memory")
+#define SHARQ_SW_N32(TY)                                                                                   \
+  asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %21, 0;\n"                                                \
+               "wgmma.mma_async.sync.aligned.m64n32k16.f32." TY "." TY                                     \
+               " {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15},"                  \
+               " {%16, %17, %18, %19}, %20, p, 1, 1, 0;\n}\n"                                              \
+               : SHARQ_SW_F16(0)                                                                           \
+               : SHARQ_SW_IN                                                                               \
+               : "memory")
+#define SHARQ_SW_N64(TY)                                                                                   \
+  asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %37, 0;\n"                                                \
+               "wgmma.mma_async.sync.aligned.m64n64k16.f32." TY "." TY                                     \
+               " {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15,"                   \
+               " %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31},"         \
+               " {%32, %33, %34, %35}, %36, p, 1, 1, 0;\n}\n"                                              \
+               : SHARQ_SW_F16(0), SHARQ_SW_F16(16)                                                         \
+               : SHARQ_SW_IN                                                                               \
+               : "memory")
+
+// D (64 x NT, FP32) += A (64 x 16, registers) * B^T (NT x 16, smem, K-major, 128B-swizzled).
+template <class T, int NT>
+__device__ __forceinline__ void wgmma_small(float (&d)[NT / 2], const uint32_t (&a)[4], uint64_t db) {
+  static_assert(NT == 8 || NT == 16 || NT == 32 || NT == 64, "NT");
+  constexpr bool kHalf = std::is_same_v<T, __half>;
+  if constexpr (NT == 8) {
+    if constexpr (kHalf) SHARQ_SW_N8("f16"); else SHARQ_SW_N8("bf16");
+  } else if constexpr (NT == 16) {
+    if constexpr (kHalf) SHARQ_SW_N16("f16"); else SHARQ_SW_N16("bf16");
+  } else if constexpr (NT == 32) {
+    if constexpr (kHalf) SHARQ_SW_N32("f16"); else SHARQ_SW_N32("bf16");
+  } else {
+    if constexpr (kHalf) SHARQ_SW_N64("f16"); else SHARQ_SW_N64("bf16");
+  }
+}
+#undef SHARQ_SW_F4
+#undef SHARQ_SW_F16
+#undef SHARQ_SW_IN
+#undef SHARQ_SW_N8
+#undef SHARQ_SW_N16
+#undef SHARQ_SW_N32
+#undef SHARQ_SW_N64
+
+template <class T, int P, int Block, int NT>
+__global__ void __launch_bounds__(kThreads, SmallCfg<P, NT, Block>::kMinBlocks) fp4_small_kernel(const Fp4GemmParams prm) {
+  using C = SmallCfg<P, NT, Block>;
+  constexpr int S = C::kStages, W = C::kWSlots;
+  extern __shared__ uint8_t smem_raw[];
+  const uint32_t smem0 = (smem_u32(smem_raw) + 1023u) & ~1023u;
+  const uint32_t wsm0 = smem0 + static_cast<uint32_t>(S * C::kStageBytes);  // weight slots
+
+  const int tid = static_cast<int>(threadIdx.x);
+  const int wg = tid >> 7, w = (tid >> 5) & 3, lane = tid & 31, g = lane >> 2, q = lane & 3;
+  const int64_t n0 = static_cast<int64_t>(blockIdx.x) * kBNW;
+  const int64_t kt0 = static_cast<int64_t>(blockIdx.y) * prm.kt_per_split;
+  const int nkt = static_cast<int>(prm.k_tiles - kt0 < prm.kt_per_split ? prm.k_tiles - kt0 : prm.kt_per_split);  // >= 1
+  const int ksteps = 2 * nkt;
+
+  // Weights: this warp's two 8-row tiles (rows n0 + 64 wg + 16 w + {0..7, 8..15}), from k-tile kt0.
+  const int64_t tile0 = (n0 + 64 * wg + 16 * w) / 8;
+  constexpr int kScaleTile = 8 * (128 / Block);
+  const uint8_t* codes_t0 = prm.codes + (tile0 * prm.k_tiles + kt0) * 512 + lane * 16;
+  const uint8_t* scales_t0 = prm.scales + (tile0 * prm.k_tiles + kt0) * kScaleTile + g * (128 / Block);
+  const int64_t tcs = prm.k_tiles * 512, tss = prm.k_tiles * kScaleTile;
+  // This thread's bytes of weight slot j: codes of tile t at + t 4096 + 16 tid, scales at
+  // + 8192 + t 256 SB + SB tid (lane-contiguous: conflict-free). Only this thread reads them back.
+  const uint32_t w_codes = wsm0 + static_cast<uint32_t>(16 * tid);
+  const uint32_t w_scales = wsm0 + static_cast<uint32_t>(C::kSlotCodes + C::kScaleBytes * tid);
+  auto issue_weights = [&](int kt) {
+    const uint32_t slot = static_cast<uint32_t>((kt % W) * C::kSlotBytes);
+#pragma unroll
+    for (int t = 0; t < 2; ++t) {
+      cp_async16(w_codes + slot + t * kThreads * 16, codes_t0 + t * tcs + static_cast<int64_t>(kt) * 512);
+      cp_async_small<C::kScaleBytes>(w_scales + slot + t * kThreads * C::kScaleBytes,
+                                     scales_t0 + t * tss + static_cast<int64_t>(kt) * kScaleTile);
+    }
+  };
+  auto read_weights = [&](int kt, RawW<Block>& r) {
+    const uint32_t slot = static_cast<uint32_t>((kt % W) * C::kSlotBytes);
+#pragma unroll
+    for (int t = 0; t < 2; ++t) {
+      r.c[t] = lds128(w_codes + slot + t * kThreads * 16);
+      if constexpr (Block == 16) {
+        const uint2 v = lds64(w_scales + slot + t * kThreads * 8);
+        r.s[t][0] = v.x;
+        r.s[t][1] = v.y;
+      } else {
+        r.s[t][0] = lds32(w_scales + slot + t * kThreads * 4);
+      }
+    }
+  };
+
+  // Activation copies: thread tid < NT kTpr copies chunks c0 .. c0 + kCpt - 1 of token row
+  // r = tid / kTpr of path p (j0 = (tid % kTpr) kCpt = 8 p + c0). Rows >= M are zero-filled (the
+  // source is then row 0, not read).
+  const bool c_on = tid < NT * C::kTpr;
+  const int c_r = (tid / C::kTpr) % NT, c_j0 = (tid % C::kTpr) * C::kCpt, c_p = c_j0 >> 3, c_c0 = c_j0 & 7;
+  const bool c_valid = c_r < prm.M;
+  const uint32_t c_len = c_valid ? 16u : 0u;
+  const uint8_t* c_src = (c_p == 0 ? prm.a0 : prm.a1) + (c_valid ? c_r * prm.lda_bytes : 0) + c_c0 * 16 + kt0 * 256;
+  const uint32_t c_sm = static_cast<uint32_t>(c_p * C::kTileBytes + c_r * kRowBytes);
+
+  // The cp.async group of k-step ks: its activation tiles, and for even ks the weights of k-tile
+  // ks / 2 + 1 (ks = 0: k-tiles 0 and 1). K-tile j is decoded after step 2 j - 1 has waited for
+  // group 2 j - 1 >= 2 j - 2, and it is issued at step 2 j - S, S / 2 k-tiles ahead. Its slot j % W
+  // is rewritten by k-tile j + W, issued at step 2 j + 2: after the last read of j (after step 2 j).
+  auto issue_copies = [&](int ks) {
+    if ((ks & 1) == 0) {
+      if (ks == 0) issue_weights(0);
+      if (ks / 2 + 1 < nkt) issue_weights(ks / 2 + 1);
+    }
+    if (!c_on) return;
+    const uint32_t sb = smem0 + static_cast<uint32_t>((ks % S) * C::kStageBytes) + c_sm;
+    const uint8_t* src = c_src + static_cast<int64_t>(ks) * kRowBytes;
+#pragma unroll
+    for (int e = 0; e < C::kCpt; ++e)
+      cp_async16_zfill(sb + (((c_c0 + e) ^ (c_r & 7)) << 4), src + 16 * e, c_len);
+  };
+
+  grid_dependency_wait();  // PDL: the previous kernel's writes are visible, its reads done
+
+  float acc[NT / 2];
+#pragma unroll
+  for (int i = 0; i < NT / 2; ++i) acc[i] = 0.0f;
+  uint32_t fA[4][4], fB[4][4];
+  RawW<Block> raw;
+
+#pragma unroll
+  for (int s = 0; s < S - 2; ++s) {
+    if (s < ksteps) issue_copies(s);
+    cp_async_commit();
+  }
+  cp_async_wait<S - 3>();  // group 0 (k-tile 0) has landed
+  read_weights(0, raw);
+  decode_step<T, Block, 0>(raw, fA);
+
+  auto step = [&](int i, uint32_t(&f)[4][4]) {
+    cp_async_wait<S - 3>();
+    fence_proxy_async_smem();
+    __syncthreads();
+    const uint32_t sb = smem0 + static_cast<uint32_t>((i % S) * C::kStageBytes);
+    fence_regs(acc);
+    fence_regs(f);
+    wgmma_fence();
+#pragma unroll
+    for (int p = 0; p < P; ++p) {
+      const uint64_t db = make_desc(sb + static_cast<uint32_t>(p * C::kTileBytes));
+#pragma unroll
+      for (int kk = 0; kk < 4; ++kk) wgmma_small<T, NT>(acc, f[kk], db + 2 * kk);
+    }
+    wgmma_commit();
+    fence_regs(acc);
+    wgmma_wait<1>();
+    fence_regs(acc);
+    if (i + S - 2 < ksteps) issue_copies(i + S - 2);
+    cp_async_commit();
+  };
+
+  for (int kt = 0; kt < nkt; ++kt) {
+    step(2 * kt, fA);
+    fence_regs(fB);
+    read_weights(kt, raw);
+    decode_step<T, Block, 1>(raw, fB);  // fB was read by wgmma(2 kt - 1): complete
+    step(2 * kt + 1, fB);
+    if (kt + 1 < nkt) {
+      fence_regs(fA);
+      read_weights(kt + 1, raw);
+      decode_step<T, Block, 0>(raw, fA);  // fA was read by wgmma(2 kt): complete
+    }
+  }
+  wgmma_wait<0>();
+  fence_regs(acc);
+  cp_async_wait<0>();
+
+  // D^T fragments: acc[4j + h] = D^T[16 w + g][8 j + 2 q + h], acc[4j + 2 + h] = row + 8.
+  const int na = 64 * wg + 16 * w + g, nb = na + 8;
+  if (prm.ws) {  // every padded column too (zeros): the reduction reads whole float4s of [M][Np]
+    float* base = prm.ws + static_cast<int64_t>(blockIdx.y) * prm.M * prm.Np + n0;
+#pragma unroll
+    for (int j = 0; j < NT / 8; ++j)
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        const int t = 8 * j + 2 * q + h;
+        if (t >= prm.M) continue;
+        base[t * prm.Np + na] = acc[4 * j + h] * Fp4Pair<T>::kPost;  // exact power of 2
+        base[t * prm.Np + nb] = acc[4 * j + 2 + h] * Fp4Pair<T>::kPost;
+      }
+    return;
+  }
+  const bool oka = n0 + na < prm.N, okb = n0 + nb < prm.N;  // padded weight rows write nothing
+  const float ga = oka ? prm.gw[prm.gw_per_col ? n0 + na : 0] * Fp4Pair<T>::kPost : 0.0f,
+              gb = okb ? prm.gw[prm.gw_per_col ? n0 + nb : 0] * Fp4Pair<T>::kPost : 0.0f;
+#pragma unroll
+  for (int j = 0; j < NT / 8; ++j)
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      const int t = 8 * j + 2 * q + h;
+      if (t >= prm.M) continue;
+      const float r = prm.rs ? prm.rs[prm.rs_per_row ? t : 0] : 1.0f;
+      const float va = acc[4 * j + h] * (r * ga), vb = acc[4 * j + 2 + h] * (r * gb);
+      if (prm.y_f32) {
+        if (oka) prm.y_f32[t * prm.ldy + n0 + na] = va;
+        if (okb) prm.y_f32[t * prm.ldy + n0 + nb] = vb;
+      } else {
+        if (oka) prm.y[t * prm.ldy + n0 + na] = __float2bfloat16_rn(va);
+        if (okb) prm.y[t * prm.ldy + n0 + nb] = __float2bfloat16_rn(vb);
+      }
+    }
+}
+
+// The one split-K reduction: Y[m][n] = (sum over the splits, in split order, of ws[s][m][n]) *
+// row_scale[m] * g_w[n]. Four columns per thread over the padded width Np (float4 loads of the
+// 16-byte aligned workspace), columns >= N dropped.
+__global__ void __launch_bounds__(256) splitk_reduce_kernel(const Fp4GemmParams prm, int splits) {
+  grid_dependency_wait();  // PDL: the GEMM's partials are complete and visible
+  const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (i >= prm.M * prm.Np / 4) return;
+  const int64_t row = (4 * i) / prm.Np, col = (4 * i) % prm.Np;
+  if (col >= prm.N) return;
+  const int64_t plane = prm.M * prm.Np;
+  float4 s = *reinterpret_cast<const float4*>(prm.ws + row * prm.Np + col);
+  for (int sp = 1; sp < splits; ++sp) {
+    const float4 v = *reinterpret_cast<const float4*>(prm.ws + sp * plane + row * prm.Np + col);
+    s.x += v.x;
+    s.y += v.y;
+    s.z += v.z;
+    s.w += v.w;
+  }
+  const float r = prm.rs ? prm.rs[prm.rs_per_row ? row : 0] : 1.0f;
+  const float v[4] = {s.x, s.y, s.z, s.w};
+#pragma unroll
+  for (int e = 0; e < 4; ++e) {
+    if (col + e >= prm.N) break;
+    const float o = v[e] * (r * prm.gw[prm.gw_per_col ? col + e : 0]);
+    if (prm.y_f32) prm.y_f32[row * prm.ldy + col + e] = o;
+    else prm.y[row * prm.ldy + col + e] = __float2bfloat16_rn(o);
+  }
+}
+
+template <class T, int P, int Block, int NT>
+void launch_small(const Fp4GemmParams& prm, int64_t splits, cudaStream_t stream) {
+  auto kernel = fp4_small_kernel<T, P, Block, NT>;
+  constexpr int smem = SmallCfg<P, NT, Block>::kSmem;
+  static const bool configured = [&] {
+    SHARQ_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
+    return true;
+  }();
+  (void)configured;
+  cudaLaunchAttribute attr[1];
+  attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  attr[0].val.programmaticStreamSerializationAllowed = 1;
+  cudaLaunchConfig_t cfg = {};
+  cfg.gridDim = dim3(static_cast<unsigned>(prm.Np / kBNW), static_cast<unsigned>(splits));
+  cfg.blockDim = dim3(kThreads);
+  cfg.dynamicSmemBytes = smem;
+  cfg.stream = stream;
+  cfg.attrs = attr;
+  cfg.numAttrs = 1;
+  SHARQ_CUDA_CHECK(cudaLaunchKernelEx(&cfg, kernel, prm));
+}
+
+void launch_reduce(const Fp4GemmParams& prm, int64_t splits, cudaStream_t stream) {
+  const int64_t quads = prm.M * prm.Np / 4;
+  cudaLaunchAttribute attr[1];
+  attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  attr[0].val.programmaticStreamSerializationAllowed = 1;
+  cudaLaunchConfig_t cfg = {};
+  cfg.gridDim = dim3(static_cast<unsigned>((quads + 255) / 256));
+  cfg.blockDim = dim3(256);
+  cfg.dynamicSmemBytes = 0;
+  cfg.stream = stream;
+  cfg.attrs = attr;
+  cfg.numAttrs = 1;
+  SHARQ_CUDA_CHECK(cudaLaunchKernelEx(&cfg, splitk_reduce_kernel, prm, static_cast<int>(splits)));
+}
+
+// Compile-time dispatch of (element type, paths, weight block, token tile).
+template <class T, int P, int Block>
+void launch_tile(const Fp4GemmParams& prm, const Fp4GemmPlan& plan, cudaStream_t stream) {
+  if (plan.kernel == Fp4GemmKernel::prefill) {
+    if (plan.nt == 256) launch_prefill<T, P, Block, 256>(prm, stream);
+    else launch_prefill<T, P, Block, 128>(prm, stream);
+    return;
+  }
+  switch (plan.nt) {
+    case 8: launch_small<T, P, Block, 8>(prm, plan.splits, stream); break;
+    case 16: launch_small<T, P, Block, 16>(prm, plan.splits, stream); break;
+    case 32: launch_small<T, P, Block, 32>(prm, plan.splits, stream); break;
+    default: launch_small<T, P, Block, 64>(prm, plan.splits, stream); break;
+  }
+}
+template <class T, int P>
+void launch_block(const Fp4GemmParams& prm, int block, const Fp4GemmPlan& plan, cudaStream_t stream) {
+  if (block == 32) launch_tile<T, P, 32>(prm, plan, stream);
+  else launch_tile<T, P, 16>(prm, plan, stream);
+}
+
+// The split count of the small family, from (N, K) and the SM count only: never from M.
+// Cost model (microseconds), weights streamed at kBw over all SMs: a block k-tile (128 x 128
+// weights, 8 KB codes + scales) costs `unit` at the fair per-SM share of the bandwidth; an SM can run
+// up to kSmFast times faster than its share when others idle, so the time is the larger of the
+// average and the busiest SM's k-tiles / kSmFast (blocks are spread evenly over the SMs); splits > 1
+// add the reduction launch and the workspace write + read, costed at a fixed reference batch of
+// kRefM rows (the rule must not see the real M).
+int64_t small_splits(const DeviceFp4Weights& w) {
+  constexpr double kBw = 3.0e12, kSmFast = 1.25, kReduceUs = 1.5;
+  constexpr int64_t kRefM = 16;
+  const int64_t n_blocks = w.Np / kBNW, k_tiles = w.Kp / 128;
+  const double sms = sm_count();
+  const double tile_bytes = 128.0 * 128.0 / 2 + 128.0 * (128 / w.block);
+  const double unit = tile_bytes * sms / kBw * 1e6;
+  const double avg = static_cast<double>(n_blocks * k_tiles) / sms;
+  double best = 0;
+  int64_t s = 1;
+  for (int64_t c = 1; c <= std::min<int64_t>(k_tiles, 256); ++c) {
+    const int64_t kps = (k_tiles + c - 1) / c;
+    if ((k_tiles + kps - 1) / kps != c) continue;  // same kps as a smaller count
+    const double busiest = std::ceil(static_cast<double>(n_blocks * c) / sms) * static_cast<double>(kps);
+    double t = std::max(avg, busiest / kSmFast) * unit;
+    if (c > 1) t += kReduceUs + 2.0 * static_cast<double>(c * kRefM * w.Np) * 4.0 / kBw * 1e6;
+    if (c == 1 || t < best) {
+      best = t;
+      s = c;
+    }
+  }
+  return s;
+}
+
+void check_weights(const DeviceFp4Weights& w) {
+  if (w.N <= 0 || w.Np < w.N || w.Np % kBNW != 0 || w.Kp <= 0 || w.Kp % 128 != 0 || w.K > w.Kp)
+    throw std::invalid_argument(fmt::format("fp4_gemm: weights N = {}, Np = {}, K = {}, Kp = {} are not a packed "
+                                            "Fp4Tiles layout (Np, Kp positive multiples of 128)", w.N, w.Np, w.K, w.Kp));
+  if (w.block != 16 && w.block != 32) throw std::invalid_argument(fmt::format("fp4_gemm: weight block {} (16 or 32)", w.block));
+  if (!w.codes.get() || !w.scales.get() || !w.g.get()) throw std::invalid_argument("fp4_gemm: weights not uploaded");
+  if (w.g.size() != 1 && static_cast<int64_t>(w.g.size()) != w.N)
+    throw std::invalid_argument(fmt::format("fp4_gemm: {} weight scales g (1 or N = {})", w.g.size(), w.N));
+}
+
+}  // namespace
+
+const char* to_string(Fp4GemmKernel k) {
+  switch (k) {
+    case Fp4GemmKernel::automatic: return "auto";
+    case Fp4GemmKernel::small: return "small";
+    case Fp4GemmKernel::prefill: return "prefill";
+  }
+  return "?";
+}
 
 DeviceFp4Weights DeviceFp4Weights::upload(const Fp4Tiles& t) {
   DeviceFp4Weights w;
-  w.N = t.N; w.K = t.K; w.Kp = t.Kp; w.block = t.block;
+  w.N = t.N; w.K = t.K; w.Np = t.Np; w.Kp = t.Kp; w.block = t.block;
   w.codes = DeviceBuffer<uint8_t>(t.codes.size());
   w.scales = DeviceBuffer<uint8_t>(t.scales.size());
   w.g = DeviceBuffer<float>(t.g.empty() ? 1 : t.g.size());
@@ -34,355 +947,85 @@ DeviceFp4Weights DeviceFp4Weights::upload(const Fp4Tiles& t) {
   return w;
 }
 
-namespace {
-
-constexpr int kDecWarps = 4;
-constexpr int kNT = 4;                          // n8 tiles per warp
-constexpr int kDecBlockN = kDecWarps * kNT * 8; // 128 columns per block
-constexpr int kAPitch = 128 + 8;                // smem row pitch (elements): conflict-free ldmatrix
-
-struct DecodeArgs {
-  const void* a0;
-  const void* a1;
-  int64_t M, lda;
-  const uint8_t* codes;
-  const uint8_t* scales;
-  const float* gw;
-  int64_t gw_count;
-  const float* rs;
-  int64_t rs_count;
-  int64_t N, k_tiles, chunks_per_split;
-  __nv_bfloat16* y;
-  int64_t ldy;
-  float* y_f32;  // non-null: FP32 output instead of y
-  float* ws;     // null: write y directly
-};
-
-
-
-template <class T>
-__device__ __forceinline__ void mma16816(float* c, const uint32_t* a, uint32_t b0, uint32_t b1) {
-  if constexpr (std::is_same_v<T, __half>) {
-    asm volatile(
-        "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
-        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-  } else {
-    asm volatile(
-        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
-        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-  }
-}
-
-__device__ __forceinline__ void ldmatrix_x4(uint32_t* r, const void* p) {
-  const uint32_t s = static_cast<uint32_t>(__cvta_generic_to_shared(p));
-  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
-               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-               : "r"(s));
-}
-
-__device__ __forceinline__ void cp_async16(void* dst, const void* src, bool valid) {
-  const uint32_t s = static_cast<uint32_t>(__cvta_generic_to_shared(dst));
-  const int n = valid ? 16 : 0;  // 0: zero-fill, nothing read
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(s), "l"(src), "r"(n));
-}
-__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
-template <int N>
-__device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.wait_group %0;\n" ::"n"(N)); }
-
-__device__ __forceinline__ uint4 ldg_stream(const void* p) {
-  uint4 v;
-  asm volatile("ld.global.nc.L1::no_allocate.v4.u32 {%0,%1,%2,%3}, [%4];\n"
-               : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
-               : "l"(p));
-  return v;
-}
-
-template <int kWBlock>
-struct ScaleRegs;
-template <> struct ScaleRegs<32> { uint32_t v; };
-template <> struct ScaleRegs<16> { uint2 v; };
-
-template <class T, int kPaths, int kWBlock, int kMT>
-__global__ void __launch_bounds__(kDecWarps * 32) decode_kernel(DecodeArgs a) {
-  constexpr int kRows = kMT * 16;
-  using D = Fp4Pair<T>;
-  using T2 = typename D::V;
-  extern __shared__ __align__(16) unsigned char smem_raw[];
-  T* abuf = reinterpret_cast<T*>(smem_raw);                       // [2][kPaths][kRows][kAPitch]
-
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-
-  const int64_t m0 = static_cast<int64_t>(blockIdx.z) * kRows;
-  const int64_t c_begin = static_cast<int64_t>(blockIdx.y) * a.chunks_per_split;
-  const int64_t c_end = c_begin + a.chunks_per_split < a.k_tiles ? c_begin + a.chunks_per_split : a.k_tiles;
-  const int64_t n8_first = (static_cast<int64_t>(blockIdx.x) * kDecWarps + warp) * kNT;  // this warp's first n8 tile
-  const int64_t n8_total = a.N / 8;
-
-  auto load_a = [&](int64_t c, int buf) {
-    constexpr int kCopies = kPaths * kRows * 16;
-    for (int i = threadIdx.x; i < kCopies; i += blockDim.x) {
-      const int p = i / (kRows * 16), r = (i / 16) % kRows, q = i % 16;
-      const int64_t row = m0 + r;
-      const T* src = static_cast<const T*>(p == 0 ? a.a0 : a.a1);
-      const bool valid = row < a.M;
-      const T* g = src + (valid ? row : 0) * a.lda + c * 128 + q * 8;
-      T* d = abuf + ((static_cast<int64_t>(buf) * kPaths + p) * kRows + r) * kAPitch + q * 8;
-      cp_async16(d, g, valid);
-    }
-    cp_async_commit();
-  };
-  uint4 wc[kNT], wn[kNT];
-  ScaleRegs<kWBlock> sc[kNT], sn[kNT];
-  auto load_w = [&](int64_t c, uint4* w, ScaleRegs<kWBlock>* s) {
-#pragma unroll
-    for (int t = 0; t < kNT; ++t) {
-      const int64_t n8 = n8_first + t;
-      if (n8 < n8_total) {
-        const int64_t tile = n8 * a.k_tiles + c;
-        w[t] = ldg_stream(a.codes + tile * 512 + lane * 16);
-        if constexpr (kWBlock == 32) s[t].v = __ldg(reinterpret_cast<const uint32_t*>(a.scales + tile * 32) + lane / 4);
-        else s[t].v = __ldg(reinterpret_cast<const uint2*>(a.scales + tile * 64) + lane / 4);
-      } else {
-        w[t] = make_uint4(0, 0, 0, 0);
-        if constexpr (kWBlock == 32) s[t].v = 0;
-        else s[t].v = make_uint2(0, 0);
-      }
-    }
-  };
-
-  float acc[kMT][kNT][4];
-#pragma unroll
-  for (int i = 0; i < kMT; ++i)
-#pragma unroll
-    for (int t = 0; t < kNT; ++t)
-#pragma unroll
-      for (int e = 0; e < 4; ++e) acc[i][t][e] = 0.0f;
-
-  if (c_begin < c_end) {
-    load_a(c_begin, 0);
-    load_w(c_begin, wc, sc);
-  }
-  int buf = 0;
-  for (int64_t c = c_begin; c < c_end; ++c) {
-    const bool more = c + 1 < c_end;
-    if (more) {
-      load_a(c + 1, buf ^ 1);
-      load_w(c + 1, wn, sn);
-      cp_async_wait<1>();
-    } else {
-      cp_async_wait<0>();
-    }
-    __syncthreads();
-    const T* ab = abuf + static_cast<int64_t>(buf) * kPaths * kRows * kAPitch;
-    // scale pairs of this k-tile, per tile: W32 {s_j, s_j} for sub-block j; W16 {s_2j+s, ...}
-    T2 sp[kNT][kWBlock == 32 ? 4 : 8];
-#pragma unroll
-    for (int t = 0; t < kNT; ++t) {
-      if constexpr (kWBlock == 32) {
-        const T2 a01 = D::scale_pair(sc[t].v), a23 = D::scale_pair(sc[t].v >> 16);
-        sp[t][0] = bcast_lo(a01); sp[t][1] = bcast_hi(a01); sp[t][2] = bcast_lo(a23); sp[t][3] = bcast_hi(a23);
-      } else {
-#pragma unroll
-        for (int h = 0; h < 2; ++h) {
-          const uint32_t wv = h == 0 ? sc[t].v.x : sc[t].v.y;
-          const T2 a01 = D::scale_pair(wv), a23 = D::scale_pair(wv >> 16);
-          sp[t][4 * h + 0] = bcast_lo(a01); sp[t][4 * h + 1] = bcast_hi(a01);
-          sp[t][4 * h + 2] = bcast_lo(a23); sp[t][4 * h + 3] = bcast_hi(a23);
-        }
-      }
-    }
-#pragma unroll
-    for (int j = 0; j < 4; ++j) {  // 32-column sub-block of the k-tile
-#pragma unroll
-      for (int s = 0; s < 2; ++s) {  // k16 step inside the sub-block
-        const int ks = 2 * j + s;
-        uint32_t af[kPaths][kMT][4];
-#pragma unroll
-        for (int p = 0; p < kPaths; ++p)
-#pragma unroll
-          for (int i = 0; i < kMT; ++i)
-            ldmatrix_x4(af[p][i], ab + (p * kRows + i * 16 + (lane % 16)) * kAPitch + ks * 16 + (lane / 16) * 8);
-#pragma unroll
-        for (int t = 0; t < kNT; ++t) {
-          const uint32_t word = j == 0 ? wc[t].x : j == 1 ? wc[t].y : j == 2 ? wc[t].z : wc[t].w;
-          const T2 s2 = sp[t][kWBlock == 32 ? j : 2 * j + s];
-          const uint32_t b0 = D::decode(word >> (8 * s), s2);
-          const uint32_t b1 = D::decode(word >> (8 * s + 4), s2);
-#pragma unroll
-          for (int p = 0; p < kPaths; ++p)
-#pragma unroll
-            for (int i = 0; i < kMT; ++i) mma16816<T>(acc[i][t], af[p][i], b0, b1);
-        }
-      }
-    }
-    __syncthreads();  // all warps done with this buffer before it is refilled
-    if (more) {
-#pragma unroll
-      for (int t = 0; t < kNT; ++t) { wc[t] = wn[t]; sc[t] = sn[t]; }
-    }
-    buf ^= 1;
-  }
-
-  // epilogue: c0,c1 -> (row g, cols 2q, 2q+1), c2,c3 -> (row g + 8)
-  const int g = lane / 4, q = lane % 4;
-#pragma unroll
-  for (int t = 0; t < kNT; ++t) {
-    const int64_t n8 = n8_first + t;
-    if (n8 >= n8_total) continue;
-    const int64_t col = n8 * 8 + 2 * q;
-#pragma unroll
-    for (int i = 0; i < kMT; ++i)
-#pragma unroll
-      for (int h = 0; h < 2; ++h) {
-        const int64_t row = m0 + i * 16 + g + 8 * h;
-        if (row >= a.M) continue;
-        const float v0 = acc[i][t][2 * h] * D::kPost, v1 = acc[i][t][2 * h + 1] * D::kPost;  // exact 2^k
-        if (a.ws) {
-          float* w = a.ws + (static_cast<int64_t>(blockIdx.y) * a.M + row) * a.N + col;
-          *reinterpret_cast<float2*>(w) = make_float2(v0, v1);
-        } else {
-          const float rs = a.rs ? a.rs[a.rs_count == 1 ? 0 : row] : 1.0f;
-          const float g0 = a.gw[a.gw_count == 1 ? 0 : col], g1 = a.gw[a.gw_count == 1 ? 0 : col + 1];
-          if (a.y_f32) *reinterpret_cast<float2*>(a.y_f32 + row * a.ldy + col) = make_float2(v0 * (rs * g0), v1 * (rs * g1));
-          else *reinterpret_cast<__nv_bfloat162*>(a.y + row * a.ldy + col) = __floats2bfloat162_rn(v0 * (rs * g0), v1 * (rs * g1));
-        }
-      }
-  }
-}
-
-// y = bf16((sum over splits, in order) * g_x[m] * g_w[n])
-__global__ void splitk_reduce_kernel(const float* ws, int64_t splits, int64_t M, int64_t N, const float* rs,
-                                     int64_t rs_count, const float* gw, int64_t gw_count, __nv_bfloat16* y, float* y_f32,
-                                     int64_t ldy) {
-  const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;  // pair index
-  if (i >= M * N / 2) return;
-  const int64_t row = (2 * i) / N, col = (2 * i) % N;
-  float s0 = 0.0f, s1 = 0.0f;
-  for (int64_t s = 0; s < splits; ++s) {
-    const float2 v = *reinterpret_cast<const float2*>(ws + (s * M + row) * N + col);
-    s0 += v.x;
-    s1 += v.y;
-  }
-  const float r = rs ? rs[rs_count == 1 ? 0 : row] : 1.0f;
-  const float g0 = gw[gw_count == 1 ? 0 : col], g1 = gw[gw_count == 1 ? 0 : col + 1];
-  if (y_f32) *reinterpret_cast<float2*>(y_f32 + row * ldy + col) = make_float2(s0 * (r * g0), s1 * (r * g1));
-  else *reinterpret_cast<__nv_bfloat162*>(y + row * ldy + col) = __floats2bfloat162_rn(s0 * (r * g0), s1 * (r * g1));
-}
-
-struct DecodePlan { int mt; int64_t n_blocks, m_blocks, splits, cps; };
-
-DecodePlan plan_decode(int64_t M, const DeviceFp4Weights& w) {
-  DecodePlan p;
-  p.mt = M <= 16 ? 1 : M <= 32 ? 2 : 4;
-  p.n_blocks = (w.N + kDecBlockN - 1) / kDecBlockN;
-  p.m_blocks = (M + p.mt * 16 - 1) / (p.mt * 16);
+Fp4GemmPlan fp4_gemm_plan(int64_t M, const DeviceFp4Weights& w, Fp4GemmKernel kernel, int splits) {
+  check_weights(w);
+  if (M < 0) throw std::invalid_argument(fmt::format("fp4_gemm: M = {}", M));
+  if (splits < 0) throw std::invalid_argument(fmt::format("fp4_gemm: splits = {}", splits));
+  Fp4GemmPlan p;
+  p.kernel = kernel == Fp4GemmKernel::automatic ? (M <= kSmallMaxM ? Fp4GemmKernel::small : Fp4GemmKernel::prefill)
+                                                : kernel;
   const int64_t k_tiles = w.Kp / 128;
-  const int64_t target = 4LL * sm_count();  // ~4 blocks of 4 warps per SM keep the weight stream busy
-  int64_t splits = std::max<int64_t>(1, (target + p.n_blocks * p.m_blocks - 1) / (p.n_blocks * p.m_blocks));
-  splits = std::min(splits, k_tiles);
-  p.cps = (k_tiles + splits - 1) / splits;
-  p.splits = (k_tiles + p.cps - 1) / p.cps;
+  if (p.kernel == Fp4GemmKernel::small) {
+    if (M > kSmallMaxM)
+      throw std::invalid_argument(fmt::format("fp4_gemm: the small kernel takes M <= {} (M = {})", kSmallMaxM, M));
+    p.nt = M <= 8 ? 8 : M <= 16 ? 16 : M <= 32 ? 32 : 64;
+    const int64_t s = splits > 0 ? std::min<int64_t>({splits, k_tiles, 65535}) : small_splits(w);
+    p.kt_per_split = (k_tiles + s - 1) / s;
+    p.splits = (k_tiles + p.kt_per_split - 1) / p.kt_per_split;
+    p.workspace_bytes = p.splits > 1 ? static_cast<size_t>(p.splits * M * w.Np) * sizeof(float) : 0;
+  } else {
+    if (M > int64_t{65535} * 128) throw std::invalid_argument(fmt::format("fp4_gemm: M = {} is too large", M));
+    p.nt = M > 128 ? 256 : 128;
+    p.splits = 1;
+    p.kt_per_split = k_tiles;
+  }
   return p;
 }
 
-template <class T, int kPaths, int kWBlock, int kMT>
-void launch_decode(const DecodeArgs& d, const DecodePlan& p, cudaStream_t st) {
-  const size_t smem = 2ull * kPaths * kMT * 16 * kAPitch * sizeof(T);
-  auto kern = decode_kernel<T, kPaths, kWBlock, kMT>;
-  if (smem > 48 * 1024)
-    SHARQ_CUDA_CHECK(cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));
-  const dim3 grid(static_cast<unsigned>(p.n_blocks), static_cast<unsigned>(p.splits), static_cast<unsigned>(p.m_blocks));
-  kern<<<grid, kDecWarps * 32, smem, st>>>(d);
-  SHARQ_CUDA_CHECK(cudaGetLastError());
+size_t fp4_gemm_workspace_bytes(int64_t max_M, const DeviceFp4Weights& w, Fp4GemmKernel kernel, int splits) {
+  if (max_M <= 0) return 0;
+  // The split count does not depend on M, so the largest small-family M needs the most.
+  const int64_t m = kernel == Fp4GemmKernel::prefill ? max_M : std::min(max_M, kSmallMaxM);
+  return fp4_gemm_plan(m, w, kernel == Fp4GemmKernel::prefill ? kernel : Fp4GemmKernel::small, splits).workspace_bytes;
 }
 
-template <class T, int kPaths, int kWBlock>
-void launch_decode_mt(const DecodeArgs& d, const DecodePlan& p, cudaStream_t st) {
-  switch (p.mt) {
-    case 1: launch_decode<T, kPaths, kWBlock, 1>(d, p, st); break;
-    case 2: launch_decode<T, kPaths, kWBlock, 2>(d, p, st); break;
-    default: launch_decode<T, kPaths, kWBlock, 4>(d, p, st); break;
-  }
-}
-
-}  // namespace
-
-size_t fp4_gemm_workspace_bytes(int64_t M, const DeviceFp4Weights& w) {
-  if (M <= 0 || w.N <= 0) return 0;
-  const DecodePlan p = plan_decode(M, w);
-  size_t b = p.splits > 1 ? static_cast<size_t>(p.splits * M * w.N) * sizeof(float) : 0;
-  if (M <= kSmallMaxM && w.N % 128 == 0) b = std::max(b, fp4_gemm_wgmma_small_workspace_bytes(M, w));
-  return b;
-}
-
-void fp4_gemm_decode(const Fp4GemmArgs& a, const DeviceFp4Weights& w, void* workspace, size_t workspace_bytes,
-                     cudaStream_t stream) {
-  const DecodePlan p = plan_decode(a.M, w);
-  const size_t need = p.splits > 1 ? static_cast<size_t>(p.splits * a.M * w.N) * sizeof(float) : 0;
-  if (workspace_bytes < need || (need && !workspace))
-    throw std::invalid_argument(fmt::format("fp4_gemm: the decode kernel needs {} bytes of workspace for M = {}, N = {}, "
-                                            "got {}", need, a.M, w.N, workspace_bytes));
-  DecodeArgs d{a.a0, a.a1, a.M, a.lda, w.codes.get(), w.scales.get(), w.g.get(), static_cast<int64_t>(w.g.size()),
-               a.row_scale, a.row_scale_count, w.N, w.Kp / 128, p.cps, a.y, a.ldy, a.y_f32,
-               p.splits > 1 ? static_cast<float*>(workspace) : nullptr};
-  const bool two = a.a1 != nullptr;
-  if (a.adt == DType::bf16) {
-    if (w.block == 32) launch_decode_mt<__nv_bfloat16, 1, 32>(d, p, stream);
-    else launch_decode_mt<__nv_bfloat16, 1, 16>(d, p, stream);
-  } else if (two) {
-    if (w.block == 32) launch_decode_mt<__half, 2, 32>(d, p, stream);
-    else launch_decode_mt<__half, 2, 16>(d, p, stream);
-  } else {
-    if (w.block == 32) launch_decode_mt<__half, 1, 32>(d, p, stream);
-    else launch_decode_mt<__half, 1, 16>(d, p, stream);
-  }
-  if (p.splits > 1) {
-    const int64_t pairs = a.M * w.N / 2;
-    splitk_reduce_kernel<<<static_cast<unsigned>((pairs + 255) / 256), 256, 0, stream>>>(
-        static_cast<const float*>(workspace), p.splits, a.M, w.N, a.row_scale, a.row_scale_count, w.g.get(),
-        static_cast<int64_t>(w.g.size()), a.y, a.y_f32, a.ldy);
-    SHARQ_CUDA_CHECK(cudaGetLastError());
-  }
-}
-
-void fp4_gemm(const Fp4GemmArgs& a, const DeviceFp4Weights& w, Fp4GemmKernel kernel, void* workspace,
-              size_t workspace_bytes, cudaStream_t stream) {
-  if (w.N <= 0 || w.N % 8 != 0 || w.Kp % 128 != 0 || !w.codes.get())
-    throw std::invalid_argument(fmt::format("fp4_gemm: weights N = {} (must be a positive multiple of 8), Kp = {}", w.N, w.Kp));
-  if (w.block != 16 && w.block != 32) throw std::invalid_argument(fmt::format("fp4_gemm: weight block {} (16 or 32)", w.block));
-  if (a.M < 0) throw std::invalid_argument(fmt::format("fp4_gemm: M = {}", a.M));
+void fp4_gemm(const Fp4GemmArgs& a, const DeviceFp4Weights& w, void* workspace, size_t workspace_bytes,
+              cudaStream_t stream, Fp4GemmKernel kernel, int splits) {
+  const Fp4GemmPlan plan = fp4_gemm_plan(a.M, w, kernel, splits);  // checks the weights, M and splits
   if (a.M == 0) return;
   if (!a.a0 || (!a.y && !a.y_f32)) throw std::invalid_argument("fp4_gemm: null activation or output pointer");
   if (a.adt == DType::bf16 && a.a1) throw std::invalid_argument("fp4_gemm: the two-path (exact) mode takes FP16 planes");
   if (a.lda < w.Kp || a.lda % 8 != 0)
     throw std::invalid_argument(fmt::format("fp4_gemm: lda = {} must be >= Kp = {} and a multiple of 8", a.lda, w.Kp));
-  if (a.ldy < w.N || a.ldy % 2 != 0)
-    throw std::invalid_argument(fmt::format("fp4_gemm: ldy = {} must be >= N = {} and even", a.ldy, w.N));
+  if (a.ldy < w.N) throw std::invalid_argument(fmt::format("fp4_gemm: ldy = {} must be >= N = {}", a.ldy, w.N));
   if (a.row_scale && a.row_scale_count != 1 && a.row_scale_count != a.M)
     throw std::invalid_argument(fmt::format("fp4_gemm: row_scale_count = {} (1 or M = {})", a.row_scale_count, a.M));
   const auto misaligned = [](const void* p, uintptr_t n) { return p && reinterpret_cast<uintptr_t>(p) % n != 0; };
   if (misaligned(a.a0, 16) || misaligned(a.a1, 16))
     throw std::invalid_argument("fp4_gemm: the activation planes must be 16-byte aligned (16-byte async copies)");
-  if (misaligned(a.y, 4) || misaligned(a.y_f32, 8))
-    throw std::invalid_argument("fp4_gemm: the output must be 4-byte (BF16) / 8-byte (FP32) aligned (pair stores)");
-  if (kernel == Fp4GemmKernel::automatic) {
-    if (w.N % 128 != 0) kernel = Fp4GemmKernel::decode;
-    else kernel = a.M <= kSmallMaxM ? Fp4GemmKernel::small : Fp4GemmKernel::prefill;
-  }
-  if (kernel == Fp4GemmKernel::small) {
-    if (w.N % 128 != 0 || a.M > kSmallMaxM)
-      throw std::invalid_argument(fmt::format("fp4_gemm: the small wgmma kernel needs N % 128 == 0 and M <= {} (N = {}, M = {})",
-                                              kSmallMaxM, w.N, a.M));
-    fp4_gemm_wgmma_small(a, w, workspace, workspace_bytes, stream);
-  } else if (kernel == Fp4GemmKernel::prefill) {
-    if (w.N % 128 != 0)
-      throw std::invalid_argument(fmt::format("fp4_gemm: the prefill kernel needs N % 128 == 0 (N = {})", w.N));
-    fp4_gemm_prefill(a, w, stream);
-  } else {
-    fp4_gemm_decode(a, w, workspace, workspace_bytes, stream);
-  }
+  if (misaligned(a.y, 2) || misaligned(a.y_f32, 4))
+    throw std::invalid_argument("fp4_gemm: the output must be aligned to its element type");
+  if (plan.workspace_bytes && (!workspace || workspace_bytes < plan.workspace_bytes || misaligned(workspace, 16)))
+    throw std::invalid_argument(fmt::format("fp4_gemm: needs {} bytes of 16-byte aligned workspace for M = {}, N = {} "
+                                            "({} splits), got {}", plan.workspace_bytes, a.M, w.N, plan.splits,
+                                            workspace ? workspace_bytes : 0));
+
+  Fp4GemmParams prm;
+  prm.a0 = static_cast<const uint8_t*>(a.a0);
+  prm.a1 = static_cast<const uint8_t*>(a.a1);
+  prm.M = a.M;
+  prm.lda_bytes = a.lda * 2;
+  prm.codes = w.codes.get();
+  prm.scales = w.scales.get();
+  prm.gw = w.g.get();
+  prm.gw_per_col = w.g.size() == 1 ? 0 : 1;
+  prm.rs = a.row_scale;
+  prm.rs_per_row = (a.row_scale && a.row_scale_count == a.M && a.M != 1) ? 1 : 0;
+  prm.N = w.N;
+  prm.Np = w.Np;
+  prm.k_tiles = w.Kp / 128;
+  prm.kt_per_split = plan.kt_per_split;
+  prm.y = a.y;
+  prm.y_f32 = a.y_f32;
+  prm.ldy = a.ldy;
+  const auto yaddr = reinterpret_cast<uintptr_t>(a.y);
+  prm.y_store = (a.ldy % 8 == 0 && yaddr % 16 == 0) ? 16 : (a.ldy % 2 == 0 && yaddr % 4 == 0) ? 4 : 2;
+  prm.ws = plan.splits > 1 ? static_cast<float*>(workspace) : nullptr;
+
+  if (a.adt == DType::bf16) launch_block<__nv_bfloat16, 1>(prm, w.block, plan, stream);
+  else if (a.a1) launch_block<__half, 2>(prm, w.block, plan, stream);
+  else launch_block<__half, 1>(prm, w.block, plan, stream);
+  if (plan.splits > 1) launch_reduce(prm, plan.splits, stream);
 }
 
 }  // namespace sharq::cuda

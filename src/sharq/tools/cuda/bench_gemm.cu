@@ -19,14 +19,13 @@
 
 #include "sharq/kernels/cuda/cublaslt_gemm.h"
 #include "sharq/kernels/cuda/cuda_check.h"
-#include "sharq/kernels/cuda/gpu_linear.h"
+#include "sharq/runtime/cuda/gpu_linear.h"
 
 namespace sharq {
 namespace {
 
 using cuda::DeviceBuffer;
 using cuda::GpuLinear;
-using cuda::GpuScheme;
 
 constexpr double kNaN = std::numeric_limits<double>::quiet_NaN();
 constexpr int kMinReps = 50;
@@ -291,22 +290,24 @@ void measure_copy(DeviceInfo& d, Timer& timer, cudaStream_t s) {
 // ---------------------------------------------------------------------------------------------
 // Methods, families of buffer sets, results
 
+// fp8 is the fp8 scheme (per-channel W, per-token X scales: cuBLASLt OUTER_VEC_32F); fp8_tensor is the
+// faster per-tensor FP8 GEMM, an extra reference column (not a sharq scheme).
 enum MethodId {
-  kFp16, kBf16, kFp8, kW4a16, kNvfp4, kExact, kExactGemm, kMerged, kMergedGemm, kPrep, kPrepMerged, kMethods
+  kFp16, kBf16, kFp8, kFp8Tensor, kW4a16, kNvfp4, kExact, kExactGemm, kMerged, kMergedGemm, kPrep, kPrepMerged, kMethods
 };
-const char* const kMethodNames[kMethods] = {"fp16",   "bf16",       "fp8",  "w4a16",      "nvfp4", "exact",
-                                            "exact_gemm", "merged", "merged_gemm", "prep", "prep_merged"};
-const char* const kMethodShort[kMethods] = {"fp16",  "bf16",   "fp8",   "w4a16", "nvfp4", "exact",
-                                            "ex:gemm", "merged", "mg:gemm", "prep", "prep:mg"};
+const char* const kMethodNames[kMethods] = {"fp16",   "bf16",       "fp8",    "fp8_tensor",  "w4a16", "nvfp4",
+                                            "exact",  "exact_gemm", "merged", "merged_gemm", "prep",  "prep_merged"};
+const char* const kMethodShort[kMethods] = {"fp16",    "bf16",   "fp8",     "fp8:tens", "w4a16", "nvfp4",
+                                            "exact", "ex:gemm", "merged", "mg:gemm",  "prep",  "prep:mg"};
 
 // Buffer-set families: the methods of one family share weight sets and rotate the same way.
 enum Family { kFamF16, kFamBf16, kFamFp8, kFamFp4, kFamilies };
 
-// The four GpuLinear schemes, in this order everywhere below.
-constexpr GpuScheme kSchemes[] = {GpuScheme::sharq_exact, GpuScheme::sharq_merged, GpuScheme::nvfp4, GpuScheme::w4a16};
+// The four FP4 GpuLinear schemes, in this order everywhere below (mask and activation scale from the
+// options).
+const char* const kSchemeTexts[] = {"sharq", "sharq:merged", "nvfp4", "w4a16"};
 constexpr int kNumSchemes = 4;
 enum SchemeIdx { kSchExact, kSchMerged, kSchNvfp4, kSchW4a16 };
-const char* const kSchemeNames[kNumSchemes] = {"sharq_exact", "sharq_merged", "nvfp4", "w4a16"};
 
 enum class YType : uint8_t { none, f16, bf16 };
 
@@ -345,8 +346,8 @@ struct LayerWeights {
   int64_t N = 0, K = 0, Kp = 0;
   std::vector<DeviceBuffer<__half>> w_f16;
   std::vector<DeviceBuffer<__nv_bfloat16>> w_bf16;
-  std::vector<DeviceBuffer<uint8_t>> w_fp8;
-  std::vector<DeviceBuffer<float>> w_fp8_scale;
+  std::vector<DeviceBuffer<uint8_t>> w_fp8, w_fp8r;
+  std::vector<DeviceBuffer<float>> w_fp8_scale, w_fp8r_scale;  // per tensor (1) / per channel (N)
   std::vector<std::unique_ptr<GpuLinear>> lin[kNumSchemes];
   std::string lin_error[kNumSchemes];
   double wbytes[kFamilies] = {};     // weight bytes of one set (fp4: the largest of the four schemes)
@@ -360,6 +361,7 @@ struct Ctx {
   cudaStream_t stream = nullptr;
   cuda::CublasLtGemm* blas = nullptr;
   cuda::GpuLinearOptions lin_opt;
+  Scheme schemes[kNumSchemes];
   bool per_token = true;
   int max_sets = 16;
   std::vector<int64_t> ms;
@@ -413,9 +415,9 @@ void build_gpu_linear_set(const Ctx& c, const LayerShape& sh, LayerWeights& lw, 
   for (int k = 0; k < kNumSchemes; ++k) {
     if (!lw.lin_error[k].empty()) continue;
     try {
-      lw.lin[k].push_back(std::make_unique<GpuLinear>(kSchemes[k], whost.data(), sh.N, sh.K, c.lin_opt));
+      lw.lin[k].push_back(std::make_unique<GpuLinear>(c.schemes[k], whost.data(), sh.N, sh.K, c.lin_opt));
     } catch (const std::exception& e) {
-      lw.lin_error[k] = fmt::format("GpuLinear({}) construction failed: {}", kSchemeNames[k], e.what());
+      lw.lin_error[k] = fmt::format("GpuLinear({}) construction failed: {}", c.schemes[k].name(), e.what());
       lw.lin[k].clear();
       (void)cudaGetLastError();
       warn(fmt::format("{} {}: {}", sh.model, sh.layer, lw.lin_error[k]));
@@ -438,14 +440,11 @@ LayerWeights build_weights(const Ctx& c, const LayerShape& sh) {
   std::vector<float> whost(static_cast<size_t>(nk));
   build_gpu_linear_set(c, sh, lw, 0, wdev, whost);
   for (int k = 0; k < kNumSchemes; ++k) {
-    if (!lw.lin[k].empty()) {
-      lw.scheme_bytes[k] = static_cast<double>(lw.lin[k][0]->weight_bytes());
-      lw.Kp = lw.lin[k][0]->weights().Kp > 0 ? lw.lin[k][0]->weights().Kp : lw.Kp;
-    }
+    if (!lw.lin[k].empty()) lw.scheme_bytes[k] = static_cast<double>(lw.lin[k][0]->weight_bytes());
   }
   lw.wbytes[kFamF16] = 2.0 * static_cast<double>(nk);
   lw.wbytes[kFamBf16] = 2.0 * static_cast<double>(nk);
-  lw.wbytes[kFamFp8] = static_cast<double>(nk) + 4.0;
+  lw.wbytes[kFamFp8] = static_cast<double>(nk) + 4.0 * static_cast<double>(sh.N);
   lw.wbytes[kFamFp4] = *std::max_element(std::begin(lw.scheme_bytes), std::end(lw.scheme_bytes));
   double fp4_all = 0;  // device bytes of one fp4 set: all four schemes
   for (double b : lw.scheme_bytes) fp4_all += b;
@@ -489,6 +488,10 @@ LayerWeights build_weights(const Ctx& c, const LayerShape& sh) {
       lw.w_fp8.emplace_back(static_cast<size_t>(nk));
       lw.w_fp8_scale.emplace_back(1);
       cuda::quantize_fp8_per_tensor(tmp.get(), nk, lw.w_fp8.back().get(), lw.w_fp8_scale.back().get(), c.stream);
+      lw.w_fp8r.emplace_back(static_cast<size_t>(nk));  // the fp8 scheme: one scale per output channel
+      lw.w_fp8r_scale.emplace_back(static_cast<size_t>(sh.N));
+      cuda::quantize_fp8_per_row(tmp.get(), sh.N, sh.K, lw.w_fp8r.back().get(), sh.K, lw.w_fp8r_scale.back().get(),
+                                 c.stream);
     }
     SHARQ_CUDA_CHECK(cudaStreamSynchronize(c.stream));
   }
@@ -504,8 +507,8 @@ LayerWeights build_weights(const Ctx& c, const LayerShape& sh) {
 struct ActSet {
   DeviceBuffer<__nv_bfloat16> xb;
   DeviceBuffer<__half> xh;
-  DeviceBuffer<uint8_t> x8;
-  DeviceBuffer<float> x8_scale;
+  DeviceBuffer<uint8_t> x8, x8r;
+  DeviceBuffer<float> x8_scale, x8r_scale;  // per tensor (1) / per token (M)
   DeviceBuffer<uint16_t> y;  // M x N, BF16 or FP16 (fp16 method)
 };
 
@@ -554,11 +557,14 @@ Row bench_row(const Ctx& c, Timer& timer, const LayerShape& sh, LayerWeights& lw
     x.xh = DeviceBuffer<__half>(static_cast<size_t>(M * K));
     x.x8 = DeviceBuffer<uint8_t>(static_cast<size_t>(M * K));
     x.x8_scale = DeviceBuffer<float>(1);
+    x.x8r = DeviceBuffer<uint8_t>(static_cast<size_t>(M * K));
+    x.x8r_scale = DeviceBuffer<float>(static_cast<size_t>(M));
     x.y = DeviceBuffer<uint16_t>(static_cast<size_t>(M * N));
     const uint64_t xseed = layer_seed(c.opt->seed, sh, a, 0x100 + static_cast<uint64_t>(M));
     fill_normal(x.xb.get(), M * K, xseed, 1.0f, c.stream);
     fill_normal(x.xh.get(), M * K, xseed, 1.0f, c.stream);
     cuda::quantize_fp8_per_tensor(x.xb.get(), M * K, x.x8.get(), x.x8_scale.get(), c.stream);
+    cuda::quantize_fp8_per_row(x.xb.get(), M, K, x.x8r.get(), K, x.x8r_scale.get(), c.stream);
     SHARQ_CUDA_CHECK(cudaMemsetAsync(x.y.get(), 0, x.y.bytes(), c.stream));
   }
   SHARQ_CUDA_CHECK(cudaStreamSynchronize(c.stream));
@@ -591,7 +597,11 @@ Row bench_row(const Ctx& c, Timer& timer, const LayerShape& sh, LayerWeights& lw
     blas.matmul(cuda::BlasType::bf16, A_(s).xb.get(), lw.w_bf16[static_cast<size_t>(s)].get(), A_(s).y.get(), M, N, K,
                 nullptr, nullptr, st);
   });
-  add(kFp8, kFamFp8, n * k + m * k + 8 + y_bytes, flops, YType::bf16, [&](int s) {
+  add(kFp8, kFamFp8, n * k + m * k + 4 * (m + n) + y_bytes, flops, YType::bf16, [&](int s) {
+    blas.matmul(cuda::BlasType::fp8_e4m3_rowwise, A_(s).x8r.get(), lw.w_fp8r[static_cast<size_t>(s)].get(), A_(s).y.get(),
+                M, N, K, A_(s).x8r_scale.get(), lw.w_fp8r_scale[static_cast<size_t>(s)].get(), st);
+  });
+  add(kFp8Tensor, kFamFp8, n * k + m * k + 8 + y_bytes, flops, YType::bf16, [&](int s) {
     blas.matmul(cuda::BlasType::fp8_e4m3, A_(s).x8.get(), lw.w_fp8[static_cast<size_t>(s)].get(), A_(s).y.get(), M, N,
                 K, A_(s).x8_scale.get(), lw.w_fp8_scale[static_cast<size_t>(s)].get(), st);
   });
@@ -605,17 +615,17 @@ Row bench_row(const Ctx& c, Timer& timer, const LayerShape& sh, LayerWeights& lw
   };
   auto gemm_only = [&](MethodId id, int sch, double planes) {
     Method& mt = add(id, kFamFp4, lw.scheme_bytes[sch] + planes * 2 * m * kp + g_bytes + y_bytes, flops, YType::bf16,
-                     [&, sch](int s) { lin(sch, s).gemm(y16(s), st); });
+                     [&, sch](int s) { lin(sch, s).gemm(lin(sch, s).own_activations(), y16(s), st); });
     mt.unavailable = lw.lin_error[sch];
     const int sets = S[kFamFp4];
     mt.setup = [&, sch, sets]() {  // every set's GpuLinear holds the operands of its own X at this M
-      for (int s = 0; s < sets; ++s) lin(sch, s).prepare(A_(s).xb.get(), M, st);
+      for (int s = 0; s < sets; ++s) lin(sch, s).prepare(A_(s).xb.get(), M, lin(sch, s).own_activations(), st);
       SHARQ_CUDA_CHECK(cudaStreamSynchronize(st));
     };
   };
   auto prep = [&](MethodId id, int sch, double planes) {
     Method& mt = add(id, kFamFp4, x_bf16 + planes * 2 * m * kp + g_bytes, kNaN, YType::none,
-                     [&, sch](int s) { lin(sch, s).prepare(A_(s).xb.get(), M, st); });
+                     [&, sch](int s) { lin(sch, s).prepare(A_(s).xb.get(), M, lin(sch, s).own_activations(), st); });
     mt.unavailable = lw.lin_error[sch];
   };
   fwd(kW4a16, kSchW4a16);
@@ -688,8 +698,11 @@ std::string device_header(const Ctx& c) {
       "timing: median of {} reps per method, one CUDA event pair per rep, >= {} warm-up calls; each method rotates "
       "over sets of (W, X, Y) totalling >= {:.0f}x L2 (at most {} sets)\n",
       o.reps, o.warmup, kL2Multiple, c.max_sets);
-  s += fmt::format("GpuLinear: kernel {}, activation scale per {}, mask {}\n", o.kernel, o.act_scale, o.mask);
-  s += "TB/s bytes: W + X + Y once each (fp16/bf16 2NK+2MK+2MN; fp8 NK+MK+8+2MN; GpuLinear forward weight_bytes+2MK+2MN,"
+  s += fmt::format("GpuLinear: kernel {}, activation scale per {}, mask {}; schemes {}, {}, {}, {}\n", o.kernel,
+                   o.act_scale, o.mask, c.schemes[0].name(), c.schemes[1].name(), c.schemes[2].name(), c.schemes[3].name());
+  s += "fp8 = the fp8 scheme (E4M3, per-channel W and per-token X scales, cuBLASLt OUTER_VEC_32F); fp8:tens = per-tensor"
+       " FP8, an extra, faster reference (not a sharq scheme). Both GEMM only (X pre-quantized).\n";
+  s += "TB/s bytes: W + X + Y once each (fp16/bf16 2NK+2MK+2MN; fp8 NK+MK+4(M+N)+2MN; fp8:tens NK+MK+8+2MN; GpuLinear forward weight_bytes+2MK+2MN,"
        " prep planes not counted;\n  *_gemm weight_bytes + planes 2*M*Kp each (exact 2, merged 1) + g_x + 2MN; prep"
        " 2MK + planes written + g_x). TFLOP/s = 2MNK / t.\n";
   s += "speedups = t_baseline / t_sharq with t_sharq = prep + GEMM (forward); exact/fp16 etc.\n\n";
@@ -708,12 +721,14 @@ std::string layer_tables(const Ctx& c, const LayerShape& sh, const LayerWeights&
   // µs + speedups
   s += fmt::format("{:>6} |", "µs M");
   for (int i = 0; i < kMethods; ++i) s += fmt::format(" {:>{}}", kMethodShort[i], w);
-  s += fmt::format(" | {:>8} {:>8} {:>8} {:>8} | {:>13}\n", "ex/fp16", "ex/fp8", "mg/fp16", "mg/fp8", "sets f16/f8/f4");
+  s += fmt::format(" | {:>8} {:>8} {:>8} {:>8} {:>8} | {:>13}\n", "ex/fp16", "ex/fp8", "ex/fp8t", "mg/fp16", "mg/fp8",
+                   "sets f16/f8/f4");
   for (const Row& r : rows) {
     s += fmt::format("{:>6} |", r.M);
     for (int i = 0; i < kMethods; ++i) s += fmt::format(" {:>{}}", fmt_us(r.r[i].us), w);
-    s += fmt::format(" | {:>8} {:>8} {:>8} {:>8} | {:>13}\n", fmt_or_dash(speedup(r, kFp16, kExact), 2),
-                     fmt_or_dash(speedup(r, kFp8, kExact), 2), fmt_or_dash(speedup(r, kFp16, kMerged), 2),
+    s += fmt::format(" | {:>8} {:>8} {:>8} {:>8} {:>8} | {:>13}\n", fmt_or_dash(speedup(r, kFp16, kExact), 2),
+                     fmt_or_dash(speedup(r, kFp8, kExact), 2), fmt_or_dash(speedup(r, kFp8Tensor, kExact), 2),
+                     fmt_or_dash(speedup(r, kFp16, kMerged), 2),
                      fmt_or_dash(speedup(r, kFp8, kMerged), 2),
                      fmt::format("{}/{}/{}", r.sets[kFamF16], r.sets[kFamFp8], r.sets[kFamFp4]));
   }
@@ -757,7 +772,7 @@ std::string csv_header() {
   for (const char* n : kMethodNames) s += fmt::format(",us_{}", n);
   for (const char* n : kMethodNames) s += fmt::format(",tbs_{}", n);
   for (int i = 0; i < kPrep; ++i) s += fmt::format(",tflops_{}", kMethodNames[i]);
-  s += ",spd_exact_fp16,spd_exact_fp8,spd_merged_fp16,spd_merged_fp8"
+  s += ",spd_exact_fp16,spd_exact_fp8,spd_exact_fp8_tensor,spd_merged_fp16,spd_merged_fp8"
        ",spd_exact_gemm_fp16,spd_exact_gemm_fp8,spd_merged_gemm_fp16,spd_merged_gemm_fp8,prep_pct_copy,problems\n";
   return s;
 }
@@ -774,7 +789,8 @@ std::string csv_row(const Ctx& c, const Row& r) {
   for (int i = 0; i < kMethods; ++i) s += "," + num(r.r[i].us, 3);
   for (int i = 0; i < kMethods; ++i) s += "," + num(r.r[i].tbs, 4);
   for (int i = 0; i < kPrep; ++i) s += "," + num(r.r[i].tflops, 3);
-  for (const auto& p : {std::make_pair(kFp16, kExact), std::make_pair(kFp8, kExact), std::make_pair(kFp16, kMerged),
+  for (const auto& p : {std::make_pair(kFp16, kExact), std::make_pair(kFp8, kExact), std::make_pair(kFp8Tensor, kExact),
+                        std::make_pair(kFp16, kMerged),
                         std::make_pair(kFp8, kMerged), std::make_pair(kFp16, kExactGemm),
                         std::make_pair(kFp8, kExactGemm), std::make_pair(kFp16, kMergedGemm),
                         std::make_pair(kFp8, kMergedGemm)})
@@ -816,17 +832,23 @@ int run_bench_gemm(const BenchGemmOptions& opt_in) {
   c.ms = opt.m;
   c.max_sets = opt.max_sets;
   if (opt.kernel == "auto") c.lin_opt.kernel = cuda::Fp4GemmKernel::automatic;
-  else if (opt.kernel == "decode") c.lin_opt.kernel = cuda::Fp4GemmKernel::decode;
   else if (opt.kernel == "prefill") c.lin_opt.kernel = cuda::Fp4GemmKernel::prefill;
   else if (opt.kernel == "small") c.lin_opt.kernel = cuda::Fp4GemmKernel::small;
-  else throw std::invalid_argument("bench gemm: --kernel must be auto, decode, small or prefill (got '" + opt.kernel + "')");
-  if (opt.act_scale == "token") c.lin_opt.act_scale = GlobalScale::per_row;
-  else if (opt.act_scale == "tensor") c.lin_opt.act_scale = GlobalScale::per_tensor;
-  else throw std::invalid_argument("bench gemm: --act-scale must be token or tensor (got '" + opt.act_scale + "')");
-  c.per_token = c.lin_opt.act_scale == GlobalScale::per_row;
-  if (opt.mask == "p48") c.lin_opt.mask = MaskKind::pair48;
-  else if (opt.mask == "s24") c.lin_opt.mask = MaskKind::scalar24;
-  else throw std::invalid_argument("bench gemm: --mask must be p48 or s24 (got '" + opt.mask + "')");
+  else throw std::invalid_argument("bench gemm: --kernel must be auto, small or prefill (got '" + opt.kernel + "')");
+  if (opt.act_scale != "token" && opt.act_scale != "tensor")
+    throw std::invalid_argument("bench gemm: --act-scale must be token or tensor (got '" + opt.act_scale + "')");
+  c.per_token = opt.act_scale == "token";
+  if (opt.mask != "p48" && opt.mask != "s24")
+    throw std::invalid_argument("bench gemm: --mask must be p48 or s24 (got '" + opt.mask + "')");
+  for (int k = 0; k < kNumSchemes; ++k) {
+    c.schemes[k] = parse_scheme(kSchemeTexts[k]);
+    if (c.schemes[k].is_sharq()) c.schemes[k].mask.kind = opt.mask == "s24" ? MaskKind::scalar24 : MaskKind::pair48;
+    if (c.schemes[k].has_act_global_scale())
+      c.schemes[k].act_scale = c.per_token ? GlobalScale::per_row : GlobalScale::per_tensor;
+  }
+  for (int64_t M : opt.m) c.lin_opt.max_m = std::max(c.lin_opt.max_m, M);
+  if (c.lin_opt.kernel == cuda::Fp4GemmKernel::small && c.lin_opt.max_m > cuda::kSmallMaxM)
+    throw std::invalid_argument(fmt::format("bench gemm: --kernel small takes M <= {}", cuda::kSmallMaxM));
 
   std::vector<const LayerShape*> shapes;
   for (const LayerShape& s : kShapes)

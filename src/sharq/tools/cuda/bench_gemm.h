@@ -4,10 +4,12 @@
 // Methods timed per (model, layer, M), each as the median over >= 50 repetitions, every repetition
 // timed on its own by a CUDA event pair on one stream (after a warm-up that touches every buffer set):
 //   fp16, bf16      cuBLASLt GEMM, X/W/Y of that type, FP32 accumulation
-//   fp8             cuBLASLt E4M3 GEMM with per-tensor scales, Y BF16 (GEMM only: X, W pre-quantized)
+//   fp8             the fp8 scheme: cuBLASLt E4M3 GEMM with per-channel W / per-token X scales
+//                   (OUTER_VEC_32F), Y BF16 (GEMM only: X, W pre-quantized)
+//   fp8_tensor      cuBLASLt E4M3 GEMM with per-tensor scales: an extra, faster reference column
 //   w4a16           GpuLinear(w4a16).forward (NVFP4-16 weights, BF16 X)
 //   nvfp4           GpuLinear(nvfp4).forward = NVFP4-16 activation prep + GEMM (W4A4 baseline)
-//   exact, merged   GpuLinear(sharq_exact / sharq_merged).forward = SharQ prep + GEMM
+//   exact, merged   GpuLinear(sharq / sharq:merged).forward = SharQ prep + GEMM
 //   exact_gemm, merged_gemm   the GEMM alone, on the operands of the last prepare()
 //   prep, prep_merged         the SharQ prep alone (GpuLinear::prepare)
 // X is BF16 M x K for every GpuLinear method; W is random N x K (nn.Linear layout).
@@ -42,7 +44,7 @@ struct BenchGemmOptions {
   int reps = 50;                     // timed repetitions per method (at least 50: raised with a warning)
   int warmup = 10;                   // warm-up calls per method (at least one per buffer set)
   int max_sets = 16;                 // cap on the rotating buffer sets per method
-  std::string kernel = "auto";       // GpuLinear GEMM kernel: auto | decode | small | prefill
+  std::string kernel = "auto";       // GpuLinear GEMM kernel: auto | small | prefill
   std::string act_scale = "token";   // SharQ / NVFP4 activation g_x: token | tensor
   std::string mask = "p48";          // SharQ mask: p48 | s24
   uint64_t seed = 1;                 // seed of the random X and W

@@ -12,7 +12,7 @@
 #include <memory>
 #include <vector>
 
-#include "sharq/kernels/cpu/linear.h"
+#include "sharq/runtime/cpu/linear.h"
 #include "sharq/model/checkpoint.h"
 
 namespace sharq {

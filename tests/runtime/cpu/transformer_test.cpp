@@ -1,6 +1,6 @@
 // The FP32 forward pass against Hugging Face transformers' own logits (sharq-lm-30m), prefill vs
 // incremental decoding, and every scheme running end to end on a real checkpoint.
-#include "sharq/model/transformer.h"
+#include "sharq/runtime/cpu/transformer.h"
 
 #include <gtest/gtest.h>
 

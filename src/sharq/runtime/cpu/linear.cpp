@@ -1,149 +1,17 @@
-#include "sharq/kernels/cpu/linear.h"
+#include "sharq/runtime/cpu/linear.h"
 
 #include <algorithm>
 #include <array>
 #include <cstdio>
-#include <sstream>
 #include <stdexcept>
 
 #include <fmt/format.h>
 
 #include "sharq/decompose/sharq_decompose.h"
 #include "sharq/kernels/cpu/gemm.h"
+#include "sharq/quant/fp8.h"
 
 namespace sharq {
-
-// ================================================================================================
-// Scheme names
-namespace {
-
-struct BaseName { const char* name; SchemeKind kind; };
-constexpr BaseName kBaseNames[] = {
-    {"fp32", SchemeKind::fp32},   {"fp16", SchemeKind::fp16},   {"bf16", SchemeKind::bf16},
-    {"fp8", SchemeKind::fp8},     {"w4a16", SchemeKind::w4a16}, {"nvfp4", SchemeKind::nvfp4},
-    {"mxfp4", SchemeKind::mxfp4}, {"hif4", SchemeKind::hif4},   {"sharq", SchemeKind::sharq},
-    {"sharq-mxfp4", SchemeKind::sharq_mxfp4}, {"sharq-hif4", SchemeKind::sharq_hif4},
-};
-
-const char* base_name(SchemeKind k) {
-  for (const auto& b : kBaseNames)
-    if (b.kind == k) return b.name;
-  return "?";
-}
-
-MaskSpec default_mask(SchemeKind k) {
-  MaskSpec m;
-  m.kind = k == SchemeKind::sharq_hif4 ? MaskKind::scalar24 : MaskKind::pair48;
-  return m;
-}
-
-std::string join_names() {
-  std::string s;
-  for (const auto& b : kBaseNames) {
-    if (!s.empty()) s += ", ";
-    s += b.name;
-  }
-  return s;
-}
-
-}  // namespace
-
-const std::vector<std::string>& scheme_base_names() {
-  static const std::vector<std::string> names = [] {
-    std::vector<std::string> v;
-    for (const auto& b : kBaseNames) v.emplace_back(b.name);
-    return v;
-  }();
-  return names;
-}
-
-bool Scheme::is_sharq() const {
-  return kind == SchemeKind::sharq || kind == SchemeKind::sharq_mxfp4 || kind == SchemeKind::sharq_hif4;
-}
-bool Scheme::has_act_global_scale() const { return kind == SchemeKind::nvfp4 || kind == SchemeKind::sharq; }
-
-std::string Scheme::name() const {
-  std::string s = base_name(kind);
-  if (is_sharq()) {
-    const MaskSpec def = default_mask(kind);
-    if (mask.kind != def.kind || (mask.kind == MaskKind::nm)) {
-      s += ':';
-      s += to_string(MaskSpec{mask.kind, PairScore::max, mask.n, mask.m});
-    }
-    if (mask.kind == MaskKind::pair48 && mask.score != PairScore::max) {
-      static const char* names[] = {"max", "l1", "l2", "maxmin"};
-      s += ':';
-      s += names[static_cast<int>(mask.score)];
-    }
-  }
-  if (has_act_global_scale() && act_scale == GlobalScale::per_row) s += ":token";
-  return s;
-}
-
-Scheme parse_scheme(const std::string& text) {
-  std::vector<std::string> parts;
-  std::stringstream ss(text);
-  for (std::string p; std::getline(ss, p, ':');) parts.push_back(p);
-  if (parts.empty() || parts[0].empty()) throw std::invalid_argument(fmt::format("empty scheme name; known schemes: {}", join_names()));
-  Scheme s;
-  bool found = false;
-  for (const auto& b : kBaseNames)
-    if (parts[0] == b.name) { s.kind = b.kind; found = true; }
-  if (!found) throw std::invalid_argument(fmt::format("unknown scheme '{}'; known schemes: {}", parts[0], join_names()));
-  s.mask = default_mask(s.kind);
-  for (size_t i = 1; i < parts.size(); ++i) {
-    const std::string& w = parts[i];
-    const bool mask_word = w == "p48" || w == "s24" || w.rfind("nm", 0) == 0 || w == "max" || w == "l1" ||
-                           w == "l2" || w == "maxmin";
-    if (mask_word && !s.is_sharq())
-      throw std::invalid_argument(fmt::format("scheme '{}': option '{}' applies to sharq variants only", text, w));
-    if (w == "p48") s.mask.kind = MaskKind::pair48;
-    else if (w == "s24") s.mask.kind = MaskKind::scalar24;
-    else if (w == "max") s.mask.score = PairScore::max;
-    else if (w == "l1") s.mask.score = PairScore::l1;
-    else if (w == "l2") s.mask.score = PairScore::l2sq;
-    else if (w == "maxmin") s.mask.score = PairScore::max_quarter_min;
-    else if (w.rfind("nm", 0) == 0) {
-      int n = 0, m = 0;
-      char extra = 0;
-      if (std::sscanf(w.c_str(), "nm%d_%d%c", &n, &m, &extra) != 2 || n < 0 || m < 1 || n > m || m > 256)
-        throw std::invalid_argument(fmt::format("scheme '{}': bad N:M option '{}' (expected nmN_M, 0 <= N <= M <= 256)", text, w));
-      s.mask.kind = MaskKind::nm;
-      s.mask.n = n;
-      s.mask.m = m;
-    } else if (w == "tensor" || w == "token") {
-      if (!s.has_act_global_scale())
-        throw std::invalid_argument(fmt::format("scheme '{}': option '{}' applies to nvfp4 and sharq only", text, w));
-      s.act_scale = w == "token" ? GlobalScale::per_row : GlobalScale::per_tensor;
-    } else {
-      throw std::invalid_argument(fmt::format(
-          "scheme '{}': unknown option '{}' (known: p48, s24, nmN_M, max, l1, l2, maxmin, tensor, token)", text, w));
-    }
-  }
-  if (s.mask.kind != MaskKind::pair48 && s.mask.score != PairScore::max)
-    throw std::invalid_argument(fmt::format("scheme '{}': pair scores (l1, l2, maxmin) apply to the p48 mask only", text));
-  return s;
-}
-
-std::vector<Scheme> parse_scheme_list(const std::string& csv) {
-  std::vector<Scheme> out;
-  std::stringstream ss(csv);
-  for (std::string p; std::getline(ss, p, ',');)
-    if (!p.empty()) out.push_back(parse_scheme(p));
-  if (out.empty()) throw std::invalid_argument("empty scheme list");
-  return out;
-}
-
-Scheme sharq_baseline(const Scheme& s) {
-  Scheme b;
-  switch (s.kind) {
-    case SchemeKind::sharq: b.kind = SchemeKind::nvfp4; b.act_scale = s.act_scale; break;
-    case SchemeKind::sharq_mxfp4: b.kind = SchemeKind::mxfp4; break;
-    case SchemeKind::sharq_hif4: b.kind = SchemeKind::hif4; break;
-    default: throw std::invalid_argument(fmt::format("scheme '{}' is not a SharQ variant", s.name()));
-  }
-  return b;
-}
 
 // ================================================================================================
 // Weight sources: packed storage decoded segment by segment.
@@ -183,13 +51,7 @@ class Fp32Source final : public WeightPanelSource {
   std::vector<float> w_;
 };
 
-// E4M3 codes of one value: non-finite input becomes the NaN code (SATFINITE alone would turn Inf
-// into 448 and hide it).
-uint8_t fp8_quantize_value(float x, float s) { return is_nonfinite(x) ? 0x7F : e4m3_encode(x / s); }
-float fp8_row_scale(const float* x, int64_t K) {
-  const float a = amax_finite(x, static_cast<int>(K));
-  return a > 0.0f ? a / 448.0f : 1.0f;
-}
+float fp8_row_scale(const float* x, int64_t K) { return fp8_scale_from_amax(amax_finite(x, static_cast<int>(K))); }
 
 class Fp8Source final : public WeightPanelSource {  // per-output-channel scales live in col_scale
  public:
@@ -295,7 +157,10 @@ class SchemeLinear final : public Linear {
       case SchemeKind::fp8: weights_ = std::make_unique<Fp8Source>(W, N, K, col_scale_); break;
       case SchemeKind::w4a16:
       case SchemeKind::nvfp4: set_blocks<Nvfp4_16>(W, GlobalScale::per_tensor); break;
-      case SchemeKind::sharq: set_blocks<Nvfp4_32>(W, GlobalScale::per_tensor); break;  // W32 shared
+      case SchemeKind::sharq:  // W32 shared payload (the paper), or NVFP4-16 with :w16
+        if (s.w16) set_blocks<Nvfp4_16>(W, GlobalScale::per_tensor);
+        else set_blocks<Nvfp4_32>(W, GlobalScale::per_tensor);
+        break;
       case SchemeKind::mxfp4:
       case SchemeKind::sharq_mxfp4: set_blocks<Mxfp4>(W, GlobalScale::none); break;
       case SchemeKind::hif4:
@@ -326,7 +191,11 @@ class SchemeLinear final : public Linear {
       case SchemeKind::nvfp4: prepare_blocks<Nvfp4_16>(X, M, K, scheme_.act_scale, xhat, rs); break;
       case SchemeKind::mxfp4: prepare_blocks<Mxfp4>(X, M, K, GlobalScale::none, xhat, rs); break;
       case SchemeKind::hif4: prepare_blocks<Hif4>(X, M, K, GlobalScale::none, xhat, rs); break;
-      case SchemeKind::sharq: prepare_sharq<SharqNvfp4>(X, M, xhat, rs, sh, rh, SharqFormat::nvfp4); break;
+      case SchemeKind::sharq:
+        prepare_sharq<SharqNvfp4>(X, M, xhat, rs, sh, rh, SharqFormat::nvfp4);
+        if (scheme_.merged)  // the GPU's merged plane: S^ + R^ (exact in FP32) rounded once to FP16
+          for (size_t i = 0; i < n; ++i) xhat[i] = round_fp16(xhat[i]);
+        break;
       case SchemeKind::sharq_mxfp4: prepare_sharq<SharqMxfp4>(X, M, xhat, rs, sh, rh, SharqFormat::mxfp4); break;
       case SchemeKind::sharq_hif4: prepare_sharq<SharqHif4>(X, M, xhat, rs, sh, rh, SharqFormat::hif4); break;
     }

@@ -1,4 +1,4 @@
-#include "sharq/model/transformer.h"
+#include "sharq/runtime/cpu/transformer.h"
 
 #include <algorithm>
 #include <cmath>

@@ -4,17 +4,7 @@
 // activations (the scheme's online quantization) and runs the blocked GEMM straight from the
 // packed weights (gemm.h), multi-threaded with OpenMP.
 //
-// Schemes (SHARQ_SPEC):
-//   fp32, fp16, bf16       unquantized / rounded operands
-//   fp8                    W8A8 E4M3: per-output-channel weight scales, per-token activation scales
-//   w4a16                  NVFP4-16 weights (per-tensor g_w), BF16 activations
-//   nvfp4                  W4A4 NVFP4-16 (the paper's baseline), activation g_x per tensor or token
-//   mxfp4, hif4            W4A4 MXFP4-32 / HiF4-64
-//   sharq                  NVFP4 SharQ: pair-4:8 backbone NVFP4-32 + residual NVFP4-16, W32 shared
-//   sharq-mxfp4            the same with MXFP4-32 everywhere
-//   sharq-hif4             scalar 2:4, HiF4-64 everywhere
-// Options after a colon: mask p48 | s24 | nmN_M, pair score max | l1 | l2 | maxmin,
-// activation scale tensor | token. Example: "sharq:s24:token".
+// Schemes and their options: quant/scheme.h.
 #pragma once
 
 #include <cstdint>
@@ -23,30 +13,11 @@
 #include <vector>
 
 #include "sharq/kernels/cpu/gemm.h"
+#include "sharq/quant/scheme.h"
 #include "sharq/mask/nm_mask.h"
 #include "sharq/quant/quantized_matrix.h"
 
 namespace sharq {
-
-enum class SchemeKind : uint8_t { fp32, fp16, bf16, fp8, w4a16, nvfp4, mxfp4, hif4, sharq, sharq_mxfp4, sharq_hif4 };
-
-struct Scheme {
-  SchemeKind kind = SchemeKind::fp32;
-  MaskSpec mask;                                 // SharQ variants only
-  GlobalScale act_scale = GlobalScale::per_tensor;  // nvfp4 and sharq (NVFP4) only
-
-  bool is_sharq() const;
-  bool has_act_global_scale() const;  // nvfp4, sharq
-  std::string name() const;           // canonical, parseable by parse_scheme
-};
-
-// Throws std::invalid_argument naming the offending word and listing the known ones.
-Scheme parse_scheme(const std::string& text);
-std::vector<Scheme> parse_scheme_list(const std::string& comma_separated);
-const std::vector<std::string>& scheme_base_names();
-
-// The W4A4 baseline a SharQ variant is measured against (sharq -> nvfp4 with the same act scale).
-Scheme sharq_baseline(const Scheme& s);
 
 // Dequantized operands, scaled domain: Y[m][n] = row_scale[m] col_scale[n] sum_k x[m][k] w[n][k] + bias[n].
 struct LinearOperands {

@@ -1,0 +1,299 @@
+#include "sharq/runtime/cuda/gpu_linear.h"
+
+#include <stdexcept>
+
+#include <fmt/format.h>
+
+#include "sharq/core/hd.h"
+#include "sharq/formats/minifloat.h"
+#include "sharq/quant/fp8.h"
+#include "sharq/quant/quantized_matrix.h"
+
+namespace sharq::cuda {
+
+DType act_dtype(const Scheme& s) { return s.kind == SchemeKind::fp16 ? DType::f16 : DType::bf16; }
+
+namespace {
+
+void check_scheme(const Scheme& s, const char* who) {
+  const std::string why = scheme_unsupported_reason(s, Device::cuda);
+  if (!why.empty()) throw std::invalid_argument(fmt::format("{}: {}", who, why));
+}
+
+bool two_paths(const Scheme& s) { return s.kind == SchemeKind::sharq && !s.merged; }
+
+int64_t round_up(int64_t v, int64_t m) { return (v + m - 1) / m * m; }
+
+// y[m][n] = round(y[m][n] + bias[n]) (or y_f32 += bias): the bias after the GEMM's own rounding.
+template <class T>
+__global__ void add_bias_kernel(T* y, float* y_f32, int64_t M, int64_t N, const float* bias) {
+  const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (i >= M * N) return;
+  const float b = bias[i % N];
+  if (y_f32) {
+    y_f32[i] += b;
+  } else if constexpr (std::is_same_v<T, __half>) {
+    y[i] = __float2half_rn(__half2float(y[i]) + b);
+  } else {
+    y[i] = __float2bfloat16_rn(__bfloat162float(y[i]) + b);
+  }
+}
+
+}  // namespace
+
+// ------------------------------------------------------------------------------------------------
+GpuActivations::GpuActivations(const Scheme& s, int64_t K, int64_t max_m) : scheme_(s), K_(K), max_m_(max_m) {
+  check_scheme(s, "GpuActivations");
+  if (K <= 0 || K > kPrepMaxK) throw std::invalid_argument(fmt::format("GpuActivations: K = {} (1 .. {})", K, kPrepMaxK));
+  if (max_m < 1) throw std::invalid_argument(fmt::format("GpuActivations: max_m = {} (>= 1)", max_m));
+  const auto cells = [&](int64_t ld) { return static_cast<size_t>(max_m * ld); };
+  switch (s.kind) {
+    case SchemeKind::fp8:
+      ld_ = round_up(K, 16);
+      q8_ = DeviceBuffer<uint8_t>(cells(ld_));
+      if (ld_ != K) SHARQ_CUDA_CHECK(cudaMemset(q8_.get(), 0, q8_.bytes()));  // the padding stays 0 forever
+      g_ = DeviceBuffer<float>(static_cast<size_t>(max_m));
+      break;
+    case SchemeKind::w4a16:
+      ld_ = round_up(K, 128);
+      if (ld_ != K) {  // a zero-padded copy of X (the padding stays 0 forever)
+        a0_ = DeviceBuffer<__half>(cells(ld_));
+        SHARQ_CUDA_CHECK(cudaMemset(a0_.get(), 0, a0_.bytes()));
+      }
+      break;
+    case SchemeKind::nvfp4:
+    case SchemeKind::sharq:
+      ld_ = round_up(K, 128);
+      a0_ = DeviceBuffer<__half>(cells(ld_));
+      if (two_paths(s)) a1_ = DeviceBuffer<__half>(cells(ld_));
+      g_ = DeviceBuffer<float>(static_cast<size_t>(max_m));
+      scratch_ = DeviceBuffer<uint32_t>(1);
+      break;
+    default:  // fp16, bf16: X itself
+      ld_ = K;
+      break;
+  }
+}
+
+GpuActivations::~GpuActivations() = default;
+
+size_t GpuActivations::bytes() const { return a0_.bytes() + a1_.bytes() + q8_.bytes() + g_.bytes() + scratch_.bytes(); }
+
+GpuActivations::Host GpuActivations::to_host() const {
+  Host h;
+  h.M = M_;
+  h.ld = ld_;
+  SHARQ_CUDA_CHECK(cudaDeviceSynchronize());
+  const size_t n = static_cast<size_t>(M_ * ld_);
+  auto copy16 = [&](const DeviceBuffer<__half>& b, std::vector<uint16_t>& v) {
+    if (!b.get() || !n) return;
+    v.resize(n);
+    SHARQ_CUDA_CHECK(cudaMemcpy(v.data(), b.get(), n * 2, cudaMemcpyDeviceToHost));
+  };
+  copy16(a0_, h.a0);
+  copy16(a1_, h.a1);
+  if (q8_.get() && n) {
+    h.codes.resize(n);
+    SHARQ_CUDA_CHECK(cudaMemcpy(h.codes.data(), q8_.get(), n, cudaMemcpyDeviceToHost));
+  }
+  if (g_.get() && M_) {
+    const bool per_tensor = scheme_.has_act_global_scale() && scheme_.act_scale == GlobalScale::per_tensor;
+    h.row_scale.resize(per_tensor ? 1 : static_cast<size_t>(M_));
+    SHARQ_CUDA_CHECK(cudaMemcpy(h.row_scale.data(), g_.get(), h.row_scale.size() * 4, cudaMemcpyDeviceToHost));
+  }
+  return h;
+}
+
+// ------------------------------------------------------------------------------------------------
+GpuLinear::GpuLinear(const Scheme& scheme, const float* W, int64_t N, int64_t K, const GpuLinearOptions& opt,
+                     CublasLtGemm* blas, const float* bias)
+    : scheme_(scheme), N_(N), K_(K), opt_(opt), blas_(blas) {
+  check_scheme(scheme, "GpuLinear");
+  if (!W) throw std::invalid_argument("GpuLinear: null weight matrix");
+  if (N <= 0 || K <= 0 || K > kPrepMaxK)
+    throw std::invalid_argument(fmt::format("GpuLinear: weight shape N = {}, K = {} (both > 0, K <= {})", N, K, kPrepMaxK));
+  if (opt.max_m < 1) throw std::invalid_argument(fmt::format("GpuLinear: max_m = {} (>= 1)", opt.max_m));
+  const size_t nk = static_cast<size_t>(N * K);
+  switch (scheme.kind) {
+    case SchemeKind::fp16:
+    case SchemeKind::bf16: {
+      if (!blas) throw std::invalid_argument(fmt::format("GpuLinear: scheme '{}' needs a cuBLASLt handle", scheme.name()));
+      std::vector<uint16_t> h(nk);
+      for (size_t i = 0; i < nk; ++i) h[i] = scheme.kind == SchemeKind::fp16 ? fp16_encode(W[i]) : bf16_encode(W[i]);
+      w16_ = DeviceBuffer<uint16_t>(nk);
+      w16_.upload(h.data());
+      break;
+    }
+    case SchemeKind::fp8: {  // exactly the CPU Linear's weights: per-output-channel E4M3 (quant/fp8.h)
+      if (!blas) throw std::invalid_argument("GpuLinear: scheme 'fp8' needs a cuBLASLt handle");
+      ld8_ = round_up(K, 16);
+      std::vector<uint8_t> codes(static_cast<size_t>(N * ld8_), 0);
+      std::vector<float> sc(static_cast<size_t>(N));
+      for (int64_t n = 0; n < N; ++n) {
+        sc[n] = fp8_scale_from_amax(amax_finite(W + n * K, static_cast<int>(K)));
+        for (int64_t k = 0; k < K; ++k) codes[n * ld8_ + k] = fp8_quantize_value(W[n * K + k], sc[n]);
+      }
+      w8_ = DeviceBuffer<uint8_t>(codes.size());
+      w8_.upload(codes.data());
+      w8_scale_ = DeviceBuffer<float>(sc.size());
+      w8_scale_.upload(sc.data());
+      break;
+    }
+    default:  // FP4 weights, exactly the CPU Linear's quantization (runtime/cpu/linear.cpp)
+      w4_ = scheme.fp4_weight_block() == 32
+                ? DeviceFp4Weights::upload(pack_fp4_tiles(quantize_matrix<Nvfp4_32>(W, N, K, GlobalScale::per_tensor)))
+                : DeviceFp4Weights::upload(pack_fp4_tiles(quantize_matrix<Nvfp4_16>(W, N, K, GlobalScale::per_tensor)));
+      break;
+  }
+  if (bias) {
+    bias_ = DeviceBuffer<float>(static_cast<size_t>(N));
+    bias_.upload(bias);
+  }
+  init_scratch();
+}
+
+GpuLinear::GpuLinear(const Scheme& scheme, const Fp4Tiles& w, const GpuLinearOptions& opt, const float* bias)
+    : scheme_(scheme), N_(w.N), K_(w.K), opt_(opt) {
+  check_scheme(scheme, "GpuLinear");
+  if (!scheme.is_fp4_weight())
+    throw std::invalid_argument(fmt::format("GpuLinear: scheme '{}' does not take packed FP4 weights", scheme.name()));
+  if (w.block != scheme.fp4_weight_block())
+    throw std::invalid_argument(fmt::format("GpuLinear: scheme '{}' needs NVFP4-{} weights, the packed tensor has "
+                                            "{}-element blocks", scheme.name(), scheme.fp4_weight_block(), w.block));
+  if (opt.max_m < 1) throw std::invalid_argument(fmt::format("GpuLinear: max_m = {} (>= 1)", opt.max_m));
+  w4_ = DeviceFp4Weights::upload(w);
+  if (bias) {
+    bias_ = DeviceBuffer<float>(static_cast<size_t>(N_));
+    bias_.upload(bias);
+  }
+  init_scratch();
+}
+
+GpuLinear::~GpuLinear() = default;
+
+void GpuLinear::init_scratch() {
+  if (scheme_.is_fp4_weight()) {
+    fp4_gemm_plan(opt_.max_m, w4_, opt_.kernel, opt_.splits);  // a forced family must be able to run max_m
+    ws_need_ = fp4_gemm_workspace_bytes(opt_.max_m, w4_, opt_.kernel, opt_.splits);
+  }
+  if (opt_.own_scratch) {
+    own_ = std::make_unique<GpuActivations>(scheme_, K_, opt_.max_m);
+    ws_ = DeviceBuffer<uint8_t>(ws_need_);
+  }
+}
+
+size_t GpuLinear::weight_bytes() const {
+  return w4_.bytes() + w16_.bytes() + w8_.bytes() + w8_scale_.bytes() + bias_.bytes();
+}
+
+GpuActivations& GpuLinear::own_activations() {
+  if (!own_) throw std::invalid_argument("GpuLinear: built without own_scratch: pass a GpuActivations");
+  return *own_;
+}
+
+void GpuLinear::prepare(const void* x, int64_t M, GpuActivations& acts, cudaStream_t stream) const {
+  const std::string who = fmt::format("GpuLinear({}, N = {}, K = {})::prepare", scheme_.name(), N_, K_);
+  if (!(acts.scheme_ == scheme_) || acts.K_ != K_)
+    throw std::invalid_argument(fmt::format("{}: the activations are for scheme '{}', K = {}", who, acts.scheme_.name(), acts.K_));
+  if (M < 0 || M > acts.max_m_)
+    throw std::invalid_argument(fmt::format("{}: M = {} (0 .. max_m = {})", who, M, acts.max_m_));
+  if (M > 0 && !x) throw std::invalid_argument(fmt::format("{}: null input", who));
+  acts.M_ = M;
+  acts.x_ = x;
+  if (M == 0) return;
+  const int64_t ld = acts.ld_;
+  switch (scheme_.kind) {
+    case SchemeKind::fp16:
+    case SchemeKind::bf16:
+      break;
+    case SchemeKind::fp8:
+      quantize_fp8_per_row(x, M, K_, acts.q8_.get(), ld, acts.g_.get(), stream);
+      break;
+    case SchemeKind::w4a16:
+      if (K_ != ld)  // into the zero-padded plane
+        SHARQ_CUDA_CHECK(cudaMemcpy2DAsync(acts.a0_.get(), ld * 2, x, K_ * 2, K_ * 2, M, cudaMemcpyDeviceToDevice, stream));
+      break;
+    case SchemeKind::nvfp4:
+      nvfp4_prep(x, DType::bf16, M, K_, nullptr, scheme_.act_scale, false, 0.0f, nullptr, acts.g_.get(), acts.a0_.get(),
+                 ld, acts.scratch_.get(), stream);
+      break;
+    default: {  // sharq
+      PrepSpec spec;
+      spec.fmt = SharqFormat::nvfp4;
+      spec.mask = scheme_.mask.kind;
+      spec.score = scheme_.mask.score;
+      spec.act_scale = scheme_.act_scale;
+      PrepOut out;
+      out.g = acts.g_.get();
+      out.ld = ld;
+      if (two_paths(scheme_)) {
+        out.s_plane = acts.a0_.get();
+        out.r_plane = acts.a1_.get();
+      } else {
+        out.x_plane = acts.a0_.get();
+      }
+      sharq_prep(x, DType::bf16, M, K_, nullptr, spec, out, acts.scratch_.get(), stream);
+      break;
+    }
+  }
+}
+
+void GpuLinear::gemm(const GpuActivations& acts, void* y, cudaStream_t stream, void* workspace, float* y_f32) const {
+  const std::string who = fmt::format("GpuLinear({}, N = {}, K = {})::gemm", scheme_.name(), N_, K_);
+  if (!(acts.scheme_ == scheme_) || acts.K_ != K_)
+    throw std::invalid_argument(fmt::format("{}: the activations are for scheme '{}', K = {}", who, acts.scheme_.name(), acts.K_));
+  const int64_t M = acts.M_;
+  if (M == 0) return;
+  if (!y && !y_f32) throw std::invalid_argument(fmt::format("{}: null output", who));
+  if (y_f32 && !scheme_.is_fp4_weight())
+    throw std::invalid_argument(fmt::format("{}: the FP32 test output exists for the FP4 schemes only", who));
+  switch (scheme_.kind) {
+    case SchemeKind::fp16:
+    case SchemeKind::bf16:
+      blas_->matmul(scheme_.kind == SchemeKind::fp16 ? BlasType::f16 : BlasType::bf16, acts.x_, w16_.get(), y, M, N_, K_,
+                    nullptr, nullptr, stream);
+      break;
+    case SchemeKind::fp8:
+      blas_->matmul(BlasType::fp8_e4m3_rowwise, acts.q8_.get(), w8_.get(), y, M, N_, ld8_, acts.g_.get(),
+                    w8_scale_.get(), stream);
+      break;
+    default: {
+      if (!workspace) workspace = ws_.get();
+      const size_t ws_bytes = workspace == ws_.get() ? ws_.bytes() : ws_need_;
+      Fp4GemmArgs a;
+      a.M = M;
+      a.lda = w4_.Kp;
+      a.y = static_cast<__nv_bfloat16*>(y);
+      a.y_f32 = y_f32;
+      a.ldy = N_;
+      if (scheme_.kind == SchemeKind::w4a16) {
+        a.adt = DType::bf16;
+        a.a0 = acts.a0_.get() ? static_cast<const void*>(acts.a0_.get()) : acts.x_;
+      } else {
+        a.a0 = acts.a0_.get();
+        a.a1 = two_paths(scheme_) ? acts.a1_.get() : nullptr;
+        a.row_scale = acts.g_.get();
+        a.row_scale_count = scheme_.act_scale == GlobalScale::per_tensor ? 1 : M;
+      }
+      fp4_gemm(a, w4_, workspace, ws_bytes, stream, opt_.kernel, opt_.splits);
+      break;
+    }
+  }
+  if (bias_.get()) {
+    const int64_t n = M * N_;
+    const unsigned blocks = static_cast<unsigned>((n + 255) / 256);
+    if (act_dtype(scheme_) == DType::f16)
+      add_bias_kernel<__half><<<blocks, 256, 0, stream>>>(static_cast<__half*>(y), y_f32, M, N_, bias_.get());
+    else
+      add_bias_kernel<__nv_bfloat16><<<blocks, 256, 0, stream>>>(static_cast<__nv_bfloat16*>(y), y_f32, M, N_, bias_.get());
+    SHARQ_CUDA_CHECK(cudaGetLastError());
+  }
+}
+
+void GpuLinear::forward(const void* x, int64_t M, void* y, cudaStream_t stream) {
+  GpuActivations& a = own_activations();
+  prepare(x, M, a, stream);
+  gemm(a, y, stream);
+}
+
+}  // namespace sharq::cuda

@@ -1,0 +1,131 @@
+// The linear-layer API of the GPU, for every GPU scheme of quant/scheme.h (the ones
+// scheme_unsupported_reason(s, Device::cuda) accepts):
+//
+//   fp16, bf16   cuBLASLt; weights FP16 / BF16
+//   fp8          W8A8 E4M3, per-output-channel weight scales, per-token activation scales (the one
+//                fp8 definition, quant/fp8.h): per-row quantization kernel + cuBLASLt FP8 with
+//                OUTER_VEC_32F scales
+//   w4a16        NVFP4-16 weights, BF16 activations: fp4_gemm on X itself
+//   nvfp4        NVFP4-16 activation prep + fp4_gemm
+//   sharq        fused SharQ prep (p48 | s24, token | tensor) + fp4_gemm: exact (the planes S^ and R^
+//                summed in FP32 accumulators) or merged (one plane fp16(S^ + R^)); W32 or :w16 weights
+//
+// Two objects:
+//   GpuActivations  the prepared input of one scheme and K, every buffer sized for max_m rows at
+//                   construction. Layers that read the same input (q/k/v, gate/up) share one: prepare
+//                   once, gemm per layer.
+//   GpuLinear       the weights (quantized on the host exactly as the CPU Linear does, or taken as an
+//                   already packed Fp4Tiles, and uploaded once) + prepare(x -> acts) + gemm(acts -> y),
+//                   or forward() = both through its own scratch (own_scratch).
+//
+// Graph-safe: everything is allocated at construction; prepare/gemm/forward only launch kernels on
+// the given stream (no allocation, no host synchronization) and can be captured in a CUDA graph.
+// X (M x K) and Y (M x N) are row-major device arrays of act_dtype(scheme): FP16 for fp16, BF16 for
+// every other scheme. Batch invariance (docs/numerics.md): with per-token scales (the default) a
+// row's output does not depend on the other rows of the call, for M <= kSmallMaxM and for M above.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <vector>
+
+#include "sharq/kernels/cuda/cublaslt_gemm.h"
+#include "sharq/kernels/cuda/fp4_gemm.h"
+#include "sharq/kernels/cuda/sharq_prep.h"
+#include "sharq/quant/fp4_tiles.h"
+#include "sharq/quant/scheme.h"
+
+namespace sharq::cuda {
+
+// FP16 for the fp16 scheme, BF16 for every other.
+DType act_dtype(const Scheme& s);
+
+struct GpuLinearOptions {
+  int64_t max_m = 64;                               // rows per call, at most (sizes every buffer)
+  bool own_scratch = true;                          // allocate the activations + workspace forward() uses
+  Fp4GemmKernel kernel = Fp4GemmKernel::automatic;  // FP4 schemes: force a family (tests, benches)
+  int splits = 0;                                   // FP4 schemes: force the split count (tuning)
+};
+
+class GpuActivations {
+ public:
+  // Throws std::invalid_argument (unsupported scheme, K <= 0, max_m < 1).
+  GpuActivations(const Scheme& s, int64_t K, int64_t max_m);
+  ~GpuActivations();
+  GpuActivations(const GpuActivations&) = delete;
+  GpuActivations& operator=(const GpuActivations&) = delete;
+
+  const Scheme& scheme() const { return scheme_; }
+  int64_t K() const { return K_; }
+  int64_t max_m() const { return max_m_; }
+  int64_t M() const { return M_; }  // rows of the last prepare
+  size_t bytes() const;
+
+  // Host copies of the last prepare's operands, for tests (synchronizes the device): the FP16/BF16
+  // planes (M x ld; a1 only for sharq exact), the FP8 codes (M x ld) and the row scales.
+  struct Host { int64_t M = 0, ld = 0; std::vector<uint16_t> a0, a1; std::vector<uint8_t> codes; std::vector<float> row_scale; };
+  Host to_host() const;
+
+ private:
+  friend class GpuLinear;
+  Scheme scheme_;
+  int64_t K_, ld_ = 0, max_m_, M_ = 0;
+  DeviceBuffer<__half> a0_, a1_;   // FP4 schemes: activation planes (FP16; BF16 bits for w4a16)
+  DeviceBuffer<uint8_t> q8_;       // fp8: E4M3 codes, M x ld (ld = K rounded up to 16, zero-padded)
+  DeviceBuffer<float> g_;          // g_x (nvfp4, sharq) or the fp8 row scales
+  DeviceBuffer<uint32_t> scratch_; // per-tensor amax word
+  const void* x_ = nullptr;        // fp16, bf16, w4a16 with K % 128 == 0: X itself (valid until gemm)
+};
+
+class GpuLinear {
+ public:
+  // W: N x K row-major FP32 on the host (nn.Linear layout); bias: N host floats or null. `blas` is
+  // required by fp16, bf16 and fp8 (one handle shared by every layer) and must outlive the layer.
+  // Throws std::invalid_argument naming the problem (scheme not on the GPU, shapes, null pointers).
+  GpuLinear(const Scheme& scheme, const float* W, int64_t N, int64_t K, const GpuLinearOptions& opt = {},
+            CublasLtGemm* blas = nullptr, const float* bias = nullptr);
+  // Already packed FP4 weights (the checkpoint loaders' output): the scheme must be an FP4-weight
+  // scheme whose weight block matches `w.block`.
+  GpuLinear(const Scheme& scheme, const Fp4Tiles& w, const GpuLinearOptions& opt = {}, const float* bias = nullptr);
+  ~GpuLinear();
+  GpuLinear(const GpuLinear&) = delete;
+  GpuLinear& operator=(const GpuLinear&) = delete;
+
+  const Scheme& scheme() const { return scheme_; }
+  int64_t N() const { return N_; }
+  int64_t K() const { return K_; }
+  int64_t max_m() const { return opt_.max_m; }
+  size_t weight_bytes() const;
+  // The split-K workspace gemm() needs for any M <= max_m (0 for most layers).
+  size_t workspace_bytes() const { return ws_need_; }
+
+  // x: M x K of act_dtype(scheme) on the device, 0 <= M <= acts.max_m(). acts must be of this
+  // layer's scheme and K (checked).
+  void prepare(const void* x, int64_t M, GpuActivations& acts, cudaStream_t stream) const;
+  // y: acts.M() x N of act_dtype(scheme). workspace: workspace_bytes() of device memory (16-byte
+  // aligned), or null to use the layer's own (own_scratch). y_f32: FP32 output instead of y (tests;
+  // FP4 schemes only).
+  void gemm(const GpuActivations& acts, void* y, cudaStream_t stream, void* workspace = nullptr,
+            float* y_f32 = nullptr) const;
+  // prepare + gemm through the layer's own scratch (own_scratch).
+  void forward(const void* x, int64_t M, void* y, cudaStream_t stream);
+  GpuActivations& own_activations();  // throws without own_scratch
+
+ private:
+  void init_scratch();
+  Scheme scheme_;
+  int64_t N_, K_;
+  GpuLinearOptions opt_;
+  CublasLtGemm* blas_ = nullptr;
+  DeviceFp4Weights w4_;          // FP4 schemes
+  DeviceBuffer<uint16_t> w16_;   // fp16 / bf16: N x K
+  DeviceBuffer<uint8_t> w8_;     // fp8: N x ld codes
+  DeviceBuffer<float> w8_scale_; // fp8: N per-channel scales
+  int64_t ld8_ = 0;
+  DeviceBuffer<float> bias_;
+  size_t ws_need_ = 0;
+  DeviceBuffer<uint8_t> ws_;
+  std::unique_ptr<GpuActivations> own_;
+};
+
+}  // namespace sharq::cuda

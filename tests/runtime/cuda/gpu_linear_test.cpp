@@ -1,0 +1,452 @@
+// The GPU linear API (GpuActivations + GpuLinear) for every GPU scheme, against the CPU Linear of the
+// same scheme name, on random and outlier-heavy inputs:
+//   - FP4 schemes (sharq exact / merged / w16, p48 / s24, token / tensor; nvfp4; w4a16): FP32 output
+//     within 1e-5 relative (Frobenius) of the CPU reference; BF16 output within one BF16 rounding;
+//     both kernel families (small for M <= 64, prefill above, and prefill forced at small M), any N;
+//   - fp8: the activation codes and row scales bit-identical to the CPU quantizer, the output within
+//     BF16 + FP8-accumulation tolerance; fp16 / bf16 through cuBLASLt likewise;
+//   - batch invariance: with per-token scales a row's output is bit-identical for M = 1 .. 64 and
+//     alone, and inside the prefill family for M = 65 .. 300; per-tensor scales break it (asserted);
+//   - CUDA-graph capture of prepare + gemm replays bit-identically to eager calls;
+//   - one GpuActivations shared by two layers (q/k/v style) gives each layer's own forward();
+//   - bad arguments throw before any launch, naming the problem.
+// Label `gpu`.
+#include "sharq/runtime/cuda/gpu_linear.h"
+
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstring>
+#include <limits>
+
+#include <fmt/format.h>
+
+#include "../../support/test_inputs.h"
+#include "sharq/quant/fp8.h"
+#include "sharq/runtime/cpu/linear.h"
+
+namespace {
+
+using namespace sharq;
+using namespace sharq::cuda;
+
+#define SKIP_WITHOUT_GPU() \
+  if (device_count() == 0) GTEST_SKIP() << "no CUDA device: GPU test skipped"
+
+struct GpuRun {
+  std::vector<float> y32;   // FP32 output (FP4 schemes; else the 16-bit output decoded)
+  std::vector<float> y16;   // BF16 / FP16 output, decoded
+};
+
+double rel_l2(const std::vector<float>& a, const std::vector<float>& b) {
+  double num = 0, den = 0;
+  for (size_t i = 0; i < a.size(); ++i) {
+    num += (double(a[i]) - b[i]) * (double(a[i]) - b[i]);
+    den += double(b[i]) * b[i];
+  }
+  return std::sqrt(num / den);
+}
+
+struct Problem {
+  int64_t M, N, K;
+  std::vector<float> W, X;   // X already exact in the activation type
+  std::vector<uint16_t> Xb;  // its 16-bit pattern (BF16, or FP16 for the fp16 scheme)
+};
+
+Problem make_problem(int64_t M, int64_t N, int64_t K, uint64_t seed, bool outliers, bool fp16 = false) {
+  Problem p{M, N, K, {}, {}, {}};
+  sharq_test::Rng rng(seed);
+  p.W.resize(static_cast<size_t>(N * K));
+  for (auto& v : p.W) v = static_cast<float>(rng.normal() * 0.02);
+  std::vector<float> x = outliers ? sharq_test::outlier_heavy(M, K, seed + 1) : std::vector<float>(static_cast<size_t>(M * K));
+  if (!outliers)
+    for (auto& v : x) v = static_cast<float>(rng.normal());
+  for (float v : x) {
+    p.Xb.push_back(fp16 ? fp16_encode(v) : bf16_encode(v));
+    p.X.push_back(fp16 ? fp16_decode(p.Xb.back()) : bf16_decode(p.Xb.back()));
+  }
+  return p;
+}
+
+CublasLtGemm& blas() {
+  static CublasLtGemm b;
+  return b;
+}
+
+GpuRun run_gpu(const std::string& scheme, const Problem& p, GpuLinearOptions opt = {}) {
+  const Scheme s = parse_scheme(scheme);
+  opt.max_m = std::max<int64_t>(p.M, 1);
+  GpuLinear lin(s, p.W.data(), p.N, p.K, opt, &blas());
+  DeviceBuffer<uint16_t> dx(p.Xb.size());
+  dx.upload(p.Xb.data());
+  DeviceBuffer<uint16_t> dy(static_cast<size_t>(p.M * p.N));
+  DeviceBuffer<float> dy32(static_cast<size_t>(p.M * p.N));
+  SHARQ_CUDA_CHECK(cudaMemset(dy.get(), 0xFF, dy.bytes()));   // poison: NaN everywhere
+  SHARQ_CUDA_CHECK(cudaMemset(dy32.get(), 0xFF, dy32.bytes()));
+  lin.prepare(dx.get(), p.M, lin.own_activations(), nullptr);
+  lin.gemm(lin.own_activations(), dy.get(), nullptr);
+  const bool fp4 = s.is_fp4_weight();
+  if (fp4) lin.gemm(lin.own_activations(), nullptr, nullptr, nullptr, dy32.get());
+  SHARQ_CUDA_CHECK(cudaDeviceSynchronize());
+  GpuRun r;
+  for (uint16_t b : dy.to_host()) r.y16.push_back(act_dtype(s) == DType::f16 ? fp16_decode(b) : bf16_decode(b));
+  r.y32 = fp4 ? dy32.to_host() : r.y16;
+  return r;
+}
+
+std::vector<float> run_cpu(const std::string& scheme, const Problem& p) {
+  auto lin = Linear::create(parse_scheme(scheme), p.W.data(), p.N, p.K);
+  return lin->forward(p.X, p.M);
+}
+
+void expect_close(const GpuRun& g, const std::vector<float>& ref, double tol32, const std::string& what) {
+  for (size_t i = 0; i < ref.size(); ++i) {
+    ASSERT_FALSE(std::isnan(g.y32[i])) << what << ": unwritten or NaN output at " << i;
+    ASSERT_FALSE(std::isnan(g.y16[i])) << what << ": unwritten or NaN BF16 output at " << i;
+  }
+  const double e32 = rel_l2(g.y32, ref);
+  EXPECT_LE(e32, tol32) << what;
+  // BF16 output: within one BF16 rounding (2^-8 relative) of the reference, plus the FP32 slack
+  for (size_t i = 0; i < ref.size(); ++i) {
+    const double tol = std::abs(ref[i]) * (0x1p-8 + 4 * tol32) + 1e-30;
+    ASSERT_LE(std::abs(double(g.y16[i]) - ref[i]), tol + std::abs(ref[i] - g.y32[i])) << what << " at " << i;
+  }
+}
+
+struct Shape { int64_t M, N, K; };
+
+TEST(GpuLinear, Fp4SchemesMatchTheCpuReference) {
+  SKIP_WITHOUT_GPU();
+  uint64_t seed = 10;
+  const Shape shapes[] = {{1, 256, 4096}, {8, 136, 256}, {16, 384, 96}, {33, 128, 1000}, {64, 512, 512},
+                          {100, 256, 320}, {300, 384, 4096}, {5, 200, 200}, {77, 1000, 384}};
+  for (const auto& sh : shapes)
+    for (bool outl : {false, true}) {
+      const auto p = make_problem(sh.M, sh.N, sh.K, ++seed, outl);
+      for (const char* sc : {"sharq", "sharq:s24", "sharq:tensor", "sharq:s24:tensor", "sharq:w16", "sharq:merged",
+                             "sharq:merged:tensor", "sharq:l1", "nvfp4", "nvfp4:tensor", "w4a16"})
+        for (Fp4GemmKernel kern : {Fp4GemmKernel::automatic, Fp4GemmKernel::prefill}) {
+          if (kern == Fp4GemmKernel::prefill && sh.M > kSmallMaxM) continue;  // = automatic
+          GpuLinearOptions opt;
+          opt.kernel = kern;
+          const std::string what = fmt::format("{} M={} N={} K={} outliers={} kernel={}", sc, sh.M, sh.N, sh.K, outl,
+                                               to_string(kern));
+          expect_close(run_gpu(sc, p, opt), run_cpu(sc, p), 1e-5, what);
+          if (HasFatalFailure()) return;
+        }
+    }
+}
+
+TEST(GpuLinear, CublasSchemesMatchTheCpuReference) {
+  SKIP_WITHOUT_GPU();
+  uint64_t seed = 50;
+  for (const Shape& sh : {Shape{1, 256, 4096}, Shape{16, 384, 512}, Shape{200, 256, 320}, Shape{7, 136, 1000}})
+    for (bool outl : {false, true})
+      for (const char* sc : {"fp16", "bf16", "fp8"}) {
+        const auto p = make_problem(sh.M, sh.N, sh.K, ++seed, outl, std::string(sc) == "fp16");
+        const std::string what = fmt::format("{} M={} N={} K={} outliers={}", sc, sh.M, sh.N, sh.K, outl);
+        const GpuRun g = run_gpu(sc, p);
+        const auto ref = run_cpu(sc, p);
+        for (size_t i = 0; i < ref.size(); ++i) ASSERT_FALSE(std::isnan(g.y16[i])) << what << " at " << i;
+        // 16-bit output rounding (2^-9 relative rms) + FP32 / FP8 tensor-core accumulation order
+        EXPECT_LE(rel_l2(g.y16, ref), 4e-3) << what;
+      }
+}
+
+// The fp8 scheme's activation quantization on the GPU is the CPU's (quant/fp8.h), bit for bit.
+TEST(GpuLinear, Fp8ActivationCodesAreTheCpuQuantizer) {
+  SKIP_WITHOUT_GPU();
+  for (const Shape& sh : {Shape{1, 128, 4096}, Shape{37, 128, 1000}, Shape{5, 128, 33}}) {
+    auto p = make_problem(sh.M, sh.N, sh.K, 5 + sh.K, true);
+    if (sh.M > 2) {  // a zero row, a NaN and an Inf
+      for (int64_t k = 0; k < sh.K; ++k) p.Xb[static_cast<size_t>(1 * sh.K + k)] = 0;
+      p.Xb[static_cast<size_t>(2 * sh.K + 3)] = 0x7FC0;
+      p.Xb[static_cast<size_t>(2 * sh.K + 4)] = 0xFF80;
+    }
+    GpuLinearOptions opt;
+    opt.max_m = sh.M;
+    GpuLinear lin(parse_scheme("fp8"), p.W.data(), p.N, p.K, opt, &blas());
+    DeviceBuffer<uint16_t> dx(p.Xb.size());
+    dx.upload(p.Xb.data());
+    lin.prepare(dx.get(), sh.M, lin.own_activations(), nullptr);
+    const auto h = lin.own_activations().to_host();
+    ASSERT_EQ(h.row_scale.size(), static_cast<size_t>(sh.M));
+    for (int64_t m = 0; m < sh.M; ++m) {
+      std::vector<float> row(static_cast<size_t>(sh.K));
+      for (int64_t k = 0; k < sh.K; ++k) row[static_cast<size_t>(k)] = bf16_decode(p.Xb[static_cast<size_t>(m * sh.K + k)]);
+      const float s = fp8_scale_from_amax(amax_finite(row.data(), static_cast<int>(sh.K)));
+      ASSERT_EQ(h.row_scale[static_cast<size_t>(m)], s) << "row " << m;
+      for (int64_t k = 0; k < sh.K; ++k)
+        ASSERT_EQ(h.codes[static_cast<size_t>(m * h.ld + k)], fp8_quantize_value(row[static_cast<size_t>(k)], s))
+            << "row " << m << " col " << k;
+      for (int64_t k = sh.K; k < h.ld; ++k) ASSERT_EQ(h.codes[static_cast<size_t>(m * h.ld + k)], 0) << "padding";
+    }
+  }
+}
+
+// Merged mode rounds S^ + R^ once to FP16: measure how far that moves the output from the exact
+// SharQ result, and compare with the FP4 error itself (SharQ exact vs the unquantized layer).
+TEST(GpuLinear, MergedModeDeviationIsFarBelowTheFp4Error) {
+  SKIP_WITHOUT_GPU();
+  uint64_t seed = 300;
+  double worst = 0;
+  for (const Shape& sh : {Shape{1, 256, 4096}, Shape{16, 512, 4096}, Shape{64, 256, 1024}, Shape{512, 384, 4096},
+                          Shape{1024, 384, 2048}})
+    for (bool outl : {false, true})
+      for (GlobalScale gs : {GlobalScale::per_row, GlobalScale::per_tensor}) {
+        const auto p = make_problem(sh.M, sh.N, sh.K, ++seed, outl);
+        const bool tensor = gs == GlobalScale::per_tensor;
+        const auto exact = run_gpu(tensor ? "sharq:tensor" : "sharq", p);
+        const auto merged = run_gpu(tensor ? "sharq:merged:tensor" : "sharq:merged", p);
+        const auto fp32 = run_cpu("fp32", p);
+        const double dev = rel_l2(merged.y32, exact.y32), fp4 = rel_l2(exact.y32, fp32);
+        worst = std::max(worst, dev);
+        std::printf("merged vs exact (%s): M=%-4lld N=%-4lld K=%-5lld outliers=%d %s  deviation %.3e   FP4 error %.3e   ratio %.4f\n",
+                    sh.M > 64 ? "wgmma prefill" : "wgmma small", static_cast<long long>(sh.M), static_cast<long long>(sh.N), static_cast<long long>(sh.K), outl,
+                    gs == GlobalScale::per_row ? "token " : "tensor", dev, fp4, dev / fp4);
+        EXPECT_LE(dev, 2e-3) << "merged deviation";
+        EXPECT_LE(dev, 0.05 * fp4) << "merged deviation vs FP4 error";
+      }
+  std::printf("merged-mode worst deviation: %.3e\n", worst);
+}
+
+// The kernels decode W^ * 2^-7 (FP16) / W^ * 2^-8 (BF16) and undo it in the epilogue: rows whose
+// block scales are the smallest UE4M3 codes then feed FP16 *subnormals* to the tensor cores. A flush
+// to zero anywhere would zero those outputs; they must match the CPU element by element.
+TEST(GpuLinear, TinyWeightRowsDecodeToExactSubnormals) {
+  SKIP_WITHOUT_GPU();
+  for (int64_t M : {4, 200}) {
+    auto p = make_problem(M, 256, 512, 91, false);
+    for (int64_t n = 8; n < 256; n += 2)  // every other row ~1e-5 of the largest: UE4M3 scales ~2^-9
+      for (int64_t k = 0; k < p.K; ++k) p.W[static_cast<size_t>(n * p.K + k)] *= 5e-4f;
+    p.W[0] = 4.0f;
+    for (const char* s : {"sharq", "nvfp4", "w4a16"}) {
+      const auto g = run_gpu(s, p);
+      const auto ref = run_cpu(s, p);
+      int64_t nonzero = 0, total = 0;
+      for (int64_t m = 0; m < M; ++m)
+        for (int64_t n = 8; n < 256; n += 2) {
+          const size_t i = static_cast<size_t>(m * p.N + n);
+          nonzero += ref[i] != 0.0f;
+          ++total;
+          ASSERT_NEAR(g.y32[i], ref[i], 1e-3 * std::abs(ref[i])) << s << " M=" << M << " at " << m << "," << n;
+        }
+      EXPECT_GT(nonzero, total * 9 / 10) << "the tiny rows must not quantize to zero";
+    }
+  }
+}
+
+TEST(GpuLinear, NanInTheInputPoisonsOnlyItsRow) {
+  SKIP_WITHOUT_GPU();
+  auto p = make_problem(16, 256, 512, 77, true);
+  p.Xb[3 * 512 + 10] = 0x7FC0;  // BF16 NaN in row 3
+  p.X[3 * 512 + 10] = std::numeric_limits<float>::quiet_NaN();
+  p.Xb[5 * 512 + 11] = 0x7F80;  // +Inf in row 5
+  p.X[5 * 512 + 11] = std::numeric_limits<float>::infinity();
+  for (const char* s : {"sharq", "sharq:merged", "nvfp4", "fp8"}) {
+    const auto g = run_gpu(s, p);
+    const auto ref = run_cpu(s, p);
+    for (int64_t m = 0; m < p.M; ++m)
+      for (int64_t n = 0; n < p.N; ++n) {
+        const size_t i = static_cast<size_t>(m * p.N + n);
+        ASSERT_EQ(std::isnan(g.y32[i]), std::isnan(ref[i])) << s << " at " << m << "," << n;
+        ASSERT_EQ(std::isnan(g.y32[i]), m == 3 || m == 5) << s << " at " << m << "," << n;
+      }
+  }
+}
+
+TEST(Fp4Gemm, RejectsMisalignedOperandsBeforeLaunch) {
+  SKIP_WITHOUT_GPU();
+  std::vector<float> W(128 * 256, 0.25f);
+  const auto w = DeviceFp4Weights::upload(pack_fp4_tiles(quantize_matrix<Nvfp4_32>(W.data(), 128, 256, GlobalScale::per_tensor)));
+  DeviceBuffer<__half> a(4 * 256 + 8);
+  DeviceBuffer<__nv_bfloat16> y(4 * 128 + 2);
+  Fp4GemmArgs args;
+  args.M = 4;
+  args.lda = 256;
+  args.ldy = 128;
+  args.a0 = a.get() + 1;  // 2 bytes off
+  args.y = y.get();
+  try {
+    fp4_gemm(args, w, nullptr, 0, nullptr);
+    FAIL() << "expected std::invalid_argument";
+  } catch (const std::invalid_argument& e) {
+    EXPECT_NE(std::string(e.what()).find("16-byte aligned"), std::string::npos) << e.what();
+  }
+  args.a0 = a.get();
+  args.y = reinterpret_cast<__nv_bfloat16*>(reinterpret_cast<uint8_t*>(y.get()) + 1);  // odd address
+  EXPECT_THROW(fp4_gemm(args, w, nullptr, 0, nullptr), std::invalid_argument);
+}
+
+TEST(GpuLinear, RejectsBadArgumentsBeforeLaunch) {
+  SKIP_WITHOUT_GPU();
+  std::vector<float> W(12 * 64, 0.5f);
+  auto what = [](auto&& f) -> std::string {
+    try {
+      f();
+    } catch (const std::invalid_argument& e) {
+      return e.what();
+    }
+    return "<no exception>";
+  };
+  EXPECT_NE(what([&] { GpuLinear(parse_scheme("mxfp4"), W.data(), 12, 64); }).find("mxfp4"), std::string::npos);
+  EXPECT_NE(what([&] { GpuLinear(parse_scheme("sharq:nm2_8"), W.data(), 12, 64); }).find("N:M"), std::string::npos);
+  EXPECT_NE(what([&] { GpuLinear(parse_scheme("fp32"), W.data(), 12, 64); }).find("fp32"), std::string::npos);
+  EXPECT_NE(what([&] { GpuLinear(parse_scheme("bf16"), W.data(), 12, 64); }).find("cuBLASLt"), std::string::npos);
+  EXPECT_NE(what([&] { GpuLinear(parse_scheme("sharq"), nullptr, 8, 64); }), "<no exception>");
+  EXPECT_NE(what([&] { GpuLinear(parse_scheme("sharq"), W.data(), 0, 64); }), "<no exception>");
+  GpuLinearOptions small;
+  small.max_m = 4;
+  GpuLinear lin(parse_scheme("sharq"), W.data(), 12, 64, small);  // any N works (padded to 128)
+  DeviceBuffer<uint16_t> dx(8 * 64);
+  EXPECT_NE(what([&] { lin.prepare(nullptr, 4, lin.own_activations(), nullptr); }), "<no exception>");
+  EXPECT_NE(what([&] { lin.prepare(dx.get(), 5, lin.own_activations(), nullptr); }).find("max_m"), std::string::npos);
+  GpuActivations other(parse_scheme("nvfp4"), 64, 4);
+  EXPECT_NE(what([&] { lin.prepare(dx.get(), 2, other, nullptr); }).find("nvfp4"), std::string::npos);
+  GpuActivations other_k(parse_scheme("sharq"), 96, 4);
+  EXPECT_NE(what([&] { lin.gemm(other_k, dx.get(), nullptr); }).find("K = 96"), std::string::npos);
+  GpuLinearOptions forced = small;
+  forced.max_m = 65;
+  forced.kernel = Fp4GemmKernel::small;
+  EXPECT_NE(what([&] { GpuLinear(parse_scheme("sharq"), W.data(), 12, 64, forced); }).find("M <= 64"), std::string::npos);
+  GpuLinearOptions shared = small;
+  shared.own_scratch = false;
+  GpuLinear lin2(parse_scheme("sharq"), W.data(), 12, 64, shared);
+  EXPECT_NE(what([&] { lin2.forward(dx.get(), 1, dx.get(), nullptr); }).find("own_scratch"), std::string::npos);
+  const Fp4Tiles t16 = pack_fp4_tiles(quantize_matrix<Nvfp4_16>(W.data(), 12, 64, GlobalScale::per_tensor));
+  EXPECT_NE(what([&] { GpuLinear(parse_scheme("sharq"), t16); }).find("NVFP4-32"), std::string::npos);
+  GpuLinear from_tiles(parse_scheme("sharq:w16"), t16);  // the right block: fine
+  EXPECT_EQ(from_tiles.N(), 12);
+}
+
+// ---- batch invariance ------------------------------------------------------------------------------
+// Bits of each output row of a run over rows [0, M) of X.
+std::vector<std::vector<uint16_t>> rows_of(GpuLinear& lin, const DeviceBuffer<uint16_t>& dx, int64_t M, int64_t N) {
+  DeviceBuffer<uint16_t> dy(static_cast<size_t>(M * N));
+  lin.forward(dx.get(), M, dy.get(), nullptr);
+  const auto h = dy.to_host();
+  std::vector<std::vector<uint16_t>> out;
+  for (int64_t m = 0; m < M; ++m) out.emplace_back(h.begin() + m * N, h.begin() + (m + 1) * N);
+  return out;
+}
+
+TEST(GpuLinear, PerTokenOutputRowsDoNotDependOnTheBatch) {
+  SKIP_WITHOUT_GPU();
+  for (const Shape& sh : {Shape{0, 256, 4096}, Shape{0, 4096, 14336}, Shape{0, 200, 320}}) {
+    const int64_t N = sh.N, K = sh.K;
+    const auto p = make_problem(300, N, K, 1234 + N, true);
+    DeviceBuffer<uint16_t> dx(p.Xb.size());
+    dx.upload(p.Xb.data());
+    for (const char* sc : {"sharq", "sharq:s24", "sharq:merged", "sharq:w16", "nvfp4", "w4a16"}) {
+      SCOPED_TRACE(fmt::format("{} N={} K={}", sc, N, K));
+      GpuLinearOptions opt;
+      opt.max_m = 300;
+      GpuLinear lin(parse_scheme(sc), p.W.data(), N, K, opt);
+      // small family: every row of every M = 1 .. 64 equals that row alone (M = 1)
+      std::vector<std::vector<uint16_t>> alone;
+      for (int64_t r = 0; r < kSmallMaxM; ++r) {
+        DeviceBuffer<uint16_t> d1(static_cast<size_t>(K)), y1(static_cast<size_t>(N));
+        SHARQ_CUDA_CHECK(cudaMemcpy(d1.get(), dx.get() + r * K, K * 2, cudaMemcpyDeviceToDevice));
+        lin.forward(d1.get(), 1, y1.get(), nullptr);
+        alone.push_back(y1.to_host());
+      }
+      int differ = 0;
+      for (int64_t M = 1; M <= kSmallMaxM; ++M) {
+        const auto rows = rows_of(lin, dx, M, N);
+        for (int64_t r = 0; r < M; ++r) differ += rows[static_cast<size_t>(r)] != alone[static_cast<size_t>(r)];
+      }
+      EXPECT_EQ(differ, 0) << "rows whose bits changed with the batch size (small family)";
+      // prefill family: the rows of M = 65, 100, 129, 256 equal those of M = 300
+      const auto big = rows_of(lin, dx, 300, N);
+      differ = 0;
+      for (int64_t M : {65, 100, 129, 256}) {
+        const auto rows = rows_of(lin, dx, M, N);
+        for (int64_t r = 0; r < M; ++r) differ += rows[static_cast<size_t>(r)] != big[static_cast<size_t>(r)];
+      }
+      EXPECT_EQ(differ, 0) << "rows whose bits changed with the batch size (prefill family)";
+    }
+  }
+}
+
+// Per-tensor g_x is batch-dependent by definition: an outlier row elsewhere in the batch changes
+// row 0's scale and so its output.
+TEST(GpuLinear, PerTensorScaleMakesRowsDependOnTheBatch) {
+  SKIP_WITHOUT_GPU();
+  auto p = make_problem(8, 256, 512, 4321, false);
+  for (int64_t k = 0; k < 512; k += 3) p.Xb[static_cast<size_t>(5 * 512 + k)] = bf16_encode(3000.0f);
+  DeviceBuffer<uint16_t> dx(p.Xb.size());
+  dx.upload(p.Xb.data());
+  for (const char* sc : {"sharq:tensor", "nvfp4:tensor"}) {
+    GpuLinearOptions opt;
+    opt.max_m = 8;
+    GpuLinear lin(parse_scheme(sc), p.W.data(), 256, 512, opt);
+    const auto one = rows_of(lin, dx, 1, 256), eight = rows_of(lin, dx, 8, 256);
+    EXPECT_NE(one[0], eight[0]) << sc << ": row 0 should change with the outlier row in the batch";
+  }
+}
+
+// ---- CUDA graphs ---------------------------------------------------------------------------------
+TEST(GpuLinear, CapturedGraphReplaysBitIdentically) {
+  SKIP_WITHOUT_GPU();
+  cudaStream_t st;
+  SHARQ_CUDA_CHECK(cudaStreamCreateWithFlags(&st, cudaStreamNonBlocking));
+  for (const char* sc : {"sharq", "sharq:merged", "sharq:tensor", "nvfp4", "w4a16", "fp8", "bf16"})
+    for (int64_t M : {3, 16, 200}) {
+      SCOPED_TRACE(fmt::format("{} M={}", sc, M));
+      const int64_t N = 384, K = 1000;
+      const auto p1 = make_problem(M, N, K, 77 + M, true), p2 = make_problem(M, N, K, 99 + M, false);
+      GpuLinearOptions opt;
+      opt.max_m = 256;
+      GpuLinear lin(parse_scheme(sc), p1.W.data(), N, K, opt, &blas());
+      DeviceBuffer<uint16_t> dx(p1.Xb.size()), dy(static_cast<size_t>(M * N)), ref(static_cast<size_t>(M * N));
+      // eager reference on input 2
+      dx.upload(p2.Xb.data());
+      lin.forward(dx.get(), M, ref.get(), st);
+      SHARQ_CUDA_CHECK(cudaStreamSynchronize(st));
+      const auto want = ref.to_host();
+      // capture with input 1 in the buffer, then replay after overwriting it with input 2
+      dx.upload(p1.Xb.data());
+      cudaGraph_t graph;
+      SHARQ_CUDA_CHECK(cudaStreamBeginCapture(st, cudaStreamCaptureModeThreadLocal));
+      lin.forward(dx.get(), M, dy.get(), st);
+      SHARQ_CUDA_CHECK(cudaStreamEndCapture(st, &graph));
+      cudaGraphExec_t exec;
+      SHARQ_CUDA_CHECK(cudaGraphInstantiate(&exec, graph, 0));
+      dx.upload(p2.Xb.data());
+      SHARQ_CUDA_CHECK(cudaMemset(dy.get(), 0xFF, dy.bytes()));
+      SHARQ_CUDA_CHECK(cudaGraphLaunch(exec, st));
+      SHARQ_CUDA_CHECK(cudaStreamSynchronize(st));
+      EXPECT_EQ(dy.to_host(), want);
+      SHARQ_CUDA_CHECK(cudaGraphExecDestroy(exec));
+      SHARQ_CUDA_CHECK(cudaGraphDestroy(graph));
+    }
+  SHARQ_CUDA_CHECK(cudaStreamDestroy(st));
+}
+
+// q/k/v style: one GpuActivations prepared once, read by two layers of the same scheme and K.
+TEST(GpuLinear, SharedActivationsServeSeveralLayers) {
+  SKIP_WITHOUT_GPU();
+  const auto p = make_problem(12, 256, 512, 555, true);
+  const auto q = make_problem(12, 384, 512, 556, true);
+  GpuLinearOptions shared;
+  shared.max_m = 16;
+  shared.own_scratch = false;
+  const Scheme s = parse_scheme("sharq");
+  GpuLinear a(s, p.W.data(), 256, 512, shared), b(s, q.W.data(), 384, 512, shared);
+  GpuLinearOptions own;
+  own.max_m = 16;
+  GpuLinear a2(s, p.W.data(), 256, 512, own), b2(s, q.W.data(), 384, 512, own);
+  DeviceBuffer<uint16_t> dx(p.Xb.size()), ya(12 * 256), yb(12 * 384), ya2(12 * 256), yb2(12 * 384);
+  dx.upload(p.Xb.data());
+  GpuActivations acts(s, 512, 16);
+  DeviceBuffer<uint8_t> ws(std::max(a.workspace_bytes(), b.workspace_bytes()) + 16);
+  a.prepare(dx.get(), 12, acts, nullptr);
+  a.gemm(acts, ya.get(), nullptr, ws.get());
+  b.gemm(acts, yb.get(), nullptr, ws.get());
+  a2.forward(dx.get(), 12, ya2.get(), nullptr);
+  b2.forward(dx.get(), 12, yb2.get(), nullptr);
+  EXPECT_EQ(ya.to_host(), ya2.to_host());
+  EXPECT_EQ(yb.to_host(), yb2.to_host());
+}
+
+}  // namespace
