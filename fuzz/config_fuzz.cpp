@@ -3,7 +3,7 @@
 #include <cstdint>
 #include <string>
 
-#include "sharq/model/checkpoint.h"
+#include "sharq/model/checkpoint_error.h"
 #include "sharq/model/config.h"
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {

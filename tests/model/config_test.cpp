@@ -11,7 +11,7 @@
 
 #include <unistd.h>
 
-#include "sharq/model/checkpoint.h"
+#include "sharq/model/checkpoint_error.h"
 
 namespace {
 

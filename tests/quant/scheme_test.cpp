@@ -6,19 +6,12 @@
 #include <functional>
 #include <string>
 
+#include "../support/exceptions.h"
+
 namespace sharq {
 namespace {
 
-std::string what_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const std::invalid_argument& e) {
-    return e.what();
-  } catch (...) {
-    return "<wrong exception type>";
-  }
-  return "<no exception>";
-}
+using sharq_test::what_of;
 
 TEST(Scheme, DefaultsAreTheSameForEveryDevice) {
   // per-token g_x is the default (batch-invariant); pair-4:8 with the max score; exact; W32

@@ -2,6 +2,9 @@
 // published stories260K output byte for byte; sampling is seeded and reproducible.
 #include "sharq/tools/generate.h"
 
+#include "sharq/runtime/cpu/executor.h"
+#include "sharq/runtime/sampler.h"
+
 #include <gtest/gtest.h>
 
 #include <filesystem>
@@ -17,9 +20,8 @@ std::string shared_path(const std::string& rel) { return std::string(SHARQ_SOURC
 TEST(Generate, Stories260kGreedyReproducesTheAuthorsOutputExactly) {
   const std::string bin = shared_path("models/stories260K/stories260K.bin");
   if (!std::filesystem::exists(bin)) GTEST_SKIP() << "shared data not found: " << bin;
-  const Checkpoint ck = load_checkpoint(bin);
   const auto tok = load_tokenizer_for(bin, shared_path("models/stories260K/tok512.bin"));
-  const Transformer model(ck, Scheme{});
+  CpuExecutor model(load_model_weights(bin), Scheme{});
   GenerateOptions opt;  // empty prompt, 256 steps, temperature 0: llama2.c `run -t 0.0`
   std::string streamed;
   const GenerateResult r = generate(model, *tok, opt, [&](const std::string& p) { streamed += p; });
@@ -34,9 +36,8 @@ TEST(Generate, Stories260kGreedyReproducesTheAuthorsOutputExactly) {
 TEST(Generate, SamplingIsSeededAndTemperatureMatters) {
   const std::string bin = shared_path("models/stories260K/stories260K.bin");
   if (!std::filesystem::exists(bin)) GTEST_SKIP() << "shared data not found: " << bin;
-  const Checkpoint ck = load_checkpoint(bin);
   const auto tok = load_tokenizer_for(bin, shared_path("models/stories260K/tok512.bin"));
-  const Transformer model(ck, Scheme{});
+  CpuExecutor model(load_model_weights(bin), Scheme{});
   GenerateOptions opt;
   opt.prompt = "Once upon a time";
   opt.steps = 64;
@@ -50,6 +51,21 @@ TEST(Generate, SamplingIsSeededAndTemperatureMatters) {
   EXPECT_EQ(a.text.rfind("Once upon a time", 0), 0u) << a.text;  // the prompt is printed first
   opt.steps = 2;  // prompt longer than steps
   EXPECT_THROW(generate(model, *tok, opt), std::invalid_argument);
+}
+
+TEST(Generate, StepsBeyondTheModelsContextAreClampedLikeRunC) {
+  const std::string bin = shared_path("models/stories260K/stories260K.bin");
+  if (!std::filesystem::exists(bin)) GTEST_SKIP() << "shared data not found: " << bin;
+  const auto tok = load_tokenizer_for(bin, shared_path("models/stories260K/tok512.bin"));
+  CpuExecutor model(load_model_weights(bin), Scheme{});
+  GenerateOptions opt;
+  opt.steps = 100000;  // stories260K: seq_len 512
+  opt.temperature = 1.0f;
+  const GenerateResult r = generate(model, *tok, opt);
+  EXPECT_LE(r.prompt_ids.size() + r.generated_ids.size(), 513u);
+  // the sequence was freed: the executor's next one is created from scratch at full length
+  const SeqId s = model.create_sequence(512);
+  EXPECT_EQ(model.sequence_length(s), 0);
 }
 
 TEST(Generate, GreedyPicksTheFirstMaximum) {

@@ -12,9 +12,9 @@
 #include <fmt/format.h>
 
 #include "sharq/runtime/cpu/linear.h"
-#include "sharq/model/checkpoint.h"
 #include "sharq/model/tokenizer.h"
-#include "sharq/runtime/cpu/transformer.h"
+#include "sharq/model/weights.h"
+#include "sharq/runtime/cpu/executor.h"
 #include "sharq/tools/analyze.h"
 #include "sharq/tools/cuda/bench_gemm.h"  // plain C++: the options struct; the function needs SHARQ_HAVE_CUDA
 #include "sharq/tools/generate.h"
@@ -33,8 +33,7 @@ constexpr const char* kSchemeHelp =
     "  mxfp4, hif4              W4A4 MXFP4-32 / HiF4-64\n"
     "  sharq                    SharQ, NVFP4: pair-4:8 backbone (NVFP4-32) + residual (NVFP4-16)\n"
     "  sharq-mxfp4, sharq-hif4  SharQ with MXFP4 / HiF4 (sharq-hif4 defaults to scalar 2:4)\n"
-    "Options: p48 | s24 | nmN_M (mask), max | l1 | l2 | maxmin (pair score),\n"
-    "         tensor | token (activation scale of nvfp4/sharq). Example: sharq:s24:token\n";
+    "Options (any order, defaults omitted from canonical names). Example: sharq:s24:tensor\n";
 
 int cmd_opcheck(const sharq::OpcheckConfig& cfg, bool csv, bool json) {
   const sharq::OpcheckResult r = sharq::run_opcheck(cfg);
@@ -51,9 +50,9 @@ struct GenerateArgs {
 };
 
 int cmd_generate(const GenerateArgs& a) {
-  const sharq::Checkpoint ck = sharq::load_checkpoint(a.model);
+  const sharq::Scheme scheme = sharq::parse_scheme(a.scheme);
   const auto tok = sharq::load_tokenizer_for(a.model, a.tokenizer);
-  const sharq::Transformer model(ck, sharq::parse_scheme(a.scheme));
+  sharq::CpuExecutor model(sharq::load_model_weights(a.model), scheme);
   const auto r = sharq::generate(model, *tok, a.opt, [](const std::string& piece) {
     std::fputs(piece.c_str(), stdout);
     std::fflush(stdout);
@@ -70,11 +69,14 @@ int cmd_generate(const GenerateArgs& a) {
 
 constexpr const char* kBenchGemmHelp =
     "Methods (median us of >= 50 reps, one CUDA event pair each, rotating buffer sets >= 3x L2):\n"
-    "  fp16, bf16, fp8          cuBLASLt (fp8: E4M3, per-tensor scales, GEMM only)\n"
+    "  fp16, bf16               cuBLASLt\n"
+    "  fp8                      the fp8 scheme: E4M3, per-channel W / per-token X scales (cuBLASLt, GEMM only)\n"
+    "  fp8_tensor               E4M3 with per-tensor scales: an extra, faster reference (GEMM only)\n"
     "  w4a16, nvfp4             GpuLinear forward (nvfp4 = its activation prep + GEMM)\n"
     "  exact, merged            SharQ GpuLinear forward (prep + GEMM); *_gemm: GEMM only\n"
     "  prep, prep_merged        the SharQ activation prep alone\n"
-    "TB/s counts W + X + Y once each: fp16/bf16 2NK+2MK+2MN; fp8 NK+MK+8+2MN; GpuLinear forward\n"
+    "TB/s counts W + X + Y once each: fp16/bf16 2NK+2MK+2MN; fp8 NK+MK+4(M+N)+2MN; fp8_tensor NK+MK+8+2MN;\n"
+    "GpuLinear forward "
     "weight_bytes()+2MK+2MN (intermediate planes not counted); *_gemm weight_bytes() + FP16 planes\n"
     "2*M*Kp each (exact 2, merged 1) + 4*G (g_x, G = M per token, 1 per tensor) + 2MN; prep 2MK + planes\n"
     "written + 4*G; Kp = round_up(K, 128). TFLOP/s = 2*M*N*K / t. Speedups = t_fp16 or t_fp8 / t_sharq.\n";
@@ -233,6 +235,9 @@ int main(int argc, char** argv) {
     if (*bg) return cmd_bench_gemm(bo);
     if (*sc) {
       std::fputs(kSchemeHelp, stdout);
+      std::fputs(sharq::scheme_options_help(), stdout);
+      std::fputs("GPU (--device cuda): fp16, bf16, fp8, w4a16, nvfp4, sharq (p48 | s24, token | tensor, merged, w16)\n",
+                 stdout);
       return 0;
     }
   } catch (const std::exception& e) {

@@ -9,7 +9,7 @@
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
 
-#include "sharq/model/checkpoint.h"
+#include "sharq/model/checkpoint_error.h"
 #include "sharq/model/loader_text.h"
 
 namespace sharq {

@@ -50,7 +50,7 @@ struct ModelConfig {
 // Hugging Face config.json (model_type llama, mistral, qwen2, qwen3, mixtral, qwen3_moe) -> ModelConfig.
 // Missing optional fields take the defaults of the transformers config class of that model_type.
 // Features this library does not run (other rope types, sliding-window attention in use, Qwen3-MoE
-// dense layers, MLP biases) are rejected. Throws CheckpointError (checkpoint.h) naming
+// dense layers, MLP biases) are rejected. Throws CheckpointError (checkpoint_error.h) naming
 // `path_for_messages` and the field.
 ModelConfig parse_hf_config(const std::string& json_text, const std::string& path_for_messages);
 // The same, reading the file.

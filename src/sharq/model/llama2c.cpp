@@ -1,14 +1,13 @@
 // llama2.c "legacy" (version 0) checkpoints: 7 x int32 header, then fp32 weights in the order
 // run.c maps them. Every matrix is stored as nn.Linear keeps it (out x in, row-major), so the HF
-// names get the same bytes; only the RoPE pairing differs (config.rope_interleaved).
-#include <bit>
-#include <cstring>
+// names view the same bytes in place; only the RoPE pairing differs (config.rope_interleaved).
+#include <cstdint>
+#include <memory>
 #include <vector>
 
 #include <fmt/format.h>
 
-#include "sharq/core/hd.h"
-#include "sharq/model/checkpoint.h"
+#include "sharq/model/weights.h"
 
 namespace sharq {
 namespace {
@@ -67,7 +66,7 @@ uint64_t product(std::initializer_list<int64_t> factors, const std::string& name
 
 }  // namespace
 
-Checkpoint parse_llama2c(const uint8_t* b, size_t n, const std::string& name) {
+ModelWeights parse_llama2c(const uint8_t* b, size_t n, const std::string& name) {
   const Header h = parse_header(b, n, name);
   const int64_t head_size = h.dim / h.n_heads;
   const int64_t kv_dim = h.n_kv_heads * head_size;
@@ -91,7 +90,7 @@ Checkpoint parse_llama2c(const uint8_t* b, size_t n, const std::string& name) {
   };
   if (!h.shared_classifier) segments.push_back({"wcls", product({h.vocab_size, h.dim}, name, "wcls")});
 
-  // The whole layout is checked against the file size before anything is allocated.
+  // The whole layout is checked against the file size before any view is made.
   std::vector<uint64_t> offsets;  // byte offset of each segment
   uint64_t end = kHeaderBytes;
   for (const Segment& s : segments) {
@@ -110,26 +109,25 @@ Checkpoint parse_llama2c(const uint8_t* b, size_t n, const std::string& name) {
     throw CheckpointError(fmt::format("{}: {} bytes follow the weights the header ({}) describes; not a llama2.c version 0 checkpoint", name,
                                       n - end, header_text(h)));
 
-  auto floats_at = [&](size_t segment, uint64_t first, uint64_t count) {
-    std::vector<float> v(static_cast<size_t>(count));
-    const uint8_t* p = b + offsets[segment] + 4 * first;
-    if constexpr (std::endian::native == std::endian::little) {
-      std::memcpy(v.data(), p, v.size() * 4);
-    } else {
-      for (size_t i = 0; i < v.size(); ++i) v[i] = f32_from_bits(le32(p + 4 * i));
-    }
-    return v;
-  };
-
-  Checkpoint ck;
-  ck.source = name;
+  ModelWeights w;
+  w.source = name;
+  // The header is 28 bytes, so the floats are 4-aligned whenever the file is (a mapping always
+  // is). Bytes handed over at an odd address are copied once, so that an F32 view can always be
+  // read in place as floats (f32_in_place).
+  if (reinterpret_cast<uintptr_t>(b) % alignof(float) != 0) {
+    auto copy = std::make_shared<const std::vector<uint8_t>>(b, b + n);
+    b = copy->data();
+    w.keep(std::move(copy));
+  }
   auto add = [&](const std::string& hf_name, size_t segment, int64_t layer, std::vector<int64_t> shape) {
-    Tensor t;
-    t.dtype = "F32";
+    TensorView t;
+    t.name = hf_name;
+    t.dtype = DType::f32;
     t.shape = std::move(shape);
     const uint64_t count = static_cast<uint64_t>(t.numel());
-    t.data = floats_at(segment, static_cast<uint64_t>(layer) * count, count);
-    ck.tensors.emplace(hf_name, std::move(t));
+    t.data = b + offsets[segment] + 4 * static_cast<uint64_t>(layer) * count;
+    t.bytes = static_cast<size_t>(4 * count);
+    w.tensors.emplace(hf_name, std::move(t));
   };
   enum : size_t { kEmbed, kRmsAtt, kWq, kWk, kWv, kWo, kRmsFfn, kW1, kW2, kW3, kRmsFinal, kFreqReal, kFreqImag, kWcls };
   add("model.embed_tokens.weight", kEmbed, 0, {h.vocab_size, h.dim});
@@ -148,7 +146,7 @@ Checkpoint parse_llama2c(const uint8_t* b, size_t n, const std::string& name) {
   add("model.norm.weight", kRmsFinal, 0, {h.dim});
   if (!h.shared_classifier) add("lm_head.weight", kWcls, 0, {h.vocab_size, h.dim});
 
-  ModelConfig& c = ck.config;
+  ModelConfig& c = w.config;
   c.arch = Arch::llama;
   c.vocab_size = h.vocab_size;
   c.hidden_size = h.dim;
@@ -164,7 +162,7 @@ Checkpoint parse_llama2c(const uint8_t* b, size_t n, const std::string& name) {
   c.tie_word_embeddings = h.shared_classifier;
   c.bos_token_id = 1;      // the Llama-2 SentencePiece layout every llama2.c tokenizer uses
   c.eos_token_id = 2;
-  return ck;
+  return w;
 }
 
 }  // namespace sharq

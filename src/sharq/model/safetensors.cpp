@@ -1,15 +1,12 @@
 #include "sharq/model/safetensors.h"
 
 #include <algorithm>
-#include <bit>
-#include <cstring>
 #include <limits>
 #include <vector>
 
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
 
-#include "sharq/formats/minifloat.h"
 #include "sharq/model/loader_text.h"
 
 namespace sharq {
@@ -31,7 +28,7 @@ size_t item_bytes(const std::string& dtype) {
   return 0;
 }
 
-// A tensor's validated entry: everything needed to convert it, checked before anything is allocated.
+// A tensor's validated entry: everything needed to view it, checked before any view is made.
 struct Entry {
   const std::string* name;
   std::string dtype;
@@ -87,7 +84,7 @@ Entry validate_entry(const std::string& tname, const json& info, const std::stri
     if (v == 0) has_zero = true;
   }
   // Element count, overflow-free: the running product never exceeds span / itemsize, which bounds
-  // the allocation by the bytes actually present.
+  // numel by the bytes actually present (an executor sizes its buffers from the shape).
   uint64_t count = has_zero ? 0 : 1;
   for (int64_t d : e.shape) {
     if (has_zero) break;
@@ -103,30 +100,14 @@ Entry validate_entry(const std::string& tname, const json& info, const std::stri
   return e;
 }
 
-void convert(const Entry& e, const uint8_t* src, std::vector<float>& out) {
-  out.resize(e.count);
-  if (e.count == 0) return;  // an empty vector's data() may be null, which memcpy must not get
-  if (e.dtype == "F32") {
-    if constexpr (std::endian::native == std::endian::little) {
-      std::memcpy(out.data(), src, e.count * 4);
-    } else {
-      for (size_t i = 0; i < e.count; ++i) {
-        const uint8_t* p = src + 4 * i;
-        out[i] = f32_from_bits(p[0] | (p[1] << 8) | (p[2] << 16) | (static_cast<uint32_t>(p[3]) << 24));
-      }
-    }
-    return;
-  }
-  const bool bf16 = e.dtype == "BF16";
-  for (size_t i = 0; i < e.count; ++i) {
-    const uint16_t h = static_cast<uint16_t>(src[2 * i] | (src[2 * i + 1] << 8));
-    out[i] = bf16 ? bf16_decode(h) : fp16_decode(h);
-  }
+DType dtype_of(const std::string& dtype) {
+  if (dtype == "F32") return DType::f32;
+  return dtype == "BF16" ? DType::bf16 : DType::f16;  // validate_entry admitted only these three
 }
 
 }  // namespace
 
-std::map<std::string, Tensor> parse_safetensors(const uint8_t* b, size_t n, const std::string& name) {
+std::map<std::string, TensorView> parse_safetensors(const uint8_t* b, size_t n, const std::string& name) {
   if (n < 8) throw CheckpointError(fmt::format("{}: file is {} bytes, too short for the 8-byte safetensors header length", name, n));
   const uint64_t header_len = le64(b);
   if (header_len > n - 8)
@@ -164,20 +145,24 @@ std::map<std::string, Tensor> parse_safetensors(const uint8_t* b, size_t n, cons
       throw CheckpointError(fmt::format("{}: tensors '{}' and '{}' overlap in the data section", name, *by_offset[i - 1]->name, *by_offset[i]->name));
   }
 
-  std::map<std::string, Tensor> out;
+  std::map<std::string, TensorView> out;
   for (const Entry& e : entries) {
-    Tensor t;
+    TensorView t;
+    t.name = *e.name;
+    t.dtype = dtype_of(e.dtype);
     t.shape = e.shape;
-    t.dtype = e.dtype;
-    convert(e, data + e.begin, t.data);
+    t.data = data + e.begin;
+    t.bytes = static_cast<size_t>(e.end - e.begin);
     out.emplace(*e.name, std::move(t));
   }
   return out;
 }
 
-std::map<std::string, Tensor> read_safetensors(const std::string& path) {
-  const std::vector<uint8_t> bytes = read_file_bytes(path);
-  return parse_safetensors(bytes.data(), bytes.size(), path);
+SafetensorsFile open_safetensors(const std::string& path) {
+  SafetensorsFile f;
+  f.file = std::make_shared<const MappedFile>(path);
+  f.tensors = parse_safetensors(f.file->data(), f.file->size(), path);
+  return f;
 }
 
 }  // namespace sharq

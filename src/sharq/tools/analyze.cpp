@@ -9,10 +9,10 @@
 
 #include <fmt/format.h>
 
-#include "sharq/runtime/cpu/linear.h"
-#include "sharq/model/checkpoint.h"
 #include "sharq/model/tokenizer.h"
-#include "sharq/runtime/cpu/transformer.h"
+#include "sharq/model/weights.h"
+#include "sharq/runtime/cpu/executor.h"
+#include "sharq/runtime/cpu/linear.h"
 #include "sharq/tools/scoring.h"
 
 namespace sharq {
@@ -29,9 +29,10 @@ struct Capture : ProjectionObserver {
 };
 
 // The weight a captured input feeds (q_proj stands for q/k/v, gate_proj for gate/up).
-std::string weight_name(int64_t layer, const std::string& proj) {
-  const char* block = (proj == "q_proj" || proj == "o_proj") ? "self_attn" : "mlp";
-  return fmt::format("model.layers.{}.{}.{}.weight", layer, block, proj);
+const TensorView& weight_of(const LayerWeights& L, int64_t layer, const std::string& proj) {
+  const TensorView* w = proj == "q_proj" ? L.q : proj == "o_proj" ? L.o : proj == "gate_proj" ? L.gate : L.down;
+  if (!w) throw std::logic_error(fmt::format("analyze: layer {} has no weight for input '{}'", layer, proj));
+  return *w;
 }
 
 double rel_err(const std::vector<float>& y, const std::vector<float>& ref) {
@@ -47,16 +48,18 @@ double rel_err(const std::vector<float>& y, const std::vector<float>& ref) {
 
 AnalyzeResult run_analyze(const AnalyzeOptions& opt) {
   const std::vector<Scheme> schemes = parse_scheme_list(opt.schemes);
-  const Checkpoint ck = load_checkpoint(opt.model_path);
+  const ModelWeights weights = load_model_weights(opt.model_path);
   const auto tok = load_tokenizer_for(opt.model_path, opt.tokenizer_path);
   std::vector<int32_t> ids = tok->encode(read_text_file(opt.data_path), true);
   if (opt.tokens < 1) throw std::invalid_argument("--tokens must be >= 1");
   if (static_cast<int64_t>(ids.size()) > opt.tokens) ids.resize(static_cast<size_t>(opt.tokens));
-  const Transformer model(ck, Scheme{});
+  CpuExecutor model(weights, Scheme{});
   Capture cap;
-  KVCache cache = model.new_cache(static_cast<int64_t>(ids.size()));
-  std::vector<float> logits(static_cast<size_t>(ck.config.vocab_size));
-  model.forward(ids.data(), static_cast<int64_t>(ids.size()), cache, logits.data(), false, &cap);
+  model.set_observer(&cap);
+  StepEntry entry;
+  entry.seq = model.create_sequence(static_cast<int64_t>(ids.size()));
+  entry.tokens = ids;
+  model.step({entry});
 
   AnalyzeResult res;
   res.model = opt.model_path;
@@ -94,12 +97,12 @@ AnalyzeResult run_analyze(const AnalyzeOptions& opt) {
                       [&](int64_t a, int64_t b) { return ch[a] > ch[b]; });
     for (int64_t i = 0; i < std::min<int64_t>(5, in.K); ++i) row.top_channels.push_back({order[i], ch[order[i]]});
 
-    const Tensor& w = ck.tensors.at(weight_name(in.layer, in.proj));
-    const int64_t N = w.shape[0];
+    const std::vector<float> w = to_f32(weight_of(weights.layer(in.layer), in.layer, in.proj));  // one tensor at a time
+    const int64_t N = static_cast<int64_t>(w.size()) / in.K;
     std::vector<float> yref(static_cast<size_t>(in.M * N)), y(yref.size());
-    Linear::create(Scheme{}, w.data.data(), N, in.K)->forward(in.x.data(), in.M, yref.data());
+    Linear::create(Scheme{}, w.data(), N, in.K)->forward(in.x.data(), in.M, yref.data());
     for (const auto& s : schemes) {
-      Linear::create(s, w.data.data(), N, in.K)->forward(in.x.data(), in.M, y.data());
+      Linear::create(s, w.data(), N, in.K)->forward(in.x.data(), in.M, y.data());
       row.rel_err.push_back(rel_err(y, yref));
     }
     res.rows.push_back(std::move(row));

@@ -1,8 +1,10 @@
-// Text generation: greedy or sampled (temperature, top-p, seed), llama2.c `run` semantics.
+// Text generation: greedy or sampled (temperature, top-p, seed), llama2.c `run` semantics, on any
+// executor of the step API (runtime/step.h).
 //
-// The prompt (BOS + encoded text; BOS alone for an empty prompt) is prefilled as one batch, then
-// tokens are sampled one at a time until `steps` positions are used (prompt included, as in
-// llama2.c) or the model emits EOS or BOS.
+// The prompt (BOS + encoded text; BOS alone for an empty prompt) is prefilled as one step, then
+// tokens are sampled one step at a time until `steps` positions are used (prompt included, as in
+// llama2.c; like run.c, steps beyond the model's max_position_embeddings are clamped to it) or
+// the model emits EOS or BOS. Sampling is the step API's (runtime/sampler.h).
 #pragma once
 
 #include <cstdint>
@@ -11,7 +13,7 @@
 #include <vector>
 
 #include "sharq/model/tokenizer.h"
-#include "sharq/runtime/cpu/transformer.h"
+#include "sharq/runtime/step.h"
 
 namespace sharq {
 
@@ -29,11 +31,9 @@ struct GenerateResult {
   double prefill_ms = 0, decode_ms = 0;
 };
 
-// on_text, when given, receives each piece as soon as it is decoded.
-GenerateResult generate(const Transformer& model, const Tokenizer& tok, const GenerateOptions& opt,
+// on_text, when given, receives each piece as soon as it is decoded. Uses one sequence of
+// `executor` for the call and frees it before returning (also on an error).
+GenerateResult generate(Executor& executor, const Tokenizer& tok, const GenerateOptions& opt,
                         const std::function<void(const std::string&)>& on_text = {});
-
-// Index of the sampled token; greedy = first maximum. `rng_state` carries the sampler state.
-int32_t sample_token(const float* logits, int64_t vocab, float temperature, float top_p, uint64_t& rng_state);
 
 }  // namespace sharq

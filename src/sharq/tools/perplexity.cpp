@@ -12,9 +12,9 @@
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
 
-#include "sharq/model/checkpoint.h"
 #include "sharq/model/tokenizer.h"
-#include "sharq/runtime/cpu/transformer.h"
+#include "sharq/model/weights.h"
+#include "sharq/runtime/cpu/executor.h"
 #include "sharq/tools/scoring.h"
 
 namespace sharq {
@@ -53,16 +53,16 @@ PplResult run_perplexity(const PplOptions& opt) {
   for (const auto& s : schemes)
     if (s.is_sharq()) add(sharq_baseline(s));
 
-  const Checkpoint ck = load_checkpoint(opt.model_path);
+  const ModelWeights weights = load_model_weights(opt.model_path);
   const auto tok = load_tokenizer_for(opt.model_path, opt.tokenizer_path);
   PplResult res;
   res.model = opt.model_path;
   res.data = opt.data_path;
   res.reference = reference.name();
   res.ctx = opt.ctx;
-  if (opt.ctx > ck.config.max_position_embeddings && ck.config.max_position_embeddings > 0)
+  if (opt.ctx > weights.config.max_position_embeddings && weights.config.max_position_embeddings > 0)
     throw std::invalid_argument(fmt::format("--ctx {} exceeds the model's max_position_embeddings {}", opt.ctx,
-                                            ck.config.max_position_embeddings));
+                                            weights.config.max_position_embeddings));
 
   const auto t_tok = Clock::now();
   const std::vector<int32_t> ids = tok->encode(read_text_file(opt.data_path), true);
@@ -74,32 +74,39 @@ PplResult run_perplexity(const PplOptions& opt) {
     throw std::invalid_argument(fmt::format("{}: {} tokens, fewer than one window of --ctx {}", opt.data_path,
                                             res.tokens_in_file, opt.ctx));
 
-  std::vector<std::unique_ptr<Transformer>> models;
-  for (const auto& s : run) models.push_back(std::make_unique<Transformer>(ck, s));
-  const int64_t V = ck.config.vocab_size, N = opt.ctx;
+  // one executor per scheme; each window is one sequence, prefilled in one step
+  std::vector<std::unique_ptr<CpuExecutor>> models;
+  for (const auto& s : run) models.push_back(std::make_unique<CpuExecutor>(weights, s));
+  const int64_t V = weights.config.vocab_size, N = opt.ctx;
   std::vector<double> nll(run.size(), 0.0), kl(run.size(), 0.0), secs(run.size(), 0.0);
   std::vector<int64_t> agree(run.size(), 0);
-  std::vector<float> ref_logits(static_cast<size_t>(N * V)), logits(static_cast<size_t>(N * V));
+  StepOutput ref_out, cur_out;
   std::vector<double> lp_ref, lp;
   const auto t_start = Clock::now();
   for (int64_t w = 0; w < res.windows; ++w) {
     const int32_t* win = ids.data() + w * N;
     for (size_t s = 0; s < run.size(); ++s) {
-      KVCache cache = models[s]->new_cache(N);
-      float* out = s == 0 ? ref_logits.data() : logits.data();
+      StepEntry entry;
+      entry.seq = models[s]->create_sequence(N);
+      entry.tokens.assign(win, win + N);
+      entry.all_logits = true;
       const auto t0 = Clock::now();
-      models[s]->forward(win, N, cache, out, true);
+      StepOutput& o = s == 0 ? ref_out : cur_out;
+      o = models[s]->step({entry});
       secs[s] += seconds_since(t0);
+      models[s]->free_sequence(entry.seq);
+      const float* out = o.logits_of(0);
+      const float* ref_logits = ref_out.logits_of(0);
       for (int64_t t = 0; t + 1 < N; ++t) {
         const float* row = out + t * V;
         log_softmax(row, V, lp);
         nll[s] -= lp[win[t + 1]];
         if (s == 0) continue;
-        log_softmax(ref_logits.data() + t * V, V, lp_ref);
+        log_softmax(ref_logits + t * V, V, lp_ref);
         double d = 0.0;
         for (int64_t i = 0; i < V; ++i) d += std::exp(lp_ref[i]) * (lp_ref[i] - lp[i]);
         kl[s] += d;
-        agree[s] += argmax(row, V) == argmax(ref_logits.data() + t * V, V);
+        agree[s] += argmax(row, V) == argmax(ref_logits + t * V, V);
       }
     }
     if (opt.progress) progress_bar(w + 1, res.windows, seconds_since(t_start));

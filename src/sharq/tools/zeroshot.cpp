@@ -13,9 +13,9 @@
 #include <nlohmann/json.hpp>
 
 #include "sharq/runtime/cpu/linear.h"
-#include "sharq/model/checkpoint.h"
 #include "sharq/model/tokenizer.h"
-#include "sharq/runtime/cpu/transformer.h"
+#include "sharq/model/weights.h"
+#include "sharq/runtime/cpu/executor.h"
 #include "sharq/tools/scoring.h"
 
 namespace sharq {
@@ -115,19 +115,18 @@ std::vector<EvalRow> run_zeroshot(const EvalOptions& opt) {
         tasks.push_back(t);
       }
   }
-  const Checkpoint ck = load_checkpoint(opt.model_path);
+  const ModelWeights weights = load_model_weights(opt.model_path);
   const auto tok = load_tokenizer_for(opt.model_path, opt.tokenizer_path);
-  const int64_t V = ck.config.vocab_size;
+  const int64_t V = weights.config.vocab_size;
   std::vector<EvalRow> rows;
   for (const auto& task : tasks) {
     const std::vector<Example> data = load_task(opt.data_dir, task, opt.limit);
     for (const auto& s : schemes) {
-      const Transformer model(ck, s);
+      CpuExecutor model(weights, s);
       EvalRow row{task, s.name()};
       const auto t0 = std::chrono::steady_clock::now();
       double correct = 0, correct_norm = 0;
       std::vector<int32_t> ids;
-      std::vector<float> logits;
       std::vector<double> lp;
       for (size_t e = 0; e < data.size(); ++e) {
         const Example& ex = data[e];
@@ -137,11 +136,14 @@ std::vector<EvalRow> run_zeroshot(const EvalOptions& opt) {
           int64_t n_ctx;
           split_tokens(*tok, ex.options[o], ids, n_ctx);
           const int64_t T = static_cast<int64_t>(ids.size());
-          KVCache cache = model.new_cache(T);
-          logits.resize(static_cast<size_t>(T * V));
-          model.forward(ids.data(), T, cache, logits.data(), true);
+          StepEntry entry;
+          entry.seq = model.create_sequence(T);
+          entry.tokens = ids;
+          entry.all_logits = true;
+          const StepOutput out = model.step({entry});
+          model.free_sequence(entry.seq);
           for (int64_t t = n_ctx; t < T; ++t) {  // token t predicted from position t - 1
-            const float* r = logits.data() + (t - 1) * V;
+            const float* r = out.logits_of(0, t - 1);
             log_softmax(r, V, lp);
             ll[o] += lp[ids[t]];
             greedy_ok = greedy_ok && argmax(r, V) == ids[t];

@@ -21,6 +21,7 @@
 
 #include "sharq/decompose/sharq_decompose.h"
 #include "../../support/bit_compare.h"
+#include "../../support/exceptions.h"
 #include "../../support/test_inputs.h"
 #include "sharq/runtime/cpu/linear.h"
 
@@ -575,16 +576,7 @@ TEST(Linear, EmptyShapesWork) {
 // ================================================================================================
 // 7. Bad input.
 
-std::string what_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const std::invalid_argument& e) {
-    return e.what();
-  } catch (...) {
-    return "<wrong exception type>";
-  }
-  return "<no exception>";
-}
+using sharq_test::what_of;
 
 TEST(Linear, BadInputThrowsWithAHelpfulMessage) {
   constexpr int64_t K = 40, N = 7;

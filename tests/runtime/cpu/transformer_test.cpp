@@ -12,7 +12,7 @@
 
 #include <nlohmann/json.hpp>
 
-#include "sharq/tools/generate.h"
+#include "sharq/runtime/sampler.h"
 
 namespace {
 
@@ -33,14 +33,14 @@ class SharqLm30m : public ::testing::Test {
  protected:
   static void SetUpTestSuite() {
     if (!std::filesystem::exists(shared_path("models/sharq-lm-30m/config.json"))) return;
-    ck_ = new Checkpoint(load_checkpoint(shared_path("models/sharq-lm-30m")));
+    ck_ = new ModelWeights(load_model_weights(shared_path("models/sharq-lm-30m")));
     ref_ = new nlohmann::json(read_json(shared_path("models/sharq-lm-30m/REFERENCE_HF_FP32.json")));
   }
   static void TearDownTestSuite() { delete ck_; delete ref_; ck_ = nullptr; ref_ = nullptr; }
-  static Checkpoint* ck_;
+  static ModelWeights* ck_;
   static nlohmann::json* ref_;
 };
-Checkpoint* SharqLm30m::ck_ = nullptr;
+ModelWeights* SharqLm30m::ck_ = nullptr;
 nlohmann::json* SharqLm30m::ref_ = nullptr;
 
 TEST_F(SharqLm30m, Fp32LogitsMatchTransformers) {
@@ -96,7 +96,7 @@ TEST_F(SharqLm30m, PrefillEqualsIncrementalDecodingBitForBit) {
   REQUIRE_SHARED("models/sharq-lm-30m/config.json");
   // Per-row work is independent of M in the GEMM and attention, so for schemes whose activation
   // scale is per token the two paths must agree exactly.
-  for (const char* s : {"fp32", "sharq:token"}) {
+  for (const char* s : {"fp32", "sharq"}) {
     const Transformer model(*ck_, parse_scheme(s));
     const std::vector<int32_t> ids = (*ref_)["prompt_ids"].get<std::vector<int32_t>>();
     const int64_t T = static_cast<int64_t>(ids.size()), V = model.config().vocab_size;
@@ -145,7 +145,7 @@ TEST_F(SharqLm30m, EverySchemeRunsOnARealCheckpoint) {
 
 TEST(Transformer, RejectsTokensOutsideTheVocabularyAndCacheOverflow) {
   REQUIRE_SHARED("models/stories260K/stories260K.bin");
-  const Checkpoint ck = load_checkpoint(shared_path("models/stories260K/stories260K.bin"));
+  const ModelWeights ck = load_model_weights(shared_path("models/stories260K/stories260K.bin"));
   const Transformer model(ck, Scheme{});
   KVCache cache = model.new_cache(2);
   std::vector<float> logits(static_cast<size_t>(model.config().vocab_size));

@@ -319,6 +319,36 @@ TEST(GpuLinear, RejectsBadArgumentsBeforeLaunch) {
   EXPECT_EQ(from_tiles.N(), 12);
 }
 
+// q/k/v biases (Qwen2): added after the GEMM's own 16-bit rounding, so within one more rounding of
+// the CPU Linear (which adds the bias in FP32); the FP32 test output carries it exactly.
+TEST(GpuLinear, BiasMatchesTheCpuReference) {
+  SKIP_WITHOUT_GPU();
+  uint64_t seed = 880;
+  for (const Shape& sh : {Shape{3, 200, 320}, Shape{70, 384, 512}})
+    for (const char* sc : {"sharq", "sharq:merged", "nvfp4", "w4a16", "fp8", "bf16", "fp16"}) {
+      const auto p = make_problem(sh.M, sh.N, sh.K, ++seed, true, std::string(sc) == "fp16");
+      std::vector<float> bias(static_cast<size_t>(sh.N));
+      sharq_test::Rng rng(seed);
+      for (auto& b : bias) b = static_cast<float>(rng.normal());
+      const Scheme s = parse_scheme(sc);
+      GpuLinearOptions opt;
+      opt.max_m = sh.M;
+      GpuLinear lin(s, p.W.data(), sh.N, sh.K, opt, &blas(), bias.data());
+      DeviceBuffer<uint16_t> dx(p.Xb.size()), dy(static_cast<size_t>(sh.M * sh.N));
+      dx.upload(p.Xb.data());
+      lin.forward(dx.get(), sh.M, dy.get(), nullptr);
+      std::vector<float> y;
+      for (uint16_t b : dy.to_host()) y.push_back(act_dtype(s) == DType::f16 ? fp16_decode(b) : bf16_decode(b));
+      const auto ref = Linear::create(s, p.W.data(), sh.N, sh.K, bias.data())->forward(p.X, sh.M);
+      EXPECT_LE(rel_l2(y, ref), s.is_fp4_weight() ? 6e-3 : 8e-3) << sc << " M=" << sh.M;
+      if (s.is_fp4_weight()) {  // FP32 output: the bias exactly, no 16-bit rounding
+        DeviceBuffer<float> y32(static_cast<size_t>(sh.M * sh.N));
+        lin.gemm(lin.own_activations(), nullptr, nullptr, nullptr, y32.get());
+        EXPECT_LE(rel_l2(y32.to_host(), ref), 1e-5) << sc << " M=" << sh.M << " (FP32 output)";
+      }
+    }
+}
+
 // ---- batch invariance ------------------------------------------------------------------------------
 // Bits of each output row of a run over rows [0, M) of X.
 std::vector<std::vector<uint16_t>> rows_of(GpuLinear& lin, const DeviceBuffer<uint16_t>& dx, int64_t M, int64_t N) {

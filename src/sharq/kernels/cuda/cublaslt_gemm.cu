@@ -257,13 +257,13 @@ namespace {
 constexpr int kThreads = 256;
 constexpr float kE4m3Max = 448.0f;
 
-// amax over the finite |x| into *amax_bits (the FP32 bits of a non-negative float order like the
-// unsigned integers, so atomicMax on the bits is a float max). *amax_bits must start at 0.
-__global__ void amax_finite_bf16_kernel(const __nv_bfloat16* __restrict__ x, int64_t n, unsigned* amax_bits) {
+// Max of the finite |x[i]| over i = first, first + step, ... < n, reduced over the block (kThreads
+// threads). The result is valid in thread 0 only. A max is order-free, so any reduction order gives
+// the same value; abs clears the sign bit (no -0 bits).
+__device__ float block_amax_finite(const __nv_bfloat16* __restrict__ x, int64_t first, int64_t n, int64_t step) {
   float m = 0.0f;
-  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
-  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += stride) {
-    const float a = abs_f32(__bfloat162float(x[i]));  // abs clears the sign bit: no -0 bits
+  for (int64_t i = first; i < n; i += step) {
+    const float a = abs_f32(__bfloat162float(x[i]));
     if (!is_nonfinite(a) && a > m) m = a;
   }
   for (int off = 16; off > 0; off >>= 1) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, off));
@@ -271,11 +271,19 @@ __global__ void amax_finite_bf16_kernel(const __nv_bfloat16* __restrict__ x, int
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   if (lane == 0) warp_max[warp] = m;
   __syncthreads();
-  if (warp == 0) {
-    m = lane < kThreads / 32 ? warp_max[lane] : 0.0f;
+  m = lane < kThreads / 32 ? warp_max[lane] : 0.0f;
+  if (warp == 0)
     for (int off = 16; off > 0; off >>= 1) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, off));
-    if (lane == 0 && m > 0.0f) atomicMax(amax_bits, __float_as_uint(m));
-  }
+  return m;
+}
+
+// amax over the finite |x| into *amax_bits (the FP32 bits of a non-negative float order like the
+// unsigned integers, so atomicMax on the bits is a float max). *amax_bits must start at 0.
+__global__ void __launch_bounds__(kThreads) amax_finite_bf16_kernel(const __nv_bfloat16* __restrict__ x, int64_t n,
+                                                                      unsigned* amax_bits) {
+  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
+  const float m = block_amax_finite(x, static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x, n, stride);
+  if (threadIdx.x == 0 && m > 0.0f) atomicMax(amax_bits, __float_as_uint(m));
 }
 
 // *scale holds the amax bits on entry and the scale on exit: amax / 448, or 1 when amax is 0.
@@ -299,24 +307,11 @@ __global__ void __launch_bounds__(kThreads) quantize_fp8_row_kernel(const __nv_b
                                                                       float* __restrict__ scales) {
   const int64_t row = blockIdx.x;
   const __nv_bfloat16* xr = x + row * K;
-  float m = 0.0f;
-  for (int64_t k = threadIdx.x; k < K; k += kThreads) {
-    const float a = abs_f32(__bfloat162float(xr[k]));
-    if (!is_nonfinite(a) && a > m) m = a;
-  }
-  for (int off = 16; off > 0; off >>= 1) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, off));
-  __shared__ float warp_max[kThreads / 32];
   __shared__ float row_scale;
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-  if (lane == 0) warp_max[warp] = m;
-  __syncthreads();
-  if (warp == 0) {
-    m = lane < kThreads / 32 ? warp_max[lane] : 0.0f;
-    for (int off = 16; off > 0; off >>= 1) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, off));
-    if (lane == 0) {
-      row_scale = fp8_scale_from_amax(m);
-      scales[row] = row_scale;
-    }
+  const float m = block_amax_finite(xr, threadIdx.x, K, kThreads);
+  if (threadIdx.x == 0) {
+    row_scale = fp8_scale_from_amax(m);
+    scales[row] = row_scale;
   }
   __syncthreads();
   const float s = row_scale;

@@ -85,6 +85,8 @@
 
 #include <cuda_fp8.h>
 
+#include <mutex>
+
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
@@ -132,6 +134,7 @@ struct Fp4GemmParams {
   __nv_bfloat16* y;
   float* y_f32;              // non-null: FP32 output instead of y (tests)
   int64_t ldy;
+  const float* bias;         // null or N floats, added in FP32 before the output rounding
   int y_store;               // prefill epilogue stores: 16 (rows 16-byte aligned), 4 (pairs) or 2 bytes
   float* ws;                 // small with splits > 1: FP32 partials [split][M][Np] instead of Y
 };
@@ -442,6 +445,11 @@ __global__ void __launch_bounds__(kThreads, 1) fp4_prefill_kernel(const Fp4GemmP
   const bool oka = n0 + na < prm.N, okb = n0 + nb < prm.N;  // padded weight rows write nothing
   const float ga = oka ? prm.gw[prm.gw_per_col ? n0 + na : 0] * Fp4Pair<T>::kPost : 0.0f,
               gb = okb ? prm.gw[prm.gw_per_col ? n0 + nb : 0] * Fp4Pair<T>::kPost : 0.0f;  // exact power of 2
+  // the bias, added only when there is one (adding 0 would turn -0 into +0)
+  const bool has_bias = prm.bias != nullptr;
+  const float ba = has_bias && oka ? prm.bias[n0 + na] : 0.0f, bb = has_bias && okb ? prm.bias[n0 + nb] : 0.0f;
+  auto out_a = [&](float v) { return has_bias ? v + ba : v; };
+  auto out_b = [&](float v) { return has_bias ? v + bb : v; };
   if (prm.y_f32) {  // uniform across the block: the test-only FP32 output, no transpose
 #pragma unroll
     for (int j = 0; j < NT / 8; ++j)
@@ -450,8 +458,8 @@ __global__ void __launch_bounds__(kThreads, 1) fp4_prefill_kernel(const Fp4GemmP
         const int64_t t = m0 + 8 * j + 2 * q + h;
         if (t >= prm.M) continue;
         const float r = prm.rs ? prm.rs[prm.rs_per_row ? t : 0] : 1.0f;
-        if (oka) prm.y_f32[t * prm.ldy + n0 + na] = acc[4 * j + h] * (r * ga);
-        if (okb) prm.y_f32[t * prm.ldy + n0 + nb] = acc[4 * j + 2 + h] * (r * gb);
+        if (oka) prm.y_f32[t * prm.ldy + n0 + na] = out_a(acc[4 * j + h] * (r * ga));
+        if (okb) prm.y_f32[t * prm.ldy + n0 + nb] = out_b(acc[4 * j + 2 + h] * (r * gb));
       }
     return;
   }
@@ -468,10 +476,10 @@ __global__ void __launch_bounds__(kThreads, 1) fp4_prefill_kernel(const Fp4GemmP
         r1 = prm.rs[prm.rs_per_row ? i1 : 0];
       }
       const uint32_t row0 = smem0 + static_cast<uint32_t>(t0 * kEpiPitch), row1 = row0 + kEpiPitch;
-      sts16(row0 + 2 * na, __bfloat16_as_ushort(__float2bfloat16_rn(acc[4 * j + 0] * (r0 * ga))));
-      sts16(row1 + 2 * na, __bfloat16_as_ushort(__float2bfloat16_rn(acc[4 * j + 1] * (r1 * ga))));
-      sts16(row0 + 2 * nb, __bfloat16_as_ushort(__float2bfloat16_rn(acc[4 * j + 2] * (r0 * gb))));
-      sts16(row1 + 2 * nb, __bfloat16_as_ushort(__float2bfloat16_rn(acc[4 * j + 3] * (r1 * gb))));
+      sts16(row0 + 2 * na, __bfloat16_as_ushort(__float2bfloat16_rn(out_a(acc[4 * j + 0] * (r0 * ga)))));
+      sts16(row1 + 2 * na, __bfloat16_as_ushort(__float2bfloat16_rn(out_a(acc[4 * j + 1] * (r1 * ga)))));
+      sts16(row0 + 2 * nb, __bfloat16_as_ushort(__float2bfloat16_rn(out_b(acc[4 * j + 2] * (r0 * gb)))));
+      sts16(row1 + 2 * nb, __bfloat16_as_ushort(__float2bfloat16_rn(out_b(acc[4 * j + 3] * (r1 * gb)))));
     }
   }
   __syncthreads();
@@ -501,12 +509,7 @@ __global__ void __launch_bounds__(kThreads, 1) fp4_prefill_kernel(const Fp4GemmP
 template <class T, int P, int Block, int NT>
 void launch_prefill(const Fp4GemmParams& prm, cudaStream_t stream) {
   auto kernel = fp4_prefill_kernel<T, P, Block, NT>;
-  constexpr int smem = Cfg<P, NT>::kSmem;
-  static const bool configured = [&] {  // once per process, before any capture can start
-    SHARQ_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
-    return true;
-  }();
-  (void)configured;
+  constexpr int smem = Cfg<P, NT>::kSmem;  // opted in by configure_kernels()
   const dim3 grid(static_cast<unsigned>(prm.Np / kBNW), static_cast<unsigned>((prm.M + NT - 1) / NT));
   kernel<<<grid, kThreads, smem, stream>>>(prm);
   SHARQ_CUDA_CHECK(cudaGetLastError());
@@ -777,6 +780,8 @@ __global__ void __launch_bounds__(kThreads, SmallCfg<P, NT, Block>::kMinBlocks) 
   const bool oka = n0 + na < prm.N, okb = n0 + nb < prm.N;  // padded weight rows write nothing
   const float ga = oka ? prm.gw[prm.gw_per_col ? n0 + na : 0] * Fp4Pair<T>::kPost : 0.0f,
               gb = okb ? prm.gw[prm.gw_per_col ? n0 + nb : 0] * Fp4Pair<T>::kPost : 0.0f;
+  const bool has_bias = prm.bias != nullptr;
+  const float ba = has_bias && oka ? prm.bias[n0 + na] : 0.0f, bb = has_bias && okb ? prm.bias[n0 + nb] : 0.0f;
 #pragma unroll
   for (int j = 0; j < NT / 8; ++j)
 #pragma unroll
@@ -784,7 +789,11 @@ __global__ void __launch_bounds__(kThreads, SmallCfg<P, NT, Block>::kMinBlocks) 
       const int t = 8 * j + 2 * q + h;
       if (t >= prm.M) continue;
       const float r = prm.rs ? prm.rs[prm.rs_per_row ? t : 0] : 1.0f;
-      const float va = acc[4 * j + h] * (r * ga), vb = acc[4 * j + 2 + h] * (r * gb);
+      float va = acc[4 * j + h] * (r * ga), vb = acc[4 * j + 2 + h] * (r * gb);
+      if (has_bias) {
+        va += ba;
+        vb += bb;
+      }
       if (prm.y_f32) {
         if (oka) prm.y_f32[t * prm.ldy + n0 + na] = va;
         if (okb) prm.y_f32[t * prm.ldy + n0 + nb] = vb;
@@ -818,7 +827,8 @@ __global__ void __launch_bounds__(256) splitk_reduce_kernel(const Fp4GemmParams 
 #pragma unroll
   for (int e = 0; e < 4; ++e) {
     if (col + e >= prm.N) break;
-    const float o = v[e] * (r * prm.gw[prm.gw_per_col ? col + e : 0]);
+    float o = v[e] * (r * prm.gw[prm.gw_per_col ? col + e : 0]);
+    if (prm.bias) o += prm.bias[col + e];
     if (prm.y_f32) prm.y_f32[row * prm.ldy + col + e] = o;
     else prm.y[row * prm.ldy + col + e] = __float2bfloat16_rn(o);
   }
@@ -827,12 +837,7 @@ __global__ void __launch_bounds__(256) splitk_reduce_kernel(const Fp4GemmParams 
 template <class T, int P, int Block, int NT>
 void launch_small(const Fp4GemmParams& prm, int64_t splits, cudaStream_t stream) {
   auto kernel = fp4_small_kernel<T, P, Block, NT>;
-  constexpr int smem = SmallCfg<P, NT, Block>::kSmem;
-  static const bool configured = [&] {
-    SHARQ_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
-    return true;
-  }();
-  (void)configured;
+  constexpr int smem = SmallCfg<P, NT, Block>::kSmem;  // opted in by configure_kernels()
   cudaLaunchAttribute attr[1];
   attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
   attr[0].val.programmaticStreamSerializationAllowed = 1;
@@ -859,6 +864,32 @@ void launch_reduce(const Fp4GemmParams& prm, int64_t splits, cudaStream_t stream
   cfg.attrs = attr;
   cfg.numAttrs = 1;
   SHARQ_CUDA_CHECK(cudaLaunchKernelEx(&cfg, splitk_reduce_kernel, prm, static_cast<int>(splits)));
+}
+
+// The shared-memory opt-in of every kernel of the family, once per process, from the first plan (a
+// GpuLinear's construction at the latest): no launch, hence no graph capture, ever sets an attribute.
+template <class T, int P, int Block>
+void configure_block() {
+  auto set = [](auto kernel, int smem) {
+    SHARQ_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
+  };
+  set(fp4_prefill_kernel<T, P, Block, 128>, Cfg<P, 128>::kSmem);
+  set(fp4_prefill_kernel<T, P, Block, 256>, Cfg<P, 256>::kSmem);
+  set(fp4_small_kernel<T, P, Block, 8>, SmallCfg<P, 8, Block>::kSmem);
+  set(fp4_small_kernel<T, P, Block, 16>, SmallCfg<P, 16, Block>::kSmem);
+  set(fp4_small_kernel<T, P, Block, 32>, SmallCfg<P, 32, Block>::kSmem);
+  set(fp4_small_kernel<T, P, Block, 64>, SmallCfg<P, 64, Block>::kSmem);
+}
+void configure_kernels() {
+  static std::once_flag once;
+  std::call_once(once, [] {
+    configure_block<__half, 1, 16>();
+    configure_block<__half, 1, 32>();
+    configure_block<__half, 2, 16>();
+    configure_block<__half, 2, 32>();
+    configure_block<__nv_bfloat16, 1, 16>();
+    configure_block<__nv_bfloat16, 1, 32>();
+  });
 }
 
 // Compile-time dispatch of (element type, paths, weight block, token tile).
@@ -949,6 +980,7 @@ DeviceFp4Weights DeviceFp4Weights::upload(const Fp4Tiles& t) {
 
 Fp4GemmPlan fp4_gemm_plan(int64_t M, const DeviceFp4Weights& w, Fp4GemmKernel kernel, int splits) {
   check_weights(w);
+  configure_kernels();
   if (M < 0) throw std::invalid_argument(fmt::format("fp4_gemm: M = {}", M));
   if (splits < 0) throw std::invalid_argument(fmt::format("fp4_gemm: splits = {}", splits));
   Fp4GemmPlan p;
@@ -993,8 +1025,8 @@ void fp4_gemm(const Fp4GemmArgs& a, const DeviceFp4Weights& w, void* workspace, 
   const auto misaligned = [](const void* p, uintptr_t n) { return p && reinterpret_cast<uintptr_t>(p) % n != 0; };
   if (misaligned(a.a0, 16) || misaligned(a.a1, 16))
     throw std::invalid_argument("fp4_gemm: the activation planes must be 16-byte aligned (16-byte async copies)");
-  if (misaligned(a.y, 2) || misaligned(a.y_f32, 4))
-    throw std::invalid_argument("fp4_gemm: the output must be aligned to its element type");
+  if (misaligned(a.y, 2) || misaligned(a.y_f32, 4) || misaligned(a.bias, 4) || misaligned(a.row_scale, 4))
+    throw std::invalid_argument("fp4_gemm: the output, the bias and the row scales must be aligned to their element type");
   if (plan.workspace_bytes && (!workspace || workspace_bytes < plan.workspace_bytes || misaligned(workspace, 16)))
     throw std::invalid_argument(fmt::format("fp4_gemm: needs {} bytes of 16-byte aligned workspace for M = {}, N = {} "
                                             "({} splits), got {}", plan.workspace_bytes, a.M, w.N, plan.splits,
@@ -1018,6 +1050,7 @@ void fp4_gemm(const Fp4GemmArgs& a, const DeviceFp4Weights& w, void* workspace, 
   prm.y = a.y;
   prm.y_f32 = a.y_f32;
   prm.ldy = a.ldy;
+  prm.bias = a.bias;
   const auto yaddr = reinterpret_cast<uintptr_t>(a.y);
   prm.y_store = (a.ldy % 8 == 0 && yaddr % 16 == 0) ? 16 : (a.ldy % 2 == 0 && yaddr % 4 == 0) ? 4 : 2;
   prm.ws = plan.splits > 1 ? static_cast<float*>(workspace) : nullptr;

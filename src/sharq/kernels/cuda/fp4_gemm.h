@@ -1,6 +1,6 @@
 // FP4-weight GEMMs on Hopper (sm_90a): the one entry point of the family.
 //
-//   Y (BF16, M x N) = row_scale[m] * g_w[n] * sum_p A_p W^T
+//   Y (BF16, M x N) = row_scale[m] * g_w[n] * sum_p A_p W^T (+ bias[n])
 //
 // W is an NVFP4 payload in the one packed layout (quant/fp4_tiles.h: E2M1 codes + UE4M3 scales
 // per 32 (SharQ's shared W32) or per 16 (the NVFP4 baseline, sharq:w16)), read from HBM once per
@@ -58,6 +58,7 @@ struct Fp4GemmArgs {
   int64_t ldy = 0;
   float* y_f32 = nullptr;            // optional: FP32 output (M x ldy) written instead of y, so that
                                      // tests can check the FP32 result before the BF16 rounding
+  const float* bias = nullptr;       // optional: N device floats, added in FP32 before the rounding
 };
 
 inline constexpr int64_t kSmallMaxM = 64;

@@ -2,10 +2,12 @@
 
 #include <algorithm>
 #include <cmath>
-#include <numeric>
+#include <set>
 #include <stdexcept>
 
 #include <fmt/format.h>
+
+#include "sharq/model/rope.h"
 
 namespace sharq {
 namespace {
@@ -20,50 +22,15 @@ void rmsnorm(const float* x, const float* w, int64_t n, double eps, float* out) 
 
 float silu(float g) { return g / (1.0f + std::exp(-g)); }
 
-std::vector<float> copy_tensor(const Checkpoint& ck, const std::string& name, const std::vector<int64_t>& shape) {
-  return ck.get(name, shape).data;
-}
-
-std::unique_ptr<Linear> make_linear(const Checkpoint& ck, const std::string& name, int64_t N, int64_t K,
-                                    const Scheme& scheme, bool bias) {
-  const Tensor& w = ck.get(name + ".weight", {N, K});
-  const Tensor* b = bias ? &ck.get(name + ".bias", {N}) : nullptr;
-  return Linear::create(scheme, w.data.data(), N, K, b ? b->data.data() : nullptr);
-}
-
-// RoPE inverse frequencies as HF computes them in FP32 (1 / theta^(2j/d)), then llama3 scaling.
-std::vector<float> rope_inv_freq(const ModelConfig& c) {
-  const int64_t d = c.head_dim;
-  std::vector<float> f(static_cast<size_t>(d / 2));
-  for (int64_t j = 0; j < d / 2; ++j)
-    f[j] = 1.0f / std::pow(static_cast<float>(c.rope_theta), static_cast<float>(2 * j) / static_cast<float>(d));
-  if (c.rope_scaling.type == RopeScaling::Type::llama3) {
-    const RopeScaling& s = c.rope_scaling;
-    const double old_len = static_cast<double>(s.original_max_position_embeddings);
-    const double low_wavelen = old_len / s.low_freq_factor, high_wavelen = old_len / s.high_freq_factor;
-    for (auto& v : f) {
-      const double wavelen = 2.0 * M_PI / v;
-      if (wavelen > low_wavelen) {
-        v = static_cast<float>(v / s.factor);
-      } else if (wavelen >= high_wavelen) {  // medium band: interpolate
-        const double smooth = (old_len / wavelen - s.low_freq_factor) / (s.high_freq_factor - s.low_freq_factor);
-        v = static_cast<float>((1.0 - smooth) * v / s.factor + smooth * v);
-      }
-    }
-  }
-  return f;
-}
-
-// Rotate one head vector in place at position pos.
-void apply_rope(float* v, int64_t d, const std::vector<float>& inv_freq, int64_t pos, bool interleaved) {
-  for (int64_t j = 0; j < d / 2; ++j) {
-    const float ang = static_cast<float>(pos) * inv_freq[j];
-    const float c = std::cos(ang), s = std::sin(ang);
-    const int64_t a = interleaved ? 2 * j : j, b = interleaved ? 2 * j + 1 : j + d / 2;
-    const float x0 = v[a], x1 = v[b];
-    v[a] = x0 * c - x1 * s;
-    v[b] = x1 * c + x0 * s;
-  }
+// One weight quantized into its Linear. The FP32 values it is built from are the view itself
+// (an aligned F32 tensor) or a temporary conversion of this one tensor, dropped on return.
+std::unique_ptr<Linear> make_linear(const TensorView& w, const TensorView* b, const Scheme& scheme) {
+  const int64_t N = w.shape[0], K = w.shape[1];
+  const std::vector<float> bias = b ? to_f32(*b) : std::vector<float>{};
+  const float* bp = b ? bias.data() : nullptr;
+  if (const float* in_place = f32_in_place(w)) return Linear::create(scheme, in_place, N, K, bp);
+  const std::vector<float> tmp = to_f32(w);
+  return Linear::create(scheme, tmp.data(), N, K, bp);
 }
 
 struct Mlp {  // gate/up/down of one dense MLP or one expert
@@ -99,52 +66,37 @@ struct Transformer::Layer {
 
 Transformer::~Transformer() = default;
 
-Transformer::Transformer(const Checkpoint& ck, const Scheme& scheme) : cfg_(ck.config), scheme_(scheme) {
-  const ModelConfig& c = cfg_;
-  const int64_t H = c.hidden_size, V = c.vocab_size, hd = c.head_dim;
-  if (H <= 0 || V <= 0 || hd <= 0 || c.num_heads <= 0 || c.num_kv_heads <= 0 || c.num_layers < 0 ||
-      c.num_heads % c.num_kv_heads != 0 || hd % 2 != 0)
-    throw CheckpointError(fmt::format("{}: inconsistent model dimensions (hidden {}, heads {}, kv heads {}, head_dim {})",
-                                      ck.source, H, c.num_heads, c.num_kv_heads, hd));
+Transformer::Transformer(const ModelWeights& w, const Scheme& scheme) : cfg_(w.config), scheme_(scheme) {
+  w.check_dimensions();
   const Scheme fp32{};
-  embed_ = copy_tensor(ck, "model.embed_tokens.weight", {V, H});
-  final_norm_ = copy_tensor(ck, "model.norm.weight", {H});
-  const std::string head = ck.has("lm_head.weight") ? "lm_head" : "model.embed_tokens";
-  if (head != "lm_head" && !c.tie_word_embeddings)
-    throw CheckpointError(fmt::format("{}: tensor 'lm_head.weight' is missing and tie_word_embeddings is false", ck.source));
-  lm_head_ = make_linear(ck, head, V, H, fp32, false);
-  inv_freq_ = rope_inv_freq(c);
+  embed_ = to_f32(w.embed_tokens());
+  final_norm_ = to_f32(w.final_norm());
+  lm_head_ = make_linear(w.lm_head(), nullptr, fp32);
+  inv_freq_ = rope_inv_freq(cfg_);
+  routing_ = moe_routing(cfg_);
 
-  const int64_t qd = c.num_heads * hd, kvd = c.num_kv_heads * hd;
-  for (int64_t l = 0; l < c.num_layers; ++l) {
-    const std::string p = fmt::format("model.layers.{}.", l);
+  for (int64_t l = 0; l < cfg_.num_layers; ++l) {
+    const LayerWeights lw = w.layer(l);
     auto L = std::make_unique<Layer>();
-    L->attn_norm = copy_tensor(ck, p + "input_layernorm.weight", {H});
-    L->mlp_norm = copy_tensor(ck, p + "post_attention_layernorm.weight", {H});
-    L->q = make_linear(ck, p + "self_attn.q_proj", qd, H, scheme, c.attention_bias);
-    L->k = make_linear(ck, p + "self_attn.k_proj", kvd, H, scheme, c.attention_bias);
-    L->v = make_linear(ck, p + "self_attn.v_proj", kvd, H, scheme, c.attention_bias);
-    L->o = make_linear(ck, p + "self_attn.o_proj", H, qd, scheme, c.attention_output_bias);
-    if (c.qk_norm) {
-      L->q_norm = copy_tensor(ck, p + "self_attn.q_norm.weight", {hd});
-      L->k_norm = copy_tensor(ck, p + "self_attn.k_norm.weight", {hd});
-    }
-    if (c.num_experts == 0) {
-      const int64_t I = c.intermediate_size;
-      L->mlp.gate = make_linear(ck, p + "mlp.gate_proj", I, H, scheme, false);
-      L->mlp.up = make_linear(ck, p + "mlp.up_proj", I, H, scheme, false);
-      L->mlp.down = make_linear(ck, p + "mlp.down_proj", H, I, scheme, false);
+    L->attn_norm = to_f32(*lw.attn_norm);
+    L->mlp_norm = to_f32(*lw.mlp_norm);
+    L->q = make_linear(*lw.q, lw.q_bias, scheme);
+    L->k = make_linear(*lw.k, lw.k_bias, scheme);
+    L->v = make_linear(*lw.v, lw.v_bias, scheme);
+    L->o = make_linear(*lw.o, lw.o_bias, scheme);
+    if (lw.q_norm) L->q_norm = to_f32(*lw.q_norm);
+    if (lw.k_norm) L->k_norm = to_f32(*lw.k_norm);
+    if (lw.experts.empty()) {
+      L->mlp.gate = make_linear(*lw.gate, nullptr, scheme);
+      L->mlp.up = make_linear(*lw.up, nullptr, scheme);
+      L->mlp.down = make_linear(*lw.down, nullptr, scheme);
     } else {
-      const bool mixtral = c.arch == Arch::mixtral;
-      const int64_t I = mixtral ? c.intermediate_size : c.moe_intermediate_size;
-      const std::string moe = p + (mixtral ? "block_sparse_moe." : "mlp.");
-      L->router = make_linear(ck, moe + "gate", c.num_experts, H, fp32, false);
-      for (int64_t e = 0; e < c.num_experts; ++e) {
-        const std::string ep = fmt::format("{}experts.{}.", moe, e);
+      L->router = make_linear(*lw.router, nullptr, fp32);
+      for (const ExpertWeights& e : lw.experts) {
         Mlp m;
-        m.gate = make_linear(ck, ep + (mixtral ? "w1" : "gate_proj"), I, H, scheme, false);
-        m.up = make_linear(ck, ep + (mixtral ? "w3" : "up_proj"), I, H, scheme, false);
-        m.down = make_linear(ck, ep + (mixtral ? "w2" : "down_proj"), H, I, scheme, false);
+        m.gate = make_linear(*e.gate, nullptr, scheme);
+        m.up = make_linear(*e.up, nullptr, scheme);
+        m.down = make_linear(*e.down, nullptr, scheme);
         L->experts.push_back(std::move(m));
       }
     }
@@ -163,107 +115,125 @@ KVCache Transformer::new_cache(int64_t capacity) const {
 
 void Transformer::forward(const int32_t* tokens, int64_t T, KVCache& cache, float* logits, bool all_logits,
                           ProjectionObserver* obs) const {
+  if (T <= 0) return;
+  forward_batch({ForwardSegment{tokens, T, &cache, all_logits}}, logits, obs);
+}
+
+void Transformer::forward_batch(const std::vector<ForwardSegment>& segs, float* logits, ProjectionObserver* obs) const {
   const ModelConfig& c = cfg_;
   const int64_t H = c.hidden_size, V = c.vocab_size, hd = c.head_dim, nh = c.num_heads, nkv = c.num_kv_heads;
-  const int64_t qd = nh * hd, kvd = nkv * hd, p0 = cache.len;
-  if (T <= 0) return;
-  if (p0 + T > cache.capacity)
-    throw std::invalid_argument(fmt::format("forward: {} tokens at position {} exceed the KV cache ({})", T, p0, cache.capacity));
-  std::vector<float> x(static_cast<size_t>(T * H));
-  for (int64_t t = 0; t < T; ++t) {
-    if (tokens[t] < 0 || tokens[t] >= V)
-      throw std::invalid_argument(fmt::format("forward: token id {} outside the vocabulary (size {})", tokens[t], V));
-    std::copy_n(embed_.data() + static_cast<int64_t>(tokens[t]) * H, H, x.data() + t * H);
+  const int64_t qd = nh * hd, kvd = nkv * hd;
+  const int64_t S = static_cast<int64_t>(segs.size());
+  if (S == 0) return;
+
+  // ---- checks first: a rejected batch leaves every cache as it was
+  std::vector<int64_t> row0(static_cast<size_t>(S + 1), 0);  // first row of each segment in the batch
+  std::set<const KVCache*> seen;
+  for (int64_t s = 0; s < S; ++s) {
+    const ForwardSegment& g = segs[s];
+    if (g.n <= 0 || g.cache == nullptr)
+      throw std::invalid_argument(fmt::format("forward: batch segment {} has no tokens or no cache", s));
+    if (!seen.insert(g.cache).second)
+      throw std::invalid_argument(fmt::format("forward: batch segment {} uses the same KV cache as an earlier one", s));
+    if (g.cache->len + g.n > g.cache->capacity)
+      throw std::invalid_argument(fmt::format("forward: {} tokens at position {} exceed the KV cache ({})", g.n, g.cache->len,
+                                              g.cache->capacity));
+    for (int64_t t = 0; t < g.n; ++t)
+      if (g.tokens[t] < 0 || g.tokens[t] >= V)
+        throw std::invalid_argument(fmt::format("forward: token id {} outside the vocabulary (size {})", g.tokens[t], V));
+    row0[s + 1] = row0[s] + g.n;
   }
-  std::vector<float> h(static_cast<size_t>(T * H)), q(static_cast<size_t>(T * qd)), kx(static_cast<size_t>(T * kvd)),
-      vx(static_cast<size_t>(T * kvd)), att(static_cast<size_t>(T * qd)), o(static_cast<size_t>(T * H));
+  const int64_t M = row0[S];
+
+  std::vector<float> x(static_cast<size_t>(M * H));
+  for (int64_t s = 0; s < S; ++s)
+    for (int64_t t = 0; t < segs[s].n; ++t)
+      std::copy_n(embed_.data() + static_cast<int64_t>(segs[s].tokens[t]) * H, H, x.data() + (row0[s] + t) * H);
+  std::vector<float> h(static_cast<size_t>(M * H)), q(static_cast<size_t>(M * qd)), kx(static_cast<size_t>(M * kvd)),
+      vx(static_cast<size_t>(M * kvd)), att(static_cast<size_t>(M * qd)), o(static_cast<size_t>(M * H));
   const float scale = 1.0f / std::sqrt(static_cast<float>(hd));
 
   for (int64_t l = 0; l < c.num_layers; ++l) {
     const Layer& L = *layers_[l];
-    // ---- attention
-    for (int64_t t = 0; t < T; ++t) rmsnorm(x.data() + t * H, L.attn_norm.data(), H, c.rms_norm_eps, h.data() + t * H);
-    if (obs) obs->on_input(l, "q_proj", h.data(), T, H);
-    const Linear::PreparedInput pin = L.q->prepare_input(h.data(), T);
+    // ---- attention: projections over the whole batch
+    for (int64_t m = 0; m < M; ++m) rmsnorm(x.data() + m * H, L.attn_norm.data(), H, c.rms_norm_eps, h.data() + m * H);
+    if (obs) obs->on_input(l, "q_proj", h.data(), M, H);
+    const Linear::PreparedInput pin = L.q->prepare_input(h.data(), M);
     L.q->forward_prepared(pin, q.data());
     L.k->forward_prepared(pin, kx.data());
     L.v->forward_prepared(pin, vx.data());
-    for (int64_t t = 0; t < T; ++t) {
-      for (int64_t hh = 0; hh < nh; ++hh) {
-        float* qh = q.data() + t * qd + hh * hd;
-        if (c.qk_norm) rmsnorm(qh, L.q_norm.data(), hd, c.rms_norm_eps, qh);
-        apply_rope(qh, hd, inv_freq_, p0 + t, c.rope_interleaved);
+    // ... then each segment against its own cache, at its own positions
+    for (int64_t s = 0; s < S; ++s) {
+      const int64_t T = segs[s].n, r0 = row0[s];
+      KVCache& cache = *segs[s].cache;
+      const int64_t p0 = cache.len;
+      for (int64_t t = 0; t < T; ++t) {
+        for (int64_t hh = 0; hh < nh; ++hh) {
+          float* qh = q.data() + (r0 + t) * qd + hh * hd;
+          if (c.qk_norm) rmsnorm(qh, L.q_norm.data(), hd, c.rms_norm_eps, qh);
+          apply_rope(qh, hd, inv_freq_.data(), p0 + t, c.rope_interleaved);
+        }
+        for (int64_t hh = 0; hh < nkv; ++hh) {
+          float* kh = kx.data() + (r0 + t) * kvd + hh * hd;
+          if (c.qk_norm) rmsnorm(kh, L.k_norm.data(), hd, c.rms_norm_eps, kh);
+          apply_rope(kh, hd, inv_freq_.data(), p0 + t, c.rope_interleaved);
+        }
       }
-      for (int64_t hh = 0; hh < nkv; ++hh) {
-        float* kh = kx.data() + t * kvd + hh * hd;
-        if (c.qk_norm) rmsnorm(kh, L.k_norm.data(), hd, c.rms_norm_eps, kh);
-        apply_rope(kh, hd, inv_freq_, p0 + t, c.rope_interleaved);
-      }
-    }
-    std::copy(kx.begin(), kx.end(), cache.k[l].begin() + p0 * kvd);
-    std::copy(vx.begin(), vx.end(), cache.v[l].begin() + p0 * kvd);
-    const float* Kc = cache.k[l].data();
-    const float* Vc = cache.v[l].data();
+      std::copy(kx.begin() + r0 * kvd, kx.begin() + (r0 + T) * kvd, cache.k[l].begin() + p0 * kvd);
+      std::copy(vx.begin() + r0 * kvd, vx.begin() + (r0 + T) * kvd, cache.v[l].begin() + p0 * kvd);
+      const float* Kc = cache.k[l].data();
+      const float* Vc = cache.v[l].data();
 #pragma omp parallel for collapse(2) schedule(static) if (T * nh * (p0 + T) * hd > (1 << 16))
-    for (int64_t t = 0; t < T; ++t) {
-      for (int64_t hh = 0; hh < nh; ++hh) {
-        // causal, and within the sliding window when the model has one (Mistral: key j is seen
-        // from position i while i - j < window)
-        const int64_t kvh = hh / (nh / nkv), n_keys = p0 + t + 1;
-        const int64_t j0 = c.sliding_window > 0 ? std::max<int64_t>(0, n_keys - c.sliding_window) : 0;
-        const float* qh = q.data() + t * qd + hh * hd;
-        std::vector<float> sc(static_cast<size_t>(n_keys), 0.0f);
-        float mx = -INFINITY;
-        for (int64_t j = j0; j < n_keys; ++j) {
-          const float* kj = Kc + j * kvd + kvh * hd;
-          float dot = 0.0f;
-          for (int64_t i = 0; i < hd; ++i) dot += qh[i] * kj[i];
-          sc[j] = dot * scale;
-          mx = std::max(mx, sc[j]);
-        }
-        double sum = 0.0;
-        for (int64_t j = j0; j < n_keys; ++j) { sc[j] = std::exp(sc[j] - mx); sum += sc[j]; }
-        float* out = att.data() + t * qd + hh * hd;
-        std::fill(out, out + hd, 0.0f);
-        const float inv = static_cast<float>(1.0 / sum);
-        for (int64_t j = j0; j < n_keys; ++j) {
-          const float w = sc[j] * inv;
-          const float* vj = Vc + j * kvd + kvh * hd;
-          for (int64_t i = 0; i < hd; ++i) out[i] += w * vj[i];
+      for (int64_t t = 0; t < T; ++t) {
+        for (int64_t hh = 0; hh < nh; ++hh) {
+          // causal, and within the sliding window when the model has one (Mistral: key j is seen
+          // from position i while i - j < window)
+          const int64_t kvh = hh / (nh / nkv), n_keys = p0 + t + 1;
+          const int64_t j0 = c.sliding_window > 0 ? std::max<int64_t>(0, n_keys - c.sliding_window) : 0;
+          const float* qh = q.data() + (r0 + t) * qd + hh * hd;
+          std::vector<float> sc(static_cast<size_t>(n_keys), 0.0f);
+          float mx = -INFINITY;
+          for (int64_t j = j0; j < n_keys; ++j) {
+            const float* kj = Kc + j * kvd + kvh * hd;
+            float dot = 0.0f;
+            for (int64_t i = 0; i < hd; ++i) dot += qh[i] * kj[i];
+            sc[j] = dot * scale;
+            mx = std::max(mx, sc[j]);
+          }
+          double sum = 0.0;
+          for (int64_t j = j0; j < n_keys; ++j) { sc[j] = std::exp(sc[j] - mx); sum += sc[j]; }
+          float* out = att.data() + (r0 + t) * qd + hh * hd;
+          std::fill(out, out + hd, 0.0f);
+          const float inv = static_cast<float>(1.0 / sum);
+          for (int64_t j = j0; j < n_keys; ++j) {
+            const float w = sc[j] * inv;
+            const float* vj = Vc + j * kvd + kvh * hd;
+            for (int64_t i = 0; i < hd; ++i) out[i] += w * vj[i];
+          }
         }
       }
     }
-    if (obs) obs->on_input(l, "o_proj", att.data(), T, qd);
-    L.o->forward(att.data(), T, o.data());
+    if (obs) obs->on_input(l, "o_proj", att.data(), M, qd);
+    L.o->forward(att.data(), M, o.data());
     for (size_t i = 0; i < x.size(); ++i) x[i] += o[i];
 
-    // ---- MLP / MoE
-    for (int64_t t = 0; t < T; ++t) rmsnorm(x.data() + t * H, L.mlp_norm.data(), H, c.rms_norm_eps, h.data() + t * H);
+    // ---- MLP / MoE, over the whole batch
+    for (int64_t m = 0; m < M; ++m) rmsnorm(x.data() + m * H, L.mlp_norm.data(), H, c.rms_norm_eps, h.data() + m * H);
     if (L.experts.empty()) {
-      L.mlp.run(h.data(), T, H, c.intermediate_size, x.data(), nullptr, l, obs, "gate_proj", "down_proj");
+      L.mlp.run(h.data(), M, H, c.intermediate_size, x.data(), nullptr, l, obs, "gate_proj", "down_proj");
     } else {
-      const int64_t E = c.num_experts, topk = c.num_experts_per_tok;
-      const int64_t I = c.arch == Arch::mixtral ? c.intermediate_size : c.moe_intermediate_size;
-      std::vector<float> rl(static_cast<size_t>(T * E));
-      L.router->forward(h.data(), T, rl.data());
-      // per expert: the tokens routed to it and their weights
+      const int64_t E = routing_.num_experts, I = routing_.expert_intermediate;
+      std::vector<float> rl(static_cast<size_t>(M * E));
+      L.router->forward(h.data(), M, rl.data());
+      // per expert: the batch rows routed to it and their weights
       std::vector<std::vector<int64_t>> rows(static_cast<size_t>(E));
       std::vector<std::vector<float>> wts(static_cast<size_t>(E));
-      for (int64_t t = 0; t < T; ++t) {
-        float* r = rl.data() + t * E;
-        const float mx = *std::max_element(r, r + E);
-        double sum = 0.0;
-        for (int64_t e = 0; e < E; ++e) { r[e] = std::exp(r[e] - mx); sum += r[e]; }
-        for (int64_t e = 0; e < E; ++e) r[e] = static_cast<float>(r[e] / sum);
-        std::vector<int64_t> idx(static_cast<size_t>(E));
-        std::iota(idx.begin(), idx.end(), 0);
-        std::stable_sort(idx.begin(), idx.end(), [&](int64_t a, int64_t b) { return r[a] > r[b]; });
-        float tsum = 0.0f;
-        for (int64_t k = 0; k < topk; ++k) tsum += r[idx[k]];
-        const bool renorm = c.arch == Arch::mixtral || c.norm_topk_prob;
-        for (int64_t k = 0; k < topk; ++k) {
-          rows[idx[k]].push_back(t);
-          wts[idx[k]].push_back(renorm ? r[idx[k]] / tsum : r[idx[k]]);
+      std::vector<ExpertChoice> chosen;
+      for (int64_t m = 0; m < M; ++m) {
+        route_token(routing_, rl.data() + m * E, chosen);
+        for (const ExpertChoice& ch : chosen) {
+          rows[ch.expert].push_back(m);
+          wts[ch.expert].push_back(ch.weight);
         }
       }
       std::vector<float> xin, yout;
@@ -279,14 +249,16 @@ void Transformer::forward(const int32_t* tokens, int64_t T, KVCache& cache, floa
       }
     }
   }
-  cache.len = p0 + T;
+  for (int64_t s = 0; s < S; ++s) segs[s].cache->len += segs[s].n;
 
-  // ---- final norm + lm_head (FP32)
-  const int64_t first = all_logits ? 0 : T - 1, n_out = T - first;
+  // ---- final norm + lm_head (FP32), on the rows asked for
+  std::vector<int64_t> out_rows;
+  for (int64_t s = 0; s < S; ++s)
+    for (int64_t t = segs[s].all_logits ? 0 : segs[s].n - 1; t < segs[s].n; ++t) out_rows.push_back(row0[s] + t);
+  const int64_t n_out = static_cast<int64_t>(out_rows.size());
   std::vector<float> hn(static_cast<size_t>(n_out * H));
-  for (int64_t t = 0; t < n_out; ++t) rmsnorm(x.data() + (first + t) * H, final_norm_.data(), H, c.rms_norm_eps, hn.data() + t * H);
+  for (int64_t r = 0; r < n_out; ++r) rmsnorm(x.data() + out_rows[r] * H, final_norm_.data(), H, c.rms_norm_eps, hn.data() + r * H);
   lm_head_->forward(hn.data(), n_out, logits);
-  (void)V;
 }
 
 }  // namespace sharq

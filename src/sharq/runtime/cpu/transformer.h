@@ -5,15 +5,21 @@
 // (q, k, v, o, gate, up, down) and every MoE expert's gate/up/down go through the chosen scheme.
 // Embeddings, lm_head, the MoE router, norms and attention stay FP32. q/k/v read one prepared
 // input, as do gate/up. A prefill runs all its tokens through each linear as one M x K matrix, so
-// per-tensor activation scales see the whole window, as in the paper's reference code.
+// per-tensor activation scales see the whole window, as in the paper's reference code; a batch of
+// several sequences (forward_batch) concatenates all their new tokens into one such matrix.
+//
+// Built from ModelWeights (model/weights.h): each weight is converted to FP32 one tensor at a
+// time, quantized into its Linear and the FP32 copy dropped. Weight names, tying, RoPE and MoE
+// routing come from model/ (weights.h, rope.h, moe_routing.h).
 #pragma once
 
 #include <cstdint>
 #include <memory>
 #include <vector>
 
+#include "sharq/model/moe_routing.h"
+#include "sharq/model/weights.h"
 #include "sharq/runtime/cpu/linear.h"
-#include "sharq/model/checkpoint.h"
 
 namespace sharq {
 
@@ -31,10 +37,20 @@ struct ProjectionObserver {
   virtual void on_input(int64_t layer, const char* proj, const float* x, int64_t M, int64_t K) = 0;
 };
 
+// One sequence's part of a batched forward pass: n new tokens appended to `cache` at positions
+// cache->len .. cache->len + n - 1; its logits rows are all n (all_logits) or the last one.
+struct ForwardSegment {
+  const int32_t* tokens = nullptr;
+  int64_t n = 0;
+  KVCache* cache = nullptr;
+  bool all_logits = false;
+};
+
 class Transformer {
  public:
-  // Builds every linear of the checkpoint under `scheme` (weights quantized once, here).
-  Transformer(const Checkpoint& ckpt, const Scheme& scheme);
+  // Builds every linear of the checkpoint under `scheme` (weights quantized once, here). The
+  // Transformer keeps no reference to `weights`.
+  Transformer(const ModelWeights& weights, const Scheme& scheme);
   ~Transformer();
   Transformer(const Transformer&) = delete;
   Transformer& operator=(const Transformer&) = delete;
@@ -49,6 +65,13 @@ class Transformer {
   void forward(const int32_t* tokens, int64_t T, KVCache& cache, float* logits, bool all_logits,
                ProjectionObserver* observer = nullptr) const;
 
+  // Several sequences in one pass: every linear layer sees all segments' new tokens as one
+  // M x hidden matrix (M = sum of n); attention runs per segment against its own cache. logits:
+  // the segments' rows in order. Everything is checked before any cache changes
+  // (std::invalid_argument): n >= 1, distinct caches, room in each cache, tokens in the vocabulary.
+  void forward_batch(const std::vector<ForwardSegment>& segments, float* logits,
+                     ProjectionObserver* observer = nullptr) const;
+
  private:
   struct Layer;
   ModelConfig cfg_;
@@ -58,6 +81,7 @@ class Transformer {
   std::unique_ptr<Linear> lm_head_;
   std::vector<std::unique_ptr<Layer>> layers_;
   std::vector<float> inv_freq_;    // head_dim / 2 RoPE frequencies (with llama3 scaling applied)
+  MoeRouting routing_;
 };
 
 }  // namespace sharq

@@ -24,15 +24,14 @@ bool two_paths(const Scheme& s) { return s.kind == SchemeKind::sharq && !s.merge
 
 int64_t round_up(int64_t v, int64_t m) { return (v + m - 1) / m * m; }
 
-// y[m][n] = round(y[m][n] + bias[n]) (or y_f32 += bias): the bias after the GEMM's own rounding.
+// cuBLASLt schemes: y[m][n] = round(y[m][n] + bias[n]), the bias after the GEMM's own rounding (the
+// FP4 GEMMs add it in their FP32 epilogue instead).
 template <class T>
-__global__ void add_bias_kernel(T* y, float* y_f32, int64_t M, int64_t N, const float* bias) {
+__global__ void add_bias_kernel(T* y, int64_t M, int64_t N, const float* bias) {
   const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (i >= M * N) return;
   const float b = bias[i % N];
-  if (y_f32) {
-    y_f32[i] += b;
-  } else if constexpr (std::is_same_v<T, __half>) {
+  if constexpr (std::is_same_v<T, __half>) {
     y[i] = __float2half_rn(__half2float(y[i]) + b);
   } else {
     y[i] = __float2bfloat16_rn(__bfloat162float(y[i]) + b);
@@ -266,6 +265,7 @@ void GpuLinear::gemm(const GpuActivations& acts, void* y, cudaStream_t stream, v
       a.y = static_cast<__nv_bfloat16*>(y);
       a.y_f32 = y_f32;
       a.ldy = N_;
+      a.bias = bias_.get();  // fused into the epilogue: one rounding, as the CPU
       if (scheme_.kind == SchemeKind::w4a16) {
         a.adt = DType::bf16;
         a.a0 = acts.a0_.get() ? static_cast<const void*>(acts.a0_.get()) : acts.x_;
@@ -276,16 +276,16 @@ void GpuLinear::gemm(const GpuActivations& acts, void* y, cudaStream_t stream, v
         a.row_scale_count = scheme_.act_scale == GlobalScale::per_tensor ? 1 : M;
       }
       fp4_gemm(a, w4_, workspace, ws_bytes, stream, opt_.kernel, opt_.splits);
-      break;
+      return;
     }
   }
-  if (bias_.get()) {
+  if (bias_.get()) {  // cuBLASLt schemes: after the GEMM's 16-bit rounding (one extra rounding)
     const int64_t n = M * N_;
     const unsigned blocks = static_cast<unsigned>((n + 255) / 256);
     if (act_dtype(scheme_) == DType::f16)
-      add_bias_kernel<__half><<<blocks, 256, 0, stream>>>(static_cast<__half*>(y), y_f32, M, N_, bias_.get());
+      add_bias_kernel<__half><<<blocks, 256, 0, stream>>>(static_cast<__half*>(y), M, N_, bias_.get());
     else
-      add_bias_kernel<__nv_bfloat16><<<blocks, 256, 0, stream>>>(static_cast<__nv_bfloat16*>(y), y_f32, M, N_, bias_.get());
+      add_bias_kernel<__nv_bfloat16><<<blocks, 256, 0, stream>>>(static_cast<__nv_bfloat16*>(y), M, N_, bias_.get());
     SHARQ_CUDA_CHECK(cudaGetLastError());
   }
 }

@@ -79,7 +79,9 @@ class GpuActivations {
 
 class GpuLinear {
  public:
-  // W: N x K row-major FP32 on the host (nn.Linear layout); bias: N host floats or null. `blas` is
+  // W: N x K row-major FP32 on the host (nn.Linear layout); bias: N host floats or null (added in
+  // the FP32 epilogue of the FP4 GEMMs, before the one output rounding as on the CPU; after
+  // cuBLASLt's 16-bit rounding for fp16 / bf16 / fp8). `blas` is
   // required by fp16, bf16 and fp8 (one handle shared by every layer) and must outlive the layer.
   // Throws std::invalid_argument naming the problem (scheme not on the GPU, shapes, null pointers).
   GpuLinear(const Scheme& scheme, const float* W, int64_t N, int64_t K, const GpuLinearOptions& opt = {},

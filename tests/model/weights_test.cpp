@@ -1,10 +1,10 @@
-// Checkpoint loaders: the real sharq-lm-30m (sharded bf16 safetensors) and stories260K (llama2.c)
-// load with the right config, names and shapes, and their values match an independent decode of
-// the raw bytes; synthesized files cover F32/F16/BF16, untied llama2.c classifiers and sharding;
+// ModelWeights loaders: the real sharq-lm-30m (sharded bf16 safetensors) and stories260K (llama2.c)
+// load with the right config, names and shapes, viewed in place in their mapped files (no copy),
+// and their values match an independent decode of the raw bytes; synthesized files cover F32/F16/BF16, untied llama2.c classifiers and sharding;
 // corrupt files (truncated, lengths and offsets past EOF, wrong sizes, unsupported dtypes, missing
 // files, shards and tensors, nonsense headers) throw CheckpointError naming the file and the
 // field or tensor.
-#include "sharq/model/checkpoint.h"
+#include "sharq/model/weights.h"
 
 #include <gtest/gtest.h>
 
@@ -27,9 +27,10 @@
 namespace {
 
 namespace fs = std::filesystem;
-using sharq::Checkpoint;
+using sharq::ModelWeights;
 using sharq::CheckpointError;
-using sharq::Tensor;
+using sharq::TensorView;
+using sharq::to_f32;
 
 const std::string kModels = std::string(SHARQ_SOURCE_DIR) + "/../shared/models";
 const std::string kLm30m = kModels + "/sharq-lm-30m";
@@ -144,7 +145,7 @@ std::vector<std::pair<std::string, std::vector<int64_t>>> lm30m_expected_tensors
 
 TEST(HfCheckpoint, SharqLm30mLoadsEveryTensorWithItsShape) {
   SKIP_WITHOUT(kLm30m);
-  const Checkpoint ck = sharq::load_hf_checkpoint(kLm30m);
+  const ModelWeights ck = sharq::load_hf_weights(kLm30m);
   EXPECT_EQ(ck.source, kLm30m);
   EXPECT_EQ(ck.config.arch, sharq::Arch::llama);
   EXPECT_EQ(ck.config.hidden_size, 512);
@@ -158,17 +159,23 @@ TEST(HfCheckpoint, SharqLm30mLoadsEveryTensorWithItsShape) {
   int64_t params = 0;
   for (const auto& [name, shape] : expected) {
     ASSERT_TRUE(ck.has(name)) << name;
-    const Tensor& t = ck.get(name, shape);  // throws on a shape mismatch
-    EXPECT_EQ(t.dtype, "BF16") << name;
-    EXPECT_EQ(static_cast<int64_t>(t.data.size()), t.numel()) << name;
+    const TensorView& t = ck.get(name, shape);  // throws on a shape mismatch
+    EXPECT_STREQ(sharq::to_string(t.dtype), "BF16") << name;
+    EXPECT_EQ(t.bytes, static_cast<size_t>(t.numel()) * 2) << name;
     params += t.numel();
   }
   EXPECT_EQ(params, 29368832);  // the model card's parameter count
+  // viewed in place: the five shards are mapped, nothing is copied
+  EXPECT_EQ(ck.owned_bytes(), 0u);
+  size_t shard_bytes = 0;
+  for (const auto& e : fs::directory_iterator(kLm30m))
+    if (e.path().extension() == ".safetensors") shard_bytes += fs::file_size(e.path());
+  EXPECT_EQ(ck.mapped_bytes(), shard_bytes);
 }
 
 TEST(HfCheckpoint, SharqLm30mValuesMatchRawBf16Bytes) {
   SKIP_WITHOUT(kLm30m);
-  const Checkpoint ck = sharq::load_hf_checkpoint(kLm30m);
+  const ModelWeights ck = sharq::load_hf_weights(kLm30m);
   // tensor -> shard, read from the index by text search
   const std::vector<uint8_t> index = read_bytes(kLm30m + "/model.safetensors.index.json");
   const std::string index_text(index.begin(), index.end());
@@ -183,27 +190,27 @@ TEST(HfCheckpoint, SharqLm30mValuesMatchRawBf16Bytes) {
     const std::string shard = index_text.substr(q, index_text.find('"', q) - q);
     const std::vector<uint8_t> file = read_bytes(kLm30m + "/" + shard);
     const auto [begin, end] = raw_range(file, name);
-    const Tensor& t = ck.tensors.at(name);
-    ASSERT_EQ(end - begin, t.data.size() * 2) << name;
-    std::vector<size_t> idx = {0, 1, t.data.size() / 2, t.data.size() - 1};
-    for (int k = 0; k < 64; ++k) idx.push_back(rng() % t.data.size());
+    const std::vector<float> t = to_f32(ck.tensors.at(name));
+    ASSERT_EQ(end - begin, t.size() * 2) << name;
+    std::vector<size_t> idx = {0, 1, t.size() / 2, t.size() - 1};
+    for (int k = 0; k < 64; ++k) idx.push_back(rng() % t.size());
     for (size_t i : idx) {
       const uint16_t raw = static_cast<uint16_t>(file[begin + 2 * i] | (file[begin + 2 * i + 1] << 8));
-      ASSERT_EQ(sharq::f32_bits(t.data[i]), static_cast<uint32_t>(raw) << 16) << name << "[" << i << "]";
+      ASSERT_EQ(sharq::f32_bits(t[i]), static_cast<uint32_t>(raw) << 16) << name << "[" << i << "]";
       ++checked;
     }
   }
   EXPECT_EQ(checked, 8 * 68);
   // a trained model, not zeros: RMSNorm gains are O(1), weights small and signed
-  const Tensor& norm = ck.tensors.at("model.norm.weight");
+  const std::vector<float> norm = to_f32(ck.tensors.at("model.norm.weight"));
   double mean = 0;
-  for (float v : norm.data) mean += v;
-  EXPECT_GT(mean / norm.data.size(), 0.1);
+  for (float v : norm) mean += v;
+  EXPECT_GT(mean / norm.size(), 0.1);
 }
 
 TEST(HfCheckpoint, DispatchLoadsADirectoryAsHuggingFace) {
   SKIP_WITHOUT(kLm30m);
-  const Checkpoint ck = sharq::load_checkpoint(kLm30m);
+  const ModelWeights ck = sharq::load_model_weights(kLm30m);
   EXPECT_EQ(ck.config.vocab_size, 4096);
   EXPECT_TRUE(ck.has("lm_head.weight"));
 }
@@ -222,7 +229,7 @@ TEST(HfCheckpoint, MissingShardIsNamed) {
   SKIP_WITHOUT(kLm30m);
   TempDir tmp;
   link_lm30m(tmp.path(), true, 3);
-  const std::string msg = error_of([&] { sharq::load_hf_checkpoint(tmp.path().string()); });
+  const std::string msg = error_of([&] { sharq::load_hf_weights(tmp.path().string()); });
   EXPECT_HAS(msg, tmp.str("model-00003-of-00005.safetensors"));
   EXPECT_HAS(msg, "shard file is missing");
 }
@@ -237,7 +244,7 @@ TEST(HfCheckpoint, TensorMissingFromItsShardIsNamed) {
   ASSERT_NE(text.find(anchor), std::string::npos);
   text.insert(text.find(anchor) + anchor.size(), "\n    \"model.layers.0.mlp.extra.weight\": \"model-00002-of-00005.safetensors\",");
   write_text(tmp.path() / "model.safetensors.index.json", text);
-  const std::string msg = error_of([&] { sharq::load_hf_checkpoint(tmp.path().string()); });
+  const std::string msg = error_of([&] { sharq::load_hf_weights(tmp.path().string()); });
   EXPECT_HAS(msg, tmp.str("model-00002-of-00005.safetensors"));
   EXPECT_HAS(msg, "tensor 'model.layers.0.mlp.extra.weight' is missing");
 }
@@ -247,7 +254,7 @@ TEST(HfCheckpoint, MissingConfigJsonIsNamed) {
   TempDir tmp;
   link_lm30m(tmp.path());
   fs::remove(tmp.path() / "config.json");
-  const std::string msg = error_of([&] { sharq::load_hf_checkpoint(tmp.path().string()); });
+  const std::string msg = error_of([&] { sharq::load_hf_weights(tmp.path().string()); });
   EXPECT_HAS(msg, tmp.str("config.json"));
   EXPECT_HAS(msg, "missing");
 }
@@ -276,7 +283,7 @@ TEST(HfCheckpoint, TruncatedRealShardsNameFileAndField) {
   for (const Cut& c : cuts) {
     const std::string path = tmp.str("cut_" + std::to_string(c.n) + ".safetensors");
     write_bytes(path, std::vector<uint8_t>(full.begin(), full.begin() + static_cast<long>(c.n)));
-    const std::string msg = error_of([&] { sharq::read_safetensors(path); });
+    const std::string msg = error_of([&] { sharq::open_safetensors(path); });
     EXPECT_HAS(msg, path + ": ");
     EXPECT_HAS(msg, c.expect);
     if (c.n >= 8 + hlen) {  // names the first tensor (by name) whose bytes are cut off
@@ -317,20 +324,23 @@ TEST(Safetensors, ConvertsF32F16Bf16AndKeepsShapes) {
   const auto t = sharq::parse_safetensors(file.data(), file.size(), "mem");
   ASSERT_EQ(t.size(), 5u);
   EXPECT_EQ(t.at("a").shape, (std::vector<int64_t>{2, 3}));
-  EXPECT_EQ(t.at("a").dtype, "F32");
-  for (size_t i = 0; i < f32.size(); ++i) EXPECT_EQ(sharq::f32_bits(t.at("a").data[i]), sharq::f32_bits(f32[i])) << i;
-  EXPECT_EQ(t.at("b").dtype, "F16");
-  EXPECT_EQ(t.at("b").data, (std::vector<float>{1.0f, -2.0f, 5.9604644775390625e-08f, 65504.0f}));
+  EXPECT_STREQ(sharq::to_string(t.at("a").dtype), "F32");
+  EXPECT_EQ(t.at("a").data, file.data() + 8 + header.size());  // a view into the input, not a copy
+  for (size_t i = 0; i < f32.size(); ++i) EXPECT_EQ(sharq::f32_bits(to_f32(t.at("a"))[i]), sharq::f32_bits(f32[i])) << i;
+  EXPECT_STREQ(sharq::to_string(t.at("b").dtype), "F16");
+  EXPECT_EQ(to_f32(t.at("b")), (std::vector<float>{1.0f, -2.0f, 5.9604644775390625e-08f, 65504.0f}));
   EXPECT_EQ(t.at("c.weight").shape, (std::vector<int64_t>{2, 1, 2}));
-  EXPECT_EQ(t.at("c.weight").dtype, "BF16");
-  EXPECT_EQ(t.at("c.weight").data[0], 1.0f);
-  EXPECT_EQ(t.at("c.weight").data[1], -3.0f);
-  EXPECT_TRUE(std::isinf(t.at("c.weight").data[2]));
-  EXPECT_EQ(sharq::f32_bits(t.at("c.weight").data[3]), 0x00010000u);
+  EXPECT_STREQ(sharq::to_string(t.at("c.weight").dtype), "BF16");
+  const std::vector<float> c = to_f32(t.at("c.weight"));
+  EXPECT_EQ(c[0], 1.0f);
+  EXPECT_EQ(c[1], -3.0f);
+  EXPECT_TRUE(std::isinf(c[2]));
+  EXPECT_EQ(sharq::f32_bits(c[3]), 0x00010000u);
   EXPECT_EQ(t.at("empty").numel(), 0);
-  EXPECT_TRUE(t.at("empty").data.empty());
+  EXPECT_EQ(t.at("empty").bytes, 0u);
+  EXPECT_TRUE(to_f32(t.at("empty")).empty());
   EXPECT_EQ(t.at("scalar").numel(), 1);
-  EXPECT_EQ(t.at("scalar").data, std::vector<float>{1.0f});
+  EXPECT_EQ(to_f32(t.at("scalar")), std::vector<float>{1.0f});
 }
 
 std::string parse_error(const std::string& header, const std::vector<uint8_t>& data) {
@@ -422,12 +432,12 @@ TEST(HfCheckpoint, ShardedDirectoryKeepsOnlyIndexedTensors) {
   write_bytes(tmp.path() / "s2.safetensors", f32_file({{"lm_head.weight", {8, 4}}, {"model.norm.weight", {4}}}, 100.0f));
   write_text(tmp.path() / "model.safetensors.index.json", R"({"metadata": {"total_size": 272}, "weight_map": {
       "model.embed_tokens.weight": "s1.safetensors", "lm_head.weight": "s2.safetensors", "model.norm.weight": "s2.safetensors"}})");
-  const Checkpoint ck = sharq::load_hf_checkpoint(tmp.path().string());
+  const ModelWeights ck = sharq::load_hf_weights(tmp.path().string());
   EXPECT_EQ(ck.tensors.size(), 3u);
   EXPECT_FALSE(ck.has("stray"));
-  EXPECT_EQ(ck.get("model.embed_tokens.weight", {8, 4}).data[31], 31.0f);
-  EXPECT_EQ(ck.get("lm_head.weight", {8, 4}).data[0], 100.0f);
-  EXPECT_EQ(ck.get("model.norm.weight", {4}).data[3], 135.0f);
+  EXPECT_EQ(to_f32(ck.get("model.embed_tokens.weight", {8, 4}))[31], 31.0f);
+  EXPECT_EQ(to_f32(ck.get("lm_head.weight", {8, 4}))[0], 100.0f);
+  EXPECT_EQ(to_f32(ck.get("model.norm.weight", {4}))[3], 135.0f);
   EXPECT_EQ(ck.config.vocab_size, 8);
 }
 
@@ -435,15 +445,16 @@ TEST(HfCheckpoint, TiedEmbeddingsLeaveLmHeadAbsent) {
   TempDir tmp;
   write_text(tmp.path() / "config.json", tiny_config(true));
   write_bytes(tmp.path() / "model.safetensors", f32_file({{"model.embed_tokens.weight", {8, 4}}, {"lm_head.weight", {8, 4}}}, 0.0f));
-  const Checkpoint ck = sharq::load_hf_checkpoint(tmp.path().string());
+  const ModelWeights ck = sharq::load_hf_weights(tmp.path().string());
   EXPECT_TRUE(ck.config.tie_word_embeddings);
   EXPECT_TRUE(ck.has("model.embed_tokens.weight"));
-  EXPECT_FALSE(ck.has("lm_head.weight"));  // the transformer reads embed_tokens for the logits
+  EXPECT_FALSE(ck.has("lm_head.weight"));  // lm_head() is embed_tokens: the executors' tying rule
+  EXPECT_EQ(&ck.lm_head(), &ck.embed_tokens());
 
   // untied but no lm_head: cannot run
   write_text(tmp.path() / "config.json", tiny_config(false));
   write_bytes(tmp.path() / "model.safetensors", f32_file({{"model.embed_tokens.weight", {8, 4}}}, 0.0f));
-  const std::string msg = error_of([&] { sharq::load_hf_checkpoint(tmp.path().string()); });
+  const std::string msg = error_of([&] { sharq::load_hf_weights(tmp.path().string()); });
   EXPECT_HAS(msg, tmp.path().string());
   EXPECT_HAS(msg, "tensor 'lm_head.weight' is missing and config.json's tie_word_embeddings is false");
 }
@@ -452,44 +463,44 @@ TEST(HfCheckpoint, DirectoryErrorsNameFileAndField) {
   TempDir tmp;
   const std::string dir = tmp.path().string();
   // no config.json
-  std::string msg = error_of([&] { sharq::load_hf_checkpoint(dir); });
+  std::string msg = error_of([&] { sharq::load_hf_weights(dir); });
   EXPECT_HAS(msg, tmp.str("config.json") + ": missing");
   // unknown model_type
   write_text(tmp.path() / "config.json", R"({"model_type": "bert", "vocab_size": 8})");
-  msg = error_of([&] { sharq::load_hf_checkpoint(dir); });
+  msg = error_of([&] { sharq::load_hf_weights(dir); });
   EXPECT_HAS(msg, tmp.str("config.json") + ": field 'model_type' is 'bert': unsupported");
   // no weights at all
   write_text(tmp.path() / "config.json", tiny_config(true));
-  msg = error_of([&] { sharq::load_hf_checkpoint(dir); });
+  msg = error_of([&] { sharq::load_hf_weights(dir); });
   EXPECT_HAS(msg, dir + ": neither model.safetensors nor model.safetensors.index.json");
   // index naming a shard that is not there
   write_text(tmp.path() / "model.safetensors.index.json", R"({"weight_map": {"model.embed_tokens.weight": "s9.safetensors"}})");
-  msg = error_of([&] { sharq::load_hf_checkpoint(dir); });
+  msg = error_of([&] { sharq::load_hf_weights(dir); });
   EXPECT_HAS(msg, tmp.str("s9.safetensors") + ": shard file is missing");
   EXPECT_HAS(msg, "model.embed_tokens.weight");
   // index naming a tensor its shard lacks
   write_bytes(tmp.path() / "s1.safetensors", f32_file({{"model.embed_tokens.weight", {8, 4}}}, 0.0f));
   write_text(tmp.path() / "model.safetensors.index.json",
              R"({"weight_map": {"model.embed_tokens.weight": "s1.safetensors", "model.norm.weight": "s1.safetensors"}})");
-  msg = error_of([&] { sharq::load_hf_checkpoint(dir); });
+  msg = error_of([&] { sharq::load_hf_weights(dir); });
   EXPECT_HAS(msg, tmp.str("s1.safetensors") + ": tensor 'model.norm.weight' is missing from this shard");
   // index shapes
   write_text(tmp.path() / "model.safetensors.index.json", R"({"metadata": {}})");
-  msg = error_of([&] { sharq::load_hf_checkpoint(dir); });
+  msg = error_of([&] { sharq::load_hf_weights(dir); });
   EXPECT_HAS(msg, tmp.str("model.safetensors.index.json") + ": field 'weight_map' is missing");
   write_text(tmp.path() / "model.safetensors.index.json", R"({"weight_map": {"model.norm.weight": "../s1.safetensors"}})");
-  msg = error_of([&] { sharq::load_hf_checkpoint(dir); });
+  msg = error_of([&] { sharq::load_hf_weights(dir); });
   EXPECT_HAS(msg, "field 'weight_map' entry for tensor 'model.norm.weight'");
   write_text(tmp.path() / "model.safetensors.index.json", "{\"weight_map\": ");
-  msg = error_of([&] { sharq::load_hf_checkpoint(dir); });
+  msg = error_of([&] { sharq::load_hf_weights(dir); });
   EXPECT_HAS(msg, tmp.str("model.safetensors.index.json") + ": not valid JSON");
   // a corrupt single-file checkpoint is named by its path
   fs::remove(tmp.path() / "model.safetensors.index.json");
   write_bytes(tmp.path() / "model.safetensors", safetensors_bytes(R"({"w": {"dtype": "I8", "shape": [1], "data_offsets": [0, 1]}})", {0}));
-  msg = error_of([&] { sharq::load_hf_checkpoint(dir); });
+  msg = error_of([&] { sharq::load_hf_weights(dir); });
   EXPECT_HAS(msg, tmp.str("model.safetensors") + ": tensor 'w' has unsupported dtype 'I8'");
   // not a directory
-  msg = error_of([&] { sharq::load_hf_checkpoint(tmp.str("model.safetensors")); });
+  msg = error_of([&] { sharq::load_hf_weights(tmp.str("model.safetensors")); });
   EXPECT_HAS(msg, "not a directory");
 }
 
@@ -544,7 +555,7 @@ TEST(Llama2cCheckpoint, Stories260kLoadsWithTiedClassifier) {
   const L2cLayout lay = l2c_layout(h);
   ASSERT_EQ(static_cast<size_t>(28 + 4 * lay.total), file.size());
 
-  const Checkpoint ck = sharq::load_checkpoint(kStories);  // a file dispatches to llama2.c
+  const ModelWeights ck = sharq::load_model_weights(kStories);  // a file dispatches to llama2.c
   EXPECT_EQ(ck.source, kStories);
   const sharq::ModelConfig& c = ck.config;
   EXPECT_EQ(c.arch, sharq::Arch::llama);
@@ -568,7 +579,7 @@ TEST(Llama2cCheckpoint, Stories260kLoadsWithTiedClassifier) {
   EXPECT_FALSE(ck.has("lm_head.weight"));
   int64_t params = 0;
   for (const auto& [name, t] : ck.tensors) {
-    EXPECT_EQ(t.dtype, "F32") << name;
+    EXPECT_STREQ(sharq::to_string(t.dtype), "F32") << name;
     params += t.numel();
   }
   EXPECT_EQ(params, 260032);  // the model card's count: every weight once (tied classifier)
@@ -596,14 +607,20 @@ TEST(Llama2cCheckpoint, Stories260kLoadsWithTiedClassifier) {
   }
   std::mt19937_64 rng(3);
   for (const Probe& pr : probes) {
-    const Tensor& t = ck.get(pr.name, pr.shape);
-    std::vector<int64_t> idx = {0, t.numel() - 1};
-    for (int k = 0; k < 16; ++k) idx.push_back(static_cast<int64_t>(rng() % static_cast<uint64_t>(t.numel())));
-    for (int64_t i : idx) ASSERT_EQ(sharq::f32_bits(t.data[static_cast<size_t>(i)]), raw(pr.base + i)) << pr.name << "[" << i << "]";
+    const std::vector<float> t = to_f32(ck.get(pr.name, pr.shape));
+    EXPECT_EQ(static_cast<int64_t>(t.size()), ck.get(pr.name, pr.shape).numel());
+    const int64_t numel = static_cast<int64_t>(t.size());
+    std::vector<int64_t> idx = {0, numel - 1};
+    for (int k = 0; k < 16; ++k) idx.push_back(static_cast<int64_t>(rng() % static_cast<uint64_t>(numel)));
+    for (int64_t i : idx) ASSERT_EQ(sharq::f32_bits(t[static_cast<size_t>(i)]), raw(pr.base + i)) << pr.name << "[" << i << "]";
   }
   // a trained model: the RMSNorm gains are not the llama2.c initialization (all ones)
-  const Tensor& g = ck.get("model.layers.0.input_layernorm.weight", {64});
-  EXPECT_NE(std::count(g.data.begin(), g.data.end(), 1.0f), 64);
+  const std::vector<float> g = to_f32(ck.get("model.layers.0.input_layernorm.weight", {64}));
+  EXPECT_NE(std::count(g.begin(), g.end(), 1.0f), 64);
+  // viewed in place: the mapped file is all the memory the weights use
+  EXPECT_EQ(ck.owned_bytes(), 0u);
+  EXPECT_EQ(ck.mapped_bytes(), file.size());
+  EXPECT_NE(sharq::f32_in_place(ck.embed_tokens()), nullptr);
 }
 
 TEST(Llama2cCheckpoint, UntiedClassifierComesAfterTheRopeTables) {
@@ -612,24 +629,42 @@ TEST(Llama2cCheckpoint, UntiedClassifierComesAfterTheRopeTables) {
   const L2cLayout lay = l2c_layout(h);
   std::vector<uint8_t> file = l2c_header_bytes(h);
   for (int64_t i = 0; i < lay.total; ++i) put_u32(file, sharq::f32_bits(static_cast<float>(i)));
-  const Checkpoint ck = sharq::parse_llama2c(file.data(), file.size(), "untied.bin");
+  const ModelWeights ck = sharq::parse_llama2c(file.data(), file.size(), "untied.bin");
   EXPECT_FALSE(ck.config.tie_word_embeddings);
   EXPECT_EQ(ck.config.vocab_size, 10);
   EXPECT_EQ(ck.config.head_dim, 2);
   EXPECT_EQ(ck.tensors.size(), 1u + 2u * 9u + 2u);
-  EXPECT_EQ(ck.get("lm_head.weight", {10, 8}).data[0], static_cast<float>(lay.wcls));
-  EXPECT_EQ(ck.get("lm_head.weight", {10, 8}).data[79], static_cast<float>(lay.wcls + 79));
-  EXPECT_EQ(ck.get("model.embed_tokens.weight", {10, 8}).data[5], 5.0f);
-  EXPECT_EQ(ck.get("model.layers.1.input_layernorm.weight", {8}).data[0], static_cast<float>(lay.rms_att + 8));
-  EXPECT_EQ(ck.get("model.layers.1.self_attn.q_proj.weight", {8, 8}).data[0], static_cast<float>(lay.wq + 64));
-  EXPECT_EQ(ck.get("model.layers.1.self_attn.k_proj.weight", {4, 8}).data[0], static_cast<float>(lay.wk + 32));
-  EXPECT_EQ(ck.get("model.layers.0.self_attn.v_proj.weight", {4, 8}).data[31], static_cast<float>(lay.wv + 31));
-  EXPECT_EQ(ck.get("model.layers.1.self_attn.o_proj.weight", {8, 8}).data[0], static_cast<float>(lay.wo + 64));
-  EXPECT_EQ(ck.get("model.layers.1.post_attention_layernorm.weight", {8}).data[0], static_cast<float>(lay.rms_ffn + 8));
-  EXPECT_EQ(ck.get("model.layers.1.mlp.gate_proj.weight", {12, 8}).data[0], static_cast<float>(lay.w1 + 96));
-  EXPECT_EQ(ck.get("model.layers.1.mlp.down_proj.weight", {8, 12}).data[0], static_cast<float>(lay.w2 + 96));
-  EXPECT_EQ(ck.get("model.layers.1.mlp.up_proj.weight", {12, 8}).data[95], static_cast<float>(lay.w3 + 96 + 95));
-  EXPECT_EQ(ck.get("model.norm.weight", {8}).data[7], static_cast<float>(lay.rms_final + 7));
+  EXPECT_EQ(to_f32(ck.get("lm_head.weight", {10, 8}))[0], static_cast<float>(lay.wcls));
+  EXPECT_EQ(to_f32(ck.get("lm_head.weight", {10, 8}))[79], static_cast<float>(lay.wcls + 79));
+  EXPECT_EQ(to_f32(ck.get("model.embed_tokens.weight", {10, 8}))[5], 5.0f);
+  EXPECT_EQ(to_f32(ck.get("model.layers.1.input_layernorm.weight", {8}))[0], static_cast<float>(lay.rms_att + 8));
+  EXPECT_EQ(to_f32(ck.get("model.layers.1.self_attn.q_proj.weight", {8, 8}))[0], static_cast<float>(lay.wq + 64));
+  EXPECT_EQ(to_f32(ck.get("model.layers.1.self_attn.k_proj.weight", {4, 8}))[0], static_cast<float>(lay.wk + 32));
+  EXPECT_EQ(to_f32(ck.get("model.layers.0.self_attn.v_proj.weight", {4, 8}))[31], static_cast<float>(lay.wv + 31));
+  EXPECT_EQ(to_f32(ck.get("model.layers.1.self_attn.o_proj.weight", {8, 8}))[0], static_cast<float>(lay.wo + 64));
+  EXPECT_EQ(to_f32(ck.get("model.layers.1.post_attention_layernorm.weight", {8}))[0], static_cast<float>(lay.rms_ffn + 8));
+  EXPECT_EQ(to_f32(ck.get("model.layers.1.mlp.gate_proj.weight", {12, 8}))[0], static_cast<float>(lay.w1 + 96));
+  EXPECT_EQ(to_f32(ck.get("model.layers.1.mlp.down_proj.weight", {8, 12}))[0], static_cast<float>(lay.w2 + 96));
+  EXPECT_EQ(to_f32(ck.get("model.layers.1.mlp.up_proj.weight", {12, 8}))[95], static_cast<float>(lay.w3 + 96 + 95));
+  EXPECT_EQ(to_f32(ck.get("model.norm.weight", {8}))[7], static_cast<float>(lay.rms_final + 7));
+}
+
+TEST(Llama2cCheckpoint, BytesAtAnOddAddressAreCopiedOnceAndReadTheSame) {
+  const L2cHeader h{8, 12, 2, 4, 2, 10, 6};
+  const L2cLayout lay = l2c_layout(h);
+  std::vector<uint8_t> file = l2c_header_bytes(h);
+  for (int64_t i = 0; i < lay.total; ++i) put_u32(file, sharq::f32_bits(static_cast<float>(i)));
+  std::vector<uint8_t> shifted(file.size() + 1);
+  std::copy(file.begin(), file.end(), shifted.begin() + 1);
+  const ModelWeights in_place = sharq::parse_llama2c(file.data(), file.size(), "a.bin");
+  const ModelWeights copied = sharq::parse_llama2c(shifted.data() + 1, file.size(), "b.bin");
+  EXPECT_EQ(in_place.owned_bytes(), 0u);
+  EXPECT_EQ(copied.owned_bytes(), file.size());
+  for (const auto& [name, view] : in_place.tensors) {
+    const TensorView& other = copied.tensors.at(name);
+    EXPECT_NE(sharq::f32_in_place(other), nullptr) << name;
+    EXPECT_EQ(to_f32(view), to_f32(other)) << name;
+  }
 }
 
 std::string l2c_error(const std::vector<uint8_t>& b, const std::string& name = "m.bin") {
@@ -655,7 +690,7 @@ TEST(Llama2cCheckpoint, TruncatedOrPaddedFilesAreRejected) {
   for (const Cut& c : cuts) {
     const std::string path = tmp.str("cut_" + std::to_string(c.n) + ".bin");
     write_bytes(path, std::vector<uint8_t>(full.begin(), full.begin() + static_cast<long>(c.n)));
-    const std::string msg = error_of([&] { sharq::load_llama2c_checkpoint(path); });
+    const std::string msg = error_of([&] { sharq::load_llama2c_weights(path); });
     EXPECT_HAS(msg, path + ": ");
     EXPECT_HAS(msg, c.expect);
     if (c.n >= 28) {
@@ -720,14 +755,17 @@ TEST(Llama2cCheckpoint, NonsenseHeadersNameTheField) {
 }
 
 // =================================================================================================
-// Checkpoint::get, Tensor::numel, dispatch
+// ModelWeights::get, TensorView::numel, dispatch
 
-TEST(Checkpoint, GetChecksTheShapeAndNamesBoth) {
-  Checkpoint ck;
+TEST(ModelWeights, GetChecksTheShapeAndNamesBoth) {
+  ModelWeights ck;
   ck.source = "some/model";
-  Tensor t;
+  const std::vector<float> values(12, 1.0f);
+  TensorView t;
+  t.name = "w";
   t.shape = {3, 4};
-  t.data.assign(12, 1.0f);
+  t.data = reinterpret_cast<const uint8_t*>(values.data());
+  t.bytes = 48;
   ck.tensors.emplace("w", t);
   EXPECT_EQ(&ck.get("w", {3, 4}), &ck.tensors.at("w"));
   std::string msg = error_of([&] { ck.get("w", {4, 3}); });
@@ -738,8 +776,8 @@ TEST(Checkpoint, GetChecksTheShapeAndNamesBoth) {
   EXPECT_HAS(msg, "some/model: tensor 'model.norm.weight' is missing");
 }
 
-TEST(Checkpoint, NumelIsTheProductOfTheShape) {
-  Tensor t;
+TEST(ModelWeights, NumelIsTheProductOfTheShape) {
+  TensorView t;
   EXPECT_EQ(t.numel(), 1);  // a scalar
   t.shape = {2, 3, 4};
   EXPECT_EQ(t.numel(), 24);
@@ -747,10 +785,10 @@ TEST(Checkpoint, NumelIsTheProductOfTheShape) {
   EXPECT_EQ(t.numel(), 0);
 }
 
-TEST(Checkpoint, DispatchNamesAMissingPath) {
-  const std::string msg = error_of([&] { sharq::load_checkpoint("/nonexistent/sharq/model"); });
+TEST(ModelWeights, DispatchNamesAMissingPath) {
+  const std::string msg = error_of([&] { sharq::load_model_weights("/nonexistent/sharq/model"); });
   EXPECT_HAS(msg, "/nonexistent/sharq/model: no such file or directory");
-  EXPECT_HAS(error_of([&] { sharq::load_llama2c_checkpoint("/nonexistent/m.bin"); }), "/nonexistent/m.bin: no such file");
+  EXPECT_HAS(error_of([&] { sharq::load_llama2c_weights("/nonexistent/m.bin"); }), "/nonexistent/m.bin: no such file");
 }
 
 }  // namespace

@@ -1,0 +1,122 @@
+// ModelWeights: a checkpoint as its config plus named, read-only views of every tensor in its
+// source dtype, under Hugging Face names ("model.embed_tokens.weight",
+// "model.layers.3.self_attn.q_proj.weight", "lm_head.weight", ...).
+//
+// The views point into memory-mapped files (mapped_file.h): loading an 8B BF16 checkpoint parses
+// its headers and nothing else, and no FP32 copy of the model is ever made here. An executor
+// converts one tensor at a time (to_f32) or uploads the source bytes as they are.
+//
+// What every executor must agree on lives here once: the weight names of each architecture
+// (layer()), tying (lm_head()), and the dimension checks; RoPE and MoE routing are in rope.h and
+// moe_routing.h. Loaders bound every length and offset by the file size and throw CheckpointError
+// naming the file and the field or tensor on any problem.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "sharq/model/checkpoint_error.h"
+#include "sharq/model/config.h"
+#include "sharq/model/mapped_file.h"
+
+namespace sharq {
+
+enum class DType : uint8_t { f32, f16, bf16 };
+const char* to_string(DType d);  // the safetensors spelling: "F32", "F16", "BF16"
+size_t dtype_bytes(DType d);
+
+// One tensor in its source dtype: numel() little-endian elements at `data` (no alignment promised).
+struct TensorView {
+  std::string name;
+  DType dtype = DType::f32;
+  std::vector<int64_t> shape;
+  const uint8_t* data = nullptr;  // may be null when bytes == 0
+  size_t bytes = 0;               // numel() * dtype_bytes(dtype), checked by the loaders
+  int64_t numel() const;
+};
+
+// FP32 values of a view: exact for every source dtype (F16 and BF16 widen exactly).
+void to_f32(const TensorView& t, float* out);  // out: numel() floats
+std::vector<float> to_f32(const TensorView& t);
+// The view's own memory as floats when that is exact and legal (F32, little-endian host, 4-byte
+// aligned), else nullptr: then convert with to_f32.
+const float* f32_in_place(const TensorView& t);
+
+// One MoE expert's projections (Mixtral w1/w3/w2, Qwen3-MoE gate_proj/up_proj/down_proj).
+struct ExpertWeights {
+  const TensorView *gate = nullptr, *up = nullptr, *down = nullptr;
+};
+
+// The tensors of one decoder block, resolved and shape-checked against the config. Optional ones
+// are nullptr when the architecture has none (biases, q/k norms, router, experts).
+struct LayerWeights {
+  const TensorView *attn_norm = nullptr, *mlp_norm = nullptr;                   // [hidden]
+  const TensorView *q = nullptr, *k = nullptr, *v = nullptr, *o = nullptr;      // nn.Linear [out, in]
+  const TensorView *q_bias = nullptr, *k_bias = nullptr, *v_bias = nullptr;     // attention_bias
+  const TensorView* o_bias = nullptr;                                           // attention_output_bias
+  const TensorView *q_norm = nullptr, *k_norm = nullptr;                        // qk_norm: [head_dim]
+  const TensorView *gate = nullptr, *up = nullptr, *down = nullptr;             // dense MLP
+  const TensorView* router = nullptr;                                           // MoE: [experts, hidden]
+  std::vector<ExpertWeights> experts;                                           // MoE
+  int64_t mlp_intermediate = 0;  // rows of gate/up: the dense MLP's or each expert's
+};
+
+class ModelWeights {
+ public:
+  ModelConfig config;
+  std::string source;                         // the path it was loaded from, for messages
+  std::map<std::string, TensorView> tensors;  // by name
+
+  bool has(const std::string& name) const { return tensors.count(name) != 0; }
+  // The tensor, checked against the expected shape; throws CheckpointError naming the source,
+  // the tensor and both shapes.
+  const TensorView& get(const std::string& name, const std::vector<int64_t>& expected_shape) const;
+
+  // Throws CheckpointError when the config's dimensions cannot describe a runnable model.
+  void check_dimensions() const;
+  const TensorView& embed_tokens() const;  // [vocab, hidden]
+  const TensorView& final_norm() const;    // [hidden]
+  // The classifier [vocab, hidden]: lm_head.weight, or embed_tokens when the embeddings are tied.
+  const TensorView& lm_head() const;
+  LayerWeights layer(int64_t index) const;
+
+  // Memory behind the views: mapped files, or bytes this object owns (a copy made only where a
+  // view in place was impossible). The views stay valid as long as any copy of this object lives.
+  void keep(std::shared_ptr<const MappedFile> file);
+  void keep(std::shared_ptr<const std::vector<uint8_t>> bytes);
+  size_t mapped_bytes() const;
+  size_t owned_bytes() const;
+
+ private:
+  std::vector<std::shared_ptr<const MappedFile>> files_;
+  std::vector<std::shared_ptr<const std::vector<uint8_t>>> owned_;
+};
+
+// Hugging Face model directory: config.json + model.safetensors, or sharded *.safetensors with
+// model.safetensors.index.json (each shard mapped once; only the tensors the index assigns to a
+// shard are kept). Tensors in F32/F16/BF16. With tie_word_embeddings the result has no
+// lm_head.weight (a stored copy is dropped; lm_head() is embed_tokens); without it, a missing
+// lm_head.weight is an error.
+ModelWeights load_hf_weights(const std::string& dir);
+
+// llama2.c checkpoint (.bin: 7 x int32 header, fp32 weights; the legacy "version 0" export, whose
+// size the header determines exactly), viewed in place. Names are mapped to HF names;
+// config.rope_interleaved = true. A negative vocab_size in the header means an untied classifier
+// (lm_head.weight); otherwise tie_word_embeddings is set and there is no lm_head.weight.
+ModelWeights load_llama2c_weights(const std::string& path);
+
+// Dispatch: a directory is a Hugging Face model, a file a llama2.c checkpoint.
+ModelWeights load_model_weights(const std::string& path);
+
+// Building blocks of the loaders (also what the fuzz targets call).
+// A llama2.c checkpoint already in memory; `name` is used in messages and as ModelWeights::source.
+// The views point into `bytes`, which the caller keeps alive (the loader adds the mapping).
+ModelWeights parse_llama2c(const uint8_t* bytes, size_t n, const std::string& name);
+// A whole regular file in one read (small files: index JSON); throws CheckpointError naming it.
+std::vector<uint8_t> read_file_bytes(const std::string& path);
+
+}  // namespace sharq
