@@ -58,4 +58,21 @@ TEST(Cli, BenchGemmWithoutAGpuFailsWithAReason) {
   EXPECT_TRUE(r.out.find("no CUDA device") != std::string::npos || r.out.find("without CUDA") != std::string::npos) << r.out;
 }
 
+// --device cuda with no visible GPU (or a build without CUDA): a reason and exit 1, for every
+// command that takes it; an unknown device is refused by the parser.
+TEST(Cli, DeviceCudaWithoutAGpuFailsWithAReason) {
+  const std::string model = std::string(SHARQ_SOURCE_DIR) + "/../shared/models/stories260K/stories260K.bin";
+  const std::string data = std::string(SHARQ_SOURCE_DIR) + "/README.md";
+  if (FILE* f = std::fopen(model.c_str(), "rb")) std::fclose(f);
+  else GTEST_SKIP() << "no " << model;
+  for (const std::string& cmd : {"generate " + model + " --device cuda -n 4",
+                                 "ppl " + model + " --data " + data + " --ctx 16 --max-windows 1 --device cuda -q"}) {
+    const Result r = run(cmd, "CUDA_VISIBLE_DEVICES=");
+    EXPECT_EQ(r.status, 1) << cmd << "\n" << r.out;
+    EXPECT_TRUE(r.out.find("no CUDA device") != std::string::npos || r.out.find("without CUDA") != std::string::npos)
+        << cmd << "\n" << r.out;
+  }
+  EXPECT_NE(run("generate " + model + " --device tpu").status, 0);
+}
+
 }  // namespace

@@ -2,7 +2,9 @@
 //
 // Every error reaches the user as one line "sharq: error: <what>" and exit status 1; CLI11 usage
 // errors exit with CLI11's status (non-zero) and its message.
+#include <algorithm>
 #include <cstdio>
+#include <memory>
 #include <exception>
 #include <fstream>
 #include <stdexcept>
@@ -21,6 +23,9 @@
 #include "sharq/tools/opcheck.h"
 #include "sharq/tools/perplexity.h"
 #include "sharq/tools/zeroshot.h"
+#ifdef SHARQ_HAVE_CUDA
+#include "sharq/runtime/cuda/engine.h"
+#endif
 
 namespace {
 
@@ -43,8 +48,25 @@ int cmd_opcheck(const sharq::OpcheckConfig& cfg, bool csv, bool json) {
   return 0;
 }
 
+// --device cuda: the GPU engine (runtime/cuda/engine.h) with a KV cache sized for `max_len`
+// positions of one sequence at a time and steps of up to `max_tokens` new tokens.
+sharq::ExecutorFactory executor_for(const std::string& device, int64_t max_tokens, int64_t max_len) {
+  if (device == "cpu") return sharq::cpu_executor_factory();
+#ifdef SHARQ_HAVE_CUDA
+  sharq::cuda::EngineOptions o;
+  o.max_batch_tokens = std::max<int64_t>(1, max_tokens);
+  o.kv_blocks = (std::max<int64_t>(1, max_len) + o.block_size - 1) / o.block_size;
+  return sharq::cuda::gpu_executor_factory(o);
+#else
+  (void)max_tokens;
+  (void)max_len;
+  throw std::runtime_error("--device cuda: this sharq was built without CUDA (reconfigure with nvcc on the PATH or "
+                           "-DSHARQ_CUDA=ON)");
+#endif
+}
+
 struct GenerateArgs {
-  std::string model, tokenizer, scheme = "fp32";
+  std::string model, tokenizer, scheme = "fp32", device = "cpu";
   sharq::GenerateOptions opt;
   bool stats = false;
 };
@@ -52,8 +74,11 @@ struct GenerateArgs {
 int cmd_generate(const GenerateArgs& a) {
   const sharq::Scheme scheme = sharq::parse_scheme(a.scheme);
   const auto tok = sharq::load_tokenizer_for(a.model, a.tokenizer);
-  sharq::CpuExecutor model(sharq::load_model_weights(a.model), scheme);
-  const auto r = sharq::generate(model, *tok, a.opt, [](const std::string& piece) {
+  const sharq::ModelWeights weights = sharq::load_model_weights(a.model);
+  const int64_t ctx = weights.config.max_position_embeddings > 0 ? weights.config.max_position_embeddings : a.opt.steps;
+  const int64_t len = std::min<int64_t>(std::max<int64_t>(a.opt.steps, 1), ctx);
+  const std::unique_ptr<sharq::Executor> model = executor_for(a.device, len, len)(weights, scheme);
+  const auto r = sharq::generate(*model, *tok, a.opt, [](const std::string& piece) {
     std::fputs(piece.c_str(), stdout);
     std::fflush(stdout);
   });
@@ -133,6 +158,8 @@ int main(int argc, char** argv) {
   gen->add_option("--top-p", ga.opt.top_p, "nucleus sampling mass")->capture_default_str()->check(CLI::Range(0.0, 1.0));
   gen->add_option("--seed", ga.opt.seed, "sampling seed")->capture_default_str();
   gen->add_option("--scheme", ga.scheme, "linear-layer scheme (see `sharq schemes`)")->capture_default_str();
+  gen->add_option("--device", ga.device, "cpu (the FP32 reference) | cuda (the GPU engine: Hopper)")
+      ->capture_default_str()->check(CLI::IsMember({"cpu", "cuda"}));
   gen->add_flag("--stats", ga.stats, "print timing to stderr");
 
   // ---- ppl
@@ -146,6 +173,9 @@ int main(int argc, char** argv) {
   ppl->add_option("--max-windows", po.max_windows, "only the first N windows (0 = all)")->capture_default_str();
   ppl->add_option("--schemes", po.schemes, "comma-separated schemes")->capture_default_str();
   ppl->add_option("--reference", po.reference, "reference scheme for delta, KL, top-1 and gap")->capture_default_str();
+  std::string ppl_device = "cpu";
+  ppl->add_option("--device", ppl_device, "cpu | cuda (default schemes on cuda: bf16,fp8,w4a16,nvfp4,sharq,sharq:merged)")
+      ->capture_default_str()->check(CLI::IsMember({"cpu", "cuda"}));
   ppl->add_flag("--json", po_json, "JSON output");
   ppl->add_flag("-q,--quiet", po_quiet, "no progress bar");
   ppl->footer(kSchemeHelp);
@@ -160,6 +190,8 @@ int main(int argc, char** argv) {
   ev->add_option("--schemes", eo.schemes, "comma-separated schemes")->capture_default_str();
   ev->add_option("--data-dir", eo.data_dir, "folder of <task>.jsonl")->capture_default_str();
   ev->add_option("--limit", eo.limit, "first N examples per task (0 = all)")->capture_default_str();
+  std::string ev_device = "cpu";
+  ev->add_option("--device", ev_device, "cpu | cuda")->capture_default_str()->check(CLI::IsMember({"cpu", "cuda"}));
   ev->add_flag("--json", eo_json, "JSON output");
   ev->add_flag("-q,--quiet", eo_quiet, "no progress on stderr");
 
@@ -224,12 +256,18 @@ int main(int argc, char** argv) {
     }
     if (*ev) {
       eo.progress = !eo_quiet;
+      if (ev_device == "cuda") eo.executor = executor_for("cuda", 1024, 1024);  // one example (question + answer) per step
       const auto rows = sharq::run_zeroshot(eo);
       std::fputs(eo_json ? sharq::format_eval_json(rows).c_str() : sharq::format_eval_table(rows).c_str(), stdout);
       return 0;
     }
     if (*ppl) {
       po.progress = !po_quiet;
+      po.device = ppl_device;
+      if (ppl_device == "cuda") {
+        if (ppl->count("--schemes") == 0) po.schemes = "bf16,fp8,w4a16,nvfp4,sharq,sharq:merged";
+        po.executor = executor_for("cuda", po.ctx, po.ctx);
+      }
       return cmd_ppl(po, po_json);
     }
     if (*bg) return cmd_bench_gemm(bo);

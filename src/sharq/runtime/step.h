@@ -22,12 +22,17 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
+#include <memory>
 #include <optional>
 #include <vector>
 
 #include "sharq/model/config.h"
 
 namespace sharq {
+
+class ModelWeights;
+struct Scheme;
 
 using SeqId = int64_t;
 
@@ -62,6 +67,25 @@ struct StepOutput {
   const float* last_logits_of(size_t entry) const { return logits_of(entry, rows[entry] - 1); }
 };
 
+// Helpers every executor shares, so that the contract above is checked and shaped in one place.
+//
+// The length and capacity of a sequence, from the executor's table; throws std::invalid_argument
+// for an unknown or freed id (the executor words it).
+struct SequenceExtent {
+  int64_t length = 0, capacity = 0;
+};
+using SequenceLookup = std::function<SequenceExtent(SeqId)>;
+// Validates a whole batch before any work (the contract above); throws std::invalid_argument
+// naming the sequence.
+void check_step_batch(const std::vector<StepEntry>& batch, int64_t vocab, const SequenceLookup& lookup);
+// An output with the rows of every entry laid out (logits sized, not filled; sampled empty).
+StepOutput shape_step_output(const std::vector<StepEntry>& batch, int64_t vocab);
+// Samples the entries that asked for it from their last logits row; rng_of(i) is entry i's
+// sequence generator state, seeded from its SamplingParams on its first sampled step (seeded
+// tells whether it was).
+void sample_step(const std::vector<StepEntry>& batch, StepOutput& out,
+                 const std::function<uint64_t&(size_t entry, const SamplingParams& p)>& rng_of);
+
 class Executor {
  public:
   virtual ~Executor() = default;
@@ -78,5 +102,10 @@ class Executor {
 
   virtual StepOutput step(const std::vector<StepEntry>& batch) = 0;
 };
+
+// Builds an executor for one scheme. Front ends (generate, ppl, eval, the server) take one, so that
+// the same code drives the CPU reference (cpu_executor_factory, runtime/cpu/executor.h) or the GPU
+// engine (gpu_executor_factory, runtime/cuda/engine.h, in sharq_cuda).
+using ExecutorFactory = std::function<std::unique_ptr<Executor>(const ModelWeights&, const Scheme&)>;
 
 }  // namespace sharq

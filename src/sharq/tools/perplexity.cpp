@@ -75,8 +75,10 @@ PplResult run_perplexity(const PplOptions& opt) {
                                             res.tokens_in_file, opt.ctx));
 
   // one executor per scheme; each window is one sequence, prefilled in one step
-  std::vector<std::unique_ptr<CpuExecutor>> models;
-  for (const auto& s : run) models.push_back(std::make_unique<CpuExecutor>(weights, s));
+  const ExecutorFactory make = opt.executor ? opt.executor : cpu_executor_factory();
+  std::vector<std::unique_ptr<Executor>> models;
+  for (const auto& s : run) models.push_back(make(weights, s));
+  res.device = opt.device;
   const int64_t V = weights.config.vocab_size, N = opt.ctx;
   std::vector<double> nll(run.size(), 0.0), kl(run.size(), 0.0), secs(run.size(), 0.0);
   std::vector<int64_t> agree(run.size(), 0);
@@ -139,9 +141,9 @@ PplResult run_perplexity(const PplOptions& opt) {
 }
 
 std::string format_ppl_table(const PplResult& r) {
-  std::string s = fmt::format("ppl: {} on {}\n  {} tokens, {} windows of {} (of {} in the file), {} predicted tokens; "
+  std::string s = fmt::format("ppl: {} on {} (device {})\n  {} tokens, {} windows of {} (of {} in the file), {} predicted tokens; "
                               "tokenized in {:.2f}s\n  reference: {}; gap = (ppl_base - ppl) / (ppl_base - ppl_{})\n\n",
-                              r.model, r.data, r.tokens_in_file, r.windows, r.ctx, r.windows_in_file, r.predicted,
+                              r.model, r.data, r.device.empty() ? "cpu" : r.device, r.tokens_in_file, r.windows, r.ctx, r.windows_in_file, r.predicted,
                               r.tokenize_seconds, r.reference, r.reference);
   auto pct = [](const std::optional<double>& g) { return g ? fmt::format("{:.1f}%", 100.0 * *g) : std::string("-"); };
   s += fmt::format("{:<20} {:>10} {:>9} {:>10} {:>7}  {:<12} {:>8} {:>8} {:>8}\n", "scheme", "ppl", "delta", "KL", "top1",

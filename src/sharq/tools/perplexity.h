@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "sharq/runtime/cpu/linear.h"
+#include "sharq/runtime/step.h"
 
 namespace sharq {
 
@@ -24,6 +25,8 @@ struct PplOptions {
   std::string schemes = "fp32,bf16,fp8,w4a16,nvfp4,sharq,mxfp4,sharq-mxfp4,hif4,sharq-hif4,sharq:s24";
   std::string reference = "fp16";  // SHARQ_SPEC: FP16 is the accuracy reference (run even if not listed)
   bool progress = true;            // progress bar with ETA on stderr
+  ExecutorFactory executor;        // null: the CPU reference executor
+  std::string device = "cpu";      // for the report
 };
 
 struct PplRow {
@@ -39,7 +42,7 @@ struct PplRow {
 };
 
 struct PplResult {
-  std::string model, data, reference;
+  std::string model, data, reference, device;
   int64_t ctx = 0, windows = 0, windows_in_file = 0, tokens_in_file = 0, predicted = 0;
   double tokenize_seconds = 0;
   std::vector<PplRow> rows;  // the requested schemes, in order (plus reference/baselines if added)

@@ -122,7 +122,8 @@ std::vector<EvalRow> run_zeroshot(const EvalOptions& opt) {
   for (const auto& task : tasks) {
     const std::vector<Example> data = load_task(opt.data_dir, task, opt.limit);
     for (const auto& s : schemes) {
-      CpuExecutor model(weights, s);
+      const std::unique_ptr<Executor> executor = (opt.executor ? opt.executor : cpu_executor_factory())(weights, s);
+      Executor& model = *executor;
       EvalRow row{task, s.name()};
       const auto t0 = std::chrono::steady_clock::now();
       double correct = 0, correct_norm = 0;

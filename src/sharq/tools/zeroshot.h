@@ -18,6 +18,8 @@
 #include <string>
 #include <vector>
 
+#include "sharq/runtime/step.h"
+
 namespace sharq {
 
 struct EvalOptions {
@@ -27,6 +29,7 @@ struct EvalOptions {
   std::string schemes = "fp32,nvfp4,sharq";
   int64_t limit = 0;     // first N examples of each task (0 = all)
   bool progress = true;
+  ExecutorFactory executor;  // null: the CPU reference executor
 };
 
 struct EvalRow {

@@ -47,6 +47,8 @@ const char* blas_type_name(BlasType t) {
     case BlasType::bf16: return "bf16";
     case BlasType::fp8_e4m3: return "fp8_e4m3";
     case BlasType::fp8_e4m3_rowwise: return "fp8_e4m3_rowwise";
+    case BlasType::f16_f32out: return "fp16->fp32";
+    case BlasType::bf16_f32out: return "bf16->fp32";
   }
   return "unknown";
 }
@@ -115,6 +117,8 @@ TypeInfo type_info(BlasType t) {
   switch (t) {
     case BlasType::f16: return {CUDA_R_16F, CUDA_R_16F};
     case BlasType::bf16: return {CUDA_R_16BF, CUDA_R_16BF};
+    case BlasType::f16_f32out: return {CUDA_R_16F, CUDA_R_32F};
+    case BlasType::bf16_f32out: return {CUDA_R_16BF, CUDA_R_32F};
     case BlasType::fp8_e4m3:
     case BlasType::fp8_e4m3_rowwise: return {CUDA_R_8F_E4M3, CUDA_R_16BF};
   }
@@ -155,7 +159,8 @@ CublasLtGemm::~CublasLtGemm() = default;
 void CublasLtGemm::validate(BlasType t, const void* X, const void* W, const void* Y, int64_t M, int64_t N, int64_t K,
                             const float* x_scale, const float* w_scale) {
   const std::string where = "CublasLtGemm::matmul(" + shape_string(t, M, N, K) + "): ";
-  if (t != BlasType::f16 && t != BlasType::bf16 && t != BlasType::fp8_e4m3 && t != BlasType::fp8_e4m3_rowwise)
+  if (t != BlasType::f16 && t != BlasType::bf16 && t != BlasType::fp8_e4m3 && t != BlasType::fp8_e4m3_rowwise &&
+      t != BlasType::f16_f32out && t != BlasType::bf16_f32out)
     throw std::invalid_argument("CublasLtGemm::matmul: unknown BlasType");
   if (M < 0) throw std::invalid_argument(where + "M must be >= 0");
   if (N <= 0 || K <= 0) throw std::invalid_argument(where + "N and K must be > 0");
@@ -172,7 +177,8 @@ void CublasLtGemm::validate(BlasType t, const void* X, const void* W, const void
     if (pointer_alignment(X) < 16 || pointer_alignment(W) < 16 || pointer_alignment(Y) < 16)
       throw std::invalid_argument(where + "FP8 needs 16-byte aligned X, W and Y");
   } else {
-    if (pointer_alignment(X) < 2 || pointer_alignment(W) < 2 || pointer_alignment(Y) < 2)
+    const bool f32out = t == BlasType::f16_f32out || t == BlasType::bf16_f32out;
+    if (pointer_alignment(X) < 2 || pointer_alignment(W) < 2 || pointer_alignment(Y) < (f32out ? 4u : 2u))
       throw std::invalid_argument(where + "X, W and Y must be aligned to their 2-byte element type");
   }
 }

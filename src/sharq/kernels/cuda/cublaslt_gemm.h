@@ -1,5 +1,6 @@
 // cuBLASLt baselines in the same harness: Y[M x N] = X[M x K] W[N x K]^T.
 //   f16, bf16 : X, W and Y of that type, FP32 accumulation (CUBLAS_COMPUTE_32F).
+//   f16_f32out, bf16_f32out : X, W of that type, Y in FP32 (the engine's lm_head: logits unrounded).
 //   fp8_e4m3  : X, W in E4M3 with per-tensor FP32 scales (device pointers), Y in BF16: the faster
 //               per-tensor reference column of the benches, not sharq's fp8 scheme.
 //   fp8_e4m3_rowwise : the fp8 scheme (quant/scheme.h): X, W in E4M3 with one FP32 scale per row of
@@ -18,7 +19,7 @@
 
 namespace sharq::cuda {
 
-enum class BlasType : uint8_t { f16, bf16, fp8_e4m3, fp8_e4m3_rowwise };
+enum class BlasType : uint8_t { f16, bf16, fp8_e4m3, fp8_e4m3_rowwise, f16_f32out, bf16_f32out };
 const char* blas_type_name(BlasType t);
 
 class CublasLtGemm {

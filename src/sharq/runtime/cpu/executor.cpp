@@ -1,7 +1,5 @@
 #include "sharq/runtime/cpu/executor.h"
 
-#include <cmath>
-#include <set>
 #include <stdexcept>
 
 #include <fmt/format.h>
@@ -48,57 +46,35 @@ void CpuExecutor::free_sequence(SeqId seq) {
 int64_t CpuExecutor::sequence_length(SeqId seq) const { return find(seq, "sequence_length").cache.len; }
 int64_t CpuExecutor::sequence_capacity(SeqId seq) const { return find(seq, "sequence_capacity").cache.capacity; }
 
+ExecutorFactory cpu_executor_factory() {
+  return [](const ModelWeights& w, const Scheme& s) -> std::unique_ptr<Executor> {
+    return std::make_unique<CpuExecutor>(w, s);
+  };
+}
+
 StepOutput CpuExecutor::step(const std::vector<StepEntry>& batch) {
   const int64_t V = config().vocab_size;
-  // ---- the whole batch is checked before any sequence changes
+  check_step_batch(batch, V, [this](SeqId id) {  // the whole batch, before any sequence changes
+    const Sequence& s = find(id, "step");
+    return SequenceExtent{s.cache.len, s.cache.capacity};
+  });
   std::vector<ForwardSegment> segs;
   std::vector<Sequence*> seq_of;
-  std::set<SeqId> seen;
   for (const StepEntry& e : batch) {
     Sequence& s = find(e.seq, "step");
-    if (!seen.insert(e.seq).second)
-      throw std::invalid_argument(fmt::format("step: sequence {} appears more than once in the batch", e.seq));
-    const int64_t n = static_cast<int64_t>(e.tokens.size());
-    if (n == 0) throw std::invalid_argument(fmt::format("step: sequence {} has no new tokens", e.seq));
-    if (e.position != s.cache.len)
-      throw std::invalid_argument(fmt::format("step: sequence {}: position {} given, but the sequence holds {} tokens (its next "
-                                              "position is {})", e.seq, e.position, s.cache.len, s.cache.len));
-    if (s.cache.len + n > s.cache.capacity)
-      throw std::invalid_argument(fmt::format("step: sequence {}: {} tokens at position {} exceed its max length {}", e.seq, n,
-                                              e.position, s.cache.capacity));
-    for (int32_t t : e.tokens)
-      if (t < 0 || t >= V)
-        throw std::invalid_argument(fmt::format("step: sequence {}: token id {} outside the vocabulary (size {})", e.seq, t, V));
-    if (e.sampling && !(std::isfinite(e.sampling->temperature) && e.sampling->temperature >= 0.0f &&
-                        std::isfinite(e.sampling->top_p)))
-      throw std::invalid_argument(fmt::format("step: sequence {}: sampling needs a finite temperature >= 0 and a finite top_p "
-                                              "(got {}, {})", e.seq, e.sampling->temperature, e.sampling->top_p));
-    segs.push_back(ForwardSegment{e.tokens.data(), n, &s.cache, e.all_logits});
+    segs.push_back(ForwardSegment{e.tokens.data(), static_cast<int64_t>(e.tokens.size()), &s.cache, e.all_logits});
     seq_of.push_back(&s);
   }
-
-  StepOutput out;
-  out.vocab = V;
-  int64_t total = 0;
-  for (const ForwardSegment& g : segs) {
-    out.first_row.push_back(total);
-    out.rows.push_back(g.all_logits ? g.n : 1);
-    total += out.rows.back();
-  }
-  out.logits.resize(static_cast<size_t>(total * V));
+  StepOutput out = shape_step_output(batch, V);
   model_->forward_batch(segs, out.logits.data(), observer_);
-
-  out.sampled.resize(batch.size());
-  for (size_t i = 0; i < batch.size(); ++i) {
-    if (!batch[i].sampling) continue;
-    const SamplingParams& p = *batch[i].sampling;
+  sample_step(batch, out, [&](size_t i, const SamplingParams& p) -> uint64_t& {
     Sequence& s = *seq_of[i];
     if (!s.rng_seeded) {
       s.rng = sampler_state(p.seed);
       s.rng_seeded = true;
     }
-    out.sampled[i] = sample_token(out.last_logits_of(i), V, p.temperature, p.top_p, s.rng);
-  }
+    return s.rng;
+  });
   return out;
 }
 

@@ -51,4 +51,7 @@ class CpuExecutor final : public Executor {
   ProjectionObserver* observer_ = nullptr;
 };
 
+// The CPU reference executor, as an ExecutorFactory (the default of every front end).
+ExecutorFactory cpu_executor_factory();
+
 }  // namespace sharq

@@ -125,9 +125,12 @@ GpuLinear::GpuLinear(const Scheme& scheme, const float* W, int64_t N, int64_t K,
     }
     case SchemeKind::fp8: {  // exactly the CPU Linear's weights: per-output-channel E4M3 (quant/fp8.h)
       if (!blas) throw std::invalid_argument("GpuLinear: scheme 'fp8' needs a cuBLASLt handle");
+      // cuBLASLt's FP8 kernels need 16-byte leading dimensions: K padded to 16 (zero codes) and N to
+      // 8 (zero rows, scale 1) with the output through a padded scratch (y8_) when N % 8 != 0
       ld8_ = round_up(K, 16);
-      std::vector<uint8_t> codes(static_cast<size_t>(N * ld8_), 0);
-      std::vector<float> sc(static_cast<size_t>(N));
+      n8_ = round_up(N, 8);
+      std::vector<uint8_t> codes(static_cast<size_t>(n8_ * ld8_), 0);
+      std::vector<float> sc(static_cast<size_t>(n8_), 1.0f);
       for (int64_t n = 0; n < N; ++n) {
         sc[n] = fp8_scale_from_amax(amax_finite(W + n * K, static_cast<int>(K)));
         for (int64_t k = 0; k < K; ++k) codes[n * ld8_ + k] = fp8_quantize_value(W[n * K + k], sc[n]);
@@ -136,6 +139,7 @@ GpuLinear::GpuLinear(const Scheme& scheme, const float* W, int64_t N, int64_t K,
       w8_.upload(codes.data());
       w8_scale_ = DeviceBuffer<float>(sc.size());
       w8_scale_.upload(sc.data());
+      if (n8_ != N) y8_ = DeviceBuffer<uint16_t>(static_cast<size_t>(opt.max_m * n8_));
       break;
     }
     default:  // FP4 weights, exactly the CPU Linear's quantization (runtime/cpu/linear.cpp)
@@ -182,7 +186,7 @@ void GpuLinear::init_scratch() {
 }
 
 size_t GpuLinear::weight_bytes() const {
-  return w4_.bytes() + w16_.bytes() + w8_.bytes() + w8_scale_.bytes() + bias_.bytes();
+  return w4_.bytes() + w16_.bytes() + w8_.bytes() + w8_scale_.bytes() + bias_.bytes() + y8_.bytes();
 }
 
 GpuActivations& GpuLinear::own_activations() {
@@ -253,8 +257,14 @@ void GpuLinear::gemm(const GpuActivations& acts, void* y, cudaStream_t stream, v
                     nullptr, nullptr, stream);
       break;
     case SchemeKind::fp8:
-      blas_->matmul(BlasType::fp8_e4m3_rowwise, acts.q8_.get(), w8_.get(), y, M, N_, ld8_, acts.g_.get(),
-                    w8_scale_.get(), stream);
+      if (n8_ == N_) {
+        blas_->matmul(BlasType::fp8_e4m3_rowwise, acts.q8_.get(), w8_.get(), y, M, N_, ld8_, acts.g_.get(),
+                      w8_scale_.get(), stream);
+      } else {  // through the padded scratch, then the N real columns of each row
+        blas_->matmul(BlasType::fp8_e4m3_rowwise, acts.q8_.get(), w8_.get(), y8_.get(), M, n8_, ld8_, acts.g_.get(),
+                      w8_scale_.get(), stream);
+        SHARQ_CUDA_CHECK(cudaMemcpy2DAsync(y, N_ * 2, y8_.get(), n8_ * 2, N_ * 2, M, cudaMemcpyDeviceToDevice, stream));
+      }
       break;
     default: {
       if (!workspace) workspace = ws_.get();

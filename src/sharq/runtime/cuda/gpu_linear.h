@@ -122,8 +122,9 @@ class GpuLinear {
   DeviceFp4Weights w4_;          // FP4 schemes
   DeviceBuffer<uint16_t> w16_;   // fp16 / bf16: N x K
   DeviceBuffer<uint8_t> w8_;     // fp8: N x ld codes
-  DeviceBuffer<float> w8_scale_; // fp8: N per-channel scales
-  int64_t ld8_ = 0;
+  DeviceBuffer<float> w8_scale_; // fp8: N per-channel scales (padded to n8_ with 1)
+  int64_t ld8_ = 0, n8_ = 0;     // fp8: K padded to 16, N padded to 8
+  DeviceBuffer<uint16_t> y8_;    // fp8 with N % 8 != 0: max_m x n8_ output scratch
   DeviceBuffer<float> bias_;
   size_t ws_need_ = 0;
   DeviceBuffer<uint8_t> ws_;

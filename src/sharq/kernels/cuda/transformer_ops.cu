@@ -1,0 +1,201 @@
+#include "sharq/kernels/cuda/transformer_ops.h"
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
+#include <stdexcept>
+#include <type_traits>
+
+#include <fmt/format.h>
+
+#include "sharq/kernels/cuda/cuda_check.h"
+
+namespace sharq::cuda {
+namespace {
+
+constexpr int kThreads = 256;
+
+template <class T>
+__device__ __forceinline__ float to_f(T v) {
+  if constexpr (std::is_same_v<T, __half>) return __half2float(v);
+  else return __bfloat162float(v);
+}
+template <class T>
+__device__ __forceinline__ T from_f(float v) {
+  if constexpr (std::is_same_v<T, __half>) return __float2half_rn(v);
+  else return __float2bfloat16_rn(v);
+}
+
+// Sum over the block (blockDim.x a multiple of 32, at most 1024); every thread gets the result.
+__device__ float block_sum(float v) {
+  __shared__ float part[32];
+  __shared__ float total;
+  for (int off = 16; off > 0; off >>= 1) v += __shfl_xor_sync(0xffffffffu, v, off);
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
+  if (lane == 0) part[warp] = v;
+  __syncthreads();
+  if (warp == 0) {
+    float s = lane < warps ? part[lane] : 0.0f;
+    for (int off = 16; off > 0; off >>= 1) s += __shfl_xor_sync(0xffffffffu, s, off);
+    if (lane == 0) total = s;
+  }
+  __syncthreads();
+  const float r = total;
+  __syncthreads();  // `part` and `total` may be reused by a following call
+  return r;
+}
+
+__global__ void embed_kernel(const __nv_bfloat16* __restrict__ embed, const int32_t* __restrict__ tok, int64_t H,
+                             float* __restrict__ x) {
+  const int64_t m = blockIdx.x;
+  const __nv_bfloat16* e = embed + static_cast<int64_t>(tok[m]) * H;
+  for (int64_t h = threadIdx.x; h < H; h += blockDim.x) x[m * H + h] = __bfloat162float(e[h]);
+}
+
+template <class T>
+__global__ void rmsnorm_kernel(const float* __restrict__ x, const int32_t* __restrict__ rows, int64_t H,
+                               const float* __restrict__ w, float eps, T* __restrict__ y) {
+  const int64_t r = blockIdx.x, src = rows ? rows[r] : r;
+  const float* xr = x + src * H;
+  float ss = 0.0f;
+  for (int64_t h = threadIdx.x; h < H; h += blockDim.x) ss += xr[h] * xr[h];
+  ss = block_sum(ss);
+  const float inv = 1.0f / sqrtf(ss / static_cast<float>(H) + eps);
+  for (int64_t h = threadIdx.x; h < H; h += blockDim.x) y[r * H + h] = from_f<T>(w[h] * (xr[h] * inv));
+}
+
+// grid (M, nh + nkv), block = round_up(hd, 32) threads: head y < nh is a query head, else KV head
+// y - nh (its k is normed/rotated and written with its v).
+template <class T>
+__global__ void qk_rope_kernel(const T* __restrict__ q, const T* __restrict__ k, const T* __restrict__ v, int nh,
+                               const float* __restrict__ q_norm, const float* __restrict__ k_norm, float eps,
+                               const float* __restrict__ inv_freq, int interleaved, RowMap rows, PagedKv kv,
+                               float* __restrict__ q_out) {
+  extern __shared__ float head[];  // hd floats
+  const int64_t m = blockIdx.x;
+  const int y = blockIdx.y, d = threadIdx.x, hd = kv.head_dim, nkv = kv.kv_heads;
+  const bool is_q = y < nh;
+  const int hh = is_q ? y : y - nh;
+  const T* src = is_q ? q + (m * nh + hh) * hd : k + (m * nkv + hh) * hd;
+  const float* nw = is_q ? q_norm : k_norm;
+  const float val = d < hd ? to_f(src[d]) : 0.0f;
+  float xv = val;
+  if (nw) {
+    const float ss = block_sum(val * val);
+    const float inv = 1.0f / sqrtf(ss / static_cast<float>(hd) + eps);
+    xv = d < hd ? nw[d] * (val * inv) : 0.0f;
+  }
+  if (d < hd) head[d] = xv;
+  __syncthreads();
+  const int pos = rows.pos[m];
+  if (d < hd / 2) {
+    const float ang = static_cast<float>(pos) * inv_freq[d];
+    const float c = cosf(ang), s = sinf(ang);
+    const int a = interleaved ? 2 * d : d, b = interleaved ? 2 * d + 1 : d + hd / 2;
+    const float x0 = head[a], x1 = head[b];
+    const float r0 = x0 * c - x1 * s, r1 = x1 * c + x0 * s;
+    if (is_q) {
+      q_out[(m * nh + hh) * hd + a] = r0;
+      q_out[(m * nh + hh) * hd + b] = r1;
+    } else {
+      const int32_t blk = rows.table[rows.table_off[m] + pos / kv.block_size];
+      const int64_t base = ((static_cast<int64_t>(blk) * kv.block_size + pos % kv.block_size) * nkv + hh) * hd;
+      static_cast<T*>(kv.k)[base + a] = from_f<T>(r0);
+      static_cast<T*>(kv.k)[base + b] = from_f<T>(r1);
+    }
+  }
+  if (!is_q && d < hd) {
+    const int32_t blk = rows.table[rows.table_off[m] + pos / kv.block_size];
+    const int64_t base = ((static_cast<int64_t>(blk) * kv.block_size + pos % kv.block_size) * nkv + hh) * hd;
+    static_cast<T*>(kv.v)[base + d] = v[(m * nkv + hh) * hd + d];
+  }
+}
+
+template <class T>
+__global__ void swiglu_kernel(const T* __restrict__ g, const T* __restrict__ u, int64_t n, T* __restrict__ out) {
+  const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (i >= n) return;
+  const float gv = to_f(g[i]);
+  out[i] = from_f<T>(gv / (1.0f + expf(-gv)) * to_f(u[i]));
+}
+
+template <class T>
+__global__ void residual_kernel(float* __restrict__ x, const T* __restrict__ o, int64_t n) {
+  const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (i < n) x[i] += to_f(o[i]);
+}
+
+unsigned blocks_for(int64_t n) { return static_cast<unsigned>((n + kThreads - 1) / kThreads); }
+
+void check_rows(int64_t M, const char* who) {
+  if (M < 0 || M > 0x7FFFFFFF) throw std::invalid_argument(fmt::format("{}: {} rows", who, M));
+}
+
+}  // namespace
+
+void embed_rows(const void* embed, const int32_t* tok, int64_t M, int64_t H, float* x, cudaStream_t stream) {
+  check_rows(M, "embed_rows");
+  if (M == 0) return;
+  if (!embed || !tok || !x || H <= 0) throw std::invalid_argument("embed_rows: null pointer or H <= 0");
+  embed_kernel<<<static_cast<unsigned>(M), kThreads, 0, stream>>>(static_cast<const __nv_bfloat16*>(embed), tok, H, x);
+  SHARQ_CUDA_CHECK(cudaGetLastError());
+}
+
+void rmsnorm_rows(const float* x, const int32_t* rows, int64_t R, int64_t H, const float* w, float eps, DType t, void* y,
+                  cudaStream_t stream) {
+  check_rows(R, "rmsnorm_rows");
+  if (R == 0) return;
+  if (!x || !w || !y || H <= 0) throw std::invalid_argument("rmsnorm_rows: null pointer or H <= 0");
+  if (t == DType::f16)
+    rmsnorm_kernel<__half><<<static_cast<unsigned>(R), kThreads, 0, stream>>>(x, rows, H, w, eps, static_cast<__half*>(y));
+  else
+    rmsnorm_kernel<__nv_bfloat16><<<static_cast<unsigned>(R), kThreads, 0, stream>>>(x, rows, H, w, eps,
+                                                                                     static_cast<__nv_bfloat16*>(y));
+  SHARQ_CUDA_CHECK(cudaGetLastError());
+}
+
+void qk_rope_kv_write(const void* q, const void* k, const void* v, int64_t M, int nh, const float* q_norm,
+                      const float* k_norm, float eps, const float* inv_freq, bool interleaved, const RowMap& rows,
+                      const PagedKv& kv, DType t, float* q_out, cudaStream_t stream) {
+  check_rows(M, "qk_rope_kv_write");
+  if (M == 0) return;
+  if (!q || !k || !v || !inv_freq || !q_out || !kv.k || !kv.v || !rows.pos || !rows.table_off || !rows.table)
+    throw std::invalid_argument("qk_rope_kv_write: null pointer");
+  if (kv.head_dim <= 0 || kv.head_dim > 1024 || kv.head_dim % 2 != 0 || nh <= 0 || kv.kv_heads <= 0 ||
+      nh % kv.kv_heads != 0 || nh + kv.kv_heads > 65535)
+    throw std::invalid_argument(fmt::format("qk_rope_kv_write: heads {} / {} of dim {}", nh, kv.kv_heads, kv.head_dim));
+  const dim3 grid(static_cast<unsigned>(M), static_cast<unsigned>(nh + kv.kv_heads));
+  const int threads = (kv.head_dim + 31) / 32 * 32;
+  const size_t smem = static_cast<size_t>(kv.head_dim) * sizeof(float);
+  if (t == DType::f16)
+    qk_rope_kernel<__half><<<grid, threads, smem, stream>>>(static_cast<const __half*>(q), static_cast<const __half*>(k),
+                                                            static_cast<const __half*>(v), nh, q_norm, k_norm, eps,
+                                                            inv_freq, interleaved, rows, kv, q_out);
+  else
+    qk_rope_kernel<__nv_bfloat16><<<grid, threads, smem, stream>>>(
+        static_cast<const __nv_bfloat16*>(q), static_cast<const __nv_bfloat16*>(k), static_cast<const __nv_bfloat16*>(v),
+        nh, q_norm, k_norm, eps, inv_freq, interleaved, rows, kv, q_out);
+  SHARQ_CUDA_CHECK(cudaGetLastError());
+}
+
+void swiglu(const void* g, const void* u, int64_t n, DType t, void* out, cudaStream_t stream) {
+  if (n <= 0) return;
+  if (!g || !u || !out) throw std::invalid_argument("swiglu: null pointer");
+  if (t == DType::f16)
+    swiglu_kernel<__half><<<blocks_for(n), kThreads, 0, stream>>>(static_cast<const __half*>(g),
+                                                                  static_cast<const __half*>(u), n, static_cast<__half*>(out));
+  else
+    swiglu_kernel<__nv_bfloat16><<<blocks_for(n), kThreads, 0, stream>>>(
+        static_cast<const __nv_bfloat16*>(g), static_cast<const __nv_bfloat16*>(u), n, static_cast<__nv_bfloat16*>(out));
+  SHARQ_CUDA_CHECK(cudaGetLastError());
+}
+
+void residual_add(float* x, const void* o, int64_t n, DType t, cudaStream_t stream) {
+  if (n <= 0) return;
+  if (!x || !o) throw std::invalid_argument("residual_add: null pointer");
+  if (t == DType::f16) residual_kernel<__half><<<blocks_for(n), kThreads, 0, stream>>>(x, static_cast<const __half*>(o), n);
+  else residual_kernel<__nv_bfloat16><<<blocks_for(n), kThreads, 0, stream>>>(x, static_cast<const __nv_bfloat16*>(o), n);
+  SHARQ_CUDA_CHECK(cudaGetLastError());
+}
+
+}  // namespace sharq::cuda

@@ -1,0 +1,58 @@
+// The element-wise and per-row kernels of a decoder block on the GPU, around the linear layers:
+// embedding gather, RMSNorm, q/k norm + RoPE + the paged KV-cache write, SwiGLU, residual add.
+// Activation element type T: FP16 (the fp16 scheme) or BF16 (every other scheme); the residual
+// stream is FP32. Every function checks its arguments (std::invalid_argument) and launches
+// asynchronously on `stream`: no allocation, no host synchronization.
+//
+// Numerics (the CPU runtime is the reference; tests bound the difference):
+//   - RMSNorm: y = T(w * (x * r)), r = 1 / sqrt(mean(x^2) + eps), the mean in FP32 (a block
+//     reduction; the CPU accumulates in double);
+//   - RoPE: angle = pos * inv_freq[j] in FP32, cosf / sinf, the pairs of model/rope.h;
+//   - SwiGLU: T(silu(g) * u) with silu(g) = g / (1 + exp(-g)) in FP32.
+#pragma once
+
+#include <cstdint>
+
+#include <cuda_runtime.h>
+
+#include "sharq/kernels/cuda/sharq_prep.h"  // DType
+
+namespace sharq::cuda {
+
+// The paged KV cache of one layer: K and V pools of [blocks][block_size][kv_heads][head_dim] of the
+// activation type; a sequence's position p lives in block table[p / block_size], slot p % block_size.
+struct PagedKv {
+  void* k = nullptr;
+  void* v = nullptr;
+  int64_t blocks = 0;
+  int block_size = 16, kv_heads = 0, head_dim = 0;
+};
+
+// Where each row of a step sits: its position, its sequence's block table (offsets into one table).
+struct RowMap {
+  const int32_t* pos = nullptr;        // M: position of the row's token
+  const int32_t* table_off = nullptr;  // M: offset of the row's sequence block table in `table`
+  const int32_t* table = nullptr;      // block ids
+};
+
+// x[m][:] = float(embed[tok[m]][:]); embed: vocab x H BF16.
+void embed_rows(const void* embed_bf16, const int32_t* tok, int64_t M, int64_t H, float* x, cudaStream_t stream);
+
+// y[r][:] = RMSNorm(x[rows ? rows[r] : r][:]) * w for r < R; y: R x H of `t`.
+void rmsnorm_rows(const float* x, const int32_t* rows, int64_t R, int64_t H, const float* w, float eps, DType t, void* y,
+                  cudaStream_t stream);
+
+// For each row: optional per-head RMSNorm of q and k (q_norm / k_norm: head_dim weights, or null),
+// RoPE at the row's position, q out as FP32 (M x nh*hd), k and v (M x nkv*hd, of `t`) written into
+// the paged cache at the row's position.
+void qk_rope_kv_write(const void* q, const void* k, const void* v, int64_t M, int nh, const float* q_norm,
+                      const float* k_norm, float eps, const float* inv_freq, bool interleaved, const RowMap& rows,
+                      const PagedKv& kv, DType t, float* q_out, cudaStream_t stream);
+
+// out = T(silu(g) * u), n elements.
+void swiglu(const void* g, const void* u, int64_t n, DType t, void* out, cudaStream_t stream);
+
+// x += float(o), n elements.
+void residual_add(float* x, const void* o, int64_t n, DType t, cudaStream_t stream);
+
+}  // namespace sharq::cuda

@@ -1,0 +1,60 @@
+#include "sharq/runtime/step.h"
+
+#include <cmath>
+#include <set>
+#include <stdexcept>
+
+#include <fmt/format.h>
+
+#include "sharq/runtime/sampler.h"
+
+namespace sharq {
+
+void check_step_batch(const std::vector<StepEntry>& batch, int64_t V, const SequenceLookup& lookup) {
+  std::set<SeqId> seen;
+  for (const StepEntry& e : batch) {
+    const SequenceExtent s = lookup(e.seq);
+    if (!seen.insert(e.seq).second)
+      throw std::invalid_argument(fmt::format("step: sequence {} appears more than once in the batch", e.seq));
+    const int64_t n = static_cast<int64_t>(e.tokens.size());
+    if (n == 0) throw std::invalid_argument(fmt::format("step: sequence {} has no new tokens", e.seq));
+    if (e.position != s.length)
+      throw std::invalid_argument(fmt::format("step: sequence {}: position {} given, but the sequence holds {} tokens (its next "
+                                              "position is {})", e.seq, e.position, s.length, s.length));
+    if (s.length + n > s.capacity)
+      throw std::invalid_argument(fmt::format("step: sequence {}: {} tokens at position {} exceed its max length {}", e.seq, n,
+                                              e.position, s.capacity));
+    for (int32_t t : e.tokens)
+      if (t < 0 || t >= V)
+        throw std::invalid_argument(fmt::format("step: sequence {}: token id {} outside the vocabulary (size {})", e.seq, t, V));
+    if (e.sampling && !(std::isfinite(e.sampling->temperature) && e.sampling->temperature >= 0.0f &&
+                        std::isfinite(e.sampling->top_p)))
+      throw std::invalid_argument(fmt::format("step: sequence {}: sampling needs a finite temperature >= 0 and a finite top_p "
+                                              "(got {}, {})", e.seq, e.sampling->temperature, e.sampling->top_p));
+  }
+}
+
+StepOutput shape_step_output(const std::vector<StepEntry>& batch, int64_t V) {
+  StepOutput out;
+  out.vocab = V;
+  int64_t total = 0;
+  for (const StepEntry& e : batch) {
+    out.first_row.push_back(total);
+    out.rows.push_back(e.all_logits ? static_cast<int64_t>(e.tokens.size()) : 1);
+    total += out.rows.back();
+  }
+  out.logits.resize(static_cast<size_t>(total * V));
+  out.sampled.resize(batch.size());
+  return out;
+}
+
+void sample_step(const std::vector<StepEntry>& batch, StepOutput& out,
+                 const std::function<uint64_t&(size_t, const SamplingParams&)>& rng_of) {
+  for (size_t i = 0; i < batch.size(); ++i) {
+    if (!batch[i].sampling) continue;
+    const SamplingParams& p = *batch[i].sampling;
+    out.sampled[i] = sample_token(out.last_logits_of(i), out.vocab, p.temperature, p.top_p, rng_of(i, p));
+  }
+}
+
+}  // namespace sharq

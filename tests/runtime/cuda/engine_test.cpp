@@ -1,0 +1,210 @@
+// The GPU executor (runtime/cuda/engine.h) against the CPU executor, the reference, through the
+// step API: the tiny checkpoints of every dense architecture (tests/data/tiny) and stories260K,
+// every GPU scheme, prefill + decode steps over a paged KV cache with small blocks (block
+// boundaries crossed), Mistral's sliding window past the window, a mixed batch whose sequences each
+// get the logits they get alone (bit for bit with per-token scales; per-tensor scales differ), and
+// bad input (MoE, a CPU-only scheme, too many tokens, an exhausted KV cache). Label `gpu`.
+//
+// Tolerances: the GPU runs BF16 activations (FP16 for fp16) where the CPU runs FP32, so logits
+// differ by a few 1e-3 relative for the 16-bit schemes (bound 2e-2, the engine issue's). For the
+// quantized schemes a BF16-rounded input also moves some values across an FP4/FP8 rounding boundary,
+// and on these random-weight tiny models (whose quantization error is 10-40% of the logits) that
+// compounds through the layers: measured 0.06-0.24 GPU vs CPU on an H200. So the test asserts what
+// holds for a correct engine: the GPU is as close to the FP32 model as the CPU is (within 25%), and
+// the GPU-CPU gap stays below the scheme's own quantization error. On trained stories260K the gap is
+// 2.9e-2 for sharq (below).
+#include "sharq/runtime/cuda/engine.h"
+
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstdio>
+#include <string>
+#include <vector>
+
+#include "../../support/exceptions.h"
+#include "sharq/kernels/cuda/cuda_check.h"
+#include "sharq/runtime/cpu/executor.h"
+#include "sharq/runtime/sampler.h"
+
+namespace {
+
+using namespace sharq;
+using sharq::cuda::EngineOptions;
+using sharq::cuda::GpuExecutor;
+using sharq_test::what_of;
+
+#define SKIP_WITHOUT_GPU() \
+  if (sharq::cuda::device_count() == 0) GTEST_SKIP() << "no CUDA device: GPU test skipped"
+
+std::string tiny(const char* arch) { return std::string(SHARQ_SOURCE_DIR) + "/tests/data/tiny/" + arch; }
+
+double rel_l2(const std::vector<float>& a, const std::vector<float>& b) {
+  double num = 0, den = 0;
+  for (size_t i = 0; i < a.size(); ++i) {
+    num += (double(a[i]) - b[i]) * (double(a[i]) - b[i]);
+    den += double(b[i]) * b[i];
+  }
+  return std::sqrt(num / den);
+}
+
+// A prefill of `prompt` (all logits), then `decode` greedy steps of one token each (the CPU's
+// greedy choice is fed to both executors, so they see the same tokens): every logits row, in order.
+std::vector<float> run(Executor& ex, const std::vector<int32_t>& prompt, const std::vector<int32_t>& feed) {
+  const SeqId s = ex.create_sequence(static_cast<int64_t>(prompt.size() + feed.size()));
+  std::vector<float> all;
+  StepOutput o = ex.step({StepEntry{s, prompt, 0, true, std::nullopt}});
+  all.insert(all.end(), o.logits.begin(), o.logits.end());
+  int64_t p = static_cast<int64_t>(prompt.size());
+  for (int32_t t : feed) {
+    o = ex.step({StepEntry{s, {t}, p++, false, std::nullopt}});
+    all.insert(all.end(), o.logits.begin(), o.logits.end());
+  }
+  ex.free_sequence(s);
+  return all;
+}
+
+const std::vector<int32_t> kPrompt = {5, 17, 99, 3, 200, 42, 7, 8, 1, 250, 33, 64};
+const std::vector<int32_t> kFeed = {11, 22, 33, 44, 55, 66};
+
+EngineOptions small_blocks() {
+  EngineOptions o;
+  o.max_batch_tokens = 64;
+  o.kv_blocks = 64;
+  o.block_size = 4;
+  return o;
+}
+
+TEST(GpuEngine, MatchesTheCpuExecutorOnEveryDenseArchitectureAndScheme) {
+  SKIP_WITHOUT_GPU();
+  for (const char* arch : {"llama3", "llama2_tied", "mistral", "qwen2", "qwen3"}) {
+    const ModelWeights w = load_model_weights(tiny(arch));
+    CpuExecutor ref32(w, parse_scheme("fp32"));
+    const std::vector<float> y32 = run(ref32, kPrompt, kFeed);
+    for (const char* sc : {"bf16", "fp16", "fp8", "w4a16", "nvfp4", "sharq", "sharq:merged", "sharq:s24:tensor"}) {
+      const Scheme s = parse_scheme(sc);
+      CpuExecutor cpu(w, s);
+      GpuExecutor gpu(w, s, small_blocks());
+      const std::vector<float> yc = run(cpu, kPrompt, kFeed), yg = run(gpu, kPrompt, kFeed);
+      ASSERT_EQ(yc.size(), yg.size());
+      for (float v : yg) ASSERT_TRUE(std::isfinite(v)) << arch << " " << sc;
+      const double e = rel_l2(yg, yc), e32 = rel_l2(yg, y32), c32 = rel_l2(yc, y32);
+      std::printf("  %-12s %-18s GPU vs CPU same scheme %.2e | vs CPU fp32: GPU %.2e, CPU %.2e\n", arch, sc, e, e32, c32);
+      if (s.kind == SchemeKind::bf16 || s.kind == SchemeKind::fp16) {
+        EXPECT_LE(e, 2e-2) << arch << " " << sc;
+      } else {  // as close to FP32 as the CPU is, and the GPU-CPU gap below the quantization error
+        EXPECT_LE(e32, 1.25 * c32 + 1e-3) << arch << " " << sc;
+        EXPECT_LE(e, c32) << arch << " " << sc;
+      }
+    }
+  }
+}
+
+TEST(GpuEngine, SlidingWindowPastTheWindow) {
+  SKIP_WITHOUT_GPU();
+  ModelWeights w = load_model_weights(tiny("mistral"));
+  w.config.sliding_window = 5;  // the 12-token prompt and the decode steps run past it
+  CpuExecutor cpu(w, parse_scheme("bf16"));
+  GpuExecutor gpu(w, parse_scheme("bf16"), small_blocks());
+  const double e = rel_l2(run(gpu, kPrompt, kFeed), run(cpu, kPrompt, kFeed));
+  std::printf("  mistral window 5: GPU vs CPU %.2e\n", e);
+  EXPECT_LE(e, 2e-2);
+  ModelWeights full = load_model_weights(tiny("mistral"));
+  CpuExecutor cpu_full(full, parse_scheme("bf16"));
+  EXPECT_GT(rel_l2(run(gpu, kPrompt, kFeed), run(cpu_full, kPrompt, kFeed)), 1e-3) << "the window must matter here";
+}
+
+TEST(GpuEngine, Stories260kMatchesTheCpu) {
+  SKIP_WITHOUT_GPU();
+  const std::string path = std::string(SHARQ_SOURCE_DIR) + "/../shared/models/stories260K/stories260K.bin";
+  if (FILE* f = std::fopen(path.c_str(), "rb")) std::fclose(f);
+  else GTEST_SKIP() << "no " << path;
+  const ModelWeights w = load_model_weights(path);
+  std::vector<int32_t> prompt;
+  for (int i = 0; i < 40; ++i) prompt.push_back((i * 37 + 11) % 512);
+  for (const char* sc : {"bf16", "fp8", "sharq"}) {  // fp8: N = 172, K = 64 need cuBLASLt padding
+    CpuExecutor cpu(w, parse_scheme(sc));
+    GpuExecutor gpu(w, parse_scheme(sc), small_blocks());
+    const double e = rel_l2(run(gpu, prompt, kFeed), run(cpu, prompt, kFeed));
+    std::printf("  stories260K %-6s GPU vs CPU %.2e\n", sc, e);
+    EXPECT_LE(e, std::string(sc) == "bf16" ? 2e-2 : 6e-2) << sc;
+  }
+}
+
+// Sequences of different lengths in one step: prefill chunks and a decode token together. With
+// per-token scales each gets the logits it gets alone, bit for bit; with per-tensor scales not.
+TEST(GpuEngine, MixedBatchEntriesMatchTheirSequenceAlone) {
+  SKIP_WITHOUT_GPU();
+  const ModelWeights w = load_model_weights(tiny("qwen3"));
+  const std::vector<int32_t> a = {3, 9, 27, 81, 243}, b0 = {7, 14, 21, 28}, b1 = {35}, c = {100, 101, 102};
+  for (const char* sc : {"sharq", "nvfp4", "w4a16", "sharq:merged", "sharq:tensor"}) {
+    GpuExecutor gpu(w, parse_scheme(sc), small_blocks());
+    // alone
+    const SeqId A = gpu.create_sequence(16), B = gpu.create_sequence(16), C = gpu.create_sequence(16);
+    const auto la = gpu.step({StepEntry{A, a, 0, true, std::nullopt}}).logits;
+    gpu.step({StepEntry{B, b0, 0, false, std::nullopt}});
+    const auto lb = gpu.step({StepEntry{B, b1, 4, false, std::nullopt}}).logits;
+    const auto lc = gpu.step({StepEntry{C, c, 0, true, std::nullopt}}).logits;
+    // together: A and C prefill again in fresh sequences, B's decode step next to them
+    const SeqId A2 = gpu.create_sequence(16), B2 = gpu.create_sequence(16), C2 = gpu.create_sequence(16);
+    gpu.step({StepEntry{B2, b0, 0, false, std::nullopt}});
+    const StepOutput o = gpu.step({StepEntry{A2, a, 0, true, std::nullopt}, StepEntry{B2, b1, 4, false, std::nullopt},
+                                   StepEntry{C2, c, 0, true, std::nullopt}});
+    const int64_t V = o.vocab;
+    const std::vector<float> ga(o.logits_of(0), o.logits_of(0) + 5 * V), gb(o.logits_of(1), o.logits_of(1) + V),
+        gc(o.logits_of(2), o.logits_of(2) + 3 * V);
+    if (std::string(sc) == "sharq:tensor") {
+      EXPECT_TRUE(ga != la || gb != lb || gc != lc) << "per-tensor scales see the whole batch";
+    } else {
+      EXPECT_EQ(ga, la) << sc;
+      EXPECT_EQ(gb, lb) << sc;
+      EXPECT_EQ(gc, lc) << sc;
+    }
+  }
+}
+
+TEST(GpuEngine, SamplingPerSequenceMatchesTheCpuSampler) {
+  SKIP_WITHOUT_GPU();
+  const ModelWeights w = load_model_weights(tiny("llama3"));
+  GpuExecutor gpu(w, parse_scheme("bf16"), small_blocks());
+  const SeqId s = gpu.create_sequence(8);
+  SamplingParams p;
+  p.temperature = 0.8f;
+  p.seed = 1234;
+  const StepOutput o = gpu.step({StepEntry{s, {1, 2, 3}, 0, false, p}});
+  ASSERT_TRUE(o.sampled[0].has_value());
+  uint64_t rng = sampler_state(1234);
+  EXPECT_EQ(*o.sampled[0], sample_token(o.last_logits_of(0), o.vocab, 0.8f, 0.9f, rng));
+}
+
+TEST(GpuEngine, BadInputIsRefusedWithAMessage) {
+  SKIP_WITHOUT_GPU();
+  const ModelWeights moe = load_model_weights(tiny("mixtral"));
+  EXPECT_NE(what_of([&] { GpuExecutor(moe, parse_scheme("bf16")); }).find("mixture-of-experts"), std::string::npos);
+  const ModelWeights w = load_model_weights(tiny("llama3"));
+  EXPECT_NE(what_of([&] { GpuExecutor(w, parse_scheme("mxfp4")); }).find("mxfp4"), std::string::npos);
+  EXPECT_NE(what_of([&] { GpuExecutor(w, parse_scheme("fp32")); }).find("fp32"), std::string::npos);
+  EngineOptions o;
+  o.max_batch_tokens = 8;
+  o.kv_blocks = 3;
+  o.block_size = 4;
+  GpuExecutor gpu(w, parse_scheme("sharq"), o);
+  EXPECT_NE(what_of([&] { gpu.create_sequence(129); }).find("max_position_embeddings"), std::string::npos);
+  const SeqId s = gpu.create_sequence(64);
+  EXPECT_NE(what_of([&] { gpu.step({StepEntry{s, std::vector<int32_t>(9, 1), 0, false, std::nullopt}}); })
+                .find("max_batch_tokens"),
+            std::string::npos);
+  gpu.step({StepEntry{s, std::vector<int32_t>(8, 1), 0, false, std::nullopt}});  // 2 blocks
+  EXPECT_EQ(gpu.free_kv_blocks(), 1);
+  const SeqId t = gpu.create_sequence(64);
+  EXPECT_NE(what_of([&] { gpu.step({StepEntry{t, std::vector<int32_t>(5, 1), 0, false, std::nullopt}}); }).find("exhausted"),
+            std::string::npos);
+  EXPECT_EQ(gpu.sequence_length(t), 0) << "a refused step changes nothing";
+  EXPECT_EQ(gpu.free_kv_blocks(), 1);
+  EXPECT_NE(what_of([&] { gpu.step({StepEntry{s, {1}, 3, false, std::nullopt}}); }).find("position"), std::string::npos);
+  gpu.free_sequence(s);
+  EXPECT_EQ(gpu.free_kv_blocks(), 3) << "freeing a sequence returns its blocks";
+  EXPECT_NE(what_of([&] { gpu.free_sequence(s); }).find("already freed"), std::string::npos);
+}
+
+}  // namespace
