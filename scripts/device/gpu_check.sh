@@ -32,7 +32,7 @@ fi
 if [[ $SAN == 1 ]]; then
   for t in "$BUILD"/tests/*_test; do
     case "$(basename "$t")" in
-      codec_parity_test|sharq_prep_test|gpu_linear_test|fp4_gemm_prefill_test|fp4_gemm_small_test|cublaslt_gemm_test) ;;
+      codec_parity_test|sharq_prep_test|gpu_linear_test|fp4_gemm_prefill_test|fp4_gemm_small_test|cublaslt_gemm_test|engine_test) ;;
       *) continue ;;
     esac
     echo "== compute-sanitizer memcheck $(basename "$t")"
