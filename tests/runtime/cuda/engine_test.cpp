@@ -22,6 +22,7 @@
 #include <string>
 #include <vector>
 
+#include "../../support/error_metrics.h"
 #include "../../support/exceptions.h"
 #include "sharq/kernels/cuda/cuda_check.h"
 #include "sharq/runtime/cpu/executor.h"
@@ -39,14 +40,7 @@ using sharq_test::what_of;
 
 std::string tiny(const char* arch) { return std::string(SHARQ_SOURCE_DIR) + "/tests/data/tiny/" + arch; }
 
-double rel_l2(const std::vector<float>& a, const std::vector<float>& b) {
-  double num = 0, den = 0;
-  for (size_t i = 0; i < a.size(); ++i) {
-    num += (double(a[i]) - b[i]) * (double(a[i]) - b[i]);
-    den += double(b[i]) * b[i];
-  }
-  return std::sqrt(num / den);
-}
+using sharq_test::rel_l2;
 
 // A prefill of `prompt` (all logits), then `decode` greedy steps of one token each (the CPU's
 // greedy choice is fed to both executors, so they see the same tokens): every logits row, in order.

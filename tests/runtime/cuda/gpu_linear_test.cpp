@@ -21,6 +21,7 @@
 
 #include <fmt/format.h>
 
+#include "../../support/error_metrics.h"
 #include "../../support/test_inputs.h"
 #include "sharq/quant/fp8.h"
 #include "sharq/runtime/cpu/linear.h"
@@ -38,14 +39,7 @@ struct GpuRun {
   std::vector<float> y16;   // BF16 / FP16 output, decoded
 };
 
-double rel_l2(const std::vector<float>& a, const std::vector<float>& b) {
-  double num = 0, den = 0;
-  for (size_t i = 0; i < a.size(); ++i) {
-    num += (double(a[i]) - b[i]) * (double(a[i]) - b[i]);
-    den += double(b[i]) * b[i];
-  }
-  return std::sqrt(num / den);
-}
+using sharq_test::rel_l2;
 
 struct Problem {
   int64_t M, N, K;
