@@ -109,8 +109,14 @@ ModelWeights load_hf_weights(const std::string& dir);
 // (lm_head.weight); otherwise tie_word_embeddings is set and there is no lm_head.weight.
 ModelWeights load_llama2c_weights(const std::string& path);
 
+// What a load checks beyond the bytes (docs/robustness.md).
+struct LoadOptions {
+  // Non-finite (NaN / Inf) weight values are an error naming the tensor unless this is set.
+  bool allow_nonfinite = false;
+};
+
 // Dispatch: a directory is a Hugging Face model, a file a llama2.c checkpoint.
-ModelWeights load_model_weights(const std::string& path);
+ModelWeights load_model_weights(const std::string& path, const LoadOptions& opt = {});
 
 // Building blocks of the loaders (also what the fuzz targets call).
 // A llama2.c checkpoint already in memory; `name` is used in messages and as ModelWeights::source.
