@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Fuzz the checkpoint parsers (safetensors, llama2.c, config.json) with libFuzzer + ASan/UBSan.
+# Fuzz the checkpoint parsers (safetensors, llama2.c, config.json) and the other bad-input readers
+# (.npy, tokenizer.json, zero-shot .jsonl) with libFuzzer + ASan/UBSan.
 #
 #   scripts/fuzz.sh [SECONDS_PER_TARGET]     (default 30; or SHARQ_FUZZ_SECONDS)
 #
@@ -35,7 +36,13 @@ fi
 
 CC=clang CXX=clang++ cmake -S . -B build-fuzz -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DSHARQ_FUZZ=ON \
   -DSHARQ_BUILD_TESTS=OFF -DSHARQ_BUILD_BENCH=OFF -DSHARQ_CUDA=OFF >/dev/null
-cmake --build build-fuzz --target safetensors_fuzz llama2c_fuzz config_fuzz
+fuzz_targets=(safetensors_fuzz llama2c_fuzz config_fuzz npy_fuzz zeroshot_fuzz)
+if grep -q '^PCRE2_FOUND:INTERNAL=1' build-fuzz/CMakeCache.txt && grep -q '^UTF8PROC_FOUND:INTERNAL=1' build-fuzz/CMakeCache.txt; then
+  fuzz_targets+=(tokenizer_json_fuzz)
+else
+  echo "sharq fuzz: note: tokenizer_json_fuzz not built (needs libpcre2-dev and libutf8proc-dev)"
+fi
+cmake --build build-fuzz --target "${fuzz_targets[@]}"
 
 # --- seed corpora ---------------------------------------------------------------------------------
 le() {  # value bytes: little-endian bytes of an integer
@@ -54,7 +61,10 @@ llama2c_seed() {  # out dim hidden layers heads kv_heads vocab seq_len
     head -c $((4 * floats)) /dev/zero; } > "$out"
 }
 
-mkdir -p "$work/safetensors" "$work/llama2c" "$work/config"
+mkdir -p "$work/safetensors" "$work/llama2c" "$work/config" "$work/npy" "$work/tokenizer_json" "$work/zeroshot"
+cp fuzz/seeds/npy/* "$work/npy/"
+cp fuzz/seeds/tokenizer_json/* "$work/tokenizer_json/"
+cp fuzz/seeds/zeroshot/* "$work/zeroshot/"
 if [[ -d "$models/sharq-lm-30m" ]]; then
   cp "$models"/sharq-lm-30m/*.safetensors "$work/safetensors/"  # libFuzzer keeps the first -max_len bytes
   cp "$models/sharq-lm-30m/config.json" "$work/config/sharq-lm-30m.json"
@@ -100,6 +110,11 @@ run_target() {  # target max_len [dict]
 run_target safetensors_fuzz 65536 fuzz/safetensors.dict
 run_target llama2c_fuzz 1100000
 run_target config_fuzz 8192 fuzz/config.dict
+run_target npy_fuzz 4096 fuzz/npy.dict
+run_target zeroshot_fuzz 8192 fuzz/zeroshot.dict
+if [[ " ${fuzz_targets[*]} " == *" tokenizer_json_fuzz "* ]]; then
+  run_target tokenizer_json_fuzz 16384 fuzz/tokenizer_json.dict
+fi
 
 if ((${#failed[@]})); then
   echo "sharq fuzz: crashes in: ${failed[*]}" >&2

@@ -149,12 +149,112 @@ TEST(Npy, MalformedFilesNameTheFileAndField) {
   }
 }
 
+// Zero-sized dimensions are valid wherever they are (numpy's rule): (4, 0) as much as (0, 64).
+TEST(Npy, ZeroSizedDimensionsAreAcceptedAnywhere) {
+  for (const char* shape : {"(4, 0)", "(0, 64)", "(0,)", "(3, 0, 5)"}) {
+    const auto b = make_npy(std::string("{'descr': '<f4', 'fortran_order': False, 'shape': ") + shape + ", }", {});
+    const sharq::NpyArray a = parse_npy(b.data(), b.size(), "z.npy");
+    EXPECT_EQ(a.size(), 0) << shape;
+    EXPECT_TRUE(a.data.empty()) << shape;
+  }
+  const auto b = make_npy("{'descr': '<f4', 'fortran_order': False, 'shape': (4, 0), }", {});
+  EXPECT_EQ(parse_npy(b.data(), b.size(), "z.npy").shape, (std::vector<int64_t>{4, 0}));
+  // ... but not with data behind them
+  EXPECT_NE(expect_error(make_npy("{'descr': '<f4', 'fortran_order': False, 'shape': (4, 0), }", raw(std::vector<float>{1})))
+                .find("needs 0"),
+            std::string::npos);
+  // a 0-d array (shape ()) is one element
+  const auto s = make_npy("{'descr': '<f4', 'fortran_order': False, 'shape': (), }", raw(std::vector<float>{2.5f}));
+  EXPECT_EQ(parse_npy(s.data(), s.size(), "s.npy").data, std::vector<float>{2.5f});
+}
+
+// The header is parsed as the dict literal it is: key order, quotes, spacing and a missing
+// trailing comma do not matter; 'descr' inside another value is not the key; the last duplicate wins.
+TEST(Npy, HeaderIsParsedAsAPythonLiteral) {
+  const auto four = raw(std::vector<float>{1, 2, 3, 4});
+  for (const char* dict : {"{'shape': (2, 2), 'fortran_order': False, 'descr': '<f4'}",
+                           "{\"descr\": \"<f4\", \"fortran_order\": False, \"shape\": (2,2)}",
+                           "{ 'descr' : '<f4' ,\t'fortran_order' : False , 'shape' : ( 2 , 2 , ) , }",
+                           "{'descr': '<f2', 'fortran_order': True, 'shape': (9,), 'descr': '<f4', 'fortran_order': False, "
+                           "'shape': (2, 2)}"}) {
+    const auto b = make_npy(dict, four);
+    const sharq::NpyArray a = parse_npy(b.data(), b.size(), "lit.npy");
+    EXPECT_EQ(a.shape, (std::vector<int64_t>{2, 2})) << dict;
+    EXPECT_EQ(a.source_dtype, "float32") << dict;
+    EXPECT_EQ(a.data, (std::vector<float>{1, 2, 3, 4})) << dict;
+  }
+  // the text 'descr' inside another key's value is not the descr field
+  EXPECT_NE(expect_error(make_npy("{'shape': (2, 2), 'x': 'descr': '<f2', 'fortran_order': False}", four)).find("bad.npy"),
+            std::string::npos);
+  const auto quoted = make_npy("{'fortran_order': False, 'shape': (2, 2), 'descr': '<f4'}", four);
+  EXPECT_NO_THROW(parse_npy(quoted.data(), quoted.size(), "q.npy"));
+  EXPECT_NE(expect_error(make_npy("{'fortran_order': False, 'shape': (2, 2), 'note': \"'descr': '<f4'\"}", four))
+                .find("no 'descr' field"),
+            std::string::npos);
+  // a key numpy never writes is parsed and ignored; 'descr' inside its value changes nothing
+  const auto noted = make_npy("{'note': \"'descr': '<f8', 'shape': (9,)\", 'descr': '<f4', 'fortran_order': False, "
+                              "'shape': (2, 2)}", four);
+  EXPECT_EQ(parse_npy(noted.data(), noted.size(), "n.npy").shape, (std::vector<int64_t>{2, 2}));
+  // a duplicate key: the last value is the one used (here a bad one)
+  EXPECT_NE(expect_error(make_npy("{'descr': '<f4', 'fortran_order': False, 'shape': (2, 2), 'descr': '<i8'}", four))
+                .find("field 'descr': unsupported dtype '<i8'"),
+            std::string::npos);
+}
+
+TEST(Npy, MalformedHeaderLiteralsNameTheFileAndField) {
+  const auto four = raw(std::vector<float>{1, 2, 3, 4});
+  struct Case { const char* dict; const char* want; };
+  for (const Case& c : std::vector<Case>{
+           {"'descr': '<f4', 'fortran_order': False, 'shape': (2, 2)}", "must start with '{'"},
+           {"{'descr': '<f4', 'fortran_order': False, 'shape': (2, 2)", "closing '}'"},
+           {"{'descr': '<f4', 'fortran_order': False, 'shape': (2, 2)} x", "after the closing"},
+           {"{'descr': '<f4' 'fortran_order': False, 'shape': (2, 2)}", "field 'descr': expected ','"},
+           {"{'descr' '<f4', 'fortran_order': False, 'shape': (2, 2)}", "expected ':' after the key 'descr'"},
+           {"{descr: '<f4', 'fortran_order': False, 'shape': (2, 2)}", "expected a quoted key"},
+           {"{'descr': '<f4, 'fortran_order': False, 'shape': (2, 2)}", "bad.npy"},
+           {"{'descr': <f4, 'fortran_order': False, 'shape': (2, 2)}", "field 'descr'"},
+           {"{'descr': '<f4', 'fortran_order': 0, 'shape': (2, 2)}", "field 'fortran_order'"},
+           {"{'descr': '<f4', 'fortran_order': 'False', 'shape': (2, 2)}", "'fortran_order': 'False' is not True or False"},
+           {"{'descr': '<f4', 'fortran_order': false, 'shape': (2, 2)}", "unsupported value 'false'"},
+           {"{'descr': '<f4', 'fortran_order': False, 'shape': [2, 2]}", "field 'shape'"},
+           {"{'descr': '<f4', 'fortran_order': False, 'shape': (4)}", "not a tuple"},
+           {"{'descr': '<f4', 'fortran_order': False, 'shape': (2, -2)}", "negative dimension"},
+           {"{'descr': '<f4', 'fortran_order': False, 'shape': (2 2)}", "expected ',' or ')'"},
+           {"{'descr': '<f4', 'fortran_order': False, 'shape': (2, 2.0)}", "field 'shape'"},
+           {"{'descr': '<f4', 'fortran_order': False, 'shape': (2,, 2)}", "field 'shape'"},
+           {"{'descr': '<f4', 'fortran_order': False, 'shape': '(2, 2)'}", "'shape': '(2, 2)' is not a tuple of integers"},
+           {"{'descr': ('<f4',), 'fortran_order': False, 'shape': (2, 2)}", "field 'descr'"},
+           {"{'descr': True, 'fortran_order': False, 'shape': (2, 2)}", "'descr': True is not a string"},
+           {"{'descr': [('a', '<f4')], 'fortran_order': False, 'shape': (2, 2)}", "structured"},
+           {"{'descr': '<f4', 'fortran_order': False, 'shape': (99999999999999999999, 2)}", "overflows"},
+           {"{'descr': '<f4', 'fortran_order': False, 'shape': (2, 2),, }", "expected a quoted key"},
+           {"{}", "no 'descr' field"},
+           {"{'descr': '<f4', 'fortran_order': False, 'shape': (2, 2", "field 'shape': the header ends before the closing"},
+       }) {
+    const std::string e = expect_error(make_npy(c.dict, four));
+    EXPECT_NE(e.find("bad.npy"), std::string::npos) << c.dict << " -> " << e;
+    EXPECT_NE(e.find(c.want), std::string::npos) << c.dict << " -> " << e;
+  }
+}
+
+TEST(Npy, ADirectoryIsNamedAsSuch) {
+  const auto dir = std::filesystem::temp_directory_path() / "sharq_npy_test_dir.npy";
+  std::filesystem::create_directories(dir);
+  try {
+    sharq::read_npy(dir.string());
+    FAIL() << "no error";
+  } catch (const NpyError& e) {
+    EXPECT_NE(std::string(e.what()).find(dir.string() + ": is a directory"), std::string::npos) << e.what();
+  }
+}
+
 TEST(Npy, MissingFileIsAnError) {
   try {
     sharq::read_npy("/nonexistent/dir/x.npy");
     FAIL() << "no error";
   } catch (const NpyError& e) {
     EXPECT_NE(std::string(e.what()).find("/nonexistent/dir/x.npy"), std::string::npos);
+    EXPECT_NE(std::string(e.what()).find("No such file or directory"), std::string::npos) << e.what();
   }
 }
 

@@ -11,6 +11,8 @@
 #include <fstream>
 #include <string>
 
+#include <sys/resource.h>
+
 #include <nlohmann/json.hpp>
 
 namespace {
@@ -286,6 +288,59 @@ TEST(BpeTokenizerJson, MetaspaceTokenizerIsUnsupportedNotMisread) {
   j["pre_tokenizer"] = {{"type", "Metaspace"}, {"replacement", "\xE2\x96\x81"}, {"prepend_scheme", "first"}, {"split", false}};
   const std::string path = dir.write("tokenizer.json", j.dump());
   EXPECT_THROW(sharq::load_bpe_tokenizer_json(path), sharq::UnsupportedTokenizerError);
+}
+
+// Peak resident memory of this process, in bytes.
+long peak_rss_bytes() {
+  struct rusage u {};
+  ::getrusage(RUSAGE_SELF, &u);
+  return u.ru_maxrss * 1024L;  // Linux: kilobytes
+}
+
+// An id sizes the id -> token tables, so it is bounded by the entries the file holds: the 67-byte
+// file of the issue (one entry, id 200,000,000) would otherwise take 6.6 GB. The error names the
+// file, the field and the id, and the process never grew.
+TEST(BpeTokenizerJson, AnIdFarBeyondTheEntriesIsRefusedBeforeAnyAllocation) {
+  TempDir dir;
+  const std::string tiny = R"({"model":{"type":"BPE","vocab":{"a":200000000},"merges":[]}})";
+  const std::string path = dir.write("huge_id.json", tiny);
+  const long before = peak_rss_bytes();
+  try {
+    sharq::load_bpe_tokenizer_json(path);
+    FAIL() << "no error";
+  } catch (const TokenizerError& e) {
+    const std::string msg = e.what();
+    EXPECT_NE(msg.find(path), std::string::npos) << msg;
+    EXPECT_NE(msg.find("\"vocab\" entry \"a\" has id 200000000"), std::string::npos) << msg;
+    EXPECT_NE(msg.find("limit 1026"), std::string::npos) << msg;  // 2 x 1 entry + 1024
+    EXPECT_EQ(msg.find("the model's vocab_size"), std::string::npos) << msg;  // not known here
+  }
+  EXPECT_LT(peak_rss_bytes() - before, 256L << 20);
+  // with the model's vocab_size known, the error names it too
+  try {
+    sharq::load_bpe_tokenizer_json(path, 512);
+    FAIL() << "no error";
+  } catch (const TokenizerError& e) {
+    EXPECT_NE(std::string(e.what()).find("the model's vocab_size is 512"), std::string::npos) << e.what();
+  }
+  // an added token's id is bounded the same way (it sizes the decode table)
+  json j = tiny_tokenizer(false);
+  j["added_tokens"][0]["id"] = 2000000000;
+  const std::string added = dir.write("huge_added.json", j.dump());
+  try {
+    sharq::load_bpe_tokenizer_json(added);
+    FAIL() << "no error";
+  } catch (const TokenizerError& e) {
+    const std::string msg = e.what();
+    EXPECT_NE(msg.find(added + ": added_tokens[0]: field \"id\" is 2000000000"), std::string::npos) << msg;
+  }
+  EXPECT_LT(peak_rss_bytes() - before, 256L << 20);
+  // ids up to the bound are holes, and allowed: 11 entries (8 vocab, 3 added) allow ids below 1046
+  j = tiny_tokenizer(false);
+  j["model"]["vocab"]["x"] = 1045;
+  EXPECT_EQ(sharq::load_bpe_tokenizer_json(dir.write("hole.json", j.dump()))->vocab_size(), 1046);
+  j["model"]["vocab"]["x"] = 1046;
+  EXPECT_THROW(sharq::load_bpe_tokenizer_json(dir.write("past.json", j.dump())), TokenizerError);
 }
 
 #else

@@ -5,6 +5,7 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
@@ -12,6 +13,8 @@
 #include <random>
 #include <sstream>
 #include <string>
+
+#include <unistd.h>
 
 namespace {
 
@@ -173,8 +176,25 @@ TEST_F(Tok512, MergesExactlyAsRunCsRescanLoop) {
   }
 }
 
-TEST_F(Tok512, TextEndsAtItsFirstNulAsInRunC) {
-  EXPECT_EQ(tok_->encode(std::string("the\0cat", 7), false), tok_->encode("the", false));
+// Unlike run.c (whose text is a C string), the whole text is encoded: a NUL byte is its byte token
+// <0x00> (id 3), and what follows it is encoded too (a data file for ppl may hold one).
+TEST_F(Tok512, NulBytesAreEncodedAsTheirByteTokenAndTheTextGoesOn) {
+  const std::vector<int32_t> ids = tok_->encode(std::string("the\0cat", 7), false);
+  const auto nul = std::find(ids.begin(), ids.end(), 3);
+  ASSERT_NE(nul, ids.end());
+  EXPECT_EQ(std::count(ids.begin(), ids.end(), 3), 1);
+  EXPECT_EQ(std::vector<int32_t>(ids.begin(), nul), tok_->encode("the", false));  // merging never crosses <0x00>
+  EXPECT_EQ(tok_->decode(std::vector<int32_t>(nul + 1, ids.end())), "cat");
+  // a long text with a NUL early: every byte after it is still encoded
+  std::string text;
+  for (int i = 0; i < 200; ++i) text += "the cat sat on the mat. ";
+  std::string with_nul = text;
+  with_nul[10] = '\0';
+  const std::vector<int32_t> all = tok_->encode(with_nul, true);
+  EXPECT_GT(all.size(), tok_->encode(text.substr(0, 10), true).size() + 1000);
+  // a text of NULs only: one byte token each, after the dummy prefix
+  const std::vector<int32_t> nuls = tok_->encode(std::string(5, '\0'), false);
+  EXPECT_EQ(nuls, (std::vector<int32_t>{file_->lookup(" "), 3, 3, 3, 3, 3}));
 }
 
 TEST(Llama2cTokenizer, CorruptFilesAreErrorsNamingFileAndEntry) {
@@ -218,6 +238,70 @@ TEST(Llama2cTokenizer, CorruptFilesAreErrorsNamingFileAndEntry) {
     EXPECT_NE(std::string(e.what()).find("32000"), std::string::npos) << e.what();
   }
   fs::remove_all(dir);
+}
+
+// A file cut at an entry boundary is well-formed on its own; only the model's vocab_size (run.c
+// reads that many entries) shows it is short. Both ways of giving that count refuse it, naming the
+// file and both counts.
+TEST(Llama2cTokenizer, FileCutAtAnEntryBoundaryIsRefusedAgainstTheModel) {
+  if (!fs::exists(kTok)) GTEST_SKIP() << "stories260K tok512.bin not found under " << kDir;
+  const TokFile good(kTok);
+  ASSERT_EQ(good.entry_offset.size(), 512u);
+  const fs::path dir = fs::temp_directory_path() / ("sharq_tok_cut_" + std::to_string(::getpid()));
+  fs::create_directories(dir);
+  sharq::ModelConfig model;
+  model.vocab_size = 512;
+  for (size_t kept : {0u, 3u, 300u, 500u, 511u}) {
+    SCOPED_TRACE(kept);
+    const std::string path = (dir / ("tok_cut_" + std::to_string(kept) + ".bin")).string();
+    {
+      std::ofstream out(path, std::ios::binary);
+      const size_t end = kept < 512 ? good.entry_offset[kept] : good.bytes.size();
+      out.write(good.bytes.data(), static_cast<std::streamsize>(end));
+    }
+    // the count from the model, as load_tokenizer_for(model, tokenizer, config) passes it
+    try {
+      sharq::load_tokenizer_for("unused", path, model);
+      ADD_FAILURE() << "a tokenizer cut after " << kept << " entries was accepted";
+    } catch (const TokenizerError& e) {
+      const std::string msg = e.what();
+      EXPECT_NE(msg.find(path), std::string::npos) << msg;
+      if (kept >= 3) {  // below 3 the loader's own "starts with <unk>, <s>, </s>" check may come first
+        EXPECT_NE(msg.find("holds " + std::to_string(kept) + " tokens"), std::string::npos) << msg;
+        EXPECT_NE(msg.find("512"), std::string::npos) << msg;
+      }
+    }
+    // a tokenizer loaded without the count, checked afterwards
+    if (kept >= 3) {
+      const auto tok = sharq::load_llama2c_tokenizer(path);
+      EXPECT_EQ(tok->vocab_size(), static_cast<int64_t>(kept));
+      try {
+        sharq::check_tokenizer_fits(*tok, model, "", "stories260K.bin");
+        ADD_FAILURE() << "check_tokenizer_fits accepted " << kept << " of 512 entries";
+      } catch (const TokenizerError& e) {
+        const std::string msg = e.what();
+        EXPECT_NE(msg.find(path + ": read " + std::to_string(kept) + " tokens"), std::string::npos) << msg;
+        EXPECT_NE(msg.find("stories260K.bin has vocab_size 512"), std::string::npos) << msg;
+      }
+    }
+  }
+  // the whole file passes both ways
+  EXPECT_EQ(sharq::load_tokenizer_for("unused", kTok, model)->vocab_size(), 512);
+  EXPECT_NO_THROW(sharq::check_tokenizer_fits(*sharq::load_llama2c_tokenizer(kTok), model, "", "m"));
+  fs::remove_all(dir);
+}
+
+// A device or FIFO is refused rather than read without end.
+TEST(Llama2cTokenizer, NonRegularFilesAreRefused) {
+  for (const char* dev : {"/dev/zero", "/dev/null"}) {
+    if (!fs::exists(dev)) continue;
+    try {
+      sharq::load_llama2c_tokenizer(dev);
+      ADD_FAILURE() << dev << " accepted";
+    } catch (const TokenizerError& e) {
+      EXPECT_NE(std::string(e.what()).find(std::string(dev) + ": not a regular file"), std::string::npos) << e.what();
+    }
+  }
 }
 
 }  // namespace

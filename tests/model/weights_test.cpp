@@ -14,7 +14,9 @@
 #include <filesystem>
 #include <functional>
 #include <fstream>
+#include <limits>
 #include <random>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -441,15 +443,35 @@ TEST(HfCheckpoint, ShardedDirectoryKeepsOnlyIndexedTensors) {
   EXPECT_EQ(ck.config.vocab_size, 8);
 }
 
+// embed_tokens [8, 4] as F32 (values 0..31) and lm_head [8, 4] in `head_dtype` holding `head_first + i`.
+std::vector<uint8_t> tied_pair_file(const std::string& head_dtype, float head_first) {
+  std::vector<uint8_t> data;
+  for (int i = 0; i < 32; ++i) put_u32(data, sharq::f32_bits(static_cast<float>(i)));
+  for (int i = 0; i < 32; ++i) {
+    const float v = head_first + static_cast<float>(i);
+    if (head_dtype == "F32") put_u32(data, sharq::f32_bits(v));
+    else put_u16(data, static_cast<uint16_t>(sharq::f32_bits(v) >> 16));  // BF16: exact for these small integers
+  }
+  return safetensors_bytes(fmt::format(R"({{"model.embed_tokens.weight":{{"dtype":"F32","shape":[8,4],"data_offsets":[0,128]}},
+      "lm_head.weight":{{"dtype":"{}","shape":[8,4],"data_offsets":[128,{}]}}}})", head_dtype, data.size()), data);
+}
+
 TEST(HfCheckpoint, TiedEmbeddingsLeaveLmHeadAbsent) {
   TempDir tmp;
   write_text(tmp.path() / "config.json", tiny_config(true));
-  write_bytes(tmp.path() / "model.safetensors", f32_file({{"model.embed_tokens.weight", {8, 4}}, {"lm_head.weight", {8, 4}}}, 0.0f));
-  const ModelWeights ck = sharq::load_hf_weights(tmp.path().string());
-  EXPECT_TRUE(ck.config.tie_word_embeddings);
-  EXPECT_TRUE(ck.has("model.embed_tokens.weight"));
-  EXPECT_FALSE(ck.has("lm_head.weight"));  // lm_head() is embed_tokens: the executors' tying rule
-  EXPECT_EQ(&ck.lm_head(), &ck.embed_tokens());
+  for (const char* dtype : {"F32", "BF16"}) {  // a stored copy, in the same or another dtype, is dropped
+    write_bytes(tmp.path() / "model.safetensors", tied_pair_file(dtype, 0.0f));
+    const ModelWeights ck = sharq::load_hf_weights(tmp.path().string());
+    EXPECT_TRUE(ck.config.tie_word_embeddings);
+    EXPECT_TRUE(ck.has("model.embed_tokens.weight"));
+    EXPECT_FALSE(ck.has("lm_head.weight"));  // lm_head() is embed_tokens: the executors' tying rule
+    EXPECT_EQ(&ck.lm_head(), &ck.embed_tokens());
+  }
+  // a stored lm_head that is not a copy would be silently replaced by embed_tokens: an error
+  write_bytes(tmp.path() / "model.safetensors", tied_pair_file("F32", 1.0f));
+  EXPECT_HAS(error_of([&] { sharq::load_hf_weights(tmp.path().string()); }),
+             tmp.path().string() + ": tensor 'lm_head.weight' differs from 'model.embed_tokens.weight' but config.json's "
+                                   "tie_word_embeddings is true");
 
   // untied but no lm_head: cannot run
   write_text(tmp.path() / "config.json", tiny_config(false));
@@ -789,6 +811,252 @@ TEST(ModelWeights, DispatchNamesAMissingPath) {
   const std::string msg = error_of([&] { sharq::load_model_weights("/nonexistent/sharq/model"); });
   EXPECT_HAS(msg, "/nonexistent/sharq/model: no such file or directory");
   EXPECT_HAS(error_of([&] { sharq::load_llama2c_weights("/nonexistent/m.bin"); }), "/nonexistent/m.bin: no such file");
+}
+
+// =================================================================================================
+// Every tensor consumed: leftovers the config does not use are an error naming them
+
+// The tensors the tiny Llama config (kTinyConfig, with `layers` layers) reads, untied.
+std::vector<std::pair<std::string, std::vector<int64_t>>> tiny_llama_tensors(int layers) {
+  std::vector<std::pair<std::string, std::vector<int64_t>>> t = {
+      {"model.embed_tokens.weight", {8, 4}}, {"model.norm.weight", {4}}, {"lm_head.weight", {8, 4}}};
+  for (int l = 0; l < layers; ++l) {
+    const std::string p = fmt::format("model.layers.{}.", l);
+    for (const char* n : {"input_layernorm.weight", "post_attention_layernorm.weight"}) t.push_back({p + n, {4}});
+    for (const char* n : {"q_proj", "k_proj", "v_proj", "o_proj"}) t.push_back({p + "self_attn." + n + ".weight", {4, 4}});
+    t.push_back({p + "mlp.gate_proj.weight", {8, 4}});
+    t.push_back({p + "mlp.up_proj.weight", {8, 4}});
+    t.push_back({p + "mlp.down_proj.weight", {4, 8}});
+  }
+  return t;
+}
+
+std::string tiny_config_with(const std::string& model_type, int layers) {
+  std::string s = tiny_config(false);
+  s.replace(s.find("\"llama\""), 7, "\"" + model_type + "\"");
+  s.replace(s.find("\"num_hidden_layers\": 1"), 22, fmt::format("\"num_hidden_layers\": {}", layers));
+  return s;
+}
+
+TEST(TensorsConsumed, ExactSetLoadsAndAStrayTensorIsNamed) {
+  TempDir tmp;
+  write_text(tmp.path() / "config.json", tiny_config_with("llama", 1));
+  auto tensors = tiny_llama_tensors(1);
+  write_bytes(tmp.path() / "model.safetensors", f32_file(tensors, 0.0f));
+  const ModelWeights ok = sharq::load_hf_weights(tmp.path().string());
+  EXPECT_EQ(ok.tensors.size(), tensors.size());
+  EXPECT_NO_THROW(ok.layer(0));
+
+  tensors.push_back({"model.foo.weight", {2}});
+  write_bytes(tmp.path() / "model.safetensors", f32_file(tensors, 0.0f));
+  const std::string msg = error_of([&] { sharq::load_model_weights(tmp.path().string()); });
+  EXPECT_HAS(msg, tmp.path().string() + ": 1 tensor in the checkpoint is not used by its config: 'model.foo.weight'");
+}
+
+TEST(TensorsConsumed, FewerLayersInTheConfigThanInTheCheckpointIsAnError) {
+  TempDir tmp;
+  write_text(tmp.path() / "config.json", tiny_config_with("llama", 2));
+  write_bytes(tmp.path() / "model.safetensors", f32_file(tiny_llama_tensors(4), 0.0f));
+  const std::string msg = error_of([&] { sharq::load_hf_weights(tmp.path().string()); });
+  EXPECT_HAS(msg, "18 tensors in the checkpoint are not used by its config: 'model.layers.2.");  // 2 layers x 9
+  EXPECT_HAS(msg, "and 13 more");
+  EXPECT_HAS(msg, "the checkpoint holds layers up to 3 but the config's layer count (num_hidden_layers) is 2");
+  EXPECT_EQ(msg.find("model.layers.1."), std::string::npos) << msg;  // used layers are not listed
+}
+
+TEST(TensorsConsumed, RealSharqLm30mWithFourOfItsEightLayersIsRefused) {
+  SKIP_WITHOUT(kLm30m);
+  TempDir tmp;
+  link_lm30m(tmp.path());
+  const std::vector<uint8_t> cfg = read_bytes(kLm30m + "/config.json");
+  std::string text(cfg.begin(), cfg.end());
+  const size_t at = text.find("\"num_hidden_layers\": 8");
+  ASSERT_NE(at, std::string::npos) << text;
+  text.replace(at, 22, "\"num_hidden_layers\": 4");
+  fs::remove(tmp.path() / "config.json");
+  write_text(tmp.path() / "config.json", text);
+  const std::string msg = error_of([&] { sharq::load_model_weights(tmp.path().string()); });
+  EXPECT_HAS(msg, "36 tensors in the checkpoint are not used by its config");
+  EXPECT_HAS(msg, "'model.layers.4.");
+  EXPECT_HAS(msg, "layers up to 7 but the config's layer count (num_hidden_layers) is 4");
+}
+
+TEST(TensorsConsumed, Qwen2CheckpointRelabelledLlamaLeavesItsBiasesOver) {
+  TempDir tmp;
+  auto tensors = tiny_llama_tensors(1);
+  for (const char* n : {"q_proj", "k_proj", "v_proj"}) tensors.push_back({fmt::format("model.layers.0.self_attn.{}.bias", n), {4}});
+  write_bytes(tmp.path() / "model.safetensors", f32_file(tensors, 0.0f));
+  write_text(tmp.path() / "config.json", tiny_config_with("qwen2", 1));
+  const ModelWeights qwen2 = sharq::load_hf_weights(tmp.path().string());  // the right label: every tensor used
+  EXPECT_NE(qwen2.layer(0).q_bias, nullptr);
+
+  fs::remove(tmp.path() / "config.json");
+  write_text(tmp.path() / "config.json", tiny_config_with("llama", 1));
+  const std::string msg = error_of([&] { sharq::load_hf_weights(tmp.path().string()); });
+  EXPECT_HAS(msg, "3 tensors in the checkpoint are not used by its config: 'model.layers.0.self_attn.k_proj.bias', "
+                  "'model.layers.0.self_attn.q_proj.bias', 'model.layers.0.self_attn.v_proj.bias'");
+  EXPECT_HAS(msg, "the config's architecture (llama) has no such biases: is its model_type right?");
+}
+
+TEST(TensorsConsumed, IgnorableBuffersAndScalesAreAcceptedAndKept) {
+  TempDir tmp;
+  auto tensors = tiny_llama_tensors(1);
+  tensors.push_back({"model.layers.0.self_attn.rotary_emb.inv_freq", {1}});
+  tensors.push_back({"model.layers.0.self_attn.q_proj.input_scale", {}});
+  tensors.push_back({"model.layers.0.self_attn.k_scale", {}});
+  tensors.push_back({"model.layers.0.self_attn.v_scale", {}});
+  write_text(tmp.path() / "config.json", tiny_config_with("llama", 1));
+  write_bytes(tmp.path() / "model.safetensors", f32_file(tensors, 0.0f));
+  const ModelWeights ck = sharq::load_hf_weights(tmp.path().string());
+  EXPECT_TRUE(ck.has("model.layers.0.self_attn.k_scale"));
+  for (const char* n : {"model.layers.0.self_attn.rotary_emb.inv_freq", "x.input_scale", "a.k_scale", "a.v_scale", "a.kv_scale"})
+    EXPECT_TRUE(sharq::is_ignorable_tensor(n)) << n;
+  // not on the list: names that merely resemble it, and anything that would change the weights
+  for (const char* n : {"model.layers.0.self_attn.q_proj.weight_scale", "inv_freq", "model.layers.0.k_scale.weight", "k_scale"})
+    EXPECT_FALSE(sharq::is_ignorable_tensor(n)) << n;
+}
+
+TEST(TensorsConsumed, LayerIndicesAreParsedStrictly) {
+  ModelWeights w;
+  w.config = sharq::read_hf_config(std::string(SHARQ_SOURCE_DIR) + "/tests/data/tiny/llama3/config.json");
+  ASSERT_EQ(w.config.num_layers, 2);
+  EXPECT_TRUE(w.uses("model.layers.1.mlp.up_proj.weight"));
+  for (const char* n : {"model.layers.2.mlp.up_proj.weight", "model.layers.01.mlp.up_proj.weight", "model.layers.-1.mlp.up_proj.weight",
+                        "model.layers..mlp.up_proj.weight", "model.layers.1mlp.up_proj.weight", "model.layers.1.mlp.up_proj.bias",
+                        "model.layers.99999999999999999999.mlp.up_proj.weight", "model.layers.1.self_attn.q_proj.bias",
+                        "model.layers.1.mlp.gate.weight", "model.layers.1.mlp.experts.0.up_proj.weight"})
+    EXPECT_FALSE(w.uses(n)) << n;
+  w.config.tie_word_embeddings = true;
+  EXPECT_FALSE(w.uses("lm_head.weight"));
+  w.config.tie_word_embeddings = false;
+  EXPECT_TRUE(w.uses("lm_head.weight"));
+}
+
+// uses() mirrors layer(), embed_tokens(), final_norm() and lm_head(): on every tiny architecture,
+// every view they return is a used name, and every tensor of the checkpoint is returned by one.
+TEST(TensorsConsumed, UsesAgreesWithLayerOnEveryTinyArchitecture) {
+  for (const char* arch : {"llama2_tied", "llama3", "mistral", "mixtral", "qwen2", "qwen3", "qwen3_moe"}) {
+    SCOPED_TRACE(arch);
+    const ModelWeights w = sharq::load_model_weights(std::string(SHARQ_SOURCE_DIR) + "/tests/data/tiny/" + arch);
+    std::set<std::string> returned = {w.embed_tokens().name, w.final_norm().name, w.lm_head().name};
+    for (int64_t l = 0; l < w.config.num_layers; ++l) {
+      const sharq::LayerWeights L = w.layer(l);
+      for (const TensorView* t : {L.attn_norm, L.mlp_norm, L.q, L.k, L.v, L.o, L.q_bias, L.k_bias, L.v_bias, L.o_bias, L.q_norm,
+                                  L.k_norm, L.gate, L.up, L.down, L.router})
+        if (t) returned.insert(t->name);
+      for (const sharq::ExpertWeights& e : L.experts)
+        for (const TensorView* t : {e.gate, e.up, e.down}) returned.insert(t->name);
+    }
+    for (const std::string& n : returned) EXPECT_TRUE(w.uses(n)) << n;
+    std::set<std::string> stored;
+    for (const auto& [name, view] : w.tensors) stored.insert(name);
+    EXPECT_EQ(stored, returned);
+  }
+}
+
+// =================================================================================================
+// Non-finite weights: an error naming the tensor, unless allowed
+
+// A safetensors file of one tiny Llama whose tensor `target` holds `bits` (of `dtype`) at `index`.
+std::vector<uint8_t> tiny_file_with(const std::string& dtype, const std::string& target, size_t index, uint32_t bits) {
+  const size_t esize = dtype == "F32" ? 4 : 2;
+  std::string entries;
+  std::vector<uint8_t> data;
+  for (const auto& [name, shape] : tiny_llama_tensors(1)) {
+    int64_t n = 1;
+    std::string dims;
+    for (int64_t d : shape) {
+      n *= d;
+      dims += fmt::format("{}{}", dims.empty() ? "" : ",", d);
+    }
+    const size_t begin = data.size();
+    for (int64_t i = 0; i < n; ++i) {
+      const uint32_t v = name == target && static_cast<size_t>(i) == index ? bits : (esize == 4 ? 0x3F800000u : dtype == "F16" ? 0x3C00u : 0x3F80u);
+      if (esize == 4) put_u32(data, v);
+      else put_u16(data, static_cast<uint16_t>(v));
+    }
+    entries += fmt::format(R"({}"{}":{{"dtype":"{}","shape":[{}],"data_offsets":[{},{}]}})", entries.empty() ? "" : ",", name, dtype, dims,
+                           begin, data.size());
+  }
+  return safetensors_bytes("{" + entries + "}", data);
+}
+
+TEST(NonFiniteWeights, NaNAndInfInEachDtypeAreNamedUnlessAllowed) {
+  struct Case {
+    std::string dtype;
+    uint32_t bits;
+  };
+  const std::vector<Case> cases = {{"F32", 0x7FC00000u}, {"F32", 0x7F800000u}, {"F32", 0xFF800001u},  // NaN, +Inf, -NaN
+                                   {"F16", 0x7E00u},     {"F16", 0xFC00u},                         // NaN, -Inf
+                                   {"BF16", 0x7FC0u},    {"BF16", 0x7F80u},    {"BF16", 0xFF81u}};
+  TempDir tmp;
+  write_text(tmp.path() / "config.json", tiny_config_with("llama", 1));
+  for (const Case& c : cases) {
+    SCOPED_TRACE(fmt::format("{} 0x{:X}", c.dtype, c.bits));
+    write_bytes(tmp.path() / "model.safetensors", tiny_file_with(c.dtype, "model.layers.0.mlp.up_proj.weight", 13, c.bits));
+    const std::string msg = error_of([&] { sharq::load_model_weights(tmp.path().string()); });
+    EXPECT_HAS(msg, tmp.path().string() + ": tensor 'model.layers.0.mlp.up_proj.weight' holds 1 non-finite value (NaN or Inf; "
+                    "the first at index 13); pass --allow-nonfinite to load it anyway");
+    sharq::LoadOptions allow;
+    allow.allow_nonfinite = true;
+    const ModelWeights w = sharq::load_model_weights(tmp.path().string(), allow);
+    const std::vector<float> up = to_f32(*w.layer(0).up);
+    EXPECT_FALSE(std::isfinite(up[13]));
+    EXPECT_TRUE(std::isfinite(up[12]));
+  }
+  // the largest finite values and subnormals are finite
+  for (const Case& c : std::vector<Case>{{"F32", 0x7F7FFFFFu}, {"F32", 0x00000001u}, {"F16", 0x7BFFu}, {"F16", 0xFBFFu}, {"BF16", 0x7F7Fu}}) {
+    write_bytes(tmp.path() / "model.safetensors", tiny_file_with(c.dtype, "model.norm.weight", 0, c.bits));
+    EXPECT_NO_THROW(sharq::load_hf_weights(tmp.path().string())) << c.dtype << " " << c.bits;
+  }
+}
+
+TEST(NonFiniteWeights, CountAndFirstIndexOfSeveral) {
+  ModelWeights w;
+  w.source = "mem";
+  std::vector<float> v(300000, 0.5f);  // several scan chunks
+  v[70000] = std::numeric_limits<float>::infinity();
+  v[200001] = std::nanf("");
+  v[299999] = -std::numeric_limits<float>::infinity();
+  TensorView t;
+  t.name = "model.embed_tokens.weight";
+  t.shape = {300000};
+  t.data = reinterpret_cast<const uint8_t*>(v.data());
+  t.bytes = v.size() * 4;
+  w.tensors.emplace(t.name, t);
+  EXPECT_HAS(error_of([&] { w.check_finite(); }), "mem: tensor 'model.embed_tokens.weight' holds 3 non-finite values (NaN or Inf; the first at index 70000)");
+  // an ignorable tensor is never read, so it is not scanned
+  ModelWeights only_scale;
+  only_scale.source = "mem";
+  TensorView s = t;
+  s.name = "model.layers.0.self_attn.k_scale";
+  only_scale.tensors.emplace(s.name, s);
+  EXPECT_NO_THROW(only_scale.check_finite());
+}
+
+TEST(NonFiniteWeights, Llama2cCheckpointIsScannedToo) {
+  const L2cHeader h{8, 12, 2, 4, 2, 10, 6};
+  const L2cLayout lay = l2c_layout(h);
+  std::vector<uint8_t> file = l2c_header_bytes(h);
+  for (int64_t i = 0; i < lay.total; ++i) put_u32(file, sharq::f32_bits(0.25f));
+  const int64_t at = lay.wq + 64 + 5;  // layer 1's q_proj, element 5
+  std::memcpy(file.data() + 28 + 4 * at, "\x00\x00\xc0\x7f", 4);  // NaN
+  TempDir tmp;
+  const std::string path = tmp.str("nan.bin");
+  write_bytes(path, file);
+  EXPECT_HAS(error_of([&] { sharq::load_model_weights(path); }),
+             path + ": tensor 'model.layers.1.self_attn.q_proj.weight' holds 1 non-finite value (NaN or Inf; the first at index 5)");
+  sharq::LoadOptions allow;
+  allow.allow_nonfinite = true;
+  const ModelWeights allowed = sharq::load_llama2c_weights(path, allow);
+  EXPECT_TRUE(std::isnan(to_f32(*allowed.layer(1).q)[5]));
+  EXPECT_FALSE(std::isnan(to_f32(*allowed.layer(1).q)[4]));
+  // the RoPE tables of old exports are skipped, never read: a NaN there is not an error
+  std::vector<uint8_t> rope_nan = l2c_header_bytes(h);
+  for (int64_t i = 0; i < lay.total; ++i) put_u32(rope_nan, sharq::f32_bits(0.25f));
+  std::memcpy(rope_nan.data() + 28 + 4 * (lay.rms_final + 8), "\x00\x00\xc0\x7f", 4);
+  write_bytes(tmp.str("rope_nan.bin"), rope_nan);
+  EXPECT_NO_THROW(sharq::load_llama2c_weights(tmp.str("rope_nan.bin")));
 }
 
 }  // namespace

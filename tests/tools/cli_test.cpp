@@ -3,9 +3,18 @@
 #include <gtest/gtest.h>
 
 #include <array>
+#include <cmath>
 #include <cstdio>
+#include <filesystem>
+#include <fstream>
 #include <string>
+#include <vector>
+
+#include <sys/stat.h>
 #include <sys/wait.h>
+#include <unistd.h>
+
+#include "sharq/io/npy.h"
 
 namespace {
 
@@ -47,6 +56,199 @@ TEST(Cli, BadOptionValueFails) {
   EXPECT_NE(run("opcheck -M -3").status, 0);
   EXPECT_NE(run("nosuchcommand").status, 0);
   EXPECT_NE(run("").status, 0);  // a subcommand is required
+}
+
+// Every numeric option goes through one checked parser: exit 1 and
+// "sharq: error: --flag: <value> is not <what is expected>" (no 309-digit bound, no "At Most 1").
+TEST(Cli, NumericOptionsSayWhatIsExpected) {
+  struct Case { std::string args, want; };
+  for (const Case& c : std::vector<Case>{
+           {"generate m -n 0", "sharq: error: --steps: 0 is not an integer >= 1"},
+           {"generate m -n abc", "sharq: error: --steps: abc is not an integer >= 1"},
+           {"generate m -n 99999999999999999999", "--steps: 99999999999999999999 is not an integer >= 1"},
+           {"generate m -n 5x", "--steps: 5x is not an integer >= 1"},
+           {"generate m -t nan", "--temperature: nan is not a number >= 0"},
+           {"generate m -t -1", "--temperature: -1 is not a number >= 0"},
+           {"generate m -t inf", "--temperature: inf is not a number >= 0"},
+           {"generate m --top-p nan", "--top-p: nan is not a number in (0, 1]"},
+           {"generate m --top-p 0", "--top-p: 0 is not a number in (0, 1]"},
+           {"generate m --top-p 1.01", "--top-p: 1.01 is not a number in (0, 1]"},
+           {"generate m --seed -1", "--seed: -1 is not a non-negative integer"},
+           {"opcheck -M abc", "sharq: error: -M: abc is not an integer >= 1"},
+           {"opcheck -M 0", "sharq: error: -M: 0 is not an integer >= 1"},
+           {"opcheck -K ''", "-K: '' is not an integer >= 1"},
+           {"opcheck -N 1.5", "-N: 1.5 is not an integer >= 1"},
+           {"ppl m --data d --max-windows -1", "sharq: error: --max-windows: -1 is not an integer >= 0"},
+           {"ppl m --data d --ctx 1", "--ctx: 1 is not an integer >= 2"},
+           {"eval m --limit -1", "sharq: error: --limit: -1 is not an integer >= 0"},
+           {"analyze m --data d --tokens 0", "--tokens: 0 is not an integer >= 1"},
+           {"bench gemm -M 1,0", "-M: 0 is not an integer >= 1"},
+           {"bench gemm --max-sets 65", "--max-sets: 65 is not an integer in [1, 64]"},
+           {"bench gemm --reps 0", "--reps: 0 is not an integer >= 1"},
+       }) {
+    const Result r = run(c.args);
+    EXPECT_EQ(r.status, 1) << c.args << "\n" << r.out;
+    EXPECT_NE(r.out.find(c.want), std::string::npos) << c.args << "\n" << r.out;
+  }
+  // good values still parse; the last of a repeated option wins
+  const Result r = run("opcheck -M 0 -M 2 -K 64 -N +4 --schemes nvfp4 --csv");
+  EXPECT_EQ(r.status, 0) << r.out;
+  EXPECT_NE(r.out.find("nvfp4,2,64,4,"), std::string::npos) << r.out;
+}
+
+// Not a regular file (a FIFO would block, /dev/zero never ends): refused by name before reading.
+TEST(Cli, OnlyRegularFilesAreRead) {
+  const auto dir = std::filesystem::temp_directory_path() / "sharq_cli_fifo";
+  std::filesystem::create_directories(dir);
+  const std::string fifo = (dir / "x.npy").string();
+  std::filesystem::remove(fifo);
+  ASSERT_EQ(mkfifo(fifo.c_str(), 0600), 0);
+  Result r = run("opcheck --x " + fifo);
+  EXPECT_EQ(r.status, 1);
+  EXPECT_NE(r.out.find(fifo + ": is not a regular file"), std::string::npos) << r.out;
+  r = run("opcheck --w /dev/zero");
+  EXPECT_EQ(r.status, 1);
+  EXPECT_NE(r.out.find("/dev/zero: is not a regular file"), std::string::npos) << r.out;
+}
+
+TEST(Cli, RepeatedOptionsTakeTheLastValue) {
+  const Result r = run("opcheck -M 2 -K 64 -N 4 --schemes fp32 --schemes nosuch");
+  EXPECT_EQ(r.status, 1);
+  EXPECT_NE(r.out.find("unknown scheme 'nosuch'"), std::string::npos) << r.out;
+}
+
+TEST(Cli, UnknownCommandsAreNamed) {
+  Result r = run("nosuchcommand");
+  EXPECT_EQ(r.status, 1);
+  EXPECT_NE(r.out.find("sharq: error: unknown command 'nosuchcommand' (commands: opcheck, generate"), std::string::npos) << r.out;
+  r = run("bench nosuch");
+  EXPECT_EQ(r.status, 1);
+  EXPECT_NE(r.out.find("unknown bench command 'nosuch' (commands: gemm)"), std::string::npos) << r.out;
+  EXPECT_EQ(run("--version").status, 0);
+  EXPECT_EQ(run("opcheck --help").status, 0);
+}
+
+// A directory where a file is expected, a missing path: named, with what is wrong.
+TEST(Cli, PathsThatAreNotFilesAreNamed) {
+  const auto dir = std::filesystem::temp_directory_path() / "sharq_cli_dir";
+  std::filesystem::create_directories(dir);
+  Result r = run("opcheck --x " + dir.string());
+  EXPECT_EQ(r.status, 1);
+  EXPECT_NE(r.out.find("--x: " + dir.string() + ": is a directory"), std::string::npos) << r.out;
+  r = run("ppl " + dir.string() + "/none --data x");
+  EXPECT_EQ(r.status, 1);
+  EXPECT_NE(r.out.find(dir.string() + "/none: no such file or directory"), std::string::npos) << r.out;
+  r = run("eval " + std::string(SHARQ_SOURCE_DIR) + "/README.md --data-dir " + std::string(SHARQ_SOURCE_DIR) + "/README.md");
+  EXPECT_EQ(r.status, 1);
+  EXPECT_NE(r.out.find("--data-dir: " + std::string(SHARQ_SOURCE_DIR) + "/README.md: is not a directory"), std::string::npos)
+      << r.out;
+  // permission denied says so (root can read anything: nothing to test then)
+  if (geteuid() != 0) {
+    const auto locked = dir / "locked";
+    std::filesystem::create_directories(locked);
+    std::filesystem::permissions(locked, std::filesystem::perms::none);
+    r = run("generate " + locked.string());
+    std::filesystem::permissions(locked, std::filesystem::perms::owner_all);
+    EXPECT_EQ(r.status, 1);
+    EXPECT_NE(r.out.find(locked.string() + ": permission denied"), std::string::npos) << r.out;
+  }
+}
+
+// Shapes opcheck cannot run: refused before allocating, naming the flags.
+TEST(Cli, OpcheckRefusesEmptyAndHugeShapes) {
+  Result r = run("opcheck -K 100000000");
+  EXPECT_EQ(r.status, 1);
+  EXPECT_NE(r.out.find("K=100000000 (-K)"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("GiB limit"), std::string::npos) << r.out;
+  const auto dir = std::filesystem::temp_directory_path() / "sharq_cli_npy";
+  std::filesystem::create_directories(dir);
+  sharq::write_npy((dir / "x.npy").string(), nullptr, {4, 0});
+  r = run("opcheck --x " + (dir / "x.npy").string());
+  EXPECT_EQ(r.status, 1);
+  EXPECT_NE(r.out.find("x.npy: X is 4x0, an empty array"), std::string::npos) << r.out;
+}
+
+std::string stories() { return std::string(SHARQ_SOURCE_DIR) + "/../shared/models/stories260K/stories260K.bin"; }
+bool have_stories() { return std::filesystem::exists(stories()); }
+
+// The model's context (stories260K: 512) bounds every command: generate clamps -n (llama2.c) and
+// says so; analyze --tokens and ppl --ctx beyond it are errors.
+TEST(Cli, ContextBoundsAreStatedOrEnforced) {
+  if (!have_stories()) GTEST_SKIP() << "no " << stories();
+  const std::string data = std::string(SHARQ_SOURCE_DIR) + "/README.md";
+  Result r = run("generate " + stories() + " -n 99999999999 -p Once");
+  EXPECT_EQ(r.status, 0) << r.out;
+  EXPECT_NE(r.out.find("-n 99999999999 is beyond the model's max_position_embeddings 512"), std::string::npos) << r.out;
+  r = run("analyze " + stories() + " --data " + data + " --tokens 100000");
+  EXPECT_EQ(r.status, 1);
+  EXPECT_NE(r.out.find("--tokens 100000 exceeds the model's max_position_embeddings 512"), std::string::npos) << r.out;
+  r = run("ppl " + stories() + " --data " + data + " --ctx 1024 -q");
+  EXPECT_EQ(r.status, 1);
+  EXPECT_NE(r.out.find("--ctx 1024 exceeds"), std::string::npos) << r.out;
+}
+
+TEST(Cli, EvalRefusesEmptyInput) {
+  if (!have_stories()) GTEST_SKIP() << "no " << stories();
+  const auto dir = std::filesystem::temp_directory_path() / "sharq_cli_eval";
+  std::filesystem::create_directories(dir);
+  std::ofstream(dir / "piqa.jsonl") << "\n  \n";
+  const std::string base = "eval " + stories() + " --data-dir " + dir.string() + " -q";
+  Result r = run(base + " --tasks piqa");
+  EXPECT_EQ(r.status, 1);
+  EXPECT_NE(r.out.find("piqa.jsonl: no examples"), std::string::npos) << r.out;
+  r = run(base + " --tasks ''");
+  EXPECT_EQ(r.status, 1);
+  EXPECT_NE(r.out.find("--tasks: '' names no task"), std::string::npos) << r.out;
+  std::ofstream(dir / "piqa.jsonl") << R"({"query": "a", "choices": "ab", "gold": 0})" "\n";
+  r = run(base + " --tasks piqa");
+  EXPECT_EQ(r.status, 1);
+  EXPECT_NE(r.out.find("'choices' must be an array of strings"), std::string::npos) << r.out;
+  EXPECT_EQ(r.out.find("%"), std::string::npos) << r.out;
+}
+
+// A llama2.c checkpoint whose token embeddings are NaN, loaded with --allow-nonfinite: every
+// metric command reports non-finite results as such and exits 1; none prints a plausible number.
+TEST(Cli, NonFiniteModelsGiveHonestMetrics) {
+  if (!have_stories()) GTEST_SKIP() << "no " << stories();
+  const auto dir = std::filesystem::temp_directory_path() / "sharq_cli_nan";
+  std::filesystem::create_directories(dir);
+  const std::string bin = (dir / "nan.bin").string();
+  std::filesystem::copy_file(stories(), bin, std::filesystem::copy_options::overwrite_existing);
+  {
+    std::fstream f(bin, std::ios::in | std::ios::out | std::ios::binary);
+    const float nan = std::nanf("");
+    f.seekp(28);  // the 7 x int32 header, then token_embedding_table [vocab, dim]
+    for (int i = 0; i < 512 * 64; ++i) f.write(reinterpret_cast<const char*>(&nan), 4);
+  }
+  const std::string tok = " --tokenizer " + std::string(SHARQ_SOURCE_DIR) + "/../shared/models/stories260K/tok512.bin";
+  const std::string data = " --data " + std::string(SHARQ_SOURCE_DIR) + "/README.md";
+  EXPECT_NE(run("ppl " + bin + tok + data + " --ctx 32 --max-windows 1 -q").status, 0);  // refused at load by default
+
+  Result r = run("ppl " + bin + tok + data + " --ctx 32 --max-windows 1 -q --schemes fp32,nvfp4 --allow-nonfinite");
+  EXPECT_EQ(r.status, 1) << r.out;
+  EXPECT_NE(r.out.find("NON-FINITE logits"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("sharq: error: ppl: non-finite"), std::string::npos) << r.out;
+  EXPECT_EQ(r.out.find("100.00%"), std::string::npos) << r.out;
+
+  const auto tasks = dir / "tasks";
+  std::filesystem::create_directories(tasks);
+  std::ofstream(tasks / "copa.jsonl") << R"({"query": "Once upon a", "choices": ["time", "dog"], "gold": 0})" "\n";
+  r = run("eval " + bin + tok + " --data-dir " + tasks.string() + " --tasks copa --schemes fp32 -q --allow-nonfinite");
+  EXPECT_EQ(r.status, 1) << r.out;
+  EXPECT_NE(r.out.find("NON-FINITE scores"), std::string::npos) << r.out;
+  EXPECT_EQ(r.out.find("%"), std::string::npos) << r.out;
+
+  r = run("analyze " + bin + tok + data + " --tokens 16 --schemes nvfp4 --allow-nonfinite");
+  EXPECT_EQ(r.status, 1) << r.out;
+  EXPECT_NE(r.out.find("sharq: error: analyze: non-finite"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("nan"), std::string::npos) << r.out;
+  EXPECT_EQ(r.out.find("0.0000e+00"), std::string::npos) << r.out;
+
+  // generate has no metric to withhold: it stops at the first non-finite logits and warns
+  r = run("generate " + bin + tok + " -n 8 --allow-nonfinite");
+  EXPECT_EQ(r.status, 0) << r.out;
+  EXPECT_NE(r.out.find("sharq: warning: generation stopped: the logits at position 0 are not finite"), std::string::npos)
+      << r.out;
 }
 
 // `sharq bench gemm` needs a CUDA build and a GPU; with no visible device (here forced, so that the

@@ -7,7 +7,9 @@
 
 #include <gtest/gtest.h>
 
+#include <cmath>
 #include <filesystem>
+#include <limits>
 #include <fstream>
 #include <sstream>
 
@@ -68,12 +70,40 @@ TEST(Generate, StepsBeyondTheModelsContextAreClampedLikeRunC) {
   EXPECT_EQ(model.sequence_length(s), 0);
 }
 
+// temperature must be finite and >= 0, top_p finite and in (0, 1]: anything else is refused, never
+// read as another setting (top_p 0 used to behave like 1).
+TEST(Generate, BadSamplingParametersAreRefused) {
+  const std::string bin = shared_path("models/stories260K/stories260K.bin");
+  if (!std::filesystem::exists(bin)) GTEST_SKIP() << "shared data not found: " << bin;
+  const auto tok = load_tokenizer_for(bin, shared_path("models/stories260K/tok512.bin"));
+  CpuExecutor model(load_model_weights(bin), Scheme{});
+  auto message = [&](float t, float p) {
+    GenerateOptions opt;
+    opt.steps = 4;
+    opt.temperature = t;
+    opt.top_p = p;
+    try {
+      generate(model, *tok, opt);
+    } catch (const std::invalid_argument& e) {
+      return std::string(e.what());
+    }
+    return std::string("accepted");
+  };
+  const float nan = std::nanf(""), inf = std::numeric_limits<float>::infinity();
+  for (float t : {nan, inf, -1.0f}) EXPECT_NE(message(t, 0.9f).find("temperature"), std::string::npos) << t;
+  for (float p : {nan, 0.0f, -0.5f, 1.5f, inf}) EXPECT_NE(message(1.0f, p).find("top_p"), std::string::npos) << p;
+  EXPECT_EQ(message(1.0f, 1.0f), "accepted");
+  EXPECT_EQ(message(0.0f, 0.9f), "accepted");
+}
+
 TEST(Generate, GreedyPicksTheFirstMaximum) {
   const float logits[5] = {0.5f, 2.0f, -1.0f, 2.0f, 1.0f};
   uint64_t rng = 1;
   EXPECT_EQ(sample_token(logits, 5, 0.0f, 0.9f, rng), 1);
   // top-p keeps only the most likely tokens: with p tiny, always the argmax
   for (int i = 0; i < 20; ++i) EXPECT_EQ(sample_token(logits, 5, 1.0f, 1e-6f, rng) % 2, 1);
+  // top_p <= 0 through the step API is that limit (the most likely token), never the whole vocabulary
+  for (int i = 0; i < 20; ++i) EXPECT_EQ(sample_token(logits, 5, 100.0f, 0.0f, rng), 1);
 }
 
 }  // namespace

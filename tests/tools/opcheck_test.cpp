@@ -128,13 +128,39 @@ TEST(Opcheck, LoadedInputsAndShapeMismatch) {
   EXPECT_THROW(run_opcheck(cfg), std::invalid_argument);
 }
 
-TEST(Opcheck, EmptyShapesWork) {
+// Empty shapes have nothing to measure (every error would print as 0): refused, naming the
+// dimensions and where they came from; so are sizes beyond the memory bound, before allocating.
+TEST(Opcheck, EmptyAndOversizedShapesAreRefused) {
   OpcheckConfig cfg;
   cfg.M = 0; cfg.K = 64; cfg.N = 8;
   cfg.schemes = "nvfp4,sharq";
-  EXPECT_NO_THROW(run_opcheck(cfg));
+  auto message = [&] {
+    try {
+      run_opcheck(cfg);
+    } catch (const std::invalid_argument& e) {
+      return std::string(e.what());
+    }
+    return std::string("no error");
+  };
+  EXPECT_NE(message().find("empty shape M=0 (-M)"), std::string::npos) << message();
   cfg.M = 3; cfg.K = 0;
-  EXPECT_NO_THROW(run_opcheck(cfg));
+  EXPECT_NE(message().find("K=0 (-K)"), std::string::npos) << message();
+  cfg.K = 100000000;
+  EXPECT_NE(message().find("K=100000000 (-K)"), std::string::npos) << message();
+  EXPECT_NE(message().find("GiB limit"), std::string::npos) << message();
+  cfg.K = 64;
+  cfg.max_bytes = 1000;  // the bound is a parameter
+  EXPECT_NE(message().find("GiB limit"), std::string::npos) << message();
+  EXPECT_GT(opcheck_bytes(int64_t{1} << 62, int64_t{1} << 62, 1), 1e37);  // no overflow
+
+  // a (4, 0) .npy is read (a valid array) and then refused here with its path
+  const auto dir = std::filesystem::temp_directory_path() / "sharq_opcheck_empty";
+  std::filesystem::create_directories(dir);
+  write_npy((dir / "x.npy").string(), nullptr, {4, 0});
+  cfg = OpcheckConfig{};
+  cfg.x_path = (dir / "x.npy").string();
+  cfg.schemes = "nvfp4";
+  EXPECT_NE(message().find("x.npy: X is 4x0, an empty array"), std::string::npos) << message();
 }
 
 TEST(Opcheck, CsvAndJsonCarryEveryRow) {

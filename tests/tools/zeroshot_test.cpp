@@ -4,8 +4,11 @@
 
 #include <gtest/gtest.h>
 
+#include <cmath>
 #include <filesystem>
 #include <fstream>
+
+#include <sys/stat.h>
 
 namespace {
 
@@ -66,6 +69,82 @@ TEST(Zeroshot, LimitAndBadInput) {
   }
   EXPECT_THROW(run_zeroshot(options_for(d, "nosuchtask")), std::invalid_argument);
   EXPECT_THROW(run_zeroshot(options_for(d, "siqa")), std::runtime_error);  // file missing
+}
+
+std::string eval_error(const EvalOptions& o) {
+  try {
+    run_zeroshot(o);
+  } catch (const std::exception& e) {
+    return e.what();
+  }
+  return "accepted";
+}
+
+// Numbers that look plausible but aren't: every field is type-checked, empty files and empty task
+// lists are errors, never a 0.00% (or a 100%) row.
+TEST(Zeroshot, EveryFieldIsTypeChecked) {
+  if (!std::filesystem::exists(shared_path("models/stories260K/stories260K.bin"))) GTEST_SKIP() << "shared data not found";
+  TaskDir d("fields");
+  struct Case { std::string task, jsonl, want; };
+  for (const Case& c : std::vector<Case>{
+           {"copa", R"({"query": "a", "choices": "ab", "gold": 0})", "copa.jsonl:1: 'choices' must be an array of strings"},
+           {"copa", R"({"query": "a", "choices": ["a", 7], "gold": 0})", "copa.jsonl:1: 'choices'[1] must be a string"},
+           {"copa", R"({"query": "a", "choices": [], "gold": 0})", "'choices' is empty"},
+           {"copa", R"({"query": "a", "choices": ["a", "b"], "gold": 0.7})", "'gold' must be an integer index, got 0.7"},
+           {"copa", R"({"query": "a", "choices": ["a", "b"], "gold": "1"})", "'gold' must be an integer index"},
+           {"copa", R"({"query": "a", "choices": ["a", "b"], "gold": true})", "'gold' must be an integer index"},
+           {"copa", R"({"query": "a", "choices": ["a", "b"], "gold": -1})", "'gold' -1 is out of range"},
+           {"copa", R"({"query": "a", "choices": ["a", "b"]})", "no 'gold' field"},
+           {"copa", R"({"query": 5, "choices": ["a", "b"], "gold": 0})", "'query' must be a string"},
+           {"copa", R"(["a", "b"])", "expected a JSON object"},
+           {"copa", "{not json", "copa.jsonl:1:"},
+           {"winogrande", R"({"context_options": "xy", "continuation": "z", "gold": 0})", "'context_options' must be an array"},
+           {"lambada_openai", R"({"context": "a", "continuation": 3})", "'continuation' must be a string"},
+           {"copa", R"({"query": "a", "choices": ["a", ""], "gold": 0})", "'choices'[1] is empty"},
+           {"lambada_openai", R"({"context": "a", "continuation": ""})", "'continuation' is empty"},
+           {"copa", "", "copa.jsonl: no examples"},
+           {"copa", "\n   \n\t\n", "copa.jsonl: no examples"},
+       }) {
+    d.write(c.task, c.jsonl + "\n");
+    const std::string e = eval_error(options_for(d, c.task));
+    EXPECT_NE(e.find(c.want), std::string::npos) << c.jsonl << " -> " << e;
+  }
+  std::filesystem::remove(d.dir / "siqa.jsonl");
+  ASSERT_EQ(mkfifo((d.dir / "siqa.jsonl").c_str(), 0600), 0);  // would block a reader
+  EXPECT_NE(eval_error(options_for(d, "siqa")).find("siqa.jsonl: is not a regular file"), std::string::npos);
+  EXPECT_NE(eval_error(options_for(d, "")).find("--tasks: '' names no task"), std::string::npos);
+  EXPECT_NE(eval_error(options_for(d, ",,")).find("names no task"), std::string::npos);
+  auto o = options_for(d, "copa");
+  o.limit = -1;
+  EXPECT_NE(eval_error(o).find("--limit: -1"), std::string::npos);
+  // an example longer than the model's context (stories260K: 512) is cut from the left, as the
+  // harness does, and counted; one whose continuation alone does not fit is an error naming it
+  std::string long_text;
+  for (int i = 0; i < 600; ++i) long_text += "the cat ";
+  d.write("copa", R"({"query": "a", "choices": ["a", "b"], "gold": 0})" "\n" R"({"query": ")" + long_text +
+                      R"(", "choices": ["a", "b"], "gold": 0})" "\n");
+  const auto rows = run_zeroshot(options_for(d, "copa"));
+  ASSERT_EQ(rows.size(), 2u);
+  EXPECT_EQ(rows[0].n, 2);
+  EXPECT_EQ(rows[0].truncated, 1);
+  d.write("copa", R"({"query": "a", "choices": ["a", ")" + long_text + R"("], "gold": 0})" "\n");
+  const std::string e = eval_error(options_for(d, "copa"));
+  EXPECT_NE(e.find("copa.jsonl:1: option 1: its continuation is"), std::string::npos) << e;
+  EXPECT_NE(e.find("max_position_embeddings 512"), std::string::npos) << e;
+}
+
+TEST(Zeroshot, NonFiniteRowsAreNotReportedAsAccuracies) {
+  std::vector<EvalRow> rows(2);
+  rows[0] = {"piqa", "fp32", 10, 0.5, 0.6, 1.0, 0, 0};
+  rows[1] = {"piqa", "nvfp4", 10, std::nan(""), std::nan(""), 1.0, 3, 0};
+  const std::string t = format_eval_table(rows), j = format_eval_json(rows);
+  EXPECT_NE(t.find("50.00%"), std::string::npos) << t;
+  EXPECT_NE(t.find("NON-FINITE scores in 3 of 10"), std::string::npos) << t;
+  EXPECT_EQ(t.find("nan"), std::string::npos) << t;
+  EXPECT_NE(j.find("\"acc\": null"), std::string::npos) << j;
+  EXPECT_NE(eval_nonfinite_summary(rows).find("piqa nvfp4"), std::string::npos);
+  rows.pop_back();
+  EXPECT_EQ(eval_nonfinite_summary(rows), "");
 }
 
 }  // namespace

@@ -1,14 +1,30 @@
 // sharq: thin command-line front end over the sharq library.
 //
-// Every error reaches the user as one line "sharq: error: <what>" and exit status 1; CLI11 usage
-// errors exit with CLI11's status (non-zero) and its message.
+// Every error reaches the user as one line "sharq: error: <what>" and exit status 1: bad option
+// values ("--flag: <value> is not <what is expected>", every numeric option goes through
+// add_number below), unknown commands, unreadable paths, library errors and running out of memory.
+// Other CLI11 usage errors (an unknown option, a missing argument) exit with CLI11's status
+// (non-zero) and its message.
 #include <algorithm>
+#include <cctype>
+#include <cerrno>
+#include <charconv>
+#include <cmath>
 #include <cstdio>
-#include <memory>
+#include <cstdlib>
 #include <exception>
+#include <filesystem>
 #include <fstream>
+#include <limits>
+#include <memory>
+#include <new>
 #include <stdexcept>
 #include <string>
+#include <system_error>
+#include <type_traits>
+#include <vector>
+
+#include <unistd.h>
 
 #include <CLI/CLI.hpp>
 #include <fmt/format.h>
@@ -40,6 +56,148 @@ constexpr const char* kSchemeHelp =
     "  sharq-mxfp4, sharq-hif4  SharQ with MXFP4 / HiF4 (sharq-hif4 defaults to scalar 2:4)\n"
     "Options (any order, defaults omitted from canonical names). Example: sharq:s24:tensor\n";
 
+// A bad command line found by sharq itself (not by CLI11): "sharq: error: <what>", exit 1.
+struct UsageError : std::runtime_error {
+  using std::runtime_error::runtime_error;
+};
+
+// What a bad_alloc message says was being attempted (set by each command before its big work).
+std::string g_activity;
+
+// The name an option is reported under: its long name, or its short one when the long name is a
+// single letter ("-M,--m" -> "-M", "-n,--steps" -> "--steps").
+std::string flag_name(const std::string& names) {
+  std::string lng, shrt;
+  size_t b = 0;
+  while (b <= names.size()) {
+    size_t e = names.find(',', b);
+    if (e == std::string::npos) e = names.size();
+    const std::string n = names.substr(b, e - b);
+    if (n.rfind("--", 0) == 0) lng = n;
+    else if (n.rfind("-", 0) == 0) shrt = n;
+    b = e + 1;
+  }
+  if (!lng.empty() && (lng.size() > 3 || shrt.empty())) return lng;
+  return shrt.empty() ? names : shrt;
+}
+
+// The whole string as one number of type T: decimal integers (no sign for unsigned types) or
+// floating point (strtod syntax; "nan"/"inf" parse, and are then refused by the range check).
+template <class T>
+bool parse_number(const std::string& s, T& out) {
+  if (s.empty() || std::isspace(static_cast<unsigned char>(s.front()))) return false;
+  if constexpr (std::is_integral_v<T>) {
+    const char* b = s.data();
+    if (*b == '+' && (s.size() == 1 || s[1] == '-')) return false;
+    if (*b == '+') ++b;
+    const auto [p, ec] = std::from_chars(b, s.data() + s.size(), out);
+    return ec == std::errc() && p == s.data() + s.size();
+  } else {
+    char* end = nullptr;
+    const double v = std::strtod(s.c_str(), &end);
+    if (end != s.c_str() + s.size()) return false;
+    out = static_cast<T>(v);
+    return true;
+  }
+}
+
+template <class T>
+std::string describe(T v) {
+  if constexpr (std::is_integral_v<T>) return fmt::format("{}", v);
+  else return fmt::format("{:g}", v);
+}
+
+// What a range means in words, for the error message.
+template <class T>
+std::string expectation(T lo, T hi, bool lo_open) {
+  const char* kind = std::is_integral_v<T> ? "an integer" : "a number";
+  const bool no_hi = hi == std::numeric_limits<T>::max();
+  const bool no_lo = std::is_integral_v<T> ? lo == std::numeric_limits<T>::min() : lo == std::numeric_limits<T>::lowest();
+  if (no_lo && no_hi) return std::is_unsigned_v<T> ? "a non-negative integer" : kind;
+  if (no_hi) return fmt::format("{} {} {}", kind, lo_open ? ">" : ">=", describe(lo));
+  return fmt::format("{} in {}{}, {}]", kind, lo_open ? "(" : "[", describe(lo), describe(hi));
+}
+
+// The one checked numeric option of the CLI: parses the value, checks lo <= v <= hi (lo < v when
+// lo_open; NaN and infinities are never in range) and otherwise throws UsageError
+// "--flag: <value> is not <expected>". The last occurrence of a repeated option wins.
+template <class T>
+CLI::Option* add_number(CLI::App* app, const std::string& names, T& target, const std::string& help,
+                        T lo = std::numeric_limits<T>::lowest(), T hi = std::numeric_limits<T>::max(),
+                        bool lo_open = false) {
+  const std::string flag = flag_name(names);
+  const std::string expect = expectation(lo, hi, lo_open);
+  CLI::Option* o = app->add_option(
+      names,
+      [&target, flag, expect, lo, hi, lo_open](const CLI::results_t& res) {
+        for (const std::string& s : res) {  // each is checked; the last one is kept
+          T v{};
+          bool ok = parse_number(s, v);
+          if constexpr (!std::is_integral_v<T>) ok = ok && std::isfinite(v);
+          ok = ok && (lo_open ? v > lo : v >= lo) && v <= hi;
+          if (!ok) throw UsageError(fmt::format("{}: {} is not {}", flag, s.empty() ? "''" : s, expect));
+          target = v;
+        }
+        return true;
+      },
+      help);
+  o->type_name(std::is_integral_v<T> ? "INT" : "FLOAT");
+  o->default_str(describe(target));
+  o->multi_option_policy(CLI::MultiOptionPolicy::TakeLast);
+  return o;
+}
+
+// The same for a comma-separated list (each element checked).
+template <class T>
+CLI::Option* add_number_list(CLI::App* app, const std::string& names, std::vector<T>& target, const std::string& help,
+                             T lo = std::numeric_limits<T>::lowest(), T hi = std::numeric_limits<T>::max()) {
+  const std::string flag = flag_name(names);
+  const std::string expect = expectation(lo, hi, false);
+  CLI::Option* o = app->add_option(
+      names,
+      [&target, flag, expect, lo, hi](const CLI::results_t& res) {
+        target.clear();
+        for (const std::string& s : res) {
+          T v{};
+          if (!parse_number(s, v) || v < lo || v > hi)
+            throw UsageError(fmt::format("{}: {} is not {}", flag, s.empty() ? "''" : s, expect));
+          target.push_back(v);
+        }
+        return true;
+      },
+      help);
+  o->type_name(std::is_integral_v<T> ? "INT,..." : "FLOAT,...");
+  o->delimiter(',');
+  o->expected(1, 1 << 20);
+  o->multi_option_policy(CLI::MultiOptionPolicy::TakeAll);
+  return o;
+}
+
+constexpr int64_t kInt64Max = std::numeric_limits<int64_t>::max();
+
+// A path the user gave: it must exist, be of the right kind and be readable, or the error says
+// which ("<path>: is a directory", "<path>: permission denied", ...). `kind`: what the option
+// expects, for the message.
+enum class PathKind { kFile, kDir, kFileOrDir };
+void check_input_path(const std::string& path, const std::string& flag, PathKind kind) {
+  if (path.empty()) throw UsageError(fmt::format("{}: the path is empty", flag));
+  std::error_code ec;
+  const auto st = std::filesystem::status(path, ec);
+  if (ec && ec != std::errc::no_such_file_or_directory)
+    throw UsageError(fmt::format("{}: {}: {}", flag, path, ec.message()));
+  if (!std::filesystem::exists(st)) throw UsageError(fmt::format("{}: {}: no such file or directory", flag, path));
+  const bool dir = std::filesystem::is_directory(st);
+  if (kind == PathKind::kFile && dir) throw UsageError(fmt::format("{}: {}: is a directory", flag, path));
+  if (kind == PathKind::kDir && !dir) throw UsageError(fmt::format("{}: {}: is not a directory", flag, path));
+  // a FIFO or a device (/dev/zero) would block or never end: only regular files are read
+  if (!dir && !std::filesystem::is_regular_file(st))
+    throw UsageError(fmt::format("{}: {}: is not a regular file", flag, path));
+  if (::access(path.c_str(), dir ? (R_OK | X_OK) : R_OK) != 0) {
+    const int err = errno;
+    throw UsageError(fmt::format("{}: {}: {}", flag, path, err == EACCES ? "permission denied" : std::generic_category().message(err)));
+  }
+}
+
 int cmd_opcheck(const sharq::OpcheckConfig& cfg, bool csv, bool json) {
   const sharq::OpcheckResult r = sharq::run_opcheck(cfg);
   if (json) std::fputs(sharq::format_opcheck_json(r).c_str(), stdout);
@@ -68,21 +226,31 @@ sharq::ExecutorFactory executor_for(const std::string& device, int64_t max_token
 struct GenerateArgs {
   std::string model, tokenizer, scheme = "fp32", device = "cpu";
   sharq::GenerateOptions opt;
-  bool stats = false;
+  bool stats = false, allow_nonfinite = false;
 };
 
 int cmd_generate(const GenerateArgs& a) {
   const sharq::Scheme scheme = sharq::parse_scheme(a.scheme);
-  const auto tok = sharq::load_tokenizer_for(a.model, a.tokenizer);
-  const sharq::ModelWeights weights = sharq::load_model_weights(a.model);
-  const int64_t ctx = weights.config.max_position_embeddings > 0 ? weights.config.max_position_embeddings : a.opt.steps;
+  const sharq::ModelWeights weights = sharq::load_model_weights(a.model, sharq::LoadOptions{a.allow_nonfinite});
+  const auto tok = sharq::load_tokenizer_for(a.model, a.tokenizer, weights.config);
+  const int64_t max_pos = weights.config.max_position_embeddings;
+  // llama2.c semantics: -n beyond the model's context is clamped to it; say so
+  if (max_pos > 0 && a.opt.steps > max_pos)
+    std::fprintf(stderr, "sharq: note: -n %lld is beyond the model's max_position_embeddings %lld; generating at most %lld "
+                 "positions\n", static_cast<long long>(a.opt.steps), static_cast<long long>(max_pos),
+                 static_cast<long long>(max_pos));
+  const int64_t ctx = max_pos > 0 ? max_pos : a.opt.steps;
   const int64_t len = std::min<int64_t>(std::max<int64_t>(a.opt.steps, 1), ctx);
+  g_activity = fmt::format("generate: a sequence of {} positions (-n {})", len, a.opt.steps);
   const std::unique_ptr<sharq::Executor> model = executor_for(a.device, len, len)(weights, scheme);
   const auto r = sharq::generate(*model, *tok, a.opt, [](const std::string& piece) {
     std::fputs(piece.c_str(), stdout);
     std::fflush(stdout);
   });
   std::fputc('\n', stdout);
+  if (r.nonfinite_at >= 0)
+    std::fprintf(stderr, "sharq: warning: generation stopped: the logits at position %lld are not finite (NaN/Inf; the "
+                 "model was loaded with --allow-nonfinite)\n", static_cast<long long>(r.nonfinite_at));
   if (a.stats) {
     const double n = static_cast<double>(r.generated_ids.size());
     std::fprintf(stderr, "%s: %zu prompt tokens in %.1f ms, %zu generated in %.1f ms (%.1f tok/s)\n", a.scheme.c_str(),
@@ -119,7 +287,33 @@ int cmd_bench_gemm(const sharq::BenchGemmOptions& o) {
 int cmd_ppl(const sharq::PplOptions& o, bool json) {
   const sharq::PplResult r = sharq::run_perplexity(o);
   std::fputs(json ? sharq::format_ppl_json(r).c_str() : sharq::format_ppl_table(r).c_str(), stdout);
+  // the table marks non-finite rows; the run as a whole failed
+  if (const std::string bad = sharq::ppl_nonfinite_summary(r); !bad.empty()) throw std::runtime_error("ppl: " + bad);
   return 0;
+}
+
+// The first word that is not an option, from argv[from]: the (sub)command the user asked for.
+// The top level and `bench` take no option with a value, so this is exact.
+const char* first_word(int argc, char** argv, int from) {
+  for (int i = from; i < argc; ++i)
+    if (argv[i][0] != '-') return argv[i];
+    else if (std::string(argv[i]) == "--") return i + 1 < argc ? argv[i + 1] : nullptr;
+  return nullptr;
+}
+
+std::string command_names(const CLI::App& app) {
+  std::string s;
+  for (const CLI::App* sub : app.get_subcommands([](const CLI::App*) { return true; }))
+    s += (s.empty() ? "" : ", ") + sub->get_name();
+  return s;
+}
+
+// An unknown (sub)command is named (none at all is left to CLI11: --help and --version need none).
+void check_command(const CLI::App& app, const char* word, const std::string& prefix) {
+  if (!word) return;
+  for (const CLI::App* sub : app.get_subcommands([](const CLI::App*) { return true; }))
+    if (sub->check_name(word)) return;
+  throw UsageError(fmt::format("unknown {}command '{}' (commands: {})", prefix, word, command_names(app)));
 }
 
 }  // namespace
@@ -128,15 +322,20 @@ int main(int argc, char** argv) {
   CLI::App app{"sharq: SharQ W4A4 quantization (sparse FP4 backbone + dense FP4 residual) for LLM inference"};
   app.set_version_flag("--version", "sharq 0.1.0");
   app.require_subcommand(1);
+  // a repeated option: the last one wins (inherited by every subcommand added below)
+  app.option_defaults()->multi_option_policy(CLI::MultiOptionPolicy::TakeLast);
+  const std::string kNonfiniteHelp =
+      "load a checkpoint whose weights hold NaN/Inf (refused by default); results from non-finite logits are "
+      "still reported as non-finite and the command exits 1";
 
   // ---- opcheck
   sharq::OpcheckConfig oc;
   bool oc_csv = false, oc_json = false;
   auto* op = app.add_subcommand("opcheck", "Operator-level error study of every scheme on one linear layer");
-  op->add_option("-M,--m", oc.M, "tokens (rows of X)")->capture_default_str()->check(CLI::NonNegativeNumber);
-  op->add_option("-K,--k", oc.K, "in-features")->capture_default_str()->check(CLI::NonNegativeNumber);
-  op->add_option("-N,--n", oc.N, "out-features")->capture_default_str()->check(CLI::NonNegativeNumber);
-  op->add_option("--seed", oc.seed, "seed of the synthetic X and W")->capture_default_str();
+  add_number<int64_t>(op, "-M,--m", oc.M, "tokens (rows of X)", 1);
+  add_number<int64_t>(op, "-K,--k", oc.K, "in-features", 1);
+  add_number<int64_t>(op, "-N,--n", oc.N, "out-features", 1);
+  add_number<uint64_t>(op, "--seed", oc.seed, "seed of the synthetic X and W");
   op->add_option("--schemes", oc.schemes, "comma-separated schemes (see `sharq schemes`)")->capture_default_str();
   op->add_option("--reference", oc.reference, "accuracy reference for 'gap recovered'")->capture_default_str();
   op->add_option("--x", oc.x_path, "activations X (M x K) as .npy: float32, float16 or bfloat16");
@@ -152,15 +351,18 @@ int main(int argc, char** argv) {
   gen->add_option("model", ga.model, "Hugging Face model directory or llama2.c .bin checkpoint")->required();
   gen->add_option("--tokenizer", ga.tokenizer, "tokenizer file (tokenizer.json, tokenizer.model or llama2.c tok*.bin)");
   gen->add_option("-p,--prompt", ga.opt.prompt, "prompt text (empty: start from BOS)");
-  gen->add_option("-n,--steps", ga.opt.steps, "positions to run, prompt included (llama2.c semantics)")
-      ->capture_default_str()->check(CLI::PositiveNumber);
-  gen->add_option("-t,--temperature", ga.opt.temperature, "0 = greedy")->capture_default_str()->check(CLI::NonNegativeNumber);
-  gen->add_option("--top-p", ga.opt.top_p, "nucleus sampling mass")->capture_default_str()->check(CLI::Range(0.0, 1.0));
-  gen->add_option("--seed", ga.opt.seed, "sampling seed")->capture_default_str();
+  add_number<int64_t>(gen, "-n,--steps", ga.opt.steps,
+                      "positions to run, prompt included (llama2.c semantics; clamped, with a note, to the model's "
+                      "max_position_embeddings)", 1);
+  add_number<float>(gen, "-t,--temperature", ga.opt.temperature, "0 = greedy", 0.0f);
+  add_number<float>(gen, "--top-p", ga.opt.top_p, "nucleus sampling mass, in (0, 1] (1 = plain sampling)", 0.0f, 1.0f,
+                    /*lo_open=*/true);
+  add_number<uint64_t>(gen, "--seed", ga.opt.seed, "sampling seed");
   gen->add_option("--scheme", ga.scheme, "linear-layer scheme (see `sharq schemes`)")->capture_default_str();
   gen->add_option("--device", ga.device, "cpu (the FP32 reference) | cuda (the GPU engine: Hopper)")
       ->capture_default_str()->check(CLI::IsMember({"cpu", "cuda"}));
   gen->add_flag("--stats", ga.stats, "print timing to stderr");
+  gen->add_flag("--allow-nonfinite", ga.allow_nonfinite, kNonfiniteHelp);
 
   // ---- ppl
   sharq::PplOptions po;
@@ -169,8 +371,8 @@ int main(int argc, char** argv) {
   ppl->add_option("model", po.model_path, "Hugging Face model directory or llama2.c .bin checkpoint")->required();
   ppl->add_option("--tokenizer", po.tokenizer_path, "tokenizer file (default: found beside the model)");
   ppl->add_option("--data", po.data_path, "text file (e.g. wiki.test.txt)")->required();
-  ppl->add_option("--ctx", po.ctx, "window length in tokens")->capture_default_str();
-  ppl->add_option("--max-windows", po.max_windows, "only the first N windows (0 = all)")->capture_default_str();
+  add_number<int64_t>(ppl, "--ctx", po.ctx, "window length in tokens (at most the model's max_position_embeddings)", 2);
+  add_number<int64_t>(ppl, "--max-windows", po.max_windows, "only the first N windows (0 = all)", 0);
   ppl->add_option("--schemes", po.schemes, "comma-separated schemes")->capture_default_str();
   ppl->add_option("--reference", po.reference, "reference scheme for delta, KL, top-1 and gap")->capture_default_str();
   std::string ppl_device = "cpu";
@@ -178,6 +380,7 @@ int main(int argc, char** argv) {
       ->capture_default_str()->check(CLI::IsMember({"cpu", "cuda"}));
   ppl->add_flag("--json", po_json, "JSON output");
   ppl->add_flag("-q,--quiet", po_quiet, "no progress bar");
+  ppl->add_flag("--allow-nonfinite", po.allow_nonfinite, kNonfiniteHelp);
   ppl->footer(kSchemeHelp);
 
   // ---- eval
@@ -189,11 +392,12 @@ int main(int argc, char** argv) {
   ev->add_option("--tasks", eo.tasks, "comma-separated tasks")->capture_default_str();
   ev->add_option("--schemes", eo.schemes, "comma-separated schemes")->capture_default_str();
   ev->add_option("--data-dir", eo.data_dir, "folder of <task>.jsonl")->capture_default_str();
-  ev->add_option("--limit", eo.limit, "first N examples per task (0 = all)")->capture_default_str();
+  add_number<int64_t>(ev, "--limit", eo.limit, "first N examples per task (0 = all)", 0);
   std::string ev_device = "cpu";
   ev->add_option("--device", ev_device, "cpu | cuda")->capture_default_str()->check(CLI::IsMember({"cpu", "cuda"}));
   ev->add_flag("--json", eo_json, "JSON output");
   ev->add_flag("-q,--quiet", eo_quiet, "no progress on stderr");
+  ev->add_flag("--allow-nonfinite", eo.allow_nonfinite, kNonfiniteHelp);
 
   // ---- analyze
   sharq::AnalyzeOptions ao;
@@ -201,9 +405,10 @@ int main(int argc, char** argv) {
   an->add_option("model", ao.model_path, "Hugging Face model directory or llama2.c .bin checkpoint")->required();
   an->add_option("--tokenizer", ao.tokenizer_path, "tokenizer file (default: found beside the model)");
   an->add_option("--data", ao.data_path, "text file")->required();
-  an->add_option("--tokens", ao.tokens, "tokens of the file to run")->capture_default_str();
+  add_number<int64_t>(an, "--tokens", ao.tokens, "tokens of the file to run (at most the model's max_position_embeddings)", 1);
   an->add_option("--schemes", ao.schemes, "comma-separated schemes")->capture_default_str();
   an->add_option("--svg", ao.svg_path, "also write an SVG plot of the per-layer errors here");
+  an->add_flag("--allow-nonfinite", ao.allow_nonfinite, kNonfiniteHelp);
 
   // ---- bench gemm
   sharq::BenchGemmOptions bo;
@@ -213,21 +418,18 @@ int main(int argc, char** argv) {
       "gemm", "Time the GPU linear layers (SharQ, NVFP4, W4A16) against cuBLASLt FP16/BF16/FP8 on LLM shapes");
   bg->add_option("--model", bo.model, "llama3.1-8b | qwen2.5-7b | all, comma-separated (default all; --quick: llama3.1-8b)");
   bg->add_option("--layer", bo.layers, "comma-separated: qkv, o, gate_up, down | all")->capture_default_str();
-  bg->add_option("-M,--m", bo.m, "comma-separated token counts (default 1,8,16,64,256,1024,4096; --quick: 1,16,256,4096)")
-      ->delimiter(',')->check(CLI::PositiveNumber);
-  bg->add_option("--reps", bo.reps, "timed repetitions per method, median reported (at least 50)")
-      ->capture_default_str()->check(CLI::PositiveNumber);
-  bg->add_option("--warmup", bo.warmup, "warm-up calls per method (at least one per buffer set)")
-      ->capture_default_str()->check(CLI::NonNegativeNumber);
-  bg->add_option("--max-sets", bo.max_sets, "cap on the rotating (W, X, Y) buffer sets per method")
-      ->capture_default_str()->check(CLI::Range(1, 64));
+  add_number_list<int64_t>(bg, "-M,--m", bo.m,
+                           "comma-separated token counts (default 1,8,16,64,256,1024,4096; --quick: 1,16,256,4096)", 1);
+  add_number<int>(bg, "--reps", bo.reps, "timed repetitions per method, median reported (at least 50)", 1);
+  add_number<int>(bg, "--warmup", bo.warmup, "warm-up calls per method (at least one per buffer set)", 0);
+  add_number<int>(bg, "--max-sets", bo.max_sets, "cap on the rotating (W, X, Y) buffer sets per method", 1, 64);
   bg->add_option("--kernel", bo.kernel, "FP4 GEMM family: auto | small (M <= 64) | prefill")
       ->capture_default_str()->check(CLI::IsMember({"auto", "small", "prefill"}));
   bg->add_option("--act-scale", bo.act_scale, "SharQ/NVFP4 activation scale g_x: token | tensor")
       ->capture_default_str()->check(CLI::IsMember({"token", "tensor"}));
   bg->add_option("--mask", bo.mask, "SharQ mask: p48 | s24")->capture_default_str()->check(CLI::IsMember({"p48", "s24"}));
-  bg->add_option("--seed", bo.seed, "seed of the random X and W")->capture_default_str();
-  bg->add_option("--device", bo.device, "CUDA device ordinal")->capture_default_str()->check(CLI::NonNegativeNumber);
+  add_number<uint64_t>(bg, "--seed", bo.seed, "seed of the random X and W");
+  add_number<int>(bg, "--device", bo.device, "CUDA device ordinal", 0);
   bg->add_flag("--csv", bo.csv, "CSV on stdout, one row per (model, layer, M), with a header");
   bg->add_flag("--quick", bo.quick, "fewer shapes: llama3.1-8b, M = 1,16,256,4096 (explicit --model/--m win)");
   bg->add_flag("-q,--quiet", bo.quiet, "no progress on stderr");
@@ -236,38 +438,85 @@ int main(int argc, char** argv) {
   // ---- schemes
   auto* sc = app.add_subcommand("schemes", "List the linear-layer schemes and their options");
 
+  std::string command = "sharq";
   try {
-    app.parse(argc, argv);
-  } catch (const CLI::ParseError& e) {
-    return app.exit(e);
-  }
-  try {
-    if (*op) return cmd_opcheck(oc, oc_csv, oc_json);
-    if (*gen) return cmd_generate(ga);
+    // an unknown command is named (CLI11 would only say that a subcommand is required)
+    const char* word = first_word(argc, argv, 1);
+    check_command(app, word, "");
+    if (word && std::string(word) == "bench") {
+      int i = 1;
+      while (i < argc && std::string(argv[i]) != "bench") ++i;
+      check_command(*bench, first_word(argc, argv, i + 1), "bench ");
+    }
+    if (word) command = word;
+    try {
+      app.parse(argc, argv);
+    } catch (const CLI::ParseError& e) {
+      return app.exit(e);
+    }
+    if (*op) {
+      if (!oc.x_path.empty()) check_input_path(oc.x_path, "--x", PathKind::kFile);
+      if (!oc.w_path.empty()) check_input_path(oc.w_path, "--w", PathKind::kFile);
+      if (std::error_code ec; !oc.save_dir.empty() && std::filesystem::exists(oc.save_dir, ec) &&
+                              !std::filesystem::is_directory(oc.save_dir, ec))
+        throw UsageError(fmt::format("--save: {}: is not a directory", oc.save_dir));
+      g_activity = fmt::format("opcheck -M {} -K {} -N {}", oc.M, oc.K, oc.N);
+      return cmd_opcheck(oc, oc_csv, oc_json);
+    }
+    if (*gen) {
+      check_input_path(ga.model, "model", PathKind::kFileOrDir);
+      if (!ga.tokenizer.empty()) check_input_path(ga.tokenizer, "--tokenizer", PathKind::kFile);
+      return cmd_generate(ga);
+    }
     if (*an) {
+      check_input_path(ao.model_path, "model", PathKind::kFileOrDir);
+      if (!ao.tokenizer_path.empty()) check_input_path(ao.tokenizer_path, "--tokenizer", PathKind::kFile);
+      check_input_path(ao.data_path, "--data", PathKind::kFile);
+      if (std::error_code ec; !ao.svg_path.empty() && std::filesystem::is_directory(ao.svg_path, ec))
+        throw UsageError(fmt::format("--svg: {}: is a directory", ao.svg_path));
+      g_activity = fmt::format("analyze --tokens {}", ao.tokens);
       const auto r = sharq::run_analyze(ao);
       std::fputs(sharq::format_analyze_table(r).c_str(), stdout);
       if (!ao.svg_path.empty()) {
+        errno = 0;
         std::ofstream svg(ao.svg_path);
-        if (!(svg << sharq::render_analyze_svg(r))) throw std::runtime_error(ao.svg_path + ": cannot write the SVG");
+        if (!(svg << sharq::render_analyze_svg(r)))
+          throw std::runtime_error(fmt::format("--svg: {}: cannot write the SVG: {}", ao.svg_path,
+                                               errno ? std::generic_category().message(errno) : "write failed"));
         std::fprintf(stderr, "wrote %s\n", ao.svg_path.c_str());
       }
+      if (const std::string bad = sharq::analyze_nonfinite_summary(r); !bad.empty())
+        throw std::runtime_error("analyze: " + bad);
       return 0;
     }
     if (*ev) {
+      check_input_path(eo.model_path, "model", PathKind::kFileOrDir);
+      if (!eo.tokenizer_path.empty()) check_input_path(eo.tokenizer_path, "--tokenizer", PathKind::kFile);
+      check_input_path(eo.data_dir, "--data-dir", PathKind::kDir);
       eo.progress = !eo_quiet;
       if (ev_device == "cuda") eo.executor = executor_for("cuda", 1024, 1024);  // one example (question + answer) per step
+      g_activity = fmt::format("eval --tasks {}", eo.tasks);
       const auto rows = sharq::run_zeroshot(eo);
+      for (const auto& row : rows)
+        if (row.truncated && row.scheme == rows.front().scheme)
+          std::fprintf(stderr, "sharq: note: %s: %lld of %lld examples are longer than the model's context and were cut "
+                       "from the left to fit (as lm-evaluation-harness does)\n", row.task.c_str(),
+                       static_cast<long long>(row.truncated), static_cast<long long>(row.n));
       std::fputs(eo_json ? sharq::format_eval_json(rows).c_str() : sharq::format_eval_table(rows).c_str(), stdout);
+      if (const std::string bad = sharq::eval_nonfinite_summary(rows); !bad.empty()) throw std::runtime_error("eval: " + bad);
       return 0;
     }
     if (*ppl) {
+      check_input_path(po.model_path, "model", PathKind::kFileOrDir);
+      if (!po.tokenizer_path.empty()) check_input_path(po.tokenizer_path, "--tokenizer", PathKind::kFile);
+      check_input_path(po.data_path, "--data", PathKind::kFile);
       po.progress = !po_quiet;
       po.device = ppl_device;
       if (ppl_device == "cuda") {
         if (ppl->count("--schemes") == 0) po.schemes = "bf16,fp8,w4a16,nvfp4,sharq,sharq:merged";
         po.executor = executor_for("cuda", po.ctx, po.ctx);
       }
+      g_activity = fmt::format("ppl --ctx {}", po.ctx);
       return cmd_ppl(po, po_json);
     }
     if (*bg) return cmd_bench_gemm(bo);
@@ -278,6 +527,10 @@ int main(int argc, char** argv) {
                  stdout);
       return 0;
     }
+  } catch (const std::bad_alloc&) {
+    std::fprintf(stderr, "sharq: error: %s: out of memory%s%s\n", command.c_str(), g_activity.empty() ? "" : " in ",
+                 g_activity.c_str());
+    return 1;
   } catch (const std::exception& e) {
     std::fprintf(stderr, "sharq: error: %s\n", e.what());
     return 1;

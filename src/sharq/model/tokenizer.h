@@ -8,6 +8,8 @@
 #include <string>
 #include <vector>
 
+#include "sharq/model/config.h"
+
 namespace sharq {
 
 struct TokenizerError : std::runtime_error {
@@ -32,13 +34,22 @@ class Tokenizer {
   // concatenation of the steps is the exact text; ids outside the vocabulary give "".
   virtual std::string decode_step(int32_t prev, int32_t id) const = 0;
   virtual int64_t vocab_size() const = 0;
+  // The file it was loaded from, for messages ("" when unknown).
+  virtual std::string source() const { return {}; }
+  // True for a format that has no token count of its own and so must hold exactly the model's
+  // vocab_size entries: llama2.c's tok*.bin (run.c reads vocab_size entries, a number it takes from
+  // the checkpoint's header), where a file cut at an entry boundary is otherwise well-formed.
+  virtual bool count_set_by_model() const { return false; }
   virtual int32_t bos_id() const = 0;  // -1 when none
   virtual int32_t eos_id() const = 0;  // -1 when none
 };
 
-std::unique_ptr<Tokenizer> load_bpe_tokenizer_json(const std::string& path);     // tokenizer.json
+// tokenizer.json. Ids must stay below 2 x (vocab entries + added tokens) + 1024, so that a small
+// file cannot size a large table; model_vocab_size (the model's, when known) is named in that error.
+std::unique_ptr<Tokenizer> load_bpe_tokenizer_json(const std::string& path, int64_t model_vocab_size = -1);
 std::unique_ptr<Tokenizer> load_sentencepiece_tokenizer(const std::string& path); // tokenizer.model
-// tok512.bin: entries are read to the end of the file; vocab_size >= 0 checks their count.
+// tok512.bin (a regular file of at most 256 MiB): entries are read to the end of the file;
+// vocab_size >= 0 (the model's) requires exactly that many, as run.c reads that many.
 std::unique_ptr<Tokenizer> load_llama2c_tokenizer(const std::string& path, int64_t vocab_size = -1);
 
 // An explicit tokenizer_path (file) is loaded by its extension (.json, .model, .bin), else by its
@@ -46,7 +57,22 @@ std::unique_ptr<Tokenizer> load_llama2c_tokenizer(const std::string& path, int64
 // tokenizer.model, tokenizer.bin, or its only tok*.bin; a tokenizer.json that is not byte-level BPE
 // gives way to a tokenizer.model beside it. A model file (a llama2.c checkpoint, a lone
 // .safetensors) searches its own directory the same way. Throws TokenizerError naming what is
-// missing.
+// missing. The tools call the overload below, which also checks the tokenizer against the model.
 std::unique_ptr<Tokenizer> load_tokenizer_for(const std::string& model_path, const std::string& tokenizer_path = "");
+
+// Whether `tok` can drive the model `model` (its config): throws TokenizerError naming both files
+// and both sizes when the tokenizer has more tokens than the model's vocab_size (its top ids would
+// index past the embedding rows), or, for a format whose count the model sets
+// (count_set_by_model: llama2.c), when it has fewer (a truncated or foreign tok*.bin). A tokenizer
+// below 90% of vocab_size is accepted with a warning on stderr ("sharq: warning: ...") naming both
+// sizes; anything from 90% up is silent, since models pad their embedding rows (Qwen3: 151,936
+// rows for 151,669 tokens). `tok_path` and `model_path` are used in messages only; an empty
+// tok_path means tok.source().
+void check_tokenizer_fits(const Tokenizer& tok, const ModelConfig& model, const std::string& tok_path,
+                          const std::string& model_path);
+// load_tokenizer_for, then check_tokenizer_fits against `model` (the config of the weights loaded
+// from model_path): what generate, ppl, eval and analyze call.
+std::unique_ptr<Tokenizer> load_tokenizer_for(const std::string& model_path, const std::string& tokenizer_path,
+                                              const ModelConfig& model);
 
 }  // namespace sharq

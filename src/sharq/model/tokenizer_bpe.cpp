@@ -470,14 +470,18 @@ uint64_t pair_key(int32_t a, int32_t b) {
   return (static_cast<uint64_t>(static_cast<uint32_t>(a)) << 32) | static_cast<uint32_t>(b);
 }
 
+// Ids must stay below 2 x (vocab entries + added tokens) + kIdSlack (BpeTokenizer::id_limit_).
+constexpr size_t kIdSlack = 1024;
+
 class BpeTokenizer final : public Tokenizer {
  public:
-  explicit BpeTokenizer(const std::string& path);
+  BpeTokenizer(const std::string& path, int64_t model_vocab_size);
 
   std::vector<int32_t> encode(const std::string& text, bool add_special) const override;
   std::string decode(const std::vector<int32_t>& ids, bool skip_special) const override;
   std::string decode_step(int32_t prev, int32_t id) const override;
   int64_t vocab_size() const override { return static_cast<int64_t>(token_bytes_.size()); }
+  std::string source() const override { return path_; }
   int32_t bos_id() const override { return bos_id_; }
   int32_t eos_id() const override { return eos_id_; }
 
@@ -492,6 +496,9 @@ class BpeTokenizer final : public Tokenizer {
   void load_special_ids();
   void build_decode_table();
   int32_t token_id(const std::string& token) const;
+  std::string model_vocab_note() const {
+    return model_vocab_size_ < 0 ? std::string() : fmt::format("; the model's vocab_size is {}", model_vocab_size_);
+  }
 
   // encoding
   std::string normalize(std::string_view s) const;
@@ -502,6 +509,8 @@ class BpeTokenizer final : public Tokenizer {
   std::vector<int32_t> merge_word(std::string_view word) const;
 
   std::string path_;
+  int64_t model_vocab_size_ = -1;  // the model's, when known: for messages
+  int64_t id_limit_ = 0;  // every id in the file is below this (set before the model is read)
   // model
   std::vector<std::string> vocab_tokens_;    // id -> token string as in the file (mapped alphabet)
   std::vector<bool> vocab_present_;           // ids may have holes
@@ -554,7 +563,8 @@ std::string type_of(const json& j, const std::string& where) {
   return string_field(j, "type", where);
 }
 
-BpeTokenizer::BpeTokenizer(const std::string& path) : path_(path) {
+BpeTokenizer::BpeTokenizer(const std::string& path, int64_t model_vocab_size)
+    : path_(path), model_vocab_size_(model_vocab_size) {
   std::ifstream in(path, std::ios::binary);
   if (!in) throw TokenizerError(fmt::format("{}: cannot open tokenizer file", path));
   json root;
@@ -565,6 +575,14 @@ BpeTokenizer::BpeTokenizer(const std::string& path) : path_(path) {
   }
   if (!root.is_object()) throw TokenizerError(fmt::format("{}: the top level is not a JSON object", path));
   try {
+    // Ids index the id -> token tables, so an id sizes an allocation: it must stay within a small
+    // multiple of the entries the file holds (vocab and added_tokens), which leaves room for holes
+    // in the id space but not for a 67-byte file asking for gigabytes.
+    size_t entries = 0;
+    if (const json& model = field(root, "model", path); model.is_object() && model.contains("vocab") && model.at("vocab").is_object())
+      entries += model.at("vocab").size();
+    if (root.contains("added_tokens") && root.at("added_tokens").is_array()) entries += root.at("added_tokens").size();
+    id_limit_ = static_cast<int64_t>(2 * entries + kIdSlack);
     load_model(field(root, "model", path));
     load_normalizer(root.value("normalizer", json()));
     if (root.contains("added_tokens")) load_added_tokens(root.at("added_tokens"));
@@ -598,6 +616,11 @@ void BpeTokenizer::load_model(const json& model) {
   for (const auto& [token, id] : vocab.items()) {
     if (!id.is_number_integer() || id.get<int64_t>() < 0 || id.get<int64_t>() > INT32_MAX)
       throw TokenizerError(fmt::format("{}: vocab entry {:?} has an invalid id", where, token));
+    if (id.get<int64_t>() >= id_limit_)
+      throw TokenizerError(fmt::format("{}: field \"vocab\" entry {:?} has id {}, beyond the limit {} for a file of {} vocab and "
+                                       "added entries (ids must stay below twice that count plus {})",
+                                       where, token, id.get<int64_t>(), id_limit_, (id_limit_ - kIdSlack) / 2, kIdSlack) +
+                           model_vocab_note());
     max_id = std::max(max_id, id.get<int64_t>());
     entries.emplace_back(&token, static_cast<int32_t>(id.get<int64_t>()));
   }
@@ -684,6 +707,11 @@ void BpeTokenizer::load_added_tokens(const json& added) {
     const json& id = field(t, "id", w);
     if (!id.is_number_integer() || id.get<int64_t>() < 0 || id.get<int64_t>() > INT32_MAX)
       throw TokenizerError(fmt::format("{}: invalid id", w));
+    if (id.get<int64_t>() >= id_limit_)
+      throw TokenizerError(fmt::format("{}: field \"id\" is {}, beyond the limit {} for a file of {} vocab and added entries "
+                                       "(ids must stay below twice that count plus {})",
+                                       w, id.get<int64_t>(), id_limit_, (id_limit_ - kIdSlack) / 2, kIdSlack) +
+                           model_vocab_note());
     tok.id = static_cast<int32_t>(id.get<int64_t>());
     tok.content = string_field(t, "content", w);
     tok.special = bool_field(t, "special", false, w);
@@ -1140,8 +1168,8 @@ std::string BpeTokenizer::decode_step(int32_t /*prev*/, int32_t id) const {
 
 }  // namespace
 
-std::unique_ptr<Tokenizer> load_bpe_tokenizer_json(const std::string& path) {
-  return std::make_unique<BpeTokenizer>(path);
+std::unique_ptr<Tokenizer> load_bpe_tokenizer_json(const std::string& path, int64_t model_vocab_size) {
+  return std::make_unique<BpeTokenizer>(path, model_vocab_size);
 }
 
 #endif  // SHARQ_HAVE_BPE

@@ -1,7 +1,9 @@
 // The llama2.c tokenizer (tokenizer.bin / tok512.bin): int32 max_token_length, then per token
 // float32 score, int32 length, the bytes. Encode and decode reproduce llama2.c's run.c exactly,
 // since its published outputs are the reference for the llama2.c checkpoints:
-//   - pieces are C strings there: a piece ends at its first NUL byte, and so does the text;
+//   - pieces are C strings there: a piece ends at its first NUL byte. The text does not: it is
+//     encoded whole, a NUL byte as its byte token <0x00> (run.c, whose text is a C string, would
+//     stop there; a prompt from its command line never holds one, a data file may);
 //   - encode: optional BOS, a " " dummy prefix for non-empty text, one token per UTF-8 code point
 //     (at most 4 bytes) or its bytes as <0xXX> = byte + 3, then repeatedly the adjacent pair whose
 //     concatenation is a token of the highest score is merged (ties: leftmost). BOS takes part in
@@ -15,6 +17,7 @@
 #include <algorithm>
 #include <cstdio>
 #include <cstring>
+#include <filesystem>
 #include <fstream>
 #include <unordered_map>
 
@@ -26,6 +29,8 @@ namespace {
 constexpr int32_t kBosId = 1;  // run.c hard-codes BOS = 1 and EOS = 2
 constexpr int32_t kEosId = 2;
 constexpr int kByteTokenOffset = 3;  // <0x00> is id 3: ids 0..2 are <unk>, <s>, </s>
+// Llama-2's 32,000 pieces take about 0.5 MB; a file this large is not a tokenizer.
+constexpr uintmax_t kMaxFileBytes = uintmax_t{256} << 20;
 
 class Llama2cTokenizer final : public Tokenizer {
  public:
@@ -35,6 +40,8 @@ class Llama2cTokenizer final : public Tokenizer {
   std::string decode(const std::vector<int32_t>& ids, bool skip_special) const override;
   std::string decode_step(int32_t prev, int32_t id) const override;
   int64_t vocab_size() const override { return static_cast<int64_t>(pieces_.size()); }
+  std::string source() const override { return path_; }
+  bool count_set_by_model() const override { return true; }  // run.c reads vocab_size entries
   int32_t bos_id() const override { return kBosId; }
   int32_t eos_id() const override { return kEosId; }
 
@@ -51,10 +58,21 @@ class Llama2cTokenizer final : public Tokenizer {
 };
 
 Llama2cTokenizer::Llama2cTokenizer(const std::string& path, int64_t expected_vocab_size) : path_(path) {
+  // A regular file of bounded size: a device or FIFO (/dev/zero) would be read without end.
+  std::error_code ec;
+  const std::filesystem::file_status st = std::filesystem::status(path, ec);
+  if (std::filesystem::exists(st) && !std::filesystem::is_regular_file(st))
+    throw TokenizerError(fmt::format("{}: not a regular file (a llama2.c tokenizer is a tok*.bin file)", path));
   std::ifstream in(path, std::ios::binary);
   if (!in) throw TokenizerError(fmt::format("{}: cannot open tokenizer file", path));
-  const std::string bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-  if (in.bad()) throw TokenizerError(fmt::format("{}: read error", path));
+  const uintmax_t file_size = std::filesystem::file_size(path, ec);
+  if (!ec && file_size > kMaxFileBytes)
+    throw TokenizerError(fmt::format("{}: {} bytes, more than the {} a llama2.c tokenizer may have", path, file_size, kMaxFileBytes));
+  std::string bytes;
+  bytes.resize(ec ? 0 : static_cast<size_t>(file_size));
+  in.read(bytes.data(), static_cast<std::streamsize>(bytes.size()));
+  if (in.bad() || static_cast<size_t>(in.gcount()) != bytes.size())
+    throw TokenizerError(fmt::format("{}: read {} of {} bytes (file changed or unreadable)", path, in.gcount(), bytes.size()));
   const size_t size = bytes.size();
   if (size < 4) throw TokenizerError(fmt::format("{}: {} bytes, too short for the llama2.c tokenizer header", path, size));
   int32_t max_token_length;
@@ -82,8 +100,9 @@ Llama2cTokenizer::Llama2cTokenizer(const std::string& path, int64_t expected_voc
     offset += static_cast<size_t>(len);
   }
   if (expected_vocab_size >= 0 && static_cast<int64_t>(pieces_.size()) != expected_vocab_size)
-    throw TokenizerError(fmt::format("{}: holds {} tokens but the model's vocab_size is {}", path, pieces_.size(),
-                                     expected_vocab_size));
+    throw TokenizerError(fmt::format("{}: holds {} tokens but the model's vocab_size is {}; a llama2.c tokenizer holds exactly "
+                                     "that many (a file cut short, or another model's tokenizer)",
+                                     path, pieces_.size(), expected_vocab_size));
   if (pieces_.size() <= static_cast<size_t>(kEosId))
     throw TokenizerError(fmt::format("{}: holds {} tokens; a llama2.c vocabulary starts with <unk>, <s>, </s>", path,
                                      pieces_.size()));
@@ -92,7 +111,10 @@ Llama2cTokenizer::Llama2cTokenizer(const std::string& path, int64_t expected_voc
 }
 
 std::vector<int32_t> Llama2cTokenizer::encode(const std::string& input, bool add_special) const {
-  const std::string text(input.c_str());  // run.c's text is a C string
+  // The whole string, NUL bytes included (run.c's text is a C string and would end at the first
+  // one; a data file for ppl is not). A NUL is never part of a piece (pieces end at their first
+  // NUL), so it is encoded as its byte token <0x00>.
+  const std::string& text = input;
   std::vector<int32_t> tokens;
   tokens.reserve(text.size() + 2);
   if (add_special) tokens.push_back(kBosId);

@@ -99,6 +99,7 @@ class SentencePieceTokenizer final : public Tokenizer {
   }
 
   int64_t vocab_size() const override { return sp_.GetPieceSize(); }
+  std::string source() const override { return path_; }
   int32_t bos_id() const override { return sp_.bos_id(); }
   int32_t eos_id() const override { return sp_.eos_id(); }
 

@@ -1,10 +1,12 @@
 #include "sharq/model/weights.h"
 
+#include <algorithm>
 #include <bit>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <limits>
+#include <string_view>
 
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
@@ -46,6 +48,28 @@ std::map<std::string, std::string> read_weight_map(const std::string& index_path
   }
   if (out.empty()) throw CheckpointError(fmt::format("{}: field 'weight_map' is empty", index_path));
   return out;
+}
+
+// Whether two views hold the same values (shape and every element's FP32 value), compared in
+// chunks so that no FP32 copy of a large matrix is made.
+bool same_values(const TensorView& a, const TensorView& b) {
+  if (a.shape != b.shape) return false;
+  if (a.dtype == b.dtype) return a.bytes == b.bytes && (a.bytes == 0 || std::memcmp(a.data, b.data, a.bytes) == 0);
+  const size_t count = static_cast<size_t>(a.numel());
+  constexpr size_t kChunk = 4096;
+  std::vector<float> fa(kChunk), fb(kChunk);
+  for (size_t begin = 0; begin < count; begin += kChunk) {
+    const size_t n = std::min(kChunk, count - begin);
+    TensorView ca = a, cb = b;
+    ca.data = a.data + begin * dtype_bytes(a.dtype);
+    ca.bytes = n * dtype_bytes(a.dtype);
+    cb.data = b.data + begin * dtype_bytes(b.dtype);
+    cb.bytes = n * dtype_bytes(b.dtype);
+    to_f32(ca, fa.data());
+    to_f32(cb, fb.data());
+    if (std::memcmp(fa.data(), fb.data(), n * sizeof(float)) != 0) return false;
+  }
+  return true;
 }
 
 [[maybe_unused]] uint32_t le32(const uint8_t* p) { return p[0] | (p[1] << 8) | (p[2] << 16) | (static_cast<uint32_t>(p[3]) << 24); }
@@ -183,6 +207,168 @@ LayerWeights ModelWeights::layer(int64_t l) const {
   return L;
 }
 
+namespace {
+
+// A decimal index without sign or leading zeros ("0", "17"), below `limit`; else -1. `s` is
+// advanced past the digits.
+int64_t parse_index(std::string_view& s, int64_t limit) {
+  size_t n = 0;
+  while (n < s.size() && s[n] >= '0' && s[n] <= '9') ++n;
+  if (n == 0 || n > 18 || (n > 1 && s[0] == '0')) return -1;
+  int64_t v = 0;
+  for (size_t i = 0; i < n; ++i) v = v * 10 + (s[i] - '0');
+  s.remove_prefix(n);
+  return v < limit ? v : -1;
+}
+
+bool ends_with(std::string_view s, std::string_view suffix) {
+  return s.size() >= suffix.size() && s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
+}
+
+}  // namespace
+
+bool is_ignorable_tensor(const std::string& name) {
+  for (const char* suffix : {".rotary_emb.inv_freq", ".input_scale", ".k_scale", ".v_scale", ".kv_scale"})
+    if (ends_with(name, suffix)) return true;
+  return name == "rotary_emb.inv_freq" || name == "model.rotary_emb.inv_freq";
+}
+
+// Mirrors layer(), embed_tokens(), final_norm() and lm_head() name by name (weights_test.cpp checks
+// that every view they return is a name this accepts, on every tiny architecture).
+bool ModelWeights::uses(const std::string& name) const {
+  const ModelConfig& c = config;
+  if (name == "model.embed_tokens.weight" || name == "model.norm.weight") return true;
+  if (name == "lm_head.weight") return !c.tie_word_embeddings;
+  std::string_view s(name);
+  constexpr std::string_view kLayers = "model.layers.";
+  if (s.substr(0, kLayers.size()) != kLayers) return false;
+  s.remove_prefix(kLayers.size());
+  if (parse_index(s, c.num_layers) < 0 || s.empty() || s[0] != '.') return false;
+  s.remove_prefix(1);
+  for (std::string_view t : {"input_layernorm.weight", "post_attention_layernorm.weight", "self_attn.q_proj.weight",
+                             "self_attn.k_proj.weight", "self_attn.v_proj.weight", "self_attn.o_proj.weight"})
+    if (s == t) return true;
+  if (c.attention_bias && (s == "self_attn.q_proj.bias" || s == "self_attn.k_proj.bias" || s == "self_attn.v_proj.bias")) return true;
+  if (c.attention_output_bias && s == "self_attn.o_proj.bias") return true;
+  if (c.qk_norm && (s == "self_attn.q_norm.weight" || s == "self_attn.k_norm.weight")) return true;
+  if (c.num_experts == 0) return s == "mlp.gate_proj.weight" || s == "mlp.up_proj.weight" || s == "mlp.down_proj.weight";
+  const bool mixtral = c.arch == Arch::mixtral;
+  const std::string_view moe = mixtral ? "block_sparse_moe." : "mlp.";
+  if (s.substr(0, moe.size()) != moe) return false;
+  s.remove_prefix(moe.size());
+  if (s == "gate.weight") return true;
+  constexpr std::string_view kExperts = "experts.";
+  if (s.substr(0, kExperts.size()) != kExperts) return false;
+  s.remove_prefix(kExperts.size());
+  if (parse_index(s, c.num_experts) < 0 || s.empty() || s[0] != '.') return false;
+  s.remove_prefix(1);
+  if (mixtral) return s == "w1.weight" || s == "w2.weight" || s == "w3.weight";
+  return s == "gate_proj.weight" || s == "up_proj.weight" || s == "down_proj.weight";
+}
+
+void ModelWeights::check_all_tensors_used() const {
+  std::vector<std::string> unused;
+  for (const auto& [name, view] : tensors)
+    if (!uses(name) && !is_ignorable_tensor(name)) unused.push_back(name);
+  if (unused.empty()) return;
+  constexpr size_t kShown = 5;
+  std::string list;
+  for (size_t i = 0; i < unused.size() && i < kShown; ++i) list += fmt::format("{}'{}'", i ? ", " : "", unused[i]);
+  if (unused.size() > kShown) list += fmt::format(" and {} more", unused.size() - kShown);
+  // The two common causes, said in words: fewer layers in the config than in the checkpoint, and
+  // tensors of another architecture (e.g. Qwen2's q/k/v biases under model_type llama).
+  std::string hint;
+  int64_t max_layer = -1;
+  bool bias = false, qk_norm = false;
+  for (const std::string& n : unused) {
+    std::string_view s(n);
+    if (s.substr(0, 13) == "model.layers.") {
+      s.remove_prefix(13);
+      const int64_t l = parse_index(s, std::numeric_limits<int64_t>::max());
+      if (l >= config.num_layers) {  // a whole extra layer: not a sign of the wrong architecture
+        max_layer = std::max(max_layer, l);
+        continue;
+      }
+    }
+    bias = bias || ends_with(n, ".bias");
+    qk_norm = qk_norm || ends_with(n, ".q_norm.weight") || ends_with(n, ".k_norm.weight");
+  }
+  if (max_layer >= 0)
+    hint += fmt::format("; the checkpoint holds layers up to {} but the config's layer count (num_hidden_layers) is {}", max_layer,
+                        config.num_layers);
+  if (bias || qk_norm)
+    hint += fmt::format("; the config's architecture ({}{}{}) has no such {}: is its model_type right?", to_string(config.arch),
+                        config.attention_bias ? ", attention_bias" : "", config.qk_norm ? ", qk_norm" : "",
+                        bias && qk_norm ? "biases or norms" : bias ? "biases" : "norms");
+  throw CheckpointError(fmt::format("{}: {} tensor{} in the checkpoint {} not used by its config: {}{}", source, unused.size(),
+                                    unused.size() == 1 ? "" : "s", unused.size() == 1 ? "is" : "are", list, hint));
+}
+
+namespace {
+
+// Elements of `t` whose exponent bits are all ones (NaN or +-Inf), and the index of the first.
+struct NonFinite {
+  uint64_t count = 0;
+  uint64_t first = 0;
+};
+
+template <typename Word>
+Word load_le(const uint8_t* p) {  // one load on a little-endian host
+  Word w = 0;
+  for (size_t k = 0; k < sizeof(Word); ++k) w = static_cast<Word>(w | (static_cast<Word>(p[k]) << (8 * k)));
+  return w;
+}
+
+template <typename Word>
+NonFinite scan_nonfinite(const uint8_t* data, size_t count, Word exponent_mask) {
+  // Chunks counted in parallel (a branch-free loop the compiler vectorizes); the first index is
+  // searched for only in a tensor that has one.
+  constexpr size_t kChunk = size_t{1} << 16;
+  const size_t chunks = (count + kChunk - 1) / kChunk;
+  uint64_t total = 0;
+#pragma omp parallel for reduction(+ : total) schedule(static) if (chunks > 1)
+  for (size_t c = 0; c < chunks; ++c) {
+    const size_t begin = c * kChunk, end = std::min(count, begin + kChunk);
+    uint64_t n = 0;
+    for (size_t i = begin; i < end; ++i) {
+      const Word w = load_le<Word>(data + i * sizeof(Word));
+      n += (w & exponent_mask) == exponent_mask;
+    }
+    total += n;
+  }
+  NonFinite r;
+  r.count = total;
+  if (total == 0) return r;
+  for (size_t i = 0; i < count; ++i) {
+    const Word w = load_le<Word>(data + i * sizeof(Word));
+    if ((w & exponent_mask) == exponent_mask) {
+      r.first = i;
+      break;
+    }
+  }
+  return r;
+}
+
+}  // namespace
+
+void ModelWeights::check_finite() const {
+  for (const auto& [name, t] : tensors) {
+    if (is_ignorable_tensor(name)) continue;  // never read
+    const size_t count = t.bytes / dtype_bytes(t.dtype);
+    if (count == 0) continue;
+    NonFinite r;
+    switch (t.dtype) {
+      case DType::f32: r = scan_nonfinite<uint32_t>(t.data, count, 0x7F800000u); break;
+      case DType::f16: r = scan_nonfinite<uint16_t>(t.data, count, 0x7C00u); break;
+      case DType::bf16: r = scan_nonfinite<uint16_t>(t.data, count, 0x7F80u); break;
+    }
+    if (r.count != 0)
+      throw CheckpointError(fmt::format("{}: tensor '{}' holds {} non-finite value{} (NaN or Inf; the first at index {}); "
+                                        "pass --allow-nonfinite to load it anyway",
+                                        source, name, r.count, r.count == 1 ? "" : "s", r.first));
+  }
+}
+
 void ModelWeights::keep(std::shared_ptr<const MappedFile> file) { files_.push_back(std::move(file)); }
 void ModelWeights::keep(std::shared_ptr<const std::vector<uint8_t>> bytes) { owned_.push_back(std::move(bytes)); }
 
@@ -219,7 +405,7 @@ std::vector<uint8_t> read_file_bytes(const std::string& path) {
   return bytes;
 }
 
-ModelWeights load_hf_weights(const std::string& dir) {
+ModelWeights load_hf_weights(const std::string& dir, const LoadOptions& opt) {
   std::error_code ec;
   if (!fs::is_directory(dir, ec)) throw CheckpointError(fmt::format("{}: not a directory (expected a Hugging Face model directory)", dir));
   const fs::path root(dir);
@@ -259,29 +445,39 @@ ModelWeights load_hf_weights(const std::string& dir) {
   }
 
   // Tied models compute logits with embed_tokens (lm_head()'s rule), so a stored lm_head copy
-  // is never read; an untied model without lm_head cannot run at all.
+  // is never read and is dropped; a stored lm_head that is not a copy (an untied model whose config
+  // says tied) would be silently replaced, and is an error. An untied model without lm_head cannot
+  // run at all.
   if (w.config.tie_word_embeddings) {
+    const auto head = w.tensors.find("lm_head.weight"), embed = w.tensors.find("model.embed_tokens.weight");
+    if (head != w.tensors.end() && embed != w.tensors.end() && !same_values(head->second, embed->second))
+      throw CheckpointError(fmt::format("{}: tensor 'lm_head.weight' differs from 'model.embed_tokens.weight' but config.json's "
+                                        "tie_word_embeddings is true (it would be ignored: is the model untied?)",
+                                        dir));
     w.tensors.erase("lm_head.weight");
   } else if (!w.has("lm_head.weight")) {
     throw CheckpointError(fmt::format("{}: tensor 'lm_head.weight' is missing and config.json's tie_word_embeddings is false", dir));
   }
+  w.check_all_tensors_used();
+  if (!opt.allow_nonfinite) w.check_finite();
   return w;
 }
 
-ModelWeights load_llama2c_weights(const std::string& path) {
+ModelWeights load_llama2c_weights(const std::string& path, const LoadOptions& opt) {
   auto file = std::make_shared<const MappedFile>(path);
   ModelWeights w = parse_llama2c(file->data(), file->size(), path);
   w.keep(std::move(file));
+  w.check_all_tensors_used();  // holds by construction; kept so that both loaders promise the same
+  if (!opt.allow_nonfinite) w.check_finite();
   return w;
 }
 
 ModelWeights load_model_weights(const std::string& path, const LoadOptions& opt) {
-  (void)opt;  // the non-finite scan: robustness issue (in progress)
   std::error_code ec;
   const fs::file_status st = fs::status(path, ec);
   if (!fs::exists(st)) throw CheckpointError(fmt::format("{}: no such file or directory", path));
-  if (fs::is_directory(st)) return load_hf_weights(path);
-  return load_llama2c_weights(path);
+  if (fs::is_directory(st)) return load_hf_weights(path, opt);
+  return load_llama2c_weights(path, opt);
 }
 
 }  // namespace sharq

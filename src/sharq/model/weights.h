@@ -76,6 +76,19 @@ class ModelWeights {
   // the tensor and both shapes.
   const TensorView& get(const std::string& name, const std::vector<int64_t>& expected_shape) const;
 
+  // Whether the architecture of `config` reads the tensor `name`: the embeddings, the final norm,
+  // lm_head.weight when untied, and in each of layers 0 .. num_layers-1 the tensors layer()
+  // resolves (biases, q/k norms, router and experts only where the config has them). By name only:
+  // neither presence nor shape is checked here.
+  bool uses(const std::string& name) const;
+  // Throws CheckpointError unless every tensor is used (uses()) or on the ignore list
+  // (is_ignorable_tensor): a checkpoint whose config reads fewer layers than it holds, or reads it
+  // as a different architecture (Qwen2 labelled llama: the q/k/v biases), is refused, naming the
+  // source, how many tensors are left over and the first few of them.
+  void check_all_tensors_used() const;
+  // Throws CheckpointError naming the source and the first tensor holding NaN or Inf (how many,
+  // and the index of the first). Checks the exponent bits of the source dtype; converts nothing.
+  void check_finite() const;
   // Throws CheckpointError when the config's dimensions cannot describe a runnable model.
   void check_dimensions() const;
   const TensorView& embed_tokens() const;  // [vocab, hidden]
@@ -96,24 +109,35 @@ class ModelWeights {
   std::vector<std::shared_ptr<const std::vector<uint8_t>>> owned_;
 };
 
-// Hugging Face model directory: config.json + model.safetensors, or sharded *.safetensors with
-// model.safetensors.index.json (each shard mapped once; only the tensors the index assigns to a
-// shard are kept). Tensors in F32/F16/BF16. With tie_word_embeddings the result has no
-// lm_head.weight (a stored copy is dropped; lm_head() is embed_tokens); without it, a missing
-// lm_head.weight is an error.
-ModelWeights load_hf_weights(const std::string& dir);
-
-// llama2.c checkpoint (.bin: 7 x int32 header, fp32 weights; the legacy "version 0" export, whose
-// size the header determines exactly), viewed in place. Names are mapped to HF names;
-// config.rope_interleaved = true. A negative vocab_size in the header means an untied classifier
-// (lm_head.weight); otherwise tie_word_embeddings is set and there is no lm_head.weight.
-ModelWeights load_llama2c_weights(const std::string& path);
-
 // What a load checks beyond the bytes (docs/robustness.md).
 struct LoadOptions {
   // Non-finite (NaN / Inf) weight values are an error naming the tensor unless this is set.
   bool allow_nonfinite = false;
 };
+
+// Tensors a checkpoint may hold that no architecture here reads, and that change nothing about the
+// weights it does read, so that loading without them is exact: rotary "*.rotary_emb.inv_freq"
+// buffers (RoPE is recomputed from the config) and the static activation / KV-cache scales of a
+// quantized export ("*.input_scale", "*.k_scale", "*.v_scale", "*.kv_scale"), which the schemes
+// here replace with their own. They stay in ModelWeights::tensors. Any other unused tensor is an
+// error (ModelWeights::check_all_tensors_used).
+bool is_ignorable_tensor(const std::string& name);
+
+// Hugging Face model directory: config.json + model.safetensors, or sharded *.safetensors with
+// model.safetensors.index.json (each shard mapped once; only the tensors the index assigns to a
+// shard are kept). Tensors in F32/F16/BF16. With tie_word_embeddings the result has no
+// lm_head.weight (a stored copy, equal in value to embed_tokens, is dropped; lm_head() is
+// embed_tokens; a stored lm_head that differs is an error); without it, a missing lm_head.weight
+// is an error. Every tensor must be one the config uses or ignorable
+// (check_all_tensors_used), and every weight finite unless opt.allow_nonfinite (check_finite).
+ModelWeights load_hf_weights(const std::string& dir, const LoadOptions& opt = {});
+
+// llama2.c checkpoint (.bin: 7 x int32 header, fp32 weights; the legacy "version 0" export, whose
+// size the header determines exactly), viewed in place. Names are mapped to HF names;
+// config.rope_interleaved = true. A negative vocab_size in the header means an untied classifier
+// (lm_head.weight); otherwise tie_word_embeddings is set and there is no lm_head.weight. Every
+// weight must be finite unless opt.allow_nonfinite (check_finite).
+ModelWeights load_llama2c_weights(const std::string& path, const LoadOptions& opt = {});
 
 // Dispatch: a directory is a Hugging Face model, a file a llama2.c checkpoint.
 ModelWeights load_model_weights(const std::string& path, const LoadOptions& opt = {});

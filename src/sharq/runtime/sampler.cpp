@@ -35,7 +35,7 @@ int32_t sample_token(const float* logits, int64_t vocab, float temperature, floa
   std::vector<int32_t> idx(static_cast<size_t>(vocab));
   std::iota(idx.begin(), idx.end(), 0);
   int64_t n = vocab;
-  if (top_p > 0.0f && top_p < 1.0f) {  // smallest set of most likely tokens whose mass reaches top_p
+  if (top_p < 1.0f) {  // smallest set of most likely tokens whose mass reaches top_p (top_p <= 0: the most likely)
     std::stable_sort(idx.begin(), idx.end(), [&](int32_t a, int32_t b) { return p[a] > p[b]; });
     double cum = 0.0;
     for (n = 0; n < vocab;) {

@@ -2,8 +2,10 @@
 // executor's step API, so that a seed gives the same text whatever drives the model.
 //
 // temperature 0: greedy, the first maximum. Otherwise softmax(logits / temperature) in double,
-// restricted to the smallest set of most likely tokens whose mass reaches top_p when
-// 0 < top_p < 1 (nucleus), then one draw of xorshift64* scaled by the kept mass.
+// restricted to the smallest set of most likely tokens whose mass reaches top_p when top_p < 1
+// (nucleus; top_p <= 0 keeps only the most likely token, the limit of that rule, never the whole
+// vocabulary), then one draw of xorshift64* scaled by the kept mass. `generate` refuses top_p
+// outside (0, 1] before it gets here.
 #pragma once
 
 #include <cstdint>

@@ -37,6 +37,8 @@ const TensorView& weight_of(const LayerWeights& L, int64_t layer, const std::str
 
 double rel_err(const std::vector<float>& y, const std::vector<float>& ref) {
   double n = 0, d = 0;
+  for (size_t i = 0; i < y.size(); ++i)
+    if (!std::isfinite(y[i]) || !std::isfinite(ref[i])) return std::nan("");
   for (size_t i = 0; i < y.size(); ++i) {
     n += (static_cast<double>(y[i]) - ref[i]) * (static_cast<double>(y[i]) - ref[i]);
     d += static_cast<double>(ref[i]) * ref[i];
@@ -48,11 +50,16 @@ double rel_err(const std::vector<float>& y, const std::vector<float>& ref) {
 
 AnalyzeResult run_analyze(const AnalyzeOptions& opt) {
   const std::vector<Scheme> schemes = parse_scheme_list(opt.schemes);
-  const ModelWeights weights = load_model_weights(opt.model_path);
-  const auto tok = load_tokenizer_for(opt.model_path, opt.tokenizer_path);
+  if (opt.tokens < 1) throw std::invalid_argument(fmt::format("--tokens: {} is not an integer >= 1", opt.tokens));
+  const ModelWeights weights = load_model_weights(opt.model_path, LoadOptions{opt.allow_nonfinite});
+  const int64_t max_pos = weights.config.max_position_embeddings;
+  if (max_pos > 0 && opt.tokens > max_pos)
+    throw std::invalid_argument(fmt::format("--tokens {} exceeds the model's max_position_embeddings {}", opt.tokens, max_pos));
+  const auto tok = load_tokenizer_for(opt.model_path, opt.tokenizer_path, weights.config);
   std::vector<int32_t> ids = tok->encode(read_text_file(opt.data_path), true);
-  if (opt.tokens < 1) throw std::invalid_argument("--tokens must be >= 1");
-  if (static_cast<int64_t>(ids.size()) > opt.tokens) ids.resize(static_cast<size_t>(opt.tokens));
+  if (static_cast<int64_t>(ids.size()) < opt.tokens)  // as ppl refuses a file shorter than one window
+    throw std::invalid_argument(fmt::format("{}: {} tokens, fewer than --tokens {}", opt.data_path, ids.size(), opt.tokens));
+  ids.resize(static_cast<size_t>(opt.tokens));
   CpuExecutor model(weights, Scheme{});
   Capture cap;
   model.set_observer(&cap);
@@ -91,6 +98,8 @@ AnalyzeResult run_analyze(const AnalyzeOptions& opt) {
     m2 /= n; m4 /= n;
     row.max_mean_ratio = ratio / static_cast<double>(in.M);
     row.kurtosis = m2 > 0 ? m4 / (m2 * m2) : 0.0;
+    row.nonfinite_inputs = std::count_if(in.x.begin(), in.x.end(), [](float v) { return !std::isfinite(v); });
+    if (row.nonfinite_inputs) row.max_mean_ratio = row.kurtosis = std::nan("");  // not statistics of a real input
     std::vector<int64_t> order(static_cast<size_t>(in.K));
     for (int64_t k = 0; k < in.K; ++k) order[k] = k;
     std::partial_sort(order.begin(), order.begin() + std::min<int64_t>(5, in.K), order.end(),
@@ -176,6 +185,19 @@ std::string render_analyze_svg(const AnalyzeResult& r) {
                      lx + 20, mt + 10 + 18 * k, mt + 10 + 18 * k, colors[k % 8], lx + 26, mt + 14 + 18 * k, r.schemes[k]);
   s += fmt::format("<text x='{}' y='{}'>layer</text>\n</svg>\n", ml, mt + ph + 40);
   return s;
+}
+
+std::string analyze_nonfinite_summary(const AnalyzeResult& r) {
+  int64_t bad = 0;
+  std::string first;
+  for (const auto& row : r.rows) {
+    bool b = row.nonfinite_inputs > 0;
+    for (double e : row.rel_err) b = b || !std::isfinite(e);
+    if (!b) continue;
+    if (bad++ < 3) first += fmt::format("{}layer {} {}", first.empty() ? "" : ", ", row.layer, row.proj);
+  }
+  if (!bad) return {};
+  return fmt::format("non-finite (NaN/Inf) inputs or outputs in {} of {} rows (first: {}); shown as nan", bad, r.rows.size(), first);
 }
 
 }  // namespace sharq

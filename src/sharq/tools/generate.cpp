@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cmath>
 #include <stdexcept>
 
 #include <fmt/format.h>
@@ -27,7 +28,11 @@ class ScopedSequence {
 
 GenerateResult generate(Executor& ex, const Tokenizer& tok, const GenerateOptions& opt,
                         const std::function<void(const std::string&)>& on_text) {
-  if (opt.steps < 1) throw std::invalid_argument("generate: steps must be >= 1");
+  if (opt.steps < 1) throw std::invalid_argument(fmt::format("generate: steps (-n) must be >= 1, got {}", opt.steps));
+  if (!(std::isfinite(opt.temperature) && opt.temperature >= 0.0f))
+    throw std::invalid_argument(fmt::format("generate: temperature (-t) must be a finite number >= 0, got {}", opt.temperature));
+  if (!(std::isfinite(opt.top_p) && opt.top_p > 0.0f && opt.top_p <= 1.0f))
+    throw std::invalid_argument(fmt::format("generate: top_p (--top-p) must be in (0, 1], got {}", opt.top_p));
   const int64_t max_pos = ex.config().max_position_embeddings;
   const int64_t steps = max_pos > 0 ? std::min(opt.steps, max_pos) : opt.steps;  // run.c clamps to seq_len too
   GenerateResult res;
@@ -64,6 +69,11 @@ GenerateResult generate(Executor& ex, const Tokenizer& tok, const GenerateOption
   const auto t1 = std::chrono::steady_clock::now();
   int32_t token = res.prompt_ids.back();
   for (int64_t pos = n_prompt; pos <= steps; ++pos) {
+    const float* logits = out.last_logits_of(0);
+    if (!std::all_of(logits, logits + out.vocab, [](float x) { return std::isfinite(x); })) {
+      res.nonfinite_at = pos - 1;  // no token can be chosen from them: stop, and say so
+      break;
+    }
     const int32_t next = *out.sampled[0];
     if (next == tok.eos_id() || next == tok.bos_id()) break;
     res.generated_ids.push_back(next);

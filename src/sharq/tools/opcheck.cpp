@@ -8,6 +8,7 @@
 #include <stdexcept>
 
 #include <fmt/format.h>
+#include <fmt/ranges.h>
 #include <nlohmann/json.hpp>
 
 #include "sharq/io/npy.h"
@@ -46,9 +47,14 @@ double rel_error(const std::vector<float>& y, const std::vector<float>& ref) {
 
 std::vector<float> load_matrix(const std::string& path, const char* what, int64_t& rows, int64_t& cols) {
   NpyArray a = read_npy(path);
-  if (a.shape.size() != 2) throw std::invalid_argument(fmt::format("{}: {} must be a 2-D array, got {} dimensions", path, what, a.shape.size()));
+  if (a.shape.size() != 2)
+    throw std::invalid_argument(fmt::format("{}: {} must be a 2-D array, but its npy 'shape' ({}) has {} dimensions", path, what,
+                                            fmt::join(a.shape, ", "), a.shape.size()));
   rows = a.shape[0];
   cols = a.shape[1];
+  if (rows == 0 || cols == 0)  // a valid .npy, but nothing to measure
+    throw std::invalid_argument(fmt::format("{}: {} is {}x{}, an empty array: opcheck needs every dimension >= 1", path, what,
+                                            rows, cols));
   return std::move(a.data);
 }
 
@@ -105,6 +111,13 @@ std::vector<float> make_gaussian_weights(int64_t N, int64_t K, uint64_t seed) {
   return w;
 }
 
+double opcheck_bytes(int64_t M, int64_t K, int64_t N) {
+  const double m = static_cast<double>(M), k = static_cast<double>(K), n = static_cast<double>(N);
+  // X, W, X^, W^, the operand planes (x, w, s^, r^) and the quantized weight: about 4 MK + 4 NK
+  // floats; Y_fp32, Y and the one-operand output: 3 MN floats
+  return 4.0 * (4.0 * m * k + 4.0 * n * k + 3.0 * m * n);
+}
+
 OpcheckResult run_opcheck(const OpcheckConfig& cfg) {
   OpcheckResult res;
   std::vector<Scheme> schemes = parse_scheme_list(cfg.schemes);
@@ -126,6 +139,20 @@ OpcheckResult run_opcheck(const OpcheckConfig& cfg) {
     K = wk;
     res.w_source = cfg.w_path;
   }
+  // refuse empty shapes (nothing to measure: every error would print as 0) and sizes beyond the
+  // memory bound, naming where each dimension came from
+  auto dims = [&] {
+    return fmt::format("M={} (-M{}), K={} (-K{}), N={} (-N{})", M, cfg.x_path.empty() ? "" : ", from --x " + cfg.x_path, K,
+                       cfg.x_path.empty() && cfg.w_path.empty() ? "" : ", from the .npy inputs", N,
+                       cfg.w_path.empty() ? "" : ", from --w " + cfg.w_path);
+  };
+  if (M < 1 || K < 1 || N < 1)
+    throw std::invalid_argument(fmt::format("opcheck: empty shape {}: every dimension must be >= 1", dims()));
+  const double need = opcheck_bytes(M, K, N);
+  if (need > static_cast<double>(cfg.max_bytes))
+    throw std::invalid_argument(fmt::format("opcheck: {} needs about {:.1f} GiB (X, W, Y and one scheme's quantized "
+                                            "copies), more than the {:.1f} GiB limit",
+                                            dims(), need / 1073741824.0, static_cast<double>(cfg.max_bytes) / 1073741824.0));
   check_shape("opcheck X", M, K);
   check_shape("opcheck W", N, K);
   if (X.empty() && M * K > 0) {

@@ -42,7 +42,13 @@ struct OpcheckConfig {
   std::string reference = "fp16";
   std::string x_path, w_path;  // .npy inputs (override the generator); 2-D, float32/float16/bfloat16
   std::string save_dir;        // write Y and dequantized operands of each scheme as float32 .npy
+  // Upper bound on opcheck_bytes(M, K, N); beyond it run_opcheck refuses, naming the dimensions.
+  int64_t max_bytes = int64_t{8} << 30;
 };
+
+// Estimated peak bytes of run_opcheck for an M x K input and an N x K weight (in double: no
+// overflow for any int64 dimensions). Empty shapes (any dimension 0) are refused by run_opcheck.
+double opcheck_bytes(int64_t M, int64_t K, int64_t N);
 
 struct OpcheckRow {
   std::string scheme;

@@ -1,5 +1,6 @@
 #include "sharq/tools/perplexity.h"
 
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
@@ -53,8 +54,8 @@ PplResult run_perplexity(const PplOptions& opt) {
   for (const auto& s : schemes)
     if (s.is_sharq()) add(sharq_baseline(s));
 
-  const ModelWeights weights = load_model_weights(opt.model_path);
-  const auto tok = load_tokenizer_for(opt.model_path, opt.tokenizer_path);
+  const ModelWeights weights = load_model_weights(opt.model_path, LoadOptions{opt.allow_nonfinite});
+  const auto tok = load_tokenizer_for(opt.model_path, opt.tokenizer_path, weights.config);
   PplResult res;
   res.model = opt.model_path;
   res.data = opt.data_path;
@@ -81,7 +82,7 @@ PplResult run_perplexity(const PplOptions& opt) {
   res.device = opt.device;
   const int64_t V = weights.config.vocab_size, N = opt.ctx;
   std::vector<double> nll(run.size(), 0.0), kl(run.size(), 0.0), secs(run.size(), 0.0);
-  std::vector<int64_t> agree(run.size(), 0);
+  std::vector<int64_t> agree(run.size(), 0), nonfinite(run.size(), 0);
   StepOutput ref_out, cur_out;
   std::vector<double> lp_ref, lp;
   const auto t_start = Clock::now();
@@ -101,6 +102,10 @@ PplResult run_perplexity(const PplOptions& opt) {
       const float* ref_logits = ref_out.logits_of(0);
       for (int64_t t = 0; t + 1 < N; ++t) {
         const float* row = out + t * V;
+        if (!std::all_of(row, row + V, [](float x) { return std::isfinite(x); })) {
+          ++nonfinite[s];  // its numbers are withheld (PplRow::nonfinite); the rest still runs
+          continue;
+        }
         log_softmax(row, V, lp);
         nll[s] -= lp[win[t + 1]];
         if (s == 0) continue;
@@ -123,12 +128,19 @@ PplResult run_perplexity(const PplOptions& opt) {
     rows[s].kl = s == 0 ? 0.0 : kl[s] / P;
     rows[s].top1 = s == 0 ? 1.0 : static_cast<double>(agree[s]) / P;
     rows[s].seconds = secs[s];
+    rows[s].nonfinite = nonfinite[s];
   }
   for (size_t s = 0; s < run.size(); ++s) {
     rows[s].delta_ppl = rows[s].ppl - rows[0].ppl;
+    if (!rows[s].finite() || !rows[0].finite()) {  // nothing computed from non-finite logits is reported
+      rows[s].nll = rows[s].ppl = rows[s].kl = rows[s].top1 = rows[s].delta_ppl = std::nan("");
+      if (run[s].is_sharq()) rows[s].baseline = sharq_baseline(run[s]).name();
+      continue;
+    }
     if (run[s].is_sharq()) {
       const PplRow& b = rows[slot.at(sharq_baseline(run[s]).name())];
       rows[s].baseline = b.scheme;
+      if (!b.finite()) continue;  // no gap against a non-finite baseline
       const double denom = b.ppl - rows[0].ppl;
       if (denom > 0) rows[s].gap = (b.ppl - rows[s].ppl) / denom;
       // ppl can move either way under quantization noise (out-of-domain text, small models); the
@@ -148,10 +160,19 @@ std::string format_ppl_table(const PplResult& r) {
   auto pct = [](const std::optional<double>& g) { return g ? fmt::format("{:.1f}%", 100.0 * *g) : std::string("-"); };
   s += fmt::format("{:<20} {:>10} {:>9} {:>10} {:>7}  {:<12} {:>8} {:>8} {:>8}\n", "scheme", "ppl", "delta", "KL", "top1",
                    "baseline", "gap", "KL_gap", "sec");
-  for (const auto& row : r.rows)
+  const bool ref_ok = r.rows.empty() || r.rows[0].finite();
+  for (const auto& row : r.rows) {
+    if (!row.finite() || !ref_ok) {
+      const std::string why = !row.finite() ? fmt::format("NON-FINITE logits at {} of {} positions", row.nonfinite, r.predicted)
+                                            : std::string("not comparable: the reference's logits are non-finite");
+      s += fmt::format("{:<20} {:>10} {:>9} {:>10} {:>7}  {:<12} {}\n", row.scheme, "nan", "-", "-", "-",
+                       row.baseline.empty() ? "-" : row.baseline, why);
+      continue;
+    }
     s += fmt::format("{:<20} {:>10.4f} {:>+9.4f} {:>10.6f} {:>6.2f}%  {:<12} {:>8} {:>8} {:>8.1f}\n", row.scheme, row.ppl,
                      row.delta_ppl, row.kl, 100.0 * row.top1, row.baseline.empty() ? "-" : row.baseline, pct(row.gap),
                      pct(row.kl_gap), row.seconds);
+  }
   return s;
 }
 
@@ -165,12 +186,24 @@ std::string format_ppl_json(const PplResult& r) {
     nlohmann::json o;
     o["scheme"] = row.scheme; o["ppl"] = row.ppl; o["nll"] = row.nll; o["delta_ppl"] = row.delta_ppl;
     o["kl"] = row.kl; o["top1_agreement"] = row.top1; o["seconds"] = row.seconds;
+    o["nonfinite_positions"] = row.nonfinite;
+    if (!row.finite() || !r.rows[0].finite())
+      for (const char* k : {"ppl", "nll", "delta_ppl", "kl", "top1_agreement"}) o[k] = nullptr;
     if (!row.baseline.empty()) o["baseline"] = row.baseline;
     o["gap_recovered"] = row.gap ? nlohmann::json(*row.gap) : nlohmann::json(nullptr);
     o["kl_gap_recovered"] = row.kl_gap ? nlohmann::json(*row.kl_gap) : nlohmann::json(nullptr);
     j["rows"].push_back(o);
   }
   return j.dump(2) + "\n";
+}
+
+std::string ppl_nonfinite_summary(const PplResult& r) {
+  std::string names;
+  for (const auto& row : r.rows)
+    if (!row.finite()) names += fmt::format("{}{} ({} of {} positions)", names.empty() ? "" : ", ", row.scheme, row.nonfinite, r.predicted);
+  if (names.empty()) return {};
+  return fmt::format("non-finite (NaN/Inf) logits from {}; their numbers{} are not reported", names,
+                     !r.rows.empty() && !r.rows[0].finite() ? ", and every comparison with the reference," : "");
 }
 
 }  // namespace sharq

@@ -27,6 +27,7 @@ struct PplOptions {
   bool progress = true;            // progress bar with ETA on stderr
   ExecutorFactory executor;        // null: the CPU reference executor
   std::string device = "cpu";      // for the report
+  bool allow_nonfinite = false;    // LoadOptions::allow_nonfinite (the results stay honest: see PplRow)
 };
 
 struct PplRow {
@@ -39,6 +40,11 @@ struct PplRow {
   std::optional<double> gap;     // (ppl_base - ppl) / (ppl_base - ppl_ref); absent when ppl_base <= ppl_ref
   std::optional<double> kl_gap;  // (KL_base - KL) / KL_base: the share of the baseline's divergence removed
   double seconds = 0;
+  // Predicted positions whose logits held NaN/Inf. When this row's or the reference's count is
+  // not 0, its ppl/KL/top-1/gaps are not meaningful: the report says "non-finite" instead of a
+  // number (JSON: null) and ppl_nonfinite_summary() is not empty.
+  int64_t nonfinite = 0;
+  bool finite() const { return nonfinite == 0; }
 };
 
 struct PplResult {
@@ -51,5 +57,8 @@ struct PplResult {
 PplResult run_perplexity(const PplOptions& opt);
 std::string format_ppl_table(const PplResult& r);
 std::string format_ppl_json(const PplResult& r);
+// "" when every row is finite; else one sentence naming the schemes with non-finite logits (the
+// CLI prints it as an error and exits 1 after the report).
+std::string ppl_nonfinite_summary(const PplResult& r);
 
 }  // namespace sharq

@@ -1,20 +1,33 @@
 #include "sharq/tools/scoring.h"
 
 #include <cmath>
+#include <filesystem>
 #include <fstream>
-#include <sstream>
 #include <stdexcept>
 
 #include <fmt/format.h>
 
 namespace sharq {
 
-std::string read_text_file(const std::string& path) {
+std::string read_text_file(const std::string& path, uintmax_t max_bytes) {
+  namespace fs = std::filesystem;
+  std::error_code ec;
+  const fs::file_status st = fs::status(path, ec);
+  if (!fs::exists(st)) throw std::runtime_error(fmt::format("{}: the data file does not exist", path));
+  if (!fs::is_regular_file(st))
+    throw std::runtime_error(fmt::format("{}: the data file is not a regular file (a device, FIFO or directory is refused)", path));
+  const uintmax_t size = fs::file_size(path, ec);
+  if (ec) throw std::runtime_error(fmt::format("{}: cannot get the data file's size ({})", path, ec.message()));
+  if (size == 0) throw std::runtime_error(fmt::format("{}: the data file is empty", path));
+  if (size > max_bytes)
+    throw std::runtime_error(fmt::format("{}: the data file has {} bytes, more than the limit of {}", path, size, max_bytes));
   std::ifstream f(path, std::ios::binary);
   if (!f) throw std::runtime_error(fmt::format("{}: cannot open the data file", path));
-  std::stringstream ss;
-  ss << f.rdbuf();
-  return ss.str();
+  std::string text(static_cast<size_t>(size), '\0');
+  f.read(text.data(), static_cast<std::streamsize>(size));
+  if (f.bad() || static_cast<uintmax_t>(f.gcount()) != size)
+    throw std::runtime_error(fmt::format("{}: read {} of {} bytes of the data file (changed or unreadable)", path, f.gcount(), size));
+  return text;
 }
 
 void log_softmax(const float* logits, int64_t V, std::vector<double>& out) {

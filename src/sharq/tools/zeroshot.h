@@ -12,6 +12,12 @@
 //   copa, openbook_qa, siqa: query + " " + choice
 //   winogrande: context_options[i] + " " + continuation (partial scoring: only the continuation)
 //   lambada_openai: context + " " + continuation; acc = greedy decoding reproduces every token
+// Every field is type-checked (query/context/continuation: strings, the continuation not empty;
+// choices/context_options: a non-empty array of strings, no choice empty; gold: an integer index into them; a JSON object a line, blank lines
+// skipped); a task file without examples and an empty --tasks are errors naming the file / line.
+// An example longer than the model's context (max_position_embeddings) keeps its last
+// max_position_embeddings tokens, as lm-evaluation-harness does (EvalRow::truncated counts them;
+// the CLI prints a note); one whose continuation alone does not fit is an error naming it.
 #pragma once
 
 #include <cstdint>
@@ -27,8 +33,9 @@ struct EvalOptions {
   std::string data_dir = "../shared/data/zeroshot";  // folder with <task>.jsonl
   std::string tasks = "piqa,arc_easy,winogrande";
   std::string schemes = "fp32,nvfp4,sharq";
-  int64_t limit = 0;     // first N examples of each task (0 = all)
+  int64_t limit = 0;     // first N examples of each task (0 = all; negative: an error)
   bool progress = true;
+  bool allow_nonfinite = false;  // LoadOptions::allow_nonfinite (accuracies stay honest: EvalRow::nonfinite)
   ExecutorFactory executor;  // null: the CPU reference executor
 };
 
@@ -37,10 +44,16 @@ struct EvalRow {
   int64_t n = 0;
   double acc = 0, acc_norm = 0;  // acc_norm = acc for lambada and winogrande
   double seconds = 0;
+  // Examples whose log-likelihoods were not finite (NaN/Inf logits). When not 0 the accuracies are
+  // not meaningful: the report says "non-finite" (JSON: null) and eval_nonfinite_summary() is not "".
+  int64_t nonfinite = 0;
+  int64_t truncated = 0;  // examples cut from the left to the model's context
 };
 
 std::vector<EvalRow> run_zeroshot(const EvalOptions& opt);
 std::string format_eval_table(const std::vector<EvalRow>& rows);
 std::string format_eval_json(const std::vector<EvalRow>& rows);
+// "" when every row is finite; else one sentence naming the (task, scheme) rows with non-finite scores.
+std::string eval_nonfinite_summary(const std::vector<EvalRow>& rows);
 
 }  // namespace sharq
