@@ -147,4 +147,24 @@ TEST(Zeroshot, NonFiniteRowsAreNotReportedAsAccuracies) {
   EXPECT_EQ(eval_nonfinite_summary(rows), "");
 }
 
+// The reader behind `eval`, on text in memory (what the fuzz target drives): counts, limits, and an
+// error naming the file, line and field.
+TEST(Zeroshot, TaskReaderChecksEveryLine) {
+  const std::string arc = "{\"query\": \"Q1\", \"choices\": [\"a\", \"b\"], \"gold\": 1}\n\n"
+                          "{\"query\": \"Q2\", \"choices\": [\"c\", \"d\", \"e\"], \"gold\": 2}\n";
+  EXPECT_EQ(check_zeroshot_task(arc, "arc_easy", "arc_easy.jsonl"), 2u);
+  EXPECT_EQ(check_zeroshot_task(arc, "arc_easy", "arc_easy.jsonl", 1), 1u);
+  const std::string bad = "{\"query\": \"Q\", \"choices\": [\"a\"], \"gold\": 0.7}\n";
+  try {
+    check_zeroshot_task(bad, "piqa", "piqa.jsonl");
+    FAIL() << "expected an error";
+  } catch (const std::runtime_error& e) {
+    const std::string w = e.what();
+    EXPECT_NE(w.find("piqa.jsonl:1"), std::string::npos) << w;
+    EXPECT_NE(w.find("gold"), std::string::npos) << w;
+  }
+  EXPECT_THROW(check_zeroshot_task("  \n\n", "boolq", "boolq.jsonl"), std::runtime_error);  // no example
+  EXPECT_THROW(check_zeroshot_task(arc, "nosuch", "x.jsonl"), std::invalid_argument);
+}
+
 }  // namespace

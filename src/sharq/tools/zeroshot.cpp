@@ -96,20 +96,8 @@ int64_t gold_field(const nlohmann::json& j, size_t n_options) {
   return g;
 }
 
-std::vector<Example> load_task(const std::string& dir, const std::string& task, int64_t limit) {
-  const std::string path = dir + "/" + task + ".jsonl";
-  std::error_code ec;
-  const auto st = std::filesystem::status(path, ec);
-  if (std::filesystem::is_directory(st)) throw std::runtime_error(fmt::format("{}: is a directory (task '{}')", path, task));
-  if (std::filesystem::exists(st) && !std::filesystem::is_regular_file(st))  // a FIFO would block
-    throw std::runtime_error(fmt::format("{}: is not a regular file (task '{}')", path, task));
-  errno = 0;
-  std::ifstream f(path);
-  if (!f) {
-    const int err = errno;
-    throw std::runtime_error(fmt::format("{}: cannot open (task '{}'): {}", path, task,
-                                         err ? std::generic_category().message(err) : "unknown error"));
-  }
+// The examples of one task file's text (`name` for messages: the path); every field checked.
+std::vector<Example> parse_task(std::istream& f, const std::string& task, int64_t limit, const std::string& path) {
   std::vector<Example> out;
   std::string line;
   int64_t lineno = 0;
@@ -144,6 +132,23 @@ std::vector<Example> load_task(const std::string& dir, const std::string& task, 
   if (f.bad()) throw std::runtime_error(fmt::format("{}: read failed", path));
   if (out.empty()) throw std::runtime_error(fmt::format("{}: no examples (task '{}'): the file is empty or blank", path, task));
   return out;
+}
+
+std::vector<Example> load_task(const std::string& dir, const std::string& task, int64_t limit) {
+  const std::string path = dir + "/" + task + ".jsonl";
+  std::error_code ec;
+  const auto st = std::filesystem::status(path, ec);
+  if (std::filesystem::is_directory(st)) throw std::runtime_error(fmt::format("{}: is a directory (task '{}')", path, task));
+  if (std::filesystem::exists(st) && !std::filesystem::is_regular_file(st))  // a FIFO would block
+    throw std::runtime_error(fmt::format("{}: is not a regular file (task '{}')", path, task));
+  errno = 0;
+  std::ifstream f(path);
+  if (!f) {
+    const int err = errno;
+    throw std::runtime_error(fmt::format("{}: cannot open (task '{}'): {}", path, task,
+                                         err ? std::generic_category().message(err) : "unknown error"));
+  }
+  return parse_task(f, task, limit, path);
 }
 
 // Harness split: trailing spaces of the context go to the continuation.
@@ -310,6 +315,13 @@ std::string eval_nonfinite_summary(const std::vector<EvalRow>& rows) {
   for (const auto& r : rows)
     if (r.nonfinite) names += fmt::format("{}{} {} ({} of {} examples)", names.empty() ? "" : ", ", r.task, r.scheme, r.nonfinite, r.n);
   return names.empty() ? std::string() : "non-finite (NaN/Inf) scores from " + names + "; their accuracies are not reported";
+}
+
+size_t check_zeroshot_task(const std::string& text, const std::string& task, const std::string& name, int64_t limit) {
+  if (!delimiter_of(task) && task != "winogrande" && task != "lambada_openai")
+    throw std::invalid_argument(fmt::format("unknown task '{}'", task));
+  std::istringstream in(text);
+  return parse_task(in, task, limit, name).size();
 }
 
 }  // namespace sharq

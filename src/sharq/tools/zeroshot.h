@@ -51,6 +51,12 @@ struct EvalRow {
 };
 
 std::vector<EvalRow> run_zeroshot(const EvalOptions& opt);
+
+// The reader of one task file's text, exactly as `eval` reads <task>.jsonl (every field typed and
+// range-checked; blank lines skipped; no example is an error): the number of examples (at most
+// `limit` when > 0). Throws std::runtime_error "<name>:<line>: <what>" for a bad file and
+// std::invalid_argument for an unknown task. For the fuzz target and tools that check files.
+size_t check_zeroshot_task(const std::string& text, const std::string& task, const std::string& name, int64_t limit = 0);
 std::string format_eval_table(const std::vector<EvalRow>& rows);
 std::string format_eval_json(const std::vector<EvalRow>& rows);
 // "" when every row is finite; else one sentence naming the (task, scheme) rows with non-finite scores.
