@@ -37,7 +37,7 @@ namespace sharq {
 
 #if !SHARQ_HAVE_BPE
 
-std::unique_ptr<Tokenizer> load_bpe_tokenizer_json(const std::string& path) {
+std::unique_ptr<Tokenizer> load_bpe_tokenizer_json(const std::string& path, int64_t /*model_vocab_size*/) {
   throw TokenizerError(fmt::format("{}: sharq was built without PCRE2/utf8proc (libpcre2-dev, libutf8proc-dev), "
                                    "which the tokenizer.json (byte-level BPE) tokenizer needs",
                                    path));
