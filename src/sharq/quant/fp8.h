@@ -18,4 +18,13 @@ inline constexpr float kFp8Max = 448.0f;
 SHARQ_HD float fp8_scale_from_amax(float amax) { return amax > 0.0f ? amax / kFp8Max : 1.0f; }
 SHARQ_HD uint8_t fp8_quantize_value(float x, float scale) { return is_nonfinite(x) ? 0x7F : e4m3_encode(x / scale); }
 
+// One row of n values: its codes, and its scale (returned). The host paths (CPU weights and
+// activations, the GPU weight packing) all quantize through this; the GPU activation kernel splits
+// the same two steps over a block.
+SHARQ_HD float fp8_quantize_row(const float* x, int64_t n, uint8_t* codes) {
+  const float s = fp8_scale_from_amax(amax_finite(x, static_cast<int>(n)));
+  for (int64_t k = 0; k < n; ++k) codes[k] = fp8_quantize_value(x[k], s);
+  return s;
+}
+
 }  // namespace sharq

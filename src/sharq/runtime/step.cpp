@@ -49,12 +49,29 @@ StepOutput shape_step_output(const std::vector<StepEntry>& batch, int64_t V) {
 }
 
 void sample_step(const std::vector<StepEntry>& batch, StepOutput& out,
-                 const std::function<uint64_t&(size_t, const SamplingParams&)>& rng_of) {
+                 const std::function<SamplerStream&(size_t)>& stream_of) {
   for (size_t i = 0; i < batch.size(); ++i) {
     if (!batch[i].sampling) continue;
     const SamplingParams& p = *batch[i].sampling;
-    out.sampled[i] = sample_token(out.last_logits_of(i), out.vocab, p.temperature, p.top_p, rng_of(i, p));
+    SamplerStream& s = stream_of(i);
+    if (!s.seeded) {
+      s.state = sampler_state(p.seed);
+      s.seeded = true;
+    }
+    out.sampled[i] = sample_token(out.last_logits_of(i), out.vocab, p.temperature, p.top_p, s.state);
   }
+}
+
+void check_sequence_max_len(int64_t max_len, const ModelConfig& c) {
+  if (max_len < 1) throw std::invalid_argument(fmt::format("create_sequence: max length {} must be >= 1", max_len));
+  if (c.max_position_embeddings > 0 && max_len > c.max_position_embeddings)
+    throw std::invalid_argument(fmt::format("create_sequence: max length {} exceeds the model's max_position_embeddings {}",
+                                            max_len, c.max_position_embeddings));
+}
+
+void throw_unknown_sequence(const char* what, SeqId id, SeqId next_id) {
+  throw std::invalid_argument(fmt::format("{}: sequence {} is unknown ({})", what, id,
+                                          id >= 0 && id < next_id ? "already freed" : "never created"));
 }
 
 }  // namespace sharq

@@ -80,11 +80,20 @@ using SequenceLookup = std::function<SequenceExtent(SeqId)>;
 void check_step_batch(const std::vector<StepEntry>& batch, int64_t vocab, const SequenceLookup& lookup);
 // An output with the rows of every entry laid out (logits sized, not filled; sampled empty).
 StepOutput shape_step_output(const std::vector<StepEntry>& batch, int64_t vocab);
-// Samples the entries that asked for it from their last logits row; rng_of(i) is entry i's
-// sequence generator state, seeded from its SamplingParams on its first sampled step (seeded
-// tells whether it was).
+// A sequence's sampling generator: seeded from its SamplingParams on its first sampled step, then
+// carried across steps (sampler.h).
+struct SamplerStream {
+  bool seeded = false;
+  uint64_t state = 0;
+};
+// Samples the entries that asked for it from their last logits row; stream_of(i) is the generator
+// of entry i's sequence.
 void sample_step(const std::vector<StepEntry>& batch, StepOutput& out,
-                 const std::function<uint64_t&(size_t entry, const SamplingParams& p)>& rng_of);
+                 const std::function<SamplerStream&(size_t entry)>& stream_of);
+// create_sequence's check: 1 <= max_len <= max_position_embeddings (when the config states one).
+void check_sequence_max_len(int64_t max_len, const ModelConfig& config);
+// The error for an id that is not in an executor's table (`next_id`: the next id it would give).
+[[noreturn]] void throw_unknown_sequence(const char* what, SeqId id, SeqId next_id);
 
 class Executor {
  public:

@@ -4,7 +4,6 @@
 
 #include <fmt/format.h>
 
-#include "sharq/runtime/sampler.h"
 
 namespace sharq {
 
@@ -16,21 +15,15 @@ CpuExecutor::CpuExecutor(std::shared_ptr<const Transformer> model) : model_(std:
 }
 
 SeqId CpuExecutor::create_sequence(int64_t max_len) {
-  const int64_t max_pos = config().max_position_embeddings;
-  if (max_len < 1) throw std::invalid_argument(fmt::format("create_sequence: max length {} must be >= 1", max_len));
-  if (max_pos > 0 && max_len > max_pos)
-    throw std::invalid_argument(fmt::format("create_sequence: max length {} exceeds the model's max_position_embeddings {}",
-                                            max_len, max_pos));
+  check_sequence_max_len(max_len, config());
   const SeqId id = next_id_++;
-  seqs_.emplace(id, Sequence{model_->new_cache(max_len), false, 0});
+  seqs_.emplace(id, Sequence{model_->new_cache(max_len), SamplerStream{}});
   return id;
 }
 
 CpuExecutor::Sequence& CpuExecutor::find(SeqId seq, const char* what) {
   const auto it = seqs_.find(seq);
-  if (it == seqs_.end())
-    throw std::invalid_argument(fmt::format("{}: sequence {} is unknown ({})", what, seq,
-                                            seq >= 0 && seq < next_id_ ? "already freed" : "never created"));
+  if (it == seqs_.end()) throw_unknown_sequence(what, seq, next_id_);
   return it->second;
 }
 
@@ -67,14 +60,7 @@ StepOutput CpuExecutor::step(const std::vector<StepEntry>& batch) {
   }
   StepOutput out = shape_step_output(batch, V);
   model_->forward_batch(segs, out.logits.data(), observer_);
-  sample_step(batch, out, [&](size_t i, const SamplingParams& p) -> uint64_t& {
-    Sequence& s = *seq_of[i];
-    if (!s.rng_seeded) {
-      s.rng = sampler_state(p.seed);
-      s.rng_seeded = true;
-    }
-    return s.rng;
-  });
+  sample_step(batch, out, [&](size_t i) -> SamplerStream& { return seq_of[i]->sampler; });
   return out;
 }
 

@@ -39,8 +39,7 @@ class CpuExecutor final : public Executor {
  private:
   struct Sequence {
     KVCache cache;
-    bool rng_seeded = false;
-    uint64_t rng = 0;
+    SamplerStream sampler;
   };
   Sequence& find(SeqId seq, const char* what);
   const Sequence& find(SeqId seq, const char* what) const;

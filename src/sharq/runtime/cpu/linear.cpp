@@ -51,17 +51,12 @@ class Fp32Source final : public WeightPanelSource {
   std::vector<float> w_;
 };
 
-float fp8_row_scale(const float* x, int64_t K) { return fp8_scale_from_amax(amax_finite(x, static_cast<int>(K))); }
-
 class Fp8Source final : public WeightPanelSource {  // per-output-channel scales live in col_scale
  public:
   Fp8Source(const float* W, int64_t N, int64_t K, std::vector<float>& scales)
       : N_(N), K_(K), q_(static_cast<size_t>(N * K)) {
     scales.resize(static_cast<size_t>(N));
-    for (int64_t n = 0; n < N; ++n) {
-      scales[n] = fp8_row_scale(W + n * K, K);
-      for (int64_t k = 0; k < K; ++k) q_[n * K + k] = fp8_quantize_value(W[n * K + k], scales[n]);
-    }
+    for (int64_t n = 0; n < N; ++n) scales[n] = fp8_quantize_row(W + n * K, K, q_.data() + n * K);
   }
   int64_t rows() const override { return N_; }
   int64_t cols() const override { return K_; }
@@ -182,12 +177,14 @@ class SchemeLinear final : public Linear {
       case SchemeKind::fp16: for (size_t i = 0; i < n; ++i) xhat[i] = round_fp16(X[i]); break;
       case SchemeKind::bf16:
       case SchemeKind::w4a16: for (size_t i = 0; i < n; ++i) xhat[i] = round_bf16(X[i]); break;
-      case SchemeKind::fp8:
+      case SchemeKind::fp8: {
+        std::vector<uint8_t> codes(static_cast<size_t>(K));
         for (int64_t m = 0; m < M; ++m) {
-          rs[m] = fp8_row_scale(X + m * K, K);
-          for (int64_t k = 0; k < K; ++k) xhat[m * K + k] = e4m3_decode(fp8_quantize_value(X[m * K + k], rs[m]));
+          rs[m] = fp8_quantize_row(X + m * K, K, codes.data());
+          for (int64_t k = 0; k < K; ++k) xhat[m * K + k] = e4m3_decode(codes[k]);
         }
         break;
+      }
       case SchemeKind::nvfp4: prepare_blocks<Nvfp4_16>(X, M, K, scheme_.act_scale, xhat, rs); break;
       case SchemeKind::mxfp4: prepare_blocks<Mxfp4>(X, M, K, GlobalScale::none, xhat, rs); break;
       case SchemeKind::hif4: prepare_blocks<Hif4>(X, M, K, GlobalScale::none, xhat, rs); break;

@@ -13,7 +13,6 @@
 #include "sharq/kernels/cuda/transformer_ops.h"
 #include "sharq/model/rope.h"
 #include "sharq/runtime/cuda/gpu_linear.h"
-#include "sharq/runtime/sampler.h"
 
 namespace sharq::cuda {
 namespace {
@@ -66,8 +65,7 @@ struct GpuExecutor::Impl {
   struct Sequence {
     int64_t len = 0, cap = 0;
     std::vector<int32_t> blocks;
-    bool rng_seeded = false;
-    uint64_t rng = 0;
+    SamplerStream sampler;
   };
 
   ModelConfig cfg;
@@ -116,9 +114,7 @@ struct GpuExecutor::Impl {
 
   Sequence& find(SeqId id, const char* what) {
     const auto it = seqs.find(id);
-    if (it == seqs.end())
-      throw std::invalid_argument(fmt::format("{}: sequence {} is unknown ({})", what, id,
-                                              id >= 0 && id < next_id ? "already freed" : "never created"));
+    if (it == seqs.end()) throw_unknown_sequence(what, id, next_id);
     return it->second;
   }
 
@@ -264,11 +260,7 @@ size_t GpuExecutor::weight_bytes() const {
 
 SeqId GpuExecutor::create_sequence(int64_t max_len) {
   Impl& E = *impl_;
-  const int64_t max_pos = E.cfg.max_position_embeddings;
-  if (max_len < 1) throw std::invalid_argument(fmt::format("create_sequence: max length {} must be >= 1", max_len));
-  if (max_pos > 0 && max_len > max_pos)
-    throw std::invalid_argument(fmt::format("create_sequence: max length {} exceeds the model's max_position_embeddings {}",
-                                            max_len, max_pos));
+  check_sequence_max_len(max_len, E.cfg);
   const SeqId id = E.next_id++;
   Impl::Sequence s;
   s.cap = max_len;
@@ -380,14 +372,7 @@ StepOutput GpuExecutor::step(const std::vector<StepEntry>& batch) {
   SHARQ_CUDA_CHECK(cudaStreamSynchronize(st));
 
   for (const StepEntry& e : batch) E.find(e.seq, "step").len += static_cast<int64_t>(e.tokens.size());
-  sample_step(batch, out, [&](size_t i, const SamplingParams& p) -> uint64_t& {
-    Impl::Sequence& s = E.find(batch[i].seq, "step");
-    if (!s.rng_seeded) {
-      s.rng = sampler_state(p.seed);
-      s.rng_seeded = true;
-    }
-    return s.rng;
-  });
+  sample_step(batch, out, [&](size_t i) -> SamplerStream& { return E.find(batch[i].seq, "step").sampler; });
   return out;
 }
 

@@ -131,10 +131,7 @@ GpuLinear::GpuLinear(const Scheme& scheme, const float* W, int64_t N, int64_t K,
       n8_ = round_up(N, 8);
       std::vector<uint8_t> codes(static_cast<size_t>(n8_ * ld8_), 0);
       std::vector<float> sc(static_cast<size_t>(n8_), 1.0f);
-      for (int64_t n = 0; n < N; ++n) {
-        sc[n] = fp8_scale_from_amax(amax_finite(W + n * K, static_cast<int>(K)));
-        for (int64_t k = 0; k < K; ++k) codes[n * ld8_ + k] = fp8_quantize_value(W[n * K + k], sc[n]);
-      }
+      for (int64_t n = 0; n < N; ++n) sc[n] = fp8_quantize_row(W + n * K, K, codes.data() + n * ld8_);
       w8_ = DeviceBuffer<uint8_t>(codes.size());
       w8_.upload(codes.data());
       w8_scale_ = DeviceBuffer<float>(sc.size());
