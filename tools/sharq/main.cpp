@@ -268,6 +268,8 @@ constexpr const char* kBenchGemmHelp =
     "  w4a16, nvfp4             GpuLinear forward (nvfp4 = its activation prep + GEMM)\n"
     "  exact, merged            SharQ GpuLinear forward (prep + GEMM); *_gemm: GEMM only\n"
     "  prep, prep_merged        the SharQ activation prep alone\n"
+    "  read                     a plain streaming read of the SharQ W32 weight payload: the floor of any kernel\n"
+    "                           that reads it once under this timer (rd/exg = read / exact_gemm time)\n"
     "TB/s counts W + X + Y once each: fp16/bf16 2NK+2MK+2MN; fp8 NK+MK+4(M+N)+2MN; fp8_tensor NK+MK+8+2MN;\n"
     "GpuLinear forward "
     "weight_bytes()+2MK+2MN (intermediate planes not counted); *_gemm weight_bytes() + FP16 planes\n"

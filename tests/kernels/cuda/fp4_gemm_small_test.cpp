@@ -449,7 +449,7 @@ std::pair<double, double> time_us(F&& launch, int copies) {
 TEST(Fp4GemmSmallTiming, SplitCounts) {
   SKIP_WITHOUT_GPU();
   constexpr int kCopies = 4;
-  for (auto [N, K] : {std::pair<int64_t, int64_t>{28672, 4096}, {4096, 14336}}) {
+  for (auto [N, K] : {std::pair<int64_t, int64_t>{28672, 4096}, {4096, 14336}, {6144, 4096}, {4096, 4096}}) {
     std::vector<cuda::DeviceFp4Weights> ws;
     for (int i = 0; i < kCopies; ++i) {
       cuda::DeviceFp4Weights w;
@@ -485,7 +485,6 @@ TEST(Fp4GemmSmallTiming, SplitCounts) {
         std::printf("[timing] N=%lld K=%lld M=%lld paths=%d\n", static_cast<long long>(N), static_cast<long long>(K),
                     static_cast<long long>(M), paths);
         for (int s : {0, 1, 2, 3, 4, 6, 8, 16}) {
-          if (paths == 2 && s != 0) continue;
           const auto nw = time_us([&](int i) { cuda::fp4_gemm(a, ws[i], wsp.get(), wsp.bytes(), nullptr, cuda::Fp4GemmKernel::small, s); }, kCopies);
           const size_t wsb = cuda::fp4_gemm_plan(M, ws[0], cuda::Fp4GemmKernel::small, s).workspace_bytes;
           std::printf("[timing]   wgmma_small splits=%s%d: %.1f us/launch back-to-back (%.2f TB/s), %.1f us single%s\n",

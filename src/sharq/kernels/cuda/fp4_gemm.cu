@@ -526,25 +526,29 @@ void launch_prefill(const Fp4GemmParams& prm, cudaStream_t stream) {
 //   - weight prefetch: the weights do not go through registers but through cp.async into per-thread
 //     shared-memory slots (each thread copies exactly the 32 code bytes + scale bytes it decodes and
 //     reads them back itself: no barrier, no proxy fence). They ride in the activation copy groups:
-//     k-tile j in the group of k-step 2 j - 2, so S / 2 k-tiles (up to 6 x 10 KB per block) are in
-//     flight, with S = 12 stages where shared memory allows it (S / 2 + 1 weight slots);
-//   - registers: NT / 2 accumulators (4 .. 32) and no weight ring: <= 128 registers, 2 blocks of
-//     256 threads per SM (__launch_bounds__), ~110 KB of shared memory each at most;
+//     k-tile j in the group of k-step 2 j - 2, so S / 2 k-tiles (3 .. 6 x 10 KB per block) are in
+//     flight, S <= 12 as shared memory allows at the block's occupancy (S / 2 + 1 weight slots);
+//   - occupancy: 4 blocks of 256 threads per SM at NT = 8 (<= 64 registers, <= 55 KB of shared
+//     memory each), 3 at NT = 16, 2 at NT = 32 / 64 (__launch_bounds__). The kernel is latency-bound
+//     (Nsight: "wait" and barrier stalls, ~45% issue at full clock), so warps beat stages: 4 blocks
+//     of 3 k-tiles in flight ran 15% faster than 2 blocks of 6 (H200, docs/perf/hopper.md log 12);
 //   - split-K: with splits > 1 every block writes FP32 partials (x kPost, nothing else) to the
 //     workspace [split][M][N]; small_splitk_reduce_kernel adds them in split order (deterministic)
 //     and applies row_scale x g_w. With splits == 1 the kernel writes Y itself.
 //   - programmatic dependent launch: both kernels are launched with programmatic stream
-//     serialization and execute griddepcontrol.wait before their first global memory access (the
-//     launch and the prologue address arithmetic overlap the previous kernel's tail; the reduction
-//     launch overlaps the GEMM's). Without a PDL-aware predecessor this is a plain stream-ordered
-//     launch. (Issuing the first weight copies before the wait is a possible next step.)
+//     serialization. The GEMM issues its first W weight k-tiles (they never depend on the previous
+//     kernel) and then executes griddepcontrol.wait before it touches anything else, so those copies
+//     overlap the previous kernel's tail (its blocks exiting). The reduction waits likewise. (Letting
+//     the prep trigger the launch at its start was measured: the GEMM's resident blocks then slowed
+//     the latency-bound prep, +8 us on down at M = 1; docs/perf/hopper.md log 12.) Without a
+//     PDL-aware predecessor this is a plain stream-ordered launch.
 // The k-step pipeline, the decode and the hazard argument are exactly the prefill kernel's (see the
 // top of this file): only the k range, the stage count and the weight staging differ.
 // =============================================================================================
 
 // Shared memory per block: S activation stages and W = S / 2 + 1 weight slots (one k-tile each:
 // 256 threads x (2 x 16 code bytes + 2 x 4 / 8 scale bytes), each thread's own bytes), S the
-// largest even count <= 12 that keeps 2 blocks per SM.
+// largest even count <= 12 that keeps kMinBlocks blocks per SM.
 template <int P, int NT, int Block>
 struct SmallCfg {
   static constexpr int kTileBytes = NT * kRowBytes;  // one path's activation tile (1 KB .. 8 KB)
@@ -553,12 +557,15 @@ struct SmallCfg {
   static constexpr int kSlotCodes = 2 * kThreads * 16;            // 8 KB
   static constexpr int kSlotBytes = kSlotCodes + 2 * kThreads * kScaleBytes;
   static constexpr int smem_for(int s) { return s * kStageBytes + (s / 2 + 1) * kSlotBytes + 1024; }
-  static constexpr int kBudget = 112 * 1024;                      // 2 blocks per SM (+ 1 KB reserved each)
+  // Resident blocks per SM: the decode kernel is latency-bound (docs/perf/hopper.md, log 12), so
+  // more warps per SM are worth fewer k-tiles in flight per block: 4 blocks (32 warps) at NT = 8
+  // (<= 64 registers), 3 at NT = 16, 2 above (the accumulators need the registers).
+  static constexpr int kMinBlocks = NT <= 8 ? 4 : NT <= 16 ? 3 : 2;
+  static constexpr int kBudget = (228 / kMinBlocks - 2) * 1024;   // shared memory per block (+ 1 KB reserved each)
   static constexpr int kStages = smem_for(12) <= kBudget ? 12 : smem_for(10) <= kBudget ? 10
                                  : smem_for(8) <= kBudget ? 8 : smem_for(6) <= kBudget ? 6 : 4;
   static constexpr int kWSlots = kStages / 2 + 1;
   static constexpr int kSmem = smem_for(kStages);                 // + base alignment
-  static constexpr int kMinBlocks = 2;
   // Activation copies per stage: 8 P 16-byte chunks per token row; a thread copies kCpt consecutive
   // chunks of one row of one path (kTpr threads per row, NT kTpr <= 256 threads busy).
   static constexpr int kChunks = P * NT * 8;
@@ -691,14 +698,14 @@ __global__ void __launch_bounds__(kThreads, SmallCfg<P, NT, Block>::kMinBlocks) 
   const uint32_t c_sm = static_cast<uint32_t>(c_p * C::kTileBytes + c_r * kRowBytes);
 
   // The cp.async group of k-step ks: its activation tiles, and for even ks the weights of k-tile
-  // ks / 2 + 1 (ks = 0: k-tiles 0 and 1). K-tile j is decoded after step 2 j - 1 has waited for
-  // group 2 j - 1 >= 2 j - 2, and it is issued at step 2 j - S, S / 2 k-tiles ahead. Its slot j % W
-  // is rewritten by k-tile j + W, issued at step 2 j + 2: after the last read of j (after step 2 j).
+  // ks / 2 + 1, except k-tiles 0 .. kPre - 1 (kPre = min(W, nkt)): those are issued before the
+  // programmatic-dependent-launch wait (the weights never depend on the previous kernel) and land
+  // with group 0. K-tile j is decoded after step 2 j - 1 has waited for group 2 j - 1 >= 2 j - 2, and
+  // it is issued at step 2 j - S, S / 2 k-tiles ahead. Its slot j % W is rewritten by k-tile j + W,
+  // issued at step 2 j + 2: after the last read of j (after step 2 j).
+  const int kPre = nkt < W ? nkt : W;
   auto issue_copies = [&](int ks) {
-    if ((ks & 1) == 0) {
-      if (ks == 0) issue_weights(0);
-      if (ks / 2 + 1 < nkt) issue_weights(ks / 2 + 1);
-    }
+    if ((ks & 1) == 0 && ks / 2 + 1 >= kPre && ks / 2 + 1 < nkt) issue_weights(ks / 2 + 1);
     if (!c_on) return;
     const uint32_t sb = smem0 + static_cast<uint32_t>((ks % S) * C::kStageBytes) + c_sm;
     const uint8_t* src = c_src + static_cast<int64_t>(ks) * kRowBytes;
@@ -707,6 +714,7 @@ __global__ void __launch_bounds__(kThreads, SmallCfg<P, NT, Block>::kMinBlocks) 
       cp_async16_zfill(sb + (((c_c0 + e) ^ (c_r & 7)) << 4), src + 16 * e, c_len);
   };
 
+  for (int j = 0; j < kPre; ++j) issue_weights(j);  // distinct slots j < W; landed with group 0
   grid_dependency_wait();  // PDL: the previous kernel's writes are visible, its reads done
 
   float acc[NT / 2];
@@ -914,28 +922,27 @@ void launch_block(const Fp4GemmParams& prm, int block, const Fp4GemmPlan& plan, 
 }
 
 // The split count of the small family, from (N, K) and the SM count only: never from M.
-// Cost model (microseconds), weights streamed at kBw over all SMs: a block k-tile (128 x 128
-// weights, 8 KB codes + scales) costs `unit` at the fair per-SM share of the bandwidth; an SM can run
-// up to kSmFast times faster than its share when others idle, so the time is the larger of the
-// average and the busiest SM's k-tiles / kSmFast (blocks are spread evenly over the SMs); splits > 1
-// add the reduction launch and the workspace write + read, costed at a fixed reference batch of
-// kRefM rows (the rule must not see the real M).
+// Cost model (microseconds), fitted to the H200 sweep of docs/perf/hopper.md (log 12): the kernel is
+// latency-bound, so a block's k-tile costs kUnitUs on an SM that holds at least kFullBlocks blocks
+// of the call and proportionally more on one that holds fewer (too few warps to hide the latency);
+// the time is the busiest SM's (ceil(blocks / SMs) blocks of kps k-tiles). Splits > 1 add the
+// reduction: its launch and the read of the partials at a fixed reference batch of kRefM rows (the
+// partials' writes overlap the weight stream). Measured there: gate_up picks 4 (1: +13%), down 8
+// (4: +13%, 16: +1%).
 int64_t small_splits(const DeviceFp4Weights& w) {
-  constexpr double kBw = 3.0e12, kSmFast = 1.25, kReduceUs = 1.5;
-  constexpr int64_t kRefM = 16;
+  constexpr double kUnitUs = 0.55, kReduceUs = 1.5, kBw = 3.0e12;
+  constexpr int64_t kRefM = 16, kFullBlocks = 2;
   const int64_t n_blocks = w.Np / kBNW, k_tiles = w.Kp / 128;
-  const double sms = sm_count();
-  const double tile_bytes = 128.0 * 128.0 / 2 + 128.0 * (128 / w.block);
-  const double unit = tile_bytes * sms / kBw * 1e6;
-  const double avg = static_cast<double>(n_blocks * k_tiles) / sms;
+  const int64_t sms = std::max(1, sm_count());
   double best = 0;
   int64_t s = 1;
   for (int64_t c = 1; c <= std::min<int64_t>(k_tiles, 256); ++c) {
     const int64_t kps = (k_tiles + c - 1) / c;
     if ((k_tiles + kps - 1) / kps != c) continue;  // same kps as a smaller count
-    const double busiest = std::ceil(static_cast<double>(n_blocks * c) / sms) * static_cast<double>(kps);
-    double t = std::max(avg, busiest / kSmFast) * unit;
-    if (c > 1) t += kReduceUs + 2.0 * static_cast<double>(c * kRefM * w.Np) * 4.0 / kBw * 1e6;
+    const int64_t per_sm = (n_blocks * c + sms - 1) / sms;
+    double t = static_cast<double>(per_sm * kps) * kUnitUs *
+               std::max(1.0, static_cast<double>(kFullBlocks) / static_cast<double>(per_sm));
+    if (c > 1) t += kReduceUs + static_cast<double>(c * kRefM * w.Np) * 4.0 / kBw * 1e6;
     if (c == 1 || t < best) {
       best = t;
       s = c;

@@ -98,6 +98,8 @@ class GpuLinear {
   int64_t K() const { return K_; }
   int64_t max_m() const { return opt_.max_m; }
   size_t weight_bytes() const;
+  // The packed FP4 weights of an FP4-weight scheme (null otherwise): benches read them.
+  const DeviceFp4Weights* fp4_weights() const { return w4_.codes.get() ? &w4_ : nullptr; }
   // The split-K workspace gemm() needs for any M <= max_m (0 for most layers).
   size_t workspace_bytes() const { return ws_need_; }
 

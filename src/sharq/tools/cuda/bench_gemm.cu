@@ -155,6 +155,29 @@ __global__ void spin_kernel(unsigned long long ns) {
   } while (t - t0 < ns);
 }
 
+// The read floor: one pass over two device ranges (the FP4 codes and scales) with 16-byte
+// non-coherent loads, eight in flight per thread, four 512-thread blocks per SM. What any kernel
+// that reads those bytes once pays under the same timer (launch, ramp-up and drain included).
+__global__ void __launch_bounds__(512) read_floor_kernel(const uint4* a, int64_t na, const uint4* b, int64_t nb,
+                                                          uint32_t* sink) {
+  const int64_t n = na + nb, stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
+  uint32_t acc = 0;
+  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += 8 * stride) {
+    uint4 v[8];
+#pragma unroll
+    for (int u = 0; u < 8; ++u) {
+      const int64_t j = i + u * stride;
+      const uint4* p = j < na ? a + j : b + (j - na);
+      if (j < n) asm volatile("ld.global.nc.L1::no_allocate.v4.u32 {%0, %1, %2, %3}, [%4];\n"
+                              : "=r"(v[u].x), "=r"(v[u].y), "=r"(v[u].z), "=r"(v[u].w) : "l"(p));
+      else v[u] = make_uint4(0, 0, 0, 0);
+    }
+#pragma unroll
+    for (int u = 0; u < 8; ++u) acc ^= v[u].x ^ v[u].y ^ v[u].z ^ v[u].w;
+  }
+  if (acc == 0x9E3779B9u) *sink = acc;  // keeps the loads; practically never written
+}
+
 // ---------------------------------------------------------------------------------------------
 // Timer: one CUDA event pair per repetition on one stream, median over the repetitions.
 
@@ -293,12 +316,15 @@ void measure_copy(DeviceInfo& d, Timer& timer, cudaStream_t s) {
 // fp8 is the fp8 scheme (per-channel W, per-token X scales: cuBLASLt OUTER_VEC_32F); fp8_tensor is the
 // faster per-tensor FP8 GEMM, an extra reference column (not a sharq scheme).
 enum MethodId {
-  kFp16, kBf16, kFp8, kFp8Tensor, kW4a16, kNvfp4, kExact, kExactGemm, kMerged, kMergedGemm, kPrep, kPrepMerged, kMethods
+  kFp16, kBf16, kFp8, kFp8Tensor, kW4a16, kNvfp4, kExact, kExactGemm, kMerged, kMergedGemm, kPrep, kPrepMerged, kRead,
+  kMethods
 };
 const char* const kMethodNames[kMethods] = {"fp16",   "bf16",       "fp8",    "fp8_tensor",  "w4a16", "nvfp4",
-                                            "exact",  "exact_gemm", "merged", "merged_gemm", "prep",  "prep_merged"};
+                                            "exact",  "exact_gemm", "merged", "merged_gemm", "prep",  "prep_merged",
+                                            "read"};
 const char* const kMethodShort[kMethods] = {"fp16",    "bf16",   "fp8",     "fp8:tens", "w4a16", "nvfp4",
-                                            "exact", "ex:gemm", "merged", "mg:gemm",  "prep",  "prep:mg"};
+                                            "exact", "ex:gemm", "merged", "mg:gemm",  "prep",  "prep:mg",
+                                            "read"};
 
 // Buffer-set families: the methods of one family share weight sets and rotate the same way.
 enum Family { kFamF16, kFamBf16, kFamFp8, kFamFp4, kFamilies };
@@ -576,6 +602,7 @@ Row bench_row(const Ctx& c, Timer& timer, const LayerShape& sh, LayerWeights& lw
   cudaStream_t st = c.stream;
   cuda::CublasLtGemm& blas = *c.blas;
   auto A_ = [&](int s) -> ActSet& { return act[static_cast<size_t>(s)]; };
+  DeviceBuffer<uint32_t> sink(1);  // the read floor's (never written) output
 
   std::vector<Method> methods;
   auto add = [&](MethodId id, Family f, double bytes, double fl, YType y, std::function<void(int)> fn) -> Method& {
@@ -636,6 +663,15 @@ Row bench_row(const Ctx& c, Timer& timer, const LayerShape& sh, LayerWeights& lw
   gemm_only(kMergedGemm, kSchMerged, 1);
   prep(kPrep, kSchExact, 2);
   prep(kPrepMerged, kSchMerged, 1);
+  {  // the read floor of the SharQ (W32) weight payload: codes + scales, the same sets and timer
+    Method& mt = add(kRead, kFamFp4, lw.scheme_bytes[kSchExact], kNaN, YType::none, [&](int s) {
+      const cuda::DeviceFp4Weights* w = lin(kSchExact, s).fp4_weights();
+      read_floor_kernel<<<4 * c.dev.sms, 512, 0, st>>>(
+          reinterpret_cast<const uint4*>(w->codes.get()), static_cast<int64_t>(w->codes.bytes() / 16),
+          reinterpret_cast<const uint4*>(w->scales.get()), static_cast<int64_t>(w->scales.bytes() / 16), sink.get());
+    });
+    mt.unavailable = lw.lin_error[kSchExact];
+  }
 
   for (Method& mt : methods) {
     MethodResult& res = row.r[mt.id];
@@ -721,15 +757,15 @@ std::string layer_tables(const Ctx& c, const LayerShape& sh, const LayerWeights&
   // µs + speedups
   s += fmt::format("{:>6} |", "µs M");
   for (int i = 0; i < kMethods; ++i) s += fmt::format(" {:>{}}", kMethodShort[i], w);
-  s += fmt::format(" | {:>8} {:>8} {:>8} {:>8} {:>8} | {:>13}\n", "ex/fp16", "ex/fp8", "ex/fp8t", "mg/fp16", "mg/fp8",
-                   "sets f16/f8/f4");
+  s += fmt::format(" | {:>8} {:>8} {:>8} {:>8} {:>8} {:>8} | {:>13}\n", "ex/fp16", "ex/fp8", "ex/fp8t", "mg/fp16", "mg/fp8",
+                   "rd/exg", "sets f16/f8/f4");
   for (const Row& r : rows) {
     s += fmt::format("{:>6} |", r.M);
     for (int i = 0; i < kMethods; ++i) s += fmt::format(" {:>{}}", fmt_us(r.r[i].us), w);
-    s += fmt::format(" | {:>8} {:>8} {:>8} {:>8} {:>8} | {:>13}\n", fmt_or_dash(speedup(r, kFp16, kExact), 2),
+    s += fmt::format(" | {:>8} {:>8} {:>8} {:>8} {:>8} {:>8} | {:>13}\n", fmt_or_dash(speedup(r, kFp16, kExact), 2),
                      fmt_or_dash(speedup(r, kFp8, kExact), 2), fmt_or_dash(speedup(r, kFp8Tensor, kExact), 2),
                      fmt_or_dash(speedup(r, kFp16, kMerged), 2),
-                     fmt_or_dash(speedup(r, kFp8, kMerged), 2),
+                     fmt_or_dash(speedup(r, kFp8, kMerged), 2), fmt_or_dash(speedup(r, kRead, kExactGemm), 2),
                      fmt::format("{}/{}/{}", r.sets[kFamF16], r.sets[kFamFp8], r.sets[kFamFp4]));
   }
   // TB/s

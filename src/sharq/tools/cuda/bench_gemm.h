@@ -12,6 +12,9 @@
 //   exact, merged   GpuLinear(sharq / sharq:merged).forward = SharQ prep + GEMM
 //   exact_gemm, merged_gemm   the GEMM alone, on the operands of the last prepare()
 //   prep, prep_merged         the SharQ prep alone (GpuLinear::prepare)
+//   read            a plain streaming read (16-byte non-coherent loads) of the SharQ W32 payload,
+//                   codes + scales: the floor of any kernel that reads those bytes once under the same
+//                   timer (launch, ramp-up, drain); rd/exg = t_read / t_exact_gemm
 // X is BF16 M x K for every GpuLinear method; W is random N x K (nn.Linear layout).
 //
 // Cold-L2 methodology: every method rotates over S independent sets of (weights, activations,
