@@ -35,7 +35,7 @@ if [[ -f build-fuzz/CMakeCache.txt ]] && ! grep -q '^CMAKE_CXX_COMPILER:[A-Z]*=.
 fi
 
 CC=clang CXX=clang++ cmake -S . -B build-fuzz -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DSHARQ_FUZZ=ON \
-  -DSHARQ_BUILD_TESTS=OFF -DSHARQ_BUILD_BENCH=OFF -DSHARQ_CUDA=OFF >/dev/null
+  -DSHARQ_BUILD_TESTS=OFF -DSHARQ_BUILD_BENCH=OFF -DSHARQ_CUDA=OFF -DSHARQ_PYTHON=OFF >/dev/null
 fuzz_targets=(safetensors_fuzz llama2c_fuzz config_fuzz npy_fuzz zeroshot_fuzz)
 if grep -q '^PCRE2_FOUND:INTERNAL=1' build-fuzz/CMakeCache.txt && grep -q '^UTF8PROC_FOUND:INTERNAL=1' build-fuzz/CMakeCache.txt; then
   fuzz_targets+=(tokenizer_json_fuzz)

@@ -6,9 +6,17 @@ cd "$(dirname "$0")/.."
 scripts/deps.sh
 jobs=$(nproc)
 
-cmake -S . -B build -G Ninja -DCMAKE_BUILD_TYPE=Release >/dev/null
+# The Python module is required here (deps.sh installs pybind11 and NumPy); Debian's interpreter
+# is the one with python3-numpy, whatever python3 comes first in PATH.
+pyopt=(-DSHARQ_PYTHON=ON)
+if [ -x /usr/bin/python3 ]; then pyopt+=(-DPython3_EXECUTABLE=/usr/bin/python3); fi
+cmake -S . -B build -G Ninja -DCMAKE_BUILD_TYPE=Release "${pyopt[@]}" >/dev/null
 cmake --build build -j "$jobs"
 (cd build && ctest --output-on-failure -j "$jobs" --timeout 600)
+# the installed package: cmake --install + a find_package consumer + a pkg-config consumer
+scripts/consumer_test.sh build
+# the Python module's suite (built when pybind11 and NumPy are found; Debian's python3 has NumPy)
+scripts/python_test.sh build
 
 cmake -S . -B build-asan -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DSHARQ_SANITIZE=ON -DSHARQ_BUILD_BENCH=OFF -DSHARQ_CUDA=OFF >/dev/null
 cmake --build build-asan -j "$jobs"
