@@ -19,7 +19,7 @@ namespace sharq {
 struct AnalyzeOptions {
   std::string model_path, tokenizer_path, data_path;
   int64_t tokens = 256;
-  std::string schemes = "nvfp4,sharq,sharq:s24,mxfp4,sharq-mxfp4,hif4,sharq-hif4";
+  std::string schemes = "nvfp4,sharq,sharq:w16,sharq:s24,mxfp4,sharq-mxfp4,hif4,sharq-hif4";
   std::string svg_path;  // empty: no plot
   bool allow_nonfinite = false;  // LoadOptions::allow_nonfinite (the errors stay honest: NaN, never 0)
 };

@@ -38,7 +38,7 @@ std::vector<float> make_gaussian_weights(int64_t N, int64_t K, uint64_t seed);
 struct OpcheckConfig {
   int64_t M = 128, K = 4096, N = 1024;
   uint64_t seed = 1234;
-  std::string schemes = "fp32,fp16,bf16,fp8,w4a16,nvfp4,sharq,sharq:s24,sharq:tensor,mxfp4,sharq-mxfp4,hif4,sharq-hif4";
+  std::string schemes = "fp32,fp16,bf16,fp8,w4a16,nvfp4,sharq,sharq:w16,sharq:s24,sharq:tensor,mxfp4,sharq-mxfp4,hif4,sharq-hif4";
   std::string reference = "fp16";
   std::string x_path, w_path;  // .npy inputs (override the generator); 2-D, float32/float16/bfloat16
   std::string save_dir;        // write Y and dequantized operands of each scheme as float32 .npy

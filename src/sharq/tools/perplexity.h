@@ -22,7 +22,7 @@ struct PplOptions {
   std::string model_path, tokenizer_path, data_path;
   int64_t ctx = 512;
   int64_t max_windows = 0;  // 0 = every window of the file
-  std::string schemes = "fp32,bf16,fp8,w4a16,nvfp4,sharq,mxfp4,sharq-mxfp4,hif4,sharq-hif4,sharq:s24";
+  std::string schemes = "fp32,bf16,fp8,w4a16,nvfp4,sharq,sharq:w16,mxfp4,sharq-mxfp4,hif4,sharq-hif4,sharq:s24";
   std::string reference = "fp16";  // SHARQ_SPEC: FP16 is the accuracy reference (run even if not listed)
   bool progress = true;            // progress bar with ETA on stderr
   ExecutorFactory executor;        // null: the CPU reference executor
