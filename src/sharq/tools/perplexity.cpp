@@ -84,7 +84,8 @@ PplResult run_perplexity(const PplOptions& opt) {
   std::vector<double> nll(run.size(), 0.0), kl(run.size(), 0.0), secs(run.size(), 0.0);
   std::vector<int64_t> agree(run.size(), 0), nonfinite(run.size(), 0);
   StepOutput ref_out, cur_out;
-  std::vector<double> lp_ref, lp;
+  std::vector<double> pos_nll(static_cast<size_t>(N)), pos_kl(static_cast<size_t>(N));  // per predicted position
+  std::vector<char> pos_bad(static_cast<size_t>(N)), pos_agree(static_cast<size_t>(N));
   const auto t_start = Clock::now();
   for (int64_t w = 0; w < res.windows; ++w) {
     const int32_t* win = ids.data() + w * N;
@@ -100,20 +101,36 @@ PplResult run_perplexity(const PplOptions& opt) {
       models[s]->free_sequence(entry.seq);
       const float* out = o.logits_of(0);
       const float* ref_logits = ref_out.logits_of(0);
+      // Every predicted position is scored independently (log-softmax, NLL of the next token, KL
+      // from the reference, top-1 agreement), in parallel; the sums then run in position order, so
+      // the totals are bit-identical whatever the thread count.
+#pragma omp parallel
+      {
+        std::vector<double> lp, lp_ref;
+#pragma omp for schedule(static)
+        for (int64_t t = 0; t < N - 1; ++t) {
+          const float* row = out + t * V;
+          pos_bad[t] = !std::all_of(row, row + V, [](float x) { return std::isfinite(x); });
+          if (pos_bad[t]) continue;  // its numbers are withheld (PplRow::nonfinite); the rest still runs
+          log_softmax(row, V, lp);
+          pos_nll[t] = lp[win[t + 1]];
+          if (s == 0) continue;
+          log_softmax(ref_logits + t * V, V, lp_ref);
+          double d = 0.0;
+          for (int64_t i = 0; i < V; ++i) d += std::exp(lp_ref[i]) * (lp_ref[i] - lp[i]);
+          pos_kl[t] = d;
+          pos_agree[t] = argmax(row, V) == argmax(ref_logits + t * V, V);
+        }
+      }
       for (int64_t t = 0; t + 1 < N; ++t) {
-        const float* row = out + t * V;
-        if (!std::all_of(row, row + V, [](float x) { return std::isfinite(x); })) {
-          ++nonfinite[s];  // its numbers are withheld (PplRow::nonfinite); the rest still runs
+        if (pos_bad[t]) {
+          ++nonfinite[s];
           continue;
         }
-        log_softmax(row, V, lp);
-        nll[s] -= lp[win[t + 1]];
+        nll[s] -= pos_nll[t];
         if (s == 0) continue;
-        log_softmax(ref_logits + t * V, V, lp_ref);
-        double d = 0.0;
-        for (int64_t i = 0; i < V; ++i) d += std::exp(lp_ref[i]) * (lp_ref[i] - lp[i]);
-        kl[s] += d;
-        agree[s] += argmax(row, V) == argmax(ref_logits + t * V, V);
+        kl[s] += pos_kl[t];
+        agree[s] += pos_agree[t];
       }
     }
     if (opt.progress) progress_bar(w + 1, res.windows, seconds_since(t_start));
