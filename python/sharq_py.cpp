@@ -15,14 +15,11 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
-#include <filesystem>
-#include <fstream>
 #include <memory>
 #include <mutex>
 #include <stdexcept>
 #include <string>
 #include <type_traits>
-#include <unistd.h>
 #include <utility>
 #include <variant>
 #include <vector>
@@ -396,32 +393,19 @@ py::array_t<float> model_logits(PyModel& m, const py::object& ids_o) {
   return to_array(std::move(out.logits), {T, V});
 }
 
-// Removes a temporary file on scope exit.
-struct TempFile {
-  std::string path;
-  explicit TempFile(const std::string& text) {
-    std::string tmpl = (std::filesystem::temp_directory_path() / "sharq-py-XXXXXX").string();
-    const int fd = mkstemp(tmpl.data());
-    if (fd < 0) throw std::runtime_error("perplexity: cannot create a temporary file in " + tmpl);
-    ::close(fd);
-    path = tmpl;
-    std::ofstream f(path, std::ios::binary);
-    f.write(text.data(), static_cast<std::streamsize>(text.size()));
-    if (!f) throw std::runtime_error("perplexity: cannot write the temporary file " + path);
-  }
-  ~TempFile() { std::error_code ec; std::filesystem::remove(path, ec); }
-};
-
 py::dict model_perplexity(PyModel& m, const std::string& text, int64_t ctx, int64_t max_windows) {
   sharq::PplResult r;
   {
     py::gil_scoped_release nogil;
-    // exactly `sharq ppl MODEL --data FILE --ctx C --max-windows W --schemes S --reference S -q`
-    TempFile data(text);
+    // `sharq ppl MODEL --data FILE --ctx C --max-windows W --schemes S --reference S -q` on the text,
+    // with this Model's weights and tokenizer (nothing is loaded again)
     sharq::PplOptions o;
     o.model_path = m.path;
     o.tokenizer_path = m.tokenizer_path;
-    o.data_path = data.path;
+    o.data_path = "(text)";
+    o.weights = &m.weights;
+    o.tokenizer = m.tok.get();
+    o.text = &text;
     o.ctx = ctx;
     o.max_windows = max_windows;
     o.schemes = m.scheme.name();

@@ -54,8 +54,12 @@ PplResult run_perplexity(const PplOptions& opt) {
   for (const auto& s : schemes)
     if (s.is_sharq()) add(sharq_baseline(s));
 
-  const ModelWeights weights = load_model_weights(opt.model_path, LoadOptions{opt.allow_nonfinite});
-  const auto tok = load_tokenizer_for(opt.model_path, opt.tokenizer_path, weights.config);
+  ModelWeights loaded;
+  if (!opt.weights) loaded = load_model_weights(opt.model_path, LoadOptions{opt.allow_nonfinite});
+  const ModelWeights& weights = opt.weights ? *opt.weights : loaded;
+  std::unique_ptr<Tokenizer> loaded_tok;
+  if (!opt.tokenizer) loaded_tok = load_tokenizer_for(opt.model_path, opt.tokenizer_path, weights.config);
+  const Tokenizer& tok = opt.tokenizer ? *opt.tokenizer : *loaded_tok;
   PplResult res;
   res.model = opt.model_path;
   res.data = opt.data_path;
@@ -66,7 +70,7 @@ PplResult run_perplexity(const PplOptions& opt) {
                                             weights.config.max_position_embeddings));
 
   const auto t_tok = Clock::now();
-  const std::vector<int32_t> ids = tok->encode(read_text_file(opt.data_path), true);
+  const std::vector<int32_t> ids = opt.text ? tok.encode(*opt.text, true) : tok.encode(read_text_file(opt.data_path), true);
   res.tokenize_seconds = seconds_since(t_tok);
   res.tokens_in_file = static_cast<int64_t>(ids.size());
   res.windows_in_file = res.tokens_in_file / opt.ctx;

@@ -18,6 +18,8 @@
 
 namespace sharq {
 
+class Tokenizer;
+
 struct PplOptions {
   std::string model_path, tokenizer_path, data_path;
   int64_t ctx = 512;
@@ -28,6 +30,12 @@ struct PplOptions {
   ExecutorFactory executor;        // null: the CPU reference executor
   std::string device = "cpu";      // for the report
   bool allow_nonfinite = false;    // LoadOptions::allow_nonfinite (the results stay honest: see PplRow)
+  // Inputs a caller already holds (the Python module's Model): a non-null one is used instead of
+  // loading model_path / tokenizer_path or reading data_path (then only named in the report). They
+  // must outlive the call; the tokenizer must have been checked against the weights.
+  const ModelWeights* weights = nullptr;
+  const Tokenizer* tokenizer = nullptr;
+  const std::string* text = nullptr;
 };
 
 struct PplRow {
