@@ -531,7 +531,7 @@ void launch_prefill(const Fp4GemmParams& prm, cudaStream_t stream) {
 //   - occupancy: 4 blocks of 256 threads per SM at NT = 8 (<= 64 registers, <= 55 KB of shared
 //     memory each), 3 at NT = 16, 2 at NT = 32 / 64 (__launch_bounds__). The kernel is latency-bound
 //     (Nsight: "wait" and barrier stalls, ~45% issue at full clock), so warps beat stages: 4 blocks
-//     of 3 k-tiles in flight ran 15% faster than 2 blocks of 6 (H200, docs/perf/hopper.md log 12);
+//     of 3 k-tiles in flight ran 15% faster than 2 blocks of 6 (H200, docs/perf/hopper.md log 15);
 //   - split-K: with splits > 1 every block writes FP32 partials (x kPost, nothing else) to the
 //     workspace [split][M][N]; small_splitk_reduce_kernel adds them in split order (deterministic)
 //     and applies row_scale x g_w. With splits == 1 the kernel writes Y itself.
@@ -540,7 +540,7 @@ void launch_prefill(const Fp4GemmParams& prm, cudaStream_t stream) {
 //     kernel) and then executes griddepcontrol.wait before it touches anything else, so those copies
 //     overlap the previous kernel's tail (its blocks exiting). The reduction waits likewise. (Letting
 //     the prep trigger the launch at its start was measured: the GEMM's resident blocks then slowed
-//     the latency-bound prep, +8 us on down at M = 1; docs/perf/hopper.md log 12.) Without a
+//     the latency-bound prep, +8 us on down at M = 1; docs/perf/hopper.md log 17.) Without a
 //     PDL-aware predecessor this is a plain stream-ordered launch.
 // The k-step pipeline, the decode and the hazard argument are exactly the prefill kernel's (see the
 // top of this file): only the k range, the stage count and the weight staging differ.
@@ -557,7 +557,7 @@ struct SmallCfg {
   static constexpr int kSlotCodes = 2 * kThreads * 16;            // 8 KB
   static constexpr int kSlotBytes = kSlotCodes + 2 * kThreads * kScaleBytes;
   static constexpr int smem_for(int s) { return s * kStageBytes + (s / 2 + 1) * kSlotBytes + 1024; }
-  // Resident blocks per SM: the decode kernel is latency-bound (docs/perf/hopper.md, log 12), so
+  // Resident blocks per SM: the decode kernel is latency-bound (docs/perf/hopper.md, log 15), so
   // more warps per SM are worth fewer k-tiles in flight per block: 4 blocks (32 warps) at NT = 8
   // (<= 64 registers), 3 at NT = 16, 2 above (the accumulators need the registers).
   static constexpr int kMinBlocks = NT <= 8 ? 4 : NT <= 16 ? 3 : 2;
@@ -922,7 +922,7 @@ void launch_block(const Fp4GemmParams& prm, int block, const Fp4GemmPlan& plan, 
 }
 
 // The split count of the small family, from (N, K) and the SM count only: never from M.
-// Cost model (microseconds), fitted to the H200 sweep of docs/perf/hopper.md (log 12): the kernel is
+// Cost model (microseconds), fitted to the H200 sweep of docs/perf/hopper.md (log 16): the kernel is
 // latency-bound, so a block's k-tile costs kUnitUs on an SM that holds at least kFullBlocks blocks
 // of the call and proportionally more on one that holds fewer (too few warps to hide the latency);
 // the time is the busiest SM's (ceil(blocks / SMs) blocks of kps k-tiles). Splits > 1 add the
