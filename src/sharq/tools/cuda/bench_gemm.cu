@@ -669,6 +669,7 @@ Row bench_row(const Ctx& c, Timer& timer, const LayerShape& sh, LayerWeights& lw
       read_floor_kernel<<<4 * c.dev.sms, 512, 0, st>>>(
           reinterpret_cast<const uint4*>(w->codes.get()), static_cast<int64_t>(w->codes.bytes() / 16),
           reinterpret_cast<const uint4*>(w->scales.get()), static_cast<int64_t>(w->scales.bytes() / 16), sink.get());
+      SHARQ_CUDA_CHECK(cudaGetLastError());
     });
     mt.unavailable = lw.lin_error[kSchExact];
   }
