@@ -123,9 +123,26 @@ TEST(Cli, UnknownCommandsAreNamed) {
   EXPECT_NE(r.out.find("sharq: error: unknown command 'nosuchcommand' (commands: opcheck, generate"), std::string::npos) << r.out;
   r = run("bench nosuch");
   EXPECT_EQ(r.status, 1);
-  EXPECT_NE(r.out.find("unknown bench command 'nosuch' (commands: gemm)"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("unknown bench command 'nosuch' (commands: gemm, model)"), std::string::npos) << r.out;
   EXPECT_EQ(run("--version").status, 0);
   EXPECT_EQ(run("opcheck --help").status, 0);
+}
+
+// bench model's options are checked before it looks for a GPU (and without CUDA or a GPU the error
+// says so).
+TEST(Cli, BenchModelOptionsAreChecked) {
+  Result r = run("bench model");
+  EXPECT_EQ(r.status, 1);
+  EXPECT_NE(r.out.find("MODEL or --synthetic"), std::string::npos) << r.out;
+  r = run("bench model --synthetic gpt2");
+  EXPECT_NE(r.status, 0);
+  EXPECT_NE(r.out.find("--synthetic"), std::string::npos) << r.out;
+  r = run("bench model --synthetic llama3.1-8b --prefill 8y2048");
+  EXPECT_EQ(r.status, 1);
+  EXPECT_NE(r.out.find("--prefill: '8y2048' is not BxN"), std::string::npos) << r.out;
+  r = run("bench model --synthetic llama3.1-8b --schemes mxfp4");
+  EXPECT_EQ(r.status, 1);
+  EXPECT_NE(r.out.find("mxfp4"), std::string::npos) << r.out;
 }
 
 // A directory where a file is expected, a missing path: named, with what is wrong.

@@ -35,6 +35,7 @@
 #include "sharq/runtime/cpu/executor.h"
 #include "sharq/tools/analyze.h"
 #include "sharq/tools/cuda/bench_gemm.h"  // plain C++: the options struct; the function needs SHARQ_HAVE_CUDA
+#include "sharq/tools/cuda/bench_model.h"  // likewise
 #include "sharq/tools/generate.h"
 #include "sharq/tools/opcheck.h"
 #include "sharq/tools/perplexity.h"
@@ -286,6 +287,16 @@ int cmd_bench_gemm(const sharq::BenchGemmOptions& o) {
 #endif
 }
 
+int cmd_bench_model(const sharq::BenchModelOptions& o) {
+#ifdef SHARQ_HAVE_CUDA
+  return sharq::run_bench_model(o);
+#else
+  (void)o;
+  throw std::runtime_error("bench model: this sharq was built without CUDA (reconfigure with nvcc on the PATH "
+                           "or -DSHARQ_CUDA=ON)");
+#endif
+}
+
 int cmd_ppl(const sharq::PplOptions& o, bool json) {
   const sharq::PplResult r = sharq::run_perplexity(o);
   std::fputs(json ? sharq::format_ppl_json(r).c_str() : sharq::format_ppl_table(r).c_str(), stdout);
@@ -437,6 +448,23 @@ int main(int argc, char** argv) {
   bg->add_flag("-q,--quiet", bo.quiet, "no progress on stderr");
   bg->footer(kBenchGemmHelp);
 
+  // ---- bench model
+  sharq::BenchModelOptions bmo;
+  auto* bm = bench->add_subcommand("model", "Whole-model prefill latency and decode tok/s of the GPU engine, per scheme, "
+                                            "with a per-component breakdown");
+  bm->add_option("model", bmo.model, "checkpoint (HF directory or llama2.c .bin); or use --synthetic");
+  bm->add_option("--synthetic", bmo.synthetic, "random weights of a real architecture, generated on the GPU")
+      ->check(CLI::IsMember({"llama3.1-8b", "qwen2.5-7b", "qwen3-8b"}));
+  bm->add_option("--schemes", bmo.schemes, "comma-separated GPU schemes")->capture_default_str();
+  bm->add_option("--prefill", bmo.prefill, "prefill shapes BxN (comma-separated)")->delimiter(',')->capture_default_str();
+  add_number_list<int64_t>(bm, "--batches", bmo.batches, "decode batch sizes (comma-separated; default 1,8,32,64)", 1);
+  add_number<int64_t>(bm, "--context", bmo.context, "tokens of context before the timed decode steps", 1);
+  add_number<int>(bm, "--steps", bmo.steps, "timed decode steps per batch size", 1);
+  add_number<uint64_t>(bm, "--seed", bmo.seed, "seed of the synthetic weights");
+  bm->add_option("--csv", bmo.csv, "also write one CSV row per scheme here");
+  bm->add_option("--svg", bmo.svg, "also write the breakdown as an SVG stacked-bar plot here");
+  bm->add_flag("-q,--quiet", bmo.quiet, "no progress on stderr");
+
   // ---- schemes
   auto* sc = app.add_subcommand("schemes", "List the linear-layer schemes and their options");
 
@@ -522,6 +550,7 @@ int main(int argc, char** argv) {
       return cmd_ppl(po, po_json);
     }
     if (*bg) return cmd_bench_gemm(bo);
+    if (*bm) return cmd_bench_model(bmo);
     if (*sc) {
       std::fputs(kSchemeHelp, stdout);
       std::fputs(sharq::scheme_options_help(), stdout);

@@ -5,6 +5,7 @@
 #include <limits>
 #include <optional>
 #include <sstream>
+#include <stdexcept>
 
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
@@ -343,5 +344,59 @@ ModelConfig read_hf_config(const std::string& path) {
   if (!f && !f.eof()) throw CheckpointError(fmt::format("{}: read failed", path));
   return parse_hf_config(text.str(), path);
 }
+
+ModelConfig synthetic_model_config(const std::string& name) {
+  ModelConfig c;
+  c.num_heads = 32;
+  c.num_kv_heads = 8;
+  c.head_dim = 128;
+  c.hidden_size = 4096;
+  if (name == "llama3.1-8b") {  // meta-llama/Llama-3.1-8B config.json
+    c.arch = Arch::llama;
+    c.vocab_size = 128256;
+    c.intermediate_size = 14336;
+    c.num_layers = 32;
+    c.max_position_embeddings = 131072;
+    c.rms_norm_eps = 1e-5;
+    c.rope_theta = 500000.0;
+    c.rope_scaling.type = RopeScaling::Type::llama3;
+    c.rope_scaling.factor = 8.0;
+    c.rope_scaling.low_freq_factor = 1.0;
+    c.rope_scaling.high_freq_factor = 4.0;
+    c.rope_scaling.original_max_position_embeddings = 8192;
+    c.bos_token_id = 128000;
+    c.eos_token_id = 128001;
+  } else if (name == "qwen2.5-7b") {  // Qwen/Qwen2.5-7B config.json
+    c.arch = Arch::qwen2;
+    c.vocab_size = 152064;
+    c.hidden_size = 3584;
+    c.intermediate_size = 18944;
+    c.num_layers = 28;
+    c.num_heads = 28;
+    c.num_kv_heads = 4;
+    c.max_position_embeddings = 32768;
+    c.rms_norm_eps = 1e-6;
+    c.rope_theta = 1000000.0;
+    c.attention_bias = true;
+    c.bos_token_id = 151643;
+    c.eos_token_id = 151643;
+  } else if (name == "qwen3-8b") {  // Qwen/Qwen3-8B config.json
+    c.arch = Arch::qwen3;
+    c.vocab_size = 151936;
+    c.intermediate_size = 12288;
+    c.num_layers = 36;
+    c.max_position_embeddings = 40960;
+    c.rms_norm_eps = 1e-6;
+    c.rope_theta = 1000000.0;
+    c.qk_norm = true;
+    c.bos_token_id = 151643;
+    c.eos_token_id = 151645;
+  } else {
+    throw std::invalid_argument("unknown synthetic model '" + name + "' (one of: " + synthetic_model_names() + ")");
+  }
+  return c;
+}
+
+const char* synthetic_model_names() { return "llama3.1-8b, qwen2.5-7b, qwen3-8b"; }
 
 }  // namespace sharq

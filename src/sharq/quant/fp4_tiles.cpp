@@ -7,26 +7,10 @@
 namespace sharq {
 namespace {
 
-// Byte offset of element (n, k) inside the codes array, and whether it is the high nibble.
-struct CodePos { size_t byte; bool high; };
-
-CodePos code_pos(const Fp4Tiles& t, int64_t n, int64_t k) {
-  const int64_t tile = (n / 8) * t.k_tiles() + k / 128;
-  const int r = static_cast<int>(n % 8), c = static_cast<int>(k % 128);
-  const int j = c / 32, w = c % 32;          // word j, column inside the sub-block
-  const int p = w / 8, q = (w % 8) / 2, hi = w % 2;
-  const int lane = r * 4 + q;
-  const int nib = p + 4 * hi;                // nibble inside the little-endian word
-  return {static_cast<size_t>(tile) * 512 + static_cast<size_t>(lane) * 16 + static_cast<size_t>(j) * 4 +
-              static_cast<size_t>(nib / 2),
-          (nib % 2) != 0};
-}
+Fp4CodePos code_pos(const Fp4Tiles& t, int64_t n, int64_t k) { return fp4_tile_code_pos(t.k_tiles(), n, k); }
 
 size_t scale_pos(const Fp4Tiles& t, int64_t n, int64_t k) {
-  const int64_t tile = (n / 8) * t.k_tiles() + k / 128;
-  const int per_row = 128 / t.block;
-  return static_cast<size_t>(tile) * static_cast<size_t>(t.scale_bytes_per_tile()) +
-         static_cast<size_t>((n % 8) * per_row + (k % 128) / t.block);
+  return static_cast<size_t>(fp4_tile_scale_pos(t.k_tiles(), t.block, n, k));
 }
 
 template <class F>
@@ -50,9 +34,9 @@ Fp4Tiles pack(const QuantizedMatrix<F>& w) {
       for (int i = 0; i < F::kBlock; ++i) {
         const int64_t k = b * F::kBlock + i;
         const uint8_t code = get_nibble(row[b].qs, i);
-        const CodePos pos = code_pos(t, n, k);
-        t.codes[pos.byte] = static_cast<uint8_t>(pos.high ? (t.codes[pos.byte] & 0x0F) | (code << 4)
-                                                          : (t.codes[pos.byte] & 0xF0) | code);
+        const Fp4CodePos pos = code_pos(t, n, k);
+        uint8_t& byte = t.codes[static_cast<size_t>(pos.byte)];
+        byte = static_cast<uint8_t>(pos.high ? (byte & 0x0F) | (code << 4) : (byte & 0xF0) | code);
       }
     }
   }
@@ -65,8 +49,9 @@ Fp4Tiles pack_fp4_tiles(const QuantizedMatrix<Nvfp4_32>& w) { return pack(w); }
 Fp4Tiles pack_fp4_tiles(const QuantizedMatrix<Nvfp4_16>& w) { return pack(w); }
 
 uint8_t fp4_tiles_code(const Fp4Tiles& t, int64_t n, int64_t k) {
-  const CodePos pos = code_pos(t, n, k);
-  return pos.high ? static_cast<uint8_t>(t.codes[pos.byte] >> 4) : static_cast<uint8_t>(t.codes[pos.byte] & 0x0F);
+  const Fp4CodePos pos = code_pos(t, n, k);
+  const uint8_t byte = t.codes[static_cast<size_t>(pos.byte)];
+  return pos.high ? static_cast<uint8_t>(byte >> 4) : static_cast<uint8_t>(byte & 0x0F);
 }
 
 uint8_t fp4_tiles_scale(const Fp4Tiles& t, int64_t n, int64_t k) { return t.scales[scale_pos(t, n, k)]; }

@@ -25,9 +25,34 @@
 #include <cstdint>
 #include <vector>
 
+#include "sharq/core/hd.h"
 #include "sharq/quant/quantized_matrix.h"
 
 namespace sharq {
+
+// Where element (n, k) of a tiled matrix with k_tiles = Kp / 128 tiles per row of tiles lives: the
+// byte of `codes` holding its code (high nibble or low), and the byte of `scales` holding the scale
+// of its block. One definition for the host packer and the GPU weight quantizer
+// (kernels/cuda/weight_quant.h). For 16- and 32-element blocks, every code byte holds two codes
+// of the same block, so a packer that writes whole blocks owns whole bytes.
+struct Fp4CodePos {
+  int64_t byte;
+  bool high;
+};
+SHARQ_HD Fp4CodePos fp4_tile_code_pos(int64_t k_tiles, int64_t n, int64_t k) {
+  const int64_t tile = (n / 8) * k_tiles + k / 128;
+  const int r = static_cast<int>(n % 8), c = static_cast<int>(k % 128);
+  const int j = c / 32, w = c % 32;  // word j, column inside the 32-column sub-block
+  const int p = w / 8, q = (w % 8) / 2, hi = w % 2;
+  const int lane = r * 4 + q;
+  const int nib = p + 4 * hi;  // nibble inside the little-endian word
+  return {tile * 512 + lane * 16 + j * 4 + nib / 2, (nib % 2) != 0};
+}
+SHARQ_HD int64_t fp4_tile_scale_pos(int64_t k_tiles, int block, int64_t n, int64_t k) {
+  const int64_t tile = (n / 8) * k_tiles + k / 128;
+  const int per_row = 128 / block;
+  return tile * (8 * per_row) + (n % 8) * per_row + (k % 128) / block;
+}
 
 struct Fp4Tiles {
   int64_t N = 0, K = 0, Np = 0, Kp = 0;

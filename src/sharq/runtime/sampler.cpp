@@ -6,17 +6,20 @@
 #include <vector>
 
 namespace sharq {
-namespace {
-
 // xorshift64*: a tiny, fully specified generator, so that a seed gives the same text everywhere.
-float next_uniform(uint64_t& s) {
+float sampler_next_uniform(uint64_t& s) {
   s ^= s >> 12;
   s ^= s << 25;
   s ^= s >> 27;
   return static_cast<float>((s * 0x2545F4914F6CDD1Dull) >> 40) / 16777216.0f;  // [0, 1)
 }
 
-}  // namespace
+float token_logprob(const float* logits, int64_t vocab, int32_t tok) {
+  const float mx = *std::max_element(logits, logits + vocab);
+  double z = 0.0;
+  for (int64_t i = 0; i < vocab; ++i) z += std::exp(static_cast<double>(logits[i] - mx));
+  return static_cast<float>(static_cast<double>(logits[tok] - mx) - std::log(z));
+}
 
 uint64_t sampler_state(uint64_t seed) { return seed ? seed : 0x9E3779B97F4A7C15ull; }
 
@@ -45,7 +48,7 @@ int32_t sample_token(const float* logits, int64_t vocab, float temperature, floa
   }
   double mass = 0.0;
   for (int64_t i = 0; i < n; ++i) mass += p[idx[i]];
-  const double r = static_cast<double>(next_uniform(rng)) * mass;
+  const double r = static_cast<double>(sampler_next_uniform(rng)) * mass;
   double cdf = 0.0;
   for (int64_t i = 0; i < n; ++i) {
     cdf += p[idx[i]];

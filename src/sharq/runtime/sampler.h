@@ -16,6 +16,13 @@ namespace sharq {
 // sampler_state).
 int32_t sample_token(const float* logits, int64_t vocab, float temperature, float top_p, uint64_t& rng_state);
 
+// One draw in [0, 1) of the xorshift64* stream (advances `rng_state`): what sample_token draws when
+// temperature > 0. The GPU engine draws here and samples on the device with it.
+float sampler_next_uniform(uint64_t& rng_state);
+
+// The log-probability (natural log, temperature 1) of token `tok` under softmax(logits).
+float token_logprob(const float* logits, int64_t vocab, int32_t tok);
+
 // The generator state a seed starts from (xorshift cannot leave 0, so seed 0 maps to a constant).
 uint64_t sampler_state(uint64_t seed);
 

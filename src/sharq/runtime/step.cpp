@@ -1,6 +1,8 @@
 #include "sharq/runtime/step.h"
 
+#include <algorithm>
 #include <cmath>
+#include <limits>
 #include <set>
 #include <stdexcept>
 
@@ -34,18 +36,35 @@ void check_step_batch(const std::vector<StepEntry>& batch, int64_t V, const Sequ
   }
 }
 
-StepOutput shape_step_output(const std::vector<StepEntry>& batch, int64_t V) {
+StepOutput shape_step_output(const std::vector<StepEntry>& batch, int64_t V, bool ignore_return_logits) {
   StepOutput out;
   out.vocab = V;
   int64_t total = 0;
   for (const StepEntry& e : batch) {
     out.first_row.push_back(total);
-    out.rows.push_back(e.all_logits ? static_cast<int64_t>(e.tokens.size()) : 1);
+    out.rows.push_back(!e.return_logits && !ignore_return_logits ? 0
+                       : e.all_logits                          ? static_cast<int64_t>(e.tokens.size())
+                                                               : 1);
     total += out.rows.back();
   }
   out.logits.resize(static_cast<size_t>(total * V));
   out.sampled.resize(batch.size());
+  out.logprob.assign(batch.size(), std::numeric_limits<float>::quiet_NaN());
   return out;
+}
+
+void drop_unreturned_logits(const std::vector<StepEntry>& batch, StepOutput& out) {
+  const int64_t V = out.vocab;
+  int64_t w = 0;
+  for (size_t i = 0; i < batch.size(); ++i) {
+    const int64_t r0 = out.first_row[i], n = batch[i].return_logits ? out.rows[i] : 0;
+    if (w != r0 && n > 0)
+      std::copy(out.logits.begin() + r0 * V, out.logits.begin() + (r0 + n) * V, out.logits.begin() + w * V);
+    out.first_row[i] = w;
+    out.rows[i] = n;
+    w += n;
+  }
+  out.logits.resize(static_cast<size_t>(w * V));
 }
 
 void sample_step(const std::vector<StepEntry>& batch, StepOutput& out,
@@ -58,7 +77,9 @@ void sample_step(const std::vector<StepEntry>& batch, StepOutput& out,
       s.state = sampler_state(p.seed);
       s.seeded = true;
     }
-    out.sampled[i] = sample_token(out.last_logits_of(i), out.vocab, p.temperature, p.top_p, s.state);
+    const float* row = out.last_logits_of(i);
+    out.sampled[i] = sample_token(row, out.vocab, p.temperature, p.top_p, s.state);
+    out.logprob[i] = token_logprob(row, out.vocab, *out.sampled[i]);
   }
 }
 

@@ -50,14 +50,20 @@ struct StepEntry {
   int64_t position = 0;         // KV position of tokens[0]: must equal the sequence's current length
   bool all_logits = false;      // logits of every new position; else only of the last one
   std::optional<SamplingParams> sampling;  // sample one token from the last position's logits
+  // false: no logits rows come back for this entry (rows 0): a prefill chunk that only fills the
+  // KV cache, or a decode step that only needs its sampled token (the GPU engine then copies back
+  // token ids and log-probabilities only)
+  bool return_logits = true;
 };
 
 struct StepOutput {
   int64_t vocab = 0;
   std::vector<float> logits;           // the entries' rows, in batch order: rows x vocab
   std::vector<int64_t> first_row;      // per entry: its first row in `logits`
-  std::vector<int64_t> rows;           // per entry: tokens.size() (all_logits) or 1
+  std::vector<int64_t> rows;           // per entry: tokens.size() (all_logits) or 1; 0 without return_logits
   std::vector<std::optional<int32_t>> sampled;  // per entry: the sampled token, when asked
+  std::vector<float> logprob;          // per entry: the sampled token's log-probability (natural log,
+                                       // temperature 1, sampler.h token_logprob); NaN when not sampled
 
   // Row r (0-based, < rows[entry]) of an entry's logits.
   const float* logits_of(size_t entry, int64_t r = 0) const {
@@ -78,16 +84,20 @@ using SequenceLookup = std::function<SequenceExtent(SeqId)>;
 // Validates a whole batch before any work (the contract above); throws std::invalid_argument
 // naming the sequence.
 void check_step_batch(const std::vector<StepEntry>& batch, int64_t vocab, const SequenceLookup& lookup);
-// An output with the rows of every entry laid out (logits sized, not filled; sampled empty).
-StepOutput shape_step_output(const std::vector<StepEntry>& batch, int64_t vocab);
+// An output with the rows of every entry laid out (logits sized, not filled; sampled empty,
+// logprob NaN). ignore_return_logits: as if every entry returned its logits (executors that compute
+// every row on the host sample from this shape, then drop the rows nobody asked for with
+// drop_unreturned_logits).
+StepOutput shape_step_output(const std::vector<StepEntry>& batch, int64_t vocab, bool ignore_return_logits = false);
+void drop_unreturned_logits(const std::vector<StepEntry>& batch, StepOutput& out);
 // A sequence's sampling generator: seeded from its SamplingParams on its first sampled step, then
 // carried across steps (sampler.h).
 struct SamplerStream {
   bool seeded = false;
   uint64_t state = 0;
 };
-// Samples the entries that asked for it from their last logits row; stream_of(i) is the generator
-// of entry i's sequence.
+// Samples the entries that asked for it from their last logits row (and sets their logprob);
+// stream_of(i) is the generator of entry i's sequence.
 void sample_step(const std::vector<StepEntry>& batch, StepOutput& out,
                  const std::function<SamplerStream&(size_t entry)>& stream_of);
 // create_sequence's check: 1 <= max_len <= max_position_embeddings (when the config states one).

@@ -27,6 +27,7 @@
 #include "sharq/kernels/cuda/cuda_check.h"
 #include "sharq/runtime/cpu/executor.h"
 #include "sharq/runtime/sampler.h"
+#include "sharq/model/config.h"
 
 namespace {
 
@@ -199,6 +200,204 @@ TEST(GpuEngine, BadInputIsRefusedWithAMessage) {
   gpu.free_sequence(s);
   EXPECT_EQ(gpu.free_kv_blocks(), 3) << "freeing a sequence returns its blocks";
   EXPECT_NE(what_of([&] { gpu.free_sequence(s); }).find("already freed"), std::string::npos);
+}
+
+// Decode steps replayed from CUDA graphs give the eager steps' logits bit for bit (both run the
+// padded bucket shapes), for every GPU scheme; a graph is captured per bucket.
+TEST(GpuEngine, GraphReplayEqualsTheEagerStep) {
+  SKIP_WITHOUT_GPU();
+  const ModelWeights w = load_model_weights(tiny("qwen3"));
+  for (const char* sc : {"fp16", "bf16", "fp8", "w4a16", "nvfp4", "sharq", "sharq:merged", "sharq:s24"}) {
+    std::vector<float> got[2];
+    int64_t graphs[2] = {0, 0};
+    for (int g = 0; g < 2; ++g) {
+      EngineOptions o = small_blocks();
+      o.cuda_graphs = g == 1;
+      GpuExecutor gpu(w, parse_scheme(sc), o);
+      std::vector<SeqId> seqs;
+      for (int k = 0; k < 3; ++k) {
+        seqs.push_back(gpu.create_sequence(32));
+        std::vector<int32_t> prompt;
+        for (int i = 0; i < 3 + 4 * k; ++i) prompt.push_back((i * 31 + k * 7) % 250 + 1);
+        gpu.step({StepEntry{seqs.back(), prompt, 0, false, std::nullopt}});
+      }
+      for (int step = 0; step < 5; ++step) {
+        std::vector<StepEntry> b;
+        for (size_t k = 0; k < (step % 2 ? 3u : 2u); ++k)  // buckets 2 and 4
+          b.push_back(StepEntry{seqs[k], {(step * 13 + static_cast<int32_t>(k)) % 250 + 1}, gpu.sequence_length(seqs[k]), false,
+                                std::nullopt});
+        const StepOutput out = gpu.step(b);
+        got[g].insert(got[g].end(), out.logits.begin(), out.logits.end());
+      }
+      graphs[g] = gpu.graphs_captured();
+    }
+    EXPECT_EQ(graphs[0], 0) << sc;
+    EXPECT_EQ(graphs[1], 2) << sc << ": one graph per bucket (2 and 4)";
+    EXPECT_EQ(got[0], got[1]) << sc << ": graph replay differs from the eager step";
+  }
+}
+
+// A decoding sequence's logits do not depend on the decode batch it runs in (per-token scales):
+// alone (bucket 1) and next to 1..6 other sequences of other lengths (buckets 2, 4, 8). Asserted for
+// the FP4 schemes (our kernels: per-row invariant inside the small family); printed for the
+// cuBLASLt schemes, whose algorithm choice may depend on M.
+TEST(GpuEngine, DecodeLogitsDoNotDependOnTheBatch) {
+  SKIP_WITHOUT_GPU();
+  const ModelWeights w = load_model_weights(tiny("llama3"));
+  for (const char* sc : {"sharq", "sharq:merged", "nvfp4", "w4a16", "fp16", "bf16", "fp8"}) {
+    GpuExecutor gpu(w, parse_scheme(sc), small_blocks());
+    std::vector<std::vector<float>> runs;
+    for (int others : {0, 1, 3, 6}) {
+      const SeqId x = gpu.create_sequence(16);
+      gpu.step({StepEntry{x, {4, 8, 15, 16, 23}, 0, false, std::nullopt}});
+      std::vector<SeqId> os;
+      for (int k = 0; k < others; ++k) {
+        os.push_back(gpu.create_sequence(16));
+        gpu.step({StepEntry{os.back(), std::vector<int32_t>(static_cast<size_t>(1 + k), 9 + k), 0, false, std::nullopt}});
+      }
+      std::vector<StepEntry> b = {StepEntry{x, {42}, 5, false, std::nullopt}};
+      for (SeqId o : os) b.push_back(StepEntry{o, {7}, gpu.sequence_length(o), false, std::nullopt});
+      const StepOutput out = gpu.step(b);
+      runs.emplace_back(out.logits_of(0), out.logits_of(0) + out.vocab);
+      gpu.free_sequence(x);
+      for (SeqId o : os) gpu.free_sequence(o);
+    }
+    const bool fp4 = parse_scheme(sc).is_fp4_weight();
+    for (size_t k = 1; k < runs.size(); ++k) {
+      if (fp4) EXPECT_EQ(runs[k], runs[0]) << sc << ": batch " << k;
+      else if (runs[k] != runs[0]) std::printf("  %s: the decode logits depend on the batch (cuBLASLt, run %zu)\n", sc, k);
+    }
+  }
+}
+
+// --batch-invariant: every row through the decode attention kernel, so a prefill chunk's logits are
+// those of the same tokens fed one step at a time (M <= 64: one GEMM family).
+TEST(GpuEngine, BatchInvariantModePrefillEqualsTokenByToken) {
+  SKIP_WITHOUT_GPU();
+  const ModelWeights w = load_model_weights(tiny("qwen2"));
+  const std::vector<int32_t> toks = {12, 7, 99, 101, 3, 5, 250, 17, 44, 2, 8};
+  for (const char* sc : {"sharq", "w4a16"}) {
+    EngineOptions o = small_blocks();
+    o.batch_invariant = true;
+    GpuExecutor gpu(w, parse_scheme(sc), o);
+    const SeqId a = gpu.create_sequence(16), b = gpu.create_sequence(16), c = gpu.create_sequence(16);
+    const StepOutput whole = gpu.step({StepEntry{a, toks, 0, true, std::nullopt}});
+    std::vector<float> one;
+    for (size_t i = 0; i < toks.size(); ++i) {
+      const StepOutput s = gpu.step({StepEntry{b, {toks[i]}, static_cast<int64_t>(i), false, std::nullopt}});
+      one.insert(one.end(), s.logits.begin(), s.logits.end());
+    }
+    EXPECT_EQ(whole.logits, one) << sc;
+    // and next to another sequence's prefill chunk in the same step
+    gpu.step({StepEntry{c, {1, 2, 3}, 0, false, std::nullopt}});
+    const StepOutput mixed = gpu.step({StepEntry{c, {4, 5, 6, 7}, 3, false, std::nullopt},
+                                       StepEntry{b, {9}, static_cast<int64_t>(toks.size()), false, std::nullopt}});
+    const SeqId d = gpu.create_sequence(16);
+    gpu.step({StepEntry{d, toks, 0, false, std::nullopt}});
+    const StepOutput alone = gpu.step({StepEntry{d, {9}, static_cast<int64_t>(toks.size()), false, std::nullopt}});
+    EXPECT_EQ(std::vector<float>(mixed.logits_of(1), mixed.logits_of(1) + mixed.vocab), alone.logits) << sc;
+  }
+}
+
+// GPU sampling: each sequence's tokens depend only on its own seed and parameters (two sequences in
+// one batch give what they give alone), the tokens equal the host sampler's on the returned logits,
+// the log-probabilities equal token_logprob's, and return_logits = false sends back no rows.
+TEST(GpuEngine, GpuSamplingIsPerSequenceAndMatchesTheHostSampler) {
+  SKIP_WITHOUT_GPU();
+  const ModelWeights w = load_model_weights(tiny("llama3"));
+  GpuExecutor gpu(w, parse_scheme("sharq"), small_blocks());
+  struct Cfg { float t, p; uint64_t seed; };
+  const Cfg cfgs[] = {{0.0f, 0.9f, 1}, {0.8f, 0.9f, 7}, {1.3f, 1.0f, 99}, {0.7f, 0.3f, 5}, {2.0f, 0.0f, 3}};
+  const auto sampling = [](const Cfg& c) {
+    SamplingParams p;
+    p.temperature = c.t;
+    p.top_p = c.p;
+    p.seed = c.seed;
+    return p;
+  };
+  // alone, with logits back: the host sampler on those logits must agree
+  std::vector<std::vector<int32_t>> alone;
+  int mismatches = 0, draws = 0;
+  for (const Cfg& c : cfgs) {
+    const SeqId s = gpu.create_sequence(24);
+    uint64_t rng = sampler_state(c.seed);
+    std::vector<int32_t> got;
+    int32_t next = 5;
+    for (int k = 0; k < 8; ++k) {
+      const StepOutput o = gpu.step({StepEntry{s, {next}, k, false, sampling(c)}});
+      ASSERT_TRUE(o.sampled[0].has_value());
+      const int32_t host = sample_token(o.last_logits_of(0), o.vocab, c.t, c.p, rng);
+      mismatches += host != *o.sampled[0];
+      ++draws;
+      EXPECT_NEAR(o.logprob[0], token_logprob(o.last_logits_of(0), o.vocab, *o.sampled[0]), 1e-4);
+      next = *o.sampled[0];
+      got.push_back(next);
+    }
+    alone.push_back(got);
+    gpu.free_sequence(s);
+  }
+  EXPECT_EQ(mismatches, 0) << "of " << draws << " draws";
+  // together, without logits
+  std::vector<SeqId> seqs;
+  for (size_t i = 0; i < std::size(cfgs); ++i) seqs.push_back(gpu.create_sequence(24));
+  std::vector<int32_t> next(std::size(cfgs), 5);
+  for (int k = 0; k < 8; ++k) {
+    std::vector<StepEntry> b;
+    for (size_t i = 0; i < std::size(cfgs); ++i) {
+      StepEntry e{seqs[i], {next[i]}, k, false, sampling(cfgs[i])};
+      e.return_logits = false;
+      b.push_back(e);
+    }
+    const StepOutput o = gpu.step(b);
+    EXPECT_TRUE(o.logits.empty());
+    for (size_t i = 0; i < std::size(cfgs); ++i) {
+      EXPECT_EQ(o.rows[i], 0);
+      ASSERT_TRUE(o.sampled[i].has_value());
+      next[i] = *o.sampled[i];
+      EXPECT_EQ(next[i], alone[i][static_cast<size_t>(k)]) << "sequence " << i << " step " << k;
+    }
+  }
+}
+
+// Random weights of a given architecture, generated on the GPU: deterministic for a seed, and
+// different for another.
+TEST(GpuEngine, SyntheticModelsAreDeterministic) {
+  SKIP_WITHOUT_GPU();
+  ModelConfig c = synthetic_model_config("llama3.1-8b");
+  c.hidden_size = 256;
+  c.num_heads = 4;
+  c.num_kv_heads = 2;
+  c.head_dim = 64;
+  c.intermediate_size = 512;
+  c.num_layers = 2;
+  c.vocab_size = 1000;
+  std::vector<float> l[3];
+  for (int k = 0; k < 3; ++k) {
+    GpuExecutor gpu(cuda::SyntheticModel{c, k == 2 ? 2u : 1u}, parse_scheme("sharq"), small_blocks());
+    EXPECT_GT(gpu.weight_bytes(), 0u);
+    EXPECT_GE(gpu.load_seconds(), 0.0);
+    const SeqId s = gpu.create_sequence(16);
+    l[k] = gpu.step({StepEntry{s, {1, 2, 3, 4}, 0, false, std::nullopt}}).logits;
+  }
+  EXPECT_EQ(l[0], l[1]);
+  EXPECT_NE(l[0], l[2]);
+  for (float v : l[0]) ASSERT_TRUE(std::isfinite(v));
+  EXPECT_THROW(synthetic_model_config("gpt2"), std::invalid_argument);
+}
+
+TEST(GpuEngine, TooManyLogitsRowsAreRefused) {
+  SKIP_WITHOUT_GPU();
+  const ModelWeights w = load_model_weights(tiny("llama3"));
+  EngineOptions o = small_blocks();
+  o.max_logit_rows = 4;
+  GpuExecutor gpu(w, parse_scheme("bf16"), o);
+  const SeqId s = gpu.create_sequence(16);
+  EXPECT_NE(what_of([&] { gpu.step({StepEntry{s, {1, 2, 3, 4, 5}, 0, true, std::nullopt}}); }).find("max_logit_rows"),
+            std::string::npos);
+  EXPECT_EQ(gpu.sequence_length(s), 0);
+  EXPECT_EQ(gpu.step({StepEntry{s, {1, 2, 3, 4}, 0, true, std::nullopt}}).logits.size(), 4u * 256u);
+  o.max_logit_rows = 65;
+  EXPECT_NE(what_of([&] { GpuExecutor(w, parse_scheme("bf16"), o); }).find("max_logit_rows"), std::string::npos);
 }
 
 }  // namespace

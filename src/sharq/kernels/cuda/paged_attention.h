@@ -1,19 +1,40 @@
 // Causal attention over the paged KV cache (transformer_ops.h), for a step that mixes sequences of
 // different lengths, prefill chunks and decode tokens: each row (token) attends to the keys of its
 // own sequence at positions max(0, pos + 1 - window) .. pos (window 0: all), which the step has
-// already written into the cache. GQA: query head h reads KV head h / (nh / nkv).
+// already written into the cache. GQA: query head h reads KV head h / (nh / nkv). Scores
+// q.k / sqrt(hd) and the softmax in FP32, FP32 accumulation, out rounded once to T (FP16 / BF16).
 //
-// One warp per (row, query head): scores q.k * 1/sqrt(hd) in FP32, online softmax (running max and
-// sum), FP32 accumulation of V, out = T(acc / sum). A row's result depends only on its sequence's
-// cache and its position, never on the other rows of the step (the batch-invariance rule: no
-// split over the keys at all yet).
+// Two kernels share the step, chosen per row on the host (plan_attention):
 //
-// This is the correctness-first kernel of the engine's first increment: each key costs a warp
-// reduction, so long contexts are slow. The engine issue replaces it with a tiled FlashAttention-2
-// prefill kernel and a split-KV decode kernel over the same cache layout.
+//   decode  (entries of 1 row, or every row in batch-invariant mode, or head dims the prefill kernel
+//           lacks): split-KV flash-decoding on CUDA cores, FP32 q. One CTA per (row, split, group
+//           of <= 8 query heads of one KV head): each K/V row is loaded once (cp.async, 16 B) into
+//           shared memory and serves every query head of the group. A row's attended range of
+//           len = pos + 1 - j0 keys is cut by the SPLIT RULE, a function of len only:
+//               chunk = max(64, round_up(ceil(len / 16), 64)),  splits = ceil(len / chunk) <= 16
+//           split s covers keys j0 + s * chunk .. (clipped to pos); each split runs an online
+//           softmax over tiles of 64 keys and writes (max, sum, acc) partials; a combine kernel
+//           merges them in split order (a single split writes the output directly). Nothing in a
+//           row's arithmetic depends on M, the other rows or the SM count, so its output bits
+//           depend only on its sequence's cache, its position and the window (batch invariance).
+//   prefill (tiles of <= kAttentionTileRows consecutive rows of one sequence, head_dim 64 / 128):
+//           FlashAttention-2 over the same paged cache, one CTA of 4 warps per (tile, query head),
+//           16 query rows per warp, keys in blocks of 64 read through the block table (cp.async,
+//           double-buffered), mma.sync m16n8k16 with FP32 accumulation for Q K^T and P V: q is
+//           rounded to T when loaded and P to T for the second product (the row sum uses the
+//           rounded P, so the weights stay a convex combination).
+//
+// Both kernels are launched with grids that depend only on the host counts (n_decode, n_tiles, nh):
+// no allocation, no host synchronization, capturable in a CUDA graph. Decode CTAs past a row's split
+// count exit at once. The launches use programmatic dependent launch: a kernel reads the step metadata
+// (the plan's lists, rows.pos / table_off / table) BEFORE waiting for the preceding kernel, so that
+// metadata must not be written by the kernel launched just before (a copy at the start of the step,
+// as the engine's, is fine); q and the cache are read after the wait.
 #pragma once
 
+#include <cstddef>
 #include <cstdint>
+#include <vector>
 
 #include <cuda_runtime.h>
 
@@ -21,8 +42,44 @@
 
 namespace sharq::cuda {
 
-// q: M x nh*hd FP32 (RoPE applied); out: M x nh*hd of `t`.
+// The attention work of one step, built on the host (plan_attention) and copied to the device with
+// the step's other metadata by the caller.
+struct AttentionPlan {
+  const int32_t* decode_rows = nullptr;    // device: rows handled by the split-KV (flash-decoding) kernel
+  int32_t n_decode = 0;                    // host count
+  const int32_t* prefill_tiles = nullptr;  // device: n_tiles pairs {first row, row count}; a tile's rows are
+                                           // consecutive rows of ONE sequence at consecutive positions
+  int32_t n_tiles = 0;                     // host count
+  void* workspace = nullptr;               // paged_attention_workspace_bytes(...) bytes, 16-byte aligned
+};
+
+// Rows of one prefill tile (the prefill kernel's query tile).
+inline constexpr int kAttentionTileRows = 64;
+
+// Head dims the prefill kernel is built for; other dims send every row to the decode kernel.
+bool prefill_attention_supports(int head_dim);
+
+// Host side: the plan's contents for a step whose entries have entry_rows[i] new tokens each, laid out
+// consecutively in row order (entry 0's rows first). Entries of 1 row go to the decode kernel; longer
+// entries are cut into prefill tiles of <= kAttentionTileRows rows (64-row tiles from the entry's first
+// row, the remainder last). batch_invariant: every row goes to the decode kernel (so a row's bits never
+// depend on what else shares the step). Also sends every row to the decode kernel when head_dim is not
+// one the prefill kernel supports. Entries of 0 rows are allowed (they own no row).
+struct AttentionWork {
+  std::vector<int32_t> decode_rows, prefill_tiles;
+};
+AttentionWork plan_attention(const std::vector<int64_t>& entry_rows, int head_dim, bool batch_invariant);
+
+// Device bytes of the split partials for up to max_rows decode rows of nh heads of head_dim (the decode
+// rows are processed in launches of at most 128 rows that reuse the workspace, so this stops growing at
+// max_rows = 128: 128 * nh * 16 * (head_dim + 2) * 4 bytes, ~34 MB for 32 heads of 128). A multiple of
+// 16; 0 for max_rows = 0.
+size_t paged_attention_workspace_bytes(int64_t max_rows, int nh, int head_dim);
+
+// q: M x nh*hd FP32 (RoPE applied); out: M x nh*hd of `t` (FP16 or BF16, the cache's type too).
+// plan: every row of the step in exactly one of decode_rows / prefill_tiles (not checked: device data).
+// Prefill tiles need head_dim 64 or 128, and q, kv.k, kv.v 16-byte aligned.
 void paged_attention(const float* q, int64_t M, int nh, const RowMap& rows, const PagedKv& kv, int64_t window, DType t,
-                     void* out, cudaStream_t stream);
+                     const AttentionPlan& plan, void* out, cudaStream_t stream);
 
 }  // namespace sharq::cuda

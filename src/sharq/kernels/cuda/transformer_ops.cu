@@ -67,7 +67,24 @@ __global__ void rmsnorm_kernel(const float* __restrict__ x, const int32_t* __res
 // grid (M, nh + nkv), block = round_up(hd, 32) threads: head y < nh is a query head, else KV head
 // y - nh (its k is normed/rotated and written with its v).
 template <class T>
-__global__ void qk_rope_kernel(const T* __restrict__ q, const T* __restrict__ k, const T* __restrict__ v, int nh,
+__global__ void add_rmsnorm_kernel(float* __restrict__ x, const T* __restrict__ o, int64_t H, const float* __restrict__ w,
+                                   float eps, T* __restrict__ y) {
+  const int64_t r = blockIdx.x;
+  float* xr = x + r * H;
+  const T* orow = o + r * H;
+  float ss = 0.0f;
+  for (int64_t h = threadIdx.x; h < H; h += blockDim.x) {
+    const float v = xr[h] + to_f(orow[h]);
+    xr[h] = v;
+    ss += v * v;
+  }
+  ss = block_sum(ss);
+  const float inv = 1.0f / sqrtf(ss / static_cast<float>(H) + eps);
+  for (int64_t h = threadIdx.x; h < H; h += blockDim.x) y[r * H + h] = from_f<T>(w[h] * (xr[h] * inv));
+}
+
+template <class T>
+__global__ void qk_rope_kernel(const T* __restrict__ q, const T* __restrict__ k, const T* __restrict__ v, int64_t ld, int nh,
                                const float* __restrict__ q_norm, const float* __restrict__ k_norm, float eps,
                                const float* __restrict__ inv_freq, int interleaved, RowMap rows, PagedKv kv,
                                float* __restrict__ q_out) {
@@ -76,7 +93,7 @@ __global__ void qk_rope_kernel(const T* __restrict__ q, const T* __restrict__ k,
   const int y = blockIdx.y, d = threadIdx.x, hd = kv.head_dim, nkv = kv.kv_heads;
   const bool is_q = y < nh;
   const int hh = is_q ? y : y - nh;
-  const T* src = is_q ? q + (m * nh + hh) * hd : k + (m * nkv + hh) * hd;
+  const T* src = (is_q ? q : k) + m * ld + hh * hd;
   const float* nw = is_q ? q_norm : k_norm;
   const float val = d < hd ? to_f(src[d]) : 0.0f;
   float xv = val;
@@ -107,16 +124,17 @@ __global__ void qk_rope_kernel(const T* __restrict__ q, const T* __restrict__ k,
   if (!is_q && d < hd) {
     const int32_t blk = rows.table[rows.table_off[m] + pos / kv.block_size];
     const int64_t base = ((static_cast<int64_t>(blk) * kv.block_size + pos % kv.block_size) * nkv + hh) * hd;
-    static_cast<T*>(kv.v)[base + d] = v[(m * nkv + hh) * hd + d];
+    static_cast<T*>(kv.v)[base + d] = v[m * ld + hh * hd + d];
   }
 }
 
 template <class T>
-__global__ void swiglu_kernel(const T* __restrict__ g, const T* __restrict__ u, int64_t n, T* __restrict__ out) {
+__global__ void swiglu_kernel(const T* __restrict__ gu, int64_t M, int64_t I, T* __restrict__ out) {
   const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (i >= n) return;
-  const float gv = to_f(g[i]);
-  out[i] = from_f<T>(gv / (1.0f + expf(-gv)) * to_f(u[i]));
+  if (i >= M * I) return;
+  const int64_t m = i / I, c = i % I;
+  const float gv = to_f(gu[m * 2 * I + c]);
+  out[i] = from_f<T>(gv / (1.0f + expf(-gv)) * to_f(gu[m * 2 * I + I + c]));
 }
 
 template <class T>
@@ -154,7 +172,21 @@ void rmsnorm_rows(const float* x, const int32_t* rows, int64_t R, int64_t H, con
   SHARQ_CUDA_CHECK(cudaGetLastError());
 }
 
-void qk_rope_kv_write(const void* q, const void* k, const void* v, int64_t M, int nh, const float* q_norm,
+void add_rmsnorm(float* x, const void* o, int64_t M, int64_t H, const float* w, float eps, DType t, void* y,
+                 cudaStream_t stream) {
+  check_rows(M, "add_rmsnorm");
+  if (M == 0) return;
+  if (!x || !o || !w || !y || H <= 0) throw std::invalid_argument("add_rmsnorm: null pointer or H <= 0");
+  if (t == DType::f16)
+    add_rmsnorm_kernel<__half><<<static_cast<unsigned>(M), kThreads, 0, stream>>>(x, static_cast<const __half*>(o), H, w, eps,
+                                                                                  static_cast<__half*>(y));
+  else
+    add_rmsnorm_kernel<__nv_bfloat16><<<static_cast<unsigned>(M), kThreads, 0, stream>>>(
+        x, static_cast<const __nv_bfloat16*>(o), H, w, eps, static_cast<__nv_bfloat16*>(y));
+  SHARQ_CUDA_CHECK(cudaGetLastError());
+}
+
+void qk_rope_kv_write(const void* q, const void* k, const void* v, int64_t ld, int64_t M, int nh, const float* q_norm,
                       const float* k_norm, float eps, const float* inv_freq, bool interleaved, const RowMap& rows,
                       const PagedKv& kv, DType t, float* q_out, cudaStream_t stream) {
   check_rows(M, "qk_rope_kv_write");
@@ -164,29 +196,32 @@ void qk_rope_kv_write(const void* q, const void* k, const void* v, int64_t M, in
   if (kv.head_dim <= 0 || kv.head_dim > 1024 || kv.head_dim % 2 != 0 || nh <= 0 || kv.kv_heads <= 0 ||
       nh % kv.kv_heads != 0 || nh + kv.kv_heads > 65535)
     throw std::invalid_argument(fmt::format("qk_rope_kv_write: heads {} / {} of dim {}", nh, kv.kv_heads, kv.head_dim));
+  if (ld < static_cast<int64_t>(nh) * kv.head_dim)
+    throw std::invalid_argument(fmt::format("qk_rope_kv_write: row stride {} < {} query values", ld, nh * kv.head_dim));
   const dim3 grid(static_cast<unsigned>(M), static_cast<unsigned>(nh + kv.kv_heads));
   const int threads = (kv.head_dim + 31) / 32 * 32;
   const size_t smem = static_cast<size_t>(kv.head_dim) * sizeof(float);
   if (t == DType::f16)
     qk_rope_kernel<__half><<<grid, threads, smem, stream>>>(static_cast<const __half*>(q), static_cast<const __half*>(k),
-                                                            static_cast<const __half*>(v), nh, q_norm, k_norm, eps,
+                                                            static_cast<const __half*>(v), ld, nh, q_norm, k_norm, eps,
                                                             inv_freq, interleaved, rows, kv, q_out);
   else
     qk_rope_kernel<__nv_bfloat16><<<grid, threads, smem, stream>>>(
         static_cast<const __nv_bfloat16*>(q), static_cast<const __nv_bfloat16*>(k), static_cast<const __nv_bfloat16*>(v),
-        nh, q_norm, k_norm, eps, inv_freq, interleaved, rows, kv, q_out);
+        ld, nh, q_norm, k_norm, eps, inv_freq, interleaved, rows, kv, q_out);
   SHARQ_CUDA_CHECK(cudaGetLastError());
 }
 
-void swiglu(const void* g, const void* u, int64_t n, DType t, void* out, cudaStream_t stream) {
-  if (n <= 0) return;
-  if (!g || !u || !out) throw std::invalid_argument("swiglu: null pointer");
+void swiglu(const void* gu, int64_t M, int64_t I, DType t, void* out, cudaStream_t stream) {
+  if (M <= 0 || I <= 0) return;
+  if (!gu || !out) throw std::invalid_argument("swiglu: null pointer");
+  const int64_t n = M * I;
   if (t == DType::f16)
-    swiglu_kernel<__half><<<blocks_for(n), kThreads, 0, stream>>>(static_cast<const __half*>(g),
-                                                                  static_cast<const __half*>(u), n, static_cast<__half*>(out));
+    swiglu_kernel<__half><<<blocks_for(n), kThreads, 0, stream>>>(static_cast<const __half*>(gu), M, I,
+                                                                  static_cast<__half*>(out));
   else
-    swiglu_kernel<__nv_bfloat16><<<blocks_for(n), kThreads, 0, stream>>>(
-        static_cast<const __nv_bfloat16*>(g), static_cast<const __nv_bfloat16*>(u), n, static_cast<__nv_bfloat16*>(out));
+    swiglu_kernel<__nv_bfloat16><<<blocks_for(n), kThreads, 0, stream>>>(static_cast<const __nv_bfloat16*>(gu), M, I,
+                                                                         static_cast<__nv_bfloat16*>(out));
   SHARQ_CUDA_CHECK(cudaGetLastError());
 }
 

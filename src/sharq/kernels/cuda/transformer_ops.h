@@ -42,15 +42,22 @@ void embed_rows(const void* embed_bf16, const int32_t* tok, int64_t M, int64_t H
 void rmsnorm_rows(const float* x, const int32_t* rows, int64_t R, int64_t H, const float* w, float eps, DType t, void* y,
                   cudaStream_t stream);
 
+// x[m][:] += float(o[m][:]), then y[m][:] = RMSNorm(x[m][:]) * w (residual_add + rmsnorm_rows in
+// one pass, the same arithmetic), for m < M.
+void add_rmsnorm(float* x, const void* o, int64_t M, int64_t H, const float* w, float eps, DType t, void* y,
+                 cudaStream_t stream);
+
 // For each row: optional per-head RMSNorm of q and k (q_norm / k_norm: head_dim weights, or null),
-// RoPE at the row's position, q out as FP32 (M x nh*hd), k and v (M x nkv*hd, of `t`) written into
-// the paged cache at the row's position.
-void qk_rope_kv_write(const void* q, const void* k, const void* v, int64_t M, int nh, const float* q_norm,
+// RoPE at the row's position, q out as FP32 (M x nh*hd), k and v (nkv*hd values of `t` per row)
+// written into the paged cache at the row's position. q, k and v rows are `ld` elements apart (the
+// fused q/k/v projection's output: q = qkv, k = qkv + nh*hd, v = k + nkv*hd, ld = (nh + 2 nkv) hd).
+void qk_rope_kv_write(const void* q, const void* k, const void* v, int64_t ld, int64_t M, int nh, const float* q_norm,
                       const float* k_norm, float eps, const float* inv_freq, bool interleaved, const RowMap& rows,
                       const PagedKv& kv, DType t, float* q_out, cudaStream_t stream);
 
-// out = T(silu(g) * u), n elements.
-void swiglu(const void* g, const void* u, int64_t n, DType t, void* out, cudaStream_t stream);
+// out[m][i] = T(silu(gu[m][i]) * gu[m][I + i]) for i < I: gu is the fused gate/up projection's
+// output (M x 2I, gate first), out M x I.
+void swiglu(const void* gu, int64_t M, int64_t I, DType t, void* out, cudaStream_t stream);
 
 // x += float(o), n elements.
 void residual_add(float* x, const void* o, int64_t n, DType t, cudaStream_t stream);

@@ -58,9 +58,10 @@ StepOutput CpuExecutor::step(const std::vector<StepEntry>& batch) {
     segs.push_back(ForwardSegment{e.tokens.data(), static_cast<int64_t>(e.tokens.size()), &s.cache, e.all_logits});
     seq_of.push_back(&s);
   }
-  StepOutput out = shape_step_output(batch, V);
+  StepOutput out = shape_step_output(batch, V, /*ignore_return_logits=*/true);
   model_->forward_batch(segs, out.logits.data(), observer_);
   sample_step(batch, out, [&](size_t i) -> SamplerStream& { return seq_of[i]->sampler; });
+  drop_unreturned_logits(batch, out);
   return out;
 }
 

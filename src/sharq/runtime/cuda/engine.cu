@@ -1,7 +1,9 @@
 #include "sharq/runtime/cuda/engine.h"
 
 #include <algorithm>
+#include <chrono>
 #include <cmath>
+#include <cstring>
 #include <stdexcept>
 
 #include <fmt/format.h>
@@ -10,56 +12,157 @@
 #include "sharq/kernels/cuda/cublaslt_gemm.h"
 #include "sharq/kernels/cuda/cuda_check.h"
 #include "sharq/kernels/cuda/paged_attention.h"
+#include "sharq/kernels/cuda/sampling.h"
 #include "sharq/kernels/cuda/transformer_ops.h"
+#include "sharq/kernels/cuda/weight_quant.h"
 #include "sharq/model/rope.h"
 #include "sharq/runtime/cuda/gpu_linear.h"
+#include "sharq/runtime/sampler.h"
 
 namespace sharq::cuda {
 namespace {
 
-DeviceBuffer<float> upload_f32(const TensorView& t) {
-  const std::vector<float> v = to_f32(t);
+// ---- where the weights come from ---------------------------------------------------------------
+enum class Mat { embed, lm_head, q, k, v, o, gate, up, down };
+enum class Vec { none, final_norm, attn_norm, mlp_norm, q_norm, k_norm, q_bias, k_bias, v_bias, o_bias };
+
+class Source {
+ public:
+  virtual ~Source() = default;
+  // The FP32 values of a matrix (rows x cols) into `dst` on the device, ordered on `stream`.
+  virtual void matrix(Mat m, int64_t layer, int64_t rows, int64_t cols, float* dst, cudaStream_t stream) = 0;
+  // A small vector on the host; empty when the model has none (biases, q/k norms).
+  virtual std::vector<float> vec(Vec v, int64_t layer, int64_t n) = 0;
+};
+
+class CheckpointSource final : public Source {
+ public:
+  explicit CheckpointSource(const ModelWeights& w) : w_(w) {}
+  void matrix(Mat m, int64_t l, int64_t rows, int64_t cols, float* dst, cudaStream_t stream) override {
+    const LayerWeights lw = m == Mat::embed || m == Mat::lm_head ? LayerWeights{} : w_.layer(l);
+    const TensorView* t = nullptr;
+    switch (m) {
+      case Mat::embed: t = &w_.embed_tokens(); break;
+      case Mat::lm_head: t = &w_.lm_head(); break;
+      case Mat::q: t = lw.q; break;
+      case Mat::k: t = lw.k; break;
+      case Mat::v: t = lw.v; break;
+      case Mat::o: t = lw.o; break;
+      case Mat::gate: t = lw.gate; break;
+      case Mat::up: t = lw.up; break;
+      case Mat::down: t = lw.down; break;
+    }
+    if (!t || t->numel() != rows * cols)
+      throw std::invalid_argument(fmt::format("GpuExecutor: {}: a weight of layer {} is missing or not {} x {}", w_.source, l,
+                                              rows, cols));
+    const float* in = f32_in_place(*t);
+    std::vector<float> tmp;
+    if (!in) {
+      tmp = to_f32(*t);
+      in = tmp.data();
+    }
+    SHARQ_CUDA_CHECK(cudaStreamSynchronize(stream));  // the previous user of `dst` is done
+    SHARQ_CUDA_CHECK(cudaMemcpy(dst, in, static_cast<size_t>(rows * cols) * sizeof(float), cudaMemcpyHostToDevice));
+  }
+  std::vector<float> vec(Vec v, int64_t l, int64_t n) override {
+    const TensorView* t = nullptr;
+    if (v == Vec::none) return {};
+    if (v == Vec::final_norm) {
+      t = &w_.final_norm();
+    } else {
+      const LayerWeights lw = w_.layer(l);
+      switch (v) {
+        case Vec::attn_norm: t = lw.attn_norm; break;
+        case Vec::mlp_norm: t = lw.mlp_norm; break;
+        case Vec::q_norm: t = lw.q_norm; break;
+        case Vec::k_norm: t = lw.k_norm; break;
+        case Vec::q_bias: t = lw.q_bias; break;
+        case Vec::k_bias: t = lw.k_bias; break;
+        case Vec::v_bias: t = lw.v_bias; break;
+        case Vec::o_bias: t = lw.o_bias; break;
+        default: break;
+      }
+    }
+    if (!t) return {};
+    if (t->numel() != n)
+      throw std::invalid_argument(fmt::format("GpuExecutor: {}: a vector of layer {} has {} values, not {}", w_.source, l,
+                                              t->numel(), n));
+    return to_f32(*t);
+  }
+
+ private:
+  const ModelWeights& w_;
+};
+
+class SyntheticSource final : public Source {
+ public:
+  SyntheticSource(const ModelConfig& c, uint64_t seed) : c_(c), seed_(seed) {}
+  void matrix(Mat m, int64_t l, int64_t rows, int64_t cols, float* dst, cudaStream_t stream) override {
+    // uniform on [-a, a) with a = 0.02 * sqrt(3): standard deviation 0.02, as initialized models
+    fill_synthetic(dst, rows * cols, seed_ * 1000003u + static_cast<uint64_t>(m) * 1009u + static_cast<uint64_t>(l + 1),
+                   0.0346410162f, 0.0f, stream);
+  }
+  std::vector<float> vec(Vec v, int64_t, int64_t n) override {
+    switch (v) {
+      case Vec::none:
+        return {};
+      case Vec::q_norm:
+      case Vec::k_norm:
+        if (!c_.qk_norm) return {};
+        break;
+      case Vec::q_bias:
+      case Vec::k_bias:
+      case Vec::v_bias:
+        if (!c_.attention_bias) return {};
+        return std::vector<float>(static_cast<size_t>(n), 0.01f);
+      case Vec::o_bias:
+        if (!c_.attention_output_bias) return {};
+        return std::vector<float>(static_cast<size_t>(n), 0.01f);
+      default:
+        break;
+    }
+    return std::vector<float>(static_cast<size_t>(n), 1.0f);
+  }
+
+ private:
+  ModelConfig c_;
+  uint64_t seed_;
+};
+
+DeviceBuffer<float> upload_vec(const std::vector<float>& v) {
   DeviceBuffer<float> d(v.size());
   d.upload(v.data());
   return d;
 }
 
-// A 16-bit copy (BF16, or FP16 when `fp16`) of a view, converted through FP32 one tensor at a time.
-DeviceBuffer<uint16_t> upload_16(const TensorView& t, bool fp16) {
-  const std::vector<float> v = to_f32(t);
-  std::vector<uint16_t> h(v.size());
-  for (size_t i = 0; i < v.size(); ++i) h[i] = fp16 ? fp16_encode(v[i]) : bf16_encode(v[i]);
-  DeviceBuffer<uint16_t> d(h.size());
-  d.upload(h.data());
-  return d;
-}
-
-std::unique_ptr<GpuLinear> make_linear(const TensorView& w, const TensorView* b, const Scheme& s,
-                                       const GpuLinearOptions& opt, CublasLtGemm* blas) {
-  const std::vector<float> bias = b ? to_f32(*b) : std::vector<float>{};
-  const float* wp = f32_in_place(w);
-  std::vector<float> tmp;
-  if (!wp) {
-    tmp = to_f32(w);
-    wp = tmp.data();
-  }
-  return std::make_unique<GpuLinear>(s, wp, w.shape[0], w.shape[1], opt, blas, b ? bias.data() : nullptr);
-}
-
-struct PinnedInts {  // page-locked host staging of the step metadata (one async copy per step)
-  int32_t* p = nullptr;
-  size_t n = 0;
-  explicit PinnedInts(size_t count) : n(count) { SHARQ_CUDA_CHECK(cudaMallocHost(&p, count * sizeof(int32_t))); }
-  ~PinnedInts() { if (p) cudaFreeHost(p); }
-  PinnedInts(const PinnedInts&) = delete;
-  PinnedInts& operator=(const PinnedInts&) = delete;
+struct Pinned {  // page-locked host staging (one async copy each way per step)
+  void* p = nullptr;
+  explicit Pinned(size_t bytes) { SHARQ_CUDA_CHECK(cudaMallocHost(&p, bytes)); }
+  ~Pinned() { if (p) cudaFreeHost(p); }
+  Pinned(const Pinned&) = delete;
+  Pinned& operator=(const Pinned&) = delete;
 };
+
+struct Graph {
+  cudaGraphExec_t exec = nullptr;
+  ~Graph() { if (exec) cudaGraphExecDestroy(exec); }
+};
+
+// Decode steps are padded to one of these row counts (then multiples of 64).
+int64_t decode_bucket(int64_t M) {
+  for (int64_t b : {1, 2, 4, 8, 16, 24, 32, 48, 64})
+    if (M <= b) return b;
+  return (M + 63) / 64 * 64;
+}
+
+enum Cat { kOther, kPrep, kGemm, kAttention, kLmHead, kSampling, kCats };
+const char* const kCatNames[kCats] = {"norms_rope_other", "prep", "gemm", "attention", "lm_head", "sampling"};
 
 }  // namespace
 
 struct GpuExecutor::Impl {
   struct Layer {
-    std::unique_ptr<GpuLinear> q, k, v, o, gate, up, down;
+    std::unique_ptr<GpuLinear> qkv, o, gate_up, down;  // q/k/v and gate/up stacked: one GEMM each
     DeviceBuffer<float> attn_norm, mlp_norm, q_norm, k_norm;
   };
   struct Sequence {
@@ -72,40 +175,54 @@ struct GpuExecutor::Impl {
   Scheme scheme;
   EngineOptions opt;
   DType t = DType::bf16;
-  int64_t H = 0, qd = 0, kvd = 0, I = 0, V = 0, maxM = 0;
+  int64_t H = 0, qd = 0, kvd = 0, I = 0, V = 0, maxM = 0, maxR = 0, qkvd = 0;
+  double load_s = 0.0;
   cudaStream_t stream = nullptr;
   std::unique_ptr<CublasLtGemm> blas;
   DeviceBuffer<uint16_t> embed, lm_head;
   DeviceBuffer<float> final_norm, inv_freq;
   std::vector<Layer> layers;
   std::unique_ptr<GpuActivations> acts_h, acts_q, acts_i;
-  DeviceBuffer<uint8_t> workspace;
-  // activations (max_batch_tokens rows)
+  DeviceBuffer<uint8_t> workspace, attn_ws;
+  // activations (max_batch_tokens rows; logits max_logit_rows)
   DeviceBuffer<float> x, q32, logits;
-  DeviceBuffer<uint16_t> h, qb, kb, vb, att, ob, gb, ub, ab, hn;
-  // KV cache
+  DeviceBuffer<uint16_t> h, qkvb, att, ob, gub, ab, hn;
+  // KV cache: n_blocks usable blocks + block n_blocks for the padding rows of decode steps
   DeviceBuffer<uint16_t> kv_pool;
   int64_t n_blocks = 0;
   std::vector<int32_t> refcount, free_list;
   std::map<SeqId, Sequence> seqs;
   SeqId next_id = 0;
-  // step metadata: tok[maxM] pos[maxM] table_off[maxM] out_rows[maxM] table[n_blocks]
+  // step metadata (int32): tok[P] pos[P] toff[P] drows[P] tiles[2P] orow[R] table[n_blocks + 1]
+  size_t o_tok = 0, o_pos = 0, o_toff = 0, o_drows = 0, o_tiles = 0, o_orow = 0, o_table = 0, meta_words = 0;
   DeviceBuffer<int32_t> meta;
-  std::unique_ptr<PinnedInts> meta_host;
+  std::unique_ptr<Pinned> meta_host;
+  DeviceBuffer<SampleRequest> req;
+  std::unique_ptr<Pinned> req_host;
+  DeviceBuffer<int32_t> samp_out;  // tokens[R], then logprobs[R] (float bits)
+  std::unique_ptr<Pinned> samp_host;
+  std::map<int64_t, std::unique_ptr<Graph>> graphs;
+  // profiling
+  bool profiling = false;
+  std::vector<cudaEvent_t> events;
+  std::vector<int> event_cat;
+  StepProfile profile;
 
   ~Impl() {
-    if (stream) {
-      cudaStreamSynchronize(stream);
-      cudaStreamDestroy(stream);
-    }
+    if (stream) cudaStreamSynchronize(stream);
+    graphs.clear();
+    for (cudaEvent_t e : events) cudaEventDestroy(e);
+    if (stream) cudaStreamDestroy(stream);
   }
+
+  int32_t* host_meta() const { return static_cast<int32_t*>(meta_host->p); }
 
   PagedKv layer_kv(int64_t l) const {
     PagedKv kv;
-    const int64_t per = n_blocks * opt.block_size * kvd;  // elements of one pool
+    const int64_t per = (n_blocks + 1) * opt.block_size * kvd;  // elements of one pool
     kv.k = kv_pool.get() + (2 * l) * per;
     kv.v = kv_pool.get() + (2 * l + 1) * per;
-    kv.blocks = n_blocks;
+    kv.blocks = n_blocks + 1;
     kv.block_size = opt.block_size;
     kv.kv_heads = static_cast<int>(cfg.num_kv_heads);
     kv.head_dim = static_cast<int>(cfg.head_dim);
@@ -123,106 +240,149 @@ struct GpuExecutor::Impl {
       if (--refcount[static_cast<size_t>(b)] == 0) free_list.push_back(b);
     s.blocks.clear();
   }
+
+  void build(const ModelConfig& c, const Scheme& sch, const EngineOptions& o, Source& src);
+  void mark(int cat) {
+    if (!profiling) return;
+    if (event_cat.size() == events.size()) {
+      cudaEvent_t e;
+      SHARQ_CUDA_CHECK(cudaEventCreate(&e));
+      events.push_back(e);
+    }
+    SHARQ_CUDA_CHECK(cudaEventRecord(events[event_cat.size()], stream));
+    event_cat.push_back(cat);
+  }
+  void forward(int64_t M, int64_t R, const AttentionPlan& plan);
+  bool graph_ok() const { return !(scheme.has_act_global_scale() && scheme.act_scale == GlobalScale::per_tensor); }
 };
 
-GpuExecutor::GpuExecutor(const ModelWeights& w, const Scheme& scheme, const EngineOptions& opt)
-    : impl_(std::make_unique<Impl>()) {
-  Impl& E = *impl_;
+void GpuExecutor::Impl::build(const ModelConfig& c, const Scheme& sch, const EngineOptions& o, Source& src) {
+  Impl& E = *this;
+  const auto t0 = std::chrono::steady_clock::now();
   if (device_count() == 0)
     throw std::runtime_error("GpuExecutor: no CUDA device found (no NVIDIA driver or GPU visible); use --device cpu");
-  const std::string why = scheme_unsupported_reason(scheme, Device::cuda);
+  const std::string why = scheme_unsupported_reason(sch, Device::cuda);
   if (!why.empty()) throw std::invalid_argument("GpuExecutor: " + why);
-  w.check_dimensions();
-  const ModelConfig& c = w.config;
   if (c.num_experts > 0)
     throw std::invalid_argument(fmt::format("GpuExecutor: {} is a mixture-of-experts model; MoE runs on the CPU only for now "
                                             "(use --device cpu)", to_string(c.arch)));
-  if (opt.max_batch_tokens < 1 || opt.max_batch_tokens > (int64_t{1} << 20))
-    throw std::invalid_argument(fmt::format("GpuExecutor: max_batch_tokens = {} (1 .. 2^20)", opt.max_batch_tokens));
-  if (opt.block_size < 1 || opt.block_size > 1024)
-    throw std::invalid_argument(fmt::format("GpuExecutor: block_size = {} (1 .. 1024)", opt.block_size));
-  if (opt.kv_blocks < 0 || !(opt.gpu_memory > 0.0 && opt.gpu_memory <= 1.0))
-    throw std::invalid_argument(fmt::format("GpuExecutor: kv_blocks = {}, gpu_memory = {} (> 0 and <= 1)", opt.kv_blocks,
-                                            opt.gpu_memory));
+  if (o.max_batch_tokens < 1 || o.max_batch_tokens > (int64_t{1} << 20))
+    throw std::invalid_argument(fmt::format("GpuExecutor: max_batch_tokens = {} (1 .. 2^20)", o.max_batch_tokens));
+  if (o.max_logit_rows < 0 || o.max_logit_rows > o.max_batch_tokens)
+    throw std::invalid_argument(fmt::format("GpuExecutor: max_logit_rows = {} (0 .. max_batch_tokens = {})", o.max_logit_rows,
+                                            o.max_batch_tokens));
+  if (o.block_size < 1 || o.block_size > 1024)
+    throw std::invalid_argument(fmt::format("GpuExecutor: block_size = {} (1 .. 1024)", o.block_size));
+  if (o.kv_blocks < 0 || o.kv_blocks > 0x7FFFFFF0 || !(o.gpu_memory > 0.0 && o.gpu_memory <= 1.0))
+    throw std::invalid_argument(fmt::format("GpuExecutor: kv_blocks = {}, gpu_memory = {} (> 0 and <= 1)", o.kv_blocks,
+                                            o.gpu_memory));
   E.cfg = c;
-  E.scheme = scheme;
-  E.opt = opt;
-  E.t = act_dtype(scheme);
+  E.scheme = sch;
+  E.opt = o;
+  E.t = act_dtype(sch);
   E.H = c.hidden_size;
   E.qd = c.num_heads * c.head_dim;
   E.kvd = c.num_kv_heads * c.head_dim;
   E.I = c.intermediate_size;
   E.V = c.vocab_size;
-  E.maxM = opt.max_batch_tokens;
+  E.qkvd = E.qd + 2 * E.kvd;
+  E.maxM = o.max_batch_tokens;
+  E.maxR = o.max_logit_rows > 0 ? o.max_logit_rows : o.max_batch_tokens;
   SHARQ_CUDA_CHECK(cudaStreamCreateWithFlags(&E.stream, cudaStreamNonBlocking));
   E.blas = std::make_unique<CublasLtGemm>();
+  cudaStream_t st = E.stream;
 
-  const bool fp16 = E.t == DType::f16;
-  E.embed = upload_16(w.embed_tokens(), false);  // BF16 rows, widened into the FP32 residual stream
-  E.lm_head = upload_16(w.lm_head(), fp16);
-  E.final_norm = upload_f32(w.final_norm());
-  {
-    const std::vector<float> f = rope_inv_freq(c);
-    E.inv_freq = DeviceBuffer<float>(f.size());
-    E.inv_freq.upload(f.data());
-  }
-  GpuLinearOptions lo;
-  lo.max_m = E.maxM;
-  lo.own_scratch = false;
-  size_t ws = 0;
-  for (int64_t l = 0; l < c.num_layers; ++l) {
-    const LayerWeights lw = w.layer(l);
-    Impl::Layer L;
-    L.attn_norm = upload_f32(*lw.attn_norm);
-    L.mlp_norm = upload_f32(*lw.mlp_norm);
-    if (lw.q_norm) L.q_norm = upload_f32(*lw.q_norm);
-    if (lw.k_norm) L.k_norm = upload_f32(*lw.k_norm);
-    L.q = make_linear(*lw.q, lw.q_bias, scheme, lo, E.blas.get());
-    L.k = make_linear(*lw.k, lw.k_bias, scheme, lo, E.blas.get());
-    L.v = make_linear(*lw.v, lw.v_bias, scheme, lo, E.blas.get());
-    L.o = make_linear(*lw.o, lw.o_bias, scheme, lo, E.blas.get());
-    L.gate = make_linear(*lw.gate, nullptr, scheme, lo, E.blas.get());
-    L.up = make_linear(*lw.up, nullptr, scheme, lo, E.blas.get());
-    L.down = make_linear(*lw.down, nullptr, scheme, lo, E.blas.get());
-    for (const GpuLinear* g : {L.q.get(), L.k.get(), L.v.get(), L.o.get(), L.gate.get(), L.up.get(), L.down.get()})
+  try {
+    const int64_t stage_n = std::max({E.V * E.H, E.qkvd * E.H, 2 * E.I * E.H});
+    DeviceBuffer<float> stage(static_cast<size_t>(stage_n));
+    const bool fp16 = E.t == DType::f16;
+    src.matrix(Mat::embed, -1, E.V, E.H, stage.get(), st);
+    E.embed = DeviceBuffer<uint16_t>(static_cast<size_t>(E.V * E.H));  // BF16 rows, widened into the FP32 stream
+    convert_weights_16(stage.get(), E.V * E.H, false, E.embed.get(), st);
+    src.matrix(Mat::lm_head, -1, E.V, E.H, stage.get(), st);
+    E.lm_head = DeviceBuffer<uint16_t>(static_cast<size_t>(E.V * E.H));
+    convert_weights_16(stage.get(), E.V * E.H, fp16, E.lm_head.get(), st);
+    E.final_norm = upload_vec(src.vec(Vec::final_norm, -1, E.H));
+    E.inv_freq = upload_vec(rope_inv_freq(c));
+    GpuLinearOptions lo;
+    lo.max_m = E.maxM;
+    lo.own_scratch = false;
+    size_t ws = 0;
+    // one layer from matrices stacked along N (each N_i x K, with its bias or none)
+    struct Part { Mat m; int64_t n; Vec bias; };
+    const auto linear = [&](int64_t l, int64_t K, std::initializer_list<Part> parts) {
+      DeviceMatrix dm{stage.get(), 0, K, {}};
+      std::vector<float> bias;
+      bool any_bias = false;
+      for (const Part& p : parts) {
+        src.matrix(p.m, l, p.n, K, stage.get() + dm.rows * K, st);
+        std::vector<float> b = src.vec(p.bias, l, p.n);
+        any_bias = any_bias || !b.empty();
+        if (b.empty()) b.assign(static_cast<size_t>(p.n), 0.0f);
+        bias.insert(bias.end(), b.begin(), b.end());
+        dm.rows += p.n;
+        dm.parts.push_back(p.n);
+      }
+      auto g = std::make_unique<GpuLinear>(sch, dm, lo, E.blas.get(), any_bias ? bias.data() : nullptr, st);
       ws = std::max(ws, g->workspace_bytes());
-    E.layers.push_back(std::move(L));
+      return g;
+    };
+    for (int64_t l = 0; l < c.num_layers; ++l) {
+      Impl::Layer L;
+      L.attn_norm = upload_vec(src.vec(Vec::attn_norm, l, E.H));
+      L.mlp_norm = upload_vec(src.vec(Vec::mlp_norm, l, E.H));
+      L.q_norm = upload_vec(src.vec(Vec::q_norm, l, c.head_dim));
+      L.k_norm = upload_vec(src.vec(Vec::k_norm, l, c.head_dim));
+      if (L.attn_norm.size() != static_cast<size_t>(E.H) || L.mlp_norm.size() != static_cast<size_t>(E.H))
+        throw std::invalid_argument(fmt::format("GpuExecutor: layer {} has no attention or MLP norm", l));
+      L.qkv = linear(l, E.H, {{Mat::q, E.qd, Vec::q_bias}, {Mat::k, E.kvd, Vec::k_bias}, {Mat::v, E.kvd, Vec::v_bias}});
+      L.o = linear(l, E.qd, {{Mat::o, E.H, Vec::o_bias}});
+      L.gate_up = linear(l, E.H, {{Mat::gate, E.I, Vec::none}, {Mat::up, E.I, Vec::none}});
+      L.down = linear(l, E.I, {{Mat::down, E.H, Vec::none}});
+      E.layers.push_back(std::move(L));
+    }
+    SHARQ_CUDA_CHECK(cudaStreamSynchronize(st));  // `stage` is freed on return
+    E.workspace = DeviceBuffer<uint8_t>(ws);
+  } catch (const std::runtime_error& e) {
+    size_t free_b = 0, total_b = 0;
+    cudaMemGetInfo(&free_b, &total_b);
+    throw std::runtime_error(fmt::format("GpuExecutor: building the '{}' weights failed ({:.1f} GiB of {:.1f} GiB free): {}",
+                                         sch.name(), free_b / 1073741824.0, total_b / 1073741824.0, e.what()));
   }
-  E.workspace = DeviceBuffer<uint8_t>(ws);
-  E.acts_h = std::make_unique<GpuActivations>(scheme, E.H, E.maxM);
-  if (E.qd != E.H) E.acts_q = std::make_unique<GpuActivations>(scheme, E.qd, E.maxM);
-  E.acts_i = std::make_unique<GpuActivations>(scheme, E.I, E.maxM);
+  E.load_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
 
-  const size_t M = static_cast<size_t>(E.maxM);
+  E.acts_h = std::make_unique<GpuActivations>(sch, E.H, E.maxM);
+  if (E.qd != E.H) E.acts_q = std::make_unique<GpuActivations>(sch, E.qd, E.maxM);
+  E.acts_i = std::make_unique<GpuActivations>(sch, E.I, E.maxM);
+  const size_t M = static_cast<size_t>(E.maxM), R = static_cast<size_t>(E.maxR);
   E.x = DeviceBuffer<float>(M * E.H);
   E.q32 = DeviceBuffer<float>(M * E.qd);
-  E.logits = DeviceBuffer<float>(M * E.V);
+  E.logits = DeviceBuffer<float>(R * E.V);
   E.h = DeviceBuffer<uint16_t>(M * E.H);
-  E.qb = DeviceBuffer<uint16_t>(M * E.qd);
-  E.kb = DeviceBuffer<uint16_t>(M * E.kvd);
-  E.vb = DeviceBuffer<uint16_t>(M * E.kvd);
+  E.qkvb = DeviceBuffer<uint16_t>(M * E.qkvd);
   E.att = DeviceBuffer<uint16_t>(M * E.qd);
   E.ob = DeviceBuffer<uint16_t>(M * E.H);
-  E.gb = DeviceBuffer<uint16_t>(M * E.I);
-  E.ub = DeviceBuffer<uint16_t>(M * E.I);
+  E.gub = DeviceBuffer<uint16_t>(M * 2 * E.I);
   E.ab = DeviceBuffer<uint16_t>(M * E.I);
-  E.hn = DeviceBuffer<uint16_t>(M * E.H);
+  E.hn = DeviceBuffer<uint16_t>(R * E.H);
+  E.attn_ws = DeviceBuffer<uint8_t>(paged_attention_workspace_bytes(E.maxM, static_cast<int>(c.num_heads),
+                                                                    static_cast<int>(c.head_dim)));
 
   // the KV cache: what is asked, or a fraction of what is free now
-  const size_t block_bytes = static_cast<size_t>(2 * c.num_layers * opt.block_size * E.kvd) * sizeof(uint16_t);
-  int64_t blocks = opt.kv_blocks;
+  const size_t block_bytes = static_cast<size_t>(2 * c.num_layers * o.block_size * E.kvd) * sizeof(uint16_t);
+  int64_t blocks = o.kv_blocks;
   if (blocks == 0) {
     size_t free_b = 0, total_b = 0;
     SHARQ_CUDA_CHECK(cudaMemGetInfo(&free_b, &total_b));
-    blocks = static_cast<int64_t>(static_cast<double>(free_b) * opt.gpu_memory / static_cast<double>(block_bytes));
-    blocks = std::min<int64_t>(blocks, 0x7FFFFFFF);
+    blocks = static_cast<int64_t>(static_cast<double>(free_b) * o.gpu_memory / static_cast<double>(block_bytes)) - 1;
+    blocks = std::min<int64_t>(blocks, 0x7FFFFFF0);
     if (blocks < 1)
       throw std::runtime_error(fmt::format("GpuExecutor: no device memory left for the KV cache ({} bytes free, one block "
                                            "needs {})", free_b, block_bytes));
   }
   E.n_blocks = blocks;
   try {
-    E.kv_pool = DeviceBuffer<uint16_t>(static_cast<size_t>(blocks) * block_bytes / sizeof(uint16_t));
+    E.kv_pool = DeviceBuffer<uint16_t>(static_cast<size_t>(blocks + 1) * block_bytes / sizeof(uint16_t));
   } catch (const std::exception& e) {
     throw std::runtime_error(fmt::format("GpuExecutor: the KV cache of {} blocks ({:.1f} MiB) does not fit: {}", blocks,
                                          static_cast<double>(blocks) * block_bytes / 1048576.0, e.what()));
@@ -230,8 +390,33 @@ GpuExecutor::GpuExecutor(const ModelWeights& w, const Scheme& scheme, const Engi
   E.refcount.assign(static_cast<size_t>(blocks), 0);
   E.free_list.reserve(static_cast<size_t>(blocks));
   for (int64_t b = blocks - 1; b >= 0; --b) E.free_list.push_back(static_cast<int32_t>(b));
-  E.meta = DeviceBuffer<int32_t>(4 * M + static_cast<size_t>(blocks));
-  E.meta_host = std::make_unique<PinnedInts>(E.meta.size());
+  E.o_tok = 0;
+  E.o_pos = M;
+  E.o_toff = 2 * M;
+  E.o_drows = 3 * M;
+  E.o_tiles = 4 * M;
+  E.o_orow = 6 * M;
+  E.o_table = 6 * M + R;
+  E.meta_words = E.o_table + static_cast<size_t>(blocks) + 1;
+  E.meta = DeviceBuffer<int32_t>(E.meta_words);
+  E.meta_host = std::make_unique<Pinned>(E.meta_words * sizeof(int32_t));
+  E.req = DeviceBuffer<SampleRequest>(R);
+  E.req_host = std::make_unique<Pinned>(R * sizeof(SampleRequest));
+  E.samp_out = DeviceBuffer<int32_t>(2 * R);
+  E.samp_host = std::make_unique<Pinned>(2 * R * sizeof(int32_t));
+}
+
+GpuExecutor::GpuExecutor(const ModelWeights& w, const Scheme& scheme, const EngineOptions& opt)
+    : impl_(std::make_unique<Impl>()) {
+  w.check_dimensions();
+  CheckpointSource src(w);
+  impl_->build(w.config, scheme, opt, src);
+}
+
+GpuExecutor::GpuExecutor(const SyntheticModel& m, const Scheme& scheme, const EngineOptions& opt)
+    : impl_(std::make_unique<Impl>()) {
+  SyntheticSource src(m.config, m.seed);
+  impl_->build(m.config, scheme, opt, src);
 }
 
 GpuExecutor::~GpuExecutor() = default;
@@ -246,13 +431,16 @@ const ModelConfig& GpuExecutor::config() const { return impl_->cfg; }
 const Scheme& GpuExecutor::scheme() const { return impl_->scheme; }
 int64_t GpuExecutor::kv_blocks() const { return impl_->n_blocks; }
 int64_t GpuExecutor::free_kv_blocks() const { return static_cast<int64_t>(impl_->free_list.size()); }
+int64_t GpuExecutor::graphs_captured() const { return static_cast<int64_t>(impl_->graphs.size()); }
+double GpuExecutor::load_seconds() const { return impl_->load_s; }
+void GpuExecutor::set_profiling(bool on) { impl_->profiling = on; }
+const StepProfile& GpuExecutor::last_profile() const { return impl_->profile; }
 
 size_t GpuExecutor::weight_bytes() const {
   const Impl& E = *impl_;
   size_t b = E.embed.bytes() + E.lm_head.bytes() + E.final_norm.bytes();
   for (const auto& L : E.layers) {
-    for (const GpuLinear* g : {L.q.get(), L.k.get(), L.v.get(), L.o.get(), L.gate.get(), L.up.get(), L.down.get()})
-      b += g->weight_bytes();
+    for (const GpuLinear* g : {L.qkv.get(), L.o.get(), L.gate_up.get(), L.down.get()}) b += g->weight_bytes();
     b += L.attn_norm.bytes() + L.mlp_norm.bytes() + L.q_norm.bytes() + L.k_norm.bytes();
   }
   return b;
@@ -277,23 +465,91 @@ void GpuExecutor::free_sequence(SeqId seq) {
 int64_t GpuExecutor::sequence_length(SeqId seq) const { return impl_->find(seq, "sequence_length").len; }
 int64_t GpuExecutor::sequence_capacity(SeqId seq) const { return impl_->find(seq, "sequence_capacity").cap; }
 
+// The whole model for M rows whose metadata is on the device; logits of the R rows listed in orow.
+// Launches only (no host synchronization): captured as the decode graphs.
+void GpuExecutor::Impl::forward(int64_t M, int64_t R, const AttentionPlan& plan) {
+  Impl& E = *this;
+  const ModelConfig& c = E.cfg;
+  cudaStream_t st = E.stream;
+  const int32_t* d = E.meta.get();
+  RowMap rows;
+  rows.pos = d + E.o_pos;
+  rows.table_off = d + E.o_toff;
+  rows.table = d + E.o_table;
+  const float eps = static_cast<float>(c.rms_norm_eps);
+  const int nh = static_cast<int>(c.num_heads);
+  GpuActivations& acts_q = E.acts_q ? *E.acts_q : *E.acts_h;
+  void* ws = E.workspace.get();
+  mark(kOther);
+  embed_rows(E.embed.get(), d + E.o_tok, M, E.H, E.x.get(), st);
+  rmsnorm_rows(E.x.get(), nullptr, M, E.H, E.layers[0].attn_norm.get(), eps, E.t, E.h.get(), st);
+  const uint16_t* qkv = E.qkvb.get();
+  for (int64_t l = 0; l < c.num_layers; ++l) {
+    const Impl::Layer& L = E.layers[static_cast<size_t>(l)];
+    const PagedKv kv = E.layer_kv(l);
+    mark(kPrep);
+    L.qkv->prepare(E.h.get(), M, *E.acts_h, st);
+    mark(kGemm);
+    L.qkv->gemm(*E.acts_h, E.qkvb.get(), st, ws);
+    mark(kOther);
+    qk_rope_kv_write(qkv, qkv + E.qd, qkv + E.qd + E.kvd, E.qkvd, M, nh, L.q_norm.get(), L.k_norm.get(), eps,
+                     E.inv_freq.get(), c.rope_interleaved, rows, kv, E.t, E.q32.get(), st);
+    mark(kAttention);
+    paged_attention(E.q32.get(), M, nh, rows, kv, c.sliding_window, E.t, plan, E.att.get(), st);
+    mark(kPrep);
+    L.o->prepare(E.att.get(), M, acts_q, st);
+    mark(kGemm);
+    L.o->gemm(acts_q, E.ob.get(), st, ws);
+    mark(kOther);
+    add_rmsnorm(E.x.get(), E.ob.get(), M, E.H, L.mlp_norm.get(), eps, E.t, E.h.get(), st);
+    mark(kPrep);
+    L.gate_up->prepare(E.h.get(), M, *E.acts_h, st);
+    mark(kGemm);
+    L.gate_up->gemm(*E.acts_h, E.gub.get(), st, ws);
+    mark(kOther);
+    swiglu(E.gub.get(), M, E.I, E.t, E.ab.get(), st);
+    mark(kPrep);
+    L.down->prepare(E.ab.get(), M, *E.acts_i, st);
+    mark(kGemm);
+    L.down->gemm(*E.acts_i, E.ob.get(), st, ws);
+    mark(kOther);
+    if (l + 1 < c.num_layers)
+      add_rmsnorm(E.x.get(), E.ob.get(), M, E.H, E.layers[static_cast<size_t>(l + 1)].attn_norm.get(), eps, E.t, E.h.get(), st);
+    else
+      residual_add(E.x.get(), E.ob.get(), M * E.H, E.t, st);
+  }
+  if (R == 0) return;
+  rmsnorm_rows(E.x.get(), d + E.o_orow, R, E.H, E.final_norm.get(), eps, E.t, E.hn.get(), st);
+  mark(kLmHead);
+  E.blas->matmul(E.t == DType::f16 ? BlasType::f16_f32out : BlasType::bf16_f32out, E.hn.get(), E.lm_head.get(),
+                 E.logits.get(), R, E.V, E.H, nullptr, nullptr, st);
+}
+
 StepOutput GpuExecutor::step(const std::vector<StepEntry>& batch) {
   Impl& E = *impl_;
-  const ModelConfig& c = E.cfg;
   check_step_batch(batch, E.V, [&](SeqId id) {
     const Impl::Sequence& s = E.find(id, "step");
     return SequenceExtent{s.len, s.cap};
   });
-  int64_t M = 0, need = 0;
+  int64_t M = 0, need = 0, R = 0, ns = 0;
+  bool decode = true;
   const int64_t bs = E.opt.block_size;
   for (const StepEntry& e : batch) {
     const Impl::Sequence& s = E.find(e.seq, "step");
     const int64_t n = static_cast<int64_t>(e.tokens.size());
     M += n;
+    decode = decode && n == 1;
     need += (s.len + n + bs - 1) / bs - static_cast<int64_t>(s.blocks.size());
+    R += e.return_logits ? (e.all_logits ? n : 1) : (e.sampling ? 1 : 0);
+    ns += e.sampling ? 1 : 0;
   }
+  // a decode step runs padded to its bucket (graph or not, so that both give the same bits)
+  const bool padded = decode && E.graph_ok() && decode_bucket(M) <= E.maxM && decode_bucket(M) <= E.maxR;
+  const int64_t P = padded ? decode_bucket(M) : M;
   if (M > E.maxM)
     throw std::invalid_argument(fmt::format("step: {} new tokens in one step exceed the engine's max_batch_tokens {}", M, E.maxM));
+  if (R > E.maxR)
+    throw std::invalid_argument(fmt::format("step: {} logits rows in one step exceed the engine's max_logit_rows {}", R, E.maxR));
   if (need > static_cast<int64_t>(E.free_list.size()))
     throw std::invalid_argument(fmt::format("step: the KV cache is exhausted: the step needs {} more blocks of {} positions, "
                                             "{} of {} are free", need, bs, E.free_list.size(), E.n_blocks));
@@ -301,13 +557,18 @@ StepOutput GpuExecutor::step(const std::vector<StepEntry>& batch) {
   if (M == 0) return out;
 
   // blocks for the new positions, then the step's metadata
-  int32_t* tok = E.meta_host->p;
-  int32_t* pos = tok + E.maxM;
-  int32_t* toff = pos + E.maxM;
-  int32_t* orow = toff + E.maxM;
-  int32_t* table = orow + E.maxM;
-  int64_t r = 0, R = 0, tsize = 0;
-  for (const StepEntry& e : batch) {
+  int32_t* hm = E.host_meta();
+  int32_t* tok = hm + E.o_tok;
+  int32_t* pos = hm + E.o_pos;
+  int32_t* toff = hm + E.o_toff;
+  int32_t* orow = hm + E.o_orow;
+  int32_t* table = hm + E.o_table;
+  SampleRequest* rq = static_cast<SampleRequest*>(E.req_host->p);
+  std::vector<int64_t> entry_rows;
+  std::vector<int32_t> last_row(batch.size());
+  int64_t r = 0, tsize = 0;
+  for (size_t i = 0; i < batch.size(); ++i) {
+    const StepEntry& e = batch[i];
     Impl::Sequence& s = E.find(e.seq, "step");
     const int64_t n = static_cast<int64_t>(e.tokens.size());
     while (static_cast<int64_t>(s.blocks.size()) * bs < s.len + n) {
@@ -319,61 +580,184 @@ StepOutput GpuExecutor::step(const std::vector<StepEntry>& batch) {
     const int64_t off = tsize;
     std::copy(s.blocks.begin(), s.blocks.end(), table + tsize);
     tsize += static_cast<int64_t>(s.blocks.size());
-    for (int64_t i = 0; i < n; ++i, ++r) {
-      tok[r] = e.tokens[static_cast<size_t>(i)];
-      pos[r] = static_cast<int32_t>(s.len + i);
+    for (int64_t k = 0; k < n; ++k, ++r) {
+      tok[r] = e.tokens[static_cast<size_t>(k)];
+      pos[r] = static_cast<int32_t>(s.len + k);
       toff[r] = static_cast<int32_t>(off);
-      if (e.all_logits || i == n - 1) orow[R++] = static_cast<int32_t>(r);
     }
+    last_row[i] = static_cast<int32_t>(r - 1);
+    entry_rows.push_back(n);
   }
-  cudaStream_t st = E.stream;
-  SHARQ_CUDA_CHECK(cudaMemcpyAsync(E.meta.get(), E.meta_host->p, static_cast<size_t>(4 * E.maxM + tsize) * sizeof(int32_t),
-                                   cudaMemcpyHostToDevice, st));
-  const int32_t* d_tok = E.meta.get();
-  RowMap rows;
-  rows.pos = d_tok + E.maxM;
-  rows.table_off = d_tok + 2 * E.maxM;
-  const int32_t* d_orow = d_tok + 3 * E.maxM;
-  rows.table = d_tok + 4 * E.maxM;
+  // the padding rows: position 0 of the reserved block, token 0
+  table[tsize] = static_cast<int32_t>(E.n_blocks);
+  for (; r < P; ++r) {
+    tok[r] = 0;
+    pos[r] = 0;
+    toff[r] = static_cast<int32_t>(tsize);
+    entry_rows.push_back(1);
+  }
+  ++tsize;
+  // logits rows: the returned ones first (entry order: the StepOutput layout), then the rows only
+  // sampled, then (padded decode) every other row
+  int64_t nr = 0;
+  for (size_t i = 0; i < batch.size(); ++i) {
+    const StepEntry& e = batch[i];
+    if (!e.return_logits) continue;
+    const int64_t n = static_cast<int64_t>(e.tokens.size());
+    for (int64_t k = e.all_logits ? 0 : n - 1; k < n; ++k) orow[nr++] = last_row[i] - static_cast<int32_t>(n - 1 - k);
+  }
+  const int64_t returned = nr;
+  int64_t q = 0;
+  for (size_t i = 0; i < batch.size(); ++i) {
+    const StepEntry& e = batch[i];
+    if (!e.sampling) continue;
+    int32_t lr = -1;
+    if (e.return_logits) {  // its last row is already listed
+      for (int64_t k = 0; k < returned; ++k)
+        if (orow[k] == last_row[i]) lr = static_cast<int32_t>(k);
+    } else {
+      lr = static_cast<int32_t>(nr);
+      orow[nr++] = last_row[i];
+    }
+    const SamplingParams& p = *e.sampling;
+    SamplerStream& s = E.find(e.seq, "step").sampler;
+    if (!s.seeded) {
+      s.state = sampler_state(p.seed);
+      s.seeded = true;
+    }
+    rq[q++] = SampleRequest{lr, p.temperature, p.top_p, p.temperature > 0.0f ? sampler_next_uniform(s.state) : 0.0f};
+  }
+  int64_t Rrun = nr;
+  if (padded) {  // every row gets a logits row: fixed shapes for the graph
+    std::vector<char> listed(static_cast<size_t>(P), 0);
+    for (int64_t k = 0; k < nr; ++k) listed[static_cast<size_t>(orow[k])] = 1;
+    for (int64_t k = 0; k < P; ++k)
+      if (!listed[static_cast<size_t>(k)]) orow[nr++] = static_cast<int32_t>(k);
+    Rrun = P;
+  }
+  const AttentionWork work = plan_attention(entry_rows, static_cast<int>(E.cfg.head_dim), E.opt.batch_invariant);
+  std::copy(work.decode_rows.begin(), work.decode_rows.end(), hm + E.o_drows);
+  std::copy(work.prefill_tiles.begin(), work.prefill_tiles.end(), hm + E.o_tiles);
+  AttentionPlan plan;
+  plan.decode_rows = E.meta.get() + E.o_drows;
+  plan.n_decode = static_cast<int32_t>(work.decode_rows.size());
+  plan.prefill_tiles = E.meta.get() + E.o_tiles;
+  plan.n_tiles = static_cast<int32_t>(work.prefill_tiles.size() / 2);
+  plan.workspace = E.attn_ws.get();
 
-  const float eps = static_cast<float>(c.rms_norm_eps);
-  const int nh = static_cast<int>(c.num_heads);
-  GpuActivations& acts_q = E.acts_q ? *E.acts_q : *E.acts_h;
-  void* ws = E.workspace.get();
-  embed_rows(E.embed.get(), d_tok, M, E.H, E.x.get(), st);
-  for (int64_t l = 0; l < c.num_layers; ++l) {
-    const Impl::Layer& L = E.layers[static_cast<size_t>(l)];
-    const PagedKv kv = E.layer_kv(l);
-    rmsnorm_rows(E.x.get(), nullptr, M, E.H, L.attn_norm.get(), eps, E.t, E.h.get(), st);
-    L.q->prepare(E.h.get(), M, *E.acts_h, st);
-    L.q->gemm(*E.acts_h, E.qb.get(), st, ws);
-    L.k->gemm(*E.acts_h, E.kb.get(), st, ws);
-    L.v->gemm(*E.acts_h, E.vb.get(), st, ws);
-    qk_rope_kv_write(E.qb.get(), E.kb.get(), E.vb.get(), M, nh, L.q_norm.get(), L.k_norm.get(), eps, E.inv_freq.get(),
-                     c.rope_interleaved, rows, kv, E.t, E.q32.get(), st);
-    paged_attention(E.q32.get(), M, nh, rows, kv, c.sliding_window, E.t, E.att.get(), st);
-    L.o->prepare(E.att.get(), M, acts_q, st);
-    L.o->gemm(acts_q, E.ob.get(), st, ws);
-    residual_add(E.x.get(), E.ob.get(), M * E.H, E.t, st);
-    rmsnorm_rows(E.x.get(), nullptr, M, E.H, L.mlp_norm.get(), eps, E.t, E.h.get(), st);
-    L.gate->prepare(E.h.get(), M, *E.acts_h, st);
-    L.gate->gemm(*E.acts_h, E.gb.get(), st, ws);
-    L.up->gemm(*E.acts_h, E.ub.get(), st, ws);
-    swiglu(E.gb.get(), E.ub.get(), M * E.I, E.t, E.ab.get(), st);
-    L.down->prepare(E.ab.get(), M, *E.acts_i, st);
-    L.down->gemm(*E.acts_i, E.ob.get(), st, ws);
-    residual_add(E.x.get(), E.ob.get(), M * E.H, E.t, st);
+  cudaStream_t st = E.stream;
+  SHARQ_CUDA_CHECK(cudaMemcpyAsync(E.meta.get(), hm, (E.o_table + static_cast<size_t>(tsize)) * sizeof(int32_t),
+                                   cudaMemcpyHostToDevice, st));
+  if (q) SHARQ_CUDA_CHECK(cudaMemcpyAsync(E.req.get(), rq, static_cast<size_t>(q) * sizeof(SampleRequest), cudaMemcpyHostToDevice, st));
+  E.event_cat.clear();
+  if (padded && E.opt.cuda_graphs && !E.profiling) {
+    auto it = E.graphs.find(P);
+    if (it == E.graphs.end()) {
+      cudaGraph_t g = nullptr;
+      SHARQ_CUDA_CHECK(cudaStreamBeginCapture(st, cudaStreamCaptureModeThreadLocal));
+      try {
+        E.forward(P, Rrun, plan);
+      } catch (...) {
+        cudaStreamEndCapture(st, &g);
+        if (g) cudaGraphDestroy(g);
+        throw;
+      }
+      SHARQ_CUDA_CHECK(cudaStreamEndCapture(st, &g));
+      auto graph = std::make_unique<Graph>();
+      const cudaError_t err = cudaGraphInstantiate(&graph->exec, g, 0);
+      cudaGraphDestroy(g);
+      SHARQ_CUDA_CHECK(err);
+      it = E.graphs.emplace(P, std::move(graph)).first;
+    }
+    SHARQ_CUDA_CHECK(cudaGraphLaunch(it->second->exec, st));
+  } else {
+    E.forward(P, Rrun, plan);
   }
-  rmsnorm_rows(E.x.get(), d_orow, R, E.H, E.final_norm.get(), eps, E.t, E.hn.get(), st);
-  E.blas->matmul(E.t == DType::f16 ? BlasType::f16_f32out : BlasType::bf16_f32out, E.hn.get(), E.lm_head.get(),
-                 E.logits.get(), R, E.V, E.H, nullptr, nullptr, st);
-  SHARQ_CUDA_CHECK(cudaMemcpyAsync(out.logits.data(), E.logits.get(), static_cast<size_t>(R * E.V) * sizeof(float),
-                                   cudaMemcpyDeviceToHost, st));
+  E.mark(kSampling);
+  if (q) {
+    // tokens then log-probabilities, adjacent: one copy back
+    sample_rows(E.logits.get(), E.V, E.req.get(), static_cast<int>(q), E.samp_out.get(),
+                reinterpret_cast<float*>(E.samp_out.get() + q), st);
+    SHARQ_CUDA_CHECK(cudaMemcpyAsync(E.samp_host->p, E.samp_out.get(), static_cast<size_t>(2 * q) * sizeof(int32_t),
+                                     cudaMemcpyDeviceToHost, st));
+  }
+  E.mark(kOther);
+  if (returned)
+    SHARQ_CUDA_CHECK(cudaMemcpyAsync(out.logits.data(), E.logits.get(), static_cast<size_t>(returned * E.V) * sizeof(float),
+                                     cudaMemcpyDeviceToHost, st));
   SHARQ_CUDA_CHECK(cudaStreamSynchronize(st));
 
+  if (E.profiling && E.event_cat.size() > 1) {
+    E.profile = StepProfile{};
+    for (const char* n : kCatNames) E.profile.us[n] = 0.0;
+    for (size_t k = 0; k + 1 < E.event_cat.size(); ++k) {
+      float ms = 0.0f;
+      SHARQ_CUDA_CHECK(cudaEventElapsedTime(&ms, E.events[k], E.events[k + 1]));
+      E.profile.us[kCatNames[E.event_cat[k]]] += 1000.0 * ms;
+    }
+    float ms = 0.0f;
+    SHARQ_CUDA_CHECK(cudaEventElapsedTime(&ms, E.events.front(), E.events[E.event_cat.size() - 1]));
+    E.profile.total_us = 1000.0 * ms;
+  }
+  const int32_t* sh = static_cast<const int32_t*>(E.samp_host->p);
+  const int64_t nq = q;
+  q = 0;
+  for (size_t i = 0; i < batch.size(); ++i) {
+    if (!batch[i].sampling) continue;
+    out.sampled[i] = sh[q];
+    float lp;
+    std::memcpy(&lp, sh + nq + q, sizeof lp);
+    out.logprob[i] = lp;
+    ++q;
+  }
   for (const StepEntry& e : batch) E.find(e.seq, "step").len += static_cast<int64_t>(e.tokens.size());
-  sample_step(batch, out, [&](size_t i) -> SamplerStream& { return E.find(batch[i].seq, "step").sampler; });
   return out;
+}
+
+double GpuExecutor::time_linears(int64_t M, int64_t lm_rows, int reps) {
+  Impl& E = *impl_;
+  if (M < 1 || M > E.maxM || lm_rows < 0 || lm_rows > E.maxR || reps < 1)
+    throw std::invalid_argument(fmt::format("time_linears: M = {} (1 .. {}), lm_rows = {} (0 .. {}), reps = {}", M, E.maxM,
+                                            lm_rows, E.maxR, reps));
+  cudaStream_t st = E.stream;
+  {  // seeded activations in the three inputs
+    const int64_t n = M * std::max({E.H, E.qd, E.I});
+    DeviceBuffer<float> f(static_cast<size_t>(n));
+    fill_synthetic(f.get(), n, 77, 1.0f, 0.0f, st);
+    convert_weights_16(f.get(), M * E.H, E.t == DType::f16, E.h.get(), st);
+    convert_weights_16(f.get(), M * E.qd, E.t == DType::f16, E.att.get(), st);
+    convert_weights_16(f.get(), M * E.I, E.t == DType::f16, E.ab.get(), st);
+    if (lm_rows) convert_weights_16(f.get(), lm_rows * E.H, E.t == DType::f16, E.hn.get(), st);
+    SHARQ_CUDA_CHECK(cudaStreamSynchronize(st));
+  }
+  GpuActivations& acts_q = E.acts_q ? *E.acts_q : *E.acts_h;
+  void* ws = E.workspace.get();
+  cudaEvent_t a, b;
+  SHARQ_CUDA_CHECK(cudaEventCreate(&a));
+  SHARQ_CUDA_CHECK(cudaEventCreate(&b));
+  std::vector<float> ms(static_cast<size_t>(reps) + 1);
+  for (int rep = 0; rep <= reps; ++rep) {  // rep 0 warms up
+    SHARQ_CUDA_CHECK(cudaEventRecord(a, st));
+    for (const Impl::Layer& L : E.layers) {
+      L.qkv->prepare(E.h.get(), M, *E.acts_h, st);
+      L.qkv->gemm(*E.acts_h, E.qkvb.get(), st, ws);
+      L.o->prepare(E.att.get(), M, acts_q, st);
+      L.o->gemm(acts_q, E.ob.get(), st, ws);
+      L.gate_up->prepare(E.h.get(), M, *E.acts_h, st);
+      L.gate_up->gemm(*E.acts_h, E.gub.get(), st, ws);
+      L.down->prepare(E.ab.get(), M, *E.acts_i, st);
+      L.down->gemm(*E.acts_i, E.ob.get(), st, ws);
+    }
+    E.blas->matmul(E.t == DType::f16 ? BlasType::f16_f32out : BlasType::bf16_f32out, E.hn.get(), E.lm_head.get(),
+                   E.logits.get(), lm_rows, E.V, E.H, nullptr, nullptr, st);
+    SHARQ_CUDA_CHECK(cudaEventRecord(b, st));
+    SHARQ_CUDA_CHECK(cudaEventSynchronize(b));
+    SHARQ_CUDA_CHECK(cudaEventElapsedTime(&ms[static_cast<size_t>(rep)], a, b));
+  }
+  cudaEventDestroy(a);
+  cudaEventDestroy(b);
+  std::sort(ms.begin() + 1, ms.end());
+  return 1000.0 * ms[1 + static_cast<size_t>(reps) / 2];
 }
 
 }  // namespace sharq::cuda

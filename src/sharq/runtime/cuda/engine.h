@@ -3,26 +3,31 @@
 // (quant/scheme.h: fp16, bf16, fp8, w4a16, nvfp4, sharq exact / merged / w16, p48 | s24,
 // token | tensor).
 //
-// First increment of the engine issue, correctness first:
-//   - weights: every projection a GpuLinear (quantized on the host with the shared quantizers, as
-//     the CPU runtime does, and uploaded once); embeddings BF16; norms FP32; lm_head unquantized
-//     (BF16, or FP16 for the fp16 scheme) with FP32 logits;
+//   - weights: every projection a GpuLinear, quantized once at load on the GPU by the shared
+//     quantizers (kernels/cuda/weight_quant.h: the CPU runtime's bytes); embeddings BF16; norms FP32;
+//     lm_head unquantized (BF16, or FP16 for the fp16 scheme) with FP32 logits. A SyntheticModel
+//     generates random weights of a real architecture's shapes on the GPU (bench model);
 //   - activations: FP32 residual stream, BF16 (FP16 for fp16) linear inputs and outputs; q/k/v
-//     share one prepared input, as do gate/up;
+//     are one GpuLinear stacked along N (one prep, one GEMM; with FP4 weights each keeps its own
+//     scale), as are gate/up; each residual add is fused with the next RMSNorm;
 //   - a paged KV cache (fixed-size blocks, a block table per sequence, reference-counted blocks)
-//     sized at construction; attention by paged_attention.h;
+//     sized at construction; attention by paged_attention.h (split-KV decode, tiled prefill);
 //   - a step concatenates all sequences' new tokens into one M x hidden matrix (prefill chunks and
 //     decode tokens together); per-token activation scales make each sequence's logits independent
 //     of the others (tested);
-//   - one host-to-device copy of the step's metadata, one device-to-host copy of the logits rows
-//     asked for; sampling on the host with the one sampler (runtime/sampler.h).
-// Not yet (the engine issue's next increments): CUDA-graph capture of the decode step, flash
-// attention kernels, GPU sampling, weights quantized on the GPU, fused RMSNorm+prep and SwiGLU+prep.
+//   - a decode step (one token per entry) is padded to a batch-size bucket and replayed from a CUDA
+//     graph captured once per bucket (schemes with per-token scales; the padding rows write only a
+//     reserved KV block). Eager decode steps run the same padded shapes, so replay and eager are
+//     bit-identical;
+//   - one host-to-device copy of the step's metadata; sampling on the GPU (kernels/cuda/sampling.h),
+//     so a step sends back token ids and log-probabilities, plus the logits rows asked for.
+// Not yet (the engine issue's next increments): fused RMSNorm+prep and SwiGLU+prep.
 // MoE models are refused (a later issue).
 #pragma once
 
 #include <cstdint>
 #include <map>
+#include <string>
 #include <memory>
 #include <vector>
 
@@ -34,9 +39,27 @@ namespace sharq::cuda {
 
 struct EngineOptions {
   int64_t max_batch_tokens = 512;  // rows (new tokens of all sequences) of one step, at most
+  int64_t max_logit_rows = 0;      // logits rows of one step (returned or sampled), at most; 0: max_batch_tokens
   int64_t kv_blocks = 0;           // KV-cache blocks; 0: from the free device memory and gpu_memory
   double gpu_memory = 0.9;         // the fraction of the free memory the KV cache may take (kv_blocks 0)
   int block_size = 16;             // positions per KV block
+  bool cuda_graphs = true;         // replay decode steps from CUDA graphs (per-token schemes)
+  // Every row's attention by the decode kernel: a row's logits are bit-identical whatever else
+  // shares the step, prefill chunks included (the default is invariant for decode rows only).
+  bool batch_invariant = false;
+};
+
+// Random weights with the shapes of a real architecture (model/config.h synthetic_model_config),
+// generated on the GPU: uniform values of standard deviation 0.02, norms 1.
+struct SyntheticModel {
+  ModelConfig config;
+  uint64_t seed = 1;
+};
+
+// Per-component GPU time of one profiled step (set_profiling), microseconds.
+struct StepProfile {
+  double total_us = 0.0;               // first kernel start to last kernel end
+  std::map<std::string, double> us;    // gemm, prep, attention, norms_rope_other, lm_head, sampling
 };
 
 class GpuExecutor final : public Executor {
@@ -44,6 +67,7 @@ class GpuExecutor final : public Executor {
   // Throws std::invalid_argument for a scheme or architecture the GPU does not run (naming it),
   // std::runtime_error when there is no CUDA device or the weights / KV cache do not fit.
   GpuExecutor(const ModelWeights& weights, const Scheme& scheme, const EngineOptions& opt = {});
+  GpuExecutor(const SyntheticModel& model, const Scheme& scheme, const EngineOptions& opt = {});
   ~GpuExecutor() override;
   GpuExecutor(const GpuExecutor&) = delete;
   GpuExecutor& operator=(const GpuExecutor&) = delete;
@@ -59,8 +83,17 @@ class GpuExecutor final : public Executor {
   StepOutput step(const std::vector<StepEntry>& batch) override;
 
   size_t weight_bytes() const;
-  int64_t kv_blocks() const;
+  double load_seconds() const;  // building the weights on the device (quantization included)
+  int64_t kv_blocks() const;     // usable blocks (one more is reserved for the padding rows)
   int64_t free_kv_blocks() const;
+  int64_t graphs_captured() const;
+
+  // Benchmarks: profiled steps record events between the components (eager, no graph); the
+  // linears alone (prepare + gemm of every layer for M rows, then lm_head for lm_rows rows), back
+  // to back, timed on the GPU (median of `reps`), in microseconds.
+  void set_profiling(bool on);
+  const StepProfile& last_profile() const;
+  double time_linears(int64_t M, int64_t lm_rows, int reps);
 
  private:
   struct Impl;

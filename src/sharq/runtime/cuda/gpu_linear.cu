@@ -6,8 +6,7 @@
 
 #include "sharq/core/hd.h"
 #include "sharq/formats/minifloat.h"
-#include "sharq/quant/fp8.h"
-#include "sharq/quant/quantized_matrix.h"
+#include "sharq/kernels/cuda/weight_quant.h"
 
 namespace sharq::cuda {
 
@@ -107,42 +106,53 @@ GpuActivations::Host GpuActivations::to_host() const {
 GpuLinear::GpuLinear(const Scheme& scheme, const float* W, int64_t N, int64_t K, const GpuLinearOptions& opt,
                      CublasLtGemm* blas, const float* bias)
     : scheme_(scheme), N_(N), K_(K), opt_(opt), blas_(blas) {
-  check_scheme(scheme, "GpuLinear");
   if (!W) throw std::invalid_argument("GpuLinear: null weight matrix");
-  if (N <= 0 || K <= 0 || K > kPrepMaxK)
+  check_shape(N, K);
+  DeviceBuffer<float> d(static_cast<size_t>(N * K));  // FP32 staging, quantized on the device
+  d.upload(W);
+  init(d.get(), bias, nullptr);
+  SHARQ_CUDA_CHECK(cudaDeviceSynchronize());  // the staging buffer is freed on return
+}
+
+GpuLinear::GpuLinear(const Scheme& scheme, const DeviceMatrix& W, const GpuLinearOptions& opt, CublasLtGemm* blas,
+                     const float* bias, cudaStream_t stream)
+    : scheme_(scheme), N_(W.rows), K_(W.cols), opt_(opt), blas_(blas) {
+  if (!W.data) throw std::invalid_argument("GpuLinear: null weight matrix");
+  check_shape(N_, K_);
+  init(W.data, bias, stream, W.parts);
+}
+
+void GpuLinear::check_shape(int64_t N, int64_t K) const {
+  check_scheme(scheme_, "GpuLinear");
+  if (N <= 0 || K <= 0 || K > kPrepMaxK || N > (int64_t{1} << 31))
     throw std::invalid_argument(fmt::format("GpuLinear: weight shape N = {}, K = {} (both > 0, K <= {})", N, K, kPrepMaxK));
-  if (opt.max_m < 1) throw std::invalid_argument(fmt::format("GpuLinear: max_m = {} (>= 1)", opt.max_m));
-  const size_t nk = static_cast<size_t>(N * K);
-  switch (scheme.kind) {
+  if (opt_.max_m < 1) throw std::invalid_argument(fmt::format("GpuLinear: max_m = {} (>= 1)", opt_.max_m));
+}
+
+// The weights of every scheme from FP32 on the device, by the shared quantizers
+// (kernels/cuda/weight_quant.h): bit-identical to the CPU Linear's (runtime/cpu/linear.cpp).
+void GpuLinear::init(const float* Wd, const float* bias, cudaStream_t stream, const std::vector<int64_t>& parts) {
+  const int64_t N = N_, K = K_;
+  switch (scheme_.kind) {
     case SchemeKind::fp16:
-    case SchemeKind::bf16: {
-      if (!blas) throw std::invalid_argument(fmt::format("GpuLinear: scheme '{}' needs a cuBLASLt handle", scheme.name()));
-      std::vector<uint16_t> h(nk);
-      for (size_t i = 0; i < nk; ++i) h[i] = scheme.kind == SchemeKind::fp16 ? fp16_encode(W[i]) : bf16_encode(W[i]);
-      w16_ = DeviceBuffer<uint16_t>(nk);
-      w16_.upload(h.data());
+    case SchemeKind::bf16:
+      if (!blas_) throw std::invalid_argument(fmt::format("GpuLinear: scheme '{}' needs a cuBLASLt handle", scheme_.name()));
+      w16_ = DeviceBuffer<uint16_t>(static_cast<size_t>(N * K));
+      convert_weights_16(Wd, N * K, scheme_.kind == SchemeKind::fp16, w16_.get(), stream);
       break;
-    }
-    case SchemeKind::fp8: {  // exactly the CPU Linear's weights: per-output-channel E4M3 (quant/fp8.h)
-      if (!blas) throw std::invalid_argument("GpuLinear: scheme 'fp8' needs a cuBLASLt handle");
+    case SchemeKind::fp8:  // per-output-channel E4M3 (quant/fp8.h)
+      if (!blas_) throw std::invalid_argument("GpuLinear: scheme 'fp8' needs a cuBLASLt handle");
       // cuBLASLt's FP8 kernels need 16-byte leading dimensions: K padded to 16 (zero codes) and N to
       // 8 (zero rows, scale 1) with the output through a padded scratch (y8_) when N % 8 != 0
       ld8_ = round_up(K, 16);
       n8_ = round_up(N, 8);
-      std::vector<uint8_t> codes(static_cast<size_t>(n8_ * ld8_), 0);
-      std::vector<float> sc(static_cast<size_t>(n8_), 1.0f);
-      for (int64_t n = 0; n < N; ++n) sc[n] = fp8_quantize_row(W + n * K, K, codes.data() + n * ld8_);
-      w8_ = DeviceBuffer<uint8_t>(codes.size());
-      w8_.upload(codes.data());
-      w8_scale_ = DeviceBuffer<float>(sc.size());
-      w8_scale_.upload(sc.data());
-      if (n8_ != N) y8_ = DeviceBuffer<uint16_t>(static_cast<size_t>(opt.max_m * n8_));
+      w8_ = DeviceBuffer<uint8_t>(static_cast<size_t>(n8_ * ld8_));
+      w8_scale_ = DeviceBuffer<float>(static_cast<size_t>(n8_));
+      quantize_fp8_weights(Wd, N, K, n8_, ld8_, w8_.get(), w8_scale_.get(), stream);
+      if (n8_ != N) y8_ = DeviceBuffer<uint16_t>(static_cast<size_t>(opt_.max_m * n8_));
       break;
-    }
-    default:  // FP4 weights, exactly the CPU Linear's quantization (runtime/cpu/linear.cpp)
-      w4_ = scheme.fp4_weight_block() == 32
-                ? DeviceFp4Weights::upload(pack_fp4_tiles(quantize_matrix<Nvfp4_32>(W, N, K, GlobalScale::per_tensor)))
-                : DeviceFp4Weights::upload(pack_fp4_tiles(quantize_matrix<Nvfp4_16>(W, N, K, GlobalScale::per_tensor)));
+    default:  // FP4 weights: NVFP4-32 (SharQ's W32) or NVFP4-16, one per-tensor g (per stacked part)
+      w4_ = quantize_fp4_weights(Wd, N, K, scheme_.fp4_weight_block(), stream, parts);
       break;
   }
   if (bias) {

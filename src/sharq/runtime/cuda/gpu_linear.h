@@ -14,8 +14,9 @@
 //   GpuActivations  the prepared input of one scheme and K, every buffer sized for max_m rows at
 //                   construction. Layers that read the same input (q/k/v, gate/up) share one: prepare
 //                   once, gemm per layer.
-//   GpuLinear       the weights (quantized on the host exactly as the CPU Linear does, or taken as an
-//                   already packed Fp4Tiles, and uploaded once) + prepare(x -> acts) + gemm(acts -> y),
+//   GpuLinear       the weights (FP32 from the host or already on the device, quantized once on the
+//                   device by the shared quantizers: the same bytes as the CPU Linear's; or taken as an
+//                   already packed Fp4Tiles) + prepare(x -> acts) + gemm(acts -> y),
 //                   or forward() = both through its own scratch (own_scratch).
 //
 // Graph-safe: everything is allocated at construction; prepare/gemm/forward only launch kernels on
@@ -45,6 +46,16 @@ struct GpuLinearOptions {
   bool own_scratch = true;                          // allocate the activations + workspace forward() uses
   Fp4GemmKernel kernel = Fp4GemmKernel::automatic;  // FP4 schemes: force a family (tests, benches)
   int splits = 0;                                   // FP4 schemes: force the split count (tuning)
+};
+
+// An FP32 row-major matrix in device memory. parts: the row counts of matrices stacked along N
+// into one layer (q/k/v, gate/up: one GEMM instead of three or two); with FP4 weights each keeps its
+// own per-tensor scale g, so the layer computes exactly what the separate layers would (up to the
+// GEMM's summation order). Empty: one matrix.
+struct DeviceMatrix {
+  const float* data = nullptr;
+  int64_t rows = 0, cols = 0;
+  std::vector<int64_t> parts;
 };
 
 class GpuActivations {
@@ -86,6 +97,10 @@ class GpuLinear {
   // Throws std::invalid_argument naming the problem (scheme not on the GPU, shapes, null pointers).
   GpuLinear(const Scheme& scheme, const float* W, int64_t N, int64_t K, const GpuLinearOptions& opt = {},
             CublasLtGemm* blas = nullptr, const float* bias = nullptr);
+  // W already on the device (FP32, N x K row-major): quantized there, launched on `stream`; W may
+  // be freed once the stream has passed this point. The same bytes as the host constructor.
+  GpuLinear(const Scheme& scheme, const DeviceMatrix& W, const GpuLinearOptions& opt = {}, CublasLtGemm* blas = nullptr,
+            const float* bias = nullptr, cudaStream_t stream = nullptr);
   // Already packed FP4 weights (the checkpoint loaders' output): the scheme must be an FP4-weight
   // scheme whose weight block matches `w.block`.
   GpuLinear(const Scheme& scheme, const Fp4Tiles& w, const GpuLinearOptions& opt = {}, const float* bias = nullptr);
@@ -116,6 +131,8 @@ class GpuLinear {
   GpuActivations& own_activations();  // throws without own_scratch
 
  private:
+  void check_shape(int64_t N, int64_t K) const;
+  void init(const float* W_device, const float* bias, cudaStream_t stream, const std::vector<int64_t>& parts = {});
   void init_scratch();
   Scheme scheme_;
   int64_t N_, K_;

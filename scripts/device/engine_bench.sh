@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# On the GPU machine: build everything, run the `gpu` tests, then `sharq bench model` on a
+# synthetic model, leaving logs, the CSV and the SVG in $OUT (or ./gpu-out).
+# Usage: scripts/device/engine_bench.sh [--no-tests] [--model llama3.1-8b] [bench model options...]
+set -uo pipefail
+OUT=${OUT:-$PWD/gpu-out}
+BUILD=${BUILD:-build-gpu}
+mkdir -p "$OUT"
+TESTS=1
+MODEL=llama3.1-8b
+while [[ $# -gt 0 ]]; do
+  case "$1" in
+    --no-tests) TESTS=0; shift ;;
+    --model) MODEL="$2"; shift 2 ;;
+    *) break ;;
+  esac
+done
+if [[ -d local/shared && ! -d ../shared/models ]]; then mkdir -p ../shared && cp -r local/shared/. ../shared/; fi
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$OUT/env.txt"
+cmake -S . -B "$BUILD" -G Ninja -DCMAKE_BUILD_TYPE=Release -DSHARQ_BUILD_BENCH=OFF >"$OUT/configure.log" 2>&1 || { tail -20 "$OUT/configure.log"; exit 1; }
+ninja -C "$BUILD" >"$OUT/build.log" 2>&1 || { grep -E "error" "$OUT/build.log" | head -30; exit 1; }
+echo "build ok"
+if [[ $TESTS == 1 ]]; then
+  (cd "$BUILD" && ctest -L gpu --output-on-failure -j4) >"$OUT/ctest.log" 2>&1
+  grep -E "tests passed|tests failed|\*\*\*Failed|Failed  " "$OUT/ctest.log" | head -30
+fi
+"$BUILD/sharq" bench model --synthetic "$MODEL" --csv "$OUT/bench_model.csv" --svg "$OUT/bench_model.svg" "$@" \
+  >"$OUT/bench_model.txt" 2>"$OUT/bench_model.err"
+echo "bench model rc=$?"
+cat "$OUT/bench_model.txt"
+tail -5 "$OUT/bench_model.err"
