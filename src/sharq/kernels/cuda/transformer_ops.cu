@@ -3,6 +3,7 @@
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
+#include <algorithm>
 #include <stdexcept>
 #include <type_traits>
 
@@ -49,6 +50,23 @@ __global__ void embed_kernel(const __nv_bfloat16* __restrict__ embed, const int3
                              float* __restrict__ x) {
   const int64_t m = blockIdx.x;
   const __nv_bfloat16* e = embed + static_cast<int64_t>(tok[m]) * H;
+  if (H % 8 == 0) {  // 16-byte loads, all of a thread's in flight together
+    const uint4* e8 = reinterpret_cast<const uint4*>(e);
+    float4* x4 = reinterpret_cast<float4*>(x + m * H);
+#pragma unroll 4
+    for (int64_t j = threadIdx.x; j < H / 8; j += blockDim.x) {
+      const uint4 u = e8[j];
+      const uint32_t w[4] = {u.x, u.y, u.z, u.w};
+      float f[8];
+      for (int k = 0; k < 4; ++k) {
+        f[2 * k] = __uint_as_float(w[k] << 16);
+        f[2 * k + 1] = __uint_as_float(w[k] & 0xFFFF0000u);
+      }
+      x4[2 * j] = make_float4(f[0], f[1], f[2], f[3]);
+      x4[2 * j + 1] = make_float4(f[4], f[5], f[6], f[7]);
+    }
+    return;
+  }
   for (int64_t h = threadIdx.x; h < H; h += blockDim.x) x[m * H + h] = __bfloat162float(e[h]);
 }
 
@@ -66,6 +84,65 @@ __global__ void rmsnorm_kernel(const float* __restrict__ x, const int32_t* __res
 
 // grid (M, nh + nkv), block = round_up(hd, 32) threads: head y < nh is a query head, else KV head
 // y - nh (its k is normed/rotated and written with its v).
+// RMSNorm of rows with H % 4 == 0, H <= 4 * 1024 * kNormVec, optionally after the residual add:
+// every value of the row is loaded at once (16-byte loads held in registers), so a decode step's
+// one-row norm costs two memory round trips rather than H / threads serial ones.
+constexpr int kNormVec = 8;
+template <class T>
+struct alignas(8) Pack4 {  // four 16-bit values: one 8-byte load
+  T v[4];
+};
+template <class T, bool kAdd>
+__global__ void __launch_bounds__(1024) norm_vec_kernel(float* __restrict__ x, const int32_t* __restrict__ rows,
+                                                        const T* __restrict__ o, int64_t H, const float* __restrict__ w,
+                                                        float eps, T* __restrict__ y) {
+  const int64_t r = blockIdx.x, src = rows ? rows[r] : r;
+  float4* xr = reinterpret_cast<float4*>(x + src * H);
+  const int nv = static_cast<int>(H / 4);
+  float4 v[kNormVec];
+  float ss = 0.0f;
+#pragma unroll
+  for (int i = 0; i < kNormVec; ++i) {
+    const int j = i * blockDim.x + threadIdx.x;
+    if (j < nv) {
+      float4 a = xr[j];
+      if constexpr (kAdd) {
+        const Pack4<T> b = reinterpret_cast<const Pack4<T>*>(o + r * H)[j];
+        a.x += to_f(b.v[0]);
+        a.y += to_f(b.v[1]);
+        a.z += to_f(b.v[2]);
+        a.w += to_f(b.v[3]);
+        xr[j] = a;
+      }
+      v[i] = a;
+      ss += a.x * a.x + a.y * a.y + a.z * a.z + a.w * a.w;
+    }
+  }
+  ss = block_sum(ss);
+  const float inv = 1.0f / sqrtf(ss / static_cast<float>(H) + eps);
+  const float4* w4 = reinterpret_cast<const float4*>(w);
+  Pack4<T>* yr = reinterpret_cast<Pack4<T>*>(y + r * H);
+#pragma unroll
+  for (int i = 0; i < kNormVec; ++i) {
+    const int j = i * blockDim.x + threadIdx.x;
+    if (j < nv) {
+      const float4 g = w4[j];
+      Pack4<T> out;
+      out.v[0] = from_f<T>(g.x * (v[i].x * inv));
+      out.v[1] = from_f<T>(g.y * (v[i].y * inv));
+      out.v[2] = from_f<T>(g.z * (v[i].z * inv));
+      out.v[3] = from_f<T>(g.w * (v[i].w * inv));
+      yr[j] = out;
+    }
+  }
+}
+
+bool norm_vec_ok(int64_t H) { return H % 4 == 0 && H <= int64_t{4} * 1024 * kNormVec; }
+unsigned norm_threads(int64_t H) {
+  const int64_t t = std::min<int64_t>(1024, (H / 4 + kNormVec - 1) / kNormVec);
+  return static_cast<unsigned>(std::max<int64_t>(32, (t + 31) / 32 * 32));
+}
+
 template <class T>
 __global__ void add_rmsnorm_kernel(float* __restrict__ x, const T* __restrict__ o, int64_t H, const float* __restrict__ w,
                                    float eps, T* __restrict__ y) {
@@ -164,6 +241,17 @@ void rmsnorm_rows(const float* x, const int32_t* rows, int64_t R, int64_t H, con
   check_rows(R, "rmsnorm_rows");
   if (R == 0) return;
   if (!x || !w || !y || H <= 0) throw std::invalid_argument("rmsnorm_rows: null pointer or H <= 0");
+  if (norm_vec_ok(H)) {
+    const unsigned th = norm_threads(H);
+    if (t == DType::f16)
+      norm_vec_kernel<__half, false><<<static_cast<unsigned>(R), th, 0, stream>>>(const_cast<float*>(x), rows, nullptr, H, w,
+                                                                                  eps, static_cast<__half*>(y));
+    else
+      norm_vec_kernel<__nv_bfloat16, false><<<static_cast<unsigned>(R), th, 0, stream>>>(
+          const_cast<float*>(x), rows, nullptr, H, w, eps, static_cast<__nv_bfloat16*>(y));
+    SHARQ_CUDA_CHECK(cudaGetLastError());
+    return;
+  }
   if (t == DType::f16)
     rmsnorm_kernel<__half><<<static_cast<unsigned>(R), kThreads, 0, stream>>>(x, rows, H, w, eps, static_cast<__half*>(y));
   else
@@ -177,6 +265,17 @@ void add_rmsnorm(float* x, const void* o, int64_t M, int64_t H, const float* w, 
   check_rows(M, "add_rmsnorm");
   if (M == 0) return;
   if (!x || !o || !w || !y || H <= 0) throw std::invalid_argument("add_rmsnorm: null pointer or H <= 0");
+  if (norm_vec_ok(H)) {
+    const unsigned th = norm_threads(H);
+    if (t == DType::f16)
+      norm_vec_kernel<__half, true><<<static_cast<unsigned>(M), th, 0, stream>>>(x, nullptr, static_cast<const __half*>(o), H,
+                                                                                 w, eps, static_cast<__half*>(y));
+    else
+      norm_vec_kernel<__nv_bfloat16, true><<<static_cast<unsigned>(M), th, 0, stream>>>(
+          x, nullptr, static_cast<const __nv_bfloat16*>(o), H, w, eps, static_cast<__nv_bfloat16*>(y));
+    SHARQ_CUDA_CHECK(cudaGetLastError());
+    return;
+  }
   if (t == DType::f16)
     add_rmsnorm_kernel<__half><<<static_cast<unsigned>(M), kThreads, 0, stream>>>(x, static_cast<const __half*>(o), H, w, eps,
                                                                                   static_cast<__half*>(y));

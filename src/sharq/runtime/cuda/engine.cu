@@ -242,6 +242,7 @@ struct GpuExecutor::Impl {
   }
 
   void build(const ModelConfig& c, const Scheme& sch, const EngineOptions& o, Source& src);
+  bool capturing = false;  // a profiled decode step: events become record nodes of its graph
   void mark(int cat) {
     if (!profiling) return;
     if (event_cat.size() == events.size()) {
@@ -249,7 +250,8 @@ struct GpuExecutor::Impl {
       SHARQ_CUDA_CHECK(cudaEventCreate(&e));
       events.push_back(e);
     }
-    SHARQ_CUDA_CHECK(cudaEventRecord(events[event_cat.size()], stream));
+    if (capturing) SHARQ_CUDA_CHECK(cudaEventRecordWithFlags(events[event_cat.size()], stream, cudaEventRecordExternal));
+    else SHARQ_CUDA_CHECK(cudaEventRecord(events[event_cat.size()], stream));
     event_cat.push_back(cat);
   }
   void forward(int64_t M, int64_t R, const AttentionPlan& plan);
@@ -650,7 +652,27 @@ StepOutput GpuExecutor::step(const std::vector<StepEntry>& batch) {
                                    cudaMemcpyHostToDevice, st));
   if (q) SHARQ_CUDA_CHECK(cudaMemcpyAsync(E.req.get(), rq, static_cast<size_t>(q) * sizeof(SampleRequest), cudaMemcpyHostToDevice, st));
   E.event_cat.clear();
-  if (padded && E.opt.cuda_graphs && !E.profiling) {
+  if (padded && E.opt.cuda_graphs && E.profiling) {  // a one-off graph with timing events in it
+    cudaGraph_t g = nullptr;
+    E.capturing = true;
+    SHARQ_CUDA_CHECK(cudaStreamBeginCapture(st, cudaStreamCaptureModeThreadLocal));
+    try {
+      E.forward(P, Rrun, plan);
+    } catch (...) {
+      E.capturing = false;
+      cudaStreamEndCapture(st, &g);
+      if (g) cudaGraphDestroy(g);
+      throw;
+    }
+    E.capturing = false;
+    SHARQ_CUDA_CHECK(cudaStreamEndCapture(st, &g));
+    Graph one;
+    const cudaError_t err = cudaGraphInstantiate(&one.exec, g, 0);
+    cudaGraphDestroy(g);
+    SHARQ_CUDA_CHECK(err);
+    SHARQ_CUDA_CHECK(cudaGraphLaunch(one.exec, st));
+    SHARQ_CUDA_CHECK(cudaStreamSynchronize(st));  // before `one` is destroyed
+  } else if (padded && E.opt.cuda_graphs) {
     auto it = E.graphs.find(P);
     if (it == E.graphs.end()) {
       cudaGraph_t g = nullptr;

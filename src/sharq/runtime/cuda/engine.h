@@ -88,7 +88,8 @@ class GpuExecutor final : public Executor {
   int64_t free_kv_blocks() const;
   int64_t graphs_captured() const;
 
-  // Benchmarks: profiled steps record events between the components (eager, no graph); the
+  // Benchmarks: profiled steps record events between the components (a decode step inside a
+  // one-off CUDA graph, with the events as record nodes; other steps eagerly); the
   // linears alone (prepare + gemm of every layer for M rows, then lm_head for lm_rows rows), back
   // to back, timed on the GPU (median of `reps`), in microseconds.
   void set_profiling(bool on);
