@@ -13,6 +13,7 @@
 
 #include "sharq/formats/minifloat.h"
 #include "sharq/model/loader_text.h"
+#include "sharq/model/quantized_checkpoint.h"
 #include "sharq/model/safetensors.h"
 
 namespace sharq {
@@ -513,6 +514,10 @@ ModelWeights load_hf_weights(const std::string& dir, const LoadOptions& opt) {
     w.tensors.erase("lm_head.weight");
   } else if (!w.has("lm_head.weight")) {
     throw CheckpointError(fmt::format("{}: tensor 'lm_head.weight' is missing and config.json's tie_word_embeddings is false", dir));
+  }
+  {  // a quantized checkpoint: its projections become QuantizedWeight views (quantized_checkpoint.h)
+    const std::vector<uint8_t> text = read_file_bytes(config_path);
+    read_quantization_config(w, std::string(text.begin(), text.end()), config_path, dir, opt);
   }
   w.check_all_tensors_used();
   w.check_weight_dtypes();
