@@ -341,7 +341,7 @@ void read_quantization_config(ModelWeights& w, const std::string& config_text, c
     }
     const json* producer = field(hf_quant, "producer");
     const json* name = producer ? field(*producer, "name") : nullptr;
-    if (!name || *name != "modelopt") return;  // not a ModelOpt export: not ours to read
+    if (!name || (*name != "modelopt" && *name != "sharq")) return;  // not a ModelOpt-layout export: not ours to read
     q = &hf_quant;
     plan.where = p.string();
   }

@@ -519,8 +519,8 @@ ModelWeights load_hf_weights(const std::string& dir, const LoadOptions& opt) {
     const std::vector<uint8_t> text = read_file_bytes(config_path);
     read_quantization_config(w, std::string(text.begin(), text.end()), config_path, dir, opt);
   }
-  w.check_all_tensors_used();
   w.check_weight_dtypes();
+  w.check_all_tensors_used();
   if (!opt.allow_nonfinite) w.check_finite();
   return w;
 }
