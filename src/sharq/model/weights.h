@@ -157,7 +157,8 @@ bool is_ignorable_tensor(const std::string& name);
 
 // Hugging Face model directory: config.json + model.safetensors, or sharded *.safetensors with
 // model.safetensors.index.json (each shard mapped once; only the tensors the index assigns to a
-// shard are kept). Tensors in F32/F16/BF16. With tie_word_embeddings the result has no
+// shard are kept). Tensors in F32/F16/BF16; a quantization_config (compressed-tensors or ModelOpt)
+// turns the projections into QuantizedWeight views (model/quantized_checkpoint.h). With tie_word_embeddings the result has no
 // lm_head.weight (a stored copy, equal in value to embed_tokens, is dropped; lm_head() is
 // embed_tokens; a stored lm_head that differs is an error); without it, a missing lm_head.weight
 // is an error. Every tensor must be one the config uses or ignorable
