@@ -374,9 +374,11 @@ TEST(Safetensors, RejectsOffsetsSizesAndDtypesNamingTheTensor) {
       {R"({"w": {"shape": [6], "data_offsets": [0, 24]}})", {"tensor 'w'", "field 'dtype' is missing"}},
       {R"({"w": {"dtype": "F32", "data_offsets": [0, 24]}})", {"tensor 'w'", "field 'shape' is missing"}},
       {R"({"w": {"dtype": "F32", "shape": [6]}})", {"tensor 'w'", "field 'data_offsets' is missing"}},
-      {R"({"w": {"dtype": "I8", "shape": [24], "data_offsets": [0, 24]}})", {"tensor 'w' has unsupported dtype 'I8'"}},
+      {R"({"w": {"dtype": "I64", "shape": [3], "data_offsets": [0, 24]}})", {"tensor 'w' has unsupported dtype 'I64'"}},
       {R"({"w": {"dtype": "F64", "shape": [3], "data_offsets": [0, 24]}})", {"tensor 'w' has unsupported dtype 'F64'"}},
-      {R"({"w": {"dtype": "F8_E4M3", "shape": [24], "data_offsets": [0, 24]}})", {"unsupported dtype 'F8_E4M3'"}},
+      {R"({"w": {"dtype": "F8_E5M2", "shape": [24], "data_offsets": [0, 24]}})", {"unsupported dtype 'F8_E5M2'"}},
+      {R"({"w": {"dtype": "U8", "shape": [25], "data_offsets": [0, 24]}})", {"tensor 'w'", "shape [25] x U8 needs more than the 24 bytes"}},
+      {R"({"w": {"dtype": "F8_E4M3", "shape": [2, 11], "data_offsets": [0, 24]}})", {"tensor 'w'", "is 22 bytes but"}},
       {R"({"w": {"dtype": 4, "shape": [6], "data_offsets": [0, 24]}})", {"tensor 'w'", "field 'dtype' must be a string"}},
       {R"({"w": [1, 2]})", {"tensor 'w'", "must be an object"}},
       {R"({"a": {"dtype": "F32", "shape": [4], "data_offsets": [0, 16]},
@@ -518,9 +520,9 @@ TEST(HfCheckpoint, DirectoryErrorsNameFileAndField) {
   EXPECT_HAS(msg, tmp.str("model.safetensors.index.json") + ": not valid JSON");
   // a corrupt single-file checkpoint is named by its path
   fs::remove(tmp.path() / "model.safetensors.index.json");
-  write_bytes(tmp.path() / "model.safetensors", safetensors_bytes(R"({"w": {"dtype": "I8", "shape": [1], "data_offsets": [0, 1]}})", {0}));
+  write_bytes(tmp.path() / "model.safetensors", safetensors_bytes(R"({"w": {"dtype": "BOOL", "shape": [1], "data_offsets": [0, 1]}})", {0}));
   msg = error_of([&] { sharq::load_hf_weights(dir); });
-  EXPECT_HAS(msg, tmp.str("model.safetensors") + ": tensor 'w' has unsupported dtype 'I8'");
+  EXPECT_HAS(msg, tmp.str("model.safetensors") + ": tensor 'w' has unsupported dtype 'BOOL'");
   // not a directory
   msg = error_of([&] { sharq::load_hf_weights(tmp.str("model.safetensors")); });
   EXPECT_HAS(msg, "not a directory");

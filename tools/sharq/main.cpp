@@ -39,6 +39,7 @@
 #include "sharq/tools/generate.h"
 #include "sharq/tools/opcheck.h"
 #include "sharq/tools/perplexity.h"
+#include "sharq/tools/quantize.h"
 #include "sharq/tools/zeroshot.h"
 #ifdef SHARQ_HAVE_CUDA
 #include "sharq/runtime/cuda/engine.h"
@@ -215,7 +216,14 @@ sharq::ExecutorFactory executor_for(const std::string& device, int64_t max_token
   sharq::cuda::EngineOptions o;
   o.max_batch_tokens = std::max<int64_t>(1, max_tokens);
   o.kv_blocks = (std::max<int64_t>(1, max_len) + o.block_size - 1) / o.block_size;
-  return sharq::cuda::gpu_executor_factory(o);
+  sharq::ExecutorFactory gpu = sharq::cuda::gpu_executor_factory(o);
+  return [gpu](const sharq::ModelWeights& w, const sharq::Scheme& s) -> std::unique_ptr<sharq::Executor> {
+    if (w.quantization.quantized())
+      throw std::runtime_error(fmt::format("--device cuda: {} is a quantized checkpoint ({}); the GPU engine does not load those yet: "
+                                           "use --device cpu",
+                                           w.source, w.quantization.describe()));
+    return gpu(w, s);
+  };
 #else
   (void)max_tokens;
   (void)max_len;
@@ -465,6 +473,24 @@ int main(int argc, char** argv) {
   bm->add_option("--svg", bmo.svg, "also write the breakdown as an SVG stacked-bar plot here");
   bm->add_flag("-q,--quiet", bmo.quiet, "no progress on stderr");
 
+  // ---- quantize
+  sharq::QuantizeOptions qo;
+  bool qo_quiet = false;
+  std::string qo_fused = "shared";
+  auto* qz = app.add_subcommand("quantize", "Write a quantized Hugging Face checkpoint (compressed-tensors or ModelOpt) that "
+                                            "sharq, vLLM, SGLang and TensorRT-LLM load");
+  qz->add_option("model", qo.model_path, "Hugging Face model directory or llama2.c .bin checkpoint")->required();
+  qz->add_option("out", qo.out_dir, "output directory (created; must not exist or be empty)")->required();
+  qz->add_option("--scheme", qo.scheme, "nvfp4 | w4a16 | sharq | sharq:w16 | fp8 (activation options are recorded)")->capture_default_str();
+  qz->add_option("--format", qo.format, "compressed-tensors | modelopt")
+      ->capture_default_str()->check(CLI::IsMember({"compressed-tensors", "modelopt"}));
+  qz->add_option("--tokenizer", qo.tokenizer_path, "tokenizer to copy (default: the model's own files)");
+  qz->add_option("--global-scales", qo_fused,
+                 "NVFP4 global scale: shared over q/k/v and over gate/up, as vLLM and TensorRT-LLM require (default), or "
+                 "per-projection, as `sharq ppl MODEL` quantizes at load")
+      ->capture_default_str()->check(CLI::IsMember({"shared", "per-projection"}));
+  qz->add_flag("-q,--quiet", qo_quiet, "no progress on stderr");
+
   // ---- schemes
   auto* sc = app.add_subcommand("schemes", "List the linear-layer schemes and their options");
 
@@ -548,6 +574,16 @@ int main(int argc, char** argv) {
       }
       g_activity = fmt::format("ppl --ctx {}", po.ctx);
       return cmd_ppl(po, po_json);
+    }
+    if (*qz) {
+      check_input_path(qo.model_path, "model", PathKind::kFileOrDir);
+      if (!qo.tokenizer_path.empty()) check_input_path(qo.tokenizer_path, "--tokenizer", PathKind::kFile);
+      qo.progress = !qo_quiet;
+      qo.fused_global_scales = qo_fused == "shared";
+      g_activity = fmt::format("quantize --scheme {}", qo.scheme);
+      const sharq::QuantizeReport r = sharq::quantize_checkpoint(qo);
+      std::fputs(sharq::format_quantize_report(r).c_str(), stdout);
+      return 0;
     }
     if (*bg) return cmd_bench_gemm(bo);
     if (*bm) return cmd_bench_model(bmo);

@@ -1,7 +1,14 @@
 #include "sharq/model/safetensors.h"
 
 #include <algorithm>
+#include <cerrno>
+#include <cstdio>
+#include <cstring>
+#include <filesystem>
 #include <limits>
+#include <set>
+#include <stdexcept>
+#include <system_error>
 #include <vector>
 
 #include <fmt/format.h>
@@ -22,10 +29,16 @@ uint64_t le64(const uint8_t* p) {
   return v;
 }
 
-size_t item_bytes(const std::string& dtype) {
-  if (dtype == "F32") return 4;
-  if (dtype == "F16" || dtype == "BF16") return 2;
-  return 0;
+constexpr DType kDTypes[] = {DType::f32, DType::f16, DType::bf16, DType::u8, DType::i8, DType::f8_e4m3};
+
+// The dtype of a safetensors spelling; false when it is not one of kDTypes.
+bool dtype_named(const std::string& name, DType& out) {
+  for (DType d : kDTypes)
+    if (name == to_string(d)) {
+      out = d;
+      return true;
+    }
+  return false;
 }
 
 // A tensor's validated entry: everything needed to view it, checked before any view is made.
@@ -52,9 +65,11 @@ Entry validate_entry(const std::string& tname, const json& info, const std::stri
   if (dt == info.end()) throw CheckpointError(fmt::format("{}: tensor '{}': field 'dtype' is missing", file, tname));
   if (!dt->is_string()) throw CheckpointError(fmt::format("{}: tensor '{}': field 'dtype' must be a string, got {}", file, tname, describe(*dt)));
   e.dtype = dt->get<std::string>();
-  const size_t item = item_bytes(e.dtype);
-  if (item == 0)
-    throw CheckpointError(fmt::format("{}: tensor '{}' has unsupported dtype '{}' (supported: F32, F16, BF16)", file, tname, e.dtype));
+  DType d{};
+  if (!dtype_named(e.dtype, d))
+    throw CheckpointError(fmt::format("{}: tensor '{}' has unsupported dtype '{}' (supported: F32, F16, BF16, U8, I8, F8_E4M3)", file,
+                                      tname, e.dtype));
+  const size_t item = dtype_bytes(d);
 
   // Offsets first: on a truncated file the useful message is that the data runs past the end.
   const auto off = info.find("data_offsets");
@@ -101,8 +116,9 @@ Entry validate_entry(const std::string& tname, const json& info, const std::stri
 }
 
 DType dtype_of(const std::string& dtype) {
-  if (dtype == "F32") return DType::f32;
-  return dtype == "BF16" ? DType::bf16 : DType::f16;  // validate_entry admitted only these three
+  DType d = DType::f32;
+  dtype_named(dtype, d);  // validate_entry admitted only known names
+  return d;
 }
 
 }  // namespace
@@ -163,6 +179,102 @@ SafetensorsFile open_safetensors(const std::string& path) {
   f.file = std::make_shared<const MappedFile>(path);
   f.tensors = parse_safetensors(f.file->data(), f.file->size(), path);
   return f;
+}
+
+// ---- writer -------------------------------------------------------------------------------------
+
+namespace {
+
+// A FILE* that is closed on every path out.
+struct OutFile {
+  std::FILE* f = nullptr;
+  ~OutFile() {
+    if (f) std::fclose(f);
+  }
+};
+
+[[noreturn]] void write_error(const std::string& path, const std::string& what, int err) {
+  throw std::runtime_error(fmt::format("{}: {} ({})", path, what, std::generic_category().message(err)));
+}
+
+}  // namespace
+
+uint64_t write_safetensors(const std::string& path, const std::vector<SafetensorsTensorOut>& tensors,
+                           const std::map<std::string, std::string>& metadata) {
+  // validate, size and order the tensors
+  struct Item {
+    const SafetensorsTensorOut* t;
+    uint64_t bytes;
+  };
+  std::vector<Item> items;
+  std::set<std::string> names;
+  for (const SafetensorsTensorOut& t : tensors) {
+    if (t.name.empty() || t.name == "__metadata__")
+      throw std::runtime_error(fmt::format("{}: cannot write a tensor named '{}'", path, t.name));
+    if (!names.insert(t.name).second) throw std::runtime_error(fmt::format("{}: tensor '{}' given twice", path, t.name));
+    uint64_t n = 1;
+    for (int64_t d : t.shape) {
+      if (d < 0) throw std::runtime_error(fmt::format("{}: tensor '{}' has a negative dimension {}", path, t.name, d));
+      n *= static_cast<uint64_t>(d);
+    }
+    if (!t.data && !t.fill && n != 0)
+      throw std::runtime_error(fmt::format("{}: tensor '{}' has neither data nor a fill function", path, t.name));
+    items.push_back({&t, n * dtype_bytes(t.dtype)});
+  }
+  std::stable_sort(items.begin(), items.end(), [](const Item& a, const Item& b) {
+    const size_t ia = dtype_bytes(a.t->dtype), ib = dtype_bytes(b.t->dtype);
+    return ia != ib ? ia > ib : a.t->name < b.t->name;
+  });
+
+  json header = json::object();
+  if (!metadata.empty()) {
+    json meta = json::object();
+    for (const auto& [k, v] : metadata) meta[k] = v;
+    header["__metadata__"] = std::move(meta);
+  }
+  uint64_t offset = 0;
+  for (const Item& it : items) {
+    header[it.t->name] = {{"dtype", to_string(it.t->dtype)}, {"shape", it.t->shape}, {"data_offsets", {offset, offset + it.bytes}}};
+    offset += it.bytes;
+  }
+  std::string text = header.dump();
+  while ((8 + text.size()) % 8 != 0) text += ' ';  // the data section starts 8-byte aligned
+
+  const std::string tmp = path + ".tmp";
+  uint64_t written = 0;
+  {
+    OutFile out;
+    out.f = std::fopen(tmp.c_str(), "wb");
+    if (!out.f) write_error(tmp, "cannot create", errno);
+    auto put = [&](const void* p, size_t n, const std::string& what) {
+      if (n != 0 && std::fwrite(p, 1, n, out.f) != n) write_error(tmp, "write failed at " + what, errno);
+      written += n;
+    };
+    uint8_t len[8];
+    for (int i = 0; i < 8; ++i) len[i] = static_cast<uint8_t>(static_cast<uint64_t>(text.size()) >> (8 * i));
+    put(len, 8, "the header length");
+    put(text.data(), text.size(), "the header");
+    std::vector<uint8_t> buf;
+    for (const Item& it : items) {
+      const std::string what = fmt::format("tensor '{}'", it.t->name);
+      if (it.t->data) {
+        put(it.t->data, static_cast<size_t>(it.bytes), what);
+      } else if (it.bytes != 0) {
+        buf.assign(static_cast<size_t>(it.bytes), 0);
+        it.t->fill(buf.data());
+        put(buf.data(), buf.size(), what);
+        std::vector<uint8_t>().swap(buf);  // one tensor's buffer at a time
+      }
+    }
+    if (std::fflush(out.f) != 0) write_error(tmp, "write failed", errno);
+    const int rc = std::fclose(out.f);
+    out.f = nullptr;
+    if (rc != 0) write_error(tmp, "close failed", errno);
+  }
+  std::error_code ec;
+  std::filesystem::rename(tmp, path, ec);
+  if (ec) throw std::runtime_error(fmt::format("{}: cannot rename {} to it ({})", path, tmp, ec.message()));
+  return written;
 }
 
 }  // namespace sharq

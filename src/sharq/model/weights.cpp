@@ -13,6 +13,7 @@
 
 #include "sharq/formats/minifloat.h"
 #include "sharq/model/loader_text.h"
+#include "sharq/model/quantized_checkpoint.h"
 #include "sharq/model/safetensors.h"
 
 namespace sharq {
@@ -81,11 +82,43 @@ const char* to_string(DType d) {
     case DType::f32: return "F32";
     case DType::f16: return "F16";
     case DType::bf16: return "BF16";
+    case DType::u8: return "U8";
+    case DType::i8: return "I8";
+    case DType::f8_e4m3: return "F8_E4M3";
   }
   return "?";
 }
 
-size_t dtype_bytes(DType d) { return d == DType::f32 ? 4 : 2; }
+size_t dtype_bytes(DType d) {
+  switch (d) {
+    case DType::f32: return 4;
+    case DType::f16:
+    case DType::bf16: return 2;
+    default: return 1;
+  }
+}
+
+bool is_float_weight_dtype(DType d) { return d == DType::f32 || d == DType::f16 || d == DType::bf16; }
+
+const char* to_string(CheckpointFormat f) {
+  switch (f) {
+    case CheckpointFormat::none: return "unquantized";
+    case CheckpointFormat::compressed_tensors: return "compressed-tensors";
+    case CheckpointFormat::modelopt: return "modelopt";
+  }
+  return "?";
+}
+
+std::string QuantizationInfo::describe() const {
+  const char* w = "";
+  switch (weights) {
+    case StoredWeights::none: w = "unquantized"; break;
+    case StoredWeights::nvfp4_16: w = "NVFP4 (16-element scale blocks)"; break;
+    case StoredWeights::nvfp4_32: w = "NVFP4 with SharQ's W32 scale blocks (stored as their 16-element view)"; break;
+    case StoredWeights::fp8: w = "FP8 E4M3 (per-channel scales)"; break;
+  }
+  return fmt::format("{} {}", to_string(format), w);
+}
 
 int64_t TensorView::numel() const {
   int64_t n = 1;
@@ -94,9 +127,19 @@ int64_t TensorView::numel() const {
 }
 
 void to_f32(const TensorView& t, float* out) {
+  if (t.quantized)
+    throw CheckpointError(fmt::format("tensor '{}' is stored quantized; it has no unquantized values (run a scheme that reads the "
+                                      "stored weights as they are)",
+                                      t.name));
   const size_t count = t.bytes / dtype_bytes(t.dtype);
   if (count == 0) return;  // data may be null, which memcpy must not get
   const uint8_t* src = t.data;
+  switch (t.dtype) {
+    case DType::u8: for (size_t i = 0; i < count; ++i) out[i] = static_cast<float>(src[i]); return;
+    case DType::i8: for (size_t i = 0; i < count; ++i) out[i] = static_cast<float>(static_cast<int8_t>(src[i])); return;
+    case DType::f8_e4m3: for (size_t i = 0; i < count; ++i) out[i] = e4m3_decode(src[i]); return;
+    default: break;
+  }
   if (t.dtype == DType::f32) {
     if constexpr (std::endian::native == std::endian::little) {
       std::memcpy(out, src, count * 4);
@@ -113,6 +156,7 @@ void to_f32(const TensorView& t, float* out) {
 }
 
 std::vector<float> to_f32(const TensorView& t) {
+  if (t.quantized) to_f32(t, nullptr);  // throws, naming the tensor
   std::vector<float> v(t.bytes / dtype_bytes(t.dtype));
   to_f32(t, v.data());
   return v;
@@ -361,11 +405,24 @@ void ModelWeights::check_finite() const {
       case DType::f32: r = scan_nonfinite<uint32_t>(t.data, count, 0x7F800000u); break;
       case DType::f16: r = scan_nonfinite<uint16_t>(t.data, count, 0x7C00u); break;
       case DType::bf16: r = scan_nonfinite<uint16_t>(t.data, count, 0x7F80u); break;
+      case DType::f8_e4m3: r = scan_nonfinite<uint8_t>(t.data, count, 0x7Fu); break;  // E4M3 (fn) has NaN only
+      case DType::u8:
+      case DType::i8: break;
     }
     if (r.count != 0)
       throw CheckpointError(fmt::format("{}: tensor '{}' holds {} non-finite value{} (NaN or Inf; the first at index {}); "
                                         "pass --allow-nonfinite to load it anyway",
                                         source, name, r.count, r.count == 1 ? "" : "s", r.first));
+  }
+}
+
+void ModelWeights::check_weight_dtypes() const {
+  for (const auto& [name, t] : tensors) {
+    if (t.quantized || is_float_weight_dtype(t.dtype) || !uses(name)) continue;
+    throw CheckpointError(fmt::format("{}: tensor '{}' has dtype {}, which holds no weight values (expected F32, F16 or BF16{})", source,
+                                      name, to_string(t.dtype),
+                                      quantization.quantized() ? "; it is not a part of a quantized layer that quantization_config describes"
+                                                               : "; config.json has no quantization_config that would say how to read it"));
   }
 }
 
@@ -458,6 +515,11 @@ ModelWeights load_hf_weights(const std::string& dir, const LoadOptions& opt) {
   } else if (!w.has("lm_head.weight")) {
     throw CheckpointError(fmt::format("{}: tensor 'lm_head.weight' is missing and config.json's tie_word_embeddings is false", dir));
   }
+  {  // a quantized checkpoint: its projections become QuantizedWeight views (quantized_checkpoint.h)
+    const std::vector<uint8_t> text = read_file_bytes(config_path);
+    read_quantization_config(w, std::string(text.begin(), text.end()), config_path, dir, opt);
+  }
+  w.check_weight_dtypes();
   w.check_all_tensors_used();
   if (!opt.allow_nonfinite) w.check_finite();
   return w;

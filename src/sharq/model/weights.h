@@ -25,9 +25,14 @@
 
 namespace sharq {
 
-enum class DType : uint8_t { f32, f16, bf16 };
-const char* to_string(DType d);  // the safetensors spelling: "F32", "F16", "BF16"
+// F32/F16/BF16 hold weight values; U8, I8 and F8_E4M3 appear only as parts of quantized checkpoints
+// (packed FP4 codes, FP8 codes and block scales: model/quantized_checkpoint.h).
+enum class DType : uint8_t { f32, f16, bf16, u8, i8, f8_e4m3 };
+const char* to_string(DType d);  // the safetensors spelling: "F32", "F16", "BF16", "U8", "I8", "F8_E4M3"
 size_t dtype_bytes(DType d);
+bool is_float_weight_dtype(DType d);  // F32, F16, BF16
+
+struct QuantizedWeight;  // model/quantized_checkpoint.h
 
 // One tensor in its source dtype: numel() little-endian elements at `data` (no alignment promised).
 struct TensorView {
@@ -36,10 +41,15 @@ struct TensorView {
   std::vector<int64_t> shape;
   const uint8_t* data = nullptr;  // may be null when bytes == 0
   size_t bytes = 0;               // numel() * dtype_bytes(dtype), checked by the loaders
+  // A linear weight of a quantized checkpoint (model/quantized_checkpoint.h): `shape` is the
+  // logical [N, K], data/bytes are empty, and the stored codes and scales are here. It has no
+  // unquantized values: to_f32 refuses it, naming the tensor and the format.
+  std::shared_ptr<const QuantizedWeight> quantized;
   int64_t numel() const;
 };
 
-// FP32 values of a view: exact for every source dtype (F16 and BF16 widen exactly).
+// FP32 values of a view: exact for every source dtype (F16, BF16 and F8_E4M3 widen exactly; U8 and
+// I8 are their integer values). Throws CheckpointError for a quantized linear weight.
 void to_f32(const TensorView& t, float* out);  // out: numel() floats
 std::vector<float> to_f32(const TensorView& t);
 // The view's own memory as floats when that is exact and legal (F32, little-endian host, 4-byte
@@ -65,9 +75,28 @@ struct LayerWeights {
   int64_t mlp_intermediate = 0;  // rows of gate/up: the dense MLP's or each expert's
 };
 
+// What a quantized checkpoint (config.json's quantization_config) stores; docs/checkpoint_formats.md.
+enum class CheckpointFormat : uint8_t { none, compressed_tensors, modelopt };
+const char* to_string(CheckpointFormat f);  // "unquantized", "compressed-tensors", "modelopt"
+enum class StoredWeights : uint8_t {
+  none,      // F32/F16/BF16
+  nvfp4_16,  // NVFP4, one E4M3 scale per 16 elements (the formats' own)
+  nvfp4_32,  // sharq's W32 SharQ payload, written as its exact 16-element view (scale pairs equal)
+  fp8,       // FP8 E4M3 codes, one FP32 scale per output channel
+};
+struct QuantizationInfo {
+  CheckpointFormat format = CheckpointFormat::none;
+  StoredWeights weights = StoredWeights::none;
+  std::string scheme;                 // the scheme `sharq quantize` recorded; "" for other producers
+  bool static_input_scales = false;   // the file carries calibrated activation scales (W4A4/W8A8-static)
+  bool quantized() const { return format != CheckpointFormat::none; }
+  std::string describe() const;       // e.g. "compressed-tensors NVFP4 (16-element scale blocks)"
+};
+
 class ModelWeights {
  public:
   ModelConfig config;
+  QuantizationInfo quantization;  // none for an unquantized checkpoint
   std::string source;                         // the path it was loaded from, for messages
   std::map<std::string, TensorView> tensors;  // by name
 
@@ -89,6 +118,9 @@ class ModelWeights {
   // Throws CheckpointError naming the source and the first tensor holding NaN or Inf (how many,
   // and the index of the first). Checks the exponent bits of the source dtype; converts nothing.
   void check_finite() const;
+  // Throws CheckpointError naming the tensor when one the config uses is stored as U8, I8 or
+  // F8_E4M3 outside a quantized layer (those bytes are codes, not weight values).
+  void check_weight_dtypes() const;
   // Throws CheckpointError when the config's dimensions cannot describe a runnable model.
   void check_dimensions() const;
   const TensorView& embed_tokens() const;  // [vocab, hidden]
@@ -125,7 +157,8 @@ bool is_ignorable_tensor(const std::string& name);
 
 // Hugging Face model directory: config.json + model.safetensors, or sharded *.safetensors with
 // model.safetensors.index.json (each shard mapped once; only the tensors the index assigns to a
-// shard are kept). Tensors in F32/F16/BF16. With tie_word_embeddings the result has no
+// shard are kept). Tensors in F32/F16/BF16; a quantization_config (compressed-tensors or ModelOpt)
+// turns the projections into QuantizedWeight views (model/quantized_checkpoint.h). With tie_word_embeddings the result has no
 // lm_head.weight (a stored copy, equal in value to embed_tokens, is dropped; lm_head() is
 // embed_tokens; a stored lm_head that differs is an error); without it, a missing lm_head.weight
 // is an error. Every tensor must be one the config uses or ignorable

@@ -46,6 +46,24 @@ QuantizedMatrix<F> quantize_matrix(const float* x, int64_t rows, int64_t cols, G
 }
 
 template <class F>
+QuantizedMatrix<F> quantize_matrix_with_global(const float* x, int64_t rows, int64_t cols, float g) {
+  static_assert(F::kHasGlobal, "only NVFP4 has a second-level scale");
+  check_shape("quantize_matrix_with_global", rows, cols);
+  QuantizedMatrix<F> q;
+  q.rows = rows;
+  q.cols = cols;
+  q.blocks_per_row = ceil_div(cols, F::kBlock);
+  q.blocks.resize(static_cast<size_t>(rows * q.blocks_per_row));
+  q.gmode = GlobalScale::per_tensor;
+  q.g = {g};
+#pragma omp parallel for schedule(static) if (rows * cols > (1 << 16))
+  for (int64_t r = 0; r < rows; ++r) quantize_row<F>(x + r * cols, cols, g, q.row(r));
+  return q;
+}
+template QuantizedMatrix<Nvfp4_16> quantize_matrix_with_global<Nvfp4_16>(const float*, int64_t, int64_t, float);
+template QuantizedMatrix<Nvfp4_32> quantize_matrix_with_global<Nvfp4_32>(const float*, int64_t, int64_t, float);
+
+template <class F>
 std::vector<float> dequantize_matrix(const QuantizedMatrix<F>& q, bool with_global) {
   std::vector<float> out(static_cast<size_t>(q.rows * q.cols));
   for (int64_t r = 0; r < q.rows; ++r) {

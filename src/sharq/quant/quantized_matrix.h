@@ -79,6 +79,12 @@ void dequantize_row(const typename F::block_t* blocks, int64_t cols, float* out)
 template <class F>
 QuantizedMatrix<F> quantize_matrix(const float* x, int64_t rows, int64_t cols, GlobalScale gmode);
 
+// The same with a given per-tensor second-level scale g (NVFP4 only): a checkpoint writer that must
+// share one g over several matrices (q/k/v, gate/up). With g = nvfp4_global_scales(x, .., per_tensor)
+// the result equals quantize_matrix(x, rows, cols, GlobalScale::per_tensor).
+template <class F>
+QuantizedMatrix<F> quantize_matrix_with_global(const float* x, int64_t rows, int64_t cols, float g);
+
 // Dequantize to rows x cols floats. with_global = true multiplies g back in (real domain).
 template <class F>
 std::vector<float> dequantize_matrix(const QuantizedMatrix<F>& q, bool with_global);

@@ -13,6 +13,7 @@
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
 
+#include "sharq/model/quantized_checkpoint.h"
 #include "sharq/model/tokenizer.h"
 #include "sharq/model/weights.h"
 #include "sharq/runtime/cpu/executor.h"
@@ -41,7 +42,23 @@ PplResult run_perplexity(const PplOptions& opt) {
   if (opt.ctx < 2) throw std::invalid_argument(fmt::format("--ctx must be >= 2, got {}", opt.ctx));
   if (opt.max_windows < 0) throw std::invalid_argument("--max-windows must be >= 0");
   std::vector<Scheme> schemes = parse_scheme_list(opt.schemes);
-  const Scheme reference = parse_scheme(opt.reference);
+  Scheme reference = parse_scheme(opt.reference);
+
+  ModelWeights loaded;
+  if (!opt.weights) loaded = load_model_weights(opt.model_path, LoadOptions{opt.allow_nonfinite});
+  const ModelWeights& weights = opt.weights ? *opt.weights : loaded;
+  // A quantized checkpoint runs only the schemes of its stored weights: when the reference (fp16
+  // by default) is not one of them, the first requested scheme that is becomes the reference.
+  if (weights.quantization.quantized() && !quantized_scheme_mismatch(weights.quantization, reference, opt.model_path).empty()) {
+    for (const auto& s : schemes)
+      if (quantized_scheme_mismatch(weights.quantization, s, opt.model_path).empty()) {
+        if (opt.progress)
+          std::fprintf(stderr, "sharq: note: %s holds %s weights, on which the reference %s cannot run; %s is the reference\n",
+                       opt.model_path.c_str(), weights.quantization.describe().c_str(), reference.name().c_str(), s.name().c_str());
+        reference = s;
+        break;
+      }
+  }
 
   // every scheme to run: the reference first, the requested ones, then SharQ baselines not listed
   std::vector<Scheme> run;
@@ -53,10 +70,9 @@ PplResult run_perplexity(const PplOptions& opt) {
   for (const auto& s : schemes) add(s);
   for (const auto& s : schemes)
     if (s.is_sharq()) add(sharq_baseline(s));
-
-  ModelWeights loaded;
-  if (!opt.weights) loaded = load_model_weights(opt.model_path, LoadOptions{opt.allow_nonfinite});
-  const ModelWeights& weights = opt.weights ? *opt.weights : loaded;
+  for (const auto& s : run)  // every scheme checked before any work, with the message naming the format
+    if (const std::string why = quantized_scheme_mismatch(weights.quantization, s, opt.model_path); !why.empty())
+      throw std::invalid_argument(why);
   std::unique_ptr<Tokenizer> loaded_tok;
   if (!opt.tokenizer) loaded_tok = load_tokenizer_for(opt.model_path, opt.tokenizer_path, weights.config);
   const Tokenizer& tok = opt.tokenizer ? *opt.tokenizer : *loaded_tok;

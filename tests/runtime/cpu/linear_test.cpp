@@ -213,9 +213,11 @@ TEST(Linear, ForwardMatchesFp64ReferenceFromOperands) {
                 }
               }
               const Ref rs = reference(o, o.s_hat, nullptr), rr = reference(o, o.r_hat, bp);
-              if (!scheme.merged)  // merged computes fp16(S^ + R^), not the two-path sum
-                for (size_t i = 0; i < Y.size(); ++i)
-                ASSERT_NEAR(Y[i], rs.y[i] + rr.y[i], ref.tol[i]) << "two-path sum at (" << i / N << ", " << i % N << ")";
+              if (!scheme.merged) {  // merged computes fp16(S^ + R^), not the two-path sum
+                for (size_t i = 0; i < Y.size(); ++i) {
+                  ASSERT_NEAR(Y[i], rs.y[i] + rr.y[i], ref.tol[i]) << "two-path sum at (" << i / N << ", " << i % N << ")";
+                }
+              }
             } else {
               ASSERT_TRUE(o.s_hat.empty() && o.r_hat.empty());
             }

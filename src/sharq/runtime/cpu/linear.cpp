@@ -58,6 +58,7 @@ class Fp8Source final : public WeightPanelSource {  // per-output-channel scales
     scales.resize(static_cast<size_t>(N));
     for (int64_t n = 0; n < N; ++n) scales[n] = fp8_quantize_row(W + n * K, K, q_.data() + n * K);
   }
+  Fp8Source(int64_t N, int64_t K, std::vector<uint8_t> codes) : N_(N), K_(K), q_(std::move(codes)) {}
   int64_t rows() const override { return N_; }
   int64_t cols() const override { return K_; }
   size_t bytes() const override { return q_.size() + static_cast<size_t>(N_) * 4; }
@@ -143,6 +144,14 @@ void prepare_sharq_packed(const float* X, int64_t M, int64_t K, const Scheme& s,
 
 class SchemeLinear final : public Linear {
  public:
+  // Weights already in their packed form (a quantized checkpoint).
+  SchemeLinear(const Scheme& s, int64_t N, int64_t K, const float* bias, std::unique_ptr<WeightPanelSource> weights,
+               std::vector<float> col_scale)
+      : Linear(s, N, K) {
+    if (bias) bias_.assign(bias, bias + N);
+    weights_ = std::move(weights);
+    col_scale_ = std::move(col_scale);
+  }
   SchemeLinear(const Scheme& s, const float* W, int64_t N, int64_t K, const float* bias) : Linear(s, N, K) {
     if (bias) bias_.assign(bias, bias + N);
     switch (s.kind) {
@@ -233,6 +242,42 @@ std::unique_ptr<Linear> Linear::create(const Scheme& scheme, const float* W, int
   check_shape("Linear weight", N, K);
   if (N * K > 0 && W == nullptr) throw std::invalid_argument("Linear::create: null weight pointer");
   return std::make_unique<SchemeLinear>(scheme, W, N, K, bias);
+}
+
+namespace {
+
+template <class F>
+std::unique_ptr<Linear> create_from_blocks(const Scheme& scheme, QuantizedMatrix<F> w, const float* bias) {
+  check_shape("Linear weight", w.rows, w.cols);
+  if (scheme.fp4_weight_block() != F::kBlock)
+    throw std::invalid_argument(fmt::format("scheme '{}' does not run on NVFP4 weights with {}-element scale blocks", scheme.name(), F::kBlock));
+  if (w.gmode != GlobalScale::per_tensor || w.g.size() != 1)
+    throw std::invalid_argument(fmt::format("scheme '{}': quantized weights need one per-tensor global scale", scheme.name()));
+  if (static_cast<int64_t>(w.blocks.size()) != w.rows * ceil_div(w.cols, F::kBlock) || w.blocks_per_row != ceil_div(w.cols, F::kBlock))
+    throw std::invalid_argument(fmt::format("scheme '{}': quantized weights hold {} blocks for a {}x{} matrix", scheme.name(), w.blocks.size(),
+                                            w.rows, w.cols));
+  const int64_t N = w.rows, K = w.cols;
+  std::vector<float> col_scale = global_col_scale(w);
+  return std::make_unique<SchemeLinear>(scheme, N, K, bias, std::make_unique<BlockSource<F>>(std::move(w)), std::move(col_scale));
+}
+
+}  // namespace
+
+std::unique_ptr<Linear> Linear::create(const Scheme& scheme, QuantizedMatrix<Nvfp4_16> w, const float* bias) {
+  return create_from_blocks<Nvfp4_16>(scheme, std::move(w), bias);
+}
+std::unique_ptr<Linear> Linear::create(const Scheme& scheme, QuantizedMatrix<Nvfp4_32> w, const float* bias) {
+  return create_from_blocks<Nvfp4_32>(scheme, std::move(w), bias);
+}
+
+std::unique_ptr<Linear> Linear::create_fp8(const Scheme& scheme, int64_t N, int64_t K, std::vector<uint8_t> codes,
+                                           std::vector<float> channel_scales, const float* bias) {
+  check_shape("Linear weight", N, K);
+  if (scheme.kind != SchemeKind::fp8)
+    throw std::invalid_argument(fmt::format("scheme '{}' does not run on FP8 weights", scheme.name()));
+  if (static_cast<int64_t>(codes.size()) != N * K || static_cast<int64_t>(channel_scales.size()) != N)
+    throw std::invalid_argument(fmt::format("fp8 weights: {} codes and {} scales for a {}x{} matrix", codes.size(), channel_scales.size(), N, K));
+  return std::make_unique<SchemeLinear>(scheme, N, K, bias, std::make_unique<Fp8Source>(N, K, std::move(codes)), std::move(channel_scales));
 }
 
 size_t Linear::weight_bytes() const { return weights_->bytes(); }

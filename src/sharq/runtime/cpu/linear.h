@@ -34,6 +34,15 @@ class Linear {
   // W: N x K row-major (nn.Linear layout); bias: N values or nullptr.
   static std::unique_ptr<Linear> create(const Scheme& scheme, const float* W, int64_t N, int64_t K,
                                         const float* bias = nullptr);
+  // From weights already quantized (a quantized checkpoint, model/quantized_checkpoint.h), used as
+  // they are: the same layer create() builds when quantizing W gives these very blocks. The scheme's
+  // weight format must match: NVFP4-16 blocks for w4a16, nvfp4 and sharq:w16; W32 blocks for sharq
+  // (std::invalid_argument otherwise). g must be per tensor.
+  static std::unique_ptr<Linear> create(const Scheme& scheme, QuantizedMatrix<Nvfp4_16> w, const float* bias = nullptr);
+  static std::unique_ptr<Linear> create(const Scheme& scheme, QuantizedMatrix<Nvfp4_32> w, const float* bias = nullptr);
+  // fp8 from stored E4M3 codes (N x K) and one FP32 multiplier per output channel.
+  static std::unique_ptr<Linear> create_fp8(const Scheme& scheme, int64_t N, int64_t K, std::vector<uint8_t> codes,
+                                            std::vector<float> channel_scales, const float* bias = nullptr);
   virtual ~Linear() = default;
 
   const Scheme& scheme() const { return scheme_; }

@@ -7,6 +7,7 @@
 
 #include <fmt/format.h>
 
+#include "sharq/model/quantized_checkpoint.h"
 #include "sharq/model/rope.h"
 
 namespace sharq {
@@ -28,6 +29,15 @@ std::unique_ptr<Linear> make_linear(const TensorView& w, const TensorView* b, co
   const int64_t N = w.shape[0], K = w.shape[1];
   const std::vector<float> bias = b ? to_f32(*b) : std::vector<float>{};
   const float* bp = b ? bias.data() : nullptr;
+  if (w.quantized) {  // a quantized checkpoint: its stored blocks as they are (the scheme was checked to match)
+    const QuantizedWeight& q = *w.quantized;
+    if (q.weights == StoredWeights::fp8) {
+      std::vector<uint8_t> codes(q.codes.data, q.codes.data + q.codes.bytes);
+      return Linear::create_fp8(scheme, N, K, std::move(codes), q.channel_scales, bp);
+    }
+    if (scheme.fp4_weight_block() == 32) return Linear::create(scheme, nvfp4_32_matrix(q), bp);
+    return Linear::create(scheme, nvfp4_16_matrix(q), bp);
+  }
   if (const float* in_place = f32_in_place(w)) return Linear::create(scheme, in_place, N, K, bp);
   const std::vector<float> tmp = to_f32(w);
   return Linear::create(scheme, tmp.data(), N, K, bp);
@@ -68,6 +78,7 @@ Transformer::~Transformer() = default;
 
 Transformer::Transformer(const ModelWeights& w, const Scheme& scheme) : cfg_(w.config), scheme_(scheme) {
   w.check_dimensions();
+  if (const std::string why = quantized_scheme_mismatch(w.quantization, scheme, w.source); !why.empty()) throw std::invalid_argument(why);
   const Scheme fp32{};
   embed_ = to_f32(w.embed_tokens());
   final_norm_ = to_f32(w.final_norm());
