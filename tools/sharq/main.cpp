@@ -216,14 +216,7 @@ sharq::ExecutorFactory executor_for(const std::string& device, int64_t max_token
   sharq::cuda::EngineOptions o;
   o.max_batch_tokens = std::max<int64_t>(1, max_tokens);
   o.kv_blocks = (std::max<int64_t>(1, max_len) + o.block_size - 1) / o.block_size;
-  sharq::ExecutorFactory gpu = sharq::cuda::gpu_executor_factory(o);
-  return [gpu](const sharq::ModelWeights& w, const sharq::Scheme& s) -> std::unique_ptr<sharq::Executor> {
-    if (w.quantization.quantized())
-      throw std::runtime_error(fmt::format("--device cuda: {} is a quantized checkpoint ({}); the GPU engine does not load those yet: "
-                                           "use --device cpu",
-                                           w.source, w.quantization.describe()));
-    return gpu(w, s);
-  };
+  return sharq::cuda::gpu_executor_factory(o);
 #else
   (void)max_tokens;
   (void)max_len;

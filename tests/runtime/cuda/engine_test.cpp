@@ -17,17 +17,23 @@
 
 #include <gtest/gtest.h>
 
+#include <unistd.h>
+
 #include <cmath>
 #include <cstdio>
+#include <filesystem>
 #include <string>
 #include <vector>
+
+#include <fmt/format.h>
 
 #include "../../support/error_metrics.h"
 #include "../../support/exceptions.h"
 #include "sharq/kernels/cuda/cuda_check.h"
+#include "sharq/model/config.h"
 #include "sharq/runtime/cpu/executor.h"
 #include "sharq/runtime/sampler.h"
-#include "sharq/model/config.h"
+#include "sharq/tools/quantize.h"
 
 namespace {
 
@@ -398,6 +404,37 @@ TEST(GpuEngine, TooManyLogitsRowsAreRefused) {
   EXPECT_EQ(gpu.step({StepEntry{s, {1, 2, 3, 4}, 0, true, std::nullopt}}).logits.size(), 4u * 256u);
   o.max_logit_rows = 65;
   EXPECT_NE(what_of([&] { GpuExecutor(w, parse_scheme("bf16"), o); }).find("max_logit_rows"), std::string::npos);
+}
+
+// A quantized checkpoint (sharq quantize) runs on the GPU from its stored blocks: with one global
+// scale per projection (ModelOpt stores the multiplier itself) the GPU's weights are the bytes it
+// quantizes at load, so the logits are bit-identical to running the original model; a
+// compressed-tensors checkpoint stores divisors (a few inexact by one ulp), so within 1e-2. A scheme
+// the stored weights do not run is refused.
+TEST(GpuEngine, QuantizedCheckpointsRunFromTheirStoredBlocks) {
+  SKIP_WITHOUT_GPU();
+  namespace fs = std::filesystem;
+  const ModelWeights orig = load_model_weights(tiny("qwen2"));
+  for (const char* fmt_name : {"modelopt", "compressed-tensors"})
+    for (const char* sc : {"nvfp4", "sharq", "sharq:w16"}) {
+      const fs::path dir = fs::temp_directory_path() / fmt::format("sharq_gpu_q_{}_{}_{}", ::getpid(), fmt_name, sc[5] ? sc[5] : 'x');
+      fs::remove_all(dir);
+      QuantizeOptions o;
+      o.model_path = tiny("qwen2");
+      o.out_dir = dir.string();
+      o.scheme = sc;
+      o.format = fmt_name;
+      o.fused_global_scales = false;
+      o.progress = false;
+      quantize_checkpoint(o);
+      const ModelWeights q = load_model_weights(dir.string());
+      GpuExecutor a(orig, parse_scheme(sc), small_blocks()), b(q, parse_scheme(sc), small_blocks());
+      const std::vector<float> la = run(a, kPrompt, kFeed), lb = run(b, kPrompt, kFeed);
+      if (std::string(fmt_name) == "modelopt") EXPECT_EQ(la, lb) << fmt_name << " " << sc;
+      else EXPECT_LE(rel_l2(lb, la), 1e-2) << fmt_name << " " << sc;
+      EXPECT_NE(what_of([&] { GpuExecutor(q, parse_scheme("fp16"), small_blocks()); }).find("fp16"), std::string::npos);
+      fs::remove_all(dir);
+    }
 }
 
 }  // namespace
