@@ -724,6 +724,7 @@ StepOutput GpuExecutor::step(const std::vector<StepEntry>& batch) {
                                    cudaMemcpyHostToDevice, st));
   if (q) SHARQ_CUDA_CHECK(cudaMemcpyAsync(E.req.get(), rq, static_cast<size_t>(q) * sizeof(SampleRequest), cudaMemcpyHostToDevice, st));
   E.event_cat.clear();
+  Graph one;  // a profiled decode step's one-off graph, alive until the step's final synchronization
   if (padded && E.opt.cuda_graphs && E.profiling) {  // a one-off graph with timing events in it
     cudaGraph_t g = nullptr;
     E.capturing = true;
@@ -738,12 +739,10 @@ StepOutput GpuExecutor::step(const std::vector<StepEntry>& batch) {
     }
     E.capturing = false;
     SHARQ_CUDA_CHECK(cudaStreamEndCapture(st, &g));
-    Graph one;
     const cudaError_t err = cudaGraphInstantiate(&one.exec, g, 0);
     cudaGraphDestroy(g);
     SHARQ_CUDA_CHECK(err);
     SHARQ_CUDA_CHECK(cudaGraphLaunch(one.exec, st));
-    SHARQ_CUDA_CHECK(cudaStreamSynchronize(st));  // before `one` is destroyed
   } else if (padded && E.opt.cuda_graphs) {
     auto it = E.graphs.find(P);
     if (it == E.graphs.end()) {
