@@ -59,19 +59,7 @@ class CheckpointSource final : public Source {
     return nullptr;
   }
   void matrix(Mat m, int64_t l, int64_t rows, int64_t cols, float* dst, cudaStream_t stream) override {
-    const LayerWeights lw = m == Mat::embed || m == Mat::lm_head ? LayerWeights{} : w_.layer(l);
-    const TensorView* t = nullptr;
-    switch (m) {
-      case Mat::embed: t = &w_.embed_tokens(); break;
-      case Mat::lm_head: t = &w_.lm_head(); break;
-      case Mat::q: t = lw.q; break;
-      case Mat::k: t = lw.k; break;
-      case Mat::v: t = lw.v; break;
-      case Mat::o: t = lw.o; break;
-      case Mat::gate: t = lw.gate; break;
-      case Mat::up: t = lw.up; break;
-      case Mat::down: t = lw.down; break;
-    }
+    const TensorView* t = view(m, l);
     if (!t || t->numel() != rows * cols)
       throw std::invalid_argument(fmt::format("GpuExecutor: {}: a weight of layer {} is missing or not {} x {}", w_.source, l,
                                               rows, cols));
