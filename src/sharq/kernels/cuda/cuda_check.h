@@ -45,7 +45,14 @@ class DeviceBuffer {
   }
   T* get() const { return p_; }
   size_t size() const { return n_; }
-  void upload(const T* h) { if (n_) SHARQ_CUDA_CHECK(cudaMemcpy(p_, h, n_ * sizeof(T), cudaMemcpyHostToDevice)); }
+  // Complete on return, for every stream: a cudaMemcpy from pageable memory may return before its
+  // DMA lands, and non-blocking streams (the engine's, the tests') are not ordered after the legacy
+  // default stream it ran on, so the upload waits for that stream.
+  void upload(const T* h) {
+    if (!n_) return;
+    SHARQ_CUDA_CHECK(cudaMemcpy(p_, h, n_ * sizeof(T), cudaMemcpyHostToDevice));
+    SHARQ_CUDA_CHECK(cudaStreamSynchronize(cudaStreamLegacy));
+  }
   void download(T* h) const { if (n_) SHARQ_CUDA_CHECK(cudaMemcpy(h, p_, n_ * sizeof(T), cudaMemcpyDeviceToHost)); }
   std::vector<T> to_host() const { std::vector<T> h(n_); download(h.data()); return h; }
   size_t bytes() const { return n_ * sizeof(T); }

@@ -69,8 +69,10 @@ class CheckpointSource final : public Source {
       tmp = to_f32(*t);
       in = tmp.data();
     }
-    SHARQ_CUDA_CHECK(cudaStreamSynchronize(stream));  // the previous user of `dst` is done
-    SHARQ_CUDA_CHECK(cudaMemcpy(dst, in, static_cast<size_t>(rows * cols) * sizeof(float), cudaMemcpyHostToDevice));
+    // on the engine's stream, after the previous user of `dst`, and landed before `tmp` goes
+    SHARQ_CUDA_CHECK(cudaMemcpyAsync(dst, in, static_cast<size_t>(rows * cols) * sizeof(float), cudaMemcpyHostToDevice,
+                                     stream));
+    SHARQ_CUDA_CHECK(cudaStreamSynchronize(stream));
   }
   std::vector<float> vec(Vec v, int64_t l, int64_t n) override {
     const TensorView* t = nullptr;

@@ -49,7 +49,10 @@ GpuActivations::GpuActivations(const Scheme& s, int64_t K, int64_t max_m) : sche
     case SchemeKind::fp8:
       ld_ = round_up(K, 16);
       q8_ = DeviceBuffer<uint8_t>(cells(ld_));
-      if (ld_ != K) SHARQ_CUDA_CHECK(cudaMemset(q8_.get(), 0, q8_.bytes()));  // the padding stays 0 forever
+      if (ld_ != K) {  // the padding stays 0 forever (complete before any stream's kernel: see DeviceBuffer::upload)
+        SHARQ_CUDA_CHECK(cudaMemset(q8_.get(), 0, q8_.bytes()));
+        SHARQ_CUDA_CHECK(cudaStreamSynchronize(cudaStreamLegacy));
+      }
       g_ = DeviceBuffer<float>(static_cast<size_t>(max_m));
       break;
     case SchemeKind::w4a16:
@@ -57,6 +60,7 @@ GpuActivations::GpuActivations(const Scheme& s, int64_t K, int64_t max_m) : sche
       if (ld_ != K) {  // a zero-padded copy of X (the padding stays 0 forever)
         a0_ = DeviceBuffer<__half>(cells(ld_));
         SHARQ_CUDA_CHECK(cudaMemset(a0_.get(), 0, a0_.bytes()));
+        SHARQ_CUDA_CHECK(cudaStreamSynchronize(cudaStreamLegacy));
       }
       break;
     case SchemeKind::nvfp4:
