@@ -107,7 +107,10 @@ void parse_compressed_tensors(const json& q, Plan& plan) {
     throw CheckpointError(fmt::format("{}: field 'config_groups' must be a non-empty object", where));
   if (groups->size() != 1)
     throw CheckpointError(fmt::format("{}: field 'config_groups' has {} groups; sharq reads checkpoints with one", where, groups->size()));
-  const auto& [gname, group] = *groups->items().begin();
+  // (not `*groups->items().begin()`: that binds to a temporary iteration proxy, a use after scope)
+  const auto first = groups->begin();
+  const std::string gname = first.key();
+  const json& group = first.value();
   const std::string gwhere = fmt::format("{}.config_groups.{}", where, gname);
   if (!group.is_object()) throw CheckpointError(fmt::format("{}: must be an object", gwhere));
   std::string format = string_field(group, "format", gwhere, false);
