@@ -51,6 +51,12 @@ class Ckpt {
     quantize_checkpoint(o);
     std::ifstream f(dir_ / "config.json");
     config = json::parse(f);
+    // the tests replace tensors as a third-party file would hold them: drop sharq's record of the
+    // exact global scales (quantize_test checks it), or every doctored divisor would contradict it
+    if (config["quantization_config"]["sharq"].contains("global_scales")) {
+      config["quantization_config"]["sharq"].erase("global_scales");
+      write_config();
+    }
   }
   ~Ckpt() {
     std::error_code ec;

@@ -2,6 +2,9 @@
 
 #include <algorithm>
 #include <cctype>
+#include <cerrno>
+#include <cstdio>
+#include <cstdlib>
 #include <cmath>
 #include <cstring>
 #include <filesystem>
@@ -68,6 +71,8 @@ std::map<std::string, std::vector<int64_t>> projection_shapes(const ModelConfig&
 struct Plan {
   QuantizationInfo info;
   std::string where;  // "config.json: quantization_config" or "hf_quant_config.json", for messages
+  // sharq's marker "global_scales": layer ("model.layers.0.self_attn.q_proj") -> the exact multiplier g
+  std::map<std::string, float> exact_globals;
 };
 
 const json* field(const json& obj, const char* key) {
@@ -102,7 +107,10 @@ void parse_compressed_tensors(const json& q, Plan& plan) {
     throw CheckpointError(fmt::format("{}: field 'config_groups' must be a non-empty object", where));
   if (groups->size() != 1)
     throw CheckpointError(fmt::format("{}: field 'config_groups' has {} groups; sharq reads checkpoints with one", where, groups->size()));
-  const auto& [gname, group] = *groups->items().begin();
+  // (not `*groups->items().begin()`: that binds to a temporary iteration proxy, a use after scope)
+  const auto first = groups->begin();
+  const std::string gname = first.key();
+  const json& group = first.value();
   const std::string gwhere = fmt::format("{}.config_groups.{}", where, gname);
   if (!group.is_object()) throw CheckpointError(fmt::format("{}: must be an object", gwhere));
   std::string format = string_field(group, "format", gwhere, false);
@@ -182,6 +190,21 @@ void parse_marker(const json& q, Plan& plan) {
   } catch (const std::invalid_argument& e) {
     throw CheckpointError(fmt::format("{}: field 'scheme': {}", where, e.what()));
   }
+  if (const json* gs = field(*m, "global_scales")) {
+    const std::string gwhere = where + ".global_scales";
+    if (!gs->is_object()) throw CheckpointError(fmt::format("{}: must be an object, got {}", gwhere, describe(*gs)));
+    for (const auto& [layer, v] : gs->items()) {
+      if (!v.is_string())
+        throw CheckpointError(fmt::format("{}: field '{}' must be a string (an FP32 value as a hex float, e.g. \"0x1.8p-3\"), got {}", gwhere,
+                                          layer, describe(v)));
+      float g = 0;
+      if (!parse_exact_f32(v.get<std::string>(), &g))
+        throw CheckpointError(fmt::format("{}: field '{}' is \"{}\", not a positive finite FP32 value written exactly (a hex float, "
+                                          "e.g. \"0x1.8p-3\")",
+                                          gwhere, layer, v.get<std::string>()));
+      plan.exact_globals[layer] = g;
+    }
+  }
   const json* block = field(*m, "weight_scale_block");
   if (!block) return;
   if (!block->is_number_integer() || (block->get<int64_t>() != 16 && block->get<int64_t>() != 32))
@@ -217,6 +240,24 @@ int64_t first_e4m3_nan(const TensorView& t) {
 }
 
 }  // namespace
+
+std::string exact_f32_string(float v) {
+  char buf[64];
+  std::snprintf(buf, sizeof buf, "%a", static_cast<double>(v));  // exact: every FP32 value is a double
+  return buf;
+}
+
+bool parse_exact_f32(const std::string& s, float* out) {
+  if (s.empty() || std::isspace(static_cast<unsigned char>(s[0]))) return false;
+  char* end = nullptr;
+  errno = 0;
+  const double d = std::strtod(s.c_str(), &end);
+  if (end != s.c_str() + s.size() || errno == ERANGE || !std::isfinite(d) || !(d > 0.0)) return false;
+  const float f = static_cast<float>(d);
+  if (static_cast<double>(f) != d || !std::isfinite(f)) return false;  // not an FP32 value: it would be rounded
+  *out = f;
+  return true;
+}
 
 float ct_global_multiplier(float divisor) { return 1.0f / divisor; }
 
@@ -364,6 +405,7 @@ void read_quantization_config(ModelWeights& w, const std::string& config_text, c
   const std::string codes_suffix = ct && !fp8 ? "weight_packed" : "weight";
   const std::string global_suffix = ct ? "weight_global_scale" : "weight_scale_2";
   const std::string file = w.source;
+  std::set<std::string> used_globals;
 
   for (const auto& [name, shape] : projection_shapes(w.config)) {
     const std::string base = name.substr(0, name.size() - std::string("weight").size());
@@ -427,6 +469,21 @@ void read_quantization_config(ModelWeights& w, const std::string& config_text, c
       check_positive(stored, file, global_name, ct ? "the divisor" : "the multiplier");
       qw->global = ct ? ct_global_multiplier(stored) : stored;
       check_positive(qw->global, file, global_name, "a global scale whose multiplier is");
+      const std::string layer = base.substr(0, base.size() - 1);
+      if (const auto e = plan.exact_globals.find(layer); e != plan.exact_globals.end()) {
+        // the exact g sharq's writer recorded; it must be the stored scale's value to a couple of ulps
+        uint32_t a = 0, b = 0;
+        std::memcpy(&a, &e->second, 4);
+        std::memcpy(&b, &qw->global, 4);
+        if ((a > b ? a - b : b - a) > 2)
+          throw CheckpointError(fmt::format("{}: field 'sharq.global_scales.{}' is {} ({:.9g}), but tensor '{}' says g = {} ({:.9g}{}); the two "
+                                            "must agree to 2 ulps",
+                                            plan.where, layer, exact_f32_string(e->second), e->second, global_name,
+                                            exact_f32_string(qw->global), qw->global,
+                                            ct ? fmt::format(", 1 / the stored divisor {:.9g}", stored) : std::string()));
+        qw->global = e->second;
+        used_globals.insert(layer);
+      }
       consumed.push_back(global_name);
       if (plan.info.weights == StoredWeights::nvfp4_32) {
         for (int64_t r = 0; r < N; ++r)
@@ -467,6 +524,11 @@ void read_quantization_config(ModelWeights& w, const std::string& config_text, c
     logical.quantized = std::move(qw);
     w.tensors[name] = std::move(logical);
   }
+
+  for (const auto& [layer, g] : plan.exact_globals)
+    if (!used_globals.count(layer))
+      throw CheckpointError(fmt::format("{}: field 'sharq.global_scales' names '{}', which is not an NVFP4 layer of this checkpoint", plan.where,
+                                        layer));
 
   // Anything left that looks like a part of a quantized layer belongs to no projection the config has.
   for (const auto& [name, t] : w.tensors) {

@@ -11,7 +11,9 @@
 // weight_scale_2, input_global_scale, input_scale) are consumed and no longer listed.
 //
 // Value conventions (the part that silently breaks when wrong):
-//   compressed-tensors weight_global_scale is a DIVISOR (~ 2688 / amax): g = fl(1 / stored);
+//   compressed-tensors weight_global_scale is a DIVISOR (~ 2688 / amax): g = fl(1 / stored)
+//     (checkpoints sharq writes also record the exact g of each layer in quantization_config.sharq.
+//     global_scales, which sharq prefers once it agrees with fl(1 / stored) to 2 ulps);
 //   ModelOpt weight_scale_2 is a MULTIPLIER (amax / 2688): g = stored;
 //   in both, W = e2m1(code) * e4m3(weight_scale) * g, codes low nibble first.
 //   FP8 weight_scale is a multiplier in both formats: W = e4m3(code) * scale[n].
@@ -57,6 +59,12 @@ float ct_global_multiplier(float divisor);
 // few ulps of fl(1/g) (then the round trip is exact), else fl(1/g) (then the multiplier read back
 // differs from g by about 1 ulp). `exact` says which.
 float ct_global_divisor(float g, bool* exact = nullptr);
+
+// An FP32 value as a C99 hex float ("0x1.8p-3"), which parse_exact_f32 reads back bit for bit.
+std::string exact_f32_string(float v);
+// A positive finite FP32 value written exactly (hex float, or decimal that is exactly an FP32 value);
+// false for anything else (trailing text, rounding needed, zero, negative, inf, NaN).
+bool parse_exact_f32(const std::string& s, float* out);
 
 // Empty when `scheme` runs on the weights of `q`, else one sentence naming the scheme, the
 // checkpoint (`source`) and its format, and the schemes that do run (sharq W32 on NVFP4-16

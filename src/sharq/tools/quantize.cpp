@@ -375,6 +375,11 @@ QuantizeReport quantize_checkpoint(const QuantizeOptions& opt) {
     config = json::parse(bytes.begin(), bytes.end());
   }
   config["quantization_config"] = quantization_config(scheme, format);
+  if (ct && !fp8) {  // the exact multiplier of every layer: ~1 in 6 has no FP32 divisor x with fl(1/x) == g
+    json exact = json::object();
+    for (const auto& [name, p] : proj) exact[name.substr(0, name.size() - std::string(".weight").size())] = exact_f32_string(p.g);
+    config["quantization_config"]["sharq"]["global_scales"] = exact;
+  }
   write_text_file(out / "config.json", config.dump(2) + "\n");
   rep.files.push_back("config.json");
   if (format == CheckpointFormat::modelopt) {
@@ -424,7 +429,7 @@ QuantizeReport quantize_checkpoint(const QuantizeOptions& opt) {
   for (const std::string& f : rep.files) rep.out_bytes += fs::file_size(out / f, ec);
   if (rep.inexact_divisors)
     rep.notes.push_back(fmt::format("{} of {} layers' global scale g has no FP32 divisor x with 1/x == g: weight_global_scale holds "
-                                    "fl(1/g), so readers (sharq included) apply a g about 1 ulp off",
+                                    "fl(1/g), so other readers apply a g about 1 ulp off there (sharq reads the exact g from quantization_config.sharq.global_scales)",
                                     rep.inexact_divisors, rep.quantized));
   rep.seconds = std::chrono::duration<double>(Clock::now() - t0).count();
   return rep;
