@@ -386,7 +386,7 @@ TEST(QuantizeCtExactGlobals, MarkerHoldsTheExactMultiplierAndIsChecked) {
     q["sharq"]["global_scales"]["model.layers.9.self_attn.q_proj"] = "0x1p-3";
     expect_error(q, {"model.layers.9.self_attn.q_proj", "not an NVFP4 layer"});
   }
-  for (const json bad : {json("0.1"), json("0x1p-3 "), json("-0x1p-3"), json("nan"), json("0x1.0000000001p-3"), json(0.125)}) {
+  for (const json& bad : {json("0.1"), json("0x1p-3 "), json("-0x1p-3"), json("nan"), json("0x1.0000000001p-3"), json(0.125)}) {
     json q = q0;
     q["sharq"]["global_scales"][inexact_layer] = bad;
     expect_error(q, {"global_scales", inexact_layer});
