@@ -321,7 +321,9 @@ QuantizeReport quantize_checkpoint(const QuantizeOptions& opt) {
   std::vector<SafetensorsTensorOut> tensors;
   std::vector<std::string> padded;  // projections whose K is not a multiple of 16
   const std::string base_suffix = "weight";
-  for (const auto& [name, t] : w.tensors) {
+  for (const auto& entry : w.tensors) {
+    const std::string& name = entry.first;  // a plain reference: lambdas below capture it (clang < 16
+    const TensorView& t = entry.second;     // cannot capture structured bindings)
     const auto pit = proj.find(name);
     if (pit == proj.end()) {  // copied in its source dtype
       tensors.push_back({name, t.dtype, t.shape, t.data, {}});
