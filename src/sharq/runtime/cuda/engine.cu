@@ -348,11 +348,18 @@ void GpuExecutor::Impl::build(const ModelConfig& c, const Scheme& sch, const Eng
     // one layer from matrices stacked along N (each N_i x K, with its bias or none)
     struct Part { Mat m; int64_t n; Vec bias; };
     const auto linear = [&](int64_t l, int64_t K, std::initializer_list<Part> parts) {
+      // the parts' biases, stacked (zeros for a part without one), or none at all
+      std::vector<float> bias;
+      bool any_bias = false;
+      for (const Part& p : parts) {
+        std::vector<float> b = src.vec(p.bias, l, p.n);
+        any_bias = any_bias || !b.empty();
+        if (b.empty()) b.assign(static_cast<size_t>(p.n), 0.0f);
+        bias.insert(bias.end(), b.begin(), b.end());
+      }
       const TensorView* first = src.view(parts.begin()->m, l);
       if (first && first->quantized) {  // a quantized checkpoint: its stored blocks, not re-quantized
         std::vector<const QuantizedWeight*> stored;
-        std::vector<float> bias;
-        bool any_bias = false;
         for (const Part& p : parts) {
           const TensorView* t = src.view(p.m, l);
           if (!t || !t->quantized || t->quantized->weights == StoredWeights::fp8)
@@ -362,10 +369,6 @@ void GpuExecutor::Impl::build(const ModelConfig& c, const Scheme& sch, const Eng
             throw std::invalid_argument(fmt::format("GpuExecutor: {}: {} x {} stored, {} x {} expected", t->quantized->name,
                                                     t->quantized->rows, t->quantized->cols, p.n, K));
           stored.push_back(t->quantized.get());
-          std::vector<float> b = src.vec(p.bias, l, p.n);
-          any_bias = any_bias || !b.empty();
-          if (b.empty()) b.assign(static_cast<size_t>(p.n), 0.0f);
-          bias.insert(bias.end(), b.begin(), b.end());
         }
         const Fp4Tiles tiles = sch.fp4_weight_block() == 32 ? stack_stored<Nvfp4_32>(stored) : stack_stored<Nvfp4_16>(stored);
         auto g = std::make_unique<GpuLinear>(sch, tiles, lo, any_bias ? bias.data() : nullptr);
@@ -373,14 +376,8 @@ void GpuExecutor::Impl::build(const ModelConfig& c, const Scheme& sch, const Eng
         return g;
       }
       DeviceMatrix dm{stage.get(), 0, K, {}};
-      std::vector<float> bias;
-      bool any_bias = false;
       for (const Part& p : parts) {
         src.matrix(p.m, l, p.n, K, stage.get() + dm.rows * K, st);
-        std::vector<float> b = src.vec(p.bias, l, p.n);
-        any_bias = any_bias || !b.empty();
-        if (b.empty()) b.assign(static_cast<size_t>(p.n), 0.0f);
-        bias.insert(bias.end(), b.begin(), b.end());
         dm.rows += p.n;
         dm.parts.push_back(p.n);
       }

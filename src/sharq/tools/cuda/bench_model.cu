@@ -187,15 +187,11 @@ int run_bench_model(const BenchModelOptions& o) {
     if (b < 1 || b > 1024) throw std::invalid_argument(fmt::format("bench model: batch {} (1 .. 1024)", b));
   const std::vector<Prefill> prefills = parse_prefill(o.prefill);
   std::vector<Scheme> schemes;
-  {
-    size_t a = 0;
-    while (a <= o.schemes.size()) {
-      const size_t b = std::min(o.schemes.find(',', a), o.schemes.size());
-      if (b > a) schemes.push_back(parse_scheme(o.schemes.substr(a, b - a)));
-      a = b + 1;
-    }
+  try {
+    schemes = parse_scheme_list(o.schemes);
+  } catch (const std::invalid_argument& e) {
+    throw std::invalid_argument(std::string("bench model: --schemes: ") + e.what());
   }
-  if (schemes.empty()) throw std::invalid_argument("bench model: --schemes is empty");
   for (const Scheme& s : schemes) {
     const std::string why = scheme_unsupported_reason(s, Device::cuda);
     if (!why.empty()) throw std::invalid_argument("bench model: " + why);
