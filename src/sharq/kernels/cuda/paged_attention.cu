@@ -1,31 +1,35 @@
-// The attention kernels of the GPU engine (paged_attention.h): the split-KV decode kernel with its
-// combine kernel, the FlashAttention-2 prefill kernel, the host plan and the entry point.
+// The attention kernels of the GPU engine (paged_attention.h): the split-KV decode kernel (one launch,
+// combine included), the FlashAttention-2 prefill kernel, the host plan and the entry point.
 //
 // Cache addressing (both kernels): key j of a sequence lives at element
 //   ((table[j / bs] * bs + j % bs) * nkv + kvh) * hd
-// of the K (V) pool. The offsets of a tile's 64 keys are computed once per tile by 64 threads into
-// shared memory (one block-table read and one division per key), and every 16-byte copy of the tile
-// reads them from there.
+// of the K (V) pool. Prefill: the offsets of a tile's 64 keys are computed once per tile by 64 threads
+// into shared memory. Decode: each lane reads the block-table entries of its own keys one pipeline
+// step ahead of the copies that use them.
 //
-// ---- Decode (one CTA = 128 threads per (split, head group, row)) ---------------------------------
+// ---- Decode (a cluster of C = 8 CTAs of 4 warps per (head group, row)) ----------------------------
 // Head group: gc query heads of one KV head, gc = the largest divisor of nh / nkv that is <= 8
 // (compile-time bound MG = 1, 2, 4 or 8 >= gc), so every K/V row is read from HBM once per gc heads.
-// Thread layout: L = lanes per key (the power of two >= hd / 8, 1..32): lane li of a group owns dims
-// 8 li .. 8 li + 7 and keeps q (FP32, pre-scaled by log2(e) / sqrt(hd)) of the gc heads for them in
-// registers; the 128 / L groups take keys grp, grp + 128 / L, ... of the tile.
-// Per tile of 64 keys: K and V arrive by cp.async (16 B; element copies when hd % 8 != 0 or the pools
-// are not 16-byte aligned) into a double-buffered [2][64][hdp] stage (the next tile's copies fly while
-// this one is computed); scores: 8-wide FP32 dot products per lane, a butterfly over the L lanes, to
-// shared [MG][64]; softmax: warp w takes heads w, w + 4 (running max / sum in registers, exp2f,
-// butterfly reductions); PV: acc[g][8] += p * v per lane, rescaled once per tile. At the end the
-// 128 / L key groups' accumulators are summed in group order through shared memory (aliasing the K/V
-// stage). Everything is in a fixed order: a row's bits depend on its own range only.
-// Split rule (paged_attention.h): chunk = max(64, round_up(ceil(len / 16), 64)), <= 16 splits. Grid
-// (16, nh / gc, rows): CTAs past the row's split count exit. One split writes the output; more write
-// FP32 partials (acc [row][head][split][hd], max, sum) that the combine kernel merges in split order.
-// Rows are launched in groups of <= 128 (kRowsPerLaunch) that reuse the workspace.
-// Shared memory: max(4 * 64 * hdp * 2 B, (128 / L) * MG * hdp * 4 B) + scores MG * 256 B + offsets
-// 1 KB: 64 KB + 3 KB for hd 128 (3 CTAs per SM), 128 KB + 3 KB for hd 256.
+// The row's len keys are cut into warp ranges by a rule of len only (C = kDecodeCluster = 8):
+//     W = max(8, round_up(ceil(len / (4 C)), 8)) keys per warp, warp w of CTA c the range (4 c + w) W ..
+// Each warp works alone through its range in steps of 8 keys: L = lanes per key (the power of two
+// >= hd / 8, at least 4), lane li owning dims 8 li .. 8 li + 7, 32 / L keys per warp-wide 16-byte load,
+// L / 4 loads of K and of V per lane per step. The copies (cp.async, 16 B; element copies when
+// hd % 8 != 0 or the pools are not 16-byte aligned) go to a per-warp ring of 4 steps (2 for hd > 128),
+// so up to 4 steps are in flight per warp; each lane reads back only its own chunks (no barrier).
+// Scores: FP32 q (pre-scaled by log2(e) / sqrt(hd), registers) . k over the lane's 8 dims for its
+// L / 4 keys x MG heads, summed over the key's L lanes by a reduce-scatter butterfly (each round
+// halves the values a lane carries) into a per-warp [8][MG] buffer; online softmax per step (lane t
+// takes scores t, t + 32 of head t % MG: running max / sum in registers, exp2f, butterflies); PV:
+// acc[g][8] += p * v per lane (rescaled only when a head's max moved). After the loop: the warp's key
+// groups summed (butterfly), the 4 warps merged in warp order in shared memory (the CTA partial: max,
+// sum, acc[gc][hd]), then the CTAs of the cluster with keys merged in rank order through distributed
+// shared memory, each output (head, dim) by one thread of the cluster; a row whose keys fit one CTA
+// (len <= 4 W) writes its output from that CTA, without a cluster barrier. Everything is in a fixed
+// order: a row's bits depend on its own range only (never on M, the other rows or the SM count).
+// Shared memory: ring 4 warps x stages x 2 x L * 128 B (64 KB for hd 128: 3 CTAs per SM; 64 KB for
+// hd 256) + scores 1 KB; the warp / CTA partials alias the ring after the loop. The workspace is not
+// used (its size is kept for the interface).
 //
 // ---- Prefill (one CTA = 4 warps per (tile, query head)) ------------------------------------------
 // Q tile: 64 rows (zero rows past the tile's count) x HD, q rounded to T into shared memory, then
@@ -38,12 +42,13 @@
 // (64 + 4 * 64) * (HD + 8) * 2 B + 1 KB: 87 KB for HD 128 (2 CTAs per SM), 46 KB for HD 64. The grid
 // walks the tiles from the last one (the longest causal ranges first).
 //
-// All three kernels are launched with programmatic stream serialization (PDL, as the FP4 GEMMs): a
-// kernel may start while its predecessor drains and reads only the step metadata (rows, positions,
-// block tables: copied before the step's first kernel) before griddepcontrol.wait; q, the cache, the
-// workspace and the output are touched only after it.
+// Both kernels are launched with programmatic stream serialization (PDL, as the FP4 GEMMs): a kernel
+// may start while its predecessor drains and reads only the step metadata (rows, positions, block
+// tables: copied before the step's first kernel) before griddepcontrol.wait; q, the cache and the
+// output are touched only after it. Every CTA executes griddepcontrol.wait before it exits.
 #include "sharq/kernels/cuda/paged_attention.h"
 
+#include <cooperative_groups.h>
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
@@ -65,7 +70,8 @@ namespace {
 constexpr int kThreads = 128;        // both kernels: 4 warps
 constexpr int kKeys = 64;            // keys per decode tile / prefill key block
 constexpr int kMaxSplits = 16;       // decode splits per row, at most
-constexpr int kRowsPerLaunch = 128;  // decode rows per launch (the workspace holds this many)
+constexpr int kRowsPerLaunch = 65535;  // decode rows per launch (grid z)
+constexpr int kWorkspaceRows = 128;    // the workspace formula (paged_attention.h) stops growing here
 constexpr int kMaxHeadDim = 256;
 constexpr unsigned kFull = 0xffffffffu;
 
@@ -74,16 +80,6 @@ __host__ __device__ inline int first_key(int pos, int64_t window) {
   const int64_t j0 = static_cast<int64_t>(pos) + 1 - window;
   return window > 0 && j0 > 0 ? static_cast<int>(j0) : 0;
 }
-// The split rule: keys per split, a function of the attended length only.
-__host__ __device__ inline int split_chunk(int len) {
-  const int64_t per = (static_cast<int64_t>(len) + kMaxSplits - 1) / kMaxSplits;
-  const int64_t c = (per + kKeys - 1) / kKeys * kKeys;
-  return static_cast<int>(c > kKeys ? c : kKeys);
-}
-__host__ __device__ inline int split_count(int len, int chunk) {
-  return static_cast<int>((static_cast<int64_t>(len) + chunk - 1) / chunk);
-}
-
 __device__ __forceinline__ uint32_t smem_u32(const void* p) {
   return static_cast<uint32_t>(__cvta_generic_to_shared(p));
 }
@@ -183,71 +179,165 @@ struct DecodeArgs {
   RowMap rows;
   const uint16_t* k;
   const uint16_t* v;
-  float* part;  // acc [n_rows][nh][kMaxSplits][hd], then max and sum [n_rows][nh][kMaxSplits]
   void* out;
   int64_t window;
-  int n_rows, nh, G, gc, hd, hdp, L, nkv, bs, vec;
+  int nh, G, gc, hd, nkv, bs, vec, cluster;
   float qscale;
 };
 
+constexpr int kDecodeWarps = kThreads / 32;
+// CTAs per decode cluster (a row's head group): 8, the portable cluster size. (Measured on an H200:
+// 16 is faster for single long rows but slower for batches of short ones.)
+constexpr int kDecodeCluster = 8;
+constexpr int kStepKeys = 8;  // keys per warp step (every head-dim class)
+
+// Keys per warp of a row of len keys spread over nwarps warps (the cluster's): a function of len only.
+__host__ __device__ inline int decode_warp_keys(int len, int nwarps) {
+  const int per = (len + nwarps - 1) / nwarps;
+  const int w = (per + kStepKeys - 1) / kStepKeys * kStepKeys;
+  return w > kStepKeys ? w : kStepKeys;
+}
+
+// Pipeline stages per warp: L lanes per key row (L * 8 >= head_dim).
+__host__ __device__ constexpr int decode_stages(int L) { return L == 32 ? 2 : 4; }
+
+// Shared memory: the per-warp K/V stage ring, then the per-warp scores, the CTA partial's max and sum.
+// After the key loop the stage ring holds the warps' accumulators [warps][MG][L*8] and the CTA's
+// merged accumulator [MG][L*8] (read by the other CTAs of the cluster).
 struct DecodeSmem {
-  size_t sc, koff, corr, total;
+  size_t stage_bytes, wacc, cacc, sc, cm, cl, total;
 };
-__host__ __device__ inline DecodeSmem decode_smem(int hdp, int L, int MG) {
-  const size_t kv = static_cast<size_t>(4) * kKeys * hdp * 2;
-  const size_t red = static_cast<size_t>(kThreads / L) * MG * hdp * 4;
-  DecodeSmem s;
-  s.sc = ((kv > red ? kv : red) + 15) / 16 * 16;
-  s.koff = s.sc + static_cast<size_t>(MG) * kKeys * 4;  // 16-aligned (MG * 256)
-  s.corr = s.koff + 2 * kKeys * 8;
-  s.total = s.corr + static_cast<size_t>(3) * MG * 4;
+__host__ __device__ constexpr DecodeSmem decode_smem(int L, int MG) {
+  DecodeSmem s{};
+  s.stage_bytes = static_cast<size_t>(L / 4) * 512;  // one stage's K (or V) of one warp
+  const size_t ring = s.stage_bytes * 2 * decode_stages(L) * kDecodeWarps;
+  s.wacc = 0;
+  s.cacc = static_cast<size_t>(kDecodeWarps) * MG * L * 8 * 4;
+  const size_t red = s.cacc + static_cast<size_t>(MG) * L * 8 * 4;
+  s.sc = ring > red ? ring : red;
+  s.cm = s.sc + static_cast<size_t>(kDecodeWarps) * kStepKeys * MG * 4;
+  s.cl = s.cm + MG * 4;
+  s.total = s.cl + MG * 4;
   return s;
 }
 
-template <class T, int MG>
+// Sum v[0 .. N) over the lanes of an aligned group of 2 * OFF lanes (OFF, OFF / 2, .., 1), scattering
+// the sums: while more than one value is left, each round keeps half of them (the upper half where
+// lane & off) and adds the partner's copy of that half. At the end lane li of the group holds the
+// full sums of the values li * N / G .. + max(1, N / G) - 1 (G the group size) in v[0 ..].
+template <int N, int OFF>
+__device__ __forceinline__ void reduce_scatter(float* v, int lane) {
+  if constexpr (OFF > 0) {
+    if constexpr (N >= 2) {
+      constexpr int H = N / 2;
+      const bool up = (lane & OFF) != 0;
+#pragma unroll
+      for (int i = 0; i < H; ++i) {
+        const float send = up ? v[i] : v[i + H];
+        const float keep = up ? v[i + H] : v[i];
+        v[i] = keep + __shfl_xor_sync(kFull, send, OFF);
+      }
+      reduce_scatter<H, OFF / 2>(v, lane);
+    } else {
+      v[0] += __shfl_xor_sync(kFull, v[0], OFF);
+      reduce_scatter<1, OFF / 2>(v, lane);
+    }
+  }
+}
+
+__device__ __forceinline__ uint4 lds128(const unsigned char* p) { return *reinterpret_cast<const uint4*>(p); }
+
+// One CTA per (cluster rank, head group, row); the cluster's C CTAs (C * 4 warps) share the row's keys.
+template <class T, int MG, int L>
 __global__ void __launch_bounds__(kThreads) decode_kernel(const DecodeArgs a) {
+  constexpr int R = L / 4;             // 16-byte chunks of K (and of V) per lane per step
+  constexpr int KPI = 32 / L;          // keys per warp-wide chunk load
+  constexpr int S = R * KPI;           // keys per step (8)
+  constexpr int NST = decode_stages(L);
+  constexpr int NW = kDecodeWarps;
+  constexpr int V = R * MG;            // partial dot products per lane per step
+  constexpr int NF = V >= L ? V / L : 1;
+  constexpr int LD = L * 8;            // floats per head in the accumulator buffers
+  constexpr int NC = (S * MG + 31) / 32;
+  constexpr DecodeSmem lay = decode_smem(L, MG);
+  static_assert(S == kStepKeys, "step keys");
   extern __shared__ __align__(16) unsigned char smem[];
-  const int split = blockIdx.x, r = blockIdx.z;
+  namespace cg = cooperative_groups;
+
+  const int rank = blockIdx.x, r = blockIdx.z, C = a.cluster;
   const int m = a.drows[r];
   const int pos = a.rows.pos[m], toff = a.rows.table_off[m];  // both loads in flight together
   const int j0 = first_key(pos, a.window);
   const int len = pos + 1 - j0;
-  const int chunk = split_chunk(len);
-  const int nsplit = split_count(len, chunk);
-  if (split >= nsplit) {  // no work, but wait anyway: a PDL grid must not complete before its
-    grid_dependency_wait();  // primary, or the kernels after it could overtake the primary
-    return;
-  }
-  const int ks = j0 + split * chunk;
-  const int nkeys = min(chunk, pos + 1 - ks);
-  const int ntiles = (nkeys + kKeys - 1) / kKeys;
+  const int W = decode_warp_keys(len, C * NW);
+  const int n_act = ((len + W - 1) / W + NW - 1) / NW;  // CTAs of the cluster with keys
 
-  const int gc = a.gc, h0 = blockIdx.y * gc, kvh = h0 / a.G, hd = a.hd, hdp = a.hdp, L = a.L;
+  const int gc = a.gc, h0 = blockIdx.y * gc, kvh = h0 / a.G, hd = a.hd, bs = a.bs;
   const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
-  const int li = tid & (L - 1), grp = tid / L, ngrp = kThreads / L;
-  const bool dim_on = li * 8 < hdp;
-
-  const DecodeSmem lay = decode_smem(hdp, L, MG);
-  uint16_t* kbuf = reinterpret_cast<uint16_t*>(smem);           // [2][64][hdp]
-  uint16_t* vbuf = kbuf + 2 * kKeys * hdp;                      // [2][64][hdp]
-  float* red = reinterpret_cast<float*>(smem);                  // [ngrp][MG][hdp], after the key loop
-  float* sc = reinterpret_cast<float*>(smem + lay.sc);          // [MG][64] scores, then probabilities
-  int64_t* koff = reinterpret_cast<int64_t*>(smem + lay.koff);  // [2][64]
-  float* corr = reinterpret_cast<float*>(smem + lay.corr);      // [MG]
-  float* mls = corr + MG;                                       // [2][MG] final max, sum
+  const int li = lane & (L - 1), kq = lane / L;
+  const bool dim_on = li * 8 < hd;
+  const int kw0 = j0 + (rank * NW + warp) * W;  // this warp's keys kw0 .. kw0 + nk - 1
+  const int nk = max(0, min(W, pos + 1 - kw0));
+  const int nsteps = (nk + S - 1) / S;
 
   const int32_t* table = a.rows.table + toff;
-  const int64_t tok_stride = static_cast<int64_t>(a.nkv) * hd, head_off = static_cast<int64_t>(kvh) * hd;
+  const int64_t tok_stride = static_cast<int64_t>(a.nkv) * hd,
+                head_off = static_cast<int64_t>(kvh) * hd + li * 8;
+  unsigned char* ring = smem + static_cast<size_t>(warp) * NST * 2 * lay.stage_bytes;
+  float* sc = reinterpret_cast<float*>(smem + lay.sc) + warp * S * MG;  // [S][MG] scores, then p
 
-  auto fill_offsets = [&](int t, int s) {
-    if (tid < kKeys && tid < nkeys - t * kKeys)
-      koff[s * kKeys + tid] = key_offset(table, ks + t * kKeys + tid, a.bs, tok_stride, head_off);
+  // Block-table entries of this lane's keys of step u (key kw0 + u * S + kq + KPI * i).
+  auto table_step = [&](int u, int (&tb)[R], int (&rm)[R]) {
+#pragma unroll
+    for (int i = 0; i < R; ++i) {
+      const int j = u * S + kq + KPI * i;
+      if (j < nk) {
+        const int jg = kw0 + j, b = jg / bs;
+        tb[i] = table[b];
+        rm[i] = jg - b * bs;
+      }
+    }
   };
+  // Copies of step u's K and V chunks into stage st (one commit group, possibly empty).
+  auto issue = [&](int u, int st, const int (&tb)[R], const int (&rm)[R]) {
+    unsigned char* sk = ring + st * 2 * lay.stage_bytes;
+    unsigned char* sv = sk + lay.stage_bytes;
+    if (dim_on) {
+#pragma unroll
+      for (int i = 0; i < R; ++i) {
+        const int j = u * S + kq + KPI * i;
+        if (j < nk) {
+          const int64_t off = (static_cast<int64_t>(tb[i]) * bs + rm[i]) * tok_stride + head_off;
+          const int so = i * 512 + lane * 16;
+          if (a.vec) {
+            cp_async16(smem_u32(sk + so), a.k + off);
+            cp_async16(smem_u32(sv + so), a.v + off);
+          } else {
+            uint16_t* dk = reinterpret_cast<uint16_t*>(sk + so);
+            uint16_t* dv = reinterpret_cast<uint16_t*>(sv + so);
+#pragma unroll
+            for (int e = 0; e < 8; ++e) {
+              const bool in = li * 8 + e < hd;
+              dk[e] = in ? a.k[off + e] : uint16_t(0);
+              dv[e] = in ? a.v[off + e] : uint16_t(0);
+            }
+          }
+        }
+      }
+    }
+    cp_async_commit();
+  };
+
   // The step metadata (rows, positions, block tables) was copied before the preceding kernels ran:
-  // read it, and the first two tiles' offsets, before waiting on the preceding kernel (PDL).
-  fill_offsets(0, 0);
-  if (ntiles > 1) fill_offsets(1, 1);
-  grid_dependency_wait();  // q, the cache (written by the preceding kernel) and the workspace from here on
+  // read it for the first NST + 1 steps before waiting on the preceding kernel (PDL).
+  int tb0[NST][R], rm0[NST][R], tbn[R], rmn[R];
+#pragma unroll
+  for (int st = 0; st < NST; ++st) table_step(st, tb0[st], rm0[st]);
+  table_step(NST, tbn, rmn);
+  grid_dependency_wait();  // q and the cache (written by the preceding kernel) from here on; every CTA
+                           // waits (a PDL grid must not complete before its primary)
+#pragma unroll
+  for (int st = 0; st < NST; ++st) issue(st, st, tb0[st], rm0[st]);
 
   float qr[MG][8];
 #pragma unroll
@@ -258,190 +348,206 @@ __global__ void __launch_bounds__(kThreads) decode_kernel(const DecodeArgs a) {
       qr[g][e] = g < gc && d < hd ? a.q[(static_cast<int64_t>(m) * a.nh + h0 + g) * hd + d] * a.qscale : 0.0f;
     }
 
-  // Copies of tile t into stage s (offsets in koff[s]).
-  auto issue = [&](const uint16_t* src, uint16_t* dst, int t, int s) {
-    const int nk = min(kKeys, nkeys - t * kKeys);
-    if (!dim_on) return;
-    for (int kk = grp; kk < nk; kk += ngrp) {
-      const uint16_t* g = src + koff[s * kKeys + kk] + li * 8;
-      uint16_t* d = dst + (s * kKeys + kk) * hdp + li * 8;
-      if (a.vec) {
-        cp_async16(smem_u32(d), g);
-      } else {
-#pragma unroll
-        for (int e = 0; e < 8; ++e) d[e] = li * 8 + e < hd ? g[e] : uint16_t(0);
-      }
-    }
-  };
-
-  __syncthreads();
-  issue(a.k, kbuf, 0, 0);
-  cp_async_commit();
-  issue(a.v, vbuf, 0, 0);
-  cp_async_commit();
-
-  constexpr int GW = (MG + 3) / 4;  // heads per warp in the softmax stage
-  float mrun[GW], lrun[GW];
-#pragma unroll
-  for (int i = 0; i < GW; ++i) mrun[i] = -INFINITY, lrun[i] = 0.0f;
   float acc[MG][8];
 #pragma unroll
   for (int g = 0; g < MG; ++g)
 #pragma unroll
     for (int e = 0; e < 8; ++e) acc[g][e] = 0.0f;
+  float mrun = -INFINITY, lrun = 0.0f;  // of head lane % MG (the same in every lane of that head)
 
-  for (int t = 0; t < ntiles; ++t) {
-    const int s = t & 1, nk = min(kKeys, nkeys - t * kKeys);
-    if (t + 1 < ntiles) issue(a.k, kbuf, t + 1, s ^ 1);
-    cp_async_commit();
-    if (t + 1 < ntiles) issue(a.v, vbuf, t + 1, s ^ 1);
-    cp_async_commit();
-    cp_async_wait<3>();  // K(t) of this thread landed
-    __syncthreads();     // ... and of every thread; koff[s] is free
-    if (t + 2 < ntiles) fill_offsets(t + 2, s);
+  for (int t = 0; t < nsteps; ++t) {
+    const int st = t % NST;
+    const unsigned char* sk = ring + st * 2 * lay.stage_bytes;
+    const unsigned char* sv = sk + lay.stage_bytes;
+    cp_async_wait<NST - 1>();  // step t of this lane landed (each lane reads only its own chunks)
 
-    // scores (log2 domain) of the tile's keys
-    const uint16_t* kt = kbuf + s * kKeys * hdp;
-#pragma unroll 2
-    for (int kk = grp; kk < kKeys; kk += ngrp) {  // same trip count across each warp; unrolled for ILP
-      float dot[MG];
+    // partial dot products of the lane's 8 dims, summed over the key's L lanes (scattered)
+    float v[V];
 #pragma unroll
-      for (int g = 0; g < MG; ++g) dot[g] = 0.0f;
-      if (kk < nk && dim_on) {
+    for (int i = 0; i < R; ++i) {
+      const int j = t * S + kq + KPI * i;
+      if (dim_on && j < nk) {
         float kf[8];
-        unpack8<T>(*reinterpret_cast<const uint4*>(kt + kk * hdp + li * 8), kf);
-#pragma unroll
-        for (int g = 0; g < MG; ++g)
-          if (g < gc)
-#pragma unroll
-            for (int e = 0; e < 8; ++e) dot[g] = fmaf(qr[g][e], kf[e], dot[g]);
-      }
-      for (int off = L >> 1; off > 0; off >>= 1)
-#pragma unroll
-        for (int g = 0; g < MG; ++g)
-          if (g < gc) dot[g] += __shfl_xor_sync(kFull, dot[g], off);
-      if (li == 0)
-#pragma unroll
-        for (int g = 0; g < MG; ++g)
-          if (g < gc) sc[g * kKeys + kk] = kk < nk ? dot[g] : -INFINITY;
-    }
-    __syncthreads();
-
-    // online softmax: warp w owns heads w, w + 4
-#pragma unroll
-    for (int i = 0; i < GW; ++i) {
-      const int g = warp + 4 * i;
-      if (g >= gc) continue;
-      const float s0 = sc[g * kKeys + lane], s1 = sc[g * kKeys + lane + 32];
-      float mx = fmaxf(s0, s1);
-#pragma unroll
-      for (int off = 16; off > 0; off >>= 1) mx = fmaxf(mx, __shfl_xor_sync(kFull, mx, off));
-      const float mn = fmaxf(mrun[i], mx);  // finite: a tile has at least one key
-      const float c = exp2f(mrun[i] - mn);  // 0 on the first tile
-      const float p0 = exp2f(s0 - mn), p1 = exp2f(s1 - mn);
-      float ps = p0 + p1;
-#pragma unroll
-      for (int off = 16; off > 0; off >>= 1) ps += __shfl_xor_sync(kFull, ps, off);
-      lrun[i] = lrun[i] * c + ps;
-      mrun[i] = mn;
-      sc[g * kKeys + lane] = p0;
-      sc[g * kKeys + lane + 32] = p1;
-      if (lane == 0) corr[g] = c;
-    }
-    cp_async_wait<2>();  // V(t) of this thread landed
-    __syncthreads();
-
-    // acc = acc * corr + sum_k p_k v_k
-#pragma unroll
-    for (int g = 0; g < MG; ++g) {
-      const float c = g < gc ? corr[g] : 0.0f;
-#pragma unroll
-      for (int e = 0; e < 8; ++e) acc[g][e] *= c;
-    }
-    if (dim_on) {
-      const uint16_t* vt = vbuf + s * kKeys * hdp;
-      for (int kk = grp; kk < nk; kk += ngrp) {
-        float vf[8];
-        unpack8<T>(*reinterpret_cast<const uint4*>(vt + kk * hdp + li * 8), vf);
+        unpack8<T>(lds128(sk + i * 512 + lane * 16), kf);
 #pragma unroll
         for (int g = 0; g < MG; ++g) {
-          if (g >= gc) continue;
-          const float p = sc[g * kKeys + kk];
+          float d = 0.0f;
 #pragma unroll
-          for (int e = 0; e < 8; ++e) acc[g][e] = fmaf(p, vf[e], acc[g][e]);
+          for (int e = 0; e < 8; ++e) d = fmaf(qr[g][e], kf[e], d);
+          v[i * MG + g] = d;
+        }
+      } else {
+#pragma unroll
+        for (int g = 0; g < MG; ++g) v[i * MG + g] = 0.0f;
+      }
+    }
+    reduce_scatter<V, L / 2>(v, lane);
+    if (V >= L || li % (L / (V >= L ? 1 : V)) == 0) {
+      const int idx0 = li * V / L;
+#pragma unroll
+      for (int f = 0; f < NF; ++f) {
+        const int idx = idx0 + f, i = idx / MG, g = idx % MG, key = kq + KPI * i;
+        // unused heads get 0 (finite, never read back); keys past the warp's range -inf
+        sc[key * MG + g] = g < gc ? (t * S + key < nk ? v[f] : -INFINITY) : 0.0f;
+      }
+    }
+    __syncwarp();
+
+    // online softmax of the step: lane handles scores lane + 32 c (head lane % MG)
+    float s[NC], mx = -INFINITY;
+#pragma unroll
+    for (int c = 0; c < NC; ++c) {
+      s[c] = lane + 32 * c < S * MG ? sc[lane + 32 * c] : -INFINITY;
+      mx = fmaxf(mx, s[c]);
+    }
+#pragma unroll
+    for (int off = 16; off >= MG; off >>= 1) mx = fmaxf(mx, __shfl_xor_sync(kFull, mx, off));
+    const float mn = fmaxf(mrun, mx);  // finite: every step has a key of every used head
+    const float corr = exp2f(mrun - mn);  // 0 on the first step
+    mrun = mn;
+    float ps = 0.0f;
+#pragma unroll
+    for (int c = 0; c < NC; ++c) {
+      const float p = exp2f(s[c] - mn);
+      if (lane + 32 * c < S * MG) sc[lane + 32 * c] = p;
+      ps += p;
+    }
+    lrun = lrun * corr + ps;
+    float cg_[MG];
+    bool resc = false;
+#pragma unroll
+    for (int g = 0; g < MG; ++g) {
+      cg_[g] = __shfl_sync(kFull, corr, g);
+      resc |= cg_[g] != 1.0f;
+    }
+    __syncwarp();
+
+    // acc = acc * corr + sum_k p_k v_k over the lane's keys
+    if (resc)
+#pragma unroll
+      for (int g = 0; g < MG; ++g)
+#pragma unroll
+        for (int e = 0; e < 8; ++e) acc[g][e] *= cg_[g];
+    if (dim_on) {
+#pragma unroll
+      for (int i = 0; i < R; ++i) {
+        const int key = kq + KPI * i;
+        if (t * S + key < nk) {
+          float vf[8];
+          unpack8<T>(lds128(sv + i * 512 + lane * 16), vf);
+          float p[MG];
+          if constexpr (MG >= 4) {
+#pragma unroll
+            for (int g4 = 0; g4 < MG; g4 += 4) {
+              const float4 x = *reinterpret_cast<const float4*>(sc + key * MG + g4);
+              p[g4] = x.x, p[g4 + 1] = x.y, p[g4 + 2] = x.z, p[g4 + 3] = x.w;
+            }
+          } else {
+#pragma unroll
+            for (int g = 0; g < MG; ++g) p[g] = sc[key * MG + g];
+          }
+#pragma unroll
+          for (int g = 0; g < MG; ++g) {
+            if (g >= gc) continue;
+#pragma unroll
+            for (int e = 0; e < 8; ++e) acc[g][e] = fmaf(p[g], vf[e], acc[g][e]);
+          }
         }
       }
     }
-    __syncthreads();  // stage s and the scores are free
+    __syncwarp();  // the scores buffer is rewritten by the next step
+
+    // refill the stage just consumed with step t + NST; block-table entries for the step after
+    {
+      int tbx[R], rmx[R];
+#pragma unroll
+      for (int i = 0; i < R; ++i) tbx[i] = tbn[i], rmx[i] = rmn[i];
+      issue(t + NST, st, tbx, rmx);
+      if (t + NST + 1 < nsteps) table_step(t + NST + 1, tbn, rmn);
+    }
   }
   cp_async_wait<0>();
 
-  // sum the key groups' accumulators in group order
-  if (dim_on) {
+  // the warp's result: accumulators summed over its key groups, the sum over its lanes per head
+#pragma unroll
+  for (int off = L; off < 32; off <<= 1)
+#pragma unroll
+    for (int g = 0; g < MG; ++g)
+#pragma unroll
+      for (int e = 0; e < 8; ++e) acc[g][e] += __shfl_xor_sync(kFull, acc[g][e], off);
+#pragma unroll
+  for (int off = MG; off < 32; off <<= 1) lrun += __shfl_xor_sync(kFull, lrun, off);
+
+  float* wacc = reinterpret_cast<float*>(smem + lay.wacc);  // [NW][MG][LD], aliases the stage ring
+  float* cacc = reinterpret_cast<float*>(smem + lay.cacc);  // [MG][LD]
+  float* cm = reinterpret_cast<float*>(smem + lay.cm);
+  float* cl = reinterpret_cast<float*>(smem + lay.cl);
+  float* wml = reinterpret_cast<float*>(smem + lay.sc);  // [NW][2][MG] (aliases the scores)
+  __syncthreads();  // every warp is done with the ring and the scores
+  if (kq == 0 && dim_on)
 #pragma unroll
     for (int g = 0; g < MG; ++g) {
-      if (g >= gc) continue;
-      float4* d = reinterpret_cast<float4*>(red + (grp * MG + g) * hdp + li * 8);
+      float4* d = reinterpret_cast<float4*>(wacc + (warp * MG + g) * LD + li * 8);
       d[0] = make_float4(acc[g][0], acc[g][1], acc[g][2], acc[g][3]);
       d[1] = make_float4(acc[g][4], acc[g][5], acc[g][6], acc[g][7]);
     }
-  }
-  if (lane == 0)
-#pragma unroll
-    for (int i = 0; i < GW; ++i) {
-      const int g = warp + 4 * i;
-      if (g < gc) mls[g] = mrun[i], mls[MG + g] = lrun[i];
-    }
+  if (lane < MG) wml[(warp * 2) * MG + lane] = mrun, wml[(warp * 2 + 1) * MG + lane] = lrun;
   __syncthreads();
-  float* pacc = a.part;
-  float* pm = pacc + static_cast<int64_t>(a.n_rows) * a.nh * kMaxSplits * hd;
-  float* pl = pm + static_cast<int64_t>(a.n_rows) * a.nh * kMaxSplits;
-  for (int idx = tid; idx < gc * hd; idx += kThreads) {
-    const int g = idx / hd, d = idx - g * hd, h = h0 + g;
-    float o = 0.0f;
-    for (int sub = 0; sub < ngrp; ++sub) o += red[(sub * MG + g) * hdp + d];
-    if (nsplit == 1) {
-      static_cast<T*>(a.out)[(static_cast<int64_t>(m) * a.nh + h) * hd + d] = from_f<T>(o / mls[MG + g]);
-    } else {
-      const int64_t ps = (static_cast<int64_t>(r) * a.nh + h) * kMaxSplits + split;
-      pacc[ps * hd + d] = o;
-      if (d == 0) pm[ps] = mls[g], pl[ps] = mls[MG + g];
+
+  // the CTA's partial: the warps merged in warp order (warps without keys: max -inf, weight 0)
+  if (rank < n_act) {
+    for (int idx = tid; idx < gc * hd; idx += kThreads) {
+      const int g = idx / hd, d = idx - g * hd;
+      float mx = -INFINITY;
+#pragma unroll
+      for (int w = 0; w < NW; ++w) mx = fmaxf(mx, wml[(w * 2) * MG + g]);
+      float o = 0.0f, l = 0.0f;
+#pragma unroll
+      for (int w = 0; w < NW; ++w) {
+        const float wt = exp2f(wml[(w * 2) * MG + g] - mx);
+        o = fmaf(wt, wacc[(w * MG + g) * LD + d], o);
+        l = fmaf(wt, wml[(w * 2 + 1) * MG + g], l);
+      }
+      if (n_act == 1) {
+        static_cast<T*>(a.out)[(static_cast<int64_t>(m) * a.nh + h0 + g) * hd + d] = from_f<T>(o / l);
+      } else {
+        cacc[g * LD + d] = o;
+        if (d == 0) cm[g] = mx, cl[g] = l;
+      }
     }
   }
-}
+  if (n_act == 1) return;  // the same in every CTA of the cluster: no cluster barrier at all
 
-// out = sum_s w_s acc_s / sum_s w_s l_s, w_s = 2^(m_s - max m), in split order. One CTA per (head, row).
-template <class T>
-__global__ void __launch_bounds__(kThreads) combine_kernel(const DecodeArgs a) {
-  const int h = blockIdx.x, r = blockIdx.y;
-  const int m = a.drows[r];
-  const int pos = a.rows.pos[m];
-  const int len = pos + 1 - first_key(pos, a.window);
-  const int nsplit = split_count(len, split_chunk(len));
-  grid_dependency_wait();  // the split kernel's partials (and, when the split kernel wrote the output
-                           // itself, its completion: every CTA of a PDL grid waits before it exits)
-  if (nsplit == 1) return;
-  const int hd = a.hd;
-  const int64_t ps = (static_cast<int64_t>(r) * a.nh + h) * kMaxSplits;
-  const float* pacc = a.part + ps * hd;
-  const float* pm = a.part + static_cast<int64_t>(a.n_rows) * a.nh * kMaxSplits * hd + ps;
-  const float* pl = pm + static_cast<int64_t>(a.n_rows) * a.nh * kMaxSplits;
-  float mx = -INFINITY;
-  for (int s = 0; s < nsplit; ++s) mx = fmaxf(mx, pm[s]);
-  float w[kMaxSplits];
-  float lsum = 0.0f;
+  // the row's result: the cluster's CTA partials merged in rank order (through distributed shared
+  // memory), the outputs spread over the cluster's threads
+  cg::cluster_group cluster = cg::this_cluster();
+  cluster.sync();
+  for (int idx = rank * kThreads + tid; idx < gc * hd; idx += C * kThreads) {
+    const int g = idx / hd, d = idx - g * hd;
+    float pm[16], pl[16], pa[16];
 #pragma unroll
-  for (int s = 0; s < kMaxSplits; ++s) {
-    w[s] = s < nsplit ? exp2f(pm[s] - mx) : 0.0f;
-    if (s < nsplit) lsum = lsum + w[s] * pl[s];
-  }
-  for (int d = threadIdx.x; d < hd; d += kThreads) {
-    float o = 0.0f;
+    for (int rr = 0; rr < 16; ++rr) {
+      if (rr < n_act) {
+        pm[rr] = *cluster.map_shared_rank(cm + g, rr);
+        pl[rr] = *cluster.map_shared_rank(cl + g, rr);
+        pa[rr] = *cluster.map_shared_rank(cacc + g * LD + d, rr);
+      }
+    }
+    float mx = -INFINITY;
 #pragma unroll
-    for (int s = 0; s < kMaxSplits; ++s)
-      if (s < nsplit) o = fmaf(w[s], pacc[s * hd + d], o);
-    static_cast<T*>(a.out)[(static_cast<int64_t>(m) * a.nh + h) * hd + d] = from_f<T>(o / lsum);
+    for (int rr = 0; rr < 16; ++rr)
+      if (rr < n_act) mx = fmaxf(mx, pm[rr]);
+    float o = 0.0f, l = 0.0f;
+#pragma unroll
+    for (int rr = 0; rr < 16; ++rr)
+      if (rr < n_act) {
+        const float wt = exp2f(pm[rr] - mx);
+        o = fmaf(wt, pa[rr], o);
+        l = fmaf(wt, pl[rr], l);
+      }
+    static_cast<T*>(a.out)[(static_cast<int64_t>(m) * a.nh + h0 + g) * hd + d] = from_f<T>(o / l);
   }
+  cluster.sync();  // no CTA leaves while the others read its shared memory
 }
 
 // ---- prefill -----------------------------------------------------------------------------------
@@ -659,12 +765,24 @@ template <class K>
 void set_smem(K kernel, size_t bytes) {
   SHARQ_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(bytes)));
 }
+template <class T, int MG, int L>
+void configure_decode() {
+  const auto k = decode_kernel<T, MG, L>;
+  set_smem(k, decode_smem(L, MG).total);
+}
+template <class T, int MG>
+void configure_decode_mg() {
+  configure_decode<T, MG, 4>();
+  configure_decode<T, MG, 8>();
+  configure_decode<T, MG, 16>();
+  configure_decode<T, MG, 32>();
+}
 template <class T>
 void configure_type() {
-  set_smem(decode_kernel<T, 1>, decode_smem(kMaxHeadDim, 32, 1).total);
-  set_smem(decode_kernel<T, 2>, decode_smem(kMaxHeadDim, 32, 2).total);
-  set_smem(decode_kernel<T, 4>, decode_smem(kMaxHeadDim, 32, 4).total);
-  set_smem(decode_kernel<T, 8>, decode_smem(kMaxHeadDim, 32, 8).total);
+  configure_decode_mg<T, 1>();
+  configure_decode_mg<T, 2>();
+  configure_decode_mg<T, 4>();
+  configure_decode_mg<T, 8>();
   set_smem(prefill_kernel<T, 64>, prefill_smem<64>());
   set_smem(prefill_kernel<T, 128>, prefill_smem<128>());
 }
@@ -696,17 +814,41 @@ void launch_pdl(void (*kernel)(P...), dim3 grid, size_t smem, cudaStream_t strea
   SHARQ_CUDA_CHECK(cudaLaunchKernelEx(&cfg, kernel, args...));
 }
 
-template <class T, int MG>
+template <class T, int MG, int L>
 void launch_decode(const DecodeArgs& a0, int n_decode, cudaStream_t stream) {
-  const size_t smem = decode_smem(a0.hdp, a0.L, MG).total;
+  DecodeArgs a = a0;
+  a.cluster = kDecodeCluster;
+  cudaLaunchAttribute attr[2];
+  attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  attr[0].val.programmaticStreamSerializationAllowed = 1;
+  attr[1].id = cudaLaunchAttributeClusterDimension;
+  attr[1].val.clusterDim.x = static_cast<unsigned>(a.cluster);
+  attr[1].val.clusterDim.y = 1;
+  attr[1].val.clusterDim.z = 1;
+  cudaLaunchConfig_t cfg = {};
+  cfg.blockDim = dim3(kThreads);
+  cfg.dynamicSmemBytes = decode_smem(L, MG).total;
+  cfg.stream = stream;
+  cfg.attrs = attr;
+  cfg.numAttrs = 2;
   for (int base = 0; base < n_decode; base += kRowsPerLaunch) {
-    DecodeArgs a = a0;
     a.drows = a0.drows + base;
-    a.n_rows = std::min(kRowsPerLaunch, n_decode - base);
-    launch_pdl(decode_kernel<T, MG>,
-               dim3(kMaxSplits, static_cast<unsigned>(a.nh / a.gc), static_cast<unsigned>(a.n_rows)), smem, stream, a);
-    launch_pdl(combine_kernel<T>, dim3(static_cast<unsigned>(a.nh), static_cast<unsigned>(a.n_rows)), 0, stream, a);
+    const int n_rows = std::min(kRowsPerLaunch, n_decode - base);
+    cfg.gridDim =
+        dim3(static_cast<unsigned>(a.cluster), static_cast<unsigned>(a.nh / a.gc), static_cast<unsigned>(n_rows));
+    SHARQ_CUDA_CHECK(cudaLaunchKernelEx(&cfg, decode_kernel<T, MG, L>, a));
   }
+}
+template <class T, int MG>
+void launch_decode_l(const DecodeArgs& a, int L, int n_decode, cudaStream_t stream) {
+  if (L == 4)
+    launch_decode<T, MG, 4>(a, n_decode, stream);
+  else if (L == 8)
+    launch_decode<T, MG, 8>(a, n_decode, stream);
+  else if (L == 16)
+    launch_decode<T, MG, 16>(a, n_decode, stream);
+  else
+    launch_decode<T, MG, 32>(a, n_decode, stream);
 }
 
 template <class T>
@@ -740,28 +882,26 @@ void launch_all(const float* q, int nh, const RowMap& rows, const PagedKv& kv, i
     a.rows = rows;
     a.k = static_cast<const uint16_t*>(kv.k);
     a.v = static_cast<const uint16_t*>(kv.v);
-    a.part = static_cast<float*>(plan.workspace);
     a.out = out;
     a.window = window;
     a.nh = nh;
     a.G = G;
     a.gc = heads_per_cta(G);
     a.hd = hd;
-    a.hdp = (hd + 7) / 8 * 8;
-    a.L = pow2_at_least(a.hdp / 8);
     a.nkv = kv.kv_heads;
     a.bs = kv.block_size;
     a.vec = hd % 8 == 0 && reinterpret_cast<uintptr_t>(kv.k) % 16 == 0 && reinterpret_cast<uintptr_t>(kv.v) % 16 == 0;
     a.qscale = scale_log2;
+    const int L = std::max(4, pow2_at_least((hd + 7) / 8));
     const int MG = pow2_at_least(a.gc);
     if (MG == 1)
-      launch_decode<T, 1>(a, plan.n_decode, stream);
+      launch_decode_l<T, 1>(a, L, plan.n_decode, stream);
     else if (MG == 2)
-      launch_decode<T, 2>(a, plan.n_decode, stream);
+      launch_decode_l<T, 2>(a, L, plan.n_decode, stream);
     else if (MG == 4)
-      launch_decode<T, 4>(a, plan.n_decode, stream);
+      launch_decode_l<T, 4>(a, L, plan.n_decode, stream);
     else
-      launch_decode<T, 8>(a, plan.n_decode, stream);
+      launch_decode_l<T, 8>(a, L, plan.n_decode, stream);
   }
 }
 
@@ -805,7 +945,7 @@ size_t paged_attention_workspace_bytes(int64_t max_rows, int nh, int head_dim) {
     throw std::invalid_argument(fmt::format("paged_attention_workspace_bytes: {} rows, {} heads of dim {} (1..{})",
                                             max_rows, nh, head_dim, kMaxHeadDim));
   configure_kernels();
-  const int64_t rows = std::min<int64_t>(max_rows, kRowsPerLaunch);
+  const int64_t rows = std::min<int64_t>(max_rows, kWorkspaceRows);
   return static_cast<size_t>(rows) * static_cast<size_t>(nh) * kMaxSplits * (static_cast<size_t>(head_dim) + 2) * 4;
 }
 

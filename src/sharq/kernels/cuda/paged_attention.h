@@ -7,16 +7,17 @@
 // Two kernels share the step, chosen per row on the host (plan_attention):
 //
 //   decode  (entries of 1 row, or every row in batch-invariant mode, or head dims the prefill kernel
-//           lacks): split-KV flash-decoding on CUDA cores, FP32 q. One CTA per (row, split, group
-//           of <= 8 query heads of one KV head): each K/V row is loaded once (cp.async, 16 B) into
-//           shared memory and serves every query head of the group. A row's attended range of
-//           len = pos + 1 - j0 keys is cut by the SPLIT RULE, a function of len only:
-//               chunk = max(64, round_up(ceil(len / 16), 64)),  splits = ceil(len / chunk) <= 16
-//           split s covers keys j0 + s * chunk .. (clipped to pos); each split runs an online
-//           softmax over tiles of 64 keys and writes (max, sum, acc) partials; a combine kernel
-//           merges them in split order (a single split writes the output directly). Nothing in a
-//           row's arithmetic depends on M, the other rows or the SM count, so its output bits
-//           depend only on its sequence's cache, its position and the window (batch invariance).
+//           lacks): split-KV flash-decoding on CUDA cores, FP32 q, in ONE launch. One thread-block
+//           cluster of 8 CTAs (4 warps each) per (row, group of <= 8 query heads of one KV head): each
+//           K/V row is loaded once (cp.async, 16 B) and serves every query head of the group. A row's
+//           attended range of len = pos + 1 - j0 keys is cut by a rule of len only:
+//               W = max(8, round_up(ceil(len / 32), 8)) keys per warp, warp k of the cluster the k-th
+//           range; each warp runs an online softmax over its range in steps of 8 keys (a cp.async
+//           ring of 4 steps per warp, 2 for head_dim > 128), the 4 warps of a CTA merge in warp
+//           order, and the CTAs of the cluster merge in rank order through distributed shared
+//           memory (no partials in global memory, no combine kernel). Nothing in a row's arithmetic
+//           depends on M, the other rows or the SM count, so its output bits depend only on its
+//           sequence's cache, its position and the window (batch invariance).
 //   prefill (tiles of <= kAttentionTileRows consecutive rows of one sequence, head_dim 64 / 128):
 //           FlashAttention-2 over the same paged cache, one CTA of 4 warps per (tile, query head),
 //           16 query rows per warp, keys in blocks of 64 read through the block table (cp.async,
@@ -25,11 +26,11 @@
 //           rounded P, so the weights stay a convex combination).
 //
 // Both kernels are launched with grids that depend only on the host counts (n_decode, n_tiles, nh):
-// no allocation, no host synchronization, capturable in a CUDA graph. Decode CTAs past a row's split
-// count exit at once. The launches use programmatic dependent launch: a kernel reads the step metadata
-// (the plan's lists, rows.pos / table_off / table) BEFORE waiting for the preceding kernel, so that
-// metadata must not be written by the kernel launched just before (a copy at the start of the step,
-// as the engine's, is fine); q and the cache are read after the wait.
+// no allocation, no host synchronization, capturable in a CUDA graph. Decode CTAs without keys of their
+// row only take part in the cluster barriers. The launches use programmatic dependent launch: a kernel
+// reads the step metadata (the plan's lists, rows.pos / table_off / table) BEFORE waiting for the
+// preceding kernel, so that metadata must not be written by the kernel launched just before (a copy at
+// the start of the step, as the engine's, is fine); q and the cache are read after the wait.
 #pragma once
 
 #include <cstddef>
@@ -70,10 +71,11 @@ struct AttentionWork {
 };
 AttentionWork plan_attention(const std::vector<int64_t>& entry_rows, int head_dim, bool batch_invariant);
 
-// Device bytes of the split partials for up to max_rows decode rows of nh heads of head_dim (the decode
-// rows are processed in launches of at most 128 rows that reuse the workspace, so this stops growing at
-// max_rows = 128: 128 * nh * 16 * (head_dim + 2) * 4 bytes, ~34 MB for 32 heads of 128). A multiple of
-// 16; 0 for max_rows = 0.
+// Device bytes of the decode workspace for up to max_rows decode rows of nh heads of head_dim: it stops
+// growing at max_rows = 128: 128 * nh * 16 * (head_dim + 2) * 4 bytes, ~34 MB for 32 heads of 128. A
+// multiple of 16; 0 for max_rows = 0. (The current decode kernel merges its splits in distributed
+// shared memory and does not touch the workspace; the size and the requirement are kept so that the
+// interface does not change.)
 size_t paged_attention_workspace_bytes(int64_t max_rows, int nh, int head_dim);
 
 // q: M x nh*hd FP32 (RoPE applied); out: M x nh*hd of `t` (FP16 or BF16, the cache's type too).
