@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # On the GPU machine: where a batch-1 decode step's time goes. For each scheme, Nsight Compute
 # measures every kernel of one graph-replayed decode step (bench model's profiler range), serialized
-# and without cache flushes, into $OUT/ncu_<scheme>.csv; the sum of the kernels against the step's
+# and without cache flushes (CSV in $TMPDIR), summed per kernel name into $OUT/kernels.txt; the sum of the kernels against the step's
 # wall time (bench model's own figure, same run) gives the time between kernels. Optionally one
 # full-section profile of the decode attention kernel (ATTN=1).
 # Usage: SCHEMES="fp16 sharq:merged" scripts/device/decode_profile.sh
@@ -13,26 +13,28 @@ cmake -S . -B "$B" -G Ninja -DCMAKE_BUILD_TYPE=Release -DSHARQ_BUILD_BENCH=OFF >
 ninja -C "$B" sharq_cli >"$OUT/build_cli.log" 2>&1 || { grep error "$OUT/build_cli.log" | head -20; exit 1; }
 args=(bench model --synthetic llama3.1-8b --prefill 1x16 --batches 1 --steps 16 -q)
 for s in ${SCHEMES:-fp16 sharq:merged}; do
-  f="$OUT/ncu_${s//:/_}.csv"
+  f="${TMPDIR:-/tmp}/ncu_${s//:/_}.csv"
   ncu --profile-from-start off --graph-profiling node --cache-control none --clock-control none \
-      --metrics gpu__time_duration.sum --csv "$B/sharq" "${args[@]}" --schemes "$s" >"$f" 2>"$OUT/ncu_err.log"
+      --metrics gpu__time_duration.sum --csv "$B/sharq" "${args[@]}" --schemes "$s" >"$f" 2>"${TMPDIR:-/tmp}/ncu_err.log"
   /usr/bin/python3 - "$f" "$s" <<'PY'
 import csv, sys, collections
 rows = [r for r in csv.reader(open(sys.argv[1])) if len(r) > 10]
 hdr = rows[0]; ki = hdr.index("Kernel Name"); vi = hdr.index("Metric Value"); ui = hdr.index("Metric Unit")
 tot = collections.OrderedDict(); n = collections.Counter()
 for r in rows[1:]:
-    v = float(r[vi].replace(",", "")); v = v / 1000 if r[ui] == "nsecond" else v if r[ui] == "usecond" else v * 1000
-    k = r[ki].split("(")[0].split("<")[0][-60:]
+    v = float(r[vi].replace(",", ""))
+    v = v / 1000 if r[ui] in ("ns", "nsecond") else v * 1000 if r[ui] in ("ms", "msecond") else v
+    k = r[ki].replace("(anonymous namespace)::", "").replace("void ", "").replace("sharq::cuda::", "")
+    k = k.split("(")[0][:70]
     tot[k] = tot.get(k, 0) + v; n[k] += 1
 print(f"{sys.argv[2]}: {sum(n.values())} kernels, sum {sum(tot.values()):.1f} us")
 for k, v in sorted(tot.items(), key=lambda kv: -kv[1]): print(f"  {v:9.1f} us  {n[k]:4d}x  {v / n[k]:7.2f} us  {k}")
 PY
-done
+done | tee "$OUT/kernels.txt"
 "$B/sharq" "${args[@]}" --schemes "$(echo ${SCHEMES:-fp16 sharq:merged} | tr ' ' ',')" >"$OUT/bench_b1.txt" 2>&1
 grep -E "^(fp16|fp8|w4a16|nvfp4|sharq)" "$OUT/bench_b1.txt" | head -12
 if [[ ${ATTN:-0} == 1 ]]; then
-  ncu --profile-from-start off --graph-profiling node -k regex:decode_kernel -c 1 --set full \
+  ncu --profile-from-start off --graph-profiling node --clock-control none -k regex:decode_kernel -c 1 --set full \
       "$B/sharq" "${args[@]}" --schemes fp16 >"$OUT/ncu_attention.txt" 2>&1
   grep -E "Duration|Throughput|Stall|Warp Cycles|Issued|Occupancy|Registers|Eligible|L2 Hit|Bandwidth" "$OUT/ncu_attention.txt" | head -60
 fi

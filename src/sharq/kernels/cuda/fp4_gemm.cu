@@ -82,6 +82,7 @@
 //     is reused for the transpose; a second barrier before it is read back.
 #include "sharq/kernels/cuda/fp4_gemm.h"
 #include "sharq/kernels/cuda/fp4_decode.cuh"
+#include "sharq/kernels/cuda/launch.cuh"
 
 #include <cuda_fp8.h>
 
@@ -578,7 +579,6 @@ struct SmallCfg {
 };
 
 
-__device__ __forceinline__ void grid_dependency_wait() { asm volatile("griddepcontrol.wait;\n" ::: "memory"); }
 
 #define SHARQ_SW_F4(i) "+f"(d[i]), "+f"(d[i + 1]), "+f"(d[i + 2]), "+f"(d[i + 3])
 #define SHARQ_SW_F16(i) SHARQ_SW_F4(i), SHARQ_SW_F4(i + 4), SHARQ_SW_F4(i + 8), SHARQ_SW_F4(i + 12)
@@ -715,7 +715,8 @@ __global__ void __launch_bounds__(kThreads, SmallCfg<P, NT, Block>::kMinBlocks) 
   };
 
   for (int j = 0; j < kPre; ++j) issue_weights(j);  // distinct slots j < W; landed with group 0
-  grid_dependency_wait();  // PDL: the previous kernel's writes are visible, its reads done
+  pdl_wait();  // PDL: the previous kernel's writes are visible, its reads done
+  pdl_trigger();
 
   float acc[NT / 2];
 #pragma unroll
@@ -816,7 +817,8 @@ __global__ void __launch_bounds__(kThreads, SmallCfg<P, NT, Block>::kMinBlocks) 
 // row_scale[m] * g_w[n]. Four columns per thread over the padded width Np (float4 loads of the
 // 16-byte aligned workspace), columns >= N dropped.
 __global__ void __launch_bounds__(256) splitk_reduce_kernel(const Fp4GemmParams prm, int splits) {
-  grid_dependency_wait();  // PDL: the GEMM's partials are complete and visible
+  pdl_wait();  // PDL: the GEMM's partials are complete and visible
+  pdl_trigger();
   const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (i >= prm.M * prm.Np / 4) return;
   const int64_t row = (4 * i) / prm.Np, col = (4 * i) % prm.Np;
@@ -844,34 +846,15 @@ __global__ void __launch_bounds__(256) splitk_reduce_kernel(const Fp4GemmParams 
 
 template <class T, int P, int Block, int NT>
 void launch_small(const Fp4GemmParams& prm, int64_t splits, cudaStream_t stream) {
-  auto kernel = fp4_small_kernel<T, P, Block, NT>;
   constexpr int smem = SmallCfg<P, NT, Block>::kSmem;  // opted in by configure_kernels()
-  cudaLaunchAttribute attr[1];
-  attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-  attr[0].val.programmaticStreamSerializationAllowed = 1;
-  cudaLaunchConfig_t cfg = {};
-  cfg.gridDim = dim3(static_cast<unsigned>(prm.Np / kBNW), static_cast<unsigned>(splits));
-  cfg.blockDim = dim3(kThreads);
-  cfg.dynamicSmemBytes = smem;
-  cfg.stream = stream;
-  cfg.attrs = attr;
-  cfg.numAttrs = 1;
-  SHARQ_CUDA_CHECK(cudaLaunchKernelEx(&cfg, kernel, prm));
+  launch_pdl(fp4_small_kernel<T, P, Block, NT>, dim3(static_cast<unsigned>(prm.Np / kBNW), static_cast<unsigned>(splits)),
+             dim3(kThreads), smem, stream, prm);
 }
 
 void launch_reduce(const Fp4GemmParams& prm, int64_t splits, cudaStream_t stream) {
   const int64_t quads = prm.M * prm.Np / 4;
-  cudaLaunchAttribute attr[1];
-  attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-  attr[0].val.programmaticStreamSerializationAllowed = 1;
-  cudaLaunchConfig_t cfg = {};
-  cfg.gridDim = dim3(static_cast<unsigned>((quads + 255) / 256));
-  cfg.blockDim = dim3(256);
-  cfg.dynamicSmemBytes = 0;
-  cfg.stream = stream;
-  cfg.attrs = attr;
-  cfg.numAttrs = 1;
-  SHARQ_CUDA_CHECK(cudaLaunchKernelEx(&cfg, splitk_reduce_kernel, prm, static_cast<int>(splits)));
+  launch_pdl(splitk_reduce_kernel, dim3(static_cast<unsigned>((quads + 255) / 256)), dim3(256), 0, stream, prm,
+             static_cast<int>(splits));
 }
 
 // The shared-memory opt-in of every kernel of the family, once per process, from the first plan (a

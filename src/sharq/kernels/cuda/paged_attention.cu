@@ -7,29 +7,29 @@
 // into shared memory. Decode: each lane reads the block-table entries of its own keys one pipeline
 // step ahead of the copies that use them.
 //
-// ---- Decode (a cluster of C = 8 CTAs of 4 warps per (head group, row)) ----------------------------
+// ---- Decode (a cluster of C = 8 CTAs of 8 warps per (head group, row)) ----------------------------
 // Head group: gc query heads of one KV head, gc = the largest divisor of nh / nkv that is <= 8
 // (compile-time bound MG = 1, 2, 4 or 8 >= gc), so every K/V row is read from HBM once per gc heads.
 // The row's len keys are cut into warp ranges by a rule of len only (C = kDecodeCluster = 8):
-//     W = max(8, round_up(ceil(len / (4 C)), 8)) keys per warp, warp w of CTA c the range (4 c + w) W ..
+//     W = max(8, round_up(ceil(len / (8 C)), 8)) keys per warp, warp w of CTA c the range (8 c + w) W ..
 // Each warp works alone through its range in steps of 8 keys: L = lanes per key (the power of two
 // >= hd / 8, at least 4), lane li owning dims 8 li .. 8 li + 7, 32 / L keys per warp-wide 16-byte load,
 // L / 4 loads of K and of V per lane per step. The copies (cp.async, 16 B; element copies when
-// hd % 8 != 0 or the pools are not 16-byte aligned) go to a per-warp ring of 4 steps (2 for hd > 128),
-// so up to 4 steps are in flight per warp; each lane reads back only its own chunks (no barrier).
+// hd % 8 != 0 or the pools are not 16-byte aligned) go to a per-warp ring of 2 steps (1 for hd > 128),
+// so up to 2 steps are in flight per warp, 16 per CTA; each lane reads back only its own chunks.
 // Scores: FP32 q (pre-scaled by log2(e) / sqrt(hd), registers) . k over the lane's 8 dims for its
 // L / 4 keys x MG heads, summed over the key's L lanes by a reduce-scatter butterfly (each round
 // halves the values a lane carries) into a per-warp [8][MG] buffer; online softmax per step (lane t
 // takes scores t, t + 32 of head t % MG: running max / sum in registers, exp2f, butterflies); PV:
 // acc[g][8] += p * v per lane (rescaled only when a head's max moved). After the loop: the warp's key
-// groups summed (butterfly), the 4 warps merged in warp order in shared memory (the CTA partial: max,
+// groups summed (butterfly), the 8 warps merged in warp order in shared memory (the CTA partial: max,
 // sum, acc[gc][hd]), then the CTAs of the cluster with keys merged in rank order through distributed
 // shared memory, each output (head, dim) by one thread of the cluster; a row whose keys fit one CTA
-// (len <= 4 W) writes its output from that CTA, without a cluster barrier. Everything is in a fixed
+// (len <= 8 W) writes its output from that CTA, without a cluster barrier. Everything is in a fixed
 // order: a row's bits depend on its own range only (never on M, the other rows or the SM count).
-// Shared memory: ring 4 warps x stages x 2 x L * 128 B (64 KB for hd 128: 3 CTAs per SM; 64 KB for
-// hd 256) + scores 1 KB; the warp / CTA partials alias the ring after the loop. The workspace is not
-// used (its size is kept for the interface).
+// Shared memory: ring 8 warps x stages x 2 x L * 128 B (64 KB for hd 128 and for hd 256; with 128
+// registers per thread, 2 CTAs per SM) + scores 2 KB; the warp / CTA partials alias the ring after
+// the loop. The workspace is not used (its size is kept for the interface).
 //
 // ---- Prefill (one CTA = 4 warps per (tile, query head)) ------------------------------------------
 // Q tile: 64 rows (zero rows past the tile's count) x HD, q rounded to T into shared memory, then
@@ -63,11 +63,12 @@
 #include <fmt/format.h>
 
 #include "sharq/kernels/cuda/cuda_check.h"
+#include "sharq/kernels/cuda/launch.cuh"
 
 namespace sharq::cuda {
 namespace {
 
-constexpr int kThreads = 128;        // both kernels: 4 warps
+constexpr int kThreads = 128;        // prefill: 4 warps
 constexpr int kKeys = 64;            // keys per decode tile / prefill key block
 constexpr int kMaxSplits = 16;       // decode splits per row, at most
 constexpr int kRowsPerLaunch = 65535;  // decode rows per launch (grid z)
@@ -106,9 +107,6 @@ __device__ __forceinline__ void ldmatrix_x4_trans(uint32_t (&r)[4], uint32_t add
                : "r"(addr)
                : "memory");
 }
-// Programmatic dependent launch: wait until the preceding kernel's writes are visible (a no-op for a
-// plain launch).
-__device__ __forceinline__ void grid_dependency_wait() { asm volatile("griddepcontrol.wait;\n" ::: "memory"); }
 // d += a * b, m16n8k16, FP32 accumulators.
 template <class T>
 __device__ __forceinline__ void mma16816(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
@@ -185,7 +183,8 @@ struct DecodeArgs {
   float qscale;
 };
 
-constexpr int kDecodeWarps = kThreads / 32;
+constexpr int kDecodeThreads = 256;  // decode: 8 warps per CTA
+constexpr int kDecodeWarps = kDecodeThreads / 32;
 // CTAs per decode cluster (a row's head group): 8, the portable cluster size. (Measured on an H200:
 // 16 is faster for single long rows but slower for batches of short ones.)
 constexpr int kDecodeCluster = 8;
@@ -199,7 +198,7 @@ __host__ __device__ inline int decode_warp_keys(int len, int nwarps) {
 }
 
 // Pipeline stages per warp: L lanes per key row (L * 8 >= head_dim).
-__host__ __device__ constexpr int decode_stages(int L) { return L == 32 ? 2 : 4; }
+__host__ __device__ constexpr int decode_stages(int L) { return L == 32 ? 1 : 2; }
 
 // Shared memory: the per-warp K/V stage ring, then the per-warp scores, the CTA partial's max and sum.
 // After the key loop the stage ring holds the warps' accumulators [warps][MG][L*8] and the CTA's
@@ -249,7 +248,7 @@ __device__ __forceinline__ uint4 lds128(const unsigned char* p) { return *reinte
 
 // One CTA per (cluster rank, head group, row); the cluster's C CTAs (C * 4 warps) share the row's keys.
 template <class T, int MG, int L>
-__global__ void __launch_bounds__(kThreads) decode_kernel(const DecodeArgs a) {
+__global__ void __launch_bounds__(kDecodeThreads) decode_kernel(const DecodeArgs a) {
   constexpr int R = L / 4;             // 16-byte chunks of K (and of V) per lane per step
   constexpr int KPI = 32 / L;          // keys per warp-wide chunk load
   constexpr int S = R * KPI;           // keys per step (8)
@@ -334,8 +333,9 @@ __global__ void __launch_bounds__(kThreads) decode_kernel(const DecodeArgs a) {
 #pragma unroll
   for (int st = 0; st < NST; ++st) table_step(st, tb0[st], rm0[st]);
   table_step(NST, tbn, rmn);
-  grid_dependency_wait();  // q and the cache (written by the preceding kernel) from here on; every CTA
-                           // waits (a PDL grid must not complete before its primary)
+  pdl_wait();  // q and the cache (written by the preceding kernel) from here on; every CTA waits (a
+               // PDL grid must not complete before its primary)
+  pdl_trigger();
 #pragma unroll
   for (int st = 0; st < NST; ++st) issue(st, st, tb0[st], rm0[st]);
 
@@ -496,7 +496,7 @@ __global__ void __launch_bounds__(kThreads) decode_kernel(const DecodeArgs a) {
 
   // the CTA's partial: the warps merged in warp order (warps without keys: max -inf, weight 0)
   if (rank < n_act) {
-    for (int idx = tid; idx < gc * hd; idx += kThreads) {
+    for (int idx = tid; idx < gc * hd; idx += kDecodeThreads) {
       const int g = idx / hd, d = idx - g * hd;
       float mx = -INFINITY;
 #pragma unroll
@@ -522,7 +522,7 @@ __global__ void __launch_bounds__(kThreads) decode_kernel(const DecodeArgs a) {
   // memory), the outputs spread over the cluster's threads
   cg::cluster_group cluster = cg::this_cluster();
   cluster.sync();
-  for (int idx = rank * kThreads + tid; idx < gc * hd; idx += C * kThreads) {
+  for (int idx = rank * kDecodeThreads + tid; idx < gc * hd; idx += C * kDecodeThreads) {
     const int g = idx / hd, d = idx - g * hd;
     float pm[16], pl[16], pa[16];
 #pragma unroll
@@ -599,7 +599,8 @@ __global__ void __launch_bounds__(kThreads) prefill_kernel(const PrefillArgs a) 
     if (j <= k_hi) koff[tid] = key_offset(table, j, a.bs, tok_stride, head_off);
     if (j + kKeys <= k_hi) koff[kKeys + tid] = key_offset(table, j + kKeys, a.bs, tok_stride, head_off);
   }
-  grid_dependency_wait();  // q and the cache from here on (the metadata above was there before)
+  pdl_wait();  // q and the cache from here on (the metadata above was there before)
+  pdl_trigger();
   {
     const float* qh = a.q + (static_cast<int64_t>(first) * a.nh + h) * HD;
     const int64_t qstride = static_cast<int64_t>(a.nh) * HD;
@@ -797,23 +798,6 @@ void configure_kernels() {
   });
 }
 
-// Launch with programmatic stream serialization: the kernel may start while the preceding kernel's
-// blocks drain; it reads only the step metadata before its griddepcontrol.wait.
-template <class... P, class... A>
-void launch_pdl(void (*kernel)(P...), dim3 grid, size_t smem, cudaStream_t stream, const A&... args) {
-  cudaLaunchAttribute attr[1];
-  attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-  attr[0].val.programmaticStreamSerializationAllowed = 1;
-  cudaLaunchConfig_t cfg = {};
-  cfg.gridDim = grid;
-  cfg.blockDim = dim3(kThreads);
-  cfg.dynamicSmemBytes = smem;
-  cfg.stream = stream;
-  cfg.attrs = attr;
-  cfg.numAttrs = 1;
-  SHARQ_CUDA_CHECK(cudaLaunchKernelEx(&cfg, kernel, args...));
-}
-
 template <class T, int MG, int L>
 void launch_decode(const DecodeArgs& a0, int n_decode, cudaStream_t stream) {
   DecodeArgs a = a0;
@@ -826,7 +810,7 @@ void launch_decode(const DecodeArgs& a0, int n_decode, cudaStream_t stream) {
   attr[1].val.clusterDim.y = 1;
   attr[1].val.clusterDim.z = 1;
   cudaLaunchConfig_t cfg = {};
-  cfg.blockDim = dim3(kThreads);
+  cfg.blockDim = dim3(kDecodeThreads);
   cfg.dynamicSmemBytes = decode_smem(L, MG).total;
   cfg.stream = stream;
   cfg.attrs = attr;
@@ -871,9 +855,9 @@ void launch_all(const float* q, int nh, const RowMap& rows, const PagedKv& kv, i
                   scale_log2};
     const dim3 grid(static_cast<unsigned>(plan.n_tiles), static_cast<unsigned>(nh));
     if (hd == 64)
-      launch_pdl(prefill_kernel<T, 64>, grid, prefill_smem<64>(), stream, a);
+      launch_pdl(prefill_kernel<T, 64>, grid, dim3(kThreads), prefill_smem<64>(), stream, a);
     else
-      launch_pdl(prefill_kernel<T, 128>, grid, prefill_smem<128>(), stream, a);
+      launch_pdl(prefill_kernel<T, 128>, grid, dim3(kThreads), prefill_smem<128>(), stream, a);
   }
   if (plan.n_decode > 0) {
     DecodeArgs a{};

@@ -20,6 +20,7 @@
 #include <fmt/format.h>
 
 #include "sharq/kernels/cuda/cuda_check.h"
+#include "sharq/kernels/cuda/launch.cuh"
 
 namespace sharq::cuda {
 namespace {
@@ -120,6 +121,8 @@ __device__ float row_amax(const R& row, float* red) {
 
 template <class T, bool kRms>
 __global__ void amax_kernel(RowArgs a, uint32_t* amax_bits) {
+  pdl_wait();  // PDL (launch.cuh): x comes from the preceding kernel
+  pdl_trigger();
   __shared__ float red[33];
   const auto row = make_row<T, kRms>(a, blockIdx.x, red + 32);
   const float m = row_amax(row, red);
@@ -322,6 +325,8 @@ __device__ __forceinline__ void zero_tail(__half* plane, const RowArgs& a, int64
 
 template <class V, int Group, class T, bool kRms>
 __global__ void __launch_bounds__(256) sharq_prep_kernel(RowArgs a) {
+  pdl_wait();  // PDL (launch.cuh): x comes from the preceding kernel
+  pdl_trigger();
   __shared__ float red[33];
   const int64_t m = blockIdx.x;
   const auto row = make_row<T, kRms>(a, m, red + 32);
@@ -343,6 +348,8 @@ __global__ void __launch_bounds__(256) sharq_prep_kernel(RowArgs a) {
 // a.spans counts 32-wide chunks here.
 template <class T, bool kRms>
 __global__ void __launch_bounds__(256) nvfp4_prep_kernel(RowArgs a) {
+  pdl_wait();  // PDL (launch.cuh): x comes from the preceding kernel
+  pdl_trigger();
   __shared__ float red[33];
   const int64_t m = blockIdx.x;
   const auto row = make_row<T, kRms>(a, m, red + 32);
@@ -471,6 +478,8 @@ __device__ void warp_span(const RowArgs& a, int64_t m, int64_t sp, float g, cons
 // thread-per-span kernel, which wins on throughput at large M). Bit-identical to it and to the CPU.
 template <class V, int Group, class T, bool kRms>
 __global__ void __launch_bounds__(256) sharq_prep_warp_kernel(RowArgs a) {
+  pdl_wait();  // PDL (launch.cuh): x comes from the preceding kernel
+  pdl_trigger();
   __shared__ float red[33];
   __shared__ float xs_all[8][32];
   __shared__ uint8_t cs_all[8][32];
@@ -496,6 +505,8 @@ __global__ void __launch_bounds__(256) sharq_prep_warp_kernel(RowArgs a) {
 // a.spans counts 32-wide chunks here.
 template <class T, bool kRms>
 __global__ void __launch_bounds__(256) nvfp4_prep_warp_kernel(RowArgs a) {
+  pdl_wait();  // PDL (launch.cuh): x comes from the preceding kernel
+  pdl_trigger();
   __shared__ float red[33];
   const int64_t m = blockIdx.x;
   const auto row = make_row<T, kRms>(a, m, red + 32);
@@ -560,17 +571,17 @@ void check_common(const char* what, const void* x, int64_t M, int64_t K, bool rm
 template <class T, bool kRms>
 void launch_amax(const RowArgs& a, int64_t M, uint32_t* scratch, cudaStream_t st) {
   SHARQ_CUDA_CHECK(cudaMemsetAsync(scratch, 0, sizeof(uint32_t), st));
-  amax_kernel<T, kRms><<<static_cast<unsigned>(M), 256, 0, st>>>(a, scratch);
+  launch_pdl(amax_kernel<T, kRms>, static_cast<unsigned>(M), dim3(256), 0, st, a, scratch);
   SHARQ_CUDA_CHECK(cudaGetLastError());
 }
 
 template <class V, int G, class T, bool kRms>
 void launch_sharq(const RowArgs& a, int64_t M, cudaStream_t st) {
   if (M <= kWarpKernelMaxM) {
-    sharq_prep_warp_kernel<V, G, T, kRms><<<dim3(static_cast<unsigned>(M), warp_blocks_per_row(M, a.spans)), 256, 0, st>>>(a);
+    launch_pdl(sharq_prep_warp_kernel<V, G, T, kRms>, dim3(static_cast<unsigned>(M), warp_blocks_per_row(M, a.spans)), dim3(256), 0, st, a);
   } else {
     const Shape sh = launch_shape(M, a.spans);
-    sharq_prep_kernel<V, G, T, kRms><<<dim3(static_cast<unsigned>(M), sh.bpr), sh.threads, 0, st>>>(a);
+    launch_pdl(sharq_prep_kernel<V, G, T, kRms>, dim3(static_cast<unsigned>(M), sh.bpr), dim3(sh.threads), 0, st, a);
   }
   SHARQ_CUDA_CHECK(cudaGetLastError());
 }
@@ -627,10 +638,10 @@ void launch_nvfp4(RowArgs& a, int64_t M, uint32_t* scratch, cudaStream_t st) {
     a.amax_bits = scratch;
   }
   if (M <= kWarpKernelMaxM) {
-    nvfp4_prep_warp_kernel<T, kRms><<<dim3(static_cast<unsigned>(M), warp_blocks_per_row(M, a.spans)), 256, 0, st>>>(a);
+    launch_pdl(nvfp4_prep_warp_kernel<T, kRms>, dim3(static_cast<unsigned>(M), warp_blocks_per_row(M, a.spans)), dim3(256), 0, st, a);
   } else {
     const Shape sh = launch_shape(M, a.spans);
-    nvfp4_prep_kernel<T, kRms><<<dim3(static_cast<unsigned>(M), sh.bpr), sh.threads, 0, st>>>(a);
+    launch_pdl(nvfp4_prep_kernel<T, kRms>, dim3(static_cast<unsigned>(M), sh.bpr), dim3(sh.threads), 0, st, a);
   }
   SHARQ_CUDA_CHECK(cudaGetLastError());
 }

@@ -10,6 +10,7 @@
 #include <fmt/format.h>
 
 #include "sharq/kernels/cuda/cuda_check.h"
+#include "sharq/kernels/cuda/launch.cuh"
 
 namespace sharq::cuda {
 namespace {
@@ -48,6 +49,8 @@ __device__ float block_sum(float v) {
 
 __global__ void embed_kernel(const __nv_bfloat16* __restrict__ embed, const int32_t* __restrict__ tok, int64_t H,
                              float* __restrict__ x) {
+  pdl_wait();
+  pdl_trigger();
   const int64_t m = blockIdx.x;
   const __nv_bfloat16* e = embed + static_cast<int64_t>(tok[m]) * H;
   if (H % 8 == 0) {  // 16-byte loads, all of a thread's in flight together
@@ -73,6 +76,8 @@ __global__ void embed_kernel(const __nv_bfloat16* __restrict__ embed, const int3
 template <class T>
 __global__ void rmsnorm_kernel(const float* __restrict__ x, const int32_t* __restrict__ rows, int64_t H,
                                const float* __restrict__ w, float eps, T* __restrict__ y) {
+  pdl_wait();
+  pdl_trigger();
   const int64_t r = blockIdx.x, src = rows ? rows[r] : r;
   const float* xr = x + src * H;
   float ss = 0.0f;
@@ -96,9 +101,19 @@ template <class T, bool kAdd>
 __global__ void __launch_bounds__(1024) norm_vec_kernel(float* __restrict__ x, const int32_t* __restrict__ rows,
                                                         const T* __restrict__ o, int64_t H, const float* __restrict__ w,
                                                         float eps, T* __restrict__ y) {
+  const int nv = static_cast<int>(H / 4);
+  // the norm's weights (written by no kernel) are loaded before the PDL wait
+  const float4* w4 = reinterpret_cast<const float4*>(w);
+  float4 wv[kNormVec];
+#pragma unroll
+  for (int i = 0; i < kNormVec; ++i) {
+    const int j = i * blockDim.x + threadIdx.x;
+    if (j < nv) wv[i] = w4[j];
+  }
+  pdl_wait();
+  pdl_trigger();
   const int64_t r = blockIdx.x, src = rows ? rows[r] : r;
   float4* xr = reinterpret_cast<float4*>(x + src * H);
-  const int nv = static_cast<int>(H / 4);
   float4 v[kNormVec];
   float ss = 0.0f;
 #pragma unroll
@@ -120,13 +135,12 @@ __global__ void __launch_bounds__(1024) norm_vec_kernel(float* __restrict__ x, c
   }
   ss = block_sum(ss);
   const float inv = 1.0f / sqrtf(ss / static_cast<float>(H) + eps);
-  const float4* w4 = reinterpret_cast<const float4*>(w);
   Pack4<T>* yr = reinterpret_cast<Pack4<T>*>(y + r * H);
 #pragma unroll
   for (int i = 0; i < kNormVec; ++i) {
     const int j = i * blockDim.x + threadIdx.x;
     if (j < nv) {
-      const float4 g = w4[j];
+      const float4 g = wv[i];
       Pack4<T> out;
       out.v[0] = from_f<T>(g.x * (v[i].x * inv));
       out.v[1] = from_f<T>(g.y * (v[i].y * inv));
@@ -146,6 +160,8 @@ unsigned norm_threads(int64_t H) {
 template <class T>
 __global__ void add_rmsnorm_kernel(float* __restrict__ x, const T* __restrict__ o, int64_t H, const float* __restrict__ w,
                                    float eps, T* __restrict__ y) {
+  pdl_wait();
+  pdl_trigger();
   const int64_t r = blockIdx.x;
   float* xr = x + r * H;
   const T* orow = o + r * H;
@@ -165,6 +181,8 @@ __global__ void qk_rope_kernel(const T* __restrict__ q, const T* __restrict__ k,
                                const float* __restrict__ q_norm, const float* __restrict__ k_norm, float eps,
                                const float* __restrict__ inv_freq, int interleaved, RowMap rows, PagedKv kv,
                                float* __restrict__ q_out) {
+  pdl_wait();
+  pdl_trigger();
   extern __shared__ float head[];  // hd floats
   const int64_t m = blockIdx.x;
   const int y = blockIdx.y, d = threadIdx.x, hd = kv.head_dim, nkv = kv.kv_heads;
@@ -207,6 +225,8 @@ __global__ void qk_rope_kernel(const T* __restrict__ q, const T* __restrict__ k,
 
 template <class T>
 __global__ void swiglu_kernel(const T* __restrict__ gu, int64_t M, int64_t I, T* __restrict__ out) {
+  pdl_wait();
+  pdl_trigger();
   const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (i >= M * I) return;
   const int64_t m = i / I, c = i % I;
@@ -217,6 +237,8 @@ __global__ void swiglu_kernel(const T* __restrict__ gu, int64_t M, int64_t I, T*
 // Eight columns per thread (16-byte loads and store) when I % 8 == 0.
 template <class T>
 __global__ void swiglu8_kernel(const T* __restrict__ gu, int64_t M, int64_t I, T* __restrict__ out) {
+  pdl_wait();
+  pdl_trigger();
   const int64_t i8 = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x, per = I / 8;
   if (i8 >= M * per) return;
   const int64_t m = i8 / per, c = (i8 % per) * 8;
@@ -236,6 +258,8 @@ __global__ void swiglu8_kernel(const T* __restrict__ gu, int64_t M, int64_t I, T
 
 template <class T>
 __global__ void residual_kernel(float* __restrict__ x, const T* __restrict__ o, int64_t n) {
+  pdl_wait();
+  pdl_trigger();
   const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (i < n) x[i] += to_f(o[i]);
 }
@@ -252,7 +276,7 @@ void embed_rows(const void* embed, const int32_t* tok, int64_t M, int64_t H, flo
   check_rows(M, "embed_rows");
   if (M == 0) return;
   if (!embed || !tok || !x || H <= 0) throw std::invalid_argument("embed_rows: null pointer or H <= 0");
-  embed_kernel<<<static_cast<unsigned>(M), kThreads, 0, stream>>>(static_cast<const __nv_bfloat16*>(embed), tok, H, x);
+  launch_pdl(embed_kernel, dim3(static_cast<unsigned>(M)), dim3(kThreads), 0, stream, static_cast<const __nv_bfloat16*>(embed), tok, H, x);
   SHARQ_CUDA_CHECK(cudaGetLastError());
 }
 
@@ -264,18 +288,18 @@ void rmsnorm_rows(const float* x, const int32_t* rows, int64_t R, int64_t H, con
   if (norm_vec_ok(H)) {
     const unsigned th = norm_threads(H);
     if (t == DType::f16)
-      norm_vec_kernel<__half, false><<<static_cast<unsigned>(R), th, 0, stream>>>(const_cast<float*>(x), rows, nullptr, H, w,
+      launch_pdl(norm_vec_kernel<__half, false>, dim3(static_cast<unsigned>(R)), dim3(th), 0, stream, const_cast<float*>(x), rows, nullptr, H, w,
                                                                                   eps, static_cast<__half*>(y));
     else
-      norm_vec_kernel<__nv_bfloat16, false><<<static_cast<unsigned>(R), th, 0, stream>>>(
+      launch_pdl(norm_vec_kernel<__nv_bfloat16, false>, dim3(static_cast<unsigned>(R)), dim3(th), 0, stream, 
           const_cast<float*>(x), rows, nullptr, H, w, eps, static_cast<__nv_bfloat16*>(y));
     SHARQ_CUDA_CHECK(cudaGetLastError());
     return;
   }
   if (t == DType::f16)
-    rmsnorm_kernel<__half><<<static_cast<unsigned>(R), kThreads, 0, stream>>>(x, rows, H, w, eps, static_cast<__half*>(y));
+    launch_pdl(rmsnorm_kernel<__half>, dim3(static_cast<unsigned>(R)), dim3(kThreads), 0, stream, x, rows, H, w, eps, static_cast<__half*>(y));
   else
-    rmsnorm_kernel<__nv_bfloat16><<<static_cast<unsigned>(R), kThreads, 0, stream>>>(x, rows, H, w, eps,
+    launch_pdl(rmsnorm_kernel<__nv_bfloat16>, dim3(static_cast<unsigned>(R)), dim3(kThreads), 0, stream, x, rows, H, w, eps,
                                                                                      static_cast<__nv_bfloat16*>(y));
   SHARQ_CUDA_CHECK(cudaGetLastError());
 }
@@ -288,19 +312,19 @@ void add_rmsnorm(float* x, const void* o, int64_t M, int64_t H, const float* w, 
   if (norm_vec_ok(H)) {
     const unsigned th = norm_threads(H);
     if (t == DType::f16)
-      norm_vec_kernel<__half, true><<<static_cast<unsigned>(M), th, 0, stream>>>(x, nullptr, static_cast<const __half*>(o), H,
+      launch_pdl(norm_vec_kernel<__half, true>, dim3(static_cast<unsigned>(M)), dim3(th), 0, stream, x, nullptr, static_cast<const __half*>(o), H,
                                                                                  w, eps, static_cast<__half*>(y));
     else
-      norm_vec_kernel<__nv_bfloat16, true><<<static_cast<unsigned>(M), th, 0, stream>>>(
+      launch_pdl(norm_vec_kernel<__nv_bfloat16, true>, dim3(static_cast<unsigned>(M)), dim3(th), 0, stream, 
           x, nullptr, static_cast<const __nv_bfloat16*>(o), H, w, eps, static_cast<__nv_bfloat16*>(y));
     SHARQ_CUDA_CHECK(cudaGetLastError());
     return;
   }
   if (t == DType::f16)
-    add_rmsnorm_kernel<__half><<<static_cast<unsigned>(M), kThreads, 0, stream>>>(x, static_cast<const __half*>(o), H, w, eps,
+    launch_pdl(add_rmsnorm_kernel<__half>, dim3(static_cast<unsigned>(M)), dim3(kThreads), 0, stream, x, static_cast<const __half*>(o), H, w, eps,
                                                                                   static_cast<__half*>(y));
   else
-    add_rmsnorm_kernel<__nv_bfloat16><<<static_cast<unsigned>(M), kThreads, 0, stream>>>(
+    launch_pdl(add_rmsnorm_kernel<__nv_bfloat16>, dim3(static_cast<unsigned>(M)), dim3(kThreads), 0, stream, 
         x, static_cast<const __nv_bfloat16*>(o), H, w, eps, static_cast<__nv_bfloat16*>(y));
   SHARQ_CUDA_CHECK(cudaGetLastError());
 }
@@ -321,11 +345,11 @@ void qk_rope_kv_write(const void* q, const void* k, const void* v, int64_t ld, i
   const int threads = (kv.head_dim + 31) / 32 * 32;
   const size_t smem = static_cast<size_t>(kv.head_dim) * sizeof(float);
   if (t == DType::f16)
-    qk_rope_kernel<__half><<<grid, threads, smem, stream>>>(static_cast<const __half*>(q), static_cast<const __half*>(k),
+    launch_pdl(qk_rope_kernel<__half>, dim3(grid), dim3(threads), smem, stream, static_cast<const __half*>(q), static_cast<const __half*>(k),
                                                             static_cast<const __half*>(v), ld, nh, q_norm, k_norm, eps,
                                                             inv_freq, interleaved, rows, kv, q_out);
   else
-    qk_rope_kernel<__nv_bfloat16><<<grid, threads, smem, stream>>>(
+    launch_pdl(qk_rope_kernel<__nv_bfloat16>, dim3(grid), dim3(threads), smem, stream, 
         static_cast<const __nv_bfloat16*>(q), static_cast<const __nv_bfloat16*>(k), static_cast<const __nv_bfloat16*>(v),
         ld, nh, q_norm, k_norm, eps, inv_freq, interleaved, rows, kv, q_out);
   SHARQ_CUDA_CHECK(cudaGetLastError());
@@ -337,19 +361,19 @@ void swiglu(const void* gu, int64_t M, int64_t I, DType t, void* out, cudaStream
   const int64_t n = M * I;
   if (I % 8 == 0) {
     if (t == DType::f16)
-      swiglu8_kernel<__half><<<blocks_for(n / 8), kThreads, 0, stream>>>(static_cast<const __half*>(gu), M, I,
+      launch_pdl(swiglu8_kernel<__half>, dim3(blocks_for(n / 8)), dim3(kThreads), 0, stream, static_cast<const __half*>(gu), M, I,
                                                                          static_cast<__half*>(out));
     else
-      swiglu8_kernel<__nv_bfloat16><<<blocks_for(n / 8), kThreads, 0, stream>>>(static_cast<const __nv_bfloat16*>(gu), M, I,
+      launch_pdl(swiglu8_kernel<__nv_bfloat16>, dim3(blocks_for(n / 8)), dim3(kThreads), 0, stream, static_cast<const __nv_bfloat16*>(gu), M, I,
                                                                                 static_cast<__nv_bfloat16*>(out));
     SHARQ_CUDA_CHECK(cudaGetLastError());
     return;
   }
   if (t == DType::f16)
-    swiglu_kernel<__half><<<blocks_for(n), kThreads, 0, stream>>>(static_cast<const __half*>(gu), M, I,
+    launch_pdl(swiglu_kernel<__half>, dim3(blocks_for(n)), dim3(kThreads), 0, stream, static_cast<const __half*>(gu), M, I,
                                                                   static_cast<__half*>(out));
   else
-    swiglu_kernel<__nv_bfloat16><<<blocks_for(n), kThreads, 0, stream>>>(static_cast<const __nv_bfloat16*>(gu), M, I,
+    launch_pdl(swiglu_kernel<__nv_bfloat16>, dim3(blocks_for(n)), dim3(kThreads), 0, stream, static_cast<const __nv_bfloat16*>(gu), M, I,
                                                                          static_cast<__nv_bfloat16*>(out));
   SHARQ_CUDA_CHECK(cudaGetLastError());
 }
@@ -357,8 +381,8 @@ void swiglu(const void* gu, int64_t M, int64_t I, DType t, void* out, cudaStream
 void residual_add(float* x, const void* o, int64_t n, DType t, cudaStream_t stream) {
   if (n <= 0) return;
   if (!x || !o) throw std::invalid_argument("residual_add: null pointer");
-  if (t == DType::f16) residual_kernel<__half><<<blocks_for(n), kThreads, 0, stream>>>(x, static_cast<const __half*>(o), n);
-  else residual_kernel<__nv_bfloat16><<<blocks_for(n), kThreads, 0, stream>>>(x, static_cast<const __nv_bfloat16*>(o), n);
+  if (t == DType::f16) launch_pdl(residual_kernel<__half>, dim3(blocks_for(n)), dim3(kThreads), 0, stream, x, static_cast<const __half*>(o), n);
+  else launch_pdl(residual_kernel<__nv_bfloat16>, dim3(blocks_for(n)), dim3(kThreads), 0, stream, x, static_cast<const __nv_bfloat16*>(o), n);
   SHARQ_CUDA_CHECK(cudaGetLastError());
 }
 

@@ -1,0 +1,42 @@
+// Programmatic dependent launch (PDL), the one implementation every kernel family uses.
+//
+// A kernel launched by `launch_pdl` may start while the kernel before it in the stream is still
+// running. The contract, which every such kernel keeps:
+//   - `pdl_wait()` (griddepcontrol.wait) runs in every CTA before the kernel reads anything the
+//     preceding kernels write, and before it writes anything they read. It returns once all
+//     prerequisite grids have completed and their writes are visible. Only data that no kernel of
+//     the step writes (weights, step metadata copied before the step's first kernel) may be read
+//     before it. Every CTA executes it, early exits included (a CTA that skipped it could let the
+//     grid complete before its predecessor).
+//   - `pdl_trigger()` (griddepcontrol.launch_dependents), after the wait, lets the next kernel be
+//     launched while this one runs; that kernel's own wait still orders it after this grid's
+//     completion, so the trigger's position affects only speed, never correctness.
+// Inside a CUDA graph the attribute becomes a programmatic edge between the two kernel nodes.
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include "sharq/kernels/cuda/cuda_check.h"
+
+namespace sharq::cuda {
+
+__device__ __forceinline__ void pdl_wait() { asm volatile("griddepcontrol.wait;\n" ::: "memory"); }
+__device__ __forceinline__ void pdl_trigger() { asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory"); }
+
+// kernel<<<grid, block, smem, stream>>>(args...) with programmatic stream serialization.
+template <class... P, class... A>
+void launch_pdl(void (*kernel)(P...), dim3 grid, dim3 block, size_t smem, cudaStream_t stream, const A&... args) {
+  cudaLaunchAttribute attr[1];
+  attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  attr[0].val.programmaticStreamSerializationAllowed = 1;
+  cudaLaunchConfig_t cfg = {};
+  cfg.gridDim = grid;
+  cfg.blockDim = block;
+  cfg.dynamicSmemBytes = smem;
+  cfg.stream = stream;
+  cfg.attrs = attr;
+  cfg.numAttrs = 1;
+  SHARQ_CUDA_CHECK(cudaLaunchKernelEx(&cfg, kernel, static_cast<P>(args)...));
+}
+
+}  // namespace sharq::cuda
