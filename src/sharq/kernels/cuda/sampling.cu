@@ -33,8 +33,8 @@ struct ArgMaxOp {
   }
 };
 
-// One block per request; thread t owns the contiguous index range [t * chunk, (t + 1) * chunk), so
-// that index order inside a tie group is (thread, position) order.
+// One block per request; for the index-order walks thread t owns the contiguous index range
+// [t * chunk, (t + 1) * chunk), so that index order inside a tie group is (thread, position) order.
 __global__ void __launch_bounds__(kThreads) sample_kernel(const float* __restrict__ logits, int64_t V,
                                                           const SampleRequest* __restrict__ reqs, int32_t* token,
                                                           float* logprob) {
@@ -58,9 +58,12 @@ __global__ void __launch_bounds__(kThreads) sample_kernel(const float* __restric
   const int64_t chunk = (V + kThreads - 1) / kThreads;
   const int64_t i0 = threadIdx.x * chunk, i1 = min(V, i0 + chunk);
 
+  // The maximum, the sums and the counts are order-free (ties: the lowest index; each thread sums its
+  // indices in ascending order, the block in a fixed tree), so they stride over the row, coalesced;
+  // only the index-order walks below use the thread's contiguous range.
   // the first maximum
   ArgMax mine{-INFINITY, 0x7FFFFFFF};
-  for (int64_t i = i0; i < i1; ++i)
+  for (int64_t i = threadIdx.x; i < V; i += kThreads)
     if (L[i] > mine.v || mine.i == 0x7FFFFFFF) mine = ArgMax{L[i], static_cast<int32_t>(i)};
   const ArgMax best = ReduceA(tmp.a).Reduce(mine, ArgMaxOp());
   if (threadIdx.x == 0) s_best = best;
@@ -71,7 +74,7 @@ __global__ void __launch_bounds__(kThreads) sample_kernel(const float* __restric
   // block sum (double) of f(i) over every index
   auto block_sum = [&](auto f) -> double {
     double acc = 0.0;
-    for (int64_t i = i0; i < i1; ++i) acc += f(i);
+    for (int64_t i = threadIdx.x; i < V; i += kThreads) acc += f(i);
     const double s = ReduceD(tmp.d).Sum(acc);
     if (threadIdx.x == 0) s_d = s;
     __syncthreads();
@@ -81,7 +84,7 @@ __global__ void __launch_bounds__(kThreads) sample_kernel(const float* __restric
   };
   auto block_count = [&](uint32_t key) -> int64_t {
     int64_t c = 0;
-    for (int64_t i = i0; i < i1; ++i) c += key_of(L[i]) == key;
+    for (int64_t i = threadIdx.x; i < V; i += kThreads) c += key_of(L[i]) == key;
     const int64_t s = ReduceI(tmp.i).Sum(c);
     if (threadIdx.x == 0) s_i = s;
     __syncthreads();
