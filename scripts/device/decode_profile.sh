@@ -11,7 +11,7 @@ B=${BUILD:-build-gpu}
 mkdir -p "$OUT"
 cmake -S . -B "$B" -G Ninja -DCMAKE_BUILD_TYPE=Release -DSHARQ_BUILD_BENCH=OFF >/dev/null 2>&1
 ninja -C "$B" sharq_cli >"$OUT/build_cli.log" 2>&1 || { grep error "$OUT/build_cli.log" | head -20; exit 1; }
-args=(bench model --synthetic llama3.1-8b --prefill 1x16 --batches 1 --steps 16 -q)
+args=(bench model --synthetic llama3.1-8b --prefill ${PREFILL:-1x16} --batches 1 --steps 16 -q)
 for s in ${SCHEMES:-fp16 sharq:merged}; do
   f="${TMPDIR:-/tmp}/ncu_${s//:/_}.csv"
   ncu --profile-from-start off --graph-profiling node --cache-control none --clock-control none \
@@ -20,15 +20,19 @@ for s in ${SCHEMES:-fp16 sharq:merged}; do
 import csv, sys, collections
 rows = [r for r in csv.reader(open(sys.argv[1])) if len(r) > 10]
 hdr = rows[0]; ki = hdr.index("Kernel Name"); vi = hdr.index("Metric Value"); ui = hdr.index("Metric Unit")
-tot = collections.OrderedDict(); n = collections.Counter()
+steps = []  # each step starts with the embedding gather: the first prefill, then the decode step
 for r in rows[1:]:
     v = float(r[vi].replace(",", ""))
     v = v / 1000 if r[ui] in ("ns", "nsecond") else v * 1000 if r[ui] in ("ms", "msecond") else v
     k = r[ki].replace("(anonymous namespace)::", "").replace("void ", "").replace("sharq::cuda::", "")
-    k = k.split("(")[0][:70]
+    k = k.replace("sharq::<unnamed>::", "").split("(")[0][:70]
+    if k.startswith("embed_kernel") or not steps: steps.append((collections.OrderedDict(), collections.Counter()))
+    tot, n = steps[-1]
     tot[k] = tot.get(k, 0) + v; n[k] += 1
-print(f"{sys.argv[2]}: {sum(n.values())} kernels, sum {sum(tot.values()):.1f} us")
-for k, v in sorted(tot.items(), key=lambda kv: -kv[1]): print(f"  {v:9.1f} us  {n[k]:4d}x  {v / n[k]:7.2f} us  {k}")
+for si, (tot, n) in enumerate(steps):
+    what = "prefill" if si == 0 and len(steps) > 1 else "decode b1"
+    print(f"{sys.argv[2]} {what}: {sum(n.values())} kernels, sum {sum(tot.values()):.1f} us")
+    for k, v in sorted(tot.items(), key=lambda kv: -kv[1]): print(f"  {v:9.1f} us  {n[k]:4d}x  {v / n[k]:7.2f} us  {k}")
 PY
 done | tee "$OUT/kernels.txt"
 "$B/sharq" "${args[@]}" --schemes "$(echo ${SCHEMES:-fp16 sharq:merged} | tr ' ' ',')" >"$OUT/bench_b1.txt" 2>&1

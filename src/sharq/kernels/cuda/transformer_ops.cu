@@ -87,8 +87,6 @@ __global__ void rmsnorm_kernel(const float* __restrict__ x, const int32_t* __res
   for (int64_t h = threadIdx.x; h < H; h += blockDim.x) y[r * H + h] = from_f<T>(w[h] * (xr[h] * inv));
 }
 
-// grid (M, nh + nkv), block = round_up(hd, 32) threads: head y < nh is a query head, else KV head
-// y - nh (its k is normed/rotated and written with its v).
 // RMSNorm of rows with H % 4 == 0, H <= 4 * 1024 * kNormVec, optionally after the residual add:
 // every value of the row is loaded at once (16-byte loads held in registers), so a decode step's
 // one-row norm costs two memory round trips rather than H / threads serial ones.
@@ -179,51 +177,70 @@ __global__ void add_rmsnorm_kernel(float* __restrict__ x, const T* __restrict__ 
   for (int64_t h = threadIdx.x; h < H; h += blockDim.x) y[r * H + h] = from_f<T>(w[h] * (xr[h] * inv));
 }
 
+// One warp per (row, head): lane l owns the rotation pairs p = l, l + 32, .. < hd / 2 (elements
+// (p, p + hd / 2) rotate-half, (2p, 2p + 1) interleaved); the q/k norm's sum of squares is a warp
+// butterfly. kRopeWarps heads per block: grid (M, ceil((nh + nkv) / kRopeWarps)); head y < nh is a
+// query head, else KV head y - nh (its k is normed/rotated and written with its v).
+constexpr int kRopeWarps = 8;
+constexpr int kRopeMaxPairs = 16;  // per lane: hd <= 1024
 template <class T>
-__global__ void qk_rope_kernel(const T* __restrict__ q, const T* __restrict__ k, const T* __restrict__ v, int64_t ld, int nh,
-                               const float* __restrict__ q_norm, const float* __restrict__ k_norm, float eps,
-                               const float* __restrict__ inv_freq, int interleaved, RowMap rows, PagedKv kv,
-                               float* __restrict__ q_out) {
+__global__ void __launch_bounds__(kRopeWarps * 32) qk_rope_kernel(
+    const T* __restrict__ q, const T* __restrict__ k, const T* __restrict__ v, int64_t ld, int nh,
+    const float* __restrict__ q_norm, const float* __restrict__ k_norm, float eps, const float* __restrict__ inv_freq,
+    int interleaved, RowMap rows, PagedKv kv, float* __restrict__ q_out) {
   pdl_wait();
   pdl_trigger();
-  extern __shared__ float head[];  // hd floats
   const int64_t m = blockIdx.x;
-  const int y = blockIdx.y, d = threadIdx.x, hd = kv.head_dim, nkv = kv.kv_heads;
+  const int y = blockIdx.y * kRopeWarps + static_cast<int>(threadIdx.x >> 5), lane = threadIdx.x & 31;
+  const int hd = kv.head_dim, nkv = kv.kv_heads, half = hd / 2;
+  if (y >= nh + nkv) return;
   const bool is_q = y < nh;
   const int hh = is_q ? y : y - nh;
-  const T* src = (is_q ? q : k) + m * ld + hh * hd;
+  const T* src = (is_q ? q : k) + m * ld + static_cast<int64_t>(hh) * hd;
   const float* nw = is_q ? q_norm : k_norm;
-  const float val = d < hd ? to_f(src[d]) : 0.0f;
-  float xv = val;
-  if (nw) {
-    const float ss = block_sum(val * val);
-    const float inv = 1.0f / sqrtf(ss / static_cast<float>(hd) + eps);
-    xv = d < hd ? nw[d] * (val * inv) : 0.0f;
-  }
-  if (d < hd) head[d] = xv;
-  __syncthreads();
-  const int pos = rows.pos[m];
-  if (d < hd / 2) {
-    const float ang = static_cast<float>(pos) * inv_freq[d];
-    const float c = cosf(ang), s = sinf(ang);
-    const int a = interleaved ? 2 * d : d, b = interleaved ? 2 * d + 1 : d + hd / 2;
-    const float x0 = head[a], x1 = head[b];
-    const float r0 = x0 * c - x1 * s, r1 = x1 * c + x0 * s;
-    if (is_q) {
-      q_out[(m * nh + hh) * hd + a] = r0;
-      q_out[(m * nh + hh) * hd + b] = r1;
-    } else {
-      const int32_t blk = rows.table[rows.table_off[m] + pos / kv.block_size];
-      const int64_t base = ((static_cast<int64_t>(blk) * kv.block_size + pos % kv.block_size) * nkv + hh) * hd;
-      static_cast<T*>(kv.k)[base + a] = from_f<T>(r0);
-      static_cast<T*>(kv.k)[base + b] = from_f<T>(r1);
+  float x0[kRopeMaxPairs], x1[kRopeMaxPairs];
+  float ss = 0.0f;
+#pragma unroll
+  for (int i = 0; i < kRopeMaxPairs; ++i) {
+    const int p = lane + 32 * i;
+    if (p < half) {
+      const int a = interleaved ? 2 * p : p, b = interleaved ? 2 * p + 1 : p + half;
+      x0[i] = to_f(src[a]);
+      x1[i] = to_f(src[b]);
+      ss += x0[i] * x0[i] + x1[i] * x1[i];
     }
   }
-  if (!is_q && d < hd) {
-    const int32_t blk = rows.table[rows.table_off[m] + pos / kv.block_size];
-    const int64_t base = ((static_cast<int64_t>(blk) * kv.block_size + pos % kv.block_size) * nkv + hh) * hd;
-    static_cast<T*>(kv.v)[base + d] = v[m * ld + hh * hd + d];
+  float inv = 1.0f;
+  if (nw) {
+    for (int off = 16; off > 0; off >>= 1) ss += __shfl_xor_sync(0xffffffffu, ss, off);
+    inv = 1.0f / sqrtf(ss / static_cast<float>(hd) + eps);
   }
+  const int pos = rows.pos[m];
+  int64_t base = 0;
+  if (!is_q) {
+    const int32_t blk = rows.table[rows.table_off[m] + pos / kv.block_size];
+    base = ((static_cast<int64_t>(blk) * kv.block_size + pos % kv.block_size) * nkv + hh) * hd;
+  }
+#pragma unroll
+  for (int i = 0; i < kRopeMaxPairs; ++i) {
+    const int p = lane + 32 * i;
+    if (p < half) {
+      const int a = interleaved ? 2 * p : p, b = interleaved ? 2 * p + 1 : p + half;
+      const float u0 = nw ? nw[a] * (x0[i] * inv) : x0[i], u1 = nw ? nw[b] * (x1[i] * inv) : x1[i];
+      const float ang = static_cast<float>(pos) * inv_freq[p];
+      const float c = cosf(ang), sn = sinf(ang);
+      const float r0 = u0 * c - u1 * sn, r1 = u1 * c + u0 * sn;
+      if (is_q) {
+        q_out[(m * nh + hh) * hd + a] = r0;
+        q_out[(m * nh + hh) * hd + b] = r1;
+      } else {
+        static_cast<T*>(kv.k)[base + a] = from_f<T>(r0);
+        static_cast<T*>(kv.k)[base + b] = from_f<T>(r1);
+      }
+    }
+  }
+  if (!is_q)
+    for (int d = lane; d < hd; d += 32) static_cast<T*>(kv.v)[base + d] = v[m * ld + static_cast<int64_t>(hh) * hd + d];
 }
 
 template <class T>
@@ -344,17 +361,16 @@ void qk_rope_kv_write(const void* q, const void* k, const void* v, int64_t ld, i
     throw std::invalid_argument(fmt::format("qk_rope_kv_write: heads {} / {} of dim {}", nh, kv.kv_heads, kv.head_dim));
   if (ld < static_cast<int64_t>(nh) * kv.head_dim)
     throw std::invalid_argument(fmt::format("qk_rope_kv_write: row stride {} < {} query values", ld, nh * kv.head_dim));
-  const dim3 grid(static_cast<unsigned>(M), static_cast<unsigned>(nh + kv.kv_heads));
-  const int threads = (kv.head_dim + 31) / 32 * 32;
-  const size_t smem = static_cast<size_t>(kv.head_dim) * sizeof(float);
+  const dim3 grid(static_cast<unsigned>(M), static_cast<unsigned>((nh + kv.kv_heads + kRopeWarps - 1) / kRopeWarps));
+  const dim3 block(kRopeWarps * 32);
   if (t == DType::f16)
-    launch_pdl(qk_rope_kernel<__half>, dim3(grid), dim3(threads), smem, stream, static_cast<const __half*>(q), static_cast<const __half*>(k),
-                                                            static_cast<const __half*>(v), ld, nh, q_norm, k_norm, eps,
-                                                            inv_freq, interleaved, rows, kv, q_out);
+    launch_pdl(qk_rope_kernel<__half>, grid, block, 0, stream, static_cast<const __half*>(q),
+               static_cast<const __half*>(k), static_cast<const __half*>(v), ld, nh, q_norm, k_norm, eps, inv_freq,
+               static_cast<int>(interleaved), rows, kv, q_out);
   else
-    launch_pdl(qk_rope_kernel<__nv_bfloat16>, dim3(grid), dim3(threads), smem, stream, 
-        static_cast<const __nv_bfloat16*>(q), static_cast<const __nv_bfloat16*>(k), static_cast<const __nv_bfloat16*>(v),
-        ld, nh, q_norm, k_norm, eps, inv_freq, interleaved, rows, kv, q_out);
+    launch_pdl(qk_rope_kernel<__nv_bfloat16>, grid, block, 0, stream, static_cast<const __nv_bfloat16*>(q),
+               static_cast<const __nv_bfloat16*>(k), static_cast<const __nv_bfloat16*>(v), ld, nh, q_norm, k_norm, eps,
+               inv_freq, static_cast<int>(interleaved), rows, kv, q_out);
   SHARQ_CUDA_CHECK(cudaGetLastError());
 }
 

@@ -262,10 +262,13 @@ int run_bench_model(const BenchModelOptions& o) {
           batch.push_back(std::move(e));
         }
         ex->set_profiling(rep == 4);
+        const bool range = rep == 1 && &p == &prefills.front();  // a profiler range (as for decode below)
+        if (range) SHARQ_CUDA_CHECK(cudaProfilerStart());
         const auto t0 = Clock::now();
         if (p.b * p.n <= max_tokens) ex->step(batch);
         else fill_context(*ex, seqs, p.n, max_tokens, V);
         const double s = seconds_since(t0);
+        if (range) SHARQ_CUDA_CHECK(cudaProfilerStop());
         ex->set_profiling(false);
         if (rep == 4) {
           r.prefill_prof = ex->last_profile();
