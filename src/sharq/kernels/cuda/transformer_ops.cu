@@ -181,9 +181,10 @@ __global__ void add_rmsnorm_kernel(float* __restrict__ x, const T* __restrict__ 
 // (p, p + hd / 2) rotate-half, (2p, 2p + 1) interleaved); the q/k norm's sum of squares is a warp
 // butterfly. kRopeWarps heads per block: grid (M, ceil((nh + nkv) / kRopeWarps)); head y < nh is a
 // query head, else KV head y - nh (its k is normed/rotated and written with its v).
+// PPL: pairs per lane (1, 2, 4, 8, 16: hd <= 64 PPL), a template argument so that the unrolled loops
+// (each with one sincosf) stay as short as the head.
 constexpr int kRopeWarps = 8;
-constexpr int kRopeMaxPairs = 16;  // per lane: hd <= 1024
-template <class T>
+template <class T, int PPL>
 __global__ void __launch_bounds__(kRopeWarps * 32) qk_rope_kernel(
     const T* __restrict__ q, const T* __restrict__ k, const T* __restrict__ v, int64_t ld, int nh,
     const float* __restrict__ q_norm, const float* __restrict__ k_norm, float eps, const float* __restrict__ inv_freq,
@@ -198,10 +199,10 @@ __global__ void __launch_bounds__(kRopeWarps * 32) qk_rope_kernel(
   const int hh = is_q ? y : y - nh;
   const T* src = (is_q ? q : k) + m * ld + static_cast<int64_t>(hh) * hd;
   const float* nw = is_q ? q_norm : k_norm;
-  float x0[kRopeMaxPairs], x1[kRopeMaxPairs];
+  float x0[PPL], x1[PPL];
   float ss = 0.0f;
 #pragma unroll
-  for (int i = 0; i < kRopeMaxPairs; ++i) {
+  for (int i = 0; i < PPL; ++i) {
     const int p = lane + 32 * i;
     if (p < half) {
       const int a = interleaved ? 2 * p : p, b = interleaved ? 2 * p + 1 : p + half;
@@ -222,13 +223,14 @@ __global__ void __launch_bounds__(kRopeWarps * 32) qk_rope_kernel(
     base = ((static_cast<int64_t>(blk) * kv.block_size + pos % kv.block_size) * nkv + hh) * hd;
   }
 #pragma unroll
-  for (int i = 0; i < kRopeMaxPairs; ++i) {
+  for (int i = 0; i < PPL; ++i) {
     const int p = lane + 32 * i;
     if (p < half) {
       const int a = interleaved ? 2 * p : p, b = interleaved ? 2 * p + 1 : p + half;
       const float u0 = nw ? nw[a] * (x0[i] * inv) : x0[i], u1 = nw ? nw[b] * (x1[i] * inv) : x1[i];
       const float ang = static_cast<float>(pos) * inv_freq[p];
-      const float c = cosf(ang), sn = sinf(ang);
+      float sn, c;
+      sincosf(ang, &sn, &c);
       const float r0 = u0 * c - u1 * sn, r1 = u1 * c + u0 * sn;
       if (is_q) {
         q_out[(m * nh + hh) * hd + a] = r0;
@@ -363,14 +365,23 @@ void qk_rope_kv_write(const void* q, const void* k, const void* v, int64_t ld, i
     throw std::invalid_argument(fmt::format("qk_rope_kv_write: row stride {} < {} query values", ld, nh * kv.head_dim));
   const dim3 grid(static_cast<unsigned>(M), static_cast<unsigned>((nh + kv.kv_heads + kRopeWarps - 1) / kRopeWarps));
   const dim3 block(kRopeWarps * 32);
-  if (t == DType::f16)
-    launch_pdl(qk_rope_kernel<__half>, grid, block, 0, stream, static_cast<const __half*>(q),
-               static_cast<const __half*>(k), static_cast<const __half*>(v), ld, nh, q_norm, k_norm, eps, inv_freq,
-               static_cast<int>(interleaved), rows, kv, q_out);
-  else
-    launch_pdl(qk_rope_kernel<__nv_bfloat16>, grid, block, 0, stream, static_cast<const __nv_bfloat16*>(q),
-               static_cast<const __nv_bfloat16*>(k), static_cast<const __nv_bfloat16*>(v), ld, nh, q_norm, k_norm, eps,
-               inv_freq, static_cast<int>(interleaved), rows, kv, q_out);
+  const int ppl = (kv.head_dim / 2 + 31) / 32;
+  auto go = [&](auto tag, auto ppl_c) {
+    using T = decltype(tag);
+    const T* tq = static_cast<const T*>(q);
+    launch_pdl(qk_rope_kernel<T, decltype(ppl_c)::value>, grid, block, 0, stream, tq, static_cast<const T*>(k),
+               static_cast<const T*>(v), ld, nh, q_norm, k_norm, eps, inv_freq, static_cast<int>(interleaved), rows, kv,
+               q_out);
+  };
+  auto by_ppl = [&](auto tag) {
+    if (ppl <= 1) go(tag, std::integral_constant<int, 1>{});
+    else if (ppl <= 2) go(tag, std::integral_constant<int, 2>{});
+    else if (ppl <= 4) go(tag, std::integral_constant<int, 4>{});
+    else if (ppl <= 8) go(tag, std::integral_constant<int, 8>{});
+    else go(tag, std::integral_constant<int, 16>{});
+  };
+  if (t == DType::f16) by_ppl(__half{});
+  else by_ppl(__nv_bfloat16{});
   SHARQ_CUDA_CHECK(cudaGetLastError());
 }
 
