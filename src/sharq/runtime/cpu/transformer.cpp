@@ -46,15 +46,20 @@ std::unique_ptr<Linear> make_linear(const TensorView& w, const TensorView* b, co
 struct Mlp {  // gate/up/down of one dense MLP or one expert
   std::unique_ptr<Linear> gate, up, down;
   // y += down(silu(gate(x)) * up(x)) scaled per row by `row_weight` (nullptr: 1)
+  // expert: the MoE expert's index (observed through on_expert_input), or -1 for a dense MLP
   void run(const float* x, int64_t M, int64_t H, int64_t I, float* y, const float* row_weight, int64_t layer,
-           ProjectionObserver* obs, const char* in_name, const char* down_name) const {
-    if (obs) obs->on_input(layer, in_name, x, M, H);
+           ProjectionObserver* obs, const char* in_name, const char* down_name, int64_t expert = -1) const {
+    auto observe = [&](const char* name, const float* in, int64_t K) {
+      if (expert < 0) obs->on_input(layer, name, in, M, K);
+      else obs->on_expert_input(layer, expert, name, in, M, K);
+    };
+    if (obs) observe(in_name, x, H);
     const Linear::PreparedInput p = gate->prepare_input(x, M);
     std::vector<float> g(static_cast<size_t>(M * I)), u(static_cast<size_t>(M * I));
     gate->forward_prepared(p, g.data());
     up->forward_prepared(p, u.data());
     for (size_t i = 0; i < g.size(); ++i) g[i] = silu(g[i]) * u[i];
-    if (obs) obs->on_input(layer, down_name, g.data(), M, I);
+    if (obs) observe(down_name, g.data(), I);
     std::vector<float> o(static_cast<size_t>(M * H));
     down->forward(g.data(), M, o.data());
     for (int64_t m = 0; m < M; ++m) {
@@ -254,7 +259,7 @@ void Transformer::forward_batch(const std::vector<ForwardSegment>& segs, float* 
         xin.resize(static_cast<size_t>(Me * H));
         yout.assign(static_cast<size_t>(Me * H), 0.0f);
         for (int64_t m = 0; m < Me; ++m) std::copy_n(h.data() + rows[e][m] * H, H, xin.data() + m * H);
-        L.experts[e].run(xin.data(), Me, H, I, yout.data(), wts[e].data(), l, obs, "experts.gate_up", "experts.down");
+        L.experts[e].run(xin.data(), Me, H, I, yout.data(), wts[e].data(), l, obs, "experts.gate_up", "experts.down", e);
         for (int64_t m = 0; m < Me; ++m)
           for (int64_t i = 0; i < H; ++i) x[rows[e][m] * H + i] += yout[m * H + i];
       }

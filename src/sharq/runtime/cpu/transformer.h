@@ -29,12 +29,18 @@ struct KVCache {
   std::vector<std::vector<float>> k, v;  // per layer: capacity x kv_dim
 };
 
-// Per-call hook for analysis tools: called with each projection input (after preparation is
-// decided, before it): layer index, projection name ("q_proj", "o_proj", "gate_proj",
-// "down_proj", "experts.gate_up", "experts.down"), the M x K input.
+// Per-call hook for analysis tools (`sharq analyze`) and calibration (`sharq quantize
+// --calib-data`): called with each projection input (after preparation is decided, before it):
+// layer index, projection name ("q_proj" for the input q/k/v share, "o_proj", "gate_proj" for the
+// input gate/up share, "down_proj", "experts.gate_up", "experts.down"), the M x K input. MoE
+// inputs also go to on_expert_input with the expert's index (by default it forwards to on_input).
+// Without an observer the forward pass does nothing extra (one null check per projection).
 struct ProjectionObserver {
   virtual ~ProjectionObserver() = default;
   virtual void on_input(int64_t layer, const char* proj, const float* x, int64_t M, int64_t K) = 0;
+  virtual void on_expert_input(int64_t layer, int64_t /*expert*/, const char* proj, const float* x, int64_t M, int64_t K) {
+    on_input(layer, proj, x, M, K);
+  }
 };
 
 // One sequence's part of a batched forward pass: n new tokens appended to `cache` at positions
