@@ -296,3 +296,44 @@ TEST(Cli, DeviceCudaWithoutAGpuFailsWithAReason) {
 }
 
 }  // namespace
+
+// quantize --calib-data: a missing or empty file exits non-zero naming the flag and the file (and
+// writes nothing); a good one writes the W4A4 form and says so. --synthetic takes OUT alone.
+namespace {
+TEST(Cli, QuantizeCalibDataIsCheckedAndNamed) {
+  const std::string tiny = std::string(SHARQ_SOURCE_DIR) + "/tests/data/tiny/llama3";
+  const auto dir = std::filesystem::temp_directory_path() / ("sharq_cli_calib_" + std::to_string(getpid()));
+  std::filesystem::remove_all(dir);
+  std::filesystem::create_directories(dir);
+  const std::string out = (dir / "out").string(), empty = (dir / "empty.txt").string(), missing = (dir / "missing.txt").string();
+  std::ofstream(empty).close();
+  Result r = run("quantize " + tiny + " " + out + " --calib-data " + missing + " -q");
+  EXPECT_EQ(r.status, 1);
+  EXPECT_NE(r.out.find("--calib-data: " + missing + ": no such file or directory"), std::string::npos) << r.out;
+  r = run("quantize " + tiny + " " + out + " --calib-data " + empty + " -q");
+  EXPECT_EQ(r.status, 1);
+  EXPECT_NE(r.out.find("--calib-data: " + empty + ": the data file is empty"), std::string::npos) << r.out;
+  EXPECT_FALSE(std::filesystem::exists(out)) << "nothing written";
+  r = run("quantize " + tiny + " " + out + " --calib-data " + empty + " --calib-tokens 0 -q");
+  EXPECT_EQ(r.status, 1);
+  EXPECT_NE(r.out.find("--calib-tokens"), std::string::npos) << r.out;
+  if (std::filesystem::exists(stories())) {
+    const std::string data = std::string(SHARQ_SOURCE_DIR) + "/../shared/data/tinystories/sample.txt";
+    r = run("quantize " + stories() + " " + out + " --scheme sharq --format modelopt --calib-data " + data + " --calib-tokens 64 -q");
+    EXPECT_EQ(r.status, 0) << r.out;
+    EXPECT_NE(r.out.find("W4A4: static input scales, the amax over 64 calibration tokens"), std::string::npos) << r.out;
+    r = run("quantize " + stories() + " " + (dir / "w16").string() + " --scheme w4a16 --calib-data " + data + " -q");
+    EXPECT_EQ(r.status, 1);
+    EXPECT_NE(r.out.find("--calib-data: scheme 'w4a16'"), std::string::npos) << r.out;
+  }
+  r = run("quantize --synthetic llama3.1-8b " + tiny + " " + out);
+  EXPECT_EQ(r.status, 1);
+  EXPECT_NE(r.out.find("--synthetic replaces MODEL"), std::string::npos) << r.out;
+  r = run("quantize --synthetic nosuch " + out);
+  EXPECT_NE(r.status, 0);
+  r = run("quantize " + tiny);
+  EXPECT_EQ(r.status, 1);
+  EXPECT_NE(r.out.find("MODEL and OUT are required"), std::string::npos) << r.out;
+  std::filesystem::remove_all(dir);
+}
+}  // namespace

@@ -472,8 +472,8 @@ int main(int argc, char** argv) {
   std::string qo_fused = "shared";
   auto* qz = app.add_subcommand("quantize", "Write a quantized Hugging Face checkpoint (compressed-tensors or ModelOpt) that "
                                             "sharq, vLLM, SGLang and TensorRT-LLM load");
-  qz->add_option("model", qo.model_path, "Hugging Face model directory or llama2.c .bin checkpoint")->required();
-  qz->add_option("out", qo.out_dir, "output directory (created; must not exist or be empty)")->required();
+  qz->add_option("model", qo.model_path, "Hugging Face model directory or llama2.c .bin checkpoint (omitted with --synthetic)");
+  qz->add_option("out", qo.out_dir, "output directory (created; must not exist or be empty)");
   qz->add_option("--scheme", qo.scheme, "nvfp4 | w4a16 | sharq | sharq:w16 | fp8 (activation options are recorded)")->capture_default_str();
   qz->add_option("--format", qo.format, "compressed-tensors | modelopt")
       ->capture_default_str()->check(CLI::IsMember({"compressed-tensors", "modelopt"}));
@@ -482,6 +482,15 @@ int main(int argc, char** argv) {
                  "NVFP4 global scale: shared over q/k/v and over gate/up, as vLLM and TensorRT-LLM require (default), or "
                  "per-projection, as `sharq ppl MODEL` quantizes at load")
       ->capture_default_str()->check(CLI::IsMember({"shared", "per-projection"}));
+  qz->add_option("--calib-data", qo.calib_data,
+                 "text file: store calibrated static activation scales (the formats' W4A4 form: compressed-tensors "
+                 "input_global_scale, ModelOpt input_scale), the amax of each projection's input over its first --calib-tokens "
+                 "tokens (nvfp4, sharq, sharq:w16; without it the weights-only W4A16 form is written)");
+  add_number<int64_t>(qz, "--calib-tokens", qo.calib_tokens, "tokens of --calib-data to run, in windows of the model's context", 1);
+  qz->add_option("--synthetic", qo.synthetic, "instead of MODEL: random weights of a real architecture, generated one projection at a "
+                                              "time (for memory and speed measurements)")
+      ->check(CLI::IsMember({"llama3.1-8b", "qwen2.5-7b", "qwen3-8b"}));
+  add_number<uint64_t>(qz, "--seed", qo.seed, "seed of the --synthetic weights");
   qz->add_flag("-q,--quiet", qo_quiet, "no progress on stderr");
 
   // ---- schemes
@@ -569,7 +578,13 @@ int main(int argc, char** argv) {
       return cmd_ppl(po, po_json);
     }
     if (*qz) {
-      check_input_path(qo.model_path, "model", PathKind::kFileOrDir);
+      if (!qo.synthetic.empty() && qo.out_dir.empty()) std::swap(qo.model_path, qo.out_dir);  // `quantize --synthetic NAME OUT`
+      if (!qo.synthetic.empty() && !qo.model_path.empty())
+        throw UsageError(fmt::format("quantize: --synthetic replaces MODEL; give only OUT (got '{}' and '{}')", qo.model_path, qo.out_dir));
+      if (qo.out_dir.empty())
+        throw UsageError(qo.synthetic.empty() ? "quantize: MODEL and OUT are required" : "quantize: OUT is required");
+      if (qo.synthetic.empty()) check_input_path(qo.model_path, "model", PathKind::kFileOrDir);
+      if (!qo.calib_data.empty()) check_input_path(qo.calib_data, "--calib-data", PathKind::kFile);
       if (!qo.tokenizer_path.empty()) check_input_path(qo.tokenizer_path, "--tokenizer", PathKind::kFile);
       qo.progress = !qo_quiet;
       qo.fused_global_scales = qo_fused == "shared";

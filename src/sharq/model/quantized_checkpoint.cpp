@@ -434,6 +434,21 @@ void read_quantization_config(ModelWeights& w, const std::string& config_text, c
       throw CheckpointError(fmt::format("{}: tensor '{}' is missing ({} layer '{}' has its codes '{}' but no scales)", file, scale_name, fmt_name,
                                         base.substr(0, base.size() - 1), codes_name));
     std::vector<std::string> consumed = {codes_name, scale_name, base + "input_scale", base + "input_global_scale"};
+    // Static activation scales (W4A4 / static FP8): sharq computes its own online and ignores their
+    // values, but a corrupt one is refused, since the file would make other engines silently wrong.
+    for (const char* suffix : {"input_scale", "input_global_scale"}) {
+      const auto in_it = w.tensors.find(base + suffix);
+      if (in_it == w.tensors.end()) continue;
+      const float v = scalar_of(in_it->second, file);
+      if (std::isnan(v) || std::isinf(v)) {
+        if (opt.allow_nonfinite) continue;
+        throw CheckpointError(fmt::format("{}: tensor '{}' holds {:g}, a non-finite static activation scale (sharq computes its "
+                                          "activation scales online and does not use it, but other engines would); pass "
+                                          "--allow-nonfinite to load it anyway",
+                                          file, base + suffix, v));
+      }
+      check_positive(v, file, base + suffix, "the static activation scale");
+    }
     if (!fp8) {
       // codes: U8 [N, ceil(K/16) * 8] (= K/2 whenever K % 16 == 0, the formats' own rule)
       const std::vector<int64_t> want_codes = {N, nb16 * 8}, want_scales = {N, nb16};

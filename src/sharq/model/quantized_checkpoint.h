@@ -17,8 +17,10 @@
 //   ModelOpt weight_scale_2 is a MULTIPLIER (amax / 2688): g = stored;
 //   in both, W = e2m1(code) * e4m3(weight_scale) * g, codes low nibble first.
 //   FP8 weight_scale is a multiplier in both formats: W = e4m3(code) * scale[n].
-// Stored activation scales (input_global_scale / input_scale) are ignored: sharq computes its
-// activation scales online (per token by default).
+// Stored activation scales (input_global_scale / input_scale, compressed-tensors a divisor
+// 2688/amax, ModelOpt a multiplier amax/2688) are checked (a float scalar, positive and finite;
+// NaN / Inf only with opt.allow_nonfinite) and then ignored: sharq computes its activation scales
+// online (per token by default).
 #pragma once
 
 #include <cstdint>
@@ -80,7 +82,8 @@ std::string schemes_for(const QuantizationInfo& q);
 // unquantized checkpoint. Throws CheckpointError naming the file and the field or tensor:
 // an unknown quant_method or format, group_size other than 16, wrong dtype or shape of codes or
 // scales, a missing global scale, a global scale that is not a positive finite number, NaN block
-// scales (unless opt.allow_nonfinite), W32 scale pairs that differ, a projection left unquantized.
+// scales (unless opt.allow_nonfinite), W32 scale pairs that differ, a projection left unquantized, a
+// static activation scale that is not a positive finite float scalar.
 void read_quantization_config(ModelWeights& w, const std::string& config_text, const std::string& config_path,
                               const std::string& dir, const LoadOptions& opt);
 

@@ -435,6 +435,28 @@ size_t ModelWeights::mapped_bytes() const {
   return n;
 }
 
+bool ModelWeights::holds(const uint8_t* p, size_t n) const {
+  if (p == nullptr) return false;
+  const auto p0 = reinterpret_cast<uintptr_t>(p);
+  auto inside = [&](const uint8_t* base, size_t size) {
+    const auto b = reinterpret_cast<uintptr_t>(base);
+    return base != nullptr && p0 >= b && p0 - b <= size && n <= size - (p0 - b);
+  };
+  for (const auto& f : files_)
+    if (inside(f->data(), f->size())) return true;
+  for (const auto& o : owned_)
+    if (inside(o->data(), o->size())) return true;
+  return false;
+}
+
+std::shared_ptr<const void> ModelWeights::storage() const {
+  struct Keep {
+    std::vector<std::shared_ptr<const MappedFile>> files;
+    std::vector<std::shared_ptr<const std::vector<uint8_t>>> owned;
+  };
+  return std::make_shared<const Keep>(Keep{files_, owned_});
+}
+
 size_t ModelWeights::owned_bytes() const {
   size_t n = 0;
   for (const auto& b : owned_) n += b->size();

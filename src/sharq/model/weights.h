@@ -135,6 +135,10 @@ class ModelWeights {
   void keep(std::shared_ptr<const std::vector<uint8_t>> bytes);
   size_t mapped_bytes() const;
   size_t owned_bytes() const;
+  // Whether [p, p + n) lies in that memory, and one handle that keeps all of it alive: what lets a
+  // runtime read weights where they lie instead of copying them (runtime/cpu/transformer.cpp).
+  bool holds(const uint8_t* p, size_t n) const;
+  std::shared_ptr<const void> storage() const;
 
  private:
   std::vector<std::shared_ptr<const MappedFile>> files_;

@@ -593,5 +593,70 @@ TEST(Linear, BadInputThrowsWithAHelpfulMessage) {
   EXPECT_NE(what_of([&] { Linear::create(parse_scheme("fp32"), W.data(), -1, 4); }), "<no exception>");
 }
 
+
+// Weights read in place (a quantized checkpoint's layout, BF16/FP16 bits): the same outputs, bit for
+// bit, as the layers built from copies, at any alignment, and the layer keeps the bytes alive.
+TEST(Linear, InPlaceWeightsComputeWhatTheCopiesCompute) {
+  const int64_t M = 5, N = 24, K = 80;  // K = 5 16-blocks: the last 32-block of a W32 row is half padding
+  std::mt19937 rng(11);
+  std::normal_distribution<float> nd(0.0f, 1.0f);
+  std::vector<float> W(static_cast<size_t>(N * K)), X(static_cast<size_t>(M * K));
+  for (float& w : W) w = 0.05f * nd(rng);
+  for (float& x : X) x = nd(rng);
+  auto run = [&](const Linear& l) {
+    std::vector<float> y(static_cast<size_t>(M * N));
+    l.forward(X.data(), M, y.data());
+    return y;
+  };
+  const int64_t nb = (K + 15) / 16;
+  // the stored layout of a quantized checkpoint: codes [N, nb * 8] then scales [N, nb], one byte off alignment
+  auto stored = [&](auto block_of) {
+    auto bytes = std::make_shared<std::vector<uint8_t>>(static_cast<size_t>(1 + N * nb * 9));
+    uint8_t* codes = bytes->data() + 1;
+    uint8_t* scales = codes + N * nb * 8;
+    for (int64_t r = 0; r < N; ++r)
+      for (int64_t b = 0; b < nb; ++b) {
+        const block_nvfp4_16 blk = block_of(r, b);
+        scales[r * nb + b] = blk.s.e;
+        std::memcpy(codes + (r * nb + b) * 8, blk.qs, 8);
+      }
+    return bytes;
+  };
+  {  // NVFP4-16: nvfp4, w4a16, sharq:w16
+    const auto q = quantize_matrix<Nvfp4_16>(W.data(), N, K, GlobalScale::per_tensor);
+    auto bytes = stored([&](int64_t r, int64_t b) { return q.row(r)[b]; });
+    for (const char* name : {"nvfp4", "w4a16", "sharq:w16"}) {
+      const Scheme s = parse_scheme(name);
+      const auto want = run(*Linear::create(s, q));
+      const auto got = run(*Linear::create_stored_nvfp4(s, N, K, bytes->data() + 1, bytes->data() + 1 + N * nb * 8, q.g[0], bytes));
+      EXPECT_TRUE(sharq_test::bit_equal(want, got)) << name;
+    }
+  }
+  {  // sharq's W32 payload written as its 16-element view: runs sharq (W32) and nvfp4 the same way
+    const auto q = quantize_matrix<Nvfp4_32>(W.data(), N, K, GlobalScale::per_tensor);
+    std::shared_ptr<std::vector<uint8_t>> bytes = stored([&](int64_t r, int64_t b) { return nvfp4_16_view(q, r, b); });
+    const uint8_t* codes = bytes->data() + 1;
+    const uint8_t* scales = codes + N * nb * 8;
+    const auto want = run(*Linear::create(parse_scheme("sharq"), q));
+    std::unique_ptr<Linear> layer = Linear::create_stored_nvfp4(parse_scheme("sharq"), N, K, codes, scales, q.g[0], bytes);
+    bytes.reset();  // the layer keeps the bytes alive
+    EXPECT_TRUE(sharq_test::bit_equal(want, run(*layer)));
+    EXPECT_THROW(Linear::create_stored_nvfp4(parse_scheme("fp8"), N, K, codes, scales, 1.0f, nullptr), std::invalid_argument);
+  }
+  // BF16 / FP16 bits under fp32: what create(fp32) computes on the widened values
+  for (const bool bf16 : {true, false}) {
+    auto bytes = std::make_shared<std::vector<uint8_t>>(static_cast<size_t>(1 + N * K * 2));
+    std::vector<float> widened(W.size());
+    for (size_t i = 0; i < W.size(); ++i) {
+      const uint16_t h = bf16 ? bf16_encode(W[i]) : fp16_encode(W[i]);
+      std::memcpy(bytes->data() + 1 + 2 * i, &h, 2);
+      widened[i] = bf16 ? bf16_decode(h) : fp16_decode(h);
+    }
+    const auto want = run(*Linear::create(Scheme{}, widened.data(), N, K));
+    const auto got = run(*Linear::create_fp32_on_16bit(N, K, bytes->data() + 1, bf16, bytes));
+    EXPECT_TRUE(sharq_test::bit_equal(want, got)) << (bf16 ? "bf16" : "fp16");
+  }
+}
+
 }  // namespace
 }  // namespace sharq

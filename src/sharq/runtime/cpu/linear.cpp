@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <array>
 #include <cstdio>
+#include <cstring>
 #include <stdexcept>
 
 #include <fmt/format.h>
@@ -108,6 +109,70 @@ class BlockSource final : public WeightPanelSource {
     }
   }
   QuantizedMatrix<F> q_;
+};
+
+// NVFP4 in a quantized checkpoint's layout, read where it lies (Linear::create_stored_nvfp4).
+class StoredNvfp4Source final : public WeightPanelSource {
+ public:
+  StoredNvfp4Source(int64_t N, int64_t K, const uint8_t* codes, const uint8_t* scales, std::shared_ptr<const void> storage)
+      : N_(N), K_(K), nb_(ceil_div(K, 16)), codes_(codes), scales_(scales), storage_(std::move(storage)) {}
+  int64_t rows() const override { return N_; }
+  int64_t cols() const override { return K_; }
+  size_t bytes() const override { return static_cast<size_t>(N_ * nb_ * 9); }
+  void decode_segment(int64_t n, int64_t k0, int kc, float* out) const override { decode_strided(n, k0, kc, out, 1); }
+  void decode_panel(int64_t n0, int nr, int64_t k0, int kc, float* panel) const override {
+    for (int j = 0; j < kGemmNR; ++j) {
+      if (j < nr) {
+        decode_strided(n0 + j, k0, kc, panel + j, kGemmNR);
+      } else {
+        for (int t = 0; t < kc; ++t) panel[t * kGemmNR + j] = 0.0f;
+      }
+    }
+  }
+
+ private:
+  void decode_strided(int64_t n, int64_t k0, int kc, float* out, int stride) const {
+    const uint8_t* codes = codes_ + n * nb_ * 8;
+    const uint8_t* scales = scales_ + n * nb_;
+    float buf[16], t[16];
+    for (int64_t b = k0 / 16; b * 16 < k0 + kc; ++b) {
+      scaled_code_table<Nvfp4_16>(ue4m3_decode(scales[b]), t);  // as Nvfp4_16::dequantize
+      for (int i = 0; i < 8; ++i) {
+        buf[2 * i] = t[codes[b * 8 + i] & 0xF];
+        buf[2 * i + 1] = t[codes[b * 8 + i] >> 4];
+      }
+      const int64_t lo = std::max<int64_t>(b * 16, k0), hi = std::min<int64_t>((b + 1) * 16, k0 + kc);
+      for (int64_t k = lo; k < hi; ++k) out[(k - k0) * stride] = buf[k - b * 16];
+    }
+  }
+  int64_t N_, K_, nb_;
+  const uint8_t* codes_;
+  const uint8_t* scales_;
+  std::shared_ptr<const void> storage_;
+};
+
+// BF16 / FP16 bits read where they lie (Linear::create_fp32_on_16bit).
+class View16Source final : public WeightPanelSource {
+ public:
+  View16Source(int64_t N, int64_t K, const uint8_t* bits, bool bf16, std::shared_ptr<const void> storage)
+      : N_(N), K_(K), bits_(bits), bf16_(bf16), storage_(std::move(storage)) {}
+  int64_t rows() const override { return N_; }
+  int64_t cols() const override { return K_; }
+  size_t bytes() const override { return static_cast<size_t>(N_ * K_ * 2); }
+  void decode_segment(int64_t n, int64_t k0, int kc, float* out) const override {
+    const uint8_t* p = bits_ + 2 * (n * K_ + k0);
+    for (int t = 0; t < kc; ++t) {
+      uint16_t h;
+      std::memcpy(&h, p + 2 * t, 2);
+      out[t] = bf16_ ? bf16_decode(h) : fp16_decode(h);
+    }
+  }
+
+ private:
+  int64_t N_, K_;
+  const uint8_t* bits_;
+  bool bf16_;
+  std::shared_ptr<const void> storage_;
 };
 
 // ================================================================================================
@@ -278,6 +343,24 @@ std::unique_ptr<Linear> Linear::create_fp8(const Scheme& scheme, int64_t N, int6
   if (static_cast<int64_t>(codes.size()) != N * K || static_cast<int64_t>(channel_scales.size()) != N)
     throw std::invalid_argument(fmt::format("fp8 weights: {} codes and {} scales for a {}x{} matrix", codes.size(), channel_scales.size(), N, K));
   return std::make_unique<SchemeLinear>(scheme, N, K, bias, std::make_unique<Fp8Source>(N, K, std::move(codes)), std::move(channel_scales));
+}
+
+std::unique_ptr<Linear> Linear::create_stored_nvfp4(const Scheme& scheme, int64_t N, int64_t K, const uint8_t* codes, const uint8_t* scales,
+                                                    float g, std::shared_ptr<const void> storage, const float* bias) {
+  check_shape("Linear weight", N, K);
+  if (scheme.fp4_weight_block() == 0)
+    throw std::invalid_argument(fmt::format("scheme '{}' does not run on NVFP4 weights", scheme.name()));
+  if (N * K > 0 && (codes == nullptr || scales == nullptr)) throw std::invalid_argument("Linear::create_stored_nvfp4: null weight pointer");
+  return std::make_unique<SchemeLinear>(scheme, N, K, bias, std::make_unique<StoredNvfp4Source>(N, K, codes, scales, std::move(storage)),
+                                        std::vector<float>(static_cast<size_t>(N), g));
+}
+
+std::unique_ptr<Linear> Linear::create_fp32_on_16bit(int64_t N, int64_t K, const uint8_t* bits, bool bf16, std::shared_ptr<const void> storage,
+                                                     const float* bias) {
+  check_shape("Linear weight", N, K);
+  if (N * K > 0 && bits == nullptr) throw std::invalid_argument("Linear::create_fp32_on_16bit: null weight pointer");
+  return std::make_unique<SchemeLinear>(Scheme{}, N, K, bias, std::make_unique<View16Source>(N, K, bits, bf16, std::move(storage)),
+                                        std::vector<float>{});
 }
 
 size_t Linear::weight_bytes() const { return weights_->bytes(); }

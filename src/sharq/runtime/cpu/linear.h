@@ -43,6 +43,24 @@ class Linear {
   // fp8 from stored E4M3 codes (N x K) and one FP32 multiplier per output channel.
   static std::unique_ptr<Linear> create_fp8(const Scheme& scheme, int64_t N, int64_t K, std::vector<uint8_t> codes,
                                             std::vector<float> channel_scales, const float* bias = nullptr);
+
+  // Views in place (no copy of the weights): `storage` keeps the bytes alive (a checkpoint's mapped
+  // files, ModelWeights::storage()); any alignment.
+  //
+  // NVFP4 in a quantized checkpoint's own layout: codes U8 [N, ceil(K/16) * 8] (element 2j in the
+  // low nibble of byte j), E4M3 scales [N, ceil(K/16)], multiplier g. Every 16-element block decodes
+  // as Nvfp4_16::dequantize does, so the layer computes exactly what create() computes from the
+  // blocks nvfp4_16_matrix() copies out of these bytes. Runs the NVFP4-16 schemes (w4a16, nvfp4,
+  // sharq:w16) and, when every pair of 16-block scales is equal (sharq's W32 payload, checked by
+  // the loader), sharq's W32 too: a 32-block with scale s decodes to the same values as its two
+  // 16-blocks with s.
+  static std::unique_ptr<Linear> create_stored_nvfp4(const Scheme& scheme, int64_t N, int64_t K, const uint8_t* codes,
+                                                     const uint8_t* scales, float g, std::shared_ptr<const void> storage,
+                                                     const float* bias = nullptr);
+  // The fp32 scheme on BF16 (bf16 = true) or FP16 weight bits, N x K little-endian: each widens to
+  // FP32 exactly, so the layer computes what create(fp32, widened W) computes.
+  static std::unique_ptr<Linear> create_fp32_on_16bit(int64_t N, int64_t K, const uint8_t* bits, bool bf16,
+                                                      std::shared_ptr<const void> storage, const float* bias = nullptr);
   virtual ~Linear() = default;
 
   const Scheme& scheme() const { return scheme_; }

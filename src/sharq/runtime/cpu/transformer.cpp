@@ -24,8 +24,11 @@ void rmsnorm(const float* x, const float* w, int64_t n, double eps, float* out) 
 float silu(float g) { return g / (1.0f + std::exp(-g)); }
 
 // One weight quantized into its Linear. The FP32 values it is built from are the view itself
-// (an aligned F32 tensor) or a temporary conversion of this one tensor, dropped on return.
-std::unique_ptr<Linear> make_linear(const TensorView& w, const TensorView* b, const Scheme& scheme) {
+// (an aligned F32 tensor) or a temporary conversion of this one tensor, dropped on return. Stored
+// NVFP4 weights, and 16-bit weights under the fp32 scheme (lm_head), are read in place when `src`
+// keeps their memory alive (src.holds): the same values, no copy.
+std::unique_ptr<Linear> make_linear(const ModelWeights& src, const std::shared_ptr<const void>& storage, const TensorView& w,
+                                    const TensorView* b, const Scheme& scheme) {
   const int64_t N = w.shape[0], K = w.shape[1];
   const std::vector<float> bias = b ? to_f32(*b) : std::vector<float>{};
   const float* bp = b ? bias.data() : nullptr;
@@ -35,9 +38,13 @@ std::unique_ptr<Linear> make_linear(const TensorView& w, const TensorView* b, co
       std::vector<uint8_t> codes(q.codes.data, q.codes.data + q.codes.bytes);
       return Linear::create_fp8(scheme, N, K, std::move(codes), q.channel_scales, bp);
     }
+    if (src.holds(q.codes.data, q.codes.bytes) && src.holds(q.scales.data, q.scales.bytes))
+      return Linear::create_stored_nvfp4(scheme, N, K, q.codes.data, q.scales.data, q.global, storage, bp);
     if (scheme.fp4_weight_block() == 32) return Linear::create(scheme, nvfp4_32_matrix(q), bp);
     return Linear::create(scheme, nvfp4_16_matrix(q), bp);
   }
+  if (scheme.kind == SchemeKind::fp32 && (w.dtype == DType::bf16 || w.dtype == DType::f16) && src.holds(w.data, w.bytes))
+    return Linear::create_fp32_on_16bit(N, K, w.data, w.dtype == DType::bf16, storage, bp);
   if (const float* in_place = f32_in_place(w)) return Linear::create(scheme, in_place, N, K, bp);
   const std::vector<float> tmp = to_f32(w);
   return Linear::create(scheme, tmp.data(), N, K, bp);
@@ -46,15 +53,20 @@ std::unique_ptr<Linear> make_linear(const TensorView& w, const TensorView* b, co
 struct Mlp {  // gate/up/down of one dense MLP or one expert
   std::unique_ptr<Linear> gate, up, down;
   // y += down(silu(gate(x)) * up(x)) scaled per row by `row_weight` (nullptr: 1)
+  // expert: the MoE expert's index (observed through on_expert_input), or -1 for a dense MLP
   void run(const float* x, int64_t M, int64_t H, int64_t I, float* y, const float* row_weight, int64_t layer,
-           ProjectionObserver* obs, const char* in_name, const char* down_name) const {
-    if (obs) obs->on_input(layer, in_name, x, M, H);
+           ProjectionObserver* obs, const char* in_name, const char* down_name, int64_t expert = -1) const {
+    auto observe = [&](const char* name, const float* in, int64_t K) {
+      if (expert < 0) obs->on_input(layer, name, in, M, K);
+      else obs->on_expert_input(layer, expert, name, in, M, K);
+    };
+    if (obs) observe(in_name, x, H);
     const Linear::PreparedInput p = gate->prepare_input(x, M);
     std::vector<float> g(static_cast<size_t>(M * I)), u(static_cast<size_t>(M * I));
     gate->forward_prepared(p, g.data());
     up->forward_prepared(p, u.data());
     for (size_t i = 0; i < g.size(); ++i) g[i] = silu(g[i]) * u[i];
-    if (obs) obs->on_input(layer, down_name, g.data(), M, I);
+    if (obs) observe(down_name, g.data(), I);
     std::vector<float> o(static_cast<size_t>(M * H));
     down->forward(g.data(), M, o.data());
     for (int64_t m = 0; m < M; ++m) {
@@ -80,8 +92,12 @@ Transformer::Transformer(const ModelWeights& w, const Scheme& scheme) : cfg_(w.c
   w.check_dimensions();
   if (const std::string why = quantized_scheme_mismatch(w.quantization, scheme, w.source); !why.empty()) throw std::invalid_argument(why);
   const Scheme fp32{};
-  embed_ = to_f32(w.embed_tokens());
+  storage_ = w.storage();
+  const TensorView& embed = w.embed_tokens();
+  if ((embed.dtype == DType::bf16 || embed.dtype == DType::f16) && w.holds(embed.data, embed.bytes)) embed_view_ = embed;  // rows widened on lookup
+  else embed_ = to_f32(embed);
   final_norm_ = to_f32(w.final_norm());
+  auto make_linear = [&](const TensorView& t, const TensorView* b, const Scheme& s) { return sharq::make_linear(w, storage_, t, b, s); };
   lm_head_ = make_linear(w.lm_head(), nullptr, fp32);
   inv_freq_ = rope_inv_freq(cfg_);
   routing_ = moe_routing(cfg_);
@@ -159,7 +175,15 @@ void Transformer::forward_batch(const std::vector<ForwardSegment>& segs, float* 
   std::vector<float> x(static_cast<size_t>(M * H));
   for (int64_t s = 0; s < S; ++s)
     for (int64_t t = 0; t < segs[s].n; ++t)
-      std::copy_n(embed_.data() + static_cast<int64_t>(segs[s].tokens[t]) * H, H, x.data() + (row0[s] + t) * H);
+      if (embed_.empty()) {  // one row of the 16-bit embeddings, widened exactly
+        TensorView row = embed_view_;
+        row.shape = {H};
+        row.bytes = static_cast<size_t>(H) * 2;
+        row.data = embed_view_.data + static_cast<size_t>(segs[s].tokens[t]) * row.bytes;
+        to_f32(row, x.data() + (row0[s] + t) * H);
+      } else {
+        std::copy_n(embed_.data() + static_cast<int64_t>(segs[s].tokens[t]) * H, H, x.data() + (row0[s] + t) * H);
+      }
   std::vector<float> h(static_cast<size_t>(M * H)), q(static_cast<size_t>(M * qd)), kx(static_cast<size_t>(M * kvd)),
       vx(static_cast<size_t>(M * kvd)), att(static_cast<size_t>(M * qd)), o(static_cast<size_t>(M * H));
   const float scale = 1.0f / std::sqrt(static_cast<float>(hd));
@@ -254,7 +278,7 @@ void Transformer::forward_batch(const std::vector<ForwardSegment>& segs, float* 
         xin.resize(static_cast<size_t>(Me * H));
         yout.assign(static_cast<size_t>(Me * H), 0.0f);
         for (int64_t m = 0; m < Me; ++m) std::copy_n(h.data() + rows[e][m] * H, H, xin.data() + m * H);
-        L.experts[e].run(xin.data(), Me, H, I, yout.data(), wts[e].data(), l, obs, "experts.gate_up", "experts.down");
+        L.experts[e].run(xin.data(), Me, H, I, yout.data(), wts[e].data(), l, obs, "experts.gate_up", "experts.down", e);
         for (int64_t m = 0; m < Me; ++m)
           for (int64_t i = 0; i < H; ++i) x[rows[e][m] * H + i] += yout[m * H + i];
       }

@@ -9,8 +9,11 @@
 // several sequences (forward_batch) concatenates all their new tokens into one such matrix.
 //
 // Built from ModelWeights (model/weights.h): each weight is converted to FP32 one tensor at a
-// time, quantized into its Linear and the FP32 copy dropped. Weight names, tying, RoPE and MoE
-// routing come from model/ (weights.h, rope.h, moe_routing.h).
+// time, quantized into its Linear and the FP32 copy dropped. The weights of a quantized checkpoint
+// (NVFP4) and 16-bit embeddings and lm_head are instead read where they lie in the checkpoint's
+// mapped files, which the Transformer then keeps alive (ModelWeights::storage()): loading an 8B
+// NVFP4 checkpoint holds its file once and no FP32 or second packed copy of any weight. Weight
+// names, tying, RoPE and MoE routing come from model/ (weights.h, rope.h, moe_routing.h).
 #pragma once
 
 #include <cstdint>
@@ -29,12 +32,18 @@ struct KVCache {
   std::vector<std::vector<float>> k, v;  // per layer: capacity x kv_dim
 };
 
-// Per-call hook for analysis tools: called with each projection input (after preparation is
-// decided, before it): layer index, projection name ("q_proj", "o_proj", "gate_proj",
-// "down_proj", "experts.gate_up", "experts.down"), the M x K input.
+// Per-call hook for analysis tools (`sharq analyze`) and calibration (`sharq quantize
+// --calib-data`): called with each projection input (after preparation is decided, before it):
+// layer index, projection name ("q_proj" for the input q/k/v share, "o_proj", "gate_proj" for the
+// input gate/up share, "down_proj", "experts.gate_up", "experts.down"), the M x K input. MoE
+// inputs also go to on_expert_input with the expert's index (by default it forwards to on_input).
+// Without an observer the forward pass does nothing extra (one null check per projection).
 struct ProjectionObserver {
   virtual ~ProjectionObserver() = default;
   virtual void on_input(int64_t layer, const char* proj, const float* x, int64_t M, int64_t K) = 0;
+  virtual void on_expert_input(int64_t layer, int64_t /*expert*/, const char* proj, const float* x, int64_t M, int64_t K) {
+    on_input(layer, proj, x, M, K);
+  }
 };
 
 // One sequence's part of a batched forward pass: n new tokens appended to `cache` at positions
@@ -49,7 +58,8 @@ struct ForwardSegment {
 class Transformer {
  public:
   // Builds every linear of the checkpoint under `scheme` (weights quantized once, here). The
-  // Transformer keeps no reference to `weights`.
+  // Transformer keeps no reference to `weights`, only (where it reads weights in place) to the
+  // memory behind them.
   Transformer(const ModelWeights& weights, const Scheme& scheme);
   ~Transformer();
   Transformer(const Transformer&) = delete;
@@ -76,7 +86,9 @@ class Transformer {
   struct Layer;
   ModelConfig cfg_;
   Scheme scheme_;
-  std::vector<float> embed_;       // vocab x hidden
+  std::vector<float> embed_;       // vocab x hidden, FP32; empty when read in place from embed_view_
+  TensorView embed_view_;          // the embeddings in their source dtype (kept alive by storage_)
+  std::shared_ptr<const void> storage_;
   std::vector<float> final_norm_;  // hidden
   std::unique_ptr<Linear> lm_head_;
   std::vector<std::unique_ptr<Layer>> layers_;
