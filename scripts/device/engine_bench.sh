@@ -24,7 +24,10 @@ if [[ $TESTS == 1 ]]; then
   (cd "$BUILD" && ctest -L gpu --output-on-failure -j4) >"$OUT/ctest.log" 2>&1
   grep -E "tests passed|tests failed|\*\*\*Failed|Failed  " "$OUT/ctest.log" | head -30
 fi
-"$BUILD/sharq" bench model --synthetic "$MODEL" --csv "$OUT/bench_model.csv" --svg "$OUT/bench_model.svg" "$@" \
+# the same run's torch peer (a CUDA-graph decode of the same shapes), when torch is there
+TORCH=$(python3 scripts/device/torch_decode_peer.py --model "$MODEL" --dtype float16 2>/dev/null | awk '/tok\/s/ {print $(NF-1)}')
+echo "torch fp16 decode: ${TORCH:-n/a} tok/s"
+"$BUILD/sharq" bench model --synthetic "$MODEL" ${TORCH:+--torch-tok-s $TORCH} --csv "$OUT/bench_model.csv" --svg "$OUT/bench_model.svg" "$@" \
   >"$OUT/bench_model.txt" 2>"$OUT/bench_model.err"
 echo "bench model rc=$?"
 cat "$OUT/bench_model.txt"

@@ -462,6 +462,9 @@ int main(int argc, char** argv) {
   add_number<int64_t>(bm, "--context", bmo.context, "tokens of context before the timed decode steps", 1);
   add_number<int>(bm, "--steps", bmo.steps, "timed decode steps per batch size", 1);
   add_number<uint64_t>(bm, "--seed", bmo.seed, "seed of the synthetic weights");
+  add_number<double>(bm, "--torch-tok-s", bmo.torch_tok_s,
+                     "the same run's torch decode tok/s (scripts/device/torch_decode_peer.py), for the ratio", 0.0,
+                     1e9, true);
   bm->add_option("--csv", bmo.csv, "also write one CSV row per scheme here");
   bm->add_option("--svg", bmo.svg, "also write the breakdown as an SVG stacked-bar plot here");
   bm->add_flag("-q,--quiet", bmo.quiet, "no progress on stderr");
