@@ -63,15 +63,21 @@ json read_json(const std::string& path) {
   return json::parse(f);
 }
 
-QuantizeReport quantize(const std::string& model, const std::string& out, const std::string& scheme, const std::string& format,
-                        bool fused = false) {
+QuantizeOptions quantize_options(const std::string& model, const std::string& out, const std::string& scheme,
+                                 const std::string& format) {
   QuantizeOptions o;
   o.model_path = model;
   o.out_dir = out;
   o.scheme = scheme;
   o.format = format;
-  o.fused_global_scales = fused;
   o.progress = false;
+  return o;
+}
+
+QuantizeReport quantize(const std::string& model, const std::string& out, const std::string& scheme, const std::string& format,
+                        bool fused = false) {
+  QuantizeOptions o = quantize_options(model, out, scheme, format);
+  o.fused_global_scales = fused;
   return quantize_checkpoint(o);
 }
 
@@ -576,12 +582,7 @@ struct ObservedAmax final : ProjectionObserver {
 
 QuantizeReport quantize_calibrated(const std::string& model, const std::string& out, const std::string& scheme, const std::string& format,
                                    const std::string& data, int64_t tokens, const std::string& tokenizer = "") {
-  QuantizeOptions o;
-  o.model_path = model;
-  o.out_dir = out;
-  o.scheme = scheme;
-  o.format = format;
-  o.progress = false;
+  QuantizeOptions o = quantize_options(model, out, scheme, format);
   o.calib_data = data;
   o.calib_tokens = tokens;
   o.tokenizer_path = tokenizer;

@@ -77,26 +77,33 @@ class Fp8Source final : public WeightPanelSource {  // per-output-channel scales
   std::vector<uint8_t> q_;
 };
 
-template <class F>
-class BlockSource final : public WeightPanelSource {
+// A source of block-quantized rows: D::decode_strided(n, k0, kc, out, stride) writes W[n][k0 .. k0 + kc)
+// to out[t * stride]; segments and k-major panels come straight from it (one block decode per
+// (row, block), no intermediate copy).
+template <class D>
+class StridedSource : public WeightPanelSource {
  public:
-  explicit BlockSource(QuantizedMatrix<F> q) : q_(std::move(q)) {}
-  int64_t rows() const override { return q_.rows; }
-  int64_t cols() const override { return q_.cols; }
-  size_t bytes() const override { return q_.bytes(); }
-  void decode_segment(int64_t n, int64_t k0, int kc, float* out) const override { decode_strided(n, k0, kc, out, 1); }
-  // Straight into the k-major panel: one block decode per (row, block), no intermediate copy.
+  void decode_segment(int64_t n, int64_t k0, int kc, float* out) const override {
+    static_cast<const D&>(*this).decode_strided(n, k0, kc, out, 1);
+  }
   void decode_panel(int64_t n0, int nr, int64_t k0, int kc, float* panel) const override {
     for (int j = 0; j < kGemmNR; ++j) {
       if (j < nr) {
-        decode_strided(n0 + j, k0, kc, panel + j, kGemmNR);
+        static_cast<const D&>(*this).decode_strided(n0 + j, k0, kc, panel + j, kGemmNR);
       } else {
         for (int t = 0; t < kc; ++t) panel[t * kGemmNR + j] = 0.0f;
       }
     }
   }
+};
 
- private:
+template <class F>
+class BlockSource final : public StridedSource<BlockSource<F>> {
+ public:
+  explicit BlockSource(QuantizedMatrix<F> q) : q_(std::move(q)) {}
+  int64_t rows() const override { return q_.rows; }
+  int64_t cols() const override { return q_.cols; }
+  size_t bytes() const override { return q_.bytes(); }
   // W[n][k0 .. k0 + kc) -> out[t * stride], block by block (any k0).
   void decode_strided(int64_t n, int64_t k0, int kc, float* out, int stride) const {
     constexpr int B = F::kBlock;
@@ -108,29 +115,19 @@ class BlockSource final : public WeightPanelSource {
       for (int64_t k = lo; k < hi; ++k) out[(k - k0) * stride] = buf[k - b * B];
     }
   }
+
+ private:
   QuantizedMatrix<F> q_;
 };
 
 // NVFP4 in a quantized checkpoint's layout, read where it lies (Linear::create_stored_nvfp4).
-class StoredNvfp4Source final : public WeightPanelSource {
+class StoredNvfp4Source final : public StridedSource<StoredNvfp4Source> {
  public:
   StoredNvfp4Source(int64_t N, int64_t K, const uint8_t* codes, const uint8_t* scales, std::shared_ptr<const void> storage)
       : N_(N), K_(K), nb_(ceil_div(K, 16)), codes_(codes), scales_(scales), storage_(std::move(storage)) {}
   int64_t rows() const override { return N_; }
   int64_t cols() const override { return K_; }
   size_t bytes() const override { return static_cast<size_t>(N_ * nb_ * 9); }
-  void decode_segment(int64_t n, int64_t k0, int kc, float* out) const override { decode_strided(n, k0, kc, out, 1); }
-  void decode_panel(int64_t n0, int nr, int64_t k0, int kc, float* panel) const override {
-    for (int j = 0; j < kGemmNR; ++j) {
-      if (j < nr) {
-        decode_strided(n0 + j, k0, kc, panel + j, kGemmNR);
-      } else {
-        for (int t = 0; t < kc; ++t) panel[t * kGemmNR + j] = 0.0f;
-      }
-    }
-  }
-
- private:
   void decode_strided(int64_t n, int64_t k0, int kc, float* out, int stride) const {
     const uint8_t* codes = codes_ + n * nb_ * 8;
     const uint8_t* scales = scales_ + n * nb_;
@@ -145,6 +142,8 @@ class StoredNvfp4Source final : public WeightPanelSource {
       for (int64_t k = lo; k < hi; ++k) out[(k - k0) * stride] = buf[k - b * 16];
     }
   }
+
+ private:
   int64_t N_, K_, nb_;
   const uint8_t* codes_;
   const uint8_t* scales_;
