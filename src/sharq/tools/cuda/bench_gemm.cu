@@ -20,6 +20,7 @@
 #include "sharq/kernels/cuda/cublaslt_gemm.h"
 #include "sharq/kernels/cuda/cuda_check.h"
 #include "sharq/runtime/cuda/gpu_linear.h"
+#include "sharq/tools/cuda/copy_bandwidth.h"
 
 namespace sharq {
 namespace {
@@ -298,16 +299,11 @@ size_t free_device_bytes() {
 
 // Device-to-device copy bandwidth: cudaMemcpyAsync of 1 GiB (less when memory is short),
 // bytes = read + written = 2 x size, median of 20.
-void measure_copy(DeviceInfo& d, Timer& timer, cudaStream_t s) {
-  size_t size = std::min<size_t>(size_t{1} << 30, free_device_bytes() / 4);
-  size &= ~size_t{255};
-  if (size == 0) return;
-  DeviceBuffer<uint8_t> a(size), b(size);
-  SHARQ_CUDA_CHECK(cudaMemsetAsync(a.get(), 0x5A, size, s));
-  const auto r = timer.run(
-      [&](int) { SHARQ_CUDA_CHECK(cudaMemcpyAsync(b.get(), a.get(), size, cudaMemcpyDeviceToDevice, s)); }, 1, 3, 20);
-  d.copy_tbs = 2.0 * static_cast<double>(size) / (r.median_us * 1e-6) / 1e12;
-  d.copy_mib = static_cast<double>(size) / (1 << 20);
+void measure_copy(DeviceInfo& d, cudaStream_t s) {
+  const cuda::CopyBandwidth c = cuda::measure_copy_bandwidth(s);
+  if (c.bytes == 0) return;
+  d.copy_tbs = c.tbs;
+  d.copy_mib = static_cast<double>(c.bytes) / (1 << 20);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -918,7 +914,7 @@ int run_bench_gemm(const BenchGemmOptions& opt_in) {
   c.blas = &blas;
   Timer timer(stream);
 
-  measure_copy(c.dev, timer, stream);
+  measure_copy(c.dev, stream);
   if (opt.csv) fmt::print("{}", csv_header());
   else fmt::print("{}", device_header(c));
   std::fflush(stdout);

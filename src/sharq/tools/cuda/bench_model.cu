@@ -15,6 +15,7 @@
 #include "sharq/model/weights.h"
 #include "sharq/quant/scheme.h"
 #include "sharq/runtime/cuda/engine.h"
+#include "sharq/tools/cuda/copy_bandwidth.h"
 
 namespace sharq {
 namespace {
@@ -66,29 +67,6 @@ struct SchemeResult {
   double linears_m1_us = 0, linears_m2048_us = 0;
   int64_t prefill_prof_tokens = 0;
 };
-
-double copy_bandwidth_tbs() {
-  size_t free_b = 0, total_b = 0;
-  SHARQ_CUDA_CHECK(cudaMemGetInfo(&free_b, &total_b));
-  const size_t bytes = std::min<size_t>(size_t{1} << 30, free_b / 4);
-  cuda::DeviceBuffer<uint8_t> a(bytes), b(bytes);
-  cudaEvent_t e0, e1;
-  SHARQ_CUDA_CHECK(cudaEventCreate(&e0));
-  SHARQ_CUDA_CHECK(cudaEventCreate(&e1));
-  std::vector<double> t;
-  for (int i = 0; i < 12; ++i) {
-    SHARQ_CUDA_CHECK(cudaEventRecord(e0));
-    SHARQ_CUDA_CHECK(cudaMemcpyAsync(b.get(), a.get(), bytes, cudaMemcpyDeviceToDevice));
-    SHARQ_CUDA_CHECK(cudaEventRecord(e1));
-    SHARQ_CUDA_CHECK(cudaEventSynchronize(e1));
-    float ms = 0;
-    SHARQ_CUDA_CHECK(cudaEventElapsedTime(&ms, e0, e1));
-    if (i >= 2) t.push_back(ms);
-  }
-  cudaEventDestroy(e0);
-  cudaEventDestroy(e1);
-  return 2.0 * static_cast<double>(bytes) / (median(t) * 1e-3) / 1e12;
-}
 
 // Fills `n` tokens into each of the sequences (chunks of at most `max_tokens` rows per step).
 void fill_context(GpuExecutor& ex, const std::vector<SeqId>& seqs, int64_t n, int64_t max_tokens, int64_t V) {
@@ -211,7 +189,7 @@ int run_bench_model(const BenchModelOptions& o) {
   }
   cudaDeviceProp prop{};
   SHARQ_CUDA_CHECK(cudaGetDeviceProperties(&prop, 0));
-  const double copy_tbs = copy_bandwidth_tbs();
+  const double copy_tbs = cuda::measure_copy_bandwidth(nullptr).tbs;
   int64_t max_tokens = 64;
   for (const Prefill& p : prefills) max_tokens = std::max(max_tokens, p.b * p.n);
   max_tokens = std::min<int64_t>(max_tokens, 16384);
