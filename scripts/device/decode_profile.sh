@@ -42,3 +42,9 @@ if [[ ${ATTN:-0} == 1 ]]; then
       "$B/sharq" "${args[@]}" --schemes fp16 >"$OUT/ncu_attention.txt" 2>&1
   grep -E "Duration|Throughput|Stall|Warp Cycles|Issued|Occupancy|Registers|Eligible|L2 Hit|Bandwidth" "$OUT/ncu_attention.txt" | head -60
 fi
+if [[ ${PREFILL_ATTN:-0} == 1 ]]; then  # one prefill attention call of the first prefill (use PREFILL=1x2048)
+  ncu --profile-from-start off --clock-control none -k regex:prefill_kernel -s 8 -c 1 --set full \
+      --metrics smsp__pcsamp_warps_issue_stalled_barrier,smsp__pcsamp_warps_issue_stalled_long_scoreboard,smsp__pcsamp_warps_issue_stalled_short_scoreboard,smsp__pcsamp_warps_issue_stalled_math_pipe_throttle,smsp__pcsamp_warps_issue_stalled_mio_throttle,smsp__pcsamp_warps_issue_stalled_wait,smsp__pcsamp_warps_issue_stalled_not_selected,smsp__pcsamp_warps_issue_stalled_selected,smsp__pcsamp_warps_issue_stalled_dispatch_stall,smsp__pcsamp_warps_issue_stalled_lg_throttle,smsp__pcsamp_warps_issue_stalled_tex_throttle,smsp__pcsamp_warps_issue_stalled_membar,smsp__pcsamp_warps_issue_stalled_imc_miss,smsp__pcsamp_warps_issue_stalled_no_instructions,smsp__pcsamp_warps_issue_stalled_drain,smsp__pcsamp_warps_issue_stalled_sleeping,smsp__pcsamp_warps_issue_stalled_branch_resolving \
+      "$B/sharq" "${args[@]}" --schemes fp16 >"$OUT/ncu_prefill_attention.txt" 2>&1
+  grep -vE "^==PROF==|^\s*$|----" "$OUT/ncu_prefill_attention.txt" | grep -E "Duration|Throughput|Pipe|Warp Cycles|Issued|Occupancy|Registers|Eligible|Active Warps|Shared Memory|pcsamp|stall|Block Limit|Bank" | head -70
+fi
