@@ -1,6 +1,7 @@
 #include "sharq/tools/cuda/copy_bandwidth.h"
 
 #include <algorithm>
+#include <cstdint>
 #include <vector>
 
 #include "sharq/kernels/cuda/cuda_check.h"
