@@ -38,9 +38,10 @@
 // past the last key); rows padded to HD + 8 elements so that ldmatrix is conflict-free. Per block:
 // S = Q K^T (m16n8k16, K rows as the col-major B operand via ldmatrix), mask j in [lo(row), pos(row)],
 // online softmax in the log2 domain (rows with no key yet use 0 as the reference max), P rounded to
-// T and used both as the A operand of P V (V via ldmatrix.trans) and for the row sum. Shared memory
-// (64 + 4 * 64) * (HD + 8) * 2 B + 1 KB: 87 KB for HD 128 (2 CTAs per SM), 46 KB for HD 64. The grid
-// walks the tiles from the last one (the longest causal ranges first).
+// T and used both as the A operand of P V (V via ldmatrix.trans) and for the row sum; the output
+// rescale is skipped when no row's maximum moved. Shared memory 4 * 64 * (HD + 8) * 2 B + 1 KB (the
+// Q tile staged in K's second stage buffer, kPrefillMinBlocks): 70 KB for HD 128 (3 CTAs per SM),
+// 37 KB for HD 64. The grid walks the tiles from the last one (the longest causal ranges first).
 //
 // Both kernels are launched with programmatic stream serialization (PDL, as the FP4 GEMMs): a kernel
 // may start while its predecessor drains and reads only the step metadata (rows, positions, block
@@ -563,21 +564,28 @@ struct PrefillArgs {
   float scale_log2;
 };
 
+// CTAs per SM the prefill kernel is built for. 3: the Q tile is staged in K's stage-1 buffer (free
+// until block 1's copies, after every warp holds Q in registers): 70 KB of shared memory, at most
+// 168 registers per thread. 2: Q has its own tile (88 KB), up to 255 registers.
+constexpr int kPrefillMinBlocks = 3;
+constexpr bool kPrefillQAlias = kPrefillMinBlocks >= 3;
+
 template <int HD>
 constexpr size_t prefill_smem() {
-  return static_cast<size_t>(5) * kKeys * (HD + 8) * 2 + 2 * kKeys * 8;
+  return static_cast<size_t>(kPrefillQAlias ? 4 : 5) * kKeys * (HD + 8) * 2 + 2 * kKeys * 8;
 }
 
 template <class T, int HD>
-__global__ void __launch_bounds__(kThreads) prefill_kernel(const PrefillArgs a) {
+__global__ void __launch_bounds__(kThreads, kPrefillMinBlocks) prefill_kernel(const PrefillArgs a) {
   constexpr int LD = HD + 8;   // padded row (elements): ldmatrix rows land on distinct banks
   constexpr int CH = HD / 8;   // 16-byte chunks per row
   constexpr int KS = HD / 16;  // k16 steps of Q K^T
   constexpr int NT = HD / 8;   // n8 tiles of the output
   extern __shared__ __align__(16) unsigned char smem[];
-  uint16_t* qs = reinterpret_cast<uint16_t*>(smem);                  // [64][LD]
-  uint16_t* kst = qs + kKeys * LD;                                   // [2][64][LD]
+  uint16_t* base = reinterpret_cast<uint16_t*>(smem);
+  uint16_t* kst = kPrefillQAlias ? base : base + kKeys * LD;         // [2][64][LD]
   uint16_t* vst = kst + 2 * kKeys * LD;                              // [2][64][LD]
+  uint16_t* qs = kPrefillQAlias ? kst + kKeys * LD : base;           // [64][LD]
   int64_t* koff = reinterpret_cast<int64_t*>(vst + 2 * kKeys * LD);  // [2][64]
 
   const int tile = a.n_tiles - 1 - static_cast<int>(blockIdx.x);
@@ -631,6 +639,7 @@ __global__ void __launch_bounds__(kThreads) prefill_kernel(const PrefillArgs a) 
 #pragma unroll
   for (int kk = 0; kk < KS; ++kk)
     ldmatrix_x4(qa[kk], smem_u32(qs + (16 * warp + (lane & 15)) * LD + 16 * kk + 8 * (lane >> 4)));
+  if constexpr (kPrefillQAlias) __syncthreads();  // every warp holds Q before block 1's copies reuse its tile
 
   float o[NT][4];
 #pragma unroll
@@ -694,13 +703,14 @@ __global__ void __launch_bounds__(kThreads) prefill_kernel(const PrefillArgs a) 
     m1 = mn1;
     l0 *= c0;
     l1 *= c1;
+    if (__any_sync(kFull, c0 != 1.0f || c1 != 1.0f))  // (a product by 1 changes no bit: skipped)
 #pragma unroll
-    for (int i = 0; i < NT; ++i) {
-      o[i][0] *= c0;
-      o[i][1] *= c0;
-      o[i][2] *= c1;
-      o[i][3] *= c1;
-    }
+      for (int i = 0; i < NT; ++i) {
+        o[i][0] *= c0;
+        o[i][1] *= c0;
+        o[i][2] *= c1;
+        o[i][3] *= c1;
+      }
     uint32_t pa[4][4];  // P as the A operand: k16 step kk2 = keys 16 kk2 .. 16 kk2 + 15
 #pragma unroll
     for (int nt = 0; nt < 8; ++nt) {
