@@ -199,14 +199,15 @@ void repr_into(std::string& out, const Value& v, bool top, int depth) {
     case Value::Type::kFloat: out += py_float(v.as_float()); break;
     case Value::Type::kString: out += top ? v.str() : py_repr_str(v.str()); break;
     case Value::Type::kList: {
-      out += '[';
+      out += v.is_tuple() ? '(' : '[';
       bool first = true;
       for (const Value& e : v.items()) {
         if (!first) out += ", ";
         first = false;
         repr_into(out, e, false, depth + 1);
       }
-      out += ']';
+      if (v.is_tuple() && v.items().size() == 1) out += ',';
+      out += v.is_tuple() ? ')' : ']';
       break;
     }
     case Value::Type::kDict: {
@@ -358,6 +359,11 @@ Value Value::list(ValueList items) {
   v.list_ = std::make_shared<ValueList>(std::move(items));
   return v;
 }
+Value Value::tuple(ValueList items) {
+  Value v = list(std::move(items));
+  v.tuple_ = true;
+  return v;
+}
 Value Value::dict() {
   Value v;
   v.type_ = Type::kDict;
@@ -493,7 +499,7 @@ bool py_eq(const Value& a, const Value& b, int depth) {
     if (a.type() != T::kFloat && b.type() != T::kFloat) return a.as_int() == b.as_int();
     return a.as_float() == b.as_float();
   }
-  if (a.type() != b.type()) return false;
+  if (a.type() != b.type() || a.is_tuple() != b.is_tuple()) return false;
   switch (a.type()) {
     case T::kNone: return true;
     case T::kString: return a.str() == b.str();
@@ -913,7 +919,7 @@ namespace {
 
 const std::set<std::string>& known_filters() {
   static const std::set<std::string> s = {
-      "abs", "capitalize", "count", "d", "default", "dictsort", "e", "escape", "first", "float", "indent", "int",
+      "abs", "capitalize", "count", "d", "default", "dictsort", "e", "escape", "first", "float", "format", "indent", "int",
       "items", "join", "last", "length", "list", "lower", "map", "max", "min", "reject", "rejectattr", "replace",
       "reverse", "round", "safe", "select", "selectattr", "sort", "string", "sum", "title", "tojson", "trim",
       "unique", "upper", "wordcount"};
@@ -1185,6 +1191,7 @@ class Parser {
     ExprP first = parse_expr();
     if (!is_op(",")) return first;
     auto e = mk(Expr::K::kList, line);
+    e->name = "tuple";
     e->a.push_back(std::move(first));
     while (is_op(",")) {
       next();
@@ -1310,17 +1317,19 @@ class Parser {
     }
     return l;
   }
-  ExprP parse_unary() {
+  // As Jinja: filters and tests apply to the negation (-3|abs is (-3)|abs).
+  ExprP parse_unary(bool with_filter = true) {
+    ExprP e;
     if (is_op("-") || is_op("+")) {
       const Token& t = next();
       DepthGuard g(*this, t.line);
-      auto e = mk(t.text == "-" ? Expr::K::kNeg : Expr::K::kPos, t.line);
-      e->a.push_back(parse_unary());
-      return fin(std::move(e));
+      e = mk(t.text == "-" ? Expr::K::kNeg : Expr::K::kPos, t.line);
+      e->a.push_back(parse_unary(false));
+      e = fin(std::move(e));
+    } else {
+      e = parse_postfix(parse_primary());
     }
-    ExprP e = parse_primary();
-    e = parse_postfix(std::move(e));
-    return parse_filter_expr(std::move(e));
+    return with_filter ? parse_filter_expr(std::move(e)) : std::move(e);
   }
 
   ExprP parse_primary() {
@@ -1361,11 +1370,14 @@ class Parser {
           next();
           if (is_op(")")) {  // empty tuple
             next();
-            return fin(mk(Expr::K::kList, t.line));
+            auto l = mk(Expr::K::kList, t.line);
+            l->name = "tuple";
+            return fin(std::move(l));
           }
           ExprP e = parse_expr();
           if (is_op(",")) {
             auto l = mk(Expr::K::kList, t.line);
+            l->name = "tuple";
             l->a.push_back(std::move(e));
             while (is_op(",")) {
               next();
@@ -1791,7 +1803,6 @@ class Renderer {
     }
     if (items.empty()) return exec_body(n.else_body);
     const int64_t len = static_cast<int64_t>(items.size());
-    const Value outer_loop = lookup("loop");
     for (int64_t i = 0; i < len; ++i) {
       charge(1, n.line);
       scopes_.emplace_back();
@@ -1807,9 +1818,8 @@ class Renderer {
       loop.set("first", Value(i == 0));
       loop.set("last", Value(i == len - 1));
       loop.set("length", Value(len));
-      const int64_t depth = outer_loop.is_dict() && outer_loop.contains_key("depth") ? outer_loop.get("depth").as_int() + 1 : 1;
-      loop.set("depth", Value(depth));
-      loop.set("depth0", Value(depth - 1));
+      loop.set("depth", Value(static_cast<int64_t>(1)));  // recursion depth: loops are not recursive here
+      loop.set("depth0", Value(static_cast<int64_t>(0)));
       if (i > 0) loop.set("previtem", items[static_cast<size_t>(i - 1)]);
       if (i + 1 < len) loop.set("nextitem", items[static_cast<size_t>(i + 1)]);
       loop.set("cycle", Value::callable("loop.cycle", [i](ValueList& a, KwArgs&) {
@@ -1886,7 +1896,7 @@ class Renderer {
       case Expr::K::kList: {
         ValueList items;
         for (const auto& c : e.a) items.push_back(eval(*c));
-        return Value::list(std::move(items));
+        return e.name == "tuple" ? Value::tuple(std::move(items)) : Value::list(std::move(items));
       }
       case Expr::K::kDict: {
         Value d = Value::dict();
@@ -2169,8 +2179,13 @@ class Renderer {
       return Value(l.as_float() / r.as_float());
     }
     if (op == "//" || op == "%") {
-      if (op == "%" && l.is_string())
-        fail(e.line, "printf-style string formatting ('...' % x) is not supported; use ~ or the format filter");
+      if (op == "%" && l.is_string()) {
+        try {
+          return Value(printf_format(l.str(), r));
+        } catch (const CallError& c) {
+          fail(e.line, c.what());
+        }
+      }
       if (!(lnum && rnum)) type_error();
       if (ints) {
         const int64_t a = l.as_int(), b = r.as_int();
@@ -2203,6 +2218,60 @@ class Renderer {
       return Value(std::pow(l.as_float(), r.as_float()));
     }
     fail(e.line, "unknown operator " + op);
+  }
+
+  // Python's '...' % args for %s %r %d %i %f %% and %(key)s (no widths or flags).
+  std::string printf_format(const std::string& f, const Value& args) {
+    ValueList pos = args.is_tuple() ? args.items() : ValueList{args};
+    size_t next_arg = 0;
+    std::string out;
+    for (size_t i = 0; i < f.size(); ++i) {
+      if (f[i] != '%') {
+        out += f[i];
+        continue;
+      }
+      if (++i >= f.size()) throw CallError("incomplete format");
+      if (f[i] == '%') {
+        out += '%';
+        continue;
+      }
+      const Value* v = nullptr;
+      Value keyed;
+      if (f[i] == '(') {
+        const size_t e = f.find(')', i);
+        if (e == std::string::npos || !args.is_dict()) throw CallError("format requires a mapping");
+        keyed = args.get(f.substr(i + 1, e - i - 1));
+        if (keyed.is_undefined()) throw CallError(fmt::format("no key '{}' for the format", f.substr(i + 1, e - i - 1)));
+        v = &keyed;
+        i = e + 1;
+        if (i >= f.size()) throw CallError("incomplete format");
+      } else {
+        if (next_arg >= pos.size()) throw CallError("not enough arguments for format string");
+        v = &pos[next_arg++];
+      }
+      switch (f[i]) {
+        case 's': out += to_str(*v); break;
+        case 'r': {
+          std::string r;
+          repr_into(r, *v, false, 0);
+          out += r;
+          break;
+        }
+        case 'd':
+        case 'i':
+          if (!v->is_number()) throw CallError(fmt::format("%{} format: a number is required, not {}", f[i], type_name(*v)));
+          out += v->type() == Value::Type::kFloat ? std::to_string(static_cast<int64_t>(v->as_float())) : std::to_string(v->as_int());
+          break;
+        case 'f':
+          if (!v->is_number()) throw CallError(fmt::format("%f format: a number is required, not {}", type_name(*v)));
+          out += fmt::format("{:.6f}", v->as_float());
+          break;
+        default: throw CallError(fmt::format("unsupported format character '{}'", f[i]));
+      }
+      check_size(out.size(), 0);
+    }
+    if (!args.is_dict() && next_arg < pos.size()) throw CallError("not all arguments converted during string formatting");
+    return out;
   }
 
   std::string to_str_at(const Value& v, int line) {
@@ -2320,7 +2389,7 @@ class Renderer {
     if (self.is_dict()) {
       if (name == "items") {
         ValueList out;
-        for (const auto& [k, v] : self.dict_ref().entries) out.push_back(Value::list({Value(k), v}));
+        for (const auto& [k, v] : self.dict_ref().entries) out.push_back(Value::tuple({Value(k), v}));
         return Value::list(std::move(out));
       }
       if (name == "keys") {
@@ -2697,7 +2766,7 @@ class Renderer {
       if (v.is_undefined()) return Value::list();
       if (!v.is_dict()) throw CallError(fmt::format("expected a dict, found '{}'", type_name(v)));
       ValueList out;
-      for (const auto& [k, x] : v.dict_ref().entries) out.push_back(Value::list({Value(k), x}));
+      for (const auto& [k, x] : v.dict_ref().entries) out.push_back(Value::tuple({Value(k), x}));
       return Value::list(std::move(out));
     }
     if (name == "dictsort") {
@@ -2705,7 +2774,7 @@ class Renderer {
       auto entries = v.dict_ref().entries;
       std::stable_sort(entries.begin(), entries.end(), [](const auto& a, const auto& b) { return a.first < b.first; });
       ValueList out;
-      for (const auto& [k, x] : entries) out.push_back(Value::list({Value(k), x}));
+      for (const auto& [k, x] : entries) out.push_back(Value::tuple({Value(k), x}));
       return Value::list(std::move(out));
     }
     if (name == "selectattr" || name == "rejectattr" || name == "select" || name == "reject") {
@@ -2872,6 +2941,15 @@ class Renderer {
         first_line = false;
       }
       return Value(std::move(out));
+    }
+    if (name == "format") {
+      if (!v.is_string()) throw CallError("the format string must be a string");
+      if (!fa.kw.empty()) {
+        Value d = Value::dict();
+        for (const auto& [k, x] : fa.kw) d.set(k, x);
+        return Value(printf_format(v.str(), d));
+      }
+      return Value(printf_format(v.str(), Value::tuple(fa.a)));
     }
     if (name == "wordcount") return Value(static_cast<int64_t>(split_ws(as_s(v), -1).size()));
     throw CallError("not implemented");

@@ -59,6 +59,7 @@ class Value {
   Value(std::string s);
   Value(const char* s) : Value(std::string(s)) {}
   static Value list(ValueList items = {});
+  static Value tuple(ValueList items);  // a list that prints as (a, b) and is not == a list
   static Value dict();
   static Value namespace_();
   static Value callable(std::string name, std::function<Value(ValueList&, KwArgs&)> fn);
@@ -70,6 +71,7 @@ class Value {
   bool is_none() const { return type_ == Type::kNone; }
   bool is_string() const { return type_ == Type::kString; }
   bool is_list() const { return type_ == Type::kList; }
+  bool is_tuple() const { return type_ == Type::kList && tuple_; }
   bool is_dict() const { return type_ == Type::kDict; }
   bool is_namespace() const;
   bool is_number() const { return type_ == Type::kInt || type_ == Type::kFloat || type_ == Type::kBool; }
@@ -92,6 +94,7 @@ class Value {
  private:
   Type type_ = Type::kUndefined;
   bool b_ = false;
+  bool tuple_ = false;
   int64_t i_ = 0;
   double f_ = 0;
   std::string s_;  // string value, or the name of an undefined
