@@ -1041,7 +1041,9 @@ class Parser {
 
   std::vector<NodeP> parse_until(const std::vector<std::string>& ends, const std::string& opener, int line) {
     DepthGuard g(*this, line);
+    open_.emplace_back(opener, line);
     auto body = parse_body(ends);
+    open_.pop_back();
     if (peek().kind == Tok::kEof) {
       std::string want;
       for (const auto& e : ends) want += (want.empty() ? "" : " or ") + ("{% " + e + " %}");
@@ -1172,6 +1174,13 @@ class Parser {
       take_end_keyword();
       expect_block_end("endgeneration");
     } else {
+      static const std::set<std::string> closers = {"elif", "else", "endif", "endfor", "endmacro", "endset",
+                                                    "endgeneration", "endraw", "endblock", "endfilter", "endcall"};
+      if (closers.count(name)) {
+        if (open_.empty()) fail(line, fmt::format("unexpected {{% {} %}}: no block is open", name));
+        fail(line, fmt::format("unexpected {{% {} %}}: the open block is {{% {} %}} from line {}", name, open_.back().first,
+                               open_.back().second));
+      }
       static const std::set<std::string> known = {"block", "call", "do", "extends", "filter", "from", "import",
                                                   "include", "with", "trans", "autoescape"};
       if (known.count(name)) fail(line, fmt::format("the {{% {} %}} statement is not supported by sharq's Jinja interpreter", name));
@@ -1544,6 +1553,7 @@ class Parser {
   const std::string& origin_;
   const Limits& limits_;
   int depth_ = 0;
+  std::vector<std::pair<std::string, int>> open_;  // the blocks being parsed, for messages
 };
 
 }  // namespace
@@ -1553,6 +1563,10 @@ class Parser {
 namespace {
 
 enum class Flow { kNormal, kBreak, kContinue };
+
+// Work units (Limits::max_work): a statement or call is 1, a loop iteration kIterationCost, and
+// building a string or list costs its size (bytes / 16, items).
+constexpr int64_t kIterationCost = 8;
 
 class Renderer {
  public:
@@ -1579,16 +1593,19 @@ class Renderer {
   }
 
   void charge(int64_t units, int line) {
+    if (line == 0) line = cur_line_;
     work_ += units;
     if (work_ > limits_.max_work)
       fail(line, fmt::format("rendering exceeded its work limit ({} steps): does the template loop without end?",
                              limits_.max_work));
   }
   void check_size(size_t bytes, int line) {
+    if (line == 0) line = cur_line_;
     if (static_cast<int64_t>(bytes) > limits_.max_output_bytes)
       fail(line, fmt::format("a string of {} bytes exceeds the limit of {} bytes", bytes, limits_.max_output_bytes));
   }
   void check_items(size_t n, int line) {
+    if (line == 0) line = cur_line_;
     if (static_cast<int64_t>(n) > limits_.max_list_items)
       fail(line, fmt::format("a list of {} items exceeds the limit of {} items", n, limits_.max_list_items));
   }
@@ -1629,7 +1646,9 @@ class Renderer {
       const double count = std::max(0.0, std::ceil((static_cast<double>(stop) - static_cast<double>(start)) / static_cast<double>(step)));
       if (count > static_cast<double>(limits_.max_list_items))
         throw CallError(fmt::format("range() of {:.0f} items exceeds the limit of {} items", count, limits_.max_list_items));
+      charge(static_cast<int64_t>(count), 0);
       ValueList out;
+      out.reserve(static_cast<size_t>(count));
       for (int64_t i = start; step > 0 ? i < stop : i > stop; i += step) out.emplace_back(i);
       return Value::list(std::move(out));
     });
@@ -1802,31 +1821,38 @@ class Renderer {
       items = std::move(kept);
     }
     if (items.empty()) return exec_body(n.else_body);
+    charge(static_cast<int64_t>(items.size()), n.line);
     const int64_t len = static_cast<int64_t>(items.size());
+    // One loop object for the whole loop, advanced in place (as Jinja's LoopContext is).
+    Value loop = Value::dict();
+    for (const char* k : {"index0", "index", "revindex", "revindex0", "first", "last", "length", "depth", "depth0",
+                          "previtem", "nextitem", "cycle"})
+      loop.set(k, Value());
+    auto& slots = loop.dict_ref().entries;
+    slots[6].second = Value(len);
+    slots[7].second = Value(static_cast<int64_t>(1));  // recursion depth: loops are not recursive here
+    slots[8].second = Value(static_cast<int64_t>(0));
+    Dict* loop_dict = &loop.dict_ref();
+    slots[11].second = Value::callable("loop.cycle", [loop_dict](ValueList& a, KwArgs&) {
+      if (a.empty()) throw CallError("loop.cycle() needs at least one argument");
+      return a[static_cast<size_t>(loop_dict->entries[0].second.as_int()) % a.size()];
+    });
     for (int64_t i = 0; i < len; ++i) {
-      charge(1, n.line);
+      charge(kIterationCost, n.line);
       scopes_.emplace_back();
       struct Pop {
         std::vector<Scope>& s;
         ~Pop() { s.pop_back(); }
       } pop{scopes_};
-      Value loop = Value::dict();
-      loop.set("index0", Value(i));
-      loop.set("index", Value(i + 1));
-      loop.set("revindex", Value(len - i));
-      loop.set("revindex0", Value(len - i - 1));
-      loop.set("first", Value(i == 0));
-      loop.set("last", Value(i == len - 1));
-      loop.set("length", Value(len));
-      loop.set("depth", Value(static_cast<int64_t>(1)));  // recursion depth: loops are not recursive here
-      loop.set("depth0", Value(static_cast<int64_t>(0)));
-      if (i > 0) loop.set("previtem", items[static_cast<size_t>(i - 1)]);
-      if (i + 1 < len) loop.set("nextitem", items[static_cast<size_t>(i + 1)]);
-      loop.set("cycle", Value::callable("loop.cycle", [i](ValueList& a, KwArgs&) {
-        if (a.empty()) throw CallError("loop.cycle() needs at least one argument");
-        return a[static_cast<size_t>(i) % a.size()];
-      }));
-      assign("loop", std::move(loop));
+      slots[0].second = Value(i);
+      slots[1].second = Value(i + 1);
+      slots[2].second = Value(len - i);
+      slots[3].second = Value(len - i - 1);
+      slots[4].second = Value(i == 0);
+      slots[5].second = Value(i == len - 1);
+      slots[9].second = i > 0 ? items[static_cast<size_t>(i - 1)] : Value::undefined("previtem");
+      slots[10].second = i + 1 < len ? items[static_cast<size_t>(i + 1)] : Value::undefined("nextitem");
+      scopes_.back().emplace("loop", loop);
       bind_loop_targets(n, items[static_cast<size_t>(i)]);
       const Flow f = exec_body(n.body);
       if (f == Flow::kBreak) break;
@@ -1912,13 +1938,28 @@ class Renderer {
       case Expr::K::kSlice: return slice(e);
       case Expr::K::kCall: {
         const Value f = eval(*e.a[0]);
-        if (f.is_undefined()) fail(e.line, fmt::format("'{}' is undefined (called as a function)", describe(*e.a[0])));
+        if (f.is_undefined()) {
+          const Expr& c = *e.a[0];
+          if (c.k == Expr::K::kAttr && c.a[0]->k != Expr::K::kName && c.a[0]->k != Expr::K::kAttr)
+            fail(e.line, fmt::format("the {} value has no attribute '{}' to call", type_name(eval(*c.a[0])), c.name));
+          if (c.k == Expr::K::kAttr)
+            fail(e.line, fmt::format("'{}' has no attribute '{}' to call ('{}' is undefined)", describe(*c.a[0]), c.name,
+                                     describe(c)));
+          fail(e.line, fmt::format("'{}' is undefined (called as a function)", describe(c)));
+        }
         if (f.type() != Value::Type::kCallable) fail(e.line, fmt::format("'{}' object is not callable", type_name(f)));
         ValueList args;
         KwArgs kw;
         for (size_t i = 1; i < e.a.size(); ++i) args.push_back(eval(*e.a[i]));
         for (const auto& [k, v] : e.kw) kw.emplace_back(k, eval(*v));
         charge(1, e.line);
+        const int saved_line = cur_line_;
+        cur_line_ = e.line;
+        struct Restore {
+          int& l;
+          int v;
+          ~Restore() { l = v; }
+        } restore{cur_line_, saved_line};
         try {
           return f.fn().fn(args, kw);
         } catch (const TemplateRaised& r) {
@@ -3036,6 +3077,7 @@ class Renderer {
   std::string* out_ = nullptr;
   int64_t total_out_ = 0, work_ = 0;
   int call_depth_ = 0;
+  int cur_line_ = 0;  // the line of the call being evaluated, for errors raised inside builtins
 };
 
 }  // namespace

@@ -126,11 +126,11 @@ std::string to_json(const Value& v, bool ensure_ascii, const std::string& indent
                     const std::string& key_sep, bool sort_keys);
 
 struct Limits {
-  int64_t max_output_bytes = 64ll << 20;   // the rendered text, and any one string value
+  int64_t max_output_bytes = 16ll << 20;   // the rendered text, and any one string value
   int64_t max_list_items = 1 << 20;        // any one list (range(), list * n, ...)
   int max_nesting = 128;                   // nested blocks and expressions when parsing
   int max_call_depth = 64;                 // macro calls within macro calls
-  int64_t max_work = 256ll << 20;          // statements, loop iterations and bytes built, in all
+  int64_t max_work = 16ll << 20;           // statements, loop iterations and bytes built, in all (~0.5 s)
 };
 
 struct Node;
