@@ -1883,16 +1883,20 @@ class Renderer {
       throw CallError(fmt::format("macro '{}' takes {} arguments, {} given", n.text, n.params.size(), args.size()));
     Scope local;
     for (size_t i = 0; i < n.params.size(); ++i) {
-      const auto& [pname, def] = n.params[i];
+      // plain references, not a structured binding: clang < 16 rejects lambdas capturing one
+      const std::string& pname = n.params[i].first;
+      const ExprP& def = n.params[i].second;
       const auto kwit = std::find_if(kw.begin(), kw.end(), [&](const auto& p) { return p.first == pname; });
       if (i < args.size()) local[pname] = args[i];
       else if (kwit != kw.end()) local[pname] = kwit->second;
       else if (def) local[pname] = eval(*def);
       else local[pname] = Value::undefined(pname);
     }
-    for (const auto& [k, v] : kw)
+    for (const auto& kv : kw) {
+      const std::string& k = kv.first;
       if (std::none_of(n.params.begin(), n.params.end(), [&](const auto& p) { return p.first == k; }))
         throw CallError(fmt::format("macro '{}' has no parameter '{}'", n.text, k));
+    }
     std::vector<Scope> saved = std::move(scopes_);
     scopes_.clear();
     scopes_.push_back(saved[0]);
