@@ -316,6 +316,10 @@ TEST(Jinja, RecursionOutputAndWorkAreBounded) {
                 .find("work limit"),
             std::string::npos);
   EXPECT_NE(error_of("{% set ns = namespace(a=1) %}{% set ns.a = [ns] %}").find("cannot contain itself"), std::string::npos);
+  // values kept across iterations (in a namespace) cannot nest without end
+  EXPECT_NE(error_of("{% set ns = namespace(x=0) %}{% for i in range(1000000) %}{% set ns.x = [ns.x] %}{% endfor %}")
+                .find("a value nested more than 512 deep"),
+            std::string::npos);
 }
 
 TEST(Jinja, DeepJsonInputIsRefused) {

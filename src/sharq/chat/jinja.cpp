@@ -1751,7 +1751,13 @@ class Renderer {
       if (!ns.is_namespace())
         fail(n.line, fmt::format("cannot set an attribute of '{}' ({}): only a namespace() can be assigned to",
                                  n.targets[0], ns.is_undefined() ? "undefined" : type_name(ns)));
-      if (contains_ref(v, ns.dict_ref(), 0)) fail(n.line, "a namespace cannot contain itself");
+      // A namespace is the only value that outlives a loop iteration, so the only way to build
+      // ever deeper values (whose destruction recurses): bound the depth of what it holds.
+      int64_t visited = 0;
+      const int d = nesting(v, ns.dict_ref(), 0, visited);
+      charge(visited, n.line);
+      if (d < 0) fail(n.line, "a namespace cannot contain itself");
+      if (d > kMaxValueDepth) fail(n.line, fmt::format("a value nested more than {} deep", kMaxValueDepth));
       ns.set(n.targets[1], std::move(v));
       return;
     }
@@ -1769,17 +1775,32 @@ class Renderer {
     for (size_t i = 0; i < targets.size(); ++i) assign(targets[i], items[i]);
   }
 
-  bool contains_ref(const Value& v, const Dict& target, int depth) {
-    if (depth > kMaxValueDepth) return true;
+  // The nesting depth of v (0 for a scalar), -1 when it contains `target`; the walk stops past
+  // kMaxValueDepth. `visited` counts the values seen (work).
+  int nesting(const Value& v, const Dict& target, int depth, int64_t& visited) {
+    ++visited;
+    if (depth > kMaxValueDepth) return depth;
+    int deepest = 0;
     if (v.is_dict()) {
-      if (&v.dict_ref() == &target) return true;
-      for (const auto& [k, e] : v.dict_ref().entries)
-        if (contains_ref(e, target, depth + 1)) return true;
-    } else if (v.is_list()) {
-      for (const auto& e : v.items())
-        if (contains_ref(e, target, depth + 1)) return true;
+      if (&v.dict_ref() == &target) return -1;
+      for (const auto& [k, e] : v.dict_ref().entries) {
+        const int d = nesting(e, target, depth + 1, visited);
+        if (d < 0) return -1;
+        deepest = std::max(deepest, d);
+        if (deepest > kMaxValueDepth) break;
+      }
+      return deepest + 1;
     }
-    return false;
+    if (v.is_list()) {
+      for (const auto& e : v.items()) {
+        const int d = nesting(e, target, depth + 1, visited);
+        if (d < 0) return -1;
+        deepest = std::max(deepest, d);
+        if (deepest > kMaxValueDepth) break;
+      }
+      return deepest + 1;
+    }
+    return 0;
   }
 
   // The items a for loop (or unpacking) walks: list items, dict keys, string characters.
