@@ -225,6 +225,14 @@ TEST(Jinja, MacrosAndNamespaces) {
             "GFalse");
 }
 
+// transformers' AssistantTracker extension: {% generation %} marks assistant text and renders it
+TEST(Jinja, GenerationTagRendersItsBody) {
+  EXPECT_EQ(render("{% for m in messages %}{% if m.role == 'assistant' %}{% generation %}[{{ m.content }}]{% endgeneration %}"
+                   "{% else %}{{ m.content }}{% endif %}{% endfor %}",
+                   R"({"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]})"),
+            "q[a]");
+}
+
 // ---- errors: the construct and the line are named, at parse time where Jinja does so
 TEST(Jinja, ParseErrorsNameTheConstructAndLine) {
   struct E {
