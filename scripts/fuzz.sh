@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Fuzz the checkpoint parsers (safetensors, llama2.c, config.json, quantized checkpoints) and the other bad-input readers
-# (.npy, tokenizer.json, zero-shot .jsonl) with libFuzzer + ASan/UBSan.
+# (.npy, tokenizer.json, zero-shot .jsonl, chat templates) with libFuzzer + ASan/UBSan.
 #
 #   scripts/fuzz.sh [SECONDS_PER_TARGET]     (default 30; or SHARQ_FUZZ_SECONDS)
 #
@@ -36,7 +36,7 @@ fi
 
 CC=clang CXX=clang++ cmake -S . -B build-fuzz -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DSHARQ_FUZZ=ON \
   -DSHARQ_BUILD_TESTS=OFF -DSHARQ_BUILD_BENCH=OFF -DSHARQ_CUDA=OFF -DSHARQ_PYTHON=OFF >/dev/null
-fuzz_targets=(safetensors_fuzz llama2c_fuzz config_fuzz quantized_checkpoint_fuzz npy_fuzz zeroshot_fuzz)
+fuzz_targets=(safetensors_fuzz llama2c_fuzz config_fuzz quantized_checkpoint_fuzz npy_fuzz zeroshot_fuzz chat_template_fuzz)
 if grep -q '^PCRE2_FOUND:INTERNAL=1' build-fuzz/CMakeCache.txt && grep -q '^UTF8PROC_FOUND:INTERNAL=1' build-fuzz/CMakeCache.txt; then
   fuzz_targets+=(tokenizer_json_fuzz)
 else
@@ -61,7 +61,13 @@ llama2c_seed() {  # out dim hidden layers heads kv_heads vocab seq_len
     head -c $((4 * floats)) /dev/zero; } > "$out"
 }
 
-mkdir -p "$work/safetensors" "$work/llama2c" "$work/config" "$work/quantized_checkpoint" "$work/npy" "$work/tokenizer_json" "$work/zeroshot"
+mkdir -p "$work/safetensors" "$work/llama2c" "$work/config" "$work/quantized_checkpoint" "$work/npy" "$work/tokenizer_json" "$work/zeroshot" "$work/chat_template"
+cp fuzz/seeds/chat_template/* "$work/chat_template/"
+qwen_cfg="$models/../tokenizers/qwen3/tokenizer_config.json"  # the real Qwen3 template, when the shared data is there
+if [[ -f "$qwen_cfg" ]] && command -v python3 >/dev/null 2>&1; then
+  python3 -c 'import json, sys; sys.stdout.write(json.load(open(sys.argv[1]))["chat_template"])' "$qwen_cfg" \
+    > "$work/chat_template/qwen3.jinja" || rm -f "$work/chat_template/qwen3.jinja"
+fi
 cp fuzz/seeds/quantized_checkpoint/* "$work/quantized_checkpoint/"
 cp fuzz/seeds/npy/* "$work/npy/"
 cp fuzz/seeds/tokenizer_json/* "$work/tokenizer_json/"
@@ -114,6 +120,7 @@ run_target config_fuzz 8192 fuzz/config.dict
 run_target quantized_checkpoint_fuzz 16384 fuzz/quantized_checkpoint.dict
 run_target npy_fuzz 4096 fuzz/npy.dict
 run_target zeroshot_fuzz 8192 fuzz/zeroshot.dict
+run_target chat_template_fuzz 8192 fuzz/chat_template.dict
 if [[ " ${fuzz_targets[*]} " == *" tokenizer_json_fuzz "* ]]; then
   run_target tokenizer_json_fuzz 16384 fuzz/tokenizer_json.dict
 fi

@@ -40,6 +40,7 @@
 #include "sharq/tools/opcheck.h"
 #include "sharq/tools/perplexity.h"
 #include "sharq/tools/quantize.h"
+#include "sharq/tools/template.h"
 #include "sharq/tools/zeroshot.h"
 #ifdef SHARQ_HAVE_CUDA
 #include "sharq/runtime/cuda/engine.h"
@@ -496,6 +497,22 @@ int main(int argc, char** argv) {
   add_number<uint64_t>(qz, "--seed", qo.seed, "seed of the --synthetic weights");
   qz->add_flag("-q,--quiet", qo_quiet, "no progress on stderr");
 
+  // ---- template
+  sharq::TemplateOptions to;
+  bool to_no_gen = false;
+  auto* tp = app.add_subcommand("template", "Render a model's chat template for a conversation (the exact prompt the server "
+                                            "would build; docs/chat.md)");
+  tp->add_option("model", to.path, "model or tokenizer directory (tokenizer_config.json / chat_template.jinja), or one of "
+                                   "those files")->required();
+  tp->add_option("--messages", to.messages_path, "JSON file: an array of messages, or an object with \"messages\" "
+                                                 "(and \"tools\")")->required();
+  tp->add_option("--tools", to.tools_path, "JSON file: an array of tool schemas");
+  tp->add_flag("--no-generation-prompt", to_no_gen, "do not end with the assistant's turn header (add_generation_prompt=false)");
+  tp->add_option("--enable-thinking", to.enable_thinking, "the template variable enable_thinking (Qwen3)")
+      ->check(CLI::IsMember({"true", "false"}));
+  tp->add_option("--tokenizer", to.tokenizer_path, "tokenizer file for --ids (default: the one in the directory)");
+  tp->add_flag("--ids", to.ids, "print {\"text\": ..., \"ids\": [...]} (one JSON line) instead of the bare prompt");
+
   // ---- schemes
   auto* sc = app.add_subcommand("schemes", "List the linear-layer schemes and their options");
 
@@ -594,6 +611,16 @@ int main(int argc, char** argv) {
       g_activity = fmt::format("quantize --scheme {}", qo.scheme);
       const sharq::QuantizeReport r = sharq::quantize_checkpoint(qo);
       std::fputs(sharq::format_quantize_report(r).c_str(), stdout);
+      return 0;
+    }
+    if (*tp) {
+      check_input_path(to.path, "model", PathKind::kFileOrDir);
+      check_input_path(to.messages_path, "--messages", PathKind::kFile);
+      if (!to.tools_path.empty()) check_input_path(to.tools_path, "--tools", PathKind::kFile);
+      if (!to.tokenizer_path.empty()) check_input_path(to.tokenizer_path, "--tokenizer", PathKind::kFile);
+      to.add_generation_prompt = !to_no_gen;
+      const std::string out = sharq::run_template(to);
+      std::fwrite(out.data(), 1, out.size(), stdout);
       return 0;
     }
     if (*bg) return cmd_bench_gemm(bo);

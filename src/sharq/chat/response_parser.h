@@ -1,0 +1,37 @@
+// What a Qwen3-style model writes back, parsed as vLLM's `qwen3` reasoning parser and `hermes`
+// tool parser do (docs/chat.md): <think>...</think> becomes reasoning_content, and each
+// <tool_call>{"name": ..., "arguments": ...}</tool_call> becomes a tool call.
+#pragma once
+
+#include <optional>
+#include <string>
+#include <vector>
+
+namespace sharq::chat {
+
+struct ToolCall {
+  std::string name;
+  std::string arguments;  // JSON text, as Python's json.dumps(arguments, ensure_ascii=False)
+};
+
+struct ParsedResponse {
+  std::optional<std::string> content;            // none when empty
+  std::optional<std::string> reasoning_content;  // none without a </think>
+  std::vector<ToolCall> tool_calls;
+};
+
+// Reasoning (when `reasoning`): with a "</think>" in the text, what precedes it (after a leading
+// "<think>", if any) is the reasoning and what follows is the content; without one, the whole
+// text is content (generation stopped inside the reasoning, or thinking was off).
+// Tool calls (when `tools`), in the content: every <tool_call>JSON</tool_call> (the last one may
+// be unclosed) must be a JSON object with "name" and "arguments"; the content is then the text
+// before the first <tool_call>. If any call does not parse, there are no tool calls and the
+// content stays as it was (vLLM's hermes parser does the same).
+ParsedResponse parse_qwen3_response(const std::string& text, bool reasoning = true, bool tools = true);
+
+// The OpenAI chat-completion message of a parsed response: {"role": "assistant", "content": ...,
+// "reasoning_content": ..., "tool_calls": [{"id": id_prefix + index, "type": "function",
+// "function": {"name", "arguments"}}]} (tool_calls only when there are some).
+std::string response_message_json(const ParsedResponse& r, const std::string& id_prefix = "call_");
+
+}  // namespace sharq::chat
