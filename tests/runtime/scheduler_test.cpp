@@ -6,6 +6,7 @@
 #include <gtest/gtest.h>
 
 #include <filesystem>
+#include <map>
 #include <memory>
 #include <thread>
 
@@ -231,6 +232,84 @@ TEST(Scheduler, TheQueueIsBoundedAndBadRequestsAreRefused) {
   bad = r;
   bad.sampling.top_p = 0.0f;
   EXPECT_THROW(s.submit(bad), InvalidRequest);
+}
+
+// An executor that "samples" a fixed script of tokens, so that the stream's text handling can be
+// checked on chosen bytes.
+class ScriptedExecutor final : public Executor {
+ public:
+  explicit ScriptedExecutor(std::vector<int32_t> script) : script_(std::move(script)) {
+    config_.vocab_size = 512;
+    config_.max_position_embeddings = 256;
+  }
+  const ModelConfig& config() const override { return config_; }
+  SeqId create_sequence(int64_t max_len) override {
+    len_[next_] = 0;
+    cap_[next_] = max_len;
+    return next_++;
+  }
+  void free_sequence(SeqId seq) override { len_.erase(seq); }
+  int64_t sequence_length(SeqId seq) const override { return len_.at(seq); }
+  int64_t sequence_capacity(SeqId seq) const override { return cap_.at(seq); }
+  StepOutput step(const std::vector<StepEntry>& batch) override {
+    StepOutput out = shape_step_output(batch, config_.vocab_size);
+    for (size_t i = 0; i < batch.size(); ++i) {
+      len_[batch[i].seq] += static_cast<int64_t>(batch[i].tokens.size());
+      if (batch[i].sampling) {
+        out.sampled[i] = script_[at_ % script_.size()];
+        ++at_;
+        out.logprob[i] = -1.0f;
+      }
+    }
+    return out;
+  }
+
+ private:
+  ModelConfig config_;
+  std::vector<int32_t> script_;
+  std::map<SeqId, int64_t> len_, cap_;
+  SeqId next_ = 0;
+  size_t at_ = 0;
+};
+
+TEST(Scheduler, StreamsHoldBackSplitCharactersAndPossibleStopStrings) {
+  REQUIRE_STORIES();
+  // "\xc3\xa9" (e acute) as two byte-fallback tokens (llama2.c: byte b is token b + 3)
+  const std::vector<int32_t> e_acute{0xC3 + 3, 0xA9 + 3};
+  ASSERT_EQ(S->tok->decode_step(e_acute[0], e_acute[1]), "\xa9");
+  ASSERT_EQ(S->tok->decode_step(e_acute[1], e_acute[0]), "\xc3");
+  CompletionRequest r;
+  r.prompt = {S->tok->bos_id()};
+  r.max_tokens = 6;
+  {
+    ScriptedExecutor ex(e_acute);
+    Scheduler s(ex, *S->tok, SchedulerOptions{});
+    auto stream = s.submit(r);
+    s.step();  // the lead byte alone: nothing to show yet
+    StreamDelta d = stream->wait_delta(0ms);
+    EXPECT_EQ(d.text, "");
+    EXPECT_EQ(d.tokens.size(), 1u);
+    s.step();
+    EXPECT_EQ(stream->wait_delta(0ms).text, "\xc3\xa9");
+  }
+  ScriptedExecutor ex(e_acute);
+  Scheduler s(ex, *S->tok, SchedulerOptions{});
+  r.stop = {"\xc3\xa9\xc3\xa9!"};  // never completes, but its prefixes are held back
+  auto stream = s.submit(r);
+  std::string text;
+  for (int i = 0; i < 4; ++i) {
+    s.step();
+    text += stream->wait_delta(0ms).text;
+  }
+  EXPECT_EQ(text, "");  // 2 characters: still a prefix of the stop string
+  s.step();             // 2.5: the first character can no longer start it
+  text += stream->wait_delta(0ms).text;
+  EXPECT_EQ(text, "\xc3\xa9");
+  s.step();  // max_tokens: the rest is flushed
+  const StreamDelta last = stream->wait_delta(0ms);
+  EXPECT_EQ(text + last.text, "\xc3\xa9\xc3\xa9\xc3\xa9");
+  EXPECT_TRUE(last.finished);
+  EXPECT_EQ(last.finish_reason, "length");
 }
 
 TEST(Scheduler, RunOnAnEngineThreadDrainsOnStop) {
