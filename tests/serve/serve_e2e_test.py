@@ -328,9 +328,12 @@ def case_500_concurrent_streams():
         watcher = threading.Thread(target=watch)
         watcher.start()
 
+        start = threading.Barrier(n)  # every client connects at once, not as its thread happens to start
+
         def one(i):
             try:
-                ev = stream(s, {"prompt": "Once", "max_tokens": 4, "temperature": 0})
+                start.wait(TIMEOUT)
+                ev = stream(s, {"prompt": "Once", "max_tokens": 8, "temperature": 0})
                 ok.append("".join(e["choices"][0]["text"] for e in ev if e["choices"]))
             except Exception as e:  # noqa: BLE001 - reported below
                 errors.append(repr(e))
