@@ -5,6 +5,7 @@ pkgs=(g++ cmake ninja-build pkg-config
       libgtest-dev libgmock-dev libbenchmark-dev
       libfmt-dev libcli11-dev nlohmann-json3-dev
       libpcre2-dev libutf8proc-dev libsentencepiece-dev
+      libcpp-httplib-dev  # `sharq serve`: the HTTP server (optional at configure time)
       pybind11-dev python3-dev python3-numpy python3-pytest  # the Python module and its tests
       clang libclang-rt-14-dev)  # libFuzzer runs of the checkpoint parsers (scripts/fuzz.sh)
 missing=()

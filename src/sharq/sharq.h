@@ -20,6 +20,7 @@
 #include "sharq/model/tokenizer.h"
 #include "sharq/runtime/step.h"
 #include "sharq/runtime/sampler.h"
+#include "sharq/runtime/scheduler.h"
 #include "sharq/runtime/cpu/executor.h"
 #include "sharq/tools/generate.h"
 #include "sharq/tools/perplexity.h"

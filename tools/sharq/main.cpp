@@ -8,6 +8,7 @@
 #include <algorithm>
 #include <cctype>
 #include <cerrno>
+#include <chrono>
 #include <charconv>
 #include <cmath>
 #include <cstdio>
@@ -44,6 +45,9 @@
 #include "sharq/tools/zeroshot.h"
 #ifdef SHARQ_HAVE_CUDA
 #include "sharq/runtime/cuda/engine.h"
+#endif
+#ifdef SHARQ_HAVE_SERVE
+#include "sharq/serve/server.h"
 #endif
 
 namespace {
@@ -226,6 +230,28 @@ sharq::ExecutorFactory executor_for(const std::string& device, int64_t max_token
 #endif
 }
 
+#ifdef SHARQ_HAVE_SERVE
+// `sharq serve`: the executor for --device (cuda: untested here; the engine's KV cache holds
+// --kv-blocks blocks, or what the free device memory allows when 0).
+int cmd_serve(const sharq::ServeCommandOptions& o) {
+  sharq::ExecutorFactory make = sharq::cpu_executor_factory();
+  if (o.device == "cuda") {
+#ifdef SHARQ_HAVE_CUDA
+    sharq::cuda::EngineOptions eo;
+    eo.max_batch_tokens = o.scheduler.max_num_batched_tokens;
+    eo.block_size = static_cast<int>(o.scheduler.block_size);
+    eo.kv_blocks = o.scheduler.kv_blocks;
+    make = sharq::cuda::gpu_executor_factory(eo);
+#else
+    throw std::runtime_error("--device cuda: this sharq was built without CUDA (reconfigure with nvcc on the PATH or "
+                             "-DSHARQ_CUDA=ON)");
+#endif
+  }
+  g_activity = fmt::format("serve {}", o.model);
+  return sharq::run_serve(o, make);
+}
+#endif
+
 struct GenerateArgs {
   std::string model, tokenizer, scheme = "fp32", device = "cpu";
   sharq::GenerateOptions opt;
@@ -378,6 +404,35 @@ int main(int argc, char** argv) {
       ->capture_default_str()->check(CLI::IsMember({"cpu", "cuda"}));
   gen->add_flag("--stats", ga.stats, "print timing to stderr");
   gen->add_flag("--allow-nonfinite", ga.allow_nonfinite, kNonfiniteHelp);
+
+  // ---- serve
+#ifdef SHARQ_HAVE_SERVE
+  sharq::ServeCommandOptions so;
+  int64_t so_delay_ms = 0;
+  auto* sv = app.add_subcommand("serve", "OpenAI-compatible HTTP server with continuous batching (docs/serve.md)");
+  sv->add_option("model", so.model, "Hugging Face model directory or llama2.c .bin checkpoint")->required();
+  sv->add_option("--tokenizer", so.tokenizer, "tokenizer file (default: found beside the model)");
+  sv->add_option("--scheme", so.scheme, "linear-layer scheme (see `sharq schemes`)")->capture_default_str();
+  sv->add_option("--device", so.device, "cpu (the FP32 reference) | cuda (the GPU engine: Hopper; untested in serve)")
+      ->capture_default_str()->check(CLI::IsMember({"cpu", "cuda"}));
+  sv->add_option("--host", so.server.host, "address to listen on")->capture_default_str();
+  add_number<int>(sv, "--port", so.server.port, "port to listen on (0: an ephemeral port, printed at start)", 0, 65535);
+  sv->add_option("--served-model-name", so.served_model_name, "the model name of the API (default: MODEL as given)");
+  add_number<int64_t>(sv, "--max-model-len", so.scheduler.max_model_len,
+                      "positions per request, prompt + max_tokens (0: the model's max_position_embeddings)", 0);
+  add_number<int64_t>(sv, "--max-num-seqs", so.scheduler.max_num_seqs, "requests running at once", 1);
+  add_number<int64_t>(sv, "--max-num-batched-tokens", so.scheduler.max_num_batched_tokens,
+                      "new tokens per step (decodes + prefill chunks)", 1);
+  add_number<int64_t>(sv, "--max-queue", so.scheduler.max_queue, "requests waiting at most; beyond it: HTTP 429", 1);
+  add_number<int64_t>(sv, "--kv-blocks", so.scheduler.kv_blocks,
+                      "KV-cache blocks of 16 positions (0: max-num-seqs full-length sequences); fewer preempt", 0);
+  add_number<int64_t>(sv, "--max-connections", so.server.max_connections,
+                      "connection threads at most (0: max-num-seqs + max-queue + 64)", 0);
+  sv->add_option("--api-key", so.server.api_key, "require 'Authorization: Bearer KEY' on /v1/*");
+  sv->add_flag("--allow-nonfinite", so.allow_nonfinite, kNonfiniteHelp);
+  add_number<int64_t>(sv, "--debug-step-delay-ms", so_delay_ms, "testing: sleep before every engine step", 0, 10000)
+      ->group("");
+#endif
 
   // ---- ppl
   sharq::PplOptions po;
@@ -546,6 +601,14 @@ int main(int argc, char** argv) {
       if (!ga.tokenizer.empty()) check_input_path(ga.tokenizer, "--tokenizer", PathKind::kFile);
       return cmd_generate(ga);
     }
+#ifdef SHARQ_HAVE_SERVE
+    if (*sv) {
+      check_input_path(so.model, "model", PathKind::kFileOrDir);
+      if (!so.tokenizer.empty()) check_input_path(so.tokenizer, "--tokenizer", PathKind::kFile);
+      so.scheduler.step_delay = std::chrono::milliseconds(so_delay_ms);
+      return cmd_serve(so);
+    }
+#endif
     if (*an) {
       check_input_path(ao.model_path, "model", PathKind::kFileOrDir);
       if (!ao.tokenizer_path.empty()) check_input_path(ao.tokenizer_path, "--tokenizer", PathKind::kFile);

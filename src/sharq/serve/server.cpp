@@ -1,0 +1,509 @@
+#include "sharq/serve/server.h"
+
+#include <csignal>
+#include <cstdio>
+#include <ctime>
+#include <deque>
+#include <functional>
+#include <random>
+#include <thread>
+#include <vector>
+
+#include <pthread.h>
+#include <sys/socket.h>
+
+#include <fmt/format.h>
+#include <httplib.h>
+#include <nlohmann/json.hpp>
+
+#include "sharq/model/weights.h"
+#include "sharq/quant/scheme.h"
+
+namespace sharq {
+namespace {
+
+using json = nlohmann::json;
+using namespace std::chrono_literals;
+
+// cpp-httplib runs each connection as one task of a TaskQueue. Its ThreadPool starts a fixed
+// number of threads up front; this one starts a thread when a connection finds none idle, up to
+// `max` (then connections wait in order), so 500 concurrent streams need no 500 idle threads.
+class GrowingThreadPool final : public httplib::TaskQueue {
+ public:
+  explicit GrowingThreadPool(size_t max) : max_(max) {}
+  ~GrowingThreadPool() override { shutdown(); }
+
+  void enqueue(std::function<void()> fn) override {
+    {
+      std::lock_guard lock(mu_);
+      jobs_.push_back(std::move(fn));
+      if (jobs_.size() > idle_ && threads_.size() < max_) threads_.emplace_back([this] { work(); });
+    }
+    cv_.notify_one();
+  }
+
+  void shutdown() override {  // finishes the queued connections, then joins every thread
+    {
+      std::lock_guard lock(mu_);
+      if (stopping_) return;
+      stopping_ = true;
+    }
+    cv_.notify_all();
+    for (std::thread& t : threads_) t.join();  // no thread is added once stopping_ is set
+  }
+
+ private:
+  void work() {
+    for (;;) {
+      std::function<void()> fn;
+      {
+        std::unique_lock lock(mu_);
+        ++idle_;
+        cv_.wait(lock, [&] { return stopping_ || !jobs_.empty(); });
+        --idle_;
+        if (jobs_.empty()) return;  // stopping, nothing left
+        fn = std::move(jobs_.front());
+        jobs_.pop_front();
+      }
+      fn();
+    }
+  }
+
+  const size_t max_;
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::deque<std::function<void()>> jobs_;
+  std::vector<std::thread> threads_;
+  size_t idle_ = 0;
+  bool stopping_ = false;
+};
+
+// An error the client caused or should know about: the OpenAI error object, with its status.
+struct HttpError {
+  int status;
+  std::string message, type, param;
+};
+
+HttpError bad_request(std::string message, std::string param = {}) {
+  return HttpError{400, std::move(message), "invalid_request_error", std::move(param)};
+}
+
+void send_error(httplib::Response& res, const HttpError& e) {
+  json err = {{"message", e.message}, {"type", e.type}, {"param", e.param.empty() ? json(nullptr) : json(e.param)},
+              {"code", e.status}};
+  res.status = e.status;
+  res.set_content(json{{"error", err}}.dump(), "application/json");
+}
+
+std::string dump(const json& j) { return j.dump(-1, ' ', false, json::error_handler_t::replace); }
+
+const char* type_name(const json& v) {
+  switch (v.type()) {
+    case json::value_t::null: return "null";
+    case json::value_t::boolean: return "a boolean";
+    case json::value_t::string: return "a string";
+    case json::value_t::array: return "an array";
+    case json::value_t::object: return "an object";
+    case json::value_t::number_float: return "a number";
+    default: return "an integer";
+  }
+}
+
+// The typed readers of request fields: a missing or null field keeps the default; a wrong type
+// or value is a 400 naming the field.
+int64_t read_int(const json& body, const char* key, int64_t dflt, int64_t lo, const char* what) {
+  const auto it = body.find(key);
+  if (it == body.end() || it->is_null()) return dflt;
+  if (!it->is_number_integer())
+    throw bad_request(fmt::format("'{}' must be an integer, got {}", key, type_name(*it)), key);
+  const int64_t v = it->is_number_unsigned() && it->get<uint64_t>() > static_cast<uint64_t>(INT64_MAX)
+                        ? INT64_MAX : it->get<int64_t>();
+  if (v < lo) throw bad_request(fmt::format("'{}' must be {}, got {}", key, what, v), key);
+  return v;
+}
+
+double read_number(const json& body, const char* key, double dflt) {
+  const auto it = body.find(key);
+  if (it == body.end() || it->is_null()) return dflt;
+  if (!it->is_number()) throw bad_request(fmt::format("'{}' must be a number, got {}", key, type_name(*it)), key);
+  return it->get<double>();
+}
+
+bool read_bool(const json& body, const char* key, bool dflt) {
+  const auto it = body.find(key);
+  if (it == body.end() || it->is_null()) return dflt;
+  if (!it->is_boolean()) throw bad_request(fmt::format("'{}' must be a boolean, got {}", key, type_name(*it)), key);
+  return it->get<bool>();
+}
+
+std::vector<int32_t> token_ids(const json& arr, int64_t vocab) {
+  std::vector<int32_t> ids;
+  for (const json& t : arr) {
+    if (!t.is_number_integer()) throw bad_request("'prompt' as token ids must hold integers only", "prompt");
+    const int64_t v = t.get<int64_t>();
+    if (v < 0 || v >= vocab)
+      throw bad_request(fmt::format("prompt token id {} is outside the vocabulary (size {})", v, vocab), "prompt");
+    ids.push_back(static_cast<int32_t>(v));
+  }
+  if (ids.empty()) throw bad_request("'prompt' is an empty list of token ids", "prompt");
+  return ids;
+}
+
+struct ParsedCompletion {
+  CompletionRequest request;
+  bool stream = false, include_usage = false;
+  std::optional<int64_t> logprobs;
+};
+
+ParsedCompletion parse_completion(const std::string& body_text, const Tokenizer& tok, int64_t vocab,
+                                  const std::string& model_name) {
+  json body;
+  try {
+    body = json::parse(body_text);
+  } catch (const json::parse_error& e) {
+    throw bad_request(fmt::format("the request body is not valid JSON: {}", e.what()));
+  }
+  if (!body.is_object()) throw bad_request(fmt::format("the request body must be a JSON object, got {}", type_name(body)));
+  ParsedCompletion p;
+  if (const auto m = body.find("model"); m != body.end() && !m->is_null()) {
+    if (!m->is_string()) throw bad_request(fmt::format("'model' must be a string, got {}", type_name(*m)), "model");
+    if (m->get<std::string>() != model_name)
+      throw HttpError{404, fmt::format("The model `{}` does not exist (this server serves `{}`).", m->get<std::string>(),
+                                       model_name), "NotFoundError", "model"};
+  }
+  const auto pr = body.find("prompt");
+  if (pr == body.end() || pr->is_null()) throw bad_request("'prompt' is required", "prompt");
+  if (pr->is_string()) {
+    p.request.prompt = encode_prompt(tok, pr->get<std::string>());
+  } else if (pr->is_array() && !pr->empty() && (*pr)[0].is_number_integer()) {
+    p.request.prompt = token_ids(*pr, vocab);
+  } else if (pr->is_array() && pr->size() == 1 && (*pr)[0].is_string()) {
+    p.request.prompt = encode_prompt(tok, (*pr)[0].get<std::string>());
+  } else if (pr->is_array() && pr->size() == 1 && (*pr)[0].is_array()) {
+    p.request.prompt = token_ids((*pr)[0], vocab);
+  } else if (pr->is_array() && pr->size() > 1) {
+    throw bad_request("only one prompt per request is supported (send several requests)", "prompt");
+  } else {
+    throw bad_request(fmt::format("'prompt' must be a string or a list of token ids, got {}", type_name(*pr)), "prompt");
+  }
+  p.request.max_tokens = read_int(body, "max_tokens", 16, 1, "at least 1");
+  const double temperature = read_number(body, "temperature", 1.0);
+  if (!(temperature >= 0.0 && temperature <= 1e6))
+    throw bad_request(fmt::format("'temperature' must be >= 0, got {}", temperature), "temperature");
+  const double top_p = read_number(body, "top_p", 1.0);
+  if (!(top_p > 0.0 && top_p <= 1.0)) throw bad_request(fmt::format("'top_p' must be in (0, 1], got {}", top_p), "top_p");
+  p.request.sampling.temperature = static_cast<float>(temperature);
+  p.request.sampling.top_p = static_cast<float>(top_p);
+  if (const auto s = body.find("seed"); s != body.end() && !s->is_null()) {
+    if (!s->is_number_integer()) throw bad_request(fmt::format("'seed' must be an integer, got {}", type_name(*s)), "seed");
+    p.request.sampling.seed = s->is_number_unsigned() ? s->get<uint64_t>() : static_cast<uint64_t>(s->get<int64_t>());
+  } else {
+    p.request.sampling.seed = std::random_device{}();  // OpenAI: no seed, a fresh draw each time
+  }
+  if (const auto s = body.find("stop"); s != body.end() && !s->is_null()) {
+    if (s->is_string()) p.request.stop = {s->get<std::string>()};
+    else if (s->is_array()) {
+      for (const json& x : *s) {
+        if (!x.is_string()) throw bad_request("'stop' must be a string or a list of strings", "stop");
+        p.request.stop.push_back(x.get<std::string>());
+      }
+    } else {
+      throw bad_request(fmt::format("'stop' must be a string or a list of strings, got {}", type_name(*s)), "stop");
+    }
+    for (const std::string& x : p.request.stop)
+      if (x.empty()) throw bad_request("'stop' holds an empty string", "stop");
+  }
+  p.request.ignore_eos = read_bool(body, "ignore_eos", false);
+  p.stream = read_bool(body, "stream", false);
+  if (const auto so = body.find("stream_options"); so != body.end() && !so->is_null()) {
+    if (!so->is_object()) throw bad_request("'stream_options' must be an object", "stream_options");
+    p.include_usage = read_bool(*so, "include_usage", false);
+  }
+  if (const auto lp = body.find("logprobs"); lp != body.end() && !lp->is_null()) {
+    if (lp->is_boolean()) {
+      if (lp->get<bool>()) p.logprobs = 0;
+    } else {
+      p.logprobs = read_int(body, "logprobs", 0, 0, ">= 0");
+    }
+  }
+  // options that would change the result and that this server does not implement: refused, not ignored
+  if (read_int(body, "n", 1, 1, "at least 1") != 1) throw bad_request("only n = 1 is supported", "n");
+  if (read_int(body, "best_of", 1, 1, "at least 1") != 1) throw bad_request("only best_of = 1 is supported", "best_of");
+  if (read_bool(body, "echo", false)) throw bad_request("echo is not supported", "echo");
+  for (const char* k : {"presence_penalty", "frequency_penalty"})
+    if (read_number(body, k, 0.0) != 0.0) throw bad_request(fmt::format("'{}' is not supported (only 0)", k), k);
+  if (const auto s = body.find("suffix"); s != body.end() && !s->is_null()) throw bad_request("'suffix' is not supported", "suffix");
+  if (const auto s = body.find("logit_bias"); s != body.end() && !s->is_null() && !s->empty())
+    throw bad_request("'logit_bias' is not supported", "logit_bias");
+  return p;
+}
+
+json logprobs_json(const Tokenizer& tok, const std::vector<int32_t>& toks, const std::vector<float>& lps,
+                   size_t text_offset) {
+  json tokens = json::array(), values = json::array(), offsets = json::array();
+  for (size_t i = 0; i < toks.size(); ++i) {
+    const std::string piece = tok.decode({toks[i]});
+    tokens.push_back(piece);
+    values.push_back(lps[i]);
+    offsets.push_back(text_offset);
+    text_offset += piece.size();
+  }
+  return json{{"tokens", tokens}, {"token_logprobs", values}, {"top_logprobs", nullptr}, {"text_offset", offsets}};
+}
+
+int64_t unix_now() { return static_cast<int64_t>(std::time(nullptr)); }
+
+}  // namespace
+
+struct HttpServer::Impl {
+  Scheduler& sched;
+  const Tokenizer& tok;
+  ServeOptions opt;
+  httplib::Server http;
+  std::atomic<bool> draining{false};
+  std::atomic<int64_t> next_id{0};
+  int listen_fd = -1;
+  const int64_t created = unix_now();
+
+  Impl(Scheduler& s, const Tokenizer& t, ServeOptions o) : sched(s), tok(t), opt(std::move(o)) {}
+
+  bool authorized(const httplib::Request& req, httplib::Response& res) const {
+    if (opt.api_key.empty()) return true;
+    if (req.get_header_value("Authorization") == "Bearer " + opt.api_key) return true;
+    send_error(res, HttpError{401, "a valid API key is required: send 'Authorization: Bearer <key>'", "authentication_error", ""});
+    return false;
+  }
+
+  void completions(const httplib::Request& req, httplib::Response& res) {
+    if (!authorized(req, res)) return;
+    if (draining) return send_error(res, HttpError{503, "the server is shutting down", "service_unavailable", ""});
+    ParsedCompletion p;
+    std::shared_ptr<RequestStream> stream;
+    try {
+      p = parse_completion(req.body, tok, tok.vocab_size(), opt.model_name);
+      stream = sched.submit(p.request);
+    } catch (const HttpError& e) {
+      return send_error(res, e);
+    } catch (const InvalidRequest& e) {
+      return send_error(res, bad_request(e.what()));
+    } catch (const QueueFull& e) {
+      return send_error(res, HttpError{draining ? 503 : 429, e.what(), "rate_limit_error", ""});
+    }
+    const std::string id = fmt::format("cmpl-{}", next_id++);
+    const int64_t created_at = unix_now();
+    if (!p.stream) {
+      std::string text;
+      std::vector<int32_t> toks;
+      std::vector<float> lps;
+      StreamDelta d;
+      while (!d.finished) {
+        d = stream->wait_delta(1000ms);
+        text += d.text;
+        toks.insert(toks.end(), d.tokens.begin(), d.tokens.end());
+        lps.insert(lps.end(), d.logprobs.begin(), d.logprobs.end());
+      }
+      if (d.finish_reason == "error") return send_error(res, HttpError{500, d.error, "internal_error", ""});
+      json choice = {{"index", 0}, {"text", text}, {"finish_reason", d.finish_reason},
+                     {"logprobs", p.logprobs ? logprobs_json(tok, toks, lps, 0) : json(nullptr)}};
+      json body = {{"id", id}, {"object", "text_completion"}, {"created", created_at}, {"model", opt.model_name},
+                   {"choices", json::array({choice})},
+                   {"usage", {{"prompt_tokens", d.prompt_tokens}, {"completion_tokens", d.completion_tokens},
+                              {"total_tokens", d.prompt_tokens + d.completion_tokens}}}};
+      res.set_content(dump(body), "application/json");
+      return;
+    }
+    res.set_header("Cache-Control", "no-cache");
+    auto offset = std::make_shared<size_t>(0);
+    auto sent_done = std::make_shared<bool>(false);
+    Scheduler* sched_ptr = &sched;
+    res.set_chunked_content_provider(
+        "text/event-stream",
+        [this, p, stream, id, created_at, offset, sent_done](size_t, httplib::DataSink& sink) {
+          auto event = [&](const json& j) {
+            const std::string s = "data: " + dump(j) + "\n\n";
+            return sink.write(s.data(), s.size());
+          };
+          auto chunk = [&](const std::string& text, const json& logprobs, const json& finish) {
+            json c = {{"index", 0}, {"text", text}, {"logprobs", logprobs}, {"finish_reason", finish}};
+            return json{{"id", id}, {"object", "text_completion"}, {"created", created_at}, {"model", opt.model_name},
+                        {"choices", json::array({c})}};
+          };
+          const StreamDelta d = stream->wait_delta(500ms);
+          if (!d.text.empty() || !d.tokens.empty()) {
+            const json lp = p.logprobs ? logprobs_json(tok, d.tokens, d.logprobs, *offset) : json(nullptr);
+            *offset += d.text.size();
+            if (!event(chunk(d.text, lp, nullptr))) return false;  // the client left: the releaser cancels
+          } else if (!d.finished) {
+            static const char kKeepAlive[] = ": keep-alive\n\n";  // finds a client that left while we wait
+            return sink.write(kKeepAlive, sizeof(kKeepAlive) - 1);
+          }
+          if (!d.finished) return true;
+          if (d.finish_reason == "error") {
+            event(json{{"error", {{"message", d.error}, {"type", "internal_error"}, {"param", nullptr}, {"code", 500}}}});
+          } else {
+            if (!event(chunk("", nullptr, d.finish_reason))) return false;
+            if (p.include_usage) {
+              json u = {{"id", id}, {"object", "text_completion"}, {"created", created_at}, {"model", opt.model_name},
+                        {"choices", json::array()},
+                        {"usage", {{"prompt_tokens", d.prompt_tokens}, {"completion_tokens", d.completion_tokens},
+                                   {"total_tokens", d.prompt_tokens + d.completion_tokens}}}};
+              if (!event(u)) return false;
+            }
+          }
+          static const char kDone[] = "data: [DONE]\n\n";
+          if (!sink.write(kDone, sizeof(kDone) - 1)) return false;
+          *sent_done = true;
+          sink.done();
+          return true;
+        },
+        [sched_ptr, stream](bool) { sched_ptr->cancel(stream); });  // no-op once finished
+  }
+
+  void metrics(httplib::Response& res) const {
+    const SchedulerMetrics m = sched.metrics();
+    std::string out;
+    auto gauge = [&](const char* name, const char* help, double v, const char* type = "gauge") {
+      out += fmt::format("# HELP {} {}\n# TYPE {} {}\n{} {}\n", name, help, name, type, name, v);
+    };
+    auto histogram = [&](const char* name, const char* help, const std::vector<double>& bounds,
+                         const std::vector<int64_t>& buckets, double sum, int64_t count) {
+      out += fmt::format("# HELP {} {}\n# TYPE {} histogram\n", name, help, name);
+      for (size_t i = 0; i < bounds.size(); ++i) out += fmt::format("{}_bucket{{le=\"{}\"}} {}\n", name, bounds[i], buckets[i]);
+      out += fmt::format("{}_bucket{{le=\"+Inf\"}} {}\n{}_sum {}\n{}_count {}\n", name, count, name, sum, name, count);
+    };
+    gauge("sharq_num_requests_waiting", "Requests waiting to be scheduled.", static_cast<double>(m.waiting));
+    gauge("sharq_num_requests_running", "Requests holding a sequence in the executor.", static_cast<double>(m.running));
+    gauge("sharq_kv_blocks_used", "KV-cache blocks in use.", static_cast<double>(m.kv_blocks_used));
+    gauge("sharq_kv_blocks_total", "KV-cache blocks in all.", static_cast<double>(m.kv_blocks_total));
+    gauge("sharq_generation_tokens_per_second", "Generated tokens per second over the last 10 s.", m.tokens_per_second);
+    gauge("sharq_requests_finished_total", "Requests that ended (stop, length or error).",
+          static_cast<double>(m.requests_finished), "counter");
+    gauge("sharq_requests_cancelled_total", "Requests cancelled (a client that left).",
+          static_cast<double>(m.requests_cancelled), "counter");
+    gauge("sharq_requests_rejected_total", "Requests refused because the queue was full.",
+          static_cast<double>(m.requests_rejected), "counter");
+    gauge("sharq_preemptions_total", "Sequences preempted (recomputed) for want of KV blocks.",
+          static_cast<double>(m.preemptions), "counter");
+    gauge("sharq_prompt_tokens_total", "Tokens prefilled (recomputation included).", static_cast<double>(m.prompt_tokens),
+          "counter");
+    gauge("sharq_generation_tokens_total", "Tokens generated.", static_cast<double>(m.generation_tokens), "counter");
+    histogram("sharq_time_to_first_token_seconds", "Time from arrival to the first generated token.",
+              scheduler_ttft_bounds(), m.ttft_buckets, m.ttft_sum, m.ttft_count);
+    histogram("sharq_time_per_output_token_seconds", "Time between two generated tokens of a request.",
+              scheduler_tpot_bounds(), m.tpot_buckets, m.tpot_sum, m.tpot_count);
+    res.set_content(out, "text/plain; version=0.0.4");
+  }
+};
+
+HttpServer::HttpServer(Scheduler& scheduler, const Tokenizer& tokenizer, ServeOptions options)
+    : impl_(std::make_unique<Impl>(scheduler, tokenizer, std::move(options))) {
+  Impl& s = *impl_;
+  const SchedulerOptions& so = scheduler.options();
+  const size_t max_threads = static_cast<size_t>(
+      s.opt.max_connections > 0 ? s.opt.max_connections : so.max_num_seqs + so.max_queue + 64);
+  s.http.new_task_queue = [max_threads] { return new GrowingThreadPool(max_threads); };
+  s.http.set_socket_options([&s](socket_t fd) {  // SO_REUSEADDR only: a port in use is an error, not shared
+    int yes = 1;
+    ::setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &yes, sizeof(yes));
+    s.listen_fd = fd;
+  });
+  s.http.set_keep_alive_max_count(1000);
+  s.http.set_keep_alive_timeout(2);  // an idle keep-alive connection holds a thread; shutdown waits for it
+  s.http.set_payload_max_length(64u << 20);
+  s.http.Post("/v1/completions", [&s](const httplib::Request& req, httplib::Response& res) { s.completions(req, res); });
+  s.http.Get("/v1/models", [&s](const httplib::Request& req, httplib::Response& res) {
+    if (!s.authorized(req, res)) return;
+    json m = {{"id", s.opt.model_name}, {"object", "model"}, {"created", s.created}, {"owned_by", "sharq"},
+              {"max_model_len", s.sched.options().max_model_len}};
+    res.set_content(dump(json{{"object", "list"}, {"data", json::array({m})}}), "application/json");
+  });
+  s.http.Get("/health", [&s](const httplib::Request&, httplib::Response& res) {
+    if (s.draining) return send_error(res, HttpError{503, "the server is shutting down", "service_unavailable", ""});
+    res.set_content("{}", "application/json");
+  });
+  s.http.Get("/metrics", [&s](const httplib::Request&, httplib::Response& res) { s.metrics(res); });
+  s.http.set_error_handler([](const httplib::Request& req, httplib::Response& res) {
+    if (!res.body.empty()) return;
+    if (res.status == 404) send_error(res, HttpError{404, fmt::format("no route {} {}", req.method, req.path), "not_found_error", ""});
+  });
+  s.http.set_exception_handler([](const httplib::Request&, httplib::Response& res, std::exception_ptr ep) {
+    std::string what = "unknown error";
+    try {
+      std::rethrow_exception(ep);
+    } catch (const std::exception& e) {
+      what = e.what();
+    } catch (...) {
+    }
+    send_error(res, HttpError{500, what, "internal_error", ""});
+  });
+}
+
+HttpServer::~HttpServer() = default;
+
+int HttpServer::bind() {
+  Impl& s = *impl_;
+  const int port = s.opt.port == 0 ? s.http.bind_to_any_port(s.opt.host)
+                                   : (s.http.bind_to_port(s.opt.host, s.opt.port) ? s.opt.port : -1);
+  if (port < 0) throw std::runtime_error(fmt::format("serve: cannot listen on {}:{} (in use, or not an address of this "
+                                                     "machine)", s.opt.host, s.opt.port));
+  // cpp-httplib listens with a backlog of 5, compiled into the library; Linux lets a second
+  // listen() on the same socket raise it, so that a burst of connections is not dropped
+  if (s.listen_fd >= 0) ::listen(s.listen_fd, s.opt.listen_backlog);
+  return port;
+}
+
+void HttpServer::listen() { impl_->http.listen_after_bind(); }
+
+void HttpServer::shutdown() {
+  impl_->draining = true;
+  impl_->http.stop();
+}
+
+// ---- the command
+
+int run_serve(const ServeCommandOptions& o, const ExecutorFactory& make_executor) {
+  const Scheme scheme = parse_scheme(o.scheme);
+  const ModelWeights weights = load_model_weights(o.model, LoadOptions{o.allow_nonfinite});
+  const auto tok = load_tokenizer_for(o.model, o.tokenizer, weights.config);
+  const std::unique_ptr<Executor> ex = make_executor(weights, scheme);
+  Scheduler sched(*ex, *tok, o.scheduler);
+  ServeOptions so = o.server;
+  so.model_name = o.served_model_name.empty() ? o.model : o.served_model_name;
+  HttpServer server(sched, *tok, so);
+
+  // SIGTERM/SIGINT are taken by sigwait on this thread only (blocked in every thread started
+  // below); a client that leaves must not kill the server with SIGPIPE
+  sigset_t stop_signals;
+  sigemptyset(&stop_signals);
+  sigaddset(&stop_signals, SIGTERM);
+  sigaddset(&stop_signals, SIGINT);
+  pthread_sigmask(SIG_BLOCK, &stop_signals, nullptr);
+  std::signal(SIGPIPE, SIG_IGN);
+
+  const int port = server.bind();
+  std::thread engine([&] { sched.run(); });
+  std::atomic<bool> http_done{false};
+  std::thread http([&] {
+    server.listen();
+    http_done = true;
+  });
+  std::fprintf(stderr, "sharq: serving %s on http://%s:%d (max_model_len %lld, max_num_seqs %lld, %lld KV blocks)\n",
+               so.model_name.c_str(), so.host.c_str(), port, static_cast<long long>(sched.options().max_model_len),
+               static_cast<long long>(sched.options().max_num_seqs), static_cast<long long>(sched.options().kv_blocks));
+  std::fflush(stderr);
+  int sig = 0;
+  const timespec tick{0, 200 * 1000 * 1000};
+  while (!http_done) {
+    sig = sigtimedwait(&stop_signals, nullptr, &tick);
+    if (sig > 0) break;
+  }
+  if (sig > 0) std::fprintf(stderr, "sharq: %s: draining in-flight requests\n", sig == SIGTERM ? "SIGTERM" : "SIGINT");
+  server.shutdown();
+  http.join();   // every connection finished: their requests drained through the running engine
+  sched.stop(/*drain=*/true);
+  engine.join();
+  std::fprintf(stderr, "sharq: server stopped\n");
+  return 0;
+}
+
+}  // namespace sharq
