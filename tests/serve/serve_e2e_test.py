@@ -64,10 +64,10 @@ class Server:
             self.proc.wait(TIMEOUT)
 
 
-def post(server, body, headers=None, raw=None):
-    """(status, parsed JSON body) of a POST /v1/completions."""
+def post(server, body, headers=None, raw=None, path="/v1/completions"):
+    """(status, parsed JSON body) of a POST /v1/completions (or another path)."""
     data = raw if raw is not None else json.dumps(body).encode()
-    req = urllib.request.Request(server.url("/v1/completions"), data=data,
+    req = urllib.request.Request(server.url(path), data=data,
                                  headers={"Content-Type": "application/json", **(headers or {})})
     try:
         with urllib.request.urlopen(req, timeout=TIMEOUT) as r:
@@ -76,9 +76,9 @@ def post(server, body, headers=None, raw=None):
         return e.code, json.loads(e.read())
 
 
-def stream(server, body):
+def stream(server, body, path="/v1/completions"):
     """The SSE events (parsed) of a streaming completion, up to [DONE]."""
-    req = urllib.request.Request(server.url("/v1/completions"), data=json.dumps({**body, "stream": True}).encode(),
+    req = urllib.request.Request(server.url(path), data=json.dumps({**body, "stream": True}).encode(),
                                  headers={"Content-Type": "application/json"})
     events = []
     with urllib.request.urlopen(req, timeout=TIMEOUT) as r:
@@ -350,6 +350,55 @@ def case_500_concurrent_streams():
         m = metrics(s)
         assert m["sharq_kv_blocks_used"] == 0 and m["sharq_requests_finished_total"] == n, m
         assert s.stop() == 0
+
+
+CHAT_TEMPLATE = """{%- for m in messages %}<|{{ m.role }}|>{{ m.content }}
+{% endfor %}{% if add_generation_prompt %}<|assistant|>{% endif %}"""
+
+
+def case_chat_completions_follow_the_template():
+    """The chat endpoint renders the template, and its answer is the completion of the rendered
+    prompt's ids (`sharq template --ids`); streamed deltas concatenate to it; a server without a
+    template, or a malformed conversation, answers 400."""
+    import tempfile
+    with tempfile.TemporaryDirectory() as d:
+        tmpl = os.path.join(d, "chat.jinja")
+        with open(tmpl, "w") as f:
+            f.write(CHAT_TEMPLATE)
+        msgs = [{"role": "system", "content": None}, {"role": "user", "content": [{"type": "text", "text": "Once upon"},
+                                                                                {"type": "text", "text": " a time"}]}]
+        norm = [{"role": "system", "content": ""}, {"role": "user", "content": "Once upon a time"}]
+        mfile = os.path.join(d, "m.json")
+        with open(mfile, "w") as f:
+            json.dump(norm, f)
+        out = subprocess.run([CLI, "template", tmpl, "--tokenizer", TOK, "--messages", mfile, "--ids"], capture_output=True,
+                             text=True, timeout=TIMEOUT, check=True)
+        ids = json.loads(out.stdout)["ids"]
+        with Server("--chat-template", tmpl) as s:
+            body = {"messages": msgs, "max_tokens": 20, "temperature": 0, "seed": 3}
+            st, r = post(s, body, path="/v1/chat/completions")
+            assert st == 200, r
+            assert r["object"] == "chat.completion" and r["id"].startswith("chatcmpl-"), r
+            msg = r["choices"][0]["message"]
+            assert msg["role"] == "assistant", msg
+            assert r["usage"]["prompt_tokens"] == len(ids), (r["usage"], len(ids))
+            st, c = post(s, {"prompt": ids, "max_tokens": 20, "temperature": 0, "seed": 3})
+            assert st == 200, c
+            assert (msg["content"] or "") == c["choices"][0]["text"], (msg, c)
+            ev = stream(s, body, path="/v1/chat/completions")
+            assert ev[0]["choices"][0]["delta"].get("role") == "assistant", ev[0]
+            text = "".join(e["choices"][0]["delta"].get("content", "") for e in ev if e["choices"])
+            assert text == (msg["content"] or ""), (text, msg)
+            assert ev[-1]["choices"][0]["finish_reason"] in ("stop", "length"), ev[-1]
+            for bad in ({"messages": []}, {"messages": "hi"}, {"messages": [{"role": "user", "content": 3}]},
+                        {"messages": norm, "top_logprobs": 2}, {"messages": norm, "max_tokens": 0}):
+                st, r = post(s, bad, path="/v1/chat/completions")
+                assert st == 400 and r["error"]["message"], (bad, st, r)
+            assert s.stop() == 0
+        with Server() as s:  # stories260K has no chat template of its own
+            st, r = post(s, {"messages": norm}, path="/v1/chat/completions")
+            assert st == 400 and "chat template" in r["error"]["message"], (st, r)
+            assert s.stop() == 0
 
 
 if __name__ == "__main__":

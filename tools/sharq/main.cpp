@@ -247,6 +247,7 @@ int cmd_serve(const sharq::ServeCommandOptions& o) {
                              "-DSHARQ_CUDA=ON)");
 #endif
   }
+  if (!o.chat_template.empty()) check_input_path(o.chat_template, "--chat-template", PathKind::kFileOrDir);
   g_activity = fmt::format("serve {}", o.model);
   return sharq::run_serve(o, make);
 }
@@ -418,6 +419,9 @@ int main(int argc, char** argv) {
   sv->add_option("--host", so.server.host, "address to listen on")->capture_default_str();
   add_number<int>(sv, "--port", so.server.port, "port to listen on (0: an ephemeral port, printed at start)", 0, 65535);
   sv->add_option("--served-model-name", so.served_model_name, "the model name of the API (default: MODEL as given)");
+  sv->add_option("--chat-template", so.chat_template,
+                 "chat template for /v1/chat/completions: a .jinja file, or a directory / tokenizer_config.json "
+                 "(default: the model's own, when it has one)");
   add_number<int64_t>(sv, "--max-model-len", so.scheduler.max_model_len,
                       "positions per request, prompt + max_tokens (0: the model's max_position_embeddings)", 0);
   add_number<int64_t>(sv, "--max-num-seqs", so.scheduler.max_num_seqs, "requests running at once", 1);

@@ -4,9 +4,13 @@
 #include <cstdio>
 #include <ctime>
 #include <deque>
+#include <filesystem>
+#include <fstream>
 #include <functional>
+#include <optional>
 #include <random>
 #include <thread>
+#include <tuple>
 #include <vector>
 
 #include <pthread.h>
@@ -16,6 +20,8 @@
 #include <httplib.h>
 #include <nlohmann/json.hpp>
 
+#include "sharq/chat/chat_template.h"
+#include "sharq/chat/response_parser.h"
 #include "sharq/model/weights.h"
 #include "sharq/quant/scheme.h"
 
@@ -155,8 +161,9 @@ struct ParsedCompletion {
   std::optional<int64_t> logprobs;
 };
 
-ParsedCompletion parse_completion(const std::string& body_text, const Tokenizer& tok, int64_t vocab,
-                                  const std::string& model_name) {
+void parse_options(const json& body, ParsedCompletion& p, bool chat);
+
+json parse_body(const std::string& body_text) {
   json body;
   try {
     body = json::parse(body_text);
@@ -164,13 +171,23 @@ ParsedCompletion parse_completion(const std::string& body_text, const Tokenizer&
     throw bad_request(fmt::format("the request body is not valid JSON: {}", e.what()));
   }
   if (!body.is_object()) throw bad_request(fmt::format("the request body must be a JSON object, got {}", type_name(body)));
-  ParsedCompletion p;
+  return body;
+}
+
+void check_model(const json& body, const std::string& model_name) {
   if (const auto m = body.find("model"); m != body.end() && !m->is_null()) {
     if (!m->is_string()) throw bad_request(fmt::format("'model' must be a string, got {}", type_name(*m)), "model");
     if (m->get<std::string>() != model_name)
       throw HttpError{404, fmt::format("The model `{}` does not exist (this server serves `{}`).", m->get<std::string>(),
                                        model_name), "NotFoundError", "model"};
   }
+}
+
+ParsedCompletion parse_completion(const std::string& body_text, const Tokenizer& tok, int64_t vocab,
+                                  const std::string& model_name) {
+  const json body = parse_body(body_text);
+  ParsedCompletion p;
+  check_model(body, model_name);
   const auto pr = body.find("prompt");
   if (pr == body.end() || pr->is_null()) throw bad_request("'prompt' is required", "prompt");
   if (pr->is_string()) {
@@ -187,6 +204,13 @@ ParsedCompletion parse_completion(const std::string& body_text, const Tokenizer&
     throw bad_request(fmt::format("'prompt' must be a string or a list of token ids, got {}", type_name(*pr)), "prompt");
   }
   p.request.max_tokens = read_int(body, "max_tokens", 16, 1, "at least 1");
+  parse_options(body, p, /*chat=*/false);
+  return p;
+}
+
+// The sampling, stop, streaming and logprob fields shared by both endpoints; options that would
+// change the result and that this server does not implement are refused, not ignored.
+void parse_options(const json& body, ParsedCompletion& p, bool chat) {
   const double temperature = read_number(body, "temperature", 1.0);
   if (!(temperature >= 0.0 && temperature <= 1e6))
     throw bad_request(fmt::format("'temperature' must be >= 0, got {}", temperature), "temperature");
@@ -219,7 +243,11 @@ ParsedCompletion parse_completion(const std::string& body_text, const Tokenizer&
     if (!so->is_object()) throw bad_request("'stream_options' must be an object", "stream_options");
     p.include_usage = read_bool(*so, "include_usage", false);
   }
-  if (const auto lp = body.find("logprobs"); lp != body.end() && !lp->is_null()) {
+  if (chat) {  // chat: "logprobs" a boolean, "top_logprobs" 0 (the alternatives are not computed)
+    if (read_bool(body, "logprobs", false)) p.logprobs = 0;
+    if (read_int(body, "top_logprobs", 0, 0, ">= 0") != 0)
+      throw bad_request("only top_logprobs = 0 is supported (the chosen token's logprob)", "top_logprobs");
+  } else if (const auto lp = body.find("logprobs"); lp != body.end() && !lp->is_null()) {
     if (lp->is_boolean()) {
       if (lp->get<bool>()) p.logprobs = 0;
     } else {
@@ -235,7 +263,6 @@ ParsedCompletion parse_completion(const std::string& body_text, const Tokenizer&
   if (const auto s = body.find("suffix"); s != body.end() && !s->is_null()) throw bad_request("'suffix' is not supported", "suffix");
   if (const auto s = body.find("logit_bias"); s != body.end() && !s->is_null() && !s->empty())
     throw bad_request("'logit_bias' is not supported", "logit_bias");
-  return p;
 }
 
 json logprobs_json(const Tokenizer& tok, const std::vector<int32_t>& toks, const std::vector<float>& lps,
@@ -251,6 +278,87 @@ json logprobs_json(const Tokenizer& tok, const std::vector<int32_t>& toks, const
   return json{{"tokens", tokens}, {"token_logprobs", values}, {"top_logprobs", nullptr}, {"text_offset", offsets}};
 }
 
+// An OpenAI chat request: the messages rendered by the model's chat template (content null -> "",
+// a list of text parts -> their concatenation, as vLLM normalizes them), tools, and
+// chat_template_kwargs (e.g. enable_thinking) as template variables; then the shared options.
+struct ParsedChat {
+  ParsedCompletion c;
+  bool tools = false;
+};
+
+ParsedChat parse_chat(const std::string& body_text, const chat::ChatTemplate& tmpl, const Tokenizer& tok,
+                      const std::string& model_name, int64_t max_model_len) {
+  const json body = parse_body(body_text);  // (the options; the messages, tools and template
+  check_model(body, model_name);            //  variables keep their key order: ordered_json below)
+  ParsedChat p;
+  using ojson = nlohmann::ordered_json;
+  ojson ob = ojson::parse(body_text);
+  auto odump = [](const ojson& j) { return j.dump(-1, ' ', false, ojson::error_handler_t::replace); };
+  auto it = ob.find("messages");
+  if (it == ob.end() || !it->is_array() || it->empty())
+    throw bad_request("'messages' must be a non-empty list of message objects", "messages");
+  for (ojson& m : *it) {
+    if (!m.is_object()) throw bad_request("every message must be an object", "messages");
+    auto c = m.find("content");
+    if (c == m.end() || c->is_null()) {
+      m["content"] = "";
+    } else if (c->is_array()) {
+      std::string text;
+      for (const ojson& part : *c) {
+        if (!part.is_object() || part.value("type", "") != "text" || !part.contains("text") || !part["text"].is_string())
+          throw bad_request("message content parts must be {\"type\": \"text\", \"text\": ...} (no images or audio)",
+                            "messages");
+        text += part["text"].get<std::string>();
+      }
+      *c = text;
+    } else if (!c->is_string()) {
+      throw bad_request("message content must be a string, a list of text parts or null", "messages");
+    }
+  }
+  chat::ChatInput in;
+  try {
+    in.messages = chat::parse_messages_json(odump(*it), "the request's messages");
+    if (auto t = ob.find("tools"); t != ob.end() && !t->is_null()) {
+      in.tools = chat::parse_tools_json(odump(*t), "the request's tools");
+      p.tools = !t->empty();
+    }
+  } catch (const chat::ChatTemplateError& e) {
+    throw bad_request(e.what(), "messages");
+  }
+  if (auto k = ob.find("chat_template_kwargs"); k != ob.end() && !k->is_null()) {
+    if (!k->is_object()) throw bad_request("'chat_template_kwargs' must be an object", "chat_template_kwargs");
+    for (auto kv = k->begin(); kv != k->end(); ++kv) in.extra.emplace_back(kv.key(), jinja::Value::from_json(kv.value()));
+  }
+  in.add_generation_prompt = read_bool(body, "add_generation_prompt", true);
+  std::string text;
+  try {
+    text = tmpl.render(in);
+  } catch (const std::exception& e) {  // the template's raise_exception, or a render error: the request's fault
+    throw bad_request(fmt::format("the chat template refused the messages: {}", e.what()), "messages");
+  }
+  p.c.request.prompt = tmpl.encode(tok, text);
+  if (p.c.request.prompt.empty()) throw bad_request("the chat template rendered an empty prompt", "messages");
+  // max_completion_tokens (or the older max_tokens); default: what the context leaves
+  const int64_t room = std::max<int64_t>(1, max_model_len - static_cast<int64_t>(p.c.request.prompt.size()));
+  p.c.request.max_tokens = body.contains("max_completion_tokens") && !body["max_completion_tokens"].is_null()
+                               ? read_int(body, "max_completion_tokens", room, 1, "at least 1")
+                               : read_int(body, "max_tokens", room, 1, "at least 1");
+  parse_options(body, p.c, /*chat=*/true);
+  return p;
+}
+
+// The chat logprobs object: {"content": [{"token", "logprob", "bytes", "top_logprobs": []}]}.
+json chat_logprobs_json(const Tokenizer& tok, const std::vector<int32_t>& toks, const std::vector<float>& lps) {
+  json content = json::array();
+  for (size_t i = 0; i < toks.size(); ++i) {
+    const std::string piece = tok.decode({toks[i]});
+    json bytes = json::array();
+    for (unsigned char ch : piece) bytes.push_back(static_cast<int>(ch));
+    content.push_back(json{{"token", piece}, {"logprob", lps[i]}, {"bytes", bytes}, {"top_logprobs", json::array()}});
+  }
+  return json{{"content", content}};
+}
+
 int64_t unix_now() { return static_cast<int64_t>(std::time(nullptr)); }
 
 }  // namespace
@@ -264,8 +372,10 @@ struct HttpServer::Impl {
   std::atomic<int64_t> next_id{0};
   int listen_fd = -1;
   const int64_t created = unix_now();
+  const chat::ChatTemplate* chat = nullptr;  // the model's chat template (none: /v1/chat/completions is a 400)
 
-  Impl(Scheduler& s, const Tokenizer& t, ServeOptions o) : sched(s), tok(t), opt(std::move(o)) {}
+  Impl(Scheduler& s, const Tokenizer& t, ServeOptions o, const chat::ChatTemplate* c)
+      : sched(s), tok(t), opt(std::move(o)), chat(c) {}
 
   bool authorized(const httplib::Request& req, httplib::Response& res) const {
     if (opt.api_key.empty()) return true;
@@ -276,11 +386,34 @@ struct HttpServer::Impl {
 
   void completions(const httplib::Request& req, httplib::Response& res) {
     if (!authorized(req, res)) return;
+    serve(res, [&] { return std::make_pair(parse_completion(req.body, tok, tok.vocab_size(), opt.model_name), false); },
+          false);
+  }
+
+  void chat_completions(const httplib::Request& req, httplib::Response& res) {
+    if (!authorized(req, res)) return;
+    if (!chat)
+      return send_error(res, bad_request("this model has no chat template (chat_template.jinja or tokenizer_config.json's "
+                                         "chat_template; or start the server with --chat-template FILE): use "
+                                         "/v1/completions", "messages"));
+    serve(res, [&] {
+      ParsedChat c = parse_chat(req.body, *chat, tok, opt.model_name, sched.options().max_model_len);
+      return std::make_pair(std::move(c.c), c.tools);
+    }, true);
+  }
+
+  // Parses (parse() returns the request and whether tools were given; it throws HttpError or
+  // InvalidRequest), submits, and answers: one JSON body, or an
+  // SSE stream of chunks. chat: the chat.completion objects; the final text is parsed as vLLM's
+  // qwen3 reasoning and hermes tool parsers do (non-streamed responses; a stream carries the raw text).
+  template <class Parse>
+  void serve(httplib::Response& res, Parse&& parse, bool chat_api) {
     if (draining) return send_error(res, HttpError{503, "the server is shutting down", "service_unavailable", ""});
     ParsedCompletion p;
+    bool tools = false;
     std::shared_ptr<RequestStream> stream;
     try {
-      p = parse_completion(req.body, tok, tok.vocab_size(), opt.model_name);
+      std::tie(p, tools) = parse();
       stream = sched.submit(p.request);
     } catch (const HttpError& e) {
       return send_error(res, e);
@@ -289,8 +422,13 @@ struct HttpServer::Impl {
     } catch (const QueueFull& e) {
       return send_error(res, HttpError{draining ? 503 : 429, e.what(), "rate_limit_error", ""});
     }
-    const std::string id = fmt::format("cmpl-{}", next_id++);
+    const std::string id = fmt::format("{}-{}", chat_api ? "chatcmpl" : "cmpl", next_id++);
     const int64_t created_at = unix_now();
+    const char* object = chat_api ? "chat.completion" : "text_completion";
+    auto usage = [](const StreamDelta& d) {
+      return json{{"prompt_tokens", d.prompt_tokens}, {"completion_tokens", d.completion_tokens},
+                  {"total_tokens", d.prompt_tokens + d.completion_tokens}};
+    };
     if (!p.stream) {
       std::string text;
       std::vector<int32_t> toks;
@@ -303,34 +441,52 @@ struct HttpServer::Impl {
         lps.insert(lps.end(), d.logprobs.begin(), d.logprobs.end());
       }
       if (d.finish_reason == "error") return send_error(res, HttpError{500, d.error, "internal_error", ""});
-      json choice = {{"index", 0}, {"text", text}, {"finish_reason", d.finish_reason},
-                     {"logprobs", p.logprobs ? logprobs_json(tok, toks, lps, 0) : json(nullptr)}};
-      json body = {{"id", id}, {"object", "text_completion"}, {"created", created_at}, {"model", opt.model_name},
-                   {"choices", json::array({choice})},
-                   {"usage", {{"prompt_tokens", d.prompt_tokens}, {"completion_tokens", d.completion_tokens},
-                              {"total_tokens", d.prompt_tokens + d.completion_tokens}}}};
+      json choice;
+      if (chat_api) {
+        const chat::ParsedResponse r = chat::parse_qwen3_response(text, true, tools);
+        const std::string call_prefix = fmt::format("call_{}_", id);
+        choice = {{"index", 0}, {"message", json::parse(chat::response_message_json(r, call_prefix))},
+                  {"finish_reason", r.tool_calls.empty() ? d.finish_reason : std::string("tool_calls")},
+                  {"logprobs", p.logprobs ? chat_logprobs_json(tok, toks, lps) : json(nullptr)}};
+      } else {
+        choice = {{"index", 0}, {"text", text}, {"finish_reason", d.finish_reason},
+                  {"logprobs", p.logprobs ? logprobs_json(tok, toks, lps, 0) : json(nullptr)}};
+      }
+      json body = {{"id", id}, {"object", object}, {"created", created_at}, {"model", opt.model_name},
+                   {"choices", json::array({choice})}, {"usage", usage(d)}};
       res.set_content(dump(body), "application/json");
       return;
     }
     res.set_header("Cache-Control", "no-cache");
     auto offset = std::make_shared<size_t>(0);
-    auto sent_done = std::make_shared<bool>(false);
+    auto first = std::make_shared<bool>(true);
     Scheduler* sched_ptr = &sched;
     res.set_chunked_content_provider(
         "text/event-stream",
-        [this, p, stream, id, created_at, offset, sent_done](size_t, httplib::DataSink& sink) {
+        [this, p, stream, id, created_at, offset, first, chat_api, usage](size_t, httplib::DataSink& sink) {
           auto event = [&](const json& j) {
             const std::string s = "data: " + dump(j) + "\n\n";
             return sink.write(s.data(), s.size());
           };
+          const char* chunk_object = chat_api ? "chat.completion.chunk" : "text_completion";
           auto chunk = [&](const std::string& text, const json& logprobs, const json& finish) {
-            json c = {{"index", 0}, {"text", text}, {"logprobs", logprobs}, {"finish_reason", finish}};
-            return json{{"id", id}, {"object", "text_completion"}, {"created", created_at}, {"model", opt.model_name},
+            json c;
+            if (chat_api) {
+              json delta = json::object();
+              if (*first) delta["role"] = "assistant";
+              if (!text.empty() || *first) delta["content"] = text;
+              *first = false;
+              c = {{"index", 0}, {"delta", delta}, {"logprobs", logprobs}, {"finish_reason", finish}};
+            } else {
+              c = {{"index", 0}, {"text", text}, {"logprobs", logprobs}, {"finish_reason", finish}};
+            }
+            return json{{"id", id}, {"object", chunk_object}, {"created", created_at}, {"model", opt.model_name},
                         {"choices", json::array({c})}};
           };
           const StreamDelta d = stream->wait_delta(500ms);
           if (!d.text.empty() || !d.tokens.empty()) {
-            const json lp = p.logprobs ? logprobs_json(tok, d.tokens, d.logprobs, *offset) : json(nullptr);
+            json lp = nullptr;
+            if (p.logprobs) lp = chat_api ? chat_logprobs_json(tok, d.tokens, d.logprobs) : logprobs_json(tok, d.tokens, d.logprobs, *offset);
             *offset += d.text.size();
             if (!event(chunk(d.text, lp, nullptr))) return false;  // the client left: the releaser cancels
           } else if (!d.finished) {
@@ -343,16 +499,13 @@ struct HttpServer::Impl {
           } else {
             if (!event(chunk("", nullptr, d.finish_reason))) return false;
             if (p.include_usage) {
-              json u = {{"id", id}, {"object", "text_completion"}, {"created", created_at}, {"model", opt.model_name},
-                        {"choices", json::array()},
-                        {"usage", {{"prompt_tokens", d.prompt_tokens}, {"completion_tokens", d.completion_tokens},
-                                   {"total_tokens", d.prompt_tokens + d.completion_tokens}}}};
+              json u = {{"id", id}, {"object", chunk_object}, {"created", created_at}, {"model", opt.model_name},
+                        {"choices", json::array()}, {"usage", usage(d)}};
               if (!event(u)) return false;
             }
           }
           static const char kDone[] = "data: [DONE]\n\n";
           if (!sink.write(kDone, sizeof(kDone) - 1)) return false;
-          *sent_done = true;
           sink.done();
           return true;
         },
@@ -395,8 +548,9 @@ struct HttpServer::Impl {
   }
 };
 
-HttpServer::HttpServer(Scheduler& scheduler, const Tokenizer& tokenizer, ServeOptions options)
-    : impl_(std::make_unique<Impl>(scheduler, tokenizer, std::move(options))) {
+HttpServer::HttpServer(Scheduler& scheduler, const Tokenizer& tokenizer, ServeOptions options,
+                       const chat::ChatTemplate* chat_template)
+    : impl_(std::make_unique<Impl>(scheduler, tokenizer, std::move(options), chat_template)) {
   Impl& s = *impl_;
   const SchedulerOptions& so = scheduler.options();
   const size_t max_threads = static_cast<size_t>(
@@ -411,6 +565,8 @@ HttpServer::HttpServer(Scheduler& scheduler, const Tokenizer& tokenizer, ServeOp
   s.http.set_keep_alive_timeout(2);  // an idle keep-alive connection holds a thread; shutdown waits for it
   s.http.set_payload_max_length(64u << 20);
   s.http.Post("/v1/completions", [&s](const httplib::Request& req, httplib::Response& res) { s.completions(req, res); });
+  s.http.Post("/v1/chat/completions",
+              [&s](const httplib::Request& req, httplib::Response& res) { s.chat_completions(req, res); });
   s.http.Get("/v1/models", [&s](const httplib::Request& req, httplib::Response& res) {
     if (!s.authorized(req, res)) return;
     json m = {{"id", s.opt.model_name}, {"object", "model"}, {"created", s.created}, {"owned_by", "sharq"},
@@ -461,15 +617,46 @@ void HttpServer::shutdown() {
 
 // ---- the command
 
+// The chat template: --chat-template, else the model's or the tokenizer's directory when it has one
+// (chat_template.jinja, or tokenizer_config.json with "chat_template"); none otherwise. A template
+// that does not parse or render is an error here, at start-up, naming the file.
+std::optional<chat::ChatTemplate> load_chat_template(const ServeCommandOptions& o) {
+  namespace fs = std::filesystem;
+  std::string path = o.chat_template;
+  if (path.empty()) {
+    for (const std::string& cand : {o.tokenizer, o.model}) {
+      if (cand.empty()) continue;
+      const fs::path dir = fs::is_directory(cand) ? fs::path(cand) : fs::path(cand).parent_path();
+      if (fs::exists(dir / "chat_template.jinja")) {
+        path = dir.string();
+        break;
+      }
+      if (fs::exists(dir / "tokenizer_config.json")) {
+        std::ifstream f(dir / "tokenizer_config.json");
+        const nlohmann::json cfg = nlohmann::json::parse(f, nullptr, /*allow_exceptions=*/false);
+        if (cfg.is_object() && cfg.contains("chat_template") && !cfg["chat_template"].is_null()) {
+          path = dir.string();
+          break;
+        }
+      }
+    }
+    if (path.empty()) return std::nullopt;
+  }
+  std::optional<chat::ChatTemplate> t = chat::ChatTemplate::load(path);
+  t->validate();
+  return t;
+}
+
 int run_serve(const ServeCommandOptions& o, const ExecutorFactory& make_executor) {
   const Scheme scheme = parse_scheme(o.scheme);
+  const std::optional<chat::ChatTemplate> chat_template = load_chat_template(o);  // before the (slow) model load
   const ModelWeights weights = load_model_weights(o.model, LoadOptions{o.allow_nonfinite});
   const auto tok = load_tokenizer_for(o.model, o.tokenizer, weights.config);
   const std::unique_ptr<Executor> ex = make_executor(weights, scheme);
   Scheduler sched(*ex, *tok, o.scheduler);
   ServeOptions so = o.server;
   so.model_name = o.served_model_name.empty() ? o.model : o.served_model_name;
-  HttpServer server(sched, *tok, so);
+  HttpServer server(sched, *tok, so, chat_template ? &*chat_template : nullptr);
 
   // SIGTERM/SIGINT are taken by sigwait on this thread only (blocked in every thread started
   // below); a client that leaves must not kill the server with SIGPIPE
@@ -487,9 +674,11 @@ int run_serve(const ServeCommandOptions& o, const ExecutorFactory& make_executor
     server.listen();
     http_done = true;
   });
-  std::fprintf(stderr, "sharq: serving %s on http://%s:%d (max_model_len %lld, max_num_seqs %lld, %lld KV blocks)\n",
-               so.model_name.c_str(), so.host.c_str(), port, static_cast<long long>(sched.options().max_model_len),
-               static_cast<long long>(sched.options().max_num_seqs), static_cast<long long>(sched.options().kv_blocks));
+  std::fprintf(stderr, "sharq: serving %s on http://%s:%d (max_model_len %lld, max_num_seqs %lld, %lld KV blocks; chat "
+               "template: %s)\n", so.model_name.c_str(), so.host.c_str(), port,
+               static_cast<long long>(sched.options().max_model_len), static_cast<long long>(sched.options().max_num_seqs),
+               static_cast<long long>(sched.options().kv_blocks),
+               chat_template ? chat_template->origin().c_str() : "none: /v1/chat/completions answers 400");
   std::fflush(stderr);
   int sig = 0;
   const timespec tick{0, 200 * 1000 * 1000};

@@ -8,7 +8,8 @@
 //     A connection thread only parses, submits to the scheduler and reads its request's stream;
 //     it never touches the executor;
 //   - the caller's thread waits for SIGTERM/SIGINT (run_serve).
-// Endpoints: POST /v1/completions (SSE streaming or not), GET /v1/models, /health, /metrics.
+// Endpoints: POST /v1/completions and /v1/chat/completions (SSE streaming or not), GET /v1/models,
+// /health, /metrics.
 #pragma once
 
 #include <atomic>
@@ -16,6 +17,7 @@
 #include <memory>
 #include <string>
 
+#include "sharq/chat/chat_template.h"
 #include "sharq/runtime/scheduler.h"
 
 namespace sharq {
@@ -31,7 +33,10 @@ struct ServeOptions {
 
 class HttpServer {
  public:
-  HttpServer(Scheduler& scheduler, const Tokenizer& tokenizer, ServeOptions options);
+  // chat_template: the model's chat template for /v1/chat/completions (null: that endpoint answers
+  // 400); it must outlive the server.
+  HttpServer(Scheduler& scheduler, const Tokenizer& tokenizer, ServeOptions options,
+             const chat::ChatTemplate* chat_template = nullptr);
   ~HttpServer();
   HttpServer(const HttpServer&) = delete;
   HttpServer& operator=(const HttpServer&) = delete;
@@ -54,6 +59,7 @@ class HttpServer {
 struct ServeCommandOptions {
   std::string model, tokenizer, scheme = "fp32", device = "cpu";
   std::string served_model_name;  // "": the model argument
+  std::string chat_template;      // a .jinja file or a directory / tokenizer_config.json ("": the model's own)
   SchedulerOptions scheduler;
   ServeOptions server;
   bool allow_nonfinite = false;
