@@ -12,6 +12,8 @@
 
 #include <nlohmann/json.hpp>
 
+#include "../support/temp_dir.h"
+
 namespace {
 
 namespace fs = std::filesystem;
@@ -29,21 +31,6 @@ ojson read_json(const std::string& path) {
   return ojson::parse(in);
 }
 
-struct TempDir {
-  fs::path path;
-  TempDir() {
-    path = fs::temp_directory_path() / ("sharq_chat_" + std::to_string(::testing::UnitTest::GetInstance()->random_seed()) +
-                                        "_" + ::testing::UnitTest::GetInstance()->current_test_info()->name());
-    fs::remove_all(path);
-    fs::create_directories(path);
-  }
-  ~TempDir() { fs::remove_all(path); }
-  std::string write(const std::string& name, const std::string& content) const {
-    std::ofstream(path / name, std::ios::binary) << content;
-    return (path / name).string();
-  }
-  std::string str() const { return path.string(); }
-};
 
 std::string load_error(const std::string& path) {
   try {
@@ -107,7 +94,7 @@ TEST(ChatTemplate, Qwen3ValidatesAndThinkingSwitch) {
 // know "<s>" as text.
 TEST(ChatTemplate, BosWrittenByTheTemplateIsNotDoubled) {
   if (!fs::exists(kStoriesDir + "/tok512.bin")) GTEST_SKIP() << "no stories260K tok512.bin";
-  TempDir d;
+  sharq_test::TempDir d("sharq_chat");
   fs::copy_file(kStoriesDir + "/tok512.bin", d.path / "tok512.bin");
   ojson cfg;
   cfg["bos_token"] = {{"content", "<s>"}, {"lstrip", false}};  // the AddedToken form
@@ -147,7 +134,7 @@ TEST(ChatTemplate, BosWrittenByTheTemplateIsNotDoubled) {
 }
 
 TEST(ChatTemplate, ChatTemplateJinjaTakesPrecedence) {
-  TempDir d;
+  sharq_test::TempDir d("sharq_chat");
   d.write("tokenizer_config.json", R"({"chat_template": "from config", "eos_token": "E"})");
   EXPECT_EQ(ChatTemplate::load(d.str()).render(ChatInput{}), "from config");
   d.write("chat_template.jinja", "from jinja {{ eos_token }}\n");
@@ -158,7 +145,7 @@ TEST(ChatTemplate, ChatTemplateJinjaTakesPrecedence) {
 }
 
 TEST(ChatTemplate, NamedTemplatesPickToolUseForTools) {
-  TempDir d;
+  sharq_test::TempDir d("sharq_chat");
   d.write("tokenizer_config.json",
           R"({"chat_template": [{"name": "default", "template": "plain"}, {"name": "tool_use", "template": "tools: {{ tools|length }}"}]})");
   const ChatTemplate t = ChatTemplate::load(d.str());
@@ -169,7 +156,7 @@ TEST(ChatTemplate, NamedTemplatesPickToolUseForTools) {
 }
 
 TEST(ChatTemplate, LoadErrorsNameTheFileAndField) {
-  TempDir d;
+  sharq_test::TempDir d("sharq_chat");
   EXPECT_NE(load_error(d.str() + "/nope").find("no such file or directory"), std::string::npos);
   EXPECT_NE(load_error(d.str()).find("no tokenizer_config.json or chat_template.jinja"), std::string::npos);
   d.write("tokenizer_config.json", "{\"chat_template\": ");
@@ -192,7 +179,7 @@ TEST(ChatTemplate, LoadErrorsNameTheFileAndField) {
 }
 
 TEST(ChatTemplate, ValidateCatchesTemplatesThatCannotRender) {
-  TempDir d;
+  sharq_test::TempDir d("sharq_chat");
   // parses, but calls a function the interpreter does not provide
   d.write("tokenizer_config.json", R"({"chat_template": "{% for m in messages %}{{ m.content|trim }}{% endfor %}\n{{ helper() }}"})");
   const ChatTemplate bad = ChatTemplate::load(d.str());

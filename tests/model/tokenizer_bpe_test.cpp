@@ -15,6 +15,8 @@
 
 #include <nlohmann/json.hpp>
 
+#include "../support/temp_dir.h"
+
 namespace {
 
 namespace fs = std::filesystem;
@@ -30,21 +32,6 @@ json read_json(const std::string& path) {
   return json::parse(in);
 }
 
-// A scratch directory removed at the end of the test.
-struct TempDir {
-  fs::path path;
-  TempDir() {
-    path = fs::temp_directory_path() / ("sharq_tok_" + std::to_string(::testing::UnitTest::GetInstance()->random_seed()) +
-                                        "_" + ::testing::UnitTest::GetInstance()->current_test_info()->name());
-    fs::remove_all(path);
-    fs::create_directories(path);
-  }
-  ~TempDir() { fs::remove_all(path); }
-  std::string write(const std::string& name, const std::string& content) const {
-    std::ofstream(path / name, std::ios::binary) << content;
-    return (path / name).string();
-  }
-};
 
 class Qwen3Tokenizer : public ::testing::Test {
  protected:
@@ -199,7 +186,7 @@ json tiny_tokenizer(bool ignore_merges) {
 }
 
 TEST(BpeTokenizerJson, TemplateProcessingPutsBosFirstOnlyWithAddSpecial) {
-  TempDir dir;
+  sharq_test::TempDir dir("sharq_tok");
   const auto tok = sharq::load_bpe_tokenizer_json(dir.write("tokenizer.json", tiny_tokenizer(false).dump()));
   EXPECT_EQ(tok->encode("ab", true), (std::vector<int32_t>{100, 3}));
   EXPECT_EQ(tok->encode("ab", false), (std::vector<int32_t>{3}));
@@ -211,7 +198,7 @@ TEST(BpeTokenizerJson, TemplateProcessingPutsBosFirstOnlyWithAddSpecial) {
 }
 
 TEST(BpeTokenizerJson, IgnoreMergesTakesWholeWordsFromTheVocabulary) {
-  TempDir dir;
+  sharq_test::TempDir dir("sharq_tok");
   // "abc": merges give ab + c; with ignore_merges the word itself is a token.
   const auto merged = sharq::load_bpe_tokenizer_json(dir.write("merged.json", tiny_tokenizer(false).dump()));
   const auto whole = sharq::load_bpe_tokenizer_json(dir.write("whole.json", tiny_tokenizer(true).dump()));
@@ -222,7 +209,7 @@ TEST(BpeTokenizerJson, IgnoreMergesTakesWholeWordsFromTheVocabulary) {
 }
 
 TEST(BpeTokenizerJson, AddedTokenFlagsStripSpacesAndRequireWholeWords) {
-  TempDir dir;
+  sharq_test::TempDir dir("sharq_tok");
   const auto tok = sharq::load_bpe_tokenizer_json(dir.write("tokenizer.json", tiny_tokenizer(false).dump()));
   // "<m>" has lstrip and rstrip: the spaces around it belong to it.
   EXPECT_EQ(tok->encode("ab  <m>  c", false), (std::vector<int32_t>{3, 101, 2}));
@@ -235,7 +222,7 @@ TEST(BpeTokenizerJson, SplitRegexSpacesAreOnigurumasWhiteSpace) {
   // The crate's regex engine (Oniguruma) takes \s as White_Space: U+3000 is a space, U+180E (Cf
   // since Unicode 6.3) is not, where PCRE2's own \s would take both. Bytes of U+180E (E1 A0 8E) in
   // the byte-level alphabet: E1 -> U+00E1, A0 -> U+0142, 8E -> U+0130.
-  TempDir dir;
+  sharq_test::TempDir dir("sharq_tok");
   json j = tiny_tokenizer(false);
   j["pre_tokenizer"]["pretokenizers"][0]["pattern"] = {{"Regex", R"(\s+)"}};
   j["pre_tokenizer"]["pretokenizers"][0]["behavior"] = "Removed";
@@ -249,7 +236,7 @@ TEST(BpeTokenizerJson, SplitRegexSpacesAreOnigurumasWhiteSpace) {
 }
 
 TEST(BpeTokenizerJson, MalformedFilesAreErrorsNamingTheFile) {
-  TempDir dir;
+  sharq_test::TempDir dir("sharq_tok");
   const std::string missing = (dir.path / "nope.json").string();
   const std::pair<std::string, std::string> cases[] = {
       {missing, "cannot open"},
@@ -283,7 +270,7 @@ TEST(BpeTokenizerJson, MalformedFilesAreErrorsNamingTheFile) {
 }
 
 TEST(BpeTokenizerJson, MetaspaceTokenizerIsUnsupportedNotMisread) {
-  TempDir dir;
+  sharq_test::TempDir dir("sharq_tok");
   json j = tiny_tokenizer(false);
   j["pre_tokenizer"] = {{"type", "Metaspace"}, {"replacement", "\xE2\x96\x81"}, {"prepend_scheme", "first"}, {"split", false}};
   const std::string path = dir.write("tokenizer.json", j.dump());
@@ -301,7 +288,7 @@ long peak_rss_bytes() {
 // file of the issue (one entry, id 200,000,000) would otherwise take 6.6 GB. The error names the
 // file, the field and the id, and the process never grew.
 TEST(BpeTokenizerJson, AnIdFarBeyondTheEntriesIsRefusedBeforeAnyAllocation) {
-  TempDir dir;
+  sharq_test::TempDir dir("sharq_tok");
   const std::string tiny = R"({"model":{"type":"BPE","vocab":{"a":200000000},"merges":[]}})";
   const std::string path = dir.write("huge_id.json", tiny);
   const long before = peak_rss_bytes();

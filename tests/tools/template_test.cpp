@@ -12,6 +12,8 @@
 
 #include <nlohmann/json.hpp>
 
+#include "../support/temp_dir.h"
+
 namespace {
 
 namespace fs = std::filesystem;
@@ -41,18 +43,11 @@ Result run(const std::string& args, const fs::path& dir) {
   return r;
 }
 
-struct TempDir {
-  fs::path path;
-  TempDir() {
-    path = fs::temp_directory_path() / ("sharq_tmplcli_" + std::to_string(::testing::UnitTest::GetInstance()->random_seed()) +
-                                        "_" + ::testing::UnitTest::GetInstance()->current_test_info()->name());
-    fs::remove_all(path);
-    fs::create_directories(path);
-  }
-  ~TempDir() { fs::remove_all(path); }
+// A scratch directory whose write() returns the file's path quoted for the shell.
+struct TempDir : sharq_test::TempDir {
+  TempDir() : sharq_test::TempDir("sharq_tmplcli") {}
   std::string write(const std::string& name, const std::string& content) const {
-    std::ofstream(path / name, std::ios::binary) << content;
-    return "'" + (path / name).string() + "'";
+    return "'" + sharq_test::TempDir::write(name, content) + "'";
   }
 };
 
