@@ -401,6 +401,33 @@ def case_chat_completions_follow_the_template():
             assert s.stop() == 0
 
 
+def case_bench_serve_reports_the_load():
+    """`sharq bench serve` drives a live server: every request completes with exactly its output
+    length (ignore_eos), the report and the CSV row say so; a non-loopback URL is refused."""
+    import csv
+    import tempfile
+    with Server() as s, tempfile.TemporaryDirectory() as d:
+        out_csv = os.path.join(d, "b.csv")
+        r = subprocess.run([CLI, "bench", "serve", "--url", f"http://127.0.0.1:{s.port}", "--num-prompts", "12",
+                            "--input-len", "32", "--output-len", "16", "--max-concurrency", "4", "--label", "e2e",
+                            "--csv", out_csv], capture_output=True, text=True, timeout=TIMEOUT)
+        assert r.returncode == 0, r.stdout + r.stderr
+        assert "completed 12 / 12" in r.stdout, r.stdout
+        for metric in ("TTFT", "TPOT", "ITL", "E2E"):
+            assert re.search(rf"^{metric}\s+\d", r.stdout, re.M), r.stdout
+        with open(out_csv) as f:
+            row = next(csv.DictReader(f))
+        assert row["label"] == "e2e" and row["completed"] == "12", row
+        assert row["output_tokens"] == str(12 * 16) and row["input_tokens"] == str(12 * 32), row
+        assert float(row["output_tok_per_s"]) > 0 and float(row["ttft_p50_ms"]) > 0, row
+        m = metrics(s)
+        assert m["sharq_generation_tokens_total"] == 12 * 16 and m["sharq_kv_blocks_used"] == 0, m
+        r = subprocess.run([CLI, "bench", "serve", "--url", "http://192.0.2.1:80"], capture_output=True, text=True,
+                           timeout=TIMEOUT)
+        assert r.returncode == 1 and "this machine only" in r.stderr, r.stderr
+        assert s.stop() == 0
+
+
 if __name__ == "__main__":
     if not os.path.exists(MODEL):
         print(f"skipped: {MODEL} not found")

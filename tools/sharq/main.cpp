@@ -47,6 +47,7 @@
 #include "sharq/runtime/cuda/engine.h"
 #endif
 #ifdef SHARQ_HAVE_SERVE
+#include "sharq/serve/bench_serve.h"
 #include "sharq/serve/server.h"
 #endif
 
@@ -528,6 +529,24 @@ int main(int argc, char** argv) {
   bm->add_option("--csv", bmo.csv, "also write one CSV row per scheme here");
   bm->add_option("--svg", bmo.svg, "also write the breakdown as an SVG stacked-bar plot here");
   bm->add_flag("-q,--quiet", bmo.quiet, "no progress on stderr");
+#ifdef SHARQ_HAVE_SERVE
+  sharq::BenchServeOptions bso;
+  auto* bsv = bench->add_subcommand("serve", "Load generator for an OpenAI-compatible server on this machine: throughput, "
+                                             "TTFT, TPOT, ITL, E2E (docs/serve.md)");
+  bsv->add_option("--url", bso.url, "the server (loopback only)")->capture_default_str();
+  bsv->add_option("--model", bso.model, "model name (default: the server's)");
+  add_number<int64_t>(bsv, "--num-prompts", bso.num_prompts, "requests", 1, 1000000);
+  add_number<int64_t>(bsv, "--input-len", bso.input_len, "prompt tokens (random ids, exact length)", 1);
+  add_number<int64_t>(bsv, "--output-len", bso.output_len, "generated tokens per request (ignore_eos)", 1);
+  add_number<double>(bsv, "--range-ratio", bso.range_ratio, "lengths uniform in len * [1 - r, 1 + r]", 0.0, 0.999);
+  add_number<int64_t>(bsv, "--token-range", bso.token_range, "prompt token ids drawn from [0, N) (<= the vocabulary)", 1);
+  add_number<double>(bsv, "--request-rate", bso.request_rate, "Poisson arrivals per second (0: all at once)", 0.0);
+  add_number<int64_t>(bsv, "--max-concurrency", bso.max_concurrency, "requests in flight at most (0: all)", 0);
+  add_number<uint64_t>(bsv, "--seed", bso.seed, "seed of the lengths, prompts and arrivals");
+  add_number<double>(bsv, "--timeout", bso.timeout_s, "seconds for the whole run (each request too)", 0.0, 1e6, true);
+  bsv->add_option("--label", bso.label, "a name for this run (table and CSV)");
+  bsv->add_option("--csv", bso.csv, "append one CSV row here");
+#endif
 
   // ---- quantize
   sharq::QuantizeOptions qo;
@@ -692,6 +711,12 @@ int main(int argc, char** argv) {
     }
     if (*bg) return cmd_bench_gemm(bo);
     if (*bm) return cmd_bench_model(bmo);
+#ifdef SHARQ_HAVE_SERVE
+    if (*bsv) {
+      g_activity = fmt::format("bench serve {}", bso.url);
+      return sharq::run_bench_serve(bso);
+    }
+#endif
     if (*sc) {
       std::fputs(kSchemeHelp, stdout);
       std::fputs(sharq::scheme_options_help(), stdout);
