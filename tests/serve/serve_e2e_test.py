@@ -401,6 +401,20 @@ def case_chat_completions_follow_the_template():
             assert s.stop() == 0
 
 
+def case_bad_chat_templates_stop_the_start():
+    """--chat-template that is missing, or a template that does not parse, is an error at start-up
+    naming the flag or the file, with a non-zero exit; the server never listens."""
+    import tempfile
+    with tempfile.TemporaryDirectory() as d:
+        bad = os.path.join(d, "bad.jinja")
+        with open(bad, "w") as f:
+            f.write("{% for m in messages %}{{ m.content }}")  # no endfor
+        for arg, want in ((os.path.join(d, "missing.jinja"), "--chat-template"), (bad, "bad.jinja")):
+            r = subprocess.run([CLI, "serve", MODEL, "--tokenizer", TOK, "--port", "0", "--chat-template", arg],
+                               capture_output=True, text=True, timeout=TIMEOUT)
+            assert r.returncode != 0 and want in r.stderr and "serving" not in r.stderr, (arg, r.returncode, r.stderr)
+
+
 def case_bench_serve_reports_the_load():
     """`sharq bench serve` drives a live server: every request completes with exactly its output
     length (ignore_eos), the report and the CSV row say so; a non-loopback URL is refused."""
