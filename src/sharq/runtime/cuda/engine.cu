@@ -566,10 +566,15 @@ void GpuExecutor::Impl::forward(int64_t M, int64_t R, const AttentionPlan& plan)
     L.gate_up->prepare(E.h.get(), M, *E.acts_h, st);
     mark(kGemm);
     L.gate_up->gemm(*E.acts_h, E.gub.get(), st, ws);
-    mark(kOther);
-    swiglu(E.gub.get(), M, E.I, E.t, E.ab.get(), st);
-    mark(kPrep);
-    L.down->prepare(E.ab.get(), M, *E.acts_i, st);
+    if (L.down->fuses_swiglu()) {  // SwiGLU inside the down projection's activation prep
+      mark(kPrep);
+      L.down->prepare_swiglu(E.gub.get(), M, *E.acts_i, st);
+    } else {
+      mark(kOther);
+      swiglu(E.gub.get(), M, E.I, E.t, E.ab.get(), st);
+      mark(kPrep);
+      L.down->prepare(E.ab.get(), M, *E.acts_i, st);
+    }
     mark(kGemm);
     L.down->gemm(*E.acts_i, E.ob.get(), st, ws);
     mark(kOther);
@@ -825,7 +830,8 @@ double GpuExecutor::time_linears(int64_t M, int64_t lm_rows, int reps) {
       L.o->gemm(acts_q, E.ob.get(), st, ws);
       L.gate_up->prepare(E.h.get(), M, *E.acts_h, st);
       L.gate_up->gemm(*E.acts_h, E.gub.get(), st, ws);
-      L.down->prepare(E.ab.get(), M, *E.acts_i, st);
+      if (L.down->fuses_swiglu()) L.down->prepare_swiglu(E.gub.get(), M, *E.acts_i, st);  // as in forward()
+      else L.down->prepare(E.ab.get(), M, *E.acts_i, st);
       L.down->gemm(*E.acts_i, E.ob.get(), st, ws);
     }
     E.blas->matmul(E.t == DType::f16 ? BlasType::f16_f32out : BlasType::bf16_f32out, E.hn.get(), E.lm_head.get(),

@@ -206,6 +206,20 @@ GpuActivations& GpuLinear::own_activations() {
 }
 
 void GpuLinear::prepare(const void* x, int64_t M, GpuActivations& acts, cudaStream_t stream) const {
+  prepare_input(x, M, acts, stream, PrepInput::plain);
+}
+
+bool GpuLinear::fuses_swiglu() const { return scheme_.kind == SchemeKind::nvfp4 || scheme_.kind == SchemeKind::sharq; }
+
+void GpuLinear::prepare_swiglu(const void* gu, int64_t M, GpuActivations& acts, cudaStream_t stream) const {
+  if (!fuses_swiglu())
+    throw std::invalid_argument(fmt::format("GpuLinear({}, N = {}, K = {})::prepare_swiglu: the scheme has no fused "
+                                            "SwiGLU prep (nvfp4 and sharq do)", scheme_.name(), N_, K_));
+  prepare_input(gu, M, acts, stream, PrepInput::swiglu);
+}
+
+void GpuLinear::prepare_input(const void* x, int64_t M, GpuActivations& acts, cudaStream_t stream,
+                              PrepInput input) const {
   const std::string who = fmt::format("GpuLinear({}, N = {}, K = {})::prepare", scheme_.name(), N_, K_);
   if (!(acts.scheme_ == scheme_) || acts.K_ != K_)
     throw std::invalid_argument(fmt::format("{}: the activations are for scheme '{}', K = {}", who, acts.scheme_.name(), acts.K_));
@@ -228,7 +242,7 @@ void GpuLinear::prepare(const void* x, int64_t M, GpuActivations& acts, cudaStre
         SHARQ_CUDA_CHECK(cudaMemcpy2DAsync(acts.a0_.get(), ld * 2, x, K_ * 2, K_ * 2, M, cudaMemcpyDeviceToDevice, stream));
       break;
     case SchemeKind::nvfp4:
-      nvfp4_prep(x, DType::bf16, M, K_, nullptr, scheme_.act_scale, false, 0.0f, nullptr, acts.g_.get(), acts.a0_.get(),
+      nvfp4_prep(x, DType::bf16, M, K_, nullptr, scheme_.act_scale, input, 0.0f, nullptr, acts.g_.get(), acts.a0_.get(),
                  ld, acts.scratch_.get(), stream);
       break;
     default: {  // sharq
@@ -237,6 +251,7 @@ void GpuLinear::prepare(const void* x, int64_t M, GpuActivations& acts, cudaStre
       spec.mask = scheme_.mask.kind;
       spec.score = scheme_.mask.score;
       spec.act_scale = scheme_.act_scale;
+      spec.input = input;
       PrepOut out;
       out.g = acts.g_.get();
       out.ld = ld;

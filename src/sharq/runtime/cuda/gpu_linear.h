@@ -121,6 +121,13 @@ class GpuLinear {
   // x: M x K of act_dtype(scheme) on the device, 0 <= M <= acts.max_m(). acts must be of this
   // layer's scheme and K (checked).
   void prepare(const void* x, int64_t M, GpuActivations& acts, cudaStream_t stream) const;
+  // Whether prepare_swiglu() exists for this scheme: the FP4-activation schemes (nvfp4, sharq),
+  // whose activation prep reads the row anyway.
+  bool fuses_swiglu() const;
+  // prepare() of T(silu(gate) * up), computed inside the activation prep from the fused gate/up
+  // projection's output gu (M x 2K, gate first): bit for bit what transformer_ops' swiglu()
+  // followed by prepare() give, without the intermediate M x K tensor. Throws unless fuses_swiglu().
+  void prepare_swiglu(const void* gu, int64_t M, GpuActivations& acts, cudaStream_t stream) const;
   // y: acts.M() x N of act_dtype(scheme). workspace: workspace_bytes() of device memory (16-byte
   // aligned), or null to use the layer's own (own_scratch). y_f32: FP32 output instead of y (tests;
   // FP4 schemes only).
@@ -132,6 +139,7 @@ class GpuLinear {
 
  private:
   void check_shape(int64_t N, int64_t K) const;
+  void prepare_input(const void* x, int64_t M, GpuActivations& acts, cudaStream_t stream, PrepInput input) const;
   void init(const float* W_device, const float* bias, cudaStream_t stream, const std::vector<int64_t>& parts = {});
   void init_scratch();
   Scheme scheme_;
