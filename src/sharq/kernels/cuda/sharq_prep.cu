@@ -34,7 +34,7 @@ template <> __device__ __forceinline__ __half from_f32<__half>(float v) { return
 template <> __device__ __forceinline__ __nv_bfloat16 from_f32<__nv_bfloat16>(float v) { return __float2bfloat16_rn(v); }
 
 // The prep's input row (PrepInput as a template argument).
-constexpr int kInPlain = 0, kInRms = 1, kInSwiglu = 2;
+constexpr int kInPlain = 0, kInRms = 1, kInSwiglu = 2, kInResidualRms = 3;
 // silu(g) * u rounded to T: the expression and rounding of transformer_ops' swiglu(), so the fused
 // prep sees exactly the values the separate kernel would have written.
 template <class T>
@@ -52,6 +52,7 @@ struct RowArgs {
   PairScore score;
   PrepOut out;
   block_nvfp4_16* nv_blocks;  // nvfp4_prep only
+  const void* add = nullptr;  // residual_rmsnorm: added to the FP32 row first (or null)
 };
 
 // The (optionally RMS-normalized) row, read straight from global memory: nothing is staged in
@@ -63,14 +64,41 @@ struct RowView {
   const T* w;
   int64_t K;
   float inv;
+  const float* xf = nullptr;  // residual_rmsnorm: the FP32 residual row, its FP32 norm weight and
+  const T* addp = nullptr;    // the projection output added to it (or null)
+  const float* wf = nullptr;
+  __device__ __forceinline__ float sum_at(int64_t i) const { return addp ? xf[i] + to_f32(addp[i]) : xf[i]; }
   __device__ __forceinline__ float at(int64_t i) const {
     if (i >= K) return 0.0f;  // zero padding along K, as on the CPU
+    // add_rmsnorm()'s output expression and rounding: T(w * (r * inv))
+    if constexpr (kIn == kInResidualRms) return to_f32(from_f32<T>(wf[i] * (sum_at(i) * inv)));
     if constexpr (kIn == kInSwiglu) return swiglu_t<T>(to_f32(x[i]), to_f32(x[K + i]));
     float v = to_f32(x[i]);
     if constexpr (kIn == kInRms) v = (v * inv) * to_f32(w[i]);
     return v;
   }
   __device__ __forceinline__ void at8(int64_t i, float* o) const {
+    if constexpr (kIn == kInResidualRms) {
+      if (K % 8 == 0 && i + 8 <= K) {
+        const float4* x4 = reinterpret_cast<const float4*>(xf + i);
+        const float4* w4 = reinterpret_cast<const float4*>(wf + i);
+        const float4 xa = x4[0], xb = x4[1], wa = w4[0], wb = w4[1];
+        float r[8] = {xa.x, xa.y, xa.z, xa.w, xb.x, xb.y, xb.z, xb.w};
+        const float w8[8] = {wa.x, wa.y, wa.z, wa.w, wb.x, wb.y, wb.z, wb.w};
+        if (addp) {
+          const uint4 u = *reinterpret_cast<const uint4*>(addp + i);
+          const T* e = reinterpret_cast<const T*>(&u);
+#pragma unroll
+          for (int j = 0; j < 8; ++j) r[j] = r[j] + to_f32(e[j]);
+        }
+#pragma unroll
+        for (int j = 0; j < 8; ++j) o[j] = to_f32(from_f32<T>(w8[j] * (r[j] * inv)));
+      } else {
+#pragma unroll
+        for (int j = 0; j < 8; ++j) o[j] = at(i + j);
+      }
+      return;
+    }
     if (K % 8 == 0 && i + 8 <= K) {
       const uint4 u = *reinterpret_cast<const uint4*>(x + i);
       const T* e = reinterpret_cast<const T*>(&u);
@@ -97,8 +125,31 @@ struct RowView {
 
 // Row m's view. RMSNorm: warp 0 sums x*x in the documented order (lane-strided partial sums,
 // then the xor butterfly), as rmsnorm_reference() does; every thread gets inv. red: >= 1 float.
+// residual_rmsnorm: the same over r = x + o, and the row's owner block (the prep kernels' block 0
+// of the row; never the amax pass) writes r to out.sum for the next layer.
 template <class T, int kIn>
-__device__ RowView<T, kIn> make_row(const RowArgs& a, int64_t m, float* red) {
+__device__ RowView<T, kIn> make_row(const RowArgs& a, int64_t m, float* red, bool owner = false) {
+  if constexpr (kIn == kInResidualRms) {
+    RowView<T, kIn> r{nullptr, nullptr, a.K, 1.0f};
+    r.xf = static_cast<const float*>(a.x) + m * a.K;
+    r.addp = a.add ? static_cast<const T*>(a.add) + m * a.K : nullptr;
+    r.wf = static_cast<const float*>(a.rms_w);
+    if (threadIdx.x < 32) {
+      float p = 0.0f;
+      for (int64_t i = threadIdx.x; i < a.K; i += 32) {
+        const float v = r.sum_at(i);
+        p = p + v * v;
+      }
+      for (int off = 16; off >= 1; off >>= 1) p = p + __shfl_xor_sync(0xffffffffu, p, off);
+      if (threadIdx.x == 0) *red = 1.0f / sqrtf(p / static_cast<float>(a.K) + a.eps);
+    }
+    if (owner && a.out.sum)
+      for (int64_t i = threadIdx.x; i < a.K; i += blockDim.x) a.out.sum[m * a.K + i] = r.sum_at(i);
+    __syncthreads();
+    r.inv = *red;
+    __syncthreads();
+    return r;
+  }
   const int64_t stride = kIn == kInSwiglu ? 2 * a.K : a.K;  // SwiGLU: gate then up, 2K per row
   RowView<T, kIn> r{static_cast<const T*>(a.x) + m * stride, static_cast<const T*>(a.rms_w), a.K, 1.0f};
   if constexpr (kIn == kInRms) {
@@ -350,7 +401,7 @@ __global__ void __launch_bounds__(256) sharq_prep_kernel(RowArgs a) {
   pdl_trigger();
   __shared__ float red[33];
   const int64_t m = blockIdx.x;
-  const auto row = make_row<T, kIn>(a, m, red + 32);
+  const auto row = make_row<T, kIn>(a, m, red + 32, blockIdx.y == 0);
   float g = 1.0f;
   if constexpr (V::kGlobal) {
     g = row_global_scale(a, row, m, red);
@@ -373,7 +424,7 @@ __global__ void __launch_bounds__(256) nvfp4_prep_kernel(RowArgs a) {
   pdl_trigger();
   __shared__ float red[33];
   const int64_t m = blockIdx.x;
-  const auto row = make_row<T, kIn>(a, m, red + 32);
+  const auto row = make_row<T, kIn>(a, m, red + 32, blockIdx.y == 0);
   const float g = row_global_scale(a, row, m, red);
   const int64_t nblk = (a.K + 15) / 16;
   int64_t b, e;
@@ -505,7 +556,7 @@ __global__ void __launch_bounds__(256) sharq_prep_warp_kernel(RowArgs a) {
   __shared__ float xs_all[8][32];
   __shared__ uint8_t cs_all[8][32];
   const int64_t m = blockIdx.x;
-  const auto row = make_row<T, kIn>(a, m, red + 32);
+  const auto row = make_row<T, kIn>(a, m, red + 32, blockIdx.y == 0);
   float g = 1.0f;
   if constexpr (V::kGlobal) {
     g = row_global_scale(a, row, m, red);
@@ -530,7 +581,7 @@ __global__ void __launch_bounds__(256) nvfp4_prep_warp_kernel(RowArgs a) {
   pdl_trigger();
   __shared__ float red[33];
   const int64_t m = blockIdx.x;
-  const auto row = make_row<T, kIn>(a, m, red + 32);
+  const auto row = make_row<T, kIn>(a, m, red + 32, blockIdx.y == 0);
   const float g = row_global_scale(a, row, m, red);
   const int warp = threadIdx.x / 32, lane = threadIdx.x & 31;
   const int64_t nblk = (a.K + 15) / 16;
@@ -584,6 +635,7 @@ void with_input(DType xt, PrepInput in, F&& f) {
     switch (in) {
       case PrepInput::rmsnorm: f(t, std::integral_constant<int, kInRms>{}); break;
       case PrepInput::swiglu: f(t, std::integral_constant<int, kInSwiglu>{}); break;
+      case PrepInput::residual_rmsnorm: f(t, std::integral_constant<int, kInResidualRms>{}); break;
       default: f(t, std::integral_constant<int, kInPlain>{}); break;
     }
   };
@@ -592,7 +644,7 @@ void with_input(DType xt, PrepInput in, F&& f) {
 }
 
 void check_common(const char* what, const void* x, int64_t M, int64_t K, PrepInput input, const void* rms_w, int64_t ld) {
-  const bool rmsnorm = input == PrepInput::rmsnorm;
+  const bool rmsnorm = input == PrepInput::rmsnorm || input == PrepInput::residual_rmsnorm;
   if (M < 0 || K <= 0) throw std::invalid_argument(fmt::format("{}: bad shape M = {}, K = {}", what, M, K));
   if (K > kPrepMaxK)
     throw std::invalid_argument(fmt::format("{}: K = {} exceeds the supported maximum {}",
@@ -655,7 +707,9 @@ void sharq_prep(const void* x, DType xt, int64_t M, int64_t K, const void* rms_w
   const bool per_tensor = nv && spec.act_scale == GlobalScale::per_tensor;
   if (per_tensor && !scratch && M > 0) throw std::invalid_argument("sharq_prep: per-tensor scale needs the scratch word");
   if (M == 0) return;
-  RowArgs a{x, rms_weight, K, (K + 31) / 32, ld, spec.eps, per_tensor, nullptr, spec.score, out, nullptr};
+  if (spec.input == PrepInput::residual_rmsnorm && out.sum && out.sum == x)
+    throw std::invalid_argument("sharq_prep: the residual sum must not overwrite its input (other blocks read it)");
+  RowArgs a{x, rms_weight, K, (K + 31) / 32, ld, spec.eps, per_tensor, nullptr, spec.score, out, nullptr, spec.add};
   a.out.ld = ld;
   with_input(xt, spec.input, [&](auto t, auto in) {
     dispatch_sharq<decltype(t), decltype(in)::value>(spec, a, M, scratch, stream);
@@ -681,7 +735,7 @@ void launch_nvfp4(RowArgs& a, int64_t M, uint32_t* scratch, cudaStream_t st) {
 
 void nvfp4_prep(const void* x, DType xt, int64_t M, int64_t K, const void* rms_weight, GlobalScale act_scale,
                 PrepInput input, float eps, block_nvfp4_16* blocks, float* g, __half* x_plane, int64_t ld,
-                uint32_t* scratch, cudaStream_t stream) {
+                uint32_t* scratch, cudaStream_t stream, const void* add, float* sum) {
   if (!ld) ld = (K + 127) / 128 * 128;
   check_common("nvfp4_prep", x, M, K, input, rms_weight, ld);
   if (act_scale == GlobalScale::none)
@@ -693,7 +747,10 @@ void nvfp4_prep(const void* x, DType xt, int64_t M, int64_t K, const void* rms_w
   out.g = g;
   out.x_plane = x_plane;
   out.ld = ld;
-  RowArgs a{x, rms_weight, K, (K + 31) / 32, ld, eps, per_tensor, nullptr, PairScore::max, out, blocks};
+  out.sum = sum;
+  if (input == PrepInput::residual_rmsnorm && sum && sum == x)
+    throw std::invalid_argument("nvfp4_prep: the residual sum must not overwrite its input (other blocks read it)");
+  RowArgs a{x, rms_weight, K, (K + 31) / 32, ld, eps, per_tensor, nullptr, PairScore::max, out, blocks, add};
   with_input(xt, input, [&](auto t, auto in) { launch_nvfp4<decltype(t), decltype(in)::value>(a, M, scratch, stream); });
 }
 

@@ -37,6 +37,11 @@ enum class PrepInput : uint8_t {
   swiglu,   // x: M x 2K, gate then up (the fused gate/up projection's output); the input is
             // T(silu(gate) * up) with transformer_ops' swiglu() expression and rounding, so the
             // fused prep is bit-identical to swiglu() followed by the plain prep
+  residual_rmsnorm,  // x: the FP32 residual stream (M x K floats); the row is r = x + float(add)
+                     // (add: the previous projection's output, M x K of the input type, or null);
+                     // the input is T(w * (r * inv)), w = rms_weight (K floats), inv from r in the
+                     // RMSNorm's documented order; r is written to PrepOut::sum (M x K floats, not x
+                     // itself: other blocks of the row read x) for the next layer
 };
 
 struct PrepSpec {
@@ -45,6 +50,7 @@ struct PrepSpec {
   PairScore score = PairScore::max;
   GlobalScale act_scale = GlobalScale::per_row;  // NVFP4: per_tensor | per_row; ignored for MXFP4
   PrepInput input = PrepInput::plain;            // the row's front end (RMSNorm: weight given to the call)
+  const void* add = nullptr;                     // residual_rmsnorm: added to the residual row (or null)
   float eps = 1e-6f;
 };
 
@@ -56,13 +62,16 @@ struct PrepOut {
   __half* r_plane = nullptr;   // M x ld: R^
   __half* x_plane = nullptr;   // M x ld: fp16(S^ + R^), merged mode
   int64_t ld = 0;              // 0: round_up(K, 128)
+  float* sum = nullptr;        // residual_rmsnorm: x + add, M x K floats (null: not written)
 };
 
 // Largest K the prep accepts (a sanity bound on one row).
 constexpr int64_t kPrepMaxK = int64_t{1} << 20;
 
-// Runs the prep on `stream`. x: M x K device array of `xt` (M x 2K for PrepInput::swiglu);
-// rms_weight: K values of `xt` (only for PrepInput::rmsnorm). scratch: 1 device word, needed for per-tensor NVFP4 (else may be null).
+// Runs the prep on `stream`. x: M x K device array of `xt` (M x 2K for PrepInput::swiglu; M x K
+// floats for PrepInput::residual_rmsnorm, where `xt` is the type of spec.add and of the rounding);
+// rms_weight: K values of `xt` for PrepInput::rmsnorm, K floats for residual_rmsnorm. scratch: 1
+// device word, needed for per-tensor NVFP4 (else may be null).
 // Throws std::invalid_argument for unsupported shapes/options before any launch.
 void sharq_prep(const void* x, DType xt, int64_t M, int64_t K, const void* rms_weight, const PrepSpec& spec,
                 const PrepOut& out, uint32_t* scratch, cudaStream_t stream);
@@ -71,7 +80,7 @@ void sharq_prep(const void* x, DType xt, int64_t M, int64_t K, const void* rms_w
 // end (PrepInput, per-tensor/per-token g_x), writing the blocks and/or the exact FP16 plane of X^.
 void nvfp4_prep(const void* x, DType xt, int64_t M, int64_t K, const void* rms_weight, GlobalScale act_scale,
                 PrepInput input, float eps, block_nvfp4_16* blocks, float* g, __half* x_plane, int64_t ld,
-                uint32_t* scratch, cudaStream_t stream);
+                uint32_t* scratch, cudaStream_t stream, const void* add = nullptr, float* sum = nullptr);
 
 // Host reference of the fused RMSNorm, in the kernel's operation order (bit-identical):
 // ss = 32 lane-strided partial sums of x*x, reduced by an xor butterfly (16, 8, 4, 2, 1);

@@ -206,20 +206,38 @@ GpuActivations& GpuLinear::own_activations() {
 }
 
 void GpuLinear::prepare(const void* x, int64_t M, GpuActivations& acts, cudaStream_t stream) const {
-  prepare_input(x, M, acts, stream, PrepInput::plain);
+  prepare_input(x, M, acts, stream, Front{});
 }
 
-bool GpuLinear::fuses_swiglu() const { return scheme_.kind == SchemeKind::nvfp4 || scheme_.kind == SchemeKind::sharq; }
+bool GpuLinear::fused_prep() const { return scheme_.kind == SchemeKind::nvfp4 || scheme_.kind == SchemeKind::sharq; }
 
 void GpuLinear::prepare_swiglu(const void* gu, int64_t M, GpuActivations& acts, cudaStream_t stream) const {
-  if (!fuses_swiglu())
+  if (!fused_prep())
     throw std::invalid_argument(fmt::format("GpuLinear({}, N = {}, K = {})::prepare_swiglu: the scheme has no fused "
-                                            "SwiGLU prep (nvfp4 and sharq do)", scheme_.name(), N_, K_));
-  prepare_input(gu, M, acts, stream, PrepInput::swiglu);
+                                            "prep (nvfp4 and sharq do)", scheme_.name(), N_, K_));
+  Front f;
+  f.input = PrepInput::swiglu;
+  prepare_input(gu, M, acts, stream, f);
+}
+
+void GpuLinear::prepare_norm(const float* x, const void* add, const float* w, float eps, int64_t M, float* x_out,
+                             GpuActivations& acts, cudaStream_t stream) const {
+  const std::string who = fmt::format("GpuLinear({}, N = {}, K = {})::prepare_norm", scheme_.name(), N_, K_);
+  if (!fused_prep()) throw std::invalid_argument(who + ": the scheme has no fused prep (nvfp4 and sharq do)");
+  if (!w) throw std::invalid_argument(who + ": null norm weight");
+  if (add && (!x_out || x_out == x))
+    throw std::invalid_argument(who + ": the residual sum needs its own output buffer (not x: other blocks read it)");
+  Front f;
+  f.input = PrepInput::residual_rmsnorm;
+  f.rms_w = w;
+  f.eps = eps;
+  f.add = add;
+  f.sum = add ? x_out : nullptr;
+  prepare_input(x, M, acts, stream, f);
 }
 
 void GpuLinear::prepare_input(const void* x, int64_t M, GpuActivations& acts, cudaStream_t stream,
-                              PrepInput input) const {
+                              const Front& f) const {
   const std::string who = fmt::format("GpuLinear({}, N = {}, K = {})::prepare", scheme_.name(), N_, K_);
   if (!(acts.scheme_ == scheme_) || acts.K_ != K_)
     throw std::invalid_argument(fmt::format("{}: the activations are for scheme '{}', K = {}", who, acts.scheme_.name(), acts.K_));
@@ -242,8 +260,8 @@ void GpuLinear::prepare_input(const void* x, int64_t M, GpuActivations& acts, cu
         SHARQ_CUDA_CHECK(cudaMemcpy2DAsync(acts.a0_.get(), ld * 2, x, K_ * 2, K_ * 2, M, cudaMemcpyDeviceToDevice, stream));
       break;
     case SchemeKind::nvfp4:
-      nvfp4_prep(x, DType::bf16, M, K_, nullptr, scheme_.act_scale, input, 0.0f, nullptr, acts.g_.get(), acts.a0_.get(),
-                 ld, acts.scratch_.get(), stream);
+      nvfp4_prep(x, DType::bf16, M, K_, f.rms_w, scheme_.act_scale, f.input, f.eps, nullptr, acts.g_.get(), acts.a0_.get(),
+                 ld, acts.scratch_.get(), stream, f.add, f.sum);
       break;
     default: {  // sharq
       PrepSpec spec;
@@ -251,8 +269,11 @@ void GpuLinear::prepare_input(const void* x, int64_t M, GpuActivations& acts, cu
       spec.mask = scheme_.mask.kind;
       spec.score = scheme_.mask.score;
       spec.act_scale = scheme_.act_scale;
-      spec.input = input;
+      spec.input = f.input;
+      spec.eps = f.eps;
+      spec.add = f.add;
       PrepOut out;
+      out.sum = f.sum;
       out.g = acts.g_.get();
       out.ld = ld;
       if (two_paths(scheme_)) {
@@ -261,7 +282,7 @@ void GpuLinear::prepare_input(const void* x, int64_t M, GpuActivations& acts, cu
       } else {
         out.x_plane = acts.a0_.get();
       }
-      sharq_prep(x, DType::bf16, M, K_, nullptr, spec, out, acts.scratch_.get(), stream);
+      sharq_prep(x, DType::bf16, M, K_, f.rms_w, spec, out, acts.scratch_.get(), stream);
       break;
     }
   }
