@@ -361,15 +361,33 @@ void GpuExecutor::Impl::build(const ModelConfig& c, const Scheme& sch, const Eng
       const TensorView* first = src.view(parts.begin()->m, l);
       if (first && first->quantized) {  // a quantized checkpoint: its stored blocks, not re-quantized
         std::vector<const QuantizedWeight*> stored;
+        const bool fp8 = first->quantized->weights == StoredWeights::fp8;
         for (const Part& p : parts) {
           const TensorView* t = src.view(p.m, l);
-          if (!t || !t->quantized || t->quantized->weights == StoredWeights::fp8)
-            throw std::invalid_argument(fmt::format("GpuExecutor: layer {}: the GPU engine loads NVFP4 checkpoints whose every "
-                                                    "projection is stored quantized (FP8 checkpoints run on the CPU for now)", l));
+          if (!t || !t->quantized || (t->quantized->weights == StoredWeights::fp8) != fp8)
+            throw std::invalid_argument(fmt::format("GpuExecutor: layer {}: the GPU engine loads quantized checkpoints whose "
+                                                    "every projection is stored quantized in one format", l));
           if (t->quantized->rows != p.n || t->quantized->cols != K)
             throw std::invalid_argument(fmt::format("GpuExecutor: {}: {} x {} stored, {} x {} expected", t->quantized->name,
                                                     t->quantized->rows, t->quantized->cols, p.n, K));
           stored.push_back(t->quantized.get());
+        }
+        if (fp8) {  // E4M3 codes and per-channel multipliers, the parts' rows stacked as stored
+          std::vector<uint8_t> codes;
+          std::vector<float> scales;
+          int64_t n = 0;
+          for (const QuantizedWeight* q : stored) {
+            if (q->codes.bytes != static_cast<size_t>(q->rows * q->cols) || q->channel_scales.size() != static_cast<size_t>(q->rows))
+              throw std::invalid_argument(fmt::format("GpuExecutor: {}: stored FP8 codes / scales do not match {} x {}", q->name,
+                                                      q->rows, q->cols));
+            codes.insert(codes.end(), q->codes.data, q->codes.data + q->codes.bytes);
+            scales.insert(scales.end(), q->channel_scales.begin(), q->channel_scales.end());
+            n += q->rows;
+          }
+          auto g = std::make_unique<GpuLinear>(sch, GpuLinear::Fp8Stored{codes.data(), scales.data(), n, K}, lo,
+                                               E.blas.get(), any_bias ? bias.data() : nullptr);
+          ws = std::max(ws, g->workspace_bytes());
+          return g;
         }
         const Fp4Tiles tiles = sch.fp4_weight_block() == 32 ? stack_stored<Nvfp4_32>(stored) : stack_stored<Nvfp4_16>(stored);
         auto g = std::make_unique<GpuLinear>(sch, tiles, lo, any_bias ? bias.data() : nullptr);

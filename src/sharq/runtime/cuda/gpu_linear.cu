@@ -183,6 +183,34 @@ GpuLinear::GpuLinear(const Scheme& scheme, const Fp4Tiles& w, const GpuLinearOpt
   init_scratch();
 }
 
+GpuLinear::GpuLinear(const Scheme& scheme, const Fp8Stored& w, const GpuLinearOptions& opt, CublasLtGemm* blas,
+                     const float* bias)
+    : scheme_(scheme), N_(w.N), K_(w.K), opt_(opt), blas_(blas) {
+  check_shape(N_, K_);
+  if (scheme.kind != SchemeKind::fp8)
+    throw std::invalid_argument(fmt::format("GpuLinear: scheme '{}' does not take stored FP8 weights", scheme.name()));
+  if (!blas_) throw std::invalid_argument("GpuLinear: scheme 'fp8' needs a cuBLASLt handle");
+  if (!w.codes || !w.scales) throw std::invalid_argument("GpuLinear: null stored FP8 weights");
+  ld8_ = round_up(K_, 16);
+  n8_ = round_up(N_, 8);
+  std::vector<uint8_t> codes(static_cast<size_t>(n8_ * ld8_), 0);  // zero codes: E4M3 +0
+  std::vector<float> scales(static_cast<size_t>(n8_), 1.0f);
+  for (int64_t n = 0; n < N_; ++n) {
+    std::memcpy(codes.data() + n * ld8_, w.codes + n * K_, static_cast<size_t>(K_));
+    scales[static_cast<size_t>(n)] = w.scales[n];
+  }
+  w8_ = DeviceBuffer<uint8_t>(codes.size());
+  w8_.upload(codes.data());
+  w8_scale_ = DeviceBuffer<float>(scales.size());
+  w8_scale_.upload(scales.data());
+  if (n8_ != N_) y8_ = DeviceBuffer<uint16_t>(static_cast<size_t>(opt_.max_m * n8_));
+  if (bias) {
+    bias_ = DeviceBuffer<float>(static_cast<size_t>(N_));
+    bias_.upload(bias);
+  }
+  init_scratch();
+}
+
 GpuLinear::~GpuLinear() = default;
 
 void GpuLinear::init_scratch() {

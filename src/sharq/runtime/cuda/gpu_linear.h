@@ -104,6 +104,16 @@ class GpuLinear {
   // Already packed FP4 weights (the checkpoint loaders' output): the scheme must be an FP4-weight
   // scheme whose weight block matches `w.block`.
   GpuLinear(const Scheme& scheme, const Fp4Tiles& w, const GpuLinearOptions& opt = {}, const float* bias = nullptr);
+  // Already quantized FP8 weights (a quantized checkpoint's stored E4M3 codes, N x K row-major on the
+  // host, and its N per-channel multipliers), used as they are: scheme fp8 only; padded as that
+  // scheme's layout needs (K to 16 with zero codes, N to 8 with zero rows of scale 1).
+  struct Fp8Stored {
+    const uint8_t* codes = nullptr;
+    const float* scales = nullptr;
+    int64_t N = 0, K = 0;
+  };
+  GpuLinear(const Scheme& scheme, const Fp8Stored& w, const GpuLinearOptions& opt, CublasLtGemm* blas,
+            const float* bias = nullptr);
   ~GpuLinear();
   GpuLinear(const GpuLinear&) = delete;
   GpuLinear& operator=(const GpuLinear&) = delete;
