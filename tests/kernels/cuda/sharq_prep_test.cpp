@@ -11,6 +11,7 @@
 
 #include "../../support/test_inputs.h"
 #include "sharq/kernels/cuda/cuda_check.h"
+#include "sharq/kernels/cuda/transformer_ops.h"
 
 namespace {
 
@@ -92,7 +93,7 @@ void run_case(const Case& c, uint64_t seed, const std::vector<float>* forced = n
   spec.fmt = c.fmt;
   spec.mask = c.mask;
   spec.act_scale = c.gs;
-  spec.rmsnorm = c.rms;
+  spec.input = c.rms ? PrepInput::rmsnorm : PrepInput::plain;
   PrepOut out;
   out.backbone = dbb.get();
   out.residual = dres.get();
@@ -204,7 +205,7 @@ TEST(SharqPrep, Nvfp4BaselinePrepMatchesTheCpuQuantizer) {
       DeviceBuffer<__half> dp(static_cast<size_t>(M * ld));
       DeviceBuffer<uint32_t> scratch(1);
       SHARQ_CUDA_CHECK(cudaMemset(dp.get(), 0xFF, dp.bytes()));
-      nvfp4_prep(dx.get(), DType::bf16, M, K, nullptr, gs, false, 0.0f, db.get(), dg.get(), dp.get(), ld, scratch.get(), nullptr);
+      nvfp4_prep(dx.get(), DType::bf16, M, K, nullptr, gs, PrepInput::plain, 0.0f, db.get(), dg.get(), dp.get(), ld, scratch.get(), nullptr);
       SHARQ_CUDA_CHECK(cudaDeviceSynchronize());
       const auto b = db.to_host();
       ASSERT_EQ(std::memcmp(b.data(), q.blocks.data(), b.size() * sizeof(block_nvfp4_16)), 0);
@@ -219,6 +220,196 @@ TEST(SharqPrep, Nvfp4BaselinePrepMatchesTheCpuQuantizer) {
           ASSERT_EQ(got, k < K ? h16(deq[m * K + k]) : 0) << m << "," << k;
         }
     }
+}
+
+// The down projection's prep with SwiGLU fused in front (PrepInput::swiglu, reading the fused
+// gate/up output M x 2K) equals swiglu() followed by the plain prep, bit for bit: every output of
+// both preps, both mask kinds, both scale granularities, both input types, decode and prefill M.
+TEST(SharqPrep, FusedSwigluEqualsSwigluThenPrepBitForBit) {
+  SKIP_WITHOUT_GPU();
+  uint64_t seed = 2000;
+  for (auto [M, K] : {std::pair<int64_t, int64_t>{1, 4096}, {3, 200}, {70, 1024}})
+    for (DType dt : {DType::bf16, DType::f16}) {
+      const auto gu = make_input(input_values(M, 2 * K, ++seed, false, dt), dt);
+      const int64_t ld = (K + 127) / 128 * 128, spans = (K + 31) / 32;
+      DeviceBuffer<uint16_t> dgu(gu.bits.size()), dx(static_cast<size_t>(M * K));
+      dgu.upload(gu.bits.data());
+      swiglu(dgu.get(), M, K, dt, dx.get(), nullptr);
+      DeviceBuffer<uint32_t> scratch(1);
+      for (GlobalScale gs : {GlobalScale::per_row, GlobalScale::per_tensor}) {
+        // the SharQ prep (pair-4:8 and scalar 2:4), every output
+        for (MaskKind mask : {MaskKind::pair48, MaskKind::scalar24}) {
+          std::vector<std::vector<uint8_t>> got[2];
+          for (int fused = 0; fused < 2; ++fused) {
+            DeviceBuffer<uint8_t> bb(static_cast<size_t>(M * spans * 64)), res(static_cast<size_t>(M * spans * 64));
+            DeviceBuffer<float> g(static_cast<size_t>(M));
+            DeviceBuffer<__half> sp(static_cast<size_t>(M * ld)), rp(static_cast<size_t>(M * ld));
+            SHARQ_CUDA_CHECK(cudaMemset(bb.get(), 0, bb.bytes()));
+            SHARQ_CUDA_CHECK(cudaMemset(res.get(), 0, res.bytes()));
+            PrepSpec spec;
+            spec.mask = mask;
+            spec.act_scale = gs;
+            spec.input = fused ? PrepInput::swiglu : PrepInput::plain;
+            PrepOut out;
+            out.backbone = bb.get();
+            out.residual = res.get();
+            out.g = g.get();
+            out.s_plane = sp.get();
+            out.r_plane = rp.get();
+            out.ld = ld;
+            sharq_prep(fused ? static_cast<const void*>(dgu.get()) : dx.get(), dt, M, K, nullptr, spec, out, scratch.get(),
+                       nullptr);
+            SHARQ_CUDA_CHECK(cudaDeviceSynchronize());
+            auto bytes = [](const auto& buf) {
+              const auto h = buf.to_host();
+              std::vector<uint8_t> b(h.size() * sizeof(h[0]));
+              std::memcpy(b.data(), h.data(), b.size());
+              return b;
+            };
+            got[fused] = {bytes(bb), bytes(res), bytes(g), bytes(sp), bytes(rp)};
+          }
+          for (size_t i = 0; i < got[0].size(); ++i)
+            ASSERT_EQ(got[0][i], got[1][i]) << "sharq output " << i << ", M " << M << " K " << K << " mask "
+                                            << static_cast<int>(mask) << " scale " << static_cast<int>(gs);
+        }
+        // the NVFP4 baseline's prep
+        std::vector<uint8_t> nv[2];
+        for (int fused = 0; fused < 2; ++fused) {
+          DeviceBuffer<block_nvfp4_16> blocks(static_cast<size_t>(M * ((K + 15) / 16)));
+          DeviceBuffer<float> g(static_cast<size_t>(M));
+          DeviceBuffer<__half> xp(static_cast<size_t>(M * ld));
+          nvfp4_prep(fused ? static_cast<const void*>(dgu.get()) : dx.get(), dt, M, K, nullptr, gs,
+                     fused ? PrepInput::swiglu : PrepInput::plain, 0.0f, blocks.get(), g.get(), xp.get(), ld,
+                     scratch.get(), nullptr);
+          SHARQ_CUDA_CHECK(cudaDeviceSynchronize());
+          const auto b = blocks.to_host();
+          const auto gh = g.to_host();
+          const auto p = xp.to_host();
+          nv[fused].resize(b.size() * sizeof(b[0]) + gh.size() * 4 + p.size() * 2);
+          std::memcpy(nv[fused].data(), b.data(), b.size() * sizeof(b[0]));
+          std::memcpy(nv[fused].data() + b.size() * sizeof(b[0]), gh.data(), gh.size() * 4);
+          std::memcpy(nv[fused].data() + b.size() * sizeof(b[0]) + gh.size() * 4, p.data(), p.size() * 2);
+        }
+        ASSERT_EQ(nv[0], nv[1]) << "nvfp4 prep, M " << M << " K " << K;
+      }
+    }
+}
+
+// The residual add + RMSNorm in front of the prep (PrepInput::residual_rmsnorm): the prepared
+// operands equal the plain prep of T(w * (r * inv)), r = x + float(o), computed here on the host in
+// the documented order (32 lane-strided partial sums, the xor butterfly), bit for bit; and the sum
+// written for the next layer is r, bit for bit (x itself when no o is given). Both preps, both
+// scale granularities, o given or not.
+TEST(SharqPrep, FusedResidualRmsNormEqualsTheHostNormThenPrepBitForBit) {
+  SKIP_WITHOUT_GPU();
+  uint64_t seed = 3000;
+  for (auto [M, K] : {std::pair<int64_t, int64_t>{1, 4096}, {3, 196}, {70, 1024}})
+    for (DType dt : {DType::bf16, DType::f16})
+      for (bool with_add : {true, false}) {
+        sharq_test::Rng rng(++seed);
+        std::vector<float> x(static_cast<size_t>(M * K)), w(static_cast<size_t>(K));
+        for (auto& v : x) v = static_cast<float>(rng.normal()) * 3.0f;
+        for (auto& v : w) v = 0.5f + static_cast<float>(rng.uniform());
+        const auto o = make_input(input_values(M, K, ++seed, false, dt), dt);
+        // host: r, the norm in the documented order, y rounded to the input type
+        std::vector<float> r(x.size());
+        std::vector<uint16_t> y(x.size());
+        for (int64_t m = 0; m < M; ++m) {
+          float p[32];
+          for (int l = 0; l < 32; ++l) p[l] = 0.0f;
+          for (int64_t i = 0; i < K; ++i) {
+            const size_t at = static_cast<size_t>(m * K + i);
+            r[at] = with_add ? x[at] + o.f[at] : x[at];
+          }
+          for (int l = 0; l < 32; ++l)
+            for (int64_t i = l; i < K; i += 32) p[l] = p[l] + r[static_cast<size_t>(m * K + i)] * r[static_cast<size_t>(m * K + i)];
+          for (int off = 16; off >= 1; off >>= 1) {
+            float q[32];
+            for (int l = 0; l < 32; ++l) q[l] = p[l] + p[l ^ off];
+            for (int l = 0; l < 32; ++l) p[l] = q[l];
+          }
+          const float eps = 1e-5f;
+          const float inv = 1.0f / std::sqrt(p[0] / static_cast<float>(K) + eps);
+          for (int64_t i = 0; i < K; ++i) {
+            const size_t at = static_cast<size_t>(m * K + i);
+            const float v = w[static_cast<size_t>(i)] * (r[at] * inv);
+            y[at] = dt == DType::bf16 ? bf16_encode(v) : fp16_encode(v);
+          }
+        }
+        DeviceBuffer<float> dx(x.size()), dw(w.size()), dsum(x.size());
+        DeviceBuffer<uint16_t> dy(y.size()), dadd(o.bits.size());
+        dx.upload(x.data());
+        dw.upload(w.data());
+        dy.upload(y.data());
+        dadd.upload(o.bits.data());
+        DeviceBuffer<uint32_t> scratch(1);
+        const int64_t ld = (K + 127) / 128 * 128, spans = (K + 31) / 32;
+        for (GlobalScale gs : {GlobalScale::per_row, GlobalScale::per_tensor}) {
+          std::vector<std::vector<uint8_t>> got[2];
+          for (int fused = 0; fused < 2; ++fused) {
+            DeviceBuffer<uint8_t> bb(static_cast<size_t>(M * spans * 64)), res(static_cast<size_t>(M * spans * 64));
+            DeviceBuffer<float> g(static_cast<size_t>(M));
+            DeviceBuffer<__half> sp(static_cast<size_t>(M * ld)), rp(static_cast<size_t>(M * ld));
+            SHARQ_CUDA_CHECK(cudaMemset(bb.get(), 0, bb.bytes()));
+            SHARQ_CUDA_CHECK(cudaMemset(res.get(), 0, res.bytes()));
+            SHARQ_CUDA_CHECK(cudaMemset(dsum.get(), 0xFF, dsum.bytes()));
+            PrepSpec spec;
+            spec.act_scale = gs;
+            PrepOut out;
+            out.backbone = bb.get();
+            out.residual = res.get();
+            out.g = g.get();
+            out.s_plane = sp.get();
+            out.r_plane = rp.get();
+            out.ld = ld;
+            if (fused) {
+              spec.input = PrepInput::residual_rmsnorm;
+              spec.eps = 1e-5f;
+              spec.add = with_add ? static_cast<const void*>(dadd.get()) : nullptr;
+              out.sum = dsum.get();
+              sharq_prep(dx.get(), dt, M, K, dw.get(), spec, out, scratch.get(), nullptr);
+            } else {
+              sharq_prep(dy.get(), dt, M, K, nullptr, spec, out, scratch.get(), nullptr);
+            }
+            SHARQ_CUDA_CHECK(cudaDeviceSynchronize());
+            auto bytes = [](const auto& buf) {
+              const auto h = buf.to_host();
+              std::vector<uint8_t> b(h.size() * sizeof(h[0]));
+              std::memcpy(b.data(), h.data(), b.size());
+              return b;
+            };
+            got[fused] = {bytes(bb), bytes(res), bytes(g), bytes(sp), bytes(rp)};
+            if (fused) {
+              const auto sum = dsum.to_host();
+              for (size_t i = 0; i < sum.size(); ++i) ASSERT_EQ(f32_bits(sum[i]), f32_bits(r[i])) << "residual sum " << i;
+            }
+          }
+          for (size_t i = 0; i < got[0].size(); ++i)
+            ASSERT_EQ(got[0][i], got[1][i]) << "sharq output " << i << ", M " << M << " K " << K << " scale "
+                                            << static_cast<int>(gs) << " add " << with_add;
+          // the NVFP4 baseline's prep, blocks and plane
+          std::vector<uint8_t> nv[2];
+          for (int fused = 0; fused < 2; ++fused) {
+            DeviceBuffer<block_nvfp4_16> blocks(static_cast<size_t>(M * ((K + 15) / 16)));
+            DeviceBuffer<float> g(static_cast<size_t>(M));
+            DeviceBuffer<__half> xp(static_cast<size_t>(M * ld));
+            if (fused)
+              nvfp4_prep(dx.get(), dt, M, K, dw.get(), gs, PrepInput::residual_rmsnorm, 1e-5f, blocks.get(), g.get(),
+                         xp.get(), ld, scratch.get(), nullptr, with_add ? static_cast<const void*>(dadd.get()) : nullptr,
+                         nullptr);
+            else
+              nvfp4_prep(dy.get(), dt, M, K, nullptr, gs, PrepInput::plain, 0.0f, blocks.get(), g.get(), xp.get(), ld,
+                         scratch.get(), nullptr);
+            SHARQ_CUDA_CHECK(cudaDeviceSynchronize());
+            const auto b = blocks.to_host();
+            const auto p = xp.to_host();
+            nv[fused].resize(b.size() * sizeof(b[0]) + p.size() * 2);
+            std::memcpy(nv[fused].data(), b.data(), b.size() * sizeof(b[0]));
+            std::memcpy(nv[fused].data() + b.size() * sizeof(b[0]), p.data(), p.size() * 2);
+          }
+          ASSERT_EQ(nv[0], nv[1]) << "nvfp4 prep, M " << M << " K " << K;
+        }
+      }
 }
 
 TEST(SharqPrep, RejectsUnsupportedInputsBeforeLaunch) {
@@ -240,7 +431,7 @@ TEST(SharqPrep, RejectsUnsupportedInputsBeforeLaunch) {
   hif.fmt = SharqFormat::hif4;
   expect_throw([&] { sharq_prep(dummy, DType::bf16, 1, 64, nullptr, hif, out, nullptr, nullptr); }, "HiF4");
   PrepSpec rms = spec;
-  rms.rmsnorm = true;
+  rms.input = PrepInput::rmsnorm;
   expect_throw([&] { sharq_prep(dummy, DType::bf16, 1, 64, nullptr, rms, out, nullptr, nullptr); }, "rmsnorm");
   PrepSpec mx = spec;
   mx.fmt = SharqFormat::mxfp4;

@@ -16,6 +16,7 @@
 #include <algorithm>
 #include <stdexcept>
 #include <string>
+#include <type_traits>
 
 #include <fmt/format.h>
 
@@ -28,6 +29,18 @@ namespace {
 template <class T> __device__ __forceinline__ float to_f32(T v);
 template <> __device__ __forceinline__ float to_f32<__half>(__half v) { return __half2float(v); }
 template <> __device__ __forceinline__ float to_f32<__nv_bfloat16>(__nv_bfloat16 v) { return __bfloat162float(v); }
+template <class T> __device__ __forceinline__ T from_f32(float v);
+template <> __device__ __forceinline__ __half from_f32<__half>(float v) { return __float2half_rn(v); }
+template <> __device__ __forceinline__ __nv_bfloat16 from_f32<__nv_bfloat16>(float v) { return __float2bfloat16_rn(v); }
+
+// The prep's input row (PrepInput as a template argument).
+constexpr int kInPlain = 0, kInRms = 1, kInSwiglu = 2, kInResidualRms = 3;
+// silu(g) * u rounded to T: the expression and rounding of transformer_ops' swiglu(), so the fused
+// prep sees exactly the values the separate kernel would have written.
+template <class T>
+__device__ __forceinline__ float swiglu_t(float g, float u) {
+  return to_f32(from_f32<T>(g / (1.0f + expf(-g)) * u));
+}
 
 struct RowArgs {
   const void* x;
@@ -39,30 +52,65 @@ struct RowArgs {
   PairScore score;
   PrepOut out;
   block_nvfp4_16* nv_blocks;  // nvfp4_prep only
+  const void* add = nullptr;  // residual_rmsnorm: added to the FP32 row first (or null)
 };
 
 // The (optionally RMS-normalized) row, read straight from global memory: nothing is staged in
 // shared memory, so blocks stay small and many fit on an SM; the second read of a row (amax pass,
 // then the spans) hits L1/L2. at8() uses one 16-byte load for 8 values when K % 8 == 0.
-template <class T, bool kRms>
+template <class T, int kIn>
 struct RowView {
   const T* x;
   const T* w;
   int64_t K;
   float inv;
+  const float* xf = nullptr;  // residual_rmsnorm: the FP32 residual row, its FP32 norm weight and
+  const T* addp = nullptr;    // the projection output added to it (or null)
+  const float* wf = nullptr;
+  __device__ __forceinline__ float sum_at(int64_t i) const { return addp ? xf[i] + to_f32(addp[i]) : xf[i]; }
   __device__ __forceinline__ float at(int64_t i) const {
     if (i >= K) return 0.0f;  // zero padding along K, as on the CPU
+    // add_rmsnorm()'s output expression and rounding: T(w * (r * inv))
+    if constexpr (kIn == kInResidualRms) return to_f32(from_f32<T>(wf[i] * (sum_at(i) * inv)));
+    if constexpr (kIn == kInSwiglu) return swiglu_t<T>(to_f32(x[i]), to_f32(x[K + i]));
     float v = to_f32(x[i]);
-    if constexpr (kRms) v = (v * inv) * to_f32(w[i]);
+    if constexpr (kIn == kInRms) v = (v * inv) * to_f32(w[i]);
     return v;
   }
   __device__ __forceinline__ void at8(int64_t i, float* o) const {
+    if constexpr (kIn == kInResidualRms) {
+      if (K % 8 == 0 && i + 8 <= K) {
+        const float4* x4 = reinterpret_cast<const float4*>(xf + i);
+        const float4* w4 = reinterpret_cast<const float4*>(wf + i);
+        const float4 xa = x4[0], xb = x4[1], wa = w4[0], wb = w4[1];
+        float r[8] = {xa.x, xa.y, xa.z, xa.w, xb.x, xb.y, xb.z, xb.w};
+        const float w8[8] = {wa.x, wa.y, wa.z, wa.w, wb.x, wb.y, wb.z, wb.w};
+        if (addp) {
+          const uint4 u = *reinterpret_cast<const uint4*>(addp + i);
+          const T* e = reinterpret_cast<const T*>(&u);
+#pragma unroll
+          for (int j = 0; j < 8; ++j) r[j] = r[j] + to_f32(e[j]);
+        }
+#pragma unroll
+        for (int j = 0; j < 8; ++j) o[j] = to_f32(from_f32<T>(w8[j] * (r[j] * inv)));
+      } else {
+#pragma unroll
+        for (int j = 0; j < 8; ++j) o[j] = at(i + j);
+      }
+      return;
+    }
     if (K % 8 == 0 && i + 8 <= K) {
       const uint4 u = *reinterpret_cast<const uint4*>(x + i);
       const T* e = reinterpret_cast<const T*>(&u);
 #pragma unroll
       for (int j = 0; j < 8; ++j) o[j] = to_f32(e[j]);
-      if constexpr (kRms) {
+      if constexpr (kIn == kInSwiglu) {
+        const uint4 uu = *reinterpret_cast<const uint4*>(x + K + i);
+        const T* eu = reinterpret_cast<const T*>(&uu);
+#pragma unroll
+        for (int j = 0; j < 8; ++j) o[j] = swiglu_t<T>(o[j], to_f32(eu[j]));
+      }
+      if constexpr (kIn == kInRms) {
         const uint4 uw = *reinterpret_cast<const uint4*>(w + i);
         const T* ew = reinterpret_cast<const T*>(&uw);
 #pragma unroll
@@ -77,10 +125,34 @@ struct RowView {
 
 // Row m's view. RMSNorm: warp 0 sums x*x in the documented order (lane-strided partial sums,
 // then the xor butterfly), as rmsnorm_reference() does; every thread gets inv. red: >= 1 float.
-template <class T, bool kRms>
-__device__ RowView<T, kRms> make_row(const RowArgs& a, int64_t m, float* red) {
-  RowView<T, kRms> r{static_cast<const T*>(a.x) + m * a.K, static_cast<const T*>(a.rms_w), a.K, 1.0f};
-  if constexpr (kRms) {
+// residual_rmsnorm: the same over r = x + o, and the row's owner block (the prep kernels' block 0
+// of the row; never the amax pass) writes r to out.sum for the next layer.
+template <class T, int kIn>
+__device__ RowView<T, kIn> make_row(const RowArgs& a, int64_t m, float* red, bool owner = false) {
+  if constexpr (kIn == kInResidualRms) {
+    RowView<T, kIn> r{nullptr, nullptr, a.K, 1.0f};
+    r.xf = static_cast<const float*>(a.x) + m * a.K;
+    r.addp = a.add ? static_cast<const T*>(a.add) + m * a.K : nullptr;
+    r.wf = static_cast<const float*>(a.rms_w);
+    if (threadIdx.x < 32) {
+      float p = 0.0f;
+      for (int64_t i = threadIdx.x; i < a.K; i += 32) {
+        const float v = r.sum_at(i);
+        p = p + v * v;
+      }
+      for (int off = 16; off >= 1; off >>= 1) p = p + __shfl_xor_sync(0xffffffffu, p, off);
+      if (threadIdx.x == 0) *red = 1.0f / sqrtf(p / static_cast<float>(a.K) + a.eps);
+    }
+    if (owner && a.out.sum)
+      for (int64_t i = threadIdx.x; i < a.K; i += blockDim.x) a.out.sum[m * a.K + i] = r.sum_at(i);
+    __syncthreads();
+    r.inv = *red;
+    __syncthreads();
+    return r;
+  }
+  const int64_t stride = kIn == kInSwiglu ? 2 * a.K : a.K;  // SwiGLU: gate then up, 2K per row
+  RowView<T, kIn> r{static_cast<const T*>(a.x) + m * stride, static_cast<const T*>(a.rms_w), a.K, 1.0f};
+  if constexpr (kIn == kInRms) {
     if (threadIdx.x < 32) {
       float p = 0.0f;
       for (int64_t i = threadIdx.x; i < a.K; i += 32) {
@@ -119,12 +191,12 @@ __device__ float row_amax(const R& row, float* red) {
   return r;
 }
 
-template <class T, bool kRms>
+template <class T, int kIn>
 __global__ void amax_kernel(RowArgs a, uint32_t* amax_bits) {
   pdl_wait();  // PDL (launch.cuh): x comes from the preceding kernel
   pdl_trigger();
   __shared__ float red[33];
-  const auto row = make_row<T, kRms>(a, blockIdx.x, red + 32);
+  const auto row = make_row<T, kIn>(a, blockIdx.x, red + 32);
   const float m = row_amax(row, red);
   if (threadIdx.x == 0) atomicMax(amax_bits, f32_bits(m));  // non-negative floats order as their bits
 }
@@ -323,13 +395,13 @@ __device__ __forceinline__ void zero_tail(__half* plane, const RowArgs& a, int64
   for (int64_t c = a.spans * 32 + threadIdx.x; c < a.ld; c += blockDim.x) plane[m * a.ld + c] = __float2half_rn(0.0f);
 }
 
-template <class V, int Group, class T, bool kRms>
+template <class V, int Group, class T, int kIn>
 __global__ void __launch_bounds__(256) sharq_prep_kernel(RowArgs a) {
   pdl_wait();  // PDL (launch.cuh): x comes from the preceding kernel
   pdl_trigger();
   __shared__ float red[33];
   const int64_t m = blockIdx.x;
-  const auto row = make_row<T, kRms>(a, m, red + 32);
+  const auto row = make_row<T, kIn>(a, m, red + 32, blockIdx.y == 0);
   float g = 1.0f;
   if constexpr (V::kGlobal) {
     g = row_global_scale(a, row, m, red);
@@ -346,13 +418,13 @@ __global__ void __launch_bounds__(256) sharq_prep_kernel(RowArgs a) {
 
 // NVFP4 W4A4 baseline: a thread quantizes 32 columns = two NVFP4-16 blocks, in registers.
 // a.spans counts 32-wide chunks here.
-template <class T, bool kRms>
+template <class T, int kIn>
 __global__ void __launch_bounds__(256) nvfp4_prep_kernel(RowArgs a) {
   pdl_wait();  // PDL (launch.cuh): x comes from the preceding kernel
   pdl_trigger();
   __shared__ float red[33];
   const int64_t m = blockIdx.x;
-  const auto row = make_row<T, kRms>(a, m, red + 32);
+  const auto row = make_row<T, kIn>(a, m, red + 32, blockIdx.y == 0);
   const float g = row_global_scale(a, row, m, red);
   const int64_t nblk = (a.K + 15) / 16;
   int64_t b, e;
@@ -476,7 +548,7 @@ __device__ void warp_span(const RowArgs& a, int64_t m, int64_t sp, float g, cons
 
 // Small-M (latency) form: one warp per span, one lane per element (lower latency per span than the
 // thread-per-span kernel, which wins on throughput at large M). Bit-identical to it and to the CPU.
-template <class V, int Group, class T, bool kRms>
+template <class V, int Group, class T, int kIn>
 __global__ void __launch_bounds__(256) sharq_prep_warp_kernel(RowArgs a) {
   pdl_wait();  // PDL (launch.cuh): x comes from the preceding kernel
   pdl_trigger();
@@ -484,7 +556,7 @@ __global__ void __launch_bounds__(256) sharq_prep_warp_kernel(RowArgs a) {
   __shared__ float xs_all[8][32];
   __shared__ uint8_t cs_all[8][32];
   const int64_t m = blockIdx.x;
-  const auto row = make_row<T, kRms>(a, m, red + 32);
+  const auto row = make_row<T, kIn>(a, m, red + 32, blockIdx.y == 0);
   float g = 1.0f;
   if constexpr (V::kGlobal) {
     g = row_global_scale(a, row, m, red);
@@ -503,13 +575,13 @@ __global__ void __launch_bounds__(256) sharq_prep_warp_kernel(RowArgs a) {
 
 // Small-M NVFP4 W4A4 baseline: a warp quantizes 32 columns = two NVFP4-16 blocks, one lane per element.
 // a.spans counts 32-wide chunks here.
-template <class T, bool kRms>
+template <class T, int kIn>
 __global__ void __launch_bounds__(256) nvfp4_prep_warp_kernel(RowArgs a) {
   pdl_wait();  // PDL (launch.cuh): x comes from the preceding kernel
   pdl_trigger();
   __shared__ float red[33];
   const int64_t m = blockIdx.x;
-  const auto row = make_row<T, kRms>(a, m, red + 32);
+  const auto row = make_row<T, kIn>(a, m, red + 32, blockIdx.y == 0);
   const float g = row_global_scale(a, row, m, red);
   const int warp = threadIdx.x / 32, lane = threadIdx.x & 31;
   const int64_t nblk = (a.K + 15) / 16;
@@ -556,7 +628,23 @@ unsigned warp_blocks_per_row(int64_t M, int64_t spans) {
 }
 
 
-void check_common(const char* what, const void* x, int64_t M, int64_t K, bool rmsnorm, const void* rms_w, int64_t ld) {
+// f(T{}, std::integral_constant<int, kIn>{}) for the element type and the input kind.
+template <class F>
+void with_input(DType xt, PrepInput in, F&& f) {
+  auto by_input = [&](auto t) {
+    switch (in) {
+      case PrepInput::rmsnorm: f(t, std::integral_constant<int, kInRms>{}); break;
+      case PrepInput::swiglu: f(t, std::integral_constant<int, kInSwiglu>{}); break;
+      case PrepInput::residual_rmsnorm: f(t, std::integral_constant<int, kInResidualRms>{}); break;
+      default: f(t, std::integral_constant<int, kInPlain>{}); break;
+    }
+  };
+  if (xt == DType::bf16) by_input(__nv_bfloat16{});
+  else by_input(__half{});
+}
+
+void check_common(const char* what, const void* x, int64_t M, int64_t K, PrepInput input, const void* rms_w, int64_t ld) {
+  const bool rmsnorm = input == PrepInput::rmsnorm || input == PrepInput::residual_rmsnorm;
   if (M < 0 || K <= 0) throw std::invalid_argument(fmt::format("{}: bad shape M = {}, K = {}", what, M, K));
   if (K > kPrepMaxK)
     throw std::invalid_argument(fmt::format("{}: K = {} exceeds the supported maximum {}",
@@ -568,36 +656,36 @@ void check_common(const char* what, const void* x, int64_t M, int64_t K, bool rm
                                             (K + 127) / 128 * 128));
 }
 
-template <class T, bool kRms>
+template <class T, int kIn>
 void launch_amax(const RowArgs& a, int64_t M, uint32_t* scratch, cudaStream_t st) {
   SHARQ_CUDA_CHECK(cudaMemsetAsync(scratch, 0, sizeof(uint32_t), st));
-  launch_pdl(amax_kernel<T, kRms>, static_cast<unsigned>(M), dim3(256), 0, st, a, scratch);
+  launch_pdl(amax_kernel<T, kIn>, static_cast<unsigned>(M), dim3(256), 0, st, a, scratch);
   SHARQ_CUDA_CHECK(cudaGetLastError());
 }
 
-template <class V, int G, class T, bool kRms>
+template <class V, int G, class T, int kIn>
 void launch_sharq(const RowArgs& a, int64_t M, cudaStream_t st) {
   if (M <= kWarpKernelMaxM) {
-    launch_pdl(sharq_prep_warp_kernel<V, G, T, kRms>, dim3(static_cast<unsigned>(M), warp_blocks_per_row(M, a.spans)), dim3(256), 0, st, a);
+    launch_pdl(sharq_prep_warp_kernel<V, G, T, kIn>, dim3(static_cast<unsigned>(M), warp_blocks_per_row(M, a.spans)), dim3(256), 0, st, a);
   } else {
     const Shape sh = launch_shape(M, a.spans);
-    launch_pdl(sharq_prep_kernel<V, G, T, kRms>, dim3(static_cast<unsigned>(M), sh.bpr), dim3(sh.threads), 0, st, a);
+    launch_pdl(sharq_prep_kernel<V, G, T, kIn>, dim3(static_cast<unsigned>(M), sh.bpr), dim3(sh.threads), 0, st, a);
   }
   SHARQ_CUDA_CHECK(cudaGetLastError());
 }
 
-template <class T, bool kRms>
+template <class T, int kIn>
 void dispatch_sharq(const PrepSpec& s, RowArgs& a, int64_t M, uint32_t* scratch, cudaStream_t st) {
   if (s.fmt == SharqFormat::nvfp4 && a.per_tensor) {
-    launch_amax<T, kRms>(a, M, scratch, st);
+    launch_amax<T, kIn>(a, M, scratch, st);
     a.amax_bits = scratch;
   }
   if (s.fmt == SharqFormat::nvfp4) {
-    if (s.mask == MaskKind::pair48) launch_sharq<SharqNvfp4, 8, T, kRms>(a, M, st);
-    else launch_sharq<SharqNvfp4, 4, T, kRms>(a, M, st);
+    if (s.mask == MaskKind::pair48) launch_sharq<SharqNvfp4, 8, T, kIn>(a, M, st);
+    else launch_sharq<SharqNvfp4, 4, T, kIn>(a, M, st);
   } else {
-    if (s.mask == MaskKind::pair48) launch_sharq<SharqMxfp4, 8, T, kRms>(a, M, st);
-    else launch_sharq<SharqMxfp4, 4, T, kRms>(a, M, st);
+    if (s.mask == MaskKind::pair48) launch_sharq<SharqMxfp4, 8, T, kIn>(a, M, st);
+    else launch_sharq<SharqMxfp4, 4, T, kIn>(a, M, st);
   }
 }
 
@@ -606,7 +694,7 @@ void dispatch_sharq(const PrepSpec& s, RowArgs& a, int64_t M, uint32_t* scratch,
 void sharq_prep(const void* x, DType xt, int64_t M, int64_t K, const void* rms_weight, const PrepSpec& spec,
                 const PrepOut& out, uint32_t* scratch, cudaStream_t stream) {
   const int64_t ld = out.ld ? out.ld : (K + 127) / 128 * 128;
-  check_common("sharq_prep", x, M, K, spec.rmsnorm, rms_weight, ld);
+  check_common("sharq_prep", x, M, K, spec.input, rms_weight, ld);
   if (spec.fmt == SharqFormat::hif4)
     throw std::invalid_argument("sharq_prep: HiF4 is not supported on the GPU (NVFP4 and MXFP4 are)");
   if (spec.mask != MaskKind::pair48 && spec.mask != MaskKind::scalar24)
@@ -619,39 +707,37 @@ void sharq_prep(const void* x, DType xt, int64_t M, int64_t K, const void* rms_w
   const bool per_tensor = nv && spec.act_scale == GlobalScale::per_tensor;
   if (per_tensor && !scratch && M > 0) throw std::invalid_argument("sharq_prep: per-tensor scale needs the scratch word");
   if (M == 0) return;
-  RowArgs a{x, rms_weight, K, (K + 31) / 32, ld, spec.eps, per_tensor, nullptr, spec.score, out, nullptr};
+  if (spec.input == PrepInput::residual_rmsnorm && out.sum && out.sum == x)
+    throw std::invalid_argument("sharq_prep: the residual sum must not overwrite its input (other blocks read it)");
+  RowArgs a{x, rms_weight, K, (K + 31) / 32, ld, spec.eps, per_tensor, nullptr, spec.score, out, nullptr, spec.add};
   a.out.ld = ld;
-  if (xt == DType::bf16) {
-    if (spec.rmsnorm) dispatch_sharq<__nv_bfloat16, true>(spec, a, M, scratch, stream);
-    else dispatch_sharq<__nv_bfloat16, false>(spec, a, M, scratch, stream);
-  } else {
-    if (spec.rmsnorm) dispatch_sharq<__half, true>(spec, a, M, scratch, stream);
-    else dispatch_sharq<__half, false>(spec, a, M, scratch, stream);
-  }
+  with_input(xt, spec.input, [&](auto t, auto in) {
+    dispatch_sharq<decltype(t), decltype(in)::value>(spec, a, M, scratch, stream);
+  });
 }
 
 namespace {
-template <class T, bool kRms>
+template <class T, int kIn>
 void launch_nvfp4(RowArgs& a, int64_t M, uint32_t* scratch, cudaStream_t st) {
   if (a.per_tensor) {
-    launch_amax<T, kRms>(a, M, scratch, st);
+    launch_amax<T, kIn>(a, M, scratch, st);
     a.amax_bits = scratch;
   }
   if (M <= kWarpKernelMaxM) {
-    launch_pdl(nvfp4_prep_warp_kernel<T, kRms>, dim3(static_cast<unsigned>(M), warp_blocks_per_row(M, a.spans)), dim3(256), 0, st, a);
+    launch_pdl(nvfp4_prep_warp_kernel<T, kIn>, dim3(static_cast<unsigned>(M), warp_blocks_per_row(M, a.spans)), dim3(256), 0, st, a);
   } else {
     const Shape sh = launch_shape(M, a.spans);
-    launch_pdl(nvfp4_prep_kernel<T, kRms>, dim3(static_cast<unsigned>(M), sh.bpr), dim3(sh.threads), 0, st, a);
+    launch_pdl(nvfp4_prep_kernel<T, kIn>, dim3(static_cast<unsigned>(M), sh.bpr), dim3(sh.threads), 0, st, a);
   }
   SHARQ_CUDA_CHECK(cudaGetLastError());
 }
 }  // namespace
 
 void nvfp4_prep(const void* x, DType xt, int64_t M, int64_t K, const void* rms_weight, GlobalScale act_scale,
-                bool rmsnorm, float eps, block_nvfp4_16* blocks, float* g, __half* x_plane, int64_t ld,
-                uint32_t* scratch, cudaStream_t stream) {
+                PrepInput input, float eps, block_nvfp4_16* blocks, float* g, __half* x_plane, int64_t ld,
+                uint32_t* scratch, cudaStream_t stream, const void* add, float* sum) {
   if (!ld) ld = (K + 127) / 128 * 128;
-  check_common("nvfp4_prep", x, M, K, rmsnorm, rms_weight, ld);
+  check_common("nvfp4_prep", x, M, K, input, rms_weight, ld);
   if (act_scale == GlobalScale::none)
     throw std::invalid_argument("nvfp4_prep: NVFP4 needs a per-tensor or per-token activation scale");
   const bool per_tensor = act_scale == GlobalScale::per_tensor;
@@ -661,14 +747,11 @@ void nvfp4_prep(const void* x, DType xt, int64_t M, int64_t K, const void* rms_w
   out.g = g;
   out.x_plane = x_plane;
   out.ld = ld;
-  RowArgs a{x, rms_weight, K, (K + 31) / 32, ld, eps, per_tensor, nullptr, PairScore::max, out, blocks};
-  if (xt == DType::bf16) {
-    if (rmsnorm) launch_nvfp4<__nv_bfloat16, true>(a, M, scratch, stream);
-    else launch_nvfp4<__nv_bfloat16, false>(a, M, scratch, stream);
-  } else {
-    if (rmsnorm) launch_nvfp4<__half, true>(a, M, scratch, stream);
-    else launch_nvfp4<__half, false>(a, M, scratch, stream);
-  }
+  out.sum = sum;
+  if (input == PrepInput::residual_rmsnorm && sum && sum == x)
+    throw std::invalid_argument("nvfp4_prep: the residual sum must not overwrite its input (other blocks read it)");
+  RowArgs a{x, rms_weight, K, (K + 31) / 32, ld, eps, per_tensor, nullptr, PairScore::max, out, blocks, add};
+  with_input(xt, input, [&](auto t, auto in) { launch_nvfp4<decltype(t), decltype(in)::value>(a, M, scratch, stream); });
 }
 
 }  // namespace sharq::cuda

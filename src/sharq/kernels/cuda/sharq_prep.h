@@ -1,7 +1,7 @@
 // The fused SharQ activation prep on the GPU (one kernel per row block; a second small pass only
 // for the per-tensor scale):
 //
-//   X (BF16/FP16, M x K) -> [RMSNorm(weight, eps)] -> g_x (per tensor | per token) -> mask
+//   X (BF16/FP16, M x K) -> [RMSNorm(weight, eps) | SwiGLU of a gate/up pair] -> g_x (per tensor | per token) -> mask
 //   (pair-4:8 | scalar 2:4) -> backbone quantization -> residual against the quantized backbone
 //   -> residual quantization
 //
@@ -30,12 +30,27 @@ namespace sharq::cuda {
 
 enum class DType : uint8_t { f16, bf16 };
 
+// What the prep reads as its input row.
+enum class PrepInput : uint8_t {
+  plain,    // x: M x K
+  rmsnorm,  // x: M x K, RMSNorm'ed with rms_weight (K values of the input type) in front
+  swiglu,   // x: M x 2K, gate then up (the fused gate/up projection's output); the input is
+            // T(silu(gate) * up) with transformer_ops' swiglu() expression and rounding, so the
+            // fused prep is bit-identical to swiglu() followed by the plain prep
+  residual_rmsnorm,  // x: the FP32 residual stream (M x K floats); the row is r = x + float(add)
+                     // (add: the previous projection's output, M x K of the input type, or null);
+                     // the input is T(w * (r * inv)), w = rms_weight (K floats), inv from r in the
+                     // RMSNorm's documented order; r is written to PrepOut::sum (M x K floats, not x
+                     // itself: other blocks of the row read x) for the next layer
+};
+
 struct PrepSpec {
   SharqFormat fmt = SharqFormat::nvfp4;          // nvfp4 | mxfp4 (hif4: rejected)
   MaskKind mask = MaskKind::pair48;              // pair48 | scalar24
   PairScore score = PairScore::max;
   GlobalScale act_scale = GlobalScale::per_row;  // NVFP4: per_tensor | per_row; ignored for MXFP4
-  bool rmsnorm = false;                          // fused RMSNorm in front (weight given to the call)
+  PrepInput input = PrepInput::plain;            // the row's front end (RMSNorm: weight given to the call)
+  const void* add = nullptr;                     // residual_rmsnorm: added to the residual row (or null)
   float eps = 1e-6f;
 };
 
@@ -47,22 +62,25 @@ struct PrepOut {
   __half* r_plane = nullptr;   // M x ld: R^
   __half* x_plane = nullptr;   // M x ld: fp16(S^ + R^), merged mode
   int64_t ld = 0;              // 0: round_up(K, 128)
+  float* sum = nullptr;        // residual_rmsnorm: x + add, M x K floats (null: not written)
 };
 
 // Largest K the prep accepts (a sanity bound on one row).
 constexpr int64_t kPrepMaxK = int64_t{1} << 20;
 
-// Runs the prep on `stream`. x: M x K device array of `xt`; rms_weight: K values of `xt` (only
-// when spec.rmsnorm). scratch: 1 device word, needed for per-tensor NVFP4 (else may be null).
+// Runs the prep on `stream`. x: M x K device array of `xt` (M x 2K for PrepInput::swiglu; M x K
+// floats for PrepInput::residual_rmsnorm, where `xt` is the type of spec.add and of the rounding);
+// rms_weight: K values of `xt` for PrepInput::rmsnorm, K floats for residual_rmsnorm. scratch: 1
+// device word, needed for per-tensor NVFP4 (else may be null).
 // Throws std::invalid_argument for unsupported shapes/options before any launch.
 void sharq_prep(const void* x, DType xt, int64_t M, int64_t K, const void* rms_weight, const PrepSpec& spec,
                 const PrepOut& out, uint32_t* scratch, cudaStream_t stream);
 
 // The NVFP4 W4A4 baseline's activation quantization (NVFP4-16 blocks + g_x) with the same front
-// end (RMSNorm, per-tensor/per-token g_x), writing the blocks and/or the exact FP16 plane of X^.
+// end (PrepInput, per-tensor/per-token g_x), writing the blocks and/or the exact FP16 plane of X^.
 void nvfp4_prep(const void* x, DType xt, int64_t M, int64_t K, const void* rms_weight, GlobalScale act_scale,
-                bool rmsnorm, float eps, block_nvfp4_16* blocks, float* g, __half* x_plane, int64_t ld,
-                uint32_t* scratch, cudaStream_t stream);
+                PrepInput input, float eps, block_nvfp4_16* blocks, float* g, __half* x_plane, int64_t ld,
+                uint32_t* scratch, cudaStream_t stream, const void* add = nullptr, float* sum = nullptr);
 
 // Host reference of the fused RMSNorm, in the kernel's operation order (bit-identical):
 // ss = 32 lane-strided partial sums of x*x, reduced by an xor butterfly (16, 8, 4, 2, 1);

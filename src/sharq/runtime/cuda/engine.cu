@@ -220,7 +220,8 @@ struct GpuExecutor::Impl {
   std::unique_ptr<GpuActivations> acts_h, acts_q, acts_i;
   DeviceBuffer<uint8_t> workspace, attn_ws;
   // activations (max_batch_tokens rows; logits max_logit_rows)
-  DeviceBuffer<float> x, q32, logits;
+  DeviceBuffer<float> x, x2, q32, logits;  // x2: the residual's second buffer (fused norm preps)
+  bool fused = false;                        // the FP4 schemes: norms and SwiGLU inside the preps
   DeviceBuffer<uint16_t> h, qkvb, att, ob, gub, ab, hn;
   // KV cache: n_blocks usable blocks + block n_blocks for the padding rows of decode steps
   DeviceBuffer<uint16_t> kv_pool;
@@ -360,15 +361,33 @@ void GpuExecutor::Impl::build(const ModelConfig& c, const Scheme& sch, const Eng
       const TensorView* first = src.view(parts.begin()->m, l);
       if (first && first->quantized) {  // a quantized checkpoint: its stored blocks, not re-quantized
         std::vector<const QuantizedWeight*> stored;
+        const bool fp8 = first->quantized->weights == StoredWeights::fp8;
         for (const Part& p : parts) {
           const TensorView* t = src.view(p.m, l);
-          if (!t || !t->quantized || t->quantized->weights == StoredWeights::fp8)
-            throw std::invalid_argument(fmt::format("GpuExecutor: layer {}: the GPU engine loads NVFP4 checkpoints whose every "
-                                                    "projection is stored quantized (FP8 checkpoints run on the CPU for now)", l));
+          if (!t || !t->quantized || (t->quantized->weights == StoredWeights::fp8) != fp8)
+            throw std::invalid_argument(fmt::format("GpuExecutor: layer {}: the GPU engine loads quantized checkpoints whose "
+                                                    "every projection is stored quantized in one format", l));
           if (t->quantized->rows != p.n || t->quantized->cols != K)
             throw std::invalid_argument(fmt::format("GpuExecutor: {}: {} x {} stored, {} x {} expected", t->quantized->name,
                                                     t->quantized->rows, t->quantized->cols, p.n, K));
           stored.push_back(t->quantized.get());
+        }
+        if (fp8) {  // E4M3 codes and per-channel multipliers, the parts' rows stacked as stored
+          std::vector<uint8_t> codes;
+          std::vector<float> scales;
+          int64_t n = 0;
+          for (const QuantizedWeight* q : stored) {
+            if (q->codes.bytes != static_cast<size_t>(q->rows * q->cols) || q->channel_scales.size() != static_cast<size_t>(q->rows))
+              throw std::invalid_argument(fmt::format("GpuExecutor: {}: stored FP8 codes / scales do not match {} x {}", q->name,
+                                                      q->rows, q->cols));
+            codes.insert(codes.end(), q->codes.data, q->codes.data + q->codes.bytes);
+            scales.insert(scales.end(), q->channel_scales.begin(), q->channel_scales.end());
+            n += q->rows;
+          }
+          auto g = std::make_unique<GpuLinear>(sch, GpuLinear::Fp8Stored{codes.data(), scales.data(), n, K}, lo,
+                                               E.blas.get(), any_bias ? bias.data() : nullptr);
+          ws = std::max(ws, g->workspace_bytes());
+          return g;
         }
         const Fp4Tiles tiles = sch.fp4_weight_block() == 32 ? stack_stored<Nvfp4_32>(stored) : stack_stored<Nvfp4_16>(stored);
         auto g = std::make_unique<GpuLinear>(sch, tiles, lo, any_bias ? bias.data() : nullptr);
@@ -413,7 +432,9 @@ void GpuExecutor::Impl::build(const ModelConfig& c, const Scheme& sch, const Eng
   if (E.qd != E.H) E.acts_q = std::make_unique<GpuActivations>(sch, E.qd, E.maxM);
   E.acts_i = std::make_unique<GpuActivations>(sch, E.I, E.maxM);
   const size_t M = static_cast<size_t>(E.maxM), R = static_cast<size_t>(E.maxR);
+  E.fused = E.layers.front().down->fused_prep();
   E.x = DeviceBuffer<float>(M * E.H);
+  if (E.fused) E.x2 = DeviceBuffer<float>(M * E.H);
   E.q32 = DeviceBuffer<float>(M * E.qd);
   E.logits = DeviceBuffer<float>(R * E.V);
   E.h = DeviceBuffer<uint16_t>(M * E.H);
@@ -421,7 +442,7 @@ void GpuExecutor::Impl::build(const ModelConfig& c, const Scheme& sch, const Eng
   E.att = DeviceBuffer<uint16_t>(M * E.qd);
   E.ob = DeviceBuffer<uint16_t>(M * E.H);
   E.gub = DeviceBuffer<uint16_t>(M * 2 * E.I);
-  E.ab = DeviceBuffer<uint16_t>(M * E.I);
+  if (!E.fused) E.ab = DeviceBuffer<uint16_t>(M * E.I);  // the SwiGLU output (fused: never materialized)
   E.hn = DeviceBuffer<uint16_t>(R * E.H);
   E.attn_ws = DeviceBuffer<uint8_t>(paged_attention_workspace_bytes(E.maxM, static_cast<int>(c.num_heads),
                                                                     static_cast<int>(c.head_dim)));
@@ -540,15 +561,31 @@ void GpuExecutor::Impl::forward(int64_t M, int64_t R, const AttentionPlan& plan)
   const int nh = static_cast<int>(c.num_heads);
   GpuActivations& acts_q = E.acts_q ? *E.acts_q : *E.acts_h;
   void* ws = E.workspace.get();
+  // The residual stream: the FP4 schemes fuse each residual add + RMSNorm into the next
+  // projection's activation prep, which writes the sum to the other buffer (its blocks read x):
+  // xr is the current residual, xw the other one. The other schemes add and norm in place.
+  float* xr = E.x.get();
+  float* xw = E.x2.get();
+  auto norm_into = [&](const GpuLinear& lin, const void* add, const float* w, GpuActivations& acts) {
+    if (E.fused) {
+      mark(kPrep);
+      lin.prepare_norm(xr, add, w, eps, M, add ? xw : nullptr, acts, st);
+      if (add) std::swap(xr, xw);
+      return;
+    }
+    mark(kOther);
+    if (add) add_rmsnorm(xr, add, M, E.H, w, eps, E.t, E.h.get(), st);
+    else rmsnorm_rows(xr, nullptr, M, E.H, w, eps, E.t, E.h.get(), st);
+    mark(kPrep);
+    lin.prepare(E.h.get(), M, acts, st);
+  };
   mark(kOther);
-  embed_rows(E.embed.get(), d + E.o_tok, M, E.H, E.x.get(), st);
-  rmsnorm_rows(E.x.get(), nullptr, M, E.H, E.layers[0].attn_norm.get(), eps, E.t, E.h.get(), st);
+  embed_rows(E.embed.get(), d + E.o_tok, M, E.H, xr, st);
   const uint16_t* qkv = E.qkvb.get();
   for (int64_t l = 0; l < c.num_layers; ++l) {
     const Impl::Layer& L = E.layers[static_cast<size_t>(l)];
     const PagedKv kv = E.layer_kv(l);
-    mark(kPrep);
-    L.qkv->prepare(E.h.get(), M, *E.acts_h, st);
+    norm_into(*L.qkv, l == 0 ? nullptr : E.ob.get(), L.attn_norm.get(), *E.acts_h);
     mark(kGemm);
     L.qkv->gemm(*E.acts_h, E.qkvb.get(), st, ws);
     mark(kOther);
@@ -560,26 +597,25 @@ void GpuExecutor::Impl::forward(int64_t M, int64_t R, const AttentionPlan& plan)
     L.o->prepare(E.att.get(), M, acts_q, st);
     mark(kGemm);
     L.o->gemm(acts_q, E.ob.get(), st, ws);
-    mark(kOther);
-    add_rmsnorm(E.x.get(), E.ob.get(), M, E.H, L.mlp_norm.get(), eps, E.t, E.h.get(), st);
-    mark(kPrep);
-    L.gate_up->prepare(E.h.get(), M, *E.acts_h, st);
+    norm_into(*L.gate_up, E.ob.get(), L.mlp_norm.get(), *E.acts_h);
     mark(kGemm);
     L.gate_up->gemm(*E.acts_h, E.gub.get(), st, ws);
-    mark(kOther);
-    swiglu(E.gub.get(), M, E.I, E.t, E.ab.get(), st);
-    mark(kPrep);
-    L.down->prepare(E.ab.get(), M, *E.acts_i, st);
+    if (E.fused) {  // SwiGLU inside the down projection's activation prep
+      mark(kPrep);
+      L.down->prepare_swiglu(E.gub.get(), M, *E.acts_i, st);
+    } else {
+      mark(kOther);
+      swiglu(E.gub.get(), M, E.I, E.t, E.ab.get(), st);
+      mark(kPrep);
+      L.down->prepare(E.ab.get(), M, *E.acts_i, st);
+    }
     mark(kGemm);
     L.down->gemm(*E.acts_i, E.ob.get(), st, ws);
-    mark(kOther);
-    if (l + 1 < c.num_layers)
-      add_rmsnorm(E.x.get(), E.ob.get(), M, E.H, E.layers[static_cast<size_t>(l + 1)].attn_norm.get(), eps, E.t, E.h.get(), st);
-    else
-      residual_add(E.x.get(), E.ob.get(), M * E.H, E.t, st);
   }
+  mark(kOther);
+  residual_add(xr, E.ob.get(), M * E.H, E.t, st);
   if (R == 0) return;
-  rmsnorm_rows(E.x.get(), d + E.o_orow, R, E.H, E.final_norm.get(), eps, E.t, E.hn.get(), st);
+  rmsnorm_rows(xr, d + E.o_orow, R, E.H, E.final_norm.get(), eps, E.t, E.hn.get(), st);
   mark(kLmHead);
   E.blas->matmul(E.t == DType::f16 ? BlasType::f16_f32out : BlasType::bf16_f32out, E.hn.get(), E.lm_head.get(),
                  E.logits.get(), R, E.V, E.H, nullptr, nullptr, st);
@@ -800,13 +836,19 @@ double GpuExecutor::time_linears(int64_t M, int64_t lm_rows, int reps) {
     throw std::invalid_argument(fmt::format("time_linears: M = {} (1 .. {}), lm_rows = {} (0 .. {}), reps = {}", M, E.maxM,
                                             lm_rows, E.maxR, reps));
   cudaStream_t st = E.stream;
+  const float eps = static_cast<float>(E.cfg.rms_norm_eps);
   {  // seeded activations in the three inputs
     const int64_t n = M * std::max({E.H, E.qd, E.I});
     DeviceBuffer<float> f(static_cast<size_t>(n));
     fill_synthetic(f.get(), n, 77, 1.0f, 0.0f, st);
     convert_weights_16(f.get(), M * E.H, E.t == DType::f16, E.h.get(), st);
     convert_weights_16(f.get(), M * E.qd, E.t == DType::f16, E.att.get(), st);
-    convert_weights_16(f.get(), M * E.I, E.t == DType::f16, E.ab.get(), st);
+    if (E.fused) {  // the fused preps read the residual stream and the previous output
+      SHARQ_CUDA_CHECK(cudaMemcpyAsync(E.x.get(), f.get(), M * E.H * sizeof(float), cudaMemcpyDeviceToDevice, st));
+      convert_weights_16(f.get(), M * E.H, E.t == DType::f16, E.ob.get(), st);
+    } else {
+      convert_weights_16(f.get(), M * E.I, E.t == DType::f16, E.ab.get(), st);
+    }
     if (lm_rows) convert_weights_16(f.get(), lm_rows * E.H, E.t == DType::f16, E.hn.get(), st);
     SHARQ_CUDA_CHECK(cudaStreamSynchronize(st));
   }
@@ -819,13 +861,17 @@ double GpuExecutor::time_linears(int64_t M, int64_t lm_rows, int reps) {
   for (int rep = 0; rep <= reps; ++rep) {  // rep 0 warms up
     SHARQ_CUDA_CHECK(cudaEventRecord(a, st));
     for (const Impl::Layer& L : E.layers) {
-      L.qkv->prepare(E.h.get(), M, *E.acts_h, st);
+      // the preps as forward() runs them (fused: the residual add + norm and SwiGLU inside them)
+      if (E.fused) L.qkv->prepare_norm(E.x.get(), E.ob.get(), L.attn_norm.get(), eps, M, E.x2.get(), *E.acts_h, st);
+      else L.qkv->prepare(E.h.get(), M, *E.acts_h, st);
       L.qkv->gemm(*E.acts_h, E.qkvb.get(), st, ws);
       L.o->prepare(E.att.get(), M, acts_q, st);
       L.o->gemm(acts_q, E.ob.get(), st, ws);
-      L.gate_up->prepare(E.h.get(), M, *E.acts_h, st);
+      if (E.fused) L.gate_up->prepare_norm(E.x.get(), E.ob.get(), L.mlp_norm.get(), eps, M, E.x2.get(), *E.acts_h, st);
+      else L.gate_up->prepare(E.h.get(), M, *E.acts_h, st);
       L.gate_up->gemm(*E.acts_h, E.gub.get(), st, ws);
-      L.down->prepare(E.ab.get(), M, *E.acts_i, st);
+      if (E.fused) L.down->prepare_swiglu(E.gub.get(), M, *E.acts_i, st);
+      else L.down->prepare(E.ab.get(), M, *E.acts_i, st);
       L.down->gemm(*E.acts_i, E.ob.get(), st, ws);
     }
     E.blas->matmul(E.t == DType::f16 ? BlasType::f16_f32out : BlasType::bf16_f32out, E.hn.get(), E.lm_head.get(),

@@ -183,6 +183,34 @@ GpuLinear::GpuLinear(const Scheme& scheme, const Fp4Tiles& w, const GpuLinearOpt
   init_scratch();
 }
 
+GpuLinear::GpuLinear(const Scheme& scheme, const Fp8Stored& w, const GpuLinearOptions& opt, CublasLtGemm* blas,
+                     const float* bias)
+    : scheme_(scheme), N_(w.N), K_(w.K), opt_(opt), blas_(blas) {
+  check_shape(N_, K_);
+  if (scheme.kind != SchemeKind::fp8)
+    throw std::invalid_argument(fmt::format("GpuLinear: scheme '{}' does not take stored FP8 weights", scheme.name()));
+  if (!blas_) throw std::invalid_argument("GpuLinear: scheme 'fp8' needs a cuBLASLt handle");
+  if (!w.codes || !w.scales) throw std::invalid_argument("GpuLinear: null stored FP8 weights");
+  ld8_ = round_up(K_, 16);
+  n8_ = round_up(N_, 8);
+  std::vector<uint8_t> codes(static_cast<size_t>(n8_ * ld8_), 0);  // zero codes: E4M3 +0
+  std::vector<float> scales(static_cast<size_t>(n8_), 1.0f);
+  for (int64_t n = 0; n < N_; ++n) {
+    std::memcpy(codes.data() + n * ld8_, w.codes + n * K_, static_cast<size_t>(K_));
+    scales[static_cast<size_t>(n)] = w.scales[n];
+  }
+  w8_ = DeviceBuffer<uint8_t>(codes.size());
+  w8_.upload(codes.data());
+  w8_scale_ = DeviceBuffer<float>(scales.size());
+  w8_scale_.upload(scales.data());
+  if (n8_ != N_) y8_ = DeviceBuffer<uint16_t>(static_cast<size_t>(opt_.max_m * n8_));
+  if (bias) {
+    bias_ = DeviceBuffer<float>(static_cast<size_t>(N_));
+    bias_.upload(bias);
+  }
+  init_scratch();
+}
+
 GpuLinear::~GpuLinear() = default;
 
 void GpuLinear::init_scratch() {
@@ -206,6 +234,38 @@ GpuActivations& GpuLinear::own_activations() {
 }
 
 void GpuLinear::prepare(const void* x, int64_t M, GpuActivations& acts, cudaStream_t stream) const {
+  prepare_input(x, M, acts, stream, Front{});
+}
+
+bool GpuLinear::fused_prep() const { return scheme_.kind == SchemeKind::nvfp4 || scheme_.kind == SchemeKind::sharq; }
+
+void GpuLinear::prepare_swiglu(const void* gu, int64_t M, GpuActivations& acts, cudaStream_t stream) const {
+  if (!fused_prep())
+    throw std::invalid_argument(fmt::format("GpuLinear({}, N = {}, K = {})::prepare_swiglu: the scheme has no fused "
+                                            "prep (nvfp4 and sharq do)", scheme_.name(), N_, K_));
+  Front f;
+  f.input = PrepInput::swiglu;
+  prepare_input(gu, M, acts, stream, f);
+}
+
+void GpuLinear::prepare_norm(const float* x, const void* add, const float* w, float eps, int64_t M, float* x_out,
+                             GpuActivations& acts, cudaStream_t stream) const {
+  const std::string who = fmt::format("GpuLinear({}, N = {}, K = {})::prepare_norm", scheme_.name(), N_, K_);
+  if (!fused_prep()) throw std::invalid_argument(who + ": the scheme has no fused prep (nvfp4 and sharq do)");
+  if (!w) throw std::invalid_argument(who + ": null norm weight");
+  if (add && (!x_out || x_out == x))
+    throw std::invalid_argument(who + ": the residual sum needs its own output buffer (not x: other blocks read it)");
+  Front f;
+  f.input = PrepInput::residual_rmsnorm;
+  f.rms_w = w;
+  f.eps = eps;
+  f.add = add;
+  f.sum = add ? x_out : nullptr;
+  prepare_input(x, M, acts, stream, f);
+}
+
+void GpuLinear::prepare_input(const void* x, int64_t M, GpuActivations& acts, cudaStream_t stream,
+                              const Front& f) const {
   const std::string who = fmt::format("GpuLinear({}, N = {}, K = {})::prepare", scheme_.name(), N_, K_);
   if (!(acts.scheme_ == scheme_) || acts.K_ != K_)
     throw std::invalid_argument(fmt::format("{}: the activations are for scheme '{}', K = {}", who, acts.scheme_.name(), acts.K_));
@@ -228,8 +288,8 @@ void GpuLinear::prepare(const void* x, int64_t M, GpuActivations& acts, cudaStre
         SHARQ_CUDA_CHECK(cudaMemcpy2DAsync(acts.a0_.get(), ld * 2, x, K_ * 2, K_ * 2, M, cudaMemcpyDeviceToDevice, stream));
       break;
     case SchemeKind::nvfp4:
-      nvfp4_prep(x, DType::bf16, M, K_, nullptr, scheme_.act_scale, false, 0.0f, nullptr, acts.g_.get(), acts.a0_.get(),
-                 ld, acts.scratch_.get(), stream);
+      nvfp4_prep(x, DType::bf16, M, K_, f.rms_w, scheme_.act_scale, f.input, f.eps, nullptr, acts.g_.get(), acts.a0_.get(),
+                 ld, acts.scratch_.get(), stream, f.add, f.sum);
       break;
     default: {  // sharq
       PrepSpec spec;
@@ -237,7 +297,11 @@ void GpuLinear::prepare(const void* x, int64_t M, GpuActivations& acts, cudaStre
       spec.mask = scheme_.mask.kind;
       spec.score = scheme_.mask.score;
       spec.act_scale = scheme_.act_scale;
+      spec.input = f.input;
+      spec.eps = f.eps;
+      spec.add = f.add;
       PrepOut out;
+      out.sum = f.sum;
       out.g = acts.g_.get();
       out.ld = ld;
       if (two_paths(scheme_)) {
@@ -246,7 +310,7 @@ void GpuLinear::prepare(const void* x, int64_t M, GpuActivations& acts, cudaStre
       } else {
         out.x_plane = acts.a0_.get();
       }
-      sharq_prep(x, DType::bf16, M, K_, nullptr, spec, out, acts.scratch_.get(), stream);
+      sharq_prep(x, DType::bf16, M, K_, f.rms_w, spec, out, acts.scratch_.get(), stream);
       break;
     }
   }

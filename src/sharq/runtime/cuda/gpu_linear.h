@@ -104,6 +104,16 @@ class GpuLinear {
   // Already packed FP4 weights (the checkpoint loaders' output): the scheme must be an FP4-weight
   // scheme whose weight block matches `w.block`.
   GpuLinear(const Scheme& scheme, const Fp4Tiles& w, const GpuLinearOptions& opt = {}, const float* bias = nullptr);
+  // Already quantized FP8 weights (a quantized checkpoint's stored E4M3 codes, N x K row-major on the
+  // host, and its N per-channel multipliers), used as they are: scheme fp8 only; padded as that
+  // scheme's layout needs (K to 16 with zero codes, N to 8 with zero rows of scale 1).
+  struct Fp8Stored {
+    const uint8_t* codes = nullptr;
+    const float* scales = nullptr;
+    int64_t N = 0, K = 0;
+  };
+  GpuLinear(const Scheme& scheme, const Fp8Stored& w, const GpuLinearOptions& opt, CublasLtGemm* blas,
+            const float* bias = nullptr);
   ~GpuLinear();
   GpuLinear(const GpuLinear&) = delete;
   GpuLinear& operator=(const GpuLinear&) = delete;
@@ -121,6 +131,20 @@ class GpuLinear {
   // x: M x K of act_dtype(scheme) on the device, 0 <= M <= acts.max_m(). acts must be of this
   // layer's scheme and K (checked).
   void prepare(const void* x, int64_t M, GpuActivations& acts, cudaStream_t stream) const;
+  // Whether prepare_swiglu() and prepare_norm() exist for this scheme: the FP4-activation schemes
+  // (nvfp4, sharq), whose activation prep reads the row anyway. Both throw otherwise.
+  bool fused_prep() const;
+  // prepare() of T(silu(gate) * up), computed inside the activation prep from the fused gate/up
+  // projection's output gu (M x 2K, gate first): bit for bit what transformer_ops' swiglu()
+  // followed by prepare() give, without the intermediate M x K tensor.
+  void prepare_swiglu(const void* gu, int64_t M, GpuActivations& acts, cudaStream_t stream) const;
+  // prepare() of RMSNorm(x + add) * w (the residual add and the norm in front of this layer, as
+  // transformer_ops' add_rmsnorm() computes them, the sum of squares in the prep's documented
+  // order): x the FP32 residual stream (M x K), add the previous projection's output (M x K of
+  // act_dtype, or null: nothing added), w K floats. x + add is written to x_out (M x K floats,
+  // another buffer than x) when add is given; x_out may be null when add is.
+  void prepare_norm(const float* x, const void* add, const float* w, float eps, int64_t M, float* x_out,
+                    GpuActivations& acts, cudaStream_t stream) const;
   // y: acts.M() x N of act_dtype(scheme). workspace: workspace_bytes() of device memory (16-byte
   // aligned), or null to use the layer's own (own_scratch). y_f32: FP32 output instead of y (tests;
   // FP4 schemes only).
@@ -132,6 +156,14 @@ class GpuLinear {
 
  private:
   void check_shape(int64_t N, int64_t K) const;
+  struct Front {  // what prepare_input() reads in front of the activation prep
+    PrepInput input = PrepInput::plain;
+    const void* rms_w = nullptr;
+    float eps = 0.0f;
+    const void* add = nullptr;
+    float* sum = nullptr;
+  };
+  void prepare_input(const void* x, int64_t M, GpuActivations& acts, cudaStream_t stream, const Front& f) const;
   void init(const float* W_device, const float* bias, cudaStream_t stream, const std::vector<int64_t>& parts = {});
   void init_scratch();
   Scheme scheme_;
