@@ -238,10 +238,12 @@ TEST(Scheduler, TheQueueIsBoundedAndBadRequestsAreRefused) {
 // checked on chosen bytes.
 class ScriptedExecutor final : public Executor {
  public:
-  explicit ScriptedExecutor(std::vector<int32_t> script) : script_(std::move(script)) {
+  explicit ScriptedExecutor(std::vector<int32_t> script, int64_t pool = 0) : script_(std::move(script)), pool_(pool) {
     config_.vocab_size = 512;
     config_.max_position_embeddings = 256;
   }
+  int64_t kv_blocks() const override { return pool_; }
+  int64_t kv_block_size() const override { return pool_ > 0 ? 16 : 0; }
   const ModelConfig& config() const override { return config_; }
   SeqId create_sequence(int64_t max_len) override {
     len_[next_] = 0;
@@ -270,7 +272,43 @@ class ScriptedExecutor final : public Executor {
   std::map<SeqId, int64_t> len_, cap_;
   SeqId next_ = 0;
   size_t at_ = 0;
+  int64_t pool_ = 0;
 };
+
+// An executor with a shared KV pool (the GPU engine) bounds the scheduler's blocks: taken by
+// default, a larger --kv-blocks or another block size refused.
+TEST(Scheduler, TakesTheExecutorsSharedKvPool) {
+  const auto tok = make_token_id_tokenizer(512);
+  ScriptedExecutor ex({5}, /*pool=*/40);
+  {
+    Scheduler s(ex, *tok, SchedulerOptions{});
+    EXPECT_EQ(s.metrics().kv_blocks_total, 40);
+    EXPECT_EQ(s.options().kv_blocks, 40);
+  }
+  SchedulerOptions o;
+  o.kv_blocks = 24;
+  EXPECT_EQ(Scheduler(ex, *tok, o).metrics().kv_blocks_total, 24);
+  o.kv_blocks = 41;
+  try {
+    Scheduler s(ex, *tok, o);
+    ADD_FAILURE() << "41 blocks accepted over a pool of 40";
+  } catch (const std::invalid_argument& e) {
+    EXPECT_NE(std::string(e.what()).find("KV cache of 40 blocks"), std::string::npos) << e.what();
+  }
+  o.kv_blocks = 0;
+  o.block_size = 32;
+  EXPECT_THROW(Scheduler(ex, *tok, o), std::invalid_argument);
+  ScriptedExecutor cpu_like({5});  // no pool: max_num_seqs sequences of max_model_len
+  EXPECT_EQ(Scheduler(cpu_like, *tok, SchedulerOptions{}).metrics().kv_blocks_total, 256 * 16);
+}
+
+// A token-id prompt that is not ids is the request's fault (InvalidRequest: HTTP 400).
+TEST(Scheduler, TextTheTokenizerRefusesIsAnInvalidRequest) {
+  const auto tok = make_token_id_tokenizer(512);
+  EXPECT_EQ(encode_prompt(*tok, "1 2 3"), (std::vector<int32_t>{1, 2, 3}));
+  EXPECT_THROW(encode_prompt(*tok, "once upon a time"), InvalidRequest);
+  EXPECT_THROW(encode_prompt(*tok, "   "), InvalidRequest);  // empty, and no BOS to stand in
+}
 
 TEST(Scheduler, StreamsHoldBackSplitCharactersAndPossibleStopStrings) {
   REQUIRE_STORIES();

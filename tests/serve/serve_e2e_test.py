@@ -415,6 +415,17 @@ def case_bad_chat_templates_stop_the_start():
             assert r.returncode != 0 and want in r.stderr and "serving" not in r.stderr, (arg, r.returncode, r.stderr)
 
 
+def case_synthetic_model_flags_are_checked():
+    """--synthetic replaces MODEL and needs --device cuda; either mistake, or neither MODEL nor
+    --synthetic, is a usage error naming the flag, with a non-zero exit and no server."""
+    for args, want in ((["--synthetic", "llama3.1-8b"], "--device cuda"),
+                       ([MODEL, "--synthetic", "llama3.1-8b", "--device", "cuda"], "replaces MODEL"),
+                       ([], "MODEL is required"),
+                       (["--synthetic", "llama9-1t", "--device", "cuda"], "--synthetic")):
+        r = subprocess.run([CLI, "serve", "--port", "0"] + args, capture_output=True, text=True, timeout=TIMEOUT)
+        assert r.returncode != 0 and want in r.stderr and "serving" not in r.stderr, (args, r.returncode, r.stderr)
+
+
 def case_bench_serve_reports_the_load():
     """`sharq bench serve` drives a live server: every request completes with exactly its output
     length (ignore_eos), the report and the CSV row say so; a non-loopback URL is refused."""

@@ -232,10 +232,11 @@ sharq::ExecutorFactory executor_for(const std::string& device, int64_t max_token
 }
 
 #ifdef SHARQ_HAVE_SERVE
-// `sharq serve`: the executor for --device (cuda: untested here; the engine's KV cache holds
-// --kv-blocks blocks, or what the free device memory allows when 0).
+// `sharq serve`: the executor for --device (cuda: the engine's KV cache holds --kv-blocks blocks,
+// or what the free device memory allows when 0, and the scheduler takes that pool).
 int cmd_serve(const sharq::ServeCommandOptions& o) {
   sharq::ExecutorFactory make = sharq::cpu_executor_factory();
+  sharq::SyntheticExecutorFactory make_synthetic;
   if (o.device == "cuda") {
 #ifdef SHARQ_HAVE_CUDA
     sharq::cuda::EngineOptions eo;
@@ -243,14 +244,17 @@ int cmd_serve(const sharq::ServeCommandOptions& o) {
     eo.block_size = static_cast<int>(o.scheduler.block_size);
     eo.kv_blocks = o.scheduler.kv_blocks;
     make = sharq::cuda::gpu_executor_factory(eo);
+    make_synthetic = [eo](const std::string& name, const sharq::Scheme& s) -> std::unique_ptr<sharq::Executor> {
+      return std::make_unique<sharq::cuda::GpuExecutor>(sharq::cuda::SyntheticModel{sharq::synthetic_model_config(name)}, s, eo);
+    };
 #else
     throw std::runtime_error("--device cuda: this sharq was built without CUDA (reconfigure with nvcc on the PATH or "
                              "-DSHARQ_CUDA=ON)");
 #endif
   }
   if (!o.chat_template.empty()) check_input_path(o.chat_template, "--chat-template", PathKind::kFileOrDir);
-  g_activity = fmt::format("serve {}", o.model);
-  return sharq::run_serve(o, make);
+  g_activity = o.synthetic.empty() ? fmt::format("serve {}", o.model) : fmt::format("serve --synthetic {}", o.synthetic);
+  return sharq::run_serve(o, make, make_synthetic);
 }
 #endif
 
@@ -412,10 +416,13 @@ int main(int argc, char** argv) {
   sharq::ServeCommandOptions so;
   int64_t so_delay_ms = 0;
   auto* sv = app.add_subcommand("serve", "OpenAI-compatible HTTP server with continuous batching (docs/serve.md)");
-  sv->add_option("model", so.model, "Hugging Face model directory or llama2.c .bin checkpoint")->required();
+  sv->add_option("model", so.model, "Hugging Face model directory or llama2.c .bin checkpoint (omitted with --synthetic)");
+  sv->add_option("--synthetic", so.synthetic, "instead of MODEL: random weights of a real architecture, generated on the "
+                                              "GPU (--device cuda); text is token ids unless --tokenizer is given")
+      ->check(CLI::IsMember({"llama3.1-8b", "qwen2.5-7b", "qwen3-8b"}));
   sv->add_option("--tokenizer", so.tokenizer, "tokenizer file (default: found beside the model)");
   sv->add_option("--scheme", so.scheme, "linear-layer scheme (see `sharq schemes`)")->capture_default_str();
-  sv->add_option("--device", so.device, "cpu (the FP32 reference) | cuda (the GPU engine: Hopper; untested in serve)")
+  sv->add_option("--device", so.device, "cpu (the FP32 reference) | cuda (the GPU engine: Hopper)")
       ->capture_default_str()->check(CLI::IsMember({"cpu", "cuda"}));
   sv->add_option("--host", so.server.host, "address to listen on")->capture_default_str();
   add_number<int>(sv, "--port", so.server.port, "port to listen on (0: an ephemeral port, printed at start)", 0, 65535);
@@ -626,7 +633,12 @@ int main(int argc, char** argv) {
     }
 #ifdef SHARQ_HAVE_SERVE
     if (*sv) {
-      check_input_path(so.model, "model", PathKind::kFileOrDir);
+      if (so.synthetic.empty() == so.model.empty())
+        throw UsageError(so.model.empty() ? "serve: MODEL is required (or --synthetic NAME)"
+                                          : fmt::format("serve: --synthetic replaces MODEL; got both ('{}')", so.model));
+      if (!so.synthetic.empty() && so.device != "cuda")
+        throw UsageError("serve: --synthetic needs --device cuda (the random weights are generated on the GPU)");
+      if (!so.model.empty()) check_input_path(so.model, "model", PathKind::kFileOrDir);
       if (!so.tokenizer.empty()) check_input_path(so.tokenizer, "--tokenizer", PathKind::kFile);
       so.scheduler.step_delay = std::chrono::milliseconds(so_delay_ms);
       return cmd_serve(so);

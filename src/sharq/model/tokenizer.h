@@ -70,6 +70,10 @@ std::unique_ptr<Tokenizer> load_tokenizer_for(const std::string& model_path, con
 // tok_path means tok.source().
 void check_tokenizer_fits(const Tokenizer& tok, const ModelConfig& model, const std::string& tok_path,
                           const std::string& model_path);
+// Text as decimal token ids separated by white space, for a model without a vocabulary (`serve
+// --synthetic`): encode() parses ids (std::invalid_argument for anything else or an id outside
+// [0, vocab_size)), each token decodes to " <id>"; no BOS or EOS.
+std::unique_ptr<Tokenizer> make_token_id_tokenizer(int64_t vocab_size);
 // load_tokenizer_for, then check_tokenizer_fits against `model` (the config of the weights loaded
 // from model_path): what generate, ppl, eval and analyze call.
 std::unique_ptr<Tokenizer> load_tokenizer_for(const std::string& model_path, const std::string& tokenizer_path,

@@ -113,7 +113,12 @@ struct Scheduler::Request {
 };
 
 std::vector<int32_t> encode_prompt(const Tokenizer& tok, const std::string& text) {
-  std::vector<int32_t> ids = tok.encode(text, true);
+  std::vector<int32_t> ids;
+  try {
+    ids = tok.encode(text, true);
+  } catch (const std::invalid_argument& e) {  // a tokenizer that refuses the text (token-id text)
+    throw InvalidRequest(e.what());
+  }
   if (ids.empty()) {
     if (tok.bos_id() < 0) throw InvalidRequest("the prompt is empty and the tokenizer has no BOS token");
     ids.push_back(tok.bos_id());
@@ -133,6 +138,15 @@ Scheduler::Scheduler(Executor& executor, const Tokenizer& tokenizer, SchedulerOp
   if (opt_.max_queue < 1) throw std::invalid_argument("max_queue must be >= 1");
   if (opt_.block_size < 1) throw std::invalid_argument("block_size must be >= 1");
   const int64_t per_seq = blocks_for(opt_.max_model_len);
+  if (const int64_t pool = ex_.kv_blocks(); pool > 0) {  // the executor's shared cache bounds the promise
+    if (ex_.kv_block_size() != opt_.block_size)
+      throw std::invalid_argument(fmt::format("the scheduler's KV block size {} is not the executor's {}",
+                                              opt_.block_size, ex_.kv_block_size()));
+    if (opt_.kv_blocks > pool)
+      throw std::invalid_argument(fmt::format("kv_blocks {} exceeds the executor's KV cache of {} blocks",
+                                              opt_.kv_blocks, pool));
+    if (opt_.kv_blocks == 0) opt_.kv_blocks = pool;
+  }
   if (opt_.kv_blocks == 0) opt_.kv_blocks = per_seq * opt_.max_num_seqs;
   if (opt_.kv_blocks < per_seq)
     throw std::invalid_argument(fmt::format("{} KV blocks of {} positions cannot hold one sequence of max_model_len {} "

@@ -51,7 +51,8 @@ struct SchedulerOptions {
   int64_t max_num_batched_tokens = 2048;  // new tokens per step (decodes + prefill chunks)
   int64_t max_queue = 1024;             // waiting requests at most; submit() then throws QueueFull
   int64_t block_size = 16;              // KV positions per block
-  int64_t kv_blocks = 0;                // 0: enough for max_num_seqs full-length sequences
+  int64_t kv_blocks = 0;                // 0: the executor's shared KV pool (Executor::kv_blocks), or,
+                                        // without one, max_num_seqs full-length sequences
   std::chrono::milliseconds step_delay{0};  // testing only: sleep before every step (slows the engine)
 };
 

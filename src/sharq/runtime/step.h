@@ -120,6 +120,12 @@ class Executor {
   virtual int64_t sequence_capacity(SeqId seq) const = 0;
 
   virtual StepOutput step(const std::vector<StepEntry>& batch) = 0;
+
+  // The KV-cache blocks the executor's sequences share, and the positions per block: a scheduler
+  // must not promise more (the GPU engine's paged cache). 0: no shared pool, each sequence's cache
+  // is sized at create_sequence (the CPU runtime).
+  virtual int64_t kv_blocks() const { return 0; }
+  virtual int64_t kv_block_size() const { return 0; }
 };
 
 // Builds an executor for one scheme. Front ends (generate, ppl, eval, the server) take one, so that

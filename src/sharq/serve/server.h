@@ -58,6 +58,10 @@ class HttpServer {
 // The whole `sharq serve` command, for the CLI.
 struct ServeCommandOptions {
   std::string model, tokenizer, scheme = "fp32", device = "cpu";
+  // Instead of model: random weights of a published architecture (model/config.h
+  // synthetic_model_config), built by the SyntheticExecutorFactory; without --tokenizer the text is
+  // token ids (make_token_id_tokenizer). For load tests of the engine.
+  std::string synthetic;
   std::string served_model_name;  // "": the model argument
   std::string chat_template;      // a .jinja file or a directory / tokenizer_config.json ("": the model's own)
   SchedulerOptions scheduler;
@@ -67,6 +71,10 @@ struct ServeCommandOptions {
 // Loads the model, starts the engine thread and the server, prints "sharq: serving <model> on
 // http://<host>:<port>" to stderr, and returns 0 after SIGTERM or SIGINT once in-flight requests
 // have drained. `make_executor` builds the executor (the CLI's --device choice).
-int run_serve(const ServeCommandOptions& options, const ExecutorFactory& make_executor);
+// `make_synthetic` builds the executor of options.synthetic (the GPU engine's random weights);
+// empty: --synthetic is refused.
+using SyntheticExecutorFactory = std::function<std::unique_ptr<Executor>(const std::string& name, const Scheme&)>;
+int run_serve(const ServeCommandOptions& options, const ExecutorFactory& make_executor,
+              const SyntheticExecutorFactory& make_synthetic = {});
 
 }  // namespace sharq

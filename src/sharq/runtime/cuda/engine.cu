@@ -511,6 +511,7 @@ ExecutorFactory gpu_executor_factory(const EngineOptions& opt) {
 const ModelConfig& GpuExecutor::config() const { return impl_->cfg; }
 const Scheme& GpuExecutor::scheme() const { return impl_->scheme; }
 int64_t GpuExecutor::kv_blocks() const { return impl_->n_blocks; }
+int64_t GpuExecutor::kv_block_size() const { return impl_->opt.block_size; }
 int64_t GpuExecutor::free_kv_blocks() const { return static_cast<int64_t>(impl_->free_list.size()); }
 int64_t GpuExecutor::graphs_captured() const { return static_cast<int64_t>(impl_->graphs.size()); }
 double GpuExecutor::load_seconds() const { return impl_->load_s; }

@@ -84,7 +84,8 @@ class GpuExecutor final : public Executor {
 
   size_t weight_bytes() const;
   double load_seconds() const;  // building the weights on the device (quantization included)
-  int64_t kv_blocks() const;     // usable blocks (one more is reserved for the padding rows)
+  int64_t kv_blocks() const override;  // usable blocks (one more is reserved for the padding rows)
+  int64_t kv_block_size() const override;
   int64_t free_kv_blocks() const;
   int64_t graphs_captured() const;
 
