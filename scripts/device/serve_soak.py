@@ -82,7 +82,7 @@ def main():
 
     def make(i):
         kind = rng.choices(["whole", "stream", "cancel", "malformed"], [35, 35, 15, 15])[0]
-        n_in = rng.randint(1, 256)
+        n_in = rng.randint(1, min(256, a.max_model_len - 96))  # + max_tokens (<= 96) fits the context
         body = {"prompt": [rng.randrange(a.vocab) for _ in range(n_in)],
                 "max_tokens": rng.randint(1, 96), "ignore_eos": rng.random() < 0.7,
                 "temperature": rng.choice([0.0, 0.7, 1.0]), "seed": i}
