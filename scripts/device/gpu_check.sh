@@ -15,6 +15,8 @@ while [[ $# -gt 0 ]]; do
   esac
 done
 BUILD=${BUILD:-build-gpu}
+# the image has no cpp-httplib: use the carried Debian files when they came along (sharq serve)
+if [[ -d local/debs ]] && ! pkg-config --exists cpp-httplib 2>/dev/null; then source scripts/device/carried_httplib.sh; fi
 {
   echo "tree: the working tree as sent (the device copy's .git may be stale: record the local HEAD)"
   nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # On the GPU machine: `sharq serve --device cuda` on a real checkpoint, then the soak test
 # (scripts/device/serve_soak.py: 1,000 requests, cancellations and malformed ones mixed in), then
-# SIGTERM. Needs a built $BUILD/sharq. Usage: scripts/device/serve_soak.sh [MODEL_DIR] [SCHEME]
+# SIGTERM. Needs a built $BUILD/sharq.
+# Usage: scripts/device/serve_soak.sh [MODEL_DIR | synthetic:NAME] [SCHEME]
 set -uo pipefail
 OUT=${OUT:-$PWD/gpu-out}
 B=${BUILD:-build-gpu}
@@ -11,8 +12,9 @@ mkdir -p "$OUT"
 for d in local/shared local/ship; do if [[ -d $d && ! -d ../shared/models ]]; then mkdir -p ../shared && cp -r $d/. ../shared/; fi; done
 port=18100
 log="$OUT/soak_server.log"
-# a small KV pool (64 blocks of 16 = 1024 positions) so that preemption runs under the load
-"$B/sharq" serve "$MODEL" --device cuda --scheme "$SCHEME" --port $port --max-model-len 1024 --max-num-seqs 32 \
+if [[ $MODEL == synthetic:* ]]; then src=(--synthetic "${MODEL#synthetic:}"); else src=("$MODEL"); fi
+# a small KV pool (160 blocks of 16 positions) so that preemption runs under the load
+"$B/sharq" serve "${src[@]}" --device cuda --scheme "$SCHEME" --port $port --max-model-len 1024 --max-num-seqs 32 \
   --kv-blocks ${KV_BLOCKS:-160} --max-queue 1024 >"$log" 2>&1 &
 pid=$!
 for _ in $(seq 1 300); do grep -q "serving" "$log" && break; kill -0 $pid 2>/dev/null || break; sleep 0.2; done
