@@ -123,10 +123,45 @@ struct RowView {
   }
 };
 
-// Row m's view. RMSNorm: warp 0 sums x*x in the documented order (lane-strided partial sums,
-// then the xor butterfly), as rmsnorm_reference() does; every thread gets inv. red: >= 1 float.
-// residual_rmsnorm: the same over r = x + o, and the row's owner block (the prep kernels' block 0
-// of the row; never the amax pass) writes r to out.sum for the next layer.
+// The inverse RMS of a row, 1 / sqrt(sum(v * v) / K + eps), with the sum in the documented order
+// (lane l of warp 0 adds v[i] * v[i] for i = l, l + 32, ... in increasing i, then the xor
+// butterfly), as rmsnorm_reference() does. The whole block loads the row (value(i)) into shared
+// memory, kNormStage values per pass, and warp 0 adds from there: one warp loading the row alone
+// is latency-bound (128 dependent-in-order loads per lane at K = 4096: ~10 us per prep call, H200).
+// sum_out (or null) is also written with the values. Every thread gets the result. red: >= 1 float.
+constexpr int kNormStage = 2048;  // a multiple of 32, so each pass keeps every lane's order
+template <class F>
+__device__ float row_inv_rms(int64_t K, float eps, const F& value, float* sum_out, float* red) {
+  __shared__ float stage[kNormStage];
+  float p = 0.0f;
+  for (int64_t base = 0; base < K; base += kNormStage) {
+    const int n = static_cast<int>(K - base < kNormStage ? K - base : kNormStage);
+    for (int i = threadIdx.x; i < n; i += blockDim.x) {
+      const float v = value(base + i);
+      stage[i] = v;
+      if (sum_out) sum_out[base + i] = v;
+    }
+    __syncthreads();
+    if (threadIdx.x < 32)
+      for (int i = threadIdx.x; i < n; i += 32) {
+        const float v = stage[i];
+        p = p + v * v;
+      }
+    __syncthreads();
+  }
+  if (threadIdx.x < 32) {
+    for (int off = 16; off >= 1; off >>= 1) p = p + __shfl_xor_sync(0xffffffffu, p, off);
+    if (threadIdx.x == 0) *red = 1.0f / sqrtf(p / static_cast<float>(K) + eps);
+  }
+  __syncthreads();
+  const float inv = *red;
+  __syncthreads();
+  return inv;
+}
+
+// Row m's view. RMSNorm: row_inv_rms over x. residual_rmsnorm: the same over r = x + o, and the
+// row's owner block (the prep kernels' block 0 of the row; never the amax pass) writes r to
+// out.sum for the next layer.
 template <class T, int kIn>
 __device__ RowView<T, kIn> make_row(const RowArgs& a, int64_t m, float* red, bool owner = false) {
   if constexpr (kIn == kInResidualRms) {
@@ -134,38 +169,14 @@ __device__ RowView<T, kIn> make_row(const RowArgs& a, int64_t m, float* red, boo
     r.xf = static_cast<const float*>(a.x) + m * a.K;
     r.addp = a.add ? static_cast<const T*>(a.add) + m * a.K : nullptr;
     r.wf = static_cast<const float*>(a.rms_w);
-    if (threadIdx.x < 32) {
-      float p = 0.0f;
-      for (int64_t i = threadIdx.x; i < a.K; i += 32) {
-        const float v = r.sum_at(i);
-        p = p + v * v;
-      }
-      for (int off = 16; off >= 1; off >>= 1) p = p + __shfl_xor_sync(0xffffffffu, p, off);
-      if (threadIdx.x == 0) *red = 1.0f / sqrtf(p / static_cast<float>(a.K) + a.eps);
-    }
-    if (owner && a.out.sum)
-      for (int64_t i = threadIdx.x; i < a.K; i += blockDim.x) a.out.sum[m * a.K + i] = r.sum_at(i);
-    __syncthreads();
-    r.inv = *red;
-    __syncthreads();
+    float* sum_out = owner && a.out.sum ? a.out.sum + m * a.K : nullptr;
+    r.inv = row_inv_rms(a.K, a.eps, [&r](int64_t i) { return r.sum_at(i); }, sum_out, red);
     return r;
   }
   const int64_t stride = kIn == kInSwiglu ? 2 * a.K : a.K;  // SwiGLU: gate then up, 2K per row
   RowView<T, kIn> r{static_cast<const T*>(a.x) + m * stride, static_cast<const T*>(a.rms_w), a.K, 1.0f};
-  if constexpr (kIn == kInRms) {
-    if (threadIdx.x < 32) {
-      float p = 0.0f;
-      for (int64_t i = threadIdx.x; i < a.K; i += 32) {
-        const float v = to_f32(r.x[i]);
-        p = p + v * v;
-      }
-      for (int off = 16; off >= 1; off >>= 1) p = p + __shfl_xor_sync(0xffffffffu, p, off);
-      if (threadIdx.x == 0) *red = 1.0f / sqrtf(p / static_cast<float>(a.K) + a.eps);
-    }
-    __syncthreads();
-    r.inv = *red;
-    __syncthreads();
-  }
+  if constexpr (kIn == kInRms)
+    r.inv = row_inv_rms(a.K, a.eps, [&r](int64_t i) { return to_f32(r.x[i]); }, nullptr, red);
   return r;
 }
 
