@@ -3,11 +3,13 @@
 #include <cub/block/block_reduce.cuh>
 #include <cub/block/block_scan.cuh>
 
+#include <algorithm>
 #include <stdexcept>
 
 #include <fmt/format.h>
 
 #include "sharq/kernels/cuda/cuda_check.h"
+#include "sharq/kernels/cuda/launch.cuh"
 
 namespace sharq::cuda {
 namespace {
@@ -33,17 +35,79 @@ struct ArgMaxOp {
   }
 };
 
+// The row's maximum and sum of exp(L - max) over kSplits slices of the row, one block each, so
+// that a batch-1 step reads its 0.5 MB logits row with many SMs instead of one (one block: 32 us per
+// step at V = 128256, H200). Pass 1: each slice's first maximum. Pass 2: each block combines the
+// slices' maxima in slice order (the first maximum of the row) and sums exp(L - max) over its slice
+// in double. The sampling kernel then adds the slices' sums in slice order: deterministic.
+constexpr int kSplitThreads = 256;
+constexpr int kMaxSplits = 64;
+int splits_for(int64_t V) {
+  return static_cast<int>(std::min<int64_t>(kMaxSplits, std::max<int64_t>(1, (V + 4095) / 4096)));
+}
+struct RowStats {  // the workspace: per request, kMaxSplits slices
+  ArgMax best[kMaxSplits];
+  double z[kMaxSplits];
+};
+
+__device__ __forceinline__ void slice_of(int64_t V, int splits, int s, int64_t& b, int64_t& e) {
+  const int64_t per = (V + splits - 1) / splits;
+  b = min(V, s * per);
+  e = min(V, b + per);
+}
+
+__global__ void __launch_bounds__(kSplitThreads) row_max_kernel(const float* __restrict__ logits, int64_t V, int splits,
+                                                                const SampleRequest* __restrict__ reqs, RowStats* stats) {
+  pdl_wait();
+  pdl_trigger();
+  using ReduceA = cub::BlockReduce<ArgMax, kSplitThreads>;
+  __shared__ typename ReduceA::TempStorage tmp;
+  const float* L = logits + static_cast<int64_t>(reqs[blockIdx.x].row) * V;
+  int64_t b, e;
+  slice_of(V, splits, blockIdx.y, b, e);
+  ArgMax mine{-INFINITY, 0x7FFFFFFF};
+  for (int64_t i = b + threadIdx.x; i < e; i += kSplitThreads)
+    if (L[i] > mine.v || mine.i == 0x7FFFFFFF) mine = ArgMax{L[i], static_cast<int32_t>(i)};
+  const ArgMax best = ReduceA(tmp).Reduce(mine, ArgMaxOp());
+  if (threadIdx.x == 0) stats[blockIdx.x].best[blockIdx.y] = best;
+}
+
+__device__ __forceinline__ ArgMax row_best(const RowStats& st, int splits) {
+  ArgMax best = st.best[0];
+  for (int s = 1; s < splits; ++s) best = ArgMaxOp()(best, st.best[s]);  // slice order: the first maximum
+  return best;
+}
+
+__global__ void __launch_bounds__(kSplitThreads) row_expsum_kernel(const float* __restrict__ logits, int64_t V, int splits,
+                                                                   const SampleRequest* __restrict__ reqs,
+                                                                   RowStats* stats) {
+  pdl_wait();
+  pdl_trigger();
+  using ReduceD = cub::BlockReduce<double, kSplitThreads>;
+  __shared__ typename ReduceD::TempStorage tmp;
+  const float* L = logits + static_cast<int64_t>(reqs[blockIdx.x].row) * V;
+  const float mx = row_best(stats[blockIdx.x], splits).v;
+  int64_t b, e;
+  slice_of(V, splits, blockIdx.y, b, e);
+  double acc = 0.0;
+  for (int64_t i = b + threadIdx.x; i < e; i += kSplitThreads) acc += static_cast<double>(expf(L[i] - mx));
+  const double z = ReduceD(tmp).Sum(acc);
+  if (threadIdx.x == 0) stats[blockIdx.x].z[blockIdx.y] = z;
+}
+
 // One block per request; for the index-order walks thread t owns the contiguous index range
 // [t * chunk, (t + 1) * chunk), so that index order inside a tie group is (thread, position) order.
-__global__ void __launch_bounds__(kThreads) sample_kernel(const float* __restrict__ logits, int64_t V,
-                                                          const SampleRequest* __restrict__ reqs, int32_t* token,
+// The row's maximum and sum z1 come from the two passes above; a greedy row ends at once.
+__global__ void __launch_bounds__(kThreads) sample_kernel(const float* __restrict__ logits, int64_t V, int splits,
+                                                          const SampleRequest* __restrict__ reqs,
+                                                          const RowStats* __restrict__ stats, int32_t* token,
                                                           float* logprob) {
-  using ReduceA = cub::BlockReduce<ArgMax, kThreads>;
+  pdl_wait();
+  pdl_trigger();
   using ReduceD = cub::BlockReduce<double, kThreads>;
   using ReduceI = cub::BlockReduce<int64_t, kThreads>;
   using ScanI = cub::BlockScan<int64_t, kThreads>;
   __shared__ union {
-    typename ReduceA::TempStorage a;
     typename ReduceD::TempStorage d;
     typename ReduceI::TempStorage i;
     typename ScanI::TempStorage s;
@@ -58,15 +122,11 @@ __global__ void __launch_bounds__(kThreads) sample_kernel(const float* __restric
   const int64_t chunk = (V + kThreads - 1) / kThreads;
   const int64_t i0 = threadIdx.x * chunk, i1 = min(V, i0 + chunk);
 
-  // The maximum, the sums and the counts are order-free (ties: the lowest index; each thread sums its
-  // indices in ascending order, the block in a fixed tree), so they stride over the row, coalesced;
-  // only the index-order walks below use the thread's contiguous range.
-  // the first maximum
-  ArgMax mine{-INFINITY, 0x7FFFFFFF};
-  for (int64_t i = threadIdx.x; i < V; i += kThreads)
-    if (L[i] > mine.v || mine.i == 0x7FFFFFFF) mine = ArgMax{L[i], static_cast<int32_t>(i)};
-  const ArgMax best = ReduceA(tmp.a).Reduce(mine, ArgMaxOp());
-  if (threadIdx.x == 0) s_best = best;
+  // The sums and the counts are order-free (each thread sums its indices in ascending order, the
+  // block in a fixed tree), so they stride over the row, coalesced; only the index-order walks
+  // below use the thread's contiguous range.
+  const RowStats& st = stats[blockIdx.x];
+  if (threadIdx.x == 0) s_best = row_best(st, splits);
   __syncthreads();
   const float mx = s_best.v;
   const uint32_t kmax = key_of(mx);
@@ -93,7 +153,8 @@ __global__ void __launch_bounds__(kThreads) sample_kernel(const float* __restric
     return r;
   };
 
-  const double z1 = block_sum([&](int64_t i) { return static_cast<double>(expf(L[i] - mx)); });
+  double z1 = 0.0;
+  for (int s = 0; s < splits; ++s) z1 += st.z[s];
   int32_t tok = s_best.i;
   if (rq.temperature > 0.0f) {
     const float T = rq.temperature;
@@ -190,12 +251,24 @@ __global__ void __launch_bounds__(kThreads) sample_kernel(const float* __restric
 
 }  // namespace
 
+size_t sample_rows_workspace_bytes(int max_rows) { return static_cast<size_t>(std::max(0, max_rows)) * sizeof(RowStats); }
+
 void sample_rows(const float* logits, int64_t V, const SampleRequest* req, int n, int32_t* token, float* logprob,
-                 cudaStream_t stream) {
+                 void* workspace, size_t workspace_bytes, cudaStream_t stream) {
   if (n < 0 || V <= 0 || V > 0x7FFFFFFF) throw std::invalid_argument(fmt::format("sample_rows: {} rows of vocabulary {}", n, V));
   if (n == 0) return;
-  if (!logits || !req || !token || !logprob) throw std::invalid_argument("sample_rows: null pointer");
-  sample_kernel<<<static_cast<unsigned>(n), kThreads, 0, stream>>>(logits, V, req, token, logprob);
+  if (!logits || !req || !token || !logprob || !workspace) throw std::invalid_argument("sample_rows: null pointer");
+  if (workspace_bytes < sample_rows_workspace_bytes(n))
+    throw std::invalid_argument(fmt::format("sample_rows: workspace of {} bytes for {} rows (needs {})", workspace_bytes, n,
+                                            sample_rows_workspace_bytes(n)));
+  const int splits = splits_for(V);
+  auto* stats = static_cast<RowStats*>(workspace);
+  const dim3 grid(static_cast<unsigned>(n), static_cast<unsigned>(splits));
+  // the first pass follows a graph launch (the decode step) or a copy: an ordinary launch
+  row_max_kernel<<<grid, kSplitThreads, 0, stream>>>(logits, V, splits, req, stats);
+  launch_pdl(row_expsum_kernel, grid, dim3(kSplitThreads), 0, stream, logits, V, splits, req, stats);
+  launch_pdl(sample_kernel, dim3(static_cast<unsigned>(n)), dim3(kThreads), 0, stream, logits, V, splits, req,
+             static_cast<const RowStats*>(stats), token, logprob);
   SHARQ_CUDA_CHECK(cudaGetLastError());
 }
 

@@ -31,8 +31,13 @@ struct SampleRequest {
   float u = 0.0f;             // the draw in [0, 1) (ignored when greedy)
 };
 
-// n requests (device array); token / logprob: n device outputs. Asynchronous, graph-safe.
+// The device workspace sample_rows needs for up to max_rows requests (size it once).
+size_t sample_rows_workspace_bytes(int max_rows);
+
+// n requests (device array); token / logprob: n device outputs. Asynchronous, graph-safe, no
+// allocation: the row's maximum and exp-sum are computed over slices of the row by many blocks
+// (the workspace holds the slices' results), then one block per request samples.
 void sample_rows(const float* logits, int64_t V, const SampleRequest* req, int n, int32_t* token, float* logprob,
-                 cudaStream_t stream);
+                 void* workspace, size_t workspace_bytes, cudaStream_t stream);
 
 }  // namespace sharq::cuda

@@ -236,6 +236,7 @@ struct GpuExecutor::Impl {
   DeviceBuffer<SampleRequest> req;
   std::unique_ptr<Pinned> req_host;
   DeviceBuffer<int32_t> samp_out;  // tokens[R], then logprobs[R] (float bits)
+  DeviceBuffer<uint8_t> samp_ws;   // sample_rows' workspace for R rows
   std::unique_ptr<Pinned> samp_host;
   std::map<int64_t, std::unique_ptr<Graph>> graphs;
   // profiling
@@ -482,6 +483,7 @@ void GpuExecutor::Impl::build(const ModelConfig& c, const Scheme& sch, const Eng
   E.req = DeviceBuffer<SampleRequest>(R);
   E.req_host = std::make_unique<Pinned>(R * sizeof(SampleRequest));
   E.samp_out = DeviceBuffer<int32_t>(2 * R);
+  E.samp_ws = DeviceBuffer<uint8_t>(sample_rows_workspace_bytes(static_cast<int>(R)));
   E.samp_host = std::make_unique<Pinned>(2 * R * sizeof(int32_t));
 }
 
@@ -794,7 +796,7 @@ StepOutput GpuExecutor::step(const std::vector<StepEntry>& batch) {
   if (q) {
     // tokens then log-probabilities, adjacent: one copy back
     sample_rows(E.logits.get(), E.V, E.req.get(), static_cast<int>(q), E.samp_out.get(),
-                reinterpret_cast<float*>(E.samp_out.get() + q), st);
+                reinterpret_cast<float*>(E.samp_out.get() + q), E.samp_ws.get(), E.samp_ws.bytes(), st);
     SHARQ_CUDA_CHECK(cudaMemcpyAsync(E.samp_host->p, E.samp_out.get(), static_cast<size_t>(2 * q) * sizeof(int32_t),
                                      cudaMemcpyDeviceToHost, st));
   }
