@@ -2,7 +2,7 @@
 # On the GPU machine: `sharq serve --synthetic` per scheme, driven by `sharq bench serve` over
 # loopback with the serving issue's protocol (docs/perf/serve.md). One CSV for the whole run.
 # Usage: scripts/device/serve_bench.sh [SCHEMES="fp16 fp8 nvfp4 sharq"] [BURST=500] [MODEL=llama3.1-8b]
-# (environment variables). Needs a built $BUILD/sharq (scripts/device/gpu_check.sh builds it).
+# [ONLY_BURST=1] (environment variables). Needs a built $BUILD/sharq (scripts/device/gpu_check.sh builds it).
 set -uo pipefail
 OUT=${OUT:-$PWD/gpu-out}
 B=${BUILD:-build-gpu}
@@ -29,11 +29,13 @@ for s in $SCHEMES; do
     echo "  $label rc=$? $(grep -E '^completed|^TTFT|^TPOT' "$OUT/bench_${s//:/_}_$label.txt" | tr -s ' ' | tr '\n' ';')"
   }
   run warmup --num-prompts 4 --input-len 64 --output-len 16 --max-concurrency 4
-  run c1_1024_128 --num-prompts 6 --input-len 1024 --output-len 128 --max-concurrency 1
-  run c1_128_1024 --num-prompts 2 --input-len 128 --output-len 1024 --max-concurrency 1
-  run c8_128_1024 --num-prompts 16 --input-len 128 --output-len 1024 --max-concurrency 8
-  run c32_128_1024 --num-prompts 32 --input-len 128 --output-len 1024 --max-concurrency 32
-  run c8_1024_128 --num-prompts 32 --input-len 1024 --output-len 128 --max-concurrency 8
+  if [[ ${ONLY_BURST:-0} != 1 ]]; then
+    run c1_1024_128 --num-prompts 6 --input-len 1024 --output-len 128 --max-concurrency 1
+    run c1_128_1024 --num-prompts 2 --input-len 128 --output-len 1024 --max-concurrency 1
+    run c8_128_1024 --num-prompts 16 --input-len 128 --output-len 1024 --max-concurrency 8
+    run c32_128_1024 --num-prompts 32 --input-len 128 --output-len 1024 --max-concurrency 32
+    run c8_1024_128 --num-prompts 32 --input-len 1024 --output-len 128 --max-concurrency 8
+  fi
   [[ $BURST -gt 0 ]] && run burst${BURST}_1024_128 --num-prompts $BURST --input-len 1024 --output-len 128
   python3 -c "import urllib.request,sys; sys.stdout.write(urllib.request.urlopen('http://127.0.0.1:$port/metrics').read().decode())" \
     >"$OUT/metrics_${s//:/_}.txt" 2>&1

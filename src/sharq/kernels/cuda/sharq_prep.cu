@@ -67,7 +67,11 @@ struct RowView {
   const float* xf = nullptr;  // residual_rmsnorm: the FP32 residual row, its FP32 norm weight and
   const T* addp = nullptr;    // the projection output added to it (or null)
   const float* wf = nullptr;
-  __device__ __forceinline__ float sum_at(int64_t i) const { return addp ? xf[i] + to_f32(addp[i]) : xf[i]; }
+  const float* rs = nullptr;  // residual_rmsnorm: r = x + o held in shared memory (K <= kNormStage), or null
+  __device__ __forceinline__ float sum_at(int64_t i) const {
+    if (rs) return rs[i];
+    return addp ? xf[i] + to_f32(addp[i]) : xf[i];
+  }
   __device__ __forceinline__ float at(int64_t i) const {
     if (i >= K) return 0.0f;  // zero padding along K, as on the CPU
     // add_rmsnorm()'s output expression and rounding: T(w * (r * inv))
@@ -80,12 +84,12 @@ struct RowView {
   __device__ __forceinline__ void at8(int64_t i, float* o) const {
     if constexpr (kIn == kInResidualRms) {
       if (K % 8 == 0 && i + 8 <= K) {
-        const float4* x4 = reinterpret_cast<const float4*>(xf + i);
+        const float4* x4 = reinterpret_cast<const float4*>((rs ? rs : xf) + i);
         const float4* w4 = reinterpret_cast<const float4*>(wf + i);
         const float4 xa = x4[0], xb = x4[1], wa = w4[0], wb = w4[1];
         float r[8] = {xa.x, xa.y, xa.z, xa.w, xb.x, xb.y, xb.z, xb.w};
         const float w8[8] = {wa.x, wa.y, wa.z, wa.w, wb.x, wb.y, wb.z, wb.w};
-        if (addp) {
+        if (addp && !rs) {
           const uint4 u = *reinterpret_cast<const uint4*>(addp + i);
           const T* e = reinterpret_cast<const T*>(&u);
 #pragma unroll
@@ -129,10 +133,14 @@ struct RowView {
 // memory, kNormStage values per pass, and warp 0 adds from there: one warp loading the row alone
 // is latency-bound (128 dependent-in-order loads per lane at K = 4096: ~10 us per prep call, H200).
 // sum_out (or null) is also written with the values. Every thread gets the result. red: >= 1 float.
-constexpr int kNormStage = 2048;  // a multiple of 32, so each pass keeps every lane's order
+// A row of K <= kNormStage stays in shared memory: *resident (when asked) points at it then, else
+// is null; the prep's later reads of the row (its amax, its spans) come from there, not from L2.
+constexpr int kNormStage = 4096;  // a multiple of 32, so each pass keeps every lane's order
 template <class F>
-__device__ float row_inv_rms(int64_t K, float eps, const F& value, float* sum_out, float* red) {
-  __shared__ float stage[kNormStage];
+__device__ float row_inv_rms(int64_t K, float eps, const F& value, float* sum_out, float* red,
+                             const float** resident = nullptr) {
+  __shared__ __align__(16) float stage[kNormStage];
+  if (resident) *resident = K <= kNormStage ? stage : nullptr;
   float p = 0.0f;
   for (int64_t base = 0; base < K; base += kNormStage) {
     const int n = static_cast<int>(K - base < kNormStage ? K - base : kNormStage);
@@ -170,7 +178,9 @@ __device__ RowView<T, kIn> make_row(const RowArgs& a, int64_t m, float* red, boo
     r.addp = a.add ? static_cast<const T*>(a.add) + m * a.K : nullptr;
     r.wf = static_cast<const float*>(a.rms_w);
     float* sum_out = owner && a.out.sum ? a.out.sum + m * a.K : nullptr;
-    r.inv = row_inv_rms(a.K, a.eps, [&r](int64_t i) { return r.sum_at(i); }, sum_out, red);
+    const float* resident = nullptr;
+    r.inv = row_inv_rms(a.K, a.eps, [&r](int64_t i) { return r.sum_at(i); }, sum_out, red, &resident);
+    r.rs = resident;  // from here on the row's r values come from shared memory (the same floats)
     return r;
   }
   const int64_t stride = kIn == kInSwiglu ? 2 * a.K : a.K;  // SwiGLU: gate then up, 2K per row
