@@ -530,6 +530,9 @@ int main(int argc, char** argv) {
   add_number<int64_t>(bm, "--context", bmo.context, "tokens of context before the timed decode steps", 1);
   add_number<int>(bm, "--steps", bmo.steps, "timed decode steps per batch size", 1);
   add_number<uint64_t>(bm, "--seed", bmo.seed, "seed of the synthetic weights");
+  bm->add_option("--fusion", bmo.fusion, "FP4 schemes: which element-wise steps run inside the activation preps "
+                                         "(all | norm | swiglu | none: separate kernels)")
+      ->capture_default_str()->check(CLI::IsMember({"all", "norm", "swiglu", "none"}));
   add_number<double>(bm, "--torch-tok-s", bmo.torch_tok_s,
                      "the same run's torch decode tok/s (scripts/device/torch_decode_peer.py), for the ratio", 0.0,
                      1e9, true);

@@ -102,6 +102,37 @@ TEST(GpuEngine, MatchesTheCpuExecutorOnEveryDenseArchitectureAndScheme) {
   }
 }
 
+// The FP4 schemes' fused preps (residual add + RMSNorm, SwiGLU) and the separate kernels compute
+// the same model: the logits differ only by what the norm's summation order (a last bit, then an
+// FP4 rounding here and there) makes of them, well inside the scheme's own quantization error.
+TEST(GpuEngine, FusedPrepsMatchTheSeparateKernels) {
+  SKIP_WITHOUT_GPU();
+  const ModelWeights w = load_model_weights(tiny("qwen3"));
+  CpuExecutor ref32(w, parse_scheme("fp32"));
+  const std::vector<float> y32 = run(ref32, kPrompt, kFeed);
+  for (const char* sc : {"nvfp4", "sharq", "sharq:merged"}) {
+    const Scheme s = parse_scheme(sc);
+    std::vector<float> base;
+    for (int f = 0; f < 4; ++f) {
+      EngineOptions o = small_blocks();
+      o.fuse_norm = f & 1;
+      o.fuse_swiglu = f & 2;
+      GpuExecutor gpu(w, s, o);
+      const std::vector<float> y = run(gpu, kPrompt, kFeed);
+      for (float v : y) ASSERT_TRUE(std::isfinite(v)) << sc << " fusion " << f;
+      if (f == 0) {
+        base = y;
+        continue;
+      }
+      ASSERT_EQ(y.size(), base.size());
+      const double d = rel_l2(y, base), q = rel_l2(base, y32);
+      std::printf("  %-12s fuse_norm %d fuse_swiglu %d: vs separate kernels %.2e (quantization error %.2e)\n", sc,
+                  o.fuse_norm, o.fuse_swiglu, d, q);
+      EXPECT_LE(d, 0.5 * q + 1e-4) << sc << " fuse_norm " << o.fuse_norm << " fuse_swiglu " << o.fuse_swiglu;
+    }
+  }
+}
+
 TEST(GpuEngine, SlidingWindowPastTheWindow) {
   SKIP_WITHOUT_GPU();
   ModelWeights w = load_model_weights(tiny("mistral"));

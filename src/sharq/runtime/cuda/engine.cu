@@ -221,7 +221,8 @@ struct GpuExecutor::Impl {
   DeviceBuffer<uint8_t> workspace, attn_ws;
   // activations (max_batch_tokens rows; logits max_logit_rows)
   DeviceBuffer<float> x, x2, q32, logits;  // x2: the residual's second buffer (fused norm preps)
-  bool fused = false;                        // the FP4 schemes: norms and SwiGLU inside the preps
+  bool fuse_norm = false;    // the FP4 schemes (EngineOptions): residual add + RMSNorm inside the q/k/v, gate/up preps
+  bool fuse_swiglu = false;  // and SwiGLU inside the down projection's prep
   DeviceBuffer<uint16_t> h, qkvb, att, ob, gub, ab, hn;
   // KV cache: n_blocks usable blocks + block n_blocks for the padding rows of decode steps
   DeviceBuffer<uint16_t> kv_pool;
@@ -433,9 +434,10 @@ void GpuExecutor::Impl::build(const ModelConfig& c, const Scheme& sch, const Eng
   if (E.qd != E.H) E.acts_q = std::make_unique<GpuActivations>(sch, E.qd, E.maxM);
   E.acts_i = std::make_unique<GpuActivations>(sch, E.I, E.maxM);
   const size_t M = static_cast<size_t>(E.maxM), R = static_cast<size_t>(E.maxR);
-  E.fused = E.layers.front().down->fused_prep();
+  E.fuse_norm = o.fuse_norm && E.layers.front().down->fused_prep();
+  E.fuse_swiglu = o.fuse_swiglu && E.layers.front().down->fused_prep();
   E.x = DeviceBuffer<float>(M * E.H);
-  if (E.fused) E.x2 = DeviceBuffer<float>(M * E.H);
+  if (E.fuse_norm) E.x2 = DeviceBuffer<float>(M * E.H);
   E.q32 = DeviceBuffer<float>(M * E.qd);
   E.logits = DeviceBuffer<float>(R * E.V);
   E.h = DeviceBuffer<uint16_t>(M * E.H);
@@ -443,7 +445,7 @@ void GpuExecutor::Impl::build(const ModelConfig& c, const Scheme& sch, const Eng
   E.att = DeviceBuffer<uint16_t>(M * E.qd);
   E.ob = DeviceBuffer<uint16_t>(M * E.H);
   E.gub = DeviceBuffer<uint16_t>(M * 2 * E.I);
-  if (!E.fused) E.ab = DeviceBuffer<uint16_t>(M * E.I);  // the SwiGLU output (fused: never materialized)
+  if (!E.fuse_swiglu) E.ab = DeviceBuffer<uint16_t>(M * E.I);  // the SwiGLU output (fused: never materialized)
   E.hn = DeviceBuffer<uint16_t>(R * E.H);
   E.attn_ws = DeviceBuffer<uint8_t>(paged_attention_workspace_bytes(E.maxM, static_cast<int>(c.num_heads),
                                                                     static_cast<int>(c.head_dim)));
@@ -570,7 +572,7 @@ void GpuExecutor::Impl::forward(int64_t M, int64_t R, const AttentionPlan& plan)
   float* xr = E.x.get();
   float* xw = E.x2.get();
   auto norm_into = [&](const GpuLinear& lin, const void* add, const float* w, GpuActivations& acts) {
-    if (E.fused) {
+    if (E.fuse_norm) {
       mark(kPrep);
       lin.prepare_norm(xr, add, w, eps, M, add ? xw : nullptr, acts, st);
       if (add) std::swap(xr, xw);
@@ -603,7 +605,7 @@ void GpuExecutor::Impl::forward(int64_t M, int64_t R, const AttentionPlan& plan)
     norm_into(*L.gate_up, E.ob.get(), L.mlp_norm.get(), *E.acts_h);
     mark(kGemm);
     L.gate_up->gemm(*E.acts_h, E.gub.get(), st, ws);
-    if (E.fused) {  // SwiGLU inside the down projection's activation prep
+    if (E.fuse_swiglu) {  // SwiGLU inside the down projection's activation prep
       mark(kPrep);
       L.down->prepare_swiglu(E.gub.get(), M, *E.acts_i, st);
     } else {
@@ -846,12 +848,11 @@ double GpuExecutor::time_linears(int64_t M, int64_t lm_rows, int reps) {
     fill_synthetic(f.get(), n, 77, 1.0f, 0.0f, st);
     convert_weights_16(f.get(), M * E.H, E.t == DType::f16, E.h.get(), st);
     convert_weights_16(f.get(), M * E.qd, E.t == DType::f16, E.att.get(), st);
-    if (E.fused) {  // the fused preps read the residual stream and the previous output
+    if (E.fuse_norm) {  // the fused preps read the residual stream and the previous output
       SHARQ_CUDA_CHECK(cudaMemcpyAsync(E.x.get(), f.get(), M * E.H * sizeof(float), cudaMemcpyDeviceToDevice, st));
       convert_weights_16(f.get(), M * E.H, E.t == DType::f16, E.ob.get(), st);
-    } else {
-      convert_weights_16(f.get(), M * E.I, E.t == DType::f16, E.ab.get(), st);
     }
+    if (!E.fuse_swiglu) convert_weights_16(f.get(), M * E.I, E.t == DType::f16, E.ab.get(), st);
     if (lm_rows) convert_weights_16(f.get(), lm_rows * E.H, E.t == DType::f16, E.hn.get(), st);
     SHARQ_CUDA_CHECK(cudaStreamSynchronize(st));
   }
@@ -865,15 +866,15 @@ double GpuExecutor::time_linears(int64_t M, int64_t lm_rows, int reps) {
     SHARQ_CUDA_CHECK(cudaEventRecord(a, st));
     for (const Impl::Layer& L : E.layers) {
       // the preps as forward() runs them (fused: the residual add + norm and SwiGLU inside them)
-      if (E.fused) L.qkv->prepare_norm(E.x.get(), E.ob.get(), L.attn_norm.get(), eps, M, E.x2.get(), *E.acts_h, st);
+      if (E.fuse_norm) L.qkv->prepare_norm(E.x.get(), E.ob.get(), L.attn_norm.get(), eps, M, E.x2.get(), *E.acts_h, st);
       else L.qkv->prepare(E.h.get(), M, *E.acts_h, st);
       L.qkv->gemm(*E.acts_h, E.qkvb.get(), st, ws);
       L.o->prepare(E.att.get(), M, acts_q, st);
       L.o->gemm(acts_q, E.ob.get(), st, ws);
-      if (E.fused) L.gate_up->prepare_norm(E.x.get(), E.ob.get(), L.mlp_norm.get(), eps, M, E.x2.get(), *E.acts_h, st);
+      if (E.fuse_norm) L.gate_up->prepare_norm(E.x.get(), E.ob.get(), L.mlp_norm.get(), eps, M, E.x2.get(), *E.acts_h, st);
       else L.gate_up->prepare(E.h.get(), M, *E.acts_h, st);
       L.gate_up->gemm(*E.acts_h, E.gub.get(), st, ws);
-      if (E.fused) L.down->prepare_swiglu(E.gub.get(), M, *E.acts_i, st);
+      if (E.fuse_swiglu) L.down->prepare_swiglu(E.gub.get(), M, *E.acts_i, st);
       else L.down->prepare(E.ab.get(), M, *E.acts_i, st);
       L.down->gemm(*E.acts_i, E.ob.get(), st, ws);
     }

@@ -44,6 +44,11 @@ struct EngineOptions {
   double gpu_memory = 0.9;         // the fraction of the free memory the KV cache may take (kv_blocks 0)
   int block_size = 16;             // positions per KV block
   bool cuda_graphs = true;         // replay decode steps from CUDA graphs (per-token schemes)
+  // The FP4 schemes (nvfp4, sharq): the residual add + RMSNorm inside the q/k/v and gate/up
+  // activation preps, and SwiGLU inside the down projection's prep (false: the separate kernels,
+  // as the other schemes run them). The same logits either way; a tuning and measuring choice.
+  bool fuse_norm = true;
+  bool fuse_swiglu = true;
   // Every row's attention by the decode kernel: a row's logits are bit-identical whatever else
   // shares the step, prefill chunks included (the default is invariant for decode rows only).
   bool batch_invariant = false;

@@ -200,6 +200,10 @@ int run_bench_model(const BenchModelOptions& o) {
   if (cfg.max_position_embeddings > 0 && max_pos > cfg.max_position_embeddings)
     throw std::invalid_argument(fmt::format("bench model: {} positions exceed the model's {}", max_pos, cfg.max_position_embeddings));
   cuda::EngineOptions eo;
+  if (o.fusion != "all" && o.fusion != "norm" && o.fusion != "swiglu" && o.fusion != "none")
+    throw std::invalid_argument(fmt::format("bench model: --fusion {}: use all, norm, swiglu or none", o.fusion));
+  eo.fuse_norm = o.fusion == "all" || o.fusion == "norm";
+  eo.fuse_swiglu = o.fusion == "all" || o.fusion == "swiglu";
   eo.max_batch_tokens = max_tokens;
   eo.max_logit_rows = std::min<int64_t>(max_tokens, std::max<int64_t>(64, max_batch));
   int64_t blocks = 0;
@@ -207,7 +211,7 @@ int run_bench_model(const BenchModelOptions& o) {
   blocks = std::max(blocks, max_batch * ((decode_len + eo.block_size - 1) / eo.block_size));
   eo.kv_blocks = blocks;
 
-  std::printf("sharq bench model: %s\n", what.c_str());
+  std::printf("sharq bench model: %s (FP4 prep fusion: %s)\n", what.c_str(), o.fusion.c_str());
   std::printf("card: %s (%d SMs), same-run D2D copy %.2f TB/s; %lld layers, hidden %lld, %lld/%lld heads, vocab %lld\n",
               prop.name, prop.multiProcessorCount, copy_tbs, static_cast<long long>(cfg.num_layers),
               static_cast<long long>(cfg.hidden_size), static_cast<long long>(cfg.num_heads),
