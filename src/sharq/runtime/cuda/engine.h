@@ -46,9 +46,13 @@ struct EngineOptions {
   bool cuda_graphs = true;         // replay decode steps from CUDA graphs (per-token schemes)
   // The FP4 schemes (nvfp4, sharq): the residual add + RMSNorm inside the q/k/v and gate/up
   // activation preps, and SwiGLU inside the down projection's prep (false: the separate kernels,
-  // as the other schemes run them). The same logits either way; a tuning and measuring choice.
-  bool fuse_norm = true;
-  bool fuse_swiglu = true;
+  // as the other schemes run them). The same logits either way (bit for bit on the tiny models).
+  // Off by default because they are slower on an H200 (docs/perf/engine.md, E15): every prep block
+  // makes its own pass over the whole row (the norm's sum, SwiGLU's amax) before its spans, which
+  // costs more than the separate one-block norm and SwiGLU kernels it saves. Decode b1 sharq
+  // 235.8 tok/s separate vs 220.7 fused; `sharq bench model --fusion` measures it.
+  bool fuse_norm = false;
+  bool fuse_swiglu = false;
   // Every row's attention by the decode kernel: a row's logits are bit-identical whatever else
   // shares the step, prefill chunks included (the default is invariant for decode rows only).
   bool batch_invariant = false;
