@@ -3,12 +3,16 @@
 
 #include <gtest/gtest.h>
 
+#include <random>
+
 #include <nlohmann/json.hpp>
 
 namespace {
 
 using sharq::chat::parse_qwen3_response;
 using sharq::chat::ParsedResponse;
+using sharq::chat::Qwen3StreamParser;
+using sharq::chat::StreamPiece;
 
 TEST(ResponseParser, PlainTextIsContent) {
   const ParsedResponse r = parse_qwen3_response("Hello there.");
@@ -102,4 +106,82 @@ TEST(ResponseParser, OpenAIMessageJson) {
   EXPECT_FALSE(plain.contains("tool_calls"));
 }
 
+// Streams: the pieces, however the text is cut, add up to the whole-text parse (for the texts where
+// both can agree: a leading <think>, and calls that parse).
+TEST(ResponseParser, StreamedPiecesAddUpToTheWholeTextParse) {
+  const std::vector<std::string> texts = {
+      "Hello there.",
+      "<think>\nx+1=3, so x=2.\n</think>\n\nx = 2.",
+      "<think>only thoughts</think>",
+      "<think>\nNeed the weather.\n</think>\n\nLet me check.\n<tool_call>\n{\"name\": \"get_weather\", \"arguments\": "
+      "{\"city\": \"Z\u00fcrich\", \"days\": 2}}\n</tool_call>\n<tool_call>\n{\"name\": \"get_time\", \"arguments\": {}}\n</tool_call>",
+      "x<tool_call>{\"name\": \"g\", \"arguments\": {\"q\": \"y\"}}",  // the last call unclosed
+      "a < b, <thinking> is not a tag, </think without its end, <tool and <tool_cal",
+      "\xe2\x9c\x93 caf\xc3\xa9 <think> in the middle stays content",
+      "",
+  };
+  std::mt19937 rng(7);
+  for (const std::string& text : texts) {
+    for (bool tools : {true, false}) {
+      const ParsedResponse whole = parse_qwen3_response(text, true, tools);
+      for (int trial = 0; trial < 200; ++trial) {
+        SCOPED_TRACE(text + (tools ? " (tools)" : "") + " trial " + std::to_string(trial));
+        Qwen3StreamParser sp(tools);
+        StreamPiece all;
+        auto add = [&](const StreamPiece& p) {
+          all.content += p.content;
+          all.reasoning += p.reasoning;
+          all.tool_calls.insert(all.tool_calls.end(), p.tool_calls.begin(), p.tool_calls.end());
+        };
+        size_t at = 0;
+        while (at < text.size()) {
+          const size_t n = std::uniform_int_distribution<size_t>(0, trial % 2 ? 3 : 12)(rng);
+          add(sp.feed(text.substr(at, n)));
+          at += n;
+        }
+        add(sp.finish());
+        EXPECT_EQ(all.content, whole.content.value_or(""));
+        EXPECT_EQ(all.reasoning, whole.reasoning_content.value_or(""));
+        ASSERT_EQ(all.tool_calls.size(), whole.tool_calls.size());
+        for (size_t i = 0; i < all.tool_calls.size(); ++i) {
+          EXPECT_EQ(all.tool_calls[i].name, whole.tool_calls[i].name);
+          EXPECT_EQ(all.tool_calls[i].arguments, whole.tool_calls[i].arguments);
+        }
+        EXPECT_EQ(sp.tool_calls_sent(), whole.tool_calls.size());
+      }
+    }
+  }
+}
+
+// What is held back, and when it is let go.
+TEST(ResponseParser, StreamsHoldPartialTagsOnly) {
+  Qwen3StreamParser sp(true);
+  EXPECT_TRUE(sp.feed("<thi").empty());              // may become <think>
+  EXPECT_EQ(sp.feed("nk>ab").reasoning, "ab");
+  EXPECT_TRUE(sp.feed("</th").empty());              // may become </think>
+  StreamPiece p = sp.feed("ink>\n\nAnswer <");         // "<" may start <tool_call>
+  EXPECT_EQ(p.reasoning, "");
+  EXPECT_EQ(p.content, "\n\nAnswer ");
+  EXPECT_EQ(sp.feed("b").content, "<b");             // it did not
+  EXPECT_TRUE(sp.feed("<tool_call>{\"name\": \"f\", ").empty());  // a call is held until it closes
+  p = sp.feed("\"arguments\": {}}</tool_call> trailing");
+  ASSERT_EQ(p.tool_calls.size(), 1u);
+  EXPECT_EQ(p.tool_calls[0].name, "f");
+  EXPECT_EQ(p.content, "");                          // content after a call is dropped
+  EXPECT_TRUE(sp.finish().empty());
+  // a stream cut inside the reasoning: what came is reasoning (the whole-text parse, which can wait
+  // for a </think> that never comes, calls it content)
+  Qwen3StreamParser cut(false);
+  EXPECT_EQ(cut.feed("<think>unfinish").reasoning, "unfinish");
+  EXPECT_EQ(cut.feed("ed</thi").reasoning, "ed");
+  EXPECT_EQ(cut.finish().reasoning, "</thi");
+  // a call that does not parse goes out as its raw text
+  Qwen3StreamParser bad(true);
+  p = bad.feed("x<tool_call>{oops}</tool_call>y");
+  EXPECT_EQ(p.content, "x<tool_call>{oops}</tool_call>y");
+  EXPECT_TRUE(p.tool_calls.empty());
+  EXPECT_EQ(bad.tool_calls_sent(), 0u);
+}
+
 }  // namespace
+

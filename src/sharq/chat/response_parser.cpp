@@ -1,5 +1,8 @@
 #include "sharq/chat/response_parser.h"
 
+#include <algorithm>
+#include <optional>
+
 #include <nlohmann/json.hpp>
 
 #include "sharq/chat/jinja.h"
@@ -33,7 +36,98 @@ std::vector<std::string> call_bodies(const std::string& s) {
   return out;
 }
 
+// One call's body as a ToolCall, or none when it is not {"name": string, "arguments": ...}.
+std::optional<ToolCall> parse_call(const std::string& body) {
+  try {
+    const auto j = nlohmann::ordered_json::parse(body);
+    const auto n = j.is_object() ? j.find("name") : j.end();
+    const auto a = j.is_object() ? j.find("arguments") : j.end();
+    if (!j.is_object() || n == j.end() || a == j.end() || !n->is_string()) return std::nullopt;
+    return ToolCall{n->get<std::string>(), jinja::to_json(jinja::Value::from_json(*a))};
+  } catch (const std::exception&) {
+    return std::nullopt;
+  }
+}
+
+// The length of the longest suffix of s that is a proper prefix of tag (text to hold back).
+size_t partial_tag(const std::string& s, const std::string& tag) {
+  for (size_t n = std::min(s.size(), tag.size() - 1); n > 0; --n)
+    if (s.compare(s.size() - n, n, tag, 0, n) == 0) return n;
+  return 0;
+}
+
 }  // namespace
+
+StreamPiece Qwen3StreamParser::feed(const std::string& text) {
+  pending_ += text;
+  return run(false);
+}
+
+StreamPiece Qwen3StreamParser::finish() { return run(true); }
+
+StreamPiece Qwen3StreamParser::run(bool at_end) {
+  StreamPiece out;
+  const std::string think = kThinkStart, think_end = kThinkEnd, call = kCallStart, call_end = kCallEnd;
+  // content after the first tool call is dropped (the whole-text parse keeps only what precedes it)
+  auto emit_content = [&](const std::string& t) {
+    if (calls_ == 0) out.content += t;
+  };
+  while (true) {
+    switch (mode_) {
+      case Mode::start:
+        if (pending_.size() < think.size() && think.compare(0, pending_.size(), pending_) == 0 && !at_end)
+          return out;  // may still become <think>
+        if (pending_.compare(0, think.size(), think) == 0) {
+          pending_.erase(0, think.size());
+          mode_ = Mode::reasoning;
+        } else {
+          mode_ = Mode::content;
+        }
+        break;
+      case Mode::reasoning: {
+        const size_t e = pending_.find(think_end);
+        if (e == std::string::npos) {
+          const size_t keep = at_end ? 0 : partial_tag(pending_, think_end);
+          out.reasoning += pending_.substr(0, pending_.size() - keep);
+          pending_.erase(0, pending_.size() - keep);
+          return out;
+        }
+        out.reasoning += pending_.substr(0, e);
+        pending_.erase(0, e + think_end.size());
+        mode_ = Mode::content;
+        break;
+      }
+      case Mode::content: {
+        const size_t b = tools_ ? pending_.find(call) : std::string::npos;
+        if (b == std::string::npos) {
+          const size_t keep = tools_ && !at_end ? partial_tag(pending_, call) : 0;
+          emit_content(pending_.substr(0, pending_.size() - keep));
+          pending_.erase(0, pending_.size() - keep);
+          return out;
+        }
+        emit_content(pending_.substr(0, b));
+        pending_.erase(0, b + call.size());
+        mode_ = Mode::call;
+        break;
+      }
+      case Mode::call: {
+        const size_t e = pending_.find(call_end);
+        if (e == std::string::npos && !at_end) return out;  // held whole until it closes
+        const std::string body = pending_.substr(0, e == std::string::npos ? pending_.size() : e);
+        if (std::optional<ToolCall> c = parse_call(body)) {
+          out.tool_calls.push_back(std::move(*c));
+          ++calls_;
+        } else {  // not a call: its raw text is content
+          emit_content(call + body + (e == std::string::npos ? "" : call_end));
+        }
+        pending_.erase(0, e == std::string::npos ? pending_.size() : e + call_end.size());
+        mode_ = Mode::content;
+        if (e == std::string::npos) return out;
+        break;
+      }
+    }
+  }
+}
 
 ParsedResponse parse_qwen3_response(const std::string& text, bool reasoning, bool tools) {
   ParsedResponse r;
@@ -50,19 +144,12 @@ ParsedResponse parse_qwen3_response(const std::string& text, bool reasoning, boo
     std::vector<ToolCall> calls;
     bool ok = true;
     for (const std::string& body : call_bodies(content)) {
-      try {
-        const auto j = nlohmann::ordered_json::parse(body);
-        const auto n = j.is_object() ? j.find("name") : j.end();
-        const auto a = j.is_object() ? j.find("arguments") : j.end();
-        if (!j.is_object() || n == j.end() || a == j.end() || !n->is_string()) {
-          ok = false;
-          break;
-        }
-        calls.push_back(ToolCall{n->get<std::string>(), jinja::to_json(jinja::Value::from_json(*a))});
-      } catch (const std::exception&) {
+      std::optional<ToolCall> c = parse_call(body);
+      if (!c) {
         ok = false;
         break;
       }
+      calls.push_back(std::move(*c));
     }
     if (ok) {
       r.tool_calls = std::move(calls);

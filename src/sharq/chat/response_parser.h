@@ -29,6 +29,36 @@ struct ParsedResponse {
 // content stays as it was (vLLM's hermes parser does the same).
 ParsedResponse parse_qwen3_response(const std::string& text, bool reasoning = true, bool tools = true);
 
+// The same parse, incrementally, for streamed responses (vLLM's streaming qwen3 / hermes parsers):
+// feed() takes each new piece of text and returns what may be sent now; finish() flushes the rest.
+// A piece that could still become a tag ("<thi", "</tool_") is held until the next text decides it.
+//  - A response that starts with <think> streams its reasoning as reasoning until </think>, then
+//    content. Without a leading <think> everything is content (a stream cannot wait for a
+//    </think> that may never come; the whole-text parse above also accepts "reasoning</think>").
+//  - With `tools`, content streams until a <tool_call>; each call is held until its </tool_call>
+//    (or the end), then sent whole when its JSON parses ({"name", "arguments"}), else sent as the
+//    raw text of the call, as content. Content after the first call is dropped, as above.
+struct StreamPiece {
+  std::string content, reasoning;
+  std::vector<ToolCall> tool_calls;
+  bool empty() const { return content.empty() && reasoning.empty() && tool_calls.empty(); }
+};
+class Qwen3StreamParser {
+ public:
+  explicit Qwen3StreamParser(bool tools) : tools_(tools) {}
+  StreamPiece feed(const std::string& text);
+  StreamPiece finish();
+  size_t tool_calls_sent() const { return calls_; }
+
+ private:
+  enum class Mode { start, reasoning, content, call };
+  StreamPiece run(bool at_end);
+  bool tools_;
+  Mode mode_ = Mode::start;
+  std::string pending_;
+  size_t calls_ = 0;
+};
+
 // The OpenAI chat-completion message of a parsed response: {"role": "assistant", "content": ...,
 // "reasoning_content": ..., "tool_calls": [{"id": id_prefix + index, "type": "function",
 // "function": {"name", "arguments"}}]} (tool_calls only when there are some).

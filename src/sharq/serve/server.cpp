@@ -405,7 +405,7 @@ struct HttpServer::Impl {
   // Parses (parse() returns the request and whether tools were given; it throws HttpError or
   // InvalidRequest), submits, and answers: one JSON body, or an
   // SSE stream of chunks. chat: the chat.completion objects; the final text is parsed as vLLM's
-  // qwen3 reasoning and hermes tool parsers do (non-streamed responses; a stream carries the raw text).
+  // qwen3 reasoning and hermes tool parsers do (streams: incrementally, chat::Qwen3StreamParser).
   template <class Parse>
   void serve(httplib::Response& res, Parse&& parse, bool chat_api) {
     if (draining) return send_error(res, HttpError{503, "the server is shutting down", "service_unavailable", ""});
@@ -460,21 +460,37 @@ struct HttpServer::Impl {
     res.set_header("Cache-Control", "no-cache");
     auto offset = std::make_shared<size_t>(0);
     auto first = std::make_shared<bool>(true);
+    // chat streams: the reasoning and tool-call parse, incrementally (chat::Qwen3StreamParser)
+    auto parser = std::make_shared<chat::Qwen3StreamParser>(tools);
     Scheduler* sched_ptr = &sched;
     res.set_chunked_content_provider(
         "text/event-stream",
-        [this, p, stream, id, created_at, offset, first, chat_api, usage](size_t, httplib::DataSink& sink) {
+        [this, p, stream, id, created_at, offset, first, chat_api, usage, parser](size_t, httplib::DataSink& sink) {
           auto event = [&](const json& j) {
             const std::string s = "data: " + dump(j) + "\n\n";
             return sink.write(s.data(), s.size());
           };
           const char* chunk_object = chat_api ? "chat.completion.chunk" : "text_completion";
-          auto chunk = [&](const std::string& text, const json& logprobs, const json& finish) {
+          auto chunk = [&](const std::string& text, const json& logprobs, const json& finish,
+                           const chat::StreamPiece* piece = nullptr) {
             json c;
             if (chat_api) {
               json delta = json::object();
               if (*first) delta["role"] = "assistant";
-              if (!text.empty() || *first) delta["content"] = text;
+              const std::string& content = piece ? piece->content : text;
+              if (!content.empty() || *first) delta["content"] = content;
+              if (piece && !piece->reasoning.empty()) delta["reasoning_content"] = piece->reasoning;
+              if (piece && !piece->tool_calls.empty()) {
+                json calls = json::array();
+                const size_t base = parser->tool_calls_sent() - piece->tool_calls.size();
+                for (size_t i = 0; i < piece->tool_calls.size(); ++i)
+                  calls.push_back({{"index", base + i},
+                                   {"id", fmt::format("call_{}_{}", id, base + i)},
+                                   {"type", "function"},
+                                   {"function", {{"name", piece->tool_calls[i].name},
+                                                 {"arguments", piece->tool_calls[i].arguments}}}});
+                delta["tool_calls"] = calls;
+              }
               *first = false;
               c = {{"index", 0}, {"delta", delta}, {"logprobs", logprobs}, {"finish_reason", finish}};
             } else {
@@ -488,7 +504,13 @@ struct HttpServer::Impl {
             json lp = nullptr;
             if (p.logprobs) lp = chat_api ? chat_logprobs_json(tok, d.tokens, d.logprobs) : logprobs_json(tok, d.tokens, d.logprobs, *offset);
             *offset += d.text.size();
-            if (!event(chunk(d.text, lp, nullptr))) return false;  // the client left: the releaser cancels
+            if (chat_api) {
+              const chat::StreamPiece piece = parser->feed(d.text);
+              // text held back (a tag in the making) sends nothing yet, unless logprobs or the role must go
+              if ((!piece.empty() || !lp.is_null() || *first) && !event(chunk("", lp, nullptr, &piece))) return false;
+            } else if (!event(chunk(d.text, lp, nullptr))) {
+              return false;  // the client left: the releaser cancels
+            }
           } else if (!d.finished) {
             static const char kKeepAlive[] = ": keep-alive\n\n";  // finds a client that left while we wait
             return sink.write(kKeepAlive, sizeof(kKeepAlive) - 1);
@@ -497,7 +519,13 @@ struct HttpServer::Impl {
           if (d.finish_reason == "error") {
             event(json{{"error", {{"message", d.error}, {"type", "internal_error"}, {"param", nullptr}, {"code", 500}}}});
           } else {
-            if (!event(chunk("", nullptr, d.finish_reason))) return false;
+            std::string finish = d.finish_reason;
+            if (chat_api) {
+              const chat::StreamPiece rest = parser->finish();
+              if (!rest.empty() && !event(chunk("", nullptr, nullptr, &rest))) return false;
+              if (parser->tool_calls_sent() > 0) finish = "tool_calls";
+            }
+            if (!event(chunk("", nullptr, finish))) return false;
             if (p.include_usage) {
               json u = {{"id", id}, {"object", chunk_object}, {"created", created_at}, {"model", opt.model_name},
                         {"choices", json::array()}, {"usage", usage(d)}};
