@@ -222,6 +222,64 @@ TEST(SharqPrep, Nvfp4BaselinePrepMatchesTheCpuQuantizer) {
     }
 }
 
+// A buffer's bytes on the host.
+template <class Buf>
+std::vector<uint8_t> host_bytes(const Buf& buf) {
+  const auto h = buf.to_host();
+  std::vector<uint8_t> b(h.size() * sizeof(h[0]));
+  std::memcpy(b.data(), h.data(), b.size());
+  return b;
+}
+
+// The SharQ prep's outputs for M rows of K, zeroed: the PrepOut that points at them, and all their
+// bytes after a run (the fused-input tests compare two runs output by output).
+struct SharqOutputs {
+  int64_t ld;
+  DeviceBuffer<uint8_t> bb, res;
+  DeviceBuffer<float> g;
+  DeviceBuffer<__half> sp, rp;
+  SharqOutputs(int64_t M, int64_t K)
+      : ld((K + 127) / 128 * 128), bb(static_cast<size_t>(M * ((K + 31) / 32) * 64)),
+        res(static_cast<size_t>(M * ((K + 31) / 32) * 64)), g(static_cast<size_t>(M)), sp(static_cast<size_t>(M * ld)),
+        rp(static_cast<size_t>(M * ld)) {
+    SHARQ_CUDA_CHECK(cudaMemset(bb.get(), 0, bb.bytes()));
+    SHARQ_CUDA_CHECK(cudaMemset(res.get(), 0, res.bytes()));
+  }
+  PrepOut out() {
+    PrepOut o;
+    o.backbone = bb.get();
+    o.residual = res.get();
+    o.g = g.get();
+    o.s_plane = sp.get();
+    o.r_plane = rp.get();
+    o.ld = ld;
+    return o;
+  }
+  std::vector<std::vector<uint8_t>> bytes() const {
+    return {host_bytes(bb), host_bytes(res), host_bytes(g), host_bytes(sp), host_bytes(rp)};
+  }
+};
+
+// The NVFP4 prep's outputs (blocks, g, plane) for M rows of K, and their bytes after a run (g
+// included when with_g).
+struct Nvfp4Outputs {
+  DeviceBuffer<block_nvfp4_16> blocks;
+  DeviceBuffer<float> g;
+  DeviceBuffer<__half> xp;
+  Nvfp4Outputs(int64_t M, int64_t K, int64_t ld)
+      : blocks(static_cast<size_t>(M * ((K + 15) / 16))), g(static_cast<size_t>(M)), xp(static_cast<size_t>(M * ld)) {}
+  std::vector<uint8_t> bytes(bool with_g) const {
+    std::vector<uint8_t> b = host_bytes(blocks);
+    if (with_g) {
+      const std::vector<uint8_t> gb = host_bytes(g);
+      b.insert(b.end(), gb.begin(), gb.end());
+    }
+    const std::vector<uint8_t> pb = host_bytes(xp);
+    b.insert(b.end(), pb.begin(), pb.end());
+    return b;
+  }
+};
+
 // The down projection's prep with SwiGLU fused in front (PrepInput::swiglu, reading the fused
 // gate/up output M x 2K) equals swiglu() followed by the plain prep, bit for bit: every output of
 // both preps, both mask kinds, both scale granularities, both input types, decode and prefill M.
@@ -231,7 +289,7 @@ TEST(SharqPrep, FusedSwigluEqualsSwigluThenPrepBitForBit) {
   for (auto [M, K] : {std::pair<int64_t, int64_t>{1, 4096}, {3, 200}, {70, 1024}})
     for (DType dt : {DType::bf16, DType::f16}) {
       const auto gu = make_input(input_values(M, 2 * K, ++seed, false, dt), dt);
-      const int64_t ld = (K + 127) / 128 * 128, spans = (K + 31) / 32;
+      const int64_t ld = (K + 127) / 128 * 128;
       DeviceBuffer<uint16_t> dgu(gu.bits.size()), dx(static_cast<size_t>(M * K));
       dgu.upload(gu.bits.data());
       swiglu(dgu.get(), M, K, dt, dx.get(), nullptr);
@@ -241,32 +299,15 @@ TEST(SharqPrep, FusedSwigluEqualsSwigluThenPrepBitForBit) {
         for (MaskKind mask : {MaskKind::pair48, MaskKind::scalar24}) {
           std::vector<std::vector<uint8_t>> got[2];
           for (int fused = 0; fused < 2; ++fused) {
-            DeviceBuffer<uint8_t> bb(static_cast<size_t>(M * spans * 64)), res(static_cast<size_t>(M * spans * 64));
-            DeviceBuffer<float> g(static_cast<size_t>(M));
-            DeviceBuffer<__half> sp(static_cast<size_t>(M * ld)), rp(static_cast<size_t>(M * ld));
-            SHARQ_CUDA_CHECK(cudaMemset(bb.get(), 0, bb.bytes()));
-            SHARQ_CUDA_CHECK(cudaMemset(res.get(), 0, res.bytes()));
+            SharqOutputs o(M, K);
             PrepSpec spec;
             spec.mask = mask;
             spec.act_scale = gs;
             spec.input = fused ? PrepInput::swiglu : PrepInput::plain;
-            PrepOut out;
-            out.backbone = bb.get();
-            out.residual = res.get();
-            out.g = g.get();
-            out.s_plane = sp.get();
-            out.r_plane = rp.get();
-            out.ld = ld;
-            sharq_prep(fused ? static_cast<const void*>(dgu.get()) : dx.get(), dt, M, K, nullptr, spec, out, scratch.get(),
-                       nullptr);
+            sharq_prep(fused ? static_cast<const void*>(dgu.get()) : dx.get(), dt, M, K, nullptr, spec, o.out(),
+                       scratch.get(), nullptr);
             SHARQ_CUDA_CHECK(cudaDeviceSynchronize());
-            auto bytes = [](const auto& buf) {
-              const auto h = buf.to_host();
-              std::vector<uint8_t> b(h.size() * sizeof(h[0]));
-              std::memcpy(b.data(), h.data(), b.size());
-              return b;
-            };
-            got[fused] = {bytes(bb), bytes(res), bytes(g), bytes(sp), bytes(rp)};
+            got[fused] = o.bytes();
           }
           for (size_t i = 0; i < got[0].size(); ++i)
             ASSERT_EQ(got[0][i], got[1][i]) << "sharq output " << i << ", M " << M << " K " << K << " mask "
@@ -275,20 +316,12 @@ TEST(SharqPrep, FusedSwigluEqualsSwigluThenPrepBitForBit) {
         // the NVFP4 baseline's prep
         std::vector<uint8_t> nv[2];
         for (int fused = 0; fused < 2; ++fused) {
-          DeviceBuffer<block_nvfp4_16> blocks(static_cast<size_t>(M * ((K + 15) / 16)));
-          DeviceBuffer<float> g(static_cast<size_t>(M));
-          DeviceBuffer<__half> xp(static_cast<size_t>(M * ld));
+          Nvfp4Outputs o(M, K, ld);
           nvfp4_prep(fused ? static_cast<const void*>(dgu.get()) : dx.get(), dt, M, K, nullptr, gs,
-                     fused ? PrepInput::swiglu : PrepInput::plain, 0.0f, blocks.get(), g.get(), xp.get(), ld,
+                     fused ? PrepInput::swiglu : PrepInput::plain, 0.0f, o.blocks.get(), o.g.get(), o.xp.get(), ld,
                      scratch.get(), nullptr);
           SHARQ_CUDA_CHECK(cudaDeviceSynchronize());
-          const auto b = blocks.to_host();
-          const auto gh = g.to_host();
-          const auto p = xp.to_host();
-          nv[fused].resize(b.size() * sizeof(b[0]) + gh.size() * 4 + p.size() * 2);
-          std::memcpy(nv[fused].data(), b.data(), b.size() * sizeof(b[0]));
-          std::memcpy(nv[fused].data() + b.size() * sizeof(b[0]), gh.data(), gh.size() * 4);
-          std::memcpy(nv[fused].data() + b.size() * sizeof(b[0]) + gh.size() * 4, p.data(), p.size() * 2);
+          nv[fused] = o.bytes(/*with_g=*/true);
         }
         ASSERT_EQ(nv[0], nv[1]) << "nvfp4 prep, M " << M << " K " << K;
       }
@@ -343,25 +376,15 @@ TEST(SharqPrep, FusedResidualRmsNormEqualsTheHostNormThenPrepBitForBit) {
         dy.upload(y.data());
         dadd.upload(o.bits.data());
         DeviceBuffer<uint32_t> scratch(1);
-        const int64_t ld = (K + 127) / 128 * 128, spans = (K + 31) / 32;
+        const int64_t ld = (K + 127) / 128 * 128;
         for (GlobalScale gs : {GlobalScale::per_row, GlobalScale::per_tensor}) {
           std::vector<std::vector<uint8_t>> got[2];
           for (int fused = 0; fused < 2; ++fused) {
-            DeviceBuffer<uint8_t> bb(static_cast<size_t>(M * spans * 64)), res(static_cast<size_t>(M * spans * 64));
-            DeviceBuffer<float> g(static_cast<size_t>(M));
-            DeviceBuffer<__half> sp(static_cast<size_t>(M * ld)), rp(static_cast<size_t>(M * ld));
-            SHARQ_CUDA_CHECK(cudaMemset(bb.get(), 0, bb.bytes()));
-            SHARQ_CUDA_CHECK(cudaMemset(res.get(), 0, res.bytes()));
+            SharqOutputs o(M, K);
             SHARQ_CUDA_CHECK(cudaMemset(dsum.get(), 0xFF, dsum.bytes()));
             PrepSpec spec;
             spec.act_scale = gs;
-            PrepOut out;
-            out.backbone = bb.get();
-            out.residual = res.get();
-            out.g = g.get();
-            out.s_plane = sp.get();
-            out.r_plane = rp.get();
-            out.ld = ld;
+            PrepOut out = o.out();
             if (fused) {
               spec.input = PrepInput::residual_rmsnorm;
               spec.eps = 1e-5f;
@@ -372,13 +395,7 @@ TEST(SharqPrep, FusedResidualRmsNormEqualsTheHostNormThenPrepBitForBit) {
               sharq_prep(dy.get(), dt, M, K, nullptr, spec, out, scratch.get(), nullptr);
             }
             SHARQ_CUDA_CHECK(cudaDeviceSynchronize());
-            auto bytes = [](const auto& buf) {
-              const auto h = buf.to_host();
-              std::vector<uint8_t> b(h.size() * sizeof(h[0]));
-              std::memcpy(b.data(), h.data(), b.size());
-              return b;
-            };
-            got[fused] = {bytes(bb), bytes(res), bytes(g), bytes(sp), bytes(rp)};
+            got[fused] = o.bytes();
             if (fused) {
               const auto sum = dsum.to_host();
               for (size_t i = 0; i < sum.size(); ++i) ASSERT_EQ(f32_bits(sum[i]), f32_bits(r[i])) << "residual sum " << i;
@@ -390,22 +407,16 @@ TEST(SharqPrep, FusedResidualRmsNormEqualsTheHostNormThenPrepBitForBit) {
           // the NVFP4 baseline's prep, blocks and plane
           std::vector<uint8_t> nv[2];
           for (int fused = 0; fused < 2; ++fused) {
-            DeviceBuffer<block_nvfp4_16> blocks(static_cast<size_t>(M * ((K + 15) / 16)));
-            DeviceBuffer<float> g(static_cast<size_t>(M));
-            DeviceBuffer<__half> xp(static_cast<size_t>(M * ld));
+            Nvfp4Outputs o(M, K, ld);
             if (fused)
-              nvfp4_prep(dx.get(), dt, M, K, dw.get(), gs, PrepInput::residual_rmsnorm, 1e-5f, blocks.get(), g.get(),
-                         xp.get(), ld, scratch.get(), nullptr, with_add ? static_cast<const void*>(dadd.get()) : nullptr,
+              nvfp4_prep(dx.get(), dt, M, K, dw.get(), gs, PrepInput::residual_rmsnorm, 1e-5f, o.blocks.get(), o.g.get(),
+                         o.xp.get(), ld, scratch.get(), nullptr, with_add ? static_cast<const void*>(dadd.get()) : nullptr,
                          nullptr);
             else
-              nvfp4_prep(dy.get(), dt, M, K, nullptr, gs, PrepInput::plain, 0.0f, blocks.get(), g.get(), xp.get(), ld,
+              nvfp4_prep(dy.get(), dt, M, K, nullptr, gs, PrepInput::plain, 0.0f, o.blocks.get(), o.g.get(), o.xp.get(), ld,
                          scratch.get(), nullptr);
             SHARQ_CUDA_CHECK(cudaDeviceSynchronize());
-            const auto b = blocks.to_host();
-            const auto p = xp.to_host();
-            nv[fused].resize(b.size() * sizeof(b[0]) + p.size() * 2);
-            std::memcpy(nv[fused].data(), b.data(), b.size() * sizeof(b[0]));
-            std::memcpy(nv[fused].data() + b.size() * sizeof(b[0]), p.data(), p.size() * 2);
+            nv[fused] = o.bytes(/*with_g=*/false);
           }
           ASSERT_EQ(nv[0], nv[1]) << "nvfp4 prep, M " << M << " K " << K;
         }
