@@ -225,6 +225,62 @@ TEST(E2M1, EncodeMatchesSlowReferenceSweep) {
   EXPECT_NO_MISMATCH(m);
 }
 
+// e2m1_encode_thresholds (no division) equals e2m1_encode(v / s). A proof, not a sample: both are
+// monotone step functions of |v| (fl(|v| / s) is monotone, and so is each threshold test), so if
+// they agree just below and at every threshold m they agree everywhere (on [0, pred(m_1)], between
+// consecutive thresholds and above the last, each is pinned by its values at both ends). Checked
+// for every positive E4M3 scale (NVFP4's divisors) and for scales across the whole FP32 range,
+// subnormal and FLT_MAX included, with both signs of v, plus random (v, s) pairs and the specials.
+TEST(E2M1, ThresholdEncodeEqualsDividingByTheScale) {
+  std::vector<float> scales;
+  for (int c = 1; c < 0x7F; ++c) scales.push_back(sharq::e4m3_decode(static_cast<uint8_t>(c)));
+  for (float x : {FLT_MIN, FLT_MAX, std::numeric_limits<float>::denorm_min(), 1.0f, 6.0f, 1.0f / 3.0f, 448.0f * 1e30f})
+    scales.push_back(x);
+  uint64_t st = 0x9E3779B97F4A7C15ull;
+  auto next = [&st] {
+    st ^= st << 13;
+    st ^= st >> 7;
+    st ^= st << 17;
+    return st;
+  };
+  for (int i = 0; i < 20000; ++i) {  // positive finite FP32 scales, every exponent
+    const uint32_t b = static_cast<uint32_t>(next() % 0x7f7fffffu) + 1u;
+    scales.push_back(float_of(b));
+  }
+  int64_t checked = 0;
+  for (float s : scales) {
+    ASSERT_TRUE(s > 0.0f && std::isfinite(s));
+    const sharq::E2m1Thresholds t = sharq::e2m1_thresholds(s);
+    std::vector<float> points = {0.0f, std::numeric_limits<float>::denorm_min(), FLT_MAX,
+                                 std::numeric_limits<float>::infinity()};
+    for (float m : t.m) {
+      ASSERT_TRUE(m > 0.0f) << "s = " << s;
+      points.push_back(m);
+      points.push_back(std::nextafter(m, 0.0f));
+      if (std::isfinite(m)) points.push_back(std::nextafter(m, std::numeric_limits<float>::infinity()));
+    }
+    for (float v : points)
+      for (float sv : {v, -v}) {
+        ASSERT_EQ(sharq::e2m1_encode_thresholds(sv, t), sharq::e2m1_encode(sv / s)) << "v = " << sv << ", s = " << s;
+        ++checked;
+      }
+    for (int i = 0; i < 64; ++i) {  // and random values of every magnitude
+      const float v = float_of(static_cast<uint32_t>(next()));
+      if (std::isnan(v)) continue;
+      ASSERT_EQ(sharq::e2m1_encode_thresholds(v, t), sharq::e2m1_encode(v / s)) << "v = " << v << ", s = " << s;
+    }
+  }
+  EXPECT_GT(checked, 20000 * 50);
+  const sharq::E2m1Thresholds t = sharq::e2m1_thresholds(0.5f);
+  EXPECT_EQ(sharq::e2m1_encode_thresholds(std::numeric_limits<float>::quiet_NaN(), t), 0x7);
+  EXPECT_EQ(sharq::e2m1_encode_thresholds(-std::numeric_limits<float>::quiet_NaN(), t), 0x7);
+  // the thresholds of s = 1 are the tie points themselves, moved to where the ties go
+  const sharq::E2m1Thresholds one = sharq::e2m1_thresholds(1.0f);
+  EXPECT_EQ(one.m[0], std::nextafter(0.25f, 1.0f));  // 0.25 rounds down: > 0.25
+  EXPECT_EQ(one.m[1], 0.75f);                        // 0.75 rounds up: >= 0.75
+  EXPECT_EQ(one.m[6], std::nextafter(5.0f, 6.0f));
+}
+
 TEST(E2M1, RoundTripEveryCode) {
   for (int c = 0; c < 16; ++c)
     EXPECT_EQ(sharq::e2m1_encode(sharq::e2m1_decode(static_cast<uint8_t>(c))), c) << "code " << c;

@@ -28,6 +28,58 @@ SHARQ_HD uint8_t e2m1_encode(float x) {
   return sign | mag;
 }
 
+// E2M1 codes of v / s without a division (the NVFP4 quantizers' per-element step; IEEE FP32
+// division is the most expensive instruction sequence of the GPU prep). e2m1_encode(fl(v / s))
+// compares fl(x), x = |v| / s (real), with seven thresholds T: "> 0.25", ">= 0.75", "> 1.25",
+// ">= 1.75", "> 2.5", ">= 3.5", "> 5". Every T has a 0 last mantissa bit (ties round to it), so
+//     fl(x) >  T  <=>  x >  T + ulp(T) / 2        fl(x) >= T  <=>  x >= T - ulp(T) / 2
+// (no T is a power of two where ">=" is used, so the ulp below T is ulp(T)). With P = s * (T +-
+// ulp(T) / 2), exact in double (a 24-bit s times a 25-bit constant), and FP32 |v|:
+//     |v| > P  <=>  |v| >= succ(RD(P))             |v| >= P  <=>  |v| >= RU(P)
+// so each comparison becomes |v| >= m with one FP32 m per threshold, computed once per divisor.
+// Equal to e2m1_encode(v / s) for every FP32 v and every finite s > 0 (tests/formats: both sides are
+// monotone in |v|, so the codes at pred(m) and m for each m prove it; plus sweeps). NaN v -> 0x7,
+// as e2m1_encode(NaN).
+struct E2m1Thresholds {
+  float m[7];
+};
+
+namespace detail {
+// RD / RU of a positive finite double to FP32 (the host's and the device's RNE conversion, then
+// one step toward the bound: no rounding-mode state).
+SHARQ_HD float f32_round_down(double d) {
+  const float f = static_cast<float>(d);
+  return static_cast<double>(f) > d ? f32_from_bits(f32_bits(f) - 1u) : f;
+}
+SHARQ_HD float f32_round_up(double d) {
+  const float f = static_cast<float>(d);
+  return static_cast<double>(f) < d ? f32_from_bits(f32_bits(f) + 1u) : f;
+}
+SHARQ_HD float f32_succ(float f) {  // f >= 0: the next FP32 up (+Inf stays)
+  return f32_bits(f) >= 0x7f800000u ? f : f32_from_bits(f32_bits(f) + 1u);
+}
+}  // namespace detail
+
+SHARQ_HD E2m1Thresholds e2m1_thresholds(float s) {
+  // T +- ulp(T)/2: 0.25 + 2^-26, 0.75 - 2^-25, 1.25 + 2^-24, 1.75 - 2^-24, 2.5 + 2^-23, 3.5 - 2^-23, 5 + 2^-22
+  constexpr double kAbove[4] = {0.25 + 0x1p-26, 1.25 + 0x1p-24, 2.5 + 0x1p-23, 5.0 + 0x1p-22};
+  constexpr double kAtLeast[3] = {0.75 - 0x1p-25, 1.75 - 0x1p-24, 3.5 - 0x1p-23};
+  const double sd = static_cast<double>(s);
+  E2m1Thresholds t{};
+  for (int i = 0; i < 4; ++i) t.m[2 * i] = detail::f32_succ(detail::f32_round_down(sd * kAbove[i]));
+  for (int i = 0; i < 3; ++i) t.m[2 * i + 1] = detail::f32_round_up(sd * kAtLeast[i]);
+  return t;
+}
+
+SHARQ_HD uint8_t e2m1_encode_thresholds(float v, const E2m1Thresholds& t) {
+  if (is_nan(v)) return 0x7;
+  const uint8_t sign = (f32_bits(v) >> 28) & 0x8;
+  const float a = abs_f32(v);
+  const uint8_t mag = static_cast<uint8_t>((a >= t.m[0]) + (a >= t.m[1]) + (a >= t.m[2]) + (a >= t.m[3]) +
+                                           (a >= t.m[4]) + (a >= t.m[5]) + (a >= t.m[6]));
+  return sign | mag;
+}
+
 SHARQ_HD float e2m1_magnitude(uint8_t code3) {
   // 0, 0.5, 1, 1.5, 2, 3, 4, 6 without a table (device friendly): e = code>>1, m = code&1.
   const uint32_t e = code3 >> 1, m = code3 & 1;

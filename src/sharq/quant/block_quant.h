@@ -47,7 +47,9 @@ struct Nvfp4 {
     b.s = scale_for(amax);
     const float s = code_divisor(amax, b.s);
     if (s == 0.0f) return;  // NaN block (NaN scale), zero or underflowing block (scale 0): codes 0
-    for (int k = 0; k < B; ++k) set_nibble(b.qs, k, e2m1_encode(v[k] / s));
+    // e2m1_encode(v[k] / s), without the divisions (formats/minifloat.h, proven equal)
+    const E2m1Thresholds t = e2m1_thresholds(s);
+    for (int k = 0; k < B; ++k) set_nibble(b.qs, k, e2m1_encode_thresholds(v[k], t));
   }
   SHARQ_HD static float element_scale(const scale_t& s, int /*k*/) { return ue4m3_decode(s.e); }
   SHARQ_HD static float decode(uint8_t code) { return e2m1_decode(code); }
