@@ -119,6 +119,12 @@ TEST(ResponseParser, StreamedPiecesAddUpToTheWholeTextParse) {
       "a < b, <thinking> is not a tag, </think without its end, <tool and <tool_cal",
       "\xe2\x9c\x93 caf\xc3\xa9 <think> in the middle stays content",
       "",
+      "\n <think>a</think>b",  // white space before <think> is dropped, as the whole-text parse drops it
+      // calls that do not all parse: none counts, the text from the first <tool_call> is content
+      "<tool_call>{\"name\": \"f\", \"arguments\": {}}</tool_call><tool_call>{\"name\": \"g\", \"argu",
+      "x<tool_call>{oops}</tool_call><tool_call>{\"name\": \"g\", \"arguments\": {}}</tool_call>",
+      "a<tool_call>{\"name\": \"f\"}</tool_call>",
+      "a<tool_call>[1, 2]</tool_call> and after",
   };
   std::mt19937 rng(7);
   for (const std::string& text : texts) {
@@ -163,24 +169,42 @@ TEST(ResponseParser, StreamsHoldPartialTagsOnly) {
   EXPECT_EQ(p.reasoning, "");
   EXPECT_EQ(p.content, "\n\nAnswer ");
   EXPECT_EQ(sp.feed("b").content, "<b");             // it did not
-  EXPECT_TRUE(sp.feed("<tool_call>{\"name\": \"f\", ").empty());  // a call is held until it closes
-  p = sp.feed("\"arguments\": {}}</tool_call> trailing");
+  EXPECT_TRUE(sp.feed("<tool_call>{\"name\": \"f\", ").empty());  // from the first call on, all is held
+  EXPECT_TRUE(sp.feed("\"arguments\": {}}</tool_call> trailing").empty());
+  p = sp.finish();                                   // and parsed at the end, by the whole-text rule
   ASSERT_EQ(p.tool_calls.size(), 1u);
   EXPECT_EQ(p.tool_calls[0].name, "f");
-  EXPECT_EQ(p.content, "");                          // content after a call is dropped
-  EXPECT_TRUE(sp.finish().empty());
+  EXPECT_EQ(p.content, "");                          // content after the calls is dropped
+  EXPECT_EQ(sp.tool_calls_sent(), 1u);
   // a stream cut inside the reasoning: what came is reasoning (the whole-text parse, which can wait
   // for a </think> that never comes, calls it content)
   Qwen3StreamParser cut(false);
   EXPECT_EQ(cut.feed("<think>unfinish").reasoning, "unfinish");
   EXPECT_EQ(cut.feed("ed</thi").reasoning, "ed");
   EXPECT_EQ(cut.finish().reasoning, "</thi");
-  // a call that does not parse goes out as its raw text
+  // a call that does not parse goes out as its raw text, at the end
   Qwen3StreamParser bad(true);
-  p = bad.feed("x<tool_call>{oops}</tool_call>y");
-  EXPECT_EQ(p.content, "x<tool_call>{oops}</tool_call>y");
+  EXPECT_EQ(bad.feed("x<tool_call>{oops}</tool_call>y").content, "x");
+  p = bad.finish();
+  EXPECT_EQ(p.content, "<tool_call>{oops}</tool_call>y");
   EXPECT_TRUE(p.tool_calls.empty());
   EXPECT_EQ(bad.tool_calls_sent(), 0u);
+  // a prompt that opened the reasoning block: the answer starts inside it
+  for (const std::string text : {"thinking here</think>the answer", "no end tag"}) {
+    Qwen3StreamParser open(false, /*in_reasoning=*/true);
+    StreamPiece a = open.feed(text), b = open.finish();
+    const ParsedResponse whole = parse_qwen3_response(text);
+    if (whole.reasoning_content) {  // with the end tag both agree
+      EXPECT_EQ(a.reasoning + b.reasoning, *whole.reasoning_content);
+      EXPECT_EQ(a.content + b.content, whole.content.value_or(""));
+    } else {  // without it the stream has sent reasoning (it cannot wait)
+      EXPECT_EQ(a.reasoning + b.reasoning, text);
+    }
+  }
+  // white space alone is held until it is clear that no <think> follows
+  Qwen3StreamParser ws(false);
+  EXPECT_TRUE(ws.feed("\n ").empty());
+  EXPECT_EQ(ws.feed("hi").content, "\n hi");
 }
 
 }  // namespace

@@ -36,13 +36,22 @@ TEST(TokenIdTokenizer, IdsRoundTripThroughTheirText) {
 
 TEST(TokenIdTokenizer, RefusesWhatIsNotAnIdOfTheVocabulary) {
   const auto tok = make_token_id_tokenizer(1000);
-  for (const char* bad : {"hello", "12 x3", "1000", "-1", "3.5", "99999999999999999999", "0x10", "12,13"}) {
+  for (const char* bad : {"hello", "12 x3", "1000", "-1", "-0", "3.5", "99999999999999999999", "0x10", "12,13"}) {
     try {
       (void)tok->encode(bad);
       ADD_FAILURE() << "accepted '" << bad << "'";
     } catch (const std::invalid_argument& e) {
       EXPECT_NE(std::string(e.what()).find("[0, 1000)"), std::string::npos) << e.what();
     }
+  }
+  // a long word is cut for the message at a character boundary (the message must stay UTF-8)
+  try {
+    (void)tok->encode("x" + std::string(20, 'e') + "\xc3\xa9\xc3\xa9\xc3\xa9\xc3\xa9\xc3\xa9\xc3\xa9");  // 33 bytes
+    ADD_FAILURE() << "accepted a word";
+  } catch (const std::invalid_argument& e) {
+    const std::string m = e.what();
+    EXPECT_EQ(m.find("\xc3'"), std::string::npos) << "a lead byte without its continuation";
+    EXPECT_NE(m.find("...'"), std::string::npos) << m;
   }
   EXPECT_THROW(make_token_id_tokenizer(0), std::invalid_argument);
   EXPECT_THROW(make_token_id_tokenizer(int64_t{1} << 31), std::invalid_argument);

@@ -470,6 +470,33 @@ TEST(Mxfp4, SharedExponentHandChecked) {
   }
 }
 
+// The quantizer multiplies by 1 / s instead of dividing by s: for every scale it can pick (2^e,
+// |e| <= 127) the reciprocal is exact and the codes are those of the division, subnormal
+// quotients and results included.
+TEST(Mxfp4, MultiplyingByTheExactReciprocalEqualsDividing) {
+  uint64_t st = 12345;
+  auto next = [&st] {
+    st ^= st << 13;
+    st ^= st >> 7;
+    st ^= st << 17;
+    return st;
+  };
+  for (int code = 0; code < 255; ++code) {  // 0xFF is the NaN scale
+    const float s = sharq::ue8m0_decode(static_cast<uint8_t>(code));
+    ASSERT_TRUE(s > 0.0f) << code;
+    const float inv = 1.0f / s;
+    ASSERT_EQ(inv * s, 1.0f) << "the reciprocal of 2^" << code - 127 << " is exact";
+    for (int i = 0; i < 4000; ++i) {
+      float v;
+      const uint32_t b = static_cast<uint32_t>(next());
+      std::memcpy(&v, &b, 4);
+      if (v != v) continue;
+      ASSERT_EQ(sharq::e2m1_encode(v * inv), sharq::e2m1_encode(v / s)) << "v = " << v << ", s = 2^" << code - 127;
+      ASSERT_EQ(sharq::f32_bits(v * inv), sharq::f32_bits(v / s)) << "v = " << v << ", s = 2^" << code - 127;
+    }
+  }
+}
+
 TEST(Mxfp4, ElementsAboveSixTimesTheScaleSaturate) {
   // amax = 7.5: X = 2^(2-2) = 1; 7.5 -> 6, 6.9 -> 6, 5.1 -> 6, 4.9 -> 4.
   std::vector<float> v(32, 0.0f);

@@ -67,23 +67,25 @@ StreamPiece Qwen3StreamParser::finish() { return run(true); }
 
 StreamPiece Qwen3StreamParser::run(bool at_end) {
   StreamPiece out;
-  const std::string think = kThinkStart, think_end = kThinkEnd, call = kCallStart, call_end = kCallEnd;
-  // content after the first tool call is dropped (the whole-text parse keeps only what precedes it)
-  auto emit_content = [&](const std::string& t) {
-    if (calls_ == 0) out.content += t;
-  };
+  const std::string think = kThinkStart, think_end = kThinkEnd, call = kCallStart;
   while (true) {
     switch (mode_) {
-      case Mode::start:
-        if (pending_.size() < think.size() && think.compare(0, pending_.size(), pending_) == 0 && !at_end)
-          return out;  // may still become <think>
-        if (pending_.compare(0, think.size(), think) == 0) {
-          pending_.erase(0, think.size());
+      case Mode::start: {
+        size_t ws = 0;
+        while (ws < pending_.size() && (pending_[ws] == ' ' || pending_[ws] == '\n' || pending_[ws] == '\t' ||
+                                        pending_[ws] == '\r'))
+          ++ws;
+        const std::string head = pending_.substr(ws);
+        if (!at_end && head.size() < think.size() && think.compare(0, head.size(), head) == 0)
+          return out;  // white space, or what may still become <think>
+        if (head.compare(0, think.size(), think) == 0) {
+          pending_.erase(0, ws + think.size());
           mode_ = Mode::reasoning;
         } else {
           mode_ = Mode::content;
         }
         break;
+      }
       case Mode::reasoning: {
         const size_t e = pending_.find(think_end);
         if (e == std::string::npos) {
@@ -101,29 +103,36 @@ StreamPiece Qwen3StreamParser::run(bool at_end) {
         const size_t b = tools_ ? pending_.find(call) : std::string::npos;
         if (b == std::string::npos) {
           const size_t keep = tools_ && !at_end ? partial_tag(pending_, call) : 0;
-          emit_content(pending_.substr(0, pending_.size() - keep));
+          out.content += pending_.substr(0, pending_.size() - keep);
           pending_.erase(0, pending_.size() - keep);
           return out;
         }
-        emit_content(pending_.substr(0, b));
-        pending_.erase(0, b + call.size());
-        mode_ = Mode::call;
+        out.content += pending_.substr(0, b);
+        pending_.erase(0, b);  // the held text starts at the first <tool_call>
+        mode_ = Mode::calls;
         break;
       }
-      case Mode::call: {
-        const size_t e = pending_.find(call_end);
-        if (e == std::string::npos && !at_end) return out;  // held whole until it closes
-        const std::string body = pending_.substr(0, e == std::string::npos ? pending_.size() : e);
-        if (std::optional<ToolCall> c = parse_call(body)) {
-          out.tool_calls.push_back(std::move(*c));
-          ++calls_;
-        } else {  // not a call: its raw text is content
-          emit_content(call + body + (e == std::string::npos ? "" : call_end));
+      case Mode::calls: {
+        if (!at_end) return out;
+        // the whole-text rule over everything from the first <tool_call>
+        std::vector<ToolCall> calls;
+        bool ok = true;
+        for (const std::string& body : call_bodies(pending_)) {
+          std::optional<ToolCall> c = parse_call(body);
+          if (!c) {
+            ok = false;
+            break;
+          }
+          calls.push_back(std::move(*c));
         }
-        pending_.erase(0, e == std::string::npos ? pending_.size() : e + call_end.size());
-        mode_ = Mode::content;
-        if (e == std::string::npos) return out;
-        break;
+        if (ok) {
+          calls_ += calls.size();
+          out.tool_calls = std::move(calls);
+        } else {
+          out.content += pending_;
+        }
+        pending_.clear();
+        return out;
       }
     }
   }

@@ -29,15 +29,20 @@ struct ParsedResponse {
 // content stays as it was (vLLM's hermes parser does the same).
 ParsedResponse parse_qwen3_response(const std::string& text, bool reasoning = true, bool tools = true);
 
-// The same parse, incrementally, for streamed responses (vLLM's streaming qwen3 / hermes parsers):
-// feed() takes each new piece of text and returns what may be sent now; finish() flushes the rest.
-// A piece that could still become a tag ("<thi", "</tool_") is held until the next text decides it.
-//  - A response that starts with <think> streams its reasoning as reasoning until </think>, then
-//    content. Without a leading <think> everything is content (a stream cannot wait for a
-//    </think> that may never come; the whole-text parse above also accepts "reasoning</think>").
-//  - With `tools`, content streams until a <tool_call>; each call is held until its </tool_call>
-//    (or the end), then sent whole when its JSON parses ({"name", "arguments"}), else sent as the
-//    raw text of the call, as content. Content after the first call is dropped, as above.
+// The same parse, incrementally, for streamed responses: feed() takes each new piece of text and
+// returns what may be sent now; finish() flushes the rest. A piece that could still become a tag
+// ("<thi", "</thi") is held until the next text decides it.
+//  - Reasoning: after a leading <think> (white space before it is dropped, as the whole-text parse
+//    drops what precedes <think>), or from the first byte when the prompt itself opened the block
+//    (`in_reasoning`: a template that ends the prompt in <think>), until </think>; then content.
+//    A stream cannot wait for a </think> that may never come, so text without either start is
+//    content, and a stream cut inside the reasoning has sent it as reasoning (the whole-text parse
+//    then calls all of it content).
+//  - Tool calls (`tools`): content streams until the first <tool_call>; from there everything is
+//    held to the end and parsed by the whole-text rule (every call must parse, or none counts and
+//    the held text is content), so streamed calls equal the non-streamed ones. Calls are sent
+//    whole, in the last piece.
+// Where the stream can know, the pieces add up to parse_qwen3_response (tested over random cuts).
 struct StreamPiece {
   std::string content, reasoning;
   std::vector<ToolCall> tool_calls;
@@ -45,16 +50,17 @@ struct StreamPiece {
 };
 class Qwen3StreamParser {
  public:
-  explicit Qwen3StreamParser(bool tools) : tools_(tools) {}
+  explicit Qwen3StreamParser(bool tools, bool in_reasoning = false)
+      : tools_(tools), mode_(in_reasoning ? Mode::reasoning : Mode::start) {}
   StreamPiece feed(const std::string& text);
   StreamPiece finish();
   size_t tool_calls_sent() const { return calls_; }
 
  private:
-  enum class Mode { start, reasoning, content, call };
+  enum class Mode { start, reasoning, content, calls };
   StreamPiece run(bool at_end);
   bool tools_;
-  Mode mode_ = Mode::start;
+  Mode mode_;
   std::string pending_;
   size_t calls_ = 0;
 };

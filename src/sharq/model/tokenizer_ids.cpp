@@ -14,6 +14,14 @@ namespace {
 
 bool is_space(char c) { return c == ' ' || c == '\t' || c == '\n' || c == '\r'; }
 
+// At most 32 bytes of a word for a message, cut at a UTF-8 character boundary (messages travel as JSON).
+std::string cut_word(const std::string& w) {
+  if (w.size() <= 32) return w;
+  size_t n = 32;
+  while (n > 0 && (static_cast<unsigned char>(w[n]) & 0xC0) == 0x80) --n;  // w[n] continues a character
+  return w.substr(0, n) + "...";
+}
+
 class TokenIdTokenizer final : public Tokenizer {
  public:
   explicit TokenIdTokenizer(int64_t vocab) : vocab_(vocab) {}
@@ -30,10 +38,10 @@ class TokenIdTokenizer final : public Tokenizer {
       while (j < text.size() && !is_space(text[j])) ++j;
       int64_t v = -1;
       const auto [end, ec] = std::from_chars(text.data() + i, text.data() + j, v);
-      if (ec != std::errc() || end != text.data() + j || v < 0 || v >= vocab_)
+      if (text[i] == '-' || ec != std::errc() || end != text.data() + j || v < 0 || v >= vocab_)
         throw std::invalid_argument(fmt::format(
             "this model has no vocabulary: a text prompt must be token ids in [0, {}) separated by spaces, got '{}'",
-            vocab_, text.substr(i, std::min<size_t>(j - i, 32))));
+            vocab_, cut_word(text.substr(i, j - i))));
       ids.push_back(static_cast<int32_t>(v));
       i = j;
     }

@@ -80,7 +80,10 @@ struct Mxfp4 {
     b.s = scale_for(amax);
     const float s = code_divisor(amax, b.s);
     if (s == 0.0f) return;
-    for (int k = 0; k < 32; ++k) set_nibble(b.qs, k, e2m1_encode(v[k] / s));
+    // e2m1_encode(v[k] / s): s = 2^e (|e| <= 127), so 1 / s is exact (2^-127 a subnormal) and
+    // v * (1 / s) is the same correctly rounded real as v / s (tests/quant)
+    const float inv = 1.0f / s;
+    for (int k = 0; k < 32; ++k) set_nibble(b.qs, k, e2m1_encode(v[k] * inv));
   }
   SHARQ_HD static float element_scale(const scale_t& s, int /*k*/) { return ue8m0_decode(s.e); }
   SHARQ_HD static float decode(uint8_t code) { return e2m1_decode(code); }

@@ -94,14 +94,14 @@ HttpError bad_request(std::string message, std::string param = {}) {
   return HttpError{400, std::move(message), "invalid_request_error", std::move(param)};
 }
 
+std::string dump(const json& j) { return j.dump(-1, ' ', false, json::error_handler_t::replace); }
+
 void send_error(httplib::Response& res, const HttpError& e) {
   json err = {{"message", e.message}, {"type", e.type}, {"param", e.param.empty() ? json(nullptr) : json(e.param)},
               {"code", e.status}};
   res.status = e.status;
-  res.set_content(json{{"error", err}}.dump(), "application/json");
+  res.set_content(dump(json{{"error", err}}), "application/json");  // a message quoting bad bytes stays a 4xx
 }
-
-std::string dump(const json& j) { return j.dump(-1, ' ', false, json::error_handler_t::replace); }
 
 const char* type_name(const json& v) {
   switch (v.type()) {
@@ -158,6 +158,7 @@ std::vector<int32_t> token_ids(const json& arr, int64_t vocab) {
 struct ParsedCompletion {
   CompletionRequest request;
   bool stream = false, include_usage = false;
+  bool prompt_opens_think = false;  // chat: the rendered prompt ends in <think> (streams start in the reasoning)
   std::optional<int64_t> logprobs;
 };
 
@@ -336,7 +337,16 @@ ParsedChat parse_chat(const std::string& body_text, const chat::ChatTemplate& tm
   } catch (const std::exception& e) {  // the template's raise_exception, or a render error: the request's fault
     throw bad_request(fmt::format("the chat template refused the messages: {}", e.what()), "messages");
   }
-  p.c.request.prompt = tmpl.encode(tok, text);
+  try {
+    p.c.request.prompt = tmpl.encode(tok, text);
+  } catch (const std::invalid_argument& e) {  // a tokenizer that refuses the text (token ids only)
+    throw bad_request(fmt::format("the rendered chat prompt cannot be tokenized: {}", e.what()), "messages");
+  }
+  // a template that ends the prompt inside an opened <think> (reasoning models): the answer starts there
+  {
+    size_t end = text.find_last_not_of(" \t\r\n");
+    p.c.prompt_opens_think = end != std::string::npos && end + 1 >= 7 && text.compare(end + 1 - 7, 7, "<think>") == 0;
+  }
   if (p.c.request.prompt.empty()) throw bad_request("the chat template rendered an empty prompt", "messages");
   // max_completion_tokens (or the older max_tokens); default: what the context leaves
   const int64_t room = std::max<int64_t>(1, max_model_len - static_cast<int64_t>(p.c.request.prompt.size()));
@@ -461,7 +471,7 @@ struct HttpServer::Impl {
     auto offset = std::make_shared<size_t>(0);
     auto first = std::make_shared<bool>(true);
     // chat streams: the reasoning and tool-call parse, incrementally (chat::Qwen3StreamParser)
-    auto parser = std::make_shared<chat::Qwen3StreamParser>(tools);
+    auto parser = std::make_shared<chat::Qwen3StreamParser>(tools, p.prompt_opens_think);
     Scheduler* sched_ptr = &sched;
     res.set_chunked_content_provider(
         "text/event-stream",
