@@ -49,6 +49,17 @@ std::optional<ToolCall> parse_call(const std::string& body) {
   }
 }
 
+// Every call of s (call_bodies), or none when one of them does not parse (the hermes rule).
+std::optional<std::vector<ToolCall>> parse_calls(const std::string& s) {
+  std::vector<ToolCall> calls;
+  for (const std::string& body : call_bodies(s)) {
+    std::optional<ToolCall> c = parse_call(body);
+    if (!c) return std::nullopt;
+    calls.push_back(std::move(*c));
+  }
+  return calls;
+}
+
 // The length of the longest suffix of s that is a proper prefix of tag (text to hold back).
 size_t partial_tag(const std::string& s, const std::string& tag) {
   for (size_t n = std::min(s.size(), tag.size() - 1); n > 0; --n)
@@ -115,19 +126,9 @@ StreamPiece Qwen3StreamParser::run(bool at_end) {
       case Mode::calls: {
         if (!at_end) return out;
         // the whole-text rule over everything from the first <tool_call>
-        std::vector<ToolCall> calls;
-        bool ok = true;
-        for (const std::string& body : call_bodies(pending_)) {
-          std::optional<ToolCall> c = parse_call(body);
-          if (!c) {
-            ok = false;
-            break;
-          }
-          calls.push_back(std::move(*c));
-        }
-        if (ok) {
-          calls_ += calls.size();
-          out.tool_calls = std::move(calls);
+        if (std::optional<std::vector<ToolCall>> calls = parse_calls(pending_)) {
+          calls_ += calls->size();
+          out.tool_calls = std::move(*calls);
         } else {
           out.content += pending_;
         }
@@ -150,18 +151,8 @@ ParsedResponse parse_qwen3_response(const std::string& text, bool reasoning, boo
     }
   }
   if (tools && content.find(kCallStart) != std::string::npos) {
-    std::vector<ToolCall> calls;
-    bool ok = true;
-    for (const std::string& body : call_bodies(content)) {
-      std::optional<ToolCall> c = parse_call(body);
-      if (!c) {
-        ok = false;
-        break;
-      }
-      calls.push_back(std::move(*c));
-    }
-    if (ok) {
-      r.tool_calls = std::move(calls);
+    if (std::optional<std::vector<ToolCall>> calls = parse_calls(content)) {
+      r.tool_calls = std::move(*calls);
       content = content.substr(0, content.find(kCallStart));
     }
   }
