@@ -14,23 +14,16 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "../support/run_command.h"
 #include "sharq/io/npy.h"
 
 namespace {
 
-struct Result { int status; std::string out; };
+using Result = sharq_test::CommandResult;
 
+// The CLI with `args`, stdout and stderr together.
 Result run(const std::string& args, const std::string& env = "") {
-  const std::string cmd = env + (env.empty() ? "" : " ") + std::string(SHARQ_CLI_PATH) + " " + args + " 2>&1";
-  FILE* p = popen(cmd.c_str(), "r");
-  Result r{-1, {}};
-  if (!p) return r;
-  std::array<char, 4096> buf{};
-  size_t n;
-  while ((n = fread(buf.data(), 1, buf.size(), p)) > 0) r.out.append(buf.data(), n);
-  const int st = pclose(p);
-  r.status = WIFEXITED(st) ? WEXITSTATUS(st) : -1;
-  return r;
+  return sharq_test::run_command(env + (env.empty() ? "" : " ") + std::string(SHARQ_CLI_PATH) + " " + args + " 2>&1");
 }
 
 TEST(Cli, OpcheckPrintsTheErrorTable) {

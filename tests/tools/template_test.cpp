@@ -12,6 +12,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "../support/run_command.h"
 #include "../support/temp_dir.h"
 
 namespace {
@@ -29,15 +30,9 @@ struct Result {
 // Runs the CLI; stdout and stderr apart (the prompt must be exactly stdout).
 Result run(const std::string& args, const fs::path& dir) {
   const fs::path err = dir / "stderr.txt";
-  const std::string cmd = std::string(SHARQ_CLI_PATH) + " " + args + " 2>'" + err.string() + "'";
-  FILE* p = popen(cmd.c_str(), "r");
-  Result r{-1, {}, {}};
-  if (!p) return r;
-  std::array<char, 4096> buf{};
-  size_t n;
-  while ((n = fread(buf.data(), 1, buf.size(), p)) > 0) r.out.append(buf.data(), n);
-  const int st = pclose(p);
-  r.status = WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+  const sharq_test::CommandResult c =
+      sharq_test::run_command(std::string(SHARQ_CLI_PATH) + " " + args + " 2>'" + err.string() + "'");
+  Result r{c.status, c.out, {}};
   std::ifstream in(err, std::ios::binary);
   r.err.assign(std::istreambuf_iterator<char>(in), {});
   return r;
