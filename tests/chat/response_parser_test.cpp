@@ -101,6 +101,13 @@ TEST(ResponseParser, OpenAIMessageJson) {
   EXPECT_EQ(j["tool_calls"][0]["type"], "function");
   EXPECT_EQ(j["tool_calls"][0]["function"]["name"], "f");
   EXPECT_EQ(j["tool_calls"][0]["function"]["arguments"], "{\"b\": 1, \"a\": 2}");
+  // a stream's chunk numbers its calls on from those already sent, with their index
+  const auto streamed = nlohmann::ordered_json::parse(sharq::chat::tool_calls_json(r.tool_calls, 2, "call_x_", true));
+  ASSERT_EQ(streamed.size(), 1u);
+  EXPECT_EQ(streamed[0]["index"], 2);
+  EXPECT_EQ(streamed[0]["id"], "call_x_2");
+  EXPECT_EQ(streamed[0]["function"], j["tool_calls"][0]["function"]);
+  EXPECT_FALSE(j["tool_calls"][0].contains("index"));
   const auto plain = nlohmann::ordered_json::parse(sharq::chat::response_message_json(parse_qwen3_response("hi")));
   EXPECT_TRUE(plain["reasoning_content"].is_null());
   EXPECT_FALSE(plain.contains("tool_calls"));

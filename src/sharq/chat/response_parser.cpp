@@ -165,14 +165,21 @@ std::string response_message_json(const ParsedResponse& r, const std::string& id
   m["role"] = "assistant";
   m["content"] = r.content ? nlohmann::ordered_json(*r.content) : nlohmann::ordered_json(nullptr);
   m["reasoning_content"] = r.reasoning_content ? nlohmann::ordered_json(*r.reasoning_content) : nlohmann::ordered_json(nullptr);
-  if (!r.tool_calls.empty()) {
-    auto& calls = m["tool_calls"] = nlohmann::ordered_json::array();
-    for (size_t i = 0; i < r.tool_calls.size(); ++i)
-      calls.push_back({{"id", id_prefix + std::to_string(i)},
-                       {"type", "function"},
-                       {"function", {{"name", r.tool_calls[i].name}, {"arguments", r.tool_calls[i].arguments}}}});
-  }
+  if (!r.tool_calls.empty()) m["tool_calls"] = nlohmann::ordered_json::parse(tool_calls_json(r.tool_calls, 0, id_prefix, false));
   return m.dump(-1, ' ', false, nlohmann::ordered_json::error_handler_t::replace);
+}
+
+std::string tool_calls_json(const std::vector<ToolCall>& calls, size_t first, const std::string& id_prefix, bool indexed) {
+  nlohmann::ordered_json a = nlohmann::ordered_json::array();
+  for (size_t i = 0; i < calls.size(); ++i) {
+    nlohmann::ordered_json c;
+    if (indexed) c["index"] = first + i;
+    c["id"] = id_prefix + std::to_string(first + i);
+    c["type"] = "function";
+    c["function"] = {{"name", calls[i].name}, {"arguments", calls[i].arguments}};
+    a.push_back(std::move(c));
+  }
+  return a.dump(-1, ' ', false, nlohmann::ordered_json::error_handler_t::replace);
 }
 
 }  // namespace sharq::chat

@@ -70,4 +70,9 @@ class Qwen3StreamParser {
 // "function": {"name", "arguments"}}]} (tool_calls only when there are some).
 std::string response_message_json(const ParsedResponse& r, const std::string& id_prefix = "call_");
 
+// The OpenAI tool_calls array of `calls`, numbered from `first`: [{"id": id_prefix + number, "type":
+// "function", "function": {"name", "arguments"}}], each also with its "index" when `indexed` (the
+// chunks of a stream carry it; a whole message does not).
+std::string tool_calls_json(const std::vector<ToolCall>& calls, size_t first, const std::string& id_prefix, bool indexed);
+
 }  // namespace sharq::chat

@@ -490,17 +490,9 @@ struct HttpServer::Impl {
               const std::string& content = piece ? piece->content : text;
               if (!content.empty() || *first) delta["content"] = content;
               if (piece && !piece->reasoning.empty()) delta["reasoning_content"] = piece->reasoning;
-              if (piece && !piece->tool_calls.empty()) {
-                json calls = json::array();
-                const size_t base = parser->tool_calls_sent() - piece->tool_calls.size();
-                for (size_t i = 0; i < piece->tool_calls.size(); ++i)
-                  calls.push_back({{"index", base + i},
-                                   {"id", fmt::format("call_{}_{}", id, base + i)},
-                                   {"type", "function"},
-                                   {"function", {{"name", piece->tool_calls[i].name},
-                                                 {"arguments", piece->tool_calls[i].arguments}}}});
-                delta["tool_calls"] = calls;
-              }
+              if (piece && !piece->tool_calls.empty())  // the ids of the non-streamed message
+                delta["tool_calls"] = json::parse(chat::tool_calls_json(
+                    piece->tool_calls, parser->tool_calls_sent() - piece->tool_calls.size(), fmt::format("call_{}_", id), true));
               *first = false;
               c = {{"index", 0}, {"delta", delta}, {"logprobs", logprobs}, {"finish_reason", finish}};
             } else {
