@@ -258,6 +258,9 @@ int cmd_serve(const sharq::ServeCommandOptions& o) {
 }
 #endif
 
+// The --synthetic architectures (model/config.h synthetic_model_config).
+const std::vector<std::string> kSyntheticModels = {"llama3.1-8b", "qwen2.5-7b", "qwen3-8b"};
+
 struct GenerateArgs {
   std::string model, tokenizer, scheme = "fp32", device = "cpu";
   sharq::GenerateOptions opt;
@@ -419,7 +422,7 @@ int main(int argc, char** argv) {
   sv->add_option("model", so.model, "Hugging Face model directory or llama2.c .bin checkpoint (omitted with --synthetic)");
   sv->add_option("--synthetic", so.synthetic, "instead of MODEL: random weights of a real architecture, generated on the "
                                               "GPU (--device cuda); text is token ids unless --tokenizer is given")
-      ->check(CLI::IsMember({"llama3.1-8b", "qwen2.5-7b", "qwen3-8b"}));
+      ->check(CLI::IsMember(kSyntheticModels));
   sv->add_option("--tokenizer", so.tokenizer, "tokenizer file (default: found beside the model)");
   sv->add_option("--scheme", so.scheme, "linear-layer scheme (see `sharq schemes`)")->capture_default_str();
   sv->add_option("--device", so.device, "cpu (the FP32 reference) | cuda (the GPU engine: Hopper)")
@@ -523,7 +526,7 @@ int main(int argc, char** argv) {
                                             "with a per-component breakdown");
   bm->add_option("model", bmo.model, "checkpoint (HF directory or llama2.c .bin); or use --synthetic");
   bm->add_option("--synthetic", bmo.synthetic, "random weights of a real architecture, generated on the GPU")
-      ->check(CLI::IsMember({"llama3.1-8b", "qwen2.5-7b", "qwen3-8b"}));
+      ->check(CLI::IsMember(kSyntheticModels));
   bm->add_option("--schemes", bmo.schemes, "comma-separated GPU schemes")->capture_default_str();
   bm->add_option("--prefill", bmo.prefill, "prefill shapes BxN (comma-separated)")->delimiter(',')->capture_default_str();
   add_number_list<int64_t>(bm, "--batches", bmo.batches, "decode batch sizes (comma-separated; default 1,8,32,64)", 1);
@@ -581,7 +584,7 @@ int main(int argc, char** argv) {
   add_number<int64_t>(qz, "--calib-tokens", qo.calib_tokens, "tokens of --calib-data to run, in windows of the model's context", 1);
   qz->add_option("--synthetic", qo.synthetic, "instead of MODEL: random weights of a real architecture, generated one projection at a "
                                               "time (for memory and speed measurements)")
-      ->check(CLI::IsMember({"llama3.1-8b", "qwen2.5-7b", "qwen3-8b"}));
+      ->check(CLI::IsMember(kSyntheticModels));
   add_number<uint64_t>(qz, "--seed", qo.seed, "seed of the --synthetic weights");
   qz->add_flag("-q,--quiet", qo_quiet, "no progress on stderr");
 
