@@ -21,6 +21,7 @@
 #include <fmt/format.h>
 
 #include "sharq/kernels/cuda/cuda_check.h"
+#include "sharq/kernels/cuda/activation.cuh"
 #include "sharq/kernels/cuda/launch.cuh"
 
 namespace sharq::cuda {
@@ -39,7 +40,7 @@ constexpr int kInPlain = 0, kInRms = 1, kInSwiglu = 2, kInResidualRms = 3;
 // prep sees exactly the values the separate kernel would have written.
 template <class T>
 __device__ __forceinline__ float swiglu_t(float g, float u) {
-  return to_f32(from_f32<T>(g / (1.0f + expf(-g)) * u));
+  return to_f32(from_f32<T>(silu_mul(g, u)));
 }
 
 struct RowArgs {

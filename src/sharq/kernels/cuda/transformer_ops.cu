@@ -10,6 +10,7 @@
 #include <fmt/format.h>
 
 #include "sharq/kernels/cuda/cuda_check.h"
+#include "sharq/kernels/cuda/activation.cuh"
 #include "sharq/kernels/cuda/launch.cuh"
 
 namespace sharq::cuda {
@@ -253,7 +254,7 @@ __global__ void swiglu_kernel(const T* __restrict__ gu, int64_t M, int64_t I, T*
   if (i >= M * I) return;
   const int64_t m = i / I, c = i % I;
   const float gv = to_f(gu[m * 2 * I + c]);
-  out[i] = from_f<T>(gv / (1.0f + expf(-gv)) * to_f(gu[m * 2 * I + I + c]));
+  out[i] = from_f<T>(silu_mul(gv, to_f(gu[m * 2 * I + I + c])));
 }
 
 // Eight columns per thread (16-byte loads and store) when I % 8 == 0.
@@ -273,7 +274,7 @@ __global__ void swiglu8_kernel(const T* __restrict__ gu, int64_t M, int64_t I, T
 #pragma unroll
   for (int k = 0; k < 8; ++k) {
     const float g = to_f(g8[k]);
-    o8[k] = from_f<T>(g / (1.0f + expf(-g)) * to_f(u8[k]));
+    o8[k] = from_f<T>(silu_mul(g, to_f(u8[k])));
   }
   *reinterpret_cast<uint4*>(out + m * I + c) = ov;
 }
