@@ -140,6 +140,9 @@ TEST(Cli, BenchModelOptionsAreChecked) {
   r = run("bench model --synthetic llama3.1-8b --torch-tok-s 0");
   EXPECT_EQ(r.status, 1);
   EXPECT_NE(r.out.find("--torch-tok-s: 0 is not"), std::string::npos) << r.out;
+  r = run("bench model --synthetic llama3.1-8b --fusion some");
+  EXPECT_NE(r.status, 0);
+  EXPECT_NE(r.out.find("--fusion: some not in"), std::string::npos) << r.out;
 }
 
 // A directory where a file is expected, a missing path: named, with what is wrong.
