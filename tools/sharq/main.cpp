@@ -510,6 +510,8 @@ int main(int argc, char** argv) {
   add_number<int>(bg, "--max-sets", bo.max_sets, "cap on the rotating (W, X, Y) buffer sets per method", 1, 64);
   bg->add_option("--kernel", bo.kernel, "FP4 GEMM family: auto | small (M <= 64) | prefill")
       ->capture_default_str()->check(CLI::IsMember({"auto", "small", "prefill"}));
+  add_number<int>(bg, "--splits", bo.splits, "FP4 GEMMs: force the split-K count (small: up to Kp / 128; prefill: "
+                  "the cluster size, at most 8); 0 = the planner's", 0);
   bg->add_option("--act-scale", bo.act_scale, "SharQ/NVFP4 activation scale g_x: token | tensor")
       ->capture_default_str()->check(CLI::IsMember({"token", "tensor"}));
   bg->add_option("--mask", bo.mask, "SharQ mask: p48 | s24")->capture_default_str()->check(CLI::IsMember({"p48", "s24"}));

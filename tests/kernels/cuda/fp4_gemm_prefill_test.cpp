@@ -2,13 +2,15 @@
 // path), exact (two FP16 paths summed in the same accumulators) and W4A16 (BF16 activations), weight
 // blocks of 16 and 32, M not a multiple of the 128-row tile, K not a multiple of 128 (zero padding),
 // per-tensor and per-row g_w, row scales absent / per tensor / per row, ldy with 16-byte and with
-// 4-byte aligned rows. Y is poisoned first: rows >= M and columns >= N must stay untouched. A NaN weight scale makes exactly its column NaN.
+// 4-byte aligned rows, split-K clusters of the planner's and of forced sizes. Y is poisoned first:
+// rows >= M and columns >= N must stay untouched. A NaN weight scale makes exactly its column NaN.
 // Label `gpu`; skips cleanly where there is no GPU.
 #include "sharq/kernels/cuda/fp4_gemm.h"
 
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <cstdio>
 #include <cstring>
 #include <random>
 #include <stdexcept>
@@ -90,7 +92,7 @@ constexpr uint16_t kPoison = 0xFFFF;
 
 // Runs the kernel on the given tiles and planes; returns the whole (poisoned first) Y buffer.
 PrefillRun run_prefill(const Fp4Tiles& tiles, const std::vector<std::vector<uint16_t>>& planes, int64_t M, int64_t lda,
-                bool bf16, const std::vector<float>& row_scale) {
+                       bool bf16, const std::vector<float>& row_scale, int splits = 0) {
   // ldy % 8 == 0 takes the kernel's 16-byte store path, ldy % 8 == 2 its 4-byte one
   const int64_t ldy = tiles.N + (M % 3 == 0 ? 2 : 8);
   const auto w = cuda::DeviceFp4Weights::upload(tiles);
@@ -117,14 +119,14 @@ PrefillRun run_prefill(const Fp4Tiles& tiles, const std::vector<std::vector<uint
   a.row_scale_count = static_cast<int64_t>(row_scale.size());
   a.y = reinterpret_cast<__nv_bfloat16*>(dy.get());
   a.ldy = r.ldy;
-  cuda::fp4_gemm(a, w, nullptr, 0, nullptr, cuda::Fp4GemmKernel::prefill);
+  cuda::fp4_gemm(a, w, nullptr, 0, nullptr, cuda::Fp4GemmKernel::prefill, splits);
   SHARQ_CUDA_CHECK(cudaDeviceSynchronize());
   r.y = dy.to_host();
   return r;
 }
 
-void check_case(const Case& c, uint64_t seed) {
-  SCOPED_TRACE(describe(c));
+void check_case(const Case& c, uint64_t seed, int splits = 0) {
+  SCOPED_TRACE(describe(c) + " splits=" + std::to_string(splits));
   const Fp4Tiles tiles = make_weights(c.N, c.K, c.block, c.g_per_row, seed);
   ASSERT_EQ(tiles.block, c.block);
   const int64_t lda = tiles.Kp + (c.M % 2 ? 8 : 0);  // sometimes wider than Kp
@@ -139,7 +141,7 @@ void check_case(const Case& c, uint64_t seed) {
   if (c.rs_kind == 2)
     for (int64_t m = 0; m < c.M; ++m) rs.push_back(ud(rng));
 
-  const PrefillRun r = run_prefill(tiles, planes, c.M, lda, bf16, rs);
+  const PrefillRun r = run_prefill(tiles, planes, c.M, lda, bf16, rs, splits);
 
   // reference in double
   const std::vector<float> wd = fp4_tiles_dequantize(tiles);  // N x K
@@ -221,6 +223,56 @@ TEST(Fp4GemmPrefill, LargerShapeMatchesTheReference) {
   SKIP_WITHOUT_GPU();
   check_case(Case{1000, 1024, 2048, 32, Mode::exact, 2, true}, 4242);
   check_case(Case{513, 640, 1152, 16, Mode::merged, 1, false}, 4243);
+}
+
+// Forced split-K cluster sizes, powers of two and not (3, 5, 6: the token rows of a tile do not
+// divide evenly among the CTAs), on partial weight-row and token tiles, odd and even ldy, every
+// mode; and a count that would leave a split empty falls back to the largest valid one.
+TEST(Fp4GemmPrefill, ForcedSplitsMatchTheReference) {
+  SKIP_WITHOUT_GPU();
+  uint64_t seed = 3000;
+  for (int splits : {2, 3, 4, 5, 6, 8})
+    for (Mode mode : {Mode::merged, Mode::exact, Mode::w4a16}) {
+      check_case(Case{splits % 2 ? 77 : 300, 384, 4096, splits % 3 ? 32 : 16, mode, splits % 3, splits == 4}, seed++, splits);
+      if (::testing::Test::HasFatalFailure()) return;
+    }
+  check_case(Case{129, 200, 1152, 32, Mode::merged, 2, true}, seed++, 8);  // 9 k-tiles: 8 -> 5 splits
+  check_case(Case{1000, 1024, 2048, 32, Mode::exact, 2, true}, seed++, 4);
+  const auto w = cuda::DeviceFp4Weights::upload(make_weights(128, 1152, 32, false, 1));
+  EXPECT_EQ(cuda::fp4_gemm_plan(300, w, cuda::Fp4GemmKernel::prefill, 8).splits, 5);
+  EXPECT_EQ(cuda::fp4_gemm_plan(300, w, cuda::Fp4GemmKernel::prefill, 100).splits, 5);
+  EXPECT_EQ(cuda::fp4_gemm_plan(300, w, cuda::Fp4GemmKernel::prefill, 1).splits, 1);
+  EXPECT_EQ(cuda::fp4_gemm_plan(300, w, cuda::Fp4GemmKernel::prefill, 3).kt_per_split, 3);
+}
+
+// The prefill split count: never an empty split, at most 8 (the portable cluster), never more
+// clusters than the card can co-schedule, no workspace; and 1 for every M with batch_invariant.
+TEST(Fp4GemmPrefill, SplitPlansAreValidAndPinnedWhenBatchInvariant) {
+  SKIP_WITHOUT_GPU();
+  std::printf("  prefill clusters per wave:");
+  for (int c = 1; c <= 8; ++c) std::printf(" c=%d: %d", c, cuda::fp4_gemm_prefill_clusters_per_wave(c));
+  std::printf("\n");
+  for (auto [N, K] : {std::pair<int64_t, int64_t>{128, 4096}, {4096, 14336}, {4096, 4096}, {6144, 4096}, {28672, 4096},
+                      {200, 320}}) {
+    const auto w = cuda::DeviceFp4Weights::upload(make_weights(N, K, 32, false, 9));
+    const int64_t k_tiles = w.Kp / 128;
+    std::printf("  prefill plan N=%lld K=%lld:", static_cast<long long>(N), static_cast<long long>(K));
+    for (int64_t M : {65, 128, 129, 256, 512, 1000, 4096, 100000}) {
+      const auto p = cuda::fp4_gemm_plan(M, w);
+      EXPECT_EQ(p.kernel, cuda::Fp4GemmKernel::prefill);
+      EXPECT_GE(p.splits, 1);
+      EXPECT_LE(p.splits, 8);
+      EXPECT_GT(cuda::fp4_gemm_prefill_clusters_per_wave(static_cast<int>(p.splits)), 0);
+      EXPECT_EQ(p.kt_per_split, (k_tiles + p.splits - 1) / p.splits);
+      EXPECT_GT(k_tiles - (p.splits - 1) * p.kt_per_split, 0) << "an empty split";
+      EXPECT_EQ(p.workspace_bytes, 0u);
+      const auto pi = cuda::fp4_gemm_plan(M, w, cuda::Fp4GemmKernel::automatic, 0, true);
+      EXPECT_EQ(pi.splits, 1) << "N=" << N << " K=" << K << " M=" << M;
+      EXPECT_EQ(pi.kt_per_split, k_tiles);
+      std::printf(" M=%lld: %lld", static_cast<long long>(M), static_cast<long long>(p.splits));
+    }
+    std::printf("\n");
+  }
 }
 
 // One weight block with the NaN scale (0x7F): exactly its output column becomes NaN, every row.

@@ -6,7 +6,8 @@
 //   - fp8: the activation codes and row scales bit-identical to the CPU quantizer, the output within
 //     BF16 + FP8-accumulation tolerance; fp16 / bf16 through cuBLASLt likewise;
 //   - batch invariance: with per-token scales a row's output is bit-identical for M = 1 .. 64 and
-//     alone, and inside the prefill family for M = 65 .. 300; per-tensor scales break it (asserted);
+//     alone, and inside the prefill family for M = 65 .. 300 with batch_invariant (one split-K order);
+//     per-tensor scales break it (asserted);
 //   - CUDA-graph capture of prepare + gemm replays bit-identically to eager calls;
 //   - one GpuActivations shared by two layers (q/k/v style) gives each layer's own forward();
 //   - bad arguments throw before any launch, naming the problem.
@@ -366,6 +367,7 @@ TEST(GpuLinear, PerTokenOutputRowsDoNotDependOnTheBatch) {
       SCOPED_TRACE(fmt::format("{} N={} K={}", sc, N, K));
       GpuLinearOptions opt;
       opt.max_m = 300;
+      opt.batch_invariant = true;  // the prefill family's split count would follow M otherwise
       GpuLinear lin(parse_scheme(sc), p.W.data(), N, K, opt);
       // small family: every row of every M = 1 .. 64 equals that row alone (M = 1)
       std::vector<std::vector<uint16_t>> alone;

@@ -1,5 +1,6 @@
 // The FP4-weight GEMM family on Hopper (fp4_gemm.h): validation, planning, the two wgmma kernels
-// (prefill for large M, small for decode-sized M) and the one split-K reduction.
+// (prefill for large M, with its split-K over a thread block cluster; small for decode-sized M) and
+// the small family's split-K reduction.
 //
 // The prefill (large-M) FP4-weight GEMM on Hopper: wgmma, FP32 accumulators in registers, the
 // NVFP4 weights decoded exactly to FP16/BF16 *in registers* and fed to wgmma as its register
@@ -103,6 +104,8 @@ constexpr int kBNW = 128;         // weight rows per CTA (2 warpgroups x m64)
 constexpr int kThreads = 256;
 constexpr int kRowBytes = 128;    // one swizzled activation row: 64 halves
 constexpr int kEpiPitch = (kBNW + 8) * 2;  // bytes per token row of the epilogue transpose buffer
+constexpr int kRedPitch = kBNW + 4;        // floats per token row of the split-K partial tile (conflict-free)
+constexpr int kMaxPrefillSplits = 8;       // the portable cluster size
 
 template <int P, int NT>
 struct Cfg {
@@ -110,12 +113,13 @@ struct Cfg {
   static constexpr int kStageBytes = P * kTileBytes;
   static constexpr int kStages = 4 * kStageBytes <= 200 * 1024 ? 4 : 3;
   static constexpr int kPipeBytes = kStages * kStageBytes;
-  static constexpr int kEpiBytes = NT * kEpiPitch;
+  static constexpr int kEpiBytes = NT * kRedPitch * 4;  // >= the BF16 transpose buffer (NT * kEpiPitch)
   static constexpr int kSmem = (kPipeBytes > kEpiBytes ? kPipeBytes : kEpiBytes) + 1024;  // + base alignment
   static constexpr int kAcc = NT / 2;                // FP32 accumulators per thread
   static_assert(kStageBytes % 1024 == 0 && kTileBytes % 1024 == 0, "tiles must stay 1024-byte aligned");
   static_assert(kStages >= 3, "the pipeline needs 3 stages (see the hazard notes)");
   static_assert(kSmem <= 227 * 1024, "shared memory");
+  static_assert(kEpiBytes >= NT * kEpiPitch, "the epilogue buffer holds both epilogue layouts");
 };
 
 // The one parameter block of both kernels (and the reduction), built by fp4_gemm() after validation.
@@ -131,7 +135,8 @@ struct Fp4GemmParams {
   int rs_per_row;
   int64_t N, Np;             // output columns; padded weight rows (a multiple of kBNW)
   int64_t k_tiles;           // Kp / 128
-  int64_t kt_per_split;      // small: k-tiles per split; prefill: k_tiles
+  int64_t kt_per_split;      // k-tiles per split (the last split may have fewer)
+  int splits;                // prefill: the cluster size along K (1: no split)
   __nv_bfloat16* y;
   float* y_f32;              // non-null: FP32 output instead of y (tests)
   int64_t ldy;
@@ -201,6 +206,25 @@ __device__ __forceinline__ uint4 lds128(uint32_t a) {
 __device__ __forceinline__ void fence_proxy_async_smem() {
   asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
 }
+
+// Thread block clusters (the prefill kernel's split-K): every thread of every CTA of the cluster
+// arrives; release / acquire order the shared-memory writes before the barrier with the reads of
+// any CTA after it.
+__device__ __forceinline__ void cluster_sync() {
+  asm volatile("barrier.cluster.arrive.release.aligned;\nbarrier.cluster.wait.acquire.aligned;\n" ::: "memory");
+}
+// The shared::cluster address of the same variable in CTA `rank` of the cluster.
+__device__ __forceinline__ uint32_t cluster_map(uint32_t saddr, uint32_t rank) {
+  uint32_t r;
+  asm volatile("mapa.shared::cluster.u32 %0, %1, %2;\n" : "=r"(r) : "r"(saddr), "r"(rank));
+  return r;
+}
+__device__ __forceinline__ float4 ld_cluster_f4(uint32_t caddr) {
+  float4 v;
+  asm volatile("ld.shared::cluster.v4.f32 {%0, %1, %2, %3}, [%4];\n" : "=f"(v.x), "=f"(v.y), "=f"(v.z), "=f"(v.w) : "r"(caddr) : "memory");
+  return v;
+}
+__device__ __forceinline__ void sts_f32(uint32_t a, float v) { asm volatile("st.shared.f32 [%0], %1;\n" ::"r"(a), "f"(v) : "memory"); }
 
 __device__ __forceinline__ void wgmma_fence() { asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory"); }
 __device__ __forceinline__ void wgmma_commit() { asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory"); }
@@ -343,8 +367,79 @@ __device__ __forceinline__ void decode_step(const RawW<Block>& r, uint32_t (&f)[
   }
 }
 
+// ---- split-K epilogue (prefill) ----------------------------------------------------------------
+// With prm.splits = c > 1 the c CTAs (blockIdx.z = 0 .. c - 1) of one (n, m) tile form one thread
+// block cluster, and CTA z has summed the k-tiles [z kps, (z + 1) kps). Each CTA stores its FP32
+// partial (times kPost: exact) as [NT tokens][kRedPitch] in its own shared memory; after a cluster
+// barrier CTA r sums the token rows [r NT / c, (r + 1) NT / c) over the CTAs 0, 1, .., c - 1 in
+// that order through distributed shared memory (deterministic, and the same order for every M:
+// the split count comes from N and K only), scales them, adds the bias and stores Y. A second
+// barrier keeps every CTA's shared memory alive until the last remote read.
+// Partial stores: thread (w, g, q) writes token 8 j + 2 q + h, column na / nb: bank
+// (4 (8 j + 2 q + h) + na) % 32 = (8 q + g + const) % 32, distinct across the warp.
+template <class T, int NT>
+__device__ __forceinline__ void split_epilogue(const Fp4GemmParams& prm, const float (&acc)[NT / 2], uint32_t smem0,
+                                               int64_t n0, int64_t m0) {
+  const int tid = static_cast<int>(threadIdx.x);
+  const int wg = tid >> 7, w = (tid >> 5) & 3, lane = tid & 31, g = lane >> 2, q = lane & 3;
+  const int na = 64 * wg + 16 * w + g, nb = na + 8;
+#pragma unroll
+  for (int j = 0; j < NT / 8; ++j)
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      const uint32_t row = smem0 + static_cast<uint32_t>((8 * j + 2 * q + h) * kRedPitch * 4);
+      sts_f32(row + 4 * na, acc[4 * j + h] * Fp4Pair<T>::kPost);
+      sts_f32(row + 4 * nb, acc[4 * j + 2 + h] * Fp4Pair<T>::kPost);
+    }
+  cluster_sync();
+  const int c = prm.splits, rows_per = (NT + c - 1) / c;
+  const int rank = static_cast<int>(blockIdx.z);  // the cluster spans the grid's z: rank == blockIdx.z
+  const int cq = tid & 31;                         // this thread's columns 4 cq .. 4 cq + 3
+  const int64_t col = n0 + 4 * cq;
+  for (int tr = tid >> 5; tr < rows_per; tr += kThreads / 32) {
+    const int t = rank * rows_per + tr;
+    const int64_t m = m0 + t;
+    if (t >= NT || m >= prm.M) break;  // the rows ascend with tr
+    const uint32_t a = smem0 + static_cast<uint32_t>((t * kRedPitch + 4 * cq) * 4);
+    float4 sum = ld_cluster_f4(cluster_map(a, 0));
+    for (int r = 1; r < c; ++r) {
+      const float4 v = ld_cluster_f4(cluster_map(a, static_cast<uint32_t>(r)));
+      sum.x += v.x;
+      sum.y += v.y;
+      sum.z += v.z;
+      sum.w += v.w;
+    }
+    const float rs = prm.rs ? prm.rs[prm.rs_per_row ? m : 0] : 1.0f;
+    const float v[4] = {sum.x, sum.y, sum.z, sum.w};
+    float o[4];
+#pragma unroll
+    for (int e = 0; e < 4; ++e) {
+      o[e] = 0.0f;
+      if (col + e >= prm.N) continue;
+      o[e] = v[e] * (rs * prm.gw[prm.gw_per_col ? col + e : 0]);
+      if (prm.bias) o[e] += prm.bias[col + e];
+    }
+    if (prm.y_f32) {
+#pragma unroll
+      for (int e = 0; e < 4; ++e)
+        if (col + e < prm.N) prm.y_f32[m * prm.ldy + col + e] = o[e];
+    } else if (prm.y_store != 2 && col + 3 < prm.N) {  // 4-byte aligned pairs (col is even)
+      auto* dst = reinterpret_cast<__nv_bfloat162*>(prm.y + m * prm.ldy + col);
+      dst[0] = __floats2bfloat162_rn(o[0], o[1]);
+      dst[1] = __floats2bfloat162_rn(o[2], o[3]);
+    } else {
+#pragma unroll
+      for (int e = 0; e < 4; ++e)
+        if (col + e < prm.N) prm.y[m * prm.ldy + col + e] = __float2bfloat16_rn(o[e]);
+    }
+  }
+  cluster_sync();
+}
+
 // ---- the kernel -----------------------------------------------------------------------------
-template <class T, int P, int Block, int NT>
+// kSplit: launched as clusters of prm.splits > 1 CTAs along the grid's z (split_epilogue); the
+// unsplit kernel is a separate instantiation so that the cluster epilogue costs it no registers.
+template <class T, int P, int Block, int NT, bool kSplit>
 __global__ void __launch_bounds__(kThreads, 1) fp4_prefill_kernel(const Fp4GemmParams prm) {
   using C = Cfg<P, NT>;
   constexpr int S = C::kStages;
@@ -355,14 +450,17 @@ __global__ void __launch_bounds__(kThreads, 1) fp4_prefill_kernel(const Fp4GemmP
   const int wg = tid >> 7, w = (tid >> 5) & 3, lane = tid & 31, g = lane >> 2, q = lane & 3;
   const int64_t n0 = static_cast<int64_t>(blockIdx.x) * kBNW;
   const int64_t m0 = static_cast<int64_t>(blockIdx.y) * NT;
-  const int ksteps = static_cast<int>(prm.k_tiles * 2);
+  // split blockIdx.z: k-tiles [kt0, kt0 + nkt), nkt >= 1 (the plan leaves no split empty)
+  const int64_t kt0 = kSplit ? static_cast<int64_t>(blockIdx.z) * prm.kt_per_split : 0;
+  const int64_t nkt = !kSplit ? prm.k_tiles : prm.k_tiles - kt0 < prm.kt_per_split ? prm.k_tiles - kt0 : prm.kt_per_split;
+  const int ksteps = static_cast<int>(nkt * 2);
 
   // Activation copies: chunk tid & 7 of token rows (tid >> 3) + 32 it, it < NT / 32.
   constexpr int kIt = NT / 32;
   const int c_chunk = tid & 7, c_row0 = tid >> 3;
   const uint32_t c_sm = static_cast<uint32_t>(c_row0 * kRowBytes + ((c_chunk ^ (c_row0 & 7)) << 4));  // + it * 4096
   const int64_t rows_left = prm.M - m0 - c_row0;  // row (c_row0 + 32 it) is valid iff 32 it < rows_left
-  const int64_t c_goff = (m0 + c_row0) * prm.lda_bytes + c_chunk * 16;
+  const int64_t c_goff = (m0 + c_row0) * prm.lda_bytes + c_chunk * 16 + kt0 * 2 * kRowBytes;
   const int64_t c_gstep = 32 * prm.lda_bytes;
 
   auto issue_copies = [&](int ks) {
@@ -380,11 +478,11 @@ __global__ void __launch_bounds__(kThreads, 1) fp4_prefill_kernel(const Fp4GemmP
     }
   };
 
-  // Weights: this warp's two 8-row tiles (rows n0 + 64 wg + 16 w + {0..7, 8..15}).
+  // Weights: this warp's two 8-row tiles (rows n0 + 64 wg + 16 w + {0..7, 8..15}), from k-tile kt0.
   const int64_t tile0 = (n0 + 64 * wg + 16 * w) / 8;
   constexpr int kScaleTile = 8 * (128 / Block);  // scale bytes per tile
-  const uint8_t* codes_t0 = prm.codes + tile0 * prm.k_tiles * 512 + lane * 16;
-  const uint8_t* scales_t0 = prm.scales + tile0 * prm.k_tiles * kScaleTile + g * (128 / Block);
+  const uint8_t* codes_t0 = prm.codes + (tile0 * prm.k_tiles + kt0) * 512 + lane * 16;
+  const uint8_t* scales_t0 = prm.scales + (tile0 * prm.k_tiles + kt0) * kScaleTile + g * (128 / Block);
   const int64_t tcs = prm.k_tiles * 512, tss = prm.k_tiles * kScaleTile;
 
   float acc[C::kAcc];
@@ -424,8 +522,8 @@ __global__ void __launch_bounds__(kThreads, 1) fp4_prefill_kernel(const Fp4GemmP
     cp_async_commit();
   };
 
-  for (int64_t kt = 0; kt < prm.k_tiles; ++kt) {
-    const bool more = kt + 1 < prm.k_tiles;
+  for (int64_t kt = 0; kt < nkt; ++kt) {
+    const bool more = kt + 1 < nkt;
     if (more) load_raw<Block>(rn, codes_t0, scales_t0, tcs, tss, kt + 1);
     step(static_cast<int>(2 * kt), fA);
     fence_regs(fB);
@@ -441,6 +539,10 @@ __global__ void __launch_bounds__(kThreads, 1) fp4_prefill_kernel(const Fp4GemmP
   fence_regs(acc);
   cp_async_wait<0>();
   __syncthreads();  // every warpgroup is done with the stage memory
+  if constexpr (kSplit) {
+    split_epilogue<T, NT>(prm, acc, smem0, n0, m0);
+    return;
+  }
 
   const int na = 64 * wg + 16 * w + g, nb = na + 8;
   const bool oka = n0 + na < prm.N, okb = n0 + nb < prm.N;  // padded weight rows write nothing
@@ -507,13 +609,27 @@ __global__ void __launch_bounds__(kThreads, 1) fp4_prefill_kernel(const Fp4GemmP
   }
 }
 
+// Grid (weight-row tiles, token tiles, splits); with splits > 1 the splits of a tile are one
+// cluster of (1, 1, splits) CTAs.
 template <class T, int P, int Block, int NT>
 void launch_prefill(const Fp4GemmParams& prm, cudaStream_t stream) {
-  auto kernel = fp4_prefill_kernel<T, P, Block, NT>;
+  auto kernel = prm.splits > 1 ? fp4_prefill_kernel<T, P, Block, NT, true> : fp4_prefill_kernel<T, P, Block, NT, false>;
   constexpr int smem = Cfg<P, NT>::kSmem;  // opted in by configure_kernels()
-  const dim3 grid(static_cast<unsigned>(prm.Np / kBNW), static_cast<unsigned>((prm.M + NT - 1) / NT));
-  kernel<<<grid, kThreads, smem, stream>>>(prm);
-  SHARQ_CUDA_CHECK(cudaGetLastError());
+  const dim3 grid(static_cast<unsigned>(prm.Np / kBNW), static_cast<unsigned>((prm.M + NT - 1) / NT),
+                  static_cast<unsigned>(prm.splits));
+  cudaLaunchAttribute attr[1];
+  attr[0].id = cudaLaunchAttributeClusterDimension;
+  attr[0].val.clusterDim.x = 1;
+  attr[0].val.clusterDim.y = 1;
+  attr[0].val.clusterDim.z = static_cast<unsigned>(prm.splits);
+  cudaLaunchConfig_t cfg = {};
+  cfg.gridDim = grid;
+  cfg.blockDim = dim3(kThreads);
+  cfg.dynamicSmemBytes = smem;
+  cfg.stream = stream;
+  cfg.attrs = attr;
+  cfg.numAttrs = prm.splits > 1 ? 1 : 0;
+  SHARQ_CUDA_CHECK(cudaLaunchKernelEx(&cfg, kernel, prm));
 }
 
 // =============================================================================================
@@ -864,13 +980,20 @@ void configure_block() {
   auto set = [](auto kernel, int smem) {
     SHARQ_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
   };
-  set(fp4_prefill_kernel<T, P, Block, 128>, Cfg<P, 128>::kSmem);
-  set(fp4_prefill_kernel<T, P, Block, 256>, Cfg<P, 256>::kSmem);
+  set(fp4_prefill_kernel<T, P, Block, 128, false>, Cfg<P, 128>::kSmem);
+  set(fp4_prefill_kernel<T, P, Block, 256, false>, Cfg<P, 256>::kSmem);
+  set(fp4_prefill_kernel<T, P, Block, 128, true>, Cfg<P, 128>::kSmem);
+  set(fp4_prefill_kernel<T, P, Block, 256, true>, Cfg<P, 256>::kSmem);
   set(fp4_small_kernel<T, P, Block, 8>, SmallCfg<P, 8, Block>::kSmem);
   set(fp4_small_kernel<T, P, Block, 16>, SmallCfg<P, 16, Block>::kSmem);
   set(fp4_small_kernel<T, P, Block, 32>, SmallCfg<P, 32, Block>::kSmem);
   set(fp4_small_kernel<T, P, Block, 64>, SmallCfg<P, 64, Block>::kSmem);
 }
+// Clusters of c prefill CTAs that the card holds at once (c = 1 .. kMaxPrefillSplits; index c):
+// every prefill variant runs one CTA per SM (registers and shared memory), so the count depends on
+// c and on how the SMs are grouped into GPCs only; measured once with the largest variant.
+int g_cluster_capacity[kMaxPrefillSplits + 1] = {};
+
 void configure_kernels() {
   static std::once_flag once;
   std::call_once(once, [] {
@@ -880,6 +1003,23 @@ void configure_kernels() {
     configure_block<__half, 2, 32>();
     configure_block<__nv_bfloat16, 1, 16>();
     configure_block<__nv_bfloat16, 1, 32>();
+    g_cluster_capacity[1] = std::max(1, sm_count());
+    for (int c = 2; c <= kMaxPrefillSplits; ++c) {
+      cudaLaunchAttribute attr[1];
+      attr[0].id = cudaLaunchAttributeClusterDimension;
+      attr[0].val.clusterDim.x = 1;
+      attr[0].val.clusterDim.y = 1;
+      attr[0].val.clusterDim.z = static_cast<unsigned>(c);
+      cudaLaunchConfig_t cfg = {};
+      cfg.gridDim = dim3(1, 1, static_cast<unsigned>(c));
+      cfg.blockDim = dim3(kThreads);
+      cfg.dynamicSmemBytes = Cfg<2, 256>::kSmem;
+      cfg.attrs = attr;
+      cfg.numAttrs = 1;
+      int n = 0;
+      SHARQ_CUDA_CHECK(cudaOccupancyMaxActiveClusters(&n, fp4_prefill_kernel<__half, 2, 32, 256, true>, &cfg));
+      g_cluster_capacity[c] = n;  // 0: clusters of c cannot run here (never planned)
+    }
   });
 }
 
@@ -934,6 +1074,42 @@ int64_t small_splits(const DeviceFp4Weights& w) {
   return s;
 }
 
+// The split count of the prefill family: a cluster of c = 1 .. 8 CTAs per (weight rows, token) tile.
+// It pays only while the unsplit grid leaves SMs idle (M = 128 .. 512 on Llama-8B's narrow layers:
+// o and down have 32 weight-row tiles, qkv 48, on 132 SMs); on a full grid the splits' fills and
+// reductions are pure cost (measured: o at M = 1024, 65 -> 111 us with 4 splits), so the count
+// follows the token tiles and therefore M (batch_invariant pins it to 1, docs/numerics.md).
+// Cost model (microseconds, fitted to the H200 sweeps of docs/perf/hopper.md): a CTA takes
+// kTileUs(nt) per k-tile plus kCtaUs (fill, epilogue), plus kSplitUs per split for the cluster
+// reduction; a wave holds g_cluster_capacity[c] clusters (GPC packing: fewer than SMs / c). Only
+// counts that leave no split empty and keep >= kMinKTiles k-tiles per split.
+bool prefill_split_valid(int64_t c, int64_t k_tiles) {
+  if (c < 1 || c > kMaxPrefillSplits || c > k_tiles || g_cluster_capacity[c] <= 0) return false;
+  const int64_t kps = (k_tiles + c - 1) / c;
+  return (k_tiles + kps - 1) / kps == c;
+}
+int64_t prefill_splits(int64_t M, int nt, const DeviceFp4Weights& w) {
+  constexpr double kCtaUs = 12.0, kSplitUs = 1.0;
+  constexpr int64_t kMinKTiles = 4;
+  const double tile_us = nt == 256 ? 1.45 : 1.0;
+  const int64_t tiles = (w.Np / kBNW) * ((M + nt - 1) / nt), k_tiles = w.Kp / 128;
+  double best = 0;
+  int64_t s = 1;
+  for (int64_t c = 1; c <= kMaxPrefillSplits; ++c) {
+    if (!prefill_split_valid(c, k_tiles)) continue;
+    const int64_t kps = (k_tiles + c - 1) / c;
+    if (c > 1 && kps < kMinKTiles) continue;
+    const int64_t waves = (tiles + g_cluster_capacity[c] - 1) / g_cluster_capacity[c];
+    const double t = static_cast<double>(waves) * (static_cast<double>(kps) * tile_us + kCtaUs) +
+                     (c > 1 ? kSplitUs * static_cast<double>(c) : 0.0);
+    if (c == 1 || t < best) {
+      best = t;
+      s = c;
+    }
+  }
+  return s;
+}
+
 void check_weights(const DeviceFp4Weights& w) {
   if (w.N <= 0 || w.Np < w.N || w.Np % kBNW != 0 || w.Kp <= 0 || w.Kp % 128 != 0 || w.K > w.Kp)
     throw std::invalid_argument(fmt::format("fp4_gemm: weights N = {}, Np = {}, K = {}, Kp = {} are not a packed "
@@ -945,6 +1121,11 @@ void check_weights(const DeviceFp4Weights& w) {
 }
 
 }  // namespace
+
+int fp4_gemm_prefill_clusters_per_wave(int splits) {
+  configure_kernels();
+  return splits >= 1 && splits <= kMaxPrefillSplits ? g_cluster_capacity[splits] : 0;
+}
 
 const char* to_string(Fp4GemmKernel k) {
   switch (k) {
@@ -968,7 +1149,7 @@ DeviceFp4Weights DeviceFp4Weights::upload(const Fp4Tiles& t) {
   return w;
 }
 
-Fp4GemmPlan fp4_gemm_plan(int64_t M, const DeviceFp4Weights& w, Fp4GemmKernel kernel, int splits) {
+Fp4GemmPlan fp4_gemm_plan(int64_t M, const DeviceFp4Weights& w, Fp4GemmKernel kernel, int splits, bool batch_invariant) {
   check_weights(w);
   configure_kernels();
   if (M < 0) throw std::invalid_argument(fmt::format("fp4_gemm: M = {}", M));
@@ -988,22 +1169,34 @@ Fp4GemmPlan fp4_gemm_plan(int64_t M, const DeviceFp4Weights& w, Fp4GemmKernel ke
   } else {
     if (M > int64_t{65535} * 128) throw std::invalid_argument(fmt::format("fp4_gemm: M = {} is too large", M));
     p.nt = M > 128 ? 256 : 128;
-    p.splits = 1;
-    p.kt_per_split = k_tiles;
+    int64_t s = 1;
+    if (splits > 0) {  // forced: the largest valid count <= the request
+      for (int64_t c = std::min<int64_t>(splits, kMaxPrefillSplits); c > 1; --c)
+        if (prefill_split_valid(c, k_tiles)) {
+          s = c;
+          break;
+        }
+    } else if (!batch_invariant) {
+      s = prefill_splits(M, p.nt, w);
+    }
+    p.splits = s;
+    p.kt_per_split = (k_tiles + s - 1) / s;
   }
   return p;
 }
 
-size_t fp4_gemm_workspace_bytes(int64_t max_M, const DeviceFp4Weights& w, Fp4GemmKernel kernel, int splits) {
+size_t fp4_gemm_workspace_bytes(int64_t max_M, const DeviceFp4Weights& w, Fp4GemmKernel kernel, int splits,
+                                bool batch_invariant) {
   if (max_M <= 0) return 0;
   // The split count does not depend on M, so the largest small-family M needs the most.
   const int64_t m = kernel == Fp4GemmKernel::prefill ? max_M : std::min(max_M, kSmallMaxM);
-  return fp4_gemm_plan(m, w, kernel == Fp4GemmKernel::prefill ? kernel : Fp4GemmKernel::small, splits).workspace_bytes;
+  return fp4_gemm_plan(m, w, kernel == Fp4GemmKernel::prefill ? kernel : Fp4GemmKernel::small, splits, batch_invariant)
+      .workspace_bytes;
 }
 
 void fp4_gemm(const Fp4GemmArgs& a, const DeviceFp4Weights& w, void* workspace, size_t workspace_bytes,
-              cudaStream_t stream, Fp4GemmKernel kernel, int splits) {
-  const Fp4GemmPlan plan = fp4_gemm_plan(a.M, w, kernel, splits);  // checks the weights, M and splits
+              cudaStream_t stream, Fp4GemmKernel kernel, int splits, bool batch_invariant) {
+  const Fp4GemmPlan plan = fp4_gemm_plan(a.M, w, kernel, splits, batch_invariant);  // checks the weights, M, splits
   if (a.M == 0) return;
   if (!a.a0 || (!a.y && !a.y_f32)) throw std::invalid_argument("fp4_gemm: null activation or output pointer");
   if (a.adt == DType::bf16 && a.a1) throw std::invalid_argument("fp4_gemm: the two-path (exact) mode takes FP16 planes");
@@ -1037,18 +1230,19 @@ void fp4_gemm(const Fp4GemmArgs& a, const DeviceFp4Weights& w, void* workspace, 
   prm.Np = w.Np;
   prm.k_tiles = w.Kp / 128;
   prm.kt_per_split = plan.kt_per_split;
+  prm.splits = plan.kernel == Fp4GemmKernel::prefill ? static_cast<int>(plan.splits) : 1;
   prm.y = a.y;
   prm.y_f32 = a.y_f32;
   prm.ldy = a.ldy;
   prm.bias = a.bias;
   const auto yaddr = reinterpret_cast<uintptr_t>(a.y);
   prm.y_store = (a.ldy % 8 == 0 && yaddr % 16 == 0) ? 16 : (a.ldy % 2 == 0 && yaddr % 4 == 0) ? 4 : 2;
-  prm.ws = plan.splits > 1 ? static_cast<float*>(workspace) : nullptr;
+  prm.ws = plan.workspace_bytes ? static_cast<float*>(workspace) : nullptr;
 
   if (a.adt == DType::bf16) launch_block<__nv_bfloat16, 1>(prm, w.block, plan, stream);
   else if (a.a1) launch_block<__half, 2>(prm, w.block, plan, stream);
   else launch_block<__half, 1>(prm, w.block, plan, stream);
-  if (plan.splits > 1) launch_reduce(prm, plan.splits, stream);
+  if (plan.workspace_bytes) launch_reduce(prm, plan.splits, stream);  // the small family's splits
 }
 
 }  // namespace sharq::cuda

@@ -17,12 +17,16 @@
 // the register A operand, the activations the shared-memory B operand):
 //   small   (M <= kSmallMaxM, decode): token tiles of 8 / 16 / 32 / 64, split-K over the grid with
 //           FP32 partials summed in split order by one reduction kernel (deterministic);
-//   prefill (M >  kSmallMaxM): token tiles of 128 / 256, the whole K in one block, no split.
+//   prefill (M >  kSmallMaxM): token tiles of 128 / 256; split-K over a thread block cluster of
+//           1, 2, 4 or 8 CTAs whose FP32 partials are summed in rank order through distributed
+//           shared memory (deterministic, no workspace, no second kernel).
 //
-// Batch invariance (docs/numerics.md): inside a family the K-reduction order of an output element
+// Batch invariance (docs/numerics.md): in the small family the K-reduction order of an output element
 // (the split count and the k-tile order) depends on N and K only, never on M; so a row's result is
-// bit-identical whether 1 or 64 rows share the call (tested). Crossing families (M = 64 -> 65) may
-// change its last bits.
+// bit-identical whether 1 or 64 rows share the call (tested). The prefill family's split count
+// follows M (splits pay only while the grid is short of a wave), unless batch_invariant pins it to
+// 1: then the rows of every M > 64 are bit-identical too (tested). Crossing families (M = 64 -> 65)
+// may change a row's last bits.
 #pragma once
 
 #include <cstdint>
@@ -71,25 +75,32 @@ const char* to_string(Fp4GemmKernel k);
 struct Fp4GemmPlan {
   Fp4GemmKernel kernel = Fp4GemmKernel::small;  // resolved: small | prefill
   int nt = 8;                                   // token tile
-  int64_t splits = 1, kt_per_split = 0;         // small only; 1 for prefill
-  size_t workspace_bytes = 0;                   // FP32 partials [splits][M][Np] when splits > 1
+  int64_t splits = 1, kt_per_split = 0;         // split-K count (prefill: the cluster size) and k-tiles per split
+  size_t workspace_bytes = 0;                   // small with splits > 1: FP32 partials [splits][M][Np]
 };
 
-// The plan of one call. The split count comes from (N, K) and the card's SM count only, never from M
-// (the batch-invariance rule); splits > 0 forces a count (clamped to Kp / 128; tuning and tests).
+// The plan of one call. The small family's split count comes from (N, K) and the card's SM count
+// only; the prefill family's also from M (its token tiles), or 1 with batch_invariant. splits > 0
+// forces a count (tuning and tests): small clamps it to Kp / 128, prefill takes the largest count
+// <= min(splits, 8) that leaves no split empty and that the card can co-schedule.
 // Throws std::invalid_argument for a forced family that cannot run M.
 Fp4GemmPlan fp4_gemm_plan(int64_t M, const DeviceFp4Weights& w, Fp4GemmKernel kernel = Fp4GemmKernel::automatic,
-                          int splits = 0);
+                          int splits = 0, bool batch_invariant = false);
 
 // The workspace every call with M <= max_M needs (the largest over the plans; 0 when none): size it
 // once, at construction, and no call allocates.
 size_t fp4_gemm_workspace_bytes(int64_t max_M, const DeviceFp4Weights& w, Fp4GemmKernel kernel = Fp4GemmKernel::automatic,
-                                int splits = 0);
+                                int splits = 0, bool batch_invariant = false);
+
+// Clusters of `splits` prefill CTAs this card runs at once (splits 1: the SM count; 0 where such a
+// cluster cannot run): the split planner's wave size, printed by `sharq bench gemm`.
+int fp4_gemm_prefill_clusters_per_wave(int splits);
 
 // The one entry point. Validates everything (shapes, pointers, alignment, workspace) and throws
 // std::invalid_argument naming the field before any launch; then launches asynchronously on `stream`:
 // no allocation, no host synchronization (CUDA-graph capturable).
 void fp4_gemm(const Fp4GemmArgs& a, const DeviceFp4Weights& w, void* workspace, size_t workspace_bytes,
-              cudaStream_t stream, Fp4GemmKernel kernel = Fp4GemmKernel::automatic, int splits = 0);
+              cudaStream_t stream, Fp4GemmKernel kernel = Fp4GemmKernel::automatic, int splits = 0,
+              bool batch_invariant = false);
 
 }  // namespace sharq::cuda

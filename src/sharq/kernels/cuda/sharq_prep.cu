@@ -267,7 +267,7 @@ __device__ __forceinline__ float pick(const float* v, int i) {
 // The quantization of one block of F, given its values in registers: the same scale_for /
 // code_divisor / e2m1_encode / decode * element_scale sequence as F::quantize() + dequantize.
 // The divisor is replaced by 1 for a zero divisor (codes forced to 0 anyway) only to keep the
-// division off its slow path.
+// bounds / reciprocal finite.
 template <class F, int N>
 struct BlockQ {
   typename F::scale_t s;
@@ -283,11 +283,20 @@ __device__ __forceinline__ void quantize_regs(const float* v, BlockQ<F, N>& q) {
   const float d = F::code_divisor(amax, q.s);
   const float dd = d == 0.0f ? 1.0f : d;
   const float es = F::element_scale(q.s, 0);  // NVFP4 / MXFP4: one scale for the whole block
+  // e2m1_encode(v[k] / dd) without the N divisions, by the host quantizers' proven-equal forms:
+  // NVFP4's seven bounds of its E4M3 divisor, MXFP4's exact power-of-two reciprocal
+  if constexpr (std::is_same_v<typename F::scale_t, scale_ue4m3>) {
+    const E2m1Thresholds t = e2m1_thresholds(dd);
 #pragma unroll
-  for (int k = 0; k < N; ++k) {
-    q.code[k] = d == 0.0f ? uint8_t{0} : e2m1_encode(v[k] / dd);
-    q.deq[k] = F::decode(q.code[k]) * es;
+    for (int k = 0; k < N; ++k) q.code[k] = d == 0.0f ? uint8_t{0} : e2m1_encode_thresholds(v[k], t);
+  } else {
+    static_assert(std::is_same_v<typename F::scale_t, scale_ue8m0>, "NVFP4 or MXFP4 blocks");
+    const float inv = 1.0f / dd;
+#pragma unroll
+    for (int k = 0; k < N; ++k) q.code[k] = d == 0.0f ? uint8_t{0} : e2m1_encode(v[k] * inv);
   }
+#pragma unroll
+  for (int k = 0; k < N; ++k) q.deq[k] = F::decode(q.code[k]) * es;
 }
 
 __device__ __forceinline__ uint32_t pack_half2(float lo, float hi) {

@@ -347,6 +347,7 @@ void GpuExecutor::Impl::build(const ModelConfig& c, const Scheme& sch, const Eng
     GpuLinearOptions lo;
     lo.max_m = E.maxM;
     lo.own_scratch = false;
+    lo.batch_invariant = E.opt.batch_invariant;
     size_t ws = 0;
     // one layer from matrices stacked along N (each N_i x K, with its bias or none)
     struct Part { Mat m; int64_t n; Vec bias; };

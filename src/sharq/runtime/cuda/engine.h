@@ -53,8 +53,9 @@ struct EngineOptions {
   // 235.8 tok/s separate vs 220.7 fused; `sharq bench model --fusion` measures it.
   bool fuse_norm = false;
   bool fuse_swiglu = false;
-  // Every row's attention by the decode kernel: a row's logits are bit-identical whatever else
-  // shares the step, prefill chunks included (the default is invariant for decode rows only).
+  // Every row's attention by the decode kernel, and one split-K order in the prefill GEMM family for
+  // every M: a row's logits are bit-identical whatever else shares the step, prefill chunks included
+  // (the default is invariant for decode rows only).
   bool batch_invariant = false;
 };
 

@@ -215,8 +215,8 @@ GpuLinear::~GpuLinear() = default;
 
 void GpuLinear::init_scratch() {
   if (scheme_.is_fp4_weight()) {
-    fp4_gemm_plan(opt_.max_m, w4_, opt_.kernel, opt_.splits);  // a forced family must be able to run max_m
-    ws_need_ = fp4_gemm_workspace_bytes(opt_.max_m, w4_, opt_.kernel, opt_.splits);
+    fp4_gemm_plan(opt_.max_m, w4_, opt_.kernel, opt_.splits, opt_.batch_invariant);  // a forced family must run max_m
+    ws_need_ = fp4_gemm_workspace_bytes(opt_.max_m, w4_, opt_.kernel, opt_.splits, opt_.batch_invariant);
   }
   if (opt_.own_scratch) {
     own_ = std::make_unique<GpuActivations>(scheme_, K_, opt_.max_m);
@@ -360,7 +360,7 @@ void GpuLinear::gemm(const GpuActivations& acts, void* y, cudaStream_t stream, v
         a.row_scale = acts.g_.get();
         a.row_scale_count = scheme_.act_scale == GlobalScale::per_tensor ? 1 : M;
       }
-      fp4_gemm(a, w4_, workspace, ws_bytes, stream, opt_.kernel, opt_.splits);
+      fp4_gemm(a, w4_, workspace, ws_bytes, stream, opt_.kernel, opt_.splits, opt_.batch_invariant);
       return;
     }
   }

@@ -46,6 +46,7 @@ struct GpuLinearOptions {
   bool own_scratch = true;                          // allocate the activations + workspace forward() uses
   Fp4GemmKernel kernel = Fp4GemmKernel::automatic;  // FP4 schemes: force a family (tests, benches)
   int splits = 0;                                   // FP4 schemes: force the split count (tuning)
+  bool batch_invariant = false;                     // FP4 schemes: one prefill split for every M (fp4_gemm.h)
 };
 
 // An FP32 row-major matrix in device memory. parts: the row counts of matrices stacked along N

@@ -731,8 +731,11 @@ std::string device_header(const Ctx& c) {
       "timing: median of {} reps per method, one CUDA event pair per rep, >= {} warm-up calls; each method rotates "
       "over sets of (W, X, Y) totalling >= {:.0f}x L2 (at most {} sets)\n",
       o.reps, o.warmup, kL2Multiple, c.max_sets);
-  s += fmt::format("GpuLinear: kernel {}, activation scale per {}, mask {}; schemes {}, {}, {}, {}\n", o.kernel,
-                   o.act_scale, o.mask, c.schemes[0].name(), c.schemes[1].name(), c.schemes[2].name(), c.schemes[3].name());
+  s += fmt::format("GpuLinear: kernel {}, splits {}, activation scale per {}, mask {}; schemes {}, {}, {}, {}\n", o.kernel,
+                   o.splits > 0 ? std::to_string(o.splits) : std::string("auto"), o.act_scale, o.mask, c.schemes[0].name(), c.schemes[1].name(), c.schemes[2].name(), c.schemes[3].name());
+  s += "FP4 prefill split-K: clusters per wave";
+  for (int sp = 2; sp <= 8; ++sp) s += fmt::format(" c={}: {}", sp, cuda::fp4_gemm_prefill_clusters_per_wave(sp));
+  s += fmt::format(" ({} SMs)\n", cuda::fp4_gemm_prefill_clusters_per_wave(1));
   s += "fp8 = the fp8 scheme (E4M3, per-channel W and per-token X scales, cuBLASLt OUTER_VEC_32F); fp8:tens = per-tensor"
        " FP8, an extra, faster reference (not a sharq scheme). Both GEMM only (X pre-quantized).\n";
   s += "TB/s bytes: W + X + Y once each (fp16/bf16 2NK+2MK+2MN; fp8 NK+MK+4(M+N)+2MN; fp8:tens NK+MK+8+2MN; GpuLinear forward weight_bytes+2MK+2MN,"
@@ -868,6 +871,8 @@ int run_bench_gemm(const BenchGemmOptions& opt_in) {
   else if (opt.kernel == "prefill") c.lin_opt.kernel = cuda::Fp4GemmKernel::prefill;
   else if (opt.kernel == "small") c.lin_opt.kernel = cuda::Fp4GemmKernel::small;
   else throw std::invalid_argument("bench gemm: --kernel must be auto, small or prefill (got '" + opt.kernel + "')");
+  if (opt.splits < 0) throw std::invalid_argument(fmt::format("bench gemm: --splits must be >= 0 (got {})", opt.splits));
+  c.lin_opt.splits = opt.splits;
   if (opt.act_scale != "token" && opt.act_scale != "tensor")
     throw std::invalid_argument("bench gemm: --act-scale must be token or tensor (got '" + opt.act_scale + "')");
   c.per_token = opt.act_scale == "token";

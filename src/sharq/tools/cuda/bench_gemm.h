@@ -48,6 +48,7 @@ struct BenchGemmOptions {
   int warmup = 10;                   // warm-up calls per method (at least one per buffer set)
   int max_sets = 16;                 // cap on the rotating buffer sets per method
   std::string kernel = "auto";       // GpuLinear GEMM kernel: auto | small | prefill
+  int splits = 0;                    // FP4 GEMMs: force the split-K count (0: the planner's)
   std::string act_scale = "token";   // SharQ / NVFP4 activation g_x: token | tensor
   std::string mask = "p48";          // SharQ mask: p48 | s24
   uint64_t seed = 1;                 // seed of the random X and W
