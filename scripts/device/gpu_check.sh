@@ -16,7 +16,7 @@ while [[ $# -gt 0 ]]; do
 done
 BUILD=${BUILD:-build-gpu}
 # the image has no cpp-httplib: use the carried Debian files when they came along (sharq serve)
-if [[ -d local/debs ]] && ! pkg-config --exists cpp-httplib 2>/dev/null; then source scripts/device/carried_httplib.sh; fi
+if [[ -d local/debs ]] && ! pkg-config --exists cpp-httplib 2>/dev/null; then source scripts/device/carried_httplib.sh local/debs; fi  # the folder named: a sourced file without arguments would see this script's own (ctest options)
 {
   echo "tree: the working tree as sent (the device copy's .git may be stale: record the local HEAD)"
   nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
