@@ -36,16 +36,23 @@ SHARQ_HD bool ranks_above(float a, float b) {
   return na ? !nb : (!nb && a > b);
 }
 
+// PairScore::max (the spec's score) on its own, for code that hoists the kind out of its loops.
+SHARQ_HD float pair_score_max(float a, float b) {
+  const float x = abs_f32(a), y = abs_f32(b);
+  if (is_nan(x) || is_nan(y)) return f32_from_bits(0x7FC00000u);
+  return x > y ? x : y;
+}
+
 SHARQ_HD float pair_score(float a, float b, PairScore kind) {
+  if (kind == PairScore::max) return pair_score_max(a, b);
   const float x = abs_f32(a), y = abs_f32(b);
   if (is_nan(x) || is_nan(y)) return f32_from_bits(0x7FC00000u);
   const float hi = x > y ? x : y, lo = x > y ? y : x;
   switch (kind) {
     case PairScore::l1: return x + y;
     case PairScore::l2sq: return x * x + y * y;
-    case PairScore::max_quarter_min: return hi + 0.25f * lo;
-    case PairScore::max:
-    default: return hi;
+    case PairScore::max_quarter_min:
+    default: return hi + 0.25f * lo;
   }
 }
 

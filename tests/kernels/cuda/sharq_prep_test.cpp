@@ -55,6 +55,7 @@ struct Case {
   GlobalScale gs;
   DType dt;
   bool rms, outliers;
+  PairScore score = PairScore::max;  // pair-4:8's pair score (max is the spec; the others are ablations)
 };
 
 template <class V, int G>
@@ -71,7 +72,7 @@ void run_case(const Case& c, uint64_t seed, const std::vector<float>* forced = n
     rmsnorm_reference(xin.f.data(), c.M, c.K, w.f.data(), 1e-6f, ref_in.data());
   }
   const GlobalScale ref_gs = V::kGlobal ? c.gs : GlobalScale::none;
-  const auto ref = sharq_prepare<V, G>(ref_in.data(), c.M, c.K, PairScore::max, ref_gs);
+  const auto ref = sharq_prepare<V, G>(ref_in.data(), c.M, c.K, c.score, ref_gs);
 
   const int64_t spans = (c.K + 31) / 32, ld = (c.K + 127) / 128 * 128;
   using bb_t = backbone_block_t<V, G>;
@@ -92,6 +93,7 @@ void run_case(const Case& c, uint64_t seed, const std::vector<float>* forced = n
   PrepSpec spec;
   spec.fmt = c.fmt;
   spec.mask = c.mask;
+  spec.score = c.score;
   spec.act_scale = c.gs;
   spec.input = c.rms ? PrepInput::rmsnorm : PrepInput::plain;
   PrepOut out;
@@ -136,7 +138,8 @@ void run_case(const Case& c, uint64_t seed, const std::vector<float>* forced = n
 void run(const Case& c, uint64_t seed, const std::vector<float>* forced = nullptr) {
   SCOPED_TRACE(::testing::Message() << "M=" << c.M << " K=" << c.K << " fmt=" << static_cast<int>(c.fmt)
                                     << " mask=" << static_cast<int>(c.mask) << " gs=" << static_cast<int>(c.gs)
-                                    << " dt=" << static_cast<int>(c.dt) << " rms=" << c.rms << " outliers=" << c.outliers);
+                                    << " dt=" << static_cast<int>(c.dt) << " rms=" << c.rms << " outliers=" << c.outliers
+                                    << " score=" << static_cast<int>(c.score));
   if (c.fmt == SharqFormat::nvfp4) {
     if (c.mask == MaskKind::pair48) run_case<SharqNvfp4, 8>(c, seed, forced);
     else run_case<SharqNvfp4, 4>(c, seed, forced);
@@ -159,6 +162,30 @@ TEST(SharqPrep, BitIdenticalToTheCpuReferenceAcrossShapesAndOptions) {
           run({M, K, f, mk, GlobalScale::per_row, DType::bf16, false, outl}, ++seed);
           if (f == SharqFormat::nvfp4) run({M, K, f, mk, GlobalScale::per_tensor, DType::bf16, false, outl}, ++seed);
         }
+}
+
+// The authors' pair-score ablations (l1, l2sq, max + min / 4) beside the spec's max: the thread-per-
+// span kernels run max in a span loop of its own, every other score in the general one; the warp
+// kernels take the score at run time. NaN and Inf pairs included (the outlier rows).
+TEST(SharqPrep, EveryPairScoreIsBitIdentical) {
+  SKIP_WITHOUT_GPU();
+  uint64_t seed = 700;
+  for (PairScore sc : {PairScore::max, PairScore::l1, PairScore::l2sq, PairScore::max_quarter_min})
+    for (auto [M, K] : {std::pair<int64_t, int64_t>{5, 4096}, {100, 4160}})
+      for (SharqFormat f : {SharqFormat::nvfp4, SharqFormat::mxfp4}) {
+        Case c{M, K, f, MaskKind::pair48, GlobalScale::per_row, DType::bf16, false, true};
+        c.score = sc;
+        run(c, ++seed);
+      }
+  const int64_t M = 72, K = 256;
+  auto x = input_values(M, K, 901, true, DType::bf16);
+  x[3 * K + 9] = std::numeric_limits<float>::quiet_NaN();
+  x[70 * K + 100] = std::numeric_limits<float>::infinity();
+  for (PairScore sc : {PairScore::l1, PairScore::l2sq, PairScore::max_quarter_min}) {
+    Case c{M, K, SharqFormat::nvfp4, MaskKind::pair48, GlobalScale::per_row, DType::bf16, false, false};
+    c.score = sc;
+    run(c, 0, &x);
+  }
 }
 
 TEST(SharqPrep, FusedRmsNormAndFp16InputsAreBitIdentical) {

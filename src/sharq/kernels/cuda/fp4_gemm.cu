@@ -367,6 +367,41 @@ __device__ __forceinline__ void decode_step(const RawW<Block>& r, uint32_t (&f)[
   }
 }
 
+// ---- split-K sums (both families) ----------------------------------------------------------------
+__device__ __forceinline__ void add4(float4& s, const float4 v) {
+  s.x += v.x;
+  s.y += v.y;
+  s.z += v.z;
+  s.w += v.w;
+}
+// Y[m][col .. col + 3] (the columns < N) = s * (row_scale[m] * g_w) (+ bias), FP32 or BF16: the
+// epilogue of a split-K sum (s: the partials, times kPost, summed in split order). col % 4 == 0.
+__device__ __forceinline__ void store_sum4(const Fp4GemmParams& prm, int64_t m, int64_t col, const float4 s) {
+  const float rs = prm.rs ? prm.rs[prm.rs_per_row ? m : 0] : 1.0f;
+  const float v[4] = {s.x, s.y, s.z, s.w};
+  float o[4];
+#pragma unroll
+  for (int e = 0; e < 4; ++e) {
+    o[e] = 0.0f;
+    if (col + e >= prm.N) continue;
+    o[e] = v[e] * (rs * prm.gw[prm.gw_per_col ? col + e : 0]);
+    if (prm.bias) o[e] += prm.bias[col + e];
+  }
+  if (prm.y_f32) {
+#pragma unroll
+    for (int e = 0; e < 4; ++e)
+      if (col + e < prm.N) prm.y_f32[m * prm.ldy + col + e] = o[e];
+  } else if (prm.y_store != 2 && col + 3 < prm.N) {  // 4-byte aligned pairs (col is even)
+    auto* dst = reinterpret_cast<__nv_bfloat162*>(prm.y + m * prm.ldy + col);
+    dst[0] = __floats2bfloat162_rn(o[0], o[1]);
+    dst[1] = __floats2bfloat162_rn(o[2], o[3]);
+  } else {
+#pragma unroll
+    for (int e = 0; e < 4; ++e)
+      if (col + e < prm.N) prm.y[m * prm.ldy + col + e] = __float2bfloat16_rn(o[e]);
+  }
+}
+
 // ---- split-K epilogue (prefill) ----------------------------------------------------------------
 // With prm.splits = c > 1 the c CTAs (blockIdx.z = 0 .. c - 1) of one (n, m) tile form one thread
 // block cluster, and CTA z has summed the k-tiles [z kps, (z + 1) kps). Each CTA stores its FP32
@@ -402,36 +437,8 @@ __device__ __forceinline__ void split_epilogue(const Fp4GemmParams& prm, const f
     if (t >= NT || m >= prm.M) break;  // the rows ascend with tr
     const uint32_t a = smem0 + static_cast<uint32_t>((t * kRedPitch + 4 * cq) * 4);
     float4 sum = ld_cluster_f4(cluster_map(a, 0));
-    for (int r = 1; r < c; ++r) {
-      const float4 v = ld_cluster_f4(cluster_map(a, static_cast<uint32_t>(r)));
-      sum.x += v.x;
-      sum.y += v.y;
-      sum.z += v.z;
-      sum.w += v.w;
-    }
-    const float rs = prm.rs ? prm.rs[prm.rs_per_row ? m : 0] : 1.0f;
-    const float v[4] = {sum.x, sum.y, sum.z, sum.w};
-    float o[4];
-#pragma unroll
-    for (int e = 0; e < 4; ++e) {
-      o[e] = 0.0f;
-      if (col + e >= prm.N) continue;
-      o[e] = v[e] * (rs * prm.gw[prm.gw_per_col ? col + e : 0]);
-      if (prm.bias) o[e] += prm.bias[col + e];
-    }
-    if (prm.y_f32) {
-#pragma unroll
-      for (int e = 0; e < 4; ++e)
-        if (col + e < prm.N) prm.y_f32[m * prm.ldy + col + e] = o[e];
-    } else if (prm.y_store != 2 && col + 3 < prm.N) {  // 4-byte aligned pairs (col is even)
-      auto* dst = reinterpret_cast<__nv_bfloat162*>(prm.y + m * prm.ldy + col);
-      dst[0] = __floats2bfloat162_rn(o[0], o[1]);
-      dst[1] = __floats2bfloat162_rn(o[2], o[3]);
-    } else {
-#pragma unroll
-      for (int e = 0; e < 4; ++e)
-        if (col + e < prm.N) prm.y[m * prm.ldy + col + e] = __float2bfloat16_rn(o[e]);
-    }
+    for (int r = 1; r < c; ++r) add4(sum, ld_cluster_f4(cluster_map(a, static_cast<uint32_t>(r))));
+    store_sum4(prm, m, col, sum);
   }
   cluster_sync();
 }
@@ -941,23 +948,8 @@ __global__ void __launch_bounds__(256) splitk_reduce_kernel(const Fp4GemmParams 
   if (col >= prm.N) return;
   const int64_t plane = prm.M * prm.Np;
   float4 s = *reinterpret_cast<const float4*>(prm.ws + row * prm.Np + col);
-  for (int sp = 1; sp < splits; ++sp) {
-    const float4 v = *reinterpret_cast<const float4*>(prm.ws + sp * plane + row * prm.Np + col);
-    s.x += v.x;
-    s.y += v.y;
-    s.z += v.z;
-    s.w += v.w;
-  }
-  const float r = prm.rs ? prm.rs[prm.rs_per_row ? row : 0] : 1.0f;
-  const float v[4] = {s.x, s.y, s.z, s.w};
-#pragma unroll
-  for (int e = 0; e < 4; ++e) {
-    if (col + e >= prm.N) break;
-    float o = v[e] * (r * prm.gw[prm.gw_per_col ? col + e : 0]);
-    if (prm.bias) o += prm.bias[col + e];
-    if (prm.y_f32) prm.y_f32[row * prm.ldy + col + e] = o;
-    else prm.y[row * prm.ldy + col + e] = __float2bfloat16_rn(o);
-  }
+  for (int sp = 1; sp < splits; ++sp) add4(s, *reinterpret_cast<const float4*>(prm.ws + sp * plane + row * prm.Np + col));
+  store_sum4(prm, row, col, s);
 }
 
 template <class T, int P, int Block, int NT>

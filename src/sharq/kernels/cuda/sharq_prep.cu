@@ -242,12 +242,13 @@ __device__ __forceinline__ uint8_t top2_of4_reg(const float (&s)[4]) {
 }
 
 // Metadata nibble of one mask group (x: the group's Group values): pair48_select / scalar24_select.
-template <int Group>
+// kMaxScore: the score is PairScore::max (the caller hoisted the test out of its span loop).
+template <int Group, bool kMaxScore>
 __device__ __forceinline__ uint8_t group_select(const float* x, PairScore score) {
   float s[4];
   if constexpr (Group == 8) {
 #pragma unroll
-    for (int p = 0; p < 4; ++p) s[p] = pair_score(x[2 * p], x[2 * p + 1], score);
+    for (int p = 0; p < 4; ++p) s[p] = kMaxScore ? pair_score_max(x[2 * p], x[2 * p + 1]) : pair_score(x[2 * p], x[2 * p + 1], score);
   } else {
 #pragma unroll
     for (int i = 0; i < 4; ++i) s[i] = abs_f32(x[i]);
@@ -288,7 +289,7 @@ __device__ __forceinline__ void quantize_regs(const float* v, BlockQ<F, N>& q) {
   if constexpr (std::is_same_v<typename F::scale_t, scale_ue4m3>) {
     const E2m1Thresholds t = e2m1_thresholds(dd);
 #pragma unroll
-    for (int k = 0; k < N; ++k) q.code[k] = d == 0.0f ? uint8_t{0} : e2m1_encode_thresholds(v[k], t);
+    for (int k = 0; k < N; ++k) q.code[k] = d == 0.0f ? uint8_t{0} : e2m1_encode_thresholds_nonnan(v[k], t);  // d != 0: no NaN
   } else {
     static_assert(std::is_same_v<typename F::scale_t, scale_ue8m0>, "NVFP4 or MXFP4 blocks");
     const float inv = 1.0f / dd;
@@ -310,7 +311,8 @@ __device__ __forceinline__ void store_half8(__half* dst, const float* v) {
 }
 
 // One 32-wide backbone span, one thread, all in registers (the register form of sharq_prepare_span).
-template <class V, int Group, class R>
+// kMaxScore: a.score is PairScore::max (pair-4:8 only; see group_select).
+template <class V, int Group, bool kMaxScore, class R>
 __device__ __forceinline__ void thread_span(const RowArgs& a, int64_t m, int64_t sp, float g, const R& row) {
   using Fbb = typename V::Fbb;
   using Fres = typename V::Fres;
@@ -330,7 +332,7 @@ __device__ __forceinline__ void thread_span(const RowArgs& a, int64_t m, int64_t
 #pragma unroll
   for (int gi = 0; gi < kGroups; ++gi) {
     const float* xg = x + gi * Group;
-    meta[gi] = group_select<Group>(xg, a.score);
+    meta[gi] = group_select<Group, kMaxScore>(xg, a.score);
     const int i0 = meta[gi] & 3, i1 = meta[gi] >> 2;  // i0 < i1
     if constexpr (Group == 8) {  // pairs i0, i1
       float e[4], o[4];  // even / odd member of each pair
@@ -359,9 +361,6 @@ __device__ __forceinline__ void thread_span(const RowArgs& a, int64_t m, int64_t
       return i0 == i ? bq.deq[2 * gi] : (i1 == i ? bq.deq[2 * gi + 1] : 0.0f);
     }
   };
-  // 3. residual against the quantized backbone (in place)
-#pragma unroll
-  for (int k = 0; k < 32; ++k) x[k] = x[k] - s_hat(k);
   const int64_t idx = m * a.spans + sp;
   if (a.out.backbone) {
     bb_t* bb = static_cast<bb_t*>(a.out.backbone) + idx;
@@ -372,12 +371,19 @@ __device__ __forceinline__ void thread_span(const RowArgs& a, int64_t m, int64_t
     for (int i = 0; i < 8; ++i) bb->qs[i] = static_cast<uint8_t>(bq.code[2 * i] | (bq.code[2 * i + 1] << 4));
   }
   static_assert(kKeep * kGroups == 16, "half of the span is kept");
-  // 4. residual blocks, then the outputs of their positions
+  // 3. per residual block: the residual against the quantized backbone, its block, then the
+  // outputs of its positions (S^ of the block's positions evaluated once, for both)
   const int64_t o = m * a.ld + sp * 32;
 #pragma unroll
   for (int b = 0; b < kRes; ++b) {
+    float sh[kRB], r[kRB];
+#pragma unroll
+    for (int j = 0; j < kRB; ++j) {
+      sh[j] = s_hat(b * kRB + j);
+      r[j] = x[b * kRB + j] - sh[j];
+    }
     BlockQ<Fres, kRB> rq;
-    quantize_regs<Fres, kRB>(x + b * kRB, rq);
+    quantize_regs<Fres, kRB>(r, rq);
     if (a.out.residual) {
       auto* res = static_cast<typename Fres::block_t*>(a.out.residual) + idx * kRes + b;
       res->s = rq.s;
@@ -387,17 +393,12 @@ __device__ __forceinline__ void thread_span(const RowArgs& a, int64_t m, int64_t
     if constexpr (V::kGlobal) {  // FP16 planes: NVFP4 only (checked on the host)
 #pragma unroll
       for (int c = 0; c < kRB / 8; ++c) {
-        float sh[8], rh[8], xh[8];
+        float xh[8];
 #pragma unroll
-        for (int j = 0; j < 8; ++j) {
-          const int k = b * kRB + c * 8 + j;
-          sh[j] = s_hat(k);
-          rh[j] = rq.deq[c * 8 + j];
-          xh[j] = sh[j] + rh[j];  // S^ + R^ exact in FP32 (NVFP4), rounded once
-        }
+        for (int j = 0; j < 8; ++j) xh[j] = sh[c * 8 + j] + rq.deq[c * 8 + j];  // S^ + R^ exact in FP32 (NVFP4), rounded once
         const int64_t oc = o + b * kRB + c * 8;
-        if (a.out.s_plane) store_half8(a.out.s_plane + oc, sh);
-        if (a.out.r_plane) store_half8(a.out.r_plane + oc, rh);
+        if (a.out.s_plane) store_half8(a.out.s_plane + oc, sh + c * 8);
+        if (a.out.r_plane) store_half8(a.out.r_plane + oc, rq.deq + c * 8);
         if (a.out.x_plane) store_half8(a.out.x_plane + oc, xh);
       }
     }
@@ -439,7 +440,12 @@ __global__ void __launch_bounds__(256) sharq_prep_kernel(RowArgs a) {
   }
   int64_t b, e;
   span_range(a.spans, &b, &e);
-  for (int64_t sp = b + threadIdx.x; sp < e; sp += blockDim.x) thread_span<V, Group>(a, m, sp, g, row);
+  // the pair score tested once, not per pair: the spec's max gets a span loop of its own
+  if (Group == 4 || a.score == PairScore::max) {
+    for (int64_t sp = b + threadIdx.x; sp < e; sp += blockDim.x) thread_span<V, Group, true>(a, m, sp, g, row);
+  } else {
+    for (int64_t sp = b + threadIdx.x; sp < e; sp += blockDim.x) thread_span<V, Group, false>(a, m, sp, g, row);
+  }
   if (blockIdx.y == 0) {
     zero_tail(a.out.s_plane, a, m);
     zero_tail(a.out.r_plane, a, m);
