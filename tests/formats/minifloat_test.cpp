@@ -5,6 +5,9 @@
 //    when the build found the headers (SHARQ_HAVE_CUDA_HEADERS); otherwise those tests skip;
 //  - the slow nearest-representable-value codecs of tests/support/reference_codecs.h, which need
 //    nothing and are the only reference for E6M2 and S1P2 (no CUDA counterpart).
+#if defined(__SSE__) || defined(__x86_64__)
+#include <xmmintrin.h>
+#endif
 #include <gtest/gtest.h>
 
 #include <cfloat>
@@ -195,6 +198,26 @@ TEST(E2M1, DecodeEveryCodeMatchesSpecTable) {
     EXPECT_EQ(std::signbit(v), (c & 8) != 0) << "code " << c;  // 0x8 is -0
     EXPECT_EQ(static_cast<double>(sharq::e2m1_magnitude(static_cast<uint8_t>(c & 7))), mags[c & 7]);
   }
+}
+
+// The decode uses no subnormal, so a process running with flush-to-zero and denormals-are-zero
+// (torch.set_flush_denormal(True), -ffast-math startup code) decodes every code the same way.
+TEST(E2M1, DecodeIsUnchangedUnderFlushToZeroAndDenormalsAreZero) {
+#if defined(__SSE__) || defined(__x86_64__)
+  const unsigned csr = _mm_getcsr();
+  float plain[16];
+  for (int c = 0; c < 16; ++c) plain[c] = sharq::e2m1_decode(static_cast<uint8_t>(c));
+  _mm_setcsr(csr | 0x8040u);  // FTZ (bit 15) | DAZ (bit 6)
+  volatile float tiny = std::numeric_limits<float>::denorm_min();
+  const bool daz_active = tiny * 2.0f == 0.0f;  // the mode really is on
+  uint32_t got[16];
+  for (int c = 0; c < 16; ++c) got[c] = sharq::f32_bits(sharq::e2m1_decode(static_cast<uint8_t>(c)));
+  _mm_setcsr(csr);
+  EXPECT_TRUE(daz_active);
+  for (int c = 0; c < 16; ++c) EXPECT_EQ(got[c], sharq::f32_bits(plain[c])) << "code " << c;
+#else
+  GTEST_SKIP() << "no SSE control register on this target";
+#endif
 }
 
 TEST(E2M1, EncodeTiesHandChecked) {

@@ -73,7 +73,8 @@ SHARQ_HD E2m1Thresholds e2m1_thresholds(float s) {
 
 // The same code for a v that is not NaN (the caller knows: a block with a NaN gets the NaN scale
 // and all-zero codes before any element is encoded). The magnitude is the number of thresholds
-// |v| reaches; the thresholds are nondecreasing, so a three-step binary search finds it (three
+// |v| reaches; for every finite s > 0 (the only divisors: a zero divisor means all-zero codes and
+// never gets here) the thresholds are nondecreasing, so a three-step binary search finds it (three
 // compares instead of seven: the GPU prep's hottest step).
 SHARQ_HD uint8_t e2m1_encode_thresholds_nonnan(float v, const E2m1Thresholds& t) {
   const uint32_t sign = (f32_bits(v) >> 28) & 0x8u;
@@ -89,15 +90,16 @@ SHARQ_HD uint8_t e2m1_encode_thresholds(float v, const E2m1Thresholds& t) {
 }
 
 SHARQ_HD float e2m1_magnitude(uint8_t code3) {
-  // 0, 0.5, 1, 1.5, 2, 3, 4, 6 without a table or a branch: the three bits e1 e0 m as FP32 bits
-  // 24..22 are the exponent field e and the mantissa's top bit, i.e. (1 + m/2) 2^(e-127), or for
-  // e = 0 the subnormal m 2^-127; times 2^126 (exact) that is the E2M1 value.
-  return f32_from_bits(static_cast<uint32_t>(code3 & 0x7) << 22) * 0x1p126f;
+  // 0, 0.5, 1, 1.5, 2, 3, 4, 6 without a branch or a memory table: twice the value is a nibble of
+  // 0xC8643210, made a float by the magic-number trick (2^23 + n - 2^23, exact) and halved (exact).
+  // No subnormal is involved anywhere, so flush-to-zero / denormals-are-zero modes cannot change it.
+  const uint32_t twice = (0xC8643210u >> (4u * (code3 & 0x7u))) & 0xFu;
+  return (f32_from_bits(0x4B000000u | twice) - 8388608.0f) * 0.5f;
 }
 
 SHARQ_HD float e2m1_decode(uint8_t code) {
   // e2m1_magnitude with the sign as FP32 bit 31 (code 0x8 is -0, as negating +0 gives)
-  return f32_from_bits((static_cast<uint32_t>(code & 0x8) << 28) | (static_cast<uint32_t>(code & 0x7) << 22)) * 0x1p126f;
+  return f32_from_bits(f32_bits(e2m1_magnitude(code)) | (static_cast<uint32_t>(code & 0x8) << 28));
 }
 
 // ---------------------------------------------------------------------------------------------

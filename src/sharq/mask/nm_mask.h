@@ -51,8 +51,8 @@ SHARQ_HD float pair_score(float a, float b, PairScore kind) {
   switch (kind) {
     case PairScore::l1: return x + y;
     case PairScore::l2sq: return x * x + y * y;
-    case PairScore::max_quarter_min:
-    default: return hi + 0.25f * lo;
+    case PairScore::max_quarter_min: return hi + 0.25f * lo;
+    default: return hi;
   }
 }
 

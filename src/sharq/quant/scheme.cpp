@@ -53,8 +53,9 @@ const std::vector<std::string>& scheme_base_names() {
 const char* scheme_options_help() {
   return "  p48 | s24 | nmN_M       mask of the SharQ backbone (default p48; sharq-hif4: s24; nmN_M: CPU only)\n"
          "  max | l1 | l2 | maxmin  pair score of the p48 mask (default max)\n"
-         "  token | tensor          activation scale of nvfp4/sharq (default token: batch-invariant;\n"
-         "                          tensor: the paper's per-tensor g_x)\n"
+         "  token | tensor          activation scale of nvfp4/sharq (default token: per-row, batch-invariant\n"
+         "                          up to the GPU's prefill split-K, docs/numerics.md; tensor: the paper's\n"
+         "                          per-tensor g_x)\n"
          "  merged                  sharq: pre-add the paths in FP16, one GEMM (GPU speed mode)\n"
          "  w16                     sharq: NVFP4-16 weights instead of the shared W32 payload\n";
 }

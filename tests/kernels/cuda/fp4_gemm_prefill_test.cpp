@@ -93,8 +93,9 @@ constexpr uint16_t kPoison = 0xFFFF;
 // Runs the kernel on the given tiles and planes; returns the whole (poisoned first) Y buffer.
 PrefillRun run_prefill(const Fp4Tiles& tiles, const std::vector<std::vector<uint16_t>>& planes, int64_t M, int64_t lda,
                        bool bf16, const std::vector<float>& row_scale, int splits = 0) {
-  // ldy % 8 == 0 takes the kernel's 16-byte store path, ldy % 8 == 2 its 4-byte one
-  const int64_t ldy = tiles.N + (M % 3 == 0 ? 2 : 8);
+  // ldy % 8 == 0 takes the kernel's 16-byte store path, ldy % 8 == 2 its 4-byte one, an odd ldy
+  // its element stores (and the split sums' element fallback)
+  const int64_t ldy = tiles.N + (M % 3 == 0 ? 2 : M % 3 == 1 ? 8 : 1);
   const auto w = cuda::DeviceFp4Weights::upload(tiles);
   std::vector<cuda::DeviceBuffer<uint16_t>> dplanes;
   for (const auto& p : planes) {
@@ -199,6 +200,9 @@ void sweep(Mode mode) {
           if (M == 1 && c.rs_kind == 2) c.rs_kind = 1;
           ++variant;
           check_case(c, seed++);
+          // the planner splits K = 4096 here (few weight-row tiles): the unsplit kernel over many
+          // k-tiles (batch_invariant, large M) is checked too
+          if (K >= 1024) check_case(c, seed++, 1);
           if (::testing::Test::HasFatalFailure()) return;
         }
 }
@@ -223,14 +227,18 @@ TEST(Fp4GemmPrefill, LargerShapeMatchesTheReference) {
   SKIP_WITHOUT_GPU();
   check_case(Case{1000, 1024, 2048, 32, Mode::exact, 2, true}, 4242);
   check_case(Case{513, 640, 1152, 16, Mode::merged, 1, false}, 4243);
+  check_case(Case{1000, 1024, 2048, 32, Mode::exact, 2, true}, 4244, 1);  // unsplit, many k-tiles
 }
 
-// Forced split-K cluster sizes, powers of two and not (3, 5, 6: the token rows of a tile do not
-// divide evenly among the CTAs), on partial weight-row and token tiles, odd and even ldy, every
-// mode; and a count that would leave a split empty falls back to the largest valid one.
+// Forced split-K cluster sizes, powers of two and not (3, 5, 6, 7: the token rows of a tile do not
+// divide evenly among the CTAs), on partial weight-row and token tiles, odd (element stores) and
+// even ldy, K not a multiple of 128, every mode; and a count that would leave a split empty falls
+// back to the largest valid one.
 TEST(Fp4GemmPrefill, ForcedSplitsMatchTheReference) {
   SKIP_WITHOUT_GPU();
   uint64_t seed = 3000;
+  check_case(Case{200, 200, 4000, 32, Mode::exact, 2, true}, seed++, 7);  // N % 128, K % 128 != 0, 7 splits
+  check_case(Case{77, 136, 1000, 16, Mode::merged, 1, false}, seed++, 3);
   for (int splits : {2, 3, 4, 5, 6, 8})
     for (Mode mode : {Mode::merged, Mode::exact, Mode::w4a16}) {
       check_case(Case{splits % 2 ? 77 : 300, 384, 4096, splits % 3 ? 32 : 16, mode, splits % 3, splits == 4}, seed++, splits);

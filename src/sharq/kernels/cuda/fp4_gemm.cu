@@ -141,7 +141,7 @@ struct Fp4GemmParams {
   float* y_f32;              // non-null: FP32 output instead of y (tests)
   int64_t ldy;
   const float* bias;         // null or N floats, added in FP32 before the output rounding
-  int y_store;               // prefill epilogue stores: 16 (rows 16-byte aligned), 4 (pairs) or 2 bytes
+  int y_store;               // BF16 stores of the prefill epilogue and the split sums: 16 (rows 16-byte aligned), 4 (pairs) or 2 bytes
   float* ws;                 // small with splits > 1: FP32 partials [split][M][Np] instead of Y
 };
 
@@ -216,7 +216,7 @@ __device__ __forceinline__ void cluster_sync() {
 // The shared::cluster address of the same variable in CTA `rank` of the cluster.
 __device__ __forceinline__ uint32_t cluster_map(uint32_t saddr, uint32_t rank) {
   uint32_t r;
-  asm volatile("mapa.shared::cluster.u32 %0, %1, %2;\n" : "=r"(r) : "r"(saddr), "r"(rank));
+  asm("mapa.shared::cluster.u32 %0, %1, %2;\n" : "=r"(r) : "r"(saddr), "r"(rank));  // pure: no side effect
   return r;
 }
 __device__ __forceinline__ float4 ld_cluster_f4(uint32_t caddr) {
@@ -406,10 +406,10 @@ __device__ __forceinline__ void store_sum4(const Fp4GemmParams& prm, int64_t m, 
 // With prm.splits = c > 1 the c CTAs (blockIdx.z = 0 .. c - 1) of one (n, m) tile form one thread
 // block cluster, and CTA z has summed the k-tiles [z kps, (z + 1) kps). Each CTA stores its FP32
 // partial (times kPost: exact) as [NT tokens][kRedPitch] in its own shared memory; after a cluster
-// barrier CTA r sums the token rows [r NT / c, (r + 1) NT / c) over the CTAs 0, 1, .., c - 1 in
-// that order through distributed shared memory (deterministic, and the same order for every M:
-// the split count comes from N and K only), scales them, adds the bias and stores Y. A second
-// barrier keeps every CTA's shared memory alive until the last remote read.
+// barrier CTA r sums the token rows [r R, (r + 1) R), R = ceil(NT / c), over the CTAs 0, 1, ..,
+// c - 1 in that order through distributed shared memory (deterministic for a given c), scales
+// them, adds the bias and stores Y. A second barrier keeps every CTA's shared memory alive until
+// the last remote read.
 // Partial stores: thread (w, g, q) writes token 8 j + 2 q + h, column na / nb: bank
 // (4 (8 j + 2 q + h) + na) % 32 = (8 q + g + const) % 32, distinct across the warp.
 template <class T, int NT>
@@ -1180,7 +1180,8 @@ Fp4GemmPlan fp4_gemm_plan(int64_t M, const DeviceFp4Weights& w, Fp4GemmKernel ke
 size_t fp4_gemm_workspace_bytes(int64_t max_M, const DeviceFp4Weights& w, Fp4GemmKernel kernel, int splits,
                                 bool batch_invariant) {
   if (max_M <= 0) return 0;
-  // The split count does not depend on M, so the largest small-family M needs the most.
+  // Only the small family uses a workspace, and its split count does not depend on M: the largest
+  // small-family M needs the most. (The prefill family sums its splits in shared memory.)
   const int64_t m = kernel == Fp4GemmKernel::prefill ? max_M : std::min(max_M, kSmallMaxM);
   return fp4_gemm_plan(m, w, kernel == Fp4GemmKernel::prefill ? kernel : Fp4GemmKernel::small, splits, batch_invariant)
       .workspace_bytes;

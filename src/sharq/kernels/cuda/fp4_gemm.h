@@ -18,8 +18,8 @@
 //   small   (M <= kSmallMaxM, decode): token tiles of 8 / 16 / 32 / 64, split-K over the grid with
 //           FP32 partials summed in split order by one reduction kernel (deterministic);
 //   prefill (M >  kSmallMaxM): token tiles of 128 / 256; split-K over a thread block cluster of
-//           1, 2, 4 or 8 CTAs whose FP32 partials are summed in rank order through distributed
-//           shared memory (deterministic, no workspace, no second kernel).
+//           1 to 8 CTAs whose FP32 partials are summed in rank order through distributed shared
+//           memory (deterministic, no workspace, no second kernel).
 //
 // Batch invariance (docs/numerics.md): in the small family the K-reduction order of an output element
 // (the split count and the k-tile order) depends on N and K only, never on M; so a row's result is
@@ -81,8 +81,9 @@ struct Fp4GemmPlan {
 
 // The plan of one call. The small family's split count comes from (N, K) and the card's SM count
 // only; the prefill family's also from M (its token tiles), or 1 with batch_invariant. splits > 0
-// forces a count (tuning and tests): small clamps it to Kp / 128, prefill takes the largest count
-// <= min(splits, 8) that leaves no split empty and that the card can co-schedule.
+// forces a count in both families (tuning and tests; it wins over batch_invariant, and is
+// M-independent too): small clamps it to Kp / 128, prefill takes the largest count <= min(splits, 8)
+// that leaves no split empty and that the card can co-schedule.
 // Throws std::invalid_argument for a forced family that cannot run M.
 Fp4GemmPlan fp4_gemm_plan(int64_t M, const DeviceFp4Weights& w, Fp4GemmKernel kernel = Fp4GemmKernel::automatic,
                           int splits = 0, bool batch_invariant = false);

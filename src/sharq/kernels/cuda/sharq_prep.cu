@@ -441,7 +441,9 @@ __global__ void __launch_bounds__(256) sharq_prep_kernel(RowArgs a) {
   int64_t b, e;
   span_range(a.spans, &b, &e);
   // the pair score tested once, not per pair: the spec's max gets a span loop of its own
-  if (Group == 4 || a.score == PairScore::max) {
+  if constexpr (Group == 4) {  // scalar 2:4: no pair score
+    for (int64_t sp = b + threadIdx.x; sp < e; sp += blockDim.x) thread_span<V, Group, true>(a, m, sp, g, row);
+  } else if (a.score == PairScore::max) {
     for (int64_t sp = b + threadIdx.x; sp < e; sp += blockDim.x) thread_span<V, Group, true>(a, m, sp, g, row);
   } else {
     for (int64_t sp = b + threadIdx.x; sp < e; sp += blockDim.x) thread_span<V, Group, false>(a, m, sp, g, row);

@@ -45,7 +45,7 @@ struct GpuLinearOptions {
   int64_t max_m = 64;                               // rows per call, at most (sizes every buffer)
   bool own_scratch = true;                          // allocate the activations + workspace forward() uses
   Fp4GemmKernel kernel = Fp4GemmKernel::automatic;  // FP4 schemes: force a family (tests, benches)
-  int splits = 0;                                   // FP4 schemes: force the split count (tuning)
+  int splits = 0;                                   // FP4 schemes: force the split count of both GEMM families (tuning)
   bool batch_invariant = false;                     // FP4 schemes: one prefill split for every M (fp4_gemm.h)
 };
 
