@@ -160,16 +160,10 @@ ParsedResponse parse_qwen3_response(const std::string& text, bool reasoning, boo
   return r;
 }
 
-std::string response_message_json(const ParsedResponse& r, const std::string& id_prefix) {
-  nlohmann::ordered_json m;
-  m["role"] = "assistant";
-  m["content"] = r.content ? nlohmann::ordered_json(*r.content) : nlohmann::ordered_json(nullptr);
-  m["reasoning_content"] = r.reasoning_content ? nlohmann::ordered_json(*r.reasoning_content) : nlohmann::ordered_json(nullptr);
-  if (!r.tool_calls.empty()) m["tool_calls"] = nlohmann::ordered_json::parse(tool_calls_json(r.tool_calls, 0, id_prefix, false));
-  return m.dump(-1, ' ', false, nlohmann::ordered_json::error_handler_t::replace);
-}
-
-std::string tool_calls_json(const std::vector<ToolCall>& calls, size_t first, const std::string& id_prefix, bool indexed) {
+namespace {
+// tool_calls_json's array itself (the whole message embeds it without a dump and a parse)
+nlohmann::ordered_json tool_calls_array(const std::vector<ToolCall>& calls, size_t first, const std::string& id_prefix,
+                                        bool indexed) {
   nlohmann::ordered_json a = nlohmann::ordered_json::array();
   for (size_t i = 0; i < calls.size(); ++i) {
     nlohmann::ordered_json c;
@@ -179,7 +173,21 @@ std::string tool_calls_json(const std::vector<ToolCall>& calls, size_t first, co
     c["function"] = {{"name", calls[i].name}, {"arguments", calls[i].arguments}};
     a.push_back(std::move(c));
   }
-  return a.dump(-1, ' ', false, nlohmann::ordered_json::error_handler_t::replace);
+  return a;
+}
+}  // namespace
+
+std::string response_message_json(const ParsedResponse& r, const std::string& id_prefix) {
+  nlohmann::ordered_json m;
+  m["role"] = "assistant";
+  m["content"] = r.content ? nlohmann::ordered_json(*r.content) : nlohmann::ordered_json(nullptr);
+  m["reasoning_content"] = r.reasoning_content ? nlohmann::ordered_json(*r.reasoning_content) : nlohmann::ordered_json(nullptr);
+  if (!r.tool_calls.empty()) m["tool_calls"] = tool_calls_array(r.tool_calls, 0, id_prefix, false);
+  return m.dump(-1, ' ', false, nlohmann::ordered_json::error_handler_t::replace);
+}
+
+std::string tool_calls_json(const std::vector<ToolCall>& calls, size_t first, const std::string& id_prefix, bool indexed) {
+  return tool_calls_array(calls, first, id_prefix, indexed).dump(-1, ' ', false, nlohmann::ordered_json::error_handler_t::replace);
 }
 
 }  // namespace sharq::chat

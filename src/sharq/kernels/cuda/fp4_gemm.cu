@@ -616,26 +616,32 @@ __global__ void __launch_bounds__(kThreads, 1) fp4_prefill_kernel(const Fp4GemmP
   }
 }
 
-// Grid (weight-row tiles, token tiles, splits); with splits > 1 the splits of a tile are one
-// cluster of (1, 1, splits) CTAs.
-template <class T, int P, int Block, int NT>
-void launch_prefill(const Fp4GemmParams& prm, cudaStream_t stream) {
-  auto kernel = prm.splits > 1 ? fp4_prefill_kernel<T, P, Block, NT, true> : fp4_prefill_kernel<T, P, Block, NT, false>;
-  constexpr int smem = Cfg<P, NT>::kSmem;  // opted in by configure_kernels()
-  const dim3 grid(static_cast<unsigned>(prm.Np / kBNW), static_cast<unsigned>((prm.M + NT - 1) / NT),
-                  static_cast<unsigned>(prm.splits));
-  cudaLaunchAttribute attr[1];
-  attr[0].id = cudaLaunchAttributeClusterDimension;
-  attr[0].val.clusterDim.x = 1;
-  attr[0].val.clusterDim.y = 1;
-  attr[0].val.clusterDim.z = static_cast<unsigned>(prm.splits);
+// The launch of a prefill grid whose z is the split: with splits > 1 the splits of a tile are one
+// cluster of (1, 1, splits) CTAs. `attr` must outlive the launch (or the occupancy query).
+cudaLaunchConfig_t prefill_config(dim3 grid, int smem, cudaStream_t stream, int splits, cudaLaunchAttribute& attr) {
+  attr.id = cudaLaunchAttributeClusterDimension;
+  attr.val.clusterDim.x = 1;
+  attr.val.clusterDim.y = 1;
+  attr.val.clusterDim.z = static_cast<unsigned>(splits);
   cudaLaunchConfig_t cfg = {};
   cfg.gridDim = grid;
   cfg.blockDim = dim3(kThreads);
-  cfg.dynamicSmemBytes = smem;
+  cfg.dynamicSmemBytes = static_cast<size_t>(smem);
   cfg.stream = stream;
-  cfg.attrs = attr;
-  cfg.numAttrs = prm.splits > 1 ? 1 : 0;
+  cfg.attrs = &attr;
+  cfg.numAttrs = splits > 1 ? 1 : 0;
+  return cfg;
+}
+
+// Grid (weight-row tiles, token tiles, splits).
+template <class T, int P, int Block, int NT>
+void launch_prefill(const Fp4GemmParams& prm, cudaStream_t stream) {
+  auto kernel = prm.splits > 1 ? fp4_prefill_kernel<T, P, Block, NT, true> : fp4_prefill_kernel<T, P, Block, NT, false>;
+  const dim3 grid(static_cast<unsigned>(prm.Np / kBNW), static_cast<unsigned>((prm.M + NT - 1) / NT),
+                  static_cast<unsigned>(prm.splits));
+  cudaLaunchAttribute attr;
+  // shared memory opted in by configure_kernels()
+  const cudaLaunchConfig_t cfg = prefill_config(grid, Cfg<P, NT>::kSmem, stream, prm.splits, attr);
   SHARQ_CUDA_CHECK(cudaLaunchKernelEx(&cfg, kernel, prm));
 }
 
@@ -997,17 +1003,8 @@ void configure_kernels() {
     configure_block<__nv_bfloat16, 1, 32>();
     g_cluster_capacity[1] = std::max(1, sm_count());
     for (int c = 2; c <= kMaxPrefillSplits; ++c) {
-      cudaLaunchAttribute attr[1];
-      attr[0].id = cudaLaunchAttributeClusterDimension;
-      attr[0].val.clusterDim.x = 1;
-      attr[0].val.clusterDim.y = 1;
-      attr[0].val.clusterDim.z = static_cast<unsigned>(c);
-      cudaLaunchConfig_t cfg = {};
-      cfg.gridDim = dim3(1, 1, static_cast<unsigned>(c));
-      cfg.blockDim = dim3(kThreads);
-      cfg.dynamicSmemBytes = Cfg<2, 256>::kSmem;
-      cfg.attrs = attr;
-      cfg.numAttrs = 1;
+      cudaLaunchAttribute attr;
+      const cudaLaunchConfig_t cfg = prefill_config(dim3(1, 1, static_cast<unsigned>(c)), Cfg<2, 256>::kSmem, nullptr, c, attr);
       int n = 0;
       SHARQ_CUDA_CHECK(cudaOccupancyMaxActiveClusters(&n, fp4_prefill_kernel<__half, 2, 32, 256, true>, &cfg));
       g_cluster_capacity[c] = n;  // 0: clusters of c cannot run here (never planned)
