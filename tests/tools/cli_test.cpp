@@ -78,6 +78,8 @@ TEST(Cli, NumericOptionsSayWhatIsExpected) {
            {"bench gemm -M 1,0", "-M: 0 is not an integer >= 1"},
            {"bench gemm --max-sets 65", "--max-sets: 65 is not an integer in [1, 64]"},
            {"bench gemm --reps 0", "--reps: 0 is not an integer >= 1"},
+           {"bench gemm --splits -1", "--splits: -1 is not an integer >= 0"},
+           {"bench gemm --splits two", "--splits: two is not an integer >= 0"},
        }) {
     const Result r = run(c.args);
     EXPECT_EQ(r.status, 1) << c.args << "\n" << r.out;
