@@ -85,6 +85,8 @@
 #include "sharq/kernels/cuda/fp4_decode.cuh"
 #include "sharq/kernels/cuda/launch.cuh"
 
+#include <cuda.h>  // CUtensorMap (the type only: the encoder comes from the driver at run time)
+#include <cudaTypedefs.h>
 #include <cuda_fp8.h>
 
 #include <mutex>
@@ -414,8 +416,7 @@ __device__ __forceinline__ void store_sum4(const Fp4GemmParams& prm, int64_t m, 
 // (4 (8 j + 2 q + h) + na) % 32 = (8 q + g + const) % 32, distinct across the warp.
 template <class T, int NT>
 __device__ __forceinline__ void split_epilogue(const Fp4GemmParams& prm, const float (&acc)[NT / 2], uint32_t smem0,
-                                               int64_t n0, int64_t m0) {
-  const int tid = static_cast<int>(threadIdx.x);
+                                               int64_t n0, int64_t m0, int tid) {
   const int wg = tid >> 7, w = (tid >> 5) & 3, lane = tid & 31, g = lane >> 2, q = lane & 3;
   const int na = 64 * wg + 16 * w + g, nb = na + 8;
 #pragma unroll
@@ -547,7 +548,7 @@ __global__ void __launch_bounds__(kThreads, 1) fp4_prefill_kernel(const Fp4GemmP
   cp_async_wait<0>();
   __syncthreads();  // every warpgroup is done with the stage memory
   if constexpr (kSplit) {
-    split_epilogue<T, NT>(prm, acc, smem0, n0, m0);
+    split_epilogue<T, NT>(prm, acc, smem0, n0, m0, tid);
     return;
   }
 
@@ -643,6 +644,294 @@ void launch_prefill(const Fp4GemmParams& prm, cudaStream_t stream) {
   // shared memory opted in by configure_kernels()
   const cudaLaunchConfig_t cfg = prefill_config(grid, Cfg<P, NT>::kSmem, stream, prm.splits, attr);
   SHARQ_CUDA_CHECK(cudaLaunchKernelEx(&cfg, kernel, prm));
+}
+
+// =============================================================================================
+// The warp-specialized prefill kernel (`Fp4GemmKernel::prefill_ws`, issue 14; UNVERIFIED on a GPU
+// at the commit that adds it: compiled only). The same math, tiles, decode, wgmma and epilogues as
+// fp4_prefill_kernel; the pipeline is split by role:
+//   - warpgroup 0 (producer, setmaxnreg.dec to 40): one elected thread issues, per k-step, one TMA
+//     load per activation path (box 64 halves x NT tokens, 128B swizzle: the exact layout the
+//     wgmma descriptors expect; rows >= M are zero-filled by the TMA unit) onto the stage's `full`
+//     mbarrier (expect_tx = P NT 128 bytes), after waiting on the stage's `empty` mbarrier;
+//   - warpgroups 1 and 2 (consumers, setmaxnreg.inc to 232): weight rows 64 (wg - 1) ..; they load
+//     and decode their weight fragments exactly as fp4_prefill_kernel does (LDG one k-tile ahead,
+//     registers double-buffered), wait on `full`, issue the 4 P wgmma of the k-step, wait for the
+//     previous k-step's wgmma, and release its stage: lane 0 of each consumer warp arrives on the
+//     stage's `empty` (count 8) after its own wgmma.wait_group.
+// What it removes from the consumers' chain, per k-step (Nsight: tensor pipe 63.5% busy, issue
+// 34%): the 8 P cp.async per thread with their address math (~100 instructions), the proxy fence
+// and the block-wide barrier that coupled the two warpgroups.
+// Phases: stage s = i % S is used for the (i / S)-th time by k-step i; `full[s]` completes phase
+// (i / S) & 1 when its bytes land; `empty[s]` completes phase (i / S) & 1 when the 8 consumer
+// warps are done with k-step i, and the producer waits for that phase before k-step i + S.
+// Epilogue: the consumers only (named barrier 1, 256 threads), the same two stages as
+// fp4_prefill_kernel; with kSplit the producer warpgroup joins the two cluster barriers.
+constexpr int kWsThreads = 384;
+constexpr int kWsProducerRegs = 40, kWsConsumerRegs = 232;  // 128 x 40 + 256 x 232 = 64512 <= 65536
+
+template <int P, int NT>
+struct WsCfg {
+  static constexpr int kTileBytes = NT * kRowBytes;
+  static constexpr int kStageBytes = P * kTileBytes;
+  static constexpr int kStages = (200 * 1024) / kStageBytes > 8 ? 8 : (200 * 1024) / kStageBytes;
+  static constexpr int kPipeBytes = kStages * kStageBytes;
+  static constexpr int kEpiBytes = NT * kRedPitch * 4;
+  static constexpr int kSmem = (kPipeBytes > kEpiBytes ? kPipeBytes : kEpiBytes) + 1024;
+  static_assert(kStages >= 2, "stages");
+  static_assert(kSmem <= 227 * 1024, "shared memory");
+};
+
+// The activation planes as TMA tensors: [M rows][Kp halves] with a row pitch of lda halves.
+struct WsMaps {
+  CUtensorMap a[2];
+};
+
+__device__ __forceinline__ void mbar_init(uint32_t bar, uint32_t count) {
+  asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(bar), "r"(count) : "memory");
+}
+__device__ __forceinline__ void mbar_expect_tx(uint32_t bar, uint32_t bytes) {
+  asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(bar), "r"(bytes) : "memory");
+}
+__device__ __forceinline__ void mbar_arrive(uint32_t bar) {
+  asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];\n" ::"r"(bar) : "memory");
+}
+__device__ __forceinline__ void mbar_wait(uint32_t bar, uint32_t parity) {
+  asm volatile(
+      "{\n.reg .pred done;\n"
+      "WAIT_%=:\n"
+      "mbarrier.try_wait.parity.shared::cta.b64 done, [%0], %1;\n"
+      "@!done bra WAIT_%=;\n}\n" ::"r"(bar),
+      "r"(parity)
+      : "memory");
+}
+__device__ __forceinline__ void tma_load_2d(uint32_t dst, const CUtensorMap* map, int32_t c0, int32_t c1, uint32_t bar) {
+  asm volatile(
+      "cp.async.bulk.tensor.2d.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1, {%2, %3}], [%4];\n" ::"r"(dst),
+      "l"(reinterpret_cast<uint64_t>(map)), "r"(c0), "r"(c1), "r"(bar)
+      : "memory");
+}
+__device__ __forceinline__ void consumer_barrier() { asm volatile("bar.sync 1, 256;\n" ::: "memory"); }
+
+template <class T, int P, int Block, int NT, bool kSplit>
+__global__ void __launch_bounds__(kWsThreads, 1) fp4_prefill_ws_kernel(const Fp4GemmParams prm, const __grid_constant__ WsMaps maps) {
+  using C = WsCfg<P, NT>;
+  constexpr int S = C::kStages;
+  extern __shared__ uint8_t smem_raw[];
+  __shared__ alignas(8) uint64_t bars[2 * S];  // full[0 .. S), empty[S .. 2S)
+  const uint32_t smem0 = (smem_u32(smem_raw) + 1023u) & ~1023u;
+  const uint32_t full0 = smem_u32(&bars[0]), empty0 = smem_u32(&bars[S]);
+
+  const int wg = static_cast<int>(threadIdx.x) >> 7;
+  const int64_t n0 = static_cast<int64_t>(blockIdx.x) * kBNW;
+  const int64_t m0 = static_cast<int64_t>(blockIdx.y) * NT;
+  const int64_t kt0 = kSplit ? static_cast<int64_t>(blockIdx.z) * prm.kt_per_split : 0;
+  const int64_t nkt = !kSplit ? prm.k_tiles : prm.k_tiles - kt0 < prm.kt_per_split ? prm.k_tiles - kt0 : prm.kt_per_split;
+  const int ksteps = static_cast<int>(nkt * 2);
+
+  if (threadIdx.x == 0) {
+    for (int s = 0; s < S; ++s) {
+      mbar_init(full0 + 8 * s, 1);
+      mbar_init(empty0 + 8 * s, 8);
+    }
+    asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
+  }
+  __syncthreads();
+
+  if (wg == 0) {  // ---- producer
+    asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;\n" ::"n"(kWsProducerRegs));
+    if (threadIdx.x == 0) {
+#pragma unroll 1
+      for (int i = 0; i < ksteps; ++i) {
+        const int s = i % S;
+        if (i >= S) mbar_wait(empty0 + 8 * s, static_cast<uint32_t>((i / S - 1) & 1));
+        mbar_expect_tx(full0 + 8 * s, static_cast<uint32_t>(P * NT * kRowBytes));
+        const int32_t col = static_cast<int32_t>((kt0 * 2 + i) * 64);  // halves
+#pragma unroll
+        for (int p = 0; p < P; ++p)
+          tma_load_2d(smem0 + static_cast<uint32_t>(s * C::kStageBytes + p * C::kTileBytes), &maps.a[p], col,
+                      static_cast<int32_t>(m0), full0 + 8 * s);
+      }
+    }
+    if constexpr (kSplit) {  // the cluster barriers of split_epilogue count every thread
+      cluster_sync();
+      cluster_sync();
+    }
+    return;
+  }
+
+  // ---- consumers: warpgroup cw = wg - 1 owns weight rows n0 + 64 cw ..
+  asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;\n" ::"n"(kWsConsumerRegs));
+  const int tid = static_cast<int>(threadIdx.x) - 128;  // 0 .. 255
+  const int cw = tid >> 7, w = (tid >> 5) & 3, lane = tid & 31, g = lane >> 2, q = lane & 3;
+  const int64_t tile0 = (n0 + 64 * cw + 16 * w) / 8;
+  constexpr int kScaleTile = 8 * (128 / Block);
+  const uint8_t* codes_t0 = prm.codes + (tile0 * prm.k_tiles + kt0) * 512 + lane * 16;
+  const uint8_t* scales_t0 = prm.scales + (tile0 * prm.k_tiles + kt0) * kScaleTile + g * (128 / Block);
+  const int64_t tcs = prm.k_tiles * 512, tss = prm.k_tiles * kScaleTile;
+
+  float acc[NT / 2];
+#pragma unroll
+  for (int i = 0; i < NT / 2; ++i) acc[i] = 0.0f;
+  uint32_t fA[4][4], fB[4][4];
+  RawW<Block> rc, rn;
+  load_raw<Block>(rc, codes_t0, scales_t0, tcs, tss, 0);
+  decode_step<T, Block, 0>(rc, fA);
+
+  auto step = [&](int i, uint32_t(&f)[4][4]) {
+    const int s = i % S;
+    mbar_wait(full0 + 8 * s, static_cast<uint32_t>((i / S) & 1));
+    const uint32_t sb = smem0 + static_cast<uint32_t>(s * C::kStageBytes);
+    fence_regs(acc);
+    fence_regs(f);
+    wgmma_fence();
+#pragma unroll
+    for (int p = 0; p < P; ++p) {
+      const uint64_t db = make_desc(sb + static_cast<uint32_t>(p * C::kTileBytes));
+#pragma unroll
+      for (int kk = 0; kk < 4; ++kk) wgmma_rs<T, NT>(acc, f[kk], db + 2 * kk);
+    }
+    wgmma_commit();
+    fence_regs(acc);
+    wgmma_wait<1>();  // this warpgroup's wgmma(i - 1) has completed: its stage is free
+    fence_regs(acc);
+    if (i > 0) {
+      __syncwarp();
+      if (lane == 0) mbar_arrive(empty0 + 8 * ((i - 1) % S));
+    }
+  };
+
+  for (int64_t kt = 0; kt < nkt; ++kt) {
+    const bool more = kt + 1 < nkt;
+    if (more) load_raw<Block>(rn, codes_t0, scales_t0, tcs, tss, kt + 1);
+    step(static_cast<int>(2 * kt), fA);
+    fence_regs(fB);
+    decode_step<T, Block, 1>(rc, fB);
+    step(static_cast<int>(2 * kt + 1), fB);
+    if (more) {
+      fence_regs(fA);
+      decode_step<T, Block, 0>(rn, fA);
+      rc = rn;
+    }
+  }
+  wgmma_wait<0>();
+  fence_regs(acc);
+  consumer_barrier();  // both consumer warpgroups are done with the stage memory (every load landed)
+
+  if constexpr (kSplit) {
+    split_epilogue<T, NT>(prm, acc, smem0, n0, m0, tid);
+    return;
+  }
+  const int na = 64 * cw + 16 * w + g, nb = na + 8;
+  const bool oka = n0 + na < prm.N, okb = n0 + nb < prm.N;
+  const float ga = oka ? prm.gw[prm.gw_per_col ? n0 + na : 0] * Fp4Pair<T>::kPost : 0.0f,
+              gb = okb ? prm.gw[prm.gw_per_col ? n0 + nb : 0] * Fp4Pair<T>::kPost : 0.0f;
+  const bool has_bias = prm.bias != nullptr;
+  const float ba = has_bias && oka ? prm.bias[n0 + na] : 0.0f, bb = has_bias && okb ? prm.bias[n0 + nb] : 0.0f;
+  auto out_a = [&](float v) { return has_bias ? v + ba : v; };
+  auto out_b = [&](float v) { return has_bias ? v + bb : v; };
+  if (prm.y_f32) {
+#pragma unroll
+    for (int j = 0; j < NT / 8; ++j)
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        const int64_t t = m0 + 8 * j + 2 * q + h;
+        if (t >= prm.M) continue;
+        const float r = prm.rs ? prm.rs[prm.rs_per_row ? t : 0] : 1.0f;
+        if (oka) prm.y_f32[t * prm.ldy + n0 + na] = out_a(acc[4 * j + h] * (r * ga));
+        if (okb) prm.y_f32[t * prm.ldy + n0 + nb] = out_b(acc[4 * j + 2 + h] * (r * gb));
+      }
+    return;
+  }
+#pragma unroll
+  for (int j = 0; j < NT / 8; ++j) {
+    const int t0 = 8 * j + 2 * q, t1 = t0 + 1;
+    float r0 = 1.0f, r1 = 1.0f;
+    if (prm.rs) {
+      const int64_t i0 = m0 + t0 < prm.M ? m0 + t0 : 0, i1 = m0 + t1 < prm.M ? m0 + t1 : 0;
+      r0 = prm.rs[prm.rs_per_row ? i0 : 0];
+      r1 = prm.rs[prm.rs_per_row ? i1 : 0];
+    }
+    const uint32_t row0 = smem0 + static_cast<uint32_t>(t0 * kEpiPitch), row1 = row0 + kEpiPitch;
+    sts16(row0 + 2 * na, __bfloat16_as_ushort(__float2bfloat16_rn(out_a(acc[4 * j + 0] * (r0 * ga)))));
+    sts16(row1 + 2 * na, __bfloat16_as_ushort(__float2bfloat16_rn(out_a(acc[4 * j + 1] * (r1 * ga)))));
+    sts16(row0 + 2 * nb, __bfloat16_as_ushort(__float2bfloat16_rn(out_b(acc[4 * j + 2] * (r0 * gb)))));
+    sts16(row1 + 2 * nb, __bfloat16_as_ushort(__float2bfloat16_rn(out_b(acc[4 * j + 3] * (r1 * gb)))));
+  }
+  consumer_barrier();
+  const int64_t rows = prm.M - m0 < NT ? prm.M - m0 : NT;
+  const int cols = prm.N - n0 < kBNW ? static_cast<int>(prm.N - n0) : kBNW;
+  if (cols < kBNW || prm.y_store == 2) {
+    for (int idx = tid; idx < rows * cols; idx += 256) {
+      const int t = idx / cols, c = idx % cols;
+      prm.y[(m0 + t) * prm.ldy + n0 + c] = __ushort_as_bfloat16(lds16(smem0 + static_cast<uint32_t>(t * kEpiPitch + c * 2)));
+    }
+  } else if (prm.y_store == 16) {
+    for (int idx = tid; idx < rows * 16; idx += 256) {
+      const int t = idx >> 4, c = idx & 15;
+      const uint4 v = lds128(smem0 + static_cast<uint32_t>(t * kEpiPitch + c * 16));
+      *reinterpret_cast<uint4*>(prm.y + (m0 + t) * prm.ldy + n0 + c * 8) = v;
+    }
+  } else {
+    for (int idx = tid; idx < rows * 64; idx += 256) {
+      const int t = idx >> 6, c = idx & 63;
+      const uint32_t v = lds32(smem0 + static_cast<uint32_t>(t * kEpiPitch + c * 4));
+      *reinterpret_cast<uint32_t*>(prm.y + (m0 + t) * prm.ldy + n0 + c * 2) = v;
+    }
+  }
+}
+
+// cuTensorMapEncodeTiled from the driver, once (no link against libcuda: the runtime hands it out).
+PFN_cuTensorMapEncodeTiled_v12000 tensor_map_encoder() {
+  static PFN_cuTensorMapEncodeTiled_v12000 fn = [] {
+    void* p = nullptr;
+    cudaDriverEntryPointQueryResult q{};
+    SHARQ_CUDA_CHECK(cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &p, 12000, cudaEnableDefault, &q));
+    if (q != cudaDriverEntryPointSuccess || !p)
+      throw std::runtime_error("fp4_gemm: the CUDA driver has no cuTensorMapEncodeTiled (prefill_ws needs CUDA 12+)");
+    return reinterpret_cast<PFN_cuTensorMapEncodeTiled_v12000>(p);
+  }();
+  return fn;
+}
+
+// One activation plane as a 2-D TMA tensor: dims (Kp halves, M rows), row pitch lda_bytes, box
+// (64 halves, NT rows), 128-byte swizzle; rows past M read as zeros.
+CUtensorMap plane_map(const uint8_t* plane, int64_t M, int64_t Kp, int64_t lda_bytes, int nt, bool bf16) {
+  CUtensorMap m{};
+  const cuuint64_t dims[2] = {static_cast<cuuint64_t>(Kp), static_cast<cuuint64_t>(M)};
+  const cuuint64_t strides[1] = {static_cast<cuuint64_t>(lda_bytes)};
+  const cuuint32_t box[2] = {64, static_cast<cuuint32_t>(nt)}, estr[2] = {1, 1};
+  const CUresult r = tensor_map_encoder()(&m, bf16 ? CU_TENSOR_MAP_DATA_TYPE_BFLOAT16 : CU_TENSOR_MAP_DATA_TYPE_FLOAT16, 2,
+                                          const_cast<uint8_t*>(plane), dims, strides, box, estr,
+                                          CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B,
+                                          CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
+  if (r != CUDA_SUCCESS) throw std::runtime_error(fmt::format("fp4_gemm: cuTensorMapEncodeTiled failed ({})", static_cast<int>(r)));
+  return m;
+}
+
+template <class T, int P, int Block, int NT>
+void launch_prefill_ws(const Fp4GemmParams& prm, cudaStream_t stream) {
+  auto kernel = prm.splits > 1 ? fp4_prefill_ws_kernel<T, P, Block, NT, true> : fp4_prefill_ws_kernel<T, P, Block, NT, false>;
+  constexpr int smem = WsCfg<P, NT>::kSmem;  // opted in by configure_kernels()
+  WsMaps maps{};
+  const bool bf16 = std::is_same_v<T, __nv_bfloat16>;
+  maps.a[0] = plane_map(prm.a0, prm.M, prm.k_tiles * 128, prm.lda_bytes, NT, bf16);
+  if constexpr (P == 2) maps.a[1] = plane_map(prm.a1, prm.M, prm.k_tiles * 128, prm.lda_bytes, NT, bf16);
+  const dim3 grid(static_cast<unsigned>(prm.Np / kBNW), static_cast<unsigned>((prm.M + NT - 1) / NT),
+                  static_cast<unsigned>(prm.splits));
+  cudaLaunchAttribute attr[1];
+  attr[0].id = cudaLaunchAttributeClusterDimension;
+  attr[0].val.clusterDim.x = 1;
+  attr[0].val.clusterDim.y = 1;
+  attr[0].val.clusterDim.z = static_cast<unsigned>(prm.splits);
+  cudaLaunchConfig_t cfg = {};
+  cfg.gridDim = grid;
+  cfg.blockDim = dim3(kWsThreads);
+  cfg.dynamicSmemBytes = smem;
+  cfg.stream = stream;
+  cfg.attrs = attr;
+  cfg.numAttrs = prm.splits > 1 ? 1 : 0;
+  SHARQ_CUDA_CHECK(cudaLaunchKernelEx(&cfg, kernel, prm, maps));
 }
 
 // =============================================================================================
@@ -982,6 +1271,10 @@ void configure_block() {
   set(fp4_prefill_kernel<T, P, Block, 256, false>, Cfg<P, 256>::kSmem);
   set(fp4_prefill_kernel<T, P, Block, 128, true>, Cfg<P, 128>::kSmem);
   set(fp4_prefill_kernel<T, P, Block, 256, true>, Cfg<P, 256>::kSmem);
+  set(fp4_prefill_ws_kernel<T, P, Block, 128, false>, WsCfg<P, 128>::kSmem);
+  set(fp4_prefill_ws_kernel<T, P, Block, 256, false>, WsCfg<P, 256>::kSmem);
+  set(fp4_prefill_ws_kernel<T, P, Block, 128, true>, WsCfg<P, 128>::kSmem);
+  set(fp4_prefill_ws_kernel<T, P, Block, 256, true>, WsCfg<P, 256>::kSmem);
   set(fp4_small_kernel<T, P, Block, 8>, SmallCfg<P, 8, Block>::kSmem);
   set(fp4_small_kernel<T, P, Block, 16>, SmallCfg<P, 16, Block>::kSmem);
   set(fp4_small_kernel<T, P, Block, 32>, SmallCfg<P, 32, Block>::kSmem);
@@ -1018,6 +1311,11 @@ void launch_tile(const Fp4GemmParams& prm, const Fp4GemmPlan& plan, cudaStream_t
   if (plan.kernel == Fp4GemmKernel::prefill) {
     if (plan.nt == 256) launch_prefill<T, P, Block, 256>(prm, stream);
     else launch_prefill<T, P, Block, 128>(prm, stream);
+    return;
+  }
+  if (plan.kernel == Fp4GemmKernel::prefill_ws) {
+    if (plan.nt == 256) launch_prefill_ws<T, P, Block, 256>(prm, stream);
+    else launch_prefill_ws<T, P, Block, 128>(prm, stream);
     return;
   }
   switch (plan.nt) {
@@ -1121,6 +1419,7 @@ const char* to_string(Fp4GemmKernel k) {
     case Fp4GemmKernel::automatic: return "auto";
     case Fp4GemmKernel::small: return "small";
     case Fp4GemmKernel::prefill: return "prefill";
+    case Fp4GemmKernel::prefill_ws: return "prefill_ws";
   }
   return "?";
 }
@@ -1179,8 +1478,9 @@ size_t fp4_gemm_workspace_bytes(int64_t max_M, const DeviceFp4Weights& w, Fp4Gem
   if (max_M <= 0) return 0;
   // Only the small family uses a workspace, and its split count does not depend on M: the largest
   // small-family M needs the most. (The prefill family sums its splits in shared memory.)
-  const int64_t m = kernel == Fp4GemmKernel::prefill ? max_M : std::min(max_M, kSmallMaxM);
-  return fp4_gemm_plan(m, w, kernel == Fp4GemmKernel::prefill ? kernel : Fp4GemmKernel::small, splits, batch_invariant)
+  const bool prefill = kernel == Fp4GemmKernel::prefill || kernel == Fp4GemmKernel::prefill_ws;
+  const int64_t m = prefill ? max_M : std::min(max_M, kSmallMaxM);
+  return fp4_gemm_plan(m, w, prefill ? kernel : Fp4GemmKernel::small, splits, batch_invariant)
       .workspace_bytes;
 }
 
@@ -1220,7 +1520,7 @@ void fp4_gemm(const Fp4GemmArgs& a, const DeviceFp4Weights& w, void* workspace, 
   prm.Np = w.Np;
   prm.k_tiles = w.Kp / 128;
   prm.kt_per_split = plan.kt_per_split;
-  prm.splits = plan.kernel == Fp4GemmKernel::prefill ? static_cast<int>(plan.splits) : 1;
+  prm.splits = plan.kernel != Fp4GemmKernel::small ? static_cast<int>(plan.splits) : 1;
   prm.y = a.y;
   prm.y_f32 = a.y_f32;
   prm.ldy = a.ldy;
