@@ -668,13 +668,19 @@ void launch_prefill(const Fp4GemmParams& prm, cudaStream_t stream) {
 // Epilogue: the consumers only (named barrier 1, 256 threads), the same two stages as
 // fp4_prefill_kernel; with kSplit the producer warpgroup joins the two cluster barriers.
 constexpr int kWsThreads = 384;
-constexpr int kWsProducerRegs = 40, kWsConsumerRegs = 232;  // 128 x 40 + 256 x 232 = 64512 <= 65536
+// setmaxnreg moves registers inside the CTA's own allocation (kWsThreads x the launch count): the
+// consumers' increase can only be served by the producer's decrease, so the kernel needs a launch
+// count of at least kWsMinLaunchRegs, or the consumers wait in setmaxnreg.inc forever. ptxas gives
+// 168 under __launch_bounds__(384, 1); configure_kernels() checks it on the host.
+constexpr int kWsProducerRegs = 40, kWsConsumerRegs = 232;
+constexpr int kWsMinLaunchRegs = (128 * kWsProducerRegs + 256 * kWsConsumerRegs + kWsThreads - 1) / kWsThreads;  // 168
+static_assert(kWsMinLaunchRegs * kWsThreads <= 65536, "the register file");
 
 template <int P, int NT>
 struct WsCfg {
   static constexpr int kTileBytes = NT * kRowBytes;
   static constexpr int kStageBytes = P * kTileBytes;
-  static constexpr int kStages = (200 * 1024) / kStageBytes > 8 ? 8 : (200 * 1024) / kStageBytes;
+  static constexpr int kStages = (220 * 1024) / kStageBytes > 8 ? 8 : (220 * 1024) / kStageBytes;
   static constexpr int kPipeBytes = kStages * kStageBytes;
   static constexpr int kEpiBytes = NT * kRedPitch * 4;
   static constexpr int kSmem = (kPipeBytes > kEpiBytes ? kPipeBytes : kEpiBytes) + 1024;
@@ -741,6 +747,9 @@ __global__ void __launch_bounds__(kWsThreads, 1) fp4_prefill_ws_kernel(const Fp4
   if (wg == 0) {  // ---- producer
     asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;\n" ::"n"(kWsProducerRegs));
     if (threadIdx.x == 0) {
+#pragma unroll
+      for (int p = 0; p < P; ++p)
+        asm volatile("prefetch.tensormap [%0];\n" ::"l"(reinterpret_cast<uint64_t>(&maps.a[p])) : "memory");
 #pragma unroll 1
       for (int i = 0; i < ksteps; ++i) {
         const int s = i % S;
@@ -753,7 +762,8 @@ __global__ void __launch_bounds__(kWsThreads, 1) fp4_prefill_ws_kernel(const Fp4
                       static_cast<int32_t>(m0), full0 + 8 * s);
       }
     }
-    if constexpr (kSplit) {  // the cluster barriers of split_epilogue count every thread
+    if constexpr (kSplit) {  // the cluster barriers of split_epilogue: every thread, warps converged
+      __syncwarp();
       cluster_sync();
       cluster_sync();
     }
@@ -1271,10 +1281,18 @@ void configure_block() {
   set(fp4_prefill_kernel<T, P, Block, 256, false>, Cfg<P, 256>::kSmem);
   set(fp4_prefill_kernel<T, P, Block, 128, true>, Cfg<P, 128>::kSmem);
   set(fp4_prefill_kernel<T, P, Block, 256, true>, Cfg<P, 256>::kSmem);
-  set(fp4_prefill_ws_kernel<T, P, Block, 128, false>, WsCfg<P, 128>::kSmem);
-  set(fp4_prefill_ws_kernel<T, P, Block, 256, false>, WsCfg<P, 256>::kSmem);
-  set(fp4_prefill_ws_kernel<T, P, Block, 128, true>, WsCfg<P, 128>::kSmem);
-  set(fp4_prefill_ws_kernel<T, P, Block, 256, true>, WsCfg<P, 256>::kSmem);
+  auto set_ws = [&](auto kernel, int smem) {
+    set(kernel, smem);
+    cudaFuncAttributes fa{};
+    SHARQ_CUDA_CHECK(cudaFuncGetAttributes(&fa, kernel));
+    if (fa.numRegs < kWsMinLaunchRegs)
+      throw std::runtime_error(fmt::format("fp4_gemm: the warp-specialized prefill kernel was compiled to {} registers per "
+                                           "thread; its setmaxnreg split needs {}", fa.numRegs, kWsMinLaunchRegs));
+  };
+  set_ws(fp4_prefill_ws_kernel<T, P, Block, 128, false>, WsCfg<P, 128>::kSmem);
+  set_ws(fp4_prefill_ws_kernel<T, P, Block, 256, false>, WsCfg<P, 256>::kSmem);
+  set_ws(fp4_prefill_ws_kernel<T, P, Block, 128, true>, WsCfg<P, 128>::kSmem);
+  set_ws(fp4_prefill_ws_kernel<T, P, Block, 256, true>, WsCfg<P, 256>::kSmem);
   set(fp4_small_kernel<T, P, Block, 8>, SmallCfg<P, 8, Block>::kSmem);
   set(fp4_small_kernel<T, P, Block, 16>, SmallCfg<P, 16, Block>::kSmem);
   set(fp4_small_kernel<T, P, Block, 32>, SmallCfg<P, 32, Block>::kSmem);
@@ -1294,6 +1312,7 @@ void configure_kernels() {
     configure_block<__half, 2, 32>();
     configure_block<__nv_bfloat16, 1, 16>();
     configure_block<__nv_bfloat16, 1, 32>();
+    tensor_map_encoder();  // the driver entry point, looked up here: never first inside a graph capture
     g_cluster_capacity[1] = std::max(1, sm_count());
     for (int c = 2; c <= kMaxPrefillSplits; ++c) {
       cudaLaunchAttribute attr;
