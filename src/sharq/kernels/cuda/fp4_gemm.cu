@@ -619,14 +619,15 @@ __global__ void __launch_bounds__(kThreads, 1) fp4_prefill_kernel(const Fp4GemmP
 
 // The launch of a prefill grid whose z is the split: with splits > 1 the splits of a tile are one
 // cluster of (1, 1, splits) CTAs. `attr` must outlive the launch (or the occupancy query).
-cudaLaunchConfig_t prefill_config(dim3 grid, int smem, cudaStream_t stream, int splits, cudaLaunchAttribute& attr) {
+cudaLaunchConfig_t prefill_config(dim3 grid, int threads, int smem, cudaStream_t stream, int splits,
+                                  cudaLaunchAttribute& attr) {
   attr.id = cudaLaunchAttributeClusterDimension;
   attr.val.clusterDim.x = 1;
   attr.val.clusterDim.y = 1;
   attr.val.clusterDim.z = static_cast<unsigned>(splits);
   cudaLaunchConfig_t cfg = {};
   cfg.gridDim = grid;
-  cfg.blockDim = dim3(kThreads);
+  cfg.blockDim = dim3(static_cast<unsigned>(threads));
   cfg.dynamicSmemBytes = static_cast<size_t>(smem);
   cfg.stream = stream;
   cfg.attrs = &attr;
@@ -642,7 +643,7 @@ void launch_prefill(const Fp4GemmParams& prm, cudaStream_t stream) {
                   static_cast<unsigned>(prm.splits));
   cudaLaunchAttribute attr;
   // shared memory opted in by configure_kernels()
-  const cudaLaunchConfig_t cfg = prefill_config(grid, Cfg<P, NT>::kSmem, stream, prm.splits, attr);
+  const cudaLaunchConfig_t cfg = prefill_config(grid, kThreads, Cfg<P, NT>::kSmem, stream, prm.splits, attr);
   SHARQ_CUDA_CHECK(cudaLaunchKernelEx(&cfg, kernel, prm));
 }
 
@@ -702,14 +703,20 @@ __device__ __forceinline__ void mbar_expect_tx(uint32_t bar, uint32_t bytes) {
 __device__ __forceinline__ void mbar_arrive(uint32_t bar) {
   asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];\n" ::"r"(bar) : "memory");
 }
-__device__ __forceinline__ void mbar_wait(uint32_t bar, uint32_t parity) {
+__device__ __forceinline__ bool mbar_try_wait(uint32_t bar, uint32_t parity) {
+  uint32_t done;
   asm volatile(
-      "{\n.reg .pred done;\n"
-      "WAIT_%=:\n"
-      "mbarrier.try_wait.parity.shared::cta.b64 done, [%0], %1;\n"
-      "@!done bra WAIT_%=;\n}\n" ::"r"(bar),
-      "r"(parity)
+      "{\n.reg .pred p;\n"
+      "mbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\n"
+      "selp.u32 %0, 1, 0, p;\n}\n"
+      : "=r"(done)
+      : "r"(bar), "r"(parity)
       : "memory");
+  return done != 0;
+}
+__device__ __forceinline__ void mbar_wait(uint32_t bar, uint32_t parity) {
+  while (!mbar_try_wait(bar, parity)) {
+  }
 }
 __device__ __forceinline__ void tma_load_2d(uint32_t dst, const CUtensorMap* map, int32_t c0, int32_t c1, uint32_t bar) {
   asm volatile(
@@ -929,18 +936,8 @@ void launch_prefill_ws(const Fp4GemmParams& prm, cudaStream_t stream) {
   if constexpr (P == 2) maps.a[1] = plane_map(prm.a1, prm.M, prm.k_tiles * 128, prm.lda_bytes, NT, bf16);
   const dim3 grid(static_cast<unsigned>(prm.Np / kBNW), static_cast<unsigned>((prm.M + NT - 1) / NT),
                   static_cast<unsigned>(prm.splits));
-  cudaLaunchAttribute attr[1];
-  attr[0].id = cudaLaunchAttributeClusterDimension;
-  attr[0].val.clusterDim.x = 1;
-  attr[0].val.clusterDim.y = 1;
-  attr[0].val.clusterDim.z = static_cast<unsigned>(prm.splits);
-  cudaLaunchConfig_t cfg = {};
-  cfg.gridDim = grid;
-  cfg.blockDim = dim3(kWsThreads);
-  cfg.dynamicSmemBytes = smem;
-  cfg.stream = stream;
-  cfg.attrs = attr;
-  cfg.numAttrs = prm.splits > 1 ? 1 : 0;
+  cudaLaunchAttribute attr;
+  const cudaLaunchConfig_t cfg = prefill_config(grid, kWsThreads, smem, stream, prm.splits, attr);
   SHARQ_CUDA_CHECK(cudaLaunchKernelEx(&cfg, kernel, prm, maps));
 }
 
@@ -1316,7 +1313,7 @@ void configure_kernels() {
     g_cluster_capacity[1] = std::max(1, sm_count());
     for (int c = 2; c <= kMaxPrefillSplits; ++c) {
       cudaLaunchAttribute attr;
-      const cudaLaunchConfig_t cfg = prefill_config(dim3(1, 1, static_cast<unsigned>(c)), Cfg<2, 256>::kSmem, nullptr, c, attr);
+      const cudaLaunchConfig_t cfg = prefill_config(dim3(1, 1, static_cast<unsigned>(c)), kThreads, Cfg<2, 256>::kSmem, nullptr, c, attr);
       int n = 0;
       SHARQ_CUDA_CHECK(cudaOccupancyMaxActiveClusters(&n, fp4_prefill_kernel<__half, 2, 32, 256, true>, &cfg));
       g_cluster_capacity[c] = n;  // 0: clusters of c cannot run here (never planned)
