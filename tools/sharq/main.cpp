@@ -508,8 +508,8 @@ int main(int argc, char** argv) {
   add_number<int>(bg, "--reps", bo.reps, "timed repetitions per method, median reported (at least 50)", 1);
   add_number<int>(bg, "--warmup", bo.warmup, "warm-up calls per method (at least one per buffer set)", 0);
   add_number<int>(bg, "--max-sets", bo.max_sets, "cap on the rotating (W, X, Y) buffer sets per method", 1, 64);
-  bg->add_option("--kernel", bo.kernel, "FP4 GEMM family: auto | small (M <= 64) | prefill | prefill_ws (warp-specialized)")
-      ->capture_default_str()->check(CLI::IsMember({"auto", "small", "prefill", "prefill_ws"}));
+  bg->add_option("--kernel", bo.kernel, "FP4 GEMM family: auto | small (M <= 64) | prefill")
+      ->capture_default_str()->check(CLI::IsMember({"auto", "small", "prefill"}));
   add_number<int>(bg, "--splits", bo.splits, "FP4 GEMMs: force the split-K count (small: up to Kp / 128; prefill: "
                   "the cluster size, at most 8); 0 = the planner's", 0);
   bg->add_option("--act-scale", bo.act_scale, "SharQ/NVFP4 activation scale g_x: token | tensor")

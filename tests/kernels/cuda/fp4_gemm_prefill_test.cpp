@@ -90,9 +90,6 @@ struct PrefillRun {
 
 constexpr uint16_t kPoison = 0xFFFF;
 
-// The prefill kernel under test (the sweeps run for both; see the *Ws tests at the end).
-cuda::Fp4GemmKernel g_kernel = cuda::Fp4GemmKernel::prefill;
-
 // Runs the kernel on the given tiles and planes; returns the whole (poisoned first) Y buffer.
 PrefillRun run_prefill(const Fp4Tiles& tiles, const std::vector<std::vector<uint16_t>>& planes, int64_t M, int64_t lda,
                        bool bf16, const std::vector<float>& row_scale, int splits = 0) {
@@ -123,7 +120,7 @@ PrefillRun run_prefill(const Fp4Tiles& tiles, const std::vector<std::vector<uint
   a.row_scale_count = static_cast<int64_t>(row_scale.size());
   a.y = reinterpret_cast<__nv_bfloat16*>(dy.get());
   a.ldy = r.ldy;
-  cuda::fp4_gemm(a, w, nullptr, 0, nullptr, g_kernel, splits);
+  cuda::fp4_gemm(a, w, nullptr, 0, nullptr, cuda::Fp4GemmKernel::prefill, splits);
   SHARQ_CUDA_CHECK(cudaDeviceSynchronize());
   r.y = dy.to_host();
   return r;
@@ -321,24 +318,6 @@ TEST(Fp4GemmPrefill, AnyOutputWidthMatchesTheReference) {
   for (int64_t N : {8, 136, 200, 1000})
     for (int64_t M : {65, 300})
       for (Mode mode : {Mode::exact, Mode::merged, Mode::w4a16}) check_case(Case{M, N, 320, 32, mode, 2, N == 200}, seed++);
-}
-
-// The warp-specialized kernel (prefill_ws) against the same references.
-struct UseWs {
-  UseWs() { g_kernel = cuda::Fp4GemmKernel::prefill_ws; }
-  ~UseWs() { g_kernel = cuda::Fp4GemmKernel::prefill; }
-};
-TEST(Fp4GemmPrefill, WsMergedExactW4a16MatchTheReference) {
-  SKIP_WITHOUT_GPU();
-  UseWs ws;
-  for (Mode mode : {Mode::merged, Mode::exact, Mode::w4a16}) {
-    sweep(mode);
-    if (::testing::Test::HasFatalFailure()) return;
-  }
-  check_case(Case{1000, 1024, 2048, 32, Mode::exact, 2, true}, 5242);
-  check_case(Case{1000, 1024, 2048, 32, Mode::exact, 2, true}, 5243, 1);
-  check_case(Case{200, 200, 4000, 32, Mode::exact, 2, true}, 5244, 7);
-  check_case(Case{77, 136, 1000, 16, Mode::merged, 1, false}, 5245, 3);
 }
 
 }  // namespace

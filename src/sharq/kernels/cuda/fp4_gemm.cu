@@ -15,9 +15,10 @@
 // tokens of the CTA and both SharQ paths. Shared memory carries only the activations.
 //
 // ---------------------------------------------------------------------------------------------
-// CTA = 256 threads = 2 warpgroups. CTA tile: 128 weight rows (n) x NT tokens (m), NT = 256 (M > 128)
-// or 128; warpgroup wg owns weight rows 64 wg .. 64 wg + 63 (one m64 wgmma slab) and all NT tokens:
-// its accumulators are D^T[64][NT] (NT / 2 FP32 registers per thread). BK = 64 per k-step.
+// CTA = 384 threads = 3 warpgroups: a producer (warpgroup 0) and two consumers. CTA tile: 128 weight
+// rows (n) x NT tokens (m), NT = 256 (M > 128) or 128; consumer warpgroup cw owns weight rows
+// 64 cw .. 64 cw + 63 (one m64 wgmma slab) and all NT tokens: its accumulators are D^T[64][NT]
+// (NT / 2 FP32 registers per thread). BK = 64 per k-step.
 //
 // wgmma (per warpgroup, per k16 step kk = 0..3 of a k-step, per path p):
 //   wgmma.mma_async.sync.aligned.m64n{NT}k16.f32.{f16|bf16}.{f16|bf16}
@@ -44,11 +45,11 @@
 //
 // Shared memory: kStages stages, each P activation tiles of NT rows (tokens) x 64 halves (128 B),
 // K-major, 128B-swizzled: the 16-byte chunk c (halves 8c .. 8c + 7) of row r is stored at byte
-// r * 128 + ((c ^ (r & 7)) << 4). Tiles are 1024-byte aligned (dynamic smem base rounded up), so
-// this is exactly the hardware's 128B swizzle (address bits [4,7) ^= bits [7,10)) and the
-// descriptor base-offset field stays 0. Stage bytes P * NT * 128: 32 KB (P=1, NT=256) .. 64 KB
-// (P=2, NT=256: 3 stages, else 4). The epilogue reuses the stage memory for a [NT][136] BF16
-// transpose buffer.
+// r * 128 + ((c ^ (r & 7)) << 4). The TMA unit writes exactly this (CU_TENSOR_MAP_SWIZZLE_128B on
+// 1024-byte aligned tiles), which is the hardware's 128B swizzle of the wgmma descriptor (address
+// bits [4,7) ^= bits [7,10)); the descriptor base-offset field stays 0. Stages fill up to 220 KB
+// (at most 8): P = 1 has 6 (NT = 256) or 8, P = 2 has 3 or 6. The epilogue reuses the stage
+// memory for a [NT][136] BF16 transpose buffer, or the split-K partial tile.
 //
 // Descriptor (PTX ISA "Matrix Descriptor Format"): bits 0-13 = (addr & 0x3FFFF) >> 4, 16-29 =
 // leading byte offset >> 4 (unused for a swizzled K-major operand whose k16 slice, 32 bytes, lies
@@ -57,30 +58,10 @@
 // byte 32 kk of the tile: the address field advances by 2 per step; the hardware XOR on the
 // absolute address bits then reproduces the store pattern above.
 //
-// Pipeline. Step i (k-step i, stage i % S), activation copies are cp.async (16 B, zero-filled past
-// row M - 1: src-size 0, source clamped to row 0), weights are register-prefetched one 128-column
-// tile ahead, weight fragments double-buffered in registers (fA for even steps, fB for odd):
-//   (1) cp.async.wait_group S - 3       this thread's copies of step i have landed
-//   (2) fence.proxy.async.shared::cta   its generic-proxy (cp.async) writes -> async proxy
-//   (3) __syncthreads                   every thread's copies of step i are visible to every wgmma
-//   (4) wgmma.fence; 4 P wgmma (frags of step i, tiles of stage i % S); commit
-//   (5) wgmma.wait_group 1              this warpgroup's wgmma(i - 1) has completed
-//   (6) cp.async of step i + S - 2 into stage (i - 2) % S; commit (possibly empty)
-//   (7) decode the fragments of step i + 1 into the buffer wgmma(i - 1) read
-// Hazards:
-//   - (6) overwrites stage (i - 2) % S, read by wgmma(i - 2) of BOTH warpgroups (the activation
-//     tile is shared). The own one completed at (5). The other warpgroup passed barrier (3) of step
-//     i, so it had executed (5) of step i - 1, where its wgmma(i - 2) completed. (Writing stage
-//     (i - 1) % S would be a race: the other warpgroup's wgmma(i - 1) may still be reading it.)
-//   - (7) rewrites the registers wgmma(i - 1) read: complete at (5). ptxas sees the register
-//     reads of in-flight wgmma and would serialize (and warn) rather than break them.
-//   - (1): the prologue commits S - 2 groups (steps 0 .. S - 3), each step one more: at step i,
-//     S - 2 + i groups are committed, the newest S - 3 (steps i + 1 ..) may stay in flight.
-//   - wgmma(i) and wgmma(i - 1) of a warpgroup are in flight together on the same accumulators:
-//     allowed (same shape, ordered by the hardware). Ordinary instructions touch the accumulators
-//     only after wgmma.wait_group 0; empty asm "+f" fences pin the accumulator accesses in place.
-//   - Epilogue: wgmma.wait_group 0, cp.async.wait_group 0 and a barrier before the stage memory
-//     is reused for the transpose; a second barrier before it is read back.
+// The pipeline is warp-specialized (see fp4_prefill_kernel): one producer thread streams the
+// activation tiles by TMA through full/empty mbarriers; the consumers load their weight codes and
+// scales straight from global memory into registers one 128-column k-tile ahead, decode them into
+// double-buffered A fragments, and keep at most two k-steps of wgmma in flight.
 #include "sharq/kernels/cuda/fp4_gemm.h"
 #include "sharq/kernels/cuda/fp4_decode.cuh"
 #include "sharq/kernels/cuda/launch.cuh"
@@ -108,21 +89,6 @@ constexpr int kRowBytes = 128;    // one swizzled activation row: 64 halves
 constexpr int kEpiPitch = (kBNW + 8) * 2;  // bytes per token row of the epilogue transpose buffer
 constexpr int kRedPitch = kBNW + 4;        // floats per token row of the split-K partial tile (conflict-free)
 constexpr int kMaxPrefillSplits = 8;       // the portable cluster size
-
-template <int P, int NT>
-struct Cfg {
-  static constexpr int kTileBytes = NT * kRowBytes;  // one path's activation tile
-  static constexpr int kStageBytes = P * kTileBytes;
-  static constexpr int kStages = 4 * kStageBytes <= 200 * 1024 ? 4 : 3;
-  static constexpr int kPipeBytes = kStages * kStageBytes;
-  static constexpr int kEpiBytes = NT * kRedPitch * 4;  // >= the BF16 transpose buffer (NT * kEpiPitch)
-  static constexpr int kSmem = (kPipeBytes > kEpiBytes ? kPipeBytes : kEpiBytes) + 1024;  // + base alignment
-  static constexpr int kAcc = NT / 2;                // FP32 accumulators per thread
-  static_assert(kStageBytes % 1024 == 0 && kTileBytes % 1024 == 0, "tiles must stay 1024-byte aligned");
-  static_assert(kStages >= 3, "the pipeline needs 3 stages (see the hazard notes)");
-  static_assert(kSmem <= 227 * 1024, "shared memory");
-  static_assert(kEpiBytes >= NT * kEpiPitch, "the epilogue buffer holds both epilogue layouts");
-};
 
 // The one parameter block of both kernels (and the reduction), built by fp4_gemm() after validation.
 struct Fp4GemmParams {
@@ -444,241 +410,40 @@ __device__ __forceinline__ void split_epilogue(const Fp4GemmParams& prm, const f
   cluster_sync();
 }
 
-// ---- the kernel -----------------------------------------------------------------------------
-// kSplit: launched as clusters of prm.splits > 1 CTAs along the grid's z (split_epilogue); the
-// unsplit kernel is a separate instantiation so that the cluster epilogue costs it no registers.
-template <class T, int P, int Block, int NT, bool kSplit>
-__global__ void __launch_bounds__(kThreads, 1) fp4_prefill_kernel(const Fp4GemmParams prm) {
-  using C = Cfg<P, NT>;
-  constexpr int S = C::kStages;
-  extern __shared__ uint8_t smem_raw[];
-  const uint32_t smem0 = (smem_u32(smem_raw) + 1023u) & ~1023u;
-
-  const int tid = static_cast<int>(threadIdx.x);
-  const int wg = tid >> 7, w = (tid >> 5) & 3, lane = tid & 31, g = lane >> 2, q = lane & 3;
-  const int64_t n0 = static_cast<int64_t>(blockIdx.x) * kBNW;
-  const int64_t m0 = static_cast<int64_t>(blockIdx.y) * NT;
-  // split blockIdx.z: k-tiles [kt0, kt0 + nkt), nkt >= 1 (the plan leaves no split empty)
-  const int64_t kt0 = kSplit ? static_cast<int64_t>(blockIdx.z) * prm.kt_per_split : 0;
-  const int64_t nkt = !kSplit ? prm.k_tiles : prm.k_tiles - kt0 < prm.kt_per_split ? prm.k_tiles - kt0 : prm.kt_per_split;
-  const int ksteps = static_cast<int>(nkt * 2);
-
-  // Activation copies: chunk tid & 7 of token rows (tid >> 3) + 32 it, it < NT / 32.
-  constexpr int kIt = NT / 32;
-  const int c_chunk = tid & 7, c_row0 = tid >> 3;
-  const uint32_t c_sm = static_cast<uint32_t>(c_row0 * kRowBytes + ((c_chunk ^ (c_row0 & 7)) << 4));  // + it * 4096
-  const int64_t rows_left = prm.M - m0 - c_row0;  // row (c_row0 + 32 it) is valid iff 32 it < rows_left
-  const int64_t c_goff = (m0 + c_row0) * prm.lda_bytes + c_chunk * 16 + kt0 * 2 * kRowBytes;
-  const int64_t c_gstep = 32 * prm.lda_bytes;
-
-  auto issue_copies = [&](int ks) {
-    const uint32_t sb = smem0 + static_cast<uint32_t>((ks % S) * C::kStageBytes) + c_sm;
-#pragma unroll
-    for (int p = 0; p < P; ++p) {
-      const uint8_t* base = (p == 0 ? prm.a0 : prm.a1);
-      const uint8_t* src = base + c_goff + static_cast<int64_t>(ks) * kRowBytes;
-#pragma unroll
-      for (int it = 0; it < kIt; ++it) {
-        const bool ok = 32 * it < rows_left;
-        cp_async16_zfill(sb + p * C::kTileBytes + it * 32 * kRowBytes, ok ? src + it * c_gstep : base + c_chunk * 16,
-                         ok ? 16u : 0u);
-      }
-    }
-  };
-
-  // Weights: this warp's two 8-row tiles (rows n0 + 64 wg + 16 w + {0..7, 8..15}), from k-tile kt0.
-  const int64_t tile0 = (n0 + 64 * wg + 16 * w) / 8;
-  constexpr int kScaleTile = 8 * (128 / Block);  // scale bytes per tile
-  const uint8_t* codes_t0 = prm.codes + (tile0 * prm.k_tiles + kt0) * 512 + lane * 16;
-  const uint8_t* scales_t0 = prm.scales + (tile0 * prm.k_tiles + kt0) * kScaleTile + g * (128 / Block);
-  const int64_t tcs = prm.k_tiles * 512, tss = prm.k_tiles * kScaleTile;
-
-  float acc[C::kAcc];
-#pragma unroll
-  for (int i = 0; i < C::kAcc; ++i) acc[i] = 0.0f;
-  uint32_t fA[4][4], fB[4][4];
-  RawW<Block> rc, rn;
-
-  // prologue: activation steps 0 .. S - 3 (one group each), weights of k-tile 0, fragments of step 0
-#pragma unroll
-  for (int s = 0; s < S - 2; ++s) {
-    if (s < ksteps) issue_copies(s);
-    cp_async_commit();
-  }
-  load_raw<Block>(rc, codes_t0, scales_t0, tcs, tss, 0);
-  decode_step<T, Block, 0>(rc, fA);
-
-  auto step = [&](int i, uint32_t(&f)[4][4]) {
-    cp_async_wait<S - 3>();
-    fence_proxy_async_smem();
-    __syncthreads();
-    const uint32_t sb = smem0 + static_cast<uint32_t>((i % S) * C::kStageBytes);
-    fence_regs(acc);
-    fence_regs(f);
-    wgmma_fence();
-#pragma unroll
-    for (int p = 0; p < P; ++p) {
-      const uint64_t db = make_desc(sb + static_cast<uint32_t>(p * C::kTileBytes));
-#pragma unroll
-      for (int kk = 0; kk < 4; ++kk) wgmma_rs<T, NT>(acc, f[kk], db + 2 * kk);  // + 32 bytes per k16
-    }
-    wgmma_commit();
-    fence_regs(acc);
-    wgmma_wait<1>();
-    fence_regs(acc);
-    if (i + S - 2 < ksteps) issue_copies(i + S - 2);
-    cp_async_commit();
-  };
-
-  for (int64_t kt = 0; kt < nkt; ++kt) {
-    const bool more = kt + 1 < nkt;
-    if (more) load_raw<Block>(rn, codes_t0, scales_t0, tcs, tss, kt + 1);
-    step(static_cast<int>(2 * kt), fA);
-    fence_regs(fB);
-    decode_step<T, Block, 1>(rc, fB);  // fB was read by wgmma(2 kt - 1): complete
-    step(static_cast<int>(2 * kt + 1), fB);
-    if (more) {
-      fence_regs(fA);
-      decode_step<T, Block, 0>(rn, fA);  // fA was read by wgmma(2 kt): complete
-      rc = rn;
-    }
-  }
-  wgmma_wait<0>();
-  fence_regs(acc);
-  cp_async_wait<0>();
-  __syncthreads();  // every warpgroup is done with the stage memory
-  if constexpr (kSplit) {
-    split_epilogue<T, NT>(prm, acc, smem0, n0, m0, tid);
-    return;
-  }
-
-  const int na = 64 * wg + 16 * w + g, nb = na + 8;
-  const bool oka = n0 + na < prm.N, okb = n0 + nb < prm.N;  // padded weight rows write nothing
-  const float ga = oka ? prm.gw[prm.gw_per_col ? n0 + na : 0] * Fp4Pair<T>::kPost : 0.0f,
-              gb = okb ? prm.gw[prm.gw_per_col ? n0 + nb : 0] * Fp4Pair<T>::kPost : 0.0f;  // exact power of 2
-  // the bias, added only when there is one (adding 0 would turn -0 into +0)
-  const bool has_bias = prm.bias != nullptr;
-  const float ba = has_bias && oka ? prm.bias[n0 + na] : 0.0f, bb = has_bias && okb ? prm.bias[n0 + nb] : 0.0f;
-  auto out_a = [&](float v) { return has_bias ? v + ba : v; };
-  auto out_b = [&](float v) { return has_bias ? v + bb : v; };
-  if (prm.y_f32) {  // uniform across the block: the test-only FP32 output, no transpose
-#pragma unroll
-    for (int j = 0; j < NT / 8; ++j)
-#pragma unroll
-      for (int h = 0; h < 2; ++h) {
-        const int64_t t = m0 + 8 * j + 2 * q + h;
-        if (t >= prm.M) continue;
-        const float r = prm.rs ? prm.rs[prm.rs_per_row ? t : 0] : 1.0f;
-        if (oka) prm.y_f32[t * prm.ldy + n0 + na] = out_a(acc[4 * j + h] * (r * ga));
-        if (okb) prm.y_f32[t * prm.ldy + n0 + nb] = out_b(acc[4 * j + 2 + h] * (r * gb));
-      }
-    return;
-  }
-  // Epilogue 1: D^T fragments -> scaled BF16, transposed into smem [NT tokens][kBNW + 8].
-  // d[4j + {0,1}] = D^T[16 w + g][8 j + 2 q + {0,1}], d[4j + {2,3}] = row + 8.
-  {
-#pragma unroll
-    for (int j = 0; j < NT / 8; ++j) {
-      const int t0 = 8 * j + 2 * q, t1 = t0 + 1;
-      float r0 = 1.0f, r1 = 1.0f;
-      if (prm.rs) {
-        const int64_t i0 = m0 + t0 < prm.M ? m0 + t0 : 0, i1 = m0 + t1 < prm.M ? m0 + t1 : 0;
-        r0 = prm.rs[prm.rs_per_row ? i0 : 0];
-        r1 = prm.rs[prm.rs_per_row ? i1 : 0];
-      }
-      const uint32_t row0 = smem0 + static_cast<uint32_t>(t0 * kEpiPitch), row1 = row0 + kEpiPitch;
-      sts16(row0 + 2 * na, __bfloat16_as_ushort(__float2bfloat16_rn(out_a(acc[4 * j + 0] * (r0 * ga)))));
-      sts16(row1 + 2 * na, __bfloat16_as_ushort(__float2bfloat16_rn(out_a(acc[4 * j + 1] * (r1 * ga)))));
-      sts16(row0 + 2 * nb, __bfloat16_as_ushort(__float2bfloat16_rn(out_b(acc[4 * j + 2] * (r0 * gb)))));
-      sts16(row1 + 2 * nb, __bfloat16_as_ushort(__float2bfloat16_rn(out_b(acc[4 * j + 3] * (r1 * gb)))));
-    }
-  }
-  __syncthreads();
-  // Epilogue 2: token rows < M and columns < N out to Y, coalesced.
-  const int64_t rows = prm.M - m0 < NT ? prm.M - m0 : NT;
-  const int cols = prm.N - n0 < kBNW ? static_cast<int>(prm.N - n0) : kBNW;
-  if (cols < kBNW || prm.y_store == 2) {  // a partial last block (N % 128 != 0) or an odd ldy: elements
-    for (int idx = tid; idx < rows * cols; idx += kThreads) {
-      const int t = idx / cols, c = idx % cols;
-      prm.y[(m0 + t) * prm.ldy + n0 + c] = __ushort_as_bfloat16(lds16(smem0 + static_cast<uint32_t>(t * kEpiPitch + c * 2)));
-    }
-  } else if (prm.y_store == 16) {
-    for (int idx = tid; idx < rows * 16; idx += kThreads) {
-      const int t = idx >> 4, c = idx & 15;
-      const uint4 v = lds128(smem0 + static_cast<uint32_t>(t * kEpiPitch + c * 16));
-      *reinterpret_cast<uint4*>(prm.y + (m0 + t) * prm.ldy + n0 + c * 8) = v;
-    }
-  } else {
-    for (int idx = tid; idx < rows * 64; idx += kThreads) {
-      const int t = idx >> 6, c = idx & 63;
-      const uint32_t v = lds32(smem0 + static_cast<uint32_t>(t * kEpiPitch + c * 4));
-      *reinterpret_cast<uint32_t*>(prm.y + (m0 + t) * prm.ldy + n0 + c * 2) = v;
-    }
-  }
-}
-
-// The launch of a prefill grid whose z is the split: with splits > 1 the splits of a tile are one
-// cluster of (1, 1, splits) CTAs. `attr` must outlive the launch (or the occupancy query).
-cudaLaunchConfig_t prefill_config(dim3 grid, int threads, int smem, cudaStream_t stream, int splits,
-                                  cudaLaunchAttribute& attr) {
-  attr.id = cudaLaunchAttributeClusterDimension;
-  attr.val.clusterDim.x = 1;
-  attr.val.clusterDim.y = 1;
-  attr.val.clusterDim.z = static_cast<unsigned>(splits);
-  cudaLaunchConfig_t cfg = {};
-  cfg.gridDim = grid;
-  cfg.blockDim = dim3(static_cast<unsigned>(threads));
-  cfg.dynamicSmemBytes = static_cast<size_t>(smem);
-  cfg.stream = stream;
-  cfg.attrs = &attr;
-  cfg.numAttrs = splits > 1 ? 1 : 0;
-  return cfg;
-}
-
-// Grid (weight-row tiles, token tiles, splits).
-template <class T, int P, int Block, int NT>
-void launch_prefill(const Fp4GemmParams& prm, cudaStream_t stream) {
-  auto kernel = prm.splits > 1 ? fp4_prefill_kernel<T, P, Block, NT, true> : fp4_prefill_kernel<T, P, Block, NT, false>;
-  const dim3 grid(static_cast<unsigned>(prm.Np / kBNW), static_cast<unsigned>((prm.M + NT - 1) / NT),
-                  static_cast<unsigned>(prm.splits));
-  cudaLaunchAttribute attr;
-  // shared memory opted in by configure_kernels()
-  const cudaLaunchConfig_t cfg = prefill_config(grid, kThreads, Cfg<P, NT>::kSmem, stream, prm.splits, attr);
-  SHARQ_CUDA_CHECK(cudaLaunchKernelEx(&cfg, kernel, prm));
-}
-
 // =============================================================================================
-// The warp-specialized prefill kernel (`Fp4GemmKernel::prefill_ws`, issue 14; UNVERIFIED on a GPU
-// at the commit that adds it: compiled only). The same math, tiles, decode, wgmma and epilogues as
-// fp4_prefill_kernel; the pipeline is split by role:
-//   - warpgroup 0 (producer, setmaxnreg.dec to 40): one elected thread issues, per k-step, one TMA
-//     load per activation path (box 64 halves x NT tokens, 128B swizzle: the exact layout the
-//     wgmma descriptors expect; rows >= M are zero-filled by the TMA unit) onto the stage's `full`
+// The prefill kernel, warp-specialized. The pipeline is split by role:
+//   - warpgroup 0 (producer, setmaxnreg.dec to 40): one thread issues, per k-step, one TMA load per
+//     activation path (box 64 halves x NT tokens, 128B swizzle: the exact layout the wgmma
+//     descriptors expect; rows >= M are zero-filled by the TMA unit) onto the stage's `full`
 //     mbarrier (expect_tx = P NT 128 bytes), after waiting on the stage's `empty` mbarrier;
 //   - warpgroups 1 and 2 (consumers, setmaxnreg.inc to 232): weight rows 64 (wg - 1) ..; they load
-//     and decode their weight fragments exactly as fp4_prefill_kernel does (LDG one k-tile ahead,
-//     registers double-buffered), wait on `full`, issue the 4 P wgmma of the k-step, wait for the
-//     previous k-step's wgmma, and release its stage: lane 0 of each consumer warp arrives on the
-//     stage's `empty` (count 8) after its own wgmma.wait_group.
-// What it removes from the consumers' chain, per k-step (Nsight: tensor pipe 63.5% busy, issue
-// 34%): the 8 P cp.async per thread with their address math (~100 instructions), the proxy fence
-// and the block-wide barrier that coupled the two warpgroups.
+//     their weight codes and scales from global memory one k-tile ahead (LDG.128, registers),
+//     decode them into double-buffered fragments, wait on `full`, issue the 4 P wgmma of the
+//     k-step, wait for the previous k-step's wgmma, and release its stage: lane 0 of each consumer
+//     warp arrives on the stage's `empty` (count 8) after its own wgmma.wait_group.
+// It replaced a 256-thread kernel in which every thread issued cp.async for the activations and
+// both warpgroups met at a block barrier per k-step (H200, Llama-3.1-8B, same run: 10-30% slower
+// at every M from 128 to 4096; Nsight on gate_up M = 4096: tensor pipe 63% -> 76% busy).
 // Phases: stage s = i % S is used for the (i / S)-th time by k-step i; `full[s]` completes phase
 // (i / S) & 1 when its bytes land; `empty[s]` completes phase (i / S) & 1 when the 8 consumer
 // warps are done with k-step i, and the producer waits for that phase before k-step i + S.
-// Epilogue: the consumers only (named barrier 1, 256 threads), the same two stages as
-// fp4_prefill_kernel; with kSplit the producer warpgroup joins the two cluster barriers.
-constexpr int kWsThreads = 384;
-// setmaxnreg moves registers inside the CTA's own allocation (kWsThreads x the launch count): the
+// Epilogue: the consumers only (named barrier 1, 256 threads): the scaled BF16 tile transposed
+// through shared memory and stored coalesced, or (kSplit) the cluster's split-K sum, whose two
+// cluster barriers the producer warpgroup joins.
+// Registers: ptxas allocates the whole kernel within the launch count, 168 (= 65536 / 384), the
+// consumers' code included; setmaxnreg only moves the physical allocation. NT = 256 fits with no
+// spills (any extra live state in the k-loop spills: checked with -Xptxas -v).
+constexpr int kPrefillThreads = 384;
+// setmaxnreg moves registers inside the CTA's own allocation (kPrefillThreads x the launch count): the
 // consumers' increase can only be served by the producer's decrease, so the kernel needs a launch
-// count of at least kWsMinLaunchRegs, or the consumers wait in setmaxnreg.inc forever. ptxas gives
+// count of at least kPrefillMinRegs, or the consumers wait in setmaxnreg.inc forever. ptxas gives
 // 168 under __launch_bounds__(384, 1); configure_kernels() checks it on the host.
-constexpr int kWsProducerRegs = 40, kWsConsumerRegs = 232;
-constexpr int kWsMinLaunchRegs = (128 * kWsProducerRegs + 256 * kWsConsumerRegs + kWsThreads - 1) / kWsThreads;  // 168
-static_assert(kWsMinLaunchRegs * kWsThreads <= 65536, "the register file");
+constexpr int kProducerRegs = 40, kConsumerRegs = 232;
+constexpr int kPrefillMinRegs = (128 * kProducerRegs + 256 * kConsumerRegs + kPrefillThreads - 1) / kPrefillThreads;  // 168
+static_assert(kPrefillMinRegs * kPrefillThreads <= 65536, "the register file");
 
 template <int P, int NT>
-struct WsCfg {
+struct Cfg {
   static constexpr int kTileBytes = NT * kRowBytes;
   static constexpr int kStageBytes = P * kTileBytes;
   static constexpr int kStages = (220 * 1024) / kStageBytes > 8 ? 8 : (220 * 1024) / kStageBytes;
@@ -690,7 +455,7 @@ struct WsCfg {
 };
 
 // The activation planes as TMA tensors: [M rows][Kp halves] with a row pitch of lda halves.
-struct WsMaps {
+struct PrefillMaps {
   CUtensorMap a[2];
 };
 
@@ -727,8 +492,8 @@ __device__ __forceinline__ void tma_load_2d(uint32_t dst, const CUtensorMap* map
 __device__ __forceinline__ void consumer_barrier() { asm volatile("bar.sync 1, 256;\n" ::: "memory"); }
 
 template <class T, int P, int Block, int NT, bool kSplit>
-__global__ void __launch_bounds__(kWsThreads, 1) fp4_prefill_ws_kernel(const Fp4GemmParams prm, const __grid_constant__ WsMaps maps) {
-  using C = WsCfg<P, NT>;
+__global__ void __launch_bounds__(kPrefillThreads, 1) fp4_prefill_kernel(const Fp4GemmParams prm, const __grid_constant__ PrefillMaps maps) {
+  using C = Cfg<P, NT>;
   constexpr int S = C::kStages;
   extern __shared__ uint8_t smem_raw[];
   __shared__ alignas(8) uint64_t bars[2 * S];  // full[0 .. S), empty[S .. 2S)
@@ -752,7 +517,7 @@ __global__ void __launch_bounds__(kWsThreads, 1) fp4_prefill_ws_kernel(const Fp4
   __syncthreads();
 
   if (wg == 0) {  // ---- producer
-    asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;\n" ::"n"(kWsProducerRegs));
+    asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;\n" ::"n"(kProducerRegs));
     if (threadIdx.x == 0) {
 #pragma unroll
       for (int p = 0; p < P; ++p)
@@ -778,7 +543,7 @@ __global__ void __launch_bounds__(kWsThreads, 1) fp4_prefill_ws_kernel(const Fp4
   }
 
   // ---- consumers: warpgroup cw = wg - 1 owns weight rows n0 + 64 cw ..
-  asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;\n" ::"n"(kWsConsumerRegs));
+  asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;\n" ::"n"(kConsumerRegs));
   const int tid = static_cast<int>(threadIdx.x) - 128;  // 0 .. 255
   const int cw = tid >> 7, w = (tid >> 5) & 3, lane = tid & 31, g = lane >> 2, q = lane & 3;
   const int64_t tile0 = (n0 + 64 * cw + 16 * w) / 8;
@@ -905,7 +670,7 @@ PFN_cuTensorMapEncodeTiled_v12000 tensor_map_encoder() {
     cudaDriverEntryPointQueryResult q{};
     SHARQ_CUDA_CHECK(cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &p, 12000, cudaEnableDefault, &q));
     if (q != cudaDriverEntryPointSuccess || !p)
-      throw std::runtime_error("fp4_gemm: the CUDA driver has no cuTensorMapEncodeTiled (prefill_ws needs CUDA 12+)");
+      throw std::runtime_error("fp4_gemm: the CUDA driver has no cuTensorMapEncodeTiled (the prefill kernel's TMA needs CUDA 12+)");
     return reinterpret_cast<PFN_cuTensorMapEncodeTiled_v12000>(p);
   }();
   return fn;
@@ -926,18 +691,37 @@ CUtensorMap plane_map(const uint8_t* plane, int64_t M, int64_t Kp, int64_t lda_b
   return m;
 }
 
+// The launch of a prefill grid whose z is the split: with splits > 1 the splits of a tile are one
+// cluster of (1, 1, splits) CTAs. `attr` must outlive the launch (or the occupancy query).
+cudaLaunchConfig_t prefill_config(dim3 grid, int threads, int smem, cudaStream_t stream, int splits,
+                                  cudaLaunchAttribute& attr) {
+  attr.id = cudaLaunchAttributeClusterDimension;
+  attr.val.clusterDim.x = 1;
+  attr.val.clusterDim.y = 1;
+  attr.val.clusterDim.z = static_cast<unsigned>(splits);
+  cudaLaunchConfig_t cfg = {};
+  cfg.gridDim = grid;
+  cfg.blockDim = dim3(static_cast<unsigned>(threads));
+  cfg.dynamicSmemBytes = static_cast<size_t>(smem);
+  cfg.stream = stream;
+  cfg.attrs = &attr;
+  cfg.numAttrs = splits > 1 ? 1 : 0;
+  return cfg;
+}
+
+// Grid (weight-row tiles, token tiles, splits).
 template <class T, int P, int Block, int NT>
-void launch_prefill_ws(const Fp4GemmParams& prm, cudaStream_t stream) {
-  auto kernel = prm.splits > 1 ? fp4_prefill_ws_kernel<T, P, Block, NT, true> : fp4_prefill_ws_kernel<T, P, Block, NT, false>;
-  constexpr int smem = WsCfg<P, NT>::kSmem;  // opted in by configure_kernels()
-  WsMaps maps{};
+void launch_prefill(const Fp4GemmParams& prm, cudaStream_t stream) {
+  auto kernel = prm.splits > 1 ? fp4_prefill_kernel<T, P, Block, NT, true> : fp4_prefill_kernel<T, P, Block, NT, false>;
+  constexpr int smem = Cfg<P, NT>::kSmem;  // opted in by configure_kernels()
+  PrefillMaps maps{};
   const bool bf16 = std::is_same_v<T, __nv_bfloat16>;
   maps.a[0] = plane_map(prm.a0, prm.M, prm.k_tiles * 128, prm.lda_bytes, NT, bf16);
   if constexpr (P == 2) maps.a[1] = plane_map(prm.a1, prm.M, prm.k_tiles * 128, prm.lda_bytes, NT, bf16);
   const dim3 grid(static_cast<unsigned>(prm.Np / kBNW), static_cast<unsigned>((prm.M + NT - 1) / NT),
                   static_cast<unsigned>(prm.splits));
   cudaLaunchAttribute attr;
-  const cudaLaunchConfig_t cfg = prefill_config(grid, kWsThreads, smem, stream, prm.splits, attr);
+  const cudaLaunchConfig_t cfg = prefill_config(grid, kPrefillThreads, smem, stream, prm.splits, attr);
   SHARQ_CUDA_CHECK(cudaLaunchKernelEx(&cfg, kernel, prm, maps));
 }
 
@@ -1274,22 +1058,18 @@ void configure_block() {
   auto set = [](auto kernel, int smem) {
     SHARQ_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
   };
-  set(fp4_prefill_kernel<T, P, Block, 128, false>, Cfg<P, 128>::kSmem);
-  set(fp4_prefill_kernel<T, P, Block, 256, false>, Cfg<P, 256>::kSmem);
-  set(fp4_prefill_kernel<T, P, Block, 128, true>, Cfg<P, 128>::kSmem);
-  set(fp4_prefill_kernel<T, P, Block, 256, true>, Cfg<P, 256>::kSmem);
-  auto set_ws = [&](auto kernel, int smem) {
+  auto set_prefill = [&](auto kernel, int smem) {
     set(kernel, smem);
     cudaFuncAttributes fa{};
     SHARQ_CUDA_CHECK(cudaFuncGetAttributes(&fa, kernel));
-    if (fa.numRegs < kWsMinLaunchRegs)
-      throw std::runtime_error(fmt::format("fp4_gemm: the warp-specialized prefill kernel was compiled to {} registers per "
-                                           "thread; its setmaxnreg split needs {}", fa.numRegs, kWsMinLaunchRegs));
+    if (fa.numRegs < kPrefillMinRegs)
+      throw std::runtime_error(fmt::format("fp4_gemm: the prefill kernel was compiled to {} registers per "
+                                           "thread; its setmaxnreg split needs {}", fa.numRegs, kPrefillMinRegs));
   };
-  set_ws(fp4_prefill_ws_kernel<T, P, Block, 128, false>, WsCfg<P, 128>::kSmem);
-  set_ws(fp4_prefill_ws_kernel<T, P, Block, 256, false>, WsCfg<P, 256>::kSmem);
-  set_ws(fp4_prefill_ws_kernel<T, P, Block, 128, true>, WsCfg<P, 128>::kSmem);
-  set_ws(fp4_prefill_ws_kernel<T, P, Block, 256, true>, WsCfg<P, 256>::kSmem);
+  set_prefill(fp4_prefill_kernel<T, P, Block, 128, false>, Cfg<P, 128>::kSmem);
+  set_prefill(fp4_prefill_kernel<T, P, Block, 256, false>, Cfg<P, 256>::kSmem);
+  set_prefill(fp4_prefill_kernel<T, P, Block, 128, true>, Cfg<P, 128>::kSmem);
+  set_prefill(fp4_prefill_kernel<T, P, Block, 256, true>, Cfg<P, 256>::kSmem);
   set(fp4_small_kernel<T, P, Block, 8>, SmallCfg<P, 8, Block>::kSmem);
   set(fp4_small_kernel<T, P, Block, 16>, SmallCfg<P, 16, Block>::kSmem);
   set(fp4_small_kernel<T, P, Block, 32>, SmallCfg<P, 32, Block>::kSmem);
@@ -1313,7 +1093,7 @@ void configure_kernels() {
     g_cluster_capacity[1] = std::max(1, sm_count());
     for (int c = 2; c <= kMaxPrefillSplits; ++c) {
       cudaLaunchAttribute attr;
-      const cudaLaunchConfig_t cfg = prefill_config(dim3(1, 1, static_cast<unsigned>(c)), kThreads, Cfg<2, 256>::kSmem, nullptr, c, attr);
+      const cudaLaunchConfig_t cfg = prefill_config(dim3(1, 1, static_cast<unsigned>(c)), kPrefillThreads, Cfg<2, 256>::kSmem, nullptr, c, attr);
       int n = 0;
       SHARQ_CUDA_CHECK(cudaOccupancyMaxActiveClusters(&n, fp4_prefill_kernel<__half, 2, 32, 256, true>, &cfg));
       g_cluster_capacity[c] = n;  // 0: clusters of c cannot run here (never planned)
@@ -1327,11 +1107,6 @@ void launch_tile(const Fp4GemmParams& prm, const Fp4GemmPlan& plan, cudaStream_t
   if (plan.kernel == Fp4GemmKernel::prefill) {
     if (plan.nt == 256) launch_prefill<T, P, Block, 256>(prm, stream);
     else launch_prefill<T, P, Block, 128>(prm, stream);
-    return;
-  }
-  if (plan.kernel == Fp4GemmKernel::prefill_ws) {
-    if (plan.nt == 256) launch_prefill_ws<T, P, Block, 256>(prm, stream);
-    else launch_prefill_ws<T, P, Block, 128>(prm, stream);
     return;
   }
   switch (plan.nt) {
@@ -1435,7 +1210,6 @@ const char* to_string(Fp4GemmKernel k) {
     case Fp4GemmKernel::automatic: return "auto";
     case Fp4GemmKernel::small: return "small";
     case Fp4GemmKernel::prefill: return "prefill";
-    case Fp4GemmKernel::prefill_ws: return "prefill_ws";
   }
   return "?";
 }
@@ -1494,7 +1268,7 @@ size_t fp4_gemm_workspace_bytes(int64_t max_M, const DeviceFp4Weights& w, Fp4Gem
   if (max_M <= 0) return 0;
   // Only the small family uses a workspace, and its split count does not depend on M: the largest
   // small-family M needs the most. (The prefill family sums its splits in shared memory.)
-  const bool prefill = kernel == Fp4GemmKernel::prefill || kernel == Fp4GemmKernel::prefill_ws;
+  const bool prefill = kernel == Fp4GemmKernel::prefill;
   const int64_t m = prefill ? max_M : std::min(max_M, kSmallMaxM);
   return fp4_gemm_plan(m, w, prefill ? kernel : Fp4GemmKernel::small, splits, batch_invariant)
       .workspace_bytes;

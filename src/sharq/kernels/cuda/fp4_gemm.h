@@ -69,9 +69,7 @@ inline constexpr int64_t kSmallMaxM = 64;
 
 // automatic: small for M <= kSmallMaxM, prefill above. The others force a family (tests, tuning):
 // small is legal for M <= kSmallMaxM only; prefill for any M.
-// prefill_ws: the warp-specialized prefill kernel (TMA producer + two consumer warpgroups); forced
-// only, until it is measured against prefill (issue 14).
-enum class Fp4GemmKernel : uint8_t { automatic, small, prefill, prefill_ws };
+enum class Fp4GemmKernel : uint8_t { automatic, small, prefill };
 const char* to_string(Fp4GemmKernel k);
 
 struct Fp4GemmPlan {

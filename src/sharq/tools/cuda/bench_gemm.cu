@@ -869,7 +869,6 @@ int run_bench_gemm(const BenchGemmOptions& opt_in) {
   c.max_sets = opt.max_sets;
   if (opt.kernel == "auto") c.lin_opt.kernel = cuda::Fp4GemmKernel::automatic;
   else if (opt.kernel == "prefill") c.lin_opt.kernel = cuda::Fp4GemmKernel::prefill;
-  else if (opt.kernel == "prefill_ws") c.lin_opt.kernel = cuda::Fp4GemmKernel::prefill_ws;
   else if (opt.kernel == "small") c.lin_opt.kernel = cuda::Fp4GemmKernel::small;
   else throw std::invalid_argument("bench gemm: --kernel must be auto, small or prefill (got '" + opt.kernel + "')");
   if (opt.splits < 0) throw std::invalid_argument(fmt::format("bench gemm: --splits must be >= 0 (got {})", opt.splits));
