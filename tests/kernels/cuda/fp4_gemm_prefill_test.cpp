@@ -274,12 +274,19 @@ TEST(Fp4GemmPrefill, SplitPlansAreValidAndPinnedWhenBatchInvariant) {
       EXPECT_EQ(p.kt_per_split, (k_tiles + p.splits - 1) / p.splits);
       EXPECT_GT(k_tiles - (p.splits - 1) * p.kt_per_split, 0) << "an empty split";
       EXPECT_EQ(p.workspace_bytes, 0u);
-      const auto pi = cuda::fp4_gemm_plan(M, w, cuda::Fp4GemmKernel::automatic, 0, true);
-      EXPECT_EQ(pi.splits, 1) << "N=" << N << " K=" << K << " M=" << M;
-      EXPECT_EQ(pi.kt_per_split, k_tiles);
+      const auto pe = cuda::fp4_gemm_plan(M, w, cuda::Fp4GemmKernel::automatic, 0, false, 2);  // the exact mode
+      EXPECT_GE(pe.splits, 1);
+      EXPECT_LE(pe.splits, 8);
+      EXPECT_GT(k_tiles - (pe.splits - 1) * pe.kt_per_split, 0) << "an empty split (two paths)";
+      for (int paths : {1, 2}) {
+        const auto pi = cuda::fp4_gemm_plan(M, w, cuda::Fp4GemmKernel::automatic, 0, true, paths);
+        EXPECT_EQ(pi.splits, 1) << "N=" << N << " K=" << K << " M=" << M;
+        EXPECT_EQ(pi.kt_per_split, k_tiles);
+      }
       std::printf(" M=%lld: %lld", static_cast<long long>(M), static_cast<long long>(p.splits));
     }
     std::printf("\n");
+    EXPECT_THROW(cuda::fp4_gemm_plan(256, w, cuda::Fp4GemmKernel::automatic, 0, false, 3), std::invalid_argument);
   }
 }
 

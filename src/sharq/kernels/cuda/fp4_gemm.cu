@@ -1157,19 +1157,23 @@ int64_t small_splits(const DeviceFp4Weights& w) {
 // o and down have 32 weight-row tiles, qkv 48, on 132 SMs); on a full grid the splits' fills and
 // reductions are pure cost (measured: o at M = 1024, 65 -> 111 us with 4 splits), so the count
 // follows the token tiles and therefore M (batch_invariant pins it to 1, docs/numerics.md).
-// Cost model (microseconds, fitted to the H200 sweeps of docs/perf/hopper.md): a CTA takes
-// kTileUs(nt) per k-tile plus kCtaUs (fill, epilogue), plus kSplitUs per split for the cluster
-// reduction; a wave holds g_cluster_capacity[c] clusters (GPC packing: fewer than SMs / c). Only
-// counts that leave no split empty and keep >= kMinKTiles k-tiles per split.
+// A wave holds g_cluster_capacity[c] clusters (GPC packing: fewer than SMs / c). Only counts that
+// leave no split empty and keep >= kMinKTiles k-tiles per split.
 bool prefill_split_valid(int64_t c, int64_t k_tiles) {
   if (c < 1 || c > kMaxPrefillSplits || c > k_tiles || g_cluster_capacity[c] <= 0) return false;
   const int64_t kps = (k_tiles + c - 1) / c;
   return (k_tiles + kps - 1) / kps == c;
 }
-int64_t prefill_splits(int64_t M, int nt, const DeviceFp4Weights& w) {
-  constexpr double kCtaUs = 12.0, kSplitUs = 1.0;
+// The per-wave cost model: waves(c) x (k-tiles per split x tile_us + kCtaUs), with tile_us the time
+// of one 128-column k-tile of a CTA (twice as long, and a little more, for the exact mode's two
+// paths) and kCtaUs a CTA's fill and epilogue. Fitted (H200, b1c3dca) to a sweep of forced counts
+// 1, 2, 3, 4, 6, 8 x M 128 .. 1024 x the Llama-3.1-8B and Qwen2.5-7B layers
+// (docs/perf/runs/bench_gemm_prefill_splits_sweep_h200_b1c3dca.csv): it picks the fastest count
+// at all 32 merged shapes, and at 31 of 32 exact ones (the other within 4.5%).
+int64_t prefill_splits(int64_t M, int nt, int paths, const DeviceFp4Weights& w) {
+  constexpr double kCtaUs = 15.0, kExactFactor = 2.2;
   constexpr int64_t kMinKTiles = 4;
-  const double tile_us = nt == 256 ? 1.45 : 1.0;
+  const double tile_us = (nt == 256 ? 0.9 : 0.6) * (paths == 2 ? kExactFactor : 1.0);
   const int64_t tiles = (w.Np / kBNW) * ((M + nt - 1) / nt), k_tiles = w.Kp / 128;
   double best = 0;
   int64_t s = 1;
@@ -1178,8 +1182,7 @@ int64_t prefill_splits(int64_t M, int nt, const DeviceFp4Weights& w) {
     const int64_t kps = (k_tiles + c - 1) / c;
     if (c > 1 && kps < kMinKTiles) continue;
     const int64_t waves = (tiles + g_cluster_capacity[c] - 1) / g_cluster_capacity[c];
-    const double t = static_cast<double>(waves) * (static_cast<double>(kps) * tile_us + kCtaUs) +
-                     (c > 1 ? kSplitUs * static_cast<double>(c) : 0.0);
+    const double t = static_cast<double>(waves) * (static_cast<double>(kps) * tile_us + kCtaUs);
     if (c == 1 || t < best) {
       best = t;
       s = c;
@@ -1227,11 +1230,13 @@ DeviceFp4Weights DeviceFp4Weights::upload(const Fp4Tiles& t) {
   return w;
 }
 
-Fp4GemmPlan fp4_gemm_plan(int64_t M, const DeviceFp4Weights& w, Fp4GemmKernel kernel, int splits, bool batch_invariant) {
+Fp4GemmPlan fp4_gemm_plan(int64_t M, const DeviceFp4Weights& w, Fp4GemmKernel kernel, int splits, bool batch_invariant,
+                          int paths) {
   check_weights(w);
   configure_kernels();
   if (M < 0) throw std::invalid_argument(fmt::format("fp4_gemm: M = {}", M));
   if (splits < 0) throw std::invalid_argument(fmt::format("fp4_gemm: splits = {}", splits));
+  if (paths != 1 && paths != 2) throw std::invalid_argument(fmt::format("fp4_gemm: paths = {} (1 or 2)", paths));
   Fp4GemmPlan p;
   p.kernel = kernel == Fp4GemmKernel::automatic ? (M <= kSmallMaxM ? Fp4GemmKernel::small : Fp4GemmKernel::prefill)
                                                 : kernel;
@@ -1255,7 +1260,7 @@ Fp4GemmPlan fp4_gemm_plan(int64_t M, const DeviceFp4Weights& w, Fp4GemmKernel ke
           break;
         }
     } else if (!batch_invariant) {
-      s = prefill_splits(M, p.nt, w);
+      s = prefill_splits(M, p.nt, paths, w);
     }
     p.splits = s;
     p.kt_per_split = (k_tiles + s - 1) / s;
@@ -1276,7 +1281,7 @@ size_t fp4_gemm_workspace_bytes(int64_t max_M, const DeviceFp4Weights& w, Fp4Gem
 
 void fp4_gemm(const Fp4GemmArgs& a, const DeviceFp4Weights& w, void* workspace, size_t workspace_bytes,
               cudaStream_t stream, Fp4GemmKernel kernel, int splits, bool batch_invariant) {
-  const Fp4GemmPlan plan = fp4_gemm_plan(a.M, w, kernel, splits, batch_invariant);  // checks the weights, M, splits
+  const Fp4GemmPlan plan = fp4_gemm_plan(a.M, w, kernel, splits, batch_invariant, a.a1 ? 2 : 1);  // checks the weights, M, splits
   if (a.M == 0) return;
   if (!a.a0 || (!a.y && !a.y_f32)) throw std::invalid_argument("fp4_gemm: null activation or output pointer");
   if (a.adt == DType::bf16 && a.a1) throw std::invalid_argument("fp4_gemm: the two-path (exact) mode takes FP16 planes");

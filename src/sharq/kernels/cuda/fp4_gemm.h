@@ -83,10 +83,11 @@ struct Fp4GemmPlan {
 // only; the prefill family's also from M (its token tiles), or 1 with batch_invariant. splits > 0
 // forces a count in both families (tuning and tests; it wins over batch_invariant, and is
 // M-independent too): small clamps it to Kp / 128, prefill takes the largest count <= min(splits, 8)
-// that leaves no split empty and that the card can co-schedule.
+// that leaves no split empty and that the card can co-schedule. `paths`: 2 for the exact mode's two
+// activation planes (its k-tiles cost twice as much, which moves the prefill split count).
 // Throws std::invalid_argument for a forced family that cannot run M.
 Fp4GemmPlan fp4_gemm_plan(int64_t M, const DeviceFp4Weights& w, Fp4GemmKernel kernel = Fp4GemmKernel::automatic,
-                          int splits = 0, bool batch_invariant = false);
+                          int splits = 0, bool batch_invariant = false, int paths = 1);
 
 // The workspace every call with M <= max_M needs (the largest over the plans; 0 when none): size it
 // once, at construction, and no call allocates.
