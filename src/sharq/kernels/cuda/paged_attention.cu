@@ -36,8 +36,10 @@
 // per warp 16 rows as mma A fragments in registers (ldmatrix). Key blocks of 64 from the first row's
 // window start to the last row's position; K and V blocks double-buffered by cp.async (zero-filled
 // past the last key); rows padded to HD + 8 elements so that ldmatrix is conflict-free. Per block:
-// S = Q K^T (m16n8k16, K rows as the col-major B operand via ldmatrix), mask j in [lo(row), pos(row)],
-// online softmax in the log2 domain (rows with no key yet use 0 as the reference max), P rounded to
+// S = Q K^T (m16n8k16, K rows as the col-major B operand via ldmatrix), mask j in [lo(row), pos(row)]
+// (only in blocks that cross a row's range of the warp), online softmax in the log2 domain on the
+// unscaled scores (the scale folded into the exponent's FMA; rows with no key yet use 0 as the
+// reference max), P rounded to
 // T and used both as the A operand of P V (V via ldmatrix.trans) and for the row sum; the output
 // rescale is skipped when no row's maximum moved. Shared memory 4 * 64 * (HD + 8) * 2 B + 1 KB (the
 // Q tile staged in K's second stage buffer, kPrefillMinBlocks): 70 KB for HD 128 (3 CTAs per SM),
@@ -676,27 +678,37 @@ __global__ void __launch_bounds__(kThreads, kPrefillMinBlocks) prefill_kernel(co
         mma16816<T>(sacc[2 * np + 1], qa[kk], rb[2], rb[3]);
       }
 
-    // mask (only where the block is not inside both rows' ranges), online softmax (log2 domain)
+    // mask (only in blocks that are not inside every row's range of the warp: a warp-uniform test,
+    // so most blocks skip it), online softmax in the log2 domain. The scores stay unscaled: the
+    // scale is positive, so RN(max(s) c) = max(RN(s c)), and exp2 takes fma(s, c, -mu).
     const int kfirst = k_lo + b * kKeys, kb = kfirst + 2 * (lane & 3);
-    const bool inside = kfirst >= max(lo0, lo1) && kfirst + kKeys - 1 <= min(pos0, pos1);
+    const bool inside = __all_sync(kFull, kfirst >= max(lo0, lo1) && kfirst + kKeys - 1 <= min(pos0, pos1));
     float mx0 = -INFINITY, mx1 = -INFINITY;
+    if (inside) {
 #pragma unroll
-    for (int nt = 0; nt < 8; ++nt)
-#pragma unroll
-      for (int e = 0; e < 2; ++e) {
-        const int j = kb + 8 * nt + e;
-        const float x0 = inside || (j >= lo0 && j <= pos0) ? sacc[nt][e] * a.scale_log2 : -INFINITY;
-        const float x1 = inside || (j >= lo1 && j <= pos1) ? sacc[nt][2 + e] * a.scale_log2 : -INFINITY;
-        sacc[nt][e] = x0;
-        sacc[nt][2 + e] = x1;
-        mx0 = fmaxf(mx0, x0);
-        mx1 = fmaxf(mx1, x1);
+      for (int nt = 0; nt < 8; ++nt) {
+        mx0 = fmaxf(mx0, fmaxf(sacc[nt][0], sacc[nt][1]));
+        mx1 = fmaxf(mx1, fmaxf(sacc[nt][2], sacc[nt][3]));
       }
+    } else {
+#pragma unroll
+      for (int nt = 0; nt < 8; ++nt)
+#pragma unroll
+        for (int e = 0; e < 2; ++e) {
+          const int j = kb + 8 * nt + e;
+          const float x0 = j >= lo0 && j <= pos0 ? sacc[nt][e] : -INFINITY;
+          const float x1 = j >= lo1 && j <= pos1 ? sacc[nt][2 + e] : -INFINITY;
+          sacc[nt][e] = x0;
+          sacc[nt][2 + e] = x1;
+          mx0 = fmaxf(mx0, x0);
+          mx1 = fmaxf(mx1, x1);
+        }
+    }
     mx0 = fmaxf(mx0, __shfl_xor_sync(kFull, mx0, 1));
     mx0 = fmaxf(mx0, __shfl_xor_sync(kFull, mx0, 2));
     mx1 = fmaxf(mx1, __shfl_xor_sync(kFull, mx1, 1));
     mx1 = fmaxf(mx1, __shfl_xor_sync(kFull, mx1, 2));
-    const float mn0 = fmaxf(m0, mx0), mn1 = fmaxf(m1, mx1);
+    const float mn0 = fmaxf(m0, mx0 * a.scale_log2), mn1 = fmaxf(m1, mx1 * a.scale_log2);
     const float mu0 = mn0 == -INFINITY ? 0.0f : mn0, mu1 = mn1 == -INFINITY ? 0.0f : mn1;
     const float c0 = exp2f(m0 - mu0), c1 = exp2f(m1 - mu1);
     m0 = mn0;
@@ -714,8 +726,9 @@ __global__ void __launch_bounds__(kThreads, kPrefillMinBlocks) prefill_kernel(co
     uint32_t pa[4][4];  // P as the A operand: k16 step kk2 = keys 16 kk2 .. 16 kk2 + 15
 #pragma unroll
     for (int nt = 0; nt < 8; ++nt) {
-      const uint32_t lo = pack2<T>(exp2f(sacc[nt][0] - mu0), exp2f(sacc[nt][1] - mu0));
-      const uint32_t hi = pack2<T>(exp2f(sacc[nt][2] - mu1), exp2f(sacc[nt][3] - mu1));
+      const float sc = a.scale_log2;
+      const uint32_t lo = pack2<T>(exp2f(fmaf(sacc[nt][0], sc, -mu0)), exp2f(fmaf(sacc[nt][1], sc, -mu0)));
+      const uint32_t hi = pack2<T>(exp2f(fmaf(sacc[nt][2], sc, -mu1)), exp2f(fmaf(sacc[nt][3], sc, -mu1)));
       const float2 rl = unpack2<T>(lo), rh = unpack2<T>(hi);
       l0 = l0 + rl.x + rl.y;
       l1 = l1 + rh.x + rh.y;
