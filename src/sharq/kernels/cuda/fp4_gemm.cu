@@ -85,6 +85,7 @@ namespace {
 
 constexpr int kBNW = 128;         // weight rows per CTA (2 warpgroups x m64)
 constexpr int kThreads = 256;
+constexpr int kConsumerThreads = 256;  // the prefill kernel's two consumer warpgroups (its epilogues)
 constexpr int kRowBytes = 128;    // one swizzled activation row: 64 halves
 constexpr int kEpiPitch = (kBNW + 8) * 2;  // bytes per token row of the epilogue transpose buffer
 constexpr int kRedPitch = kBNW + 4;        // floats per token row of the split-K partial tile (conflict-free)
@@ -398,7 +399,7 @@ __device__ __forceinline__ void split_epilogue(const Fp4GemmParams& prm, const f
   const int rank = static_cast<int>(blockIdx.z);  // the cluster spans the grid's z: rank == blockIdx.z
   const int cq = tid & 31;                         // this thread's columns 4 cq .. 4 cq + 3
   const int64_t col = n0 + 4 * cq;
-  for (int tr = tid >> 5; tr < rows_per; tr += kThreads / 32) {
+  for (int tr = tid >> 5; tr < rows_per; tr += kConsumerThreads / 32) {
     const int t = rank * rows_per + tr;
     const int64_t m = m0 + t;
     if (t >= NT || m >= prm.M) break;  // the rows ascend with tr
@@ -430,10 +431,13 @@ __device__ __forceinline__ void split_epilogue(const Fp4GemmParams& prm, const f
 // Epilogue: the consumers only (named barrier 1, 256 threads): the scaled BF16 tile transposed
 // through shared memory and stored coalesced, or (kSplit) the cluster's split-K sum, whose two
 // cluster barriers the producer warpgroup joins.
-// Registers: ptxas allocates the whole kernel within the launch count, 168 (= 65536 / 384), the
-// consumers' code included; setmaxnreg only moves the physical allocation. NT = 256 fits with no
-// spills (any extra live state in the k-loop spills: checked with -Xptxas -v).
+// Registers: the launch count is 168 (= 65536 / 384, what -Xptxas -v reports), but ptxas compiles
+// the code after setmaxnreg.inc for its 232: the NT = 256 consumers need more than 168 (compiled
+// with the consumer count set to 168 they spill 200-300 bytes). So a change to the 40/232 split,
+// the launch bounds or -maxrregcount must be checked by compiling with the consumer count lowered,
+// not by -v's figure.
 constexpr int kPrefillThreads = 384;
+static_assert(kPrefillThreads == 128 + kConsumerThreads, "a producer warpgroup and the consumers");
 // setmaxnreg moves registers inside the CTA's own allocation (kPrefillThreads x the launch count): the
 // consumers' increase can only be served by the producer's decrease, so the kernel needs a launch
 // count of at least kPrefillMinRegs, or the consumers wait in setmaxnreg.inc forever. ptxas gives
@@ -489,7 +493,7 @@ __device__ __forceinline__ void tma_load_2d(uint32_t dst, const CUtensorMap* map
       "l"(reinterpret_cast<uint64_t>(map)), "r"(c0), "r"(c1), "r"(bar)
       : "memory");
 }
-__device__ __forceinline__ void consumer_barrier() { asm volatile("bar.sync 1, 256;\n" ::: "memory"); }
+__device__ __forceinline__ void consumer_barrier() { asm volatile("bar.sync 1, %0;\n" ::"n"(kConsumerThreads) : "memory"); }
 
 template <class T, int P, int Block, int NT, bool kSplit>
 __global__ void __launch_bounds__(kPrefillThreads, 1) fp4_prefill_kernel(const Fp4GemmParams prm, const __grid_constant__ PrefillMaps maps) {
@@ -644,18 +648,18 @@ __global__ void __launch_bounds__(kPrefillThreads, 1) fp4_prefill_kernel(const F
   const int64_t rows = prm.M - m0 < NT ? prm.M - m0 : NT;
   const int cols = prm.N - n0 < kBNW ? static_cast<int>(prm.N - n0) : kBNW;
   if (cols < kBNW || prm.y_store == 2) {
-    for (int idx = tid; idx < rows * cols; idx += 256) {
+    for (int idx = tid; idx < rows * cols; idx += kConsumerThreads) {
       const int t = idx / cols, c = idx % cols;
       prm.y[(m0 + t) * prm.ldy + n0 + c] = __ushort_as_bfloat16(lds16(smem0 + static_cast<uint32_t>(t * kEpiPitch + c * 2)));
     }
   } else if (prm.y_store == 16) {
-    for (int idx = tid; idx < rows * 16; idx += 256) {
+    for (int idx = tid; idx < rows * 16; idx += kConsumerThreads) {
       const int t = idx >> 4, c = idx & 15;
       const uint4 v = lds128(smem0 + static_cast<uint32_t>(t * kEpiPitch + c * 16));
       *reinterpret_cast<uint4*>(prm.y + (m0 + t) * prm.ldy + n0 + c * 8) = v;
     }
   } else {
-    for (int idx = tid; idx < rows * 64; idx += 256) {
+    for (int idx = tid; idx < rows * 64; idx += kConsumerThreads) {
       const int t = idx >> 6, c = idx & 63;
       const uint32_t v = lds32(smem0 + static_cast<uint32_t>(t * kEpiPitch + c * 4));
       *reinterpret_cast<uint32_t*>(prm.y + (m0 + t) * prm.ldy + n0 + c * 2) = v;
@@ -670,7 +674,7 @@ PFN_cuTensorMapEncodeTiled_v12000 tensor_map_encoder() {
     cudaDriverEntryPointQueryResult q{};
     SHARQ_CUDA_CHECK(cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &p, 12000, cudaEnableDefault, &q));
     if (q != cudaDriverEntryPointSuccess || !p)
-      throw std::runtime_error("fp4_gemm: the CUDA driver has no cuTensorMapEncodeTiled (the prefill kernel's TMA needs CUDA 12+)");
+      throw std::runtime_error("fp4_gemm: the CUDA driver has no cuTensorMapEncodeTiled (the prefill kernel's TMA needs a CUDA 12.5+ driver entry point)");
     return reinterpret_cast<PFN_cuTensorMapEncodeTiled_v12000>(p);
   }();
   return fn;
@@ -1155,8 +1159,9 @@ int64_t small_splits(const DeviceFp4Weights& w) {
 // The split count of the prefill family: a cluster of c = 1 .. 8 CTAs per (weight rows, token) tile.
 // It pays only while the unsplit grid leaves SMs idle (M = 128 .. 512 on Llama-8B's narrow layers:
 // o and down have 32 weight-row tiles, qkv 48, on 132 SMs); on a full grid the splits' fills and
-// reductions are pure cost (measured: o at M = 1024, 65 -> 111 us with 4 splits), so the count
-// follows the token tiles and therefore M (batch_invariant pins it to 1, docs/numerics.md).
+// reductions are pure cost (measured on the earlier cp.async kernel: o at M = 1024, 65 -> 111 us
+// with 4 splits), so the count follows the token tiles and therefore M (batch_invariant pins it
+// to 1, docs/numerics.md).
 // A wave holds g_cluster_capacity[c] clusters (GPC packing: fewer than SMs / c). Only counts that
 // leave no split empty and keep >= kMinKTiles k-tiles per split.
 bool prefill_split_valid(int64_t c, int64_t k_tiles) {
@@ -1292,7 +1297,7 @@ void fp4_gemm(const Fp4GemmArgs& a, const DeviceFp4Weights& w, void* workspace, 
     throw std::invalid_argument(fmt::format("fp4_gemm: row_scale_count = {} (1 or M = {})", a.row_scale_count, a.M));
   const auto misaligned = [](const void* p, uintptr_t n) { return p && reinterpret_cast<uintptr_t>(p) % n != 0; };
   if (misaligned(a.a0, 16) || misaligned(a.a1, 16))
-    throw std::invalid_argument("fp4_gemm: the activation planes must be 16-byte aligned (16-byte async copies)");
+    throw std::invalid_argument("fp4_gemm: the activation planes must be 16-byte aligned (TMA and 16-byte async copies)");
   if (misaligned(a.y, 2) || misaligned(a.y_f32, 4) || misaligned(a.bias, 4) || misaligned(a.row_scale, 4))
     throw std::invalid_argument("fp4_gemm: the output, the bias and the row scales must be aligned to their element type");
   if (plan.workspace_bytes && (!workspace || workspace_bytes < plan.workspace_bytes || misaligned(workspace, 16)))
