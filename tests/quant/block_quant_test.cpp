@@ -593,4 +593,68 @@ TEST(Hif4, TinyAndHugeUnitsClampTheScale) {
   EXPECT_EQ(dequant<sharq::Hif4>(b)[10], 1.75f * 49152.0f * 4.0f);
 }
 
+// ---- Exactness on the tensor cores (the MXFP4/HiF4 GPU paths' arguments, docs/numerics.md) -----
+// A dequantized value is "exact" when the FP32 product equals the real product (a double holds it
+// exactly); it then runs on BF16 (or E4M3) tensor cores without changing a bit iff rounding it to
+// that format gives it back.
+
+// MXFP4: E2M1 x 2^k has at most 2 significant bits and BF16 has FP32's exponent range
+// (subnormals included), so every product FP32 can hold is a BF16 value. A real product past
+// FP32's range is +-Inf in both (and no finite block reaches such a scale: floor(log2(amax)) - 2
+// <= 125).
+TEST(TensorCoreExactness, Mxfp4ValuesAreBf16Values) {
+  int finite = 0;
+  for (int e = 0; e < 255; ++e)  // every UE8M0 scale (255 is NaN)
+    for (int c = 0; c < 16; ++c) {
+      const uint8_t code = static_cast<uint8_t>(c);
+      const float v = sharq::Mxfp4::decode(code) * sharq::Mxfp4::element_scale(sharq::scale_ue8m0{static_cast<uint8_t>(e)}, 0);
+      const double real = static_cast<double>(sharq::e2m1_decode(code)) * std::ldexp(1.0, e - 127);
+      if (std::fabs(real) > static_cast<double>(std::numeric_limits<float>::max())) {
+        EXPECT_TRUE(std::isinf(v)) << "e=" << e << " c=" << c;
+      } else {
+        EXPECT_EQ(static_cast<double>(v), real) << "e=" << e << " c=" << c;
+        ++finite;
+      }
+      EXPECT_EQ(sharq::f32_bits(sharq::round_bf16(v)), sharq::f32_bits(v)) << "e=" << e << " c=" << c;
+    }
+  EXPECT_GT(finite, 16 * 250);
+}
+
+// HiF4: S1P2 (3 significant bits) x E6M2 (3) x 2^(E8 + E16): at most 6 significant bits, and the
+// exponents (2^-50 .. 2^18) lie inside BF16's normal range. Every value of every scale code.
+TEST(TensorCoreExactness, Hif4ValuesAreBf16Values) {
+  for (int sf = 0; sf < sharq::kE6m2Nan; ++sf)
+    for (int e8 = 0; e8 < 2; ++e8)
+      for (int e16 = 0; e16 < 2; ++e16) {
+        sharq::scale_hif4 s{};
+        s.sf = static_cast<uint8_t>(sf);
+        s.e8 = static_cast<uint8_t>(e8);        // group 0 of 8
+        s.e16[0] = static_cast<uint8_t>(e16);  // group 0 of 4
+        for (int c = 0; c < 16; ++c) {
+          const uint8_t code = static_cast<uint8_t>(c);
+          const float v = sharq::Hif4::decode(code) * sharq::Hif4::element_scale(s, 0);
+          const double real = static_cast<double>(sharq::s1p2_decode(code)) *
+                              static_cast<double>(sharq::e6m2_decode(static_cast<uint8_t>(sf))) * std::ldexp(1.0, e8 + e16);
+          ASSERT_EQ(static_cast<double>(v), real) << "sf=" << sf << " c=" << c;
+          ASSERT_EQ(sharq::f32_bits(sharq::round_bf16(v)), sharq::f32_bits(v)) << "sf=" << sf << " c=" << c;
+        }
+      }
+}
+
+// The FP8 path for MXFP4: with one FP32 scale per row and 128-K tile (the tile's base 2^b), a
+// 32-block of scale 2^(b + d) holds E2M1 x 2^d, which E4M3 represents exactly for every code iff
+// -8 <= d <= 6 (6 x 2^6 = 384 <= 448; 0.5 x 2^-8 = 2^-9, E4M3's smallest subnormal). With the base
+// chosen as the tile's largest block scale times 2^-6, a block is exact down to 2^-14 of the
+// largest; a block further below loses bits (its values round in E4M3 or flush to zero).
+TEST(TensorCoreExactness, E2m1TimesTwoToTheDIsAnE4m3ValueExactlyForDFromMinus8To6) {
+  for (int d = -12; d <= 10; ++d) {
+    bool every_code = true;
+    for (int c = 0; c < 16; ++c) {
+      const float v = std::ldexp(sharq::e2m1_decode(static_cast<uint8_t>(c)), d);
+      every_code = every_code && sharq::f32_bits(sharq::e4m3_decode(sharq::e4m3_encode(v))) == sharq::f32_bits(v);
+    }
+    EXPECT_EQ(every_code, d >= -8 && d <= 6) << "d=" << d;
+  }
+}
+
 }  // namespace
