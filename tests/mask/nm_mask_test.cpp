@@ -24,6 +24,12 @@ namespace {
 using sharq::MaskKind;
 using sharq::MaskSpec;
 using sharq::PairScore;
+using sharq::mask_row;
+using sharq::mask_row_metadata;
+using sharq::pair48_keep_bits;
+using sharq::scalar24_keep_bits;
+using sharq::pair48_to_24_position;
+using sharq::pair48_to_24_inverse;
 
 const float kInf = std::numeric_limits<float>::infinity();
 const float kNaN = std::numeric_limits<float>::quiet_NaN();
@@ -468,6 +474,72 @@ TEST(NmMask, NamesAndGroupSizes) {
   const MaskSpec def;
   EXPECT_EQ(def.kind, MaskKind::pair48);
   EXPECT_EQ(def.score, PairScore::max);
+}
+
+// pair-4:8 -> scalar 2:4 (issue 14's route to wgmma.sp): every pair choice becomes 2 of 4 in each
+// half, with the pair nibble as the 2:4 nibble of both halves; a bijection inside each group of 8.
+TEST(Pair48As24, EveryPairChoiceIsTwoOfFourInEachHalfWithTheSameNibble) {
+  for (int k = 0; k < 64; ++k) {
+    const int p = pair48_to_24_position(k);
+    EXPECT_EQ(p >> 3, k >> 3) << k;  // stays in its group (so in its 16/32 scale block)
+    EXPECT_EQ(pair48_to_24_inverse(p), k) << k;
+    EXPECT_EQ(pair48_to_24_position(pair48_to_24_inverse(k)), k) << k;
+  }
+  EXPECT_EQ(pair48_to_24_position(1), 4);  // pair 0's second member starts the second half
+  EXPECT_EQ(pair48_to_24_position(6), 3);  // pair 3's first member ends the first half
+  int choices = 0;
+  for (int p0 = 0; p0 < 4; ++p0)
+    for (int p1 = p0 + 1; p1 < 4; ++p1) {
+      const uint8_t meta = static_cast<uint8_t>(p0 | (p1 << 2));
+      const uint8_t keep8 = pair48_keep_bits(meta);
+      uint8_t permuted = 0;
+      for (int k = 0; k < 8; ++k)
+        if ((keep8 >> k) & 1) permuted = static_cast<uint8_t>(permuted | (1u << pair48_to_24_position(k)));
+      EXPECT_EQ(permuted & 0xF, scalar24_keep_bits(meta)) << int(meta);
+      EXPECT_EQ(permuted >> 4, scalar24_keep_bits(meta)) << int(meta);
+      ++choices;
+    }
+  EXPECT_EQ(choices, 6);
+}
+
+// On real masks: a row's pair-4:8 keep flags, permuted, are scalar 2:4 in every half of 4 and
+// match the row's metadata; and the permuted dot product is the same sum (integer-valued floats:
+// every partial sum exact, so any order gives the same bits).
+TEST(Pair48As24, RowMasksPermuteToScalar24AndDotProductsAreUnchanged) {
+  std::mt19937 rng(2026);
+  std::uniform_int_distribution<int> iv(-64, 64);
+  std::normal_distribution<float> nd(0.0f, 1.0f);
+  const MaskSpec spec{MaskKind::pair48, PairScore::max};
+  for (int rep = 0; rep < 200; ++rep) {
+    const int64_t K = 8 * (1 + rep % 40);
+    std::vector<float> v(static_cast<size_t>(K)), w(v.size()), vp(v.size()), wp(v.size());
+    for (auto& x : v) x = nd(rng) * (rep % 3 == 0 ? 100.0f : 1.0f);
+    const std::vector<uint8_t> keep = mask_row(v.data(), K, spec);
+    const std::vector<uint8_t> meta = mask_row_metadata(v.data(), K, spec);
+    std::vector<uint8_t> keep_p(keep.size());
+    for (int64_t k = 0; k < K; ++k) keep_p[static_cast<size_t>(pair48_to_24_position(static_cast<int>(k)))] = keep[static_cast<size_t>(k)];
+    for (int64_t g = 0; g < K / 8; ++g) {
+      const uint8_t nib = static_cast<uint8_t>((meta[static_cast<size_t>(g / 2)] >> (4 * (g % 2))) & 0xF);
+      for (int h = 0; h < 2; ++h) {
+        uint8_t bits = 0;
+        for (int q = 0; q < 4; ++q) bits = static_cast<uint8_t>(bits | (keep_p[static_cast<size_t>(8 * g + 4 * h + q)] << q));
+        ASSERT_EQ(bits, scalar24_keep_bits(nib)) << "rep " << rep << " group " << g << " half " << h;
+      }
+    }
+    float dot = 0.0f, dot_p = 0.0f;
+    for (int64_t k = 0; k < K; ++k) {
+      v[static_cast<size_t>(k)] = static_cast<float>(iv(rng));
+      w[static_cast<size_t>(k)] = static_cast<float>(iv(rng));
+      const size_t pk = static_cast<size_t>(pair48_to_24_position(static_cast<int>(k)));
+      vp[pk] = v[static_cast<size_t>(k)];
+      wp[pk] = w[static_cast<size_t>(k)];
+    }
+    for (int64_t k = 0; k < K; ++k) {
+      dot += v[static_cast<size_t>(k)] * w[static_cast<size_t>(k)];
+      dot_p += vp[static_cast<size_t>(k)] * wp[static_cast<size_t>(k)];
+    }
+    EXPECT_EQ(dot, dot_p) << rep;
+  }
 }
 
 }  // namespace

@@ -91,6 +91,16 @@ SHARQ_HD uint8_t scalar24_keep_bits(uint8_t meta) {
   return static_cast<uint8_t>((1u << (meta & 3)) | (1u << ((meta >> 2) & 3)));
 }
 
+// pair-4:8 as scalar 2:4 (for sm_90's `wgmma.sp`, which takes 2 of every 4 along K): inside each
+// aligned group of 8 K-positions, position 2p + e (pair p, member e) moves to 4e + p, the pairs'
+// first members, then their second members. With pairs p0 < p1 kept, each half of 4 then keeps
+// exactly positions p0 and p1, so a pair-4:8 metadata nibble (p0 | p1 << 2) is, unchanged, the
+// scalar 2:4 nibble of both halves. Applied to both operands of a dot product (the activations'
+// planes and the weights' K order) it changes no sum; the groups stay inside their 16/32 scale
+// blocks. A bijection (not an involution): pair48_to_24_inverse undoes it.
+SHARQ_HD int pair48_to_24_position(int k) { return (k & ~7) | ((k & 1) << 2) | ((k >> 1) & 3); }
+SHARQ_HD int pair48_to_24_inverse(int k) { return (k & ~7) | ((k & 3) << 1) | ((k >> 2) & 1); }
+
 // ---- host helpers ------------------------------------------------------------------------------
 
 // Keep flags (0/1) for a row of K values under `spec`; K is zero-padded to a multiple of the group.
