@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# On the GPU machine: Nsight Compute limiter figures of the three prefill kernels that set the
+# engine's prefill time — the FP4 prefill GEMM, the SharQ prep and the prefill attention — with the
+# stall reasons per issued instruction (the figures docs/perf/hopper.md and engine.md quote).
+# Assumes a build in $BUILD (scripts/device/gpu_check.sh makes one). Results in $OUT (or ./gpu-out).
+# Usage: scripts/device/prefill_profile.sh [LAYER:M ...]   (default: gate_up:4096 qkv:256 down:512)
+set -uo pipefail
+OUT=${OUT:-$PWD/gpu-out}
+B=${BUILD:-build-gpu}
+mkdir -p "$OUT"
+STALLS='regex:smsp__average_warps_issue_stalled_.*_per_issue_active\.ratio'
+SECTIONS=(--section SpeedOfLight --section ComputeWorkloadAnalysis --section MemoryWorkloadAnalysis
+          --section Occupancy --section LaunchStats --section WarpStateStats --section InstructionStats
+          --section SourceCounters)
+summary() {  # the lines worth reading, stalls above 0.3 cycles per instruction only
+  grep -E "Duration|Compute \(SM\) Throughput|Issue Slots Busy|Executed Ipc Active|Registers Per|Achieved Occupancy|highest-utilized|stalled" "$1" |
+    awk '!/stalled/ || $NF + 0 > 0.3' | head -24
+}
+LM=("$@")
+[[ ${#LM[@]} -eq 0 ]] && LM=(gate_up:4096 qkv:256 down:512)
+for lm in "${LM[@]}"; do
+  l=${lm%%:*}; m=${lm##*:}
+  timeout 120 ncu --kernel-name-base demangled --kernel-name "regex:fp4_prefill_kernel<__half, .int.1, .int.32, .int.256" \
+    --launch-skip 2 --launch-count 1 "${SECTIONS[@]}" --metrics "$STALLS" \
+    "$B/sharq" bench gemm --model llama3.1-8b --layer "$l" -M "$m" --reps 50 --max-sets 2 -q >"$OUT/ncu_gemm_${l}_$m.txt" 2>&1
+  echo "== merged GEMM $l M=$m"; summary "$OUT/ncu_gemm_${l}_$m.txt"
+done
+timeout 120 ncu --kernel-name-base demangled --kernel-name "regex:sharq_prep_kernel<sharq::SharqNvfp4" --launch-skip 2 --launch-count 1 \
+  "${SECTIONS[@]}" --metrics "$STALLS" \
+  "$B/sharq" bench gemm --model llama3.1-8b --layer qkv -M 4096 --reps 50 --max-sets 2 -q >"$OUT/ncu_prep_qkv_4096.txt" 2>&1
+echo "== SharQ prep qkv M=4096"; summary "$OUT/ncu_prep_qkv_4096.txt"
+timeout 180 ncu --kernel-name regex:prefill_kernel --launch-skip 40 --launch-count 1 "${SECTIONS[@]}" --metrics "$STALLS" \
+  "$B/sharq" bench model --synthetic llama3.1-8b --schemes fp16 --prefill 1x2048 --batches 1 --steps 2 -q >"$OUT/ncu_attention_2048.txt" 2>&1
+echo "== prefill attention, 2048 tokens (fp16 engine)"; summary "$OUT/ncu_attention_2048.txt"
+# the profiler's logs name this machine's paths: keep them out of anything committed
+sed -i 's#(/[^)]*/sharq)#(sharq)#' "$OUT"/ncu_*.txt
