@@ -34,3 +34,16 @@ timeout 180 ncu --kernel-name regex:prefill_kernel --launch-skip 40 --launch-cou
 echo "== prefill attention, 2048 tokens (fp16 engine)"; summary "$OUT/ncu_attention_2048.txt"
 # the profiler's logs name this machine's paths: keep them out of anything committed
 sed -i 's#(/[^)]*/sharq)#(sharq)#' "$OUT"/ncu_*.txt
+# The SASS opcode mix of the SharQ prep's span kernel and the prefill GEMM (what the PTX cannot
+# show: which selects, conversions and divisions survive ptxas), one histogram per kernel.
+if command -v cuobjdump >/dev/null; then
+  for k in 'sharq_prep_kernel.*SharqNvfp4ELi8E6__halfLi0E' 'fp4_prefill_kernel.*__halfLi1ELi32ELi256ELb0E'; do
+    f=$(cuobjdump -symbols "$B/libsharq_cuda.a" 2>/dev/null | grep -oE "_Z[A-Za-z0-9_]*" | grep -E "$k" | head -1)
+    [[ -z $f ]] && { echo "no symbol for $k"; continue; }
+    cuobjdump -sass -fun "$f" "$B/libsharq_cuda.a" >"$OUT/sass_${k%%.*}.txt" 2>&1
+    echo "== SASS opcodes, ${k%%.*} ($(grep -cE '^\s+/\*[0-9a-f]{4}\*/' "$OUT/sass_${k%%.*}.txt") instructions)"
+    grep -oE '^\s+/\*[0-9a-f]{4}\*/\s+(@!?U?P[0-9T] )?[A-Z][A-Z0-9]*' "$OUT/sass_${k%%.*}.txt" | awk '{print $NF}' |
+      sort | uniq -c | sort -rn | head -25 | tr '\n' ' '
+    echo
+  done
+fi
