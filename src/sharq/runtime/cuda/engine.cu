@@ -190,8 +190,11 @@ int64_t decode_bucket(int64_t M) {
   return (M + 63) / 64 * 64;
 }
 
-enum Cat { kOther, kPrep, kGemm, kAttention, kLmHead, kSampling, kCats };
-const char* const kCatNames[kCats] = {"norms_rope_other", "prep", "gemm", "attention", "lm_head", "sampling"};
+// kNorm, kRope, kSwiglu and kOther (embedding, last residual add, final norm, copies) are reported
+// one by one ("other.*") and together as "norms_rope_other".
+enum Cat { kOther, kPrep, kGemm, kAttention, kLmHead, kSampling, kNorm, kRope, kSwiglu, kCats };
+const char* const kCatNames[kCats] = {"other.rest", "prep",       "gemm",          "attention",   "lm_head",
+                                      "sampling",   "other.norm", "other.rope_kv", "other.swiglu"};
 
 }  // namespace
 
@@ -579,7 +582,7 @@ void GpuExecutor::Impl::forward(int64_t M, int64_t R, const AttentionPlan& plan)
       if (add) std::swap(xr, xw);
       return;
     }
-    mark(kOther);
+    mark(kNorm);
     if (add) add_rmsnorm(xr, add, M, E.H, w, eps, E.t, E.h.get(), st);
     else rmsnorm_rows(xr, nullptr, M, E.H, w, eps, E.t, E.h.get(), st);
     mark(kPrep);
@@ -594,7 +597,7 @@ void GpuExecutor::Impl::forward(int64_t M, int64_t R, const AttentionPlan& plan)
     norm_into(*L.qkv, l == 0 ? nullptr : E.ob.get(), L.attn_norm.get(), *E.acts_h);
     mark(kGemm);
     L.qkv->gemm(*E.acts_h, E.qkvb.get(), st, ws);
-    mark(kOther);
+    mark(kRope);
     qk_rope_kv_write(qkv, qkv + E.qd, qkv + E.qd + E.kvd, E.qkvd, M, nh, L.q_norm.get(), L.k_norm.get(), eps,
                      E.inv_freq.get(), c.rope_interleaved, rows, kv, E.t, E.q32.get(), st);
     mark(kAttention);
@@ -610,7 +613,7 @@ void GpuExecutor::Impl::forward(int64_t M, int64_t R, const AttentionPlan& plan)
       mark(kPrep);
       L.down->prepare_swiglu(E.gub.get(), M, *E.acts_i, st);
     } else {
-      mark(kOther);
+      mark(kSwiglu);
       swiglu(E.gub.get(), M, E.I, E.t, E.ab.get(), st);
       mark(kPrep);
       L.down->prepare(E.ab.get(), M, *E.acts_i, st);
@@ -817,6 +820,9 @@ StepOutput GpuExecutor::step(const std::vector<StepEntry>& batch) {
       SHARQ_CUDA_CHECK(cudaEventElapsedTime(&ms, E.events[k], E.events[k + 1]));
       E.profile.us[kCatNames[E.event_cat[k]]] += 1000.0 * ms;
     }
+    double other = 0.0;
+    for (int c : {kOther, kNorm, kRope, kSwiglu}) other += E.profile.us[kCatNames[c]];
+    E.profile.us["norms_rope_other"] = other;
     float ms = 0.0f;
     SHARQ_CUDA_CHECK(cudaEventElapsedTime(&ms, E.events.front(), E.events[E.event_cat.size() - 1]));
     E.profile.total_us = 1000.0 * ms;

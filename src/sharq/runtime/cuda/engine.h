@@ -69,7 +69,8 @@ struct SyntheticModel {
 // Per-component GPU time of one profiled step (set_profiling), microseconds.
 struct StepProfile {
   double total_us = 0.0;               // first kernel start to last kernel end
-  std::map<std::string, double> us;    // gemm, prep, attention, norms_rope_other, lm_head, sampling
+  std::map<std::string, double> us;    // gemm, prep, attention, norms_rope_other, lm_head, sampling;
+                                       // norms_rope_other = other.norm + other.rope_kv + other.swiglu + other.rest
 };
 
 class GpuExecutor final : public Executor {

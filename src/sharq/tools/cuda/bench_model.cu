@@ -335,6 +335,17 @@ int run_bench_model(const BenchModelOptions& o) {
     }
   std::printf("(wall: decode1 = graph step wall time at batch 1; pf2048 = the 1x2048 prefill latency when it is the "
               "second --prefill entry; linears: the same run's prepare+GEMM of every layer + lm_head alone, M = 1 / 2048)\n");
+  std::printf("other, by kernel (µs): norm = the separate (add +) RMSNorm kernels, rope_kv = q/k norm + RoPE + KV write, "
+              "swiglu = the separate SwiGLU kernel, rest = embedding, last residual add, final norm, copies\n");
+  for (const SchemeResult& r : results)
+    for (int k = 0; k < 2; ++k) {
+      const cuda::StepProfile& p = k == 0 ? r.decode_prof : r.prefill_prof;
+      if (p.us.empty()) continue;
+      auto part = [&p](const char* n) { const auto it = p.us.find(n); return it == p.us.end() ? 0.0 : it->second; };
+      std::printf("%-16s %-8s norm %9.1f  rope_kv %9.1f  swiglu %9.1f  rest %9.1f\n", r.scheme.c_str(),
+                  k == 0 ? "decode1" : "pf2048", part("other.norm"), part("other.rope_kv"), part("other.swiglu"),
+                  part("other.rest"));
+    }
 
   // ---- targets (the engine issue)
   const int64_t kv_bytes = 2 * cfg.num_layers * o.context * cfg.num_kv_heads * cfg.head_dim * 2;
