@@ -453,9 +453,11 @@ struct Cfg {
   static constexpr int kStages = (220 * 1024) / kStageBytes > 8 ? 8 : (220 * 1024) / kStageBytes;
   static constexpr int kPipeBytes = kStages * kStageBytes;
   static constexpr int kEpiBytes = NT * kRedPitch * 4;
-  static constexpr int kSmem = (kPipeBytes > kEpiBytes ? kPipeBytes : kEpiBytes) + 1024;
+  static constexpr int kSmem = (kPipeBytes > kEpiBytes ? kPipeBytes : kEpiBytes) + 1024;  // + base alignment
+  static_assert(kStageBytes % 1024 == 0 && kTileBytes % 1024 == 0, "tiles must stay 1024-byte aligned (128B swizzle)");
   static_assert(kStages >= 2, "stages");
   static_assert(kSmem <= 227 * 1024, "shared memory");
+  static_assert(kEpiBytes >= NT * kEpiPitch, "the epilogue buffer holds both epilogue layouts");
 };
 
 // The activation planes as TMA tensors: [M rows][Kp halves] with a row pitch of lda halves.
@@ -507,6 +509,7 @@ __global__ void __launch_bounds__(kPrefillThreads, 1) fp4_prefill_kernel(const F
   const int wg = static_cast<int>(threadIdx.x) >> 7;
   const int64_t n0 = static_cast<int64_t>(blockIdx.x) * kBNW;
   const int64_t m0 = static_cast<int64_t>(blockIdx.y) * NT;
+  // split blockIdx.z: k-tiles [kt0, kt0 + nkt), nkt >= 1 (the plan leaves no split empty)
   const int64_t kt0 = kSplit ? static_cast<int64_t>(blockIdx.z) * prm.kt_per_split : 0;
   const int64_t nkt = !kSplit ? prm.k_tiles : prm.k_tiles - kt0 < prm.kt_per_split ? prm.k_tiles - kt0 : prm.kt_per_split;
   const int ksteps = static_cast<int>(nkt * 2);
@@ -592,11 +595,11 @@ __global__ void __launch_bounds__(kPrefillThreads, 1) fp4_prefill_kernel(const F
     if (more) load_raw<Block>(rn, codes_t0, scales_t0, tcs, tss, kt + 1);
     step(static_cast<int>(2 * kt), fA);
     fence_regs(fB);
-    decode_step<T, Block, 1>(rc, fB);
+    decode_step<T, Block, 1>(rc, fB);  // fB was read by wgmma(2 kt - 1): complete
     step(static_cast<int>(2 * kt + 1), fB);
     if (more) {
       fence_regs(fA);
-      decode_step<T, Block, 0>(rn, fA);
+      decode_step<T, Block, 0>(rn, fA);  // fA was read by wgmma(2 kt): complete
       rc = rn;
     }
   }
@@ -609,14 +612,15 @@ __global__ void __launch_bounds__(kPrefillThreads, 1) fp4_prefill_kernel(const F
     return;
   }
   const int na = 64 * cw + 16 * w + g, nb = na + 8;
-  const bool oka = n0 + na < prm.N, okb = n0 + nb < prm.N;
+  const bool oka = n0 + na < prm.N, okb = n0 + nb < prm.N;  // padded weight rows write nothing
   const float ga = oka ? prm.gw[prm.gw_per_col ? n0 + na : 0] * Fp4Pair<T>::kPost : 0.0f,
-              gb = okb ? prm.gw[prm.gw_per_col ? n0 + nb : 0] * Fp4Pair<T>::kPost : 0.0f;
+              gb = okb ? prm.gw[prm.gw_per_col ? n0 + nb : 0] * Fp4Pair<T>::kPost : 0.0f;  // exact power of 2
+  // the bias, added only when there is one (adding 0 would turn -0 into +0)
   const bool has_bias = prm.bias != nullptr;
   const float ba = has_bias && oka ? prm.bias[n0 + na] : 0.0f, bb = has_bias && okb ? prm.bias[n0 + nb] : 0.0f;
   auto out_a = [&](float v) { return has_bias ? v + ba : v; };
   auto out_b = [&](float v) { return has_bias ? v + bb : v; };
-  if (prm.y_f32) {
+  if (prm.y_f32) {  // uniform across the block: the test-only FP32 output, no transpose
 #pragma unroll
     for (int j = 0; j < NT / 8; ++j)
 #pragma unroll
@@ -629,6 +633,8 @@ __global__ void __launch_bounds__(kPrefillThreads, 1) fp4_prefill_kernel(const F
       }
     return;
   }
+  // Epilogue 1: D^T fragments -> scaled BF16, transposed into smem [NT tokens][kBNW + 8].
+  // d[4j + {0,1}] = D^T[16 w + g][8 j + 2 q + {0,1}], d[4j + {2,3}] = row + 8.
 #pragma unroll
   for (int j = 0; j < NT / 8; ++j) {
     const int t0 = 8 * j + 2 * q, t1 = t0 + 1;
@@ -645,9 +651,10 @@ __global__ void __launch_bounds__(kPrefillThreads, 1) fp4_prefill_kernel(const F
     sts16(row1 + 2 * nb, __bfloat16_as_ushort(__float2bfloat16_rn(out_b(acc[4 * j + 3] * (r1 * gb)))));
   }
   consumer_barrier();
+  // Epilogue 2: token rows < M and columns < N out to Y, coalesced.
   const int64_t rows = prm.M - m0 < NT ? prm.M - m0 : NT;
   const int cols = prm.N - n0 < kBNW ? static_cast<int>(prm.N - n0) : kBNW;
-  if (cols < kBNW || prm.y_store == 2) {
+  if (cols < kBNW || prm.y_store == 2) {  // a partial last block (N % 128 != 0) or an odd ldy: elements
     for (int idx = tid; idx < rows * cols; idx += kConsumerThreads) {
       const int t = idx / cols, c = idx % cols;
       prm.y[(m0 + t) * prm.ldy + n0 + c] = __ushort_as_bfloat16(lds16(smem0 + static_cast<uint32_t>(t * kEpiPitch + c * 2)));
@@ -1320,7 +1327,7 @@ void fp4_gemm(const Fp4GemmArgs& a, const DeviceFp4Weights& w, void* workspace, 
   prm.Np = w.Np;
   prm.k_tiles = w.Kp / 128;
   prm.kt_per_split = plan.kt_per_split;
-  prm.splits = plan.kernel != Fp4GemmKernel::small ? static_cast<int>(plan.splits) : 1;
+  prm.splits = plan.kernel == Fp4GemmKernel::prefill ? static_cast<int>(plan.splits) : 1;
   prm.y = a.y;
   prm.y_f32 = a.y_f32;
   prm.ldy = a.ldy;

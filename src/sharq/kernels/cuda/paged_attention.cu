@@ -39,11 +39,10 @@
 // S = Q K^T (m16n8k16, K rows as the col-major B operand via ldmatrix), mask j in [lo(row), pos(row)]
 // (only in blocks that cross a row's range of the warp), online softmax in the log2 domain on the
 // unscaled scores (the scale folded into the exponent's FMA; rows with no key yet use 0 as the
-// reference max), P rounded to
-// T and used both as the A operand of P V (V via ldmatrix.trans) and for the row sum; the output
-// rescale is skipped when no row's maximum moved. Shared memory 4 * 64 * (HD + 8) * 2 B + 1 KB (the
-// Q tile staged in K's second stage buffer, kPrefillMinBlocks): 70 KB for HD 128 (3 CTAs per SM),
-// 37 KB for HD 64. The grid walks the tiles from the last one (the longest causal ranges first).
+// reference max), P rounded to T and used both as the A operand of P V (V via ldmatrix.trans) and
+// for the row sum; the output rescale is skipped when no row's maximum moved. Shared memory
+// 4 * 64 * (HD + 8) * 2 B + 1 KB (the Q tile staged in K's second stage buffer, kPrefillMinBlocks):
+// 70 KB for HD 128 (3 CTAs per SM), 37 KB for HD 64. The grid walks the tiles from the last one (the longest causal ranges first).
 //
 // Both kernels are launched with programmatic stream serialization (PDL, as the FP4 GEMMs): a kernel
 // may start while its predecessor drains and reads only the step metadata (rows, positions, block
@@ -724,9 +723,9 @@ __global__ void __launch_bounds__(kThreads, kPrefillMinBlocks) prefill_kernel(co
         o[i][3] *= c1;
       }
     uint32_t pa[4][4];  // P as the A operand: k16 step kk2 = keys 16 kk2 .. 16 kk2 + 15
+    const float sc = a.scale_log2;
 #pragma unroll
     for (int nt = 0; nt < 8; ++nt) {
-      const float sc = a.scale_log2;
       const uint32_t lo = pack2<T>(exp2f(fmaf(sacc[nt][0], sc, -mu0)), exp2f(fmaf(sacc[nt][1], sc, -mu0)));
       const uint32_t hi = pack2<T>(exp2f(fmaf(sacc[nt][2], sc, -mu1)), exp2f(fmaf(sacc[nt][3], sc, -mu1)));
       const float2 rl = unpack2<T>(lo), rh = unpack2<T>(hi);

@@ -341,10 +341,9 @@ int run_bench_model(const BenchModelOptions& o) {
     for (int k = 0; k < 2; ++k) {
       const cuda::StepProfile& p = k == 0 ? r.decode_prof : r.prefill_prof;
       if (p.us.empty()) continue;
-      auto part = [&p](const char* n) { const auto it = p.us.find(n); return it == p.us.end() ? 0.0 : it->second; };
       std::printf("%-16s %-8s norm %9.1f  rope_kv %9.1f  swiglu %9.1f  rest %9.1f\n", r.scheme.c_str(),
-                  k == 0 ? "decode1" : "pf2048", part("other.norm"), part("other.rope_kv"), part("other.swiglu"),
-                  part("other.rest"));
+                  k == 0 ? "decode1" : "pf2048", p.us.at("other.norm"), p.us.at("other.rope_kv"),
+                  p.us.at("other.swiglu"), p.us.at("other.rest"));
     }
 
   // ---- targets (the engine issue)
