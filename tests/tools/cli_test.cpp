@@ -85,6 +85,11 @@ TEST(Cli, NumericOptionsSayWhatIsExpected) {
     EXPECT_EQ(r.status, 1) << c.args << "\n" << r.out;
     EXPECT_NE(r.out.find(c.want), std::string::npos) << c.args << "\n" << r.out;
   }
+  // a choice outside its set, refused by CLI11's own check (its exit code is 105): the removed
+  // prefill_ws kernel name is one
+  const Result k = run("bench gemm --kernel prefill_ws");
+  EXPECT_NE(k.status, 0) << k.out;
+  EXPECT_NE(k.out.find("--kernel: prefill_ws not in {auto,small,prefill}"), std::string::npos) << k.out;
   // good values still parse; the last of a repeated option wins
   const Result r = run("opcheck -M 0 -M 2 -K 64 -N +4 --schemes nvfp4 --csv");
   EXPECT_EQ(r.status, 0) << r.out;
