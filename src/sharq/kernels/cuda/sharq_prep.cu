@@ -192,21 +192,26 @@ __device__ RowView<T, kIn> make_row(const RowArgs& a, int64_t m, float* red, boo
 }
 
 // Block max of the finite |x| of the (normalized) row; every thread gets it. red: >= 32 floats.
+// all_finite (or null): whether every value of the row is finite (then the span code may skip its
+// NaN handling: for finite values it decides nothing).
 template <class R>
-__device__ float row_amax(const R& row, float* red) {
+__device__ float row_amax(const R& row, float* red, bool* all_finite = nullptr) {
   float m = 0.0f;
+  int nonfinite = 0;
   for (int64_t i = 8 * static_cast<int64_t>(threadIdx.x); i < row.K; i += 8 * static_cast<int64_t>(blockDim.x)) {
     float v[8];
     row.at8(i, v);
 #pragma unroll
     for (int j = 0; j < 8; ++j) {
       const float a = abs_f32(v[j]);
-      if (!is_nonfinite(a) && a > m) m = a;
+      if (is_nonfinite(a)) nonfinite = 1;
+      else if (a > m) m = a;
     }
   }
   for (int off = 16; off >= 1; off >>= 1) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, off));
   if ((threadIdx.x & 31) == 0) red[threadIdx.x / 32] = m;
-  __syncthreads();
+  const int any_nonfinite = __syncthreads_or(nonfinite);  // the barrier before red is read
+  if (all_finite) *all_finite = any_nonfinite == 0;
   float r = 0.0f;
   for (unsigned w = 0; w < blockDim.x / 32; ++w) r = fmaxf(r, red[w]);
   __syncthreads();
@@ -225,35 +230,46 @@ __global__ void amax_kernel(RowArgs a, uint32_t* amax_bits) {
 
 // top2_of4() (nm_mask.h) restated without indexing its score array by a runtime index, so that
 // the scores stay in registers: the same two scans, the same ranks_above(), the same tie rule.
-__device__ __forceinline__ uint8_t top2_of4_reg(const float (&s)[4]) {
+// kFinite: no score is NaN, so ranks_above(a, b) is a > b.
+template <bool kFinite>
+__device__ __forceinline__ bool ranks_above_t(float a, float b) {
+  if constexpr (kFinite) return a > b;
+  return ranks_above(a, b);
+}
+template <bool kFinite>
+__device__ __forceinline__ uint32_t top2_of4_reg(const float (&s)[4]) {
   int i0 = 0;
   float v0 = s[0];
 #pragma unroll
   for (int i = 1; i < 4; ++i)
-    if (ranks_above(s[i], v0)) { i0 = i; v0 = s[i]; }
+    if (ranks_above_t<kFinite>(s[i], v0)) { i0 = i; v0 = s[i]; }
   const int first = i0 == 0 ? 1 : 0;  // the second scan starts at `first`, then runs from first + 1
   int i1 = first;
   float v1 = i0 == 0 ? s[1] : s[0];
 #pragma unroll
   for (int i = 1; i < 4; ++i)
-    if (i > first && i != i0 && ranks_above(s[i], v1)) { i1 = i; v1 = s[i]; }
+    if (i > first && i != i0 && ranks_above_t<kFinite>(s[i], v1)) { i1 = i; v1 = s[i]; }
   const int lo = i0 < i1 ? i0 : i1, hi = i0 < i1 ? i1 : i0;
-  return static_cast<uint8_t>(lo | (hi << 2));
+  return static_cast<uint32_t>(lo | (hi << 2));
 }
 
 // Metadata nibble of one mask group (x: the group's Group values): pair48_select / scalar24_select.
 // kMaxScore: the score is PairScore::max (the caller hoisted the test out of its span loop).
-template <int Group, bool kMaxScore>
-__device__ __forceinline__ uint8_t group_select(const float* x, PairScore score) {
+// kFinite: the values are finite (the row was checked): pair_score_max is then the larger |x|.
+template <int Group, bool kMaxScore, bool kFinite>
+__device__ __forceinline__ uint32_t group_select(const float* x, PairScore score) {
   float s[4];
   if constexpr (Group == 8) {
 #pragma unroll
-    for (int p = 0; p < 4; ++p) s[p] = kMaxScore ? pair_score_max(x[2 * p], x[2 * p + 1]) : pair_score(x[2 * p], x[2 * p + 1], score);
+    for (int p = 0; p < 4; ++p) {
+      if constexpr (kFinite && kMaxScore) s[p] = fmaxf(abs_f32(x[2 * p]), abs_f32(x[2 * p + 1]));
+      else s[p] = kMaxScore ? pair_score_max(x[2 * p], x[2 * p + 1]) : pair_score(x[2 * p], x[2 * p + 1], score);
+    }
   } else {
 #pragma unroll
     for (int i = 0; i < 4; ++i) s[i] = abs_f32(x[i]);
   }
-  return top2_of4_reg(s);
+  return top2_of4_reg<kFinite>(s);
 }
 
 // v[i] for a runtime i known to lie in [lo, hi] (select chain, no local memory).
@@ -272,14 +288,21 @@ __device__ __forceinline__ float pick(const float* v, int i) {
 template <class F, int N>
 struct BlockQ {
   typename F::scale_t s;
-  uint8_t code[N];
+  uint32_t code[N];  // 32-bit registers: no 8/16-bit conversions between the encode, decode and packing
   float deq[N];
 };
-template <class F, int N>
+template <class F, int N, bool kFinite = false>
 __device__ __forceinline__ void quantize_regs(const float* v, BlockQ<F, N>& q) {
   // amax over the N given values; for the backbone these are the kept values only: the dropped
   // positions are +0 in S, which change neither the NaN-sticky max (it starts at 0) nor any code.
-  const float amax = amax_nan_sticky(v, N);
+  // With finite values the NaN-sticky max is the plain max of |v|.
+  float amax = 0.0f;
+  if constexpr (kFinite) {
+#pragma unroll
+    for (int k = 0; k < N; ++k) amax = fmaxf(amax, abs_f32(v[k]));
+  } else {
+    amax = amax_nan_sticky(v, N);
+  }
   q.s = F::scale_for(amax);
   const float d = F::code_divisor(amax, q.s);
   const float dd = d == 0.0f ? 1.0f : d;
@@ -289,12 +312,12 @@ __device__ __forceinline__ void quantize_regs(const float* v, BlockQ<F, N>& q) {
   if constexpr (std::is_same_v<typename F::scale_t, scale_ue4m3>) {
     const E2m1Thresholds t = e2m1_thresholds(dd);
 #pragma unroll
-    for (int k = 0; k < N; ++k) q.code[k] = d == 0.0f ? uint8_t{0} : e2m1_encode_thresholds_nonnan(v[k], t);  // d != 0: no NaN
+    for (int k = 0; k < N; ++k) q.code[k] = d == 0.0f ? 0u : uint32_t{e2m1_encode_thresholds_nonnan(v[k], t)};  // d != 0: no NaN
   } else {
     static_assert(std::is_same_v<typename F::scale_t, scale_ue8m0>, "NVFP4 or MXFP4 blocks");
     const float inv = 1.0f / dd;
 #pragma unroll
-    for (int k = 0; k < N; ++k) q.code[k] = d == 0.0f ? uint8_t{0} : e2m1_encode(v[k] * inv);
+    for (int k = 0; k < N; ++k) q.code[k] = d == 0.0f ? 0u : uint32_t{e2m1_encode(v[k] * inv)};
   }
 #pragma unroll
   for (int k = 0; k < N; ++k) q.deq[k] = F::decode(q.code[k]) * es;
@@ -311,8 +334,10 @@ __device__ __forceinline__ void store_half8(__half* dst, const float* v) {
 }
 
 // One 32-wide backbone span, one thread, all in registers (the register form of sharq_prepare_span).
-// kMaxScore: a.score is PairScore::max (pair-4:8 only; see group_select).
-template <class V, int Group, bool kMaxScore, class R>
+// kMaxScore: a.score is PairScore::max (pair-4:8 only; see group_select). kFinite: the row holds
+// only finite values (row_amax checked), so the NaN handling of the scores and amaxes is skipped:
+// for finite values it decides nothing, and x / g stays finite (|x / g| <= 2688).
+template <class V, int Group, bool kMaxScore, bool kFinite, class R>
 __device__ __forceinline__ void thread_span(const RowArgs& a, int64_t m, int64_t sp, float g, const R& row) {
   using Fbb = typename V::Fbb;
   using Fres = typename V::Fres;
@@ -327,12 +352,12 @@ __device__ __forceinline__ void thread_span(const RowArgs& a, int64_t m, int64_t
 #pragma unroll
   for (int k = 0; k < 32; ++k) x[k] = x[k] / g;
   // 1. mask: metadata nibble per group; the kept values gathered in ascending K order
-  uint8_t meta[kGroups];
+  uint32_t meta[kGroups];
   float kv[16];
 #pragma unroll
   for (int gi = 0; gi < kGroups; ++gi) {
     const float* xg = x + gi * Group;
-    meta[gi] = group_select<Group, kMaxScore>(xg, a.score);
+    meta[gi] = group_select<Group, kMaxScore, kFinite>(xg, a.score);
     const int i0 = meta[gi] & 3, i1 = meta[gi] >> 2;  // i0 < i1
     if constexpr (Group == 8) {  // pairs i0, i1
       float e[4], o[4];  // even / odd member of each pair
@@ -349,7 +374,7 @@ __device__ __forceinline__ void thread_span(const RowArgs& a, int64_t m, int64_t
   }
   // 2. backbone block over the logical span (kept values; see quantize_regs)
   BlockQ<Fbb, 16> bq;
-  quantize_regs<Fbb, 16>(kv, bq);
+  quantize_regs<Fbb, 16, kFinite>(kv, bq);
   // S^ at logical position k: the kept value's dequantized code, 0 where dropped
   auto s_hat = [&](int k) -> float {
     const int gi = k / Group, i = k % Group;
@@ -383,7 +408,7 @@ __device__ __forceinline__ void thread_span(const RowArgs& a, int64_t m, int64_t
       r[j] = x[b * kRB + j] - sh[j];
     }
     BlockQ<Fres, kRB> rq;
-    quantize_regs<Fres, kRB>(r, rq);
+    quantize_regs<Fres, kRB, kFinite>(r, rq);
     if (a.out.residual) {
       auto* res = static_cast<typename Fres::block_t*>(a.out.residual) + idx * kRes + b;
       res->s = rq.s;
@@ -414,9 +439,14 @@ __device__ __forceinline__ void span_range(int64_t spans, int64_t* b, int64_t* e
 
 // g_x of row m (NVFP4): from the per-tensor pass, or this row's finite amax; block y == 0 of the
 // row (row 0 for per tensor) stores it. Every thread gets it.
+// all_finite (or null): whether the row holds only finite values (per token only: the per-tensor
+// scale does not read the row here, so it reports false).
 template <class R>
-__device__ __forceinline__ float row_global_scale(const RowArgs& a, const R& row, int64_t m, float* red) {
-  const float g = a.per_tensor ? nvfp4_global_scale(f32_from_bits(*a.amax_bits)) : nvfp4_global_scale(row_amax(row, red));
+__device__ __forceinline__ float row_global_scale(const RowArgs& a, const R& row, int64_t m, float* red,
+                                                  bool* all_finite = nullptr) {
+  if (all_finite) *all_finite = false;
+  const float g = a.per_tensor ? nvfp4_global_scale(f32_from_bits(*a.amax_bits))
+                               : nvfp4_global_scale(row_amax(row, red, all_finite));
   if (a.out.g && threadIdx.x == 0 && blockIdx.y == 0 && (!a.per_tensor || m == 0)) a.out.g[a.per_tensor ? 0 : m] = g;
   return g;
 }
@@ -435,18 +465,25 @@ __global__ void __launch_bounds__(256) sharq_prep_kernel(RowArgs a) {
   const int64_t m = blockIdx.x;
   const auto row = make_row<T, kIn>(a, m, red + 32, blockIdx.y == 0);
   float g = 1.0f;
+  bool finite = false;  // the row holds only finite values: its spans skip the NaN handling
   if constexpr (V::kGlobal) {
-    g = row_global_scale(a, row, m, red);
+    g = row_global_scale(a, row, m, red, &finite);
   }
   int64_t b, e;
   span_range(a.spans, &b, &e);
-  // the pair score tested once, not per pair: the spec's max gets a span loop of its own
-  if constexpr (Group == 4) {  // scalar 2:4: no pair score
-    for (int64_t sp = b + threadIdx.x; sp < e; sp += blockDim.x) thread_span<V, Group, true>(a, m, sp, g, row);
-  } else if (a.score == PairScore::max) {
-    for (int64_t sp = b + threadIdx.x; sp < e; sp += blockDim.x) thread_span<V, Group, true>(a, m, sp, g, row);
-  } else {
-    for (int64_t sp = b + threadIdx.x; sp < e; sp += blockDim.x) thread_span<V, Group, false>(a, m, sp, g, row);
+  // the pair score tested once, not per pair: the spec's max (and scalar 2:4, which has no pair
+  // score) gets span loops of its own, one for finite rows and one for rows with a NaN or an Inf
+  auto spans = [&](auto max_score, auto all_finite) {
+    for (int64_t sp = b + threadIdx.x; sp < e; sp += blockDim.x)
+      thread_span<V, Group, decltype(max_score)::value, decltype(all_finite)::value>(a, m, sp, g, row);
+  };
+  using True = std::true_type;
+  using False = std::false_type;
+  if (Group == 4 || a.score == PairScore::max) {
+    if (finite) spans(True{}, True{});
+    else spans(True{}, False{});
+  } else if constexpr (Group == 8) {
+    spans(False{}, False{});
   }
   if (blockIdx.y == 0) {
     zero_tail(a.out.s_plane, a, m);
