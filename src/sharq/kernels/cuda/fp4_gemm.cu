@@ -65,6 +65,7 @@
 #include "sharq/kernels/cuda/fp4_gemm.h"
 #include "sharq/kernels/cuda/fp4_decode.cuh"
 #include "sharq/kernels/cuda/launch.cuh"
+#include "sharq/kernels/cuda/ptx.cuh"
 
 #include <cuda.h>  // CUtensorMap (the type only: the encoder comes from the driver at run time)
 #include <cudaTypedefs.h>
@@ -115,27 +116,15 @@ struct Fp4GemmParams {
 };
 
 // ---- PTX helpers ----------------------------------------------------------------------------
-__device__ __forceinline__ uint32_t smem_u32(const void* p) {
-  return static_cast<uint32_t>(__cvta_generic_to_shared(p));
-}
-__device__ __forceinline__ void cp_async16_zfill(uint32_t dst, const void* src, uint32_t src_bytes) {
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "r"(src_bytes) : "memory");
-}
 template <int Bytes>
 __device__ __forceinline__ void cp_async_small(uint32_t dst, const void* src) {  // 4 or 8 bytes (.ca)
   asm volatile("cp.async.ca.shared.global [%0], [%1], %2;\n" ::"r"(dst), "l"(src), "n"(Bytes) : "memory");
-}
-__device__ __forceinline__ void cp_async16(uint32_t dst, const void* src) {
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(dst), "l"(src) : "memory");
 }
 __device__ __forceinline__ uint2 lds64(uint32_t a) {
   uint2 v;
   asm volatile("ld.shared.v2.u32 {%0, %1}, [%2];\n" : "=r"(v.x), "=r"(v.y) : "r"(a) : "memory");
   return v;
 }
-__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
-template <int N>
-__device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory"); }
 
 __device__ __forceinline__ uint4 ldg_nc_v4(const void* p) {
   uint4 v;
@@ -172,9 +161,6 @@ __device__ __forceinline__ uint4 lds128(uint32_t a) {
   asm volatile("ld.shared.v4.u32 {%0, %1, %2, %3}, [%4];\n" : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w) : "r"(a) : "memory");
   return v;
 }
-__device__ __forceinline__ void fence_proxy_async_smem() {
-  asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
-}
 
 // Thread block clusters (the prefill kernel's split-K): every thread of every CTA of the cluster
 // arrives; release / acquire order the shared-memory writes before the barrier with the reads of
@@ -195,87 +181,6 @@ __device__ __forceinline__ float4 ld_cluster_f4(uint32_t caddr) {
 }
 __device__ __forceinline__ void sts_f32(uint32_t a, float v) { asm volatile("st.shared.f32 [%0], %1;\n" ::"r"(a), "f"(v) : "memory"); }
 
-__device__ __forceinline__ void wgmma_fence() { asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory"); }
-__device__ __forceinline__ void wgmma_commit() { asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory"); }
-template <int N>
-__device__ __forceinline__ void wgmma_wait() { asm volatile("wgmma.wait_group.sync.aligned %0;\n" ::"n"(N) : "memory"); }
-
-// Pins accumulator / fragment registers: no access is moved across the (volatile) wgmma statements.
-template <int N>
-__device__ __forceinline__ void fence_regs(float (&d)[N]) {
-#pragma unroll
-  for (int i = 0; i < N; ++i) asm volatile("" : "+f"(d[i])::"memory");
-}
-__device__ __forceinline__ void fence_regs(uint32_t (&f)[4][4]) {
-#pragma unroll
-  for (int i = 0; i < 4; ++i)
-#pragma unroll
-    for (int j = 0; j < 4; ++j) asm volatile("" : "+r"(f[i][j])::"memory");
-}
-
-// K-major, 128B-swizzled operand: SBO = 1024 B (encoded 64), LBO unused (1), swizzle mode 1.
-__device__ __forceinline__ uint64_t make_desc(uint32_t saddr) {
-  return static_cast<uint64_t>((saddr & 0x3FFFFu) >> 4) | (uint64_t{1} << 16) | (uint64_t{1024 >> 4} << 32) |
-         (uint64_t{1} << 62);
-}
-
-#define SHARQ_WG_D64                                                                                 \
-  "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, " \
-  "%21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, %37, %38, %39, "  \
-  "%40, %41, %42, %43, %44, %45, %46, %47, %48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, "  \
-  "%59, %60, %61, %62, %63}"
-#define SHARQ_WG_D128                                                                                \
-  "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, " \
-  "%21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, %37, %38, %39, "  \
-  "%40, %41, %42, %43, %44, %45, %46, %47, %48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, "  \
-  "%59, %60, %61, %62, %63, %64, %65, %66, %67, %68, %69, %70, %71, %72, %73, %74, %75, %76, %77, "  \
-  "%78, %79, %80, %81, %82, %83, %84, %85, %86, %87, %88, %89, %90, %91, %92, %93, %94, %95, %96, "  \
-  "%97, %98, %99, %100, %101, %102, %103, %104, %105, %106, %107, %108, %109, %110, %111, %112, "     \
-  "%113, %114, %115, %116, %117, %118, %119, %120, %121, %122, %123, %124, %125, %126, %127}"
-#define SHARQ_WG_F4(i) "+f"(d[i]), "+f"(d[i + 1]), "+f"(d[i + 2]), "+f"(d[i + 3])
-#define SHARQ_WG_F16(i) SHARQ_WG_F4(i), SHARQ_WG_F4(i + 4), SHARQ_WG_F4(i + 8), SHARQ_WG_F4(i + 12)
-#define SHARQ_WG_F64(i) SHARQ_WG_F16(i), SHARQ_WG_F16(i + 16), SHARQ_WG_F16(i + 32), SHARQ_WG_F16(i + 48)
-
-// D (64 x NT, FP32) += A (64 x 16, registers) * B^T (NT x 16, smem, K-major).
-template <class T, int NT>
-__device__ __forceinline__ void wgmma_rs(float (&d)[NT / 2], const uint32_t (&a)[4], uint64_t db) {
-  static_assert(NT == 128 || NT == 256, "NT");
-  constexpr bool kHalf = std::is_same_v<T, __half>;
-  if constexpr (NT == 128 && kHalf) {
-    asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %69, 0;\n"
-                 "wgmma.mma_async.sync.aligned.m64n128k16.f32.f16.f16 " SHARQ_WG_D64
-                 ", {%64, %65, %66, %67}, %68, p, 1, 1, 0;\n}\n"
-                 : SHARQ_WG_F64(0)
-                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(db), "n"(1)
-                 : "memory");
-  } else if constexpr (NT == 128) {
-    asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %69, 0;\n"
-                 "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 " SHARQ_WG_D64
-                 ", {%64, %65, %66, %67}, %68, p, 1, 1, 0;\n}\n"
-                 : SHARQ_WG_F64(0)
-                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(db), "n"(1)
-                 : "memory");
-  } else if constexpr (kHalf) {
-    asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %133, 0;\n"
-                 "wgmma.mma_async.sync.aligned.m64n256k16.f32.f16.f16 " SHARQ_WG_D128
-                 ", {%128, %129, %130, %131}, %132, p, 1, 1, 0;\n}\n"
-                 : SHARQ_WG_F64(0), SHARQ_WG_F64(64)
-                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(db), "n"(1)
-                 : "memory");
-  } else {
-    asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %133, 0;\n"
-                 "wgmma.mma_async.sync.aligned.m64n256k16.f32.bf16.bf16 " SHARQ_WG_D128
-                 ", {%128, %129, %130, %131}, %132, p, 1, 1, 0;\n}\n"
-                 : SHARQ_WG_F64(0), SHARQ_WG_F64(64)
-                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(db), "n"(1)
-                 : "memory");
-  }
-}
-#undef SHARQ_WG_D64
-#undef SHARQ_WG_D128
-#undef SHARQ_WG_F4
-#undef SHARQ_WG_F16
-#undef SHARQ_WG_F64
 
 // ---- weight decode --------------------------------------------------------------------------
 // Weight decode: fp4_decode.cuh (Fp4Pair<T>: scale pairs pre-multiplied by 2^7 / 2^118, one-multiply pair decode).
@@ -578,7 +483,7 @@ __global__ void __launch_bounds__(kPrefillThreads, 1) fp4_prefill_kernel(const F
     for (int p = 0; p < P; ++p) {
       const uint64_t db = make_desc(sb + static_cast<uint32_t>(p * C::kTileBytes));
 #pragma unroll
-      for (int kk = 0; kk < 4; ++kk) wgmma_rs<T, NT>(acc, f[kk], db + 2 * kk);
+      for (int kk = 0; kk < 4; ++kk) wgmma_rs<T, NT, false>(acc, f[kk], db + 2 * kk, 1);
     }
     wgmma_commit();
     fence_regs(acc);
@@ -798,66 +703,6 @@ struct SmallCfg {
   static_assert(kMinBlocks * (kSmem + 1024) <= 228 * 1024, "shared memory for the target occupancy");
 };
 
-
-
-#define SHARQ_SW_F4(i) "+f"(d[i]), "+f"(d[i + 1]), "+f"(d[i + 2]), "+f"(d[i + 3])
-#define SHARQ_SW_F16(i) SHARQ_SW_F4(i), SHARQ_SW_F4(i + 4), SHARQ_SW_F4(i + 8), SHARQ_SW_F4(i + 12)
-#define SHARQ_SW_IN "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(db), "n"(1)
-#define SHARQ_SW_N8(TY)                                                                      \
-  asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %9, 0;\n"                                   \
-               "wgmma.mma_async.sync.aligned.m64n8k16.f32." TY "." TY                        \
-               " {%0, %1, %2, %3}, {%4, %5, %6, %7}, %8, p, 1, 1, 0;\n}\n"                   \
-               : SHARQ_SW_F4(0)                                                              \
-               : SHARQ_SW_IN                                                                 \
-               : "memory")
-#define SHARQ_SW_N16(TY)                                                                     \
-  asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %13, 0;\n"                                  \
-               "wgmma.mma_async.sync.aligned.m64n16k16.f32." TY "." TY                       \
-               " {%0, %1, %2, %3, %4, %5, %6, %7}, {%8, %9, %10, %11}, %12, p, 1, 1, 0;\n}\n" \
-               : SHARQ_SW_F4(0), SHARQ_SW_F4(4)                                              \
-               : SHARQ_SW_IN                                                                 \
-               : "memory")
-#define SHARQ_SW_N32(TY)                                                                                   \
-  asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %21, 0;\n"                                                \
-               "wgmma.mma_async.sync.aligned.m64n32k16.f32." TY "." TY                                     \
-               " {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15},"                  \
-               " {%16, %17, %18, %19}, %20, p, 1, 1, 0;\n}\n"                                              \
-               : SHARQ_SW_F16(0)                                                                           \
-               : SHARQ_SW_IN                                                                               \
-               : "memory")
-#define SHARQ_SW_N64(TY)                                                                                   \
-  asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %37, 0;\n"                                                \
-               "wgmma.mma_async.sync.aligned.m64n64k16.f32." TY "." TY                                     \
-               " {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15,"                   \
-               " %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31},"         \
-               " {%32, %33, %34, %35}, %36, p, 1, 1, 0;\n}\n"                                              \
-               : SHARQ_SW_F16(0), SHARQ_SW_F16(16)                                                         \
-               : SHARQ_SW_IN                                                                               \
-               : "memory")
-
-// D (64 x NT, FP32) += A (64 x 16, registers) * B^T (NT x 16, smem, K-major, 128B-swizzled).
-template <class T, int NT>
-__device__ __forceinline__ void wgmma_small(float (&d)[NT / 2], const uint32_t (&a)[4], uint64_t db) {
-  static_assert(NT == 8 || NT == 16 || NT == 32 || NT == 64, "NT");
-  constexpr bool kHalf = std::is_same_v<T, __half>;
-  if constexpr (NT == 8) {
-    if constexpr (kHalf) SHARQ_SW_N8("f16"); else SHARQ_SW_N8("bf16");
-  } else if constexpr (NT == 16) {
-    if constexpr (kHalf) SHARQ_SW_N16("f16"); else SHARQ_SW_N16("bf16");
-  } else if constexpr (NT == 32) {
-    if constexpr (kHalf) SHARQ_SW_N32("f16"); else SHARQ_SW_N32("bf16");
-  } else {
-    if constexpr (kHalf) SHARQ_SW_N64("f16"); else SHARQ_SW_N64("bf16");
-  }
-}
-#undef SHARQ_SW_F4
-#undef SHARQ_SW_F16
-#undef SHARQ_SW_IN
-#undef SHARQ_SW_N8
-#undef SHARQ_SW_N16
-#undef SHARQ_SW_N32
-#undef SHARQ_SW_N64
-
 template <class T, int P, int Block, int NT>
 __global__ void __launch_bounds__(kThreads, SmallCfg<P, NT, Block>::kMinBlocks) fp4_small_kernel(const Fp4GemmParams prm) {
   using C = SmallCfg<P, NT, Block>;
@@ -965,7 +810,7 @@ __global__ void __launch_bounds__(kThreads, SmallCfg<P, NT, Block>::kMinBlocks) 
     for (int p = 0; p < P; ++p) {
       const uint64_t db = make_desc(sb + static_cast<uint32_t>(p * C::kTileBytes));
 #pragma unroll
-      for (int kk = 0; kk < 4; ++kk) wgmma_small<T, NT>(acc, f[kk], db + 2 * kk);
+      for (int kk = 0; kk < 4; ++kk) wgmma_rs<T, NT, false>(acc, f[kk], db + 2 * kk, 1);
     }
     wgmma_commit();
     fence_regs(acc);

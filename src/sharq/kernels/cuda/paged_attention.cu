@@ -66,6 +66,7 @@
 
 #include "sharq/kernels/cuda/cuda_check.h"
 #include "sharq/kernels/cuda/launch.cuh"
+#include "sharq/kernels/cuda/ptx.cuh"
 
 namespace sharq::cuda {
 namespace {
@@ -82,20 +83,6 @@ constexpr unsigned kFull = 0xffffffffu;
 __host__ __device__ inline int first_key(int pos, int64_t window) {
   const int64_t j0 = static_cast<int64_t>(pos) + 1 - window;
   return window > 0 && j0 > 0 ? static_cast<int>(j0) : 0;
-}
-__device__ __forceinline__ uint32_t smem_u32(const void* p) {
-  return static_cast<uint32_t>(__cvta_generic_to_shared(p));
-}
-__device__ __forceinline__ void cp_async16(uint32_t dst, const void* src) {
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(dst), "l"(src) : "memory");
-}
-__device__ __forceinline__ void cp_async16_zfill(uint32_t dst, const void* src, uint32_t src_bytes) {
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "r"(src_bytes) : "memory");
-}
-__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
-template <int N>
-__device__ __forceinline__ void cp_async_wait() {
-  asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
 }
 __device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], uint32_t addr) {
   asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
