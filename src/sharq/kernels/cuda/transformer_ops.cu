@@ -90,22 +90,25 @@ __global__ void rmsnorm_kernel(const float* __restrict__ x, const int32_t* __res
 
 // RMSNorm of rows with H % 4 == 0, H <= 4 * 1024 * kNormVec, optionally after the residual add:
 // every value of the row is loaded at once (16-byte loads held in registers), so a decode step's
-// one-row norm costs two memory round trips rather than H / threads serial ones.
+// one-row norm costs two memory round trips rather than H / threads serial ones. V: the 16-byte
+// groups a thread holds (2 while H / 4 <= 2 x threads, else kNormVec): the registers are sized by
+// V, and at V = 2 a 512-thread block needs <= 32 per thread, so 4 rows per SM are in flight in a
+// prefill (at V = 8 the unused arrays held it to 64 registers and 2 rows: 40% of the HBM rate, H200).
 constexpr int kNormVec = 8;
 template <class T>
 struct alignas(8) Pack4 {  // four 16-bit values: one 8-byte load
   T v[4];
 };
-template <class T, bool kAdd>
+template <class T, bool kAdd, int V>
 __global__ void __launch_bounds__(1024) norm_vec_kernel(float* __restrict__ x, const int32_t* __restrict__ rows,
                                                         const T* __restrict__ o, int64_t H, const float* __restrict__ w,
                                                         float eps, T* __restrict__ y) {
   const int nv = static_cast<int>(H / 4);
   // the norm's weights (written by no kernel) are loaded before the PDL wait
   const float4* w4 = reinterpret_cast<const float4*>(w);
-  float4 wv[kNormVec];
+  float4 wv[V];
 #pragma unroll
-  for (int i = 0; i < kNormVec; ++i) {
+  for (int i = 0; i < V; ++i) {
     const int j = i * blockDim.x + threadIdx.x;
     if (j < nv) wv[i] = w4[j];
   }
@@ -113,10 +116,10 @@ __global__ void __launch_bounds__(1024) norm_vec_kernel(float* __restrict__ x, c
   pdl_trigger();
   const int64_t r = blockIdx.x, src = rows ? rows[r] : r;
   float4* xr = reinterpret_cast<float4*>(x + src * H);
-  float4 v[kNormVec];
+  float4 v[V];
   float ss = 0.0f;
 #pragma unroll
-  for (int i = 0; i < kNormVec; ++i) {
+  for (int i = 0; i < V; ++i) {
     const int j = i * blockDim.x + threadIdx.x;
     if (j < nv) {
       float4 a = xr[j];
@@ -136,7 +139,7 @@ __global__ void __launch_bounds__(1024) norm_vec_kernel(float* __restrict__ x, c
   const float inv = 1.0f / sqrtf(ss / static_cast<float>(H) + eps);
   Pack4<T>* yr = reinterpret_cast<Pack4<T>*>(y + r * H);
 #pragma unroll
-  for (int i = 0; i < kNormVec; ++i) {
+  for (int i = 0; i < V; ++i) {
     const int j = i * blockDim.x + threadIdx.x;
     if (j < nv) {
       const float4 g = wv[i];
@@ -157,6 +160,15 @@ bool norm_vec_ok(int64_t H) { return H % 4 == 0 && H <= int64_t{4} * 1024 * kNor
 unsigned norm_threads(int64_t H) {
   const int64_t t = std::min<int64_t>(1024, std::max<int64_t>((H / 4 + 1) / 2, (H / 4 + kNormVec - 1) / kNormVec));
   return static_cast<unsigned>(std::max<int64_t>(32, (t + 31) / 32 * 32));
+}
+
+template <class T, bool kAdd>
+void launch_norm_vec(int64_t R, int64_t H, cudaStream_t stream, float* x, const int32_t* rows, const void* o,
+                     const float* w, float eps, void* y) {
+  const unsigned th = norm_threads(H);
+  const auto k = H / 4 <= 2 * int64_t{th} ? norm_vec_kernel<T, kAdd, 2> : norm_vec_kernel<T, kAdd, kNormVec>;
+  launch_pdl(k, dim3(static_cast<unsigned>(R)), dim3(th), 0, stream, x, rows, static_cast<const T*>(o), H, w, eps,
+             static_cast<T*>(y));
 }
 
 template <class T>
@@ -309,13 +321,10 @@ void rmsnorm_rows(const float* x, const int32_t* rows, int64_t R, int64_t H, con
   if (R == 0) return;
   if (!x || !w || !y || H <= 0) throw std::invalid_argument("rmsnorm_rows: null pointer or H <= 0");
   if (norm_vec_ok(H)) {
-    const unsigned th = norm_threads(H);
     if (t == DType::f16)
-      launch_pdl(norm_vec_kernel<__half, false>, dim3(static_cast<unsigned>(R)), dim3(th), 0, stream, const_cast<float*>(x), rows, nullptr, H, w,
-                                                                                  eps, static_cast<__half*>(y));
+      launch_norm_vec<__half, false>(R, H, stream, const_cast<float*>(x), rows, nullptr, w, eps, y);
     else
-      launch_pdl(norm_vec_kernel<__nv_bfloat16, false>, dim3(static_cast<unsigned>(R)), dim3(th), 0, stream, 
-          const_cast<float*>(x), rows, nullptr, H, w, eps, static_cast<__nv_bfloat16*>(y));
+      launch_norm_vec<__nv_bfloat16, false>(R, H, stream, const_cast<float*>(x), rows, nullptr, w, eps, y);
     SHARQ_CUDA_CHECK(cudaGetLastError());
     return;
   }
@@ -333,13 +342,10 @@ void add_rmsnorm(float* x, const void* o, int64_t M, int64_t H, const float* w, 
   if (M == 0) return;
   if (!x || !o || !w || !y || H <= 0) throw std::invalid_argument("add_rmsnorm: null pointer or H <= 0");
   if (norm_vec_ok(H)) {
-    const unsigned th = norm_threads(H);
     if (t == DType::f16)
-      launch_pdl(norm_vec_kernel<__half, true>, dim3(static_cast<unsigned>(M)), dim3(th), 0, stream, x, nullptr, static_cast<const __half*>(o), H,
-                                                                                 w, eps, static_cast<__half*>(y));
+      launch_norm_vec<__half, true>(M, H, stream, x, nullptr, o, w, eps, y);
     else
-      launch_pdl(norm_vec_kernel<__nv_bfloat16, true>, dim3(static_cast<unsigned>(M)), dim3(th), 0, stream, 
-          x, nullptr, static_cast<const __nv_bfloat16*>(o), H, w, eps, static_cast<__nv_bfloat16*>(y));
+      launch_norm_vec<__nv_bfloat16, true>(M, H, stream, x, nullptr, o, w, eps, y);
     SHARQ_CUDA_CHECK(cudaGetLastError());
     return;
   }
