@@ -493,6 +493,9 @@ int main(int argc, char** argv) {
   add_number<int64_t>(an, "--tokens", ao.tokens, "tokens of the file to run (at most the model's max_position_embeddings)", 1);
   an->add_option("--schemes", ao.schemes, "comma-separated schemes")->capture_default_str();
   an->add_option("--svg", ao.svg_path, "also write an SVG plot of the per-layer errors here");
+  an->add_flag("--mxfp4-fp8", ao.mxfp4_fp8,
+               "also measure MXFP4 on FP8 tensor cores: per operand plane the 128-K tiles E4M3 cannot hold exactly, "
+               "and the output error of rounding them (quant/fp8_fold.h)");
   an->add_flag("--allow-nonfinite", ao.allow_nonfinite, kNonfiniteHelp);
 
   // ---- bench gemm

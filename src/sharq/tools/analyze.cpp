@@ -9,9 +9,12 @@
 
 #include <fmt/format.h>
 
+#include "sharq/decompose/sharq_decompose.h"
 #include "sharq/model/tokenizer.h"
 #include "sharq/model/weights.h"
 #include "sharq/runtime/cpu/executor.h"
+#include "sharq/quant/fp8_fold.h"
+#include "sharq/quant/quantized_matrix.h"
 #include "sharq/runtime/cpu/linear.h"
 #include "sharq/tools/scoring.h"
 
@@ -44,6 +47,107 @@ double rel_err(const std::vector<float>& y, const std::vector<float>& ref) {
     d += static_cast<double>(ref[i]) * ref[i];
   }
   return d > 0 ? std::sqrt(n / d) : 0.0;
+}
+
+// ---- the FP8 fold of MXFP4 operands (--mxfp4-fp8) ---------------------------------------------
+
+// A SharQ-MXFP4 backbone block as a dense MXFP4 block: the kept codes at their logical positions.
+Mxfp4::block_t expand_backbone(const backbone_block_t<SharqMxfp4, 8>& bb) {
+  Mxfp4::block_t b{};
+  b.s = bb.s;
+  int kept = 0;
+  for (int g = 0; g < Mxfp4::kBlock / 8; ++g) {
+    const uint8_t bits = pair48_keep_bits(get_nibble(bb.meta, g));
+    for (int i = 0; i < 8; ++i)
+      if ((bits >> i) & 1u) set_nibble(b.qs, g * 8 + i, get_nibble(bb.qs, kept++));
+  }
+  return b;
+}
+
+// One row of nblocks MXFP4 blocks: its exact values and its values folded tile by tile (E4M3 x 2^t,
+// unfolded), into nblocks * 32 floats each; the tile statistics into st.
+void fold_row(const Mxfp4::block_t* b, int64_t nblocks, FoldPlaneStats& st, float* exact, float* folded) {
+  uint8_t codes[kFoldTile];
+  for (int64_t j = 0; j < nblocks; j += kFoldBlocks) {
+    const int nb = static_cast<int>(std::min<int64_t>(kFoldBlocks, nblocks - j));
+    const Mxfp4Fold f = mxfp4_fold_tile(b + j, nb, codes);
+    ++st.tiles;
+    st.tiles_inexact += f.inexact > 0;
+    st.nonzero += f.nonzero;
+    st.inexact += f.inexact;
+    for (int k = 0; k < nb * Mxfp4::kBlock; ++k) folded[j * Mxfp4::kBlock + k] = mxfp4_unfold(codes[k], f.t);
+  }
+  for (int64_t j = 0; j < nblocks; ++j) dequantize_block<Mxfp4>(b[j], exact + j * Mxfp4::kBlock);
+}
+
+// Y = X W^T in double: X M x K, W N x K (row-major, the same K).
+std::vector<double> matmul_d(const std::vector<double>& x, const std::vector<double>& w, int64_t M, int64_t N, int64_t K) {
+  std::vector<double> y(static_cast<size_t>(M * N));
+#pragma omp parallel for schedule(static)
+  for (int64_t n = 0; n < N; ++n)
+    for (int64_t m = 0; m < M; ++m) {
+      double acc = 0;
+      for (int64_t k = 0; k < K; ++k) acc += x[m * K + k] * w[n * K + k];
+      y[m * N + n] = acc;
+    }
+  return y;
+}
+
+double rel_err_d(const std::vector<double>& y, const std::vector<double>& ref) {
+  double n = 0, d = 0;
+  for (size_t i = 0; i < y.size(); ++i) {
+    if (!std::isfinite(y[i]) || !std::isfinite(ref[i])) return std::nan("");
+    n += (y[i] - ref[i]) * (y[i] - ref[i]);
+    d += ref[i] * ref[i];
+  }
+  return d > 0 ? std::sqrt(n / d) : 0.0;
+}
+
+AnalyzeFoldRow fold_analysis(const std::vector<float>& x, int64_t M, int64_t K, const std::vector<float>& w, int64_t N) {
+  AnalyzeFoldRow row;
+  const int64_t nb = ceil_div(K, Mxfp4::kBlock), Kp = nb * Mxfp4::kBlock;
+  std::vector<float> e(static_cast<size_t>(Kp)), f(static_cast<size_t>(Kp));
+  // the reference: X W^T in double, K zero-padded to Kp
+  std::vector<double> xd(static_cast<size_t>(M * Kp), 0.0), wd(static_cast<size_t>(N * Kp), 0.0);
+  for (int64_t m = 0; m < M; ++m)
+    for (int64_t k = 0; k < K; ++k) xd[m * Kp + k] = x[m * K + k];
+  for (int64_t n = 0; n < N; ++n)
+    for (int64_t k = 0; k < K; ++k) wd[n * Kp + k] = w[n * K + k];
+  const std::vector<double> y32 = matmul_d(xd, wd, M, N, Kp);
+  // the weight, exact and folded
+  const QuantizedMatrix<Mxfp4> qw = quantize_matrix<Mxfp4>(w.data(), N, K, GlobalScale::none);
+  std::vector<double> we(wd.size()), wf(wd.size());
+  for (int64_t n = 0; n < N; ++n) {
+    fold_row(qw.row(n), nb, row.weight, e.data(), f.data());
+    for (int64_t k = 0; k < Kp; ++k) we[n * Kp + k] = e[k], wf[n * Kp + k] = f[k];
+  }
+  // plain MXFP4 activations
+  const QuantizedMatrix<Mxfp4> qx = quantize_matrix<Mxfp4>(x.data(), M, K, GlobalScale::none);
+  std::vector<double> xe(xd.size()), xf(xd.size());
+  for (int64_t m = 0; m < M; ++m) {
+    fold_row(qx.row(m), nb, row.mxfp4_x, e.data(), f.data());
+    for (int64_t k = 0; k < Kp; ++k) xe[m * Kp + k] = e[k], xf[m * Kp + k] = f[k];
+  }
+  const std::vector<double> ym = matmul_d(xe, we, M, N, Kp);
+  row.mxfp4_fold_err = rel_err_d(matmul_d(xf, wf, M, N, Kp), ym);
+  row.mxfp4_err = rel_err_d(ym, y32);
+  // SharQ-MXFP4 (pair-4:8): S^ + R^, each plane folded on its own (exact in double: their sum)
+  const auto a = sharq_prepare<SharqMxfp4, 8>(x.data(), M, K, MaskSpec{}.score, GlobalScale::none);
+  std::vector<Mxfp4::block_t> sb(static_cast<size_t>(nb));
+  std::vector<float> e2(e.size()), f2(f.size());
+  for (int64_t m = 0; m < M; ++m) {
+    for (int64_t j = 0; j < nb; ++j) sb[j] = expand_backbone(a.backbone[m * a.spans_per_row + j]);
+    fold_row(sb.data(), nb, row.sharq_s, e.data(), f.data());
+    fold_row(a.residual.data() + m * a.spans_per_row, nb, row.sharq_r, e2.data(), f2.data());
+    for (int64_t k = 0; k < Kp; ++k) {
+      xe[m * Kp + k] = static_cast<double>(e[k]) + e2[k];
+      xf[m * Kp + k] = static_cast<double>(f[k]) + f2[k];
+    }
+  }
+  const std::vector<double> ys = matmul_d(xe, we, M, N, Kp);
+  row.sharq_fold_err = rel_err_d(matmul_d(xf, wf, M, N, Kp), ys);
+  row.sharq_err = rel_err_d(ys, y32);
+  return row;
 }
 
 }  // namespace
@@ -114,6 +218,7 @@ AnalyzeResult run_analyze(const AnalyzeOptions& opt) {
       Linear::create(s, w.data(), N, in.K)->forward(in.x.data(), in.M, y.data());
       row.rel_err.push_back(rel_err(y, yref));
     }
+    if (opt.mxfp4_fp8) res.fold.push_back(fold_analysis(in.x, in.M, in.K, w, N));
     res.rows.push_back(std::move(row));
   }
   return res;
@@ -134,6 +239,32 @@ std::string format_analyze_table(const AnalyzeResult& r) {
     for (const auto& [c, v] : row.top_channels) s += fmt::format("{}:{:.3f} ", c, v);
     s += "\n";
   }
+  if (r.fold.empty()) return s;
+  s += "\nMXFP4 on FP8 tensor cores: each operand plane in 128-K tiles of one row, E4M3 values x one power-of-two\n"
+       "scale per tile (quant/fp8_fold.h). tiles% / vals%: the tiles with an element E4M3 cannot hold (a block\n"
+       "more than 2^14 below the tile's largest), and those elements among the nonzero ones. fold: ||Y_fold - Y||/||Y||\n"
+       "with the inexact elements rounded to E4M3 (the flush); own: the exact MXFP4 product's ||Y - Y_fp32||/||Y_fp32||.\n\n";
+  s += fmt::format("{:>5} {:<10} | {:>15} | {:>15} | {:>15} | {:>15} | {:>21} | {:>21}\n", "layer", "input", "W tiles% vals%",
+                   "mxfp4 X", "sharq S^", "sharq R^", "mxfp4 fold / own", "sharq-mxfp4 fold/own");
+  auto pct = [](const FoldPlaneStats& p) {
+    return fmt::format("{:>6.2f} {:>8.4f}", p.tiles ? 100.0 * p.tiles_inexact / p.tiles : 0.0,
+                       p.nonzero ? 100.0 * p.inexact / p.nonzero : 0.0);
+  };
+  FoldPlaneStats tot[4];
+  for (size_t i = 0; i < r.fold.size() && i < r.rows.size(); ++i) {
+    const AnalyzeFoldRow& f = r.fold[i];
+    s += fmt::format("{:>5} {:<10} | {} | {} | {} | {} | {:>10.3e} {:>10.3e} | {:>10.3e} {:>10.3e}\n", r.rows[i].layer,
+                     r.rows[i].proj, pct(f.weight), pct(f.mxfp4_x), pct(f.sharq_s), pct(f.sharq_r), f.mxfp4_fold_err,
+                     f.mxfp4_err, f.sharq_fold_err, f.sharq_err);
+    const FoldPlaneStats* p[4] = {&f.weight, &f.mxfp4_x, &f.sharq_s, &f.sharq_r};
+    for (int j = 0; j < 4; ++j) {
+      tot[j].tiles += p[j]->tiles;
+      tot[j].tiles_inexact += p[j]->tiles_inexact;
+      tot[j].nonzero += p[j]->nonzero;
+      tot[j].inexact += p[j]->inexact;
+    }
+  }
+  s += fmt::format("{:>5} {:<10} | {} | {} | {} | {} |\n", "all", "", pct(tot[0]), pct(tot[1]), pct(tot[2]), pct(tot[3]));
   return s;
 }
 
@@ -190,9 +321,13 @@ std::string render_analyze_svg(const AnalyzeResult& r) {
 std::string analyze_nonfinite_summary(const AnalyzeResult& r) {
   int64_t bad = 0;
   std::string first;
-  for (const auto& row : r.rows) {
+  for (size_t i = 0; i < r.rows.size(); ++i) {
+    const AnalyzeRow& row = r.rows[i];
     bool b = row.nonfinite_inputs > 0;
     for (double e : row.rel_err) b = b || !std::isfinite(e);
+    if (i < r.fold.size())
+      for (double e : {r.fold[i].mxfp4_fold_err, r.fold[i].mxfp4_err, r.fold[i].sharq_fold_err, r.fold[i].sharq_err})
+        b = b || !std::isfinite(e);
     if (!b) continue;
     if (bad++ < 3) first += fmt::format("{}layer {} {}", first.empty() ? "" : ", ", row.layer, row.proj);
   }
