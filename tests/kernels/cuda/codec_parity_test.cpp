@@ -9,6 +9,7 @@
 #include <random>
 
 #include "sharq/kernels/cuda/cuda_check.h"
+#include "sharq/quant/fp8_fold.h"
 #include "sharq/tools/opcheck.h"
 
 namespace {
@@ -62,6 +63,39 @@ TEST(CudaParity, BlockQuantizersMatchTheHostBitForBit) {
     const auto qh = quantize_matrix<Hif4>(x.data(), rows, cols, GlobalScale::none);
     EXPECT_TRUE(same_bytes(cuda::hif4_quantize_on_device(x, rows, cols), qh.blocks)) << rows;
   }
+}
+
+// The FP8 fold of MXFP4 tiles (quant/fp8_fold.h) on the device: codes and tile statistics equal the
+// host's, on quantized rows with outliers and on tiles whose blocks sit 0 .. 24 scale steps below
+// the largest (exact and inexact elements), a NaN block included.
+TEST(CudaParity, Mxfp4FoldMatchesTheHostBitForBit) {
+  SKIP_WITHOUT_GPU();
+  auto x = make_outlier_activations(16, 512, 5);
+  x[40] = std::numeric_limits<float>::quiet_NaN();
+  std::vector<block_mxfp4> blocks = quantize_matrix<Mxfp4>(x.data(), 16, 512, GlobalScale::none).blocks;
+  std::mt19937 rng(9);
+  for (int off = 0; off <= 24; ++off)
+    for (int j = 0; j < kFoldBlocks; ++j) {
+      block_mxfp4 b{};
+      b.s.e = static_cast<uint8_t>(j == 0 ? 160 : 160 - off);
+      for (int k = 0; k < 32; ++k) set_nibble(b.qs, k, static_cast<uint8_t>(rng() & 0xF));
+      blocks.push_back(b);
+    }
+  const cuda::DeviceFold d = cuda::mxfp4_fold_on_device(blocks);
+  const size_t tiles = blocks.size() / kFoldBlocks;
+  ASSERT_EQ(d.t.size(), tiles);
+  int inexact_tiles = 0;
+  for (size_t i = 0; i < tiles; ++i) {
+    uint8_t codes[kFoldTile];
+    const Mxfp4Fold f = mxfp4_fold_tile(blocks.data() + i * kFoldBlocks, kFoldBlocks, codes);
+    EXPECT_EQ(std::memcmp(codes, d.codes.data() + i * kFoldTile, kFoldTile), 0) << "tile " << i;
+    EXPECT_EQ(d.t[i], f.t) << "tile " << i;
+    EXPECT_EQ(d.nonzero[i], f.nonzero) << "tile " << i;
+    EXPECT_EQ(d.inexact[i], f.inexact) << "tile " << i;
+    EXPECT_EQ(d.nan[i] != 0, f.nan) << "tile " << i;
+    inexact_tiles += f.inexact > 0;
+  }
+  EXPECT_GT(inexact_tiles, 0);  // the deep offsets exercised the rounding path
 }
 
 TEST(CudaParity, SharqSpanPreparationMatchesTheHostBitForBit) {

@@ -3,6 +3,7 @@
 #include <stdexcept>
 
 #include "sharq/kernels/cuda/cuda_check.h"
+#include "sharq/quant/fp8_fold.h"
 
 namespace sharq::cuda {
 namespace {
@@ -103,6 +104,45 @@ std::vector<block_mxfp4> mxfp4_quantize_on_device(const std::vector<float>& x, i
 }
 std::vector<block_hif4> hif4_quantize_on_device(const std::vector<float>& x, int64_t rows, int64_t cols) {
   return quantize_on_device<Hif4>(x, rows, cols);
+}
+
+namespace {
+__global__ void fold_kernel(const block_mxfp4* b, int64_t tiles, uint8_t* codes, int32_t* info) {
+  const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (i >= tiles) return;
+  const Mxfp4Fold f = mxfp4_fold_tile(b + i * kFoldBlocks, kFoldBlocks, codes + i * kFoldTile);
+  info[4 * i] = f.t;
+  info[4 * i + 1] = f.nonzero;
+  info[4 * i + 2] = f.inexact;
+  info[4 * i + 3] = f.nan ? 1 : 0;
+}
+}  // namespace
+
+DeviceFold mxfp4_fold_on_device(const std::vector<block_mxfp4>& blocks) {
+  if (blocks.size() % kFoldBlocks != 0)
+    throw std::invalid_argument("mxfp4_fold_on_device: the block count is not a multiple of kFoldBlocks");
+  const int64_t tiles = static_cast<int64_t>(blocks.size()) / kFoldBlocks;
+  DeviceFold r;
+  r.codes.resize(static_cast<size_t>(tiles * kFoldTile));
+  std::vector<int32_t> info(static_cast<size_t>(4 * tiles));
+  if (tiles > 0) {
+    DeviceBuffer<block_mxfp4> db(blocks.size());
+    DeviceBuffer<uint8_t> dc(r.codes.size());
+    DeviceBuffer<int32_t> di(info.size());
+    db.upload(blocks.data());
+    fold_kernel<<<grid_for(tiles, 128), 128>>>(db.get(), tiles, dc.get(), di.get());
+    SHARQ_CUDA_CHECK(cudaGetLastError());
+    SHARQ_CUDA_CHECK(cudaDeviceSynchronize());
+    dc.download(r.codes.data());
+    di.download(info.data());
+  }
+  for (int64_t i = 0; i < tiles; ++i) {
+    r.t.push_back(info[4 * i]);
+    r.nonzero.push_back(info[4 * i + 1]);
+    r.inexact.push_back(info[4 * i + 2]);
+    r.nan.push_back(info[4 * i + 3]);
+  }
+  return r;
 }
 
 void sharq_nvfp4_p48_prepare_on_device(const std::vector<float>& xt, int64_t rows, int64_t cols,

@@ -25,6 +25,14 @@ std::vector<block_nvfp4_16> nvfp4_16_quantize_on_device(const std::vector<float>
 std::vector<block_mxfp4> mxfp4_quantize_on_device(const std::vector<float>& x, int64_t rows, int64_t cols);
 std::vector<block_hif4> hif4_quantize_on_device(const std::vector<float>& x, int64_t rows, int64_t cols);
 
+// mxfp4_fold_tile (quant/fp8_fold.h) over consecutive tiles of kFoldBlocks blocks (blocks.size() a
+// multiple of kFoldBlocks), one thread per tile: 128 E4M3 codes per tile, and per tile {t, nonzero,
+// inexact, nan}.
+struct DeviceFold {
+  std::vector<uint8_t> codes;
+  std::vector<int32_t> t, nonzero, inexact, nan;
+};
+DeviceFold mxfp4_fold_on_device(const std::vector<block_mxfp4>& blocks);
 // sharq_prepare_span over rows x cols of X~ (cols a multiple of 32), NVFP4, pair-4:8.
 void sharq_nvfp4_p48_prepare_on_device(const std::vector<float>& xt, int64_t rows, int64_t cols,
                                        std::vector<block_bb_nvfp4_p48>& backbone, std::vector<block_nvfp4_16>& residual);
