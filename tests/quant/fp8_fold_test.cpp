@@ -117,6 +117,7 @@ TEST(Mxfp4Fold, ZeroNanAndTailTiles) {
     sharq::set_nibble(b[2].qs, 5, 8);
     std::vector<uint8_t> codes(128, 0x55);
     const sharq::Mxfp4Fold f = sharq::mxfp4_fold_tile(b.data(), 4, codes.data());
+    EXPECT_EQ(f.t, -127);
     EXPECT_EQ(f.nonzero, 0);
     EXPECT_EQ(f.inexact, 0);
     for (int k = 0; k < 128; ++k) EXPECT_EQ(codes[k], k == 64 + 5 ? 0x80 : 0x00);
@@ -135,6 +136,21 @@ TEST(Mxfp4Fold, ZeroNanAndTailTiles) {
     check_tile(b, f, codes);
     EXPECT_EQ(f.inexact, 0);
   }
+}
+
+// A block of zero codes sets no scale, however large its own scale code: the tile's base comes from
+// the blocks that hold a nonzero element (else a zero block 2^20 above would flush them all).
+TEST(Mxfp4Fold, ZeroBlocksDoNotSetTheTileScale) {
+  std::mt19937 rng(5);
+  std::vector<Mxfp4::block_t> b = {Mxfp4::block_t{}, random_block(140, rng), random_block(135, rng), Mxfp4::block_t{}};
+  b[0].s.e = 200;  // all codes +0
+  b[3].s.e = 210;  // all codes -0
+  for (int i = 0; i < 16; ++i) b[3].qs[i] = 0x88;
+  sharq::set_nibble(b[1].qs, 3, 7);  // block 1 holds a nonzero element
+  std::vector<uint8_t> codes(128);
+  const sharq::Mxfp4Fold f = sharq::mxfp4_fold_tile(b.data(), 4, codes.data());
+  EXPECT_EQ(f.t, 140 - 127 - 6);
+  EXPECT_EQ(check_tile(b, f, codes), 0);
 }
 
 TEST(Mxfp4Fold, QuantizedRowsOfRealisticValuesFoldWithTheFlushCountedExactly) {

@@ -1,6 +1,9 @@
 // MXFP4 on FP8 tensor cores (the MXFP4/HiF4 GPU issue): a tile of kFoldBlocks MXFP4-32 blocks of
-// one row (128 values along K) held as E4M3 values times ONE power-of-two FP32 tile scale, which a
-// DeepGEMM-style kernel promotes per tile.
+// one row (128 values along K) held as E4M3 values times ONE power-of-two FP32 tile scale, which
+// the kernel applies when it promotes a k-tile's FP32 partial sums. The scale is per row for both
+// operands: the FP4 GEMMs take the weights as wgmma's M side (64 rows per instruction), so a
+// weight row's scale is an accumulator row's, as DeepGEMM's per-token activation scales are (not
+// its 128 x 128 weight blocks, over which a shared scale would span 128 rows).
 //
 // Block j has scale 2^(e_j - 127) (UE8M0 code e_j). With e_max the largest code among the tile's
 // blocks that hold a nonzero element, the tile scale is 2^t, t = e_max - 127 - 6, and element k of
@@ -10,9 +13,11 @@
 // at or above 2^-9, E4M3's smallest subnormal: l(c) + d_j >= -9, with l(c) the exponent of the
 // lowest set bit of |E2M1(c)| (0.5: -1, 1: 0, 1.5: -1, 2: 1, 3: 0, 4: 2, 6: 1). So every element of
 // a block is exact when d_j >= -8 (tests/quant/block_quant_test.cpp, TensorCoreExactness), and a
-// block more than 2^14 below the tile's largest (d_j <= -9) loses its small codes: they round to
-// nearest even in E4M3, to 0 below 2^-10 (the flush). `inexact` counts those elements, so a caller
-// can send such a tile down the BF16 path instead (every MXFP4 value is a BF16 value) or accept it.
+// block more than 2^14 below the tile's largest (d_j <= -9) loses codes: at d_j = -9, 0.5 and 1.5
+// (0.5 x 2^-9 = 2^-10 flushes to 0, a tie to even; 1.5 x 2^-9 rounds up to 2^-8), more codes
+// below. They round to nearest even in E4M3, to 0 at or below 2^-10 (the flush). `inexact` counts
+// those elements, so a caller can send such a tile down the BF16 path instead (every MXFP4 value is
+// a BF16 value) or accept it.
 //
 // e4m3_decode(code) * 2^t reproduces the MXFP4 value bit for bit for every exact element (both are
 // E2M1 x 2^(e_j - 127), at least 2^-128: no FP32 rounding on either side).
@@ -80,8 +85,9 @@ SHARQ_HD Mxfp4Fold mxfp4_fold_tile(const Mxfp4::block_t* b, int nblocks, uint8_t
       } else {
         ++f.nonzero;
         if (e2m1_low_exp(c) + d < -9) ++f.inexact;
-        // exact: the product is exact in FP32 and in E4M3; inexact: exact in FP32 down to 2^-126,
-        // far below E4M3's 2^-10 rounding point, so e4m3_encode rounds the real value once
+        // exact: the product is exact in FP32 and in E4M3; inexact: exact in FP32 down to 2^-126
+        // (below that it may round in FP32, but it flushes to 0 in E4M3 either way), so
+        // e4m3_encode rounds the real value once
         out = e4m3_encode(e2m1_decode(c) * p);
       }
       e4m3[j * Mxfp4::kBlock + k] = out;

@@ -38,6 +38,16 @@ const TensorView& weight_of(const LayerWeights& L, int64_t layer, const std::str
   return *w;
 }
 
+// The other weights that read the same captured input (k and v beside q, up beside gate).
+std::vector<const TensorView*> siblings_of(const LayerWeights& L, const std::string& proj) {
+  std::vector<const TensorView*> r;
+  for (const TensorView* t : proj == "q_proj" ? std::vector<const TensorView*>{L.k, L.v}
+                             : proj == "gate_proj" ? std::vector<const TensorView*>{L.up}
+                                                   : std::vector<const TensorView*>{})
+    if (t) r.push_back(t);
+  return r;
+}
+
 double rel_err(const std::vector<float>& y, const std::vector<float>& ref) {
   double n = 0, d = 0;
   for (size_t i = 0; i < y.size(); ++i)
@@ -131,8 +141,9 @@ AnalyzeFoldRow fold_analysis(const std::vector<float>& x, int64_t M, int64_t K, 
   const std::vector<double> ym = matmul_d(xe, we, M, N, Kp);
   row.mxfp4_fold_err = rel_err_d(matmul_d(xf, wf, M, N, Kp), ym);
   row.mxfp4_err = rel_err_d(ym, y32);
-  // SharQ-MXFP4 (pair-4:8): S^ + R^, each plane folded on its own (exact in double: their sum)
+  // SharQ-MXFP4 (pair-4:8): S^ + R^, each plane folded on its own, summed in double
   const auto a = sharq_prepare<SharqMxfp4, 8>(x.data(), M, K, MaskSpec{}.score, GlobalScale::none);
+  static_assert(decltype(a)::kResPerSpan == 1, "one MXFP4 residual block per backbone span");
   std::vector<Mxfp4::block_t> sb(static_cast<size_t>(nb));
   std::vector<float> e2(e.size()), f2(f.size());
   for (int64_t m = 0; m < M; ++m) {
@@ -218,7 +229,14 @@ AnalyzeResult run_analyze(const AnalyzeOptions& opt) {
       Linear::create(s, w.data(), N, in.K)->forward(in.x.data(), in.M, y.data());
       row.rel_err.push_back(rel_err(y, yref));
     }
-    if (opt.mxfp4_fp8) res.fold.push_back(fold_analysis(in.x, in.M, in.K, w, N));
+    if (opt.mxfp4_fp8) {  // every weight that reads this input: q, k, v (or gate, up) stacked along N
+      std::vector<float> ws = w;
+      for (const TensorView* t : siblings_of(weights.layer(in.layer), in.proj)) {
+        const std::vector<float> more = to_f32(*t);
+        ws.insert(ws.end(), more.begin(), more.end());
+      }
+      res.fold.push_back(fold_analysis(in.x, in.M, in.K, ws, static_cast<int64_t>(ws.size()) / in.K));
+    }
     res.rows.push_back(std::move(row));
   }
   return res;
@@ -243,7 +261,8 @@ std::string format_analyze_table(const AnalyzeResult& r) {
   s += "\nMXFP4 on FP8 tensor cores: each operand plane in 128-K tiles of one row, E4M3 values x one power-of-two\n"
        "scale per tile (quant/fp8_fold.h). tiles% / vals%: the tiles with an element E4M3 cannot hold (a block\n"
        "more than 2^14 below the tile's largest), and those elements among the nonzero ones. fold: ||Y_fold - Y||/||Y||\n"
-       "with the inexact elements rounded to E4M3 (the flush); own: the exact MXFP4 product's ||Y - Y_fp32||/||Y_fp32||.\n\n";
+       "with the inexact elements rounded to E4M3 (the flush); own: the exact MXFP4 product's ||Y - Y_fp32||/||Y_fp32||.\n"
+       "W and Y cover every weight that reads the input: q, k, v for q_proj's; gate, up for gate_proj's.\n\n";
   s += fmt::format("{:>5} {:<10} | {:>15} | {:>15} | {:>15} | {:>15} | {:>21} | {:>21}\n", "layer", "input", "W tiles% vals%",
                    "mxfp4 X", "sharq S^", "sharq R^", "mxfp4 fold / own", "sharq-mxfp4 fold/own");
   auto pct = [](const FoldPlaneStats& p) {

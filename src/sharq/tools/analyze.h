@@ -10,7 +10,8 @@
 // inputs or outputs are reported as nan, never as a number.
 //
 // With mxfp4_fp8, a second table measures the FP8 route for MXFP4 (quant/fp8_fold.h): each operand
-// plane (the MXFP4 weight; plain MXFP4's activations; SharQ-MXFP4's backbone S^ and residual R^)
+// plane (the MXFP4 weights that read the input: q, k and v stacked for q_proj's input, gate and up for
+// gate_proj's; plain MXFP4's activations; SharQ-MXFP4's backbone S^ and residual R^)
 // cut into 128-K tiles of one row, each tile E4M3 values times one power-of-two scale. Per plane:
 // the share of tiles with an element E4M3 cannot hold exactly (a block more than 2^14 below the
 // tile's largest) and the share of nonzero elements affected; per scheme, the layer's relative

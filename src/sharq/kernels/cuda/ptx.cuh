@@ -123,6 +123,7 @@ __device__ __forceinline__ uint64_t make_desc_mn(uint32_t saddr) {  // MN-major,
 template <class T, int N, bool kTransB>
 __device__ __forceinline__ void wgmma_rs(float (&d)[N / 2], const uint32_t (&a)[4], uint64_t desc, int accumulate) {
   static_assert(N == 8 || N == 16 || N == 32 || N == 64 || N == 128 || N == 256, "N");
+  static_assert(!kTransB || N % 64 == 0, "MN-major B in the 128B-swizzled layout: 64-element slabs");
   static_assert(std::is_same_v<T, __half> || std::is_same_v<T, __nv_bfloat16>, "T");
   constexpr bool kHalf = std::is_same_v<T, __half>;
   if constexpr (N == 8) {

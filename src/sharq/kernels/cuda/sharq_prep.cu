@@ -465,7 +465,9 @@ __global__ void __launch_bounds__(256) sharq_prep_kernel(RowArgs a) {
   const int64_t m = blockIdx.x;
   const auto row = make_row<T, kIn>(a, m, red + 32, blockIdx.y == 0);
   float g = 1.0f;
-  bool finite = false;  // the row holds only finite values: its spans skip the NaN handling
+  bool finite = false;  // the row holds only finite values: its spans skip the NaN handling (only
+                        // per-token NVFP4 rows learn it, from their amax pass; MXFP4, HiF4 and
+                        // per-tensor rows keep the NaN-handling path)
   if constexpr (V::kGlobal) {
     g = row_global_scale(a, row, m, red, &finite);
   }
