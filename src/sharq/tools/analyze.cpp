@@ -48,7 +48,9 @@ std::vector<const TensorView*> siblings_of(const LayerWeights& L, const std::str
   return r;
 }
 
-double rel_err(const std::vector<float>& y, const std::vector<float>& ref) {
+// ||y - ref|| / ||ref|| (FP32 outputs, or the fold table's double ones); NaN if either is non-finite.
+template <class T>
+double rel_err(const std::vector<T>& y, const std::vector<T>& ref) {
   double n = 0, d = 0;
   for (size_t i = 0; i < y.size(); ++i)
     if (!std::isfinite(y[i]) || !std::isfinite(ref[i])) return std::nan("");
@@ -103,16 +105,6 @@ std::vector<double> matmul_d(const std::vector<double>& x, const std::vector<dou
   return y;
 }
 
-double rel_err_d(const std::vector<double>& y, const std::vector<double>& ref) {
-  double n = 0, d = 0;
-  for (size_t i = 0; i < y.size(); ++i) {
-    if (!std::isfinite(y[i]) || !std::isfinite(ref[i])) return std::nan("");
-    n += (y[i] - ref[i]) * (y[i] - ref[i]);
-    d += ref[i] * ref[i];
-  }
-  return d > 0 ? std::sqrt(n / d) : 0.0;
-}
-
 AnalyzeFoldRow fold_analysis(const std::vector<float>& x, int64_t M, int64_t K, const std::vector<float>& w, int64_t N) {
   AnalyzeFoldRow row;
   const int64_t nb = ceil_div(K, Mxfp4::kBlock), Kp = nb * Mxfp4::kBlock;
@@ -139,8 +131,8 @@ AnalyzeFoldRow fold_analysis(const std::vector<float>& x, int64_t M, int64_t K, 
     for (int64_t k = 0; k < Kp; ++k) xe[m * Kp + k] = e[k], xf[m * Kp + k] = f[k];
   }
   const std::vector<double> ym = matmul_d(xe, we, M, N, Kp);
-  row.mxfp4_fold_err = rel_err_d(matmul_d(xf, wf, M, N, Kp), ym);
-  row.mxfp4_err = rel_err_d(ym, y32);
+  row.mxfp4_fold_err = rel_err(matmul_d(xf, wf, M, N, Kp), ym);
+  row.mxfp4_err = rel_err(ym, y32);
   // SharQ-MXFP4 (pair-4:8): S^ + R^, each plane folded on its own, summed in double
   const auto a = sharq_prepare<SharqMxfp4, 8>(x.data(), M, K, MaskSpec{}.score, GlobalScale::none);
   static_assert(decltype(a)::kResPerSpan == 1, "one MXFP4 residual block per backbone span");
@@ -156,8 +148,8 @@ AnalyzeFoldRow fold_analysis(const std::vector<float>& x, int64_t M, int64_t K, 
     }
   }
   const std::vector<double> ys = matmul_d(xe, we, M, N, Kp);
-  row.sharq_fold_err = rel_err_d(matmul_d(xf, wf, M, N, Kp), ys);
-  row.sharq_err = rel_err_d(ys, y32);
+  row.sharq_fold_err = rel_err(matmul_d(xf, wf, M, N, Kp), ys);
+  row.sharq_err = rel_err(ys, y32);
   return row;
 }
 
