@@ -267,6 +267,12 @@ TEST(Cli, NonFiniteModelsGiveHonestMetrics) {
   EXPECT_NE(r.out.find("sharq: error: analyze: non-finite"), std::string::npos) << r.out;
   EXPECT_NE(r.out.find("nan"), std::string::npos) << r.out;
   EXPECT_EQ(r.out.find("0.0000e+00"), std::string::npos) << r.out;
+  // the FP8-fold table (--mxfp4-fp8) withholds its errors the same way: nan, never a number, exit 1
+  r = run("analyze " + bin + tok + data + " --tokens 16 --schemes mxfp4 --mxfp4-fp8 --allow-nonfinite");
+  EXPECT_EQ(r.status, 1) << r.out;
+  EXPECT_NE(r.out.find("MXFP4 on FP8 tensor cores"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("sharq: error: analyze: non-finite"), std::string::npos) << r.out;
+  EXPECT_EQ(r.out.find(" 0.000e+00"), std::string::npos) << r.out;
 
   // generate has no metric to withhold: it stops at the first non-finite logits and warns
   r = run("generate " + bin + tok + " -n 8 --allow-nonfinite");

@@ -12,9 +12,9 @@
 #include "sharq/decompose/sharq_decompose.h"
 #include "sharq/model/tokenizer.h"
 #include "sharq/model/weights.h"
-#include "sharq/runtime/cpu/executor.h"
 #include "sharq/quant/fp8_fold.h"
 #include "sharq/quant/quantized_matrix.h"
+#include "sharq/runtime/cpu/executor.h"
 #include "sharq/runtime/cpu/linear.h"
 #include "sharq/tools/scoring.h"
 
@@ -31,21 +31,16 @@ struct Capture : ProjectionObserver {
   }
 };
 
-// The weight a captured input feeds (q_proj stands for q/k/v, gate_proj for gate/up).
-const TensorView& weight_of(const LayerWeights& L, int64_t layer, const std::string& proj) {
-  const TensorView* w = proj == "q_proj" ? L.q : proj == "o_proj" ? L.o : proj == "gate_proj" ? L.gate : L.down;
-  if (!w) throw std::logic_error(fmt::format("analyze: layer {} has no weight for input '{}'", layer, proj));
-  return *w;
-}
-
-// The other weights that read the same captured input (k and v beside q, up beside gate).
-std::vector<const TensorView*> siblings_of(const LayerWeights& L, const std::string& proj) {
-  std::vector<const TensorView*> r;
-  for (const TensorView* t : proj == "q_proj" ? std::vector<const TensorView*>{L.k, L.v}
-                             : proj == "gate_proj" ? std::vector<const TensorView*>{L.up}
-                                                   : std::vector<const TensorView*>{})
-    if (t) r.push_back(t);
-  return r;
+// The weights a captured input feeds, the one it is named after first (q_proj's input feeds q, k
+// and v; gate_proj's gate and up). The per-scheme errors use the first; the fold table all of them.
+std::vector<const TensorView*> weights_reading(const LayerWeights& L, int64_t layer, const std::string& proj) {
+  std::vector<const TensorView*> w = proj == "q_proj"      ? std::vector<const TensorView*>{L.q, L.k, L.v}
+                                     : proj == "o_proj"    ? std::vector<const TensorView*>{L.o}
+                                     : proj == "gate_proj" ? std::vector<const TensorView*>{L.gate, L.up}
+                                                           : std::vector<const TensorView*>{L.down};
+  if (!w[0]) throw std::logic_error(fmt::format("analyze: layer {} has no weight for input '{}'", layer, proj));
+  w.erase(std::remove(w.begin() + 1, w.end(), nullptr), w.end());
+  return w;
 }
 
 // ||y - ref|| / ||ref|| (FP32 outputs, or the fold table's double ones); NaN if either is non-finite.
@@ -213,7 +208,8 @@ AnalyzeResult run_analyze(const AnalyzeOptions& opt) {
                       [&](int64_t a, int64_t b) { return ch[a] > ch[b]; });
     for (int64_t i = 0; i < std::min<int64_t>(5, in.K); ++i) row.top_channels.push_back({order[i], ch[order[i]]});
 
-    const std::vector<float> w = to_f32(weight_of(weights.layer(in.layer), in.layer, in.proj));  // one tensor at a time
+    const std::vector<const TensorView*> readers = weights_reading(weights.layer(in.layer), in.layer, in.proj);
+    const std::vector<float> w = to_f32(*readers[0]);  // one tensor at a time
     const int64_t N = static_cast<int64_t>(w.size()) / in.K;
     std::vector<float> yref(static_cast<size_t>(in.M * N)), y(yref.size());
     Linear::create(Scheme{}, w.data(), N, in.K)->forward(in.x.data(), in.M, yref.data());
@@ -223,8 +219,8 @@ AnalyzeResult run_analyze(const AnalyzeOptions& opt) {
     }
     if (opt.mxfp4_fp8) {  // every weight that reads this input: q, k, v (or gate, up) stacked along N
       std::vector<float> ws = w;
-      for (const TensorView* t : siblings_of(weights.layer(in.layer), in.proj)) {
-        const std::vector<float> more = to_f32(*t);
+      for (size_t i = 1; i < readers.size(); ++i) {
+        const std::vector<float> more = to_f32(*readers[i]);
         ws.insert(ws.end(), more.begin(), more.end());
       }
       res.fold.push_back(fold_analysis(in.x, in.M, in.K, ws, static_cast<int64_t>(ws.size()) / in.K));
