@@ -235,7 +235,7 @@ __device__ __forceinline__ void reduce_scatter(float* v, int lane) {
 
 __device__ __forceinline__ uint4 lds128(const unsigned char* p) { return *reinterpret_cast<const uint4*>(p); }
 
-// One CTA per (cluster rank, head group, row); the cluster's C CTAs (C * 4 warps) share the row's keys.
+// One CTA per (cluster rank, head group, row); the cluster's C CTAs (C * 8 warps) share the row's keys.
 template <class T, int MG, int L>
 __global__ void __launch_bounds__(kDecodeThreads) decode_kernel(const DecodeArgs a) {
   constexpr int R = L / 4;             // 16-byte chunks of K (and of V) per lane per step

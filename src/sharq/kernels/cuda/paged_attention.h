@@ -8,12 +8,12 @@
 //
 //   decode  (entries of 1 row, or every row in batch-invariant mode, or head dims the prefill kernel
 //           lacks): split-KV flash-decoding on CUDA cores, FP32 q, in ONE launch. One thread-block
-//           cluster of 8 CTAs (4 warps each) per (row, group of <= 8 query heads of one KV head): each
+//           cluster of 8 CTAs (8 warps each) per (row, group of <= 8 query heads of one KV head): each
 //           K/V row is loaded once (cp.async, 16 B) and serves every query head of the group. A row's
 //           attended range of len = pos + 1 - j0 keys is cut by a rule of len only:
-//               W = max(8, round_up(ceil(len / 32), 8)) keys per warp, warp k of the cluster the k-th
+//               W = max(8, round_up(ceil(len / 64), 8)) keys per warp, warp k of the cluster the k-th
 //           range; each warp runs an online softmax over its range in steps of 8 keys (a cp.async
-//           ring of 4 steps per warp, 2 for head_dim > 128), the 4 warps of a CTA merge in warp
+//           ring of 2 steps per warp, 1 for head_dim > 128), the 8 warps of a CTA merge in warp
 //           order, and the CTAs of the cluster merge in rank order through distributed shared
 //           memory (no partials in global memory, no combine kernel). Nothing in a row's arithmetic
 //           depends on M, the other rows or the SM count, so its output bits depend only on its

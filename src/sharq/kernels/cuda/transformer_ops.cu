@@ -190,72 +190,140 @@ __global__ void add_rmsnorm_kernel(float* __restrict__ x, const T* __restrict__ 
   for (int64_t h = threadIdx.x; h < H; h += blockDim.x) y[r * H + h] = from_f<T>(w[h] * (xr[h] * inv));
 }
 
-// One warp per (row, head): lane l owns the rotation pairs p = l, l + 32, .. < hd / 2 (elements
-// (p, p + hd / 2) rotate-half, (2p, 2p + 1) interleaved); the q/k norm's sum of squares is a warp
-// butterfly. kRopeWarps heads per block: grid (M, ceil((nh + nkv) / kRopeWarps)); head y < nh is a
-// query head, else KV head y - nh (its k is normed/rotated and written with its v).
-// PPL: pairs per lane (1, 2, 4, 8, 16: hd <= 64 PPL), a template argument so that the unrolled loops
-// (each with one sincosf) stay as short as the head.
-constexpr int kRopeWarps = 8;
-template <class T, int PPL>
-__global__ void __launch_bounds__(kRopeWarps * 32) qk_rope_kernel(
-    const T* __restrict__ q, const T* __restrict__ k, const T* __restrict__ v, int64_t ld, int nh,
-    const float* __restrict__ q_norm, const float* __restrict__ k_norm, float eps, const float* __restrict__ inv_freq,
-    int interleaved, RowMap rows, PagedKv kv, float* __restrict__ q_out) {
-  pdl_wait();
-  pdl_trigger();
-  const int64_t m = blockIdx.x;
-  const int y = blockIdx.y * kRopeWarps + static_cast<int>(threadIdx.x >> 5), lane = threadIdx.x & 31;
-  const int hd = kv.head_dim, nkv = kv.kv_heads, half = hd / 2;
-  if (y >= nh + nkv) return;
-  const bool is_q = y < nh;
-  const int hh = is_q ? y : y - nh;
-  const T* src = (is_q ? q : k) + m * ld + static_cast<int64_t>(hh) * hd;
-  const float* nw = is_q ? q_norm : k_norm;
-  float x0[PPL], x1[PPL];
-  float ss = 0.0f;
+// ---- RoPE (with the optional q/k RMSNorm) of one head by one warp ---------------------------
+// Lane `lane` owns the rotation pairs p = lane * PPL + j (j < PPL, p < hd / 2): elements (p, p + hd / 2)
+// rotate-half, (2p, 2p + 1) interleaved. The norm's sum of squares runs in lane order over j, then a
+// butterfly. The lane's angles are the same in every head of a row, so a warp computes them once.
+namespace rope {
+
+// Pairs per lane for head_dim hd (1, 2, 4, .., at least (hd / 2) / 32).
+constexpr int ppl_for(int hd) {
+  int p = 1;
+  while (32 * p < hd / 2) p <<= 1;
+  return p;
+}
+
+// cos / sin of position pos for the lane's pairs (identity past hd / 2): the same for every head of a row.
+template <int PPL>
+struct Angles {
+  float c[PPL], s[PPL];
+};
+template <int PPL>
+__device__ __forceinline__ Angles<PPL> angles(int pos, const float* __restrict__ inv_freq, int half, int lane) {
+  Angles<PPL> r;
 #pragma unroll
-  for (int i = 0; i < PPL; ++i) {
-    const int p = lane + 32 * i;
-    if (p < half) {
-      const int a = interleaved ? 2 * p : p, b = interleaved ? 2 * p + 1 : p + half;
-      x0[i] = to_f(src[a]);
-      x1[i] = to_f(src[b]);
-      ss += x0[i] * x0[i] + x1[i] * x1[i];
+  for (int j = 0; j < PPL; ++j) {
+    const int p = lane * PPL + j;
+    r.c[j] = 1.0f;
+    r.s[j] = 0.0f;
+    if (p < half) sincosf(static_cast<float>(pos) * inv_freq[p], &r.s[j], &r.c[j]);
+  }
+  return r;
+}
+
+// The head src[0 .. hd) (optionally RMS-normed with weight nw), rotated: store(e, value) receives
+// every element e < hd exactly once. Every lane of the warp calls it (the norm is a warp butterfly).
+// vec: src is 4-byte aligned (and hd / 2 even for rotate-half), so pairs of elements load as one word.
+template <class T, int PPL, class Store>
+__device__ __forceinline__ void head(const T* __restrict__ src, const float* __restrict__ nw, float eps, int hd,
+                                     bool interleaved, bool vec, const Angles<PPL>& an, int lane, Store&& store) {
+  const int half = hd / 2;
+  float x0[PPL], x1[PPL];
+#pragma unroll
+  for (int j = 0; j < PPL; ++j) x0[j] = x1[j] = 0.0f;  // pairs past hd / 2 (and before the word loads fill them)
+  if (vec && (interleaved || PPL % 2 == 0)) {
+    // one 32-bit word per pair (interleaved) or per two pairs of each half (rotate-half)
+#pragma unroll
+    for (int j = 0; j < PPL; ++j) {
+      const int p = lane * PPL + j;
+      if (interleaved) {
+        if (p < half) {
+          const uint32_t w = *reinterpret_cast<const uint32_t*>(src + 2 * p);
+          x0[j] = to_f(reinterpret_cast<const T*>(&w)[0]);
+          x1[j] = to_f(reinterpret_cast<const T*>(&w)[1]);
+        }
+      } else if (j % 2 == 0 && p < half) {  // p even, half even: p + 1 < half too
+        const uint32_t wa = *reinterpret_cast<const uint32_t*>(src + p);
+        const uint32_t wb = *reinterpret_cast<const uint32_t*>(src + p + half);
+        x0[j] = to_f(reinterpret_cast<const T*>(&wa)[0]);
+        x1[j] = to_f(reinterpret_cast<const T*>(&wb)[0]);
+        if (j + 1 < PPL) {
+          x0[j + 1] = to_f(reinterpret_cast<const T*>(&wa)[1]);
+          x1[j + 1] = to_f(reinterpret_cast<const T*>(&wb)[1]);
+        }
+      }
+    }
+  } else {
+#pragma unroll
+    for (int j = 0; j < PPL; ++j) {
+      const int p = lane * PPL + j;
+      if (p < half) {
+        x0[j] = to_f(src[interleaved ? 2 * p : p]);
+        x1[j] = to_f(src[interleaved ? 2 * p + 1 : p + half]);
+      }
     }
   }
   float inv = 1.0f;
   if (nw) {
+    float ss = 0.0f;
+#pragma unroll
+    for (int j = 0; j < PPL; ++j) ss += x0[j] * x0[j] + x1[j] * x1[j];  // zeros past hd / 2
     for (int off = 16; off > 0; off >>= 1) ss += __shfl_xor_sync(0xffffffffu, ss, off);
     inv = 1.0f / sqrtf(ss / static_cast<float>(hd) + eps);
   }
-  const int pos = rows.pos[m];
-  int64_t base = 0;
-  if (!is_q) {
-    const int32_t blk = rows.table[rows.table_off[m] + pos / kv.block_size];
-    base = ((static_cast<int64_t>(blk) * kv.block_size + pos % kv.block_size) * nkv + hh) * hd;
-  }
 #pragma unroll
-  for (int i = 0; i < PPL; ++i) {
-    const int p = lane + 32 * i;
+  for (int j = 0; j < PPL; ++j) {
+    const int p = lane * PPL + j;
     if (p < half) {
       const int a = interleaved ? 2 * p : p, b = interleaved ? 2 * p + 1 : p + half;
-      const float u0 = nw ? nw[a] * (x0[i] * inv) : x0[i], u1 = nw ? nw[b] * (x1[i] * inv) : x1[i];
-      const float ang = static_cast<float>(pos) * inv_freq[p];
-      float sn, c;
-      sincosf(ang, &sn, &c);
-      const float r0 = u0 * c - u1 * sn, r1 = u1 * c + u0 * sn;
-      if (is_q) {
-        q_out[(m * nh + hh) * hd + a] = r0;
-        q_out[(m * nh + hh) * hd + b] = r1;
-      } else {
-        static_cast<T*>(kv.k)[base + a] = from_f<T>(r0);
-        static_cast<T*>(kv.k)[base + b] = from_f<T>(r1);
-      }
+      const float u0 = nw ? nw[a] * (x0[j] * inv) : x0[j], u1 = nw ? nw[b] * (x1[j] * inv) : x1[j];
+      store(a, u0 * an.c[j] - u1 * an.s[j]);
+      store(b, u1 * an.c[j] + u0 * an.s[j]);
     }
   }
-  if (!is_q)
-    for (int d = lane; d < hd; d += 32) static_cast<T*>(kv.v)[base + d] = v[m * ld + static_cast<int64_t>(hh) * hd + d];
+}
+
+}  // namespace rope
+
+// Grid (M, slices): warp w of block (m, b) takes heads y = b kRopeWarps + w, then + slices kRopeWarps, ..
+// < nh + nkv of row m (y < nh a query head, else KV head y - nh: its k is normed / rotated and written
+// with its v), computing the lane's angles once. slices = 1 (a block per row, the angles shared by a
+// warp's heads) for large M; one head per warp for small M, where the step waits on the latency of
+// one row's heads (measured, H200: one block per row took a batch-1 decode step's RoPE from 190 to
+// 241 us, and a 2048-row prefill's from 1250 to 1152 us).
+// PPL = rope::ppl_for(hd), a template argument so that the unrolled loops stay as short as the head.
+constexpr int kRopeWarps = 8;
+constexpr int64_t kRopeRowsPerBlockFrom = 256;  // M from which a block takes a whole row
+template <class T, int PPL>
+__global__ void __launch_bounds__(kRopeWarps * 32) qk_rope_kernel(
+    const T* __restrict__ q, const T* __restrict__ k, const T* __restrict__ v, int64_t ld, int nh,
+    const float* __restrict__ q_norm, const float* __restrict__ k_norm, float eps, const float* __restrict__ inv_freq,
+    int interleaved, int vec, RowMap rows, PagedKv kv, float* __restrict__ q_out) {
+  const int64_t m = blockIdx.x;
+  const int warp = static_cast<int>(threadIdx.x >> 5), lane = threadIdx.x & 31;
+  const int hd = kv.head_dim, nkv = kv.kv_heads;
+  const int y0 = static_cast<int>(blockIdx.y) * kRopeWarps + warp, ystep = static_cast<int>(gridDim.y) * kRopeWarps;
+  const int pos = rows.pos[m];  // step metadata: copied before the step's first kernel
+  const int32_t blk = rows.table[rows.table_off[m] + pos / kv.block_size];
+  pdl_wait();
+  pdl_trigger();
+  const rope::Angles<PPL> an = rope::angles<PPL>(pos, inv_freq, hd / 2, lane);
+  for (int y = y0; y < nh + nkv; y += ystep) {
+    if (y < nh) {
+      float* qo = q_out + (m * nh + y) * hd;
+      rope::head<T, PPL>(q + m * ld + static_cast<int64_t>(y) * hd, q_norm, eps, hd, interleaved != 0, vec != 0, an,
+                         lane, [&](int e, float r) { qo[e] = r; });
+    } else {
+      const int hh = y - nh;
+      const int64_t base = ((static_cast<int64_t>(blk) * kv.block_size + pos % kv.block_size) * nkv + hh) * hd;
+      T* kc = static_cast<T*>(kv.k) + base;
+      rope::head<T, PPL>(k + m * ld + static_cast<int64_t>(hh) * hd, k_norm, eps, hd, interleaved != 0, vec != 0, an,
+                         lane, [&](int e, float r) { kc[e] = from_f<T>(r); });
+      const T* vs = v + m * ld + static_cast<int64_t>(hh) * hd;
+      T* vc = static_cast<T*>(kv.v) + base;
+      for (int d = lane; d < hd; d += 32) vc[d] = vs[d];
+    }
+  }
 }
 
 template <class T>
@@ -300,6 +368,12 @@ __global__ void residual_kernel(float* __restrict__ x, const T* __restrict__ o, 
 }
 
 unsigned blocks_for(int64_t n) { return static_cast<unsigned>((n + kThreads - 1) / kThreads); }
+
+// rope::head's word loads: q and k rows 4-byte aligned, and hd / 2 even (rotate-half's second half).
+bool rope_vec_ok(const void* q, const void* k, int64_t ld, int hd) {
+  return reinterpret_cast<uintptr_t>(q) % 4 == 0 && reinterpret_cast<uintptr_t>(k) % 4 == 0 && ld % 2 == 0 &&
+         hd % 4 == 0;
+}
 
 void check_rows(int64_t M, const char* who) {
   if (M < 0 || M > 0x7FFFFFFF) throw std::invalid_argument(fmt::format("{}: {} rows", who, M));
@@ -370,21 +444,22 @@ void qk_rope_kv_write(const void* q, const void* k, const void* v, int64_t ld, i
     throw std::invalid_argument(fmt::format("qk_rope_kv_write: heads {} / {} of dim {}", nh, kv.kv_heads, kv.head_dim));
   if (ld < static_cast<int64_t>(nh) * kv.head_dim)
     throw std::invalid_argument(fmt::format("qk_rope_kv_write: row stride {} < {} query values", ld, nh * kv.head_dim));
-  const dim3 grid(static_cast<unsigned>(M), static_cast<unsigned>((nh + kv.kv_heads + kRopeWarps - 1) / kRopeWarps));
+  const int slices = M >= kRopeRowsPerBlockFrom ? 1 : (nh + kv.kv_heads + kRopeWarps - 1) / kRopeWarps;
+  const dim3 grid(static_cast<unsigned>(M), static_cast<unsigned>(slices));
   const dim3 block(kRopeWarps * 32);
-  const int ppl = (kv.head_dim / 2 + 31) / 32;
+  const int ppl = rope::ppl_for(kv.head_dim);
+  const bool vec = rope_vec_ok(q, k, ld, kv.head_dim);
   auto go = [&](auto tag, auto ppl_c) {
     using T = decltype(tag);
-    const T* tq = static_cast<const T*>(q);
-    launch_pdl(qk_rope_kernel<T, decltype(ppl_c)::value>, grid, block, 0, stream, tq, static_cast<const T*>(k),
-               static_cast<const T*>(v), ld, nh, q_norm, k_norm, eps, inv_freq, static_cast<int>(interleaved), rows, kv,
-               q_out);
+    launch_pdl(qk_rope_kernel<T, decltype(ppl_c)::value>, grid, block, 0, stream, static_cast<const T*>(q),
+               static_cast<const T*>(k), static_cast<const T*>(v), ld, nh, q_norm, k_norm, eps, inv_freq,
+               static_cast<int>(interleaved), static_cast<int>(vec), rows, kv, q_out);
   };
   auto by_ppl = [&](auto tag) {
-    if (ppl <= 1) go(tag, std::integral_constant<int, 1>{});
-    else if (ppl <= 2) go(tag, std::integral_constant<int, 2>{});
-    else if (ppl <= 4) go(tag, std::integral_constant<int, 4>{});
-    else if (ppl <= 8) go(tag, std::integral_constant<int, 8>{});
+    if (ppl == 1) go(tag, std::integral_constant<int, 1>{});
+    else if (ppl == 2) go(tag, std::integral_constant<int, 2>{});
+    else if (ppl == 4) go(tag, std::integral_constant<int, 4>{});
+    else if (ppl == 8) go(tag, std::integral_constant<int, 8>{});
     else go(tag, std::integral_constant<int, 16>{});
   };
   if (t == DType::f16) by_ppl(__half{});

@@ -1,0 +1,205 @@
+// qk_rope_kv_write (kernels/cuda/transformer_ops.h) against a double-precision host reference: the
+// optional q/k RMSNorm, RoPE rotate-half and interleaved at each row's position, q out in FP32, k and
+// v written into a paged cache through shuffled block tables. FP16 / BF16, head dims 8 / 36 / 64 /
+// 128 / 256 (pairs per lane 1 .. 4; 36: no word loads), GQA 1 / 3 / 4, positions 0 .. 1030 across
+// block boundaries, 5 rows (a warp per head) and 300 (a block per row). Every other cache slot holds NaN (0xFFFF) and must keep it. A row stride that
+// rules out the word loads gives the same bits as one that allows them. Label `gpu`: skips without
+// a GPU.
+//
+// Tolerances, from the arithmetic (FP32 norm, angle and rotation; the reference takes the kernel's
+// FP32 angle pos * inv_freq, then cos / sin in double):
+//   q:  |q - ref| <= 1e-5 (|u0| + |u1|)            (FP32 rounding, ~1e-7, with a 100x margin)
+//   k:  |k - ref| <= u |ref| + 1e-5 (|u0| + |u1|)  (one rounding to T, u = 2^-8 BF16, 2^-11 FP16)
+// u0, u1 the normed inputs of the pair. A wrong pair, angle, norm or position is off by O(|u|).
+#include "sharq/kernels/cuda/transformer_ops.h"
+
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <numeric>
+#include <string>
+#include <tuple>
+#include <vector>
+
+#include "../../support/test_inputs.h"
+#include "sharq/formats/minifloat.h"
+#include "sharq/kernels/cuda/cuda_check.h"
+
+namespace {
+
+using namespace sharq;
+using cuda::DeviceBuffer;
+using cuda::DType;
+using sharq_test::Rng;
+
+#define SKIP_WITHOUT_GPU() \
+  if (cuda::device_count() == 0) GTEST_SKIP() << "no CUDA device: GPU test skipped"
+
+float dec(uint16_t h, DType t) { return t == DType::bf16 ? bf16_decode(h) : fp16_decode(h); }
+uint16_t enc(float x, DType t) { return t == DType::bf16 ? bf16_encode(x) : fp16_encode(x); }
+
+struct Case {
+  DType t;
+  int nh, nkv, hd;
+  bool qk_norm, interleaved;
+  std::string name() const {
+    return std::string(t == DType::bf16 ? "bf16" : "f16") + " nh=" + std::to_string(nh) + " nkv=" + std::to_string(nkv) +
+           " hd=" + std::to_string(hd) + (qk_norm ? " q/k norm" : "") + (interleaved ? " interleaved" : " rotate-half");
+  }
+};
+
+struct Result {
+  std::vector<float> q;
+  std::vector<uint16_t> k, v;
+};
+
+constexpr int kBlock = 16;
+
+// One call with rows at positions kPos (a sequence each, its own shuffled block table), row stride ld.
+Result run(const Case& c, const std::vector<int32_t>& kPos, int64_t ld, const std::vector<uint16_t>& qkv_rows,
+           const std::vector<float>& qn,
+           const std::vector<float>& kn, const std::vector<float>& inv_freq, const std::vector<int32_t>& table,
+           const std::vector<int32_t>& toff, int64_t blocks) {
+  const int64_t M = static_cast<int64_t>(kPos.size()), w = static_cast<int64_t>(c.nh + 2 * c.nkv) * c.hd;
+  std::vector<uint16_t> qkv(static_cast<size_t>(M * ld), enc(7.0f, c.t));  // the padding is never read
+  for (int64_t m = 0; m < M; ++m)
+    std::copy_n(qkv_rows.begin() + m * w, w, qkv.begin() + m * ld);
+  DeviceBuffer<uint16_t> dqkv(qkv.size()), k(static_cast<size_t>(blocks) * kBlock * c.nkv * c.hd), v(k.size());
+  dqkv.upload(qkv.data());
+  SHARQ_CUDA_CHECK(cudaMemset(k.get(), 0xFF, k.bytes()));
+  SHARQ_CUDA_CHECK(cudaMemset(v.get(), 0xFF, v.bytes()));
+  DeviceBuffer<float> dqn(qn.size()), dkn(kn.size()), dinv(inv_freq.size()), q(static_cast<size_t>(M) * c.nh * c.hd);
+  dqn.upload(qn.data()), dkn.upload(kn.data()), dinv.upload(inv_freq.data());
+  SHARQ_CUDA_CHECK(cudaMemset(q.get(), 0xFF, q.bytes()));
+  DeviceBuffer<int32_t> pos(kPos.size()), doff(toff.size()), dtab(table.size());
+  pos.upload(kPos.data()), doff.upload(toff.data()), dtab.upload(table.data());
+  cuda::RowMap rows;
+  rows.pos = pos.get(), rows.table_off = doff.get(), rows.table = dtab.get();
+  cuda::PagedKv kv;
+  kv.k = k.get(), kv.v = v.get(), kv.blocks = blocks, kv.block_size = kBlock, kv.kv_heads = c.nkv, kv.head_dim = c.hd;
+  const uint16_t* base = dqkv.get();
+  cuda::qk_rope_kv_write(base, base + c.nh * c.hd, base + (c.nh + c.nkv) * c.hd, ld, M, c.nh, c.qk_norm ? dqn.get() : nullptr,
+                         c.qk_norm ? dkn.get() : nullptr, 1e-6f, dinv.get(), c.interleaved, rows, kv, c.t, q.get(), nullptr);
+  SHARQ_CUDA_CHECK(cudaDeviceSynchronize());
+  return {q.to_host(), k.to_host(), v.to_host()};
+}
+
+TEST(QkRopeKvWrite, MatchesADoubleReference) {
+  SKIP_WITHOUT_GPU();
+  std::vector<Case> cases;
+  for (DType t : {DType::bf16, DType::f16})
+    for (auto [nh, nkv, hd] : {std::tuple{8, 2, 128}, std::tuple{4, 4, 64}, std::tuple{6, 2, 36}, std::tuple{3, 1, 256},
+                                std::tuple{4, 1, 8}})
+      for (int variant = 0; variant < 4; ++variant) cases.push_back({t, nh, nkv, hd, (variant & 1) != 0, (variant & 2) != 0});
+  // and 300 rows (the kernel's whole-row blocks from M = 256 on; fewer rows take one head per warp)
+  const size_t n_small = cases.size();
+  cases.push_back({DType::bf16, 8, 2, 128, true, false});
+  cases.push_back({DType::f16, 6, 2, 64, false, true});
+  uint64_t seed = 11;
+  for (size_t ci = 0; ci < cases.size(); ++ci) {
+    const Case& c = cases[ci];
+    SCOPED_TRACE(c.name());
+    Rng rng(seed++);
+    std::vector<int32_t> kPos = {0, 15, 16, 200, 1030};
+    if (ci >= n_small) {
+      kPos.clear();
+      for (int i = 0; i < 300; ++i) kPos.push_back(static_cast<int32_t>(rng.index(1100)));
+    }
+    const int64_t M = static_cast<int64_t>(kPos.size()), w = static_cast<int64_t>(c.nh + 2 * c.nkv) * c.hd;
+    std::vector<uint16_t> rows_in(static_cast<size_t>(M * w));
+    for (uint16_t& x : rows_in) x = enc(static_cast<float>(2.0 * rng.normal()), c.t);
+    std::vector<float> qn(static_cast<size_t>(c.hd)), kn(static_cast<size_t>(c.hd)), invf(static_cast<size_t>(c.hd / 2));
+    for (float& x : qn) x = static_cast<float>(1.0 + 0.3 * rng.normal());
+    for (float& x : kn) x = static_cast<float>(1.0 + 0.3 * rng.normal());
+    for (int i = 0; i < c.hd / 2; ++i) invf[static_cast<size_t>(i)] = static_cast<float>(std::pow(10000.0, -2.0 * i / c.hd));
+    // each row its own sequence of pos / 16 + 1 blocks, the block ids shuffled over the pool
+    std::vector<int32_t> toff, table;
+    int64_t blocks = 2;
+    for (int32_t p : kPos) blocks += p / kBlock + 1;
+    std::vector<int32_t> ids(static_cast<size_t>(blocks));
+    std::iota(ids.begin(), ids.end(), 0);
+    for (size_t i = ids.size(); i > 1; --i) std::swap(ids[i - 1], ids[static_cast<size_t>(rng.index(static_cast<int64_t>(i)))]);
+    size_t next = 0;
+    for (int32_t p : kPos) {
+      toff.push_back(static_cast<int32_t>(table.size()));
+      for (int b = 0; b <= p / kBlock; ++b) table.push_back(ids[next++]);
+    }
+    const int64_t ld_words = w + 6, ld_odd = w + 3;  // word loads allowed / ruled out
+    const Result r = run(c, kPos, ld_words, rows_in, qn, kn, invf, table, toff, blocks);
+    const Result r_odd = run(c, kPos, ld_odd, rows_in, qn, kn, invf, table, toff, blocks);
+    ASSERT_EQ(r.q, r_odd.q);  // the same arithmetic whatever the loads (vector compare: NaN-free below)
+    ASSERT_EQ(r.k, r_odd.k);
+    ASSERT_EQ(r.v, r_odd.v);
+
+    const double u = c.t == DType::bf16 ? 0x1p-8 : 0x1p-11;
+    std::vector<char> written(r.k.size(), 0);
+    for (int64_t m = 0; m < M; ++m) {
+      const int pos = kPos[static_cast<size_t>(m)];
+      const int32_t blk = table[static_cast<size_t>(toff[static_cast<size_t>(m)] + pos / kBlock)];
+      for (int y = 0; y < c.nh + c.nkv; ++y) {
+        const bool is_q = y < c.nh;
+        const int hh = is_q ? y : y - c.nh;
+        const uint16_t* src = rows_in.data() + m * w + (is_q ? hh : c.nh + hh) * c.hd;
+        const std::vector<float>& nw = is_q ? qn : kn;
+        double ss = 0.0;
+        for (int e = 0; e < c.hd; ++e) ss += static_cast<double>(dec(src[e], c.t)) * dec(src[e], c.t);
+        const double inv = c.qk_norm ? 1.0 / std::sqrt(ss / c.hd + 1e-6) : 1.0;
+        const size_t kbase = ((static_cast<size_t>(blk) * kBlock + pos % kBlock) * c.nkv + hh) * c.hd;
+        for (int p = 0; p < c.hd / 2; ++p) {
+          const int a = c.interleaved ? 2 * p : p, b = c.interleaved ? 2 * p + 1 : p + c.hd / 2;
+          const double u0 = dec(src[a], c.t) * inv * (c.qk_norm ? nw[static_cast<size_t>(a)] : 1.0);
+          const double u1 = dec(src[b], c.t) * inv * (c.qk_norm ? nw[static_cast<size_t>(b)] : 1.0);
+          const double ang = static_cast<float>(pos) * invf[static_cast<size_t>(p)];  // the kernel's FP32 angle
+          const double r0 = u0 * std::cos(ang) - u1 * std::sin(ang), r1 = u1 * std::cos(ang) + u0 * std::sin(ang);
+          const double slack = 1e-5 * (std::fabs(u0) + std::fabs(u1));
+          const std::string where = "row " + std::to_string(m) + " head " + std::to_string(y) + " pair " + std::to_string(p);
+          if (is_q) {
+            const float* qo = r.q.data() + (m * c.nh + hh) * c.hd;
+            ASSERT_LE(std::fabs(qo[a] - r0), slack) << where;
+            ASSERT_LE(std::fabs(qo[b] - r1), slack) << where;
+          } else {
+            ASSERT_LE(std::fabs(dec(r.k[kbase + a], c.t) - r0), u * std::fabs(r0) + slack) << where;
+            ASSERT_LE(std::fabs(dec(r.k[kbase + b], c.t) - r1), u * std::fabs(r1) + slack) << where;
+          }
+        }
+        if (!is_q)
+          for (int e = 0; e < c.hd; ++e) {
+            ASSERT_EQ(r.v[kbase + static_cast<size_t>(e)], src[c.nkv * c.hd + e]) << "v, row " << m << " head " << hh;
+            written[kbase + static_cast<size_t>(e)] = 1;
+          }
+      }
+    }
+    for (size_t i = 0; i < r.k.size(); ++i)
+      if (!written[i]) {
+        ASSERT_EQ(r.k[i], 0xFFFF) << "stray k write at element " << i;
+        ASSERT_EQ(r.v[i], 0xFFFF) << "stray v write at element " << i;
+      }
+  }
+}
+
+// Bad arguments are refused before any launch, naming the function.
+TEST(QkRopeKvWrite, RejectsBadArguments) {
+  cuda::RowMap rows;
+  cuda::PagedKv kv;
+  float q = 0.0f;
+  const int32_t z = 0;
+  rows.pos = &z, rows.table_off = &z, rows.table = &z;
+  kv.k = &q, kv.v = &q, kv.kv_heads = 2, kv.head_dim = 7;  // odd head_dim
+  try {
+    cuda::qk_rope_kv_write(&q, &q, &q, 64, 1, 4, nullptr, nullptr, 1e-6f, &q, false, rows, kv, DType::bf16, &q, nullptr);
+    FAIL() << "no exception";
+  } catch (const std::invalid_argument& e) {
+    EXPECT_NE(std::string(e.what()).find("qk_rope_kv_write"), std::string::npos) << e.what();
+  }
+  kv.head_dim = 8;
+  try {  // row stride below nh * hd
+    cuda::qk_rope_kv_write(&q, &q, &q, 16, 1, 4, nullptr, nullptr, 1e-6f, &q, false, rows, kv, DType::bf16, &q, nullptr);
+    FAIL() << "no exception";
+  } catch (const std::invalid_argument& e) {
+    EXPECT_NE(std::string(e.what()).find("row stride"), std::string::npos) << e.what();
+  }
+}
+
+}  // namespace
