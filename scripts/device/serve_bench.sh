@@ -35,6 +35,9 @@ for s in $SCHEMES; do
     run c8_128_1024 --num-prompts 16 --input-len 128 --output-len 1024 --max-concurrency 8
     run c32_128_1024 --num-prompts 32 --input-len 128 --output-len 1024 --max-concurrency 32
     run c8_1024_128 --num-prompts 32 --input-len 1024 --output-len 128 --max-concurrency 8
+    # the server's overhead at concurrency 32 with bench model's context (32 / ITL p50 vs its b32)
+    run c32_1024_128 --num-prompts 32 --input-len 1024 --output-len 128 --max-concurrency 32
+    run c32_1024_512 --num-prompts 32 --input-len 1024 --output-len 512 --max-concurrency 32
   fi
   [[ $BURST -gt 0 ]] && run burst${BURST}_1024_128 --num-prompts $BURST --input-len 1024 --output-len 128
   python3 -c "import urllib.request,sys; sys.stdout.write(urllib.request.urlopen('http://127.0.0.1:$port/metrics').read().decode())" \
