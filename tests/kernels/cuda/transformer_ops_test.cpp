@@ -1,10 +1,12 @@
 // qk_rope_kv_write (kernels/cuda/transformer_ops.h) against a double-precision host reference: the
 // optional q/k RMSNorm, RoPE rotate-half and interleaved at each row's position, q out in FP32, k and
-// v written into a paged cache through shuffled block tables. FP16 / BF16, head dims 8 / 36 / 64 /
-// 128 / 256 (pairs per lane 1 .. 4; 36: no word loads), GQA 1 / 3 / 4, positions 0 .. 1030 across
-// block boundaries, 5 rows (a warp per head) and 300 (a block per row). Every other cache slot holds NaN (0xFFFF) and must keep it. A row stride that
-// rules out the word loads gives the same bits as one that allows them. Label `gpu`: skips without
-// a GPU.
+// v written into a paged cache through shuffled block tables. FP16 / BF16, head dims 8 / 34 / 36 /
+// 64 / 128 / 132 / 256 / 384 (pairs per lane 1 .. 8; 34: hd / 2 odd, no words; 36: words only
+// interleaved; 132: the last busy lane half full), GQA 1 / 3 / 4, positions 0 .. 1030 across block
+// boundaries, 5 rows (a warp per head) and 300 (a block per row), and inputs so small that eps
+// weighs in the norm. Every other cache slot holds NaN (0xFFFF) and must keep it. A row stride that
+// rules out the word loads and stores gives the same bits as one that allows them. Label `gpu`:
+// skips without a GPU.
 //
 // Tolerances, from the arithmetic (FP32 norm, angle and rotation; the reference takes the kernel's
 // FP32 angle pos * inv_freq, then cos / sin in double):
@@ -18,6 +20,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 #include <numeric>
 #include <string>
 #include <tuple>
@@ -44,9 +47,11 @@ struct Case {
   DType t;
   int nh, nkv, hd;
   bool qk_norm, interleaved;
+  double sigma = 2.0;  // inputs ~ N(0, sigma^2)
   std::string name() const {
     return std::string(t == DType::bf16 ? "bf16" : "f16") + " nh=" + std::to_string(nh) + " nkv=" + std::to_string(nkv) +
-           " hd=" + std::to_string(hd) + (qk_norm ? " q/k norm" : "") + (interleaved ? " interleaved" : " rotate-half");
+           " hd=" + std::to_string(hd) + (qk_norm ? " q/k norm" : "") + (interleaved ? " interleaved" : " rotate-half") +
+           " sigma=" + std::to_string(sigma);
   }
 };
 
@@ -56,6 +61,15 @@ struct Result {
 };
 
 constexpr int kBlock = 16;
+
+// The first index where two arrays differ bitwise, or -1.
+template <class V>
+int64_t first_difference(const std::vector<V>& a, const std::vector<V>& b) {
+  if (a.size() != b.size()) return 0;
+  for (size_t i = 0; i < a.size(); ++i)
+    if (std::memcmp(&a[i], &b[i], sizeof(V)) != 0) return static_cast<int64_t>(i);
+  return -1;
+}
 
 // One call with rows at positions kPos (a sequence each, its own shuffled block table), row stride ld.
 Result run(const Case& c, const std::vector<int32_t>& kPos, int64_t ld, const std::vector<uint16_t>& qkv_rows,
@@ -91,25 +105,28 @@ TEST(QkRopeKvWrite, MatchesADoubleReference) {
   std::vector<Case> cases;
   for (DType t : {DType::bf16, DType::f16})
     for (auto [nh, nkv, hd] : {std::tuple{8, 2, 128}, std::tuple{4, 4, 64}, std::tuple{6, 2, 36}, std::tuple{3, 1, 256},
-                                std::tuple{4, 1, 8}})
+                                std::tuple{4, 1, 8}, std::tuple{2, 1, 34}, std::tuple{2, 2, 132}, std::tuple{2, 1, 384}})
       for (int variant = 0; variant < 4; ++variant) cases.push_back({t, nh, nkv, hd, (variant & 1) != 0, (variant & 2) != 0});
   // and 300 rows (the kernel's whole-row blocks from M = 256 on; fewer rows take one head per warp)
   const size_t n_small = cases.size();
   cases.push_back({DType::bf16, 8, 2, 128, true, false});
   cases.push_back({DType::f16, 6, 2, 64, false, true});
+  const size_t n_rows300 = cases.size();
+  // sum of squares / hd ~ eps: a dropped or misplaced eps moves the norm by ~30%
+  cases.push_back({DType::bf16, 8, 2, 128, true, false, 1e-3});
   uint64_t seed = 11;
   for (size_t ci = 0; ci < cases.size(); ++ci) {
     const Case& c = cases[ci];
     SCOPED_TRACE(c.name());
     Rng rng(seed++);
     std::vector<int32_t> kPos = {0, 15, 16, 200, 1030};
-    if (ci >= n_small) {
+    if (ci >= n_small && ci < n_rows300) {
       kPos.clear();
       for (int i = 0; i < 300; ++i) kPos.push_back(static_cast<int32_t>(rng.index(1100)));
     }
     const int64_t M = static_cast<int64_t>(kPos.size()), w = static_cast<int64_t>(c.nh + 2 * c.nkv) * c.hd;
     std::vector<uint16_t> rows_in(static_cast<size_t>(M * w));
-    for (uint16_t& x : rows_in) x = enc(static_cast<float>(2.0 * rng.normal()), c.t);
+    for (uint16_t& x : rows_in) x = enc(static_cast<float>(c.sigma * rng.normal()), c.t);
     std::vector<float> qn(static_cast<size_t>(c.hd)), kn(static_cast<size_t>(c.hd)), invf(static_cast<size_t>(c.hd / 2));
     for (float& x : qn) x = static_cast<float>(1.0 + 0.3 * rng.normal());
     for (float& x : kn) x = static_cast<float>(1.0 + 0.3 * rng.normal());
@@ -129,9 +146,10 @@ TEST(QkRopeKvWrite, MatchesADoubleReference) {
     const int64_t ld_words = w + 6, ld_odd = w + 3;  // word loads allowed / ruled out
     const Result r = run(c, kPos, ld_words, rows_in, qn, kn, invf, table, toff, blocks);
     const Result r_odd = run(c, kPos, ld_odd, rows_in, qn, kn, invf, table, toff, blocks);
-    ASSERT_EQ(r.q, r_odd.q);  // the same arithmetic whatever the loads (vector compare: NaN-free below)
-    ASSERT_EQ(r.k, r_odd.k);
-    ASSERT_EQ(r.v, r_odd.v);
+    // the same arithmetic whatever the loads and stores
+    ASSERT_EQ(first_difference(r.q, r_odd.q), -1) << "q";
+    ASSERT_EQ(first_difference(r.k, r_odd.k), -1) << "k";
+    ASSERT_EQ(first_difference(r.v, r_odd.v), -1) << "v";
 
     const double u = c.t == DType::bf16 ? 0x1p-8 : 0x1p-11;
     std::vector<char> written(r.k.size(), 0);

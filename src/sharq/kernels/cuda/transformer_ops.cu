@@ -221,12 +221,15 @@ __device__ __forceinline__ Angles<PPL> angles(int pos, const float* __restrict__
   return r;
 }
 
-// The head src[0 .. hd) (optionally RMS-normed with weight nw), rotated: store(e, value) receives
-// every element e < hd exactly once. Every lane of the warp calls it (the norm is a warp butterfly).
-// vec: src is 4-byte aligned (and hd / 2 even for rotate-half), so pairs of elements load as one word.
-template <class T, int PPL, class Store>
+// The head src[0 .. hd) (optionally RMS-normed with weight nw), rotated: every element e < hd is
+// stored exactly once, by store1(e, value) or, for two adjacent elements, store2(e, value_e,
+// value_e+1) (e even). Every lane of the warp calls it (the norm is a warp butterfly).
+// vec: src and the destination allow words (hd / 2 even for rotate-half): pairs of elements load as
+// one word and store as one (32-bit T, 64-bit FP32), with the same arithmetic per element.
+template <class T, int PPL, class Store1, class Store2>
 __device__ __forceinline__ void head(const T* __restrict__ src, const float* __restrict__ nw, float eps, int hd,
-                                     bool interleaved, bool vec, const Angles<PPL>& an, int lane, Store&& store) {
+                                     bool interleaved, bool vec, const Angles<PPL>& an, int lane, Store1&& store1,
+                                     Store2&& store2) {
   const int half = hd / 2;
   float x0[PPL], x1[PPL];
 #pragma unroll
@@ -271,14 +274,36 @@ __device__ __forceinline__ void head(const T* __restrict__ src, const float* __r
     for (int off = 16; off > 0; off >>= 1) ss += __shfl_xor_sync(0xffffffffu, ss, off);
     inv = 1.0f / sqrtf(ss / static_cast<float>(hd) + eps);
   }
+  float r0[PPL], r1[PPL];
 #pragma unroll
   for (int j = 0; j < PPL; ++j) {
     const int p = lane * PPL + j;
-    if (p < half) {
-      const int a = interleaved ? 2 * p : p, b = interleaved ? 2 * p + 1 : p + half;
-      const float u0 = nw ? nw[a] * (x0[j] * inv) : x0[j], u1 = nw ? nw[b] * (x1[j] * inv) : x1[j];
-      store(a, u0 * an.c[j] - u1 * an.s[j]);
-      store(b, u1 * an.c[j] + u0 * an.s[j]);
+    const int a = interleaved ? 2 * p : p, b = interleaved ? 2 * p + 1 : p + half;
+    const float u0 = nw && p < half ? nw[a] * (x0[j] * inv) : x0[j], u1 = nw && p < half ? nw[b] * (x1[j] * inv) : x1[j];
+    r0[j] = u0 * an.c[j] - u1 * an.s[j];
+    r1[j] = u1 * an.c[j] + u0 * an.s[j];
+  }
+  if (vec && interleaved) {
+#pragma unroll
+    for (int j = 0; j < PPL; ++j)
+      if (lane * PPL + j < half) store2(2 * (lane * PPL + j), r0[j], r1[j]);
+  } else if (vec && PPL % 2 == 0) {
+#pragma unroll
+    for (int j = 0; j + 1 < PPL; j += 2) {
+      const int p = lane * PPL + j;  // even; half even: p + 1 < half too
+      if (p < half) {
+        store2(p, r0[j], r0[j + 1]);
+        store2(p + half, r1[j], r1[j + 1]);
+      }
+    }
+  } else {
+#pragma unroll
+    for (int j = 0; j < PPL; ++j) {
+      const int p = lane * PPL + j;
+      if (p < half) {
+        store1(interleaved ? 2 * p : p, r0[j]);
+        store1(interleaved ? 2 * p + 1 : p + half, r1[j]);
+      }
     }
   }
 }
@@ -312,16 +337,25 @@ __global__ void __launch_bounds__(kRopeWarps * 32) qk_rope_kernel(
     if (y < nh) {
       float* qo = q_out + (m * nh + y) * hd;
       rope::head<T, PPL>(q + m * ld + static_cast<int64_t>(y) * hd, q_norm, eps, hd, interleaved != 0, vec != 0, an,
-                         lane, [&](int e, float r) { qo[e] = r; });
+                         lane, [&](int e, float r) { qo[e] = r; },
+                         [&](int e, float r0, float r1) { *reinterpret_cast<float2*>(qo + e) = make_float2(r0, r1); });
     } else {
       const int hh = y - nh;
       const int64_t base = ((static_cast<int64_t>(blk) * kv.block_size + pos % kv.block_size) * nkv + hh) * hd;
       T* kc = static_cast<T*>(kv.k) + base;
       rope::head<T, PPL>(k + m * ld + static_cast<int64_t>(hh) * hd, k_norm, eps, hd, interleaved != 0, vec != 0, an,
-                         lane, [&](int e, float r) { kc[e] = from_f<T>(r); });
+                         lane, [&](int e, float r) { kc[e] = from_f<T>(r); },
+                         [&](int e, float r0, float r1) {
+                           T w[2] = {from_f<T>(r0), from_f<T>(r1)};
+                           *reinterpret_cast<uint32_t*>(kc + e) = *reinterpret_cast<const uint32_t*>(w);
+                         });
       const T* vs = v + m * ld + static_cast<int64_t>(hh) * hd;
       T* vc = static_cast<T*>(kv.v) + base;
-      for (int d = lane; d < hd; d += 32) vc[d] = vs[d];
+      if (vec)  // hd even: words
+        for (int d = 2 * lane; d < hd; d += 64)
+          *reinterpret_cast<uint32_t*>(vc + d) = *reinterpret_cast<const uint32_t*>(vs + d);
+      else
+        for (int d = lane; d < hd; d += 32) vc[d] = vs[d];
     }
   }
 }
@@ -369,10 +403,11 @@ __global__ void residual_kernel(float* __restrict__ x, const T* __restrict__ o, 
 
 unsigned blocks_for(int64_t n) { return static_cast<unsigned>((n + kThreads - 1) / kThreads); }
 
-// rope::head's word loads: q and k rows 4-byte aligned, and hd / 2 even (rotate-half's second half).
-bool rope_vec_ok(const void* q, const void* k, int64_t ld, int hd) {
-  return reinterpret_cast<uintptr_t>(q) % 4 == 0 && reinterpret_cast<uintptr_t>(k) % 4 == 0 && ld % 2 == 0 &&
-         hd % 4 == 0;
+// rope::head's word loads and stores: the q, k, v rows and the K / V pools 4-byte aligned, q_out 8-byte
+// aligned, and hd / 2 even (rotate-half's second half starts on a word).
+bool rope_vec_ok(const void* q, const void* k, const void* v, int64_t ld, int hd, const float* q_out, const PagedKv& kv) {
+  auto al = [](const void* p, uintptr_t n) { return reinterpret_cast<uintptr_t>(p) % n == 0; };
+  return al(q, 4) && al(k, 4) && al(v, 4) && al(kv.k, 4) && al(kv.v, 4) && al(q_out, 8) && ld % 2 == 0 && hd % 4 == 0;
 }
 
 void check_rows(int64_t M, const char* who) {
@@ -448,7 +483,7 @@ void qk_rope_kv_write(const void* q, const void* k, const void* v, int64_t ld, i
   const dim3 grid(static_cast<unsigned>(M), static_cast<unsigned>(slices));
   const dim3 block(kRopeWarps * 32);
   const int ppl = rope::ppl_for(kv.head_dim);
-  const bool vec = rope_vec_ok(q, k, ld, kv.head_dim);
+  const bool vec = rope_vec_ok(q, k, v, ld, kv.head_dim, q_out, kv);
   auto go = [&](auto tag, auto ppl_c) {
     using T = decltype(tag);
     launch_pdl(qk_rope_kernel<T, decltype(ppl_c)::value>, grid, block, 0, stream, static_cast<const T*>(q),
