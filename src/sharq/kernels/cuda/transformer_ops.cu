@@ -314,8 +314,8 @@ __device__ __forceinline__ void head(const T* __restrict__ src, const float* __r
 // < nh + nkv of row m (y < nh a query head, else KV head y - nh: its k is normed / rotated and written
 // with its v), computing the lane's angles once. slices = 1 (a block per row, the angles shared by a
 // warp's heads) for large M; one head per warp for small M, where the step waits on the latency of
-// one row's heads (measured, H200: one block per row took a batch-1 decode step's RoPE from 190 to
-// 241 us, and a 2048-row prefill's from 1250 to 1152 us).
+// one row's heads (measured, H200: one block per row at every M took a batch-1 decode step's RoPE
+// from 193 to 243 us, mean of six schemes, and left the 2048-row prefill's within noise).
 // PPL = rope::ppl_for(hd), a template argument so that the unrolled loops stay as short as the head.
 constexpr int kRopeWarps = 8;
 constexpr int64_t kRopeRowsPerBlockFrom = 256;  // M from which a block takes a whole row
