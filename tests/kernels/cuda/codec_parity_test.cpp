@@ -8,6 +8,7 @@
 #include <cstring>
 #include <random>
 
+#include "../../support/gpu_test.h"
 #include "sharq/kernels/cuda/cuda_check.h"
 #include "sharq/quant/fp8_fold.h"
 #include "sharq/tools/opcheck.h"
@@ -15,9 +16,6 @@
 namespace {
 
 using namespace sharq;
-
-#define SKIP_WITHOUT_GPU() \
-  if (cuda::device_count() == 0) GTEST_SKIP() << "no CUDA device: GPU test skipped"
 
 template <class T>
 bool same_bytes(const std::vector<T>& a, const std::vector<T>& b) {

@@ -28,6 +28,7 @@
 #include <stdexcept>
 #include <vector>
 
+#include "../../support/gpu_test.h"
 #include "sharq/formats/minifloat.h"
 #include "sharq/kernels/cuda/cuda_check.h"
 
@@ -37,9 +38,6 @@ using namespace sharq;
 using cuda::BlasType;
 using cuda::CublasLtGemm;
 using cuda::DeviceBuffer;
-
-#define SKIP_WITHOUT_GPU() \
-  if (cuda::device_count() == 0) GTEST_SKIP() << "no CUDA device: GPU test skipped"
 
 constexpr int64_t kMs[] = {1, 7, 64, 300};
 constexpr int64_t kNs[] = {8, 136, 256};

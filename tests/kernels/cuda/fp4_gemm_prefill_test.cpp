@@ -17,6 +17,7 @@
 #include <string>
 #include <vector>
 
+#include "../../support/gpu_test.h"
 #include "sharq/formats/minifloat.h"
 #include "sharq/kernels/cuda/cuda_check.h"
 #include "sharq/quant/fp4_tiles.h"
@@ -25,9 +26,6 @@
 namespace {
 
 using namespace sharq;
-
-#define SKIP_WITHOUT_GPU() \
-  if (cuda::device_count() == 0) GTEST_SKIP() << "no CUDA device: GPU test skipped"
 
 enum class Mode { merged, exact, w4a16 };
 

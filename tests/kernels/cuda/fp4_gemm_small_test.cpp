@@ -25,6 +25,7 @@
 #include <tuple>
 #include <vector>
 
+#include "../../support/gpu_test.h"
 #include "sharq/formats/minifloat.h"
 #include "sharq/kernels/cuda/cuda_check.h"
 #include "sharq/quant/fp4_tiles.h"
@@ -32,9 +33,6 @@
 namespace {
 
 using namespace sharq;
-
-#define SKIP_WITHOUT_GPU() \
-  if (cuda::device_count() == 0) GTEST_SKIP() << "no CUDA device: GPU test skipped"
 
 enum class Mode { merged, exact, w4a16 };
 const char* mode_name(Mode m) { return m == Mode::merged ? "merged" : m == Mode::exact ? "exact" : "w4a16"; }

@@ -37,6 +37,7 @@
 #include <string>
 #include <vector>
 
+#include "../../support/gpu_test.h"
 #include "../../support/exceptions.h"
 #include "../../support/test_inputs.h"
 #include "sharq/formats/minifloat.h"
@@ -50,9 +51,6 @@ using cuda::DeviceBuffer;
 using cuda::DType;
 using sharq_test::Rng;
 using sharq_test::what_of;
-
-#define SKIP_WITHOUT_GPU() \
-  if (cuda::device_count() == 0) GTEST_SKIP() << "no CUDA device: GPU test skipped"
 
 float dec(uint16_t h, DType t) { return t == DType::bf16 ? bf16_decode(h) : fp16_decode(h); }
 uint16_t enc(float x, DType t) { return t == DType::bf16 ? bf16_encode(x) : fp16_encode(x); }

@@ -9,6 +9,7 @@
 #include <cstring>
 #include <limits>
 
+#include "../../support/gpu_test.h"
 #include "../../support/test_inputs.h"
 #include "sharq/kernels/cuda/cuda_check.h"
 #include "sharq/kernels/cuda/transformer_ops.h"
@@ -17,9 +18,6 @@ namespace {
 
 using namespace sharq;
 using namespace sharq::cuda;
-
-#define SKIP_WITHOUT_GPU() \
-  if (device_count() == 0) GTEST_SKIP() << "no CUDA device: GPU test skipped"
 
 // Input rounded to the kernel's input type; returns the raw 16-bit codes and the exact floats.
 struct Input { std::vector<uint16_t> bits; std::vector<float> f; };

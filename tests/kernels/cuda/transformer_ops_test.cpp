@@ -26,6 +26,7 @@
 #include <tuple>
 #include <vector>
 
+#include "../../support/gpu_test.h"
 #include "../../support/test_inputs.h"
 #include "sharq/formats/minifloat.h"
 #include "sharq/kernels/cuda/cuda_check.h"
@@ -36,9 +37,6 @@ using namespace sharq;
 using cuda::DeviceBuffer;
 using cuda::DType;
 using sharq_test::Rng;
-
-#define SKIP_WITHOUT_GPU() \
-  if (cuda::device_count() == 0) GTEST_SKIP() << "no CUDA device: GPU test skipped"
 
 float dec(uint16_t h, DType t) { return t == DType::bf16 ? bf16_decode(h) : fp16_decode(h); }
 uint16_t enc(float x, DType t) { return t == DType::bf16 ? bf16_encode(x) : fp16_encode(x); }

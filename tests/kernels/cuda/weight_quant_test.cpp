@@ -17,6 +17,7 @@
 #include <string>
 #include <vector>
 
+#include "../../support/gpu_test.h"
 #include "../../support/test_inputs.h"
 #include "sharq/formats/minifloat.h"
 #include "sharq/kernels/cuda/cuda_check.h"
@@ -28,9 +29,6 @@ namespace {
 
 using namespace sharq;
 using namespace sharq::cuda;
-
-#define SKIP_WITHOUT_GPU() \
-  if (device_count() == 0) GTEST_SKIP() << "no CUDA device: GPU test skipped"
 
 DeviceBuffer<float> upload(const std::vector<float>& w) {
   DeviceBuffer<float> d(w.size());

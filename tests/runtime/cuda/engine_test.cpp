@@ -28,6 +28,7 @@
 
 #include <fmt/format.h>
 
+#include "../../support/gpu_test.h"
 #include "../../support/error_metrics.h"
 #include "../../support/exceptions.h"
 #include "sharq/kernels/cuda/cuda_check.h"
@@ -42,9 +43,6 @@ using namespace sharq;
 using sharq::cuda::EngineOptions;
 using sharq::cuda::GpuExecutor;
 using sharq_test::what_of;
-
-#define SKIP_WITHOUT_GPU() \
-  if (sharq::cuda::device_count() == 0) GTEST_SKIP() << "no CUDA device: GPU test skipped"
 
 std::string tiny(const char* arch) { return std::string(SHARQ_SOURCE_DIR) + "/tests/data/tiny/" + arch; }
 

@@ -22,6 +22,7 @@
 
 #include <fmt/format.h>
 
+#include "../../support/gpu_test.h"
 #include "../../support/error_metrics.h"
 #include "../../support/test_inputs.h"
 #include "sharq/quant/fp8.h"
@@ -31,9 +32,6 @@ namespace {
 
 using namespace sharq;
 using namespace sharq::cuda;
-
-#define SKIP_WITHOUT_GPU() \
-  if (device_count() == 0) GTEST_SKIP() << "no CUDA device: GPU test skipped"
 
 struct GpuRun {
   std::vector<float> y32;   // FP32 output (FP4 schemes; else the 16-bit output decoded)
