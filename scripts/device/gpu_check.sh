@@ -30,6 +30,8 @@ if [[ -n "${TARGETS:-}" ]]; then
   for t in $TARGETS; do [[ $t == *_test ]] && "$BUILD/tests/$t" ${GTEST_FILTER:+--gtest_filter=$GTEST_FILTER}; done 2>&1 | tee "$OUT/tests.log" | grep -E "^\[  FAILED|^\[  PASSED|FAILED TEST|Failure|error|merged|Expected|Which|actual" | head -80
 else
   (cd "$BUILD" && ctest -L gpu ${FILTER:+-R "$FILTER"} --output-on-failure "$@") 2>&1 | tee "$OUT/ctest.log" | tail -40
+  # the failing tests' own output, small enough to come back from a device call with the summary
+  grep -q "tests failed" "$OUT/ctest.log" && grep -B3 -A25 -E "Failure|\*\*\*Failed|Exception" "$OUT/ctest.log" | head -300 >"$OUT/failures.txt"
 fi
 if [[ $SAN == 1 ]]; then
   for t in "$BUILD"/tests/*_test; do
