@@ -5,7 +5,10 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstring>
+#include <limits>
+#include <type_traits>
 
 #include "../support/test_inputs.h"
 
@@ -21,10 +24,11 @@ std::vector<float> random_matrix(int64_t n, int64_t k, uint64_t seed) {
 }
 
 template <class F>
-void check_roundtrip(int64_t N, int64_t K, uint64_t seed) {
-  const auto W = random_matrix(N, K, seed);
-  const auto q = quantize_matrix<F>(W.data(), N, K, GlobalScale::per_tensor);
+void check_roundtrip(int64_t N, int64_t K, uint64_t seed, const std::vector<float>* given = nullptr) {
+  const auto W = given ? *given : random_matrix(N, K, seed);
+  const auto q = quantize_matrix<F>(W.data(), N, K, F::kHasGlobal ? GlobalScale::per_tensor : GlobalScale::none);
   const Fp4Tiles t = pack_fp4_tiles(q);
+  ASSERT_EQ(t.scale, (std::is_same_v<F, Mxfp4> ? Fp4Scale::ue8m0 : Fp4Scale::ue4m3));
   ASSERT_EQ(t.N, N);
   ASSERT_EQ(t.K, K);
   ASSERT_EQ(t.Kp % 128, 0);
@@ -52,6 +56,29 @@ void check_roundtrip(int64_t N, int64_t K, uint64_t seed) {
   const auto ref = dequantize_matrix(q, false);
   ASSERT_EQ(deq.size(), ref.size());
   EXPECT_EQ(std::memcmp(deq.data(), ref.data(), deq.size() * 4), 0);
+}
+
+// MXFP4-32 in the same layout: its UE8M0 scale bytes where NVFP4's UE4M3 bytes go, decoded as
+// 2^(e - 127). Special blocks: all zero (scale byte 0), a NaN (the NaN scale 255), tiny values
+// (a scale byte near 0: 2^-127 .. 2^-120) and huge ones (near 254).
+TEST(Fp4Tiles, Mxfp4PayloadRoundTripsBitExactly) {
+  check_roundtrip<Mxfp4>(16, 256, 6);
+  check_roundtrip<Mxfp4>(24, 96, 7);     // K < 128: one padded tile
+  check_roundtrip<Mxfp4>(8, 4160, 8);    // K = 32 * 130: a padded last tile
+  std::vector<float> W = random_matrix(8, 256, 9);
+  for (int k = 0; k < 32; ++k) {
+    W[static_cast<size_t>(0 * 256 + k)] = 0.0f;                                      // row 0 block 0: zero
+    W[static_cast<size_t>(2 * 256 + 64 + k)] = std::ldexp(1.0f + k / 32.0f, -125);   // row 2 block 2: tiny
+    W[static_cast<size_t>(3 * 256 + 96 + k)] = std::ldexp(1.0f + k / 32.0f, 120);    // row 3 block 3: huge
+  }
+  W[1 * 256 + 40] = std::numeric_limits<float>::quiet_NaN();                         // row 1 block 1: NaN
+  check_roundtrip<Mxfp4>(8, 256, 0, &W);
+  const Fp4Tiles t = pack_fp4_tiles(quantize_matrix<Mxfp4>(W.data(), 8, 256, GlobalScale::none));
+  EXPECT_EQ(fp4_tiles_scale(t, 0, 0), 0);
+  EXPECT_EQ(fp4_tiles_scale(t, 1, 40), kUe8m0Nan);
+  EXPECT_LT(fp4_tiles_scale(t, 2, 64), 10);
+  EXPECT_GT(fp4_tiles_scale(t, 3, 96), 240);
+  EXPECT_TRUE(t.g.empty());
 }
 
 TEST(Fp4Tiles, W32PayloadRoundTripsBitExactly) {

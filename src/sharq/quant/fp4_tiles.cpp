@@ -1,6 +1,7 @@
 #include "sharq/quant/fp4_tiles.h"
 
 #include <stdexcept>
+#include <type_traits>
 
 #include <fmt/format.h>
 
@@ -23,6 +24,7 @@ Fp4Tiles pack(const QuantizedMatrix<F>& w) {
   t.Np = ceil_div(w.rows, int64_t{Fp4Tiles::kRowPad}) * Fp4Tiles::kRowPad;
   t.Kp = ceil_div(w.cols, 128) * 128;
   t.block = F::kBlock;
+  t.scale = std::is_same_v<F, Mxfp4> ? Fp4Scale::ue8m0 : Fp4Scale::ue4m3;
   t.g = w.g;
   const size_t tiles = static_cast<size_t>(t.Np / 8 * t.k_tiles());
   t.codes.assign(tiles * 512, 0);
@@ -47,6 +49,7 @@ Fp4Tiles pack(const QuantizedMatrix<F>& w) {
 
 Fp4Tiles pack_fp4_tiles(const QuantizedMatrix<Nvfp4_32>& w) { return pack(w); }
 Fp4Tiles pack_fp4_tiles(const QuantizedMatrix<Nvfp4_16>& w) { return pack(w); }
+Fp4Tiles pack_fp4_tiles(const QuantizedMatrix<Mxfp4>& w) { return pack(w); }
 
 uint8_t fp4_tiles_code(const Fp4Tiles& t, int64_t n, int64_t k) {
   const Fp4CodePos pos = code_pos(t, n, k);
@@ -58,9 +61,12 @@ uint8_t fp4_tiles_scale(const Fp4Tiles& t, int64_t n, int64_t k) { return t.scal
 
 std::vector<float> fp4_tiles_dequantize(const Fp4Tiles& t) {
   std::vector<float> w(static_cast<size_t>(t.N * t.K));
+  const bool mx = t.scale == Fp4Scale::ue8m0;
   for (int64_t n = 0; n < t.N; ++n)
-    for (int64_t k = 0; k < t.K; ++k)
-      w[static_cast<size_t>(n * t.K + k)] = e2m1_decode(fp4_tiles_code(t, n, k)) * ue4m3_decode(fp4_tiles_scale(t, n, k));
+    for (int64_t k = 0; k < t.K; ++k) {
+      const uint8_t s = fp4_tiles_scale(t, n, k);
+      w[static_cast<size_t>(n * t.K + k)] = e2m1_decode(fp4_tiles_code(t, n, k)) * (mx ? ue8m0_decode(s) : ue4m3_decode(s));
+    }
   return w;
 }
 

@@ -1,5 +1,8 @@
-// The GPU weight layout of an NVFP4 matrix: the same codes and scale bytes as QuantizedMatrix,
+// The GPU weight layout of an FP4 matrix: the same codes and scale bytes as QuantizedMatrix,
 // permuted so that one 16-byte load per lane feeds the tensor-core fragments (Marlin-style).
+// NVFP4 (UE4M3 block scales, blocks of 16 or 32, FP32 second-level g) and MXFP4 (UE8M0 block
+// scales 2^(e - 127), blocks of 32, no g) share it: only the meaning of a scale byte differs
+// (Fp4Tiles::scale). The GPU GEMMs decode UE4M3 scales only so far and refuse UE8M0 tiles.
 //
 // This is THE packed FP4 weight layout of sharq: every GPU kernel family reads it, and it is the only
 // form the checkpoint loaders produce for the GPU. A kernel that needs another layout changes this
@@ -17,7 +20,7 @@
 //          and high 16-bit halves: exactly the B fragment b0,b1 (p = 0, 2) / b2,b3 (p = 1, 3) of
 //          mma.m16n8k16 for the k16 step 2 j + p / 2, and the pairs a wgmma B tile stores.
 //   scales the scale bytes of the tile's blocks, row-major [8 rows][128 / block] (32 bytes for
-//          NVFP4-W32 blocks, 64 bytes for NVFP4-W16), tile after tile.
+//          32-element blocks, NVFP4-W32 or MXFP4; 64 bytes for NVFP4-W16), tile after tile.
 //
 // Nothing is re-rounded: unpack_fp4_tiles() gives back the QuantizedMatrix bytes (tested).
 #pragma once
@@ -54,12 +57,19 @@ SHARQ_HD int64_t fp4_tile_scale_pos(int64_t k_tiles, int block, int64_t n, int64
   return tile * (8 * per_row) + (n % 8) * per_row + (k % 128) / block;
 }
 
+// What a scale byte of Fp4Tiles means.
+enum class Fp4Scale : uint8_t {
+  ue4m3,  // NVFP4: ue4m3_decode(byte), times the second-level g
+  ue8m0,  // MXFP4: ue8m0_decode(byte) = 2^(byte - 127), 255 NaN; no g
+};
+
 struct Fp4Tiles {
   int64_t N = 0, K = 0, Np = 0, Kp = 0;
-  int block = 32;                 // scale group: 32 (SharQ's W32 payload) or 16 (NVFP4 baseline)
+  int block = 32;                 // scale group: 32 (SharQ's W32 payload, MXFP4) or 16 (NVFP4 baseline)
+  Fp4Scale scale = Fp4Scale::ue4m3;
   std::vector<uint8_t> codes;     // (Np / 8) * (Kp / 128) * 512
   std::vector<uint8_t> scales;    // (Np / 8) * (Kp / 128) * 8 * (128 / block)
-  std::vector<float> g;           // the second-level scale(s): 1 (per tensor) or N (per row)
+  std::vector<float> g;           // NVFP4's second-level scale(s): 1 (per tensor) or N (per row); MXFP4: empty
 
   static constexpr int kTileRows = 8, kTileCols = 128, kTileCodeBytes = 512, kRowPad = 128;
   int64_t k_tiles() const { return Kp / kTileCols; }
@@ -70,6 +80,7 @@ struct Fp4Tiles {
 // Throws std::invalid_argument for an empty matrix.
 Fp4Tiles pack_fp4_tiles(const QuantizedMatrix<Nvfp4_32>& w);
 Fp4Tiles pack_fp4_tiles(const QuantizedMatrix<Nvfp4_16>& w);
+Fp4Tiles pack_fp4_tiles(const QuantizedMatrix<Mxfp4>& w);
 
 // The inverse, for tests: 4-bit code and scale byte of element (n, k) of the tiled matrix
 // (n < Np, k < Kp; the padding reads 0).

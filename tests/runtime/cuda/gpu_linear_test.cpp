@@ -272,6 +272,22 @@ TEST(Fp4Gemm, RejectsMisalignedOperandsBeforeLaunch) {
   EXPECT_THROW(fp4_gemm(args, w, nullptr, 0, nullptr), std::invalid_argument);
 }
 
+// MXFP4 tiles (UE8M0 scales) share the layout but no GPU GEMM decodes them yet: the upload refuses
+// them before touching the device (this runs without a GPU too), where it would otherwise read
+// every scale byte as UE4M3.
+TEST(Fp4Gemm, RefusesMxfp4TilesBeforeAnyDeviceCall) {
+  std::vector<float> W(128 * 256);
+  for (size_t i = 0; i < W.size(); ++i) W[i] = static_cast<float>((i * 37) % 19) - 9.0f;
+  const Fp4Tiles t = pack_fp4_tiles(quantize_matrix<Mxfp4>(W.data(), 128, 256, GlobalScale::none));
+  ASSERT_EQ(t.scale, Fp4Scale::ue8m0);
+  try {
+    (void)DeviceFp4Weights::upload(t);
+    FAIL() << "expected std::invalid_argument";
+  } catch (const std::invalid_argument& e) {
+    EXPECT_NE(std::string(e.what()).find("MXFP4"), std::string::npos) << e.what();
+  }
+}
+
 TEST(GpuLinear, RejectsBadArgumentsBeforeLaunch) {
   SKIP_WITHOUT_GPU();
   std::vector<float> W(12 * 64, 0.5f);

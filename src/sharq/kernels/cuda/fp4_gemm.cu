@@ -1075,6 +1075,10 @@ const char* to_string(Fp4GemmKernel k) {
 }
 
 DeviceFp4Weights DeviceFp4Weights::upload(const Fp4Tiles& t) {
+  if (t.scale != Fp4Scale::ue4m3)
+    throw std::invalid_argument(
+        "DeviceFp4Weights::upload: MXFP4 tiles (UE8M0 block scales): the GPU FP4 GEMMs decode UE4M3 (NVFP4) "
+        "block scales only");
   DeviceFp4Weights w;
   w.N = t.N; w.K = t.K; w.Np = t.Np; w.Kp = t.Kp; w.block = t.block;
   w.codes = DeviceBuffer<uint8_t>(t.codes.size());
