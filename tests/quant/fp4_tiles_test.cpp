@@ -60,7 +60,7 @@ void check_roundtrip(int64_t N, int64_t K, uint64_t seed, const std::vector<floa
 
 // MXFP4-32 in the same layout: its UE8M0 scale bytes where NVFP4's UE4M3 bytes go, decoded as
 // 2^(e - 127). Special blocks: all zero (scale byte 0), a NaN (the NaN scale 255), tiny values
-// (a scale byte near 0: 2^-127 .. 2^-120) and huge ones (near 254).
+// (a small nonzero scale byte: 2^-122) and huge ones (near 254).
 TEST(Fp4Tiles, Mxfp4PayloadRoundTripsBitExactly) {
   check_roundtrip<Mxfp4>(16, 256, 6);
   check_roundtrip<Mxfp4>(24, 96, 7);     // K < 128: one padded tile
@@ -68,7 +68,7 @@ TEST(Fp4Tiles, Mxfp4PayloadRoundTripsBitExactly) {
   std::vector<float> W = random_matrix(8, 256, 9);
   for (int k = 0; k < 32; ++k) {
     W[static_cast<size_t>(0 * 256 + k)] = 0.0f;                                      // row 0 block 0: zero
-    W[static_cast<size_t>(2 * 256 + 64 + k)] = std::ldexp(1.0f + k / 32.0f, -125);   // row 2 block 2: tiny
+    W[static_cast<size_t>(2 * 256 + 64 + k)] = std::ldexp(1.0f + k / 32.0f, -120);   // row 2 block 2: tiny
     W[static_cast<size_t>(3 * 256 + 96 + k)] = std::ldexp(1.0f + k / 32.0f, 120);    // row 3 block 3: huge
   }
   W[1 * 256 + 40] = std::numeric_limits<float>::quiet_NaN();                         // row 1 block 1: NaN
@@ -76,9 +76,13 @@ TEST(Fp4Tiles, Mxfp4PayloadRoundTripsBitExactly) {
   const Fp4Tiles t = pack_fp4_tiles(quantize_matrix<Mxfp4>(W.data(), 8, 256, GlobalScale::none));
   EXPECT_EQ(fp4_tiles_scale(t, 0, 0), 0);
   EXPECT_EQ(fp4_tiles_scale(t, 1, 40), kUe8m0Nan);
+  EXPECT_GT(fp4_tiles_scale(t, 2, 64), 0);
   EXPECT_LT(fp4_tiles_scale(t, 2, 64), 10);
   EXPECT_GT(fp4_tiles_scale(t, 3, 96), 240);
   EXPECT_TRUE(t.g.empty());
+  auto with_g = quantize_matrix<Mxfp4>(W.data(), 8, 256, GlobalScale::none);
+  with_g.g = {2.0f};  // hand-built: MXFP4 has no second level
+  EXPECT_THROW(pack_fp4_tiles(with_g), std::invalid_argument);
 }
 
 TEST(Fp4Tiles, W32PayloadRoundTripsBitExactly) {

@@ -18,6 +18,8 @@ template <class F>
 Fp4Tiles pack(const QuantizedMatrix<F>& w) {
   if (w.rows <= 0 || w.cols <= 0)
     throw std::invalid_argument(fmt::format("pack_fp4_tiles: empty matrix N = {}, K = {}", w.rows, w.cols));
+  if (!F::kHasGlobal && !w.g.empty())
+    throw std::invalid_argument(fmt::format("pack_fp4_tiles: an MXFP4 matrix with {} second-level scales (it has none)", w.g.size()));
   Fp4Tiles t;
   t.N = w.rows;
   t.K = w.cols;

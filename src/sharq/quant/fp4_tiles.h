@@ -22,7 +22,7 @@
 //   scales the scale bytes of the tile's blocks, row-major [8 rows][128 / block] (32 bytes for
 //          32-element blocks, NVFP4-W32 or MXFP4; 64 bytes for NVFP4-W16), tile after tile.
 //
-// Nothing is re-rounded: unpack_fp4_tiles() gives back the QuantizedMatrix bytes (tested).
+// Nothing is re-rounded: fp4_tiles_code / fp4_tiles_scale give back the QuantizedMatrix bytes (tested).
 #pragma once
 
 #include <cstdint>
@@ -77,7 +77,7 @@ struct Fp4Tiles {
   size_t bytes() const { return codes.size() + scales.size() + g.size() * sizeof(float); }
 };
 
-// Throws std::invalid_argument for an empty matrix.
+// Throws std::invalid_argument for an empty matrix, or an MXFP4 one that carries a second-level g.
 Fp4Tiles pack_fp4_tiles(const QuantizedMatrix<Nvfp4_32>& w);
 Fp4Tiles pack_fp4_tiles(const QuantizedMatrix<Nvfp4_16>& w);
 Fp4Tiles pack_fp4_tiles(const QuantizedMatrix<Mxfp4>& w);

@@ -2,7 +2,7 @@
 // optional q/k RMSNorm, RoPE rotate-half and interleaved at each row's position, q out in FP32, k and
 // v written into a paged cache through shuffled block tables. FP16 / BF16, head dims 8 / 34 / 36 /
 // 64 / 128 / 132 / 256 / 384 (pairs per lane 1 .. 8; 34: hd / 2 odd, no words; 36: words only
-// interleaved; 132: the last busy lane half full), GQA 1 / 3 / 4, positions 0 .. 1030 across block
+// interleaved; 132: the last busy lane half full), GQA 1 / 2 / 3 / 4, positions 0 .. 1030 across block
 // boundaries, 5 rows (a warp per head) and 300 (a block per row), and inputs so small that eps
 // weighs in the norm. Every other cache slot holds NaN (0xFFFF) and must keep it. A row stride that
 // rules out the word loads and stores gives the same bits as one that allows them. Label `gpu`:
