@@ -65,6 +65,7 @@
 #include <fmt/format.h>
 
 #include "sharq/kernels/cuda/cuda_check.h"
+#include "sharq/kernels/cuda/half_convert.cuh"
 #include "sharq/kernels/cuda/launch.cuh"
 #include "sharq/kernels/cuda/ptx.cuh"
 
@@ -111,29 +112,6 @@ __device__ __forceinline__ void mma16816(float (&d)[4], const uint32_t (&a)[4], 
         : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
 }
 
-// Two values -> one 32-bit word of T (lo in the low half), round to nearest even.
-template <class T>
-__device__ __forceinline__ uint32_t pack2(float lo, float hi) {
-  uint32_t u;
-  if constexpr (std::is_same_v<T, __half>) {
-    const __half2 h = __floats2half2_rn(lo, hi);
-    memcpy(&u, &h, 4);
-  } else {
-    const __nv_bfloat162 h = __floats2bfloat162_rn(lo, hi);
-    memcpy(&u, &h, 4);
-  }
-  return u;
-}
-template <class T>
-__device__ __forceinline__ float2 unpack2(uint32_t u) {
-  if constexpr (std::is_same_v<T, __half>) {
-    __half2 h;
-    memcpy(&h, &u, 4);
-    return __half22float2(h);
-  } else {
-    return make_float2(__uint_as_float(u << 16), __uint_as_float(u & 0xffff0000u));
-  }
-}
 template <class T>
 __device__ __forceinline__ void unpack8(const uint4& u, float (&f)[8]) {
   const uint32_t w[4] = {u.x, u.y, u.z, u.w};
@@ -144,14 +122,6 @@ __device__ __forceinline__ void unpack8(const uint4& u, float (&f)[8]) {
     f[2 * i + 1] = x.y;
   }
 }
-template <class T>
-__device__ __forceinline__ T from_f(float v) {
-  if constexpr (std::is_same_v<T, __half>)
-    return __float2half_rn(v);
-  else
-    return __float2bfloat16_rn(v);
-}
-
 // Offset (elements) of key j's row of KV head kvh in a pool.
 __device__ __forceinline__ int64_t key_offset(const int32_t* table, int j, int bs, int64_t tok_stride,
                                               int64_t head_off) {

@@ -22,17 +22,11 @@
 
 #include "sharq/kernels/cuda/cuda_check.h"
 #include "sharq/kernels/cuda/activation.cuh"
+#include "sharq/kernels/cuda/half_convert.cuh"
 #include "sharq/kernels/cuda/launch.cuh"
 
 namespace sharq::cuda {
 namespace {
-
-template <class T> __device__ __forceinline__ float to_f32(T v);
-template <> __device__ __forceinline__ float to_f32<__half>(__half v) { return __half2float(v); }
-template <> __device__ __forceinline__ float to_f32<__nv_bfloat16>(__nv_bfloat16 v) { return __bfloat162float(v); }
-template <class T> __device__ __forceinline__ T from_f32(float v);
-template <> __device__ __forceinline__ __half from_f32<__half>(float v) { return __float2half_rn(v); }
-template <> __device__ __forceinline__ __nv_bfloat16 from_f32<__nv_bfloat16>(float v) { return __float2bfloat16_rn(v); }
 
 // The prep's input row (PrepInput as a template argument).
 constexpr int kInPlain = 0, kInRms = 1, kInSwiglu = 2, kInResidualRms = 3;
@@ -40,7 +34,7 @@ constexpr int kInPlain = 0, kInRms = 1, kInSwiglu = 2, kInResidualRms = 3;
 // prep sees exactly the values the separate kernel would have written.
 template <class T>
 __device__ __forceinline__ float swiglu_t(float g, float u) {
-  return to_f32(from_f32<T>(silu_mul(g, u)));
+  return to_f(from_f<T>(silu_mul(g, u)));
 }
 
 struct RowArgs {
@@ -71,15 +65,15 @@ struct RowView {
   const float* rs = nullptr;  // residual_rmsnorm: r = x + o held in shared memory (K <= kNormStage), or null
   __device__ __forceinline__ float sum_at(int64_t i) const {
     if (rs) return rs[i];
-    return addp ? xf[i] + to_f32(addp[i]) : xf[i];
+    return addp ? xf[i] + to_f(addp[i]) : xf[i];
   }
   __device__ __forceinline__ float at(int64_t i) const {
     if (i >= K) return 0.0f;  // zero padding along K, as on the CPU
     // add_rmsnorm()'s output expression and rounding: T(w * (r * inv))
-    if constexpr (kIn == kInResidualRms) return to_f32(from_f32<T>(wf[i] * (sum_at(i) * inv)));
-    if constexpr (kIn == kInSwiglu) return swiglu_t<T>(to_f32(x[i]), to_f32(x[K + i]));
-    float v = to_f32(x[i]);
-    if constexpr (kIn == kInRms) v = (v * inv) * to_f32(w[i]);
+    if constexpr (kIn == kInResidualRms) return to_f(from_f<T>(wf[i] * (sum_at(i) * inv)));
+    if constexpr (kIn == kInSwiglu) return swiglu_t<T>(to_f(x[i]), to_f(x[K + i]));
+    float v = to_f(x[i]);
+    if constexpr (kIn == kInRms) v = (v * inv) * to_f(w[i]);
     return v;
   }
   __device__ __forceinline__ void at8(int64_t i, float* o) const {
@@ -94,10 +88,10 @@ struct RowView {
           const uint4 u = *reinterpret_cast<const uint4*>(addp + i);
           const T* e = reinterpret_cast<const T*>(&u);
 #pragma unroll
-          for (int j = 0; j < 8; ++j) r[j] = r[j] + to_f32(e[j]);
+          for (int j = 0; j < 8; ++j) r[j] = r[j] + to_f(e[j]);
         }
 #pragma unroll
-        for (int j = 0; j < 8; ++j) o[j] = to_f32(from_f32<T>(w8[j] * (r[j] * inv)));
+        for (int j = 0; j < 8; ++j) o[j] = to_f(from_f<T>(w8[j] * (r[j] * inv)));
       } else {
 #pragma unroll
         for (int j = 0; j < 8; ++j) o[j] = at(i + j);
@@ -108,18 +102,18 @@ struct RowView {
       const uint4 u = *reinterpret_cast<const uint4*>(x + i);
       const T* e = reinterpret_cast<const T*>(&u);
 #pragma unroll
-      for (int j = 0; j < 8; ++j) o[j] = to_f32(e[j]);
+      for (int j = 0; j < 8; ++j) o[j] = to_f(e[j]);
       if constexpr (kIn == kInSwiglu) {
         const uint4 uu = *reinterpret_cast<const uint4*>(x + K + i);
         const T* eu = reinterpret_cast<const T*>(&uu);
 #pragma unroll
-        for (int j = 0; j < 8; ++j) o[j] = swiglu_t<T>(o[j], to_f32(eu[j]));
+        for (int j = 0; j < 8; ++j) o[j] = swiglu_t<T>(o[j], to_f(eu[j]));
       }
       if constexpr (kIn == kInRms) {
         const uint4 uw = *reinterpret_cast<const uint4*>(w + i);
         const T* ew = reinterpret_cast<const T*>(&uw);
 #pragma unroll
-        for (int j = 0; j < 8; ++j) o[j] = (o[j] * inv) * to_f32(ew[j]);
+        for (int j = 0; j < 8; ++j) o[j] = (o[j] * inv) * to_f(ew[j]);
       }
     } else {
 #pragma unroll
@@ -187,7 +181,7 @@ __device__ RowView<T, kIn> make_row(const RowArgs& a, int64_t m, float* red, boo
   const int64_t stride = kIn == kInSwiglu ? 2 * a.K : a.K;  // SwiGLU: gate then up, 2K per row
   RowView<T, kIn> r{static_cast<const T*>(a.x) + m * stride, static_cast<const T*>(a.rms_w), a.K, 1.0f};
   if constexpr (kIn == kInRms)
-    r.inv = row_inv_rms(a.K, a.eps, [&r](int64_t i) { return to_f32(r.x[i]); }, nullptr, red);
+    r.inv = row_inv_rms(a.K, a.eps, [&r](int64_t i) { return to_f(r.x[i]); }, nullptr, red);
   return r;
 }
 

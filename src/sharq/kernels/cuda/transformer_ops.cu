@@ -11,23 +11,13 @@
 
 #include "sharq/kernels/cuda/cuda_check.h"
 #include "sharq/kernels/cuda/activation.cuh"
+#include "sharq/kernels/cuda/half_convert.cuh"
 #include "sharq/kernels/cuda/launch.cuh"
 
 namespace sharq::cuda {
 namespace {
 
 constexpr int kThreads = 256;
-
-template <class T>
-__device__ __forceinline__ float to_f(T v) {
-  if constexpr (std::is_same_v<T, __half>) return __half2float(v);
-  else return __bfloat162float(v);
-}
-template <class T>
-__device__ __forceinline__ T from_f(float v) {
-  if constexpr (std::is_same_v<T, __half>) return __float2half_rn(v);
-  else return __float2bfloat16_rn(v);
-}
 
 // Sum over the block (blockDim.x a multiple of 32, at most 1024); every thread gets the result.
 __device__ float block_sum(float v) {
@@ -345,10 +335,7 @@ __global__ void __launch_bounds__(kRopeWarps * 32) qk_rope_kernel(
       T* kc = static_cast<T*>(kv.k) + base;
       rope::head<T, PPL>(k + m * ld + static_cast<int64_t>(hh) * hd, k_norm, eps, hd, interleaved != 0, vec != 0, an,
                          lane, [&](int e, float r) { kc[e] = from_f<T>(r); },
-                         [&](int e, float r0, float r1) {
-                           T w[2] = {from_f<T>(r0), from_f<T>(r1)};
-                           *reinterpret_cast<uint32_t*>(kc + e) = *reinterpret_cast<const uint32_t*>(w);
-                         });
+                         [&](int e, float r0, float r1) { *reinterpret_cast<uint32_t*>(kc + e) = pack2<T>(r0, r1); });
       const T* vs = v + m * ld + static_cast<int64_t>(hh) * hd;
       T* vc = static_cast<T*>(kv.v) + base;
       if (vec)  // hd even: words
