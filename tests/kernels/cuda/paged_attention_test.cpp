@@ -327,7 +327,7 @@ TEST(PagedAttentionPlan, MixedEntries) {
   for (int hd : {64, 128}) {
     const AttentionWork w = cuda::plan_attention(entries, hd, false);
     EXPECT_EQ(w.decode_rows, (std::vector<int32_t>{0, 6, 266})) << hd;
-    EXPECT_EQ(w.prefill_tiles, (std::vector<int32_t>{1, 5, 7, 64, 71, 64, 135, 2, 137, 64, 201, 64, 265, 1})) << hd;
+    EXPECT_EQ(w.prefill_tiles, (std::vector<int32_t>{1, 5, 7, 128, 135, 2, 137, 64, 201, 65})) << hd;
   }
   std::vector<int32_t> all(267);
   std::iota(all.begin(), all.end(), 0);
@@ -346,7 +346,7 @@ TEST(PagedAttentionPlan, MixedEntries) {
   EXPECT_TRUE(cuda::prefill_attention_supports(128));
   const AttentionWork e = cuda::plan_attention({}, 128, false);
   EXPECT_TRUE(e.decode_rows.empty() && e.prefill_tiles.empty());
-  EXPECT_EQ(cuda::kAttentionTileRows, 64);
+  EXPECT_EQ(cuda::kAttentionTileRows, 128);
 }
 
 TEST(PagedAttentionPlan, WorkspaceBytes) {
@@ -468,9 +468,11 @@ TEST(PagedAttention, DecodeMatchesReference) {
 // Prefill tiles (and some decode rows) of several sequences in one step, against the reference.
 TEST(PagedAttention, PrefillMatchesReference) {
   SKIP_WITHOUT_GPU();
-  // a 3-tile prompt (64 + 64 + 22), a 64-row chunk after 37 cached positions, a 5-row chunk after 300
-  // (past the window of 50), a decode row, a 2-row entry, a 70-row chunk after 129 (2 tiles)
-  const std::vector<SeqSpec> seqs = {{0, 150}, {37, 64}, {300, 5}, {10, 1}, {0, 2}, {129, 70}};
+  // a 2-tile prompt (128 + 22), a 130-row chunk after 37 cached positions (2 tiles; in the first, the
+  // second warpgroup's rows reach the second key block of 128 and the first's do not), a 5-row chunk
+  // after 400 (4 key blocks: every stage is reused; past the window of 50), a decode row, a 2-row
+  // entry, a 70-row chunk after 129 (one tile, the second warpgroup with 6 rows)
+  const std::vector<SeqSpec> seqs = {{0, 150}, {37, 130}, {400, 5}, {10, 1}, {0, 2}, {129, 70}};
   uint64_t seed = 100;
   double worst = 0.0;
   for (DType t : {DType::bf16, DType::f16})
@@ -483,7 +485,7 @@ TEST(PagedAttention, PrefillMatchesReference) {
           const Problem P = make_problem(s, seqs, seed++);
           const Pools pools(P);
           const AttentionWork w = cuda::plan_attention(P.entry_rows, hd, false);
-          ASSERT_EQ(w.prefill_tiles.size(), 2u * 8);
+          ASSERT_EQ(w.prefill_tiles.size(), 2u * 7);
           ASSERT_EQ(w.decode_rows.size(), 1u);
           const auto out = run(P, pools, full_meta(P), w);
           double wr = 0.0;

@@ -31,18 +31,26 @@
 // registers per thread, 2 CTAs per SM) + scores 2 KB; the warp / CTA partials alias the ring after
 // the loop. The workspace is not used (its size is kept for the interface).
 //
-// ---- Prefill (one CTA = 4 warps per (tile, query head)) ------------------------------------------
-// Q tile: 64 rows (zero rows past the tile's count) x HD, q rounded to T into shared memory, then
-// per warp 16 rows as mma A fragments in registers (ldmatrix). Key blocks of 64 from the first row's
-// window start to the last row's position; K and V blocks double-buffered by cp.async (zero-filled
-// past the last key); rows padded to HD + 8 elements so that ldmatrix is conflict-free. Per block:
-// S = Q K^T (m16n8k16, K rows as the col-major B operand via ldmatrix), mask j in [lo(row), pos(row)]
-// (only in blocks that cross a row's range of the warp), online softmax in the log2 domain on the
-// unscaled scores (the scale folded into the exponent's FMA; rows with no key yet use 0 as the
-// reference max), P rounded to T and used both as the A operand of P V (V via ldmatrix.trans) and
-// for the row sum; the output rescale is skipped when no row's maximum moved. Shared memory
-// 4 * 64 * (HD + 8) * 2 B + 1 KB (the Q tile staged in K's second stage buffer, kPrefillMinBlocks):
-// 70 KB for HD 128 (3 CTAs per SM), 37 KB for HD 64. The grid walks the tiles from the last one (the longest causal ranges first).
+// ---- Prefill (one CTA = 3 warpgroups per (128-row tile, query head), warp-specialized) -----------
+// Warpgroup 0, the producer (setmaxnreg.dec 40): per key block of 128 (from the tile's first row's
+// window start to its last row's position) one key offset per thread through the block table into
+// shared memory, then the block's K and V rows by cp.async (16 B, zero-filled past the last key) into
+// the stage's 128B-swizzled tiles, each thread's completion signalled on the stage's fullK / fullV
+// mbarrier (cp.async.mbarrier.arrive.noinc, count 128); before reusing a stage it waits on its empty
+// mbarrier. Warpgroups 1 and 2, the consumers (setmaxnreg.inc 232): rows 0..63 and 64..127 of the tile
+// (a warpgroup without rows exits and the empty count leaves it out). Each rounds its q rows to T into
+// the swizzled Q tile, then per block: wait fullK, S = Q K^T by wgmma (m64n128k16, Q and K both
+// K-major in shared memory), mask j in [lo(row), pos(row)] (only in blocks that cross a row's range of
+// the warp), online softmax in the log2 domain on the unscaled scores (the scale folded into the
+// exponent's FMA; rows with no key yet use 0 as the reference max), P rounded to T in the A-fragment
+// layout that the S accumulator already has; wait fullV, O += P V by wgmma (P from registers, V the
+// MN-major B operand: no transpose), wait for it, release the stage (one arrival per warp). A block
+// outside the warpgroup's own key range (the causal diagonal of its rows, the window) is released
+// unread. The output rescale is skipped when no row's maximum moved. Shared memory: Q 128 x HD, 2
+// (HD 128) or 3 (HD 64) stages of K and V blocks: 163 KB for HD 128, 116 KB for HD 64, one CTA per
+// SM. The grid runs the heads fastest and the tiles from the last one (the longest causal ranges
+// first). The register A operand P stays live (fence_regs) until the wait that retires its reads:
+// wgmma reads registers asynchronously and the compiler could otherwise reuse them.
 //
 // Both kernels are launched with programmatic stream serialization (PDL, as the FP4 GEMMs): a kernel
 // may start while its predecessor drains and reads only the step metadata (rows, positions, block
@@ -72,8 +80,6 @@
 namespace sharq::cuda {
 namespace {
 
-constexpr int kThreads = 128;        // prefill: 4 warps
-constexpr int kKeys = 64;            // keys per decode tile / prefill key block
 constexpr int kMaxSplits = 16;       // decode splits per row, at most
 constexpr int kRowsPerLaunch = 65535;  // decode rows per launch (grid z)
 constexpr int kWorkspaceRows = 128;    // the workspace formula (paged_attention.h) stops growing here
@@ -85,33 +91,6 @@ __host__ __device__ inline int first_key(int pos, int64_t window) {
   const int64_t j0 = static_cast<int64_t>(pos) + 1 - window;
   return window > 0 && j0 > 0 ? static_cast<int>(j0) : 0;
 }
-__device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], uint32_t addr) {
-  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
-               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-               : "r"(addr)
-               : "memory");
-}
-__device__ __forceinline__ void ldmatrix_x4_trans(uint32_t (&r)[4], uint32_t addr) {
-  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
-               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-               : "r"(addr)
-               : "memory");
-}
-// d += a * b, m16n8k16, FP32 accumulators.
-template <class T>
-__device__ __forceinline__ void mma16816(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
-  if constexpr (std::is_same_v<T, __half>)
-    asm("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
-        "{%0, %1, %2, %3};\n"
-        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-  else
-    asm("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
-        "{%0, %1, %2, %3};\n"
-        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-}
-
 template <class T>
 __device__ __forceinline__ void unpack8(const uint4& u, float (&f)[8]) {
   const uint32_t w[4] = {u.x, u.y, u.z, u.w};
@@ -522,140 +501,235 @@ struct PrefillArgs {
   float scale_log2;
 };
 
-// CTAs per SM the prefill kernel is built for. 3: the Q tile is staged in K's stage-1 buffer (free
-// until block 1's copies, after every warp holds Q in registers): 70 KB of shared memory, at most
-// 168 registers per thread. 2: Q has its own tile (88 KB), up to 255 registers.
-constexpr int kPrefillMinBlocks = 3;
-constexpr bool kPrefillQAlias = kPrefillMinBlocks >= 3;
+// The prefill kernel is warp-specialized (FlashAttention-3's structure): warpgroup 0 loads, warpgroups
+// 1 and 2 compute. One CTA per (128-row tile, query head); 384 threads, one CTA per SM.
+constexpr int kPrefillThreads = 384;
+constexpr int kPrefillRows = 128;  // = kAttentionTileRows: 64 per consumer warpgroup
+constexpr int kPrefillKeys = 128;  // keys per block (BN)
+constexpr int kProducerRegs = 40, kConsumerRegs = 232;  // setmaxnreg: 128 x 40 + 256 x 232 <= 65536
+static_assert(kPrefillRows == kAttentionTileRows, "one CTA per plan tile");
 
 template <int HD>
-constexpr size_t prefill_smem() {
-  return static_cast<size_t>(kPrefillQAlias ? 4 : 5) * kKeys * (HD + 8) * 2 + 2 * kKeys * 8;
+struct PrefillCfg {
+  static constexpr int kSlabs = HD / 64;                                     // 64-element (128-byte) slabs
+  static constexpr int kStages = HD == 128 ? 2 : 3;                          // K + V blocks in flight
+  static constexpr uint32_t kQSlab = kPrefillRows * 128;                     // bytes of one Q slab
+  static constexpr uint32_t kKvSlab = kPrefillKeys * 128;                    // bytes of one K (V) slab
+  static constexpr uint32_t kKvBytes = kSlabs * kKvSlab;                     // one K (V) block
+  static constexpr uint32_t kQ = 0;                                          // Q [slab][row][128 B]
+  static constexpr uint32_t kK = kSlabs * kQSlab;                            // K [stage][slab][key][128 B]
+  static constexpr uint32_t kV = kK + kStages * kKvBytes;                    // V [stage][slab][key][128 B]
+  static constexpr uint32_t kOff = kV + kStages * kKvBytes;                  // int64 key offsets [stage][BN]
+  static constexpr uint32_t kOnes = kOff + kStages * kPrefillKeys * 8;       // 2 x 1 KB of ones (T)
+  static constexpr uint32_t kBar = kOnes + 2048;                             // fullK, fullV, emptyK, emptyV [stage]
+  static constexpr size_t kSmem = kBar + 4 * kStages * 8 + 1024;           // + base alignment (1024 B)
+  static_assert(kSmem <= 227 * 1024, "shared memory");
+};
+
+// Byte offset of the 16-byte chunk c (elements 8c .. 8c + 7) of row r in a tile of 128-byte-swizzled
+// slabs of SlabBytes each (ptx.cuh: the layout the wgmma descriptors read).
+__device__ __forceinline__ float ex2_ftz(float x) {
+  float y;
+  asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x));
+  return y;
+}
+template <uint32_t SlabBytes>
+__device__ __forceinline__ uint32_t swz(int r, int c) {
+  return static_cast<uint32_t>(c >> 3) * SlabBytes + static_cast<uint32_t>(r) * 128u +
+         (static_cast<uint32_t>((c & 7) ^ (r & 7)) << 4);
 }
 
 template <class T, int HD>
-__global__ void __launch_bounds__(kThreads, kPrefillMinBlocks) prefill_kernel(const PrefillArgs a) {
-  constexpr int LD = HD + 8;   // padded row (elements): ldmatrix rows land on distinct banks
-  constexpr int CH = HD / 8;   // 16-byte chunks per row
-  constexpr int KS = HD / 16;  // k16 steps of Q K^T
-  constexpr int NT = HD / 8;   // n8 tiles of the output
-  extern __shared__ __align__(16) unsigned char smem[];
-  uint16_t* base = reinterpret_cast<uint16_t*>(smem);
-  uint16_t* kst = kPrefillQAlias ? base : base + kKeys * LD;         // [2][64][LD]
-  uint16_t* vst = kst + 2 * kKeys * LD;                              // [2][64][LD]
-  uint16_t* qs = kPrefillQAlias ? kst + kKeys * LD : base;           // [64][LD]
-  int64_t* koff = reinterpret_cast<int64_t*>(vst + 2 * kKeys * LD);  // [2][64]
+__global__ void __launch_bounds__(kPrefillThreads, 1) prefill_kernel(const PrefillArgs a) {
+  using C = PrefillCfg<HD>;
+  constexpr int S = C::kStages, BN = kPrefillKeys, CH = HD / 8;
+  extern __shared__ uint8_t smem_raw[];
+  const uint32_t sm = (smem_u32(smem_raw) + 1023u) & ~1023u;
+  uint8_t* const smem = smem_raw + (sm - smem_u32(smem_raw));
+  const uint32_t fullk = sm + C::kBar, fullv = fullk + 8 * S, emptyk = fullv + 8 * S, emptyv = emptyk + 8 * S;
 
-  const int tile = a.n_tiles - 1 - static_cast<int>(blockIdx.x);
+  const int tile = a.n_tiles - 1 - static_cast<int>(blockIdx.y);  // the longest causal ranges first
   const int first = a.tiles[2 * tile], n = a.tiles[2 * tile + 1];
-  const int h = blockIdx.y, kvh = h / a.G;
-  const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
+  const int h = blockIdx.x, kvh = h / a.G;
   const int k_lo = first_key(a.rows.pos[first], a.window), k_hi = a.rows.pos[first + n - 1];
-  const int nblk = (k_hi - k_lo) / kKeys + 1;
-  const int32_t* table = a.rows.table + a.rows.table_off[first];
-  const int64_t tok_stride = static_cast<int64_t>(a.nkv) * HD, head_off = static_cast<int64_t>(kvh) * HD;
+  const int nblk = (k_hi - k_lo) / BN + 1;
+  const int wg = static_cast<int>(threadIdx.x) >> 7;
 
-  // this thread's two rows (mask only; rows past n reuse the last row and are not stored)
-  const int r0 = 16 * warp + (lane >> 2), r1 = r0 + 8;
-  const int pos0 = a.rows.pos[first + min(r0, n - 1)], pos1 = a.rows.pos[first + min(r1, n - 1)];
-  const int lo0 = first_key(pos0, a.window), lo1 = first_key(pos1, a.window);
-
-  if (tid < kKeys) {
-    const int j = k_lo + tid;
-    if (j <= k_hi) koff[tid] = key_offset(table, j, a.bs, tok_stride, head_off);
-    if (j + kKeys <= k_hi) koff[kKeys + tid] = key_offset(table, j + kKeys, a.bs, tok_stride, head_off);
-  }
-  pdl_wait();  // q and the cache from here on (the metadata above was there before)
-  pdl_trigger();
-  {
-    const float* qh = a.q + (static_cast<int64_t>(first) * a.nh + h) * HD;
-    const int64_t qstride = static_cast<int64_t>(a.nh) * HD;
-    for (int idx = tid; idx < kKeys * HD / 4; idx += kThreads) {
-      const int rr = idx / (HD / 4), c = idx % (HD / 4);
-      const float4 x = rr < n ? *reinterpret_cast<const float4*>(qh + rr * qstride + 4 * c) : make_float4(0, 0, 0, 0);
-      *reinterpret_cast<uint2*>(qs + rr * LD + 4 * c) = make_uint2(pack2<T>(x.x, x.y), pack2<T>(x.z, x.w));
+  if (threadIdx.x == 0) {
+    const uint32_t consumers = n > 64 ? 8u : 4u;  // warps that release a stage
+    for (int s = 0; s < S; ++s) {
+      mbar_init(fullk + 8 * s, 128);
+      mbar_init(fullv + 8 * s, 128);
+      mbar_init(emptyk + 8 * s, consumers);
+      mbar_init(emptyv + 8 * s, consumers);
     }
+    asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
   }
   __syncthreads();
 
-  // copies of key block b into stage s (zero rows past k_hi)
-  auto issue = [&](const uint16_t* src, uint16_t* dst, int b, int s) {
+  if (wg == 0) {  // ---- producer: the K and V blocks by cp.async, each thread's arrival on completion
+    asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;\n" ::"n"(kProducerRegs));
+    const int tid = static_cast<int>(threadIdx.x);
+    const int32_t* table = a.rows.table + a.rows.table_off[first];
+    const int64_t tok_stride = static_cast<int64_t>(a.nkv) * HD, head_off = static_cast<int64_t>(kvh) * HD;
+    int64_t* koff = reinterpret_cast<int64_t*>(smem + C::kOff);
+    pdl_wait();
+    pdl_trigger();
+    // this thread's 16-byte chunk c of keys key0 + KS i (KS a multiple of 8: the swizzle row phase is fixed)
+    constexpr int KS = 128 / CH;
+    const int c = tid % CH, key0 = tid / CH;
+    const uint32_t dst0 = swz<C::kKvSlab>(key0, c);
+    auto offset_of = [&](int b) {  // key k_lo + b BN + tid's row offset in the pools (-1: past the last key)
+      const int j = k_lo + b * BN + tid;  // BN = 128 = producer threads: one key offset each
+      return j <= k_hi ? key_offset(table, j, a.bs, tok_stride, head_off) : int64_t{-1};
+    };
+    auto copies = [&](const uint16_t* pool, uint32_t dst, const int64_t* ko) {
+#pragma unroll 4
+      for (int i = 0; i < BN / KS; ++i) {
+        const int64_t o = ko[key0 + KS * i];
+        cp_async16_zfill(dst + dst0 + static_cast<uint32_t>(KS * i) * 128u, o >= 0 ? pool + o + 8 * c : pool,
+                         o >= 0 ? 16u : 0u);
+      }
+    };
+    int64_t off = offset_of(0);
+#pragma unroll 1
+    for (int b = 0; b < nblk; ++b) {
+      const int s = b % S;
+      const uint32_t reuse = static_cast<uint32_t>((b / S - 1) & 1);  // the phase that frees the stage
+      if (b >= S) mbar_wait(emptyk + 8 * s, reuse);
+      koff[s * BN + tid] = off;
+      asm volatile("bar.sync 1, 128;\n" ::: "memory");
+      off = b + 1 < nblk ? offset_of(b + 1) : int64_t{-1};  // the next block's table read, early
+      copies(a.k, sm + C::kK + s * C::kKvBytes, koff + s * BN);
+      cp_async_mbar_arrive(fullk + 8 * s);
+      if (b >= S) mbar_wait(emptyv + 8 * s, reuse);
+      copies(a.v, sm + C::kV + s * C::kKvBytes, koff + s * BN);
+      cp_async_mbar_arrive(fullv + 8 * s);
+    }
+    cp_async_wait<0>();
+    return;
+  }
+
+  // ---- consumers: warpgroup cw = wg - 1 owns the tile's rows 64 cw .. 64 cw + 63
+  asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;\n" ::"n"(kConsumerRegs));
+  const int cw = wg - 1, wt = static_cast<int>(threadIdx.x) & 127, warp = wt >> 5, lane = wt & 31;
+  const int rb = 64 * cw;
+  pdl_wait();
+  if (rb >= n) return;  // no rows (the stage count excludes this warpgroup)
+  pdl_trigger();
+  const int nrow = min(64, n - rb);
+
+  {  // Q rows rb .. rb + 63, rounded to T (zero rows past n), into the swizzled Q tile
+    const float* qh = a.q + (static_cast<int64_t>(first + rb) * a.nh + h) * HD;
+    const int64_t qstride = static_cast<int64_t>(a.nh) * HD;
+    constexpr int kLoads = 64 * HD / 4 / 128;  // float4 per thread, all in flight at once
+    float4 x[kLoads];
 #pragma unroll
-    for (int i = 0; i < kKeys * CH / kThreads; ++i) {
-      const int idx = tid + kThreads * i, kk = idx / CH, c = idx % CH;
-      const bool ok = k_lo + b * kKeys + kk <= k_hi;
-      const uint16_t* g = ok ? src + koff[s * kKeys + kk] + 8 * c : src;
-      cp_async16_zfill(smem_u32(dst + (s * kKeys + kk) * LD + 8 * c), g, ok ? 16u : 0u);
+    for (int i = 0; i < kLoads; ++i) {
+      const int idx = wt + 128 * i, rr = idx / (HD / 4), c4 = idx % (HD / 4);
+      x[i] = rr < nrow ? *reinterpret_cast<const float4*>(qh + rr * qstride + 4 * c4) : make_float4(0, 0, 0, 0);
+    }
+#pragma unroll
+    for (int i = 0; i < kLoads; ++i) {
+      const int idx = wt + 128 * i, rr = idx / (HD / 4), c4 = idx % (HD / 4);
+      *reinterpret_cast<uint2*>(smem + C::kQ + swz<C::kQSlab>(rb + rr, c4 >> 1) + 8 * (c4 & 1)) =
+          make_uint2(pack2<T>(x[i].x, x[i].y), pack2<T>(x[i].z, x[i].w));
+    }
+    {  // this warpgroup's 1 KB of ones (the B operand of the row-sum wgmma)
+      uint32_t* w1 = reinterpret_cast<uint32_t*>(smem + C::kOnes + cw * 1024);
+      w1[wt] = w1[wt + 128] = pack2<T>(1.0f, 1.0f);
+    }
+    fence_proxy_async_smem();
+    asm volatile("bar.sync %0, 128;\n" ::"r"(2 + cw) : "memory");
+  }
+
+  // this thread's two rows (mask only; rows past n reuse the last row and are not stored)
+  const int r0 = rb + 16 * warp + (lane >> 2), r1 = r0 + 8;
+  const int pos0 = a.rows.pos[first + min(r0, n - 1)], pos1 = a.rows.pos[first + min(r1, n - 1)];
+  const int lo0 = first_key(pos0, a.window), lo1 = first_key(pos1, a.window);
+  // the warpgroup's key blocks: from its first row's window start to its last row's position
+  // With both warpgroups running (n > 64) they take turns issuing their wgmma (ping-pong: one's
+  // softmax runs while the other's products do), which needs the same number of turns in both: each
+  // runs every block of the tile (a block outside a warpgroup's rows' ranges is masked to P = 0). A
+  // lone warpgroup runs only its rows' blocks.
+  const bool pp = n > 64;
+  const int b_first = pp ? 0 : (first_key(a.rows.pos[first + rb], a.window) - k_lo) / BN;
+  const int b_last = pp ? nblk - 1 : (a.rows.pos[first + rb + nrow - 1] - k_lo) / BN;
+  auto turn_wait = [&]() {
+    if (pp) asm volatile("bar.sync %0, 256;\n" ::"r"(4 + cw) : "memory");
+  };
+  auto turn_pass = [&]() {
+    if (pp) asm volatile("bar.arrive %0, 256;\n" ::"r"(5 - cw) : "memory");
+  };
+  if (pp && cw == 1) turn_pass();  // warpgroup 1 lets warpgroup 0 go first
+
+  float o[HD / 2];
+#pragma unroll
+  for (int i = 0; i < HD / 2; ++i) o[i] = 0.0f;
+  float m0 = -INFINITY, m1 = -INFINITY;
+  const float sc = a.scale_log2;
+  const uint32_t qa = sm + C::kQ + rb * 128;
+  auto kst = [&](int b) { return sm + C::kK + static_cast<uint32_t>(b % S) * C::kKvBytes; };
+  auto vst = [&](int b) { return sm + C::kV + static_cast<uint32_t>(b % S) * C::kKvBytes; };
+  auto phase = [&](int b) { return static_cast<uint32_t>((b / S) & 1); };
+  auto release = [&](uint32_t bars, int b) {
+    if (lane == 0) mbar_arrive(bars + 8 * (b % S));
+  };
+  // S = Q K(b)^T, 64 rows x BN keys, issued (not waited for)
+  // Descriptors: the base's once, then + (byte offset >> 4) in the start-address field (no carry: shared
+  // addresses are below 2^18)
+  const uint64_t dq = make_desc(qa);
+  auto issue_s = [&](float (&sacc)[BN / 2], int b) {
+    const uint64_t dk = make_desc(kst(b));
+#pragma unroll
+    for (int kk = 0; kk < HD / 16; ++kk) {
+      const uint32_t k16 = static_cast<uint32_t>(kk & 3) * 32u;  // the k16 slice inside the slab
+      wgmma_ss<T, BN>(sacc, dq + (((kk >> 2) * C::kQSlab + k16) >> 4), dk + (((kk >> 2) * C::kKvSlab + k16) >> 4),
+                      kk > 0);
     }
   };
-  issue(a.k, kst, 0, 0);
-  cp_async_commit();
-  issue(a.v, vst, 0, 0);
-  cp_async_commit();
-
-  uint32_t qa[KS][4];
+  // O += P V(b) (V: the MN-major B operand, keys along K, 16 keys = 2048 bytes per k16 step), issued
+  // The row sums as P x ones by wgmma (every column the same): the sums of P as rounded to T, the weights
+  // of P V, so the output stays a convex combination of V rows; no per-element FP32 adds.
+  float lsum[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+  const uint32_t ones = sm + C::kOnes + static_cast<uint32_t>(cw) * 1024u;
+  const uint64_t d1 = make_desc(ones);
+  auto issue_pv = [&](const uint32_t (&pa)[BN / 16][4], int b) {
+    const uint64_t dv = make_desc_mn<C::kKvSlab>(vst(b));
 #pragma unroll
-  for (int kk = 0; kk < KS; ++kk)
-    ldmatrix_x4(qa[kk], smem_u32(qs + (16 * warp + (lane & 15)) * LD + 16 * kk + 8 * (lane >> 4)));
-  if constexpr (kPrefillQAlias) __syncthreads();  // every warp holds Q before block 1's copies reuse its tile
-
-  float o[NT][4];
-#pragma unroll
-  for (int i = 0; i < NT; ++i) o[i][0] = o[i][1] = o[i][2] = o[i][3] = 0.0f;
-  float m0 = -INFINITY, m1 = -INFINITY, l0 = 0.0f, l1 = 0.0f;
-
-  for (int b = 0; b < nblk; ++b) {
-    const int s = b & 1;
-    if (b + 1 < nblk) issue(a.k, kst, b + 1, s ^ 1);
-    cp_async_commit();
-    if (b + 1 < nblk) issue(a.v, vst, b + 1, s ^ 1);
-    cp_async_commit();
-    // block-table read for block b + 2, consumed after the barrier (koff[s] is free then)
-    const int j2 = k_lo + (b + 2) * kKeys + tid;
-    const bool want2 = tid < kKeys && j2 <= k_hi;
-    const int blk2 = want2 ? table[j2 / a.bs] : 0;
-    cp_async_wait<3>();
-    __syncthreads();
-    if (want2) koff[s * kKeys + tid] = (static_cast<int64_t>(blk2) * a.bs + j2 % a.bs) * tok_stride + head_off;
-
-    // S = Q K^T for the warp's 16 rows x 64 keys
-    float sacc[8][4];
-#pragma unroll
-    for (int i = 0; i < 8; ++i) sacc[i][0] = sacc[i][1] = sacc[i][2] = sacc[i][3] = 0.0f;
-    const uint16_t* kb_s = kst + s * kKeys * LD;
-#pragma unroll
-    for (int kk = 0; kk < KS; ++kk)
-#pragma unroll
-      for (int np = 0; np < 4; ++np) {
-        uint32_t rb[4];
-        ldmatrix_x4(rb,
-                    smem_u32(kb_s + (16 * np + 8 * (lane >> 4) + (lane & 7)) * LD + 16 * kk + 8 * ((lane >> 3) & 1)));
-        mma16816<T>(sacc[2 * np], qa[kk], rb[0], rb[1]);
-        mma16816<T>(sacc[2 * np + 1], qa[kk], rb[2], rb[3]);
-      }
-
-    // mask (only in blocks that are not inside every row's range of the warp: a warp-uniform test,
-    // so most blocks skip it), online softmax in the log2 domain. The scores stay unscaled: the
-    // scale is positive, so RN(max(s) c) = max(RN(s c)), and exp2 takes fma(s, c, -mu).
-    const int kfirst = k_lo + b * kKeys, kb = kfirst + 2 * (lane & 3);
-    const bool inside = __all_sync(kFull, kfirst >= max(lo0, lo1) && kfirst + kKeys - 1 <= min(pos0, pos1));
+    for (int kk = 0; kk < BN / 16; ++kk) {
+      wgmma_rs<T, HD, true>(o, pa[kk], dv + kk * (2048u >> 4), 1);
+      wgmma_rs<T, 8, false>(lsum, pa[kk], d1, 1);
+    }
+  };
+  // Block b's scores (waited for) -> masked, online-softmax probabilities in sacc (FP32, not yet
+  // rounded to T), the running max updated, c0 / c1 the factors that rescale O and the row sums.
+  // exp2 flushes results below 2^-126 to zero (ex2.approx.ftz): such a weight is below 2^-126 times the
+  // row's largest one (1), far below the output's rounding.
+  // Mask only in blocks that are not inside every row's range of the warp (a warp-uniform test); the
+  // scores stay unscaled: the scale is positive, so RN(max(s) c) = max(RN(s c)), and exp2 takes
+  // fma(s, c, -mu).
+  float c0 = 1.0f, c1 = 1.0f;
+  auto softmax = [&](float (&sacc)[BN / 2], int b) {
+    const int kfirst = k_lo + b * BN, kb = kfirst + 2 * (lane & 3);
+    const bool inside = __all_sync(kFull, kfirst >= max(lo0, lo1) && kfirst + BN - 1 <= min(pos0, pos1));
     float mx0 = -INFINITY, mx1 = -INFINITY;
     if (inside) {
 #pragma unroll
-      for (int nt = 0; nt < 8; ++nt) {
-        mx0 = fmaxf(mx0, fmaxf(sacc[nt][0], sacc[nt][1]));
-        mx1 = fmaxf(mx1, fmaxf(sacc[nt][2], sacc[nt][3]));
+      for (int nt = 0; nt < BN / 8; ++nt) {
+        mx0 = fmaxf(mx0, fmaxf(sacc[4 * nt], sacc[4 * nt + 1]));
+        mx1 = fmaxf(mx1, fmaxf(sacc[4 * nt + 2], sacc[4 * nt + 3]));
       }
     } else {
 #pragma unroll
-      for (int nt = 0; nt < 8; ++nt)
+      for (int nt = 0; nt < BN / 8; ++nt)
 #pragma unroll
         for (int e = 0; e < 2; ++e) {
           const int j = kb + 8 * nt + e;
-          const float x0 = j >= lo0 && j <= pos0 ? sacc[nt][e] : -INFINITY;
-          const float x1 = j >= lo1 && j <= pos1 ? sacc[nt][2 + e] : -INFINITY;
-          sacc[nt][e] = x0;
-          sacc[nt][2 + e] = x1;
+          const float x0 = j >= lo0 && j <= pos0 ? sacc[4 * nt + e] : -INFINITY;
+          const float x1 = j >= lo1 && j <= pos1 ? sacc[4 * nt + 2 + e] : -INFINITY;
+          sacc[4 * nt + e] = x0;
+          sacc[4 * nt + 2 + e] = x1;
           mx0 = fmaxf(mx0, x0);
           mx1 = fmaxf(mx1, x1);
         }
@@ -664,67 +738,117 @@ __global__ void __launch_bounds__(kThreads, kPrefillMinBlocks) prefill_kernel(co
     mx0 = fmaxf(mx0, __shfl_xor_sync(kFull, mx0, 2));
     mx1 = fmaxf(mx1, __shfl_xor_sync(kFull, mx1, 1));
     mx1 = fmaxf(mx1, __shfl_xor_sync(kFull, mx1, 2));
-    const float mn0 = fmaxf(m0, mx0 * a.scale_log2), mn1 = fmaxf(m1, mx1 * a.scale_log2);
+    const float mn0 = fmaxf(m0, mx0 * sc), mn1 = fmaxf(m1, mx1 * sc);
     const float mu0 = mn0 == -INFINITY ? 0.0f : mn0, mu1 = mn1 == -INFINITY ? 0.0f : mn1;
-    const float c0 = exp2f(m0 - mu0), c1 = exp2f(m1 - mu1);
+    c0 = exp2f(m0 - mu0);
+    c1 = exp2f(m1 - mu1);
     m0 = mn0;
     m1 = mn1;
-    l0 *= c0;
-    l1 *= c1;
-    if (__any_sync(kFull, c0 != 1.0f || c1 != 1.0f))  // (a product by 1 changes no bit: skipped)
 #pragma unroll
-      for (int i = 0; i < NT; ++i) {
-        o[i][0] *= c0;
-        o[i][1] *= c0;
-        o[i][2] *= c1;
-        o[i][3] *= c1;
+    for (int i = 0; i < BN / 2; ++i) sacc[i] = ex2_ftz(fmaf(sacc[i], sc, (i & 2) ? -mu1 : -mu0));
+  };
+  auto rescale = [&]() {
+    if (__any_sync(kFull, c0 != 1.0f || c1 != 1.0f)) {  // (a product by 1 changes no bit: skipped)
+#pragma unroll
+      for (int i = 0; i < HD / 8; ++i) {
+        o[4 * i] *= c0;
+        o[4 * i + 1] *= c0;
+        o[4 * i + 2] *= c1;
+        o[4 * i + 3] *= c1;
       }
-    uint32_t pa[4][4];  // P as the A operand: k16 step kk2 = keys 16 kk2 .. 16 kk2 + 15
-    const float sc = a.scale_log2;
-#pragma unroll
-    for (int nt = 0; nt < 8; ++nt) {
-      const uint32_t lo = pack2<T>(exp2f(fmaf(sacc[nt][0], sc, -mu0)), exp2f(fmaf(sacc[nt][1], sc, -mu0)));
-      const uint32_t hi = pack2<T>(exp2f(fmaf(sacc[nt][2], sc, -mu1)), exp2f(fmaf(sacc[nt][3], sc, -mu1)));
-      const float2 rl = unpack2<T>(lo), rh = unpack2<T>(hi);
-      l0 = l0 + rl.x + rl.y;
-      l1 = l1 + rh.x + rh.y;
-      pa[nt >> 1][(nt & 1) * 2] = lo;
-      pa[nt >> 1][(nt & 1) * 2 + 1] = hi;
+      lsum[0] *= c0;
+      lsum[1] *= c0;
+      lsum[2] *= c1;
+      lsum[3] *= c1;
     }
-    cp_async_wait<2>();
-    __syncthreads();
+  };
+  // P as the A operand of P V: the S accumulator's n8 tiles 2 kk, 2 kk + 1 are the A fragment of the
+  // k16 step kk (keys 16 kk .. 16 kk + 15)
+  auto to_p = [&](const float (&sacc)[BN / 2], uint32_t (&pa)[BN / 16][4]) {
+#pragma unroll
+    for (int nt = 0; nt < BN / 8; ++nt) {
+      pa[nt >> 1][(nt & 1) * 2] = pack2<T>(sacc[4 * nt], sacc[4 * nt + 1]);
+      pa[nt >> 1][(nt & 1) * 2 + 1] = pack2<T>(sacc[4 * nt + 2], sacc[4 * nt + 3]);
+    }
+  };
+  auto skip = [&](int b) {  // a block outside the warpgroup's key range: released unread, in order
+    mbar_wait(fullk + 8 * (b % S), phase(b));
+    release(emptyk, b);
+    mbar_wait(fullv + 8 * (b % S), phase(b));
+    release(emptyv, b);
+  };
 
-    // O += P V
-    const uint16_t* vb_s = vst + s * kKeys * LD;
-#pragma unroll
-    for (int kk2 = 0; kk2 < 4; ++kk2)
-#pragma unroll
-      for (int dp = 0; dp < HD / 16; ++dp) {
-        uint32_t rb[4];
-        ldmatrix_x4_trans(
-            rb, smem_u32(vb_s + (16 * kk2 + 8 * ((lane >> 3) & 1) + (lane & 7)) * LD + 16 * dp + 8 * (lane >> 4)));
-        mma16816<T>(o[2 * dp], pa[kk2], rb[0], rb[1]);
-        mma16816<T>(o[2 * dp + 1], pa[kk2], rb[2], rb[3]);
-      }
-    __syncthreads();  // stage s free for block b + 2
+#pragma unroll 1
+  for (int b = 0; b < b_first; ++b) skip(b);
+  float sacc[BN / 2];
+  uint32_t pa[BN / 16][4];
+  {
+    // S(b + 1) and P V(b) are issued together: the softmax of block b + 1 runs while P V(b) does
+    mbar_wait(fullk + 8 * (b_first % S), phase(b_first));
+    fence_proxy_async_smem();
+    turn_wait();
+    wgmma_fence();
+    issue_s(sacc, b_first);
+    wgmma_commit();
+    turn_pass();
+    wgmma_wait<0>();
+    fence_regs(sacc);
+    release(emptyk, b_first);
+    softmax(sacc, b_first);
+    to_p(sacc, pa);  // (O is zero: no rescale)
+#pragma unroll 1
+    for (int b = b_first + 1; b <= b_last; ++b) {
+      mbar_wait(fullk + 8 * (b % S), phase(b));
+      mbar_wait(fullv + 8 * ((b - 1) % S), phase(b - 1));
+      fence_proxy_async_smem();
+      turn_wait();
+      wgmma_fence();
+      issue_s(sacc, b);
+      wgmma_commit();
+      issue_pv(pa, b - 1);
+      wgmma_commit();
+      turn_pass();
+      wgmma_wait<1>();  // S(b)
+      fence_regs(sacc);
+      release(emptyk, b);
+      softmax(sacc, b);
+      wgmma_wait<0>();  // P V(b - 1)
+      fence_regs(o);
+      fence_regs(lsum);
+      fence_regs(pa);
+      release(emptyv, b - 1);
+      rescale();
+      to_p(sacc, pa);
+    }
+    mbar_wait(fullv + 8 * (b_last % S), phase(b_last));
+    fence_proxy_async_smem();
+    turn_wait();
+    wgmma_fence();
+    issue_pv(pa, b_last);
+    wgmma_commit();
+    if (cw == 0) turn_pass();  // (warpgroup 0 takes no further turn)
+    wgmma_wait<0>();
+    fence_regs(o);
+    fence_regs(lsum);
+    fence_regs(pa);
+    release(emptyv, b_last);
   }
-  cp_async_wait<0>();
+#pragma unroll 1
+  for (int b = b_last + 1; b < nblk; ++b) skip(b);
 
-  l0 += __shfl_xor_sync(kFull, l0, 1);
-  l0 += __shfl_xor_sync(kFull, l0, 2);
-  l1 += __shfl_xor_sync(kFull, l1, 1);
-  l1 += __shfl_xor_sync(kFull, l1, 2);
+  const float l0 = lsum[0], l1 = lsum[2];
   uint32_t* out = static_cast<uint32_t*>(a.out);  // pairs of T
   const int col = 2 * (lane & 3);
+  const float i0 = 1.0f / l0, i1 = 1.0f / l1;  // one division per row, then products (FP32: <= 1 ulp apart)
   if (r0 < n) {
     const int64_t base = ((static_cast<int64_t>(first) + r0) * a.nh + h) * HD + col;
 #pragma unroll
-    for (int i = 0; i < NT; ++i) out[(base + 8 * i) >> 1] = pack2<T>(o[i][0] / l0, o[i][1] / l0);
+    for (int i = 0; i < HD / 8; ++i) out[(base + 8 * i) >> 1] = pack2<T>(o[4 * i] * i0, o[4 * i + 1] * i0);
   }
   if (r1 < n) {
     const int64_t base = ((static_cast<int64_t>(first) + r1) * a.nh + h) * HD + col;
 #pragma unroll
-    for (int i = 0; i < NT; ++i) out[(base + 8 * i) >> 1] = pack2<T>(o[i][2] / l1, o[i][3] / l1);
+    for (int i = 0; i < HD / 8; ++i) out[(base + 8 * i) >> 1] = pack2<T>(o[4 * i + 2] * i1, o[4 * i + 3] * i1);
   }
 }
 
@@ -745,6 +869,20 @@ template <class K>
 void set_smem(K kernel, size_t bytes) {
   SHARQ_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(bytes)));
 }
+// setmaxnreg moves registers inside the CTA's own allocation (384 x the launch count): the consumers'
+// increase is served only by the producer's decrease, so the kernel must launch with at least
+// kPrefillMinRegs per thread, or the consumers would wait in setmaxnreg.inc forever.
+constexpr int kPrefillMinRegs = (128 * kProducerRegs + 256 * kConsumerRegs + kPrefillThreads - 1) / kPrefillThreads;
+static_assert(kPrefillMinRegs * kPrefillThreads <= 65536, "the register file");
+template <class K>
+void check_prefill_regs(K kernel) {
+  cudaFuncAttributes fa{};
+  SHARQ_CUDA_CHECK(cudaFuncGetAttributes(&fa, kernel));
+  if (fa.numRegs < kPrefillMinRegs)
+    throw std::runtime_error(fmt::format("paged_attention: the prefill kernel was built with {} registers per thread; "
+                                         "its setmaxnreg split needs {}",
+                                         fa.numRegs, kPrefillMinRegs));
+}
 template <class T, int MG, int L>
 void configure_decode() {
   const auto k = decode_kernel<T, MG, L>;
@@ -763,8 +901,10 @@ void configure_type() {
   configure_decode_mg<T, 2>();
   configure_decode_mg<T, 4>();
   configure_decode_mg<T, 8>();
-  set_smem(prefill_kernel<T, 64>, prefill_smem<64>());
-  set_smem(prefill_kernel<T, 128>, prefill_smem<128>());
+  set_smem(prefill_kernel<T, 64>, PrefillCfg<64>::kSmem);
+  set_smem(prefill_kernel<T, 128>, PrefillCfg<128>::kSmem);
+  check_prefill_regs(prefill_kernel<T, 64>);
+  check_prefill_regs(prefill_kernel<T, 128>);
 }
 // The shared-memory opt-ins, once per process (from the workspace query, i.e. engine construction, at
 // the latest from the first launch).
@@ -832,11 +972,11 @@ void launch_all(const float* q, int nh, const RowMap& rows, const PagedKv& kv, i
                   kv.kv_heads,
                   kv.block_size,
                   scale_log2};
-    const dim3 grid(static_cast<unsigned>(plan.n_tiles), static_cast<unsigned>(nh));
+    const dim3 grid(static_cast<unsigned>(nh), static_cast<unsigned>(plan.n_tiles));  // heads fastest
     if (hd == 64)
-      launch_pdl(prefill_kernel<T, 64>, grid, dim3(kThreads), prefill_smem<64>(), stream, a);
+      launch_pdl(prefill_kernel<T, 64>, grid, dim3(kPrefillThreads), PrefillCfg<64>::kSmem, stream, a);
     else
-      launch_pdl(prefill_kernel<T, 128>, grid, dim3(kThreads), prefill_smem<128>(), stream, a);
+      launch_pdl(prefill_kernel<T, 128>, grid, dim3(kPrefillThreads), PrefillCfg<128>::kSmem, stream, a);
   }
   if (plan.n_decode > 0) {
     DecodeArgs a{};

@@ -19,11 +19,13 @@
 //           depends on M, the other rows or the SM count, so its output bits depend only on its
 //           sequence's cache, its position and the window (batch invariance).
 //   prefill (tiles of <= kAttentionTileRows consecutive rows of one sequence, head_dim 64 / 128):
-//           FlashAttention-2 over the same paged cache, one CTA of 4 warps per (tile, query head),
-//           16 query rows per warp, keys in blocks of 64 read through the block table (cp.async,
-//           double-buffered), mma.sync m16n8k16 with FP32 accumulation for Q K^T and P V: q is
-//           rounded to T when loaded and P to T for the second product (the row sum uses the
-//           rounded P, so the weights stay a convex combination).
+//           FlashAttention over the same paged cache, warp-specialized as FlashAttention-3 is: one
+//           CTA per (tile, query head), a producer warpgroup that copies key blocks of 128 through
+//           the block table (cp.async onto mbarriers, 2-3 stages) and two consumer warpgroups of
+//           64 query rows each, wgmma with FP32 accumulation for Q K^T (both operands in shared
+//           memory) and P V (P from registers): q is rounded to T when loaded and P to T for the
+//           second product (the row sum uses the rounded P, so the weights stay a convex
+//           combination).
 //
 // Both kernels are launched with grids that depend only on the host counts (n_decode, n_tiles, nh):
 // no allocation, no host synchronization, capturable in a CUDA graph. Decode CTAs without keys of their
@@ -55,15 +57,15 @@ struct AttentionPlan {
 };
 
 // Rows of one prefill tile (the prefill kernel's query tile).
-inline constexpr int kAttentionTileRows = 64;
+inline constexpr int kAttentionTileRows = 128;
 
 // Head dims the prefill kernel is built for; other dims send every row to the decode kernel.
 bool prefill_attention_supports(int head_dim);
 
 // Host side: the plan's contents for a step whose entries have entry_rows[i] new tokens each, laid out
 // consecutively in row order (entry 0's rows first). Entries of 1 row go to the decode kernel; longer
-// entries are cut into prefill tiles of <= kAttentionTileRows rows (64-row tiles from the entry's first
-// row, the remainder last). batch_invariant: every row goes to the decode kernel (so a row's bits never
+// entries are cut into prefill tiles of <= kAttentionTileRows rows (128-row tiles from the entry's
+// first row, the remainder last). batch_invariant: every row goes to the decode kernel (so a row's bits never
 // depend on what else shares the step). Also sends every row to the decode kernel when head_dim is not
 // one the prefill kernel supports. Entries of 0 rows are allowed (they own no row).
 struct AttentionWork {

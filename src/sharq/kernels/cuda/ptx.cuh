@@ -1,5 +1,6 @@
 // The Hopper PTX primitives that more than one kernel family uses: shared-memory addresses,
-// cp.async, and wgmma (fences, groups, shared-memory descriptors, the register-A form).
+// cp.async, mbarriers, and wgmma (fences, groups, shared-memory descriptors, the register-A and the
+// shared-memory-A forms).
 //
 // wgmma shared-memory operands (PTX ISA, "asynchronous warpgroup-level matrix shared memory
 // layout"), 16-bit elements, 128B swizzle: a tile is stored as rows of 64 elements (128 bytes),
@@ -41,6 +42,38 @@ __device__ __forceinline__ void cp_async_wait() {
 // later async-proxy reads (wgmma, TMA); a barrier after it extends that to the whole CTA.
 __device__ __forceinline__ void fence_proxy_async_smem() {
   asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
+}
+
+// mbarriers (shared::cta): init with an arrival count; arrive (one arrival); arrive with an
+// expected transaction byte count (TMA); wait for the phase of the given parity to complete.
+__device__ __forceinline__ void mbar_init(uint32_t bar, uint32_t count) {
+  asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(bar), "r"(count) : "memory");
+}
+__device__ __forceinline__ void mbar_expect_tx(uint32_t bar, uint32_t bytes) {
+  asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(bar), "r"(bytes) : "memory");
+}
+__device__ __forceinline__ void mbar_arrive(uint32_t bar) {
+  asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];\n" ::"r"(bar) : "memory");
+}
+// One arrival on `bar` once all of this thread's earlier cp.async copies have completed (the count
+// given at init includes it: .noinc).
+__device__ __forceinline__ void cp_async_mbar_arrive(uint32_t bar) {
+  asm volatile("cp.async.mbarrier.arrive.noinc.shared::cta.b64 [%0];\n" ::"r"(bar) : "memory");
+}
+__device__ __forceinline__ bool mbar_try_wait(uint32_t bar, uint32_t parity) {
+  uint32_t done;
+  asm volatile(
+      "{\n.reg .pred p;\n"
+      "mbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\n"
+      "selp.u32 %0, 1, 0, p;\n}\n"
+      : "=r"(done)
+      : "r"(bar), "r"(parity)
+      : "memory");
+  return done != 0;
+}
+__device__ __forceinline__ void mbar_wait(uint32_t bar, uint32_t parity) {
+  while (!mbar_try_wait(bar, parity)) {
+  }
 }
 
 __device__ __forceinline__ void wgmma_fence() { asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory"); }
@@ -140,6 +173,35 @@ __device__ __forceinline__ void wgmma_rs(float (&d)[N / 2], const uint32_t (&a)[
     SHARQ_WG_RS4("256", SHARQ_WG_D128, "128", "129", "130", "131", "132", "133", SHARQ_WG_F128);
   }
 }
+// One wgmma with both operands in shared memory (descriptors da, db; both K-major).
+#define SHARQ_WG_SS(N, TY, DL, DA, DB, SC, ...)                                                    \
+  asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %" SC ", 0;\n"                                   \
+               "wgmma.mma_async.sync.aligned.m64n" N "k16.f32." TY "." TY " " DL ", %" DA ", %" DB \
+               ", p, 1, 1, 0, 0;\n}\n"                                                             \
+               : __VA_ARGS__                                                                        \
+               : "l"(da), "l"(db), "r"(accumulate)                                                  \
+               : "memory")
+#define SHARQ_WG_SS2(N, DL, DA, DB, SC, ...)                                  \
+  if constexpr (kHalf) SHARQ_WG_SS(N, "f16", DL, DA, DB, SC, __VA_ARGS__); \
+  if constexpr (!kHalf) SHARQ_WG_SS(N, "bf16", DL, DA, DB, SC, __VA_ARGS__)
+
+// D (64 x N, FP32) = (accumulate ? D : 0) + A (64 x 16, shared memory, K-major, desc da) * B (16 x N,
+// shared memory, K-major: N rows of K, desc db).
+template <class T, int N>
+__device__ __forceinline__ void wgmma_ss(float (&d)[N / 2], uint64_t da, uint64_t db, int accumulate) {
+  static_assert(N == 64 || N == 128 || N == 256, "N");
+  static_assert(std::is_same_v<T, __half> || std::is_same_v<T, __nv_bfloat16>, "T");
+  constexpr bool kHalf = std::is_same_v<T, __half>;
+  if constexpr (N == 64) {
+    SHARQ_WG_SS2("64", SHARQ_WG_D32, "32", "33", "34", SHARQ_WG_F32(0));
+  } else if constexpr (N == 128) {
+    SHARQ_WG_SS2("128", SHARQ_WG_D64, "64", "65", "66", SHARQ_WG_F64(0));
+  } else {
+    SHARQ_WG_SS2("256", SHARQ_WG_D128, "128", "129", "130", SHARQ_WG_F128);
+  }
+}
+#undef SHARQ_WG_SS2
+#undef SHARQ_WG_SS
 #undef SHARQ_WG_RS4
 #undef SHARQ_WG_RS
 #undef SHARQ_WG_D4
