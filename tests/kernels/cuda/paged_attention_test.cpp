@@ -1,5 +1,5 @@
 // The attention kernels (kernels/cuda/paged_attention.h) against a double-precision host reference
-// computed from the same 16-bit cache contents: split-KV decode and FlashAttention-2 prefill over a
+// computed from the same 16-bit cache contents: split-KV decode and the warp-specialized prefill over a
 // paged cache with shuffled block tables, block sizes 16 and 5, GQA ratios 1 / 4 / 8, head dims 64
 // and 128 (both kernels) and 8 / 36 / 256 (decode only; 36 takes the element-copy path), FP16 and
 // BF16, windows (0, one smaller than the context with positions past it, one of 7 keys), batches
@@ -23,7 +23,8 @@
 //     prefill: the reference rounds q to T as the kernel does (so that rounding is not counted), P is
 //     rounded to T (relative u per weight, 2u after normalisation by the sum of the rounded P; FP16
 //     subnormal P adds 2^-25 absolute per weight, the sum being >= 1): c = 2.1 u + n 2^-24 + 1e-4;
-// * n 2^-23 |r_d|: the FP32 row sum; 1e-6: FP16 subnormal outputs.
+// * n 2^-23 |r_d|: the FP32 row sum (decode: FP32 adds; prefill: the tensor core's FP32 accumulation of
+//   P times ones); 1e-6: FP16 subnormal outputs.
 // A mask error (one key in or out of a window of 7) moves the output by ~S_d / 7, far above c S_d.
 #include "sharq/kernels/cuda/paged_attention.h"
 
@@ -469,9 +470,10 @@ TEST(PagedAttention, DecodeMatchesReference) {
 TEST(PagedAttention, PrefillMatchesReference) {
   SKIP_WITHOUT_GPU();
   // a 2-tile prompt (128 + 22), a 130-row chunk after 37 cached positions (2 tiles; in the first, the
-  // second warpgroup's rows reach the second key block of 128 and the first's do not), a 5-row chunk
-  // after 400 (4 key blocks: every stage is reused; past the window of 50), a decode row, a 2-row
-  // entry, a 70-row chunk after 129 (one tile, the second warpgroup with 6 rows)
+  // second warpgroup's rows reach the second key block of 128 and the first's do not: the first
+  // computes that block fully masked), a 5-row chunk after 400 (4 key blocks with window 0: stages
+  // reused by a lone warpgroup; past the window of 50), a decode row, a 2-row entry, a 70-row chunk
+  // after 129 (one tile, the second warpgroup with 6 rows)
   const std::vector<SeqSpec> seqs = {{0, 150}, {37, 130}, {400, 5}, {10, 1}, {0, 2}, {129, 70}};
   uint64_t seed = 100;
   double worst = 0.0;
@@ -493,6 +495,33 @@ TEST(PagedAttention, PrefillMatchesReference) {
           worst = std::max(worst, wr);
         }
   std::printf("[prefill] worst error / bound: %.3f\n", worst);
+}
+
+// Both consumer warpgroups over 4 and 5 key blocks, so that every stage is reused (2 stages for head_dim
+// 128, 3 for 64) while the two take turns: a 520-row prompt (tile 3: rows 384..511, keys 0..511) and a
+// 200-row chunk after 300 cached positions (tile 0: 4 blocks; tile 1: 72 rows), without a window and
+// with one of 50 (2 blocks per tile, the keys before each row's window masked inside them).
+TEST(PagedAttention, PrefillReusesStagesWithBothWarpgroups) {
+  SKIP_WITHOUT_GPU();
+  const std::vector<SeqSpec> seqs = {{0, 520}, {300, 200}};
+  uint64_t seed = 300;
+  double worst = 0.0;
+  for (DType t : {DType::bf16, DType::f16})
+    for (int hd : {64, 128})
+      for (int64_t window : {int64_t{0}, int64_t{50}}) {
+        Shape s;
+        s.t = t, s.hd = hd, s.nkv = 2, s.nh = 8, s.bs = 16, s.window = window;
+        SCOPED_TRACE(describe(s));
+        const Problem P = make_problem(s, seqs, seed++);
+        const Pools pools(P);
+        const AttentionWork w = cuda::plan_attention(P.entry_rows, hd, false);
+        ASSERT_EQ(w.prefill_tiles.size(), 2u * 7);
+        const auto out = run(P, pools, full_meta(P), w);
+        double wr = 0.0;
+        EXPECT_TRUE(check_all(P, out, prefill_flags(w, P.M), &wr));
+        worst = std::max(worst, wr);
+      }
+  std::printf("[prefill, stage reuse] worst error / bound: %.3f\n", worst);
 }
 
 // A decode row's bits do not depend on the other rows of the step (their number, lengths, the

@@ -1,10 +1,10 @@
 // The attention kernels of the GPU engine (paged_attention.h): the split-KV decode kernel (one launch,
-// combine included), the FlashAttention-2 prefill kernel, the host plan and the entry point.
+// combine included), the warp-specialized prefill kernel, the host plan and the entry point.
 //
 // Cache addressing (both kernels): key j of a sequence lives at element
 //   ((table[j / bs] * bs + j % bs) * nkv + kvh) * hd
-// of the K (V) pool. Prefill: the offsets of a tile's 64 keys are computed once per tile by 64 threads
-// into shared memory. Decode: each lane reads the block-table entries of its own keys one pipeline
+// of the K (V) pool. Prefill: the producer's 128 threads compute one key's offset each per 128-key
+// block into shared memory. Decode: each lane reads the block-table entries of its own keys one pipeline
 // step ahead of the copies that use them.
 //
 // ---- Decode (a cluster of C = 8 CTAs of 8 warps per (head group, row)) ----------------------------
@@ -32,25 +32,30 @@
 // the loop. The workspace is not used (its size is kept for the interface).
 //
 // ---- Prefill (one CTA = 3 warpgroups per (128-row tile, query head), warp-specialized) -----------
-// Warpgroup 0, the producer (setmaxnreg.dec 40): per key block of 128 (from the tile's first row's
-// window start to its last row's position) one key offset per thread through the block table into
-// shared memory, then the block's K and V rows by cp.async (16 B, zero-filled past the last key) into
-// the stage's 128B-swizzled tiles, each thread's completion signalled on the stage's fullK / fullV
-// mbarrier (cp.async.mbarrier.arrive.noinc, count 128); before reusing a stage it waits on its empty
-// mbarrier. Warpgroups 1 and 2, the consumers (setmaxnreg.inc 232): rows 0..63 and 64..127 of the tile
-// (a warpgroup without rows exits and the empty count leaves it out). Each rounds its q rows to T into
-// the swizzled Q tile, then per block: wait fullK, S = Q K^T by wgmma (m64n128k16, Q and K both
-// K-major in shared memory), mask j in [lo(row), pos(row)] (only in blocks that cross a row's range of
-// the warp), online softmax in the log2 domain on the unscaled scores (the scale folded into the
-// exponent's FMA; rows with no key yet use 0 as the reference max), P rounded to T in the A-fragment
-// layout that the S accumulator already has; wait fullV, O += P V by wgmma (P from registers, V the
-// MN-major B operand: no transpose), wait for it, release the stage (one arrival per warp). A block
-// outside the warpgroup's own key range (the causal diagonal of its rows, the window) is released
-// unread. The output rescale is skipped when no row's maximum moved. Shared memory: Q 128 x HD, 2
-// (HD 128) or 3 (HD 64) stages of K and V blocks: 163 KB for HD 128, 116 KB for HD 64, one CTA per
-// SM. The grid runs the heads fastest and the tiles from the last one (the longest causal ranges
-// first). The register A operand P stays live (fence_regs) until the wait that retires its reads:
-// wgmma reads registers asynchronously and the compiler could otherwise reuse them.
+// Key blocks of 128 from the tile's first row's window start to its last row's position.
+// Warpgroup 0, the producer (setmaxnreg.dec 40): per block, one key offset per thread through the
+// block table into shared memory (the next block's table read issued early), then the block's K and
+// V rows by cp.async (16 B, zero-filled past the last key) into the stage's 128B-swizzled tiles; each
+// thread's completion arrives on the stage's fullK / fullV mbarrier (cp.async.mbarrier.arrive.noinc,
+// count 128). K and V are released separately (emptyK after Q K^T, emptyV after P V), and the
+// producer waits on them before reusing a stage: 2 stages for HD 128, 3 for HD 64.
+// Warpgroups 1 and 2, the consumers (setmaxnreg.inc 232): rows 0..63 and 64..127 of the tile (a
+// warpgroup without rows exits and the empty counts leave it out). Each rounds its q rows to T into
+// the swizzled Q tile and runs every block of the tile (a block past its own rows' keys is masked to
+// P = 0). Per block b: S(b) = Q K(b)^T by wgmma (m64n128k16, Q and K both K-major in shared memory) is
+// issued together with O += P(b-1) V(b-1) (P from registers in the A-fragment layout the S accumulator
+// already has; V the MN-major B operand: no transpose) and a second m64n8k16 wgmma of P(b-1) against a
+// tile of ones (the row sums of P as rounded to T); then, while P V(b-1) runs: mask j in
+// [lo(row), pos(row)] (only in blocks that cross a row's range of the warp), online softmax in the
+// log2 domain on the unscaled scores (the scale folded into the exponent's FMA; rows with no key yet
+// use 0 as the reference max; ex2.approx.ftz); after P V(b-1): rescale O and the sums (skipped when no
+// row's maximum moved), P(b) rounded to T. With both warpgroups running they take turns issuing their
+// wgmma (ping-pong, named barriers 4 and 5), so one's softmax overlaps the other's products. The
+// register A operand P stays live (fence_regs) until the wait that retires its reads: wgmma reads
+// registers asynchronously and the compiler could otherwise reuse them. Output: O times the row's
+// reciprocal sum. Shared memory: Q 128 x HD, the K and V stages, key offsets, ones: 165 KiB for HD
+// 128, 118 KiB for HD 64, one CTA per SM. The grid runs the heads fastest and the tiles from the last
+// one (the longest causal ranges first), in launches of at most 65535 tiles.
 //
 // Both kernels are launched with programmatic stream serialization (PDL, as the FP4 GEMMs): a kernel
 // may start while its predecessor drains and reads only the step metadata (rows, positions, block
@@ -81,7 +86,7 @@ namespace sharq::cuda {
 namespace {
 
 constexpr int kMaxSplits = 16;       // decode splits per row, at most
-constexpr int kRowsPerLaunch = 65535;  // decode rows per launch (grid z)
+constexpr int kRowsPerLaunch = 65535;  // decode rows (grid z) / prefill tiles (grid y) per launch
 constexpr int kWorkspaceRows = 128;    // the workspace formula (paged_attention.h) stops growing here
 constexpr int kMaxHeadDim = 256;
 constexpr unsigned kFull = 0xffffffffu;
@@ -497,7 +502,7 @@ struct PrefillArgs {
   const uint16_t* v;
   void* out;
   int64_t window;
-  int n_tiles, nh, G, nkv, bs;
+  int tile_end, nh, G, nkv, bs;  // this launch's tiles: tile_end - gridDim.y .. tile_end - 1
   float scale_log2;
 };
 
@@ -524,15 +529,18 @@ struct PrefillCfg {
   static constexpr uint32_t kBar = kOnes + 2048;                             // fullK, fullV, emptyK, emptyV [stage]
   static constexpr size_t kSmem = kBar + 4 * kStages * 8 + 1024;           // + base alignment (1024 B)
   static_assert(kSmem <= 227 * 1024, "shared memory");
+  static_assert(kQSlab % 1024 == 0 && kKvSlab % 1024 == 0 && kK % 1024 == 0 && kV % 1024 == 0 && kOnes % 1024 == 0,
+                "the swizzled tiles and the ones tile must stay 1024-byte aligned");
 };
 
-// Byte offset of the 16-byte chunk c (elements 8c .. 8c + 7) of row r in a tile of 128-byte-swizzled
-// slabs of SlabBytes each (ptx.cuh: the layout the wgmma descriptors read).
+// 2^x, results below 2^-126 flushed to zero (one MUFU.EX2; exp2f adds the subnormal range's fix-up).
 __device__ __forceinline__ float ex2_ftz(float x) {
   float y;
   asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x));
   return y;
 }
+// Byte offset of the 16-byte chunk c (elements 8c .. 8c + 7) of row r in a tile of 128-byte-swizzled
+// slabs of SlabBytes each (ptx.cuh: the layout the wgmma descriptors read).
 template <uint32_t SlabBytes>
 __device__ __forceinline__ uint32_t swz(int r, int c) {
   return static_cast<uint32_t>(c >> 3) * SlabBytes + static_cast<uint32_t>(r) * 128u +
@@ -548,7 +556,7 @@ __global__ void __launch_bounds__(kPrefillThreads, 1) prefill_kernel(const Prefi
   uint8_t* const smem = smem_raw + (sm - smem_u32(smem_raw));
   const uint32_t fullk = sm + C::kBar, fullv = fullk + 8 * S, emptyk = fullv + 8 * S, emptyv = emptyk + 8 * S;
 
-  const int tile = a.n_tiles - 1 - static_cast<int>(blockIdx.y);  // the longest causal ranges first
+  const int tile = a.tile_end - 1 - static_cast<int>(blockIdx.y);  // the longest causal ranges first
   const int first = a.tiles[2 * tile], n = a.tiles[2 * tile + 1];
   const int h = blockIdx.x, kvh = h / a.G;
   const int k_lo = first_key(a.rows.pos[first], a.window), k_hi = a.rows.pos[first + n - 1];
@@ -648,13 +656,9 @@ __global__ void __launch_bounds__(kPrefillThreads, 1) prefill_kernel(const Prefi
   const int pos0 = a.rows.pos[first + min(r0, n - 1)], pos1 = a.rows.pos[first + min(r1, n - 1)];
   const int lo0 = first_key(pos0, a.window), lo1 = first_key(pos1, a.window);
   // the warpgroup's key blocks: from its first row's window start to its last row's position
-  // With both warpgroups running (n > 64) they take turns issuing their wgmma (ping-pong: one's
-  // softmax runs while the other's products do), which needs the same number of turns in both: each
-  // runs every block of the tile (a block outside a warpgroup's rows' ranges is masked to P = 0). A
-  // lone warpgroup runs only its rows' blocks.
+  // With both warpgroups running (n > 64) they take turns issuing their wgmma (ping-pong: one's softmax
+  // runs while the other's products do). Both run every block of the tile, so their turns pair up.
   const bool pp = n > 64;
-  const int b_first = pp ? 0 : (first_key(a.rows.pos[first + rb], a.window) - k_lo) / BN;
-  const int b_last = pp ? nblk - 1 : (a.rows.pos[first + rb + nrow - 1] - k_lo) / BN;
   auto turn_wait = [&]() {
     if (pp) asm volatile("bar.sync %0, 256;\n" ::"r"(4 + cw) : "memory");
   };
@@ -771,33 +775,24 @@ __global__ void __launch_bounds__(kPrefillThreads, 1) prefill_kernel(const Prefi
       pa[nt >> 1][(nt & 1) * 2 + 1] = pack2<T>(sacc[4 * nt + 2], sacc[4 * nt + 3]);
     }
   };
-  auto skip = [&](int b) {  // a block outside the warpgroup's key range: released unread, in order
-    mbar_wait(fullk + 8 * (b % S), phase(b));
-    release(emptyk, b);
-    mbar_wait(fullv + 8 * (b % S), phase(b));
-    release(emptyv, b);
-  };
-
-#pragma unroll 1
-  for (int b = 0; b < b_first; ++b) skip(b);
   float sacc[BN / 2];
   uint32_t pa[BN / 16][4];
   {
     // S(b + 1) and P V(b) are issued together: the softmax of block b + 1 runs while P V(b) does
-    mbar_wait(fullk + 8 * (b_first % S), phase(b_first));
+    mbar_wait(fullk, 0);
     fence_proxy_async_smem();
     turn_wait();
     wgmma_fence();
-    issue_s(sacc, b_first);
+    issue_s(sacc, 0);
     wgmma_commit();
     turn_pass();
     wgmma_wait<0>();
     fence_regs(sacc);
-    release(emptyk, b_first);
-    softmax(sacc, b_first);
+    release(emptyk, 0);
+    softmax(sacc, 0);
     to_p(sacc, pa);  // (O is zero: no rescale)
 #pragma unroll 1
-    for (int b = b_first + 1; b <= b_last; ++b) {
+    for (int b = 1; b < nblk; ++b) {
       mbar_wait(fullk + 8 * (b % S), phase(b));
       mbar_wait(fullv + 8 * ((b - 1) % S), phase(b - 1));
       fence_proxy_async_smem();
@@ -820,21 +815,19 @@ __global__ void __launch_bounds__(kPrefillThreads, 1) prefill_kernel(const Prefi
       rescale();
       to_p(sacc, pa);
     }
-    mbar_wait(fullv + 8 * (b_last % S), phase(b_last));
+    mbar_wait(fullv + 8 * ((nblk - 1) % S), phase(nblk - 1));
     fence_proxy_async_smem();
     turn_wait();
     wgmma_fence();
-    issue_pv(pa, b_last);
+    issue_pv(pa, nblk - 1);
     wgmma_commit();
     if (cw == 0) turn_pass();  // (warpgroup 0 takes no further turn)
     wgmma_wait<0>();
     fence_regs(o);
     fence_regs(lsum);
     fence_regs(pa);
-    release(emptyv, b_last);
+    release(emptyv, nblk - 1);
   }
-#pragma unroll 1
-  for (int b = b_last + 1; b < nblk; ++b) skip(b);
 
   const float l0 = lsum[0], l1 = lsum[2];
   uint32_t* out = static_cast<uint32_t*>(a.out);  // pairs of T
@@ -972,11 +965,14 @@ void launch_all(const float* q, int nh, const RowMap& rows, const PagedKv& kv, i
                   kv.kv_heads,
                   kv.block_size,
                   scale_log2};
-    const dim3 grid(static_cast<unsigned>(nh), static_cast<unsigned>(plan.n_tiles));  // heads fastest
-    if (hd == 64)
-      launch_pdl(prefill_kernel<T, 64>, grid, dim3(kPrefillThreads), PrefillCfg<64>::kSmem, stream, a);
-    else
-      launch_pdl(prefill_kernel<T, 128>, grid, dim3(kPrefillThreads), PrefillCfg<128>::kSmem, stream, a);
+    for (int end = plan.n_tiles; end > 0; end -= kRowsPerLaunch) {  // grid y <= 65535: the last tiles first
+      a.tile_end = end;
+      const dim3 grid(static_cast<unsigned>(nh), static_cast<unsigned>(std::min(end, kRowsPerLaunch)));  // heads fastest
+      if (hd == 64)
+        launch_pdl(prefill_kernel<T, 64>, grid, dim3(kPrefillThreads), PrefillCfg<64>::kSmem, stream, a);
+      else
+        launch_pdl(prefill_kernel<T, 128>, grid, dim3(kPrefillThreads), PrefillCfg<128>::kSmem, stream, a);
+    }
   }
   if (plan.n_decode > 0) {
     DecodeArgs a{};
@@ -1076,8 +1072,9 @@ void paged_attention(const float* q, int64_t M, int nh, const RowMap& rows, cons
     if (!prefill_attention_supports(kv.head_dim))
       throw std::invalid_argument(fmt::format(
           "paged_attention: prefill tiles for head_dim {} (the prefill kernel takes 64 or 128)", kv.head_dim));
-    if (!aligned16(q) || !aligned16(kv.k) || !aligned16(kv.v))
-      throw std::invalid_argument("paged_attention: prefill tiles need 16-byte aligned q and K/V pools");
+    if (!aligned16(q) || !aligned16(kv.k) || !aligned16(kv.v) || reinterpret_cast<uintptr_t>(out) % 4 != 0)
+      throw std::invalid_argument(
+          "paged_attention: prefill tiles need 16-byte aligned q and K/V pools and a 4-byte aligned output");
   }
   configure_kernels();
   const float scale_log2 = static_cast<float>(1.4426950408889634 / std::sqrt(static_cast<double>(kv.head_dim)));
