@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # On the GPU machine: Nsight Compute limiter figures of the three prefill kernels that set the
 # engine's prefill time — the FP4 prefill GEMM, the SharQ prep and the prefill attention — with the
-# stall reasons per issued instruction (the figures docs/perf/hopper.md and engine.md quote).
+# stall reasons per issued instruction (the figures docs/perf/hopper.md and engine.md quote), and the
+# attention's stall samples per SASS instruction (ncu_hotspots.py).
 # Assumes a build in $BUILD (scripts/device/gpu_check.sh makes one). Results in $OUT (or ./gpu-out).
 # Usage: scripts/device/prefill_profile.sh [LAYER:M ...]   (default: gate_up:4096 qkv:256 down:512)
 set -uo pipefail
@@ -32,6 +33,12 @@ echo "== SharQ prep qkv M=4096"; summary "$OUT/ncu_prep_qkv_4096.txt"
 timeout 180 ncu --kernel-name regex:prefill_kernel --launch-skip 40 --launch-count 1 "${SECTIONS[@]}" --metrics "$STALLS" \
   "$B/sharq" bench model --synthetic llama3.1-8b --schemes fp16 --prefill 1x2048 --batches 1 --steps 2 -q >"$OUT/ncu_attention_2048.txt" 2>&1
 echo "== prefill attention, 2048 tokens (fp16 engine)"; summary "$OUT/ncu_attention_2048.txt"
+# the same kernel's stall samples per SASS instruction (PC sampling), summarized by ncu_hotspots.py
+timeout 180 ncu --kernel-name regex:prefill_kernel --launch-skip 3 --launch-count 1 --section SourceCounters \
+  -o "$OUT/attention_src" -f "$B/tests/paged_attention_test" --gtest_filter='*TimingPrint*' >/dev/null 2>&1 &&
+  ncu -i "$OUT/attention_src.ncu-rep" --page source --csv --print-source sass >"$OUT/attention_source.csv" 2>&1 &&
+  { echo "== prefill attention (paged_attention_test), stall samples per SASS instruction";
+    python3 scripts/device/ncu_hotspots.py "$OUT/attention_source.csv" --top 15 | head -45; }
 # the profiler's logs name this machine's paths: keep them out of anything committed
 sed -i 's#(/[^)]*/sharq)#(sharq)#' "$OUT"/ncu_*.txt
 # The SASS opcode mix of the SharQ prep's span kernel and the prefill GEMM (what the PTX cannot
