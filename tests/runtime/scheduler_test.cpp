@@ -6,6 +6,7 @@
 #include <gtest/gtest.h>
 
 #include <filesystem>
+#include <limits>
 #include <map>
 #include <memory>
 #include <thread>
@@ -226,6 +227,16 @@ TEST(Scheduler, TheQueueIsBoundedAndBadRequestsAreRefused) {
   } catch (const InvalidRequest& e) {
     EXPECT_NE(std::string(e.what()).find("maximum context length is 64 tokens"), std::string::npos) << e.what();
   }
+  for (int64_t huge : {std::numeric_limits<int64_t>::max() - 1, std::numeric_limits<int64_t>::max()}) {
+    bad = r;  // prompt + max_tokens past INT64_MAX: refused, not wrapped to a negative length
+    bad.max_tokens = huge;
+    try {
+      s.submit(bad);
+      ADD_FAILURE() << "max_tokens " << huge << " was accepted";
+    } catch (const InvalidRequest& e) {
+      EXPECT_NE(std::string(e.what()).find("more than"), std::string::npos) << e.what();
+    }
+  }
   bad = r;
   bad.prompt = {100000};
   EXPECT_THROW(s.submit(bad), InvalidRequest);
@@ -245,7 +256,12 @@ class ScriptedExecutor final : public Executor {
   int64_t kv_blocks() const override { return pool_; }
   int64_t kv_block_size() const override { return pool_ > 0 ? 16 : 0; }
   const ModelConfig& config() const override { return config_; }
+  int64_t refuse_from = -1;  // create_sequence throws for sequences >= this one (-1: never)
   SeqId create_sequence(int64_t max_len) override {
+    if (refuse_from >= 0 && next_ >= refuse_from) {
+      ++next_;
+      throw std::invalid_argument("create_sequence: refused (test)");
+    }
     len_[next_] = 0;
     cap_[next_] = max_len;
     return next_++;
@@ -300,6 +316,30 @@ TEST(Scheduler, TakesTheExecutorsSharedKvPool) {
   EXPECT_THROW(Scheduler(ex, *tok, o), std::invalid_argument);
   ScriptedExecutor cpu_like({5});  // no pool: max_num_seqs sequences of max_model_len
   EXPECT_EQ(Scheduler(cpu_like, *tok, SchedulerOptions{}).metrics().kv_blocks_total, 256 * 16);
+}
+
+// An executor that refuses a sequence at admission fails that request, with the executor's message, and
+// the scheduler goes on serving (the exception used to leave step() and end the engine thread).
+TEST(Scheduler, AnAdmissionTheExecutorRefusesFailsOnlyThatRequest) {
+  const auto tok = make_token_id_tokenizer(512);
+  ScriptedExecutor ex({5});
+  ex.refuse_from = 1;  // the second sequence
+  Scheduler s(ex, *tok, SchedulerOptions{});
+  CompletionRequest r;
+  r.prompt = {1, 2, 3};
+  r.max_tokens = 4;
+  r.sampling = SamplingParams{0.0f, 1.0f, 1};
+  r.ignore_eos = true;
+  const auto a = s.submit(r);
+  const auto b = s.submit(r);
+  const auto out = drive(s, {a, b});
+  EXPECT_EQ(out[0].last.finish_reason, "length");
+  EXPECT_EQ(out[0].tokens, (std::vector<int32_t>{5, 5, 5, 5}));
+  EXPECT_EQ(out[1].last.finish_reason, "error");
+  EXPECT_NE(out[1].last.error.find("refused (test)"), std::string::npos) << out[1].last.error;
+  ex.refuse_from = -1;
+  const auto c = s.submit(r);  // still serving
+  EXPECT_EQ(drive(s, {c})[0].tokens, (std::vector<int32_t>{5, 5, 5, 5}));
 }
 
 // A token-id prompt that is not ids is the request's fault (InvalidRequest: HTTP 400).

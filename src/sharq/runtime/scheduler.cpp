@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <limits>
 #include <thread>
 
 #include <fmt/format.h>
@@ -170,10 +171,15 @@ std::shared_ptr<RequestStream> Scheduler::submit(CompletionRequest request) {
       throw InvalidRequest(fmt::format("prompt token id {} is outside the vocabulary (size {})", t, vocab));
   if (request.max_tokens < 1)
     throw InvalidRequest(fmt::format("max_tokens must be at least 1, got {}", request.max_tokens));
-  if (n + request.max_tokens > opt_.max_model_len)
-    throw InvalidRequest(fmt::format("This model's maximum context length is {} tokens. However, you requested {} tokens "
+  if (request.max_tokens > opt_.max_model_len - n) {  // (n + max_tokens could overflow)
+    const int64_t total = request.max_tokens > std::numeric_limits<int64_t>::max() - n
+                              ? std::numeric_limits<int64_t>::max()
+                              : n + request.max_tokens;
+    throw InvalidRequest(fmt::format("This model's maximum context length is {} tokens. However, you requested {}{} tokens "
                                      "({} in the prompt, {} in the completion). Please reduce the prompt or max_tokens.",
-                                     opt_.max_model_len, n + request.max_tokens, n, request.max_tokens));
+                                     opt_.max_model_len, total == std::numeric_limits<int64_t>::max() ? "more than " : "",
+                                     total, n, request.max_tokens));
+  }
   const SamplingParams& s = request.sampling;
   if (!(std::isfinite(s.temperature) && s.temperature >= 0.0f))
     throw InvalidRequest(fmt::format("temperature must be a finite number >= 0, got {}", s.temperature));
@@ -396,7 +402,13 @@ bool Scheduler::step() {
     const int64_t left = static_cast<int64_t>(r.tokens.size());
     const int64_t n = std::min({left, budget, free_blocks_ * opt_.block_size});
     if (n <= 0) break;
-    r.seq = ex_.create_sequence(r.n_prompt + r.req.max_tokens);
+    try {
+      r.seq = ex_.create_sequence(r.n_prompt + r.req.max_tokens);
+    } catch (const std::exception& e) {  // the executor refuses it: this request fails, the others go on
+      finish(r, "error", e.what());
+      waiting_.pop_front();
+      continue;
+    }
     r.seq_seed = r.rng;  // continues the stream where a preempted sequence left it
     running_.push_back(std::move(waiting_.front()));
     waiting_.pop_front();
