@@ -293,6 +293,16 @@ TEST(HfConfig, RejectsUnsupportedRope) {
   expect_error(config_json("llama", R"("rope_parameters": {"full_attention": {"rope_type": "default"}})"), "rope_parameters",
                "neither");
   expect_error(config_json("llama", R"("partial_rotary_factor": 0.5)"), "partial_rotary_factor", "not supported");
+  // bases and factors that would give Inf frequencies (NaN logits) or rising ones
+  for (const char* theta : {"1e-300", "1e-45", "0.5", "1"}) {
+    expect_error(config_json("llama", std::string(R"("rope_theta": )") + theta), "rope_theta", "base above 1");
+    expect_error(config_json("llama", std::string(R"("rope_parameters": {"rope_type": "default", "rope_theta": )") + theta + "}"),
+                 "rope_parameters.rope_theta", "base above 1");
+  }
+  for (const char* factor : {"1e-300", "0.5"})
+    expect_error(config_json("llama", std::string(R"("rope_scaling": {"rope_type": "llama3", "factor": )") + factor +
+                                          R"(, "low_freq_factor": 1.0, "high_freq_factor": 4.0, "original_max_position_embeddings": 8192})"),
+                 "rope_scaling.factor", "factor >= 1");
 }
 
 TEST(HfConfig, RejectsFeaturesNotRun) {

@@ -286,9 +286,15 @@ int cmd_generate(const GenerateArgs& a) {
     std::fflush(stdout);
   });
   std::fputc('\n', stdout);
-  if (r.nonfinite_at >= 0)
+  if (r.nonfinite_at >= 0 && a.allow_nonfinite)
     std::fprintf(stderr, "sharq: warning: generation stopped: the logits at position %lld are not finite (NaN/Inf; the "
                  "model was loaded with --allow-nonfinite)\n", static_cast<long long>(r.nonfinite_at));
+  if (r.nonfinite_at >= 0 && !a.allow_nonfinite) {  // finite weights: the arithmetic overflowed
+    std::fprintf(stderr, "sharq: error: generation stopped: the logits at position %lld are not finite (NaN/Inf) although "
+                 "every weight is finite (the activations overflowed under scheme %s)\n", static_cast<long long>(r.nonfinite_at),
+                 a.scheme.c_str());
+    return 1;
+  }
   if (a.stats) {
     const double n = static_cast<double>(r.generated_ids.size());
     std::fprintf(stderr, "%s: %zu prompt tokens in %.1f ms, %zu generated in %.1f ms (%.1f tok/s)\n", a.scheme.c_str(),

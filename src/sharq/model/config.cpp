@@ -83,6 +83,13 @@ class ConfigReader {
     if (!(x > 0.0) || x == std::numeric_limits<double>::infinity()) fail(field, fmt::format("must be a positive number, got {}", describe(v)));
     return x;
   }
+  // RoPE's base: the inverse frequencies theta^(-2i/d) must fall from 1, and stay finite in FP32 (a
+  // theta of 1e-300 gives Inf frequencies and NaN logits from a config that otherwise loads).
+  double rope_theta(const json& v, const std::string& field) const {
+    const double x = positive_number(v, field);
+    if (!(x > 1.0)) fail(field, fmt::format("is {}: RoPE needs a base above 1 (models use 1e4 .. 1e6)", describe(v)));
+    return x;
+  }
   double optional_positive(const std::string& key, double fallback) const {
     const json* v = find(key);
     return v ? positive_number(*v, key) : fallback;
@@ -140,7 +147,7 @@ RopeBlock parse_rope_block(const ConfigReader& r, const json& block, const std::
     // e.g. per-layer-type nesting {"full_attention": {...}} of models we do not run
     r.fail(name, "has neither 'rope_type' nor 'rope_theta'");
   }
-  if (const json* th = ConfigReader::find(block, "rope_theta")) out.theta = r.positive_number(*th, name + ".rope_theta");
+  if (const json* th = ConfigReader::find(block, "rope_theta")) out.theta = r.rope_theta(*th, name + ".rope_theta");
   if (const json* prf = ConfigReader::find(block, "partial_rotary_factor")) {
     if (r.positive_number(*prf, name + ".partial_rotary_factor") != 1.0)
       r.fail(name + ".partial_rotary_factor", fmt::format("is {}: partial rotary embeddings are not supported", describe(*prf)));
@@ -156,6 +163,8 @@ RopeBlock parse_rope_block(const ConfigReader& r, const json& block, const std::
     return *v;
   };
   s.factor = r.positive_number(need("factor"), name + ".factor");
+  if (!(s.factor >= 1.0))  // llama3 divides the low frequencies by it: a context extension, never a contraction
+    r.fail(name + ".factor", fmt::format("is {}: the llama3 rule needs a factor >= 1", s.factor));
   s.low_freq_factor = r.positive_number(need("low_freq_factor"), name + ".low_freq_factor");
   s.high_freq_factor = r.positive_number(need("high_freq_factor"), name + ".high_freq_factor");
   s.original_max_position_embeddings =
@@ -250,7 +259,7 @@ ModelConfig parse_hf_config(const std::string& json_text, const std::string& pat
     // RoPE: the theta may sit at top level, in rope_parameters, or both (then they must agree).
     double theta = is_mixtral ? 1e6 : 10000.0;
     std::optional<double> top_theta;
-    if (const json* t = r.find("rope_theta")) top_theta = r.positive_number(*t, "rope_theta");
+    if (const json* t = r.find("rope_theta")) top_theta = r.rope_theta(*t, "rope_theta");
     std::optional<RopeBlock> params, legacy;
     if (const json* p = r.find("rope_parameters")) params = parse_rope_block(r, *p, "rope_parameters");
     if (const json* s = r.find("rope_scaling")) legacy = parse_rope_block(r, *s, "rope_scaling");
