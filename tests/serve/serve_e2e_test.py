@@ -228,12 +228,27 @@ def case_bad_requests_answer_400():
             (dict(body={"prompt": [1] + [300] * 600, "max_tokens": 4}), 400,
              "maximum context length is 512 tokens. However, you requested 605 tokens (601 in the prompt, 4 in the completion)"),
             (dict(body={"prompt": "x", "max_tokens": 600}), 400, "maximum context length is 512 tokens"),
+            # a max_tokens whose sum with the prompt overflows int64 (it used to abort the server)
+            (dict(body={"prompt": "a", "max_tokens": 9223372036854775806}), 400, "maximum context length is 512 tokens"),
+            (dict(body={"prompt": "a", "max_tokens": 2 ** 63}), 400, "maximum context length is 512 tokens"),
+            # sampling extras that would change the result: refused, not ignored
+            (dict(body={"prompt": "x", "top_k": 1}), 400, "'top_k' 1 is not supported"),
+            (dict(body={"prompt": "x", "min_p": 0.5}), 400, "'min_p' is not supported"),
+            (dict(body={"prompt": "x", "repetition_penalty": 1.2}), 400, "'repetition_penalty' is not supported"),
+            (dict(body={"prompt": "x", "min_tokens": 3}), 400, "'min_tokens' is not supported"),
+            (dict(body={"prompt": "x", "stop_token_ids": [2]}), 400, "'stop_token_ids' is not supported"),
+            (dict(body={"prompt": "x", "response_format": {"type": "json_object"}}), 400, "response_format"),
+            (dict(body={"prompt": "x", "guided_json": {}}), 400, "constrained decoding"),
         ]
         for kw, status, words in cases:
             st, r = post(s, kw.get("body"), raw=kw.get("raw"))
             assert st == status, (kw, st, r)
             e = r["error"]
             assert words in e["message"] and e["code"] == status and set(e) == {"message", "type", "param", "code"}, (kw, r)
+        # the values that change nothing are accepted, and the server still serves
+        st, r = post(s, {"prompt": "x", "max_tokens": 2, "top_k": -1, "min_p": 0, "repetition_penalty": 1,
+                         "min_tokens": 0, "stop_token_ids": [], "response_format": {"type": "text"}})
+        assert st == 200 and r["usage"]["completion_tokens"] >= 1, (st, r)
         assert s.stop() == 0
 
 
@@ -297,6 +312,19 @@ def case_ignore_eos_and_token_id_prompts():
         assert b["usage"]["prompt_tokens"] == 1
         _, d = post(s, {"prompt": [1, 300, 301, 302], "max_tokens": 5})
         assert d["usage"]["prompt_tokens"] == 4 and d["usage"]["completion_tokens"] >= 1, d
+        # logprobs after BOS alone: the first piece's leading space is not in the text, nor in tokens[0],
+        # so every text_offset points at its token (non-streamed and streamed alike)
+        for body in ({"prompt": [1], "max_tokens": 6, "temperature": 0, "logprobs": 0},
+                     {"prompt": "Once", "max_tokens": 6, "temperature": 0, "logprobs": 0}):
+            _, r = post(s, body)
+            text, lp = r["choices"][0]["text"], r["choices"][0]["logprobs"]
+            assert "".join(lp["tokens"]) == text, (text, lp)
+            for tok, off in zip(lp["tokens"], lp["text_offset"]):
+                assert text[off:off + len(tok)] == tok, (text, lp)
+            ev = stream(s, {**body, "stream": True})
+            toks = [t for e in ev if e["choices"] and e["choices"][0]["logprobs"] for t in e["choices"][0]["logprobs"]["tokens"]]
+            offs = [o for e in ev if e["choices"] and e["choices"][0]["logprobs"] for o in e["choices"][0]["logprobs"]["text_offset"]]
+            assert toks == lp["tokens"] and offs == lp["text_offset"], (toks, offs, lp)
         for seed in range(1, 60):
             body = {"prompt": "The end", "max_tokens": 300, "temperature": 1.0, "seed": seed}
             _, r = post(s, body)
@@ -391,7 +419,9 @@ def case_chat_completions_follow_the_template():
             assert text == (msg["content"] or ""), (text, msg)
             assert ev[-1]["choices"][0]["finish_reason"] in ("stop", "length"), ev[-1]
             for bad in ({"messages": []}, {"messages": "hi"}, {"messages": [{"role": "user", "content": 3}]},
-                        {"messages": norm, "top_logprobs": 2}, {"messages": norm, "max_tokens": 0}):
+                        {"messages": norm, "top_logprobs": 2}, {"messages": norm, "max_tokens": 0},
+                        {"messages": norm, "tool_choice": "required"}, {"messages": norm, "tool_choice": "bogus"},
+                        {"messages": norm, "max_completion_tokens": 9223372036854775800}):
                 st, r = post(s, bad, path="/v1/chat/completions")
                 assert st == 400 and r["error"]["message"], (bad, st, r)
             assert s.stop() == 0

@@ -7,6 +7,7 @@
 #include <filesystem>
 #include <fstream>
 #include <functional>
+#include <limits>
 #include <optional>
 #include <random>
 #include <thread>
@@ -264,13 +265,38 @@ void parse_options(const json& body, ParsedCompletion& p, bool chat) {
   if (const auto s = body.find("suffix"); s != body.end() && !s->is_null()) throw bad_request("'suffix' is not supported", "suffix");
   if (const auto s = body.find("logit_bias"); s != body.end() && !s->is_null() && !s->empty())
     throw bad_request("'logit_bias' is not supported", "logit_bias");
+  // vLLM's sampling extras: accepted only at the values that change nothing
+  if (const int64_t k = read_int(body, "top_k", -1, std::numeric_limits<int64_t>::min(), ""); k != -1 && k != 0)
+    throw bad_request(fmt::format("'top_k' {} is not supported (only -1 or 0: no top-k cut)", k), "top_k");
+  if (read_number(body, "min_p", 0.0) != 0.0) throw bad_request("'min_p' is not supported (only 0)", "min_p");
+  if (read_number(body, "repetition_penalty", 1.0) != 1.0)
+    throw bad_request("'repetition_penalty' is not supported (only 1)", "repetition_penalty");
+  if (read_int(body, "min_tokens", 0, 0, ">= 0") != 0) throw bad_request("'min_tokens' is not supported (only 0)", "min_tokens");
+  if (const auto s = body.find("stop_token_ids"); s != body.end() && !s->is_null() && !(s->is_array() && s->empty()))
+    throw bad_request("'stop_token_ids' is not supported (use 'stop' strings)", "stop_token_ids");
+  if (read_bool(body, "use_beam_search", false)) throw bad_request("beam search is not supported", "use_beam_search");
+  for (const char* k : {"guided_json", "guided_regex", "guided_choice", "guided_grammar", "structured_outputs"})
+    if (const auto s = body.find(k); s != body.end() && !s->is_null())
+      throw bad_request(fmt::format("'{}' (constrained decoding) is not supported", k), k);
+  if (const auto rf = body.find("response_format"); rf != body.end() && !rf->is_null()) {
+    const auto t = rf->is_object() ? rf->find("type") : rf->end();
+    if (!rf->is_object() || t == rf->end() || !t->is_string() || t->get<std::string>() != "text")
+      throw bad_request("only response_format {\"type\": \"text\"} is supported (no JSON mode)", "response_format");
+  }
+  if (chat)
+    if (const auto tc = body.find("tool_choice"); tc != body.end() && !tc->is_null() && !(tc->is_string() && tc->get<std::string>() == "auto"))
+      throw bad_request("only tool_choice \"auto\" is supported (the model decides whether to call a tool)", "tool_choice");
 }
 
-json logprobs_json(const Tokenizer& tok, const std::vector<int32_t>& toks, const std::vector<float>& lps,
+// Each token's text as the completion's text holds it: decode_step after the token before it (prev, the
+// prompt's last token for the first), which drops the leading space of a piece that follows BOS as
+// the stream's text does, so that text[text_offset[i]:] starts with tokens[i]. prev is advanced.
+json logprobs_json(const Tokenizer& tok, int32_t& prev, const std::vector<int32_t>& toks, const std::vector<float>& lps,
                    size_t text_offset) {
   json tokens = json::array(), values = json::array(), offsets = json::array();
   for (size_t i = 0; i < toks.size(); ++i) {
-    const std::string piece = tok.decode({toks[i]});
+    const std::string piece = tok.decode_step(prev, toks[i]);
+    prev = toks[i];
     tokens.push_back(piece);
     values.push_back(lps[i]);
     offsets.push_back(text_offset);
@@ -459,8 +485,9 @@ struct HttpServer::Impl {
                   {"finish_reason", r.tool_calls.empty() ? d.finish_reason : std::string("tool_calls")},
                   {"logprobs", p.logprobs ? chat_logprobs_json(tok, toks, lps) : json(nullptr)}};
       } else {
+        int32_t prev = p.request.prompt.back();
         choice = {{"index", 0}, {"text", text}, {"finish_reason", d.finish_reason},
-                  {"logprobs", p.logprobs ? logprobs_json(tok, toks, lps, 0) : json(nullptr)}};
+                  {"logprobs", p.logprobs ? logprobs_json(tok, prev, toks, lps, 0) : json(nullptr)}};
       }
       json body = {{"id", id}, {"object", object}, {"created", created_at}, {"model", opt.model_name},
                    {"choices", json::array({choice})}, {"usage", usage(d)}};
@@ -469,13 +496,14 @@ struct HttpServer::Impl {
     }
     res.set_header("Cache-Control", "no-cache");
     auto offset = std::make_shared<size_t>(0);
+    auto prev = std::make_shared<int32_t>(p.request.prompt.back());  // logprobs_json's token before the next
     auto first = std::make_shared<bool>(true);
     // chat streams: the reasoning and tool-call parse, incrementally (chat::Qwen3StreamParser)
     auto parser = std::make_shared<chat::Qwen3StreamParser>(tools, p.prompt_opens_think);
     Scheduler* sched_ptr = &sched;
     res.set_chunked_content_provider(
         "text/event-stream",
-        [this, p, stream, id, created_at, offset, first, chat_api, usage, parser](size_t, httplib::DataSink& sink) {
+        [this, p, stream, id, created_at, offset, prev, first, chat_api, usage, parser](size_t, httplib::DataSink& sink) {
           auto event = [&](const json& j) {
             const std::string s = "data: " + dump(j) + "\n\n";
             return sink.write(s.data(), s.size());
@@ -504,7 +532,7 @@ struct HttpServer::Impl {
           const StreamDelta d = stream->wait_delta(500ms);
           if (!d.text.empty() || !d.tokens.empty()) {
             json lp = nullptr;
-            if (p.logprobs) lp = chat_api ? chat_logprobs_json(tok, d.tokens, d.logprobs) : logprobs_json(tok, d.tokens, d.logprobs, *offset);
+            if (p.logprobs) lp = chat_api ? chat_logprobs_json(tok, d.tokens, d.logprobs) : logprobs_json(tok, *prev, d.tokens, d.logprobs, *offset);
             *offset += d.text.size();
             if (chat_api) {
               const chat::StreamPiece piece = parser->feed(d.text);
