@@ -103,6 +103,31 @@ TEST(SafetensorsRead, ByteDtypesAreBoundsCheckedNamingTheTensor) {
              "tensor 'w' has unsupported dtype 'F8_E5M2'");
 }
 
+// The layout rules of the reference library: the tensors index the whole data section with no gap and
+// nothing after the last one, no name twice, and __metadata__ a map of strings to strings.
+TEST(SafetensorsRead, RefusesGapsTrailingBytesDuplicateNamesAndBadMetadata) {
+  const std::vector<uint8_t> data(12, 0);
+  const std::string a = R"("a": {"dtype": "U8", "shape": [4], "data_offsets": [0, 4]})";
+  EXPECT_HAS(parse_error(safetensors_bytes("{" + a + R"(, "b": {"dtype": "U8", "shape": [4], "data_offsets": [8, 12]}})", data)),
+             "q.safetensors: bytes [4, 8) of the data section belong to no tensor (before 'b')");
+  EXPECT_HAS(parse_error(safetensors_bytes(R"({"b": {"dtype": "U8", "shape": [4], "data_offsets": [4, 8]}})", std::vector<uint8_t>(8, 0))),
+             "bytes [0, 4) of the data section belong to no tensor (before 'b')");
+  EXPECT_HAS(parse_error(safetensors_bytes("{" + a + "}", data)),
+             "q.safetensors: the data section is 12 bytes but its tensors end at byte 4 (8 trailing bytes)");
+  EXPECT_HAS(parse_error(safetensors_bytes(R"({})", data)), "the data section is 12 bytes but its tensors end at byte 0");
+  EXPECT_HAS(parse_error(safetensors_bytes("{" + a + ", " + a + "}", std::vector<uint8_t>(4, 0))),
+             "q.safetensors: header names 'a' twice");
+  for (const char* meta : {R"(3)", R"("x")", R"([1])"})
+    EXPECT_HAS(parse_error(safetensors_bytes(std::string(R"({"__metadata__": )") + meta + ", " + a + "}", std::vector<uint8_t>(4, 0))),
+               "'__metadata__' must be an object of strings");
+  EXPECT_HAS(parse_error(safetensors_bytes("{" + a + R"(, "__metadata__": {"format": "pt", "n": {"deep": 1}}})", std::vector<uint8_t>(4, 0))),
+             "'__metadata__' entry 'n' must be a string");
+  // the same file with its bytes exactly covered reads, metadata and zero-size tensors included
+  const auto ok = safetensors_bytes("{" + a + R"(, "e": {"dtype": "F32", "shape": [0], "data_offsets": [4, 4]},
+      "__metadata__": {"format": "pt"}, "b": {"dtype": "U8", "shape": [8], "data_offsets": [4, 12]}})", data);
+  EXPECT_EQ(sharq::parse_safetensors(ok.data(), ok.size(), "q.safetensors").size(), 3u);
+}
+
 TEST(SafetensorsWrite, RoundTripsEveryDtypeBitForBitWithMetadata) {
   TempDir tmp;
   std::mt19937 rng(12);

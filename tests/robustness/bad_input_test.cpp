@@ -587,7 +587,14 @@ std::vector<Case> build_cases() {
     st_case("offsets_past_end", hdr_edit([](json& h) { h["lm_head.weight"]["data_offsets"] = {2, 4194306}; }), {{s5}, {"lm_head.weight"}});
     st_case("offsets_reversed", hdr_edit([](json& h) { h["lm_head.weight"]["data_offsets"] = {4194304, 0}; }), {{s5}, {"lm_head.weight"}});
     st_case("offsets_missing", hdr_edit([](json& h) { h["lm_head.weight"].erase("data_offsets"); }), {{s5}, {"lm_head.weight", "data_offsets"}});
-    st_case("tensor_missing", hdr_edit([](json& h) { h.erase("lm_head.weight"); }), one({"lm_head.weight"}));
+    // the tensor gone with its bytes (a well-formed shard that lacks it), and only its header entry gone
+    // (its bytes then belong to no tensor: the shard itself is refused)
+    st_case("tensor_missing", [](const std::string& b) {
+      St st = st_parse(b);
+      st.header.erase("lm_head.weight");
+      return st_build(st.header, "");
+    }, one({"lm_head.weight"}));
+    st_case("tensor_entry_missing", hdr_edit([](json& h) { h.erase("lm_head.weight"); }), {{s5}, {"trailing bytes"}});
     add("loader", "index_truncated", [](const Ctx& c) {
       const std::string b = slurp(c.lm30() + "/model.safetensors.index.json");
       return gen_hf(hf_dir(c, "m", {{"model.safetensors.index.json", b.substr(0, b.size() / 2)}}));

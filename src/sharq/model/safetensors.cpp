@@ -132,12 +132,25 @@ std::map<std::string, TensorView> parse_safetensors(const uint8_t* b, size_t n, 
     throw CheckpointError(fmt::format("{}: header length {} exceeds the format's limit of {} bytes", name, header_len, kSafetensorsMaxHeaderBytes));
 
   json header;
+  std::set<std::string> top_keys;  // a name given twice would silently keep its last entry
+  std::string duplicate;
   try {
-    header = json::parse(b + 8, b + 8 + header_len);
+    header = json::parse(b + 8, b + 8 + header_len, [&](int depth, json::parse_event_t ev, json& parsed) {
+      if (depth == 1 && ev == json::parse_event_t::key && duplicate.empty() && !top_keys.insert(parsed.get<std::string>()).second)
+        duplicate = parsed.get<std::string>();
+      return true;
+    });
   } catch (const json::exception& e) {
     throw CheckpointError(fmt::format("{}: header is not valid JSON ({})", name, e.what()));
   }
   if (!header.is_object()) throw CheckpointError(fmt::format("{}: header must be a JSON object, got {}", name, describe(header)));
+  if (!duplicate.empty()) throw CheckpointError(fmt::format("{}: header names '{}' twice", name, duplicate));
+  if (const auto m = header.find("__metadata__"); m != header.end()) {  // the format's map of strings to strings
+    if (!m->is_object()) throw CheckpointError(fmt::format("{}: '__metadata__' must be an object of strings, got {}", name, describe(*m)));
+    for (const auto& [k, v] : m->items())
+      if (!v.is_string())
+        throw CheckpointError(fmt::format("{}: '__metadata__' entry '{}' must be a string, got {}", name, k, describe(v)));
+  }
 
   const uint8_t* data = b + 8 + header_len;
   const uint64_t data_len = n - 8 - header_len;
@@ -160,6 +173,18 @@ std::map<std::string, TensorView> parse_safetensors(const uint8_t* b, size_t n, 
     if (by_offset[i]->begin < by_offset[i - 1]->end)
       throw CheckpointError(fmt::format("{}: tensors '{}' and '{}' overlap in the data section", name, *by_offset[i - 1]->name, *by_offset[i]->name));
   }
+  // The format indexes the whole data section, with no hole (as the reference library checks): bytes
+  // that no tensor owns mean offsets that were not meant, or a file that is not what it says.
+  uint64_t covered = 0;
+  for (const Entry* e : by_offset) {
+    if (e->begin != covered)
+      throw CheckpointError(fmt::format("{}: bytes [{}, {}) of the data section belong to no tensor (before '{}'); the format has no gaps",
+                                        name, covered, e->begin, *e->name));
+    covered = e->end;
+  }
+  if (covered != data_len)
+    throw CheckpointError(fmt::format("{}: the data section is {} bytes but its tensors end at byte {} ({} trailing bytes)", name,
+                                      data_len, covered, data_len - covered));
 
   std::map<std::string, TensorView> out;
   for (const Entry& e : entries) {
