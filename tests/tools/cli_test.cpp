@@ -178,6 +178,27 @@ TEST(Cli, PathsThatAreNotFilesAreNamed) {
   }
 }
 
+// An empty value given on purpose is an error, never "the default" (an unset shell variable in
+// `--api-key "$KEY"` must not start a server without authentication).
+TEST(Cli, EmptyValuesGivenOnPurposeAreRefused) {
+  const std::string tiny = std::string(SHARQ_SOURCE_DIR) + "/tests/data/tiny/llama3";
+  for (const std::string cmd : {"generate", "ppl", "eval", "analyze"}) {
+    const Result r = run(cmd + " " + tiny + " --tokenizer ''" + (cmd == "ppl" || cmd == "analyze" ? " --data x" : ""));
+    EXPECT_EQ(r.status, 1) << cmd << ": " << r.out;
+    EXPECT_NE(r.out.find("--tokenizer: the path is empty"), std::string::npos) << cmd << ": " << r.out;
+  }
+  Result r = run("quantize " + tiny + " " + (std::filesystem::temp_directory_path() / "sharq_cli_none").string() + " --calib-tokens 64");
+  EXPECT_EQ(r.status, 1);
+  EXPECT_NE(r.out.find("--calib-tokens needs --calib-data"), std::string::npos) << r.out;
+  if (run("serve --help").status != 0) return;  // a CLI built without the server
+  r = run("serve " + tiny + " --api-key ''");
+  EXPECT_EQ(r.status, 1);
+  EXPECT_NE(r.out.find("--api-key: the key is empty"), std::string::npos) << r.out;
+  r = run("serve " + tiny + " --host ''");
+  EXPECT_EQ(r.status, 1);
+  EXPECT_NE(r.out.find("--host: the address is empty"), std::string::npos) << r.out;
+}
+
 // Shapes opcheck cannot run: refused before allocating, naming the flags.
 TEST(Cli, OpcheckRefusesEmptyAndHugeShapes) {
   Result r = run("opcheck -K 100000000");

@@ -645,7 +645,7 @@ int main(int argc, char** argv) {
     }
     if (*gen) {
       check_input_path(ga.model, "model", PathKind::kFileOrDir);
-      if (!ga.tokenizer.empty()) check_input_path(ga.tokenizer, "--tokenizer", PathKind::kFile);
+      if (gen->count("--tokenizer")) check_input_path(ga.tokenizer, "--tokenizer", PathKind::kFile);  // "" too
       return cmd_generate(ga);
     }
 #ifdef SHARQ_HAVE_SERVE
@@ -656,14 +656,17 @@ int main(int argc, char** argv) {
       if (!so.synthetic.empty() && so.device != "cuda")
         throw UsageError("serve: --synthetic needs --device cuda (the random weights are generated on the GPU)");
       if (!so.model.empty()) check_input_path(so.model, "model", PathKind::kFileOrDir);
-      if (!so.tokenizer.empty()) check_input_path(so.tokenizer, "--tokenizer", PathKind::kFile);
+      if (sv->count("--tokenizer")) check_input_path(so.tokenizer, "--tokenizer", PathKind::kFile);
+      if (so.server.host.empty()) throw UsageError("--host: the address is empty");
+      if (sv->count("--api-key") && so.server.api_key.empty())  // e.g. an unset $KEY: never serve open by accident
+        throw UsageError("--api-key: the key is empty (the server would run without authentication)");
       so.scheduler.step_delay = std::chrono::milliseconds(so_delay_ms);
       return cmd_serve(so);
     }
 #endif
     if (*an) {
       check_input_path(ao.model_path, "model", PathKind::kFileOrDir);
-      if (!ao.tokenizer_path.empty()) check_input_path(ao.tokenizer_path, "--tokenizer", PathKind::kFile);
+      if (an->count("--tokenizer")) check_input_path(ao.tokenizer_path, "--tokenizer", PathKind::kFile);
       check_input_path(ao.data_path, "--data", PathKind::kFile);
       if (std::error_code ec; !ao.svg_path.empty() && std::filesystem::is_directory(ao.svg_path, ec))
         throw UsageError(fmt::format("--svg: {}: is a directory", ao.svg_path));
@@ -684,7 +687,7 @@ int main(int argc, char** argv) {
     }
     if (*ev) {
       check_input_path(eo.model_path, "model", PathKind::kFileOrDir);
-      if (!eo.tokenizer_path.empty()) check_input_path(eo.tokenizer_path, "--tokenizer", PathKind::kFile);
+      if (ev->count("--tokenizer")) check_input_path(eo.tokenizer_path, "--tokenizer", PathKind::kFile);
       check_input_path(eo.data_dir, "--data-dir", PathKind::kDir);
       eo.progress = !eo_quiet;
       if (ev_device == "cuda") eo.executor = executor_for("cuda", 1024, 1024);  // one example (question + answer) per step
@@ -701,7 +704,7 @@ int main(int argc, char** argv) {
     }
     if (*ppl) {
       check_input_path(po.model_path, "model", PathKind::kFileOrDir);
-      if (!po.tokenizer_path.empty()) check_input_path(po.tokenizer_path, "--tokenizer", PathKind::kFile);
+      if (ppl->count("--tokenizer")) check_input_path(po.tokenizer_path, "--tokenizer", PathKind::kFile);
       check_input_path(po.data_path, "--data", PathKind::kFile);
       po.progress = !po_quiet;
       po.device = ppl_device;
@@ -719,8 +722,10 @@ int main(int argc, char** argv) {
       if (qo.out_dir.empty())
         throw UsageError(qo.synthetic.empty() ? "quantize: MODEL and OUT are required" : "quantize: OUT is required");
       if (qo.synthetic.empty()) check_input_path(qo.model_path, "model", PathKind::kFileOrDir);
-      if (!qo.calib_data.empty()) check_input_path(qo.calib_data, "--calib-data", PathKind::kFile);
-      if (!qo.tokenizer_path.empty()) check_input_path(qo.tokenizer_path, "--tokenizer", PathKind::kFile);
+      if (qz->count("--calib-data")) check_input_path(qo.calib_data, "--calib-data", PathKind::kFile);
+      if (qz->count("--calib-tokens") && qo.calib_data.empty())
+        throw UsageError("quantize: --calib-tokens needs --calib-data (the text to calibrate on)");
+      if (qz->count("--tokenizer")) check_input_path(qo.tokenizer_path, "--tokenizer", PathKind::kFile);
       qo.progress = !qo_quiet;
       qo.fused_global_scales = qo_fused == "shared";
       g_activity = fmt::format("quantize --scheme {}", qo.scheme);
@@ -732,7 +737,7 @@ int main(int argc, char** argv) {
       check_input_path(to.path, "model", PathKind::kFileOrDir);
       check_input_path(to.messages_path, "--messages", PathKind::kFile);
       if (!to.tools_path.empty()) check_input_path(to.tools_path, "--tools", PathKind::kFile);
-      if (!to.tokenizer_path.empty()) check_input_path(to.tokenizer_path, "--tokenizer", PathKind::kFile);
+      if (tp->count("--tokenizer")) check_input_path(to.tokenizer_path, "--tokenizer", PathKind::kFile);
       to.add_generation_prompt = !to_no_gen;
       const std::string out = sharq::run_template(to);
       std::fwrite(out.data(), 1, out.size(), stdout);
