@@ -79,7 +79,20 @@ TEST(Scheme, BadTextNamesTheWord) {
   EXPECT_NE(what_of([] { parse_scheme("nvfp4:merged"); }).find("merged"), std::string::npos);
   EXPECT_THROW(parse_scheme_list(","), std::invalid_argument);
   EXPECT_THROW(parse_scheme_list("fp32,nosuch"), std::invalid_argument);
-  EXPECT_EQ(parse_scheme_list("fp16,,sharq:merged").size(), 2u);
+  for (const char* bad : {"fp16,,sharq:merged", "fp16,", ",fp16"})  // an empty item is a typo, never skipped
+    EXPECT_NE(what_of([&] { parse_scheme_list(bad); }).find("has an empty item"), std::string::npos) << bad;
+  EXPECT_EQ(parse_scheme_list("fp16,sharq:merged").size(), 2u);
+  // an option group set twice, or an empty option: the scheme would mean whatever came last
+  for (const auto& [bad, words] : std::vector<std::pair<std::string, std::string>>{
+           {"sharq:p48:s24", "'p48' and 's24' both set the mask"},
+           {"sharq:token:tensor", "'token' and 'tensor' both set the activation scale"},
+           {"sharq:max:l1", "'max' and 'l1' both set the pair score"},
+           {"sharq:s24:s24", "both set the mask"},
+           {"sharq:merged:merged", "both set the merged"},
+           {"sharq:", "empty option after the last ':'"},
+           {"sharq::token", "empty option (two ':' in a row)"}})
+    EXPECT_NE(what_of([&] { parse_scheme(bad); }).find(words), std::string::npos) << bad << ": " << what_of([&] { parse_scheme(bad); });
+  EXPECT_EQ(parse_scheme("sharq:s24:token:merged").name(), "sharq:s24:merged");
 }
 
 TEST(Scheme, DeviceSupportIsStatedOnce) {

@@ -114,6 +114,9 @@ TEST(Zeroshot, EveryFieldIsTypeChecked) {
   EXPECT_NE(eval_error(options_for(d, "siqa")).find("siqa.jsonl: is not a regular file"), std::string::npos);
   EXPECT_NE(eval_error(options_for(d, "")).find("--tasks: '' names no task"), std::string::npos);
   EXPECT_NE(eval_error(options_for(d, ",,")).find("names no task"), std::string::npos);
+  EXPECT_NE(eval_error(options_for(d, "piqa,,copa")).find("--tasks: 'piqa,,copa' has an empty item"), std::string::npos);
+  EXPECT_NE(eval_error(options_for(d, "piqa,")).find("has an empty item"), std::string::npos);
+  EXPECT_NE(eval_error(options_for(d, "piqa,piqa")).find("names task 'piqa' twice"), std::string::npos);
   auto o = options_for(d, "copa");
   o.limit = -1;
   EXPECT_NE(eval_error(o).find("--limit: -1"), std::string::npos);

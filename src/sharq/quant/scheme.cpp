@@ -1,6 +1,7 @@
 #include "sharq/quant/scheme.h"
 
 #include <cstdio>
+#include <map>
 #include <sstream>
 #include <stdexcept>
 
@@ -105,8 +106,21 @@ Scheme parse_scheme(const std::string& text) {
     if (parts[0] == b.name) { s.kind = b.kind; found = true; }
   if (!found) throw std::invalid_argument(fmt::format("unknown scheme '{}'; known schemes: {}", parts[0], join_names()));
   s.mask = default_mask(s.kind);
+  if (text.back() == ':') throw std::invalid_argument(fmt::format("scheme '{}': empty option after the last ':'", text));
+  // each option group may be set once: "sharq:p48:s24" would otherwise mean whatever came last
+  std::map<std::string, std::string> group_of_set;
+  auto once = [&](const char* group, const std::string& w) {
+    const auto [it, fresh] = group_of_set.emplace(group, w);
+    if (!fresh)
+      throw std::invalid_argument(fmt::format("scheme '{}': options '{}' and '{}' both set the {}", text, it->second, w, group));
+  };
   for (size_t i = 1; i < parts.size(); ++i) {
     const std::string& w = parts[i];
+    if (w.empty()) throw std::invalid_argument(fmt::format("scheme '{}': empty option (two ':' in a row)", text));
+    if (w == "p48" || w == "s24" || w.rfind("nm", 0) == 0) once("mask", w);
+    if (w == "max" || w == "l1" || w == "l2" || w == "maxmin") once("pair score", w);
+    if (w == "tensor" || w == "token") once("activation scale", w);
+    if (w == "merged" || w == "w16") once(w.c_str(), w);
     const bool mask_word = w == "p48" || w == "s24" || w.rfind("nm", 0) == 0 || w == "max" || w == "l1" ||
                            w == "l2" || w == "maxmin";
     if (mask_word && !s.is_sharq())
@@ -147,9 +161,12 @@ Scheme parse_scheme(const std::string& text) {
 std::vector<Scheme> parse_scheme_list(const std::string& csv) {
   std::vector<Scheme> out;
   std::stringstream ss(csv);
-  for (std::string p; std::getline(ss, p, ',');)
-    if (!p.empty()) out.push_back(parse_scheme(p));
+  for (std::string p; std::getline(ss, p, ',');) {
+    if (p.empty()) throw std::invalid_argument(fmt::format("scheme list '{}' has an empty item", csv));
+    out.push_back(parse_scheme(p));
+  }
   if (out.empty()) throw std::invalid_argument("empty scheme list");
+  if (csv.back() == ',') throw std::invalid_argument(fmt::format("scheme list '{}' has an empty item", csv));
   return out;
 }
 

@@ -182,8 +182,13 @@ std::vector<EvalRow> run_zeroshot(const EvalOptions& opt) {
         if (t != "winogrande" && t != "lambada_openai" && !delimiter_of(t))
           throw std::invalid_argument(fmt::format("unknown task '{}' (known: arc_easy, arc_challenge, boolq, piqa, copa, "
                                                   "openbook_qa, siqa, winogrande, lambada_openai)", t));
+        if (std::find(tasks.begin(), tasks.end(), t) != tasks.end())
+          throw std::invalid_argument(fmt::format("--tasks: '{}' names task '{}' twice", opt.tasks, t));
         tasks.push_back(t);
       }
+    // an empty item between names is a typo (a list of nothing but commas names no task: below)
+    if (!tasks.empty() && (opt.tasks.find(",,") != std::string::npos || opt.tasks.front() == ',' || opt.tasks.back() == ','))
+      throw std::invalid_argument(fmt::format("--tasks: '{}' has an empty item", opt.tasks));
   }
   if (tasks.empty())
     throw std::invalid_argument(fmt::format("--tasks: '{}' names no task (known: arc_easy, arc_challenge, boolq, piqa, copa, "
