@@ -245,6 +245,17 @@ def case_bad_requests_answer_400():
             assert st == status, (kw, st, r)
             e = r["error"]
             assert words in e["message"] and e["code"] == status and set(e) == {"message", "type", "param", "code"}, (kw, r)
+        # a known path with the other method: 405 naming the method it takes; an unknown path: 404
+        for method, path, status, allow in (("GET", "/v1/completions", 405, "POST"), ("POST", "/health", 405, "GET"),
+                                            ("GET", "/v1/nothing", 404, None)):
+            req = urllib.request.Request(s.url(path), method=method, data=b"{}" if method == "POST" else None)
+            try:
+                urllib.request.urlopen(req, timeout=TIMEOUT)
+                raise AssertionError((method, path, "answered 2xx"))
+            except urllib.error.HTTPError as e:
+                body = json.loads(e.read())
+                assert e.code == status and body["error"]["code"] == status, (method, path, e.code, body)
+                assert e.headers.get("Allow") == allow, (method, path, dict(e.headers))
         # the values that change nothing are accepted, and the server still serves
         st, r = post(s, {"prompt": "x", "max_tokens": 2, "top_k": -1, "min_p": 0, "repetition_penalty": 1,
                          "min_tokens": 0, "stop_token_ids": [], "response_format": {"type": "text"}})

@@ -8,6 +8,7 @@
 #include <fstream>
 #include <functional>
 #include <limits>
+#include <map>
 #include <optional>
 #include <random>
 #include <thread>
@@ -638,7 +639,16 @@ HttpServer::HttpServer(Scheduler& scheduler, const Tokenizer& tokenizer, ServeOp
   s.http.Get("/metrics", [&s](const httplib::Request&, httplib::Response& res) { s.metrics(res); });
   s.http.set_error_handler([](const httplib::Request& req, httplib::Response& res) {
     if (!res.body.empty()) return;
-    if (res.status == 404) send_error(res, HttpError{404, fmt::format("no route {} {}", req.method, req.path), "not_found_error", ""});
+    if (res.status != 404) return;
+    // a known path with the other method: 405 with the method it takes (RFC 9110: an Allow header)
+    static const std::map<std::string, std::string> kMethodOf = {{"/v1/completions", "POST"}, {"/v1/chat/completions", "POST"},
+                                                                 {"/v1/models", "GET"}, {"/health", "GET"}, {"/metrics", "GET"}};
+    if (const auto m = kMethodOf.find(req.path); m != kMethodOf.end() && m->second != req.method) {
+      res.set_header("Allow", m->second);
+      return send_error(res, HttpError{405, fmt::format("{} takes {}, not {}", req.path, m->second, req.method),
+                                       "invalid_request_error", ""});
+    }
+    send_error(res, HttpError{404, fmt::format("no route {} {}", req.method, req.path), "not_found_error", ""});
   });
   s.http.set_exception_handler([](const httplib::Request&, httplib::Response& res, std::exception_ptr ep) {
     std::string what = "unknown error";
