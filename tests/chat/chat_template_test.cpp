@@ -159,6 +159,10 @@ TEST(ChatTemplate, LoadErrorsNameTheFileAndField) {
   sharq_test::TempDir d("sharq_chat");
   EXPECT_NE(load_error(d.str() + "/nope").find("no such file or directory"), std::string::npos);
   EXPECT_NE(load_error(d.str()).find("no tokenizer_config.json or chat_template.jinja"), std::string::npos);
+  d.write("model.bin", "\x01\x02 not json");
+  EXPECT_NE(load_error(d.str() + "/model.bin").find("model.bin: not a tokenizer_config.json (.json) or a chat template (.jinja)"),
+            std::string::npos)
+      << load_error(d.str() + "/model.bin");
   d.write("tokenizer_config.json", "{\"chat_template\": ");
   std::string e = load_error(d.str());
   EXPECT_NE(e.find("tokenizer_config.json: malformed JSON"), std::string::npos) << e;

@@ -63,6 +63,8 @@ TEST(Cli, NumericOptionsSayWhatIsExpected) {
            {"generate m -t nan", "--temperature: nan is not a number >= 0"},
            {"generate m -t -1", "--temperature: -1 is not a number >= 0"},
            {"generate m -t inf", "--temperature: inf is not a number >= 0"},
+           {"generate m -t 1e39", "--temperature: 1e39 is beyond the largest 32-bit float (3.40282e+38)"},
+           {"generate m -t -1e39", "--temperature: -1e39 is beyond the largest 32-bit float"},
            {"generate m --top-p nan", "--top-p: nan is not a number in (0, 1]"},
            {"generate m --top-p 0", "--top-p: 0 is not a number in (0, 1]"},
            {"generate m --top-p 1.01", "--top-p: 1.01 is not a number in (0, 1]"},

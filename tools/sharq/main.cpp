@@ -104,6 +104,7 @@ bool parse_number(const std::string& s, T& out) {
     char* end = nullptr;
     const double v = std::strtod(s.c_str(), &end);
     if (end != s.c_str() + s.size()) return false;
+    if (std::isfinite(v) && std::fabs(v) > static_cast<double>(std::numeric_limits<T>::max())) return false;  // (no UB cast)
     out = static_cast<T>(v);
     return true;
   }
@@ -143,7 +144,15 @@ CLI::Option* add_number(CLI::App* app, const std::string& names, T& target, cons
           bool ok = parse_number(s, v);
           if constexpr (!std::is_integral_v<T>) ok = ok && std::isfinite(v);
           ok = ok && (lo_open ? v > lo : v >= lo) && v <= hi;
-          if (!ok) throw UsageError(fmt::format("{}: {} is not {}", flag, s.empty() ? "''" : s, expect));
+          if (!ok) {
+            if constexpr (!std::is_integral_v<T>) {  // a number, but past what the option's type holds
+              double d = 0;
+              if (parse_number(s, d) && std::isfinite(d) && std::fabs(d) > static_cast<double>(std::numeric_limits<T>::max()))
+                throw UsageError(fmt::format("{}: {} is beyond the largest {}-bit float ({:g})", flag, s, 8 * sizeof(T),
+                                             std::numeric_limits<T>::max()));
+            }
+            throw UsageError(fmt::format("{}: {} is not {}", flag, s.empty() ? "''" : s, expect));
+          }
           target = v;
         }
         return true;

@@ -73,9 +73,13 @@ ChatTemplate ChatTemplate::load(const std::string& path, jinja::Limits limits) {
   } else if (p.extension() == ".jinja") {
     dir = p.parent_path();
     jinja_file = p;
-  } else {
+  } else if (p.extension() == ".json") {
     dir = p.parent_path();
     config = p;
+  } else {  // e.g. a llama2.c model file: say what is wanted, not "malformed JSON"
+    throw ChatTemplateError(fmt::format("{}: not a tokenizer_config.json (.json) or a chat template (.jinja); give one of "
+                                        "those, or the model's directory",
+                                        path));
   }
   if (dir.empty()) dir = ".";
   if (config.empty() && fs::is_regular_file(dir / "tokenizer_config.json", ec)) config = dir / "tokenizer_config.json";
