@@ -341,15 +341,9 @@ __device__ __forceinline__ void split_epilogue(const Fp4GemmParams& prm, const f
 // with the consumer count set to 168 they spill 200-300 bytes). So a change to the 40/232 split,
 // the launch bounds or -maxrregcount must be checked by compiling with the consumer count lowered,
 // not by -v's figure.
-constexpr int kPrefillThreads = 384;
+// The register split and its host check are the warp-specialized kernels' shared ones (ptx.cuh).
+constexpr int kPrefillThreads = kWsThreads;
 static_assert(kPrefillThreads == 128 + kConsumerThreads, "a producer warpgroup and the consumers");
-// setmaxnreg moves registers inside the CTA's own allocation (kPrefillThreads x the launch count): the
-// consumers' increase can only be served by the producer's decrease, so the kernel needs a launch
-// count of at least kPrefillMinRegs, or the consumers wait in setmaxnreg.inc forever. ptxas gives
-// 168 under __launch_bounds__(384, 1); configure_kernels() checks it on the host.
-constexpr int kProducerRegs = 40, kConsumerRegs = 232;
-constexpr int kPrefillMinRegs = (128 * kProducerRegs + 256 * kConsumerRegs + kPrefillThreads - 1) / kPrefillThreads;  // 168
-static_assert(kPrefillMinRegs * kPrefillThreads <= 65536, "the register file");
 
 template <int P, int NT>
 struct Cfg {
@@ -405,7 +399,7 @@ __global__ void __launch_bounds__(kPrefillThreads, 1) fp4_prefill_kernel(const F
   __syncthreads();
 
   if (wg == 0) {  // ---- producer
-    asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;\n" ::"n"(kProducerRegs));
+    ws_producer_registers();
     if (threadIdx.x == 0) {
 #pragma unroll
       for (int p = 0; p < P; ++p)
@@ -431,7 +425,7 @@ __global__ void __launch_bounds__(kPrefillThreads, 1) fp4_prefill_kernel(const F
   }
 
   // ---- consumers: warpgroup cw = wg - 1 owns weight rows n0 + 64 cw ..
-  asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;\n" ::"n"(kConsumerRegs));
+  ws_consumer_registers();
   const int tid = static_cast<int>(threadIdx.x) - 128;  // 0 .. 255
   const int cw = tid >> 7, w = (tid >> 5) & 3, lane = tid & 31, g = lane >> 2, q = lane & 3;
   const int64_t tile0 = (n0 + 64 * cw + 16 * w) / 8;
@@ -892,11 +886,7 @@ void configure_block() {
   };
   auto set_prefill = [&](auto kernel, int smem) {
     set(kernel, smem);
-    cudaFuncAttributes fa{};
-    SHARQ_CUDA_CHECK(cudaFuncGetAttributes(&fa, kernel));
-    if (fa.numRegs < kPrefillMinRegs)
-      throw std::runtime_error(fmt::format("fp4_gemm: the prefill kernel was compiled to {} registers per "
-                                           "thread; its setmaxnreg split needs {}", fa.numRegs, kPrefillMinRegs));
+    check_kernel_registers(kernel, kWsMinRegs, "fp4_gemm: the prefill kernel");
   };
   set_prefill(fp4_prefill_kernel<T, P, Block, 128, false>, Cfg<P, 128>::kSmem);
   set_prefill(fp4_prefill_kernel<T, P, Block, 256, false>, Cfg<P, 256>::kSmem);

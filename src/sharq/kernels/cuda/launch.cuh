@@ -16,6 +16,10 @@
 
 #include <cuda_runtime.h>
 
+#include <stdexcept>
+
+#include <fmt/format.h>
+
 #include "sharq/kernels/cuda/cuda_check.h"
 
 namespace sharq::cuda {
@@ -37,6 +41,17 @@ void launch_pdl(void (*kernel)(P...), dim3 grid, dim3 block, size_t smem, cudaSt
   cfg.attrs = attr;
   cfg.numAttrs = 1;
   SHARQ_CUDA_CHECK(cudaLaunchKernelEx(&cfg, kernel, static_cast<P>(args)...));
+}
+
+// what (e.g. "fp4_gemm: the prefill kernel") must be compiled to at least min_regs registers per
+// thread: the warp-specialized kernels' setmaxnreg split (ptx.cuh, kWsMinRegs) needs it.
+template <class K>
+void check_kernel_registers(K kernel, int min_regs, const char* what) {
+  cudaFuncAttributes fa{};
+  SHARQ_CUDA_CHECK(cudaFuncGetAttributes(&fa, kernel));
+  if (fa.numRegs < min_regs)
+    throw std::runtime_error(fmt::format("{} was compiled to {} registers per thread; its setmaxnreg split needs {}", what,
+                                         fa.numRegs, min_regs));
 }
 
 }  // namespace sharq::cuda

@@ -508,10 +508,9 @@ struct PrefillArgs {
 
 // The prefill kernel is warp-specialized (FlashAttention-3's structure): warpgroup 0 loads, warpgroups
 // 1 and 2 compute. One CTA per (128-row tile, query head); 384 threads, one CTA per SM.
-constexpr int kPrefillThreads = 384;
+constexpr int kPrefillThreads = kWsThreads;  // the register split: ptx.cuh
 constexpr int kPrefillRows = 128;  // = kAttentionTileRows: 64 per consumer warpgroup
 constexpr int kPrefillKeys = 128;  // keys per block (BN)
-constexpr int kProducerRegs = 40, kConsumerRegs = 232;  // setmaxnreg: 128 x 40 + 256 x 232 <= 65536
 static_assert(kPrefillRows == kAttentionTileRows, "one CTA per plan tile");
 
 template <int HD>
@@ -576,7 +575,7 @@ __global__ void __launch_bounds__(kPrefillThreads, 1) prefill_kernel(const Prefi
   __syncthreads();
 
   if (wg == 0) {  // ---- producer: the K and V blocks by cp.async, each thread's arrival on completion
-    asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;\n" ::"n"(kProducerRegs));
+    ws_producer_registers();
     const int tid = static_cast<int>(threadIdx.x);
     const int32_t* table = a.rows.table + a.rows.table_off[first];
     const int64_t tok_stride = static_cast<int64_t>(a.nkv) * HD, head_off = static_cast<int64_t>(kvh) * HD;
@@ -619,7 +618,7 @@ __global__ void __launch_bounds__(kPrefillThreads, 1) prefill_kernel(const Prefi
   }
 
   // ---- consumers: warpgroup cw = wg - 1 owns the tile's rows 64 cw .. 64 cw + 63
-  asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;\n" ::"n"(kConsumerRegs));
+  ws_consumer_registers();
   const int cw = wg - 1, wt = static_cast<int>(threadIdx.x) & 127, warp = wt >> 5, lane = wt & 31;
   const int rb = 64 * cw;
   pdl_wait();
@@ -862,20 +861,6 @@ template <class K>
 void set_smem(K kernel, size_t bytes) {
   SHARQ_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(bytes)));
 }
-// setmaxnreg moves registers inside the CTA's own allocation (384 x the launch count): the consumers'
-// increase is served only by the producer's decrease, so the kernel must launch with at least
-// kPrefillMinRegs per thread, or the consumers would wait in setmaxnreg.inc forever.
-constexpr int kPrefillMinRegs = (128 * kProducerRegs + 256 * kConsumerRegs + kPrefillThreads - 1) / kPrefillThreads;
-static_assert(kPrefillMinRegs * kPrefillThreads <= 65536, "the register file");
-template <class K>
-void check_prefill_regs(K kernel) {
-  cudaFuncAttributes fa{};
-  SHARQ_CUDA_CHECK(cudaFuncGetAttributes(&fa, kernel));
-  if (fa.numRegs < kPrefillMinRegs)
-    throw std::runtime_error(fmt::format("paged_attention: the prefill kernel was built with {} registers per thread; "
-                                         "its setmaxnreg split needs {}",
-                                         fa.numRegs, kPrefillMinRegs));
-}
 template <class T, int MG, int L>
 void configure_decode() {
   const auto k = decode_kernel<T, MG, L>;
@@ -896,8 +881,8 @@ void configure_type() {
   configure_decode_mg<T, 8>();
   set_smem(prefill_kernel<T, 64>, PrefillCfg<64>::kSmem);
   set_smem(prefill_kernel<T, 128>, PrefillCfg<128>::kSmem);
-  check_prefill_regs(prefill_kernel<T, 64>);
-  check_prefill_regs(prefill_kernel<T, 128>);
+  check_kernel_registers(prefill_kernel<T, 64>, kWsMinRegs, "paged_attention: the prefill kernel (head_dim 64)");
+  check_kernel_registers(prefill_kernel<T, 128>, kWsMinRegs, "paged_attention: the prefill kernel (head_dim 128)");
 }
 // The shared-memory opt-ins, once per process (from the workspace query, i.e. engine construction, at
 // the latest from the first launch).

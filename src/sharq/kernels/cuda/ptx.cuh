@@ -1,5 +1,5 @@
 // The Hopper PTX primitives that more than one kernel family uses: shared-memory addresses,
-// cp.async, mbarriers, and wgmma (fences, groups, shared-memory descriptors, the register-A and the
+// cp.async, mbarriers, the warp-specialized register split, and wgmma (fences, groups, shared-memory descriptors, the register-A and the
 // shared-memory-A forms).
 //
 // wgmma shared-memory operands (PTX ISA, "asynchronous warpgroup-level matrix shared memory
@@ -74,6 +74,22 @@ __device__ __forceinline__ bool mbar_try_wait(uint32_t bar, uint32_t parity) {
 __device__ __forceinline__ void mbar_wait(uint32_t bar, uint32_t parity) {
   while (!mbar_try_wait(bar, parity)) {
   }
+}
+
+// Warp-specialized kernels: one producer warpgroup and two consumer warpgroups (kWsThreads = 384, one
+// CTA per SM). setmaxnreg moves registers inside the CTA's own allocation (384 x the launch count), so
+// the consumers' increase is served only by the producer's decrease: the kernel must be compiled to at
+// least kWsMinRegs per thread, or the consumers wait in setmaxnreg.inc forever. ptxas gives 168 under
+// __launch_bounds__(384, 1); check_kernel_registers (launch.cuh) checks it on the host.
+constexpr int kWsThreads = 384;
+constexpr int kWsProducerRegs = 40, kWsConsumerRegs = 232;
+constexpr int kWsMinRegs = (128 * kWsProducerRegs + 256 * kWsConsumerRegs + kWsThreads - 1) / kWsThreads;  // 168
+static_assert(kWsMinRegs * kWsThreads <= 65536, "the register file");
+__device__ __forceinline__ void ws_producer_registers() {
+  asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;\n" ::"n"(kWsProducerRegs));
+}
+__device__ __forceinline__ void ws_consumer_registers() {
+  asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;\n" ::"n"(kWsConsumerRegs));
 }
 
 __device__ __forceinline__ void wgmma_fence() { asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory"); }
