@@ -654,7 +654,6 @@ __global__ void __launch_bounds__(kPrefillThreads, 1) prefill_kernel(const Prefi
   const int r0 = rb + 16 * warp + (lane >> 2), r1 = r0 + 8;
   const int pos0 = a.rows.pos[first + min(r0, n - 1)], pos1 = a.rows.pos[first + min(r1, n - 1)];
   const int lo0 = first_key(pos0, a.window), lo1 = first_key(pos1, a.window);
-  // the warpgroup's key blocks: from its first row's window start to its last row's position
   // With both warpgroups running (n > 64) they take turns issuing their wgmma (ping-pong: one's softmax
   // runs while the other's products do). Both run every block of the tile, so their turns pair up.
   const bool pp = n > 64;
