@@ -9,6 +9,7 @@
 #include <functional>
 #include <limits>
 #include <map>
+#include <memory>
 #include <optional>
 #include <random>
 #include <thread>
@@ -623,27 +624,33 @@ HttpServer::HttpServer(Scheduler& scheduler, const Tokenizer& tokenizer, ServeOp
   s.http.set_keep_alive_max_count(1000);
   s.http.set_keep_alive_timeout(2);  // an idle keep-alive connection holds a thread; shutdown waits for it
   s.http.set_payload_max_length(64u << 20);
-  s.http.Post("/v1/completions", [&s](const httplib::Request& req, httplib::Response& res) { s.completions(req, res); });
-  s.http.Post("/v1/chat/completions",
-              [&s](const httplib::Request& req, httplib::Response& res) { s.chat_completions(req, res); });
-  s.http.Get("/v1/models", [&s](const httplib::Request& req, httplib::Response& res) {
+  // Each route once: registered here and kept in method_of, from which the error handler tells a known
+  // path asked with the other method (405, with Allow) from an unknown one (404).
+  auto method_of = std::make_shared<std::map<std::string, std::string>>();
+  auto route = [&](const std::string& method, const std::string& path, httplib::Server::Handler handler) {
+    (*method_of)[path] = method;
+    if (method == "POST") s.http.Post(path, std::move(handler));
+    else s.http.Get(path, std::move(handler));
+  };
+  route("POST", "/v1/completions", [&s](const httplib::Request& req, httplib::Response& res) { s.completions(req, res); });
+  route("POST", "/v1/chat/completions",
+        [&s](const httplib::Request& req, httplib::Response& res) { s.chat_completions(req, res); });
+  route("GET", "/v1/models", [&s](const httplib::Request& req, httplib::Response& res) {
     if (!s.authorized(req, res)) return;
     json m = {{"id", s.opt.model_name}, {"object", "model"}, {"created", s.created}, {"owned_by", "sharq"},
               {"max_model_len", s.sched.options().max_model_len}};
     res.set_content(dump(json{{"object", "list"}, {"data", json::array({m})}}), "application/json");
   });
-  s.http.Get("/health", [&s](const httplib::Request&, httplib::Response& res) {
+  route("GET", "/health", [&s](const httplib::Request&, httplib::Response& res) {
     if (s.draining) return send_error(res, HttpError{503, "the server is shutting down", "service_unavailable", ""});
     res.set_content("{}", "application/json");
   });
-  s.http.Get("/metrics", [&s](const httplib::Request&, httplib::Response& res) { s.metrics(res); });
-  s.http.set_error_handler([](const httplib::Request& req, httplib::Response& res) {
+  route("GET", "/metrics", [&s](const httplib::Request&, httplib::Response& res) { s.metrics(res); });
+  s.http.set_error_handler([method_of](const httplib::Request& req, httplib::Response& res) {
     if (!res.body.empty()) return;
     if (res.status != 404) return;
     // a known path with the other method: 405 with the method it takes (RFC 9110: an Allow header)
-    static const std::map<std::string, std::string> kMethodOf = {{"/v1/completions", "POST"}, {"/v1/chat/completions", "POST"},
-                                                                 {"/v1/models", "GET"}, {"/health", "GET"}, {"/metrics", "GET"}};
-    if (const auto m = kMethodOf.find(req.path); m != kMethodOf.end() && m->second != req.method) {
+    if (const auto m = method_of->find(req.path); m != method_of->end() && m->second != req.method) {
       res.set_header("Allow", m->second);
       return send_error(res, HttpError{405, fmt::format("{} takes {}, not {}", req.path, m->second, req.method),
                                        "invalid_request_error", ""});
