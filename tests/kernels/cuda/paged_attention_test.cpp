@@ -43,6 +43,7 @@
 #include "../../support/test_inputs.h"
 #include "sharq/formats/minifloat.h"
 #include "sharq/kernels/cuda/cuda_check.h"
+#include "sharq/kernels/cuda/transformer_ops.h"
 
 namespace {
 
@@ -594,6 +595,71 @@ TEST(PagedAttention, ManyDecodeRows) {
     const auto alone = run(P, pools, row_meta(P, m), cuda::plan_attention({1}, s.hd, false));
     EXPECT_TRUE(same_row(out, m, alone, W));
   }
+}
+
+// The PDL contract of the decode kernel (launch.cuh): it may start while the kernel before it runs, and
+// must read q and the cache only after its wait. Here, as in the engine, that kernel is
+// qk_rope_kv_write (with zero inverse frequencies: the identity rotation), which writes each row's new
+// K/V into slots that hold NaN until then, and q. A read before the wait would see the NaN (or a stale
+// value) and fail the reference check. The new key sits at index 0, 5, 0, 7, 6, 8, 15 and 23 of its
+// warp's key range (first, second and third pipeline steps); hd 36 takes the element-copy path.
+// Repeated with fresh poison, on a stream that allows the early launch. (A variant that copied the
+// earlier keys before the wait was measured slower inside the engine's step: docs/perf/engine.md.)
+TEST(PagedAttention, DecodeReadsTheNewKeyAfterThePrecedingKernel) {
+  SKIP_WITHOUT_GPU();
+  cudaStream_t stream;
+  SHARQ_CUDA_CHECK(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
+  uint64_t seed = 901;
+  for (DType t : {DType::bf16, DType::f16})
+    for (int hd : {36, 64, 128}) {
+      Shape s;
+      s.t = t, s.hd = hd, s.nkv = 4, s.nh = 16, s.bs = 16, s.window = 0;
+      SCOPED_TRACE(describe(s));
+      const std::vector<SeqSpec> seqs = {{0, 1}, {5, 1}, {8, 1}, {15, 1}, {70, 1}, {600, 1}, {1023, 1}, {1535, 1}};
+      Problem P = make_problem(s, seqs, seed++);
+      for (float& x : P.q) x = dec(enc(x, t), t);  // q goes through the T-typed q/k/v rows
+      const AttentionWork w = cuda::plan_attention(P.entry_rows, hd, false);
+      ASSERT_EQ(w.decode_rows.size(), seqs.size());
+      // the q/k/v rows the writer reads: q, then the new K and V of the row's position
+      const int64_t ld = static_cast<int64_t>(s.nh + 2 * s.nkv) * hd;
+      const size_t slot = static_cast<size_t>(s.nkv) * hd;
+      std::vector<uint16_t> qkv(static_cast<size_t>(P.M * ld));
+      std::vector<uint16_t> poisoned_k = P.k, poisoned_v = P.v;
+      for (int64_t m = 0; m < P.M; ++m) {
+        const int pos = P.pos[static_cast<size_t>(m)];
+        const size_t base =
+            (static_cast<size_t>(P.table[static_cast<size_t>(P.toff[static_cast<size_t>(m)] + pos / s.bs)]) * s.bs +
+             pos % s.bs) * slot;
+        uint16_t* row = qkv.data() + m * ld;
+        for (int e = 0; e < s.nh * hd; ++e) row[e] = enc(P.q[static_cast<size_t>(m) * s.nh * hd + static_cast<size_t>(e)], t);
+        for (size_t e = 0; e < slot; ++e) {
+          row[static_cast<size_t>(s.nh) * hd + e] = P.k[base + e];
+          row[static_cast<size_t>(s.nh) * hd + slot + e] = P.v[base + e];
+          poisoned_k[base + e] = poisoned_v[base + e] = 0xFFFF;
+        }
+      }
+      Problem Q = P;  // the pools start poisoned at every new key
+      Q.k = poisoned_k, Q.v = poisoned_v;
+      const Pools pools(Q);
+      Step st(P, pools, full_meta(P), w);
+      DeviceBuffer<uint16_t> dqkv(qkv.size());
+      dqkv.upload(qkv.data());
+      DeviceBuffer<float> inv_freq(static_cast<size_t>(hd / 2));
+      SHARQ_CUDA_CHECK(cudaMemset(inv_freq.get(), 0, inv_freq.bytes()));
+      SHARQ_CUDA_CHECK(cudaMemset(st.q.get(), 0xFF, st.q.bytes()));  // q, too, only from the writer
+      for (int rep = 0; rep < 5; ++rep) {
+        st.poison();
+        SHARQ_CUDA_CHECK(cudaMemcpyAsync(pools.k.get(), poisoned_k.data(), pools.k.bytes(), cudaMemcpyHostToDevice, stream));
+        SHARQ_CUDA_CHECK(cudaMemcpyAsync(pools.v.get(), poisoned_v.data(), pools.v.bytes(), cudaMemcpyHostToDevice, stream));
+        const uint16_t* base = dqkv.get();
+        cuda::qk_rope_kv_write(base, base + s.nh * hd, base + (s.nh + s.nkv) * hd, ld, P.M, s.nh, nullptr, nullptr,
+                               1e-6f, inv_freq.get(), false, st.rows, st.kv, t, st.q.get(), stream);
+        st.launch(stream);
+        SHARQ_CUDA_CHECK(cudaStreamSynchronize(stream));
+        EXPECT_TRUE(check_all(P, st.result(), prefill_flags(w, P.M))) << "repeat " << rep;
+      }
+    }
+  SHARQ_CUDA_CHECK(cudaStreamDestroy(stream));
 }
 
 // Repeated runs give the same bits; a CUDA-graph capture of the call replays to the same bits.

@@ -853,7 +853,6 @@ __global__ void __launch_bounds__(kThreads, SmallCfg<P, NT, Block>::kMinBlocks) 
 // 16-byte aligned workspace), columns >= N dropped.
 __global__ void __launch_bounds__(256) splitk_reduce_kernel(const Fp4GemmParams prm, int splits) {
   pdl_wait();  // PDL: the GEMM's partials are complete and visible
-  pdl_trigger();
   const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (i >= prm.M * prm.Np / 4) return;
   const int64_t row = (4 * i) / prm.Np, col = (4 * i) % prm.Np;
@@ -861,6 +860,7 @@ __global__ void __launch_bounds__(256) splitk_reduce_kernel(const Fp4GemmParams 
   const int64_t plane = prm.M * prm.Np;
   float4 s = *reinterpret_cast<const float4*>(prm.ws + row * prm.Np + col);
   for (int sp = 1; sp < splits; ++sp) add4(s, *reinterpret_cast<const float4*>(prm.ws + sp * plane + row * prm.Np + col));
+  pdl_trigger();  // after the loads (launch.cuh)
   store_sum4(prm, row, col, s);
 }
 

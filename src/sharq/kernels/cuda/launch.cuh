@@ -10,7 +10,11 @@
 //     grid complete before its predecessor).
 //   - `pdl_trigger()` (griddepcontrol.launch_dependents), after the wait, lets the next kernel be
 //     launched while this one runs; that kernel's own wait still orders it after this grid's
-//     completion, so the trigger's position affects only speed, never correctness.
+//     completion, so the trigger's position affects only speed, never correctness. The short
+//     latency-bound kernels (norms, SwiGLU, the split-K reduction) trigger after their loads: an FP4
+//     GEMM launched at their start prefetches its weights before its wait, and their own loads then
+//     queue behind that stream (H200, W4A16 batch-1 decode: 100 us less per step outside the GEMMs,
+//     docs/perf/engine.md, tenth increment).
 // Inside a CUDA graph the attribute becomes a programmatic edge between the two kernel nodes.
 #pragma once
 

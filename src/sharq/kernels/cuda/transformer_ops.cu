@@ -68,12 +68,12 @@ template <class T>
 __global__ void rmsnorm_kernel(const float* __restrict__ x, const int32_t* __restrict__ rows, int64_t H,
                                const float* __restrict__ w, float eps, T* __restrict__ y) {
   pdl_wait();
-  pdl_trigger();
   const int64_t r = blockIdx.x, src = rows ? rows[r] : r;
   const float* xr = x + src * H;
   float ss = 0.0f;
   for (int64_t h = threadIdx.x; h < H; h += blockDim.x) ss += xr[h] * xr[h];
   ss = block_sum(ss);
+  pdl_trigger();  // after the row's loads (launch.cuh)
   const float inv = 1.0f / sqrtf(ss / static_cast<float>(H) + eps);
   for (int64_t h = threadIdx.x; h < H; h += blockDim.x) y[r * H + h] = from_f<T>(w[h] * (xr[h] * inv));
 }
@@ -103,7 +103,6 @@ __global__ void __launch_bounds__(1024) norm_vec_kernel(float* __restrict__ x, c
     if (j < nv) wv[i] = w4[j];
   }
   pdl_wait();
-  pdl_trigger();
   const int64_t r = blockIdx.x, src = rows ? rows[r] : r;
   float4* xr = reinterpret_cast<float4*>(x + src * H);
   float4 v[V];
@@ -126,6 +125,7 @@ __global__ void __launch_bounds__(1024) norm_vec_kernel(float* __restrict__ x, c
     }
   }
   ss = block_sum(ss);
+  pdl_trigger();  // after the row's loads (launch.cuh)
   const float inv = 1.0f / sqrtf(ss / static_cast<float>(H) + eps);
   Pack4<T>* yr = reinterpret_cast<Pack4<T>*>(y + r * H);
 #pragma unroll
@@ -165,7 +165,6 @@ template <class T>
 __global__ void add_rmsnorm_kernel(float* __restrict__ x, const T* __restrict__ o, int64_t H, const float* __restrict__ w,
                                    float eps, T* __restrict__ y) {
   pdl_wait();
-  pdl_trigger();
   const int64_t r = blockIdx.x;
   float* xr = x + r * H;
   const T* orow = o + r * H;
@@ -176,6 +175,7 @@ __global__ void add_rmsnorm_kernel(float* __restrict__ x, const T* __restrict__ 
     ss += v * v;
   }
   ss = block_sum(ss);
+  pdl_trigger();  // after the row's loads (launch.cuh)
   const float inv = 1.0f / sqrtf(ss / static_cast<float>(H) + eps);
   for (int64_t h = threadIdx.x; h < H; h += blockDim.x) y[r * H + h] = from_f<T>(w[h] * (xr[h] * inv));
 }
@@ -350,24 +350,27 @@ __global__ void __launch_bounds__(kRopeWarps * 32) qk_rope_kernel(
 template <class T>
 __global__ void swiglu_kernel(const T* __restrict__ gu, int64_t M, int64_t I, T* __restrict__ out) {
   pdl_wait();
-  pdl_trigger();
   const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (i >= M * I) return;
-  const int64_t m = i / I, c = i % I;
-  const float gv = to_f(gu[m * 2 * I + c]);
-  out[i] = from_f<T>(silu_mul(gv, to_f(gu[m * 2 * I + I + c])));
+  float gv = 0.0f, uv = 0.0f;
+  if (i < M * I) {
+    const int64_t m = i / I, c = i % I;
+    gv = to_f(gu[m * 2 * I + c]);
+    uv = to_f(gu[m * 2 * I + I + c]);
+  }
+  pdl_trigger();  // after the loads (launch.cuh)
+  if (i < M * I) out[i] = from_f<T>(silu_mul(gv, uv));
 }
 
 // Eight columns per thread (16-byte loads and store) when I % 8 == 0.
 template <class T>
 __global__ void swiglu8_kernel(const T* __restrict__ gu, int64_t M, int64_t I, T* __restrict__ out) {
   pdl_wait();
-  pdl_trigger();
   const int64_t i8 = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x, per = I / 8;
-  if (i8 >= M * per) return;
+  if (i8 >= M * per) return;  // (after the wait: every CTA waits)
   const int64_t m = i8 / per, c = (i8 % per) * 8;
   const uint4 gv = *reinterpret_cast<const uint4*>(gu + m * 2 * I + c);
   const uint4 uv = *reinterpret_cast<const uint4*>(gu + m * 2 * I + I + c);
+  pdl_trigger();  // after the loads (launch.cuh)
   const T* g8 = reinterpret_cast<const T*>(&gv);
   const T* u8 = reinterpret_cast<const T*>(&uv);
   uint4 ov;
