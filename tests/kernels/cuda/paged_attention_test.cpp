@@ -19,8 +19,11 @@
 // * u |r_d|: the one rounding of the output to T;
 // * c S_d: error of the softmax weights w_j (sum 1): o - r = sum_j (w~_j - w_j)(v_j - r), so weights
 //   off by a relative e cost at most e S_d;
-//     decode (FP32 q, scores, exp2, accumulation): c = 1e-4 (FP32 errors are ~1e-6 here: 100x margin);
-//     prefill: the reference rounds q to T as the kernel does (so that rounding is not counted), P is
+//     the decode kernel's FP32 form (FP32 q, scores, exp2, accumulation; head dims without tensor
+//     cores): c = 1e-4 (FP32 errors are ~1e-6 here: 100x margin);
+//     prefill, and the decode kernel's tensor-core form (head dims 64 and 128,
+//     decode_attention_on_tensor_cores): the reference rounds q to T as the kernel does (so that
+//     rounding is not counted), P is
 //     rounded to T (relative u per weight, 2u after normalisation by the sum of the rounded P; FP16
 //     subnormal P adds 2^-25 absolute per weight, the sum being >= 1): c = 2.1 u + n 2^-24 + 1e-4;
 // * n 2^-23 |r_d|: the FP32 row sum (decode: FP32 adds; prefill: the tensor core's FP32 accumulation of
@@ -231,8 +234,12 @@ std::vector<uint16_t> run(const Problem& P, const Pools& pools, const Meta& meta
   return st.result();
 }
 
-std::vector<char> prefill_flags(const AttentionWork& w, int64_t M) {
-  std::vector<char> f(static_cast<size_t>(M), 0);
+// Rows whose kernel rounds q and P to T (the prefill tiles; the decode rows too where the decode kernel
+// runs on tensor cores): check_all uses the rounded reference and bound for them.
+std::vector<char> rounded_flags(const AttentionWork& w, const Problem& P) {
+  const char dec_rounds = cuda::decode_attention_on_tensor_cores(P.s.hd) ? 1 : 0;
+  std::vector<char> f(static_cast<size_t>(P.M), 0);
+  for (const int32_t r : w.decode_rows) f[static_cast<size_t>(r)] = dec_rounds;
   for (size_t i = 0; i + 1 < w.prefill_tiles.size(); i += 2)
     for (int32_t r = 0; r < w.prefill_tiles[i + 1]; ++r) f[static_cast<size_t>(w.prefill_tiles[i] + r)] = 1;
   return f;
@@ -241,7 +248,7 @@ std::vector<char> prefill_flags(const AttentionWork& w, int64_t M) {
 // Every row of P against the reference with the bound of the file comment. Returns a failure naming
 // the first violation; *worst gets the largest error / bound ratio.
 ::testing::AssertionResult check_all(const Problem& P, const std::vector<uint16_t>& out,
-                                     const std::vector<char>& prefill, double* worst = nullptr) {
+                                     const std::vector<char>& rounded, double* worst = nullptr) {
   const Shape& s = P.s;
   const double u = unit_roundoff(s.t);
   const int G = s.nh / s.nkv;
@@ -256,7 +263,7 @@ std::vector<char> prefill_flags(const AttentionWork& w, int64_t M) {
     const int j0 = s.window > 0 && pos + 1 - s.window > 0 ? static_cast<int>(pos + 1 - s.window) : 0;
     const int n = pos + 1 - j0;
     const int32_t* table = P.table.data() + P.toff[static_cast<size_t>(m)];
-    const bool pre = prefill[static_cast<size_t>(m)] != 0;
+    const bool pre = rounded[static_cast<size_t>(m)] != 0;
     for (int h = 0; h < s.nh; ++h) {
       const int kvh = h / G;
       for (int d = 0; d < s.hd; ++d) {
@@ -296,7 +303,7 @@ std::vector<char> prefill_flags(const AttentionWork& w, int64_t M) {
         const double err = std::abs(o - rd);
         if (!(err <= bound)) {  // NaN fails too
           if (bad++ == 0)
-            first = "row " + std::to_string(m) + " (pos " + std::to_string(pos) + (pre ? ", prefill" : ", decode") +
+            first = "row " + std::to_string(m) + " (pos " + std::to_string(pos) + (pre ? ", q and P rounded" : ", FP32") +
                     ") head " + std::to_string(h) + " dim " + std::to_string(d) + ": " + std::to_string(o) + " vs " +
                     std::to_string(rd) + ", bound " + std::to_string(bound);
         } else {
@@ -461,7 +468,7 @@ TEST(PagedAttention, DecodeMatchesReference) {
           ASSERT_EQ(w.decode_rows.size(), seqs.size());
           const auto out = run(P, pools, full_meta(P), w);
           double wr = 0.0;
-          EXPECT_TRUE(check_all(P, out, prefill_flags(w, P.M), &wr));
+          EXPECT_TRUE(check_all(P, out, rounded_flags(w, P), &wr));
           worst = std::max(worst, wr);
         }
   std::printf("[decode] worst error / bound: %.3f\n", worst);
@@ -492,7 +499,7 @@ TEST(PagedAttention, PrefillMatchesReference) {
           ASSERT_EQ(w.decode_rows.size(), 1u);
           const auto out = run(P, pools, full_meta(P), w);
           double wr = 0.0;
-          EXPECT_TRUE(check_all(P, out, prefill_flags(w, P.M), &wr));
+          EXPECT_TRUE(check_all(P, out, rounded_flags(w, P), &wr));
           worst = std::max(worst, wr);
         }
   std::printf("[prefill] worst error / bound: %.3f\n", worst);
@@ -519,7 +526,7 @@ TEST(PagedAttention, PrefillReusesStagesWithBothWarpgroups) {
         ASSERT_EQ(w.prefill_tiles.size(), 2u * 7);
         const auto out = run(P, pools, full_meta(P), w);
         double wr = 0.0;
-        EXPECT_TRUE(check_all(P, out, prefill_flags(w, P.M), &wr));
+        EXPECT_TRUE(check_all(P, out, rounded_flags(w, P), &wr));
         worst = std::max(worst, wr);
       }
   std::printf("[prefill, stage reuse] worst error / bound: %.3f\n", worst);
@@ -539,7 +546,7 @@ TEST(PagedAttention, DecodeIsBatchInvariant) {
     const Pools pools(P);
     const AttentionWork w = cuda::plan_attention(P.entry_rows, s.hd, false);
     const auto out = run(P, pools, full_meta(P), w);
-    EXPECT_TRUE(check_all(P, out, prefill_flags(w, P.M)));
+    EXPECT_TRUE(check_all(P, out, rounded_flags(w, P)));
     const int W = s.nh * s.hd;
     for (int32_t m : w.decode_rows) {
       const auto alone = run(P, pools, row_meta(P, m), cuda::plan_attention({1}, s.hd, false));
@@ -567,7 +574,7 @@ TEST(PagedAttention, BatchInvariantModeMatchesRowsAlone) {
   ASSERT_EQ(static_cast<int64_t>(w.decode_rows.size()), P.M);
   ASSERT_TRUE(w.prefill_tiles.empty());
   const auto out = run(P, pools, full_meta(P), w);
-  EXPECT_TRUE(check_all(P, out, prefill_flags(w, P.M)));
+  EXPECT_TRUE(check_all(P, out, rounded_flags(w, P)));
   const int W = s.nh * s.hd;
   for (int64_t m = 0; m < P.M; ++m) {
     const auto alone = run(P, pools, row_meta(P, m), cuda::plan_attention({1}, s.hd, false));
@@ -589,7 +596,7 @@ TEST(PagedAttention, ManyDecodeRows) {
   const AttentionWork w = cuda::plan_attention(P.entry_rows, s.hd, false);
   ASSERT_EQ(w.decode_rows.size(), 300u);
   const auto out = run(P, pools, full_meta(P), w);
-  EXPECT_TRUE(check_all(P, out, prefill_flags(w, P.M)));
+  EXPECT_TRUE(check_all(P, out, rounded_flags(w, P)));
   const int W = s.nh * s.hd;
   for (int64_t m : {0, 127, 128, 255, 256, 299}) {
     const auto alone = run(P, pools, row_meta(P, m), cuda::plan_attention({1}, s.hd, false));
@@ -656,7 +663,7 @@ TEST(PagedAttention, DecodeReadsTheNewKeyAfterThePrecedingKernel) {
                                1e-6f, inv_freq.get(), false, st.rows, st.kv, t, st.q.get(), stream);
         st.launch(stream);
         SHARQ_CUDA_CHECK(cudaStreamSynchronize(stream));
-        EXPECT_TRUE(check_all(P, st.result(), prefill_flags(w, P.M))) << "repeat " << rep;
+        EXPECT_TRUE(check_all(P, st.result(), rounded_flags(w, P))) << "repeat " << rep;
       }
     }
   SHARQ_CUDA_CHECK(cudaStreamDestroy(stream));
@@ -674,7 +681,7 @@ TEST(PagedAttention, DeterministicAndGraphCapturable) {
   Step st(P, pools, full_meta(P), w);
   st.launch(nullptr);
   const auto first = st.result();
-  EXPECT_TRUE(check_all(P, first, prefill_flags(w, P.M)));
+  EXPECT_TRUE(check_all(P, first, rounded_flags(w, P)));
   st.poison();
   st.launch(nullptr);
   EXPECT_EQ(st.result(), first);

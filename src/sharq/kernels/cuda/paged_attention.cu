@@ -30,6 +30,13 @@
 // Shared memory: ring 8 warps x stages x 2 x L * 128 B (64 KB for hd 128 and for hd 256; with 128
 // registers per thread, 2 CTAs per SM) + scores 2 KB; the warp / CTA partials alias the ring after
 // the loop. The workspace is not used (its size is kept for the interface).
+// Tensor-core form (TC; head_dim 64 and 128 with 16-byte aligned pools, decode_attention_on_tensor_cores):
+// the same CTAs, key ranges, stages and merges, but a warp's step of 8 keys is two MMA chains: S^T
+// (16 x 8, the gc query heads as rows, zero rows above) = Q K^T by mma m16n8k16 over head_dim, then
+// O^T (head_dim x 8 heads) += V^T P^T by mma m16n8k8, where P (rounded to T) is the B operand exactly
+// as the S^T accumulators hold it; K and V come from the stage by ldmatrix (V transposed). q is rounded
+// to T unscaled and the scale folded into the exponent (the prefill kernel's numerics). Measured on an
+// H200 inside the batch-1 step: the FP32 form's key loop was 4.2 of its 10.2 us per layer (docs/perf/engine.md).
 //
 // ---- Prefill (one CTA = 3 warpgroups per (128-row tile, query head), warp-specialized) -----------
 // Key blocks of 128 from the tile's first row's window start to its last row's position.
@@ -190,7 +197,7 @@ __device__ __forceinline__ void reduce_scatter(float* v, int lane) {
 __device__ __forceinline__ uint4 lds128(const unsigned char* p) { return *reinterpret_cast<const uint4*>(p); }
 
 // One CTA per (cluster rank, head group, row); the cluster's C CTAs (C * 8 warps) share the row's keys.
-template <class T, int MG, int L>
+template <class T, int MG, int L, bool TC>
 __global__ void __launch_bounds__(kDecodeThreads) decode_kernel(const DecodeArgs a) {
   constexpr int R = L / 4;             // 16-byte chunks of K (and of V) per lane per step
   constexpr int KPI = 32 / L;          // keys per warp-wide chunk load
@@ -228,213 +235,356 @@ __global__ void __launch_bounds__(kDecodeThreads) decode_kernel(const DecodeArgs
   unsigned char* ring = smem + static_cast<size_t>(warp) * NST * 2 * lay.stage_bytes;
   float* sc = reinterpret_cast<float*>(smem + lay.sc) + warp * S * MG;  // [S][MG] scores, then p
 
-  // Block-table entries of this lane's keys of step u (key kw0 + u * S + kq + KPI * i).
-  auto table_step = [&](int u, int (&tb)[R], int (&rm)[R]) {
-#pragma unroll
-    for (int i = 0; i < R; ++i) {
-      const int j = u * S + kq + KPI * i;
-      if (j < nk) {
-        const int jg = kw0 + j, b = jg / bs;
-        tb[i] = table[b];
-        rm[i] = jg - b * bs;
-      }
-    }
-  };
-  // Copies of step u's K and V chunks into stage st (one commit group, possibly empty).
-  auto issue = [&](int u, int st, const int (&tb)[R], const int (&rm)[R]) {
-    unsigned char* sk = ring + st * 2 * lay.stage_bytes;
-    unsigned char* sv = sk + lay.stage_bytes;
-    if (dim_on) {
-#pragma unroll
-      for (int i = 0; i < R; ++i) {
-        const int j = u * S + kq + KPI * i;
-        if (j < nk) {
-          const int64_t off = (static_cast<int64_t>(tb[i]) * bs + rm[i]) * tok_stride + head_off;
-          const int so = i * 512 + lane * 16;
-          if (a.vec) {
-            cp_async16(smem_u32(sk + so), a.k + off);
-            cp_async16(smem_u32(sv + so), a.v + off);
-          } else {
-            uint16_t* dk = reinterpret_cast<uint16_t*>(sk + so);
-            uint16_t* dv = reinterpret_cast<uint16_t*>(sv + so);
-#pragma unroll
-            for (int e = 0; e < 8; ++e) {
-              const bool in = li * 8 + e < hd;
-              dk[e] = in ? a.k[off + e] : uint16_t(0);
-              dv[e] = in ? a.v[off + e] : uint16_t(0);
-            }
-          }
-        }
-      }
-    }
-    cp_async_commit();
-  };
-
-  // The step metadata (rows, positions, block tables) was copied before the preceding kernels ran:
-  // read it for the first NST + 1 steps before waiting on the preceding kernel (PDL).
-  int tb0[NST][R], rm0[NST][R], tbn[R], rmn[R];
-#pragma unroll
-  for (int st = 0; st < NST; ++st) table_step(st, tb0[st], rm0[st]);
-  table_step(NST, tbn, rmn);
-  pdl_wait();  // q and the cache (written by the preceding kernel) from here on; every CTA waits (a
-               // PDL grid must not complete before its primary)
-  pdl_trigger();
-#pragma unroll
-  for (int st = 0; st < NST; ++st) issue(st, st, tb0[st], rm0[st]);
-
-  float qr[MG][8];
-#pragma unroll
-  for (int g = 0; g < MG; ++g)
-#pragma unroll
-    for (int e = 0; e < 8; ++e) {
-      const int d = li * 8 + e;
-      qr[g][e] = g < gc && d < hd ? a.q[(static_cast<int64_t>(m) * a.nh + h0 + g) * hd + d] * a.qscale : 0.0f;
-    }
-
-  float acc[MG][8];
-#pragma unroll
-  for (int g = 0; g < MG; ++g)
-#pragma unroll
-    for (int e = 0; e < 8; ++e) acc[g][e] = 0.0f;
-  float mrun = -INFINITY, lrun = 0.0f;  // of head lane % MG (the same in every lane of that head)
-
-  for (int t = 0; t < nsteps; ++t) {
-    const int st = t % NST;
-    const unsigned char* sk = ring + st * 2 * lay.stage_bytes;
-    const unsigned char* sv = sk + lay.stage_bytes;
-    cp_async_wait<NST - 1>();  // step t of this lane landed (each lane reads only its own chunks)
-
-    // partial dot products of the lane's 8 dims, summed over the key's L lanes (scattered)
-    float v[V];
-#pragma unroll
-    for (int i = 0; i < R; ++i) {
-      const int j = t * S + kq + KPI * i;
-      if (dim_on && j < nk) {
-        float kf[8];
-        unpack8<T>(lds128(sk + i * 512 + lane * 16), kf);
-#pragma unroll
-        for (int g = 0; g < MG; ++g) {
-          float d = 0.0f;
-#pragma unroll
-          for (int e = 0; e < 8; ++e) d = fmaf(qr[g][e], kf[e], d);
-          v[i * MG + g] = d;
-        }
-      } else {
-#pragma unroll
-        for (int g = 0; g < MG; ++g) v[i * MG + g] = 0.0f;
-      }
-    }
-    reduce_scatter<V, L / 2>(v, lane);
-    if (V >= L || li % (L / (V >= L ? 1 : V)) == 0) {
-      const int idx0 = li * V / L;
-#pragma unroll
-      for (int f = 0; f < NF; ++f) {
-        const int idx = idx0 + f, i = idx / MG, g = idx % MG, key = kq + KPI * i;
-        // unused heads get 0 (finite, never read back); keys past the warp's range -inf
-        sc[key * MG + g] = g < gc ? (t * S + key < nk ? v[f] : -INFINITY) : 0.0f;
-      }
-    }
-    __syncwarp();
-
-    // online softmax of the step: lane handles scores lane + 32 c (head lane % MG)
-    float s[NC], mx = -INFINITY;
-#pragma unroll
-    for (int c = 0; c < NC; ++c) {
-      s[c] = lane + 32 * c < S * MG ? sc[lane + 32 * c] : -INFINITY;
-      mx = fmaxf(mx, s[c]);
-    }
-#pragma unroll
-    for (int off = 16; off >= MG; off >>= 1) mx = fmaxf(mx, __shfl_xor_sync(kFull, mx, off));
-    const float mn = fmaxf(mrun, mx);  // finite: every step has a key of every used head
-    const float corr = exp2f(mrun - mn);  // 0 on the first step
-    mrun = mn;
-    float ps = 0.0f;
-#pragma unroll
-    for (int c = 0; c < NC; ++c) {
-      const float p = exp2f(s[c] - mn);
-      if (lane + 32 * c < S * MG) sc[lane + 32 * c] = p;
-      ps += p;
-    }
-    lrun = lrun * corr + ps;
-    float cg_[MG];
-    bool resc = false;
-#pragma unroll
-    for (int g = 0; g < MG; ++g) {
-      cg_[g] = __shfl_sync(kFull, corr, g);
-      resc |= cg_[g] != 1.0f;
-    }
-    __syncwarp();
-
-    // acc = acc * corr + sum_k p_k v_k over the lane's keys
-    if (resc)
-#pragma unroll
-      for (int g = 0; g < MG; ++g)
-#pragma unroll
-        for (int e = 0; e < 8; ++e) acc[g][e] *= cg_[g];
-    if (dim_on) {
-#pragma unroll
-      for (int i = 0; i < R; ++i) {
-        const int key = kq + KPI * i;
-        if (t * S + key < nk) {
-          float vf[8];
-          unpack8<T>(lds128(sv + i * 512 + lane * 16), vf);
-          float p[MG];
-          if constexpr (MG >= 4) {
-#pragma unroll
-            for (int g4 = 0; g4 < MG; g4 += 4) {
-              const float4 x = *reinterpret_cast<const float4*>(sc + key * MG + g4);
-              p[g4] = x.x, p[g4 + 1] = x.y, p[g4 + 2] = x.z, p[g4 + 3] = x.w;
-            }
-          } else {
-#pragma unroll
-            for (int g = 0; g < MG; ++g) p[g] = sc[key * MG + g];
-          }
-#pragma unroll
-          for (int g = 0; g < MG; ++g) {
-            if (g >= gc) continue;
-#pragma unroll
-            for (int e = 0; e < 8; ++e) acc[g][e] = fmaf(p[g], vf[e], acc[g][e]);
-          }
-        }
-      }
-    }
-    __syncwarp();  // the scores buffer is rewritten by the next step
-
-    // refill the stage just consumed with step t + NST; block-table entries for the step after
-    {
-      int tbx[R], rmx[R];
-#pragma unroll
-      for (int i = 0; i < R; ++i) tbx[i] = tbn[i], rmx[i] = rmn[i];
-      issue(t + NST, st, tbx, rmx);
-      if (t + NST + 1 < nsteps) table_step(t + NST + 1, tbn, rmn);
-    }
-  }
-  cp_async_wait<0>();
-
-  // the warp's result: accumulators summed over its key groups, the sum over its lanes per head
-#pragma unroll
-  for (int off = L; off < 32; off <<= 1)
-#pragma unroll
-    for (int g = 0; g < MG; ++g)
-#pragma unroll
-      for (int e = 0; e < 8; ++e) acc[g][e] += __shfl_xor_sync(kFull, acc[g][e], off);
-#pragma unroll
-  for (int off = MG; off < 32; off <<= 1) lrun += __shfl_xor_sync(kFull, lrun, off);
-
   float* wacc = reinterpret_cast<float*>(smem + lay.wacc);  // [NW][MG][LD], aliases the stage ring
   float* cacc = reinterpret_cast<float*>(smem + lay.cacc);  // [MG][LD]
   float* cm = reinterpret_cast<float*>(smem + lay.cm);
   float* cl = reinterpret_cast<float*>(smem + lay.cl);
   float* wml = reinterpret_cast<float*>(smem + lay.sc);  // [NW][2][MG] (aliases the scores)
-  __syncthreads();  // every warp is done with the ring and the scores
-  if (kq == 0 && dim_on)
+
+  if constexpr (TC) {
+    // Tensor cores (head_dim = 8 L = 64 or 128, 16-byte aligned pools): per step of 8 keys,
+    // S^T (16 x 8: query heads x keys; heads >= gc are zero rows of Q) = Q K^T by mma m16n8k16 over
+    // head_dim, then O^T (head_dim x 8 heads) += V^T P^T by mma m16n8k8, so that P, rounded to T,
+    // is the B operand straight from the S^T accumulators (lane: head g, keys c, c + 1). q is rounded
+    // to T unscaled and the scale is folded into the exponent, as in the prefill kernel; the row sums
+    // add P as rounded. A stage holds the step's 8 K rows and 8 V rows of head_dim elements, the
+    // 16-byte chunk c of row r at chunk c ^ r (conflict-free ldmatrix); rows past the warp's keys are
+    // zero-filled.
+    constexpr int HD = L * 8;
+    constexpr int CPR = HD / 8;   // 16-byte chunks per key row
+    constexpr int KR = HD / 32;   // chunks of K (and of V) per lane per step
+    constexpr int RB = HD * 2;    // bytes per key row
+    constexpr int NKS = HD / 16;  // k16 steps of Q K^T = m16 tiles of O^T
+    static_assert(HD == 64 || HD == 128, "tensor-core decode: head_dim 64 or 128");
+    static_assert(lay.stage_bytes == static_cast<size_t>(S) * RB, "stage = 8 key rows");
+    static_assert(MG <= 8, "heads are the 8 columns of P^T");
+    const int64_t hstride = static_cast<int64_t>(a.nkv) * HD, hoff = static_cast<int64_t>(kvh) * HD;
+    const int g = lane >> 2, c2 = (lane & 3) * 2;
+    const float scale = a.qscale;
+
+    auto table_step = [&](int u, int (&tb)[KR], int (&rm)[KR]) {
 #pragma unroll
-    for (int g = 0; g < MG; ++g) {
-      float4* d = reinterpret_cast<float4*>(wacc + (warp * MG + g) * LD + li * 8);
-      d[0] = make_float4(acc[g][0], acc[g][1], acc[g][2], acc[g][3]);
-      d[1] = make_float4(acc[g][4], acc[g][5], acc[g][6], acc[g][7]);
+      for (int i = 0; i < KR; ++i) {
+        const int j = u * S + (i * 32 + lane) / CPR;
+        if (j < nk) {
+          const int jg = kw0 + j, b = jg / bs;
+          tb[i] = table[b];
+          rm[i] = jg - b * bs;
+        }
+      }
+    };
+    auto issue = [&](int u, int st, const int (&tb)[KR], const int (&rm)[KR]) {
+      if (u < nsteps) {
+        const uint32_t sk = smem_u32(ring + st * 2 * lay.stage_bytes), sv = sk + static_cast<uint32_t>(lay.stage_bytes);
+#pragma unroll
+        for (int i = 0; i < KR; ++i) {
+          const int qd = i * 32 + lane, rr = qd / CPR, c = qd % CPR, j = u * S + rr;
+          const uint32_t so = static_cast<uint32_t>(rr * RB + ((c ^ rr) << 4));
+          if (j < nk) {
+            const int64_t off = (static_cast<int64_t>(tb[i]) * bs + rm[i]) * hstride + hoff + c * 8;
+            cp_async16(sk + so, a.k + off);
+            cp_async16(sv + so, a.v + off);
+          } else {
+            cp_async16_zfill(sk + so, a.k, 0);
+            cp_async16_zfill(sv + so, a.v, 0);
+          }
+        }
+      }
+      cp_async_commit();
+    };
+
+    int tb0[NST][KR], rm0[NST][KR], tbn[KR], rmn[KR];
+#pragma unroll
+    for (int st = 0; st < NST; ++st) table_step(st, tb0[st], rm0[st]);
+    table_step(NST, tbn, rmn);
+    pdl_wait();  // q and the cache (written by the preceding kernel) from here on; every CTA waits
+    pdl_trigger();
+#pragma unroll
+    for (int st = 0; st < NST; ++st) issue(st, st, tb0[st], rm0[st]);
+
+    // Q as the A operand: row g = head h0 + g (zero for g >= gc), k = dims 16 j + c2 .. (+ 8)
+    uint32_t qa[NKS][2];
+    {
+      const bool on = g < gc;
+      const float* qrow = a.q + (static_cast<int64_t>(m) * a.nh + h0 + (on ? g : 0)) * HD + c2;
+#pragma unroll
+      for (int j = 0; j < NKS; ++j) {
+        const float2 x0 = on ? *reinterpret_cast<const float2*>(qrow + 16 * j) : make_float2(0.0f, 0.0f);
+        const float2 x1 = on ? *reinterpret_cast<const float2*>(qrow + 16 * j + 8) : make_float2(0.0f, 0.0f);
+        qa[j][0] = pack2<T>(x0.x, x0.y);
+        qa[j][1] = pack2<T>(x1.x, x1.y);
+      }
     }
-  if (lane < MG) wml[(warp * 2) * MG + lane] = mrun, wml[(warp * 2 + 1) * MG + lane] = lrun;
+    float o[NKS][4];
+#pragma unroll
+    for (int t = 0; t < NKS; ++t) o[t][0] = o[t][1] = o[t][2] = o[t][3] = 0.0f;
+    float mrun = -INFINITY, lrun = 0.0f;  // head g, unscaled max; this lane's part of the sum
+
+    for (int t = 0; t < nsteps; ++t) {
+      const int st = t % NST;
+      const uint32_t kb = smem_u32(ring + st * 2 * lay.stage_bytes), vb = kb + static_cast<uint32_t>(lay.stage_bytes);
+      cp_async_wait<NST - 1>();
+      __syncwarp();  // every lane's copies of step t landed and are visible to the warp
+      float sacc[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+#pragma unroll
+      for (int j = 0; j < NKS; j += 2) {  // matrices: chunks 2j .. 2j + 3 of the 8 key rows
+        const int rr = lane & 7, c = 2 * j + (lane >> 3);
+        uint32_t b[4];
+        ldsm_x4(b, kb + static_cast<uint32_t>(rr * RB + ((c ^ rr) << 4)));
+        mma_16816<T>(sacc, qa[j][0], 0u, qa[j][1], 0u, b[0], b[1]);
+        mma_16816<T>(sacc, qa[j + 1][0], 0u, qa[j + 1][1], 0u, b[2], b[3]);
+      }
+      // online softmax of head g over the step's keys (lanes 4g .. 4g + 3 hold two keys each)
+      const int k0 = t * S + c2;
+      const float s0 = k0 < nk ? sacc[0] : -INFINITY, s1 = k0 + 1 < nk ? sacc[1] : -INFINITY;
+      float mx = fmaxf(s0, s1);
+      mx = fmaxf(mx, __shfl_xor_sync(kFull, mx, 1));
+      mx = fmaxf(mx, __shfl_xor_sync(kFull, mx, 2));
+      const float mn = fmaxf(mrun, mx);  // finite: every step has a key
+      const float corr = exp2f((mrun - mn) * scale);  // 0 on the first step
+      mrun = mn;
+      const float ms = mn * scale;
+      const uint32_t pp = pack2<T>(exp2f(fmaf(s0, scale, -ms)), exp2f(fmaf(s1, scale, -ms)));
+      const float2 pr = unpack2<T>(pp);
+      lrun = fmaf(lrun, corr, pr.x + pr.y);
+      // O^T columns are heads c2, c2 + 1: their factors from lanes 4 c2, 4 c2 + 4
+      const float ca = __shfl_sync(kFull, corr, 4 * c2), cb = __shfl_sync(kFull, corr, 4 * c2 + 4);
+      if (ca != 1.0f || cb != 1.0f)
+#pragma unroll
+        for (int t2 = 0; t2 < NKS; ++t2) o[t2][0] *= ca, o[t2][1] *= cb, o[t2][2] *= ca, o[t2][3] *= cb;
+#pragma unroll
+      for (int n = 0; n < HD / 32; ++n) {  // matrices: chunks 4n .. 4n + 3 (V^T tiles 2n, 2n + 1)
+        const int rr = lane & 7, c = 4 * n + (lane >> 3);
+        uint32_t v[4];
+        ldsm_x4_trans(v, vb + static_cast<uint32_t>(rr * RB + ((c ^ rr) << 4)));
+        mma_1688<T>(o[2 * n], v[0], v[1], pp);
+        mma_1688<T>(o[2 * n + 1], v[2], v[3], pp);
+      }
+      __syncwarp();  // the stage is read by every lane before it is refilled
+      {
+        int tbx[KR], rmx[KR];
+#pragma unroll
+        for (int i = 0; i < KR; ++i) tbx[i] = tbn[i], rmx[i] = rmn[i];
+        issue(t + NST, st, tbx, rmx);
+        if (t + NST + 1 < nsteps) table_step(t + NST + 1, tbn, rmn);
+      }
+    }
+    cp_async_wait<0>();
+    lrun += __shfl_xor_sync(kFull, lrun, 1);
+    lrun += __shfl_xor_sync(kFull, lrun, 2);
+    __syncthreads();  // every warp is done with the ring (the partials alias it)
+#pragma unroll
+    for (int t = 0; t < NKS; ++t)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int h = c2 + (e & 1), d = 16 * t + g + (e >> 1) * 8;
+        if (h < MG) wacc[(warp * MG + h) * LD + d] = o[t][e];
+      }
+    if ((lane & 3) == 0 && g < MG) wml[(warp * 2) * MG + g] = mrun * scale, wml[(warp * 2 + 1) * MG + g] = lrun;
+  } else {
+    // Block-table entries of this lane's keys of step u (key kw0 + u * S + kq + KPI * i).
+    auto table_step = [&](int u, int (&tb)[R], int (&rm)[R]) {
+  #pragma unroll
+      for (int i = 0; i < R; ++i) {
+        const int j = u * S + kq + KPI * i;
+        if (j < nk) {
+          const int jg = kw0 + j, b = jg / bs;
+          tb[i] = table[b];
+          rm[i] = jg - b * bs;
+        }
+      }
+    };
+    // Copies of step u's K and V chunks into stage st (one commit group, possibly empty).
+    auto issue = [&](int u, int st, const int (&tb)[R], const int (&rm)[R]) {
+      unsigned char* sk = ring + st * 2 * lay.stage_bytes;
+      unsigned char* sv = sk + lay.stage_bytes;
+      if (dim_on) {
+  #pragma unroll
+        for (int i = 0; i < R; ++i) {
+          const int j = u * S + kq + KPI * i;
+          if (j < nk) {
+            const int64_t off = (static_cast<int64_t>(tb[i]) * bs + rm[i]) * tok_stride + head_off;
+            const int so = i * 512 + lane * 16;
+            if (a.vec) {
+              cp_async16(smem_u32(sk + so), a.k + off);
+              cp_async16(smem_u32(sv + so), a.v + off);
+            } else {
+              uint16_t* dk = reinterpret_cast<uint16_t*>(sk + so);
+              uint16_t* dv = reinterpret_cast<uint16_t*>(sv + so);
+  #pragma unroll
+              for (int e = 0; e < 8; ++e) {
+                const bool in = li * 8 + e < hd;
+                dk[e] = in ? a.k[off + e] : uint16_t(0);
+                dv[e] = in ? a.v[off + e] : uint16_t(0);
+              }
+            }
+          }
+        }
+      }
+      cp_async_commit();
+    };
+
+    // The step metadata (rows, positions, block tables) was copied before the preceding kernels ran:
+    // read it for the first NST + 1 steps before waiting on the preceding kernel (PDL).
+    int tb0[NST][R], rm0[NST][R], tbn[R], rmn[R];
+  #pragma unroll
+    for (int st = 0; st < NST; ++st) table_step(st, tb0[st], rm0[st]);
+    table_step(NST, tbn, rmn);
+    pdl_wait();  // q and the cache (written by the preceding kernel) from here on; every CTA waits (a
+                 // PDL grid must not complete before its primary)
+    pdl_trigger();
+  #pragma unroll
+    for (int st = 0; st < NST; ++st) issue(st, st, tb0[st], rm0[st]);
+
+    float qr[MG][8];
+  #pragma unroll
+    for (int g = 0; g < MG; ++g)
+  #pragma unroll
+      for (int e = 0; e < 8; ++e) {
+        const int d = li * 8 + e;
+        qr[g][e] = g < gc && d < hd ? a.q[(static_cast<int64_t>(m) * a.nh + h0 + g) * hd + d] * a.qscale : 0.0f;
+      }
+
+    float acc[MG][8];
+  #pragma unroll
+    for (int g = 0; g < MG; ++g)
+  #pragma unroll
+      for (int e = 0; e < 8; ++e) acc[g][e] = 0.0f;
+    float mrun = -INFINITY, lrun = 0.0f;  // of head lane % MG (the same in every lane of that head)
+
+    for (int t = 0; t < nsteps; ++t) {
+      const int st = t % NST;
+      const unsigned char* sk = ring + st * 2 * lay.stage_bytes;
+      const unsigned char* sv = sk + lay.stage_bytes;
+      cp_async_wait<NST - 1>();  // step t of this lane landed (each lane reads only its own chunks)
+
+      // partial dot products of the lane's 8 dims, summed over the key's L lanes (scattered)
+      float v[V];
+  #pragma unroll
+      for (int i = 0; i < R; ++i) {
+        const int j = t * S + kq + KPI * i;
+        if (dim_on && j < nk) {
+          float kf[8];
+          unpack8<T>(lds128(sk + i * 512 + lane * 16), kf);
+  #pragma unroll
+          for (int g = 0; g < MG; ++g) {
+            float d = 0.0f;
+  #pragma unroll
+            for (int e = 0; e < 8; ++e) d = fmaf(qr[g][e], kf[e], d);
+            v[i * MG + g] = d;
+          }
+        } else {
+  #pragma unroll
+          for (int g = 0; g < MG; ++g) v[i * MG + g] = 0.0f;
+        }
+      }
+      reduce_scatter<V, L / 2>(v, lane);
+      if (V >= L || li % (L / (V >= L ? 1 : V)) == 0) {
+        const int idx0 = li * V / L;
+  #pragma unroll
+        for (int f = 0; f < NF; ++f) {
+          const int idx = idx0 + f, i = idx / MG, g = idx % MG, key = kq + KPI * i;
+          // unused heads get 0 (finite, never read back); keys past the warp's range -inf
+          sc[key * MG + g] = g < gc ? (t * S + key < nk ? v[f] : -INFINITY) : 0.0f;
+        }
+      }
+      __syncwarp();
+
+      // online softmax of the step: lane handles scores lane + 32 c (head lane % MG)
+      float s[NC], mx = -INFINITY;
+  #pragma unroll
+      for (int c = 0; c < NC; ++c) {
+        s[c] = lane + 32 * c < S * MG ? sc[lane + 32 * c] : -INFINITY;
+        mx = fmaxf(mx, s[c]);
+      }
+  #pragma unroll
+      for (int off = 16; off >= MG; off >>= 1) mx = fmaxf(mx, __shfl_xor_sync(kFull, mx, off));
+      const float mn = fmaxf(mrun, mx);  // finite: every step has a key of every used head
+      const float corr = exp2f(mrun - mn);  // 0 on the first step
+      mrun = mn;
+      float ps = 0.0f;
+  #pragma unroll
+      for (int c = 0; c < NC; ++c) {
+        const float p = exp2f(s[c] - mn);
+        if (lane + 32 * c < S * MG) sc[lane + 32 * c] = p;
+        ps += p;
+      }
+      lrun = lrun * corr + ps;
+      float cg_[MG];
+      bool resc = false;
+  #pragma unroll
+      for (int g = 0; g < MG; ++g) {
+        cg_[g] = __shfl_sync(kFull, corr, g);
+        resc |= cg_[g] != 1.0f;
+      }
+      __syncwarp();
+
+      // acc = acc * corr + sum_k p_k v_k over the lane's keys
+      if (resc)
+  #pragma unroll
+        for (int g = 0; g < MG; ++g)
+  #pragma unroll
+          for (int e = 0; e < 8; ++e) acc[g][e] *= cg_[g];
+      if (dim_on) {
+  #pragma unroll
+        for (int i = 0; i < R; ++i) {
+          const int key = kq + KPI * i;
+          if (t * S + key < nk) {
+            float vf[8];
+            unpack8<T>(lds128(sv + i * 512 + lane * 16), vf);
+            float p[MG];
+            if constexpr (MG >= 4) {
+  #pragma unroll
+              for (int g4 = 0; g4 < MG; g4 += 4) {
+                const float4 x = *reinterpret_cast<const float4*>(sc + key * MG + g4);
+                p[g4] = x.x, p[g4 + 1] = x.y, p[g4 + 2] = x.z, p[g4 + 3] = x.w;
+              }
+            } else {
+  #pragma unroll
+              for (int g = 0; g < MG; ++g) p[g] = sc[key * MG + g];
+            }
+  #pragma unroll
+            for (int g = 0; g < MG; ++g) {
+              if (g >= gc) continue;
+  #pragma unroll
+              for (int e = 0; e < 8; ++e) acc[g][e] = fmaf(p[g], vf[e], acc[g][e]);
+            }
+          }
+        }
+      }
+      __syncwarp();  // the scores buffer is rewritten by the next step
+
+      // refill the stage just consumed with step t + NST; block-table entries for the step after
+      {
+        int tbx[R], rmx[R];
+  #pragma unroll
+        for (int i = 0; i < R; ++i) tbx[i] = tbn[i], rmx[i] = rmn[i];
+        issue(t + NST, st, tbx, rmx);
+        if (t + NST + 1 < nsteps) table_step(t + NST + 1, tbn, rmn);
+      }
+    }
+    cp_async_wait<0>();
+
+    // the warp's result: accumulators summed over its key groups, the sum over its lanes per head
+  #pragma unroll
+    for (int off = L; off < 32; off <<= 1)
+  #pragma unroll
+      for (int g = 0; g < MG; ++g)
+  #pragma unroll
+        for (int e = 0; e < 8; ++e) acc[g][e] += __shfl_xor_sync(kFull, acc[g][e], off);
+  #pragma unroll
+    for (int off = MG; off < 32; off <<= 1) lrun += __shfl_xor_sync(kFull, lrun, off);
+
+    __syncthreads();  // every warp is done with the ring and the scores
+    if (kq == 0 && dim_on)
+  #pragma unroll
+      for (int g = 0; g < MG; ++g) {
+        float4* d = reinterpret_cast<float4*>(wacc + (warp * MG + g) * LD + li * 8);
+        d[0] = make_float4(acc[g][0], acc[g][1], acc[g][2], acc[g][3]);
+        d[1] = make_float4(acc[g][4], acc[g][5], acc[g][6], acc[g][7]);
+      }
+    if (lane < MG) wml[(warp * 2) * MG + lane] = mrun, wml[(warp * 2 + 1) * MG + lane] = lrun;
+  }
   __syncthreads();
 
   // the CTA's partial: the warps merged in warp order (warps without keys: max -inf, weight 0)
@@ -862,8 +1012,8 @@ void set_smem(K kernel, size_t bytes) {
 }
 template <class T, int MG, int L>
 void configure_decode() {
-  const auto k = decode_kernel<T, MG, L>;
-  set_smem(k, decode_smem(L, MG).total);
+  set_smem(decode_kernel<T, MG, L, false>, decode_smem(L, MG).total);
+  if constexpr (L == 8 || L == 16) set_smem(decode_kernel<T, MG, L, true>, decode_smem(L, MG).total);
 }
 template <class T, int MG>
 void configure_decode_mg() {
@@ -894,7 +1044,7 @@ void configure_kernels() {
   });
 }
 
-template <class T, int MG, int L>
+template <class T, int MG, int L, bool TC>
 void launch_decode(const DecodeArgs& a0, int n_decode, cudaStream_t stream) {
   DecodeArgs a = a0;
   a.cluster = kDecodeCluster;
@@ -916,19 +1066,26 @@ void launch_decode(const DecodeArgs& a0, int n_decode, cudaStream_t stream) {
     const int n_rows = std::min(kRowsPerLaunch, n_decode - base);
     cfg.gridDim =
         dim3(static_cast<unsigned>(a.cluster), static_cast<unsigned>(a.nh / a.gc), static_cast<unsigned>(n_rows));
-    SHARQ_CUDA_CHECK(cudaLaunchKernelEx(&cfg, decode_kernel<T, MG, L>, a));
+    SHARQ_CUDA_CHECK(cudaLaunchKernelEx(&cfg, decode_kernel<T, MG, L, TC>, a));
   }
 }
+// The tensor-core form where it applies (decode_attention_on_tensor_cores: head_dim 64 / 128, the
+// pools 16-byte aligned), the FP32 form otherwise.
 template <class T, int MG>
 void launch_decode_l(const DecodeArgs& a, int L, int n_decode, cudaStream_t stream) {
+  const bool tc = a.vec && decode_attention_on_tensor_cores(a.hd);
   if (L == 4)
-    launch_decode<T, MG, 4>(a, n_decode, stream);
+    launch_decode<T, MG, 4, false>(a, n_decode, stream);
+  else if (L == 8 && tc)
+    launch_decode<T, MG, 8, true>(a, n_decode, stream);
   else if (L == 8)
-    launch_decode<T, MG, 8>(a, n_decode, stream);
+    launch_decode<T, MG, 8, false>(a, n_decode, stream);
+  else if (L == 16 && tc)
+    launch_decode<T, MG, 16, true>(a, n_decode, stream);
   else if (L == 16)
-    launch_decode<T, MG, 16>(a, n_decode, stream);
+    launch_decode<T, MG, 16, false>(a, n_decode, stream);
   else
-    launch_decode<T, MG, 32>(a, n_decode, stream);
+    launch_decode<T, MG, 32, false>(a, n_decode, stream);
 }
 
 template <class T>
@@ -993,6 +1150,7 @@ bool aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0;
 }  // namespace
 
 bool prefill_attention_supports(int head_dim) { return head_dim == 64 || head_dim == 128; }
+bool decode_attention_on_tensor_cores(int head_dim) { return head_dim == 64 || head_dim == 128; }
 
 AttentionWork plan_attention(const std::vector<int64_t>& entry_rows, int head_dim, bool batch_invariant) {
   if (head_dim <= 0 || head_dim > kMaxHeadDim)

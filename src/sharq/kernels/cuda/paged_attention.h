@@ -61,6 +61,10 @@ inline constexpr int kAttentionTileRows = 128;
 
 // Head dims the prefill kernel is built for; other dims send every row to the decode kernel.
 bool prefill_attention_supports(int head_dim);
+// Head dims for which the decode kernel runs Q K^T and P V on tensor cores (when the pools are
+// 16-byte aligned, as the engine's are): q and P are then rounded to the cache's type T, as in the
+// prefill kernel; other dims (and unaligned pools) take the FP32 form (q, scores and weights in FP32).
+bool decode_attention_on_tensor_cores(int head_dim);
 
 // Host side: the plan's contents for a step whose entries have entry_rows[i] new tokens each, laid out
 // consecutively in row order (entry 0's rows first). Entries of 1 row go to the decode kernel; longer

@@ -1,6 +1,7 @@
 // The Hopper PTX primitives that more than one kernel family uses: shared-memory addresses,
-// cp.async, mbarriers, the warp-specialized register split, and wgmma (fences, groups, shared-memory descriptors, the register-A and the
-// shared-memory-A forms).
+// cp.async, mbarriers, the warp-specialized register split, wgmma (fences, groups, shared-memory
+// descriptors, the register-A and the shared-memory-A forms), and the warp-level ldmatrix / mma.sync
+// forms of the decode attention.
 //
 // wgmma shared-memory operands (PTX ISA, "asynchronous warpgroup-level matrix shared memory
 // layout"), 16-bit elements, 128B swizzle: a tile is stored as rows of 64 elements (128 bytes),
@@ -218,6 +219,53 @@ __device__ __forceinline__ void wgmma_ss(float (&d)[N / 2], uint64_t da, uint64_
 }
 #undef SHARQ_WG_SS2
 #undef SHARQ_WG_SS
+
+// Warp-level tensor-core operations (16-bit inputs T, FP32 accumulators), fragment layouts of the PTX
+// ISA ("warp-level matrix fragments"): g = lane / 4, c = 2 * (lane % 4).
+//   m16n8k16: A regs (row g, k c..c+1), (row g+8, k c..), (row g, k c+8..), (row g+8, k c+8..);
+//             B regs (k c..c+1, n g), (k c+8.., n g); D (row g, n c), (g, c+1), (g+8, c), (g+8, c+1).
+//   m16n8k8:  A regs (row g, k c..c+1), (row g+8, k c..); B reg (k c..c+1, n g); D as above.
+// ldmatrix .x4: lanes 8i .. 8i+7 give the 16-byte row addresses of matrix i; register i of lane t
+// receives (row t / 4, elements c, c+1) of matrix i, or with .trans (rows c, c+1, element t / 4).
+__device__ __forceinline__ void ldsm_x4(uint32_t (&r)[4], uint32_t addr) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(addr)
+               : "memory");
+}
+__device__ __forceinline__ void ldsm_x4_trans(uint32_t (&r)[4], uint32_t addr) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(addr)
+               : "memory");
+}
+template <class T>
+__device__ __forceinline__ void mma_16816(float (&d)[4], uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3, uint32_t b0,
+                                          uint32_t b1) {
+  static_assert(std::is_same_v<T, __half> || std::is_same_v<T, __nv_bfloat16>, "T");
+  if constexpr (std::is_same_v<T, __half>)
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
+                 "{%0, %1, %2, %3};\n"
+                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+                 : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+  else
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
+                 "{%0, %1, %2, %3};\n"
+                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+                 : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+}
+template <class T>
+__device__ __forceinline__ void mma_1688(float (&d)[4], uint32_t a0, uint32_t a1, uint32_t b0) {
+  static_assert(std::is_same_v<T, __half> || std::is_same_v<T, __nv_bfloat16>, "T");
+  if constexpr (std::is_same_v<T, __half>)
+    asm volatile("mma.sync.aligned.m16n8k8.row.col.f32.f16.f16.f32 {%0, %1, %2, %3}, {%4, %5}, {%6}, {%0, %1, %2, %3};\n"
+                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+                 : "r"(a0), "r"(a1), "r"(b0));
+  else
+    asm volatile("mma.sync.aligned.m16n8k8.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5}, {%6}, {%0, %1, %2, %3};\n"
+                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+                 : "r"(a0), "r"(a1), "r"(b0));
+}
 #undef SHARQ_WG_RS4
 #undef SHARQ_WG_RS
 #undef SHARQ_WG_D4
