@@ -229,7 +229,7 @@ int run_bench_model(const BenchModelOptions& o) {
     const int64_t V = cfg.vocab_size;
     // prefill
     for (const Prefill& p : prefills) {
-      std::vector<double> t;
+      std::vector<double> t, lin;
       const bool prof_this = p.b == 1 && p.n == 2048;
       for (int rep = 0; rep < (prof_this ? 5 : 4); ++rep) {  // rep 0 warms up; rep 4 is profiled
         std::vector<SeqId> seqs;
@@ -257,10 +257,14 @@ int run_bench_model(const BenchModelOptions& o) {
           r.prefill_prof_tokens = p.n;
         } else if (rep > 0) {
           t.push_back(s * 1000.0);
+          // the same linears alone, right after each timed step: both at the card's clock of the moment
+          // (a long prefill runs at the power limit's clock, a short burst at the boost clock)
+          if (prof_this) lin.push_back(ex->time_linears(2048, 1, 1));
         }
         for (SeqId q : seqs) ex->free_sequence(q);
       }
       r.prefill_ms.push_back(median(t));
+      if (prof_this) r.linears_m2048_us = median(lin);
     }
     // decode
     for (int64_t B : o.batches) {
@@ -273,12 +277,22 @@ int run_bench_model(const BenchModelOptions& o) {
         ex->step(decode_batch(*ex, seqs, 1));
         SHARQ_CUDA_CHECK(cudaProfilerStop());
       }
-      const auto t0 = Clock::now();
-      for (int k = 0; k < o.steps; ++k) ex->step(decode_batch(*ex, seqs, static_cast<int32_t>(k % V)));
-      const double s = seconds_since(t0);
+      // batch 1: the timed steps in 4 rounds, each followed by the linears alone (M = 1), so that the
+      // step and its linears are measured at the same clock; other batches: one round
+      const int rounds = B == 1 ? std::min(4, o.steps) : 1;
+      double s = 0.0;
+      std::vector<double> lin;
+      for (int k = 0, rd = 0; rd < rounds; ++rd) {
+        const int end = o.steps * (rd + 1) / rounds;
+        const auto t0 = Clock::now();
+        for (; k < end; ++k) ex->step(decode_batch(*ex, seqs, static_cast<int32_t>(k % V)));
+        s += seconds_since(t0);
+        if (B == 1) lin.push_back(ex->time_linears(1, 1, 5));
+      }
       r.decode_tps.push_back(static_cast<double>(B * o.steps) / s);
       if (B == 1) {
         r.decode_step_us_b1 = s / o.steps * 1e6;
+        r.linears_m1_us = median(lin);
         ex->set_profiling(true);
         ex->step(decode_batch(*ex, seqs, 2));
         ex->set_profiling(false);
@@ -286,8 +300,8 @@ int run_bench_model(const BenchModelOptions& o) {
       }
       for (SeqId q : seqs) ex->free_sequence(q);
     }
-    r.linears_m1_us = ex->time_linears(1, 1, 20);
-    if (max_tokens >= 2048) r.linears_m2048_us = ex->time_linears(2048, 1, 5);
+    if (r.linears_m1_us == 0) r.linears_m1_us = ex->time_linears(1, 1, 20);  // no batch-1 decode was timed
+    if (r.linears_m2048_us == 0 && max_tokens >= 2048) r.linears_m2048_us = ex->time_linears(2048, 1, 5);
     if (!o.quiet) std::fprintf(stderr, "[%s] done (load %.1f s)\n", r.scheme.c_str(), r.load_s);
     results.push_back(std::move(r));
     ex.reset();
@@ -334,7 +348,8 @@ int run_bench_model(const BenchModelOptions& o) {
                   p.us.at("norms_rope_other"), p.us.at("lm_head"), p.us.at("sampling"), p.total_us, wall, lin);
     }
   std::printf("(wall: decode1 = graph step wall time at batch 1; pf2048 = the 1x2048 prefill latency when it is the "
-              "second --prefill entry; linears: the same run's prepare+GEMM of every layer + lm_head alone, M = 1 / 2048)\n");
+              "second --prefill entry; linears: the same run's prepare+GEMM of every layer + lm_head alone, M = 1 / 2048, "
+              "timed between the batch-1 decode rounds / after each timed 1x2048 prefill, at the same clock)\n");
   std::printf("other, by kernel (µs): norm = the separate (add +) RMSNorm kernels, rope_kv = q/k norm + RoPE + KV write, "
               "swiglu = the separate SwiGLU kernel, rest = embedding, last residual add, final norm, copies\n");
   for (const SchemeResult& r : results)
