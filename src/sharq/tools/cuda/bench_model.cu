@@ -194,7 +194,7 @@ int run_bench_model(const BenchModelOptions& o) {
   for (const Prefill& p : prefills) max_tokens = std::max(max_tokens, p.b * p.n);
   max_tokens = std::min<int64_t>(max_tokens, 16384);
   const int64_t max_batch = *std::max_element(o.batches.begin(), o.batches.end());
-  const int64_t decode_len = o.context + o.steps + 8;
+  const int64_t decode_len = o.context + o.steps + 16;  // + warm-up, profiled and round-opening steps
   int64_t max_pos = decode_len;
   for (const Prefill& p : prefills) max_pos = std::max(max_pos, p.n + 1);
   if (cfg.max_position_embeddings > 0 && max_pos > cfg.max_position_embeddings)
