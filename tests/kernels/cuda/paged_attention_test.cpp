@@ -474,6 +474,39 @@ TEST(PagedAttention, DecodeMatchesReference) {
   std::printf("[decode] worst error / bound: %.3f\n", worst);
 }
 
+// The decode kernel's two forms at the shapes DecodeMatchesReference leaves out: tensor-core head dims
+// with group sizes whose head count per CTA is not a power of two (G 3: 3 heads in a 4-row group; G 6:
+// 6 of 8) or is 2, and the FP32 form at head dims 72 and 96 (16 lanes per key, as 128 had before the
+// tensor cores), and at head_dim 128 with q one float off 8-byte alignment (the tensor-core form loads
+// q in pairs, so that call takes the FP32 form and is checked against the FP32 bound).
+TEST(PagedAttention, DecodeFormsAtOtherGroupShapesAndDims) {
+  SKIP_WITHOUT_GPU();
+  const std::vector<SeqSpec> seqs = {{0, 1}, {37, 1}, {700, 1}};
+  uint64_t seed = 501;
+  for (DType t : {DType::bf16, DType::f16})
+    for (auto [hd, G] : {std::pair{64, 2}, std::pair{64, 3}, std::pair{128, 3}, std::pair{128, 6}, std::pair{96, 4},
+                         std::pair{72, 2}}) {
+      Shape s;
+      s.t = t, s.hd = hd, s.nkv = 2, s.nh = 2 * G, s.bs = 16, s.window = 0;
+      SCOPED_TRACE(describe(s));
+      const Problem P = make_problem(s, seqs, seed++);
+      const Pools pools(P);
+      const AttentionWork w = cuda::plan_attention(P.entry_rows, hd, false);
+      EXPECT_TRUE(check_all(P, run(P, pools, full_meta(P), w), rounded_flags(w, P)));
+    }
+  Shape s;
+  s.t = DType::bf16, s.hd = 128, s.nkv = 2, s.nh = 8, s.bs = 16, s.window = 0;
+  const Problem P = make_problem(s, seqs, 777);
+  const Pools pools(P);
+  const AttentionWork w = cuda::plan_attention(P.entry_rows, s.hd, false);
+  Step st(P, pools, full_meta(P), w);
+  DeviceBuffer<float> shifted(P.q.size() + 1);
+  shifted.upload(std::vector<float>(P.q.size() + 1, 0.0f).data());
+  SHARQ_CUDA_CHECK(cudaMemcpy(shifted.get() + 1, st.q.get(), st.q.bytes(), cudaMemcpyDeviceToDevice));
+  cuda::paged_attention(shifted.get() + 1, st.M, s.nh, st.rows, st.kv, s.window, s.t, st.plan, st.out.get(), nullptr);
+  EXPECT_TRUE(check_all(P, st.result(), std::vector<char>(static_cast<size_t>(P.M), 0))) << "q 4 bytes off";
+}
+
 // Prefill tiles (and some decode rows) of several sequences in one step, against the reference.
 TEST(PagedAttention, PrefillMatchesReference) {
   SKIP_WITHOUT_GPU();

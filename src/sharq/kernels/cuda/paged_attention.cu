@@ -30,7 +30,8 @@
 // Shared memory: ring 8 warps x stages x 2 x L * 128 B (64 KB for hd 128 and for hd 256; with 128
 // registers per thread, 2 CTAs per SM) + scores 2 KB; the warp / CTA partials alias the ring after
 // the loop. The workspace is not used (its size is kept for the interface).
-// Tensor-core form (TC; head_dim 64 and 128 with 16-byte aligned pools, decode_attention_on_tensor_cores):
+// Tensor-core form (TC; head_dim 64 and 128 with 16-byte aligned pools and q 8-byte aligned,
+// decode_attention_on_tensor_cores):
 // the same CTAs, key ranges, stages and merges, but a warp's step of 8 keys is two MMA chains: S^T
 // (16 x 8, the gc query heads as rows, zero rows above) = Q K^T by mma m16n8k16 over head_dim, then
 // O^T (head_dim x 8 heads) += V^T P^T by mma m16n8k8, where P (rounded to T) is the B operand exactly
@@ -129,7 +130,7 @@ struct DecodeArgs {
   const uint16_t* v;
   void* out;
   int64_t window;
-  int nh, G, gc, hd, nkv, bs, vec, cluster;
+  int nh, G, gc, hd, nkv, bs, vec, q_pairs, cluster;
   float qscale;
 };
 
@@ -384,7 +385,7 @@ __global__ void __launch_bounds__(kDecodeThreads) decode_kernel(const DecodeArgs
   } else {
     // Block-table entries of this lane's keys of step u (key kw0 + u * S + kq + KPI * i).
     auto table_step = [&](int u, int (&tb)[R], int (&rm)[R]) {
-  #pragma unroll
+#pragma unroll
       for (int i = 0; i < R; ++i) {
         const int j = u * S + kq + KPI * i;
         if (j < nk) {
@@ -399,7 +400,7 @@ __global__ void __launch_bounds__(kDecodeThreads) decode_kernel(const DecodeArgs
       unsigned char* sk = ring + st * 2 * lay.stage_bytes;
       unsigned char* sv = sk + lay.stage_bytes;
       if (dim_on) {
-  #pragma unroll
+#pragma unroll
         for (int i = 0; i < R; ++i) {
           const int j = u * S + kq + KPI * i;
           if (j < nk) {
@@ -411,7 +412,7 @@ __global__ void __launch_bounds__(kDecodeThreads) decode_kernel(const DecodeArgs
             } else {
               uint16_t* dk = reinterpret_cast<uint16_t*>(sk + so);
               uint16_t* dv = reinterpret_cast<uint16_t*>(sv + so);
-  #pragma unroll
+#pragma unroll
               for (int e = 0; e < 8; ++e) {
                 const bool in = li * 8 + e < hd;
                 dk[e] = in ? a.k[off + e] : uint16_t(0);
@@ -427,28 +428,28 @@ __global__ void __launch_bounds__(kDecodeThreads) decode_kernel(const DecodeArgs
     // The step metadata (rows, positions, block tables) was copied before the preceding kernels ran:
     // read it for the first NST + 1 steps before waiting on the preceding kernel (PDL).
     int tb0[NST][R], rm0[NST][R], tbn[R], rmn[R];
-  #pragma unroll
+#pragma unroll
     for (int st = 0; st < NST; ++st) table_step(st, tb0[st], rm0[st]);
     table_step(NST, tbn, rmn);
     pdl_wait();  // q and the cache (written by the preceding kernel) from here on; every CTA waits (a
                  // PDL grid must not complete before its primary)
     pdl_trigger();
-  #pragma unroll
+#pragma unroll
     for (int st = 0; st < NST; ++st) issue(st, st, tb0[st], rm0[st]);
 
     float qr[MG][8];
-  #pragma unroll
+#pragma unroll
     for (int g = 0; g < MG; ++g)
-  #pragma unroll
+#pragma unroll
       for (int e = 0; e < 8; ++e) {
         const int d = li * 8 + e;
         qr[g][e] = g < gc && d < hd ? a.q[(static_cast<int64_t>(m) * a.nh + h0 + g) * hd + d] * a.qscale : 0.0f;
       }
 
     float acc[MG][8];
-  #pragma unroll
+#pragma unroll
     for (int g = 0; g < MG; ++g)
-  #pragma unroll
+#pragma unroll
       for (int e = 0; e < 8; ++e) acc[g][e] = 0.0f;
     float mrun = -INFINITY, lrun = 0.0f;  // of head lane % MG (the same in every lane of that head)
 
@@ -460,28 +461,28 @@ __global__ void __launch_bounds__(kDecodeThreads) decode_kernel(const DecodeArgs
 
       // partial dot products of the lane's 8 dims, summed over the key's L lanes (scattered)
       float v[V];
-  #pragma unroll
+#pragma unroll
       for (int i = 0; i < R; ++i) {
         const int j = t * S + kq + KPI * i;
         if (dim_on && j < nk) {
           float kf[8];
           unpack8<T>(lds128(sk + i * 512 + lane * 16), kf);
-  #pragma unroll
+#pragma unroll
           for (int g = 0; g < MG; ++g) {
             float d = 0.0f;
-  #pragma unroll
+#pragma unroll
             for (int e = 0; e < 8; ++e) d = fmaf(qr[g][e], kf[e], d);
             v[i * MG + g] = d;
           }
         } else {
-  #pragma unroll
+#pragma unroll
           for (int g = 0; g < MG; ++g) v[i * MG + g] = 0.0f;
         }
       }
       reduce_scatter<V, L / 2>(v, lane);
       if (V >= L || li % (L / (V >= L ? 1 : V)) == 0) {
         const int idx0 = li * V / L;
-  #pragma unroll
+#pragma unroll
         for (int f = 0; f < NF; ++f) {
           const int idx = idx0 + f, i = idx / MG, g = idx % MG, key = kq + KPI * i;
           // unused heads get 0 (finite, never read back); keys past the warp's range -inf
@@ -492,18 +493,18 @@ __global__ void __launch_bounds__(kDecodeThreads) decode_kernel(const DecodeArgs
 
       // online softmax of the step: lane handles scores lane + 32 c (head lane % MG)
       float s[NC], mx = -INFINITY;
-  #pragma unroll
+#pragma unroll
       for (int c = 0; c < NC; ++c) {
         s[c] = lane + 32 * c < S * MG ? sc[lane + 32 * c] : -INFINITY;
         mx = fmaxf(mx, s[c]);
       }
-  #pragma unroll
+#pragma unroll
       for (int off = 16; off >= MG; off >>= 1) mx = fmaxf(mx, __shfl_xor_sync(kFull, mx, off));
       const float mn = fmaxf(mrun, mx);  // finite: every step has a key of every used head
       const float corr = exp2f(mrun - mn);  // 0 on the first step
       mrun = mn;
       float ps = 0.0f;
-  #pragma unroll
+#pragma unroll
       for (int c = 0; c < NC; ++c) {
         const float p = exp2f(s[c] - mn);
         if (lane + 32 * c < S * MG) sc[lane + 32 * c] = p;
@@ -512,7 +513,7 @@ __global__ void __launch_bounds__(kDecodeThreads) decode_kernel(const DecodeArgs
       lrun = lrun * corr + ps;
       float cg_[MG];
       bool resc = false;
-  #pragma unroll
+#pragma unroll
       for (int g = 0; g < MG; ++g) {
         cg_[g] = __shfl_sync(kFull, corr, g);
         resc |= cg_[g] != 1.0f;
@@ -521,12 +522,12 @@ __global__ void __launch_bounds__(kDecodeThreads) decode_kernel(const DecodeArgs
 
       // acc = acc * corr + sum_k p_k v_k over the lane's keys
       if (resc)
-  #pragma unroll
+#pragma unroll
         for (int g = 0; g < MG; ++g)
-  #pragma unroll
+#pragma unroll
           for (int e = 0; e < 8; ++e) acc[g][e] *= cg_[g];
       if (dim_on) {
-  #pragma unroll
+#pragma unroll
         for (int i = 0; i < R; ++i) {
           const int key = kq + KPI * i;
           if (t * S + key < nk) {
@@ -534,19 +535,19 @@ __global__ void __launch_bounds__(kDecodeThreads) decode_kernel(const DecodeArgs
             unpack8<T>(lds128(sv + i * 512 + lane * 16), vf);
             float p[MG];
             if constexpr (MG >= 4) {
-  #pragma unroll
+#pragma unroll
               for (int g4 = 0; g4 < MG; g4 += 4) {
                 const float4 x = *reinterpret_cast<const float4*>(sc + key * MG + g4);
                 p[g4] = x.x, p[g4 + 1] = x.y, p[g4 + 2] = x.z, p[g4 + 3] = x.w;
               }
             } else {
-  #pragma unroll
+#pragma unroll
               for (int g = 0; g < MG; ++g) p[g] = sc[key * MG + g];
             }
-  #pragma unroll
+#pragma unroll
             for (int g = 0; g < MG; ++g) {
               if (g >= gc) continue;
-  #pragma unroll
+#pragma unroll
               for (int e = 0; e < 8; ++e) acc[g][e] = fmaf(p[g], vf[e], acc[g][e]);
             }
           }
@@ -557,7 +558,7 @@ __global__ void __launch_bounds__(kDecodeThreads) decode_kernel(const DecodeArgs
       // refill the stage just consumed with step t + NST; block-table entries for the step after
       {
         int tbx[R], rmx[R];
-  #pragma unroll
+#pragma unroll
         for (int i = 0; i < R; ++i) tbx[i] = tbn[i], rmx[i] = rmn[i];
         issue(t + NST, st, tbx, rmx);
         if (t + NST + 1 < nsteps) table_step(t + NST + 1, tbn, rmn);
@@ -566,18 +567,18 @@ __global__ void __launch_bounds__(kDecodeThreads) decode_kernel(const DecodeArgs
     cp_async_wait<0>();
 
     // the warp's result: accumulators summed over its key groups, the sum over its lanes per head
-  #pragma unroll
+#pragma unroll
     for (int off = L; off < 32; off <<= 1)
-  #pragma unroll
+#pragma unroll
       for (int g = 0; g < MG; ++g)
-  #pragma unroll
+#pragma unroll
         for (int e = 0; e < 8; ++e) acc[g][e] += __shfl_xor_sync(kFull, acc[g][e], off);
-  #pragma unroll
+#pragma unroll
     for (int off = MG; off < 32; off <<= 1) lrun += __shfl_xor_sync(kFull, lrun, off);
 
     __syncthreads();  // every warp is done with the ring and the scores
     if (kq == 0 && dim_on)
-  #pragma unroll
+#pragma unroll
       for (int g = 0; g < MG; ++g) {
         float4* d = reinterpret_cast<float4*>(wacc + (warp * MG + g) * LD + li * 8);
         d[0] = make_float4(acc[g][0], acc[g][1], acc[g][2], acc[g][3]);
@@ -1070,10 +1071,10 @@ void launch_decode(const DecodeArgs& a0, int n_decode, cudaStream_t stream) {
   }
 }
 // The tensor-core form where it applies (decode_attention_on_tensor_cores: head_dim 64 / 128, the
-// pools 16-byte aligned), the FP32 form otherwise.
+// pools 16-byte aligned, q 8-byte aligned), the FP32 form otherwise.
 template <class T, int MG>
 void launch_decode_l(const DecodeArgs& a, int L, int n_decode, cudaStream_t stream) {
-  const bool tc = a.vec && decode_attention_on_tensor_cores(a.hd);
+  const bool tc = a.vec && a.q_pairs && decode_attention_on_tensor_cores(a.hd);
   if (L == 4)
     launch_decode<T, MG, 4, false>(a, n_decode, stream);
   else if (L == 8 && tc)
@@ -1131,6 +1132,7 @@ void launch_all(const float* q, int nh, const RowMap& rows, const PagedKv& kv, i
     a.nkv = kv.kv_heads;
     a.bs = kv.block_size;
     a.vec = hd % 8 == 0 && reinterpret_cast<uintptr_t>(kv.k) % 16 == 0 && reinterpret_cast<uintptr_t>(kv.v) % 16 == 0;
+    a.q_pairs = reinterpret_cast<uintptr_t>(q) % 8 == 0;  // the tensor-core form loads q as float2
     a.qscale = scale_log2;
     const int L = std::max(4, pow2_at_least((hd + 7) / 8));
     const int MG = pow2_at_least(a.gc);

@@ -2,12 +2,15 @@
 // different lengths, prefill chunks and decode tokens: each row (token) attends to the keys of its
 // own sequence at positions max(0, pos + 1 - window) .. pos (window 0: all), which the step has
 // already written into the cache. GQA: query head h reads KV head h / (nh / nkv). Scores
-// q.k / sqrt(hd) and the softmax in FP32, FP32 accumulation, out rounded once to T (FP16 / BF16).
+// q.k / sqrt(hd) and the softmax in FP32, FP32 accumulation, out rounded once to T (FP16 / BF16);
+// the tensor-core kernels round q and the softmax weights P to T (below).
 //
 // Two kernels share the step, chosen per row on the host (plan_attention):
 //
 //   decode  (entries of 1 row, or every row in batch-invariant mode, or head dims the prefill kernel
-//           lacks): split-KV flash-decoding on CUDA cores, FP32 q, in ONE launch. One thread-block
+//           lacks): split-KV flash-decoding in ONE launch, on tensor cores for head_dim 64 / 128
+//           (decode_attention_on_tensor_cores: q and P rounded to T as in the prefill kernel), on
+//           CUDA cores with FP32 q, scores and weights for other head dims. One thread-block
 //           cluster of 8 CTAs (8 warps each) per (row, group of <= 8 query heads of one KV head): each
 //           K/V row is loaded once (cp.async, 16 B) and serves every query head of the group. A row's
 //           attended range of len = pos + 1 - j0 keys is cut by a rule of len only:
@@ -62,8 +65,9 @@ inline constexpr int kAttentionTileRows = 128;
 // Head dims the prefill kernel is built for; other dims send every row to the decode kernel.
 bool prefill_attention_supports(int head_dim);
 // Head dims for which the decode kernel runs Q K^T and P V on tensor cores (when the pools are
-// 16-byte aligned, as the engine's are): q and P are then rounded to the cache's type T, as in the
-// prefill kernel; other dims (and unaligned pools) take the FP32 form (q, scores and weights in FP32).
+// 16-byte aligned and q 8-byte aligned, as the engine's buffers are): q and P are then rounded to the
+// cache's type T, as in the prefill kernel; other dims (and unaligned buffers) take the FP32 form (q,
+// scores and weights in FP32).
 bool decode_attention_on_tensor_cores(int head_dim);
 
 // Host side: the plan's contents for a step whose entries have entry_rows[i] new tokens each, laid out
