@@ -338,6 +338,31 @@ TEST(Jinja, RecursionOutputAndWorkAreBounded) {
             std::string::npos);
 }
 
+// The ordered parse of outside input refuses an object of more than kMaxOrderedKeys keys before
+// parsing it (ordered_json's inserts are linear searches: 100k keys took 20-37 s), keeps key order,
+// and leaves malformed JSON to nlohmann's parse_error. Large arrays are not limited.
+TEST(Jinja, OrderedJsonParseBoundsTheKeysOfAnObject) {
+  auto object_of = [](size_t n) {
+    std::string t = "{";
+    for (size_t i = 0; i < n; ++i) t += (i ? ",\"k" : "\"k") + std::to_string(i) + "\":" + std::to_string(i);
+    return t + "}";
+  };
+  const nlohmann::ordered_json at_limit = sharq::jinja::parse_ordered_json(object_of(sharq::jinja::kMaxOrderedKeys));
+  EXPECT_EQ(at_limit.size(), sharq::jinja::kMaxOrderedKeys);
+  EXPECT_EQ(at_limit.begin().key(), "k0");
+  try {
+    sharq::jinja::parse_ordered_json("[1, {\"a\": " + object_of(100000) + "}]");
+    ADD_FAILURE() << "no exception";
+  } catch (const std::invalid_argument& e) {
+    EXPECT_NE(std::string(e.what()).find("more than 4096 keys (at nesting depth 3)"), std::string::npos) << e.what();
+  }
+  EXPECT_EQ(sharq::jinja::parse_ordered_json(R"({"b": 1, "a": [2, 3]})").begin().key(), "b");
+  std::string wide = "[";
+  for (int i = 0; i < 100000; ++i) wide += i ? ",1" : "1";
+  EXPECT_EQ(sharq::jinja::parse_ordered_json(wide + "]").size(), 100000u);
+  EXPECT_THROW(sharq::jinja::parse_ordered_json("{\"a\": }"), nlohmann::ordered_json::parse_error);
+}
+
 TEST(Jinja, DeepJsonInputIsRefused) {
   std::string deep = std::string(2000, '[') + std::string(2000, ']');
   EXPECT_THROW(Value::from_json(nlohmann::ordered_json::parse(deep)), TemplateError);

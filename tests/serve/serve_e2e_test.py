@@ -435,6 +435,14 @@ def case_chat_completions_follow_the_template():
                         {"messages": norm, "max_completion_tokens": 9223372036854775800}):
                 st, r = post(s, bad, path="/v1/chat/completions")
                 assert st == 400 and r["error"]["message"], (bad, st, r)
+            # a message with 100k keys: refused at once (an ordered parse of it took 37 s), then still serving
+            wide = dict(norm[0], **{"k%d" % i: i for i in range(100000)})
+            t0 = time.monotonic()
+            st, r = post(s, {"messages": [wide]}, path="/v1/chat/completions")
+            assert st == 400 and "more than 4096 keys" in r["error"]["message"], (st, r)
+            assert time.monotonic() - t0 < 5, time.monotonic() - t0
+            st, r = post(s, {"messages": norm, "max_tokens": 2}, path="/v1/chat/completions")
+            assert st == 200, (st, r)
             assert s.stop() == 0
         with Server() as s:  # stories260K has no chat template of its own
             st, r = post(s, {"messages": norm}, path="/v1/chat/completions")

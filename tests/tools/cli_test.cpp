@@ -234,6 +234,17 @@ TEST(Cli, ContextBoundsAreStatedOrEnforced) {
   EXPECT_NE(r.out.find("--ctx 1024 exceeds"), std::string::npos) << r.out;
 }
 
+// A SharQ scheme as the reference runs and reports (its baseline is not added: the gap is measured
+// against the reference, not for it).
+TEST(Cli, PplTakesASharqReference) {
+  if (!have_stories()) GTEST_SKIP() << "no " << stories();
+  const std::string data = std::string(SHARQ_SOURCE_DIR) + "/README.md";
+  const Result r = run("ppl " + stories() + " --data " + data + " --ctx 32 --max-windows 2 -q --schemes fp32 --reference sharq");
+  EXPECT_EQ(r.status, 0) << r.out;
+  EXPECT_EQ(r.out.find("map::at"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("fp32"), std::string::npos) << r.out;
+}
+
 TEST(Cli, EvalRefusesEmptyInput) {
   if (!have_stories()) GTEST_SKIP() << "no " << stories();
   const auto dir = std::filesystem::temp_directory_path() / "sharq_cli_eval";

@@ -34,14 +34,16 @@ std::string read_text(const fs::path& p, const std::string& what) {
 
 ojson parse_json(const std::string& text, const std::string& origin) {
   try {
-    return ojson::parse(text);
+    return jinja::parse_ordered_json(text);
   } catch (const ojson::parse_error& e) {
     throw ChatTemplateError(fmt::format("{}: malformed JSON: {}", origin, e.what()));
+  } catch (const std::invalid_argument& e) {
+    throw ChatTemplateError(fmt::format("{}: {}", origin, e.what()));
   }
 }
 
 // A special token of tokenizer_config.json: a string, or an AddedToken object {"content": ...}.
-std::optional<std::string> token_text(const ojson& cfg, const char* key, const std::string& origin) {
+std::optional<std::string> token_text(const nlohmann::json& cfg, const char* key, const std::string& origin) {
   const auto it = cfg.find(key);
   if (it == cfg.end() || it->is_null()) return std::nullopt;
   if (it->is_string()) return it->get<std::string>();
@@ -87,11 +89,17 @@ ChatTemplate ChatTemplate::load(const std::string& path, jinja::Limits limits) {
   if (config.empty() && jinja_file.empty())
     throw ChatTemplateError(fmt::format("{}: no tokenizer_config.json or chat_template.jinja (needed for the chat template)", path));
 
-  ojson cfg = ojson::object();
+  // (tokenizer_config.json's key order is never observable: a plain json, whose std::map parses a
+  // large added_tokens_decoder in n log n rather than the ordered parse's n^2)
+  nlohmann::json cfg = nlohmann::json::object();
   std::string cfg_origin;
   if (!config.empty()) {
     cfg_origin = config.string();
-    cfg = parse_json(read_text(config, "the tokenizer config"), cfg_origin);
+    try {
+      cfg = nlohmann::json::parse(read_text(config, "the tokenizer config"));
+    } catch (const nlohmann::json::parse_error& e) {
+      throw ChatTemplateError(fmt::format("{}: malformed JSON: {}", cfg_origin, e.what()));
+    }
     if (!cfg.is_object()) throw ChatTemplateError(fmt::format("{}: expected a JSON object", cfg_origin));
   }
   std::vector<std::pair<std::string, std::string>> special;

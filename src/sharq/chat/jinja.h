@@ -36,6 +36,15 @@ struct TemplateRaised : TemplateError {
   using TemplateError::TemplateError;
 };
 
+// nlohmann::ordered_json finds an object's key by a linear search, so parsing an object of n keys
+// takes O(n^2) time (100k keys took 20-37 s, in a server request too). Every ordered parse of outside
+// input (request bodies, --messages / --tools files, a model's tool-call JSON) goes through
+// parse_ordered_json: a linear SAX pass first refuses an object of more than kMaxOrderedKeys keys
+// (std::invalid_argument naming the byte offset); malformed JSON throws nlohmann's parse_error, as
+// ordered_json::parse does.
+inline constexpr size_t kMaxOrderedKeys = 4096;
+nlohmann::ordered_json parse_ordered_json(const std::string& text);
+
 class Value;
 using ValueList = std::vector<Value>;
 using KwArgs = std::vector<std::pair<std::string, Value>>;

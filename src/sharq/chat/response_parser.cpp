@@ -39,7 +39,7 @@ std::vector<std::string> call_bodies(const std::string& s) {
 // One call's body as a ToolCall, or none when it is not {"name": string, "arguments": ...}.
 std::optional<ToolCall> parse_call(const std::string& body) {
   try {
-    const auto j = nlohmann::ordered_json::parse(body);
+    const auto j = jinja::parse_ordered_json(body);
     const auto n = j.is_object() ? j.find("name") : j.end();
     const auto a = j.is_object() ? j.find("arguments") : j.end();
     if (!j.is_object() || n == j.end() || a == j.end() || !n->is_string()) return std::nullopt;

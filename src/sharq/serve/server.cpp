@@ -321,7 +321,12 @@ ParsedChat parse_chat(const std::string& body_text, const chat::ChatTemplate& tm
   check_model(body, model_name);            //  variables keep their key order: ordered_json below)
   ParsedChat p;
   using ojson = nlohmann::ordered_json;
-  ojson ob = ojson::parse(body_text);
+  ojson ob;  // (parse_body above already refused malformed JSON)
+  try {
+    ob = jinja::parse_ordered_json(body_text);
+  } catch (const std::invalid_argument& e) {
+    throw bad_request(fmt::format("the request body holds {}", e.what()));
+  }
   auto odump = [](const ojson& j) { return j.dump(-1, ' ', false, ojson::error_handler_t::replace); };
   auto it = ob.find("messages");
   if (it == ob.end() || !it->is_array() || it->empty())

@@ -174,7 +174,7 @@ PplResult run_perplexity(const PplOptions& opt) {
       if (run[s].is_sharq()) rows[s].baseline = sharq_baseline(run[s]).name();
       continue;
     }
-    if (run[s].is_sharq()) {
+    if (run[s].is_sharq() && s > 0) {  // (a SharQ reference has no gap: it is what the others are measured against)
       const PplRow& b = rows[slot.at(sharq_baseline(run[s]).name())];
       rows[s].baseline = b.scheme;
       if (!b.finite()) continue;  // no gap against a non-finite baseline
