@@ -180,6 +180,21 @@ TEST(ChatTemplate, LoadErrorsNameTheFileAndField) {
   e = load_error(d.str());
   EXPECT_NE(e.find("line 2"), std::string::npos) << e;
   EXPECT_NE(e.find("{% include %} statement is not supported"), std::string::npos) << e;
+  // a template that is not UTF-8 text, and a chat_template.jinja that is not a file (found by a probe:
+  // the first rendered raw bytes, the second was skipped for the config's template)
+  d.write("chat_template.jinja", "ok \xff\xfe{{ x }}");
+  e = load_error(d.str());
+  EXPECT_NE(e.find("chat_template.jinja: not valid UTF-8 (byte 3)"), std::string::npos) << e;
+  d.write("chat_template.jinja", "caf\xc3\xa9 \xe2\x82\xac \xf0\x9f\x98\x80 {{ 1 }}");  // UTF-8 of 2, 3 and 4 bytes
+  EXPECT_EQ(load_error(d.str()), "");
+  d.write("chat_template.jinja", "\xe2\x82");  // cut short
+  EXPECT_NE(load_error(d.str()).find("not valid UTF-8 (byte 0)"), std::string::npos);
+  d.write("chat_template.jinja", "\xc0\xaf");  // overlong '/'
+  EXPECT_NE(load_error(d.str()).find("not valid UTF-8 (byte 0)"), std::string::npos);
+  std::filesystem::remove(d.path / "chat_template.jinja");
+  std::filesystem::create_directory(d.path / "chat_template.jinja");
+  e = load_error(d.str());
+  EXPECT_NE(e.find("chat_template.jinja: not a regular file"), std::string::npos) << e;
 }
 
 TEST(ChatTemplate, ValidateCatchesTemplatesThatCannotRender) {

@@ -194,7 +194,8 @@ TEST(HfConfig, Qwen3ExplicitHeadDimAndQkNorm) {
   EXPECT_DOUBLE_EQ(c.rope_theta, 1e6);  // an integer in the file
   EXPECT_DOUBLE_EQ(c.rms_norm_eps, 1e-6);
   // transformers 5 layer_types, all full attention
-  EXPECT_EQ(parse(config_json("qwen3", R"("head_dim": 64, "layer_types": ["full_attention", "full_attention"])")).head_dim, 64);
+  EXPECT_EQ(parse(config_json("qwen3", R"("head_dim": 64, "layer_types": ["full_attention", "full_attention", "full_attention",
+                                                                          "full_attention"])")).head_dim, 64);
 }
 
 TEST(HfConfig, MixtralExperts) {
@@ -290,6 +291,11 @@ TEST(HfConfig, RejectsUnsupportedRope) {
       "high_freq_factor": 4.0, "original_max_position_embeddings": 8192})"), "rope_scaling.high_freq_factor", "must exceed");
   expect_error(config_json("llama", R"("rope_theta": 10000.0, "rope_parameters": {"rope_type": "default", "rope_theta": 500000.0})"),
                "rope_parameters.rope_theta", "disagrees");
+  // a scaled rope_scaling beside a default rope_parameters: which one applies is not ours to guess
+  expect_error(config_json("llama", R"("rope_parameters": {"rope_type": "default", "rope_theta": 500000.0},
+      "rope_scaling": {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                       "original_max_position_embeddings": 8192})"),
+               "rope_scaling", "disagrees with rope_parameters");
   expect_error(config_json("llama", R"("rope_parameters": {"full_attention": {"rope_type": "default"}})"), "rope_parameters",
                "neither");
   expect_error(config_json("llama", R"("partial_rotary_factor": 0.5)"), "partial_rotary_factor", "not supported");
@@ -310,8 +316,11 @@ TEST(HfConfig, RejectsFeaturesNotRun) {
                "sliding-window attention is not supported");
   expect_error(config_json("qwen3", R"("head_dim": 32, "use_sliding_window": true, "max_window_layers": 0)"), "use_sliding_window",
                "max_window_layers 0 < num_hidden_layers 4");
-  expect_error(config_json("qwen3", R"("head_dim": 32, "layer_types": ["full_attention", "sliding_attention"])"), "layer_types[1]",
-               "only full_attention");
+  expect_error(config_json("qwen3", R"("head_dim": 32, "layer_types": ["full_attention", "sliding_attention", "full_attention",
+                                                                         "full_attention"])"), "layer_types[1]", "only full_attention");
+  expect_error(config_json("qwen3", R"("head_dim": 32, "layer_types": ["full_attention"])"), "layer_types",
+               "has 1 entries for num_hidden_layers 4");
+  expect_error(config_json("qwen3", R"("head_dim": 32, "layer_types": [])"), "layer_types", "has 0 entries");
   expect_error(R"({"model_type": "qwen3_moe", "vocab_size": 100, "hidden_size": 64, "moe_intermediate_size": 32, "num_hidden_layers": 2,
       "num_attention_heads": 4, "head_dim": 16, "max_position_embeddings": 128, "num_experts": 4, "num_experts_per_tok": 2,
       "mlp_only_layers": [0]})", "mlp_only_layers", "not supported");

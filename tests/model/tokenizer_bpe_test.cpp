@@ -256,6 +256,28 @@ TEST(BpeTokenizerJson, MalformedFilesAreErrorsNamingTheFile) {
                    return j.dump();
                  }()),
        "vocab"},
+      // one id, one string (found by a bad-input probe: such files were accepted and decoded wrongly)
+      {dir.write("sharedid.json",
+                 [] {
+                   json j = tiny_tokenizer(false);
+                   j["model"]["vocab"]["y"] = 2;  // "c" is 2
+                   return j.dump();
+                 }()),
+       "share id 2"},
+      {dir.write("renamed.json",
+                 [] {
+                   json j = tiny_tokenizer(false);
+                   j["added_tokens"][1]["id"] = 1;  // "<m>" over the vocab's "b"
+                   return j.dump();
+                 }()),
+       "id 1 is \"<m>\" here but \"b\" in the vocab"},
+      {dir.write("twoadded.json",
+                 [] {
+                   json j = tiny_tokenizer(false);
+                   j["added_tokens"][2]["id"] = 101;  // "xx" and "<m>"
+                   return j.dump();
+                 }()),
+       "id 101 is \"xx\" here and \"<m>\" in an earlier added token"},
   };
   for (const auto& [path, what] : cases) {
     SCOPED_TRACE(path);
@@ -267,6 +289,16 @@ TEST(BpeTokenizerJson, MalformedFilesAreErrorsNamingTheFile) {
       EXPECT_NE(std::string(e.what()).find(what), std::string::npos) << e.what();
     }
   }
+}
+
+// An added token may repeat a vocab entry with the same string (special tokens often are in both).
+TEST(BpeTokenizerJson, AnAddedTokenMayRepeatItsVocabEntry) {
+  sharq_test::TempDir dir("sharq_tok");
+  json j = tiny_tokenizer(false);
+  j["model"]["vocab"]["<m>"] = 101;
+  j["added_tokens"].push_back(j["added_tokens"][1]);  // the same token twice
+  const auto tok = sharq::load_bpe_tokenizer_json(dir.write("tokenizer.json", j.dump()));
+  EXPECT_EQ(tok->encode("a<m>b", false), (std::vector<int32_t>{0, 101, 1}));
 }
 
 TEST(BpeTokenizerJson, MetaspaceTokenizerIsUnsupportedNotMisread) {

@@ -92,6 +92,13 @@ TEST(Cli, NumericOptionsSayWhatIsExpected) {
   const Result k = run("bench gemm --kernel prefill_ws");
   EXPECT_NE(k.status, 0) << k.out;
   EXPECT_NE(k.out.find("--kernel: prefill_ws not in {auto,small,prefill}"), std::string::npos) << k.out;
+  // an output path given empty is refused the same way, not taken for "not given" (found by a probe)
+  for (const std::string c : {"analyze m --data d --svg ''", "opcheck --save ''", "bench model --synthetic llama3.1-8b --csv ''",
+                              "bench serve --csv ''"}) {
+    const Result e = run(c);
+    EXPECT_NE(e.status, 0) << c << "\n" << e.out;
+    EXPECT_NE(e.out.find(": the path is empty"), std::string::npos) << c << "\n" << e.out;
+  }
   // good values still parse; the last of a repeated option wins
   const Result r = run("opcheck -M 0 -M 2 -K 64 -N +4 --schemes nvfp4 --csv");
   EXPECT_EQ(r.status, 0) << r.out;

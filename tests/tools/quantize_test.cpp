@@ -321,6 +321,30 @@ TEST(QuantizeErrors, UnstorableSchemesBusyOutputsAndQuantizedSources) {
   EXPECT_NE(error(out.str(), again.str(), "nvfp4").find("already quantized"), std::string::npos);
 }
 
+// --tokenizer is copied into OUT, so it must load and fit the model first: a text file and another
+// model's (larger) tokenizer are refused before anything is written (found by a probe: both were
+// copied, and generate then refused the checkpoint).
+TEST(QuantizeErrors, ATokenizerThatDoesNotFitIsRefusedBeforeWriting) {
+  TempDir out, scratch;
+  fs::create_directories(scratch.str());
+  const std::string text = scratch.str("notes.txt");
+  std::ofstream(text) << "hello";
+  std::vector<std::string> toks = {text};
+  const std::string big = kShared + "/tokenizers/qwen3/tokenizer.json";  // 151,669 tokens
+  if (fs::exists(big)) toks.push_back(big);
+  for (const std::string& tok : toks) {
+    QuantizeOptions o = quantize_options(kTiny + "/llama3", out.str(), "nvfp4", "compressed-tensors");
+    o.tokenizer_path = tok;
+    try {
+      quantize_checkpoint(o);
+      ADD_FAILURE() << tok << ": no error";
+    } catch (const std::invalid_argument& e) {
+      EXPECT_NE(std::string(e.what()).find("--tokenizer: " + tok), std::string::npos) << e.what();
+    }
+    EXPECT_FALSE(fs::exists(out.str())) << tok;
+  }
+}
+
 // compressed-tensors: the marker records every NVFP4 layer's exact g; sharq prefers it (checked
 // against 1 / divisor), a reader without it gets fl(1 / divisor), and a marker that disagrees with
 // the tensor, names an unknown layer or is not an exact FP32 value is a clear error.

@@ -192,6 +192,11 @@ CLI::Option* add_number_list(CLI::App* app, const std::string& names, std::vecto
 
 constexpr int64_t kInt64Max = std::numeric_limits<int64_t>::max();
 
+// An output path given as an empty string is an error (it would otherwise read as "not given" and
+// write nothing without a word).
+const CLI::Validator kNonEmptyPath(
+    [](std::string& v) { return v.empty() ? std::string("the path is empty") : std::string(); }, "PATH");
+
 // A path the user gave: it must exist, be of the right kind and be readable, or the error says
 // which ("<path>: is a directory", "<path>: permission denied", ...). `kind`: what the option
 // expects, for the message.
@@ -405,7 +410,8 @@ int main(int argc, char** argv) {
   op->add_option("--reference", oc.reference, "accuracy reference for 'gap recovered'")->capture_default_str();
   op->add_option("--x", oc.x_path, "activations X (M x K) as .npy: float32, float16 or bfloat16");
   op->add_option("--w", oc.w_path, "weights W (N x K, nn.Linear layout) as .npy");
-  op->add_option("--save", oc.save_dir, "write X, W and each scheme's Y and dequantized operands as float32 .npy here");
+  op->add_option("--save", oc.save_dir, "write X, W and each scheme's Y and dequantized operands as float32 .npy here")
+      ->check(kNonEmptyPath);
   op->add_flag("--csv", oc_csv, "CSV output");
   op->add_flag("--json", oc_json, "JSON output");
   op->footer(kSchemeHelp);
@@ -507,7 +513,7 @@ int main(int argc, char** argv) {
   an->add_option("--data", ao.data_path, "text file")->required();
   add_number<int64_t>(an, "--tokens", ao.tokens, "tokens of the file to run (at most the model's max_position_embeddings)", 1);
   an->add_option("--schemes", ao.schemes, "comma-separated schemes")->capture_default_str();
-  an->add_option("--svg", ao.svg_path, "also write an SVG plot of the per-layer errors here");
+  an->add_option("--svg", ao.svg_path, "also write an SVG plot of the per-layer errors here")->check(kNonEmptyPath);
   an->add_flag("--mxfp4-fp8", ao.mxfp4_fp8,
                "also measure MXFP4 on FP8 tensor cores: per operand plane the 128-K tiles E4M3 cannot hold exactly, "
                "and the output error of rounding them (quant/fp8_fold.h)");
@@ -559,8 +565,8 @@ int main(int argc, char** argv) {
   add_number<double>(bm, "--torch-tok-s", bmo.torch_tok_s,
                      "the same run's torch decode tok/s (scripts/device/torch_decode_peer.py), for the ratio", 0.0,
                      1e9, true);
-  bm->add_option("--csv", bmo.csv, "also write one CSV row per scheme here");
-  bm->add_option("--svg", bmo.svg, "also write the breakdown as an SVG stacked-bar plot here");
+  bm->add_option("--csv", bmo.csv, "also write one CSV row per scheme here")->check(kNonEmptyPath);
+  bm->add_option("--svg", bmo.svg, "also write the breakdown as an SVG stacked-bar plot here")->check(kNonEmptyPath);
   bm->add_flag("-q,--quiet", bmo.quiet, "no progress on stderr");
 #ifdef SHARQ_HAVE_SERVE
   sharq::BenchServeOptions bso;
@@ -578,7 +584,7 @@ int main(int argc, char** argv) {
   add_number<uint64_t>(bsv, "--seed", bso.seed, "seed of the lengths, prompts and arrivals");
   add_number<double>(bsv, "--timeout", bso.timeout_s, "seconds for the whole run (each request too)", 0.0, 1e6, true);
   bsv->add_option("--label", bso.label, "a name for this run (table and CSV)");
-  bsv->add_option("--csv", bso.csv, "append one CSV row here");
+  bsv->add_option("--csv", bso.csv, "append one CSV row here")->check(kNonEmptyPath);
 #endif
 
   // ---- quantize

@@ -32,6 +32,45 @@ std::string read_text(const fs::path& p, const std::string& what) {
   return text;
 }
 
+// Offset of the first byte that does not start a well-formed UTF-8 sequence (no overlong forms, no
+// surrogates, nothing above U+10FFFF), or npos.
+size_t first_invalid_utf8(std::string_view s) {
+  size_t i = 0;
+  while (i < s.size()) {
+    const auto c = static_cast<unsigned char>(s[i]);
+    size_t n = 0;
+    uint32_t cp = 0, lo = 0;
+    if (c < 0x80) {
+      ++i;
+      continue;
+    } else if ((c & 0xE0) == 0xC0) {
+      n = 1, cp = c & 0x1F, lo = 0x80;
+    } else if ((c & 0xF0) == 0xE0) {
+      n = 2, cp = c & 0x0F, lo = 0x800;
+    } else if ((c & 0xF8) == 0xF0) {
+      n = 3, cp = c & 0x07, lo = 0x10000;
+    } else {
+      return i;
+    }
+    if (i + n >= s.size()) return i;  // the sequence runs past the end
+    for (size_t k = 1; k <= n; ++k) {
+      const auto d = static_cast<unsigned char>(s[i + k]);
+      if ((d & 0xC0) != 0x80) return i;
+      cp = (cp << 6) | (d & 0x3F);
+    }
+    if (cp < lo || cp > 0x10FFFF || (cp >= 0xD800 && cp <= 0xDFFF)) return i;
+    i += n + 1;
+  }
+  return std::string_view::npos;
+}
+
+// A template's source as given, once it is known to be UTF-8 (a Jinja template is text).
+const std::string& utf8_source(const std::string& text, const std::string& origin) {
+  if (const size_t bad = first_invalid_utf8(text); bad != std::string_view::npos)
+    throw ChatTemplateError(fmt::format("{}: not valid UTF-8 (byte {})", origin, bad));
+  return text;
+}
+
 ojson parse_json(const std::string& text, const std::string& origin) {
   try {
     return jinja::parse_ordered_json(text);
@@ -59,10 +98,11 @@ std::optional<std::string> token_text(const nlohmann::json& cfg, const char* key
 ChatTemplate::ChatTemplate(const std::string& source, std::string origin,
                            std::vector<std::pair<std::string, std::string>> special_tokens,
                            const std::string& tool_use_source, jinja::Limits limits)
-    : origin_(std::move(origin)), special_(std::move(special_tokens)), tmpl_(source, origin_, limits) {
+    : origin_(std::move(origin)), special_(std::move(special_tokens)), tmpl_(utf8_source(source, origin_), origin_, limits) {
   for (const auto& [k, v] : special_)
     if (k == "bos_token") bos_ = v;
-  if (!tool_use_source.empty()) tool_tmpl_.emplace(tool_use_source, origin_ + " (tool_use)", limits);
+  if (!tool_use_source.empty())
+    tool_tmpl_.emplace(utf8_source(tool_use_source, origin_ + " (tool_use)"), origin_ + " (tool_use)", limits);
 }
 
 ChatTemplate ChatTemplate::load(const std::string& path, jinja::Limits limits) {
@@ -85,7 +125,11 @@ ChatTemplate ChatTemplate::load(const std::string& path, jinja::Limits limits) {
   }
   if (dir.empty()) dir = ".";
   if (config.empty() && fs::is_regular_file(dir / "tokenizer_config.json", ec)) config = dir / "tokenizer_config.json";
-  if (jinja_file.empty() && fs::is_regular_file(dir / "chat_template.jinja", ec)) jinja_file = dir / "chat_template.jinja";
+  if (jinja_file.empty() && fs::exists(dir / "chat_template.jinja", ec)) {
+    if (!fs::is_regular_file(dir / "chat_template.jinja", ec))
+      throw ChatTemplateError(fmt::format("{}: not a regular file", (dir / "chat_template.jinja").string()));
+    jinja_file = dir / "chat_template.jinja";
+  }
   if (config.empty() && jinja_file.empty())
     throw ChatTemplateError(fmt::format("{}: no tokenizer_config.json or chat_template.jinja (needed for the chat template)", path));
 

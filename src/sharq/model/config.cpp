@@ -194,6 +194,8 @@ Arch parse_arch(const ConfigReader& r) {
 void reject_qwen_sliding_window(const ConfigReader& r, int64_t num_layers) {
   if (const json* lt = r.find("layer_types")) {
     if (!lt->is_array()) r.fail("layer_types", fmt::format("must be a list, got {}", describe(*lt)));
+    if (static_cast<int64_t>(lt->size()) != num_layers)
+      r.fail("layer_types", fmt::format("has {} entries for num_hidden_layers {}", lt->size(), num_layers));
     for (size_t i = 0; i < lt->size(); ++i) {
       const std::string field = fmt::format("layer_types[{}]", i);
       const std::string t = r.string((*lt)[i], field);
@@ -272,7 +274,7 @@ ModelConfig parse_hf_config(const std::string& json_text, const std::string& pat
     c.rope_theta = theta;
     if (params) c.rope_scaling = params->scaling;
     if (legacy && legacy->scaling.type != RopeScaling::Type::none) {
-      if (params && params->scaling.type != RopeScaling::Type::none && !same_scaling(params->scaling, legacy->scaling))
+      if (params && !same_scaling(params->scaling, legacy->scaling))  // (a "default" rope_parameters too)
         r.fail("rope_scaling", "disagrees with rope_parameters");
       c.rope_scaling = legacy->scaling;
     }

@@ -630,6 +630,8 @@ void BpeTokenizer::load_model(const json& model) {
   raw_vocab_.reserve(entries.size());
   const std::vector<int16_t> byte_of = byte_of_code_point(alphabet_);
   for (const auto& [token, id] : entries) {
+    if (vocab_present_[id])  // (JSON object keys are unique, so two entries here are two strings)
+      throw TokenizerError(fmt::format("{}: vocab entries {:?} and {:?} share id {}", where, vocab_tokens_[id], *token, id));
     vocab_tokens_[id] = *token;
     vocab_present_[id] = true;
     vocab_.emplace(*token, id);
@@ -700,6 +702,7 @@ void BpeTokenizer::load_model(const json& model) {
 void BpeTokenizer::load_added_tokens(const json& added) {
   const std::string where = path_ + ": added_tokens";
   if (!added.is_array()) throw TokenizerError(fmt::format("{}: not an array", where));
+  std::unordered_map<int32_t, size_t> added_ids;  // id -> its first entry in added_
   for (size_t i = 0; i < added.size(); ++i) {
     const std::string w = fmt::format("{}[{}]", where, i);
     const json& t = added[i];
@@ -722,6 +725,14 @@ void BpeTokenizer::load_added_tokens(const json& added) {
     if (tok.content.empty()) continue;  // the crate ignores empty added tokens
     if (first_invalid_utf8(tok.content) != std::string_view::npos)
       throw TokenizerError(fmt::format("{}: content is not valid UTF-8", w));
+    // one id, one string: an added token may repeat a vocab entry (special tokens often do), not
+    // rename one, and two added tokens may not share an id
+    const size_t idx = static_cast<size_t>(tok.id);
+    if (idx < vocab_present_.size() && vocab_present_[idx] && vocab_tokens_[idx] != tok.content)
+      throw TokenizerError(fmt::format("{}: id {} is {:?} here but {:?} in the vocab", w, tok.id, tok.content, vocab_tokens_[idx]));
+    if (const auto [it, fresh] = added_ids.emplace(tok.id, added_.size()); !fresh && added_[it->second].content != tok.content)
+      throw TokenizerError(fmt::format("{}: id {} is {:?} here and {:?} in an earlier added token", w, tok.id, tok.content,
+                                       added_[it->second].content));
     added_.push_back(std::move(tok));
   }
   // Special tokens take precedence in the crate's matcher (they are listed first); with

@@ -448,6 +448,15 @@ QuantizeReport quantize_checkpoint(const QuantizeOptions& opt) {
                                             w.quantization.describe()));
   w.check_dimensions();
   const bool from_llama2c = !synthetic && !fs::is_directory(opt.model_path, ec);
+  // --tokenizer is copied into OUT: it must load and fit the model, or generate / ppl would refuse the
+  // checkpoint written (checked before anything is written)
+  if (!opt.tokenizer_path.empty()) {
+    try {
+      load_tokenizer_for(opt.model_path, opt.tokenizer_path, w.config);
+    } catch (const TokenizerError& e) {
+      throw std::invalid_argument(fmt::format("--tokenizer: {}", e.what()));
+    }
+  }
 
   QuantizeReport rep;
   rep.source = source_name;
