@@ -356,6 +356,16 @@ TEST(Jinja, OrderedJsonParseBoundsTheKeysOfAnObject) {
   } catch (const std::invalid_argument& e) {
     EXPECT_NE(std::string(e.what()).find("more than 4096 keys (at nesting depth 3)"), std::string::npos) << e.what();
   }
+  // many objects at the per-object limit: bounded by the total (an independent review's case: 1550
+  // objects of 4096 keys took 41 s)
+  std::string many = "[";
+  for (int i = 0; i < 20; ++i) many += (i ? "," : "") + object_of(4000);
+  try {
+    sharq::jinja::parse_ordered_json(many + "]");
+    ADD_FAILURE() << "no exception";
+  } catch (const std::invalid_argument& e) {
+    EXPECT_NE(std::string(e.what()).find("more than 65536 object keys in all"), std::string::npos) << e.what();
+  }
   EXPECT_EQ(sharq::jinja::parse_ordered_json(R"({"b": 1, "a": [2, 3]})").begin().key(), "b");
   std::string wide = "[";
   for (int i = 0; i < 100000; ++i) wide += i ? ",1" : "1";

@@ -291,11 +291,14 @@ TEST(HfConfig, RejectsUnsupportedRope) {
       "high_freq_factor": 4.0, "original_max_position_embeddings": 8192})"), "rope_scaling.high_freq_factor", "must exceed");
   expect_error(config_json("llama", R"("rope_theta": 10000.0, "rope_parameters": {"rope_type": "default", "rope_theta": 500000.0})"),
                "rope_parameters.rope_theta", "disagrees");
-  // a scaled rope_scaling beside a default rope_parameters: which one applies is not ours to guess
-  expect_error(config_json("llama", R"("rope_parameters": {"rope_type": "default", "rope_theta": 500000.0},
+  // a scaled rope_scaling beside a default rope_parameters applies, with rope_parameters' theta, as
+  // transformers 5 reads it (rope_parameters = rope_scaling or rope_parameters)
+  const ModelConfig both = parse(config_json("llama", R"("rope_parameters": {"rope_type": "default", "rope_theta": 500000.0},
       "rope_scaling": {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
-                       "original_max_position_embeddings": 8192})"),
-               "rope_scaling", "disagrees with rope_parameters");
+                       "original_max_position_embeddings": 8192})"));
+  EXPECT_EQ(both.rope_scaling.type, sharq::RopeScaling::Type::llama3);
+  EXPECT_DOUBLE_EQ(both.rope_scaling.factor, 8.0);
+  EXPECT_DOUBLE_EQ(both.rope_theta, 500000.0);
   expect_error(config_json("llama", R"("rope_parameters": {"full_attention": {"rope_type": "default"}})"), "rope_parameters",
                "neither");
   expect_error(config_json("llama", R"("partial_rotary_factor": 0.5)"), "partial_rotary_factor", "not supported");

@@ -213,6 +213,7 @@ def case_bad_requests_answer_400():
         cases = [
             (dict(raw=b"{not json"), 400, "not valid JSON"),
             (dict(raw=b"[1, 2]"), 400, "must be a JSON object"),
+            (dict(raw=b'{"prompt": "x", "temperature": 1e400}'), 400, "not valid JSON"),  # was a 500 (review)
             (dict(body={"prompt": "x", "max_tokens": "ten"}), 400, "'max_tokens' must be an integer"),
             (dict(body={"prompt": "x", "max_tokens": -3}), 400, "'max_tokens' must be at least 1"),
             (dict(body={"prompt": "x", "max_tokens": 0}), 400, "'max_tokens' must be at least 1"),

@@ -343,6 +343,16 @@ TEST(QuantizeErrors, ATokenizerThatDoesNotFitIsRefusedBeforeWriting) {
     }
     EXPECT_FALSE(fs::exists(out.str())) << tok;
   }
+  // a good tokenizer under another name is written under the name the loaders look for (review)
+  const std::string stories = kShared + "/models/stories260K";
+  if (!fs::exists(stories + "/tok512.bin")) return;
+  fs::copy_file(stories + "/tok512.bin", scratch.str("mytok.dat"));
+  QuantizeOptions o = quantize_options(stories + "/stories260K.bin", out.str(), "nvfp4", "compressed-tensors");
+  o.tokenizer_path = scratch.str("mytok.dat");
+  quantize_checkpoint(o);
+  EXPECT_TRUE(fs::exists(out.str("tokenizer.bin")));
+  EXPECT_FALSE(fs::exists(out.str("mytok.dat")));
+  EXPECT_EQ(load_tokenizer_for(out.str())->vocab_size(), 512);
 }
 
 // compressed-tensors: the marker records every NVFP4 layer's exact g; sharq prefers it (checked

@@ -74,7 +74,7 @@ const std::string& utf8_source(const std::string& text, const std::string& origi
 ojson parse_json(const std::string& text, const std::string& origin) {
   try {
     return jinja::parse_ordered_json(text);
-  } catch (const ojson::parse_error& e) {
+  } catch (const ojson::exception& e) {  // parse_error, and out_of_range for a number beyond double
     throw ChatTemplateError(fmt::format("{}: malformed JSON: {}", origin, e.what()));
   } catch (const std::invalid_argument& e) {
     throw ChatTemplateError(fmt::format("{}: {}", origin, e.what()));
@@ -141,7 +141,7 @@ ChatTemplate ChatTemplate::load(const std::string& path, jinja::Limits limits) {
     cfg_origin = config.string();
     try {
       cfg = nlohmann::json::parse(read_text(config, "the tokenizer config"));
-    } catch (const nlohmann::json::parse_error& e) {
+    } catch (const nlohmann::json::exception& e) {
       throw ChatTemplateError(fmt::format("{}: malformed JSON: {}", cfg_origin, e.what()));
     }
     if (!cfg.is_object()) throw ChatTemplateError(fmt::format("{}: expected a JSON object", cfg_origin));

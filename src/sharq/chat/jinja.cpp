@@ -418,6 +418,7 @@ namespace {
 // Counts the keys of every open object; stops at the first object with more than kMaxOrderedKeys.
 struct KeyCounter : nlohmann::json_sax<nlohmann::ordered_json> {
   std::vector<size_t> keys;  // per open object or array (an array's entry never counts)
+  size_t total = 0;
   bool too_many = false;
   bool null() override { return true; }
   bool boolean(bool) override { return true; }
@@ -431,7 +432,7 @@ struct KeyCounter : nlohmann::json_sax<nlohmann::ordered_json> {
     return true;
   }
   bool key(string_t&) override {
-    if (++keys.back() > kMaxOrderedKeys) {
+    if (++keys.back() > kMaxOrderedKeys || ++total > kMaxOrderedTotalKeys) {
       too_many = true;
       return false;
     }
@@ -456,6 +457,8 @@ struct KeyCounter : nlohmann::json_sax<nlohmann::ordered_json> {
 nlohmann::ordered_json parse_ordered_json(const std::string& text) {
   KeyCounter counter;
   nlohmann::ordered_json::sax_parse(text, &counter);
+  if (counter.too_many && counter.total > kMaxOrderedTotalKeys)
+    throw std::invalid_argument(fmt::format("JSON with more than {} object keys in all", kMaxOrderedTotalKeys));
   if (counter.too_many)
     throw std::invalid_argument(fmt::format("a JSON object with more than {} keys (at nesting depth {})", kMaxOrderedKeys,
                                             counter.keys.size()));

@@ -273,9 +273,11 @@ ModelConfig parse_hf_config(const std::string& json_text, const std::string& pat
     }
     c.rope_theta = theta;
     if (params) c.rope_scaling = params->scaling;
+    // a scaled rope_scaling wins over a default rope_parameters, as in transformers 5
+    // (rope_parameters = rope_scaling or rope_parameters): that is how YaRN is switched on by hand
     if (legacy && legacy->scaling.type != RopeScaling::Type::none) {
-      if (params && !same_scaling(params->scaling, legacy->scaling))  // (a "default" rope_parameters too)
-        r.fail("rope_scaling", "disagrees with rope_parameters");
+      if (params && params->scaling.type != RopeScaling::Type::none && !same_scaling(params->scaling, legacy->scaling))
+        r.fail("rope_scaling", "disagrees with rope_parameters (give the scaling in one of them)");
       c.rope_scaling = legacy->scaling;
     }
     if (const json* prf = r.find("partial_rotary_factor")) {

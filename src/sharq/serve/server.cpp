@@ -171,7 +171,7 @@ json parse_body(const std::string& body_text) {
   json body;
   try {
     body = json::parse(body_text);
-  } catch (const json::parse_error& e) {
+  } catch (const json::exception& e) {  // parse_error, and out_of_range for a number beyond double (1e400)
     throw bad_request(fmt::format("the request body is not valid JSON: {}", e.what()));
   }
   if (!body.is_object()) throw bad_request(fmt::format("the request body must be a JSON object, got {}", type_name(body)));

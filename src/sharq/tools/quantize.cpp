@@ -1,6 +1,7 @@
 #include "sharq/tools/quantize.h"
 
 #include <algorithm>
+#include <cctype>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
@@ -697,9 +698,20 @@ QuantizeReport quantize_checkpoint(const QuantizeOptions& opt) {
     rep.files.push_back(to);
   };
   if (!opt.tokenizer_path.empty()) {
+    // under the name the loaders look for beside a model, by the same rule load_tokenizer_file uses
+    // (extension, else the first byte): a mytok.json copied as itself would not be found
     const fs::path tp(opt.tokenizer_path);
-    const std::string ext = tp.extension().string();
-    copy(tp, ext == ".bin" ? "tokenizer.bin" : tp.filename().string());
+    std::string ext = tp.extension().string();
+    for (char& c : ext) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+    std::string name = ext == ".json" ? "tokenizer.json" : ext == ".model" ? "tokenizer.model" : ext == ".bin" ? "tokenizer.bin" : "";
+    if (name.empty()) {
+      std::ifstream in(tp, std::ios::binary);
+      char c = 0;
+      while (in.get(c) && (c == ' ' || c == '\t' || c == '\n' || c == '\r')) {
+      }
+      name = c == '{' ? "tokenizer.json" : c == 0x0A ? "tokenizer.model" : "tokenizer.bin";
+    }
+    copy(tp, name);
   } else if (synthetic) {
     rep.notes.push_back("a synthetic model: random weights, no tokenizer written (pass one to generate/ppl with --tokenizer)");
   } else if (from_llama2c) {
