@@ -174,7 +174,7 @@ using StringMap = std::unordered_map<std::string, V>;
 
 class Regex {
  public:
-  Regex(const std::string& pattern, uint32_t extra_options, const std::string& where) : pattern_(pattern) {
+  Regex(const std::string& pattern, uint32_t extra_options, const std::string& where) : pattern_(pattern), where_(where) {
     int err = 0;
     PCRE2_SIZE err_offset = 0;
     code_ = pcre2_compile(reinterpret_cast<PCRE2_SPTR>(pattern.data()), pattern.size(),
@@ -211,7 +211,7 @@ class Regex {
     if (rc < 0) {
       PCRE2_UCHAR msg[256];
       pcre2_get_error_message(rc, msg, sizeof msg);
-      throw TokenizerError(fmt::format("regex {:?} failed on a {}-byte piece: {}", pattern_, subject.size(),
+      throw TokenizerError(fmt::format("{}: regex {:?} failed on a {}-byte piece: {}", where_, pattern_, subject.size(),
                                        reinterpret_cast<const char*>(msg)));
     }
     const PCRE2_SIZE* ov = pcre2_get_ovector_pointer(data.md);
@@ -228,6 +228,7 @@ class Regex {
 
  private:
   std::string pattern_;
+  std::string where_;  // the file and the section the pattern comes from, for a failed match's message
   pcre2_code* code_ = nullptr;
   bool jit_ = false;
 };
