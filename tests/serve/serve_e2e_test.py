@@ -240,12 +240,32 @@ def case_bad_requests_answer_400():
             (dict(body={"prompt": "x", "stop_token_ids": [2]}), 400, "'stop_token_ids' is not supported"),
             (dict(body={"prompt": "x", "response_format": {"type": "json_object"}}), 400, "response_format"),
             (dict(body={"prompt": "x", "guided_json": {}}), 400, "constrained decoding"),
+            # found by a probe of the HTTP layer: these were accepted and ignored
+            (dict(body={"prompt": "x", "logprobs": 5}), 400, "'logprobs' 5 is not supported"),
+            (dict(body={"prompt": "x", "user": 5}), 400, "'user' must be a string"),
         ]
         for kw, status, words in cases:
             st, r = post(s, kw.get("body"), raw=kw.get("raw"))
             assert st == status, (kw, st, r)
             e = r["error"]
             assert words in e["message"] and e["code"] == status and set(e) == {"message", "type", "param", "code"}, (kw, r)
+        # the HTTP layer's own refusals carry the same JSON error object: a chunked body (refused before
+        # any of it is read: its length cannot be checked against the limit first), a 100 KB path
+        conn = http.client.HTTPConnection("127.0.0.1", s.port, timeout=TIMEOUT)
+        conn.putrequest("POST", "/v1/completions")
+        conn.putheader("Transfer-Encoding", "chunked")
+        conn.putheader("Content-Type", "application/json")
+        conn.endheaders()
+        conn.send(b"e\r\n{\"prompt\": \"x\"}\r\n0\r\n\r\n")
+        resp = conn.getresponse()
+        e = json.loads(resp.read())["error"]
+        assert resp.status == 411 and e["code"] == 411 and "Content-Length" in e["message"], (resp.status, e)
+        conn.close()
+        try:
+            urllib.request.urlopen(s.url("/" + "a" * 100000), timeout=TIMEOUT)
+            raise AssertionError("a 100 KB path answered 2xx")
+        except urllib.error.HTTPError as err:
+            assert err.code == 414 and json.loads(err.read())["error"]["code"] == 414, err.code
         # a known path with the other method: 405 naming the method it takes; an unknown path: 404
         for method, path, status, allow in (("GET", "/v1/completions", 405, "POST"), ("POST", "/health", 405, "GET"),
                                             ("GET", "/v1/nothing", 404, None)):
@@ -433,7 +453,9 @@ def case_chat_completions_follow_the_template():
             for bad in ({"messages": []}, {"messages": "hi"}, {"messages": [{"role": "user", "content": 3}]},
                         {"messages": norm, "top_logprobs": 2}, {"messages": norm, "max_tokens": 0},
                         {"messages": norm, "tool_choice": "required"}, {"messages": norm, "tool_choice": "bogus"},
-                        {"messages": norm, "max_completion_tokens": 9223372036854775800}):
+                        {"messages": norm, "max_completion_tokens": 9223372036854775800},
+                        {"messages": [{"role": "alien", "content": "x"}]}, {"messages": norm, "tools": [{"type": "function"}]},
+                        {"messages": norm, "tools": 5}, {"messages": norm, "parallel_tool_calls": 5}):
                 st, r = post(s, bad, path="/v1/chat/completions")
                 assert st == 400 and r["error"]["message"], (bad, st, r)
             # a message with 100k keys: refused at once (an ordered parse of it took 37 s), then still serving

@@ -256,8 +256,16 @@ void parse_options(const json& body, ParsedCompletion& p, bool chat) {
       if (lp->get<bool>()) p.logprobs = 0;
     } else {
       p.logprobs = read_int(body, "logprobs", 0, 0, ">= 0");
+      if (*p.logprobs > 0)  // N > 0 asks for the N most likely alternatives per position, which are not computed
+        throw bad_request(fmt::format("'logprobs' {} is not supported: only 0 (the chosen tokens' log-probabilities; "
+                                      "the alternatives are not computed)", *p.logprobs),
+                          "logprobs");
     }
   }
+  // fields that change nothing here, type-checked as OpenAI does
+  if (const auto u = body.find("user"); u != body.end() && !u->is_null() && !u->is_string())
+    throw bad_request(fmt::format("'user' must be a string, got {}", type_name(*u)), "user");
+  if (chat) read_bool(body, "parallel_tool_calls", true);
   // options that would change the result and that this server does not implement: refused, not ignored
   if (read_int(body, "n", 1, 1, "at least 1") != 1) throw bad_request("only n = 1 is supported", "n");
   if (read_int(body, "best_of", 1, 1, "at least 1") != 1) throw bad_request("only best_of = 1 is supported", "best_of");
@@ -333,6 +341,13 @@ ParsedChat parse_chat(const std::string& body_text, const chat::ChatTemplate& tm
     throw bad_request("'messages' must be a non-empty list of message objects", "messages");
   for (ojson& m : *it) {
     if (!m.is_object()) throw bad_request("every message must be an object", "messages");
+    const auto role = m.find("role");
+    if (role == m.end() || !role->is_string())
+      throw bad_request("every message needs a string 'role'", "messages");
+    if (const std::string r = role->get<std::string>();
+        r != "system" && r != "user" && r != "assistant" && r != "tool" && r != "developer" && r != "function")
+      throw bad_request(fmt::format("message role '{}' is not one of system, user, assistant, tool, developer, function", r),
+                        "messages");
     auto c = m.find("content");
     if (c == m.end() || c->is_null()) {
       m["content"] = "";
@@ -352,12 +367,24 @@ ParsedChat parse_chat(const std::string& body_text, const chat::ChatTemplate& tm
   chat::ChatInput in;
   try {
     in.messages = chat::parse_messages_json(odump(*it), "the request's messages");
-    if (auto t = ob.find("tools"); t != ob.end() && !t->is_null()) {
-      in.tools = chat::parse_tools_json(odump(*t), "the request's tools");
-      p.tools = !t->empty();
-    }
   } catch (const chat::ChatTemplateError& e) {
     throw bad_request(e.what(), "messages");
+  }
+  if (auto t = ob.find("tools"); t != ob.end() && !t->is_null()) {
+    if (!t->is_array()) throw bad_request("'tools' must be a list of {\"type\": \"function\", \"function\": {...}}", "tools");
+    for (const ojson& tool : *t) {
+      const auto ty = tool.is_object() ? tool.find("type") : tool.end();
+      const auto fn = tool.is_object() ? tool.find("function") : tool.end();
+      if (ty == tool.end() || *ty != "function" || fn == tool.end() || !fn->is_object() || !fn->contains("name") ||
+          !(*fn)["name"].is_string())
+        throw bad_request("every tool must be {\"type\": \"function\", \"function\": {\"name\": string, ...}}", "tools");
+    }
+    try {
+      in.tools = chat::parse_tools_json(odump(*t), "the request's tools");
+    } catch (const chat::ChatTemplateError& e) {
+      throw bad_request(e.what(), "tools");
+    }
+    p.tools = !t->empty();
   }
   if (auto k = ob.find("chat_template_kwargs"); k != ob.end() && !k->is_null()) {
     if (!k->is_object()) throw bad_request("'chat_template_kwargs' must be an object", "chat_template_kwargs");
@@ -651,9 +678,25 @@ HttpServer::HttpServer(Scheduler& scheduler, const Tokenizer& tokenizer, ServeOp
     res.set_content("{}", "application/json");
   });
   route("GET", "/metrics", [&s](const httplib::Request&, httplib::Response& res) { s.metrics(res); });
+  // A chunked body has no length to check against the payload limit before it is read (httplib reads
+  // it all): refused before routing reads any of it.
+  s.http.set_pre_routing_handler([](const httplib::Request& req, httplib::Response& res) {
+    const std::string te = req.get_header_value("Transfer-Encoding");
+    if (te.empty()) return httplib::Server::HandlerResponse::Unhandled;
+    send_error(res, HttpError{411, "chunked request bodies are not accepted: send a Content-Length (at most 64 MiB)",
+                              "invalid_request_error", ""});
+    res.set_header("Connection", "close");
+    return httplib::Server::HandlerResponse::Handled;
+  });
   s.http.set_error_handler([method_of](const httplib::Request& req, httplib::Response& res) {
     if (!res.body.empty()) return;
-    if (res.status != 404) return;
+    if (res.status != 404) {  // the HTTP layer's own refusals: the same JSON error object as every other answer
+      const char* what = res.status == 413   ? "the request body is larger than 64 MiB"
+                         : res.status == 414 ? "the request URI is too long"
+                         : res.status == 400 ? "malformed HTTP request"
+                                             : "the request could not be served";
+      return send_error(res, HttpError{res.status, what, "invalid_request_error", ""});
+    }
     // a known path with the other method: 405 with the method it takes (RFC 9110: an Allow header)
     if (const auto m = method_of->find(req.path); m != method_of->end() && m->second != req.method) {
       res.set_header("Allow", m->second);
