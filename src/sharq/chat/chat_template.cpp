@@ -8,6 +8,8 @@
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
 
+#include "sharq/core/utf8.h"
+
 namespace sharq::chat {
 
 namespace fs = std::filesystem;
@@ -30,38 +32,6 @@ std::string read_text(const fs::path& p, const std::string& what) {
     throw ChatTemplateError(fmt::format("{}: cannot read {}: {}", p.string(), what,
                                         errno ? std::generic_category().message(errno) : "read failed"));
   return text;
-}
-
-// Offset of the first byte that does not start a well-formed UTF-8 sequence (no overlong forms, no
-// surrogates, nothing above U+10FFFF), or npos.
-size_t first_invalid_utf8(std::string_view s) {
-  size_t i = 0;
-  while (i < s.size()) {
-    const auto c = static_cast<unsigned char>(s[i]);
-    size_t n = 0;
-    uint32_t cp = 0, lo = 0;
-    if (c < 0x80) {
-      ++i;
-      continue;
-    } else if ((c & 0xE0) == 0xC0) {
-      n = 1, cp = c & 0x1F, lo = 0x80;
-    } else if ((c & 0xF0) == 0xE0) {
-      n = 2, cp = c & 0x0F, lo = 0x800;
-    } else if ((c & 0xF8) == 0xF0) {
-      n = 3, cp = c & 0x07, lo = 0x10000;
-    } else {
-      return i;
-    }
-    if (i + n >= s.size()) return i;  // the sequence runs past the end
-    for (size_t k = 1; k <= n; ++k) {
-      const auto d = static_cast<unsigned char>(s[i + k]);
-      if ((d & 0xC0) != 0x80) return i;
-      cp = (cp << 6) | (d & 0x3F);
-    }
-    if (cp < lo || cp > 0x10FFFF || (cp >= 0xD800 && cp <= 0xDFFF)) return i;
-    i += n + 1;
-  }
-  return std::string_view::npos;
 }
 
 // A template's source as given, once it is known to be UTF-8 (a Jinja template is text).

@@ -19,14 +19,16 @@ std::string lower(std::string s) {
   return s;
 }
 
+enum class FileFormat { bpe_json, sentencepiece, llama2c };
+
 // An unknown extension is judged by the first bytes: JSON opens with '{'; a SentencePiece model is
 // a protobuf whose first field is a non-empty `pieces` entry (tag 0x0A, then a non-zero length);
 // anything else is taken as the llama2.c format, whose loader checks every length it reads.
-std::unique_ptr<Tokenizer> load_tokenizer_file(const fs::path& path, int64_t model_vocab) {
+FileFormat file_format(const fs::path& path) {
   const std::string ext = lower(path.extension().string());
-  if (ext == ".json") return load_bpe_tokenizer_json(path.string(), model_vocab);
-  if (ext == ".model") return load_sentencepiece_tokenizer(path.string());
-  if (ext == ".bin") return load_llama2c_tokenizer(path.string(), model_vocab);
+  if (ext == ".json") return FileFormat::bpe_json;
+  if (ext == ".model") return FileFormat::sentencepiece;
+  if (ext == ".bin") return FileFormat::llama2c;
   std::ifstream in(path, std::ios::binary);
   if (!in) throw TokenizerError(fmt::format("{}: cannot open tokenizer file", path.string()));
   unsigned char head[2] = {0, 0};
@@ -36,8 +38,17 @@ std::unique_ptr<Tokenizer> load_tokenizer_file(const fs::path& path, int64_t mod
     if (n == 0 && (c == ' ' || c == '\t' || c == '\n' || c == '\r')) continue;
     head[n++] = static_cast<unsigned char>(c);
   }
-  if (n >= 1 && head[0] == '{') return load_bpe_tokenizer_json(path.string(), model_vocab);
-  if (n == 2 && head[0] == 0x0A && head[1] != 0) return load_sentencepiece_tokenizer(path.string());
+  if (n >= 1 && head[0] == '{') return FileFormat::bpe_json;
+  if (n == 2 && head[0] == 0x0A && head[1] != 0) return FileFormat::sentencepiece;
+  return FileFormat::llama2c;
+}
+
+std::unique_ptr<Tokenizer> load_tokenizer_file(const fs::path& path, int64_t model_vocab) {
+  switch (file_format(path)) {
+    case FileFormat::bpe_json: return load_bpe_tokenizer_json(path.string(), model_vocab);
+    case FileFormat::sentencepiece: return load_sentencepiece_tokenizer(path.string());
+    case FileFormat::llama2c: break;
+  }
   return load_llama2c_tokenizer(path.string(), model_vocab);
 }
 
@@ -94,6 +105,15 @@ std::unique_ptr<Tokenizer> find_and_load(const std::string& model_path, const st
 }
 
 }  // namespace
+
+std::string tokenizer_file_name(const std::string& path) {
+  switch (file_format(path)) {
+    case FileFormat::bpe_json: return "tokenizer.json";
+    case FileFormat::sentencepiece: return "tokenizer.model";
+    case FileFormat::llama2c: break;
+  }
+  return "tokenizer.bin";
+}
 
 std::unique_ptr<Tokenizer> load_tokenizer_for(const std::string& model_path, const std::string& tokenizer_path) {
   return find_and_load(model_path, tokenizer_path, -1);

@@ -60,6 +60,11 @@ std::unique_ptr<Tokenizer> load_llama2c_tokenizer(const std::string& path, int64
 // missing. The tools call the overload below, which also checks the tokenizer against the model.
 std::unique_ptr<Tokenizer> load_tokenizer_for(const std::string& model_path, const std::string& tokenizer_path = "");
 
+// The name a directory search looks for (tokenizer.json, tokenizer.model or tokenizer.bin) for the
+// tokenizer file at `path`, judged as load_tokenizer_for judges an explicit file: by its extension,
+// else by its first bytes. What `quantize --tokenizer` writes it as.
+std::string tokenizer_file_name(const std::string& path);
+
 // Whether `tok` can drive the model `model` (its config): throws TokenizerError naming both files
 // and both sizes when the tokenizer has more tokens than the model's vocab_size (its top ids would
 // index past the embedding rows), or, for a format whose count the model sets

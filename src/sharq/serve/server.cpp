@@ -88,6 +88,8 @@ class GrowingThreadPool final : public httplib::TaskQueue {
 };
 
 // An error the client caused or should know about: the OpenAI error object, with its status.
+constexpr size_t kMaxBodyMiB = 64;  // request bodies: the limit, and the messages that state it
+
 struct HttpError {
   int status;
   std::string message, type, param;
@@ -655,7 +657,7 @@ HttpServer::HttpServer(Scheduler& scheduler, const Tokenizer& tokenizer, ServeOp
   });
   s.http.set_keep_alive_max_count(1000);
   s.http.set_keep_alive_timeout(2);  // an idle keep-alive connection holds a thread; shutdown waits for it
-  s.http.set_payload_max_length(64u << 20);
+  s.http.set_payload_max_length(kMaxBodyMiB << 20);
   // Each route once: registered here and kept in method_of, from which the error handler tells a known
   // path asked with the other method (405, with Allow) from an unknown one (404).
   auto method_of = std::make_shared<std::map<std::string, std::string>>();
@@ -683,7 +685,9 @@ HttpServer::HttpServer(Scheduler& scheduler, const Tokenizer& tokenizer, ServeOp
   s.http.set_pre_routing_handler([](const httplib::Request& req, httplib::Response& res) {
     const std::string te = req.get_header_value("Transfer-Encoding");
     if (te.empty()) return httplib::Server::HandlerResponse::Unhandled;
-    send_error(res, HttpError{411, "chunked request bodies are not accepted: send a Content-Length (at most 64 MiB)",
+    send_error(res, HttpError{411,
+                              fmt::format("chunked request bodies are not accepted: send a Content-Length (at most {} MiB)",
+                                          kMaxBodyMiB),
                               "invalid_request_error", ""});
     res.set_header("Connection", "close");
     return httplib::Server::HandlerResponse::Handled;
@@ -691,10 +695,10 @@ HttpServer::HttpServer(Scheduler& scheduler, const Tokenizer& tokenizer, ServeOp
   s.http.set_error_handler([method_of](const httplib::Request& req, httplib::Response& res) {
     if (!res.body.empty()) return;
     if (res.status != 404) {  // the HTTP layer's own refusals: the same JSON error object as every other answer
-      const char* what = res.status == 413   ? "the request body is larger than 64 MiB"
-                         : res.status == 414 ? "the request URI is too long"
-                         : res.status == 400 ? "malformed HTTP request"
-                                             : "the request could not be served";
+      const std::string what = res.status == 413   ? fmt::format("the request body is larger than {} MiB", kMaxBodyMiB)
+                               : res.status == 414 ? "the request URI is too long"
+                               : res.status == 400 ? "malformed HTTP request"
+                                                   : "the request could not be served";
       return send_error(res, HttpError{res.status, what, "invalid_request_error", ""});
     }
     // a known path with the other method: 405 with the method it takes (RFC 9110: an Allow header)

@@ -1,7 +1,6 @@
 #include "sharq/tools/quantize.h"
 
 #include <algorithm>
-#include <cctype>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
@@ -333,7 +332,8 @@ struct Calibration {
 // is tokenized once, with BOS, as `sharq ppl` does), and records each projection's input amax.
 // q/k/v get the amax of their one shared input, gate/up theirs; an MoE expert no token reached
 // takes the largest amax of its layer's experts (counted in `unrouted`).
-Calibration calibrate(const ModelWeights& w, const QuantizeOptions& opt) {
+// tok: the --tokenizer already loaded, or null (the model's own is loaded here).
+Calibration calibrate(const ModelWeights& w, const QuantizeOptions& opt, const Tokenizer* tok) {
   const auto t0 = Clock::now();
   auto fail = [&](const std::string& why) {
     return std::invalid_argument(fmt::format("--calib-data: {}: {}", opt.calib_data, why));
@@ -344,7 +344,8 @@ Calibration calibrate(const ModelWeights& w, const QuantizeOptions& opt) {
   } catch (const std::runtime_error& e) {
     throw std::invalid_argument(fmt::format("--calib-data: {}", e.what()));  // names the file and says what is wrong
   }
-  const auto tok = load_tokenizer_for(opt.model_path, opt.tokenizer_path, w.config);
+  std::unique_ptr<Tokenizer> own;
+  if (!tok) tok = (own = load_tokenizer_for(opt.model_path, opt.tokenizer_path, w.config)).get();
   const std::vector<int32_t> ids = tok->encode(text, true);
   const int64_t bos = tok->bos_id() >= 0 && !ids.empty() && ids[0] == tok->bos_id() ? 1 : 0;
   if (static_cast<int64_t>(ids.size()) - bos < 1) throw fail("the text gives no tokens to calibrate on");
@@ -450,10 +451,11 @@ QuantizeReport quantize_checkpoint(const QuantizeOptions& opt) {
   w.check_dimensions();
   const bool from_llama2c = !synthetic && !fs::is_directory(opt.model_path, ec);
   // --tokenizer is copied into OUT: it must load and fit the model, or generate / ppl would refuse the
-  // checkpoint written (checked before anything is written)
+  // checkpoint written (checked before anything is written; calibration then encodes with it)
+  std::unique_ptr<Tokenizer> given_tok;
   if (!opt.tokenizer_path.empty()) {
     try {
-      load_tokenizer_for(opt.model_path, opt.tokenizer_path, w.config);
+      given_tok = load_tokenizer_for(opt.model_path, opt.tokenizer_path, w.config);
     } catch (const TokenizerError& e) {
       throw std::invalid_argument(fmt::format("--tokenizer: {}", e.what()));
     }
@@ -470,7 +472,7 @@ QuantizeReport quantize_checkpoint(const QuantizeOptions& opt) {
   // ---- calibration first: it holds the FP32 model, dropped before quantizing
   Calibration cal;
   if (calibrated) {
-    cal = calibrate(w, opt);
+    cal = calibrate(w, opt, given_tok.get());
     rep.static_input_scales = true;
     rep.calib_tokens = cal.tokens;
     rep.calib_windows = cal.windows;
@@ -698,20 +700,7 @@ QuantizeReport quantize_checkpoint(const QuantizeOptions& opt) {
     rep.files.push_back(to);
   };
   if (!opt.tokenizer_path.empty()) {
-    // under the name the loaders look for beside a model, by the same rule load_tokenizer_file uses
-    // (extension, else the first byte): a mytok.json copied as itself would not be found
-    const fs::path tp(opt.tokenizer_path);
-    std::string ext = tp.extension().string();
-    for (char& c : ext) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
-    std::string name = ext == ".json" ? "tokenizer.json" : ext == ".model" ? "tokenizer.model" : ext == ".bin" ? "tokenizer.bin" : "";
-    if (name.empty()) {
-      std::ifstream in(tp, std::ios::binary);
-      char c = 0;
-      while (in.get(c) && (c == ' ' || c == '\t' || c == '\n' || c == '\r')) {
-      }
-      name = c == '{' ? "tokenizer.json" : c == 0x0A ? "tokenizer.model" : "tokenizer.bin";
-    }
-    copy(tp, name);
+    copy(opt.tokenizer_path, tokenizer_file_name(opt.tokenizer_path));  // the name the loaders look for beside a model
   } else if (synthetic) {
     rep.notes.push_back("a synthetic model: random weights, no tokenizer written (pass one to generate/ppl with --tokenizer)");
   } else if (from_llama2c) {

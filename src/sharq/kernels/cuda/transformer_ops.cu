@@ -351,14 +351,11 @@ template <class T>
 __global__ void swiglu_kernel(const T* __restrict__ gu, int64_t M, int64_t I, T* __restrict__ out) {
   pdl_wait();
   const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
-  float gv = 0.0f, uv = 0.0f;
-  if (i < M * I) {
-    const int64_t m = i / I, c = i % I;
-    gv = to_f(gu[m * 2 * I + c]);
-    uv = to_f(gu[m * 2 * I + I + c]);
-  }
+  if (i >= M * I) return;  // (after the wait: every CTA waits; an exit counts as the trigger)
+  const int64_t m = i / I, c = i % I;
+  const float gv = to_f(gu[m * 2 * I + c]), uv = to_f(gu[m * 2 * I + I + c]);
   pdl_trigger();  // after the loads (launch.cuh)
-  if (i < M * I) out[i] = from_f<T>(silu_mul(gv, uv));
+  out[i] = from_f<T>(silu_mul(gv, uv));
 }
 
 // Eight columns per thread (16-byte loads and store) when I % 8 == 0.
