@@ -131,6 +131,49 @@ TEST(GpuEngine, FusedPrepsMatchTheSeparateKernels) {
   }
 }
 
+// The FP4 schemes' split-K reduction running the residual add + RMSNorm and SwiGLU
+// (EngineOptions::fuse_reduce_norm, fuse_reduce_swiglu) against the separate kernels, on a synthetic model wide enough
+// for the decode GEMMs to split K (hidden 512: every projection splits, so every norm after the
+// first and every SwiGLU is fused): the same model up to the norm's summation order, far inside
+// the scheme's quantization error (measured against fp16 on the same weights).
+TEST(GpuEngine, ReductionEpiloguesMatchTheSeparateKernels) {
+  SKIP_WITHOUT_GPU();
+  ModelConfig c = synthetic_model_config("llama3.1-8b");
+  c.hidden_size = 512;
+  c.num_heads = 8;
+  c.num_kv_heads = 2;
+  c.head_dim = 64;
+  c.intermediate_size = 1024;
+  c.num_layers = 3;
+  c.vocab_size = 1000;
+  GpuExecutor f16(cuda::SyntheticModel{c, 5}, parse_scheme("fp16"), small_blocks());
+  const std::vector<float> y16 = run(f16, kPrompt, kFeed);
+  for (const char* sc : {"w4a16", "nvfp4", "sharq"}) {
+    std::vector<float> y[2];
+    double norm_us[2], swiglu_us[2];
+    for (int f = 0; f < 2; ++f) {
+      EngineOptions o = small_blocks();
+      o.fuse_reduce_norm = o.fuse_reduce_swiglu = f == 1;
+      GpuExecutor gpu(cuda::SyntheticModel{c, 5}, parse_scheme(sc), o);
+      gpu.set_profiling(true);  // the last decode step's kernels, by component
+      y[f] = run(gpu, kPrompt, kFeed);
+      for (float v : y[f]) ASSERT_TRUE(std::isfinite(v)) << sc << " fused reduction " << f;
+      const auto& us = gpu.last_profile().us;
+      norm_us[f] = us.count("other.norm") ? us.at("other.norm") : 0.0;
+      swiglu_us[f] = us.count("other.swiglu") ? us.at("other.swiglu") : 0.0;
+    }
+    // the separate kernels ran only without the fusion: SwiGLU not at all, and of the 2 x 3 + 1
+    // norms only the first layer's (nothing to add) and the final one
+    EXPECT_GT(swiglu_us[0], 0.0) << sc;
+    EXPECT_EQ(swiglu_us[1], 0.0) << sc;
+    EXPECT_LT(norm_us[1], 0.6 * norm_us[0]) << sc << ": the fused steps still ran the separate norms";
+    ASSERT_EQ(y[0].size(), y[1].size());
+    const double d = rel_l2(y[1], y[0]), q = rel_l2(y[0], y16);
+    std::printf("  %-8s fused reduction vs separate kernels %.2e (vs fp16 %.2e)\n", sc, d, q);
+    EXPECT_LE(d, 0.1 * q + 1e-4) << sc;
+  }
+}
+
 TEST(GpuEngine, SlidingWindowPastTheWindow) {
   SKIP_WITHOUT_GPU();
   ModelWeights w = load_model_weights(tiny("mistral"));

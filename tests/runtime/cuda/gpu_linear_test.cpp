@@ -25,6 +25,7 @@
 #include "../../support/gpu_test.h"
 #include "../../support/error_metrics.h"
 #include "../../support/test_inputs.h"
+#include "sharq/kernels/cuda/transformer_ops.h"
 #include "sharq/quant/fp8.h"
 #include "sharq/runtime/cpu/linear.h"
 
@@ -491,3 +492,92 @@ TEST(GpuLinear, SharedActivationsServeSeveralLayers) {
 }
 
 }  // namespace
+
+// ---- the split-K reduction's epilogues -------------------------------------------------------------
+// SwiGLU and the residual add + RMSNorm computed inside the small family's split-K reduction against
+// the separate transformer_ops kernels run on the plain output: SwiGLU and the updated residual
+// bit for bit; the normed rows within one BF16 rounding (the sum of squares is added in another
+// order), almost all bit for bit. A row's fused result does not depend on the batch.
+TEST(GpuLinear, ReductionEpiloguesMatchTheSeparateKernels) {
+  SKIP_WITHOUT_GPU();
+  struct Case { int64_t N, K; int splits; };
+  // (4096, 4096) automatic (8 splits; the norm on a cluster of 8 CTAs); a one-CTA norm; a row cut
+  // unevenly over 2 CTAs; 5000 quads (8 CTAs of up to 8 quads per thread)
+  for (const Case& cs : {Case{4096, 4096, 0}, Case{512, 1024, 2}, Case{1000, 2048, 3}, Case{20000, 512, 4}})
+    for (const char* sc : {"w4a16", "nvfp4", "sharq"}) {
+      const int64_t N = cs.N, K = cs.K, maxM = 64;
+      SCOPED_TRACE(fmt::format("{} N={} K={} splits={}", sc, N, K, cs.splits));
+      const auto p = make_problem(maxM, N, K, 4242 + N, true);
+      GpuLinearOptions opt;
+      opt.max_m = maxM;
+      opt.splits = cs.splits;
+      GpuLinear lin(parse_scheme(sc), p.W.data(), N, K, opt);
+      ASSERT_TRUE(lin.fuses(Fp4Epilogue::swiglu, 1));
+      ASSERT_TRUE(lin.fuses(Fp4Epilogue::add_rmsnorm, maxM));
+      DeviceBuffer<uint16_t> dx(p.Xb.size());
+      dx.upload(p.Xb.data());
+      sharq_test::Rng rng(99 + N);
+      std::vector<float> x0(static_cast<size_t>(maxM * N)), w(static_cast<size_t>(N));
+      for (auto& v : x0) v = static_cast<float>(rng.normal());
+      for (auto& v : w) v = static_cast<float>(1.0 + 0.1 * rng.normal());
+      DeviceBuffer<float> dw(w.size()), xa(x0.size()), xb(x0.size());
+      dw.upload(w.data());
+      const float eps = 1e-5f;
+      std::vector<uint16_t> h_row0;  // the fused norm's row 0 at M = 1
+      for (int64_t M : {1, 5, 64}) {
+        SCOPED_TRACE(fmt::format("M={}", M));
+        DeviceBuffer<uint16_t> y(static_cast<size_t>(M * N)), s_ref(static_cast<size_t>(M * N / 2)),
+            s_fused(static_cast<size_t>(M * N / 2)), h_ref(static_cast<size_t>(M * N)), h_fused(static_cast<size_t>(M * N));
+        SHARQ_CUDA_CHECK(cudaMemset(s_fused.get(), 0xFF, s_fused.bytes()));
+        SHARQ_CUDA_CHECK(cudaMemset(h_fused.get(), 0xFF, h_fused.bytes()));
+        xa.upload(x0.data());
+        xb.upload(x0.data());
+        GpuActivations& acts = lin.own_activations();
+        lin.prepare(dx.get(), M, acts, nullptr);
+        lin.gemm(acts, y.get(), nullptr);
+        swiglu(y.get(), M, N / 2, DType::bf16, s_ref.get(), nullptr);
+        add_rmsnorm(xa.get(), y.get(), M, N, dw.get(), eps, DType::bf16, h_ref.get(), nullptr);
+        lin.gemm(acts, GpuLinear::Epilogue{Fp4Epilogue::swiglu}, s_fused.get(), nullptr);
+        lin.gemm(acts, GpuLinear::Epilogue{Fp4Epilogue::add_rmsnorm, xb.get(), dw.get(), eps}, h_fused.get(), nullptr);
+        SHARQ_CUDA_CHECK(cudaDeviceSynchronize());
+        EXPECT_EQ(s_fused.to_host(), s_ref.to_host()) << "SwiGLU";
+        EXPECT_EQ(xb.to_host(), xa.to_host()) << "the residual sum";
+        const auto hr = h_ref.to_host(), hf = h_fused.to_host();
+        int64_t differ = 0;
+        for (size_t i = 0; i < hr.size(); ++i) {
+          const float a = bf16_decode(hr[i]), b = bf16_decode(hf[i]);
+          ASSERT_FALSE(std::isnan(b)) << "unwritten normed output at " << i;
+          ASSERT_LE(std::abs(a - b), std::abs(a) * 0x1p-7f) << "normed output at " << i;
+          differ += hr[i] != hf[i];
+        }
+        EXPECT_LE(differ, static_cast<int64_t>(hr.size()) / 1000 + 2) << "normed outputs off by one rounding";
+        if (M == 1) h_row0 = hf;
+        else EXPECT_TRUE(std::equal(h_row0.begin(), h_row0.end(), hf.begin())) << "row 0 changed with the batch";
+      }
+    }
+}
+
+TEST(GpuLinear, ReductionEpiloguesAreRefusedWhereTheyCannotFuse) {
+  SKIP_WITHOUT_GPU();
+  const auto p = make_problem(100, 512, 1024, 31, false);
+  GpuLinearOptions opt;
+  opt.max_m = 100;
+  GpuLinear one_split(parse_scheme("w4a16"), p.W.data(), 512, 1024, [&] { auto o = opt; o.splits = 1; return o; }());
+  EXPECT_FALSE(one_split.fuses(Fp4Epilogue::add_rmsnorm, 1)) << "no split-K reduction to fuse into";
+  opt.splits = 2;
+  GpuLinear lin(parse_scheme("w4a16"), p.W.data(), 512, 1024, opt);
+  EXPECT_TRUE(lin.fuses(Fp4Epilogue::add_rmsnorm, 64));
+  EXPECT_FALSE(lin.fuses(Fp4Epilogue::add_rmsnorm, 65)) << "the prefill family sums its splits in the cluster";
+  EXPECT_FALSE(lin.fuses(Fp4Epilogue::none, 1));
+  DeviceBuffer<uint16_t> dx(p.Xb.size()), y(static_cast<size_t>(100 * 512));
+  dx.upload(p.Xb.data());
+  lin.prepare(dx.get(), 65, lin.own_activations(), nullptr);
+  EXPECT_THROW(lin.gemm(lin.own_activations(), GpuLinear::Epilogue{Fp4Epilogue::swiglu}, y.get(), nullptr),
+               std::invalid_argument);
+  lin.prepare(dx.get(), 4, lin.own_activations(), nullptr);
+  EXPECT_THROW(lin.gemm(lin.own_activations(), GpuLinear::Epilogue{Fp4Epilogue::add_rmsnorm}, y.get(), nullptr),
+               std::invalid_argument) << "no residual rows or norm weights";
+  GpuLinear f16(parse_scheme("fp16"), p.W.data(), 512, 1024, opt, &blas());
+  EXPECT_FALSE(f16.fuses(Fp4Epilogue::swiglu, 1)) << "cuBLASLt has no such epilogue here";
+  SHARQ_CUDA_CHECK(cudaDeviceSynchronize());
+}

@@ -63,6 +63,7 @@
 // scales straight from global memory into registers one 128-column k-tile ahead, decode them into
 // double-buffered A fragments, and keep at most two k-steps of wgmma in flight.
 #include "sharq/kernels/cuda/fp4_gemm.h"
+#include "sharq/kernels/cuda/activation.cuh"
 #include "sharq/kernels/cuda/fp4_decode.cuh"
 #include "sharq/kernels/cuda/launch.cuh"
 #include "sharq/kernels/cuda/ptx.cuh"
@@ -113,6 +114,9 @@ struct Fp4GemmParams {
   const float* bias;         // null or N floats, added in FP32 before the output rounding
   int y_store;               // BF16 stores of the prefill epilogue and the split sums: 16 (rows 16-byte aligned), 4 (pairs) or 2 bytes
   float* ws;                 // small with splits > 1: FP32 partials [split][M][Np] instead of Y
+  float* x;                  // the reduction's add_rmsnorm epilogue: the residual rows (M x N)
+  const float* norm_w;       // and the norm's N weights
+  float eps;
 };
 
 // ---- PTX helpers ----------------------------------------------------------------------------
@@ -178,6 +182,9 @@ __device__ __forceinline__ float4 ld_cluster_f4(uint32_t caddr) {
   float4 v;
   asm volatile("ld.shared::cluster.v4.f32 {%0, %1, %2, %3}, [%4];\n" : "=f"(v.x), "=f"(v.y), "=f"(v.z), "=f"(v.w) : "r"(caddr) : "memory");
   return v;
+}
+__device__ __forceinline__ void st_cluster_f32(uint32_t caddr, float v) {
+  asm volatile("st.shared::cluster.f32 [%0], %1;\n" ::"r"(caddr), "f"(v) : "memory");
 }
 __device__ __forceinline__ void sts_f32(uint32_t a, float v) { asm volatile("st.shared.f32 [%0], %1;\n" ::"r"(a), "f"(v) : "memory"); }
 
@@ -248,12 +255,11 @@ __device__ __forceinline__ void add4(float4& s, const float4 v) {
   s.z += v.z;
   s.w += v.w;
 }
-// Y[m][col .. col + 3] (the columns < N) = s * (row_scale[m] * g_w) (+ bias), FP32 or BF16: the
+// Y[m][col .. col + 3] in FP32 (0 for the columns >= N) = s * (row_scale[m] * g_w) (+ bias): the
 // epilogue of a split-K sum (s: the partials, times kPost, summed in split order). col % 4 == 0.
-__device__ __forceinline__ void store_sum4(const Fp4GemmParams& prm, int64_t m, int64_t col, const float4 s) {
+__device__ __forceinline__ void scale_sum4(const Fp4GemmParams& prm, int64_t m, int64_t col, const float4 s, float (&o)[4]) {
   const float rs = prm.rs ? prm.rs[prm.rs_per_row ? m : 0] : 1.0f;
   const float v[4] = {s.x, s.y, s.z, s.w};
-  float o[4];
 #pragma unroll
   for (int e = 0; e < 4; ++e) {
     o[e] = 0.0f;
@@ -261,6 +267,11 @@ __device__ __forceinline__ void store_sum4(const Fp4GemmParams& prm, int64_t m, 
     o[e] = v[e] * (rs * prm.gw[prm.gw_per_col ? col + e : 0]);
     if (prm.bias) o[e] += prm.bias[col + e];
   }
+}
+// ... stored as FP32 or BF16.
+__device__ __forceinline__ void store_sum4(const Fp4GemmParams& prm, int64_t m, int64_t col, const float4 s) {
+  float o[4];
+  scale_sum4(prm, m, col, s, o);
   if (prm.y_f32) {
 #pragma unroll
     for (int e = 0; e < 4; ++e)
@@ -848,21 +859,168 @@ __global__ void __launch_bounds__(kThreads, SmallCfg<P, NT, Block>::kMinBlocks) 
     }
 }
 
-// The one split-K reduction: Y[m][n] = (sum over the splits, in split order, of ws[s][m][n]) *
-// row_scale[m] * g_w[n]. Four columns per thread over the padded width Np (float4 loads of the
-// 16-byte aligned workspace), columns >= N dropped.
+// ---- the small family's split-K reduction, plain or with an epilogue --------------------------
+// The sums of the splits' partials of Y[row][cols[c] .. cols[c] + 3], each in split order
+// (deterministic). The loads of 8 splits of every column are issued before their adds: a thread's
+// whole reduction is a few load latencies, not one per split.
+template <int NC>
+__device__ __forceinline__ void split_sums(const Fp4GemmParams& prm, int splits, int64_t row, const int64_t (&cols)[NC],
+                                           float4 (&s)[NC]) {
+  constexpr int kBatch = 8;
+  const int64_t plane = prm.M * prm.Np;
+  const float* p = prm.ws + row * prm.Np;
+#pragma unroll
+  for (int c = 0; c < NC; ++c) s[c] = *reinterpret_cast<const float4*>(p + cols[c]);
+  for (int sp0 = 1; sp0 < splits; sp0 += kBatch) {
+    float4 v[NC][kBatch];
+#pragma unroll
+    for (int k = 0; k < kBatch; ++k)
+#pragma unroll
+      for (int c = 0; c < NC; ++c)
+        if (sp0 + k < splits) v[c][k] = *reinterpret_cast<const float4*>(p + (sp0 + k) * plane + cols[c]);
+#pragma unroll
+    for (int k = 0; k < kBatch; ++k)
+#pragma unroll
+      for (int c = 0; c < NC; ++c)
+        if (sp0 + k < splits) add4(s[c], v[c][k]);
+  }
+}
+__device__ __forceinline__ float4 split_sum4(const Fp4GemmParams& prm, int splits, int64_t row, int64_t col) {
+  const int64_t cols[1] = {col};
+  float4 s[1];
+  split_sums<1>(prm, splits, row, cols, s);
+  return s[0];
+}
+__device__ __forceinline__ float bf16_round(float v) { return __bfloat162float(__float2bfloat16_rn(v)); }
+// Four BF16 values to y[m][col ..] (8-byte stores when y_store allows).
+__device__ __forceinline__ void store_bf16x4(const Fp4GemmParams& prm, int64_t m, int64_t col, const float (&o)[4]) {
+  __nv_bfloat16* dst = prm.y + m * prm.ldy + col;
+  if (prm.y_store != 2) {
+    reinterpret_cast<__nv_bfloat162*>(dst)[0] = __floats2bfloat162_rn(o[0], o[1]);
+    reinterpret_cast<__nv_bfloat162*>(dst)[1] = __floats2bfloat162_rn(o[2], o[3]);
+  } else {
+#pragma unroll
+    for (int e = 0; e < 4; ++e) dst[e] = __float2bfloat16_rn(o[e]);
+  }
+}
+
+// Y[m][n] = (sum over the splits, in split order, of ws[s][m][n]) * row_scale[m] * g_w[n]. Four
+// columns per thread over the padded width Np (float4 loads of the 16-byte aligned workspace),
+// columns >= N dropped.
 __global__ void __launch_bounds__(256) splitk_reduce_kernel(const Fp4GemmParams prm, int splits) {
   pdl_wait();  // PDL: the GEMM's partials are complete and visible
   const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (i >= prm.M * prm.Np / 4) return;
   const int64_t row = (4 * i) / prm.Np, col = (4 * i) % prm.Np;
   if (col >= prm.N) return;
-  const int64_t plane = prm.M * prm.Np;
-  float4 s = *reinterpret_cast<const float4*>(prm.ws + row * prm.Np + col);
-  for (int sp = 1; sp < splits; ++sp) add4(s, *reinterpret_cast<const float4*>(prm.ws + sp * plane + row * prm.Np + col));
+  const float4 s = split_sum4(prm, splits, row, col);
   pdl_trigger();  // after the loads (launch.cuh)
   store_sum4(prm, row, col, s);
 }
+
+// The swiglu epilogue: y[m][c] = BF16(silu(G) * U) for the I = N / 2 columns c (I % 4 == 0), with
+// G = BF16(Y[m][c]) and U = BF16(Y[m][I + c]): the separate kernel's arithmetic on the stored Y.
+__global__ void __launch_bounds__(256) splitk_swiglu_kernel(const Fp4GemmParams prm, int splits) {
+  pdl_wait();
+  const int64_t I = prm.N / 2, quads = I / 4;
+  const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (i >= prm.M * quads) return;  // (after the wait: every CTA waits)
+  const int64_t row = i / quads, col = (i % quads) * 4;
+  const int64_t cols[2] = {col, I + col};
+  float4 gu[2];
+  split_sums<2>(prm, splits, row, cols, gu);
+  pdl_trigger();  // after the loads
+  float g[4], u[4], o[4];
+  scale_sum4(prm, row, col, gu[0], g);
+  scale_sum4(prm, row, I + col, gu[1], u);
+#pragma unroll
+  for (int e = 0; e < 4; ++e) o[e] = silu_mul(bf16_round(g[e]), bf16_round(u[e]));
+  store_bf16x4(prm, row, col, o);
+}
+
+// The add_rmsnorm epilogue. One thread block cluster of C CTAs (gridDim.x) per row (blockIdx.y);
+// CTA r takes the quads [r Q, (r + 1) Q) of the row's N / 4, V per thread, held in registers
+// between the sum of squares and the output. The CTAs' sums are added in rank order through
+// distributed shared memory: the same order for a row whatever M is. The shape, 256 threads and
+// up to 8 CTAs of one quad per thread (Llama-8B: 4 CTAs), was the fastest of (C, threads) = (8, 128),
+// (4, 256), (2, 512), (1, 1024) inside the W4A16 decode step (H200; docs/perf/engine.md, E33).
+constexpr int kNormThreads = 256, kMaxNormCluster = 8;
+template <int V>
+__global__ void __launch_bounds__(kNormThreads) splitk_add_rmsnorm_kernel(const Fp4GemmParams prm, int splits, int Q) {
+  __shared__ float warp_ss[kNormThreads / 32];
+  __shared__ float cta_ss[kMaxNormCluster];
+  const int C = static_cast<int>(gridDim.x), rank = static_cast<int>(blockIdx.x), tid = static_cast<int>(threadIdx.x);
+  const int64_t row = blockIdx.y, nq = prm.N / 4;
+  const int64_t q0 = static_cast<int64_t>(rank) * Q, q1 = q0 + Q < nq ? q0 + Q : nq;
+  float4 wv[V];  // the norm's weights (written by no kernel) before the wait
+#pragma unroll
+  for (int v = 0; v < V; ++v) {
+    const int64_t j = q0 + v * kNormThreads + tid;
+    if (j < q1) wv[v] = reinterpret_cast<const float4*>(prm.norm_w)[j];
+  }
+  pdl_wait();
+  float4* xr = reinterpret_cast<float4*>(prm.x + row * prm.N);
+  float4 xv[V];
+  float ss = 0.0f;
+#pragma unroll
+  for (int v = 0; v < V; ++v) {
+    const int64_t j = q0 + v * kNormThreads + tid;
+    if (j < q1) {
+      float o[4];
+      scale_sum4(prm, row, 4 * j, split_sum4(prm, splits, row, 4 * j), o);
+      float4 a = xr[j];
+      a.x += bf16_round(o[0]);
+      a.y += bf16_round(o[1]);
+      a.z += bf16_round(o[2]);
+      a.w += bf16_round(o[3]);
+      xr[j] = a;
+      xv[v] = a;
+      ss += a.x * a.x + a.y * a.y + a.z * a.z + a.w * a.w;
+    }
+  }
+  pdl_trigger();  // after the loads
+  for (int off = 16; off > 0; off >>= 1) ss += __shfl_xor_sync(0xffffffffu, ss, off);
+  if ((tid & 31) == 0) warp_ss[tid >> 5] = ss;
+  __syncthreads();
+  if (tid == 0) {  // the CTA's sum, in warp order, into slot `rank` of every CTA of the cluster
+    float t = 0.0f;
+    for (int w = 0; w < kNormThreads / 32; ++w) t += warp_ss[w];
+    if (C > 1) {
+      const uint32_t a = static_cast<uint32_t>(__cvta_generic_to_shared(&cta_ss[rank]));
+      for (int r = 0; r < C; ++r) st_cluster_f32(cluster_map(a, static_cast<uint32_t>(r)), t);
+    } else {
+      cta_ss[0] = t;
+    }
+  }
+  // one barrier: the pushes happen before every CTA's arrival, and no CTA touches another's
+  // shared memory after it
+  if (C > 1) cluster_sync();
+  else __syncthreads();
+  float total = cta_ss[0];
+  for (int r = 1; r < C; ++r) total += cta_ss[r];
+  const float inv = 1.0f / sqrtf(total / static_cast<float>(prm.N) + prm.eps);
+#pragma unroll
+  for (int v = 0; v < V; ++v) {
+    const int64_t j = q0 + v * kNormThreads + tid;
+    if (j < q1) {
+      const float o[4] = {wv[v].x * (xv[v].x * inv), wv[v].y * (xv[v].y * inv), wv[v].z * (xv[v].z * inv),
+                          wv[v].w * (xv[v].w * inv)};
+      store_bf16x4(prm, row, 4 * j, o);
+    }
+  }
+}
+
+// The norm's cluster size and quads per CTA for N (N % 4 == 0, N <= kMaxFusedNormN).
+struct NormShape {
+  int C, Q, V;
+};
+NormShape norm_shape(int64_t N) {
+  const int64_t nq = N / 4;
+  const int64_t C = std::min<int64_t>(kMaxNormCluster, (nq + kNormThreads - 1) / kNormThreads);
+  const int64_t Q = (nq + C - 1) / C, V = (Q + kNormThreads - 1) / kNormThreads;
+  return {static_cast<int>(C), static_cast<int>(Q), V <= 1 ? 1 : V <= 2 ? 2 : 4};
+}
+static_assert(kMaxFusedNormN / 4 <= int64_t{kMaxNormCluster} * kNormThreads * 4, "the norm epilogue's registers");
 
 template <class T, int P, int Block, int NT>
 void launch_small(const Fp4GemmParams& prm, int64_t splits, cudaStream_t stream) {
@@ -871,10 +1029,19 @@ void launch_small(const Fp4GemmParams& prm, int64_t splits, cudaStream_t stream)
              dim3(kThreads), smem, stream, prm);
 }
 
-void launch_reduce(const Fp4GemmParams& prm, int64_t splits, cudaStream_t stream) {
-  const int64_t quads = prm.M * prm.Np / 4;
-  launch_pdl(splitk_reduce_kernel, dim3(static_cast<unsigned>((quads + 255) / 256)), dim3(256), 0, stream, prm,
-             static_cast<int>(splits));
+void launch_reduce(const Fp4GemmParams& prm, int64_t splits, Fp4Epilogue e, cudaStream_t stream) {
+  const int sp = static_cast<int>(splits);
+  if (e == Fp4Epilogue::add_rmsnorm) {
+    const NormShape ns = norm_shape(prm.N);
+    const auto k = ns.V == 1 ? splitk_add_rmsnorm_kernel<1> : ns.V == 2 ? splitk_add_rmsnorm_kernel<2> : splitk_add_rmsnorm_kernel<4>;
+    launch_pdl_cluster(k, dim3(static_cast<unsigned>(ns.C), static_cast<unsigned>(prm.M)), dim3(kNormThreads), ns.C, 0,
+                       stream, prm, sp, ns.Q);
+    return;
+  }
+  const int64_t quads = e == Fp4Epilogue::swiglu ? prm.M * (prm.N / 8) : prm.M * prm.Np / 4;
+  const dim3 grid(static_cast<unsigned>((quads + 255) / 256));
+  if (e == Fp4Epilogue::swiglu) launch_pdl(splitk_swiglu_kernel, grid, dim3(256), 0, stream, prm, sp);
+  else launch_pdl(splitk_reduce_kernel, grid, dim3(256), 0, stream, prm, sp);
 }
 
 // The shared-memory opt-in of every kernel of the family, once per process, from the first plan (a
@@ -1095,6 +1262,15 @@ Fp4GemmPlan fp4_gemm_plan(int64_t M, const DeviceFp4Weights& w, Fp4GemmKernel ke
   return p;
 }
 
+bool fp4_gemm_fuses(const Fp4GemmPlan& plan, Fp4Epilogue e, int64_t N) {
+  if (plan.kernel != Fp4GemmKernel::small || plan.splits < 2 || N <= 0) return false;
+  switch (e) {
+    case Fp4Epilogue::swiglu: return N % 8 == 0;
+    case Fp4Epilogue::add_rmsnorm: return N % 4 == 0 && N <= kMaxFusedNormN;
+    default: return false;
+  }
+}
+
 size_t fp4_gemm_workspace_bytes(int64_t max_M, const DeviceFp4Weights& w, Fp4GemmKernel kernel, int splits,
                                 bool batch_invariant) {
   if (max_M <= 0) return 0;
@@ -1114,7 +1290,19 @@ void fp4_gemm(const Fp4GemmArgs& a, const DeviceFp4Weights& w, void* workspace, 
   if (a.adt == DType::bf16 && a.a1) throw std::invalid_argument("fp4_gemm: the two-path (exact) mode takes FP16 planes");
   if (a.lda < w.Kp || a.lda % 8 != 0)
     throw std::invalid_argument(fmt::format("fp4_gemm: lda = {} must be >= Kp = {} and a multiple of 8", a.lda, w.Kp));
-  if (a.ldy < w.N) throw std::invalid_argument(fmt::format("fp4_gemm: ldy = {} must be >= N = {}", a.ldy, w.N));
+  const int64_t y_cols = a.epilogue == Fp4Epilogue::swiglu ? w.N / 2 : w.N;
+  if (a.ldy < y_cols) throw std::invalid_argument(fmt::format("fp4_gemm: ldy = {} must be >= {}", a.ldy, y_cols));
+  if (a.epilogue != Fp4Epilogue::none) {
+    const char* name = a.epilogue == Fp4Epilogue::swiglu ? "swiglu" : "add_rmsnorm";
+    if (!fp4_gemm_fuses(plan, a.epilogue, w.N))
+      throw std::invalid_argument(fmt::format("fp4_gemm: the {} epilogue runs in the small family's split-K reduction "
+                                              "only (M = {}, N = {}, {} kernel, {} splits)", name, a.M, w.N,
+                                              to_string(plan.kernel), plan.splits));
+    if (!a.y || a.y_f32) throw std::invalid_argument(fmt::format("fp4_gemm: the {} epilogue writes y (BF16) only", name));
+    if (a.epilogue == Fp4Epilogue::add_rmsnorm &&
+        (!a.x || !a.norm_w || reinterpret_cast<uintptr_t>(a.x) % 16 || reinterpret_cast<uintptr_t>(a.norm_w) % 16))
+      throw std::invalid_argument("fp4_gemm: the add_rmsnorm epilogue needs x and norm_w, 16-byte aligned");
+  }
   if (a.row_scale && a.row_scale_count != 1 && a.row_scale_count != a.M)
     throw std::invalid_argument(fmt::format("fp4_gemm: row_scale_count = {} (1 or M = {})", a.row_scale_count, a.M));
   const auto misaligned = [](const void* p, uintptr_t n) { return p && reinterpret_cast<uintptr_t>(p) % n != 0; };
@@ -1150,11 +1338,14 @@ void fp4_gemm(const Fp4GemmArgs& a, const DeviceFp4Weights& w, void* workspace, 
   const auto yaddr = reinterpret_cast<uintptr_t>(a.y);
   prm.y_store = (a.ldy % 8 == 0 && yaddr % 16 == 0) ? 16 : (a.ldy % 2 == 0 && yaddr % 4 == 0) ? 4 : 2;
   prm.ws = plan.workspace_bytes ? static_cast<float*>(workspace) : nullptr;
+  prm.x = a.x;
+  prm.norm_w = a.norm_w;
+  prm.eps = a.eps;
 
   if (a.adt == DType::bf16) launch_block<__nv_bfloat16, 1>(prm, w.block, plan, stream);
   else if (a.a1) launch_block<__half, 2>(prm, w.block, plan, stream);
   else launch_block<__half, 1>(prm, w.block, plan, stream);
-  if (plan.workspace_bytes) launch_reduce(prm, plan.splits, stream);  // the small family's splits
+  if (plan.workspace_bytes) launch_reduce(prm, plan.splits, a.epilogue, stream);  // the small family's splits
 }
 
 }  // namespace sharq::cuda

@@ -16,7 +16,8 @@
 // Two kernel families behind the one entry point, both swapped-AB wgmma (the decoded weights are
 // the register A operand, the activations the shared-memory B operand):
 //   small   (M <= kSmallMaxM, decode): token tiles of 8 / 16 / 32 / 64, split-K over the grid with
-//           FP32 partials summed in split order by one reduction kernel (deterministic);
+//           FP32 partials summed in split order by one reduction kernel (deterministic), which can
+//           also run the layer's successor, SwiGLU or the residual add + RMSNorm (Fp4Epilogue);
 //   prefill (M >  kSmallMaxM): token tiles of 128 / 256; split-K over a thread block cluster of
 //           1 to 8 CTAs whose FP32 partials are summed in rank order through distributed shared
 //           memory (deterministic, no workspace, no second kernel).
@@ -51,6 +52,17 @@ struct DeviceFp4Weights {
   size_t bytes() const { return codes.bytes() + scales.bytes() + g.bytes(); }
 };
 
+// What the small family's split-K reduction may compute from the summed output instead of storing
+// Y, saving the separate kernel and its pass over Y (fp4_gemm_fuses() says when it can: the caller
+// runs the separate transformer_ops kernel otherwise). Y is rounded to BF16 first, as it would be stored:
+//   swiglu       y (M x N/2, ldy >= N/2) = BF16(silu(G) * U), G = Y[:, :N/2] and U = Y[:, N/2:] (the
+//                stacked gate/up projection, gate first): bit for bit transformer_ops' swiglu() of Y;
+//   add_rmsnorm  x (M x N FP32, the residual stream, updated in place) += Y, then
+//                y (M x N, ldy >= N) = BF16(w * x / rms(x)): transformer_ops' add_rmsnorm() of Y, x bit
+//                for bit and y up to its sum of squares' order (a cluster of CTAs per row adds
+//                their partial sums in rank order: still a function of the row alone).
+enum class Fp4Epilogue : uint8_t { none, swiglu, add_rmsnorm };
+
 struct Fp4GemmArgs {
   const void* a0 = nullptr;          // M x lda (FP16, or BF16 when adt == bf16), 16-byte aligned
   const void* a1 = nullptr;          // second path (SharQ exact) or null; same type and lda
@@ -63,6 +75,10 @@ struct Fp4GemmArgs {
   float* y_f32 = nullptr;            // optional: FP32 output (M x ldy) written instead of y, so that
                                      // tests can check the FP32 result before the BF16 rounding
   const float* bias = nullptr;       // optional: N device floats, added in FP32 before the rounding
+  Fp4Epilogue epilogue = Fp4Epilogue::none;  // with y (not y_f32); only where fp4_gemm_fuses()
+  float* x = nullptr;                // add_rmsnorm: the FP32 residual rows (M x N, 16-byte aligned)
+  const float* norm_w = nullptr;     // add_rmsnorm: N floats (16-byte aligned)
+  float eps = 0.0f;                  // add_rmsnorm
 };
 
 inline constexpr int64_t kSmallMaxM = 64;
@@ -88,6 +104,11 @@ struct Fp4GemmPlan {
 // Throws std::invalid_argument for a forced family that cannot run M.
 Fp4GemmPlan fp4_gemm_plan(int64_t M, const DeviceFp4Weights& w, Fp4GemmKernel kernel = Fp4GemmKernel::automatic,
                           int splits = 0, bool batch_invariant = false, int paths = 1);
+
+// Whether fp4_gemm() runs epilogue e inside the reduction for this plan and N: the small family
+// with splits > 1; swiglu with N % 8 == 0; add_rmsnorm with N % 4 == 0 and N <= kMaxFusedNormN.
+inline constexpr int64_t kMaxFusedNormN = 32768;
+bool fp4_gemm_fuses(const Fp4GemmPlan& plan, Fp4Epilogue e, int64_t N);
 
 // The workspace every call with M <= max_M needs (the largest over the plans; 0 when none): size it
 // once, at construction, and no call allocates.

@@ -1049,25 +1049,12 @@ template <class T, int MG, int L, bool TC>
 void launch_decode(const DecodeArgs& a0, int n_decode, cudaStream_t stream) {
   DecodeArgs a = a0;
   a.cluster = kDecodeCluster;
-  cudaLaunchAttribute attr[2];
-  attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-  attr[0].val.programmaticStreamSerializationAllowed = 1;
-  attr[1].id = cudaLaunchAttributeClusterDimension;
-  attr[1].val.clusterDim.x = static_cast<unsigned>(a.cluster);
-  attr[1].val.clusterDim.y = 1;
-  attr[1].val.clusterDim.z = 1;
-  cudaLaunchConfig_t cfg = {};
-  cfg.blockDim = dim3(kDecodeThreads);
-  cfg.dynamicSmemBytes = decode_smem(L, MG).total;
-  cfg.stream = stream;
-  cfg.attrs = attr;
-  cfg.numAttrs = 2;
   for (int base = 0; base < n_decode; base += kRowsPerLaunch) {
     a.drows = a0.drows + base;
     const int n_rows = std::min(kRowsPerLaunch, n_decode - base);
-    cfg.gridDim =
-        dim3(static_cast<unsigned>(a.cluster), static_cast<unsigned>(a.nh / a.gc), static_cast<unsigned>(n_rows));
-    SHARQ_CUDA_CHECK(cudaLaunchKernelEx(&cfg, decode_kernel<T, MG, L, TC>, a));
+    launch_pdl_cluster(decode_kernel<T, MG, L, TC>,
+                       dim3(static_cast<unsigned>(a.cluster), static_cast<unsigned>(a.nh / a.gc), static_cast<unsigned>(n_rows)),
+                       dim3(kDecodeThreads), a.cluster, decode_smem(L, MG).total, stream, a);
   }
 }
 // The tensor-core form where it applies (decode_attention_on_tensor_cores: head_dim 64 / 128, the

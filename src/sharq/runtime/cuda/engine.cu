@@ -575,7 +575,16 @@ void GpuExecutor::Impl::forward(int64_t M, int64_t R, const AttentionPlan& plan)
   // xr is the current residual, xw the other one. The other schemes add and norm in place.
   float* xr = E.x.get();
   float* xw = E.x2.get();
+  // The other FP4 schemes' split-K reduction may add o's and down's output to the residual stream
+  // and norm it for the next projection itself (GpuLinear::fuses): then E.h is ready (h_ready).
+  bool h_ready = false;
   auto norm_into = [&](const GpuLinear& lin, const void* add, const float* w, GpuActivations& acts) {
+    if (h_ready) {
+      h_ready = false;
+      mark(kPrep);
+      lin.prepare(E.h.get(), M, acts, st);
+      return;
+    }
     if (E.fuse_norm) {
       mark(kPrep);
       lin.prepare_norm(xr, add, w, eps, M, add ? xw : nullptr, acts, st);
@@ -587,6 +596,16 @@ void GpuExecutor::Impl::forward(int64_t M, int64_t R, const AttentionPlan& plan)
     else rmsnorm_rows(xr, nullptr, M, E.H, w, eps, E.t, E.h.get(), st);
     mark(kPrep);
     lin.prepare(E.h.get(), M, acts, st);
+  };
+  // the GEMM of a projection whose output joins the residual stream, normed by next_w (null: none)
+  auto gemm_to_residual = [&](const GpuLinear& lin, const GpuActivations& acts, const float* next_w) {
+    mark(kGemm);
+    if (E.opt.fuse_reduce_norm && !E.fuse_norm && next_w && lin.fuses(Fp4Epilogue::add_rmsnorm, M)) {
+      lin.gemm(acts, GpuLinear::Epilogue{Fp4Epilogue::add_rmsnorm, xr, next_w, eps}, E.h.get(), st, ws);
+      h_ready = true;
+    } else {
+      lin.gemm(acts, E.ob.get(), st, ws);
+    }
   };
   mark(kOther);
   embed_rows(E.embed.get(), d + E.o_tok, M, E.H, xr, st);
@@ -604,22 +623,25 @@ void GpuExecutor::Impl::forward(int64_t M, int64_t R, const AttentionPlan& plan)
     paged_attention(E.q32.get(), M, nh, rows, kv, c.sliding_window, E.t, plan, E.att.get(), st);
     mark(kPrep);
     L.o->prepare(E.att.get(), M, acts_q, st);
-    mark(kGemm);
-    L.o->gemm(acts_q, E.ob.get(), st, ws);
+    gemm_to_residual(*L.o, acts_q, L.mlp_norm.get());
     norm_into(*L.gate_up, E.ob.get(), L.mlp_norm.get(), *E.acts_h);
     mark(kGemm);
-    L.gate_up->gemm(*E.acts_h, E.gub.get(), st, ws);
     if (E.fuse_swiglu) {  // SwiGLU inside the down projection's activation prep
+      L.gate_up->gemm(*E.acts_h, E.gub.get(), st, ws);
       mark(kPrep);
       L.down->prepare_swiglu(E.gub.get(), M, *E.acts_i, st);
+    } else if (E.opt.fuse_reduce_swiglu && L.gate_up->fuses(Fp4Epilogue::swiglu, M)) {  // SwiGLU inside gate/up's reduction
+      L.gate_up->gemm(*E.acts_h, GpuLinear::Epilogue{Fp4Epilogue::swiglu}, E.ab.get(), st, ws);
+      mark(kPrep);
+      L.down->prepare(E.ab.get(), M, *E.acts_i, st);
     } else {
+      L.gate_up->gemm(*E.acts_h, E.gub.get(), st, ws);
       mark(kSwiglu);
       swiglu(E.gub.get(), M, E.I, E.t, E.ab.get(), st);
       mark(kPrep);
       L.down->prepare(E.ab.get(), M, *E.acts_i, st);
     }
-    mark(kGemm);
-    L.down->gemm(*E.acts_i, E.ob.get(), st, ws);
+    gemm_to_residual(*L.down, *E.acts_i, l + 1 < c.num_layers ? E.layers[static_cast<size_t>(l + 1)].attn_norm.get() : nullptr);
   }
   mark(kOther);
   residual_add(xr, E.ob.get(), M * E.H, E.t, st);

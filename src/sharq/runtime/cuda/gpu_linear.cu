@@ -341,28 +341,9 @@ void GpuLinear::gemm(const GpuActivations& acts, void* y, cudaStream_t stream, v
         SHARQ_CUDA_CHECK(cudaMemcpy2DAsync(y, N_ * 2, y8_.get(), n8_ * 2, N_ * 2, M, cudaMemcpyDeviceToDevice, stream));
       }
       break;
-    default: {
-      if (!workspace) workspace = ws_.get();
-      const size_t ws_bytes = workspace == ws_.get() ? ws_.bytes() : ws_need_;
-      Fp4GemmArgs a;
-      a.M = M;
-      a.lda = w4_.Kp;
-      a.y = static_cast<__nv_bfloat16*>(y);
-      a.y_f32 = y_f32;
-      a.ldy = N_;
-      a.bias = bias_.get();  // fused into the epilogue: one rounding, as the CPU
-      if (scheme_.kind == SchemeKind::w4a16) {
-        a.adt = DType::bf16;
-        a.a0 = acts.a0_.get() ? static_cast<const void*>(acts.a0_.get()) : acts.x_;
-      } else {
-        a.a0 = acts.a0_.get();
-        a.a1 = two_paths(scheme_) ? acts.a1_.get() : nullptr;
-        a.row_scale = acts.g_.get();
-        a.row_scale_count = scheme_.act_scale == GlobalScale::per_tensor ? 1 : M;
-      }
-      fp4_gemm(a, w4_, workspace, ws_bytes, stream, opt_.kernel, opt_.splits, opt_.batch_invariant);
+    default:
+      gemm_fp4(acts, y, y_f32, Epilogue{}, stream, workspace);
       return;
-    }
   }
   if (bias_.get()) {  // cuBLASLt schemes: after the GEMM's 16-bit rounding (one extra rounding)
     const int64_t n = M * N_;
@@ -373,6 +354,52 @@ void GpuLinear::gemm(const GpuActivations& acts, void* y, cudaStream_t stream, v
       add_bias_kernel<__nv_bfloat16><<<blocks, 256, 0, stream>>>(static_cast<__nv_bfloat16*>(y), M, N_, bias_.get());
     SHARQ_CUDA_CHECK(cudaGetLastError());
   }
+}
+
+bool GpuLinear::fuses(Fp4Epilogue e, int64_t M) const {
+  if (!scheme_.is_fp4_weight() || M < 1 || M > opt_.max_m) return false;
+  return fp4_gemm_fuses(fp4_gemm_plan(M, w4_, opt_.kernel, opt_.splits, opt_.batch_invariant), e, N_);
+}
+
+void GpuLinear::gemm(const GpuActivations& acts, const Epilogue& ep, void* y, cudaStream_t stream, void* workspace) const {
+  if (!(acts.scheme_ == scheme_) || acts.K_ != K_)
+    throw std::invalid_argument(fmt::format("GpuLinear({}, N = {}, K = {})::gemm: the activations are for scheme '{}', K = {}",
+                                            scheme_.name(), N_, K_, acts.scheme_.name(), acts.K_));
+  if (acts.M_ == 0) return;
+  if (ep.kind == Fp4Epilogue::none || !fuses(ep.kind, acts.M_))
+    throw std::invalid_argument(fmt::format("GpuLinear({}, N = {}, K = {})::gemm: no fused {} epilogue for M = {} (fuses())",
+                                            scheme_.name(), N_, K_, ep.kind == Fp4Epilogue::swiglu ? "swiglu" : "add_rmsnorm",
+                                            acts.M_));
+  if (!y) throw std::invalid_argument(fmt::format("GpuLinear({}, N = {}, K = {})::gemm: null output", scheme_.name(), N_, K_));
+  gemm_fp4(acts, y, nullptr, ep, stream, workspace);
+}
+
+void GpuLinear::gemm_fp4(const GpuActivations& acts, void* y, float* y_f32, const Epilogue& ep, cudaStream_t stream,
+                         void* workspace) const {
+  const int64_t M = acts.M_;
+  if (!workspace) workspace = ws_.get();
+  const size_t ws_bytes = workspace == ws_.get() ? ws_.bytes() : ws_need_;
+  Fp4GemmArgs a;
+  a.M = M;
+  a.lda = w4_.Kp;
+  a.y = static_cast<__nv_bfloat16*>(y);
+  a.y_f32 = y_f32;
+  a.ldy = ep.kind == Fp4Epilogue::swiglu ? N_ / 2 : N_;
+  a.bias = bias_.get();  // fused into the epilogue: one rounding, as the CPU
+  a.epilogue = ep.kind;
+  a.x = ep.x;
+  a.norm_w = ep.norm_w;
+  a.eps = ep.eps;
+  if (scheme_.kind == SchemeKind::w4a16) {
+    a.adt = DType::bf16;
+    a.a0 = acts.a0_.get() ? static_cast<const void*>(acts.a0_.get()) : acts.x_;
+  } else {
+    a.a0 = acts.a0_.get();
+    a.a1 = two_paths(scheme_) ? acts.a1_.get() : nullptr;
+    a.row_scale = acts.g_.get();
+    a.row_scale_count = scheme_.act_scale == GlobalScale::per_tensor ? 1 : M;
+  }
+  fp4_gemm(a, w4_, workspace, ws_bytes, stream, opt_.kernel, opt_.splits, opt_.batch_invariant);
 }
 
 void GpuLinear::forward(const void* x, int64_t M, void* y, cudaStream_t stream) {

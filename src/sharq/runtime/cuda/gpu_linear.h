@@ -151,12 +151,30 @@ class GpuLinear {
   // FP4 schemes only).
   void gemm(const GpuActivations& acts, void* y, cudaStream_t stream, void* workspace = nullptr,
             float* y_f32 = nullptr) const;
+  // The successor of this layer that gemm() can compute inside the FP4 GEMM's split-K reduction
+  // (fp4_gemm.h, Fp4Epilogue: SwiGLU after the stacked gate/up projection, the residual add +
+  // RMSNorm after o and down), saving its separate kernel. fuses(): whether it does for M rows (the
+  // FP4-weight schemes, where the small family splits K: the caller runs the separate kernel
+  // otherwise).
+  struct Epilogue {
+    Fp4Epilogue kind = Fp4Epilogue::none;
+    float* x = nullptr;             // add_rmsnorm: the FP32 residual rows (M x N), updated in place
+    const float* norm_w = nullptr;  // add_rmsnorm: N floats
+    float eps = 0.0f;
+  };
+  bool fuses(Fp4Epilogue e, int64_t M) const;
+  // gemm() and then the epilogue, in one reduction: y is the epilogue's output (swiglu: M x N/2,
+  // add_rmsnorm: the normalized M x N), of act_dtype. Throws where !fuses(ep.kind, acts.M()).
+  void gemm(const GpuActivations& acts, const Epilogue& ep, void* y, cudaStream_t stream,
+            void* workspace = nullptr) const;
   // prepare + gemm through the layer's own scratch (own_scratch).
   void forward(const void* x, int64_t M, void* y, cudaStream_t stream);
   GpuActivations& own_activations();  // throws without own_scratch
 
  private:
   void check_shape(int64_t N, int64_t K) const;
+  void gemm_fp4(const GpuActivations& acts, void* y, float* y_f32, const Epilogue& ep, cudaStream_t stream,
+                void* workspace) const;
   struct Front {  // what prepare_input() reads in front of the activation prep
     PrepInput input = PrepInput::plain;
     const void* rms_w = nullptr;
