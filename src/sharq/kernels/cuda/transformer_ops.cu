@@ -211,20 +211,17 @@ __device__ __forceinline__ Angles<PPL> angles(int pos, const float* __restrict__
   return r;
 }
 
-// A head's rotation pairs as the lane holds them (x0: the first element of pair p, x1: the second;
-// zeros past hd / 2): loaded apart from the arithmetic, so that a warp issues the next head's loads
-// before it rotates the current one.
-template <int PPL>
-struct Pairs {
-  float x0[PPL], x1[PPL];
-};
-// vec: src allows words (hd / 2 even for rotate-half): pairs of elements load as one word.
-template <class T, int PPL>
-__device__ __forceinline__ Pairs<PPL> load_pairs(const T* __restrict__ src, int hd, bool interleaved, bool vec, int lane) {
+// The head src[0 .. hd) (optionally RMS-normed with weight nw), rotated: every element e < hd is
+// stored exactly once, by store1(e, value) or, for two adjacent elements, store2(e, value_e,
+// value_e+1) (e even). Every lane of the warp calls it (the norm is a warp butterfly).
+// vec: src and the destination allow words (hd / 2 even for rotate-half): pairs of elements load as
+// one word and store as one (32-bit T, 64-bit FP32), with the same arithmetic per element.
+template <class T, int PPL, class Store1, class Store2>
+__device__ __forceinline__ void head(const T* __restrict__ src, const float* __restrict__ nw, float eps, int hd,
+                                     bool interleaved, bool vec, const Angles<PPL>& an, int lane, Store1&& store1,
+                                     Store2&& store2) {
   const int half = hd / 2;
-  Pairs<PPL> r;
-  float* x0 = r.x0;
-  float* x1 = r.x1;
+  float x0[PPL], x1[PPL];
 #pragma unroll
   for (int j = 0; j < PPL; ++j) x0[j] = x1[j] = 0.0f;  // pairs past hd / 2 (and before the word loads fill them)
   if (vec && (interleaved || PPL % 2 == 0)) {
@@ -259,21 +256,6 @@ __device__ __forceinline__ Pairs<PPL> load_pairs(const T* __restrict__ src, int 
       }
     }
   }
-  return r;
-}
-
-// The head held in `in` (optionally RMS-normed with weight nw), rotated: every element e < hd is
-// stored exactly once, by store1(e, value) or, for two adjacent elements, store2(e, value_e,
-// value_e+1) (e even). Every lane of the warp calls it (the norm is a warp butterfly).
-// vec: the destination allows words (as load_pairs): pairs store as one word (32-bit T, 64-bit FP32),
-// with the same arithmetic per element.
-template <int PPL, class Store1, class Store2>
-__device__ __forceinline__ void rotate_pairs(const Pairs<PPL>& in, const float* __restrict__ nw, float eps, int hd,
-                                             bool interleaved, bool vec, const Angles<PPL>& an, int lane,
-                                             Store1&& store1, Store2&& store2) {
-  const int half = hd / 2;
-  const float* x0 = in.x0;
-  const float* x1 = in.x1;
   float inv = 1.0f;
   if (nw) {
     float ss = 0.0f;
@@ -341,36 +323,27 @@ __global__ void __launch_bounds__(kRopeWarps * 32) qk_rope_kernel(
   pdl_wait();
   pdl_trigger();
   const rope::Angles<PPL> an = rope::angles<PPL>(pos, inv_freq, hd / 2, lane);
-  const bool il = interleaved != 0, vw = vec != 0;
-  const auto src_of = [&](int y) {
-    return y < nh ? q + m * ld + static_cast<int64_t>(y) * hd : k + m * ld + static_cast<int64_t>(y - nh) * hd;
-  };
-  // software-pipelined over the warp's heads: the next head's pairs load while this one rotates
-  // (a 2048-row prefill's warps take 5 heads each: one load latency instead of five)
-  rope::Pairs<PPL> cur{};
-  if (y0 < nh + nkv) cur = rope::load_pairs<T, PPL>(src_of(y0), hd, il, vw, lane);
   for (int y = y0; y < nh + nkv; y += ystep) {
-    rope::Pairs<PPL> next{};
-    if (y + ystep < nh + nkv) next = rope::load_pairs<T, PPL>(src_of(y + ystep), hd, il, vw, lane);
     if (y < nh) {
       float* qo = q_out + (m * nh + y) * hd;
-      rope::rotate_pairs<PPL>(cur, q_norm, eps, hd, il, vw, an, lane, [&](int e, float r) { qo[e] = r; },
-                              [&](int e, float r0, float r1) { *reinterpret_cast<float2*>(qo + e) = make_float2(r0, r1); });
+      rope::head<T, PPL>(q + m * ld + static_cast<int64_t>(y) * hd, q_norm, eps, hd, interleaved != 0, vec != 0, an,
+                         lane, [&](int e, float r) { qo[e] = r; },
+                         [&](int e, float r0, float r1) { *reinterpret_cast<float2*>(qo + e) = make_float2(r0, r1); });
     } else {
       const int hh = y - nh;
       const int64_t base = ((static_cast<int64_t>(blk) * kv.block_size + pos % kv.block_size) * nkv + hh) * hd;
+      T* kc = static_cast<T*>(kv.k) + base;
+      rope::head<T, PPL>(k + m * ld + static_cast<int64_t>(hh) * hd, k_norm, eps, hd, interleaved != 0, vec != 0, an,
+                         lane, [&](int e, float r) { kc[e] = from_f<T>(r); },
+                         [&](int e, float r0, float r1) { *reinterpret_cast<uint32_t*>(kc + e) = pack2<T>(r0, r1); });
       const T* vs = v + m * ld + static_cast<int64_t>(hh) * hd;
       T* vc = static_cast<T*>(kv.v) + base;
-      if (vec)  // hd even: words (issued before the rotation's arithmetic)
+      if (vec)  // hd even: words
         for (int d = 2 * lane; d < hd; d += 64)
           *reinterpret_cast<uint32_t*>(vc + d) = *reinterpret_cast<const uint32_t*>(vs + d);
       else
         for (int d = lane; d < hd; d += 32) vc[d] = vs[d];
-      T* kc = static_cast<T*>(kv.k) + base;
-      rope::rotate_pairs<PPL>(cur, k_norm, eps, hd, il, vw, an, lane, [&](int e, float r) { kc[e] = from_f<T>(r); },
-                              [&](int e, float r0, float r1) { *reinterpret_cast<uint32_t*>(kc + e) = pack2<T>(r0, r1); });
     }
-    cur = next;
   }
 }
 
@@ -385,41 +358,26 @@ __global__ void swiglu_kernel(const T* __restrict__ gu, int64_t M, int64_t I, T*
   out[i] = from_f<T>(silu_mul(gv, uv));
 }
 
-// Eight columns per group (16-byte loads and store) when I % 8 == 0, kSwigluGroups groups per thread
-// (block b's thread t takes groups b kSwigluGroups blockDim + u blockDim + t: coalesced), their loads
-// issued before any arithmetic: twice the bytes in flight of one group per thread, for the
-// 2048-row prefill's 176 MB pass.
-constexpr int kSwigluGroups = 2;
+// Eight columns per thread (16-byte loads and store) when I % 8 == 0.
 template <class T>
 __global__ void swiglu8_kernel(const T* __restrict__ gu, int64_t M, int64_t I, T* __restrict__ out) {
   pdl_wait();
-  const int64_t per = I / 8, n8 = M * per;
-  const int64_t i0 = static_cast<int64_t>(blockIdx.x) * blockDim.x * kSwigluGroups + threadIdx.x;
-  if (i0 >= n8) return;  // (after the wait: every CTA waits)
-  uint4 gv[kSwigluGroups], uv[kSwigluGroups];
-#pragma unroll
-  for (int u = 0; u < kSwigluGroups; ++u) {
-    const int64_t i8 = i0 + u * static_cast<int64_t>(blockDim.x);
-    if (i8 < n8) {
-      const int64_t m = i8 / per, c = (i8 % per) * 8;
-      gv[u] = *reinterpret_cast<const uint4*>(gu + m * 2 * I + c);
-      uv[u] = *reinterpret_cast<const uint4*>(gu + m * 2 * I + I + c);
-    }
-  }
+  const int64_t i8 = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x, per = I / 8;
+  if (i8 >= M * per) return;  // (after the wait: every CTA waits)
+  const int64_t m = i8 / per, c = (i8 % per) * 8;
+  const uint4 gv = *reinterpret_cast<const uint4*>(gu + m * 2 * I + c);
+  const uint4 uv = *reinterpret_cast<const uint4*>(gu + m * 2 * I + I + c);
   pdl_trigger();  // after the loads (launch.cuh)
+  const T* g8 = reinterpret_cast<const T*>(&gv);
+  const T* u8 = reinterpret_cast<const T*>(&uv);
+  uint4 ov;
+  T* o8 = reinterpret_cast<T*>(&ov);
 #pragma unroll
-  for (int u = 0; u < kSwigluGroups; ++u) {
-    const int64_t i8 = i0 + u * static_cast<int64_t>(blockDim.x);
-    if (i8 >= n8) continue;
-    const int64_t m = i8 / per, c = (i8 % per) * 8;
-    const T* g8 = reinterpret_cast<const T*>(&gv[u]);
-    const T* u8 = reinterpret_cast<const T*>(&uv[u]);
-    uint4 ov;
-    T* o8 = reinterpret_cast<T*>(&ov);
-#pragma unroll
-    for (int k = 0; k < 8; ++k) o8[k] = from_f<T>(silu_mul(to_f(g8[k]), to_f(u8[k])));
-    *reinterpret_cast<uint4*>(out + m * I + c) = ov;
+  for (int k = 0; k < 8; ++k) {
+    const float g = to_f(g8[k]);
+    o8[k] = from_f<T>(silu_mul(g, to_f(u8[k])));
   }
+  *reinterpret_cast<uint4*>(out + m * I + c) = ov;
 }
 
 template <class T>
@@ -432,7 +390,7 @@ __global__ void residual_kernel(float* __restrict__ x, const T* __restrict__ o, 
 
 unsigned blocks_for(int64_t n) { return static_cast<unsigned>((n + kThreads - 1) / kThreads); }
 
-// rope::load_pairs / rotate_pairs' word loads and stores: the q, k, v rows and the K / V pools 4-byte aligned, q_out 8-byte
+// rope::head's word loads and stores: the q, k, v rows and the K / V pools 4-byte aligned, q_out 8-byte
 // aligned, and hd / 2 even (rotate-half's second half starts on a word).
 bool rope_vec_ok(const void* q, const void* k, const void* v, int64_t ld, int hd, const float* q_out, const PagedKv& kv) {
   auto al = [](const void* p, uintptr_t n) { return reinterpret_cast<uintptr_t>(p) % n == 0; };
@@ -537,10 +495,10 @@ void swiglu(const void* gu, int64_t M, int64_t I, DType t, void* out, cudaStream
   const int64_t n = M * I;
   if (I % 8 == 0) {
     if (t == DType::f16)
-      launch_pdl(swiglu8_kernel<__half>, dim3(blocks_for((n / 8 + kSwigluGroups - 1) / kSwigluGroups)), dim3(kThreads), 0, stream, static_cast<const __half*>(gu), M, I,
+      launch_pdl(swiglu8_kernel<__half>, dim3(blocks_for(n / 8)), dim3(kThreads), 0, stream, static_cast<const __half*>(gu), M, I,
                                                                          static_cast<__half*>(out));
     else
-      launch_pdl(swiglu8_kernel<__nv_bfloat16>, dim3(blocks_for((n / 8 + kSwigluGroups - 1) / kSwigluGroups)), dim3(kThreads), 0, stream, static_cast<const __nv_bfloat16*>(gu), M, I,
+      launch_pdl(swiglu8_kernel<__nv_bfloat16>, dim3(blocks_for(n / 8)), dim3(kThreads), 0, stream, static_cast<const __nv_bfloat16*>(gu), M, I,
                                                                                 static_cast<__nv_bfloat16*>(out));
     SHARQ_CUDA_CHECK(cudaGetLastError());
     return;
