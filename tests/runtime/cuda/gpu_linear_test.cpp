@@ -581,3 +581,84 @@ TEST(GpuLinear, ReductionEpiloguesAreRefusedWhereTheyCannotFuse) {
   EXPECT_FALSE(f16.fuses(Fp4Epilogue::swiglu, 1)) << "cuBLASLt has no such epilogue here";
   SHARQ_CUDA_CHECK(cudaDeviceSynchronize());
 }
+
+// RoPE + the paged KV write reading the fused q/k/v projection's split-K partials (gemm_partials, no
+// reduction kernel) against the reduction followed by the row-source call: q, the K pool and the V
+// pool bit for bit, for rotate-half and interleaved pairs, with and without the q/k norms, at
+// head_dim 128 and 64, M = 1 .. 64.
+TEST(GpuLinear, RopeFromSplitKPartialsMatchesTheReducedOutput) {
+  SKIP_WITHOUT_GPU();
+  struct Case { int nh, nkv, hd; bool interleaved, norms; int splits; };
+  for (const Case& cs : {Case{8, 2, 128, false, false, 0}, Case{8, 2, 128, true, true, 3}, Case{6, 3, 64, false, true, 4}})
+    for (const char* sc : {"w4a16", "nvfp4", "sharq"}) {
+      const int64_t hd = cs.hd, N = (cs.nh + 2 * cs.nkv) * hd, K = 1024, maxM = 64;
+      SCOPED_TRACE(fmt::format("{} nh={} nkv={} hd={} interleaved={} norms={}", sc, cs.nh, cs.nkv, hd, cs.interleaved, cs.norms));
+      const auto p = make_problem(maxM, N, K, 777 + N, true);
+      GpuLinearOptions opt;
+      opt.max_m = maxM;
+      opt.splits = cs.splits;
+      GpuLinear lin(parse_scheme(sc), p.W.data(), N, K, opt);
+      ASSERT_TRUE(lin.fuses(Fp4Epilogue::defer, maxM));
+      DeviceBuffer<uint16_t> dx(p.Xb.size());
+      dx.upload(p.Xb.data());
+      // rows at scattered positions of one sequence-per-row cache with blocks of 16
+      const int bs = 16, blocks_per_row = 8;
+      std::vector<int32_t> pos(maxM), toff(maxM), table(static_cast<size_t>(maxM * blocks_per_row));
+      sharq_test::Rng rng(31 + N);
+      for (int64_t m = 0; m < maxM; ++m) {
+        pos[m] = static_cast<int32_t>(rng.index(bs * blocks_per_row));
+        toff[m] = static_cast<int32_t>(m * blocks_per_row);
+        for (int b = 0; b < blocks_per_row; ++b) table[m * blocks_per_row + b] = static_cast<int32_t>(m * blocks_per_row + b);
+      }
+      DeviceBuffer<int32_t> dpos(pos.size()), dtoff(toff.size()), dtable(table.size());
+      dpos.upload(pos.data());
+      dtoff.upload(toff.data());
+      dtable.upload(table.data());
+      RowMap rows;
+      rows.pos = dpos.get();
+      rows.table_off = dtoff.get();
+      rows.table = dtable.get();
+      std::vector<float> inv_freq(static_cast<size_t>(hd / 2)), qn(static_cast<size_t>(hd)), kn(static_cast<size_t>(hd));
+      for (int64_t j = 0; j < hd / 2; ++j) inv_freq[j] = std::pow(10000.0f, -2.0f * j / hd);
+      for (auto& v : qn) v = static_cast<float>(1.0 + 0.2 * rng.normal());
+      for (auto& v : kn) v = static_cast<float>(1.0 + 0.2 * rng.normal());
+      DeviceBuffer<float> dfreq(inv_freq.size()), dqn(qn.size()), dkn(kn.size());
+      dfreq.upload(inv_freq.data());
+      dqn.upload(qn.data());
+      dkn.upload(kn.data());
+      const int64_t pool = static_cast<int64_t>(maxM) * blocks_per_row * bs * cs.nkv * hd;
+      for (int64_t M : {1, 7, 64}) {
+        SCOPED_TRACE(fmt::format("M={}", M));
+        DeviceBuffer<uint16_t> y(static_cast<size_t>(M * N)), ka(pool), va(pool), kb(pool), vb(pool);
+        DeviceBuffer<float> qa(static_cast<size_t>(M * cs.nh * hd)), qb(static_cast<size_t>(M * cs.nh * hd));
+        for (auto* b : {&ka, &va, &kb, &vb}) SHARQ_CUDA_CHECK(cudaMemset(b->get(), 0x7F, b->bytes()));
+        SHARQ_CUDA_CHECK(cudaMemset(qb.get(), 0xFF, qb.bytes()));
+        PagedKv kva{ka.get(), va.get(), maxM * blocks_per_row, bs, cs.nkv, cs.hd};
+        PagedKv kvb{kb.get(), vb.get(), maxM * blocks_per_row, bs, cs.nkv, cs.hd};
+        GpuActivations& acts = lin.own_activations();
+        lin.prepare(dx.get(), M, acts, nullptr);
+        lin.gemm(acts, y.get(), nullptr);
+        const uint16_t* yq = y.get();
+        qk_rope_kv_write(yq, yq + cs.nh * hd, yq + (cs.nh + cs.nkv) * hd, N, M, cs.nh, cs.norms ? dqn.get() : nullptr,
+                         cs.norms ? dkn.get() : nullptr, 1e-6f, dfreq.get(), cs.interleaved, rows, kva, DType::bf16,
+                         qa.get(), nullptr);
+        const Fp4Partials parts = lin.gemm_partials(acts, nullptr);
+        qk_rope_kv_write(parts, M, cs.nh, cs.norms ? dqn.get() : nullptr, cs.norms ? dkn.get() : nullptr, 1e-6f,
+                         dfreq.get(), cs.interleaved, rows, kvb, qb.get(), nullptr);
+        SHARQ_CUDA_CHECK(cudaDeviceSynchronize());
+        EXPECT_EQ(qb.to_host(), qa.to_host()) << "q";
+        EXPECT_EQ(kb.to_host(), ka.to_host()) << "the K pool";
+        EXPECT_EQ(vb.to_host(), va.to_host()) << "the V pool";
+      }
+    }
+  // refused: no partials outside the small family's split-K
+  const auto p = make_problem(100, 768, 1024, 5, false);
+  GpuLinearOptions opt;
+  opt.max_m = 100;
+  opt.splits = 2;
+  GpuLinear lin(parse_scheme("w4a16"), p.W.data(), 768, 1024, opt);
+  DeviceBuffer<uint16_t> dx(p.Xb.size());
+  dx.upload(p.Xb.data());
+  lin.prepare(dx.get(), 65, lin.own_activations(), nullptr);
+  EXPECT_THROW(lin.gemm_partials(lin.own_activations(), nullptr), std::invalid_argument);
+}
