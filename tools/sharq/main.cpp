@@ -562,10 +562,9 @@ int main(int argc, char** argv) {
   bm->add_option("--fusion", bmo.fusion, "FP4 schemes: which element-wise steps run inside the activation preps "
                                          "(all | norm | swiglu | none: separate kernels)")
       ->capture_default_str()->check(CLI::IsMember({"all", "norm", "swiglu", "none"}));
-  bm->add_option("--reduce-fusion", bmo.reduce_fusion,
-                 "FP4 schemes: which steps after the decode GEMMs use their split-K partials directly instead of a "
-                 "separate kernel: all | none | a comma-separated list of norm, swiglu, rope")
-      ->capture_default_str();
+  bm->add_option("--reduce-fusion", bmo.reduce_fusion, "FP4 schemes: which element-wise steps run inside the split-K "
+                                                      "reduction of the decode GEMMs (all | norm | swiglu | none)")
+      ->capture_default_str()->check(CLI::IsMember({"all", "norm", "swiglu", "none"}));
   add_number<double>(bm, "--torch-tok-s", bmo.torch_tok_s,
                      "the same run's torch decode tok/s (scripts/device/torch_decode_peer.py), for the ratio", 0.0,
                      1e9, true);

@@ -132,7 +132,7 @@ TEST(GpuEngine, FusedPrepsMatchTheSeparateKernels) {
 }
 
 // The FP4 schemes' split-K reduction running the residual add + RMSNorm and SwiGLU
-// (EngineOptions::fuse_reduce_norm, _swiglu, _rope) against the separate kernels, on a synthetic model wide enough
+// (EngineOptions::fuse_reduce_norm, fuse_reduce_swiglu) against the separate kernels, on a synthetic model wide enough
 // for the decode GEMMs to split K (hidden 512: every projection splits, so every norm after the
 // first and every SwiGLU is fused): the same model up to the norm's summation order, far inside
 // the scheme's quantization error (measured against fp16 on the same weights).
@@ -153,7 +153,7 @@ TEST(GpuEngine, ReductionEpiloguesMatchTheSeparateKernels) {
     double norm_us[2], swiglu_us[2];
     for (int f = 0; f < 2; ++f) {
       EngineOptions o = small_blocks();
-      o.fuse_reduce_norm = o.fuse_reduce_swiglu = o.fuse_reduce_rope = f == 1;
+      o.fuse_reduce_norm = o.fuse_reduce_swiglu = f == 1;
       GpuExecutor gpu(cuda::SyntheticModel{c, 5}, parse_scheme(sc), o);
       gpu.set_profiling(true);  // the last decode step's kernels, by component
       y[f] = run(gpu, kPrompt, kFeed);

@@ -65,7 +65,6 @@
 #include "sharq/kernels/cuda/fp4_gemm.h"
 #include "sharq/kernels/cuda/activation.cuh"
 #include "sharq/kernels/cuda/fp4_decode.cuh"
-#include "sharq/kernels/cuda/fp4_partials.cuh"
 #include "sharq/kernels/cuda/launch.cuh"
 #include "sharq/kernels/cuda/ptx.cuh"
 
@@ -256,29 +255,18 @@ __device__ __forceinline__ void add4(float4& s, const float4 v) {
   s.z += v.z;
   s.w += v.w;
 }
-// The partials view of the small family's workspace (fp4_partials.h).
-__device__ __forceinline__ Fp4Partials partials_of(const Fp4GemmParams& prm, int splits) {
-  Fp4Partials p;
-  p.ws = prm.ws;
-  p.M = prm.M;
-  p.N = prm.N;
-  p.Np = prm.Np;
-  p.splits = splits;
-  p.gw = prm.gw;
-  p.gw_per_col = prm.gw_per_col;
-  p.rs = prm.rs;
-  p.rs_per_row = prm.rs_per_row;
-  p.bias = prm.bias;
-  return p;
-}
 // Y[m][col .. col + 3] in FP32 (0 for the columns >= N) = s * (row_scale[m] * g_w) (+ bias): the
 // epilogue of a split-K sum (s: the partials, times kPost, summed in split order). col % 4 == 0.
 __device__ __forceinline__ void scale_sum4(const Fp4GemmParams& prm, int64_t m, int64_t col, const float4 s, float (&o)[4]) {
-  const Fp4Partials p = partials_of(prm, 0);
-  o[0] = partial_value(p, m, col, s.x);
-  o[1] = partial_value(p, m, col + 1, s.y);
-  o[2] = partial_value(p, m, col + 2, s.z);
-  o[3] = partial_value(p, m, col + 3, s.w);
+  const float rs = prm.rs ? prm.rs[prm.rs_per_row ? m : 0] : 1.0f;
+  const float v[4] = {s.x, s.y, s.z, s.w};
+#pragma unroll
+  for (int e = 0; e < 4; ++e) {
+    o[e] = 0.0f;
+    if (col + e >= prm.N) continue;
+    o[e] = v[e] * (rs * prm.gw[prm.gw_per_col ? col + e : 0]);
+    if (prm.bias) o[e] += prm.bias[col + e];
+  }
 }
 // ... stored as FP32 or BF16.
 __device__ __forceinline__ void store_sum4(const Fp4GemmParams& prm, int64_t m, int64_t col, const float4 s) {
@@ -872,12 +860,36 @@ __global__ void __launch_bounds__(kThreads, SmallCfg<P, NT, Block>::kMinBlocks) 
 }
 
 // ---- the small family's split-K reduction, plain or with an epilogue --------------------------
-// The sum, in split order, of the partials of Y[row][col .. col + 3] (fp4_partials.cuh).
+// The sums of the splits' partials of Y[row][cols[c] .. cols[c] + 3], each in split order
+// (deterministic). The loads of 8 splits of every column are issued before their adds: a thread's
+// whole reduction is a few load latencies, not one per split.
+template <int NC>
+__device__ __forceinline__ void split_sums(const Fp4GemmParams& prm, int splits, int64_t row, const int64_t (&cols)[NC],
+                                           float4 (&s)[NC]) {
+  constexpr int kBatch = 8;
+  const int64_t plane = prm.M * prm.Np;
+  const float* p = prm.ws + row * prm.Np;
+#pragma unroll
+  for (int c = 0; c < NC; ++c) s[c] = *reinterpret_cast<const float4*>(p + cols[c]);
+  for (int sp0 = 1; sp0 < splits; sp0 += kBatch) {
+    float4 v[NC][kBatch];
+#pragma unroll
+    for (int k = 0; k < kBatch; ++k)
+#pragma unroll
+      for (int c = 0; c < NC; ++c)
+        if (sp0 + k < splits) v[c][k] = *reinterpret_cast<const float4*>(p + (sp0 + k) * plane + cols[c]);
+#pragma unroll
+    for (int k = 0; k < kBatch; ++k)
+#pragma unroll
+      for (int c = 0; c < NC; ++c)
+        if (sp0 + k < splits) add4(s[c], v[c][k]);
+  }
+}
 __device__ __forceinline__ float4 split_sum4(const Fp4GemmParams& prm, int splits, int64_t row, int64_t col) {
   const int64_t cols[1] = {col};
-  PartialVec<4> s[1];
-  partial_sums<4, 1>(partials_of(prm, splits), row, cols, s);
-  return make_float4(s[0].v[0], s[0].v[1], s[0].v[2], s[0].v[3]);
+  float4 s[1];
+  split_sums<1>(prm, splits, row, cols, s);
+  return s[0];
 }
 __device__ __forceinline__ float bf16_round(float v) { return __bfloat162float(__float2bfloat16_rn(v)); }
 // Four BF16 values to y[m][col ..] (8-byte stores when y_store allows).
@@ -915,12 +927,12 @@ __global__ void __launch_bounds__(256) splitk_swiglu_kernel(const Fp4GemmParams 
   if (i >= prm.M * quads) return;  // (after the wait: every CTA waits)
   const int64_t row = i / quads, col = (i % quads) * 4;
   const int64_t cols[2] = {col, I + col};
-  PartialVec<4> gu[2];
-  partial_sums<4, 2>(partials_of(prm, splits), row, cols, gu);  // gate and up loads together
+  float4 gu[2];
+  split_sums<2>(prm, splits, row, cols, gu);
   pdl_trigger();  // after the loads
   float g[4], u[4], o[4];
-  scale_sum4(prm, row, col, make_float4(gu[0].v[0], gu[0].v[1], gu[0].v[2], gu[0].v[3]), g);
-  scale_sum4(prm, row, I + col, make_float4(gu[1].v[0], gu[1].v[1], gu[1].v[2], gu[1].v[3]), u);
+  scale_sum4(prm, row, col, gu[0], g);
+  scale_sum4(prm, row, I + col, gu[1], u);
 #pragma unroll
   for (int e = 0; e < 4; ++e) o[e] = silu_mul(bf16_round(g[e]), bf16_round(u[e]));
   store_bf16x4(prm, row, col, o);
@@ -1255,7 +1267,6 @@ bool fp4_gemm_fuses(const Fp4GemmPlan& plan, Fp4Epilogue e, int64_t N) {
   switch (e) {
     case Fp4Epilogue::swiglu: return N % 8 == 0;
     case Fp4Epilogue::add_rmsnorm: return N % 4 == 0 && N <= kMaxFusedNormN;
-    case Fp4Epilogue::defer: return true;
     default: return false;
   }
 }
@@ -1275,22 +1286,19 @@ void fp4_gemm(const Fp4GemmArgs& a, const DeviceFp4Weights& w, void* workspace, 
               cudaStream_t stream, Fp4GemmKernel kernel, int splits, bool batch_invariant) {
   const Fp4GemmPlan plan = fp4_gemm_plan(a.M, w, kernel, splits, batch_invariant, a.a1 ? 2 : 1);  // checks the weights, M, splits
   if (a.M == 0) return;
-  const bool defer = a.epilogue == Fp4Epilogue::defer;
-  if (!a.a0 || (!defer && !a.y && !a.y_f32)) throw std::invalid_argument("fp4_gemm: null activation or output pointer");
+  if (!a.a0 || (!a.y && !a.y_f32)) throw std::invalid_argument("fp4_gemm: null activation or output pointer");
   if (a.adt == DType::bf16 && a.a1) throw std::invalid_argument("fp4_gemm: the two-path (exact) mode takes FP16 planes");
   if (a.lda < w.Kp || a.lda % 8 != 0)
     throw std::invalid_argument(fmt::format("fp4_gemm: lda = {} must be >= Kp = {} and a multiple of 8", a.lda, w.Kp));
   const int64_t y_cols = a.epilogue == Fp4Epilogue::swiglu ? w.N / 2 : w.N;
   if (a.ldy < y_cols) throw std::invalid_argument(fmt::format("fp4_gemm: ldy = {} must be >= {}", a.ldy, y_cols));
   if (a.epilogue != Fp4Epilogue::none) {
-    const char* name = a.epilogue == Fp4Epilogue::swiglu ? "swiglu" : defer ? "defer" : "add_rmsnorm";
+    const char* name = a.epilogue == Fp4Epilogue::swiglu ? "swiglu" : "add_rmsnorm";
     if (!fp4_gemm_fuses(plan, a.epilogue, w.N))
       throw std::invalid_argument(fmt::format("fp4_gemm: the {} epilogue runs in the small family's split-K reduction "
                                               "only (M = {}, N = {}, {} kernel, {} splits)", name, a.M, w.N,
                                               to_string(plan.kernel), plan.splits));
-    if (defer ? !a.partials : (!a.y || a.y_f32))
-      throw std::invalid_argument(fmt::format("fp4_gemm: the {} epilogue {}", name,
-                                              defer ? "needs the partials' descriptor" : "writes y (BF16) only"));
+    if (!a.y || a.y_f32) throw std::invalid_argument(fmt::format("fp4_gemm: the {} epilogue writes y (BF16) only", name));
     if (a.epilogue == Fp4Epilogue::add_rmsnorm &&
         (!a.x || !a.norm_w || reinterpret_cast<uintptr_t>(a.x) % 16 || reinterpret_cast<uintptr_t>(a.norm_w) % 16))
       throw std::invalid_argument("fp4_gemm: the add_rmsnorm epilogue needs x and norm_w, 16-byte aligned");
@@ -1337,20 +1345,6 @@ void fp4_gemm(const Fp4GemmArgs& a, const DeviceFp4Weights& w, void* workspace, 
   if (a.adt == DType::bf16) launch_block<__nv_bfloat16, 1>(prm, w.block, plan, stream);
   else if (a.a1) launch_block<__half, 2>(prm, w.block, plan, stream);
   else launch_block<__half, 1>(prm, w.block, plan, stream);
-  if (defer) {
-    Fp4Partials& p = *a.partials;
-    p.ws = prm.ws;
-    p.M = prm.M;
-    p.N = prm.N;
-    p.Np = prm.Np;
-    p.splits = static_cast<int>(plan.splits);
-    p.gw = prm.gw;
-    p.gw_per_col = prm.gw_per_col;
-    p.rs = prm.rs;
-    p.rs_per_row = prm.rs_per_row;
-    p.bias = prm.bias;
-    return;
-  }
   if (plan.workspace_bytes) launch_reduce(prm, plan.splits, a.epilogue, stream);  // the small family's splits
 }
 

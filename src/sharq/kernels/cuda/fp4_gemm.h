@@ -37,7 +37,6 @@
 #include <cuda_runtime.h>
 
 #include "sharq/kernels/cuda/cuda_check.h"
-#include "sharq/kernels/cuda/fp4_partials.h"
 #include "sharq/kernels/cuda/sharq_prep.h"
 #include "sharq/quant/fp4_tiles.h"
 
@@ -61,11 +60,8 @@ struct DeviceFp4Weights {
 //   add_rmsnorm  x (M x N FP32, the residual stream, updated in place) += Y, then
 //                y (M x N, ldy >= N) = BF16(w * x / rms(x)): transformer_ops' add_rmsnorm() of Y, x bit
 //                for bit and y up to its sum of squares' order (a cluster of CTAs per row adds
-//                their partial sums in rank order: still a function of the row alone);
-//   defer        no reduction at all: *partials describes the workspace's partials, which the next
-//                kernel sums where it reads them (fp4_partials.h; transformer_ops' RoPE + KV write).
-//                The workspace must stay untouched until that kernel has run.
-enum class Fp4Epilogue : uint8_t { none, swiglu, add_rmsnorm, defer };
+//                their partial sums in rank order: still a function of the row alone).
+enum class Fp4Epilogue : uint8_t { none, swiglu, add_rmsnorm };
 
 struct Fp4GemmArgs {
   const void* a0 = nullptr;          // M x lda (FP16, or BF16 when adt == bf16), 16-byte aligned
@@ -83,7 +79,6 @@ struct Fp4GemmArgs {
   float* x = nullptr;                // add_rmsnorm: the FP32 residual rows (M x N, 16-byte aligned)
   const float* norm_w = nullptr;     // add_rmsnorm: N floats (16-byte aligned)
   float eps = 0.0f;                  // add_rmsnorm
-  Fp4Partials* partials = nullptr;   // defer: filled (host struct of device pointers); y unused
 };
 
 inline constexpr int64_t kSmallMaxM = 64;
@@ -111,7 +106,7 @@ Fp4GemmPlan fp4_gemm_plan(int64_t M, const DeviceFp4Weights& w, Fp4GemmKernel ke
                           int splits = 0, bool batch_invariant = false, int paths = 1);
 
 // Whether fp4_gemm() runs epilogue e inside the reduction for this plan and N: the small family
-// with splits > 1; swiglu with N % 8 == 0; add_rmsnorm with N % 4 == 0 and N <= kMaxFusedNormN; defer.
+// with splits > 1; swiglu with N % 8 == 0; add_rmsnorm with N % 4 == 0 and N <= kMaxFusedNormN.
 inline constexpr int64_t kMaxFusedNormN = 32768;
 bool fp4_gemm_fuses(const Fp4GemmPlan& plan, Fp4Epilogue e, int64_t N);
 

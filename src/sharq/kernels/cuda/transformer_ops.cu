@@ -11,7 +11,6 @@
 
 #include "sharq/kernels/cuda/cuda_check.h"
 #include "sharq/kernels/cuda/activation.cuh"
-#include "sharq/kernels/cuda/fp4_partials.cuh"
 #include "sharq/kernels/cuda/half_convert.cuh"
 #include "sharq/kernels/cuda/launch.cuh"
 
@@ -212,42 +211,13 @@ __device__ __forceinline__ Angles<PPL> angles(int pos, const float* __restrict__
   return r;
 }
 
-// Where a head's values come from: a 16-bit row (the projection's output), or the FP4 GEMM's split-K
-// partials, summed here exactly as the reduction would have stored them (fp4_partials.cuh). one(e):
-// element e as FP32; word(e): elements e, e + 1 (e even); bits1 / bits2: the same as stored T bits.
-template <class T>
-struct RowHead {
-  const T* p;
-  __device__ __forceinline__ float one(int e) const { return to_f(p[e]); }
-  __device__ __forceinline__ float2 word(int e) const {
-    const uint32_t w = *reinterpret_cast<const uint32_t*>(p + e);
-    return make_float2(to_f(reinterpret_cast<const T*>(&w)[0]), to_f(reinterpret_cast<const T*>(&w)[1]));
-  }
-  __device__ __forceinline__ T bits1(int e) const { return p[e]; }
-  __device__ __forceinline__ uint32_t bits2(int e) const { return *reinterpret_cast<const uint32_t*>(p + e); }
-};
-struct PartialHead {  // T = BF16, the FP4 GEMMs' output type
-  const Fp4Partials* p;
-  int64_t m, col;
-  __device__ __forceinline__ float one(int e) const { return partial_bf16<1>(*p, m, col + e).v[0]; }
-  __device__ __forceinline__ float2 word(int e) const {
-    const PartialVec<2> v = partial_bf16<2>(*p, m, col + e);
-    return make_float2(v.v[0], v.v[1]);
-  }
-  __device__ __forceinline__ __nv_bfloat16 bits1(int e) const { return __float2bfloat16_rn(one(e)); }
-  __device__ __forceinline__ uint32_t bits2(int e) const {
-    const float2 v = word(e);
-    return pack2<__nv_bfloat16>(v.x, v.y);
-  }
-};
-
 // The head src[0 .. hd) (optionally RMS-normed with weight nw), rotated: every element e < hd is
 // stored exactly once, by store1(e, value) or, for two adjacent elements, store2(e, value_e,
 // value_e+1) (e even). Every lane of the warp calls it (the norm is a warp butterfly).
 // vec: src and the destination allow words (hd / 2 even for rotate-half): pairs of elements load as
 // one word and store as one (32-bit T, 64-bit FP32), with the same arithmetic per element.
-template <int PPL, class Src, class Store1, class Store2>
-__device__ __forceinline__ void head(const Src& src, const float* __restrict__ nw, float eps, int hd,
+template <class T, int PPL, class Store1, class Store2>
+__device__ __forceinline__ void head(const T* __restrict__ src, const float* __restrict__ nw, float eps, int hd,
                                      bool interleaved, bool vec, const Angles<PPL>& an, int lane, Store1&& store1,
                                      Store2&& store2) {
   const int half = hd / 2;
@@ -261,17 +231,18 @@ __device__ __forceinline__ void head(const Src& src, const float* __restrict__ n
       const int p = lane * PPL + j;
       if (interleaved) {
         if (p < half) {
-          const float2 w = src.word(2 * p);
-          x0[j] = w.x;
-          x1[j] = w.y;
+          const uint32_t w = *reinterpret_cast<const uint32_t*>(src + 2 * p);
+          x0[j] = to_f(reinterpret_cast<const T*>(&w)[0]);
+          x1[j] = to_f(reinterpret_cast<const T*>(&w)[1]);
         }
       } else if (j % 2 == 0 && p < half) {  // p even, half even: p + 1 < half too
-        const float2 wa = src.word(p), wb = src.word(p + half);
-        x0[j] = wa.x;
-        x1[j] = wb.x;
+        const uint32_t wa = *reinterpret_cast<const uint32_t*>(src + p);
+        const uint32_t wb = *reinterpret_cast<const uint32_t*>(src + p + half);
+        x0[j] = to_f(reinterpret_cast<const T*>(&wa)[0]);
+        x1[j] = to_f(reinterpret_cast<const T*>(&wb)[0]);
         if (j + 1 < PPL) {
-          x0[j + 1] = wa.y;
-          x1[j + 1] = wb.y;
+          x0[j + 1] = to_f(reinterpret_cast<const T*>(&wa)[1]);
+          x1[j + 1] = to_f(reinterpret_cast<const T*>(&wb)[1]);
         }
       }
     }
@@ -280,8 +251,8 @@ __device__ __forceinline__ void head(const Src& src, const float* __restrict__ n
     for (int j = 0; j < PPL; ++j) {
       const int p = lane * PPL + j;
       if (p < half) {
-        x0[j] = src.one(interleaved ? 2 * p : p);
-        x1[j] = src.one(interleaved ? 2 * p + 1 : p + half);
+        x0[j] = to_f(src[interleaved ? 2 * p : p]);
+        x1[j] = to_f(src[interleaved ? 2 * p + 1 : p + half]);
       }
     }
   }
@@ -338,30 +309,11 @@ __device__ __forceinline__ void head(const Src& src, const float* __restrict__ n
 // PPL = rope::ppl_for(hd), a template argument so that the unrolled loops stay as short as the head.
 constexpr int kRopeWarps = 8;
 constexpr int64_t kRopeRowsPerBlockFrom = 256;  // M from which a block takes a whole row
-// The q / k / v heads of row m: 16-bit rows `ld` apart (RowSrc), or the fused projection's split-K
-// partials (PartialSrc: q at column 0, k at k0, v at v0).
-template <class T>
-struct RowSrc {
-  const T* q;
-  const T* k;
-  const T* v;
-  int64_t ld;
-  __device__ __forceinline__ rope::RowHead<T> q_head(int64_t m, int y, int hd) const { return {q + m * ld + static_cast<int64_t>(y) * hd}; }
-  __device__ __forceinline__ rope::RowHead<T> k_head(int64_t m, int h, int hd) const { return {k + m * ld + static_cast<int64_t>(h) * hd}; }
-  __device__ __forceinline__ rope::RowHead<T> v_head(int64_t m, int h, int hd) const { return {v + m * ld + static_cast<int64_t>(h) * hd}; }
-};
-struct PartialSrc {
-  Fp4Partials p;
-  int64_t k0, v0;
-  __device__ __forceinline__ rope::PartialHead q_head(int64_t m, int y, int hd) const { return {&p, m, static_cast<int64_t>(y) * hd}; }
-  __device__ __forceinline__ rope::PartialHead k_head(int64_t m, int h, int hd) const { return {&p, m, k0 + static_cast<int64_t>(h) * hd}; }
-  __device__ __forceinline__ rope::PartialHead v_head(int64_t m, int h, int hd) const { return {&p, m, v0 + static_cast<int64_t>(h) * hd}; }
-};
-
-template <class T, int PPL, class Src>
+template <class T, int PPL>
 __global__ void __launch_bounds__(kRopeWarps * 32) qk_rope_kernel(
-    const Src src, int nh, const float* __restrict__ q_norm, const float* __restrict__ k_norm, float eps,
-    const float* __restrict__ inv_freq, int interleaved, int vec, RowMap rows, PagedKv kv, float* __restrict__ q_out) {
+    const T* __restrict__ q, const T* __restrict__ k, const T* __restrict__ v, int64_t ld, int nh,
+    const float* __restrict__ q_norm, const float* __restrict__ k_norm, float eps, const float* __restrict__ inv_freq,
+    int interleaved, int vec, RowMap rows, PagedKv kv, float* __restrict__ q_out) {
   const int64_t m = blockIdx.x;
   const int warp = static_cast<int>(threadIdx.x >> 5), lane = threadIdx.x & 31;
   const int hd = kv.head_dim, nkv = kv.kv_heads;
@@ -374,22 +326,23 @@ __global__ void __launch_bounds__(kRopeWarps * 32) qk_rope_kernel(
   for (int y = y0; y < nh + nkv; y += ystep) {
     if (y < nh) {
       float* qo = q_out + (m * nh + y) * hd;
-      rope::head<PPL>(src.q_head(m, y, hd), q_norm, eps, hd, interleaved != 0, vec != 0, an, lane,
-                      [&](int e, float r) { qo[e] = r; },
-                      [&](int e, float r0, float r1) { *reinterpret_cast<float2*>(qo + e) = make_float2(r0, r1); });
+      rope::head<T, PPL>(q + m * ld + static_cast<int64_t>(y) * hd, q_norm, eps, hd, interleaved != 0, vec != 0, an,
+                         lane, [&](int e, float r) { qo[e] = r; },
+                         [&](int e, float r0, float r1) { *reinterpret_cast<float2*>(qo + e) = make_float2(r0, r1); });
     } else {
       const int hh = y - nh;
       const int64_t base = ((static_cast<int64_t>(blk) * kv.block_size + pos % kv.block_size) * nkv + hh) * hd;
       T* kc = static_cast<T*>(kv.k) + base;
-      rope::head<PPL>(src.k_head(m, hh, hd), k_norm, eps, hd, interleaved != 0, vec != 0, an, lane,
-                      [&](int e, float r) { kc[e] = from_f<T>(r); },
-                      [&](int e, float r0, float r1) { *reinterpret_cast<uint32_t*>(kc + e) = pack2<T>(r0, r1); });
-      const auto vs = src.v_head(m, hh, hd);
+      rope::head<T, PPL>(k + m * ld + static_cast<int64_t>(hh) * hd, k_norm, eps, hd, interleaved != 0, vec != 0, an,
+                         lane, [&](int e, float r) { kc[e] = from_f<T>(r); },
+                         [&](int e, float r0, float r1) { *reinterpret_cast<uint32_t*>(kc + e) = pack2<T>(r0, r1); });
+      const T* vs = v + m * ld + static_cast<int64_t>(hh) * hd;
       T* vc = static_cast<T*>(kv.v) + base;
       if (vec)  // hd even: words
-        for (int d = 2 * lane; d < hd; d += 64) *reinterpret_cast<uint32_t*>(vc + d) = vs.bits2(d);
+        for (int d = 2 * lane; d < hd; d += 64)
+          *reinterpret_cast<uint32_t*>(vc + d) = *reinterpret_cast<const uint32_t*>(vs + d);
       else
-        for (int d = lane; d < hd; d += 32) vc[d] = vs.bits1(d);
+        for (int d = lane; d < hd; d += 32) vc[d] = vs[d];
     }
   }
 }
@@ -501,75 +454,39 @@ void add_rmsnorm(float* x, const void* o, int64_t M, int64_t H, const float* w, 
   SHARQ_CUDA_CHECK(cudaGetLastError());
 }
 
-namespace {
-
-void check_rope(const char* who, int64_t M, int nh, const float* inv_freq, const RowMap& rows, const PagedKv& kv,
-                const float* q_out) {
-  check_rows(M, who);
-  if (!inv_freq || !q_out || !kv.k || !kv.v || !rows.pos || !rows.table_off || !rows.table)
-    throw std::invalid_argument(fmt::format("{}: null pointer", who));
+void qk_rope_kv_write(const void* q, const void* k, const void* v, int64_t ld, int64_t M, int nh, const float* q_norm,
+                      const float* k_norm, float eps, const float* inv_freq, bool interleaved, const RowMap& rows,
+                      const PagedKv& kv, DType t, float* q_out, cudaStream_t stream) {
+  check_rows(M, "qk_rope_kv_write");
+  if (M == 0) return;
+  if (!q || !k || !v || !inv_freq || !q_out || !kv.k || !kv.v || !rows.pos || !rows.table_off || !rows.table)
+    throw std::invalid_argument("qk_rope_kv_write: null pointer");
   if (kv.head_dim <= 0 || kv.head_dim > 1024 || kv.head_dim % 2 != 0 || nh <= 0 || kv.kv_heads <= 0 ||
       nh % kv.kv_heads != 0 || nh + kv.kv_heads > 65535)
-    throw std::invalid_argument(fmt::format("{}: heads {} / {} of dim {}", who, nh, kv.kv_heads, kv.head_dim));
-}
-
-// The one launch of qk_rope_kernel for a source of T values.
-template <class T, class Src>
-void launch_rope(const Src& src, int64_t M, int nh, const float* q_norm, const float* k_norm, float eps,
-                 const float* inv_freq, bool interleaved, bool vec, const RowMap& rows, const PagedKv& kv, float* q_out,
-                 cudaStream_t stream) {
+    throw std::invalid_argument(fmt::format("qk_rope_kv_write: heads {} / {} of dim {}", nh, kv.kv_heads, kv.head_dim));
+  if (ld < static_cast<int64_t>(nh) * kv.head_dim)
+    throw std::invalid_argument(fmt::format("qk_rope_kv_write: row stride {} < {} query values", ld, nh * kv.head_dim));
   const int slices = M >= kRopeRowsPerBlockFrom ? 1 : (nh + kv.kv_heads + kRopeWarps - 1) / kRopeWarps;
   const dim3 grid(static_cast<unsigned>(M), static_cast<unsigned>(slices));
   const dim3 block(kRopeWarps * 32);
   const int ppl = rope::ppl_for(kv.head_dim);
-  auto go = [&](auto ppl_c) {
-    launch_pdl(qk_rope_kernel<T, decltype(ppl_c)::value, Src>, grid, block, 0, stream, src, nh, q_norm, k_norm, eps,
-               inv_freq, static_cast<int>(interleaved), static_cast<int>(vec), rows, kv, q_out);
-  };
-  if (ppl == 1) go(std::integral_constant<int, 1>{});
-  else if (ppl == 2) go(std::integral_constant<int, 2>{});
-  else if (ppl == 4) go(std::integral_constant<int, 4>{});
-  else if (ppl == 8) go(std::integral_constant<int, 8>{});
-  else go(std::integral_constant<int, 16>{});
-  SHARQ_CUDA_CHECK(cudaGetLastError());
-}
-
-}  // namespace
-
-void qk_rope_kv_write(const void* q, const void* k, const void* v, int64_t ld, int64_t M, int nh, const float* q_norm,
-                      const float* k_norm, float eps, const float* inv_freq, bool interleaved, const RowMap& rows,
-                      const PagedKv& kv, DType t, float* q_out, cudaStream_t stream) {
-  check_rope("qk_rope_kv_write", M, nh, inv_freq, rows, kv, q_out);
-  if (M == 0) return;
-  if (!q || !k || !v) throw std::invalid_argument("qk_rope_kv_write: null pointer");
-  if (ld < static_cast<int64_t>(nh) * kv.head_dim)
-    throw std::invalid_argument(fmt::format("qk_rope_kv_write: row stride {} < {} query values", ld, nh * kv.head_dim));
   const bool vec = rope_vec_ok(q, k, v, ld, kv.head_dim, q_out, kv);
-  if (t == DType::f16)
-    launch_rope<__half>(RowSrc<__half>{static_cast<const __half*>(q), static_cast<const __half*>(k),
-                                       static_cast<const __half*>(v), ld},
-                        M, nh, q_norm, k_norm, eps, inv_freq, interleaved, vec, rows, kv, q_out, stream);
-  else
-    launch_rope<__nv_bfloat16>(RowSrc<__nv_bfloat16>{static_cast<const __nv_bfloat16*>(q), static_cast<const __nv_bfloat16*>(k),
-                                                     static_cast<const __nv_bfloat16*>(v), ld},
-                               M, nh, q_norm, k_norm, eps, inv_freq, interleaved, vec, rows, kv, q_out, stream);
-}
-
-void qk_rope_kv_write(const Fp4Partials& qkv, int64_t M, int nh, const float* q_norm, const float* k_norm, float eps,
-                      const float* inv_freq, bool interleaved, const RowMap& rows, const PagedKv& kv, float* q_out,
-                      cudaStream_t stream) {
-  const char* who = "qk_rope_kv_write (FP4 partials)";
-  check_rope(who, M, nh, inv_freq, rows, kv, q_out);
-  if (M == 0) return;
-  const int64_t hd = kv.head_dim, k0 = nh * hd, v0 = k0 + kv.kv_heads * hd;
-  if (!qkv.ws || !qkv.gw || qkv.splits < 1 || qkv.M < M || qkv.N < v0 + kv.kv_heads * hd || qkv.Np < qkv.N ||
-      qkv.Np % 4 != 0 || reinterpret_cast<uintptr_t>(qkv.ws) % 16 != 0)
-    throw std::invalid_argument(fmt::format("{}: partials of {} x {} ({} splits) for {} rows of {} q/k/v values", who,
-                                            qkv.M, qkv.N, qkv.splits, M, v0 + kv.kv_heads * hd));
-  // word loads from the 16-byte aligned planes (even columns: hd is even) and word stores as for a row source
-  const bool vec = rope_vec_ok(qkv.ws, qkv.ws, qkv.ws, 2, kv.head_dim, q_out, kv);
-  launch_rope<__nv_bfloat16>(PartialSrc{qkv, k0, v0}, M, nh, q_norm, k_norm, eps, inv_freq, interleaved, vec, rows, kv,
-                             q_out, stream);
+  auto go = [&](auto tag, auto ppl_c) {
+    using T = decltype(tag);
+    launch_pdl(qk_rope_kernel<T, decltype(ppl_c)::value>, grid, block, 0, stream, static_cast<const T*>(q),
+               static_cast<const T*>(k), static_cast<const T*>(v), ld, nh, q_norm, k_norm, eps, inv_freq,
+               static_cast<int>(interleaved), static_cast<int>(vec), rows, kv, q_out);
+  };
+  auto by_ppl = [&](auto tag) {
+    if (ppl == 1) go(tag, std::integral_constant<int, 1>{});
+    else if (ppl == 2) go(tag, std::integral_constant<int, 2>{});
+    else if (ppl == 4) go(tag, std::integral_constant<int, 4>{});
+    else if (ppl == 8) go(tag, std::integral_constant<int, 8>{});
+    else go(tag, std::integral_constant<int, 16>{});
+  };
+  if (t == DType::f16) by_ppl(__half{});
+  else by_ppl(__nv_bfloat16{});
+  SHARQ_CUDA_CHECK(cudaGetLastError());
 }
 
 void swiglu(const void* gu, int64_t M, int64_t I, DType t, void* out, cudaStream_t stream) {

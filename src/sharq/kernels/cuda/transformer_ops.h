@@ -15,7 +15,6 @@
 
 #include <cuda_runtime.h>
 
-#include "sharq/kernels/cuda/fp4_partials.h"
 #include "sharq/kernels/cuda/sharq_prep.h"  // DType
 
 namespace sharq::cuda {
@@ -57,14 +56,6 @@ void add_rmsnorm(float* x, const void* o, int64_t M, int64_t H, const float* w, 
 void qk_rope_kv_write(const void* q, const void* k, const void* v, int64_t ld, int64_t M, int nh, const float* q_norm,
                       const float* k_norm, float eps, const float* inv_freq, bool interleaved, const RowMap& rows,
                       const PagedKv& kv, DType t, float* q_out, cudaStream_t stream);
-// The same with q, k and v read from the fused q/k/v projection's FP4 split-K partials (fp4_gemm
-// with Fp4Epilogue::defer: q at column 0, k at nh*hd, v at (nh + nkv)*hd): each value summed here
-// exactly as the reduction would have stored it (BF16), so q_out and the cache get the same bits as
-// the reduction followed by the call above with t = BF16; the K / V pools hold BF16. One kernel
-// instead of two for the decode-sized steps of the FP4 schemes.
-void qk_rope_kv_write(const Fp4Partials& qkv, int64_t M, int nh, const float* q_norm, const float* k_norm, float eps,
-                      const float* inv_freq, bool interleaved, const RowMap& rows, const PagedKv& kv, float* q_out,
-                      cudaStream_t stream);
 
 // out[m][i] = T(silu(gu[m][i]) * gu[m][I + i]) for i < I: gu is the fused gate/up projection's
 // output (M x 2I, gate first), out M x I.

@@ -615,17 +615,10 @@ void GpuExecutor::Impl::forward(int64_t M, int64_t R, const AttentionPlan& plan)
     const PagedKv kv = E.layer_kv(l);
     norm_into(*L.qkv, l == 0 ? nullptr : E.ob.get(), L.attn_norm.get(), *E.acts_h);
     mark(kGemm);
-    if (E.opt.fuse_reduce_rope && L.qkv->fuses(Fp4Epilogue::defer, M)) {  // RoPE sums q/k/v's split-K partials
-      const Fp4Partials parts = L.qkv->gemm_partials(*E.acts_h, st, ws);
-      mark(kRope);
-      qk_rope_kv_write(parts, M, nh, L.q_norm.get(), L.k_norm.get(), eps, E.inv_freq.get(), c.rope_interleaved, rows, kv,
-                       E.q32.get(), st);
-    } else {
-      L.qkv->gemm(*E.acts_h, E.qkvb.get(), st, ws);
-      mark(kRope);
-      qk_rope_kv_write(qkv, qkv + E.qd, qkv + E.qd + E.kvd, E.qkvd, M, nh, L.q_norm.get(), L.k_norm.get(), eps,
-                       E.inv_freq.get(), c.rope_interleaved, rows, kv, E.t, E.q32.get(), st);
-    }
+    L.qkv->gemm(*E.acts_h, E.qkvb.get(), st, ws);
+    mark(kRope);
+    qk_rope_kv_write(qkv, qkv + E.qd, qkv + E.qd + E.kvd, E.qkvd, M, nh, L.q_norm.get(), L.k_norm.get(), eps,
+                     E.inv_freq.get(), c.rope_interleaved, rows, kv, E.t, E.q32.get(), st);
     mark(kAttention);
     paged_attention(E.q32.get(), M, nh, rows, kv, c.sliding_window, E.t, plan, E.att.get(), st);
     mark(kPrep);

@@ -55,13 +55,11 @@ struct EngineOptions {
   bool fuse_swiglu = false;
   // The FP4 schemes' split-K reduction (decode-sized steps) runs the layer's successor: the
   // residual add + RMSNorm after o and down (fuse_reduce_norm), SwiGLU after gate/up
-  // (fuse_reduce_swiglu); and RoPE + the KV write sums q/k/v's partials itself, with no reduction
-  // kernel (fuse_reduce_rope) (GpuLinear::fuses), one kernel less each. The separate kernels'
+  // (fuse_reduce_swiglu) (GpuLinear::fuses), one kernel less each. The separate kernels'
   // arithmetic on the same BF16 output; only the norm's sum of squares is added in another order
   // (docs/numerics.md). Ignored where a fused prep above takes the successor.
   bool fuse_reduce_norm = true;
   bool fuse_reduce_swiglu = true;
-  bool fuse_reduce_rope = true;
   // Every row's attention by the decode kernel, and one split-K order in the prefill GEMM family for
   // every M: a row's logits are bit-identical whatever else shares the step, prefill chunks included
   // (the default is invariant for decode rows only).

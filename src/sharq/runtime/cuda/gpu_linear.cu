@@ -366,31 +366,16 @@ void GpuLinear::gemm(const GpuActivations& acts, const Epilogue& ep, void* y, cu
     throw std::invalid_argument(fmt::format("GpuLinear({}, N = {}, K = {})::gemm: the activations are for scheme '{}', K = {}",
                                             scheme_.name(), N_, K_, acts.scheme_.name(), acts.K_));
   if (acts.M_ == 0) return;
-  if (ep.kind == Fp4Epilogue::none || ep.kind == Fp4Epilogue::defer || !fuses(ep.kind, acts.M_))
+  if (ep.kind == Fp4Epilogue::none || !fuses(ep.kind, acts.M_))
     throw std::invalid_argument(fmt::format("GpuLinear({}, N = {}, K = {})::gemm: no fused {} epilogue for M = {} (fuses())",
-                                            scheme_.name(), N_, K_,
-                                            ep.kind == Fp4Epilogue::swiglu ? "swiglu" : ep.kind == Fp4Epilogue::defer ? "defer" : "add_rmsnorm",
+                                            scheme_.name(), N_, K_, ep.kind == Fp4Epilogue::swiglu ? "swiglu" : "add_rmsnorm",
                                             acts.M_));
   if (!y) throw std::invalid_argument(fmt::format("GpuLinear({}, N = {}, K = {})::gemm: null output", scheme_.name(), N_, K_));
   gemm_fp4(acts, y, nullptr, ep, stream, workspace);
 }
 
-Fp4Partials GpuLinear::gemm_partials(const GpuActivations& acts, cudaStream_t stream, void* workspace) const {
-  if (!(acts.scheme_ == scheme_) || acts.K_ != K_)
-    throw std::invalid_argument(fmt::format("GpuLinear({}, N = {}, K = {})::gemm_partials: the activations are for scheme '{}', K = {}",
-                                            scheme_.name(), N_, K_, acts.scheme_.name(), acts.K_));
-  if (!fuses(Fp4Epilogue::defer, acts.M_))
-    throw std::invalid_argument(fmt::format("GpuLinear({}, N = {}, K = {})::gemm_partials: no split-K partials for M = {} (fuses())",
-                                            scheme_.name(), N_, K_, acts.M_));
-  Fp4Partials p;
-  Epilogue ep;
-  ep.kind = Fp4Epilogue::defer;
-  gemm_fp4(acts, nullptr, nullptr, ep, stream, workspace, &p);
-  return p;
-}
-
 void GpuLinear::gemm_fp4(const GpuActivations& acts, void* y, float* y_f32, const Epilogue& ep, cudaStream_t stream,
-                         void* workspace, Fp4Partials* partials) const {
+                         void* workspace) const {
   const int64_t M = acts.M_;
   if (!workspace) workspace = ws_.get();
   const size_t ws_bytes = workspace == ws_.get() ? ws_.bytes() : ws_need_;
@@ -405,7 +390,6 @@ void GpuLinear::gemm_fp4(const GpuActivations& acts, void* y, float* y_f32, cons
   a.x = ep.x;
   a.norm_w = ep.norm_w;
   a.eps = ep.eps;
-  a.partials = partials;
   if (scheme_.kind == SchemeKind::w4a16) {
     a.adt = DType::bf16;
     a.a0 = acts.a0_.get() ? static_cast<const void*>(acts.a0_.get()) : acts.x_;

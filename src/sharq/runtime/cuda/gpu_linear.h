@@ -153,7 +153,7 @@ class GpuLinear {
             float* y_f32 = nullptr) const;
   // The successor of this layer that gemm() can compute inside the FP4 GEMM's split-K reduction
   // (fp4_gemm.h, Fp4Epilogue: SwiGLU after the stacked gate/up projection, the residual add +
-  // RMSNorm after o and down; or defer: the next kernel sums the partials), saving a kernel. fuses(): whether it does for M rows (the
+  // RMSNorm after o and down), saving its separate kernel. fuses(): whether it does for M rows (the
   // FP4-weight schemes, where the small family splits K: the caller runs the separate kernel
   // otherwise).
   struct Epilogue {
@@ -167,10 +167,6 @@ class GpuLinear {
   // add_rmsnorm: the normalized M x N), of act_dtype. Throws where !fuses(ep.kind, acts.M()).
   void gemm(const GpuActivations& acts, const Epilogue& ep, void* y, cudaStream_t stream,
             void* workspace = nullptr) const;
-  // gemm() without its reduction (Fp4Epilogue::defer, where fuses() says so): the returned partials,
-  // in `workspace` (or the layer's own), are for the next kernel to sum (fp4_partials.h); nothing
-  // may write the workspace before it has run.
-  Fp4Partials gemm_partials(const GpuActivations& acts, cudaStream_t stream, void* workspace = nullptr) const;
   // prepare + gemm through the layer's own scratch (own_scratch).
   void forward(const void* x, int64_t M, void* y, cudaStream_t stream);
   GpuActivations& own_activations();  // throws without own_scratch
@@ -178,7 +174,7 @@ class GpuLinear {
  private:
   void check_shape(int64_t N, int64_t K) const;
   void gemm_fp4(const GpuActivations& acts, void* y, float* y_f32, const Epilogue& ep, cudaStream_t stream,
-                void* workspace, Fp4Partials* partials = nullptr) const;
+                void* workspace) const;
   struct Front {  // what prepare_input() reads in front of the activation prep
     PrepInput input = PrepInput::plain;
     const void* rms_w = nullptr;

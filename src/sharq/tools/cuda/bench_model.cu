@@ -204,24 +204,10 @@ int run_bench_model(const BenchModelOptions& o) {
     throw std::invalid_argument(fmt::format("bench model: --fusion {}: use all, norm, swiglu or none", o.fusion));
   eo.fuse_norm = o.fusion == "all" || o.fusion == "norm";
   eo.fuse_swiglu = o.fusion == "all" || o.fusion == "swiglu";
-  {  // all | none | a comma-separated list of norm, swiglu, rope
-    const bool all = o.reduce_fusion == "all";
-    eo.fuse_reduce_norm = eo.fuse_reduce_swiglu = eo.fuse_reduce_rope = all;
-    if (!all && o.reduce_fusion != "none") {
-      size_t b = 0;
-      while (b <= o.reduce_fusion.size()) {
-        const size_t e = std::min(o.reduce_fusion.find(',', b), o.reduce_fusion.size());
-        const std::string part = o.reduce_fusion.substr(b, e - b);
-        if (part == "norm") eo.fuse_reduce_norm = true;
-        else if (part == "swiglu") eo.fuse_reduce_swiglu = true;
-        else if (part == "rope") eo.fuse_reduce_rope = true;
-        else
-          throw std::invalid_argument(fmt::format("bench model: --reduce-fusion {}: '{}' is not one of norm, swiglu, rope "
-                                                  "(or use all / none)", o.reduce_fusion, part));
-        b = e + 1;
-      }
-    }
-  }
+  if (o.reduce_fusion != "all" && o.reduce_fusion != "norm" && o.reduce_fusion != "swiglu" && o.reduce_fusion != "none")
+    throw std::invalid_argument(fmt::format("bench model: --reduce-fusion {}: use all, norm, swiglu or none", o.reduce_fusion));
+  eo.fuse_reduce_norm = o.reduce_fusion == "all" || o.reduce_fusion == "norm";
+  eo.fuse_reduce_swiglu = o.reduce_fusion == "all" || o.reduce_fusion == "swiglu";
   eo.max_batch_tokens = max_tokens;
   eo.max_logit_rows = std::min<int64_t>(max_tokens, std::max<int64_t>(64, max_batch));
   int64_t blocks = 0;

@@ -33,7 +33,7 @@ struct BenchModelOptions {
   int steps = 32;
   uint64_t seed = 1;
   std::string fusion = "none";  // FP4 preps: all | norm | swiglu | none (EngineOptions fuse_norm / fuse_swiglu)
-  std::string reduce_fusion = "all";  // FP4 split-K reductions: all | none | list of norm,swiglu,rope (EngineOptions fuse_reduce_*)
+  std::string reduce_fusion = "all";  // FP4 split-K reductions: all | norm | swiglu | none (EngineOptions fuse_reduce_*)
   double torch_tok_s = 0;  // the same run's torch CUDA-graph decode (scripts/device/torch_decode_peer.py); 0: none
   std::string csv;   // write one CSV row per scheme here
   std::string svg;   // write the breakdown plot here
