@@ -257,6 +257,19 @@ struct GpuExecutor::Impl {
   }
 
   int32_t* host_meta() const { return static_cast<int32_t*>(meta_host->p); }
+  // The metadata of a step of P rows (padded) and R logits rows, packed from offset 0: a step copies
+  // only what it uses (a batch-1 decode step some 300 bytes, not a layout sized by max_batch_tokens:
+  // 49 KB at 2048). A decode bucket's layout is the same at every step, so its graph's pointers into
+  // `meta` stay valid.
+  void set_meta_layout(int64_t P, int64_t R) {
+    o_tok = 0;
+    o_pos = static_cast<size_t>(P);
+    o_toff = static_cast<size_t>(2 * P);
+    o_drows = static_cast<size_t>(3 * P);
+    o_tiles = static_cast<size_t>(4 * P);  // 2 words per tile, at most P tiles
+    o_orow = static_cast<size_t>(6 * P);
+    o_table = static_cast<size_t>(6 * P + R);
+  }
 
   PagedKv layer_kv(int64_t l) const {
     PagedKv kv;
@@ -476,14 +489,8 @@ void GpuExecutor::Impl::build(const ModelConfig& c, const Scheme& sch, const Eng
   E.refcount.assign(static_cast<size_t>(blocks), 0);
   E.free_list.reserve(static_cast<size_t>(blocks));
   for (int64_t b = blocks - 1; b >= 0; --b) E.free_list.push_back(static_cast<int32_t>(b));
-  E.o_tok = 0;
-  E.o_pos = M;
-  E.o_toff = 2 * M;
-  E.o_drows = 3 * M;
-  E.o_tiles = 4 * M;
-  E.o_orow = 6 * M;
-  E.o_table = 6 * M + R;
-  E.meta_words = E.o_table + static_cast<size_t>(blocks) + 1;
+  E.set_meta_layout(static_cast<int64_t>(M), static_cast<int64_t>(R));
+  E.meta_words = E.o_table + static_cast<size_t>(blocks) + 1;  // the largest step's layout
   E.meta = DeviceBuffer<int32_t>(E.meta_words);
   E.meta_host = std::make_unique<Pinned>(E.meta_words * sizeof(int32_t));
   E.req = DeviceBuffer<SampleRequest>(R);
@@ -685,6 +692,7 @@ StepOutput GpuExecutor::step(const std::vector<StepEntry>& batch) {
   if (M == 0) return out;
 
   // blocks for the new positions, then the step's metadata
+  E.set_meta_layout(P, padded ? P : R);
   int32_t* hm = E.host_meta();
   int32_t* tok = hm + E.o_tok;
   int32_t* pos = hm + E.o_pos;
