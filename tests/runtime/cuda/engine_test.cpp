@@ -67,6 +67,20 @@ std::vector<float> run(Executor& ex, const std::vector<int32_t>& prompt, const s
 const std::vector<int32_t> kPrompt = {5, 17, 99, 3, 200, 42, 7, 8, 1, 250, 33, 64};
 const std::vector<int32_t> kFeed = {11, 22, 33, 44, 55, 66};
 
+// Llama-3.1-8B's architecture at a small size, for synthetic weights (vocab 1000).
+ModelConfig small_llama(int64_t hidden, int64_t heads, int64_t kv_heads, int64_t head_dim, int64_t intermediate,
+                        int64_t layers) {
+  ModelConfig c = synthetic_model_config("llama3.1-8b");
+  c.hidden_size = hidden;
+  c.num_heads = heads;
+  c.num_kv_heads = kv_heads;
+  c.head_dim = head_dim;
+  c.intermediate_size = intermediate;
+  c.num_layers = layers;
+  c.vocab_size = 1000;
+  return c;
+}
+
 EngineOptions small_blocks() {
   EngineOptions o;
   o.max_batch_tokens = 64;
@@ -133,19 +147,13 @@ TEST(GpuEngine, FusedPrepsMatchTheSeparateKernels) {
 
 // The FP4 schemes' split-K reduction running the residual add + RMSNorm and SwiGLU
 // (EngineOptions::fuse_reduce_norm, fuse_reduce_swiglu) against the separate kernels, on a synthetic model wide enough
-// for the decode GEMMs to split K (hidden 512: every projection splits, so every norm after the
-// first and every SwiGLU is fused): the same model up to the norm's summation order, far inside
-// the scheme's quantization error (measured against fp16 on the same weights).
+// for the decode GEMMs to split K (hidden 2048: every projection splits, so every norm after the
+// first and every SwiGLU is fused, the norm on clusters of 2 CTAs): the same model up to the norm's
+// summation order, far inside the scheme's quantization error (measured against fp16 on the same
+// weights).
 TEST(GpuEngine, ReductionEpiloguesMatchTheSeparateKernels) {
   SKIP_WITHOUT_GPU();
-  ModelConfig c = synthetic_model_config("llama3.1-8b");
-  c.hidden_size = 512;
-  c.num_heads = 8;
-  c.num_kv_heads = 2;
-  c.head_dim = 64;
-  c.intermediate_size = 1024;
-  c.num_layers = 3;
-  c.vocab_size = 1000;
+  const ModelConfig c = small_llama(2048, 16, 4, 128, 1024, 3);
   GpuExecutor f16(cuda::SyntheticModel{c, 5}, parse_scheme("fp16"), small_blocks());
   const std::vector<float> y16 = run(f16, kPrompt, kFeed);
   for (const char* sc : {"w4a16", "nvfp4", "sharq"}) {
@@ -162,11 +170,12 @@ TEST(GpuEngine, ReductionEpiloguesMatchTheSeparateKernels) {
       norm_us[f] = us.count("other.norm") ? us.at("other.norm") : 0.0;
       swiglu_us[f] = us.count("other.swiglu") ? us.at("other.swiglu") : 0.0;
     }
-    // the separate kernels ran only without the fusion: SwiGLU not at all, and of the 2 x 3 + 1
-    // norms only the first layer's (nothing to add) and the final one
+    // the separate kernels ran only without the fusion: SwiGLU not at all, and of the 2 x 3 norms
+    // inside the layers (the final norm is profiled as "other.rest") only the first layer's first,
+    // which has nothing to add
     EXPECT_GT(swiglu_us[0], 0.0) << sc;
     EXPECT_EQ(swiglu_us[1], 0.0) << sc;
-    EXPECT_LT(norm_us[1], 0.6 * norm_us[0]) << sc << ": the fused steps still ran the separate norms";
+    EXPECT_LT(norm_us[1], 0.4 * norm_us[0]) << sc << ": the fused steps still ran the separate norms";
     ASSERT_EQ(y[0].size(), y[1].size());
     const double d = rel_l2(y[1], y[0]), q = rel_l2(y[0], y16);
     std::printf("  %-8s fused reduction vs separate kernels %.2e (vs fp16 %.2e)\n", sc, d, q);
@@ -442,14 +451,7 @@ TEST(GpuEngine, GpuSamplingIsPerSequenceAndMatchesTheHostSampler) {
 // different for another.
 TEST(GpuEngine, SyntheticModelsAreDeterministic) {
   SKIP_WITHOUT_GPU();
-  ModelConfig c = synthetic_model_config("llama3.1-8b");
-  c.hidden_size = 256;
-  c.num_heads = 4;
-  c.num_kv_heads = 2;
-  c.head_dim = 64;
-  c.intermediate_size = 512;
-  c.num_layers = 2;
-  c.vocab_size = 1000;
+  const ModelConfig c = small_llama(256, 4, 2, 64, 512, 2);
   std::vector<float> l[3];
   for (int k = 0; k < 3; ++k) {
     GpuExecutor gpu(cuda::SyntheticModel{c, k == 2 ? 2u : 1u}, parse_scheme("sharq"), small_blocks());

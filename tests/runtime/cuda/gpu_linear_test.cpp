@@ -501,9 +501,12 @@ TEST(GpuLinear, SharedActivationsServeSeveralLayers) {
 TEST(GpuLinear, ReductionEpiloguesMatchTheSeparateKernels) {
   SKIP_WITHOUT_GPU();
   struct Case { int64_t N, K; int splits; };
-  // (4096, 4096) automatic (8 splits; the norm on a cluster of 8 CTAs); a one-CTA norm; a row cut
-  // unevenly over 2 CTAs; 5000 quads (8 CTAs of up to 8 quads per thread)
-  for (const Case& cs : {Case{4096, 4096, 0}, Case{512, 1024, 2}, Case{1000, 2048, 3}, Case{20000, 512, 4}})
+  // The norm's shapes (256 threads, up to 8 CTAs, Q quads per CTA, V per thread): (4096, 4096) with
+  // the automatic split count (8), 4 CTAs of one quad per thread; 512: one CTA, no cluster; 2056:
+  // 3 CTAs, the last one short (172 + 172 + 170 quads); 12008: 8 CTAs of two quads per thread, the
+  // last one short; 20000: 8 CTAs of 625 quads (V = 4)
+  for (const Case& cs : {Case{4096, 4096, 0}, Case{512, 1024, 2}, Case{2056, 2048, 3}, Case{12008, 512, 4},
+                         Case{20000, 512, 4}})
     for (const char* sc : {"w4a16", "nvfp4", "sharq"}) {
       const int64_t N = cs.N, K = cs.K, maxM = 64;
       SCOPED_TRACE(fmt::format("{} N={} K={} splits={}", sc, N, K, cs.splits));

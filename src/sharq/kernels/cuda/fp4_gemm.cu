@@ -172,6 +172,11 @@ __device__ __forceinline__ uint4 lds128(uint32_t a) {
 __device__ __forceinline__ void cluster_sync() {
   asm volatile("barrier.cluster.arrive.release.aligned;\nbarrier.cluster.wait.acquire.aligned;\n" ::: "memory");
 }
+// The same barrier in two halves, for a kernel that must know every CTA of its cluster has started
+// (before its first access to another CTA's shared memory) without waiting at its start: arrive
+// (relaxed: it publishes nothing) early, wait just before that first access.
+__device__ __forceinline__ void cluster_arrive_relaxed() { asm volatile("barrier.cluster.arrive.relaxed.aligned;\n" ::: "memory"); }
+__device__ __forceinline__ void cluster_wait() { asm volatile("barrier.cluster.wait.aligned;\n" ::: "memory"); }
 // The shared::cluster address of the same variable in CTA `rank` of the cluster.
 __device__ __forceinline__ uint32_t cluster_map(uint32_t saddr, uint32_t rank) {
   uint32_t r;
@@ -892,7 +897,7 @@ __device__ __forceinline__ float4 split_sum4(const Fp4GemmParams& prm, int split
   return s[0];
 }
 __device__ __forceinline__ float bf16_round(float v) { return __bfloat162float(__float2bfloat16_rn(v)); }
-// Four BF16 values to y[m][col ..] (8-byte stores when y_store allows).
+// Four BF16 values to y[m][col ..]: two 4-byte pair stores when y_store allows, else four.
 __device__ __forceinline__ void store_bf16x4(const Fp4GemmParams& prm, int64_t m, int64_t col, const float (&o)[4]) {
   __nv_bfloat16* dst = prm.y + m * prm.ldy + col;
   if (prm.y_store != 2) {
@@ -952,6 +957,7 @@ __global__ void __launch_bounds__(kNormThreads) splitk_add_rmsnorm_kernel(const 
   const int C = static_cast<int>(gridDim.x), rank = static_cast<int>(blockIdx.x), tid = static_cast<int>(threadIdx.x);
   const int64_t row = blockIdx.y, nq = prm.N / 4;
   const int64_t q0 = static_cast<int64_t>(rank) * Q, q1 = q0 + Q < nq ? q0 + Q : nq;
+  if (C > 1) cluster_arrive_relaxed();  // waited for before the first remote store (every CTA started)
   float4 wv[V];  // the norm's weights (written by no kernel) before the wait
 #pragma unroll
   for (int v = 0; v < V; ++v) {
@@ -981,6 +987,7 @@ __global__ void __launch_bounds__(kNormThreads) splitk_add_rmsnorm_kernel(const 
   pdl_trigger();  // after the loads
   for (int off = 16; off > 0; off >>= 1) ss += __shfl_xor_sync(0xffffffffu, ss, off);
   if ((tid & 31) == 0) warp_ss[tid >> 5] = ss;
+  if (C > 1) cluster_wait();  // every CTA of the cluster has started: its shared memory exists
   __syncthreads();
   if (tid == 0) {  // the CTA's sum, in warp order, into slot `rank` of every CTA of the cluster
     float t = 0.0f;
@@ -992,8 +999,8 @@ __global__ void __launch_bounds__(kNormThreads) splitk_add_rmsnorm_kernel(const 
       cta_ss[0] = t;
     }
   }
-  // one barrier: the pushes happen before every CTA's arrival, and no CTA touches another's
-  // shared memory after it
+  // the pushes happen before every CTA's arrival (release / acquire), and no CTA touches another's
+  // shared memory after this barrier, so none can exit while another still writes into it
   if (C > 1) cluster_sync();
   else __syncthreads();
   float total = cta_ss[0];
