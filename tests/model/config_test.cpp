@@ -24,8 +24,9 @@ using sharq::RopeScaling;
 constexpr const char* kPath = "/models/x/config.json";
 
 // A config of `model_type` with the sizes every type requires, plus `extra` JSON members.
-std::string config_json(const std::string& model_type, const std::string& extra = "") {
-  std::string s = R"({"model_type": ")" + model_type + R"(", "vocab_size": 1000, "hidden_size": 256, "intermediate_size": 704,
+std::string config_json(const std::string& model_type, const std::string& extra = "", int64_t vocab = 1000) {
+  std::string s = R"({"model_type": ")" + model_type + R"(", "vocab_size": )" + std::to_string(vocab) +
+                  R"(, "hidden_size": 256, "intermediate_size": 704,
     "num_hidden_layers": 4, "num_attention_heads": 8, "max_position_embeddings": 2048)";
   if (!extra.empty()) s += ", " + extra;
   return s + "}";
@@ -89,7 +90,7 @@ TEST(HfConfig, LlamaDefaults) {
 TEST(HfConfig, LlamaExplicitFieldsAndBias) {
   const ModelConfig c = parse(config_json("llama", R"("num_key_value_heads": 2, "rms_norm_eps": 1e-5, "rope_theta": 500000.0,
       "tie_word_embeddings": true, "attention_bias": true, "bos_token_id": 128000, "eos_token_id": [128001, 128008, 128009],
-      "hidden_act": "silu", "torch_dtype": "bfloat16", "rope_scaling": null)"));
+      "hidden_act": "silu", "torch_dtype": "bfloat16", "rope_scaling": null)", 128256));
   EXPECT_EQ(c.num_kv_heads, 2);
   EXPECT_DOUBLE_EQ(c.rms_norm_eps, 1e-5);
   EXPECT_DOUBLE_EQ(c.rope_theta, 500000.0);
@@ -166,7 +167,8 @@ TEST(HfConfig, MistralSlidingWindowIsRecorded) {
 TEST(HfConfig, Qwen2AlwaysHasQkvBiasAndIgnoresUnusedWindow) {
   // Qwen2.5-0.5B-like: the window fields are present but off
   const ModelConfig c = parse(config_json("qwen2", R"("num_key_value_heads": 2, "tie_word_embeddings": true, "rope_theta": 1000000.0,
-      "use_sliding_window": false, "sliding_window": 32768, "max_window_layers": 21, "bos_token_id": 151643, "eos_token_id": 151645)"));
+      "use_sliding_window": false, "sliding_window": 32768, "max_window_layers": 21, "bos_token_id": 151643, "eos_token_id": 151645)",
+                                    151936));
   EXPECT_EQ(c.arch, Arch::qwen2);
   EXPECT_TRUE(c.attention_bias);
   EXPECT_FALSE(c.attention_output_bias);
@@ -252,6 +254,23 @@ TEST(HfConfig, MissingOrMistypedRequiredFields) {
   expect_error(config_json("llama", R"("rms_norm_eps": -1e-5)"), "rms_norm_eps", "positive");
   expect_error(config_json("llama", R"("tie_word_embeddings": "false")"), "tie_word_embeddings", "true or false");
   expect_error(config_json("llama", R"("eos_token_id": [[2]])"), "eos_token_id[0]", "integer");
+  // values the FP32 model would turn into Inf
+  expect_error(config_json("llama", R"("rms_norm_eps": 1e39)"), "rms_norm_eps", "beyond the largest 32-bit float");
+  expect_error(config_json("llama", R"("rope_theta": 1e300)"), "rope_theta", "beyond the largest 32-bit float");
+  // token ids outside the vocabulary (vocab_size 1000)
+  expect_error(config_json("llama", R"("bos_token_id": 1000)"), "bos_token_id", "out of range [0, 999]");
+  expect_error(config_json("llama", R"("eos_token_id": [2, 99999])"), "eos_token_id[1]", "out of range [0, 999]");
+  EXPECT_EQ(parse(config_json("llama", R"("bos_token_id": 999, "eos_token_id": [2, 7])")).eos_token_id, 2);
+}
+
+// nlohmann keeps the last of two equal keys: a config naming a field twice must not load as a
+// plausible, different model.
+TEST(HfConfig, RejectsAKeyGivenTwice) {
+  const std::string msg = error_of(config_json("llama", R"("rms_norm_eps": 1e-5, "rms_norm_eps": 0.5)"));
+  EXPECT_NE(msg.find(kPath), std::string::npos) << msg;
+  EXPECT_NE(msg.find("the key \"rms_norm_eps\" appears twice in one object (at the top level)"), std::string::npos) << msg;
+  const std::string nested = error_of(config_json("llama", R"("rope_scaling": {"rope_type": "llama3", "factor": 8.0, "factor": 2.0})"));
+  EXPECT_NE(nested.find("the key \"factor\" appears twice in one object (at /rope_scaling)"), std::string::npos) << nested;
 }
 
 TEST(HfConfig, RejectsUnknownModelTypeAndStructure) {

@@ -116,7 +116,11 @@ TEST(SafetensorsRead, RefusesGapsTrailingBytesDuplicateNamesAndBadMetadata) {
              "q.safetensors: the data section is 12 bytes but its tensors end at byte 4 (8 trailing bytes)");
   EXPECT_HAS(parse_error(safetensors_bytes(R"({})", data)), "the data section is 12 bytes but its tensors end at byte 0");
   EXPECT_HAS(parse_error(safetensors_bytes("{" + a + ", " + a + "}", std::vector<uint8_t>(4, 0))),
-             "q.safetensors: header names 'a' twice");
+             "q.safetensors: header: the key \"a\" appears twice in one object (at the top level)");
+  // at any depth: a field of one tensor's entry given twice
+  EXPECT_HAS(parse_error(safetensors_bytes(R"({"a": {"dtype": "U8", "shape": [4], "dtype": "F32", "data_offsets": [0, 4]}})",
+                                           std::vector<uint8_t>(4, 0))),
+             "q.safetensors: header: the key \"dtype\" appears twice in one object (at /a)");
   for (const char* meta : {R"(3)", R"("x")", R"([1])"})
     EXPECT_HAS(parse_error(safetensors_bytes(std::string(R"({"__metadata__": )") + meta + ", " + a + "}", std::vector<uint8_t>(4, 0))),
                "'__metadata__' must be an object of strings");

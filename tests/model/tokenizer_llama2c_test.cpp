@@ -9,6 +9,7 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <limits>
 #include <map>
 #include <random>
 #include <sstream>
@@ -212,6 +213,22 @@ TEST(Llama2cTokenizer, CorruptFilesAreErrorsNamingFileAndEntry) {
   std::string huge = good.bytes;
   const int32_t too_long = 1 << 30;
   std::memcpy(&huge[good.entry_offset[17] + 4], &too_long, 4);
+  // the file rebuilt from its entries with one of them changed (lengths stay consistent)
+  const auto rebuilt = [&](int32_t max_len, size_t at, const float* score, const std::string* piece) {
+    std::string b(4, '\0');
+    std::memcpy(b.data(), &max_len, 4);
+    for (size_t i = 0; i < good.piece.size(); ++i) {
+      const float sc = i == at && score ? *score : good.score[i];
+      const std::string& p = i == at && piece ? *piece : good.piece[i];
+      const int32_t len = static_cast<int32_t>(p.size());
+      b.append(reinterpret_cast<const char*>(&sc), 4);
+      b.append(reinterpret_cast<const char*>(&len), 4);
+      b += p;
+    }
+    return b;
+  };
+  const float nan = std::numeric_limits<float>::quiet_NaN(), inf = std::numeric_limits<float>::infinity();
+  const std::string empty_piece, nul_piece(1, '\0'), dup_piece = good.piece[300], long_piece = "abcdefgh";
   const std::pair<std::string, std::string> cases[] = {
       {(dir / "missing.bin").string(), "cannot open"},
       {write("empty.bin", ""), "too short"},
@@ -219,6 +236,13 @@ TEST(Llama2cTokenizer, CorruptFilesAreErrorsNamingFileAndEntry) {
       {write("cut_in_header.bin", good.bytes.substr(0, good.entry_offset[511] + 5)), "entry 511 is truncated"},
       {write("negative.bin", negative), "entry 300 has a negative length"},
       {write("huge.bin", huge), "entry 17 is truncated"},
+      {write("nan_score.bin", rebuilt(7, 260, &nan, nullptr)), "entry 260 has the score nan"},
+      {write("inf_score.bin", rebuilt(7, 261, &inf, nullptr)), "entry 261 has the score inf"},
+      {write("empty_piece.bin", rebuilt(7, 270, nullptr, &empty_piece)), "entry 270 is an empty piece"},
+      {write("nul_piece.bin", rebuilt(7, 271, nullptr, &nul_piece)), "entry 271 is an empty piece"},
+      {write("dup_piece.bin", rebuilt(7, 400, nullptr, &dup_piece)), "entries 300 and 400 are the same piece"},
+      {write("long_piece.bin", rebuilt(7, 280, nullptr, &long_piece)), "entry 280 is 8 bytes long, more than the header's max_token_length 7"},
+      {write("short_header.bin", rebuilt(0, 999, nullptr, nullptr)), "entry 0 is 5 bytes long, more than the header's max_token_length 0"},
   };
   for (const auto& [path, what] : cases) {
     SCOPED_TRACE(path);

@@ -903,6 +903,8 @@ TEST(QuantizeSynthetic, SmallArchitecturesWriteLoadAndRun) {
     SCOPED_TRACE(name);
     auto c = std::make_shared<ModelConfig>(synthetic_model_config(name));
     c->vocab_size = 300;
+    c->bos_token_id = 1;  // ids inside the shrunk vocabulary (the loader checks them)
+    c->eos_token_id = 2;
     c->hidden_size = 64;
     c->intermediate_size = 96;
     c->num_layers = 2;

@@ -90,6 +90,9 @@ TEST(Zeroshot, EveryFieldIsTypeChecked) {
            {"copa", R"({"query": "a", "choices": "ab", "gold": 0})", "copa.jsonl:1: 'choices' must be an array of strings"},
            {"copa", R"({"query": "a", "choices": ["a", 7], "gold": 0})", "copa.jsonl:1: 'choices'[1] must be a string"},
            {"copa", R"({"query": "a", "choices": [], "gold": 0})", "'choices' is empty"},
+           {"boolq", R"({"query": "a", "choices": ["yes"], "gold": 0})", "boolq.jsonl:1: 'choices' has 1 entry; a multiple-choice example needs at least 2"},
+           {"winogrande", R"({"context_options": ["a"], "continuation": "z", "gold": 0})", "'context_options' has 1 entry"},
+           {"copa", R"({"query": "a", "choices": ["a", "b"], "gold": 0, "gold": 1})", "copa.jsonl:1: the key \"gold\" appears twice"},
            {"copa", R"({"query": "a", "choices": ["a", "b"], "gold": 0.7})", "'gold' must be an integer index, got 0.7"},
            {"copa", R"({"query": "a", "choices": ["a", "b"], "gold": "1"})", "'gold' must be an integer index"},
            {"copa", R"({"query": "a", "choices": ["a", "b"], "gold": true})", "'gold' must be an integer index"},
@@ -157,7 +160,7 @@ TEST(Zeroshot, TaskReaderChecksEveryLine) {
                           "{\"query\": \"Q2\", \"choices\": [\"c\", \"d\", \"e\"], \"gold\": 2}\n";
   EXPECT_EQ(check_zeroshot_task(arc, "arc_easy", "arc_easy.jsonl"), 2u);
   EXPECT_EQ(check_zeroshot_task(arc, "arc_easy", "arc_easy.jsonl", 1), 1u);
-  const std::string bad = "{\"query\": \"Q\", \"choices\": [\"a\"], \"gold\": 0.7}\n";
+  const std::string bad = "{\"query\": \"Q\", \"choices\": [\"a\", \"b\"], \"gold\": 0.7}\n";
   try {
     check_zeroshot_task(bad, "piqa", "piqa.jsonl");
     FAIL() << "expected an error";

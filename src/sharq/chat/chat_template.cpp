@@ -8,6 +8,8 @@
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
 
+#include "sharq/core/json_checks.h"
+
 #include "sharq/core/utf8.h"
 
 namespace sharq::chat {
@@ -110,9 +112,11 @@ ChatTemplate ChatTemplate::load(const std::string& path, jinja::Limits limits) {
   if (!config.empty()) {
     cfg_origin = config.string();
     try {
-      cfg = nlohmann::json::parse(read_text(config, "the tokenizer config"));
+      cfg = json_checks::parse_unique(read_text(config, "the tokenizer config"));
     } catch (const nlohmann::json::exception& e) {
       throw ChatTemplateError(fmt::format("{}: malformed JSON: {}", cfg_origin, e.what()));
+    } catch (const std::invalid_argument& e) {
+      throw ChatTemplateError(fmt::format("{}: {}", cfg_origin, e.what()));
     }
     if (!cfg.is_object()) throw ChatTemplateError(fmt::format("{}: expected a JSON object", cfg_origin));
   }

@@ -15,6 +15,8 @@
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
 
+#include "sharq/core/json_checks.h"
+
 #ifdef SHARQ_HAVE_BPE
 #include <utf8proc.h>
 #endif
@@ -414,55 +416,8 @@ Value from_json_at(const nlohmann::ordered_json& j, int depth) {
 
 Value Value::from_json(const nlohmann::ordered_json& j) { return from_json_at(j, 0); }
 
-namespace {
-// Counts the keys of every open object; stops at the first object with more than kMaxOrderedKeys.
-struct KeyCounter : nlohmann::json_sax<nlohmann::ordered_json> {
-  std::vector<size_t> keys;  // per open object or array (an array's entry never counts)
-  size_t total = 0;
-  bool too_many = false;
-  bool null() override { return true; }
-  bool boolean(bool) override { return true; }
-  bool number_integer(number_integer_t) override { return true; }
-  bool number_unsigned(number_unsigned_t) override { return true; }
-  bool number_float(number_float_t, const string_t&) override { return true; }
-  bool string(string_t&) override { return true; }
-  bool binary(binary_t&) override { return true; }
-  bool start_object(std::size_t) override {
-    keys.push_back(0);
-    return true;
-  }
-  bool key(string_t&) override {
-    if (++keys.back() > kMaxOrderedKeys || ++total > kMaxOrderedTotalKeys) {
-      too_many = true;
-      return false;
-    }
-    return true;
-  }
-  bool end_object() override {
-    keys.pop_back();
-    return true;
-  }
-  bool start_array(std::size_t) override {
-    keys.push_back(0);
-    return true;
-  }
-  bool end_array() override {
-    keys.pop_back();
-    return true;
-  }
-  bool parse_error(std::size_t, const std::string&, const nlohmann::detail::exception&) override { return false; }
-};
-}  // namespace
-
 nlohmann::ordered_json parse_ordered_json(const std::string& text) {
-  KeyCounter counter;
-  nlohmann::ordered_json::sax_parse(text, &counter);
-  if (counter.too_many && counter.total > kMaxOrderedTotalKeys)
-    throw std::invalid_argument(fmt::format("JSON with more than {} object keys in all", kMaxOrderedTotalKeys));
-  if (counter.too_many)
-    throw std::invalid_argument(fmt::format("a JSON object with more than {} keys (at nesting depth {})", kMaxOrderedKeys,
-                                            counter.keys.size()));
-  return nlohmann::ordered_json::parse(text);  // (malformed JSON: the same parse_error as without the pre-pass)
+  return json_checks::parse_unique<nlohmann::ordered_json>(text, json_checks::Limits{kMaxOrderedKeys, kMaxOrderedTotalKeys});
 }
 
 bool Value::is_namespace() const { return type_ == Type::kDict && dict_->is_namespace; }

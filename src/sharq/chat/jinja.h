@@ -39,10 +39,11 @@ struct TemplateRaised : TemplateError {
 // nlohmann::ordered_json finds an object's key by a linear search, so parsing an object of n keys
 // takes O(n^2) time (100k keys took 20-37 s, in a server request too). Every ordered parse of outside
 // input (request bodies, --messages / --tools files, a model's tool-call JSON) goes through
-// parse_ordered_json: a linear SAX pass first refuses an object of more than kMaxOrderedKeys keys, or
-// a document of more than kMaxOrderedTotalKeys keys in all (so the parse costs at most about
-// 4096 x 65536 / 2 key comparisons), with std::invalid_argument saying which; malformed JSON throws
-// nlohmann's parse_error, as ordered_json::parse does.
+// parse_ordered_json: a linear SAX pass first (core/json_checks.h) refuses an object of more than
+// kMaxOrderedKeys keys, or a document of more than kMaxOrderedTotalKeys keys in all (so the parse
+// costs at most about 4096 x 65536 / 2 key comparisons), and a key given twice in one object, with
+// std::invalid_argument saying which and where; malformed JSON throws nlohmann's parse_error, as
+// ordered_json::parse does.
 inline constexpr size_t kMaxOrderedKeys = 4096;
 inline constexpr size_t kMaxOrderedTotalKeys = 65536;
 nlohmann::ordered_json parse_ordered_json(const std::string& text);

@@ -10,6 +10,8 @@
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
 
+#include "sharq/core/json_checks.h"
+
 #include "sharq/model/checkpoint_error.h"
 #include "sharq/model/loader_text.h"
 
@@ -77,10 +79,14 @@ class ConfigReader {
     return v ? integer(*v, key, 1, kMaxSize) : fallback;
   }
 
+  // The model runs in FP32: a value past the largest float would become Inf there (an rms_norm_eps
+  // of 1e39 turns every norm's output to 0 and the logits uniform).
   double positive_number(const json& v, const std::string& field) const {
     if (!v.is_number()) fail(field, fmt::format("must be a number, got {}", describe(v)));
     const double x = v.get<double>();
     if (!(x > 0.0) || x == std::numeric_limits<double>::infinity()) fail(field, fmt::format("must be a positive number, got {}", describe(v)));
+    if (x > static_cast<double>(std::numeric_limits<float>::max()))
+      fail(field, fmt::format("is {}, beyond the largest 32-bit float", describe(v)));
     return x;
   }
   // RoPE's base: the inverse frequencies theta^(-2i/d) must fall from 1, and stay finite in FP32 (a
@@ -108,15 +114,16 @@ class ConfigReader {
   }
 
   // bos/eos ids: an integer, null, or (eos in generation-style configs) a list whose first entry
-  // is the primary one.
-  int64_t token_id(const std::string& key) const {
+  // is the primary one; every id names a row of the vocabulary (0 .. vocab - 1).
+  int64_t token_id(const std::string& key, int64_t vocab) const {
     const json* v = find(key);
     if (!v) return -1;
     if (v->is_array()) {
       if (v->empty()) return -1;
-      return integer((*v)[0], key + "[0]", 0, kMaxSize);
+      for (size_t i = 0; i < v->size(); ++i) integer((*v)[i], fmt::format("{}[{}]", key, i), 0, vocab - 1);
+      return integer((*v)[0], key + "[0]", 0, vocab - 1);
     }
-    return integer(*v, key, 0, kMaxSize);
+    return integer(*v, key, 0, vocab - 1);
   }
 
   const std::string& path() const { return path_; }
@@ -215,9 +222,11 @@ void reject_qwen_sliding_window(const ConfigReader& r, int64_t num_layers) {
 ModelConfig parse_hf_config(const std::string& json_text, const std::string& path) {
   json root;
   try {
-    root = json::parse(json_text);
+    root = json_checks::parse_unique(json_text);
   } catch (const json::exception& e) {
     throw CheckpointError(fmt::format("{}: not valid JSON ({})", path, e.what()));
+  } catch (const std::invalid_argument& e) {
+    throw CheckpointError(fmt::format("{}: {}", path, e.what()));
   }
   if (!root.is_object()) throw CheckpointError(fmt::format("{}: top level must be a JSON object, got {}", path, describe(root)));
   const ConfigReader r(root, path);
@@ -338,8 +347,8 @@ ModelConfig parse_hf_config(const std::string& json_text, const std::string& pat
     if (c.num_experts != 0 && c.num_experts_per_tok > c.num_experts)
       r.fail("num_experts_per_tok", fmt::format("({}) exceeds the number of experts ({})", c.num_experts_per_tok, c.num_experts));
 
-    c.bos_token_id = r.token_id("bos_token_id");
-    c.eos_token_id = r.token_id("eos_token_id");
+    c.bos_token_id = r.token_id("bos_token_id", c.vocab_size);
+    c.eos_token_id = r.token_id("eos_token_id", c.vocab_size);
     return c;
   } catch (const json::exception& e) {
     // every access above is type-checked first; this is the backstop that keeps the error contract

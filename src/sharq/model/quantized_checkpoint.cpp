@@ -15,6 +15,8 @@
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
 
+#include "sharq/core/json_checks.h"
+
 #include "sharq/formats/minifloat.h"
 #include "sharq/model/loader_text.h"
 
@@ -358,9 +360,11 @@ void read_quantization_config(ModelWeights& w, const std::string& config_text, c
                               const LoadOptions& opt) {
   json config;
   try {
-    config = json::parse(config_text);
+    config = json_checks::parse_unique(config_text);
   } catch (const json::exception& e) {
     throw CheckpointError(fmt::format("{}: not valid JSON ({})", config_path, e.what()));
+  } catch (const std::invalid_argument& e) {
+    throw CheckpointError(fmt::format("{}: {}", config_path, e.what()));
   }
   Plan plan;
   const json* q = field(config, "quantization_config");
@@ -376,9 +380,11 @@ void read_quantization_config(ModelWeights& w, const std::string& config_text, c
     if (!fs::exists(p, ec)) return;  // an unquantized checkpoint
     const std::vector<uint8_t> bytes = read_file_bytes(p.string());
     try {
-      hf_quant = json::parse(bytes.begin(), bytes.end());
+      hf_quant = json_checks::parse_unique(std::string_view(reinterpret_cast<const char*>(bytes.data()), bytes.size()));
     } catch (const json::exception& e) {
       throw CheckpointError(fmt::format("{}: not valid JSON ({})", p.string(), e.what()));
+    } catch (const std::invalid_argument& e) {
+      throw CheckpointError(fmt::format("{}: {}", p.string(), e.what()));
     }
     const json* producer = field(hf_quant, "producer");
     const json* name = producer ? field(*producer, "name") : nullptr;

@@ -14,6 +14,8 @@
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
 
+#include "sharq/core/json_checks.h"
+
 #include "sharq/model/loader_text.h"
 
 namespace sharq {
@@ -132,19 +134,14 @@ std::map<std::string, TensorView> parse_safetensors(const uint8_t* b, size_t n, 
     throw CheckpointError(fmt::format("{}: header length {} exceeds the format's limit of {} bytes", name, header_len, kSafetensorsMaxHeaderBytes));
 
   json header;
-  std::set<std::string> top_keys;  // a name given twice would silently keep its last entry
-  std::string duplicate;
-  try {
-    header = json::parse(b + 8, b + 8 + header_len, [&](int depth, json::parse_event_t ev, json& parsed) {
-      if (depth == 1 && ev == json::parse_event_t::key && duplicate.empty() && !top_keys.insert(parsed.get<std::string>()).second)
-        duplicate = parsed.get<std::string>();
-      return true;
-    });
+  try {  // a key given twice (a tensor name, a field of its entry) would silently keep its last entry
+    header = json_checks::parse_unique(std::string_view(reinterpret_cast<const char*>(b + 8), static_cast<size_t>(header_len)));
   } catch (const json::exception& e) {
     throw CheckpointError(fmt::format("{}: header is not valid JSON ({})", name, e.what()));
+  } catch (const std::invalid_argument& e) {
+    throw CheckpointError(fmt::format("{}: header: {}", name, e.what()));
   }
   if (!header.is_object()) throw CheckpointError(fmt::format("{}: header must be a JSON object, got {}", name, describe(header)));
-  if (!duplicate.empty()) throw CheckpointError(fmt::format("{}: header names '{}' twice", name, duplicate));
   if (const auto m = header.find("__metadata__"); m != header.end()) {  // the format's map of strings to strings
     if (!m->is_object()) throw CheckpointError(fmt::format("{}: '__metadata__' must be an object of strings, got {}", name, describe(*m)));
     for (const auto& [k, v] : m->items())

@@ -26,11 +26,14 @@
 #include <fstream>
 #include <mutex>
 #include <optional>
+#include <iterator>
 #include <string_view>
 #include <unordered_map>
 #include <unordered_set>
 
 #include <nlohmann/json.hpp>
+
+#include "sharq/core/json_checks.h"
 
 #endif
 
@@ -525,9 +528,12 @@ BpeTokenizer::BpeTokenizer(const std::string& path, int64_t model_vocab_size)
   if (!in) throw TokenizerError(fmt::format("{}: cannot open tokenizer file", path));
   json root;
   try {
-    root = json::parse(in);
+    const std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    root = json_checks::parse_unique(text);
   } catch (const json::exception& e) {
     throw TokenizerError(fmt::format("{}: malformed JSON: {}", path, e.what()));
+  } catch (const std::invalid_argument& e) {
+    throw TokenizerError(fmt::format("{}: {}", path, e.what()));
   }
   if (!root.is_object()) throw TokenizerError(fmt::format("{}: the top level is not a JSON object", path));
   try {
@@ -884,9 +890,12 @@ void BpeTokenizer::load_special_ids() {
   std::ifstream in(config, std::ios::binary);
   json cfg;
   try {
-    cfg = json::parse(in);
+    const std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    cfg = json_checks::parse_unique(text);
   } catch (const json::exception& e) {
     throw TokenizerError(fmt::format("{}: malformed JSON: {}", config.string(), e.what()));
+  } catch (const std::invalid_argument& e) {
+    throw TokenizerError(fmt::format("{}: {}", config.string(), e.what()));
   }
   const auto read = [&](const char* key, int32_t* id) {
     if (!cfg.is_object() || !cfg.contains(key)) return;

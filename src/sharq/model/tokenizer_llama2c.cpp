@@ -16,6 +16,7 @@
 
 #include <algorithm>
 #include <cstdio>
+#include <cmath>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
@@ -96,6 +97,13 @@ Llama2cTokenizer::Llama2cTokenizer(const std::string& path, int64_t expected_voc
                                        "file ({} bytes)", path, index, len, offset, size));
     const char* text = bytes.data() + offset;
     pieces_.emplace_back(text, ::strnlen(text, static_cast<size_t>(len)));
+    // run.c merges by score and builds candidates of up to max_token_length bytes: a NaN score,
+    // an empty piece or one longer than the header says would tokenize differently without a word
+    if (!std::isfinite(score)) throw TokenizerError(fmt::format("{}: entry {} has the score {}", path, index, score));
+    if (pieces_.back().empty()) throw TokenizerError(fmt::format("{}: entry {} is an empty piece", path, index));
+    if (pieces_.back().size() > static_cast<size_t>(max_token_length))
+      throw TokenizerError(fmt::format("{}: entry {} is {} bytes long, more than the header's max_token_length {}", path,
+                                       index, pieces_.back().size(), max_token_length));
     scores_.push_back(score);
     offset += static_cast<size_t>(len);
   }
@@ -107,7 +115,11 @@ Llama2cTokenizer::Llama2cTokenizer(const std::string& path, int64_t expected_voc
     throw TokenizerError(fmt::format("{}: holds {} tokens; a llama2.c vocabulary starts with <unk>, <s>, </s>", path,
                                      pieces_.size()));
   id_of_.reserve(pieces_.size());
-  for (size_t i = 0; i < pieces_.size(); ++i) id_of_.emplace(pieces_[i], static_cast<int32_t>(i));
+  for (size_t i = 0; i < pieces_.size(); ++i) {
+    const auto [it, fresh] = id_of_.emplace(pieces_[i], static_cast<int32_t>(i));
+    if (!fresh)  // one text, two ids: which one a lookup finds would be arbitrary
+      throw TokenizerError(fmt::format("{}: entries {} and {} are the same piece", path, it->second, i));
+  }
 }
 
 std::vector<int32_t> Llama2cTokenizer::encode(const std::string& input, bool add_special) const {

@@ -11,6 +11,8 @@
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
 
+#include "sharq/core/json_checks.h"
+
 #include "sharq/formats/minifloat.h"
 #include "sharq/model/loader_text.h"
 #include "sharq/model/quantized_checkpoint.h"
@@ -33,9 +35,11 @@ std::map<std::string, std::string> read_weight_map(const std::string& index_path
   const std::vector<uint8_t> bytes = read_file_bytes(index_path);
   nlohmann::json index;
   try {
-    index = nlohmann::json::parse(bytes.begin(), bytes.end());
+    index = json_checks::parse_unique(std::string_view(reinterpret_cast<const char*>(bytes.data()), bytes.size()));
   } catch (const nlohmann::json::exception& e) {
     throw CheckpointError(fmt::format("{}: not valid JSON ({})", index_path, e.what()));
+  } catch (const std::invalid_argument& e) {
+    throw CheckpointError(fmt::format("{}: {}", index_path, e.what()));
   }
   if (!index.is_object()) throw CheckpointError(fmt::format("{}: top level must be a JSON object", index_path));
   const auto wm = index.find("weight_map");

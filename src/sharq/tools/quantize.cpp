@@ -661,7 +661,7 @@ QuantizeReport quantize_checkpoint(const QuantizeOptions& opt) {
                         "rotate-half RoPE layout");
   } else {
     const std::vector<uint8_t> bytes = read_file_bytes((fs::path(opt.model_path) / "config.json").string());
-    config = json::parse(bytes.begin(), bytes.end());
+    config = json::parse(bytes.begin(), bytes.end());  // (already read and checked by the model's loader)
   }
   config["quantization_config"] = quantization_config(scheme, format, calibrated);
   if (calibrated)

@@ -17,6 +17,8 @@
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
 
+#include "sharq/core/json_checks.h"
+
 #include "sharq/runtime/cpu/linear.h"
 #include "sharq/model/tokenizer.h"
 #include "sharq/model/weights.h"
@@ -86,7 +88,9 @@ std::vector<std::string> strings_field(const nlohmann::json& j, const char* key,
   return out;
 }
 
-int64_t gold_field(const nlohmann::json& j, size_t n_options) {
+int64_t gold_field(const nlohmann::json& j, size_t n_options, const char* options_key) {
+  // one option is always "right": the example would count as a correct answer whatever the model does
+  if (n_options < 2) throw std::runtime_error(fmt::format("'{}' has {} entry; a multiple-choice example needs at least 2", options_key, n_options));
   const nlohmann::json& v = member(j, "gold");
   if (!v.is_number_integer())  // 0.7, "1", true: not an index
     throw std::runtime_error(fmt::format("'gold' must be an integer index, got {}", v.dump()));
@@ -105,14 +109,14 @@ std::vector<Example> parse_task(std::istream& f, const std::string& task, int64_
     ++lineno;
     if (line.find_first_not_of(" \t\r") == std::string::npos) continue;  // blank line
     try {
-      const nlohmann::json j = nlohmann::json::parse(line);
+      const nlohmann::json j = json_checks::parse_unique(line);  // (std::invalid_argument: a key twice)
       if (!j.is_object()) throw std::runtime_error(fmt::format("expected a JSON object, got {}", j.type_name()));
       Example ex;
       ex.line = lineno;
       if (task == "winogrande") {
         const std::string cont = with_leading_space(string_field(j, "continuation", true));
         for (const auto& c : strings_field(j, "context_options")) ex.options.push_back({c, cont});
-        ex.gold = gold_field(j, ex.options.size());
+        ex.gold = gold_field(j, ex.options.size(), "context_options");
       } else if (task == "lambada_openai") {
         ex.options.push_back({string_field(j, "context"), with_leading_space(string_field(j, "continuation", true))});
         ex.greedy = true;
@@ -121,7 +125,7 @@ std::vector<Example> parse_task(std::istream& f, const std::string& task, int64_
         if (!delim) throw std::runtime_error("unknown task");
         const std::string q = string_field(j, "query") + delim;
         for (const auto& c : strings_field(j, "choices", true)) ex.options.push_back({q, c});
-        ex.gold = gold_field(j, ex.options.size());
+        ex.gold = gold_field(j, ex.options.size(), "choices");
       }
       for (const auto& o : ex.options) ex.char_len.push_back(static_cast<double>(std::max<int64_t>(1, codepoints(o.continuation))));
       out.push_back(std::move(ex));
