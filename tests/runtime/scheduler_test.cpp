@@ -316,6 +316,20 @@ TEST(Scheduler, TakesTheExecutorsSharedKvPool) {
   EXPECT_THROW(Scheduler(ex, *tok, o), std::invalid_argument);
   ScriptedExecutor cpu_like({5});  // no pool: max_num_seqs sequences of max_model_len
   EXPECT_EQ(Scheduler(cpu_like, *tok, SchedulerOptions{}).metrics().kv_blocks_total, 256 * 16);
+  // asked for more than max_num_seqs full-length sequences can use, or a length that fits no request
+  SchedulerOptions big;
+  big.kv_blocks = 256 * 16 + 1;
+  try {
+    Scheduler s(cpu_like, *tok, big);
+    ADD_FAILURE() << "an unusable pool accepted";
+  } catch (const std::invalid_argument& e) {
+    EXPECT_NE(std::string(e.what()).find("kv_blocks 4097 is more than max_num_seqs 256 sequences"), std::string::npos) << e.what();
+  }
+  big.kv_blocks = 1000000000000;
+  EXPECT_THROW(Scheduler(cpu_like, *tok, big), std::invalid_argument);
+  SchedulerOptions one;
+  one.max_model_len = 1;
+  EXPECT_THROW(Scheduler(cpu_like, *tok, one), std::invalid_argument);
 }
 
 // An executor that refuses a sequence at admission fails that request, with the executor's message, and

@@ -164,7 +164,65 @@ CLI::Option* add_number(CLI::App* app, const std::string& names, T& target, cons
   return o;
 }
 
-// The same for a comma-separated list (each element checked).
+// The items of a comma-separated list, spaces around each trimmed: an empty item is an error
+// naming the flag (CLI11's own splitting would drop it without a word).
+std::vector<std::string> split_list_items(const std::string& raw, const std::string& flag) {
+  std::vector<std::string> out;
+  size_t b = 0;
+  while (true) {
+    const size_t e = raw.find(',', b);
+    std::string item = raw.substr(b, e == std::string::npos ? std::string::npos : e - b);
+    item.erase(0, item.find_first_not_of(" \t"));
+    item.erase(item.find_last_not_of(" \t") + 1);
+    if (item.empty()) throw UsageError(fmt::format("{}: an empty item in '{}'", flag, raw));
+    out.push_back(std::move(item));
+    if (e == std::string::npos) return out;
+    b = e + 1;
+  }
+}
+
+// A comma-separated list given as one string (schemes, tasks, layers, models): no empty item and
+// no item twice (a scheme listed twice would be run twice, or silently once).
+const CLI::Validator kCommaList(
+    [](std::string& v) -> std::string {
+      std::vector<std::string> seen;
+      try {
+        for (std::string& item : split_list_items(v, "")) {
+          if (std::find(seen.begin(), seen.end(), item) != seen.end()) return fmt::format("'{}' is given twice", item);
+          seen.push_back(std::move(item));
+        }
+      } catch (const UsageError&) {
+        return fmt::format("an empty item in '{}'", v);
+      }
+      return {};
+    },
+    "LIST");
+
+// A comma-separated list of strings into a vector, with kCommaList's rules (repeats allowed where
+// the position of an item means something: bench model's --prefill times its entries in order).
+CLI::Option* add_string_list(CLI::App* app, const std::string& names, std::vector<std::string>& target, const std::string& help,
+                             bool repeats = false) {
+  const std::string flag = flag_name(names);
+  CLI::Option* o = app->add_option(
+      names,
+      [&target, flag, repeats](const CLI::results_t& res) {
+        target.clear();
+        for (const std::string& raw : res)
+          for (std::string& s : split_list_items(raw, flag)) {
+            if (!repeats && std::find(target.begin(), target.end(), s) != target.end())
+              throw UsageError(fmt::format("{}: {} is given twice", flag, s));
+            target.push_back(std::move(s));
+          }
+        return true;
+      },
+      help);
+  o->type_name("TEXT,...");
+  o->expected(1, 1 << 20);
+  o->multi_option_policy(CLI::MultiOptionPolicy::TakeAll);
+  return o;
+}
+
+// The same for a comma-separated list of numbers (each element checked).
 template <class T>
 CLI::Option* add_number_list(CLI::App* app, const std::string& names, std::vector<T>& target, const std::string& help,
                              T lo = std::numeric_limits<T>::lowest(), T hi = std::numeric_limits<T>::max()) {
@@ -174,17 +232,18 @@ CLI::Option* add_number_list(CLI::App* app, const std::string& names, std::vecto
       names,
       [&target, flag, expect, lo, hi](const CLI::results_t& res) {
         target.clear();
-        for (const std::string& s : res) {
-          T v{};
-          if (!parse_number(s, v) || v < lo || v > hi)
-            throw UsageError(fmt::format("{}: {} is not {}", flag, s.empty() ? "''" : s, expect));
-          target.push_back(v);
-        }
+        for (const std::string& raw : res)  // split here, not by CLI11, which drops empty items
+          for (const std::string& s : split_list_items(raw, flag)) {
+            T v{};
+            if (!parse_number(s, v) || v < lo || v > hi) throw UsageError(fmt::format("{}: {} is not {}", flag, s, expect));
+            if (std::find(target.begin(), target.end(), v) != target.end())
+              throw UsageError(fmt::format("{}: {} is given twice", flag, s));
+            target.push_back(v);
+          }
         return true;
       },
       help);
   o->type_name(std::is_integral_v<T> ? "INT,..." : "FLOAT,...");
-  o->delimiter(',');
   o->expected(1, 1 << 20);
   o->multi_option_policy(CLI::MultiOptionPolicy::TakeAll);
   return o;
@@ -402,18 +461,22 @@ int main(int argc, char** argv) {
   sharq::OpcheckConfig oc;
   bool oc_csv = false, oc_json = false;
   auto* op = app.add_subcommand("opcheck", "Operator-level error study of every scheme on one linear layer");
-  add_number<int64_t>(op, "-M,--m", oc.M, "tokens (rows of X)", 1);
-  add_number<int64_t>(op, "-K,--k", oc.K, "in-features", 1);
-  add_number<int64_t>(op, "-N,--n", oc.N, "out-features", 1);
+  CLI::Option* op_m = add_number<int64_t>(op, "-M,--m", oc.M, "tokens (rows of X; not with --x)", 1);
+  CLI::Option* op_k = add_number<int64_t>(op, "-K,--k", oc.K, "in-features (not with --x / --w)", 1);
+  CLI::Option* op_n = add_number<int64_t>(op, "-N,--n", oc.N, "out-features (not with --w)", 1);
   add_number<uint64_t>(op, "--seed", oc.seed, "seed of the synthetic X and W");
-  op->add_option("--schemes", oc.schemes, "comma-separated schemes (see `sharq schemes`)")->capture_default_str();
+  op->add_option("--schemes", oc.schemes, "comma-separated schemes (see `sharq schemes`)")->capture_default_str()->check(kCommaList);
   op->add_option("--reference", oc.reference, "accuracy reference for 'gap recovered'")->capture_default_str();
-  op->add_option("--x", oc.x_path, "activations X (M x K) as .npy: float32, float16 or bfloat16");
-  op->add_option("--w", oc.w_path, "weights W (N x K, nn.Linear layout) as .npy");
+  CLI::Option* op_x = op->add_option("--x", oc.x_path, "activations X (M x K) as .npy: float32, float16 or bfloat16");
+  CLI::Option* op_w = op->add_option("--w", oc.w_path, "weights W (N x K, nn.Linear layout) as .npy");
+  // the shape comes from the arrays: a size given too would be ignored without a word
+  op_m->excludes(op_x);
+  op_k->excludes(op_x);
+  op_k->excludes(op_w);
+  op_n->excludes(op_w);
   op->add_option("--save", oc.save_dir, "write X, W and each scheme's Y and dequantized operands as float32 .npy here")
       ->check(kNonEmptyPath);
-  op->add_flag("--csv", oc_csv, "CSV output");
-  op->add_flag("--json", oc_json, "JSON output");
+  op->add_flag("--csv", oc_csv, "CSV output")->excludes(op->add_flag("--json", oc_json, "JSON output"));
   op->footer(kSchemeHelp);
 
   // ---- generate
@@ -479,7 +542,7 @@ int main(int argc, char** argv) {
   ppl->add_option("--data", po.data_path, "text file (e.g. wiki.test.txt)")->required();
   add_number<int64_t>(ppl, "--ctx", po.ctx, "window length in tokens (at most the model's max_position_embeddings)", 2);
   add_number<int64_t>(ppl, "--max-windows", po.max_windows, "only the first N windows (0 = all)", 0);
-  ppl->add_option("--schemes", po.schemes, "comma-separated schemes")->capture_default_str();
+  ppl->add_option("--schemes", po.schemes, "comma-separated schemes")->capture_default_str()->check(kCommaList);
   ppl->add_option("--reference", po.reference, "reference scheme for delta, KL, top-1 and gap")->capture_default_str();
   std::string ppl_device = "cpu";
   ppl->add_option("--device", ppl_device, "cpu | cuda (default schemes on cuda: bf16,fp8,w4a16,nvfp4,sharq,sharq:merged)")
@@ -495,8 +558,8 @@ int main(int argc, char** argv) {
   auto* ev = app.add_subcommand("eval", "Zero-shot accuracy (acc, acc_norm) of several schemes");
   ev->add_option("model", eo.model_path, "Hugging Face model directory or llama2.c .bin checkpoint")->required();
   ev->add_option("--tokenizer", eo.tokenizer_path, "tokenizer file (default: found beside the model)");
-  ev->add_option("--tasks", eo.tasks, "comma-separated tasks")->capture_default_str();
-  ev->add_option("--schemes", eo.schemes, "comma-separated schemes")->capture_default_str();
+  ev->add_option("--tasks", eo.tasks, "comma-separated tasks")->capture_default_str()->check(kCommaList);
+  ev->add_option("--schemes", eo.schemes, "comma-separated schemes")->capture_default_str()->check(kCommaList);
   ev->add_option("--data-dir", eo.data_dir, "folder of <task>.jsonl")->capture_default_str();
   add_number<int64_t>(ev, "--limit", eo.limit, "first N examples per task (0 = all)", 0);
   std::string ev_device = "cpu";
@@ -512,7 +575,7 @@ int main(int argc, char** argv) {
   an->add_option("--tokenizer", ao.tokenizer_path, "tokenizer file (default: found beside the model)");
   an->add_option("--data", ao.data_path, "text file")->required();
   add_number<int64_t>(an, "--tokens", ao.tokens, "tokens of the file to run (at most the model's max_position_embeddings)", 1);
-  an->add_option("--schemes", ao.schemes, "comma-separated schemes")->capture_default_str();
+  an->add_option("--schemes", ao.schemes, "comma-separated schemes")->capture_default_str()->check(kCommaList);
   an->add_option("--svg", ao.svg_path, "also write an SVG plot of the per-layer errors here")->check(kNonEmptyPath);
   an->add_flag("--mxfp4-fp8", ao.mxfp4_fp8,
                "also measure MXFP4 on FP8 tensor cores: per operand plane the 128-K tiles E4M3 cannot hold exactly, "
@@ -525,8 +588,9 @@ int main(int argc, char** argv) {
   bench->require_subcommand(1);
   auto* bg = bench->add_subcommand(
       "gemm", "Time the GPU linear layers (SharQ, NVFP4, W4A16) against cuBLASLt FP16/BF16/FP8 on LLM shapes");
-  bg->add_option("--model", bo.model, "llama3.1-8b | qwen2.5-7b | all, comma-separated (default all; --quick: llama3.1-8b)");
-  bg->add_option("--layer", bo.layers, "comma-separated: qkv, o, gate_up, down | all")->capture_default_str();
+  bg->add_option("--model", bo.model, "llama3.1-8b | qwen2.5-7b | all, comma-separated (default all; --quick: llama3.1-8b)")
+      ->check(kCommaList);
+  bg->add_option("--layer", bo.layers, "comma-separated: qkv, o, gate_up, down | all")->capture_default_str()->check(kCommaList);
   add_number_list<int64_t>(bg, "-M,--m", bo.m,
                            "comma-separated token counts (default 1,8,16,64,256,1024,4096; --quick: 1,16,256,4096)", 1);
   add_number<int>(bg, "--reps", bo.reps, "timed repetitions per method, median reported (at least 50)", 1);
@@ -553,8 +617,10 @@ int main(int argc, char** argv) {
   bm->add_option("model", bmo.model, "checkpoint (HF directory or llama2.c .bin); or use --synthetic");
   bm->add_option("--synthetic", bmo.synthetic, "random weights of a real architecture, generated on the GPU")
       ->check(CLI::IsMember(kSyntheticModels));
-  bm->add_option("--schemes", bmo.schemes, "comma-separated GPU schemes")->capture_default_str();
-  bm->add_option("--prefill", bmo.prefill, "prefill shapes BxN (comma-separated)")->delimiter(',')->capture_default_str();
+  bm->add_option("--schemes", bmo.schemes, "comma-separated GPU schemes")->capture_default_str()->check(kCommaList);
+  add_string_list(bm, "--prefill", bmo.prefill,
+                  "prefill shapes BxN, timed in this order (comma-separated; default 1x512,1x2048,8x2048; a shape may "
+                  "repeat: a 1x2048 given twice reports the second, at the clock the first leaves)", /*repeats=*/true);
   add_number_list<int64_t>(bm, "--batches", bmo.batches, "decode batch sizes (comma-separated; default 1,8,32,64)", 1);
   add_number<int64_t>(bm, "--context", bmo.context, "tokens of context before the timed decode steps", 1);
   add_number<int>(bm, "--steps", bmo.steps, "timed decode steps per batch size", 1);

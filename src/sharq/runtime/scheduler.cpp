@@ -134,6 +134,9 @@ Scheduler::Scheduler(Executor& executor, const Tokenizer& tokenizer, SchedulerOp
   if (max_pos > 0 && opt_.max_model_len > max_pos)
     throw std::invalid_argument(fmt::format("max_model_len {} exceeds the model's max_position_embeddings {}",
                                             opt_.max_model_len, max_pos));
+  if (opt_.max_model_len < 2)  // a one-token prompt and one generated token: less can answer no request
+    throw std::invalid_argument(fmt::format("max_model_len {} leaves no room for a prompt and one generated token (>= 2)",
+                                            opt_.max_model_len));
   if (opt_.max_num_seqs < 1) throw std::invalid_argument("max_num_seqs must be >= 1");
   if (opt_.max_num_batched_tokens < 1) throw std::invalid_argument("max_num_batched_tokens must be >= 1");
   if (opt_.max_queue < 1) throw std::invalid_argument("max_queue must be >= 1");
@@ -149,6 +152,13 @@ Scheduler::Scheduler(Executor& executor, const Tokenizer& tokenizer, SchedulerOp
     if (opt_.kv_blocks == 0) opt_.kv_blocks = pool;
   }
   if (opt_.kv_blocks == 0) opt_.kv_blocks = per_seq * opt_.max_num_seqs;
+  // a pool asked for beyond what max_num_seqs full-length sequences can ever hold is an announced
+  // capacity that no load can use (an executor's own larger pool is fine: it is what it has)
+  if (options.kv_blocks > 0 &&
+      (opt_.max_num_seqs > std::numeric_limits<int64_t>::max() / per_seq || options.kv_blocks > per_seq * opt_.max_num_seqs))
+    throw std::invalid_argument(fmt::format("kv_blocks {} is more than max_num_seqs {} sequences of max_model_len {} can use "
+                                            "({} blocks of {} positions each)", opt_.kv_blocks, opt_.max_num_seqs,
+                                            opt_.max_model_len, per_seq, opt_.block_size));
   if (opt_.kv_blocks < per_seq)
     throw std::invalid_argument(fmt::format("{} KV blocks of {} positions cannot hold one sequence of max_model_len {} "
                                             "(it needs {})", opt_.kv_blocks, opt_.block_size, opt_.max_model_len, per_seq));

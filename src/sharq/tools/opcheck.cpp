@@ -55,6 +55,11 @@ std::vector<float> load_matrix(const std::string& path, const char* what, int64_
   if (rows == 0 || cols == 0)  // a valid .npy, but nothing to measure
     throw std::invalid_argument(fmt::format("{}: {} is {}x{}, an empty array: opcheck needs every dimension >= 1", path, what,
                                             rows, cols));
+  // a NaN or Inf makes every error NaN: a table of nan / null, not a measurement
+  for (size_t i = 0; i < a.data.size(); ++i)
+    if (!std::isfinite(a.data[i]))
+      throw std::invalid_argument(fmt::format("{}: {} holds the non-finite value {} at [{}, {}]", path, what, a.data[i],
+                                              static_cast<int64_t>(i) / cols, static_cast<int64_t>(i) % cols));
   return std::move(a.data);
 }
 
@@ -181,6 +186,12 @@ OpcheckResult run_opcheck(const OpcheckConfig& cfg) {
   const auto fp32 = Linear::create(Scheme{}, W.data(), N, K);
   std::vector<float> Y32(static_cast<size_t>(M * N));
   fp32->forward(X.data(), M, Y32.data());
+  for (size_t i = 0; i < Y32.size(); ++i)  // finite inputs whose products overflow FP32
+    if (!std::isfinite(Y32[i]))
+      throw std::invalid_argument(fmt::format("opcheck: the FP32 reference output Y = X W^T overflows at [{}, {}] ({}): "
+                                              "X ({}) and W ({}) are too large to measure against",
+                                              static_cast<int64_t>(i) / N, static_cast<int64_t>(i) % N, Y32[i],
+                                              res.x_source, res.w_source));
 
   auto run = [&](const Scheme& s) -> const OpcheckRow& {
     const std::string name = s.name();
