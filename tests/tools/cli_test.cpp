@@ -416,7 +416,16 @@ TEST(Cli, QuantizeCalibDataIsCheckedAndNamed) {
     r = run("quantize " + stories() + " " + (dir / "w16").string() + " --scheme w4a16 --calib-data " + data + " -q");
     EXPECT_EQ(r.status, 1);
     EXPECT_NE(r.out.find("--calib-data: scheme 'w4a16'"), std::string::npos) << r.out;
+    // more tokens asked for than the text gives: an error, not a silently shorter calibration
+    r = run("quantize " + stories() + " " + (dir / "many").string() + " --scheme nvfp4 --calib-data " + data +
+            " --calib-tokens 99999999 -q");
+    EXPECT_EQ(r.status, 1);
+    EXPECT_NE(r.out.find("fewer than the --calib-tokens 99999999 asked for"), std::string::npos) << r.out;
+    EXPECT_FALSE(std::filesystem::exists(dir / "many")) << "nothing written";
   }
+  r = run("quantize " + tiny + " " + out + " --seed 5 -q");
+  EXPECT_EQ(r.status, 1);
+  EXPECT_NE(r.out.find("--seed seeds the --synthetic weights only"), std::string::npos) << r.out;
   r = run("quantize --synthetic llama3.1-8b " + tiny + " " + out);
   EXPECT_EQ(r.status, 1);
   EXPECT_NE(r.out.find("--synthetic replaces MODEL"), std::string::npos) << r.out;

@@ -53,6 +53,17 @@ TEST_F(ReadTextFile, ReturnsEveryByteIncludingNuls) {
   EXPECT_EQ(sharq::read_text_file(write("t.txt", text)), text);
 }
 
+// Text, not bytes: an ill-formed UTF-8 sequence is an error naming the file and the byte (NUL is
+// valid UTF-8 and stays allowed, above).
+TEST_F(ReadTextFile, IllFormedUtf8IsRefusedWithItsOffset) {
+  const std::string latin1 = std::string("caf") + static_cast<char>(0xE9) + " au lait\n";
+  const std::string path = write("latin1.txt", latin1);
+  EXPECT_HAS(error_of([&] { sharq::read_text_file(path); }), path + ": the data file is not valid UTF-8 text (byte 3)");
+  const std::string cut = std::string("ok ") + static_cast<char>(0xE2) + static_cast<char>(0x82);  // a 3-byte sequence cut short
+  EXPECT_HAS(error_of([&] { sharq::read_text_file(write("cut.txt", cut)); }), "not valid UTF-8 text (byte 3)");
+  EXPECT_EQ(sharq::read_text_file(write("utf8.txt", "caf\xC3\xA9 \xE2\x82\xAC\n")), "caf\xC3\xA9 \xE2\x82\xAC\n");
+}
+
 TEST_F(ReadTextFile, DevicesFifosAndDirectoriesAreRefused) {
   for (const char* dev : {"/dev/zero", "/dev/null"}) {
     if (!fs::exists(dev)) continue;

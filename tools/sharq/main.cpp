@@ -809,6 +809,9 @@ int main(int argc, char** argv) {
       if (qz->count("--calib-data")) check_input_path(qo.calib_data, "--calib-data", PathKind::kFile);
       if (qz->count("--calib-tokens") && qo.calib_data.empty())
         throw UsageError("quantize: --calib-tokens needs --calib-data (the text to calibrate on)");
+      if (qz->count("--seed") && qo.synthetic.empty())
+        throw UsageError("quantize: --seed seeds the --synthetic weights only (a real model's quantization has no randomness)");
+      qo.calib_tokens_exact = qz->count("--calib-tokens") > 0;
       if (qz->count("--tokenizer")) check_input_path(qo.tokenizer_path, "--tokenizer", PathKind::kFile);
       qo.progress = !qo_quiet;
       qo.fused_global_scales = qo_fused == "shared";

@@ -349,6 +349,8 @@ Calibration calibrate(const ModelWeights& w, const QuantizeOptions& opt, const T
   const std::vector<int32_t> ids = tok->encode(text, true);
   const int64_t bos = tok->bos_id() >= 0 && !ids.empty() && ids[0] == tok->bos_id() ? 1 : 0;
   if (static_cast<int64_t>(ids.size()) - bos < 1) throw fail("the text gives no tokens to calibrate on");
+  if (opt.calib_tokens_exact && static_cast<int64_t>(ids.size()) < opt.calib_tokens)
+    throw fail(fmt::format("gives {} tokens, fewer than the --calib-tokens {} asked for", ids.size(), opt.calib_tokens));
   Calibration cal;
   cal.tokens = std::min<int64_t>(static_cast<int64_t>(ids.size()), opt.calib_tokens);
   const int64_t max_pos = w.config.max_position_embeddings;

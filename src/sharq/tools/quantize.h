@@ -53,9 +53,11 @@ struct QuantizeOptions {
   std::shared_ptr<const ModelConfig> synthetic_config;  // tests: this architecture instead of a named one
   uint64_t seed = 1;
   // Static activation scales (the formats' W4A4 form): a text file, tokenized with the model's
-  // tokenizer (or tokenizer_path); its first calib_tokens tokens (>= 1) are run.
+  // tokenizer (or tokenizer_path); its first calib_tokens tokens (>= 1) are run, or the whole text
+  // when it is shorter, unless calib_tokens_exact (the user asked for that many: then an error).
   std::string calib_data;
   int64_t calib_tokens = 2048;
+  bool calib_tokens_exact = false;
 };
 
 struct QuantizeReport {

@@ -7,6 +7,8 @@
 
 #include <fmt/format.h>
 
+#include "sharq/core/utf8.h"
+
 namespace sharq {
 
 std::string read_text_file(const std::string& path, uintmax_t max_bytes) {
@@ -27,6 +29,11 @@ std::string read_text_file(const std::string& path, uintmax_t max_bytes) {
   f.read(text.data(), static_cast<std::streamsize>(size));
   if (f.bad() || static_cast<uintmax_t>(f.gcount()) != size)
     throw std::runtime_error(fmt::format("{}: read {} of {} bytes of the data file (changed or unreadable)", path, f.gcount(), size));
+  // a binary or mis-encoded file would be scored as text (byte tokens) without a word: a perplexity
+  // of a billion from random bytes is a plausible wrong number
+  if (const size_t bad = first_invalid_utf8(text); bad != std::string::npos)
+    throw std::runtime_error(fmt::format("{}: the data file is not valid UTF-8 text (byte {}); convert it, e.g. "
+                                         "`iconv -f latin1 -t utf-8`", path, bad));
   return text;
 }
 
