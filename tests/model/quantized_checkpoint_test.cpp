@@ -279,6 +279,39 @@ TEST(QuantizedMalformed, ConfigThatDisagreesWithTheTensorsOrTheFormat) {
     EXPECT_HAS(e, c.file());
     EXPECT_HAS(e, "run past the end of the data section");
   }
+  {  // an ignore list naming a projection that is stored quantized (other engines would skip it)
+    Ckpt c("compressed-tensors");
+    c.config["quantization_config"]["ignore"] = {"lm_head", "model.layers.0.self_attn.q_proj"};
+    c.write_config();
+    EXPECT_HAS(c.load_error(), "quantization_config: field 'ignore' lists 'model.layers.0.self_attn.q_proj', but");
+  }
+  {  // a group that targets nothing
+    Ckpt c("compressed-tensors");
+    c.config["quantization_config"]["config_groups"]["group_0"]["targets"] = nlohmann::json::array();
+    c.write_config();
+    EXPECT_HAS(c.load_error(), "group_0: field 'targets' must be a non-empty list");
+  }
+  {  // the top-level format contradicting the group's
+    Ckpt c("compressed-tensors");
+    c.config["quantization_config"]["format"] = "float-quantized";
+    c.write_config();
+    EXPECT_HAS(c.load_error(), "quantization_config: field 'format' is 'float-quantized' but");
+  }
+  {  // sharq's marker naming a scheme the stored tensors are not (W32 sharq over NVFP4-16 data)
+    Ckpt c("compressed-tensors");
+    c.config["quantization_config"]["sharq"] = {{"scheme", "sharq"}};
+    c.write_config();
+    EXPECT_HAS(c.load_error(), "sharq: field 'scheme' is 'sharq', but the stored weights are NVFP4 with 16-element scale blocks");
+  }
+  {  // a key given twice in config.json
+    Ckpt c("compressed-tensors");
+    std::string text = c.config.dump();
+    const size_t at = text.find("\"quantization_config\"");
+    ASSERT_NE(at, std::string::npos);
+    text.insert(at, "\"vocab_size\": 7, ");
+    std::ofstream(fs::path(c.dir()) / "config.json") << text;
+    EXPECT_HAS(c.load_error(), "the key \"vocab_size\" appears twice in one object");
+  }
   {  // the ModelOpt <= 0.29 layout: hf_quant_config.json alone is enough
     Ckpt c("modelopt");
     c.config.erase("quantization_config");

@@ -75,6 +75,9 @@ struct Plan {
   std::string where;  // "config.json: quantization_config" or "hf_quant_config.json", for messages
   // sharq's marker "global_scales": layer ("model.layers.0.self_attn.q_proj") -> the exact multiplier g
   std::map<std::string, float> exact_globals;
+  // compressed-tensors' "ignore": the module names it lists (its "re:" patterns are not evaluated:
+  // an untrusted regular expression could take exponential time)
+  std::set<std::string> ignore;
 };
 
 const json* field(const json& obj, const char* key) {
@@ -116,7 +119,11 @@ void parse_compressed_tensors(const json& q, Plan& plan) {
   const std::string gwhere = fmt::format("{}.config_groups.{}", where, gname);
   if (!group.is_object()) throw CheckpointError(fmt::format("{}: must be an object", gwhere));
   std::string format = string_field(group, "format", gwhere, false);
+  const std::string top_format = string_field(q, "format", where, false);
   if (format.empty()) format = string_field(q, "format", where, true);
+  // one group: the top-level format, where given, is that group's (another reader takes either)
+  if (!top_format.empty() && top_format != format && top_format != "mixed-precision")
+    throw CheckpointError(fmt::format("{}: field 'format' is '{}' but {} says '{}'", where, top_format, gwhere, format));
   const json* weights = field(group, "weights");
   if (!weights || !weights->is_object()) throw CheckpointError(fmt::format("{}: field 'weights' is missing", gwhere));
   const std::string wwhere = gwhere + ".weights";
@@ -124,6 +131,20 @@ void parse_compressed_tensors(const json& q, Plan& plan) {
   const std::string iwhere = gwhere + ".input_activations";
   expect_arg(*weights, "type", "float", wwhere);
   expect_arg(*weights, "symmetric", true, wwhere);
+  // what the group targets and what the config leaves out must agree with the tensors (every
+  // projection stored quantized): other engines read these lists, not the tensors
+  const json* targets = field(group, "targets");
+  if (targets && (!targets->is_array() || targets->empty()))
+    throw CheckpointError(fmt::format("{}: field 'targets' must be a non-empty list (of module types or names), got {}", gwhere,
+                                      targets->is_array() ? "[]" : describe(*targets)));
+  if (const json* ig = field(q, "ignore")) {
+    if (!ig->is_array()) throw CheckpointError(fmt::format("{}: field 'ignore' must be a list of module names, got {}", where, describe(*ig)));
+    for (size_t i = 0; i < ig->size(); ++i) {
+      if (!(*ig)[i].is_string())
+        throw CheckpointError(fmt::format("{}: field 'ignore'[{}] must be a string, got {}", where, i, describe((*ig)[i])));
+      plan.ignore.insert((*ig)[i].get<std::string>());
+    }
+  }
   if (format == "nvfp4-pack-quantized") {
     plan.info.weights = StoredWeights::nvfp4_16;
     expect_arg(*weights, "num_bits", 4, wwhere);
@@ -142,6 +163,8 @@ void parse_compressed_tensors(const json& q, Plan& plan) {
                                         wwhere, strategy));
     if (inputs) {
       const json* dyn = field(*inputs, "dynamic");
+      if (dyn && !dyn->is_boolean())
+        throw CheckpointError(fmt::format("{}: field 'dynamic' must be true or false, got {}", iwhere, describe(*dyn)));
       plan.info.static_input_scales = !(dyn && *dyn == true);
     }
   } else {
@@ -216,6 +239,18 @@ void parse_marker(const json& q, Plan& plan) {
       throw CheckpointError(fmt::format("{}: field 'weight_scale_block' 32 needs NVFP4 weights", where));
     plan.info.weights = StoredWeights::nvfp4_32;
   }
+}
+
+// The marker's scheme must be one the stored tensors are: its weight format and (FP4) scale block.
+void check_marker_scheme(const Plan& plan) {
+  if (plan.info.scheme.empty()) return;
+  const Scheme s = parse_scheme(plan.info.scheme);  // (checked by parse_marker)
+  const bool fp8 = plan.info.weights == StoredWeights::fp8;
+  const int block = plan.info.weights == StoredWeights::nvfp4_32 ? 32 : plan.info.weights == StoredWeights::nvfp4_16 ? 16 : 0;
+  const bool fits = fp8 ? s.kind == SchemeKind::fp8 : s.is_fp4_weight() && s.fp4_weight_block() == block;
+  if (!fits)
+    throw CheckpointError(fmt::format("{}.sharq: field 'scheme' is '{}', but the stored weights are {}", plan.where,
+                                      plan.info.scheme, fp8 ? "FP8" : fmt::format("NVFP4 with {}-element scale blocks", block)));
 }
 
 // A scalar (shape [] or [1]) global or per-tensor scale in F32 / BF16 / F16, as FP32.
@@ -403,6 +438,7 @@ void read_quantization_config(ModelWeights& w, const std::string& config_text, c
                                       plan.where, method));
   }
   parse_marker(*q, plan);
+  check_marker_scheme(plan);
   w.quantization = plan.info;
 
   const bool ct = plan.info.format == CheckpointFormat::compressed_tensors;
@@ -426,6 +462,9 @@ void read_quantization_config(ModelWeights& w, const std::string& config_text, c
                                           fmt_name, codes_name));
       throw CheckpointError(fmt::format("{}: tensor '{}' is missing ({} layer '{}')", file, codes_name, fmt_name, base.substr(0, base.size() - 1)));
     }
+    if (plan.ignore.count(base.substr(0, base.size() - 1)))
+      throw CheckpointError(fmt::format("{}: field 'ignore' lists '{}', but {} stores it quantized ('{}')", plan.where,
+                                        base.substr(0, base.size() - 1), file, codes_name));
     auto qw = std::make_shared<QuantizedWeight>();
     qw->name = name;
     qw->format = plan.info.format;
