@@ -263,6 +263,16 @@ TEST(HfConfig, MissingOrMistypedRequiredFields) {
   EXPECT_EQ(parse(config_json("llama", R"("bos_token_id": 999, "eos_token_id": [2, 7])")).eos_token_id, 2);
 }
 
+// transformers builds the class `architectures` names: a known class of another family contradicts
+// model_type; an unknown class name (a fine-tune's own) is left alone.
+TEST(HfConfig, ArchitecturesMustAgreeWithModelType) {
+  expect_error(config_json("llama", R"("architectures": ["Qwen2ForCausalLM"])"), "architectures[0]",
+               "is 'Qwen2ForCausalLM', a qwen2 class, but model_type is 'llama'");
+  expect_error(config_json("llama", R"("architectures": "LlamaForCausalLM")"), "architectures", "must be a list");
+  EXPECT_EQ(parse(config_json("llama", R"("architectures": ["LlamaForCausalLM"])")).arch, Arch::llama);
+  EXPECT_EQ(parse(config_json("qwen2", R"("architectures": ["MyQwenVariant"])")).arch, Arch::qwen2);
+}
+
 // nlohmann keeps the last of two equal keys: a config naming a field twice must not load as a
 // plausible, different model.
 TEST(HfConfig, RejectsAKeyGivenTwice) {

@@ -192,7 +192,24 @@ Arch parse_arch(const ConfigReader& r) {
   if (!mt) r.fail("model_type", "is missing");
   const std::string t = r.string(*mt, "model_type");
   for (Arch a : {Arch::llama, Arch::mistral, Arch::qwen2, Arch::qwen3, Arch::mixtral, Arch::qwen3_moe})
-    if (t == to_string(a)) return a;
+    if (t == to_string(a)) {
+      // transformers picks the class from `architectures`: a known class of another family would load
+      // as that model there and as this one here
+      static const std::pair<const char*, Arch> kClasses[] = {
+          {"LlamaForCausalLM", Arch::llama},     {"MistralForCausalLM", Arch::mistral}, {"Qwen2ForCausalLM", Arch::qwen2},
+          {"Qwen3ForCausalLM", Arch::qwen3},     {"MixtralForCausalLM", Arch::mixtral}, {"Qwen3MoeForCausalLM", Arch::qwen3_moe}};
+      if (const json* archs = r.find("architectures")) {
+        if (!archs->is_array()) r.fail("architectures", fmt::format("must be a list of class names, got {}", describe(*archs)));
+        for (size_t i = 0; i < archs->size(); ++i) {
+          const std::string cls = r.string((*archs)[i], fmt::format("architectures[{}]", i));
+          for (const auto& [name, arch] : kClasses)
+            if (cls == name && arch != a)
+              r.fail(fmt::format("architectures[{}]", i), fmt::format("is '{}', a {} class, but model_type is '{}'", cls,
+                                                                      to_string(arch), t));
+        }
+      }
+      return a;
+    }
   r.fail("model_type", fmt::format("is '{}': unsupported (supported: llama, mistral, qwen2, qwen3, mixtral, qwen3_moe)", t));
 }
 
