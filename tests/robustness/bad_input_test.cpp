@@ -628,12 +628,14 @@ std::vector<Case> build_cases() {
   cfg_case("model_type_empty", [](json& j) { j["model_type"] = ""; }, ERR, one({"model_type"}));
   cfg_case("model_type_number", [](json& j) { j["model_type"] = 5; }, ERR, one({"model_type"}));
   cfg_case("model_type_missing", [](json& j) { j.erase("model_type"); }, ERR, one({"model_type"}));
-  cfg_case("model_type_qwen3_no_qk_norm", [](json& j) { j["model_type"] = "qwen3"; }, ERR, one({"q_norm", "k_norm"}));
-  cfg_case("model_type_qwen2_no_bias", [](json& j) { j["model_type"] = "qwen2"; }, ERR, one({"bias"}));
-  cfg_case("model_type_mixtral_no_experts", [](json& j) { j["model_type"] = "mixtral"; }, ERR,
+  cfg_case("model_type_qwen3_no_qk_norm", [](json& j) { j["model_type"] = "qwen3"; j.erase("architectures"); }, ERR, one({"q_norm", "k_norm"}));
+  cfg_case("model_type_qwen2_no_bias", [](json& j) { j["model_type"] = "qwen2"; j.erase("architectures"); }, ERR, one({"bias"}));
+  cfg_case("model_type_mixtral_no_experts", [](json& j) { j["model_type"] = "mixtral"; j.erase("architectures"); }, ERR,
            one({"experts", "block_sparse_moe", "num_local_experts"}));
-  cfg_case("model_type_qwen3_moe_no_experts", [](json& j) { j["model_type"] = "qwen3_moe"; }, ERR, one({"experts", "mlp", "num_experts"}));
-  cfg_case("model_type_mistral_accepted", [](json& j) { j["model_type"] = "mistral"; }, OK, {});
+  cfg_case("model_type_qwen3_moe_no_experts", [](json& j) { j["model_type"] = "qwen3_moe"; j.erase("architectures"); }, ERR, one({"experts", "mlp", "num_experts"}));
+  cfg_case("architectures_other_family", [](json& j) { j["architectures"] = {"Qwen2ForCausalLM"}; }, ERR,
+           one({"architectures[0]", "model_type"}));
+  cfg_case("model_type_mistral_accepted", [](json& j) { j["model_type"] = "mistral"; j.erase("architectures"); }, OK, {});
   for (int L : {1, 4, 7})
     cfg_case("num_hidden_layers_" + std::to_string(L) + "_leftover_layers", [L](json& j) { j["num_hidden_layers"] = L; }, ERR,
              one({"model.layers." + std::to_string(L) + "."}));
@@ -693,6 +695,7 @@ std::vector<Case> build_cases() {
         extra.push_back({"model.layers." + std::to_string(l) + ".self_attn." + p + "_proj.bias", {n}});
     json cfg = lm30_config(c);
     cfg["model_type"] = "qwen2";
+    cfg["architectures"] = {"Qwen2ForCausalLM"};
     return gen_hf(hf_with_extra(c, "m", extra, &cfg));
   }, OK);
   add("consistency", "unrelated_extra_tensor", [](const Ctx& c) {
