@@ -220,6 +220,8 @@ def case_bad_requests_answer_400():
             (dict(body={"prompt": 12}), 400, "'prompt' must be"),
             (dict(body={"max_tokens": 3}), 400, "'prompt' is required"),
             (dict(body={"prompt": "x", "temperature": "hot"}), 400, "'temperature' must be a number"),
+            (dict(body={"prompt": "x", "temperature": 1e39}), 400, "'temperature' must be in [0, 1e6], got 1e+39"),
+            (dict(raw=b'{"prompt": "x", "max_tokens": 4, "max_tokens": 5}'), 400, "the key \"max_tokens\" appears twice"),
             (dict(body={"prompt": "x", "top_p": 0}), 400, "'top_p' must be in (0, 1]"),
             (dict(body={"prompt": "x", "stream": "yes"}), 400, "'stream' must be a boolean"),
             (dict(body={"prompt": "x", "n": 2}), 400, "only n = 1"),

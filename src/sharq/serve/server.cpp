@@ -25,6 +25,7 @@
 
 #include "sharq/chat/chat_template.h"
 #include "sharq/chat/response_parser.h"
+#include "sharq/core/json_checks.h"
 #include "sharq/model/weights.h"
 #include "sharq/quant/scheme.h"
 
@@ -171,10 +172,12 @@ void parse_options(const json& body, ParsedCompletion& p, bool chat);
 
 json parse_body(const std::string& body_text) {
   json body;
-  try {
-    body = json::parse(body_text);
+  try {  // (the ordered parse's key bounds, and a key given twice is refused: json_checks.h)
+    body = json_checks::parse_unique(body_text, json_checks::Limits{jinja::kMaxOrderedKeys, jinja::kMaxOrderedTotalKeys});
   } catch (const json::exception& e) {  // parse_error, and out_of_range for a number beyond double (1e400)
     throw bad_request(fmt::format("the request body is not valid JSON: {}", e.what()));
+  } catch (const std::invalid_argument& e) {
+    throw bad_request(fmt::format("the request body: {}", e.what()));
   }
   if (!body.is_object()) throw bad_request(fmt::format("the request body must be a JSON object, got {}", type_name(body)));
   return body;
@@ -219,7 +222,7 @@ ParsedCompletion parse_completion(const std::string& body_text, const Tokenizer&
 void parse_options(const json& body, ParsedCompletion& p, bool chat) {
   const double temperature = read_number(body, "temperature", 1.0);
   if (!(temperature >= 0.0 && temperature <= 1e6))
-    throw bad_request(fmt::format("'temperature' must be >= 0, got {}", temperature), "temperature");
+    throw bad_request(fmt::format("'temperature' must be in [0, 1e6], got {}", temperature), "temperature");
   const double top_p = read_number(body, "top_p", 1.0);
   if (!(top_p > 0.0 && top_p <= 1.0)) throw bad_request(fmt::format("'top_p' must be in (0, 1], got {}", top_p), "top_p");
   p.request.sampling.temperature = static_cast<float>(temperature);
