@@ -264,11 +264,15 @@ void GpuLinear::prepare_norm(const float* x, const void* add, const float* w, fl
   prepare_input(x, M, acts, stream, f);
 }
 
+void GpuLinear::check_activations(const GpuActivations& acts, const std::string& who) const {
+  if (!(acts.scheme_ == scheme_) || acts.K_ != K_)
+    throw std::invalid_argument(fmt::format("{}: the activations are for scheme '{}', K = {}", who, acts.scheme_.name(), acts.K_));
+}
+
 void GpuLinear::prepare_input(const void* x, int64_t M, GpuActivations& acts, cudaStream_t stream,
                               const Front& f) const {
   const std::string who = fmt::format("GpuLinear({}, N = {}, K = {})::prepare", scheme_.name(), N_, K_);
-  if (!(acts.scheme_ == scheme_) || acts.K_ != K_)
-    throw std::invalid_argument(fmt::format("{}: the activations are for scheme '{}', K = {}", who, acts.scheme_.name(), acts.K_));
+  check_activations(acts, who);
   if (M < 0 || M > acts.max_m_)
     throw std::invalid_argument(fmt::format("{}: M = {} (0 .. max_m = {})", who, M, acts.max_m_));
   if (M > 0 && !x) throw std::invalid_argument(fmt::format("{}: null input", who));
@@ -318,8 +322,7 @@ void GpuLinear::prepare_input(const void* x, int64_t M, GpuActivations& acts, cu
 
 void GpuLinear::gemm(const GpuActivations& acts, void* y, cudaStream_t stream, void* workspace, float* y_f32) const {
   const std::string who = fmt::format("GpuLinear({}, N = {}, K = {})::gemm", scheme_.name(), N_, K_);
-  if (!(acts.scheme_ == scheme_) || acts.K_ != K_)
-    throw std::invalid_argument(fmt::format("{}: the activations are for scheme '{}', K = {}", who, acts.scheme_.name(), acts.K_));
+  check_activations(acts, who);
   const int64_t M = acts.M_;
   if (M == 0) return;
   if (!y && !y_f32) throw std::invalid_argument(fmt::format("{}: null output", who));
@@ -362,15 +365,13 @@ bool GpuLinear::fuses(Fp4Epilogue e, int64_t M) const {
 }
 
 void GpuLinear::gemm(const GpuActivations& acts, const Epilogue& ep, void* y, cudaStream_t stream, void* workspace) const {
-  if (!(acts.scheme_ == scheme_) || acts.K_ != K_)
-    throw std::invalid_argument(fmt::format("GpuLinear({}, N = {}, K = {})::gemm: the activations are for scheme '{}', K = {}",
-                                            scheme_.name(), N_, K_, acts.scheme_.name(), acts.K_));
+  const std::string who = fmt::format("GpuLinear({}, N = {}, K = {})::gemm", scheme_.name(), N_, K_);
+  check_activations(acts, who);
   if (acts.M_ == 0) return;
   if (ep.kind == Fp4Epilogue::none || !fuses(ep.kind, acts.M_))
-    throw std::invalid_argument(fmt::format("GpuLinear({}, N = {}, K = {})::gemm: no fused {} epilogue for M = {} (fuses())",
-                                            scheme_.name(), N_, K_, ep.kind == Fp4Epilogue::swiglu ? "swiglu" : "add_rmsnorm",
-                                            acts.M_));
-  if (!y) throw std::invalid_argument(fmt::format("GpuLinear({}, N = {}, K = {})::gemm: null output", scheme_.name(), N_, K_));
+    throw std::invalid_argument(fmt::format("{}: no fused {} epilogue for M = {} (fuses())", who,
+                                            ep.kind == Fp4Epilogue::swiglu ? "swiglu" : "add_rmsnorm", acts.M_));
+  if (!y) throw std::invalid_argument(fmt::format("{}: null output", who));
   gemm_fp4(acts, y, nullptr, ep, stream, workspace);
 }
 

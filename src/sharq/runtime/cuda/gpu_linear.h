@@ -28,6 +28,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <string>
 #include <vector>
 
 #include "sharq/kernels/cuda/cublaslt_gemm.h"
@@ -173,6 +174,8 @@ class GpuLinear {
 
  private:
   void check_shape(int64_t N, int64_t K) const;
+  // throws naming `who` unless acts were made for this layer's scheme and K
+  void check_activations(const GpuActivations& acts, const std::string& who) const;
   void gemm_fp4(const GpuActivations& acts, void* y, float* y_f32, const Epilogue& ep, cudaStream_t stream,
                 void* workspace) const;
   struct Front {  // what prepare_input() reads in front of the activation prep
