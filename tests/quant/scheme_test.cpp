@@ -82,6 +82,10 @@ TEST(Scheme, BadTextNamesTheWord) {
   for (const char* bad : {"fp16,,sharq:merged", "fp16,", ",fp16"})  // an empty item is a typo, never skipped
     EXPECT_NE(what_of([&] { parse_scheme_list(bad); }).find("has an empty item"), std::string::npos) << bad;
   EXPECT_EQ(parse_scheme_list("fp16,sharq:merged").size(), 2u);
+  // a scheme given twice, also under two spellings of one value
+  EXPECT_NE(what_of([&] { parse_scheme_list("fp16,nvfp4,fp16"); }).find("names the scheme 'fp16' twice"), std::string::npos);
+  EXPECT_NE(what_of([&] { parse_scheme_list("sharq,sharq:token:p48"); }).find("names the scheme 'sharq' twice"), std::string::npos);
+  EXPECT_EQ(parse_scheme_list("sharq,sharq:tensor").size(), 2u);
   // an option group set twice, or an empty option: the scheme would mean whatever came last
   for (const auto& [bad, words] : std::vector<std::pair<std::string, std::string>>{
            {"sharq:p48:s24", "'p48' and 's24' both set the mask"},

@@ -162,8 +162,8 @@ TEST(Cli, BenchModelOptionsAreChecked) {
   EXPECT_NE(r.out.find("--fusion: some not in"), std::string::npos) << r.out;
 }
 
-// Comma-separated lists: an empty item or an item given twice is an error naming the flag (CLI11
-// would drop the empty item; a scheme given twice would run twice or once without a word). opcheck's
+// Comma-separated lists: an empty item or an item given twice is an error naming the flag or the list
+// (CLI11 would drop the empty item; a scheme given twice would run twice or once without a word). opcheck's
 // sizes cannot be given with the arrays they come from, nor --csv with --json.
 TEST(Cli, ListsRefuseEmptyAndRepeatedItems) {
   const std::pair<const char*, const char*> cases[] = {
@@ -174,8 +174,9 @@ TEST(Cli, ListsRefuseEmptyAndRepeatedItems) {
       {"bench model --synthetic llama3.1-8b --batches 1,,8", "--batches: an empty item in '1,,8'"},
       {"bench model --synthetic llama3.1-8b --batches 8,8", "--batches: 8 is given twice"},
       {"bench model --synthetic llama3.1-8b --prefill 1x512,,2x4", "--prefill: an empty item in '1x512,,2x4'"},
-      {"opcheck --schemes fp32,fp32", "--schemes: 'fp32' is given twice"},
-      {"opcheck --schemes fp32,,nvfp4", "--schemes: an empty item in 'fp32,,nvfp4'"},
+      {"opcheck --schemes fp32,fp32", "scheme list 'fp32,fp32' names the scheme 'fp32' twice"},
+      {"opcheck --schemes sharq,sharq:token", "names the scheme 'sharq' twice"},  // one scheme, two spellings
+      {"opcheck --schemes fp32,,nvfp4", "scheme list 'fp32,,nvfp4' has an empty item"},
       {"opcheck -M 4 --x x.npy", "--m excludes --x"},
       {"opcheck -N 4 --w w.npy", "--n excludes --w"},
       {"opcheck --csv --json", "--csv excludes --json"},
@@ -300,8 +301,8 @@ TEST(Cli, EvalRefusesEmptyInput) {
   EXPECT_EQ(r.status, 1);
   EXPECT_NE(r.out.find("piqa.jsonl: no examples"), std::string::npos) << r.out;
   r = run(base + " --tasks ''");
-  EXPECT_NE(r.status, 0);
-  EXPECT_NE(r.out.find("--tasks: an empty item in ''"), std::string::npos) << r.out;
+  EXPECT_EQ(r.status, 1);
+  EXPECT_NE(r.out.find("--tasks: '' names no task"), std::string::npos) << r.out;
   std::ofstream(dir / "piqa.jsonl") << R"({"query": "a", "choices": "ab", "gold": 0})" "\n";
   r = run(base + " --tasks piqa");
   EXPECT_EQ(r.status, 1);

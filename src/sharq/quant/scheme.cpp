@@ -1,5 +1,7 @@
 #include "sharq/quant/scheme.h"
 
+#include <algorithm>
+
 #include <cstdio>
 #include <map>
 #include <sstream>
@@ -163,7 +165,11 @@ std::vector<Scheme> parse_scheme_list(const std::string& csv) {
   std::stringstream ss(csv);
   for (std::string p; std::getline(ss, p, ',');) {
     if (p.empty()) throw std::invalid_argument(fmt::format("scheme list '{}' has an empty item", csv));
-    out.push_back(parse_scheme(p));
+    const Scheme s = parse_scheme(p);
+    // the same scheme twice (also under two spellings, "sharq" and "sharq:token") would run twice
+    if (std::find(out.begin(), out.end(), s) != out.end())
+      throw std::invalid_argument(fmt::format("scheme list '{}' names the scheme '{}' twice", csv, s.name()));
+    out.push_back(s);
   }
   if (out.empty()) throw std::invalid_argument("empty scheme list");
   if (csv.back() == ',') throw std::invalid_argument(fmt::format("scheme list '{}' has an empty item", csv));

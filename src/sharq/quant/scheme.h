@@ -62,6 +62,7 @@ bool operator==(const Scheme& a, const Scheme& b);
 
 // Throws std::invalid_argument naming the offending word and listing the known ones.
 Scheme parse_scheme(const std::string& text);
+// Throws for an empty item or a scheme given twice (by value: two spellings of one scheme count).
 std::vector<Scheme> parse_scheme_list(const std::string& comma_separated);
 const std::vector<std::string>& scheme_base_names();
 // One line per option, for `sharq schemes` and --help texts.

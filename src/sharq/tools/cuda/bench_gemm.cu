@@ -49,7 +49,8 @@ constexpr LayerShape kShapes[] = {
 const char* const kModels[] = {"llama3.1-8b", "qwen2.5-7b"};
 const char* const kLayerNames[] = {"qkv", "o", "gate_up", "down"};
 
-std::vector<std::string> split_list(const std::string& s) {
+// The items of --model / --layer: an empty item or one given twice is an error naming the flag.
+std::vector<std::string> split_list(const std::string& s, const char* flag) {
   std::vector<std::string> out;
   size_t pos = 0;
   while (pos <= s.size()) {
@@ -58,7 +59,10 @@ std::vector<std::string> split_list(const std::string& s) {
     std::string item = s.substr(pos, end - pos);
     item.erase(0, item.find_first_not_of(" \t"));
     item.erase(item.find_last_not_of(" \t") + 1);
-    if (!item.empty()) out.push_back(item);
+    if (item.empty()) throw std::invalid_argument(fmt::format("bench gemm: {}: an empty item in '{}'", flag, s));
+    if (std::find(out.begin(), out.end(), item) != out.end())
+      throw std::invalid_argument(fmt::format("bench gemm: {}: '{}' is given twice", flag, item));
+    out.push_back(item);
     pos = end + 1;
   }
   return out;
@@ -71,7 +75,6 @@ bool selected(const std::vector<std::string>& list, const char* name) {
 
 template <size_t Count>
 void check_names(const std::vector<std::string>& list, const char* const (&known)[Count], const char* what) {
-  if (list.empty()) throw std::invalid_argument(fmt::format("bench gemm: empty {} list", what));
   for (const auto& n : list) {
     if (n == "all") continue;
     if (std::find_if(std::begin(known), std::end(known), [&](const char* k) { return n == k; }) == std::end(known)) {
@@ -851,7 +854,7 @@ int run_bench_gemm(const BenchGemmOptions& opt_in) {
   if (opt.model.empty()) opt.model = opt.quick ? "llama3.1-8b" : "all";
   if (opt.m.empty())
     opt.m = opt.quick ? std::vector<int64_t>{1, 16, 256, 4096} : std::vector<int64_t>{1, 8, 16, 64, 256, 1024, 4096};
-  const std::vector<std::string> models = split_list(opt.model), layers = split_list(opt.layers);
+  const std::vector<std::string> models = split_list(opt.model, "--model"), layers = split_list(opt.layers, "--layer");
   check_names(models, kModels, "model");
   check_names(layers, kLayerNames, "layer");
   for (int64_t M : opt.m)
