@@ -160,6 +160,9 @@ TEST(Cli, BenchModelOptionsAreChecked) {
   r = run("bench model --synthetic llama3.1-8b --fusion some");
   EXPECT_NE(r.status, 0);
   EXPECT_NE(r.out.find("--fusion: some not in"), std::string::npos) << r.out;
+  r = run("bench model --synthetic llama3.1-8b --reduce-fusion rope");
+  EXPECT_NE(r.status, 0);
+  EXPECT_NE(r.out.find("--reduce-fusion: rope not in"), std::string::npos) << r.out;
 }
 
 // Comma-separated lists: an empty item or an item given twice is an error naming the flag or the list
