@@ -7,8 +7,19 @@
 namespace sharq {
 namespace {
 
+// acc + a * b, the same instruction in every micro-kernel: one rounding (FMA) where the target has
+// FMA, two elsewhere. Written out rather than left to the compiler's contraction, which may treat the
+// tiles differently: GCC's AMD tunings (-march=native on Zen: avoid_fma_chains) split the FMAs of the
+// latency-bound 1- and 2-row tiles into a multiply and an add while keeping them in the taller tiles,
+// so a row's result depended on how many rows shared its step (a batch-1 decode against a batch).
+#if defined(__FMA__) || defined(__ARM_FEATURE_FMA)
+__attribute__((always_inline)) inline float madd(float a, float b, float acc) { return __builtin_fmaf(a, b, acc); }
+#else
+__attribute__((always_inline)) inline float madd(float a, float b, float acc) { return acc + a * b; }  // no FMA instruction: never contracted
+#endif
+
 // MR x NR register tile, k-loop over a decoded panel. Written plainly so that GCC keeps acc in
-// vector registers (MR * NR / lanes <= 12) and vectorizes the j-loop; contraction gives FMAs.
+// vector registers (MR * NR / lanes <= 12) and vectorizes the j-loop.
 template <int MR>
 void micro_kernel(const float* __restrict A, int64_t lda, const float* __restrict B, int kc, float* __restrict C) {
   float acc[MR][kGemmNR];
@@ -18,7 +29,7 @@ void micro_kernel(const float* __restrict A, int64_t lda, const float* __restric
     const float* b = B + k * kGemmNR;
     for (int i = 0; i < MR; ++i) {
       const float a = A[i * lda + k];
-      for (int j = 0; j < kGemmNR; ++j) acc[i][j] += a * b[j];
+      for (int j = 0; j < kGemmNR; ++j) acc[i][j] = madd(a, b[j], acc[i][j]);
     }
   }
   for (int i = 0; i < MR; ++i)

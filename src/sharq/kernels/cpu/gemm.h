@@ -5,9 +5,10 @@
 // (kGemmKC x kGemmNR values, k-major), right before the micro-kernel consumes the panel from L1.
 // Each decoded weight is reused by all M rows, so the decode cost is amortized over M.
 //
-// Parallelism: OpenMP over panels of kGemmNR output columns. Accumulation is FP32; its order (and
-// FMA contraction, allowed in gemm.cpp only) is not part of the numerics contract. Tests bound it
-// against an FP64 reference.
+// Parallelism: OpenMP over panels of kGemmNR output columns. Accumulation is FP32, in k order, one
+// FMA per product where the target has FMA; it is not part of the numerics contract (tests bound it
+// against an FP64 reference), but a row's result never depends on M or on the other rows (the
+// batch-invariance rule: every micro-tile height does the same arithmetic).
 #pragma once
 
 #include <cstddef>
