@@ -14,17 +14,16 @@
 //
 // Tolerance: a per-element bound derived from the arithmetic, not a fitted constant. With r the
 // exact (double) result, S_d = max_j |v_jd - r_d| over the attended keys, n their count, u the unit
-// roundoff of T (BF16 2^-8, FP16 2^-11):
+// roundoff of T (BF16 2^-8, FP16 2^-11). q is T (qk_rope_kv_write's output), so the problems draw q
+// as T values and the reference takes them exactly:
 //   |out_d - r_d| <= u |r_d|  +  (1 + u) c S_d  +  n 2^-23 |r_d|  +  1e-6
 // * u |r_d|: the one rounding of the output to T;
 // * c S_d: error of the softmax weights w_j (sum 1): o - r = sum_j (w~_j - w_j)(v_j - r), so weights
 //   off by a relative e cost at most e S_d;
-//     the decode kernel's FP32 form (FP32 q, scores, exp2, accumulation; head dims without tensor
+//     the decode kernel's FP32 form (scores, exp2, accumulation in FP32; head dims without tensor
 //     cores): c = 1e-4 (FP32 errors are ~1e-6 here: 100x margin);
 //     prefill, and the decode kernel's tensor-core form (head dims 64 and 128,
-//     decode_attention_on_tensor_cores): the reference rounds q to T as the kernel does (so that
-//     rounding is not counted), P is
-//     rounded to T (relative u per weight, 2u after normalisation by the sum of the rounded P; FP16
+//     decode_attention_on_tensor_cores): P is rounded to T (relative u per weight, 2u after normalisation by the sum of the rounded P; FP16
 //     subnormal P adds 2^-25 absolute per weight, the sum being >= 1): c = 2.1 u + n 2^-24 + 1e-4;
 // * n 2^-23 |r_d|: the FP32 row sum (decode: FP32 adds; prefill: the tensor core's FP32 accumulation of
 //   P times ones); 1e-6: FP16 subnormal outputs.
@@ -83,7 +82,7 @@ struct Problem {
   int64_t blocks = 0, M = 0;
   std::vector<uint16_t> k, v;  // [blocks][bs][nkv][hd]; NaN where nothing was written
   std::vector<float> kf, vf;   // decoded (reference only; empty for timing problems)
-  std::vector<float> q;        // M x nh x hd
+  std::vector<float> q;        // M x nh x hd, each a value of T (the kernels' q is T)
   std::vector<int32_t> pos, toff, table;
   std::vector<int64_t> entry_rows;
   std::vector<int32_t> row_seq, seq_toff, seq_nblk;
@@ -133,7 +132,7 @@ Problem make_problem(const Shape& s, const std::vector<SeqSpec>& seqs, uint64_t 
       P.toff.push_back(off);
       P.row_seq.push_back(static_cast<int32_t>(i));
       for (int e = 0; e < s.nh * s.hd; ++e)
-        P.q.push_back(fast ? fast_val() : static_cast<float>(q_sigma * rng.normal()));
+        P.q.push_back(dec(enc(fast ? fast_val() : static_cast<float>(q_sigma * rng.normal()), s.t), s.t));  // T values
     }
     P.entry_rows.push_back(seqs[i].fresh);
   }
@@ -177,7 +176,7 @@ struct Pools {
 struct Step {
   Shape s;
   int64_t M = 0;
-  DeviceBuffer<float> q;
+  DeviceBuffer<uint16_t> q;
   DeviceBuffer<int32_t> pos, toff, table, drows, tiles;
   DeviceBuffer<uint8_t> ws;
   DeviceBuffer<uint16_t> out;
@@ -187,8 +186,10 @@ struct Step {
 
   Step(const Problem& P, const Pools& pools, const Meta& meta, const AttentionWork& w) : s(P.s) {
     M = static_cast<int64_t>(meta.pos.size());
-    q = DeviceBuffer<float>(meta.q.size());
-    q.upload(meta.q.data());
+    std::vector<uint16_t> qt(meta.q.size());
+    for (size_t i = 0; i < qt.size(); ++i) qt[i] = enc(meta.q[i], s.t);
+    q = DeviceBuffer<uint16_t>(qt.size());
+    q.upload(qt.data());
     pos = DeviceBuffer<int32_t>(meta.pos.size());
     pos.upload(meta.pos.data());
     toff = DeviceBuffer<int32_t>(meta.toff.size());
@@ -234,8 +235,8 @@ std::vector<uint16_t> run(const Problem& P, const Pools& pools, const Meta& meta
   return st.result();
 }
 
-// Rows whose kernel rounds q and P to T (the prefill tiles; the decode rows too where the decode kernel
-// runs on tensor cores): check_all uses the rounded reference and bound for them.
+// Rows whose kernel rounds P to T (the prefill tiles; the decode rows too where the decode kernel runs
+// on tensor cores): check_all uses the rounded bound for them.
 std::vector<char> rounded_flags(const AttentionWork& w, const Problem& P) {
   const char dec_rounds = cuda::decode_attention_on_tensor_cores(P.s.hd) ? 1 : 0;
   std::vector<char> f(static_cast<size_t>(P.M), 0);
@@ -267,8 +268,7 @@ std::vector<char> rounded_flags(const AttentionWork& w, const Problem& P) {
     for (int h = 0; h < s.nh; ++h) {
       const int kvh = h / G;
       for (int d = 0; d < s.hd; ++d) {
-        const float x = P.q[(static_cast<size_t>(m) * s.nh + h) * s.hd + d];
-        qd[static_cast<size_t>(d)] = pre ? dec(enc(x, s.t), s.t) : x;
+        qd[static_cast<size_t>(d)] = P.q[(static_cast<size_t>(m) * s.nh + h) * s.hd + d];  // T values
       }
       sc.assign(static_cast<size_t>(n), 0.0);
       base.assign(static_cast<size_t>(n), 0);
@@ -303,7 +303,7 @@ std::vector<char> rounded_flags(const AttentionWork& w, const Problem& P) {
         const double err = std::abs(o - rd);
         if (!(err <= bound)) {  // NaN fails too
           if (bad++ == 0)
-            first = "row " + std::to_string(m) + " (pos " + std::to_string(pos) + (pre ? ", q and P rounded" : ", FP32") +
+            first = "row " + std::to_string(m) + " (pos " + std::to_string(pos) + (pre ? ", P rounded" : ", FP32") +
                     ") head " + std::to_string(h) + " dim " + std::to_string(d) + ": " + std::to_string(o) + " vs " +
                     std::to_string(rd) + ", bound " + std::to_string(bound);
         } else {
@@ -378,7 +378,7 @@ TEST(PagedAttentionPlan, ArgumentErrors) {
   EXPECT_NE(what_of([] { cuda::paged_attention_workspace_bytes(4, 32, 300); }).find("dim"), std::string::npos);
 
   // paged_attention: fake (never dereferenced) device pointers; every error is raised before any CUDA call.
-  auto* fq = reinterpret_cast<float*>(uintptr_t{0x10000});
+  const void* fq = reinterpret_cast<const void*>(uintptr_t{0x10000});
   void* fout = reinterpret_cast<void*>(uintptr_t{0x20000});
   const auto* fi = reinterpret_cast<const int32_t*>(uintptr_t{0x30000});
   cuda::RowMap rows;
@@ -394,7 +394,7 @@ TEST(PagedAttentionPlan, ArgumentErrors) {
   plan.decode_rows = fi;
   plan.n_decode = 4;
   plan.workspace = reinterpret_cast<void*>(uintptr_t{0x60000});
-  auto call = [&](const float* q, int64_t M, int nh, const cuda::RowMap& r, const cuda::PagedKv& k, int64_t window,
+  auto call = [&](const void* q, int64_t M, int nh, const cuda::RowMap& r, const cuda::PagedKv& k, int64_t window,
                   const cuda::AttentionPlan& p) {
     return what_of([&] { cuda::paged_attention(q, M, nh, r, k, window, DType::bf16, p, fout, nullptr); });
   };
@@ -436,7 +436,7 @@ TEST(PagedAttentionPlan, ArgumentErrors) {
     cuda::PagedKv k2 = kv;
     k2.head_dim = 96;  // no prefill kernel
     EXPECT_NE(call(fq, 4, 32, rows, k2, 0, p2).find("head_dim 96"), std::string::npos);
-    EXPECT_NE(call(fq + 1, 4, 32, rows, kv, 0, p2).find("aligned"), std::string::npos);
+    EXPECT_NE(call(static_cast<const char*>(fq) + 2, 4, 32, rows, kv, 0, p2).find("aligned"), std::string::npos);
     p2.n_tiles = -1;
     EXPECT_NE(call(fq, 4, 32, rows, kv, 0, p2).find("prefill tiles"), std::string::npos);
   }
@@ -477,7 +477,7 @@ TEST(PagedAttention, DecodeMatchesReference) {
 // The decode kernel's two forms at the shapes DecodeMatchesReference leaves out: tensor-core head dims
 // with group sizes whose head count per CTA is not a power of two (G 3: 3 heads in a 4-row group; G 6:
 // 6 of 8) or is 2, and the FP32 form at head dims 72 and 96 (16 lanes per key, as 128 had before the
-// tensor cores), and at head_dim 128 with q one float off 8-byte alignment (the tensor-core form loads
+// tensor cores), and at head_dim 128 with q one element off 4-byte alignment (the tensor-core form loads
 // q in pairs, so that call takes the FP32 form and is checked against the FP32 bound).
 TEST(PagedAttention, DecodeFormsAtOtherGroupShapesAndDims) {
   SKIP_WITHOUT_GPU();
@@ -500,11 +500,11 @@ TEST(PagedAttention, DecodeFormsAtOtherGroupShapesAndDims) {
   const Pools pools(P);
   const AttentionWork w = cuda::plan_attention(P.entry_rows, s.hd, false);
   Step st(P, pools, full_meta(P), w);
-  DeviceBuffer<float> shifted(P.q.size() + 1);
-  shifted.upload(std::vector<float>(P.q.size() + 1, 0.0f).data());
+  DeviceBuffer<uint16_t> shifted(P.q.size() + 1);
+  shifted.upload(std::vector<uint16_t>(P.q.size() + 1, 0).data());
   SHARQ_CUDA_CHECK(cudaMemcpy(shifted.get() + 1, st.q.get(), st.q.bytes(), cudaMemcpyDeviceToDevice));
   cuda::paged_attention(shifted.get() + 1, st.M, s.nh, st.rows, st.kv, s.window, s.t, st.plan, st.out.get(), nullptr);
-  EXPECT_TRUE(check_all(P, st.result(), std::vector<char>(static_cast<size_t>(P.M), 0))) << "q 4 bytes off";
+  EXPECT_TRUE(check_all(P, st.result(), std::vector<char>(static_cast<size_t>(P.M), 0))) << "q 2 bytes off";
 }
 
 // Prefill tiles (and some decode rows) of several sequences in one step, against the reference.
@@ -657,7 +657,6 @@ TEST(PagedAttention, DecodeReadsTheNewKeyAfterThePrecedingKernel) {
       SCOPED_TRACE(describe(s));
       const std::vector<SeqSpec> seqs = {{0, 1}, {5, 1}, {8, 1}, {15, 1}, {70, 1}, {600, 1}, {1023, 1}, {1535, 1}};
       Problem P = make_problem(s, seqs, seed++);
-      for (float& x : P.q) x = dec(enc(x, t), t);  // q goes through the T-typed q/k/v rows
       const AttentionWork w = cuda::plan_attention(P.entry_rows, hd, false);
       ASSERT_EQ(w.decode_rows.size(), seqs.size());
       // the q/k/v rows the writer reads: q, then the new K and V of the row's position

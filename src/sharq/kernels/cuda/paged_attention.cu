@@ -17,7 +17,7 @@
 // L / 4 loads of K and of V per lane per step. The copies (cp.async, 16 B; element copies when
 // hd % 8 != 0 or the pools are not 16-byte aligned) go to a per-warp ring of 2 steps (1 for hd > 128),
 // so up to 2 steps are in flight per warp, 16 per CTA; each lane reads back only its own chunks.
-// Scores: FP32 q (pre-scaled by log2(e) / sqrt(hd), registers) . k over the lane's 8 dims for its
+// Scores: q (T, widened to FP32 and pre-scaled by log2(e) / sqrt(hd), registers) . k over the lane's 8 dims for its
 // L / 4 keys x MG heads, summed over the key's L lanes by a reduce-scatter butterfly (each round
 // halves the values a lane carries) into a per-warp [8][MG] buffer; online softmax per step (lane t
 // takes scores t, t + 32 of head t % MG: running max / sum in registers, exp2f, butterflies); PV:
@@ -30,13 +30,13 @@
 // Shared memory: ring 8 warps x stages x 2 x L * 128 B (64 KB for hd 128 and for hd 256; with 128
 // registers per thread, 2 CTAs per SM) + scores 2 KB; the warp / CTA partials alias the ring after
 // the loop. The workspace is not used (its size is kept for the interface).
-// Tensor-core form (TC; head_dim 64 and 128 with 16-byte aligned pools and q 8-byte aligned,
+// Tensor-core form (TC; head_dim 64 and 128 with 16-byte aligned pools and q 4-byte aligned,
 // decode_attention_on_tensor_cores):
 // the same CTAs, key ranges, stages and merges, but a warp's step of 8 keys is two MMA chains: S^T
 // (16 x 8, the gc query heads as rows, zero rows above) = Q K^T by mma m16n8k16 over head_dim, then
 // O^T (head_dim x 8 heads) += V^T P^T by mma m16n8k8, where P (rounded to T) is the B operand exactly
-// as the S^T accumulators hold it; K and V come from the stage by ldmatrix (V transposed). q is rounded
-// to T unscaled and the scale folded into the exponent (the prefill kernel's numerics). Measured on an
+// as the S^T accumulators hold it; K and V come from the stage by ldmatrix (V transposed). q's T pairs
+// are the A fragment's words, unscaled, and the scale is folded into the exponent (the prefill kernel's numerics). Measured on an
 // H200 inside the batch-1 step: the FP32 form's key loop was 4.2 of its 10.2 us per layer (docs/perf/engine.md).
 //
 // ---- Prefill (one CTA = 3 warpgroups per (128-row tile, query head), warp-specialized) -----------
@@ -123,7 +123,7 @@ __device__ __forceinline__ int64_t key_offset(const int32_t* table, int j, int b
 
 // ---- decode ------------------------------------------------------------------------------------
 struct DecodeArgs {
-  const float* q;
+  const uint16_t* q;  // T bits
   const int32_t* drows;  // this launch's rows
   RowMap rows;
   const uint16_t* k;
@@ -307,13 +307,11 @@ __global__ void __launch_bounds__(kDecodeThreads) decode_kernel(const DecodeArgs
     uint32_t qa[NKS][2];
     {
       const bool on = g < gc;
-      const float* qrow = a.q + (static_cast<int64_t>(m) * a.nh + h0 + (on ? g : 0)) * HD + c2;
+      const uint16_t* qrow = a.q + (static_cast<int64_t>(m) * a.nh + h0 + (on ? g : 0)) * HD + c2;
 #pragma unroll
-      for (int j = 0; j < NKS; ++j) {
-        const float2 x0 = on ? *reinterpret_cast<const float2*>(qrow + 16 * j) : make_float2(0.0f, 0.0f);
-        const float2 x1 = on ? *reinterpret_cast<const float2*>(qrow + 16 * j + 8) : make_float2(0.0f, 0.0f);
-        qa[j][0] = pack2<T>(x0.x, x0.y);
-        qa[j][1] = pack2<T>(x1.x, x1.y);
+      for (int j = 0; j < NKS; ++j) {  // q is T already: its pairs are the fragment's words
+        qa[j][0] = on ? *reinterpret_cast<const uint32_t*>(qrow + 16 * j) : 0u;
+        qa[j][1] = on ? *reinterpret_cast<const uint32_t*>(qrow + 16 * j + 8) : 0u;
       }
     }
     float o[NKS][4];
@@ -443,7 +441,9 @@ __global__ void __launch_bounds__(kDecodeThreads) decode_kernel(const DecodeArgs
 #pragma unroll
       for (int e = 0; e < 8; ++e) {
         const int d = li * 8 + e;
-        qr[g][e] = g < gc && d < hd ? a.q[(static_cast<int64_t>(m) * a.nh + h0 + g) * hd + d] * a.qscale : 0.0f;
+        qr[g][e] = g < gc && d < hd
+                       ? to_f(reinterpret_cast<const T*>(a.q)[(static_cast<int64_t>(m) * a.nh + h0 + g) * hd + d]) * a.qscale
+                       : 0.0f;
       }
 
     float acc[MG][8];
@@ -646,7 +646,7 @@ __global__ void __launch_bounds__(kDecodeThreads) decode_kernel(const DecodeArgs
 
 // ---- prefill -----------------------------------------------------------------------------------
 struct PrefillArgs {
-  const float* q;
+  const uint16_t* q;  // T bits
   const int32_t* tiles;
   RowMap rows;
   const uint16_t* k;
@@ -777,21 +777,20 @@ __global__ void __launch_bounds__(kPrefillThreads, 1) prefill_kernel(const Prefi
   pdl_trigger();
   const int nrow = min(64, n - rb);
 
-  {  // Q rows rb .. rb + 63, rounded to T (zero rows past n), into the swizzled Q tile
-    const float* qh = a.q + (static_cast<int64_t>(first + rb) * a.nh + h) * HD;
+  {  // Q rows rb .. rb + 63 (zero rows past n) into the swizzled Q tile, 16-byte chunks as they are
+    const uint16_t* qh = a.q + (static_cast<int64_t>(first + rb) * a.nh + h) * HD;
     const int64_t qstride = static_cast<int64_t>(a.nh) * HD;
-    constexpr int kLoads = 64 * HD / 4 / 128;  // float4 per thread, all in flight at once
-    float4 x[kLoads];
+    constexpr int kLoads = 64 * HD / 8 / 128;  // 16-byte chunks per thread, all in flight at once
+    uint4 x[kLoads];
 #pragma unroll
     for (int i = 0; i < kLoads; ++i) {
-      const int idx = wt + 128 * i, rr = idx / (HD / 4), c4 = idx % (HD / 4);
-      x[i] = rr < nrow ? *reinterpret_cast<const float4*>(qh + rr * qstride + 4 * c4) : make_float4(0, 0, 0, 0);
+      const int idx = wt + 128 * i, rr = idx / (HD / 8), c8 = idx % (HD / 8);
+      x[i] = rr < nrow ? *reinterpret_cast<const uint4*>(qh + rr * qstride + 8 * c8) : make_uint4(0, 0, 0, 0);
     }
 #pragma unroll
     for (int i = 0; i < kLoads; ++i) {
-      const int idx = wt + 128 * i, rr = idx / (HD / 4), c4 = idx % (HD / 4);
-      *reinterpret_cast<uint2*>(smem + C::kQ + swz<C::kQSlab>(rb + rr, c4 >> 1) + 8 * (c4 & 1)) =
-          make_uint2(pack2<T>(x[i].x, x[i].y), pack2<T>(x[i].z, x[i].w));
+      const int idx = wt + 128 * i, rr = idx / (HD / 8), c8 = idx % (HD / 8);
+      *reinterpret_cast<uint4*>(smem + C::kQ + swz<C::kQSlab>(rb + rr, c8)) = x[i];
     }
     {  // this warpgroup's 1 KB of ones (the B operand of the row-sum wgmma)
       uint32_t* w1 = reinterpret_cast<uint32_t*>(smem + C::kOnes + cw * 1024);
@@ -1058,7 +1057,7 @@ void launch_decode(const DecodeArgs& a0, int n_decode, cudaStream_t stream) {
   }
 }
 // The tensor-core form where it applies (decode_attention_on_tensor_cores: head_dim 64 / 128, the
-// pools 16-byte aligned, q 8-byte aligned), the FP32 form otherwise.
+// pools 16-byte aligned, q 4-byte aligned), the FP32 form otherwise.
 template <class T, int MG>
 void launch_decode_l(const DecodeArgs& a, int L, int n_decode, cudaStream_t stream) {
   const bool tc = a.vec && a.q_pairs && decode_attention_on_tensor_cores(a.hd);
@@ -1077,11 +1076,11 @@ void launch_decode_l(const DecodeArgs& a, int L, int n_decode, cudaStream_t stre
 }
 
 template <class T>
-void launch_all(const float* q, int nh, const RowMap& rows, const PagedKv& kv, int64_t window,
+void launch_all(const void* q, int nh, const RowMap& rows, const PagedKv& kv, int64_t window,
                 const AttentionPlan& plan, void* out, float scale_log2, cudaStream_t stream) {
   const int hd = kv.head_dim, G = nh / kv.kv_heads;
   if (plan.n_tiles > 0) {
-    PrefillArgs a{q,
+    PrefillArgs a{static_cast<const uint16_t*>(q),
                   plan.prefill_tiles,
                   rows,
                   static_cast<const uint16_t*>(kv.k),
@@ -1105,7 +1104,7 @@ void launch_all(const float* q, int nh, const RowMap& rows, const PagedKv& kv, i
   }
   if (plan.n_decode > 0) {
     DecodeArgs a{};
-    a.q = q;
+    a.q = static_cast<const uint16_t*>(q);
     a.drows = plan.decode_rows;
     a.rows = rows;
     a.k = static_cast<const uint16_t*>(kv.k);
@@ -1119,7 +1118,7 @@ void launch_all(const float* q, int nh, const RowMap& rows, const PagedKv& kv, i
     a.nkv = kv.kv_heads;
     a.bs = kv.block_size;
     a.vec = hd % 8 == 0 && reinterpret_cast<uintptr_t>(kv.k) % 16 == 0 && reinterpret_cast<uintptr_t>(kv.v) % 16 == 0;
-    a.q_pairs = reinterpret_cast<uintptr_t>(q) % 8 == 0;  // the tensor-core form loads q as float2
+    a.q_pairs = reinterpret_cast<uintptr_t>(q) % 4 == 0;  // the tensor-core form loads q in pairs (words)
     a.qscale = scale_log2;
     const int L = std::max(4, pow2_at_least((hd + 7) / 8));
     const int MG = pow2_at_least(a.gc);
@@ -1179,7 +1178,7 @@ size_t paged_attention_workspace_bytes(int64_t max_rows, int nh, int head_dim) {
   return static_cast<size_t>(rows) * static_cast<size_t>(nh) * kMaxSplits * (static_cast<size_t>(head_dim) + 2) * 4;
 }
 
-void paged_attention(const float* q, int64_t M, int nh, const RowMap& rows, const PagedKv& kv, int64_t window, DType t,
+void paged_attention(const void* q, int64_t M, int nh, const RowMap& rows, const PagedKv& kv, int64_t window, DType t,
                      const AttentionPlan& plan, void* out, cudaStream_t stream) {
   if (M < 0 || M > std::numeric_limits<int32_t>::max())
     throw std::invalid_argument(fmt::format("paged_attention: {} rows", M));

@@ -65,9 +65,9 @@ inline constexpr int kAttentionTileRows = 128;
 // Head dims the prefill kernel is built for; other dims send every row to the decode kernel.
 bool prefill_attention_supports(int head_dim);
 // Head dims for which the decode kernel runs Q K^T and P V on tensor cores (when the pools are
-// 16-byte aligned and q 8-byte aligned, as the engine's buffers are): q and P are then rounded to the
-// cache's type T, as in the prefill kernel; other dims (and unaligned buffers) take the FP32 form (q,
-// scores and weights in FP32).
+// 16-byte aligned and q 4-byte aligned, as the engine's buffers are): P is then rounded to the cache's
+// type T, as in the prefill kernel; other dims (and unaligned buffers) take the FP32 form (scores and
+// weights in FP32).
 bool decode_attention_on_tensor_cores(int head_dim);
 
 // Host side: the plan's contents for a step whose entries have entry_rows[i] new tokens each, laid out
@@ -88,10 +88,11 @@ AttentionWork plan_attention(const std::vector<int64_t>& entry_rows, int head_di
 // interface does not change.)
 size_t paged_attention_workspace_bytes(int64_t max_rows, int nh, int head_dim);
 
-// q: M x nh*hd FP32 (RoPE applied); out: M x nh*hd of `t` (FP16 or BF16, the cache's type too).
+// q: M x nh*hd of `t` (RoPE applied; qk_rope_kv_write's output); out: M x nh*hd of `t` (FP16 or BF16,
+// the cache's type too).
 // plan: every row of the step in exactly one of decode_rows / prefill_tiles (not checked: device data).
 // Prefill tiles need head_dim 64 or 128, and q, kv.k, kv.v 16-byte aligned.
-void paged_attention(const float* q, int64_t M, int nh, const RowMap& rows, const PagedKv& kv, int64_t window, DType t,
+void paged_attention(const void* q, int64_t M, int nh, const RowMap& rows, const PagedKv& kv, int64_t window, DType t,
                      const AttentionPlan& plan, void* out, cudaStream_t stream);
 
 }  // namespace sharq::cuda

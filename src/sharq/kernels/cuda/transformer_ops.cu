@@ -313,7 +313,7 @@ template <class T, int PPL>
 __global__ void __launch_bounds__(kRopeWarps * 32) qk_rope_kernel(
     const T* __restrict__ q, const T* __restrict__ k, const T* __restrict__ v, int64_t ld, int nh,
     const float* __restrict__ q_norm, const float* __restrict__ k_norm, float eps, const float* __restrict__ inv_freq,
-    int interleaved, int vec, RowMap rows, PagedKv kv, float* __restrict__ q_out) {
+    int interleaved, int vec, RowMap rows, PagedKv kv, T* __restrict__ q_out) {
   const int64_t m = blockIdx.x;
   const int warp = static_cast<int>(threadIdx.x >> 5), lane = threadIdx.x & 31;
   const int hd = kv.head_dim, nkv = kv.kv_heads;
@@ -325,10 +325,10 @@ __global__ void __launch_bounds__(kRopeWarps * 32) qk_rope_kernel(
   const rope::Angles<PPL> an = rope::angles<PPL>(pos, inv_freq, hd / 2, lane);
   for (int y = y0; y < nh + nkv; y += ystep) {
     if (y < nh) {
-      float* qo = q_out + (m * nh + y) * hd;
+      T* qo = q_out + (m * nh + y) * hd;
       rope::head<T, PPL>(q + m * ld + static_cast<int64_t>(y) * hd, q_norm, eps, hd, interleaved != 0, vec != 0, an,
-                         lane, [&](int e, float r) { qo[e] = r; },
-                         [&](int e, float r0, float r1) { *reinterpret_cast<float2*>(qo + e) = make_float2(r0, r1); });
+                         lane, [&](int e, float r) { qo[e] = from_f<T>(r); },
+                         [&](int e, float r0, float r1) { *reinterpret_cast<uint32_t*>(qo + e) = pack2<T>(r0, r1); });
     } else {
       const int hh = y - nh;
       const int64_t base = ((static_cast<int64_t>(blk) * kv.block_size + pos % kv.block_size) * nkv + hh) * hd;
@@ -390,11 +390,11 @@ __global__ void residual_kernel(float* __restrict__ x, const T* __restrict__ o, 
 
 unsigned blocks_for(int64_t n) { return static_cast<unsigned>((n + kThreads - 1) / kThreads); }
 
-// rope::head's word loads and stores: the q, k, v rows and the K / V pools 4-byte aligned, q_out 8-byte
-// aligned, and hd / 2 even (rotate-half's second half starts on a word).
-bool rope_vec_ok(const void* q, const void* k, const void* v, int64_t ld, int hd, const float* q_out, const PagedKv& kv) {
+// rope::head's word loads and stores: the q, k, v rows, q_out and the K / V pools 4-byte aligned,
+// and hd / 2 even (rotate-half's second half starts on a word).
+bool rope_vec_ok(const void* q, const void* k, const void* v, int64_t ld, int hd, const void* q_out, const PagedKv& kv) {
   auto al = [](const void* p, uintptr_t n) { return reinterpret_cast<uintptr_t>(p) % n == 0; };
-  return al(q, 4) && al(k, 4) && al(v, 4) && al(kv.k, 4) && al(kv.v, 4) && al(q_out, 8) && ld % 2 == 0 && hd % 4 == 0;
+  return al(q, 4) && al(k, 4) && al(v, 4) && al(kv.k, 4) && al(kv.v, 4) && al(q_out, 4) && ld % 2 == 0 && hd % 4 == 0;
 }
 
 void check_rows(int64_t M, const char* who) {
@@ -456,7 +456,7 @@ void add_rmsnorm(float* x, const void* o, int64_t M, int64_t H, const float* w, 
 
 void qk_rope_kv_write(const void* q, const void* k, const void* v, int64_t ld, int64_t M, int nh, const float* q_norm,
                       const float* k_norm, float eps, const float* inv_freq, bool interleaved, const RowMap& rows,
-                      const PagedKv& kv, DType t, float* q_out, cudaStream_t stream) {
+                      const PagedKv& kv, DType t, void* q_out, cudaStream_t stream) {
   check_rows(M, "qk_rope_kv_write");
   if (M == 0) return;
   if (!q || !k || !v || !inv_freq || !q_out || !kv.k || !kv.v || !rows.pos || !rows.table_off || !rows.table)
@@ -475,7 +475,7 @@ void qk_rope_kv_write(const void* q, const void* k, const void* v, int64_t ld, i
     using T = decltype(tag);
     launch_pdl(qk_rope_kernel<T, decltype(ppl_c)::value>, grid, block, 0, stream, static_cast<const T*>(q),
                static_cast<const T*>(k), static_cast<const T*>(v), ld, nh, q_norm, k_norm, eps, inv_freq,
-               static_cast<int>(interleaved), static_cast<int>(vec), rows, kv, q_out);
+               static_cast<int>(interleaved), static_cast<int>(vec), rows, kv, static_cast<T*>(q_out));
   };
   auto by_ppl = [&](auto tag) {
     if (ppl == 1) go(tag, std::integral_constant<int, 1>{});

@@ -48,14 +48,14 @@ void add_rmsnorm(float* x, const void* o, int64_t M, int64_t H, const float* w, 
                  cudaStream_t stream);
 
 // For each row: optional per-head RMSNorm of q and k (q_norm / k_norm: head_dim weights, or null),
-// RoPE at the row's position, q out as FP32 (M x nh*hd), k and v (nkv*hd values of `t` per row)
+// RoPE at the row's position, q out as `t` (M x nh*hd: paged_attention's input), k and v (nkv*hd values of `t` per row)
 // written into the paged cache at the row's position. q, k and v rows are `ld` elements apart (the
 // fused q/k/v projection's output: q = qkv, k = qkv + nh*hd, v = k + nkv*hd, ld = (nh + 2 nkv) hd).
 // PDL: rows.pos / table_off / table are read before waiting for the preceding kernel, so, as for
 // paged_attention, they must be copied before the step's first kernel.
 void qk_rope_kv_write(const void* q, const void* k, const void* v, int64_t ld, int64_t M, int nh, const float* q_norm,
                       const float* k_norm, float eps, const float* inv_freq, bool interleaved, const RowMap& rows,
-                      const PagedKv& kv, DType t, float* q_out, cudaStream_t stream);
+                      const PagedKv& kv, DType t, void* q_out, cudaStream_t stream);
 
 // out[m][i] = T(silu(gu[m][i]) * gu[m][I + i]) for i < I: gu is the fused gate/up projection's
 // output (M x 2I, gate first), out M x I.

@@ -223,10 +223,10 @@ struct GpuExecutor::Impl {
   std::unique_ptr<GpuActivations> acts_h, acts_q, acts_i;
   DeviceBuffer<uint8_t> workspace, attn_ws;
   // activations (max_batch_tokens rows; logits max_logit_rows)
-  DeviceBuffer<float> x, x2, q32, logits;  // x2: the residual's second buffer (fused norm preps)
+  DeviceBuffer<float> x, x2, logits;  // x2: the residual's second buffer (fused norm preps)
   bool fuse_norm = false;    // the FP4 schemes (EngineOptions): residual add + RMSNorm inside the q/k/v, gate/up preps
   bool fuse_swiglu = false;  // and SwiGLU inside the down projection's prep
-  DeviceBuffer<uint16_t> h, qkvb, att, ob, gub, ab, hn;
+  DeviceBuffer<uint16_t> h, qkvb, qr, att, ob, gub, ab, hn;  // qr: q after RoPE
   // KV cache: n_blocks usable blocks + block n_blocks for the padding rows of decode steps
   DeviceBuffer<uint16_t> kv_pool;
   int64_t n_blocks = 0;
@@ -455,7 +455,7 @@ void GpuExecutor::Impl::build(const ModelConfig& c, const Scheme& sch, const Eng
   E.fuse_swiglu = o.fuse_swiglu && E.layers.front().down->fused_prep();
   E.x = DeviceBuffer<float>(M * E.H);
   if (E.fuse_norm) E.x2 = DeviceBuffer<float>(M * E.H);
-  E.q32 = DeviceBuffer<float>(M * E.qd);
+  E.qr = DeviceBuffer<uint16_t>(M * E.qd);
   E.logits = DeviceBuffer<float>(R * E.V);
   E.h = DeviceBuffer<uint16_t>(M * E.H);
   E.qkvb = DeviceBuffer<uint16_t>(M * E.qkvd);
@@ -625,9 +625,9 @@ void GpuExecutor::Impl::forward(int64_t M, int64_t R, const AttentionPlan& plan)
     L.qkv->gemm(*E.acts_h, E.qkvb.get(), st, ws);
     mark(kRope);
     qk_rope_kv_write(qkv, qkv + E.qd, qkv + E.qd + E.kvd, E.qkvd, M, nh, L.q_norm.get(), L.k_norm.get(), eps,
-                     E.inv_freq.get(), c.rope_interleaved, rows, kv, E.t, E.q32.get(), st);
+                     E.inv_freq.get(), c.rope_interleaved, rows, kv, E.t, E.qr.get(), st);
     mark(kAttention);
-    paged_attention(E.q32.get(), M, nh, rows, kv, c.sliding_window, E.t, plan, E.att.get(), st);
+    paged_attention(E.qr.get(), M, nh, rows, kv, c.sliding_window, E.t, plan, E.att.get(), st);
     mark(kPrep);
     L.o->prepare(E.att.get(), M, acts_q, st);
     gemm_to_residual(*L.o, acts_q, L.mlp_norm.get());
