@@ -307,10 +307,13 @@ __device__ __forceinline__ void head(const T* __restrict__ src, const float* __r
 // one row's heads (measured, H200: one block per row at every M took a batch-1 decode step's RoPE
 // from 193 to 243 us, mean of six schemes, and left the 2048-row prefill's within noise).
 // PPL = rope::ppl_for(hd), a template argument so that the unrolled loops stay as short as the head.
+// Up to 2 pairs per lane (head_dim <= 128) the kernel is held to 40 registers, 6 blocks per SM (it
+// needed 47, 5 blocks, with no spill at 40; Nsight Compute on the 2048-row prefill, H200: latency-bound,
+// 21% of the DRAM rate, 54% occupancy).
 constexpr int kRopeWarps = 8;
 constexpr int64_t kRopeRowsPerBlockFrom = 256;  // M from which a block takes a whole row
 template <class T, int PPL>
-__global__ void __launch_bounds__(kRopeWarps * 32) qk_rope_kernel(
+__global__ void __launch_bounds__(kRopeWarps * 32, PPL <= 2 ? 6 : 1) qk_rope_kernel(
     const T* __restrict__ q, const T* __restrict__ k, const T* __restrict__ v, int64_t ld, int nh,
     const float* __restrict__ q_norm, const float* __restrict__ k_norm, float eps, const float* __restrict__ inv_freq,
     int interleaved, int vec, RowMap rows, PagedKv kv, T* __restrict__ q_out) {
@@ -320,9 +323,24 @@ __global__ void __launch_bounds__(kRopeWarps * 32) qk_rope_kernel(
   const int y0 = static_cast<int>(blockIdx.y) * kRopeWarps + warp, ystep = static_cast<int>(gridDim.y) * kRopeWarps;
   const int pos = rows.pos[m];  // step metadata: copied before the step's first kernel
   const int32_t blk = rows.table[rows.table_off[m] + pos / kv.block_size];
+  // The angles depend on the metadata and the model's frequencies only: computed before waiting on
+  // the preceding kernel, each pair's once per block (every warp of a block works on the same row),
+  // and shared through shared memory (the same sincosf of the same product as a warp computing them).
+  __shared__ float cs[2][32 * PPL];
+  for (int p = static_cast<int>(threadIdx.x); p < 32 * PPL; p += kRopeWarps * 32) {
+    const rope::Angles<1> one = rope::angles<1>(pos, inv_freq, hd / 2, p);
+    cs[0][p] = one.c[0];
+    cs[1][p] = one.s[0];
+  }
+  __syncthreads();
+  rope::Angles<PPL> an;
+#pragma unroll
+  for (int j = 0; j < PPL; ++j) {
+    an.c[j] = cs[0][lane * PPL + j];
+    an.s[j] = cs[1][lane * PPL + j];
+  }
   pdl_wait();
   pdl_trigger();
-  const rope::Angles<PPL> an = rope::angles<PPL>(pos, inv_freq, hd / 2, lane);
   for (int y = y0; y < nh + nkv; y += ystep) {
     if (y < nh) {
       T* qo = q_out + (m * nh + y) * hd;
