@@ -68,7 +68,11 @@
 // Both kernels are launched with programmatic stream serialization (PDL, as the FP4 GEMMs): a kernel
 // may start while its predecessor drains and reads only the step metadata (rows, positions, block
 // tables: copied before the step's first kernel) before griddepcontrol.wait; q, the cache and the
-// output are touched only after it. Every CTA executes griddepcontrol.wait before it exits.
+// output are touched only after it. Every CTA executes griddepcontrol.wait before it exits. The decode
+// kernel does not trigger its dependents early (they launch at its completion): an FP4 GEMM launched
+// during it prefetches its weights while the key loop is latency-bound on the cache, and W4A16's
+// batch-1 step measured 1-2 points more time outside the linears with the trigger at the kernel's
+// start or after its key loop (H200, docs/perf/engine.md, twelfth increment).
 #include "sharq/kernels/cuda/paged_attention.h"
 
 #include <cooperative_groups.h>
@@ -299,7 +303,6 @@ __global__ void __launch_bounds__(kDecodeThreads) decode_kernel(const DecodeArgs
     for (int st = 0; st < NST; ++st) table_step(st, tb0[st], rm0[st]);
     table_step(NST, tbn, rmn);
     pdl_wait();  // q and the cache (written by the preceding kernel) from here on; every CTA waits
-    pdl_trigger();
 #pragma unroll
     for (int st = 0; st < NST; ++st) issue(st, st, tb0[st], rm0[st]);
 
@@ -431,7 +434,6 @@ __global__ void __launch_bounds__(kDecodeThreads) decode_kernel(const DecodeArgs
     table_step(NST, tbn, rmn);
     pdl_wait();  // q and the cache (written by the preceding kernel) from here on; every CTA waits (a
                  // PDL grid must not complete before its primary)
-    pdl_trigger();
 #pragma unroll
     for (int st = 0; st < NST; ++st) issue(st, st, tb0[st], rm0[st]);
 
