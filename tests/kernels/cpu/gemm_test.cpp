@@ -63,8 +63,9 @@ TEST(CpuGemm, MatchesAnFp64ReferenceWithinTheFp32Bound) {
         }
         const double s = static_cast<double>(rs[m]) * cs[n];
         const double ref = s * dot + bias[n];
-        // K FP32 roundings of the running sum (each <= 2^-24 of it, so of mag) and the two of the
-        // scaling and the bias add
+        // the running sum's FP32 roundings, at most (K + 1) 2^-24 mag with or without FMA (K adds,
+        // each <= 2^-24 of a partial sum <= mag; without FMA the products' roundings add <= 2^-24
+        // mag in all), and the three of rs * cs, s * C and + bias
         const double bound = std::fabs(s) * (K + 2) * 0x1p-24 * mag + 0x1p-22 * (std::fabs(ref) + std::fabs(bias[n]));
         ASSERT_LE(std::fabs(Y[m * N + n] - ref), bound) << "m " << m << " n " << n;
       }

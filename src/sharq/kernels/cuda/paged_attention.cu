@@ -48,7 +48,7 @@
 // count 128). K and V are released separately (emptyK after Q K^T, emptyV after P V), and the
 // producer waits on them before reusing a stage: 2 stages for HD 128, 3 for HD 64.
 // Warpgroups 1 and 2, the consumers (setmaxnreg.inc 232): rows 0..63 and 64..127 of the tile (a
-// warpgroup without rows exits and the empty counts leave it out). Each rounds its q rows to T into
+// warpgroup without rows exits and the empty counts leave it out). Each copies its q rows (T) into
 // the swizzled Q tile and runs every block of the tile (a block past its own rows' keys is masked to
 // P = 0). Per block b: S(b) = Q K(b)^T by wgmma (m64n128k16, Q and K both K-major in shared memory) is
 // issued together with O += P(b-1) V(b-1) (P from registers in the A-fragment layout the S accumulator
@@ -250,8 +250,8 @@ __global__ void __launch_bounds__(kDecodeThreads) decode_kernel(const DecodeArgs
     // Tensor cores (head_dim = 8 L = 64 or 128, 16-byte aligned pools): per step of 8 keys,
     // S^T (16 x 8: query heads x keys; heads >= gc are zero rows of Q) = Q K^T by mma m16n8k16 over
     // head_dim, then O^T (head_dim x 8 heads) += V^T P^T by mma m16n8k8, so that P, rounded to T,
-    // is the B operand straight from the S^T accumulators (lane: head g, keys c, c + 1). q is rounded
-    // to T unscaled and the scale is folded into the exponent, as in the prefill kernel; the row sums
+    // is the B operand straight from the S^T accumulators (lane: head g, keys c, c + 1). q's T pairs
+    // are the A fragment's words, unscaled, and the scale is folded into the exponent, as in the prefill kernel; the row sums
     // add P as rounded. A stage holds the step's 8 K rows and 8 V rows of head_dim elements, the
     // 16-byte chunk c of row r at chunk c ^ r (conflict-free ldmatrix); rows past the warp's keys are
     // zero-filled.

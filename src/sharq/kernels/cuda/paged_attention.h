@@ -3,14 +3,15 @@
 // own sequence at positions max(0, pos + 1 - window) .. pos (window 0: all), which the step has
 // already written into the cache. GQA: query head h reads KV head h / (nh / nkv). Scores
 // q.k / sqrt(hd) and the softmax in FP32, FP32 accumulation, out rounded once to T (FP16 / BF16);
-// the tensor-core kernels round q and the softmax weights P to T (below).
+// q comes in T (qk_rope_kv_write's output); the tensor-core kernels round the softmax weights P to T
+// (below).
 //
 // Two kernels share the step, chosen per row on the host (plan_attention):
 //
 //   decode  (entries of 1 row, or every row in batch-invariant mode, or head dims the prefill kernel
 //           lacks): split-KV flash-decoding in ONE launch, on tensor cores for head_dim 64 / 128
-//           (decode_attention_on_tensor_cores: q and P rounded to T as in the prefill kernel), on
-//           CUDA cores with FP32 q, scores and weights for other head dims. One thread-block
+//           (decode_attention_on_tensor_cores: P rounded to T as in the prefill kernel), on CUDA
+//           cores with q widened to FP32 and FP32 scores and weights for other head dims. One thread-block
 //           cluster of 8 CTAs (8 warps each) per (row, group of <= 8 query heads of one KV head): each
 //           K/V row is loaded once (cp.async, 16 B) and serves every query head of the group. A row's
 //           attended range of len = pos + 1 - j0 keys is cut by a rule of len only:
@@ -26,8 +27,7 @@
 //           CTA per (tile, query head), a producer warpgroup that copies key blocks of 128 through
 //           the block table (cp.async onto mbarriers, 2-3 stages) and two consumer warpgroups of
 //           64 query rows each, wgmma with FP32 accumulation for Q K^T (both operands in shared
-//           memory) and P V (P from registers): q is rounded to T when loaded and P to T for the
-//           second product (the row sum uses the rounded P, so the weights stay a convex
+//           memory) and P V (P from registers): P is rounded to T for the second product (the row sum uses the rounded P, so the weights stay a convex
 //           combination).
 //
 // Both kernels are launched with grids that depend only on the host counts (n_decode, n_tiles, nh):

@@ -215,7 +215,7 @@ __device__ __forceinline__ Angles<PPL> angles(int pos, const float* __restrict__
 // stored exactly once, by store1(e, value) or, for two adjacent elements, store2(e, value_e,
 // value_e+1) (e even). Every lane of the warp calls it (the norm is a warp butterfly).
 // vec: src and the destination allow words (hd / 2 even for rotate-half): pairs of elements load as
-// one word and store as one (32-bit T, 64-bit FP32), with the same arithmetic per element.
+// one word and store as one (32 bits: two T), with the same arithmetic per element.
 template <class T, int PPL, class Store1, class Store2>
 __device__ __forceinline__ void head(const T* __restrict__ src, const float* __restrict__ nw, float eps, int hd,
                                      bool interleaved, bool vec, const Angles<PPL>& an, int lane, Store1&& store1,

@@ -52,9 +52,10 @@ std::vector<Prefill> parse_prefill(const std::vector<std::string>& v) {
   return out;
 }
 
-double median(std::vector<double> v) {
+double median(std::vector<double> v) {  // v not empty; an even count gives the mean of the middle two
   std::sort(v.begin(), v.end());
-  return v[v.size() / 2];
+  const size_t n = v.size();
+  return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
 }
 
 struct SchemeResult {
@@ -361,7 +362,7 @@ int run_bench_model(const BenchModelOptions& o) {
                         f8 ? r.decode_tps[0] / f8->decode_tps[0] : 0.0);
     std::printf("%s\n", line.c_str());
   }
-  std::printf("(pf: prefill latency, wall time of one step, median of 3; tok/s: decode after %lld tokens of context; "
+  std::printf("(pf: prefill latency, wall time of one step, median of 3 (of 5 for a 1x2048 entry); tok/s: decode after %lld tokens of context; "
               "dec/fp16, dec/fp8: batch-1 decode tok/s ratio)\n",
               static_cast<long long>(o.context));
 
