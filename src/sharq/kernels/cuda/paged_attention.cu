@@ -17,8 +17,8 @@
 // L / 4 loads of K and of V per lane per step. The copies (cp.async, 16 B; element copies when
 // hd % 8 != 0 or the pools are not 16-byte aligned) go to a per-warp ring of 2 steps (1 for hd > 128),
 // so up to 2 steps are in flight per warp, 16 per CTA; each lane reads back only its own chunks.
-// Scores: q (T, widened to FP32 and pre-scaled by log2(e) / sqrt(hd), registers) . k over the lane's 8 dims for its
-// L / 4 keys x MG heads, summed over the key's L lanes by a reduce-scatter butterfly (each round
+// Scores: q (T, widened to FP32 and pre-scaled by log2(e) / sqrt(hd), registers) . k over the
+// lane's 8 dims for its L / 4 keys x MG heads, summed over the key's L lanes by a reduce-scatter butterfly (each round
 // halves the values a lane carries) into a per-warp [8][MG] buffer; online softmax per step (lane t
 // takes scores t, t + 32 of head t % MG: running max / sum in registers, exp2f, butterflies); PV:
 // acc[g][8] += p * v per lane (rescaled only when a head's max moved). After the loop: the warp's key
@@ -36,8 +36,9 @@
 // (16 x 8, the gc query heads as rows, zero rows above) = Q K^T by mma m16n8k16 over head_dim, then
 // O^T (head_dim x 8 heads) += V^T P^T by mma m16n8k8, where P (rounded to T) is the B operand exactly
 // as the S^T accumulators hold it; K and V come from the stage by ldmatrix (V transposed). q's T pairs
-// are the A fragment's words, unscaled, and the scale is folded into the exponent (the prefill kernel's numerics). Measured on an
-// H200 inside the batch-1 step: the FP32 form's key loop was 4.2 of its 10.2 us per layer (docs/perf/engine.md).
+// are the A fragment's words, unscaled, and the scale is folded into the exponent (the prefill
+// kernel's numerics). Measured on an H200 inside the batch-1 step: the FP32 form's key loop was 4.2
+// of its 10.2 us per layer (docs/perf/engine.md).
 //
 // ---- Prefill (one CTA = 3 warpgroups per (128-row tile, query head), warp-specialized) -----------
 // Key blocks of 128 from the tile's first row's window start to its last row's position.
@@ -251,8 +252,8 @@ __global__ void __launch_bounds__(kDecodeThreads) decode_kernel(const DecodeArgs
     // S^T (16 x 8: query heads x keys; heads >= gc are zero rows of Q) = Q K^T by mma m16n8k16 over
     // head_dim, then O^T (head_dim x 8 heads) += V^T P^T by mma m16n8k8, so that P, rounded to T,
     // is the B operand straight from the S^T accumulators (lane: head g, keys c, c + 1). q's T pairs
-    // are the A fragment's words, unscaled, and the scale is folded into the exponent, as in the prefill kernel; the row sums
-    // add P as rounded. A stage holds the step's 8 K rows and 8 V rows of head_dim elements, the
+    // are the A fragment's words, unscaled, and the scale is folded into the exponent, as in the
+    // prefill kernel; the row sums add P as rounded. A stage holds the step's 8 K rows and 8 V rows of head_dim elements, the
     // 16-byte chunk c of row r at chunk c ^ r (conflict-free ldmatrix); rows past the warp's keys are
     // zero-filled.
     constexpr int HD = L * 8;

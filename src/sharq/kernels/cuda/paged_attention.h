@@ -11,8 +11,8 @@
 //   decode  (entries of 1 row, or every row in batch-invariant mode, or head dims the prefill kernel
 //           lacks): split-KV flash-decoding in ONE launch, on tensor cores for head_dim 64 / 128
 //           (decode_attention_on_tensor_cores: P rounded to T as in the prefill kernel), on CUDA
-//           cores with q widened to FP32 and FP32 scores and weights for other head dims. One thread-block
-//           cluster of 8 CTAs (8 warps each) per (row, group of <= 8 query heads of one KV head): each
+//           cores with q widened to FP32 and FP32 scores and weights for other head dims. One
+//           thread-block cluster of 8 CTAs (8 warps each) per (row, group of <= 8 query heads of one KV head): each
 //           K/V row is loaded once (cp.async, 16 B) and serves every query head of the group. A row's
 //           attended range of len = pos + 1 - j0 keys is cut by a rule of len only:
 //               W = max(8, round_up(ceil(len / 64), 8)) keys per warp, warp k of the cluster the k-th
@@ -27,8 +27,8 @@
 //           CTA per (tile, query head), a producer warpgroup that copies key blocks of 128 through
 //           the block table (cp.async onto mbarriers, 2-3 stages) and two consumer warpgroups of
 //           64 query rows each, wgmma with FP32 accumulation for Q K^T (both operands in shared
-//           memory) and P V (P from registers): P is rounded to T for the second product (the row sum uses the rounded P, so the weights stay a convex
-//           combination).
+//           memory) and P V (P from registers): P is rounded to T for the second product (the
+//           row sum uses the rounded P, so the weights stay a convex combination).
 //
 // Both kernels are launched with grids that depend only on the host counts (n_decode, n_tiles, nh):
 // no allocation, no host synchronization, capturable in a CUDA graph. Decode CTAs without keys of their
