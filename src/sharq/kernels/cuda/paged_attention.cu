@@ -42,11 +42,13 @@
 //
 // ---- Prefill (one CTA = 3 warpgroups per (128-row tile, query head), warp-specialized) -----------
 // Key blocks of 128 from the tile's first row's window start to its last row's position.
-// Warpgroup 0, the producer (setmaxnreg.dec 40): per block, one key offset per thread through the
-// block table into shared memory (the next block's table read issued early), then the block's K and
-// V rows by cp.async (16 B, zero-filled past the last key) into the stage's 128B-swizzled tiles; each
-// thread's completion arrives on the stage's fullK / fullV mbarrier (cp.async.mbarrier.arrive.noinc,
-// count 128). K and V are released separately (emptyK after Q K^T, emptyV after P V), and the
+// Warpgroup 0, the producer (setmaxnreg.dec 40): two threads per key, each thread two keys of a block
+// (offsets through the block table in registers, the next block's looked up before the current block's
+// copies), then the block's K and V rows by cp.async (16 B, zero-filled past the last key; a warp's
+// copy reads whole 32-byte sectors) into the stage's 128B-swizzled tiles; each thread's completion
+// arrives on the stage's fullK / fullV mbarrier (cp.async.mbarrier.arrive.noinc, count 128). (With one
+// key offset per thread shared through shared memory, about 20 instructions per copy, the producer
+// was the kernel's limit: 124.5 against 91.6 us per layer, H200, docs/perf/engine.md.) K and V are released separately (emptyK after Q K^T, emptyV after P V), and the
 // producer waits on them before reusing a stage: 2 stages for HD 128, 3 for HD 64.
 // Warpgroups 1 and 2, the consumers (setmaxnreg.inc 232): rows 0..63 and 64..127 of the tile (a
 // warpgroup without rows exits and the empty counts leave it out). Each copies its q rows (T) into
@@ -62,8 +64,8 @@
 // wgmma (ping-pong, named barriers 4 and 5), so one's softmax overlaps the other's products. The
 // register A operand P stays live (fence_regs) until the wait that retires its reads: wgmma reads
 // registers asynchronously and the compiler could otherwise reuse them. Output: O times the row's
-// reciprocal sum. Shared memory: Q 128 x HD, the K and V stages, key offsets, ones: 165 KiB for HD
-// 128, 118 KiB for HD 64, one CTA per SM. The grid runs the heads fastest and the tiles from the last
+// reciprocal sum. Shared memory: Q 128 x HD, the K and V stages, ones: 163 KiB for HD
+// 128, 115 KiB for HD 64, one CTA per SM. The grid runs the heads fastest and the tiles from the last
 // one (the longest causal ranges first), in launches of at most 65535 tiles.
 //
 // Both kernels are launched with programmatic stream serialization (PDL, as the FP4 GEMMs): a kernel
@@ -677,8 +679,7 @@ struct PrefillCfg {
   static constexpr uint32_t kQ = 0;                                          // Q [slab][row][128 B]
   static constexpr uint32_t kK = kSlabs * kQSlab;                            // K [stage][slab][key][128 B]
   static constexpr uint32_t kV = kK + kStages * kKvBytes;                    // V [stage][slab][key][128 B]
-  static constexpr uint32_t kOff = kV + kStages * kKvBytes;                  // int64 key offsets [stage][BN]
-  static constexpr uint32_t kOnes = kOff + kStages * kPrefillKeys * 8;       // 2 x 1 KB of ones (T)
+  static constexpr uint32_t kOnes = kV + kStages * kKvBytes;                 // 2 x 1 KB of ones (T)
   static constexpr uint32_t kBar = kOnes + 2048;                             // fullK, fullV, emptyK, emptyV [stage]
   static constexpr size_t kSmem = kBar + 4 * kStages * 8 + 1024;           // + base alignment (1024 B)
   static_assert(kSmem <= 227 * 1024, "shared memory");
@@ -733,39 +734,50 @@ __global__ void __launch_bounds__(kPrefillThreads, 1) prefill_kernel(const Prefi
     const int tid = static_cast<int>(threadIdx.x);
     const int32_t* table = a.rows.table + a.rows.table_off[first];
     const int64_t tok_stride = static_cast<int64_t>(a.nkv) * HD, head_off = static_cast<int64_t>(kvh) * HD;
-    int64_t* koff = reinterpret_cast<int64_t*>(smem + C::kOff);
     pdl_wait();
     pdl_trigger();
-    // this thread's 16-byte chunk c of keys key0 + KS i (KS a multiple of 8: the swizzle row phase is fixed)
-    constexpr int KS = 128 / CH;
-    const int c = tid % CH, key0 = tid / CH;
-    const uint32_t dst0 = swz<C::kKvSlab>(key0, c);
-    auto offset_of = [&](int b) {  // key k_lo + b BN + tid's row offset in the pools (-1: past the last key)
-      const int j = k_lo + b * BN + tid;  // BN = 128 = producer threads: one key offset each
-      return j <= k_hi ? key_offset(table, j, a.bs, tok_stride, head_off) : int64_t{-1};
-    };
-    auto copies = [&](const uint16_t* pool, uint32_t dst, const int64_t* ko) {
-#pragma unroll 4
-      for (int i = 0; i < BN / KS; ++i) {
-        const int64_t o = ko[key0 + KS * i];
-        cp_async16_zfill(dst + dst0 + static_cast<uint32_t>(KS * i) * 128u, o >= 0 ? pool + o + 8 * c : pool,
-                         o >= 0 ? 16u : 0u);
+    // Two threads per key (h = tid & 1): thread tid copies keys kk = tid / 2 and kk + 64 of each block,
+    // their 16-byte chunks 2 j + h, so each copy instruction of a warp reads 16 whole 32-byte sectors.
+    // A key's offset comes from the block table in registers (one lookup per key, the next block's
+    // issued before the current block's copies); a key past the last one is zero-filled.
+    // Chunk 2 j + h of key k lands at swz(k, 2 j + h) = (j / 4) slab + 128 k + ((2 j mod 8) ^ h ^ (k mod 8)) 16
+    // (2 j mod 8 is even, so its OR with h is an XOR); kk and kk + 64 share k mod 8.
+    static_assert(BN == 128 && CH % 2 == 0, "two threads per key, 64 keys per pass");
+    const int h = tid & 1, kk = tid >> 1;
+    const uint32_t x = static_cast<uint32_t>(h ^ (kk & 7)) << 4, row = static_cast<uint32_t>(kk) * 128u;
+    auto offsets_of = [&](int b, int64_t (&o)[2]) {
+#pragma unroll
+      for (int p = 0; p < 2; ++p) {
+        const int j = k_lo + b * BN + kk + 64 * p;
+        o[p] = j <= k_hi ? key_offset(table, j, a.bs, tok_stride, head_off) : int64_t{-1};
       }
     };
-    int64_t off = offset_of(0);
+    auto copies = [&](const uint16_t* pool, uint32_t dst, const int64_t (&o)[2]) {
+#pragma unroll
+      for (int p = 0; p < 2; ++p) {
+        const uint16_t* src = pool + (o[p] >= 0 ? o[p] : 0) + 8 * h;
+        const uint32_t bytes = o[p] >= 0 ? 16u : 0u, d = dst + row + static_cast<uint32_t>(p) * 64u * 128u;
+#pragma unroll
+        for (int j = 0; j < CH / 2; ++j)
+          cp_async16_zfill(d + static_cast<uint32_t>(j >> 2) * C::kKvSlab + ((static_cast<uint32_t>((2 * j) & 7) << 4) ^ x),
+                           src + 16 * j, bytes);
+      }
+    };
+    int64_t off[2], next[2] = {-1, -1};
+    offsets_of(0, off);
 #pragma unroll 1
     for (int b = 0; b < nblk; ++b) {
       const int s = b % S;
       const uint32_t reuse = static_cast<uint32_t>((b / S - 1) & 1);  // the phase that frees the stage
+      if (b + 1 < nblk) offsets_of(b + 1, next);  // the next block's table reads, early
       if (b >= S) mbar_wait(emptyk + 8 * s, reuse);
-      koff[s * BN + tid] = off;
-      asm volatile("bar.sync 1, 128;\n" ::: "memory");
-      off = b + 1 < nblk ? offset_of(b + 1) : int64_t{-1};  // the next block's table read, early
-      copies(a.k, sm + C::kK + s * C::kKvBytes, koff + s * BN);
+      copies(a.k, sm + C::kK + s * C::kKvBytes, off);
       cp_async_mbar_arrive(fullk + 8 * s);
       if (b >= S) mbar_wait(emptyv + 8 * s, reuse);
-      copies(a.v, sm + C::kV + s * C::kKvBytes, koff + s * BN);
+      copies(a.v, sm + C::kV + s * C::kKvBytes, off);
       cp_async_mbar_arrive(fullv + 8 * s);
+      off[0] = next[0];
+      off[1] = next[1];
     }
     cp_async_wait<0>();
     return;
