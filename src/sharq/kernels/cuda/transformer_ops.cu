@@ -211,25 +211,36 @@ __device__ __forceinline__ Angles<PPL> angles(int pos, const float* __restrict__
   return r;
 }
 
-// The head src[0 .. hd) (optionally RMS-normed with weight nw), rotated: every element e < hd is
-// stored exactly once, by store1(e, value) or, for two adjacent elements, store2(e, value_e,
-// value_e+1) (e even). Every lane of the warp calls it (the norm is a warp butterfly).
+// A head's values, pair p = lane * PPL + j of the lane as (x0[j], x1[j]) (zeros past hd / 2).
+template <int PPL>
+struct Pairs {
+  float x0[PPL], x1[PPL];
+};
+
+// The loads of the head src[0 .. hd) (load) and its rotation (optionally RMS-normed with weight nw) and
+// stores (rotate_store). (A warp issuing its next head's loads before this head's arithmetic measured
+// slower: +95 us of RoPE per 2048-row fp16 prefill, H200.) rotate_store stores every element e < hd exactly once, by store1(e, value) or, for two
+// adjacent elements, store2(e, value_e, value_e+1) (e even). Every lane of the warp calls it (the norm
+// is a warp butterfly).
 // vec: src and the destination allow words (hd / 2 even for rotate-half): pairs of elements load as
 // one word and store as one (32 bits: two T), with the same arithmetic per element.
-template <class T, int PPL, class Store1, class Store2>
-__device__ __forceinline__ void head(const T* __restrict__ src, const float* __restrict__ nw, float eps, int hd,
-                                     bool interleaved, bool vec, const Angles<PPL>& an, int lane, Store1&& store1,
-                                     Store2&& store2) {
+// IL (interleaved pairs) and NORM (the q/k norm, applied where nw is not null) are compile-time, so
+// that a head costs its loads, rotations and stores only (measured, H200: with both as runtime flags
+// the 2048-row prefill's kernel issued about 130 instructions per query head, 61% of issue slots busy).
+template <class T, int PPL, bool IL>
+__device__ __forceinline__ Pairs<PPL> load(const T* __restrict__ src, int hd, bool vec, int lane) {
   const int half = hd / 2;
-  float x0[PPL], x1[PPL];
+  Pairs<PPL> x;
+  float (&x0)[PPL] = x.x0;
+  float (&x1)[PPL] = x.x1;
 #pragma unroll
   for (int j = 0; j < PPL; ++j) x0[j] = x1[j] = 0.0f;  // pairs past hd / 2 (and before the word loads fill them)
-  if (vec && (interleaved || PPL % 2 == 0)) {
+  if (vec && (IL || PPL % 2 == 0)) {
     // one 32-bit word per pair (interleaved) or per two pairs of each half (rotate-half)
 #pragma unroll
     for (int j = 0; j < PPL; ++j) {
       const int p = lane * PPL + j;
-      if (interleaved) {
+      if constexpr (IL) {
         if (p < half) {
           const uint32_t w = *reinterpret_cast<const uint32_t*>(src + 2 * p);
           x0[j] = to_f(reinterpret_cast<const T*>(&w)[0]);
@@ -251,13 +262,23 @@ __device__ __forceinline__ void head(const T* __restrict__ src, const float* __r
     for (int j = 0; j < PPL; ++j) {
       const int p = lane * PPL + j;
       if (p < half) {
-        x0[j] = to_f(src[interleaved ? 2 * p : p]);
-        x1[j] = to_f(src[interleaved ? 2 * p + 1 : p + half]);
+        x0[j] = to_f(src[IL ? 2 * p : p]);
+        x1[j] = to_f(src[IL ? 2 * p + 1 : p + half]);
       }
     }
   }
+  return x;
+}
+
+template <class T, int PPL, bool IL, bool NORM, class Store1, class Store2>
+__device__ __forceinline__ void rotate_store(const Pairs<PPL>& x, const float* __restrict__ nw, float eps, int hd,
+                                             bool vec, const Angles<PPL>& an, int lane, Store1&& store1,
+                                             Store2&& store2) {
+  const int half = hd / 2;
+  const float(&x0)[PPL] = x.x0;
+  const float(&x1)[PPL] = x.x1;
   float inv = 1.0f;
-  if (nw) {
+  if (NORM && nw) {
     float ss = 0.0f;
 #pragma unroll
     for (int j = 0; j < PPL; ++j) ss += x0[j] * x0[j] + x1[j] * x1[j];  // zeros past hd / 2
@@ -268,12 +289,13 @@ __device__ __forceinline__ void head(const T* __restrict__ src, const float* __r
 #pragma unroll
   for (int j = 0; j < PPL; ++j) {
     const int p = lane * PPL + j;
-    const int a = interleaved ? 2 * p : p, b = interleaved ? 2 * p + 1 : p + half;
-    const float u0 = nw && p < half ? nw[a] * (x0[j] * inv) : x0[j], u1 = nw && p < half ? nw[b] * (x1[j] * inv) : x1[j];
+    const int a = IL ? 2 * p : p, b = IL ? 2 * p + 1 : p + half;
+    const bool nj = NORM && nw && p < half;
+    const float u0 = nj ? nw[a] * (x0[j] * inv) : x0[j], u1 = nj ? nw[b] * (x1[j] * inv) : x1[j];
     r0[j] = u0 * an.c[j] - u1 * an.s[j];
     r1[j] = u1 * an.c[j] + u0 * an.s[j];
   }
-  if (vec && interleaved) {
+  if (vec && IL) {
 #pragma unroll
     for (int j = 0; j < PPL; ++j)
       if (lane * PPL + j < half) store2(2 * (lane * PPL + j), r0[j], r1[j]);
@@ -291,8 +313,8 @@ __device__ __forceinline__ void head(const T* __restrict__ src, const float* __r
     for (int j = 0; j < PPL; ++j) {
       const int p = lane * PPL + j;
       if (p < half) {
-        store1(interleaved ? 2 * p : p, r0[j]);
-        store1(interleaved ? 2 * p + 1 : p + half, r1[j]);
+        store1(IL ? 2 * p : p, r0[j]);
+        store1(IL ? 2 * p + 1 : p + half, r1[j]);
       }
     }
   }
@@ -312,11 +334,11 @@ __device__ __forceinline__ void head(const T* __restrict__ src, const float* __r
 // 21% of the DRAM rate, 54% occupancy).
 constexpr int kRopeWarps = 8;
 constexpr int64_t kRopeRowsPerBlockFrom = 256;  // M from which a block takes a whole row
-template <class T, int PPL>
+template <class T, int PPL, bool IL, bool NORM>
 __global__ void __launch_bounds__(kRopeWarps * 32, PPL <= 2 ? 6 : 1) qk_rope_kernel(
     const T* __restrict__ q, const T* __restrict__ k, const T* __restrict__ v, int64_t ld, int nh,
     const float* __restrict__ q_norm, const float* __restrict__ k_norm, float eps, const float* __restrict__ inv_freq,
-    int interleaved, int vec, RowMap rows, PagedKv kv, T* __restrict__ q_out) {
+    int vec, RowMap rows, PagedKv kv, T* __restrict__ q_out) {
   const int64_t m = blockIdx.x;
   const int warp = static_cast<int>(threadIdx.x >> 5), lane = threadIdx.x & 31;
   const int hd = kv.head_dim, nkv = kv.kv_heads;
@@ -341,19 +363,24 @@ __global__ void __launch_bounds__(kRopeWarps * 32, PPL <= 2 ? 6 : 1) qk_rope_ker
   }
   pdl_wait();
   pdl_trigger();
-  for (int y = y0; y < nh + nkv; y += ystep) {
+  const int total = nh + nkv;
+  auto src_of = [&](int y) {
+    return y < nh ? q + m * ld + static_cast<int64_t>(y) * hd : k + m * ld + static_cast<int64_t>(y - nh) * hd;
+  };
+  for (int y = y0; y < total; y += ystep) {
+    const rope::Pairs<PPL> cur = rope::load<T, PPL, IL>(src_of(y), hd, vec != 0, lane);
     if (y < nh) {
       T* qo = q_out + (m * nh + y) * hd;
-      rope::head<T, PPL>(q + m * ld + static_cast<int64_t>(y) * hd, q_norm, eps, hd, interleaved != 0, vec != 0, an,
-                         lane, [&](int e, float r) { qo[e] = from_f<T>(r); },
-                         [&](int e, float r0, float r1) { *reinterpret_cast<uint32_t*>(qo + e) = pack2<T>(r0, r1); });
+      rope::rotate_store<T, PPL, IL, NORM>(
+          cur, q_norm, eps, hd, vec != 0, an, lane, [&](int e, float r) { qo[e] = from_f<T>(r); },
+          [&](int e, float r0, float r1) { *reinterpret_cast<uint32_t*>(qo + e) = pack2<T>(r0, r1); });
     } else {
       const int hh = y - nh;
       const int64_t base = ((static_cast<int64_t>(blk) * kv.block_size + pos % kv.block_size) * nkv + hh) * hd;
       T* kc = static_cast<T*>(kv.k) + base;
-      rope::head<T, PPL>(k + m * ld + static_cast<int64_t>(hh) * hd, k_norm, eps, hd, interleaved != 0, vec != 0, an,
-                         lane, [&](int e, float r) { kc[e] = from_f<T>(r); },
-                         [&](int e, float r0, float r1) { *reinterpret_cast<uint32_t*>(kc + e) = pack2<T>(r0, r1); });
+      rope::rotate_store<T, PPL, IL, NORM>(
+          cur, k_norm, eps, hd, vec != 0, an, lane, [&](int e, float r) { kc[e] = from_f<T>(r); },
+          [&](int e, float r0, float r1) { *reinterpret_cast<uint32_t*>(kc + e) = pack2<T>(r0, r1); });
       const T* vs = v + m * ld + static_cast<int64_t>(hh) * hd;
       T* vc = static_cast<T*>(kv.v) + base;
       if (vec)  // hd even: words
@@ -489,11 +516,15 @@ void qk_rope_kv_write(const void* q, const void* k, const void* v, int64_t ld, i
   const dim3 block(kRopeWarps * 32);
   const int ppl = rope::ppl_for(kv.head_dim);
   const bool vec = rope_vec_ok(q, k, v, ld, kv.head_dim, q_out, kv);
+  const bool norm = q_norm || k_norm;
   auto go = [&](auto tag, auto ppl_c) {
     using T = decltype(tag);
-    launch_pdl(qk_rope_kernel<T, decltype(ppl_c)::value>, grid, block, 0, stream, static_cast<const T*>(q),
-               static_cast<const T*>(k), static_cast<const T*>(v), ld, nh, q_norm, k_norm, eps, inv_freq,
-               static_cast<int>(interleaved), static_cast<int>(vec), rows, kv, static_cast<T*>(q_out));
+    constexpr int PPL = decltype(ppl_c)::value;
+    const auto kernel = interleaved ? (norm ? qk_rope_kernel<T, PPL, true, true> : qk_rope_kernel<T, PPL, true, false>)
+                                    : (norm ? qk_rope_kernel<T, PPL, false, true> : qk_rope_kernel<T, PPL, false, false>);
+    launch_pdl(kernel, grid, block, 0, stream, static_cast<const T*>(q), static_cast<const T*>(k),
+               static_cast<const T*>(v), ld, nh, q_norm, k_norm, eps, inv_freq, static_cast<int>(vec), rows, kv,
+               static_cast<T*>(q_out));
   };
   auto by_ppl = [&](auto tag) {
     if (ppl == 1) go(tag, std::integral_constant<int, 1>{});
