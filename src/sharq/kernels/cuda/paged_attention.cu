@@ -736,15 +736,15 @@ __global__ void __launch_bounds__(kPrefillThreads, 1) prefill_kernel(const Prefi
     const int64_t tok_stride = static_cast<int64_t>(a.nkv) * HD, head_off = static_cast<int64_t>(kvh) * HD;
     pdl_wait();
     pdl_trigger();
-    // Two threads per key (h = tid & 1): thread tid copies keys kk = tid / 2 and kk + 64 of each block,
-    // their 16-byte chunks 2 j + h, so each copy instruction of a warp reads 16 whole 32-byte sectors.
+    // Two threads per key (hs = tid & 1): thread tid copies keys kk = tid / 2 and kk + 64 of each block,
+    // their 16-byte chunks 2 j + hs, so each copy instruction of a warp reads 16 whole 32-byte sectors.
     // A key's offset comes from the block table in registers (one lookup per key, the next block's
     // issued before the current block's copies); a key past the last one is zero-filled.
-    // Chunk 2 j + h of key k lands at swz(k, 2 j + h) = (j / 4) slab + 128 k + ((2 j mod 8) ^ h ^ (k mod 8)) 16
-    // (2 j mod 8 is even, so its OR with h is an XOR); kk and kk + 64 share k mod 8.
+    // Chunk 2 j + hs of key k lands at swz(k, 2 j + hs) = (j / 4) slab + 128 k + ((2 j mod 8) ^ hs ^ (k mod 8)) 16
+    // (2 j mod 8 is even, so its OR with hs is an XOR); kk and kk + 64 share k mod 8.
     static_assert(BN == 128 && CH % 2 == 0, "two threads per key, 64 keys per pass");
-    const int h = tid & 1, kk = tid >> 1;
-    const uint32_t x = static_cast<uint32_t>(h ^ (kk & 7)) << 4, row = static_cast<uint32_t>(kk) * 128u;
+    const int hs = tid & 1, kk = tid >> 1;
+    const uint32_t x = static_cast<uint32_t>(hs ^ (kk & 7)) << 4, row = static_cast<uint32_t>(kk) * 128u;
     auto offsets_of = [&](int b, int64_t (&o)[2]) {
 #pragma unroll
       for (int p = 0; p < 2; ++p) {
@@ -755,7 +755,7 @@ __global__ void __launch_bounds__(kPrefillThreads, 1) prefill_kernel(const Prefi
     auto copies = [&](const uint16_t* pool, uint32_t dst, const int64_t (&o)[2]) {
 #pragma unroll
       for (int p = 0; p < 2; ++p) {
-        const uint16_t* src = pool + (o[p] >= 0 ? o[p] : 0) + 8 * h;
+        const uint16_t* src = pool + (o[p] >= 0 ? o[p] : 0) + 8 * hs;
         const uint32_t bytes = o[p] >= 0 ? 16u : 0u, d = dst + row + static_cast<uint32_t>(p) * 64u * 128u;
 #pragma unroll
         for (int j = 0; j < CH / 2; ++j)

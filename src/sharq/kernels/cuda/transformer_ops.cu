@@ -435,7 +435,7 @@ __global__ void residual_kernel(float* __restrict__ x, const T* __restrict__ o, 
 
 unsigned blocks_for(int64_t n) { return static_cast<unsigned>((n + kThreads - 1) / kThreads); }
 
-// rope::head's word loads and stores: the q, k, v rows, q_out and the K / V pools 4-byte aligned,
+// rope::load's and rope::rotate_store's word loads and stores: the q, k, v rows, q_out and the K / V pools 4-byte aligned,
 // and hd / 2 even (rotate-half's second half starts on a word).
 bool rope_vec_ok(const void* q, const void* k, const void* v, int64_t ld, int hd, const void* q_out, const PagedKv& kv) {
   auto al = [](const void* p, uintptr_t n) { return reinterpret_cast<uintptr_t>(p) % n == 0; };
