@@ -3,10 +3,10 @@
 // v written into a paged cache through shuffled block tables. FP16 / BF16, head dims 8 / 34 / 36 /
 // 64 / 128 / 132 / 256 / 384 (pairs per lane 1 .. 8; 34: hd / 2 odd, no words; 36: words only
 // interleaved; 132: the last busy lane half full), GQA 1 / 2 / 3 / 4, positions 0 .. 1030 across block
-// boundaries, 5 rows (a warp per head) and 300 (a block per row), and inputs so small that eps
-// weighs in the norm. Every other cache slot holds NaN (0xFFFF) and must keep it. A row stride that
-// rules out the word loads and stores gives the same bits as one that allows them. Label `gpu`:
-// skips without a GPU.
+// boundaries, 5 rows (a warp per head) and 300 (a block per row), inputs so small that eps weighs in
+// the norm, and the q or k norm alone. Every other cache slot holds NaN (0xFFFF) and must keep it. A
+// row stride that rules out the word loads and stores gives the same bits as one that allows them.
+// Label `gpu`: skips without a GPU.
 //
 // Tolerances, from the arithmetic (FP32 norm, angle and rotation; the reference takes the kernel's
 // FP32 angle pos * inv_freq, then cos / sin in double):
@@ -46,10 +46,13 @@ struct Case {
   int nh, nkv, hd;
   bool qk_norm, interleaved;
   double sigma = 2.0;  // inputs ~ N(0, sigma^2)
+  int only = 0;        // with qk_norm: 0 both norms, 1 the q norm alone, 2 the k norm alone
+  bool q_normed() const { return qk_norm && only != 2; }
+  bool k_normed() const { return qk_norm && only != 1; }
   std::string name() const {
     return std::string(t == DType::bf16 ? "bf16" : "f16") + " nh=" + std::to_string(nh) + " nkv=" + std::to_string(nkv) +
-           " hd=" + std::to_string(hd) + (qk_norm ? " q/k norm" : "") + (interleaved ? " interleaved" : " rotate-half") +
-           " sigma=" + std::to_string(sigma);
+           " hd=" + std::to_string(hd) + (q_normed() ? " q norm" : "") + (k_normed() ? " k norm" : "") +
+           (interleaved ? " interleaved" : " rotate-half") + " sigma=" + std::to_string(sigma);
   }
 };
 
@@ -92,8 +95,8 @@ Result run(const Case& c, const std::vector<int32_t>& kPos, int64_t ld, const st
   cuda::PagedKv kv;
   kv.k = k.get(), kv.v = v.get(), kv.blocks = blocks, kv.block_size = kBlock, kv.kv_heads = c.nkv, kv.head_dim = c.hd;
   const uint16_t* base = dqkv.get();
-  cuda::qk_rope_kv_write(base, base + c.nh * c.hd, base + (c.nh + c.nkv) * c.hd, ld, M, c.nh, c.qk_norm ? dqn.get() : nullptr,
-                         c.qk_norm ? dkn.get() : nullptr, 1e-6f, dinv.get(), c.interleaved, rows, kv, c.t, q.get(), nullptr);
+  cuda::qk_rope_kv_write(base, base + c.nh * c.hd, base + (c.nh + c.nkv) * c.hd, ld, M, c.nh, c.q_normed() ? dqn.get() : nullptr,
+                         c.k_normed() ? dkn.get() : nullptr, 1e-6f, dinv.get(), c.interleaved, rows, kv, c.t, q.get(), nullptr);
   SHARQ_CUDA_CHECK(cudaDeviceSynchronize());
   return {q.to_host(), k.to_host(), v.to_host()};
 }
@@ -112,6 +115,9 @@ TEST(QkRopeKvWrite, MatchesADoubleReference) {
   const size_t n_rows300 = cases.size();
   // sum of squares / hd ~ eps: a dropped or misplaced eps moves the norm by ~30%
   cases.push_back({DType::bf16, 8, 2, 128, true, false, 1e-3});
+  // one of the two norms alone (the kernel's NORM form with one weight null)
+  cases.push_back({DType::bf16, 8, 2, 128, true, false, 2.0, 1});
+  cases.push_back({DType::f16, 4, 4, 64, true, true, 2.0, 2});
   uint64_t seed = 11;
   for (size_t ci = 0; ci < cases.size(); ++ci) {
     const Case& c = cases[ci];
@@ -159,14 +165,15 @@ TEST(QkRopeKvWrite, MatchesADoubleReference) {
         const int hh = is_q ? y : y - c.nh;
         const uint16_t* src = rows_in.data() + m * w + (is_q ? hh : c.nh + hh) * c.hd;
         const std::vector<float>& nw = is_q ? qn : kn;
+        const bool normed = is_q ? c.q_normed() : c.k_normed();
         double ss = 0.0;
         for (int e = 0; e < c.hd; ++e) ss += static_cast<double>(dec(src[e], c.t)) * dec(src[e], c.t);
-        const double inv = c.qk_norm ? 1.0 / std::sqrt(ss / c.hd + 1e-6) : 1.0;
+        const double inv = normed ? 1.0 / std::sqrt(ss / c.hd + 1e-6) : 1.0;
         const size_t kbase = ((static_cast<size_t>(blk) * kBlock + pos % kBlock) * c.nkv + hh) * c.hd;
         for (int p = 0; p < c.hd / 2; ++p) {
           const int a = c.interleaved ? 2 * p : p, b = c.interleaved ? 2 * p + 1 : p + c.hd / 2;
-          const double u0 = dec(src[a], c.t) * inv * (c.qk_norm ? nw[static_cast<size_t>(a)] : 1.0);
-          const double u1 = dec(src[b], c.t) * inv * (c.qk_norm ? nw[static_cast<size_t>(b)] : 1.0);
+          const double u0 = dec(src[a], c.t) * inv * (normed ? nw[static_cast<size_t>(a)] : 1.0);
+          const double u1 = dec(src[b], c.t) * inv * (normed ? nw[static_cast<size_t>(b)] : 1.0);
           const double ang = static_cast<float>(pos) * invf[static_cast<size_t>(p)];  // the kernel's FP32 angle
           const double r0 = u0 * std::cos(ang) - u1 * std::sin(ang), r1 = u1 * std::cos(ang) + u0 * std::sin(ang);
           const double slack = 1e-5 * (std::fabs(u0) + std::fabs(u1));
