@@ -211,28 +211,21 @@ __device__ __forceinline__ Angles<PPL> angles(int pos, const float* __restrict__
   return r;
 }
 
-// A head's values, pair p = lane * PPL + j of the lane as (x0[j], x1[j]) (zeros past hd / 2).
-template <int PPL>
-struct Pairs {
-  float x0[PPL], x1[PPL];
-};
-
-// The loads of the head src[0 .. hd) (load) and its rotation (optionally RMS-normed with weight nw) and
-// stores (rotate_store). (A warp issuing its next head's loads before this head's arithmetic measured
-// slower: +95 us of RoPE per 2048-row fp16 prefill, H200.) rotate_store stores every element e < hd exactly once, by store1(e, value) or, for two
-// adjacent elements, store2(e, value_e, value_e+1) (e even). Every lane of the warp calls it (the norm
-// is a warp butterfly).
+// The head src[0 .. hd) (optionally RMS-normed with weight nw), rotated: every element e < hd is
+// stored exactly once, by store1(e, value) or, for two adjacent elements, store2(e, value_e,
+// value_e+1) (e even). Every lane of the warp calls it (the norm is a warp butterfly).
 // vec: src and the destination allow words (hd / 2 even for rotate-half): pairs of elements load as
 // one word and store as one (32 bits: two T), with the same arithmetic per element.
 // IL (interleaved pairs) and NORM (the q/k norm, applied where nw is not null) are compile-time, so
 // that a head costs its loads, rotations and stores only (measured, H200: with both as runtime flags
-// the 2048-row prefill's kernel issued about 130 instructions per query head, 61% of issue slots busy).
-template <class T, int PPL, bool IL>
-__device__ __forceinline__ Pairs<PPL> load(const T* __restrict__ src, int hd, bool vec, int lane) {
+// the 2048-row prefill's kernel issued about 130 instructions per query head, 61% of issue slots
+// busy). A warp issuing its next head's loads before this head's arithmetic measured slower (+95 us
+// of RoPE per 2048-row fp16 prefill, H200).
+template <class T, int PPL, bool IL, bool NORM, class Store1, class Store2>
+__device__ __forceinline__ void head(const T* __restrict__ src, const float* __restrict__ nw, float eps, int hd,
+                                     bool vec, const Angles<PPL>& an, int lane, Store1&& store1, Store2&& store2) {
   const int half = hd / 2;
-  Pairs<PPL> x;
-  float (&x0)[PPL] = x.x0;
-  float (&x1)[PPL] = x.x1;
+  float x0[PPL], x1[PPL];
 #pragma unroll
   for (int j = 0; j < PPL; ++j) x0[j] = x1[j] = 0.0f;  // pairs past hd / 2 (and before the word loads fill them)
   if (vec && (IL || PPL % 2 == 0)) {
@@ -267,16 +260,6 @@ __device__ __forceinline__ Pairs<PPL> load(const T* __restrict__ src, int hd, bo
       }
     }
   }
-  return x;
-}
-
-template <class T, int PPL, bool IL, bool NORM, class Store1, class Store2>
-__device__ __forceinline__ void rotate_store(const Pairs<PPL>& x, const float* __restrict__ nw, float eps, int hd,
-                                             bool vec, const Angles<PPL>& an, int lane, Store1&& store1,
-                                             Store2&& store2) {
-  const int half = hd / 2;
-  const float(&x0)[PPL] = x.x0;
-  const float(&x1)[PPL] = x.x1;
   float inv = 1.0f;
   if (NORM && nw) {
     float ss = 0.0f;
@@ -363,23 +346,20 @@ __global__ void __launch_bounds__(kRopeWarps * 32, PPL <= 2 ? 6 : 1) qk_rope_ker
   }
   pdl_wait();
   pdl_trigger();
-  const int total = nh + nkv;
-  auto src_of = [&](int y) {
-    return y < nh ? q + m * ld + static_cast<int64_t>(y) * hd : k + m * ld + static_cast<int64_t>(y - nh) * hd;
-  };
-  for (int y = y0; y < total; y += ystep) {
-    const rope::Pairs<PPL> cur = rope::load<T, PPL, IL>(src_of(y), hd, vec != 0, lane);
+  for (int y = y0; y < nh + nkv; y += ystep) {
     if (y < nh) {
       T* qo = q_out + (m * nh + y) * hd;
-      rope::rotate_store<T, PPL, IL, NORM>(
-          cur, q_norm, eps, hd, vec != 0, an, lane, [&](int e, float r) { qo[e] = from_f<T>(r); },
+      rope::head<T, PPL, IL, NORM>(
+          q + m * ld + static_cast<int64_t>(y) * hd, q_norm, eps, hd, vec != 0, an, lane,
+          [&](int e, float r) { qo[e] = from_f<T>(r); },
           [&](int e, float r0, float r1) { *reinterpret_cast<uint32_t*>(qo + e) = pack2<T>(r0, r1); });
     } else {
       const int hh = y - nh;
       const int64_t base = ((static_cast<int64_t>(blk) * kv.block_size + pos % kv.block_size) * nkv + hh) * hd;
       T* kc = static_cast<T*>(kv.k) + base;
-      rope::rotate_store<T, PPL, IL, NORM>(
-          cur, k_norm, eps, hd, vec != 0, an, lane, [&](int e, float r) { kc[e] = from_f<T>(r); },
+      rope::head<T, PPL, IL, NORM>(
+          k + m * ld + static_cast<int64_t>(hh) * hd, k_norm, eps, hd, vec != 0, an, lane,
+          [&](int e, float r) { kc[e] = from_f<T>(r); },
           [&](int e, float r0, float r1) { *reinterpret_cast<uint32_t*>(kc + e) = pack2<T>(r0, r1); });
       const T* vs = v + m * ld + static_cast<int64_t>(hh) * hd;
       T* vc = static_cast<T*>(kv.v) + base;
@@ -435,7 +415,7 @@ __global__ void residual_kernel(float* __restrict__ x, const T* __restrict__ o, 
 
 unsigned blocks_for(int64_t n) { return static_cast<unsigned>((n + kThreads - 1) / kThreads); }
 
-// rope::load's and rope::rotate_store's word loads and stores: the q, k, v rows, q_out and the K / V pools 4-byte aligned,
+// rope::head's word loads and stores: the q, k, v rows, q_out and the K / V pools 4-byte aligned,
 // and hd / 2 even (rotate-half's second half starts on a word).
 bool rope_vec_ok(const void* q, const void* k, const void* v, int64_t ld, int hd, const void* q_out, const PagedKv& kv) {
   auto al = [](const void* p, uintptr_t n) { return reinterpret_cast<uintptr_t>(p) % n == 0; };
