@@ -17,10 +17,10 @@
 // L / 4 loads of K and of V per lane per step. The copies (cp.async, 16 B; element copies when
 // hd % 8 != 0 or the pools are not 16-byte aligned) go to a per-warp ring of 2 steps (1 for hd > 128),
 // so up to 2 steps are in flight per warp, 16 per CTA; each lane reads back only its own chunks.
-// Scores: q (T, widened to FP32 and pre-scaled by log2(e) / sqrt(hd), registers) . k over the
-// lane's 8 dims for its L / 4 keys x MG heads, summed over the key's L lanes by a reduce-scatter butterfly (each round
-// halves the values a lane carries) into a per-warp [8][MG] buffer; online softmax per step (lane t
-// takes scores t, t + 32 of head t % MG: running max / sum in registers, exp2f, butterflies); PV:
+// Scores: q (T, widened to FP32 and pre-scaled by log2(e) / sqrt(hd), registers) . k over the lane's 8 dims
+// for its L / 4 keys x MG heads, summed over the key's L lanes by a reduce-scatter butterfly (each round
+// halves the values a lane carries) into a per-warp [8][MG] buffer; online softmax per step (lane t takes
+// scores t, t + 32 of head t % MG: running max / sum in registers, exp2f, butterflies); PV:
 // acc[g][8] += p * v per lane (rescaled only when a head's max moved). After the loop: the warp's key
 // groups summed (butterfly), the 8 warps merged in warp order in shared memory (the CTA partial: max,
 // sum, acc[gc][hd]), then the CTAs of the cluster with keys merged in rank order through distributed
@@ -44,12 +44,12 @@
 // Key blocks of 128 from the tile's first row's window start to its last row's position.
 // Warpgroup 0, the producer (setmaxnreg.dec 40): two threads per key, each thread two keys of a block
 // (offsets through the block table in registers, the next block's looked up before the current block's
-// copies), then the block's K and V rows by cp.async (16 B, zero-filled past the last key; a warp's
-// copy reads whole 32-byte sectors) into the stage's 128B-swizzled tiles; each thread's completion
-// arrives on the stage's fullK / fullV mbarrier (cp.async.mbarrier.arrive.noinc, count 128). (With one
-// key offset per thread shared through shared memory, about 20 instructions per copy, the producer
-// was the kernel's limit: 124.5 against 91.6 us per layer, H200, docs/perf/engine.md.) K and V are released separately (emptyK after Q K^T, emptyV after P V), and the
-// producer waits on them before reusing a stage: 2 stages for HD 128, 3 for HD 64.
+// copies), then the block's K and V rows by cp.async (16 B, zero-filled past the last key; a warp's copy
+// reads whole 32-byte sectors) into the stage's 128B-swizzled tiles; each thread's completion arrives on the
+// stage's fullK / fullV mbarrier (cp.async.mbarrier.arrive.noinc, count 128). (With one key offset per thread
+// shared through shared memory, about 20 instructions per copy, the producer was the kernel's limit: 124.5
+// against 91.6 us per layer, H200, docs/perf/engine.md.) K and V are released separately (emptyK after Q K^T,
+// emptyV after P V), and the producer waits on them before reusing a stage: 2 stages for HD 128, 3 for HD 64.
 // Warpgroups 1 and 2, the consumers (setmaxnreg.inc 232): rows 0..63 and 64..127 of the tile (a
 // warpgroup without rows exits and the empty counts leave it out). Each copies its q rows (T) into
 // the swizzled Q tile and runs every block of the tile (a block past its own rows' keys is masked to
@@ -254,10 +254,10 @@ __global__ void __launch_bounds__(kDecodeThreads) decode_kernel(const DecodeArgs
     // S^T (16 x 8: query heads x keys; heads >= gc are zero rows of Q) = Q K^T by mma m16n8k16 over
     // head_dim, then O^T (head_dim x 8 heads) += V^T P^T by mma m16n8k8, so that P, rounded to T,
     // is the B operand straight from the S^T accumulators (lane: head g, keys c, c + 1). q's T pairs
-    // are the A fragment's words, unscaled, and the scale is folded into the exponent, as in the
-    // prefill kernel; the row sums add P as rounded. A stage holds the step's 8 K rows and 8 V rows of head_dim elements, the
-    // 16-byte chunk c of row r at chunk c ^ r (conflict-free ldmatrix); rows past the warp's keys are
-    // zero-filled.
+    // are the A fragment's words, unscaled, and the scale is folded into the exponent, as in the prefill
+    // kernel; the row sums add P as rounded. A stage holds the step's 8 K rows and 8 V rows of head_dim
+    // elements, the 16-byte chunk c of row r at chunk c ^ r (conflict-free ldmatrix); rows past the warp's
+    // keys are zero-filled.
     constexpr int HD = L * 8;
     constexpr int CPR = HD / 8;   // 16-byte chunks per key row
     constexpr int KR = HD / 32;   // chunks of K (and of V) per lane per step
@@ -740,7 +740,8 @@ __global__ void __launch_bounds__(kPrefillThreads, 1) prefill_kernel(const Prefi
     // their 16-byte chunks 2 j + hs, so each copy instruction of a warp reads 16 whole 32-byte sectors.
     // A key's offset comes from the block table in registers (one lookup per key, the next block's
     // issued before the current block's copies); a key past the last one is zero-filled.
-    // Chunk 2 j + hs of key k lands at swz(k, 2 j + hs) = (j / 4) slab + 128 k + ((2 j mod 8) ^ hs ^ (k mod 8)) 16
+    // Chunk 2 j + hs of key k lands at swz(k, 2 j + hs) =
+    //   (j / 4) slab + 128 k + ((2 j mod 8) ^ hs ^ (k mod 8)) 16
     // (2 j mod 8 is even, so its OR with hs is an XOR); kk and kk + 64 share k mod 8.
     static_assert(BN == 128 && CH % 2 == 0, "two threads per key, 64 keys per pass");
     const int hs = tid & 1, kk = tid >> 1;

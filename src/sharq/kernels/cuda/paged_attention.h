@@ -12,9 +12,9 @@
 //           lacks): split-KV flash-decoding in ONE launch, on tensor cores for head_dim 64 / 128
 //           (decode_attention_on_tensor_cores: P rounded to T as in the prefill kernel), on CUDA
 //           cores with q widened to FP32 and FP32 scores and weights for other head dims. One
-//           thread-block cluster of 8 CTAs (8 warps each) per (row, group of <= 8 query heads of one KV head): each
-//           K/V row is loaded once (cp.async, 16 B) and serves every query head of the group. A row's
-//           attended range of len = pos + 1 - j0 keys is cut by a rule of len only:
+//           thread-block cluster of 8 CTAs (8 warps each) per (row, group of <= 8 query heads of one
+//           KV head): each K/V row is loaded once (cp.async, 16 B) and serves every query head of
+//           the group. A row's attended range of len = pos + 1 - j0 keys is cut by a rule of len only:
 //               W = max(8, round_up(ceil(len / 64), 8)) keys per warp, warp k of the cluster the k-th
 //           range; each warp runs an online softmax over its range in steps of 8 keys (a cp.async
 //           ring of 2 steps per warp, 1 for head_dim > 128), the 8 warps of a CTA merge in warp
