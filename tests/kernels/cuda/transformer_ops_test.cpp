@@ -1,11 +1,13 @@
 // qk_rope_kv_write (kernels/cuda/transformer_ops.h) against a double-precision host reference: the
 // optional q/k RMSNorm, RoPE rotate-half and interleaved at each row's position, q out in T, k and
 // v written into a paged cache through shuffled block tables. FP16 / BF16, head dims 8 / 34 / 36 /
-// 64 / 128 / 132 / 256 / 384 (pairs per lane 1 .. 8; 34: hd / 2 odd, no words; 36: words only
-// interleaved; 132: the last busy lane half full), GQA 1 / 2 / 3 / 4, positions 0 .. 1030 across block
-// boundaries, 5 rows (a warp per head) and 300 (a block per row), inputs so small that eps weighs in
-// the norm, and the q or k norm alone. Every other cache slot holds NaN (0xFFFF) and must keep it. A
-// row stride that rules out the word loads and stores gives the same bits as one that allows them.
+// 32 / 64 / 128 / 132 / 256 / 384 / 512 (pairs per lane 1 .. 8; 34: hd / 2 odd, no words; 36: words
+// only interleaved; 132: the last busy lane half full), GQA 1 / 2 / 3 / 4, positions 0 .. 1030 across
+// block boundaries, 5 rows (a warp per head) and 300 (a block per row), inputs so small that eps weighs
+// in the norm, and the q or k norm alone. Every other cache slot holds NaN (0xFFFF) and must keep it. A
+// row stride that rules out the word loads and stores gives the same bits as one that allows them, and
+// as 16-byte rows (the 16-byte kernel for hd 32 / 64 / 128 / 256 / 512: several heads per warp, a warp's
+// last heads idle for 8 + 2 heads of 128, query and KV heads in one warp for 3 + 1 of 256).
 // Label `gpu`: skips without a GPU.
 //
 // Tolerances, from the arithmetic (FP32 norm, angle and rotation; the reference takes the kernel's
@@ -106,7 +108,8 @@ TEST(QkRopeKvWrite, MatchesADoubleReference) {
   std::vector<Case> cases;
   for (DType t : {DType::bf16, DType::f16})
     for (auto [nh, nkv, hd] : {std::tuple{8, 2, 128}, std::tuple{4, 4, 64}, std::tuple{6, 2, 36}, std::tuple{3, 1, 256},
-                                std::tuple{4, 1, 8}, std::tuple{2, 1, 34}, std::tuple{2, 2, 132}, std::tuple{2, 1, 384}})
+                                std::tuple{4, 1, 8}, std::tuple{2, 1, 34}, std::tuple{2, 2, 132}, std::tuple{2, 1, 384},
+                                std::tuple{4, 2, 32}, std::tuple{1, 1, 512}})
       for (int variant = 0; variant < 4; ++variant) cases.push_back({t, nh, nkv, hd, (variant & 1) != 0, (variant & 2) != 0});
   // and 300 rows (the kernel's whole-row blocks from M = 256 on; fewer rows take one head per warp)
   const size_t n_small = cases.size();
@@ -147,13 +150,18 @@ TEST(QkRopeKvWrite, MatchesADoubleReference) {
       toff.push_back(static_cast<int32_t>(table.size()));
       for (int b = 0; b <= p / kBlock; ++b) table.push_back(ids[next++]);
     }
-    const int64_t ld_words = w + 6, ld_odd = w + 3;  // word loads allowed / ruled out
+    // 16-byte rows (the 16-byte kernel where hd is 16 times a power of two), word loads allowed, ruled out
+    const int64_t ld_wide = w + 8, ld_words = w + 6, ld_odd = w + 3;
     const Result r = run(c, kPos, ld_words, rows_in, qn, kn, invf, table, toff, blocks);
     const Result r_odd = run(c, kPos, ld_odd, rows_in, qn, kn, invf, table, toff, blocks);
-    // the same arithmetic whatever the loads and stores
+    const Result r_wide = run(c, kPos, ld_wide, rows_in, qn, kn, invf, table, toff, blocks);
+    // the same arithmetic whatever the loads and stores, and the same norm summation tree in both kernels
     ASSERT_EQ(first_difference(r.q, r_odd.q), -1) << "q";
     ASSERT_EQ(first_difference(r.k, r_odd.k), -1) << "k";
     ASSERT_EQ(first_difference(r.v, r_odd.v), -1) << "v";
+    ASSERT_EQ(first_difference(r.q, r_wide.q), -1) << "q, 16-byte rows";
+    ASSERT_EQ(first_difference(r.k, r_wide.k), -1) << "k, 16-byte rows";
+    ASSERT_EQ(first_difference(r.v, r_wide.v), -1) << "v, 16-byte rows";
 
     const double u = c.t == DType::bf16 ? 0x1p-8 : 0x1p-11;
     std::vector<char> written(r.k.size(), 0);

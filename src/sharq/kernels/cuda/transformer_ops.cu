@@ -187,7 +187,7 @@ __global__ void add_rmsnorm_kernel(float* __restrict__ x, const T* __restrict__ 
 namespace rope {
 
 // Pairs per lane for head_dim hd (1, 2, 4, .., at least (hd / 2) / 32).
-constexpr int ppl_for(int hd) {
+__host__ __device__ constexpr int ppl_for(int hd) {
   int p = 1;
   while (32 * p < hd / 2) p <<= 1;
   return p;
@@ -305,8 +305,9 @@ __device__ __forceinline__ void head(const T* __restrict__ src, const float* __r
 
 }  // namespace rope
 
-// Grid (M, slices): warp w of block (m, b) takes heads y = b kRopeWarps + w, then + slices kRopeWarps, ..
-// < nh + nkv of row m (y < nh a query head, else KV head y - nh: its k is normed / rotated and written
+// The word kernel: head dims and rows that qk_rope_wide_kernel (below) does not take (hd not 16 times
+// a power of two, rows or pools not 16-byte aligned). Grid (M, slices): warp w of block (m, b) takes
+// heads y = b kRopeWarps + w, then + slices kRopeWarps, .. < nh + nkv of row m (y < nh a query head, else KV head y - nh: its k is normed / rotated and written
 // with its v), computing the lane's angles once. slices = 1 (a block per row, the angles shared by a
 // warp's heads) for large M; one head per warp for small M, where the step waits on the latency of
 // one row's heads (measured, H200: one block per row at every M took a batch-1 decode step's RoPE
@@ -372,6 +373,168 @@ __global__ void __launch_bounds__(kRopeWarps * 32, PPL <= 2 ? 6 : 1) qk_rope_ker
   }
 }
 
+// The 16-byte form of the same operation, for head_dim hd = 16 LPH with LPH in {2, 4, 8, 16, 32} (every
+// Llama / Mistral / Qwen head: 64, 128, 256): LPH consecutive lanes take a head, a warp 32 / LPH heads at
+// once, lane i of its group the pairs 8i .. 8i + 7, each tensor's eight pairs in two 16-byte loads and
+// stores (rotate-half: elements 8i .. 8i + 7 of each half; interleaved: 16i .. 16i + 15). One block per
+// row, a warp per 32 / LPH of its nh + nkv heads, the row's angles computed once into shared memory
+// before the wait on the preceding kernel (measured, H200, 2048-row prefill: the word kernel above kept
+// one 256-byte head per warp in flight, 24 us per layer at 1.3 TB/s, latency-bound).
+// The result is the word kernel's bit for bit: the same per-pair arithmetic, and the norm's sum of
+// squares taken in the same tree. The word kernel's lane L holds pairs L PPL .. L PPL + PPL - 1 (PPL =
+// rope::ppl_for(hd)), so this lane holds the partial sums of R = 8 / PPL of its lanes (L = R i + r);
+// the word kernel's butterfly step xor o is a shuffle xor o / R across lanes for o >= R (none when o / R
+// >= LPH: that lane holds no pair, its partial sum is +0 and adding it changes nothing), and a sum of
+// two of the lane's own partials for o < R (a + b == b + a in IEEE arithmetic, so every word-kernel lane
+// of a head ends with the same value and so does every lane here).
+constexpr int kRopeWideMaxWarps = 16;
+template <class T, int LPH, bool IL, bool NORM>
+__global__ void __launch_bounds__(kRopeWideMaxWarps * 32) qk_rope_wide_kernel(
+    const T* __restrict__ q, const T* __restrict__ k, const T* __restrict__ v, int64_t ld, int nh,
+    const float* __restrict__ q_norm, const float* __restrict__ k_norm, float eps, const float* __restrict__ inv_freq,
+    RowMap rows, PagedKv kv, T* __restrict__ q_out) {
+  constexpr int HD = 16 * LPH, HALF = HD / 2, HPW = 32 / LPH, PPL = rope::ppl_for(HD), R = 8 / PPL;
+  static_assert(sizeof(T) == 2 && 32 % LPH == 0 && PPL * R == 8);
+  const int64_t m = blockIdx.x;
+  const int warp = static_cast<int>(threadIdx.x >> 5), lane = threadIdx.x & 31, warps = static_cast<int>(blockDim.x >> 5);
+  const int g = lane / LPH, i = lane % LPH, nkv = kv.kv_heads;
+  const int pos = rows.pos[m];  // step metadata: copied before the step's first kernel
+  const int32_t blk = rows.table[rows.table_off[m] + pos / kv.block_size];
+  __shared__ __align__(16) float cs[2][HALF];
+  for (int p = static_cast<int>(threadIdx.x); p < HALF; p += static_cast<int>(blockDim.x)) {
+    const rope::Angles<1> one = rope::angles<1>(pos, inv_freq, HALF, p);
+    cs[0][p] = one.c[0];
+    cs[1][p] = one.s[0];
+  }
+  __syncthreads();
+  float c[8], s[8];
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {
+    const float4 c4 = reinterpret_cast<const float4*>(cs[0] + 8 * i)[h], s4 = reinterpret_cast<const float4*>(cs[1] + 8 * i)[h];
+    c[4 * h] = c4.x, c[4 * h + 1] = c4.y, c[4 * h + 2] = c4.z, c[4 * h + 3] = c4.w;
+    s[4 * h] = s4.x, s[4 * h + 1] = s4.y, s[4 * h + 2] = s4.z, s[4 * h + 3] = s4.w;
+  }
+  pdl_wait();
+  pdl_trigger();
+  // the lane's 16 elements of a tensor row: offsets off0 (8 elements) and off1 (8 elements)
+  const int off0 = IL ? 16 * i : 8 * i, off1 = IL ? 16 * i + 8 : HALF + 8 * i;
+  for (int y0 = warp * HPW; y0 < nh + nkv; y0 += warps * HPW) {
+    const int y = y0 + g;
+    const bool active = y < nh + nkv, is_q = y < nh;  // (an idle group joins the norm's shuffles)
+    const T* src = nullptr;
+    const float* nw = nullptr;
+    T* dst = nullptr;
+    uint4 a = {}, b = {}, va = {}, vb = {};
+    if (is_q) {
+      src = q + m * ld + static_cast<int64_t>(y) * HD;
+      nw = q_norm;
+      dst = q_out + (m * nh + y) * HD;
+    } else if (active) {
+      const int hh = y - nh;
+      const int64_t base = ((static_cast<int64_t>(blk) * kv.block_size + pos % kv.block_size) * nkv + hh) * HD;
+      src = k + m * ld + static_cast<int64_t>(hh) * HD;
+      nw = k_norm;
+      dst = static_cast<T*>(kv.k) + base;
+      const T* vs = v + m * ld + static_cast<int64_t>(hh) * HD;
+      va = *reinterpret_cast<const uint4*>(vs + 16 * i);
+      vb = *reinterpret_cast<const uint4*>(vs + 16 * i + 8);
+      T* vc = static_cast<T*>(kv.v) + base;
+      *reinterpret_cast<uint4*>(vc + 16 * i) = va;
+      *reinterpret_cast<uint4*>(vc + 16 * i + 8) = vb;
+    }
+    if (active) {
+      a = *reinterpret_cast<const uint4*>(src + off0);
+      b = *reinterpret_cast<const uint4*>(src + off1);
+    }
+    const uint32_t wa[4] = {a.x, a.y, a.z, a.w}, wb[4] = {b.x, b.y, b.z, b.w};
+    float x0[8], x1[8];
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+      const float2 fa = unpack2<T>(wa[j]), fb = unpack2<T>(wb[j]);
+      if constexpr (IL) {  // a holds pairs 0 .. 3, b pairs 4 .. 7, each as (x0, x1)
+        x0[j] = fa.x, x1[j] = fa.y, x0[j + 4] = fb.x, x1[j + 4] = fb.y;
+      } else {  // a the pairs' first halves, b their second
+        x0[2 * j] = fa.x, x0[2 * j + 1] = fa.y, x1[2 * j] = fb.x, x1[2 * j + 1] = fb.y;
+      }
+    }
+    float inv = 1.0f;
+    if constexpr (NORM) {
+      float t[R];
+#pragma unroll
+      for (int r = 0; r < R; ++r) {
+        t[r] = 0.0f;
+#pragma unroll
+        for (int jj = 0; jj < PPL; ++jj) {
+          const int j = r * PPL + jj;
+          t[r] += x0[j] * x0[j] + x1[j] * x1[j];
+        }
+      }
+#pragma unroll
+      for (int o = 16; o > 0; o >>= 1) {
+        if (o >= R) {
+          if (o / R < LPH) {
+#pragma unroll
+            for (int r = 0; r < R; ++r) t[r] += __shfl_xor_sync(0xffffffffu, t[r], o / R);
+          }
+        } else {
+          float u[R];
+#pragma unroll
+          for (int r = 0; r < R; ++r) u[r] = t[r] + t[r ^ o];
+#pragma unroll
+          for (int r = 0; r < R; ++r) t[r] = u[r];
+        }
+      }
+      if (nw) inv = 1.0f / sqrtf(t[0] / static_cast<float>(HD) + eps);
+    }
+    if (!active) continue;
+    float w0[8], w1[8];  // the norm's weights of the lane's elements (ones without a norm)
+#pragma unroll
+    for (int j = 0; j < 8; ++j) w0[j] = w1[j] = 1.0f;
+    const bool nj = NORM && nw;
+    if (nj) {
+      const float4* n0 = reinterpret_cast<const float4*>(nw + off0);
+      const float4* n1 = reinterpret_cast<const float4*>(nw + off1);
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        const float4 p0 = n0[h], p1 = n1[h];
+        const float e0[4] = {p0.x, p0.y, p0.z, p0.w}, e1[4] = {p1.x, p1.y, p1.z, p1.w};
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          if constexpr (IL) {  // elements 16i + 8h' + e: pair 4h' + e / 2 of the lane (n0: h' = h, n1: h' = 2 + h)
+            const int j0 = 2 * h + e / 2, j1 = 4 + 2 * h + e / 2;
+            (e % 2 ? w1 : w0)[j0] = e0[e];
+            (e % 2 ? w1 : w0)[j1] = e1[e];
+          } else {
+            w0[4 * h + e] = e0[e];
+            w1[4 * h + e] = e1[e];
+          }
+        }
+      }
+    }
+    uint32_t ra[4], rb[4];
+#pragma unroll
+    for (int j = 0; j < 8; j += 2) {
+      float r0[2], r1[2];
+#pragma unroll
+      for (int d = 0; d < 2; ++d) {
+        const int jj = j + d;
+        const float u0 = nj ? w0[jj] * (x0[jj] * inv) : x0[jj], u1 = nj ? w1[jj] * (x1[jj] * inv) : x1[jj];
+        r0[d] = u0 * c[jj] - u1 * s[jj];
+        r1[d] = u1 * c[jj] + u0 * s[jj];
+      }
+      if constexpr (IL) {  // pairs j, j + 1 as (r0, r1) words, a for pairs 0 .. 3, b for 4 .. 7
+        (j < 4 ? ra : rb)[j % 4] = pack2<T>(r0[0], r1[0]);
+        (j < 4 ? ra : rb)[j % 4 + 1] = pack2<T>(r0[1], r1[1]);
+      } else {
+        ra[j / 2] = pack2<T>(r0[0], r0[1]);
+        rb[j / 2] = pack2<T>(r1[0], r1[1]);
+      }
+    }
+    *reinterpret_cast<uint4*>(dst + off0) = make_uint4(ra[0], ra[1], ra[2], ra[3]);
+    *reinterpret_cast<uint4*>(dst + off1) = make_uint4(rb[0], rb[1], rb[2], rb[3]);
+  }
+}
+
 template <class T>
 __global__ void swiglu_kernel(const T* __restrict__ gu, int64_t M, int64_t I, T* __restrict__ out) {
   pdl_wait();
@@ -420,6 +583,16 @@ unsigned blocks_for(int64_t n) { return static_cast<unsigned>((n + kThreads - 1)
 bool rope_vec_ok(const void* q, const void* k, const void* v, int64_t ld, int hd, const void* q_out, const PagedKv& kv) {
   auto al = [](const void* p, uintptr_t n) { return reinterpret_cast<uintptr_t>(p) % n == 0; };
   return al(q, 4) && al(k, 4) && al(v, 4) && al(kv.k, 4) && al(kv.v, 4) && al(q_out, 4) && ld % 2 == 0 && hd % 4 == 0;
+}
+
+// qk_rope_wide_kernel's: head_dim 16 LPH (LPH a power of two, 2 .. 32), and every row, head, pool and
+// norm weight 16-byte aligned.
+bool rope_wide_ok(const void* q, const void* k, const void* v, int64_t ld, int hd, const void* q_out, const PagedKv& kv,
+                  const float* q_norm, const float* k_norm) {
+  auto al = [](const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; };
+  const int lph = hd / 16;
+  return hd % 16 == 0 && lph >= 2 && lph <= 32 && (lph & (lph - 1)) == 0 && ld % 8 == 0 && al(q) && al(k) && al(v) &&
+         al(q_out) && al(kv.k) && al(kv.v) && al(q_norm) && al(k_norm);
 }
 
 void check_rows(int64_t M, const char* who) {
@@ -491,12 +664,37 @@ void qk_rope_kv_write(const void* q, const void* k, const void* v, int64_t ld, i
     throw std::invalid_argument(fmt::format("qk_rope_kv_write: heads {} / {} of dim {}", nh, kv.kv_heads, kv.head_dim));
   if (ld < static_cast<int64_t>(nh) * kv.head_dim)
     throw std::invalid_argument(fmt::format("qk_rope_kv_write: row stride {} < {} query values", ld, nh * kv.head_dim));
+  const bool norm = q_norm || k_norm;
+  const int hd = kv.head_dim;
+  if (rope_wide_ok(q, k, v, ld, hd, q_out, kv, q_norm, k_norm)) {
+    const int lph = hd / 16, warps = std::min((nh + kv.kv_heads + 32 / lph - 1) / (32 / lph), kRopeWideMaxWarps);
+    auto go = [&](auto tag, auto lph_c) {
+      using T = decltype(tag);
+      constexpr int LPH = decltype(lph_c)::value;
+      const auto kernel = interleaved
+                              ? (norm ? qk_rope_wide_kernel<T, LPH, true, true> : qk_rope_wide_kernel<T, LPH, true, false>)
+                              : (norm ? qk_rope_wide_kernel<T, LPH, false, true> : qk_rope_wide_kernel<T, LPH, false, false>);
+      launch_pdl(kernel, dim3(static_cast<unsigned>(M)), dim3(warps * 32), 0, stream, static_cast<const T*>(q),
+                 static_cast<const T*>(k), static_cast<const T*>(v), ld, nh, q_norm, k_norm, eps, inv_freq, rows, kv,
+                 static_cast<T*>(q_out));
+    };
+    auto by_lph = [&](auto tag) {
+      if (lph == 2) go(tag, std::integral_constant<int, 2>{});
+      else if (lph == 4) go(tag, std::integral_constant<int, 4>{});
+      else if (lph == 8) go(tag, std::integral_constant<int, 8>{});
+      else if (lph == 16) go(tag, std::integral_constant<int, 16>{});
+      else go(tag, std::integral_constant<int, 32>{});
+    };
+    if (t == DType::f16) by_lph(__half{});
+    else by_lph(__nv_bfloat16{});
+    SHARQ_CUDA_CHECK(cudaGetLastError());
+    return;
+  }
   const int slices = M >= kRopeRowsPerBlockFrom ? 1 : (nh + kv.kv_heads + kRopeWarps - 1) / kRopeWarps;
   const dim3 grid(static_cast<unsigned>(M), static_cast<unsigned>(slices));
   const dim3 block(kRopeWarps * 32);
   const int ppl = rope::ppl_for(kv.head_dim);
   const bool vec = rope_vec_ok(q, k, v, ld, kv.head_dim, q_out, kv);
-  const bool norm = q_norm || k_norm;
   auto go = [&](auto tag, auto ppl_c) {
     using T = decltype(tag);
     constexpr int PPL = decltype(ppl_c)::value;
