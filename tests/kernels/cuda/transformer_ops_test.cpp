@@ -8,7 +8,7 @@
 // row stride that rules out the word loads and stores gives the same bits as one that allows them, and
 // as 16-byte rows (the 16-byte kernel for hd 32 / 64 / 128 / 256 / 512: several heads per warp, a warp's
 // last heads idle for 8 + 2 heads of 128, query and KV heads in one warp for 3 + 1 of 256).
-// Label `gpu`: skips without a GPU.
+// And rmsnorm_rows with the residual add against add_rmsnorm (last test). Label `gpu`: skips without a GPU.
 //
 // Tolerances, from the arithmetic (FP32 norm, angle and rotation; the reference takes the kernel's
 // FP32 angle pos * inv_freq, then cos / sin in double):
@@ -226,6 +226,48 @@ TEST(QkRopeKvWrite, RejectsBadArguments) {
   } catch (const std::invalid_argument& e) {
     EXPECT_NE(std::string(e.what()).find("row stride"), std::string::npos) << e.what();
   }
+}
+
+// rmsnorm_rows with `add` (the engine's last residual add and final norm, for the rows that need
+// logits): row r of y is bit for bit add_rmsnorm's row rows[r], rows may repeat, and x is not
+// written; without `add`, rmsnorm_rows of add_rmsnorm's sums gives the same bits again. H = 4096
+// and 1000 take the 16-byte kernel, H = 37 the scalar one; FP16 and BF16.
+TEST(RmsnormRows, AddMatchesAddRmsnormOnTheSelectedRows) {
+  SKIP_WITHOUT_GPU();
+  for (DType t : {DType::f16, DType::bf16})
+    for (int64_t H : {int64_t{4096}, int64_t{1000}, int64_t{37}}) {
+      SCOPED_TRACE(std::string(t == DType::bf16 ? "bf16" : "f16") + " H=" + std::to_string(H));
+      Rng rng(static_cast<uint64_t>(H) * 7 + (t == DType::bf16 ? 1 : 0));
+      const int64_t M = 7;
+      const std::vector<int32_t> rows = {3, 0, 3, 6, 5};
+      const int64_t R = static_cast<int64_t>(rows.size());
+      std::vector<float> x(static_cast<size_t>(M * H)), w(static_cast<size_t>(H));
+      std::vector<uint16_t> o(static_cast<size_t>(M * H));
+      for (float& v : x) v = static_cast<float>(3.0 * rng.normal());
+      for (uint16_t& v : o) v = enc(static_cast<float>(rng.normal()), t);
+      for (float& v : w) v = static_cast<float>(1.0 + 0.2 * rng.normal());
+      DeviceBuffer<float> dx(x.size()), dsum(x.size()), dw(w.size());
+      DeviceBuffer<uint16_t> dob(o.size()), yref(o.size()), y(static_cast<size_t>(R * H)), y2(y.size());
+      DeviceBuffer<int32_t> drows(rows.size());
+      dx.upload(x.data()), dsum.upload(x.data()), dw.upload(w.data()), dob.upload(o.data()), drows.upload(rows.data());
+      SHARQ_CUDA_CHECK(cudaMemset(y.get(), 0xFF, y.bytes()));
+      SHARQ_CUDA_CHECK(cudaMemset(y2.get(), 0xFF, y2.bytes()));
+      cuda::add_rmsnorm(dsum.get(), dob.get(), M, H, dw.get(), 1e-5f, t, yref.get(), nullptr);
+      cuda::rmsnorm_rows(dx.get(), dob.get(), drows.get(), R, H, dw.get(), 1e-5f, t, y.get(), nullptr);
+      cuda::rmsnorm_rows(dsum.get(), nullptr, drows.get(), R, H, dw.get(), 1e-5f, t, y2.get(), nullptr);
+      SHARQ_CUDA_CHECK(cudaDeviceSynchronize());
+      const std::vector<uint16_t> hr = yref.to_host(), hy = y.to_host(), hy2 = y2.to_host();
+      const std::vector<float> hx = dx.to_host(), hs = dsum.to_host();
+      ASSERT_EQ(first_difference(hx, x), -1) << "x written";
+      for (int64_t r = 0; r < R; ++r)
+        for (int64_t h = 0; h < H; ++h) {
+          const size_t i = static_cast<size_t>(r * H + h), j = static_cast<size_t>(rows[static_cast<size_t>(r)] * H + h);
+          ASSERT_EQ(hy[i], hr[j]) << "row " << r << " (source " << rows[static_cast<size_t>(r)] << "), element " << h;
+          ASSERT_EQ(hy2[i], hr[j]) << "without add, row " << r << ", element " << h;
+        }
+      // and the sums add_rmsnorm kept are x + float(o) (a check that the reference itself added)
+      for (size_t i = 0; i < hs.size(); i += 97) ASSERT_EQ(hs[i], x[i] + dec(o[i], t)) << i;
+    }
 }
 
 }  // namespace

@@ -64,18 +64,24 @@ __global__ void embed_kernel(const __nv_bfloat16* __restrict__ embed, const int3
   for (int64_t h = threadIdx.x; h < H; h += blockDim.x) x[m * H + h] = __bfloat162float(e[h]);
 }
 
+// o (optional): the row normed is x + float(o) (add_rmsnorm_kernel's sum), x left as it is.
 template <class T>
-__global__ void rmsnorm_kernel(const float* __restrict__ x, const int32_t* __restrict__ rows, int64_t H,
-                               const float* __restrict__ w, float eps, T* __restrict__ y) {
+__global__ void rmsnorm_kernel(const float* __restrict__ x, const T* __restrict__ o, const int32_t* __restrict__ rows,
+                               int64_t H, const float* __restrict__ w, float eps, T* __restrict__ y) {
   pdl_wait();
   const int64_t r = blockIdx.x, src = rows ? rows[r] : r;
   const float* xr = x + src * H;
+  const T* orow = o ? o + src * H : nullptr;
+  auto at = [&](int64_t h) { return orow ? xr[h] + to_f(orow[h]) : xr[h]; };
   float ss = 0.0f;
-  for (int64_t h = threadIdx.x; h < H; h += blockDim.x) ss += xr[h] * xr[h];
+  for (int64_t h = threadIdx.x; h < H; h += blockDim.x) {
+    const float v = at(h);
+    ss += v * v;
+  }
   ss = block_sum(ss);
   pdl_trigger();  // after the row's loads (launch.cuh)
   const float inv = 1.0f / sqrtf(ss / static_cast<float>(H) + eps);
-  for (int64_t h = threadIdx.x; h < H; h += blockDim.x) y[r * H + h] = from_f<T>(w[h] * (xr[h] * inv));
+  for (int64_t h = threadIdx.x; h < H; h += blockDim.x) y[r * H + h] = from_f<T>(w[h] * (at(h) * inv));
 }
 
 // RMSNorm of rows with H % 4 == 0, H <= 4 * 1024 * kNormVec, optionally after the residual add:
@@ -89,7 +95,9 @@ template <class T>
 struct alignas(8) Pack4 {  // four 16-bit values: one 8-byte load
   T v[4];
 };
-template <class T, bool kAdd, int V>
+// kAdd: the row normed is x + float(o) (o's row src); kKeep: that sum is written back to x (the
+// residual stream's next value; rows must not repeat then).
+template <class T, bool kAdd, bool kKeep, int V>
 __global__ void __launch_bounds__(1024) norm_vec_kernel(float* __restrict__ x, const int32_t* __restrict__ rows,
                                                         const T* __restrict__ o, int64_t H, const float* __restrict__ w,
                                                         float eps, T* __restrict__ y) {
@@ -113,12 +121,12 @@ __global__ void __launch_bounds__(1024) norm_vec_kernel(float* __restrict__ x, c
     if (j < nv) {
       float4 a = xr[j];
       if constexpr (kAdd) {
-        const Pack4<T> b = reinterpret_cast<const Pack4<T>*>(o + r * H)[j];
+        const Pack4<T> b = reinterpret_cast<const Pack4<T>*>(o + src * H)[j];
         a.x += to_f(b.v[0]);
         a.y += to_f(b.v[1]);
         a.z += to_f(b.v[2]);
         a.w += to_f(b.v[3]);
-        xr[j] = a;
+        if constexpr (kKeep) xr[j] = a;
       }
       v[i] = a;
       ss += a.x * a.x + a.y * a.y + a.z * a.z + a.w * a.w;
@@ -152,11 +160,11 @@ unsigned norm_threads(int64_t H) {
   return static_cast<unsigned>(std::max<int64_t>(32, (t + 31) / 32 * 32));
 }
 
-template <class T, bool kAdd>
+template <class T, bool kAdd, bool kKeep>
 void launch_norm_vec(int64_t R, int64_t H, cudaStream_t stream, float* x, const int32_t* rows, const void* o,
                      const float* w, float eps, void* y) {
   const unsigned th = norm_threads(H);
-  const auto k = H / 4 <= 2 * int64_t{th} ? norm_vec_kernel<T, kAdd, 2> : norm_vec_kernel<T, kAdd, kNormVec>;
+  const auto k = H / 4 <= 2 * int64_t{th} ? norm_vec_kernel<T, kAdd, kKeep, 2> : norm_vec_kernel<T, kAdd, kKeep, kNormVec>;
   launch_pdl(k, dim3(static_cast<unsigned>(R)), dim3(th), 0, stream, x, rows, static_cast<const T*>(o), H, w, eps,
              static_cast<T*>(y));
 }
@@ -568,14 +576,6 @@ __global__ void swiglu8_kernel(const T* __restrict__ gu, int64_t M, int64_t I, T
   *reinterpret_cast<uint4*>(out + m * I + c) = ov;
 }
 
-template <class T>
-__global__ void residual_kernel(float* __restrict__ x, const T* __restrict__ o, int64_t n) {
-  pdl_wait();
-  pdl_trigger();
-  const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (i < n) x[i] += to_f(o[i]);
-}
-
 unsigned blocks_for(int64_t n) { return static_cast<unsigned>((n + kThreads - 1) / kThreads); }
 
 // rope::head's word loads and stores: the q, k, v rows, q_out and the K / V pools 4-byte aligned,
@@ -609,24 +609,28 @@ void embed_rows(const void* embed, const int32_t* tok, int64_t M, int64_t H, flo
   SHARQ_CUDA_CHECK(cudaGetLastError());
 }
 
-void rmsnorm_rows(const float* x, const int32_t* rows, int64_t R, int64_t H, const float* w, float eps, DType t, void* y,
-                  cudaStream_t stream) {
+void rmsnorm_rows(const float* x, const void* add, const int32_t* rows, int64_t R, int64_t H, const float* w, float eps,
+                  DType t, void* y, cudaStream_t stream) {
   check_rows(R, "rmsnorm_rows");
   if (R == 0) return;
   if (!x || !w || !y || H <= 0) throw std::invalid_argument("rmsnorm_rows: null pointer or H <= 0");
+  float* xm = const_cast<float*>(x);  // (never written: kKeep false)
   if (norm_vec_ok(H)) {
     if (t == DType::f16)
-      launch_norm_vec<__half, false>(R, H, stream, const_cast<float*>(x), rows, nullptr, w, eps, y);
+      add ? launch_norm_vec<__half, true, false>(R, H, stream, xm, rows, add, w, eps, y)
+          : launch_norm_vec<__half, false, false>(R, H, stream, xm, rows, nullptr, w, eps, y);
     else
-      launch_norm_vec<__nv_bfloat16, false>(R, H, stream, const_cast<float*>(x), rows, nullptr, w, eps, y);
+      add ? launch_norm_vec<__nv_bfloat16, true, false>(R, H, stream, xm, rows, add, w, eps, y)
+          : launch_norm_vec<__nv_bfloat16, false, false>(R, H, stream, xm, rows, nullptr, w, eps, y);
     SHARQ_CUDA_CHECK(cudaGetLastError());
     return;
   }
   if (t == DType::f16)
-    launch_pdl(rmsnorm_kernel<__half>, dim3(static_cast<unsigned>(R)), dim3(kThreads), 0, stream, x, rows, H, w, eps, static_cast<__half*>(y));
+    launch_pdl(rmsnorm_kernel<__half>, dim3(static_cast<unsigned>(R)), dim3(kThreads), 0, stream, x,
+               static_cast<const __half*>(add), rows, H, w, eps, static_cast<__half*>(y));
   else
-    launch_pdl(rmsnorm_kernel<__nv_bfloat16>, dim3(static_cast<unsigned>(R)), dim3(kThreads), 0, stream, x, rows, H, w, eps,
-                                                                                     static_cast<__nv_bfloat16*>(y));
+    launch_pdl(rmsnorm_kernel<__nv_bfloat16>, dim3(static_cast<unsigned>(R)), dim3(kThreads), 0, stream, x,
+               static_cast<const __nv_bfloat16*>(add), rows, H, w, eps, static_cast<__nv_bfloat16*>(y));
   SHARQ_CUDA_CHECK(cudaGetLastError());
 }
 
@@ -637,9 +641,9 @@ void add_rmsnorm(float* x, const void* o, int64_t M, int64_t H, const float* w, 
   if (!x || !o || !w || !y || H <= 0) throw std::invalid_argument("add_rmsnorm: null pointer or H <= 0");
   if (norm_vec_ok(H)) {
     if (t == DType::f16)
-      launch_norm_vec<__half, true>(M, H, stream, x, nullptr, o, w, eps, y);
+      launch_norm_vec<__half, true, true>(M, H, stream, x, nullptr, o, w, eps, y);
     else
-      launch_norm_vec<__nv_bfloat16, true>(M, H, stream, x, nullptr, o, w, eps, y);
+      launch_norm_vec<__nv_bfloat16, true, true>(M, H, stream, x, nullptr, o, w, eps, y);
     SHARQ_CUDA_CHECK(cudaGetLastError());
     return;
   }
@@ -736,14 +740,6 @@ void swiglu(const void* gu, int64_t M, int64_t I, DType t, void* out, cudaStream
   else
     launch_pdl(swiglu_kernel<__nv_bfloat16>, dim3(blocks_for(n)), dim3(kThreads), 0, stream, static_cast<const __nv_bfloat16*>(gu), M, I,
                                                                          static_cast<__nv_bfloat16*>(out));
-  SHARQ_CUDA_CHECK(cudaGetLastError());
-}
-
-void residual_add(float* x, const void* o, int64_t n, DType t, cudaStream_t stream) {
-  if (n <= 0) return;
-  if (!x || !o) throw std::invalid_argument("residual_add: null pointer");
-  if (t == DType::f16) launch_pdl(residual_kernel<__half>, dim3(blocks_for(n)), dim3(kThreads), 0, stream, x, static_cast<const __half*>(o), n);
-  else launch_pdl(residual_kernel<__nv_bfloat16>, dim3(blocks_for(n)), dim3(kThreads), 0, stream, x, static_cast<const __nv_bfloat16*>(o), n);
   SHARQ_CUDA_CHECK(cudaGetLastError());
 }
 

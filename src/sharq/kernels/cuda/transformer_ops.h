@@ -38,11 +38,14 @@ struct RowMap {
 // x[m][:] = float(embed[tok[m]][:]); embed: vocab x H BF16.
 void embed_rows(const void* embed_bf16, const int32_t* tok, int64_t M, int64_t H, float* x, cudaStream_t stream);
 
-// y[r][:] = RMSNorm(x[rows ? rows[r] : r][:]) * w for r < R; y: R x H of `t`.
-void rmsnorm_rows(const float* x, const int32_t* rows, int64_t R, int64_t H, const float* w, float eps, DType t, void* y,
-                  cudaStream_t stream);
+// y[r][:] = RMSNorm(v) * w for r < R, v = x[s][:] + float(add[s][:]) (add: `t`, optional; v = x[s][:]
+// without it), s = rows ? rows[r] : r; y: R x H of `t`. x is not written, so rows may repeat. With
+// add it is add_rmsnorm's arithmetic, bit for bit, for the selected rows: the last residual add and
+// the final norm in one pass over the rows that need logits only.
+void rmsnorm_rows(const float* x, const void* add, const int32_t* rows, int64_t R, int64_t H, const float* w, float eps,
+                  DType t, void* y, cudaStream_t stream);
 
-// x[m][:] += float(o[m][:]), then y[m][:] = RMSNorm(x[m][:]) * w (residual_add + rmsnorm_rows in
+// x[m][:] += float(o[m][:]), then y[m][:] = RMSNorm(x[m][:]) * w (the residual add and the norm in
 // one pass, the same arithmetic), for m < M.
 void add_rmsnorm(float* x, const void* o, int64_t M, int64_t H, const float* w, float eps, DType t, void* y,
                  cudaStream_t stream);
@@ -60,8 +63,5 @@ void qk_rope_kv_write(const void* q, const void* k, const void* v, int64_t ld, i
 // out[m][i] = T(silu(gu[m][i]) * gu[m][I + i]) for i < I: gu is the fused gate/up projection's
 // output (M x 2I, gate first), out M x I.
 void swiglu(const void* gu, int64_t M, int64_t I, DType t, void* out, cudaStream_t stream);
-
-// x += float(o), n elements.
-void residual_add(float* x, const void* o, int64_t n, DType t, cudaStream_t stream);
 
 }  // namespace sharq::cuda

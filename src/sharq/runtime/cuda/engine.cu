@@ -600,7 +600,7 @@ void GpuExecutor::Impl::forward(int64_t M, int64_t R, const AttentionPlan& plan)
     }
     mark(kNorm);
     if (add) add_rmsnorm(xr, add, M, E.H, w, eps, E.t, E.h.get(), st);
-    else rmsnorm_rows(xr, nullptr, M, E.H, w, eps, E.t, E.h.get(), st);
+    else rmsnorm_rows(xr, nullptr, nullptr, M, E.H, w, eps, E.t, E.h.get(), st);
     mark(kPrep);
     lin.prepare(E.h.get(), M, acts, st);
   };
@@ -650,10 +650,9 @@ void GpuExecutor::Impl::forward(int64_t M, int64_t R, const AttentionPlan& plan)
     }
     gemm_to_residual(*L.down, *E.acts_i, l + 1 < c.num_layers ? E.layers[static_cast<size_t>(l + 1)].attn_norm.get() : nullptr);
   }
-  mark(kOther);
-  residual_add(xr, E.ob.get(), M * E.H, E.t, st);
   if (R == 0) return;
-  rmsnorm_rows(xr, d + E.o_orow, R, E.H, E.final_norm.get(), eps, E.t, E.hn.get(), st);
+  mark(kOther);  // the last residual add and the final norm, of the R rows that need logits only
+  rmsnorm_rows(xr, E.ob.get(), d + E.o_orow, R, E.H, E.final_norm.get(), eps, E.t, E.hn.get(), st);
   mark(kLmHead);
   E.blas->matmul(E.t == DType::f16 ? BlasType::f16_f32out : BlasType::bf16_f32out, E.hn.get(), E.lm_head.get(),
                  E.logits.get(), R, E.V, E.H, nullptr, nullptr, st);
