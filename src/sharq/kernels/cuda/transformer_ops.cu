@@ -576,6 +576,21 @@ __global__ void swiglu8_kernel(const T* __restrict__ gu, int64_t M, int64_t I, T
   *reinterpret_cast<uint4*>(out + m * I + c) = ov;
 }
 
+// f(std::integral_constant<int, P>{}) for P the smallest power of two >= n in [Lo, Hi] (Hi past it):
+// the kernels' compile-time head-shape arguments.
+template <int Lo, int Hi, class F>
+void with_pow2(int n, F&& f) {
+  if constexpr (Lo >= Hi) f(std::integral_constant<int, Hi>{});
+  else if (n <= Lo) f(std::integral_constant<int, Lo>{});
+  else with_pow2<Lo * 2, Hi>(n, f);
+}
+// f(T{}) for the 16-bit activation type t.
+template <class F>
+void with_half_type(DType t, F&& f) {
+  if (t == DType::f16) f(__half{});
+  else f(__nv_bfloat16{});
+}
+
 unsigned blocks_for(int64_t n) { return static_cast<unsigned>((n + kThreads - 1) / kThreads); }
 
 // rope::head's word loads and stores: the q, k, v rows, q_out and the K / V pools 4-byte aligned,
@@ -672,25 +687,18 @@ void qk_rope_kv_write(const void* q, const void* k, const void* v, int64_t ld, i
   const int hd = kv.head_dim;
   if (rope_wide_ok(q, k, v, ld, hd, q_out, kv, q_norm, k_norm)) {
     const int lph = hd / 16, warps = std::min((nh + kv.kv_heads + 32 / lph - 1) / (32 / lph), kRopeWideMaxWarps);
-    auto go = [&](auto tag, auto lph_c) {
-      using T = decltype(tag);
-      constexpr int LPH = decltype(lph_c)::value;
-      const auto kernel = interleaved
-                              ? (norm ? qk_rope_wide_kernel<T, LPH, true, true> : qk_rope_wide_kernel<T, LPH, true, false>)
-                              : (norm ? qk_rope_wide_kernel<T, LPH, false, true> : qk_rope_wide_kernel<T, LPH, false, false>);
-      launch_pdl(kernel, dim3(static_cast<unsigned>(M)), dim3(warps * 32), 0, stream, static_cast<const T*>(q),
-                 static_cast<const T*>(k), static_cast<const T*>(v), ld, nh, q_norm, k_norm, eps, inv_freq, rows, kv,
-                 static_cast<T*>(q_out));
-    };
-    auto by_lph = [&](auto tag) {
-      if (lph == 2) go(tag, std::integral_constant<int, 2>{});
-      else if (lph == 4) go(tag, std::integral_constant<int, 4>{});
-      else if (lph == 8) go(tag, std::integral_constant<int, 8>{});
-      else if (lph == 16) go(tag, std::integral_constant<int, 16>{});
-      else go(tag, std::integral_constant<int, 32>{});
-    };
-    if (t == DType::f16) by_lph(__half{});
-    else by_lph(__nv_bfloat16{});
+    with_half_type(t, [&](auto tag) {
+      with_pow2<2, 32>(lph, [&](auto lph_c) {
+        using T = decltype(tag);
+        constexpr int LPH = decltype(lph_c)::value;
+        const auto kernel =
+            interleaved ? (norm ? qk_rope_wide_kernel<T, LPH, true, true> : qk_rope_wide_kernel<T, LPH, true, false>)
+                        : (norm ? qk_rope_wide_kernel<T, LPH, false, true> : qk_rope_wide_kernel<T, LPH, false, false>);
+        launch_pdl(kernel, dim3(static_cast<unsigned>(M)), dim3(warps * 32), 0, stream, static_cast<const T*>(q),
+                   static_cast<const T*>(k), static_cast<const T*>(v), ld, nh, q_norm, k_norm, eps, inv_freq, rows, kv,
+                   static_cast<T*>(q_out));
+      });
+    });
     SHARQ_CUDA_CHECK(cudaGetLastError());
     return;
   }
@@ -699,24 +707,17 @@ void qk_rope_kv_write(const void* q, const void* k, const void* v, int64_t ld, i
   const dim3 block(kRopeWarps * 32);
   const int ppl = rope::ppl_for(kv.head_dim);
   const bool vec = rope_vec_ok(q, k, v, ld, kv.head_dim, q_out, kv);
-  auto go = [&](auto tag, auto ppl_c) {
-    using T = decltype(tag);
-    constexpr int PPL = decltype(ppl_c)::value;
-    const auto kernel = interleaved ? (norm ? qk_rope_kernel<T, PPL, true, true> : qk_rope_kernel<T, PPL, true, false>)
-                                    : (norm ? qk_rope_kernel<T, PPL, false, true> : qk_rope_kernel<T, PPL, false, false>);
-    launch_pdl(kernel, grid, block, 0, stream, static_cast<const T*>(q), static_cast<const T*>(k),
-               static_cast<const T*>(v), ld, nh, q_norm, k_norm, eps, inv_freq, static_cast<int>(vec), rows, kv,
-               static_cast<T*>(q_out));
-  };
-  auto by_ppl = [&](auto tag) {
-    if (ppl == 1) go(tag, std::integral_constant<int, 1>{});
-    else if (ppl == 2) go(tag, std::integral_constant<int, 2>{});
-    else if (ppl == 4) go(tag, std::integral_constant<int, 4>{});
-    else if (ppl == 8) go(tag, std::integral_constant<int, 8>{});
-    else go(tag, std::integral_constant<int, 16>{});
-  };
-  if (t == DType::f16) by_ppl(__half{});
-  else by_ppl(__nv_bfloat16{});
+  with_half_type(t, [&](auto tag) {
+    with_pow2<1, 16>(ppl, [&](auto ppl_c) {
+      using T = decltype(tag);
+      constexpr int PPL = decltype(ppl_c)::value;
+      const auto kernel = interleaved ? (norm ? qk_rope_kernel<T, PPL, true, true> : qk_rope_kernel<T, PPL, true, false>)
+                                      : (norm ? qk_rope_kernel<T, PPL, false, true> : qk_rope_kernel<T, PPL, false, false>);
+      launch_pdl(kernel, grid, block, 0, stream, static_cast<const T*>(q), static_cast<const T*>(k),
+                 static_cast<const T*>(v), ld, nh, q_norm, k_norm, eps, inv_freq, static_cast<int>(vec), rows, kv,
+                 static_cast<T*>(q_out));
+    });
+  });
   SHARQ_CUDA_CHECK(cudaGetLastError());
 }
 
