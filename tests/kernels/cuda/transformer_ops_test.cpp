@@ -6,8 +6,9 @@
 // block boundaries, 5 rows (a warp per head) and 300 (a block per row), inputs so small that eps weighs
 // in the norm, and the q or k norm alone. Every other cache slot holds NaN (0xFFFF) and must keep it. A
 // row stride that rules out the word loads and stores gives the same bits as one that allows them, and
-// as 16-byte rows (the 16-byte kernel for hd 32 / 64 / 128 / 256 / 512: several heads per warp, a warp's
-// last heads idle for 8 + 2 heads of 128, query and KV heads in one warp for 3 + 1 of 256).
+// as 16-byte rows (the 16-byte kernel for hd 32 / 64 / 128 / 256 / 512, asserted taken: several heads
+// per warp, a warp's last heads idle for 8 + 2 heads of 128, query and KV heads in one warp for 3 + 1
+// of 256, a second pass of the warps over the row for 64 + 8 heads of 128 and 16 + 4 of 512, GQA 8).
 // And rmsnorm_rows with the residual add against add_rmsnorm (last test). Label `gpu`: skips without a GPU.
 //
 // Tolerances, from the arithmetic (FP32 norm, angle and rotation; the reference takes the kernel's
@@ -60,6 +61,7 @@ struct Case {
 
 struct Result {
   std::vector<uint16_t> q, k, v;
+  bool wide = false;  // qk_rope_kv_write took its 16-byte kernel
 };
 
 constexpr int kBlock = 16;
@@ -97,10 +99,12 @@ Result run(const Case& c, const std::vector<int32_t>& kPos, int64_t ld, const st
   cuda::PagedKv kv;
   kv.k = k.get(), kv.v = v.get(), kv.blocks = blocks, kv.block_size = kBlock, kv.kv_heads = c.nkv, kv.head_dim = c.hd;
   const uint16_t* base = dqkv.get();
+  const bool wide = cuda::qk_rope_wide(base, base + c.nh * c.hd, base + (c.nh + c.nkv) * c.hd, ld,
+                                       c.q_normed() ? dqn.get() : nullptr, c.k_normed() ? dkn.get() : nullptr, kv, q.get());
   cuda::qk_rope_kv_write(base, base + c.nh * c.hd, base + (c.nh + c.nkv) * c.hd, ld, M, c.nh, c.q_normed() ? dqn.get() : nullptr,
                          c.k_normed() ? dkn.get() : nullptr, 1e-6f, dinv.get(), c.interleaved, rows, kv, c.t, q.get(), nullptr);
   SHARQ_CUDA_CHECK(cudaDeviceSynchronize());
-  return {q.to_host(), k.to_host(), v.to_host()};
+  return {q.to_host(), k.to_host(), v.to_host(), wide};
 }
 
 TEST(QkRopeKvWrite, MatchesADoubleReference) {
@@ -109,7 +113,7 @@ TEST(QkRopeKvWrite, MatchesADoubleReference) {
   for (DType t : {DType::bf16, DType::f16})
     for (auto [nh, nkv, hd] : {std::tuple{8, 2, 128}, std::tuple{4, 4, 64}, std::tuple{6, 2, 36}, std::tuple{3, 1, 256},
                                 std::tuple{4, 1, 8}, std::tuple{2, 1, 34}, std::tuple{2, 2, 132}, std::tuple{2, 1, 384},
-                                std::tuple{4, 2, 32}, std::tuple{1, 1, 512}})
+                                std::tuple{4, 2, 32}, std::tuple{1, 1, 512}, std::tuple{64, 8, 128}, std::tuple{16, 4, 512}})
       for (int variant = 0; variant < 4; ++variant) cases.push_back({t, nh, nkv, hd, (variant & 1) != 0, (variant & 2) != 0});
   // and 300 rows (the kernel's whole-row blocks from M = 256 on; fewer rows take one head per warp)
   const size_t n_small = cases.size();
@@ -155,6 +159,11 @@ TEST(QkRopeKvWrite, MatchesADoubleReference) {
     const Result r = run(c, kPos, ld_words, rows_in, qn, kn, invf, table, toff, blocks);
     const Result r_odd = run(c, kPos, ld_odd, rows_in, qn, kn, invf, table, toff, blocks);
     const Result r_wide = run(c, kPos, ld_wide, rows_in, qn, kn, invf, table, toff, blocks);
+    // the 16-byte kernel for hd = 16 x 2^j (32 .. 512) on 16-byte rows only
+    const bool wide_hd = c.hd >= 32 && c.hd <= 512 && c.hd % 16 == 0 && ((c.hd / 16) & (c.hd / 16 - 1)) == 0;
+    ASSERT_EQ(r_wide.wide, wide_hd);
+    ASSERT_FALSE(r.wide);
+    ASSERT_FALSE(r_odd.wide);
     // the same arithmetic whatever the loads and stores, and the same norm summation tree in both kernels
     ASSERT_EQ(first_difference(r.q, r_odd.q), -1) << "q";
     ASSERT_EQ(first_difference(r.k, r_odd.k), -1) << "k";
@@ -231,11 +240,12 @@ TEST(QkRopeKvWrite, RejectsBadArguments) {
 // rmsnorm_rows with `add` (the engine's last residual add and final norm, for the rows that need
 // logits): row r of y is bit for bit add_rmsnorm's row rows[r], rows may repeat, and x is not
 // written; without `add`, rmsnorm_rows of add_rmsnorm's sums gives the same bits again. H = 4096
-// and 1000 take the 16-byte kernel, H = 37 the scalar one; FP16 and BF16.
+// and 1000 take the 16-byte kernel with 2 groups per thread, 16384 with 8, H = 37 the scalar kernel;
+// FP16 and BF16.
 TEST(RmsnormRows, AddMatchesAddRmsnormOnTheSelectedRows) {
   SKIP_WITHOUT_GPU();
   for (DType t : {DType::f16, DType::bf16})
-    for (int64_t H : {int64_t{4096}, int64_t{1000}, int64_t{37}}) {
+    for (int64_t H : {int64_t{4096}, int64_t{1000}, int64_t{16384}, int64_t{37}}) {
       SCOPED_TRACE(std::string(t == DType::bf16 ? "bf16" : "f16") + " H=" + std::to_string(H));
       Rng rng(static_cast<uint64_t>(H) * 7 + (t == DType::bf16 ? 1 : 0));
       const int64_t M = 7;

@@ -151,7 +151,14 @@ __global__ void __launch_bounds__(1024) norm_vec_kernel(float* __restrict__ x, c
   }
 }
 
-bool norm_vec_ok(int64_t H) { return H % 4 == 0 && H <= int64_t{4} * 1024 * kNormVec; }
+// Also the pointers the 16-byte kernel reads and writes in 16-byte (x, w) and 8-byte (o, y) pieces
+// (any row of them then too, H % 4 == 0). Otherwise the scalar kernels run: the same expressions
+// per element, another order of the sum of squares (a buffer's alignment is fixed for an engine, so
+// a row's bits still do not depend on the batch).
+bool norm_vec_ok(int64_t H, const void* x, const void* o, const float* w, const void* y) {
+  auto al = [](const void* p, uintptr_t n) { return reinterpret_cast<uintptr_t>(p) % n == 0; };
+  return H % 4 == 0 && H <= int64_t{4} * 1024 * kNormVec && al(x, 16) && al(o, 8) && al(w, 16) && al(y, 8);
+}
 // Two 16-byte groups per thread while the row allows (H = 4096: 512 threads): a one-row norm is
 // latency-bound, and 16 warps hide it where 4 warps with 8 groups each did not (measured, H200:
 // 7.5 us per add_rmsnorm call at 128 threads).
@@ -508,7 +515,7 @@ __global__ void __launch_bounds__(kRopeWideMaxWarps * 32) qk_rope_wide_kernel(
         const float e0[4] = {p0.x, p0.y, p0.z, p0.w}, e1[4] = {p1.x, p1.y, p1.z, p1.w};
 #pragma unroll
         for (int e = 0; e < 4; ++e) {
-          if constexpr (IL) {  // elements 16i + 8h' + e: pair 4h' + e / 2 of the lane (n0: h' = h, n1: h' = 2 + h)
+          if constexpr (IL) {  // n0[h]: elements 16i + 4h + e, the lane's pair 2h + e / 2; n1[h]: pair 4 + 2h + e / 2
             const int j0 = 2 * h + e / 2, j1 = 4 + 2 * h + e / 2;
             (e % 2 ? w1 : w0)[j0] = e0[e];
             (e % 2 ? w1 : w0)[j1] = e1[e];
@@ -600,21 +607,19 @@ bool rope_vec_ok(const void* q, const void* k, const void* v, int64_t ld, int hd
   return al(q, 4) && al(k, 4) && al(v, 4) && al(kv.k, 4) && al(kv.v, 4) && al(q_out, 4) && ld % 2 == 0 && hd % 4 == 0;
 }
 
-// qk_rope_wide_kernel's: head_dim 16 LPH (LPH a power of two, 2 .. 32), and every row, head, pool and
-// norm weight 16-byte aligned.
-bool rope_wide_ok(const void* q, const void* k, const void* v, int64_t ld, int hd, const void* q_out, const PagedKv& kv,
-                  const float* q_norm, const float* k_norm) {
-  auto al = [](const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; };
-  const int lph = hd / 16;
-  return hd % 16 == 0 && lph >= 2 && lph <= 32 && (lph & (lph - 1)) == 0 && ld % 8 == 0 && al(q) && al(k) && al(v) &&
-         al(q_out) && al(kv.k) && al(kv.v) && al(q_norm) && al(k_norm);
-}
-
 void check_rows(int64_t M, const char* who) {
   if (M < 0 || M > 0x7FFFFFFF) throw std::invalid_argument(fmt::format("{}: {} rows", who, M));
 }
 
 }  // namespace
+
+bool qk_rope_wide(const void* q, const void* k, const void* v, int64_t ld, const float* q_norm, const float* k_norm,
+                  const PagedKv& kv, const void* q_out) {
+  auto al = [](const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; };
+  const int hd = kv.head_dim, lph = hd / 16;
+  return hd % 16 == 0 && lph >= 2 && lph <= 32 && (lph & (lph - 1)) == 0 && ld % 8 == 0 && al(q) && al(k) && al(v) &&
+         al(q_out) && al(kv.k) && al(kv.v) && al(q_norm) && al(k_norm);
+}
 
 void embed_rows(const void* embed, const int32_t* tok, int64_t M, int64_t H, float* x, cudaStream_t stream) {
   check_rows(M, "embed_rows");
@@ -630,7 +635,7 @@ void rmsnorm_rows(const float* x, const void* add, const int32_t* rows, int64_t 
   if (R == 0) return;
   if (!x || !w || !y || H <= 0) throw std::invalid_argument("rmsnorm_rows: null pointer or H <= 0");
   float* xm = const_cast<float*>(x);  // (never written: kKeep false)
-  if (norm_vec_ok(H)) {
+  if (norm_vec_ok(H, x, add, w, y)) {
     if (t == DType::f16)
       add ? launch_norm_vec<__half, true, false>(R, H, stream, xm, rows, add, w, eps, y)
           : launch_norm_vec<__half, false, false>(R, H, stream, xm, rows, nullptr, w, eps, y);
@@ -654,7 +659,7 @@ void add_rmsnorm(float* x, const void* o, int64_t M, int64_t H, const float* w, 
   check_rows(M, "add_rmsnorm");
   if (M == 0) return;
   if (!x || !o || !w || !y || H <= 0) throw std::invalid_argument("add_rmsnorm: null pointer or H <= 0");
-  if (norm_vec_ok(H)) {
+  if (norm_vec_ok(H, x, o, w, y)) {
     if (t == DType::f16)
       launch_norm_vec<__half, true, true>(M, H, stream, x, nullptr, o, w, eps, y);
     else
@@ -685,7 +690,7 @@ void qk_rope_kv_write(const void* q, const void* k, const void* v, int64_t ld, i
     throw std::invalid_argument(fmt::format("qk_rope_kv_write: row stride {} < {} query values", ld, nh * kv.head_dim));
   const bool norm = q_norm || k_norm;
   const int hd = kv.head_dim;
-  if (rope_wide_ok(q, k, v, ld, hd, q_out, kv, q_norm, k_norm)) {
+  if (qk_rope_wide(q, k, v, ld, q_norm, k_norm, kv, q_out)) {
     const int lph = hd / 16, warps = std::min((nh + kv.kv_heads + 32 / lph - 1) / (32 / lph), kRopeWideMaxWarps);
     with_half_type(t, [&](auto tag) {
       with_pow2<2, 32>(lph, [&](auto lph_c) {

@@ -60,6 +60,12 @@ void qk_rope_kv_write(const void* q, const void* k, const void* v, int64_t ld, i
                       const float* k_norm, float eps, const float* inv_freq, bool interleaved, const RowMap& rows,
                       const PagedKv& kv, DType t, void* q_out, cudaStream_t stream);
 
+// Whether qk_rope_kv_write takes its 16-byte kernel for these arguments: head_dim 16 x 2^j (2 <= 2^j
+// <= 32: 32 .. 512), ld % 8 == 0, and q, k, v, q_out, both pools and the norm weights given 16-byte
+// aligned. Otherwise it takes the word kernel, with the same bits. For tests and benches.
+bool qk_rope_wide(const void* q, const void* k, const void* v, int64_t ld, const float* q_norm, const float* k_norm,
+                  const PagedKv& kv, const void* q_out);
+
 // out[m][i] = T(silu(gu[m][i]) * gu[m][I + i]) for i < I: gu is the fused gate/up projection's
 // output (M x 2I, gate first), out M x I.
 void swiglu(const void* gu, int64_t M, int64_t I, DType t, void* out, cudaStream_t stream);
