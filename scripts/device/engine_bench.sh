@@ -15,7 +15,7 @@ while [[ $# -gt 0 ]]; do
     *) break ;;
   esac
 done
-if [[ -d local/shared && ! -d ../shared/models ]]; then mkdir -p ../shared && cp -r local/shared/. ../shared/; fi
+source scripts/device/carried_shared.sh unpack  # local/shared (and local/ship) -> ../shared
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$OUT/env.txt"
 cmake -S . -B "$BUILD" -G Ninja -DCMAKE_BUILD_TYPE=Release -DSHARQ_BUILD_BENCH=OFF >"$OUT/configure.log" 2>&1 || { tail -20 "$OUT/configure.log"; exit 1; }
 ninja -C "$BUILD" >"$OUT/build.log" 2>&1 || { grep -E "error" "$OUT/build.log" | head -30; exit 1; }

@@ -7,7 +7,7 @@ set -uo pipefail
 OUT=${OUT:-$PWD/gpu-out}
 BUILD=${BUILD:-build-gpu}
 mkdir -p "$OUT"
-if [[ -d local/shared && ! -d ../shared/models ]]; then mkdir -p ../shared && cp -r local/shared/. ../shared/; fi
+source scripts/device/carried_shared.sh unpack  # local/shared (and local/ship) -> ../shared
 S=../shared
 cmake -S . -B "$BUILD" -G Ninja -DCMAKE_BUILD_TYPE=Release -DSHARQ_BUILD_BENCH=OFF >"$OUT/configure.log" 2>&1 || { tail -20 "$OUT/configure.log"; exit 1; }
 ninja -C "$BUILD" sharq_cli engine_test >"$OUT/build.log" 2>&1 || { grep -E "error" "$OUT/build.log" | head -30; exit 1; }

@@ -6,7 +6,7 @@ set -uo pipefail
 OUT=${OUT:-$PWD/gpu-out}
 B=${BUILD:-build-gpu}
 mkdir -p "$OUT"
-for d in local/shared local/ship; do if [[ -d $d && ! -d ../shared/models ]]; then mkdir -p ../shared && cp -r $d/. ../shared/; fi; done
+source scripts/device/carried_shared.sh unpack  # local/shared (and local/ship) -> ../shared
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$OUT/env.txt"
 cmake -S . -B "$B" -G Ninja -DCMAKE_BUILD_TYPE=Release -DSHARQ_BUILD_BENCH=OFF >/dev/null 2>&1
 ninja -C "$B" >"$OUT/build.log" 2>&1 || { grep error "$OUT/build.log" | head -20; exit 1; }

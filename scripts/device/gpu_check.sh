@@ -17,7 +17,7 @@ done
 BUILD=${BUILD:-build-gpu}
 # the on-disk model tests read ../shared, which does not travel: use the carried copy (local/shared) when
 # it came along, or they skip
-if [[ -d local/shared && ! -d ../shared/models ]]; then mkdir -p ../shared && cp -r local/shared/. ../shared/; fi
+source scripts/device/carried_shared.sh unpack  # local/shared (and local/ship) -> ../shared
 # the image has no cpp-httplib: use the carried Debian files when they came along (sharq serve)
 if [[ -d local/debs ]] && ! pkg-config --exists cpp-httplib 2>/dev/null; then source scripts/device/carried_httplib.sh local/debs; fi  # the folder named: a sourced file without arguments would see this script's own (ctest options)
 {

@@ -9,7 +9,7 @@ B=${BUILD:-build-gpu}
 MODEL=${1:-../shared/models/sharq-lm-30m}
 SCHEME=${2:-sharq}
 mkdir -p "$OUT"
-for d in local/shared local/ship; do if [[ -d $d && ! -d ../shared/models ]]; then mkdir -p ../shared && cp -r $d/. ../shared/; fi; done
+source scripts/device/carried_shared.sh unpack  # local/shared (and local/ship) -> ../shared
 port=18100
 log="$OUT/soak_server.log"
 if [[ $MODEL == synthetic:* ]]; then src=(--synthetic "${MODEL#synthetic:}"); else src=("$MODEL"); fi
