@@ -13,7 +13,12 @@ graph, copies, synchronization, the next step's metadata and launch), with every
 runtime call of the median gap listed. Kernels outside graphs (eager launches, e.g. time_linears) are
 summed per name for comparison.
 
-usage: trace_steps.py TRACE.csv [--min-replays 8] [--nodes 12]
+--eager: the eager steps instead (the prefill: kernels outside graphs, a step from one embedding
+kernel to the next, those with at least --min-attention attention kernels): the median step's wall
+time per class as above, and the idle gaps summed by (class before -> class after), the launch
+latency the GPU pays between kernels.
+
+usage: trace_steps.py TRACE.csv [--min-replays 8] [--nodes 12] [--eager [--min-attention 32]]
 """
 import argparse
 import csv
@@ -74,11 +79,55 @@ def attribute(rep):
     return res
 
 
+def eager_steps(kernels, a):
+    starts = [i for i, r in enumerate(kernels) if klass(r["name"]) == "embed"]
+    steps = []
+    for b, e in zip(starts, starts[1:] + [len(kernels)]):
+        st = kernels[b:e]
+        # the step ends with its last sampling kernel (what follows it is the bench's own work)
+        last = max((i for i, r in enumerate(st) if klass(r["name"]) == "sampling"), default=len(st) - 1)
+        st = st[: last + 1]
+        if sum(klass(r["name"]) == "attention" for r in st) >= a.min_attention:
+            steps.append(st)
+    if not steps:
+        print(f"no eager step with {a.min_attention} attention kernels")
+        return
+    walls = [st[-1]["end"] - st[0]["start"] for st in steps]
+    med = statistics.median(walls)
+    st = min(steps, key=lambda s: abs((s[-1]["end"] - s[0]["start"]) - med))
+    cls = defaultdict(lambda: [0, 0.0, 0.0, 0.0])  # count, busy, gap, stretch (us)
+    pairs = defaultdict(lambda: [0, 0.0])  # (class before -> class) : count, gap us
+    for i, (r, (g, s)) in enumerate(zip(st, attribute(st))):
+        c = cls[klass(r["name"])]
+        c[0] += 1
+        c[1] += (r["end"] - r["start"]) / 1e3
+        c[2] += g / 1e3
+        c[3] += s / 1e3
+        if i:
+            p = pairs[f'{klass(st[i - 1]["name"])} -> {klass(r["name"])}']
+            p[0] += 1
+            p[1] += g / 1e3
+    total = sum(c[2] + c[3] for c in cls.values())
+    print(f"== eager steps: {len(steps)} with >= {a.min_attention} attention kernels; the median one: {len(st)} kernels, "
+          f"wall {med / 1e3:.1f} us (min {min(walls) / 1e3:.1f}, max {max(walls) / 1e3:.1f})")
+    print(f"  {'class':10s} {'kernels':>7s} {'busy us':>9s} {'gaps us':>9s} {'stretch us':>10s} {'wall us':>9s} {'share':>6s}")
+    for k in sorted(cls, key=lambda k: -(cls[k][2] + cls[k][3])):
+        c = cls[k]
+        w = c[2] + c[3]
+        print(f"  {k:10s} {c[0]:7d} {c[1]:9.1f} {c[2]:9.1f} {c[3]:10.1f} {w:9.1f} {100 * w / total:5.1f}%")
+    print("  idle gaps by (class before -> class after): count, total us, mean us")
+    for k, (n, g) in sorted(pairs.items(), key=lambda kv: -kv[1][1])[:10]:
+        if g > 0:
+            print(f"    {k:22s} {n:5d} {g:9.1f} {g / n:7.2f}")
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("trace")
     ap.add_argument("--min-replays", type=int, default=8)
     ap.add_argument("--nodes", type=int, default=12, help="nodes to list, from the GEMM before the first attention")
+    ap.add_argument("--eager", action="store_true", help="the eager steps (prefill) instead of the graph replays")
+    ap.add_argument("--min-attention", type=int, default=32, help="--eager: attention kernels a step needs (layers)")
     a = ap.parse_args()
     graphs, eager, others = defaultdict(list), defaultdict(list), []
     with open(a.trace) as f:
@@ -92,6 +141,9 @@ def main():
                 if row["kind"] == "kernel":
                     eager[r["name"]].append(row["end"] - row["start"])
     others.sort(key=lambda r: r["start"])
+    if a.eager:
+        eager_steps([r for r in others if r["kind"] == "kernel"], a)
+        return
     for gid in sorted(graphs):
         reps = [rp for rp in replays(graphs[gid]) if len(rp) == len(replays(graphs[gid])[0])]
         if len(reps) < a.min_replays:
