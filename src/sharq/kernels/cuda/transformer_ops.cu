@@ -171,7 +171,8 @@ template <class T, bool kAdd, bool kKeep>
 void launch_norm_vec(int64_t R, int64_t H, cudaStream_t stream, float* x, const int32_t* rows, const void* o,
                      const float* w, float eps, void* y) {
   const unsigned th = norm_threads(H);
-  const auto k = H / 4 <= 2 * int64_t{th} ? norm_vec_kernel<T, kAdd, kKeep, 2> : norm_vec_kernel<T, kAdd, kKeep, kNormVec>;
+  const auto k =
+      H / 4 <= 2 * int64_t{th} ? norm_vec_kernel<T, kAdd, kKeep, 2> : norm_vec_kernel<T, kAdd, kKeep, kNormVec>;
   launch_pdl(k, dim3(static_cast<unsigned>(R)), dim3(th), 0, stream, x, rows, static_cast<const T*>(o), H, w, eps,
              static_cast<T*>(y));
 }
@@ -322,8 +323,9 @@ __device__ __forceinline__ void head(const T* __restrict__ src, const float* __r
 
 // The word kernel: head dims and rows that qk_rope_wide_kernel (below) does not take (hd not 16 times
 // a power of two, rows or pools not 16-byte aligned). Grid (M, slices): warp w of block (m, b) takes
-// heads y = b kRopeWarps + w, then + slices kRopeWarps, .. < nh + nkv of row m (y < nh a query head, else KV head y - nh: its k is normed / rotated and written
-// with its v), computing the lane's angles once. slices = 1 (a block per row, the angles shared by a
+// heads y = b kRopeWarps + w, then + slices kRopeWarps, .. < nh + nkv of row m (y < nh a query
+// head, else KV head y - nh: its k is normed / rotated and written with its v), computing the lane's
+// angles once. slices = 1 (a block per row, the angles shared by a
 // warp's heads) for large M; one head per warp for small M, where the step waits on the latency of
 // one row's heads (measured, H200: one block per row at every M took a batch-1 decode step's RoPE
 // from 193 to 243 us, mean of six schemes, and left the 2048-row prefill's within noise).
@@ -411,7 +413,8 @@ __global__ void __launch_bounds__(kRopeWideMaxWarps * 32) qk_rope_wide_kernel(
   constexpr int HD = 16 * LPH, HALF = HD / 2, HPW = 32 / LPH, PPL = rope::ppl_for(HD), R = 8 / PPL;
   static_assert(sizeof(T) == 2 && 32 % LPH == 0 && PPL * R == 8);
   const int64_t m = blockIdx.x;
-  const int warp = static_cast<int>(threadIdx.x >> 5), lane = threadIdx.x & 31, warps = static_cast<int>(blockDim.x >> 5);
+  const int warp = static_cast<int>(threadIdx.x >> 5), lane = threadIdx.x & 31;
+  const int warps = static_cast<int>(blockDim.x >> 5);
   const int g = lane / LPH, i = lane % LPH, nkv = kv.kv_heads;
   const int pos = rows.pos[m];  // step metadata: copied before the step's first kernel
   const int32_t blk = rows.table[rows.table_off[m] + pos / kv.block_size];
@@ -425,7 +428,8 @@ __global__ void __launch_bounds__(kRopeWideMaxWarps * 32) qk_rope_wide_kernel(
   float c[8], s[8];
 #pragma unroll
   for (int h = 0; h < 2; ++h) {
-    const float4 c4 = reinterpret_cast<const float4*>(cs[0] + 8 * i)[h], s4 = reinterpret_cast<const float4*>(cs[1] + 8 * i)[h];
+    const float4 c4 = reinterpret_cast<const float4*>(cs[0] + 8 * i)[h];
+    const float4 s4 = reinterpret_cast<const float4*>(cs[1] + 8 * i)[h];
     c[4 * h] = c4.x, c[4 * h + 1] = c4.y, c[4 * h + 2] = c4.z, c[4 * h + 3] = c4.w;
     s[4 * h] = s4.x, s[4 * h + 1] = s4.y, s[4 * h + 2] = s4.z, s[4 * h + 3] = s4.w;
   }
@@ -716,8 +720,9 @@ void qk_rope_kv_write(const void* q, const void* k, const void* v, int64_t ld, i
     with_pow2<1, 16>(ppl, [&](auto ppl_c) {
       using T = decltype(tag);
       constexpr int PPL = decltype(ppl_c)::value;
-      const auto kernel = interleaved ? (norm ? qk_rope_kernel<T, PPL, true, true> : qk_rope_kernel<T, PPL, true, false>)
-                                      : (norm ? qk_rope_kernel<T, PPL, false, true> : qk_rope_kernel<T, PPL, false, false>);
+      const auto kernel =
+          interleaved ? (norm ? qk_rope_kernel<T, PPL, true, true> : qk_rope_kernel<T, PPL, true, false>)
+                      : (norm ? qk_rope_kernel<T, PPL, false, true> : qk_rope_kernel<T, PPL, false, false>);
       launch_pdl(kernel, grid, block, 0, stream, static_cast<const T*>(q), static_cast<const T*>(k),
                  static_cast<const T*>(v), ld, nh, q_norm, k_norm, eps, inv_freq, static_cast<int>(vec), rows, kv,
                  static_cast<T*>(q_out));
