@@ -64,24 +64,32 @@ __global__ void embed_kernel(const __nv_bfloat16* __restrict__ embed, const int3
   for (int64_t h = threadIdx.x; h < H; h += blockDim.x) x[m * H + h] = __bfloat162float(e[h]);
 }
 
-// o (optional): the row normed is x + float(o) (add_rmsnorm_kernel's sum), x left as it is.
-template <class T>
-__global__ void rmsnorm_kernel(const float* __restrict__ x, const T* __restrict__ o, const int32_t* __restrict__ rows,
+// RMSNorm of a row r (source row rows ? rows[r] : r), one element per thread in turn: the rows the
+// 16-byte kernel below does not take. kAdd and kKeep as there.
+template <class T, bool kAdd, bool kKeep>
+__global__ void rmsnorm_kernel(float* __restrict__ x, const int32_t* __restrict__ rows, const T* __restrict__ o,
                                int64_t H, const float* __restrict__ w, float eps, T* __restrict__ y) {
   pdl_wait();
   const int64_t r = blockIdx.x, src = rows ? rows[r] : r;
-  const float* xr = x + src * H;
-  const T* orow = o ? o + src * H : nullptr;
-  auto at = [&](int64_t h) { return orow ? xr[h] + to_f(orow[h]) : xr[h]; };
+  float* xr = x + src * H;
+  const T* orow = kAdd ? o + src * H : nullptr;
   float ss = 0.0f;
   for (int64_t h = threadIdx.x; h < H; h += blockDim.x) {
-    const float v = at(h);
+    float v = xr[h];
+    if constexpr (kAdd) {
+      v += to_f(orow[h]);
+      if constexpr (kKeep) xr[h] = v;
+    }
     ss += v * v;
   }
   ss = block_sum(ss);
   pdl_trigger();  // after the row's loads (launch.cuh)
   const float inv = 1.0f / sqrtf(ss / static_cast<float>(H) + eps);
-  for (int64_t h = threadIdx.x; h < H; h += blockDim.x) y[r * H + h] = from_f<T>(w[h] * (at(h) * inv));
+  for (int64_t h = threadIdx.x; h < H; h += blockDim.x) {
+    float v = xr[h];  // (with kKeep, the sum this thread stored)
+    if constexpr (kAdd && !kKeep) v += to_f(orow[h]);
+    y[r * H + h] = from_f<T>(w[h] * (v * inv));
+  }
 }
 
 // RMSNorm of rows with H % 4 == 0, H <= 4 * 1024 * kNormVec, optionally after the residual add:
@@ -152,7 +160,7 @@ __global__ void __launch_bounds__(1024) norm_vec_kernel(float* __restrict__ x, c
 }
 
 // Also the pointers the 16-byte kernel reads and writes in 16-byte (x, w) and 8-byte (o, y) pieces
-// (any row of them then too, H % 4 == 0). Otherwise the scalar kernels run: the same expressions
+// (any row of them then too, H % 4 == 0). Otherwise the scalar kernel runs: the same expressions
 // per element, another order of the sum of squares (a buffer's alignment is fixed for an engine, so
 // a row's bits still do not depend on the batch).
 bool norm_vec_ok(int64_t H, const void* x, const void* o, const float* w, const void* y) {
@@ -167,33 +175,27 @@ unsigned norm_threads(int64_t H) {
   return static_cast<unsigned>(std::max<int64_t>(32, (t + 31) / 32 * 32));
 }
 
+// f(T{}) for the 16-bit activation type t.
+template <class F>
+void with_half_type(DType t, F&& f) {
+  if (t == DType::f16) f(__half{});
+  else f(__nv_bfloat16{});
+}
+
+// The norm of R rows: the 16-byte kernel where norm_vec_ok, else the scalar one.
 template <class T, bool kAdd, bool kKeep>
-void launch_norm_vec(int64_t R, int64_t H, cudaStream_t stream, float* x, const int32_t* rows, const void* o,
-                     const float* w, float eps, void* y) {
+void launch_norm(int64_t R, int64_t H, cudaStream_t stream, float* x, const int32_t* rows, const void* o, const float* w,
+                 float eps, void* y) {
+  if (!norm_vec_ok(H, x, o, w, y)) {
+    launch_pdl(rmsnorm_kernel<T, kAdd, kKeep>, dim3(static_cast<unsigned>(R)), dim3(kThreads), 0, stream, x, rows,
+               static_cast<const T*>(o), H, w, eps, static_cast<T*>(y));
+    return;
+  }
   const unsigned th = norm_threads(H);
   const auto k =
       H / 4 <= 2 * int64_t{th} ? norm_vec_kernel<T, kAdd, kKeep, 2> : norm_vec_kernel<T, kAdd, kKeep, kNormVec>;
   launch_pdl(k, dim3(static_cast<unsigned>(R)), dim3(th), 0, stream, x, rows, static_cast<const T*>(o), H, w, eps,
              static_cast<T*>(y));
-}
-
-template <class T>
-__global__ void add_rmsnorm_kernel(float* __restrict__ x, const T* __restrict__ o, int64_t H, const float* __restrict__ w,
-                                   float eps, T* __restrict__ y) {
-  pdl_wait();
-  const int64_t r = blockIdx.x;
-  float* xr = x + r * H;
-  const T* orow = o + r * H;
-  float ss = 0.0f;
-  for (int64_t h = threadIdx.x; h < H; h += blockDim.x) {
-    const float v = xr[h] + to_f(orow[h]);
-    xr[h] = v;
-    ss += v * v;
-  }
-  ss = block_sum(ss);
-  pdl_trigger();  // after the row's loads (launch.cuh)
-  const float inv = 1.0f / sqrtf(ss / static_cast<float>(H) + eps);
-  for (int64_t h = threadIdx.x; h < H; h += blockDim.x) y[r * H + h] = from_f<T>(w[h] * (xr[h] * inv));
 }
 
 // ---- RoPE (with the optional q/k RMSNorm) of one head by one warp ---------------------------
@@ -325,10 +327,10 @@ __device__ __forceinline__ void head(const T* __restrict__ src, const float* __r
 // a power of two, rows or pools not 16-byte aligned). Grid (M, slices): warp w of block (m, b) takes
 // heads y = b kRopeWarps + w, then + slices kRopeWarps, .. < nh + nkv of row m (y < nh a query
 // head, else KV head y - nh: its k is normed / rotated and written with its v), computing the lane's
-// angles once. slices = 1 (a block per row, the angles shared by a
-// warp's heads) for large M; one head per warp for small M, where the step waits on the latency of
-// one row's heads (measured, H200: one block per row at every M took a batch-1 decode step's RoPE
-// from 193 to 243 us, mean of six schemes, and left the 2048-row prefill's within noise).
+// angles once. slices = 1 (a block per row, the angles shared by a warp's heads) for large M; one
+// head per warp for small M, where the step waits on the latency of one row's heads (measured, H200:
+// one block per row at every M took a batch-1 decode step's RoPE from 193 to 243 us, mean of six
+// schemes, and left the 2048-row prefill's within noise).
 // PPL = rope::ppl_for(hd), a template argument so that the unrolled loops stay as short as the head.
 // Up to 2 pairs per lane (head_dim <= 128) the kernel is held to 40 registers, 6 blocks per SM (it
 // needed 47, 5 blocks, with no spill at 40; Nsight Compute on the 2048-row prefill, H200: latency-bound,
@@ -595,12 +597,6 @@ void with_pow2(int n, F&& f) {
   else if (n <= Lo) f(std::integral_constant<int, Lo>{});
   else with_pow2<Lo * 2, Hi>(n, f);
 }
-// f(T{}) for the 16-bit activation type t.
-template <class F>
-void with_half_type(DType t, F&& f) {
-  if (t == DType::f16) f(__half{});
-  else f(__nv_bfloat16{});
-}
 
 unsigned blocks_for(int64_t n) { return static_cast<unsigned>((n + kThreads - 1) / kThreads); }
 
@@ -639,22 +635,11 @@ void rmsnorm_rows(const float* x, const void* add, const int32_t* rows, int64_t 
   if (R == 0) return;
   if (!x || !w || !y || H <= 0) throw std::invalid_argument("rmsnorm_rows: null pointer or H <= 0");
   float* xm = const_cast<float*>(x);  // (never written: kKeep false)
-  if (norm_vec_ok(H, x, add, w, y)) {
-    if (t == DType::f16)
-      add ? launch_norm_vec<__half, true, false>(R, H, stream, xm, rows, add, w, eps, y)
-          : launch_norm_vec<__half, false, false>(R, H, stream, xm, rows, nullptr, w, eps, y);
-    else
-      add ? launch_norm_vec<__nv_bfloat16, true, false>(R, H, stream, xm, rows, add, w, eps, y)
-          : launch_norm_vec<__nv_bfloat16, false, false>(R, H, stream, xm, rows, nullptr, w, eps, y);
-    SHARQ_CUDA_CHECK(cudaGetLastError());
-    return;
-  }
-  if (t == DType::f16)
-    launch_pdl(rmsnorm_kernel<__half>, dim3(static_cast<unsigned>(R)), dim3(kThreads), 0, stream, x,
-               static_cast<const __half*>(add), rows, H, w, eps, static_cast<__half*>(y));
-  else
-    launch_pdl(rmsnorm_kernel<__nv_bfloat16>, dim3(static_cast<unsigned>(R)), dim3(kThreads), 0, stream, x,
-               static_cast<const __nv_bfloat16*>(add), rows, H, w, eps, static_cast<__nv_bfloat16*>(y));
+  with_half_type(t, [&](auto tag) {
+    using T = decltype(tag);
+    if (add) launch_norm<T, true, false>(R, H, stream, xm, rows, add, w, eps, y);
+    else launch_norm<T, false, false>(R, H, stream, xm, rows, nullptr, w, eps, y);
+  });
   SHARQ_CUDA_CHECK(cudaGetLastError());
 }
 
@@ -663,20 +648,7 @@ void add_rmsnorm(float* x, const void* o, int64_t M, int64_t H, const float* w, 
   check_rows(M, "add_rmsnorm");
   if (M == 0) return;
   if (!x || !o || !w || !y || H <= 0) throw std::invalid_argument("add_rmsnorm: null pointer or H <= 0");
-  if (norm_vec_ok(H, x, o, w, y)) {
-    if (t == DType::f16)
-      launch_norm_vec<__half, true, true>(M, H, stream, x, nullptr, o, w, eps, y);
-    else
-      launch_norm_vec<__nv_bfloat16, true, true>(M, H, stream, x, nullptr, o, w, eps, y);
-    SHARQ_CUDA_CHECK(cudaGetLastError());
-    return;
-  }
-  if (t == DType::f16)
-    launch_pdl(add_rmsnorm_kernel<__half>, dim3(static_cast<unsigned>(M)), dim3(kThreads), 0, stream, x, static_cast<const __half*>(o), H, w, eps,
-                                                                                  static_cast<__half*>(y));
-  else
-    launch_pdl(add_rmsnorm_kernel<__nv_bfloat16>, dim3(static_cast<unsigned>(M)), dim3(kThreads), 0, stream, 
-        x, static_cast<const __nv_bfloat16*>(o), H, w, eps, static_cast<__nv_bfloat16*>(y));
+  with_half_type(t, [&](auto tag) { launch_norm<decltype(tag), true, true>(M, H, stream, x, nullptr, o, w, eps, y); });
   SHARQ_CUDA_CHECK(cudaGetLastError());
 }
 
