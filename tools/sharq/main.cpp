@@ -613,6 +613,9 @@ int main(int argc, char** argv) {
   bm->add_option("--reduce-fusion", bmo.reduce_fusion, "FP4 schemes: which element-wise steps run inside the split-K "
                                                       "reduction of the decode GEMMs (all | norm | swiglu | none)")
       ->capture_default_str()->check(CLI::IsMember({"all", "norm", "swiglu", "none"}));
+  bm->add_option("--gemm-residual", bmo.gemm_residual, "fp16, bf16: add o's and down's product to the residual "
+                                                      "stream inside the cuBLASLt GEMM (on | off: the norm kernel adds it)")
+      ->capture_default_str()->check(CLI::IsMember({"on", "off"}));
   add_number<double>(bm, "--torch-tok-s", bmo.torch_tok_s,
                      "the same run's torch decode tok/s (scripts/device/torch_decode_peer.py), for the ratio", 0.0,
                      1e9, true);

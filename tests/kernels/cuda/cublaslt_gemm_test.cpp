@@ -20,12 +20,14 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <cstring>
 #include <limits>
 #include <random>
 #include <stdexcept>
+#include <tuple>
 #include <vector>
 
 #include "../../support/gpu_test.h"
@@ -136,6 +138,63 @@ void check_half_type(BlasType t, double tol) {
         }
       }
   std::printf("[cublaslt] %s: worst relative Frobenius error %.3e (bound %.1e)\n", cuda::blas_type_name(t), worst, tol);
+}
+
+// accumulate = true: Y += X W^T into FP32 Y (beta = 1, C = D = Y), for both 16-bit input types.
+// Against the same plan's product written alone (Y0 + P: the same FP32 accumulator, one FP32 add,
+// so equal up to that add's rounding) and against the FP64 reference; a second call adds P again,
+// so Y is read each time.
+TEST(CublasLtGemm, AccumulateAddsTheProductIntoFp32Rows) {
+  SKIP_WITHOUT_GPU();
+  CublasLtGemm gemm;
+  for (BlasType t : {BlasType::f16_f32out, BlasType::bf16_f32out})
+    for (const auto& [M, N, K] : {std::tuple<int64_t, int64_t, int64_t>{1, 256, 512}, {37, 200, 96}, {256, 512, 1024}}) {
+      SCOPED_TRACE(std::string(cuda::blas_type_name(t)) + " M=" + std::to_string(M) + " N=" + std::to_string(N) +
+                   " K=" + std::to_string(K));
+      const bool bf = t == BlasType::bf16_f32out;
+      const auto xf = normal(static_cast<size_t>(M * K), 3000 + M + K, 1.0f);
+      const auto wf = normal(static_cast<size_t>(N * K), 4000 + N + K, 1.0f);
+      const auto y0 = normal(static_cast<size_t>(M * N), 5000 + M * N, 4.0f);
+      std::vector<uint16_t> xh(xf.size()), wh(wf.size());
+      std::vector<double> xr(xf.size()), wr(wf.size());
+      for (size_t i = 0; i < xf.size(); ++i) {
+        xh[i] = bf ? bf16_encode(xf[i]) : fp16_encode(xf[i]);
+        xr[i] = bf ? bf16_decode(xh[i]) : fp16_decode(xh[i]);
+      }
+      for (size_t i = 0; i < wf.size(); ++i) {
+        wh[i] = bf ? bf16_encode(wf[i]) : fp16_encode(wf[i]);
+        wr[i] = bf ? bf16_decode(wh[i]) : fp16_decode(wh[i]);
+      }
+      const auto ref = reference(xr, wr, M, N, K);
+      DeviceBuffer<uint16_t> dx(xh.size()), dw(wh.size());
+      DeviceBuffer<float> dp(static_cast<size_t>(M * N)), dy(static_cast<size_t>(M * N));
+      dx.upload(xh.data());
+      dw.upload(wh.data());
+      dy.upload(y0.data());
+      gemm.matmul(t, dx.get(), dw.get(), dp.get(), M, N, K, nullptr, nullptr, nullptr);
+      gemm.matmul(t, dx.get(), dw.get(), dy.get(), M, N, K, nullptr, nullptr, nullptr, 1.0f, /*accumulate=*/true);
+      SHARQ_CUDA_CHECK(cudaDeviceSynchronize());
+      const std::vector<float> p = dp.to_host(), y1 = dy.to_host();
+      gemm.matmul(t, dx.get(), dw.get(), dy.get(), M, N, K, nullptr, nullptr, nullptr, 1.0f, /*accumulate=*/true);
+      SHARQ_CUDA_CHECK(cudaDeviceSynchronize());
+      const std::vector<float> y2 = dy.to_host();
+      double worst1 = 0.0, worst2 = 0.0, worst_ref = 0.0;
+      size_t exact = 0;
+      for (size_t i = 0; i < y0.size(); ++i) {
+        const double e1 = static_cast<double>(y0[i]) + p[i], e2 = e1 + p[i];
+        const double scale = std::fabs(y0[i]) + 2.0 * std::fabs(p[i]) + 1e-30;
+        worst1 = std::max(worst1, std::fabs(y1[i] - e1) / scale);
+        worst2 = std::max(worst2, std::fabs(y2[i] - e2) / scale);
+        worst_ref = std::max(worst_ref, std::fabs(y1[i] - (y0[i] + ref[i])) / (std::fabs(y0[i]) + std::sqrt(double(K))));
+        exact += y1[i] == static_cast<float>(y0[i] + p[i]);
+      }
+      std::printf("[cublaslt] %s accumulate M=%lld N=%lld K=%lld: vs Y0 + P %.2e (%zu/%zu bit-exact), second add %.2e, "
+                  "vs FP64 %.2e\n", cuda::blas_type_name(t), static_cast<long long>(M), static_cast<long long>(N),
+                  static_cast<long long>(K), worst1, exact, y0.size(), worst2, worst_ref);
+      EXPECT_LE(worst1, 2e-7);  // one FP32 rounding of the sum
+      EXPECT_LE(worst2, 4e-7);
+      EXPECT_LE(worst_ref, bf ? kTolBf16 : kTolF16);
+    }
 }
 
 TEST(CublasLtGemm, F16MatchesFp64ReferenceOnRoundedOperands) {

@@ -183,6 +183,35 @@ TEST(GpuEngine, ReductionEpiloguesMatchTheSeparateKernels) {
   }
 }
 
+// fp16 / bf16: o's and down's product added to the FP32 residual inside cuBLASLt's GEMM
+// (EngineOptions::gemm_residual) against the 16-bit product added by the norm kernel: both within
+// the engine's bound of the CPU, and different (the product is no longer rounded to 16 bits before
+// the add), so the fused path did run. Both architectures with and without q/k/v bias.
+TEST(GpuEngine, GemmResidualAddMatchesTheNormKernelsAdd) {
+  SKIP_WITHOUT_GPU();
+  for (const char* arch : {"llama3", "qwen2"}) {
+    const ModelWeights w = load_model_weights(tiny(arch));
+    for (const char* sc : {"fp16", "bf16"}) {
+      CpuExecutor cpu(w, parse_scheme(sc));
+      const std::vector<float> yc = run(cpu, kPrompt, kFeed);
+      std::vector<float> y[2];
+      for (int f = 0; f < 2; ++f) {
+        EngineOptions o = small_blocks();
+        o.gemm_residual = f == 1;
+        GpuExecutor gpu(w, parse_scheme(sc), o);
+        y[f] = run(gpu, kPrompt, kFeed);
+        ASSERT_EQ(y[f].size(), yc.size()) << arch << " " << sc;
+        for (float v : y[f]) ASSERT_TRUE(std::isfinite(v)) << arch << " " << sc << " gemm_residual " << f;
+      }
+      const double off = rel_l2(y[0], yc), on = rel_l2(y[1], yc), d = rel_l2(y[1], y[0]);
+      std::printf("  %-7s %-5s vs CPU: norm-kernel add %.2e, GEMM add %.2e; between them %.2e\n", arch, sc, off, on, d);
+      EXPECT_LE(on, 2e-2) << arch << " " << sc;
+      EXPECT_LE(off, 2e-2) << arch << " " << sc;
+      EXPECT_GT(d, 0.0) << arch << " " << sc << ": the GEMM add gave the norm kernel's bits (did it run?)";
+    }
+  }
+}
+
 TEST(GpuEngine, SlidingWindowPastTheWindow) {
   SKIP_WITHOUT_GPU();
   ModelWeights w = load_model_weights(tiny("mistral"));

@@ -184,7 +184,8 @@ void CublasLtGemm::validate(BlasType t, const void* X, const void* W, const void
 }
 
 void CublasLtGemm::matmul(BlasType t, const void* X, const void* W, void* Y, int64_t M, int64_t N, int64_t K,
-                          const float* x_scale, const float* w_scale, cudaStream_t stream, float alpha_value) {
+                          const float* x_scale, const float* w_scale, cudaStream_t stream, float alpha_value,
+                          bool accumulate) {
   validate(t, X, W, Y, M, N, K, x_scale, w_scale);
   if (M == 0) return;
   const bool rowwise = t == BlasType::fp8_e4m3_rowwise;
@@ -251,7 +252,7 @@ void CublasLtGemm::matmul(BlasType t, const void* X, const void* W, void* Y, int
     p.desc.set(CUBLASLT_MATMUL_DESC_A_SCALE_POINTER, a_scale);
     p.desc.set(CUBLASLT_MATMUL_DESC_B_SCALE_POINTER, b_scale);
   }
-  const float alpha = alpha_value, beta = 0.0f;  // beta = 0: C is not read
+  const float alpha = alpha_value, beta = accumulate ? 1.0f : 0.0f;  // beta = 0: C is not read
   SHARQ_CUBLAS_CHECK(cublasLtMatmul(impl_->handle.h, p.desc.d, &alpha, W, p.a.l, X, p.b.l, &beta, Y, p.c.l, Y, p.c.l,
                                     &p.algo, impl_->workspace.get(), p.workspace, stream));
 }

@@ -36,8 +36,11 @@ class CublasLtGemm {
   // before any CUDA call. Calls share one workspace: issue them on one stream (or order the
   // streams); the object is not thread-safe. A plan is made on the first call of a shape (host work
   // only: no allocation, no synchronization), so a call may be captured in a CUDA graph.
+  // accumulate: Y += alpha * X W^T (beta = 1, cuBLASLt's in-place form C = D = Y: Y is read, and the
+  // sum is rounded once to Y's type); otherwise Y = alpha * X W^T and Y is not read.
   void matmul(BlasType t, const void* X, const void* W, void* Y, int64_t M, int64_t N, int64_t K,
-              const float* x_scale, const float* w_scale, cudaStream_t stream, float alpha = 1.0f);
+              const float* x_scale, const float* w_scale, cudaStream_t stream, float alpha = 1.0f,
+              bool accumulate = false);
 
   // The argument checks of matmul, without any CUDA call: throws std::invalid_argument.
   static void validate(BlasType t, const void* X, const void* W, const void* Y, int64_t M, int64_t N, int64_t K,

@@ -604,14 +604,20 @@ void GpuExecutor::Impl::forward(int64_t M, int64_t R, const AttentionPlan& plan)
     mark(kPrep);
     lin.prepare(E.h.get(), M, acts, st);
   };
-  // the GEMM of a projection whose output joins the residual stream, normed by next_w (null: none)
+  // the GEMM of a projection whose output joins the residual stream, normed by next_w (null: none).
+  // pending: that output when it is still to be added (E.ob), null when the GEMM added it itself.
+  const void* pending = nullptr;
   auto gemm_to_residual = [&](const GpuLinear& lin, const GpuActivations& acts, const float* next_w) {
     mark(kGemm);
+    pending = nullptr;
     if (E.opt.fuse_reduce_norm && !E.fuse_norm && next_w && lin.fuses(Fp4Epilogue::add_rmsnorm, M)) {
       lin.gemm(acts, GpuLinear::Epilogue{Fp4Epilogue::add_rmsnorm, xr, next_w, eps}, E.h.get(), st, ws);
       h_ready = true;
+    } else if (E.opt.gemm_residual && !E.fuse_norm && lin.accumulates()) {
+      lin.gemm_accumulate(acts, xr, st);  // x += product inside cuBLASLt: the norm reads x alone
     } else {
       lin.gemm(acts, E.ob.get(), st, ws);
+      pending = E.ob.get();
     }
   };
   mark(kOther);
@@ -620,7 +626,7 @@ void GpuExecutor::Impl::forward(int64_t M, int64_t R, const AttentionPlan& plan)
   for (int64_t l = 0; l < c.num_layers; ++l) {
     const Impl::Layer& L = E.layers[static_cast<size_t>(l)];
     const PagedKv kv = E.layer_kv(l);
-    norm_into(*L.qkv, l == 0 ? nullptr : E.ob.get(), L.attn_norm.get(), *E.acts_h);
+    norm_into(*L.qkv, pending, L.attn_norm.get(), *E.acts_h);
     mark(kGemm);
     L.qkv->gemm(*E.acts_h, E.qkvb.get(), st, ws);
     mark(kRope);
@@ -631,7 +637,7 @@ void GpuExecutor::Impl::forward(int64_t M, int64_t R, const AttentionPlan& plan)
     mark(kPrep);
     L.o->prepare(E.att.get(), M, acts_q, st);
     gemm_to_residual(*L.o, acts_q, L.mlp_norm.get());
-    norm_into(*L.gate_up, E.ob.get(), L.mlp_norm.get(), *E.acts_h);
+    norm_into(*L.gate_up, pending, L.mlp_norm.get(), *E.acts_h);
     mark(kGemm);
     if (E.fuse_swiglu) {  // SwiGLU inside the down projection's activation prep
       L.gate_up->gemm(*E.acts_h, E.gub.get(), st, ws);
@@ -652,7 +658,7 @@ void GpuExecutor::Impl::forward(int64_t M, int64_t R, const AttentionPlan& plan)
   }
   if (R == 0) return;
   mark(kOther);  // the last residual add and the final norm, of the R rows that need logits only
-  rmsnorm_rows(xr, E.ob.get(), d + E.o_orow, R, E.H, E.final_norm.get(), eps, E.t, E.hn.get(), st);
+  rmsnorm_rows(xr, pending, d + E.o_orow, R, E.H, E.final_norm.get(), eps, E.t, E.hn.get(), st);
   mark(kLmHead);
   E.blas->matmul(E.t == DType::f16 ? BlasType::f16_f32out : BlasType::bf16_f32out, E.hn.get(), E.lm_head.get(),
                  E.logits.get(), R, E.V, E.H, nullptr, nullptr, st);

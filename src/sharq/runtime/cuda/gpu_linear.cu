@@ -364,6 +364,21 @@ bool GpuLinear::fuses(Fp4Epilogue e, int64_t M) const {
   return fp4_gemm_fuses(fp4_gemm_plan(M, w4_, opt_.kernel, opt_.splits, opt_.batch_invariant), e, N_);
 }
 
+bool GpuLinear::accumulates() const {
+  return (scheme_.kind == SchemeKind::fp16 || scheme_.kind == SchemeKind::bf16) && !bias_.get();
+}
+
+void GpuLinear::gemm_accumulate(const GpuActivations& acts, float* x, cudaStream_t stream) const {
+  const std::string who = fmt::format("GpuLinear({}, N = {}, K = {})::gemm_accumulate", scheme_.name(), N_, K_);
+  check_activations(acts, who);
+  if (!accumulates())
+    throw std::invalid_argument(fmt::format("{}: only fp16 and bf16 layers without a bias add into FP32 rows", who));
+  if (acts.M_ == 0) return;
+  if (!x) throw std::invalid_argument(fmt::format("{}: null residual rows", who));
+  blas_->matmul(scheme_.kind == SchemeKind::fp16 ? BlasType::f16_f32out : BlasType::bf16_f32out, acts.x_, w16_.get(), x,
+                acts.M_, N_, K_, nullptr, nullptr, stream, 1.0f, /*accumulate=*/true);
+}
+
 void GpuLinear::gemm(const GpuActivations& acts, const Epilogue& ep, void* y, cudaStream_t stream, void* workspace) const {
   const std::string who = fmt::format("GpuLinear({}, N = {}, K = {})::gemm", scheme_.name(), N_, K_);
   check_activations(acts, who);

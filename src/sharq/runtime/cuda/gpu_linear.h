@@ -164,6 +164,13 @@ class GpuLinear {
     float eps = 0.0f;
   };
   bool fuses(Fp4Epilogue e, int64_t M) const;
+  // x += acts W^T with x the FP32 residual rows (acts.M() x N, 4-byte aligned), the product added
+  // inside the GEMM (cuBLASLt's beta = 1, FP32 C = D = x: the sum is rounded once, to FP32, and the
+  // product is never rounded to act_dtype): the residual add of o and down without its own pass
+  // over the rows. accumulates(): whether this layer has it (fp16, bf16 without a bias); gemm_accumulate
+  // throws otherwise.
+  bool accumulates() const;
+  void gemm_accumulate(const GpuActivations& acts, float* x, cudaStream_t stream) const;
   // gemm() and then the epilogue, in one reduction: y is the epilogue's output (swiglu: M x N/2,
   // add_rmsnorm: the normalized M x N), of act_dtype. Throws where !fuses(ep.kind, acts.M()).
   void gemm(const GpuActivations& acts, const Epilogue& ep, void* y, cudaStream_t stream,

@@ -34,6 +34,7 @@ struct BenchModelOptions {
   uint64_t seed = 1;
   std::string fusion = "none";  // FP4 preps: all | norm | swiglu | none (EngineOptions fuse_norm / fuse_swiglu)
   std::string reduce_fusion = "all";  // FP4 split-K reductions: all | norm | swiglu | none (EngineOptions fuse_reduce_*)
+  std::string gemm_residual = "on";  // fp16, bf16: on | off (EngineOptions::gemm_residual)
   double torch_tok_s = 0;  // the same run's torch CUDA-graph decode (scripts/device/torch_decode_peer.py); 0: none
   std::string csv;   // write one CSV row per scheme here
   std::string svg;   // write the breakdown plot here
