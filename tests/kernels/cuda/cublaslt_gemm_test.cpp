@@ -60,6 +60,20 @@ std::vector<float> normal(size_t n, uint64_t seed, float sigma) {
   return v;
 }
 
+// f rounded to BF16 (bf) or FP16: the bits and their exact values.
+struct Rounded {
+  std::vector<uint16_t> bits;
+  std::vector<double> value;
+};
+Rounded round16(const std::vector<float>& f, bool bf) {
+  Rounded r{std::vector<uint16_t>(f.size()), std::vector<double>(f.size())};
+  for (size_t i = 0; i < f.size(); ++i) {
+    r.bits[i] = bf ? bf16_encode(f[i]) : fp16_encode(f[i]);
+    r.value[i] = bf ? bf16_decode(r.bits[i]) : fp16_decode(r.bits[i]);
+  }
+  return r;
+}
+
 // ref[m, n] = sum_k x[m, k] w[n, k] in FP64.
 std::vector<double> reference(const std::vector<double>& x, const std::vector<double>& w, int64_t M, int64_t N,
                               int64_t K) {
@@ -110,19 +124,11 @@ void check_half_type(BlasType t, double tol) {
       for (int64_t K : kKs) {
         SCOPED_TRACE(std::string(cuda::blas_type_name(t)) + " M=" + std::to_string(M) + " N=" + std::to_string(N) +
                      " K=" + std::to_string(K));
-        const auto xf = normal(static_cast<size_t>(M * K), 1000 + M * 7 + K, 1.0f);
-        const auto wf = normal(static_cast<size_t>(N * K), 2000 + N * 11 + K, 1.0f);
-        std::vector<uint16_t> xh(xf.size()), wh(wf.size());
-        std::vector<double> xr(xf.size()), wr(wf.size());
-        for (size_t i = 0; i < xf.size(); ++i) {
-          xh[i] = bf ? bf16_encode(xf[i]) : fp16_encode(xf[i]);
-          xr[i] = bf ? bf16_decode(xh[i]) : fp16_decode(xh[i]);
-        }
-        for (size_t i = 0; i < wf.size(); ++i) {
-          wh[i] = bf ? bf16_encode(wf[i]) : fp16_encode(wf[i]);
-          wr[i] = bf ? bf16_decode(wh[i]) : fp16_decode(wh[i]);
-        }
-        const auto ref = reference(xr, wr, M, N, K);
+        const Rounded x = round16(normal(static_cast<size_t>(M * K), 1000 + M * 7 + K, 1.0f), bf);
+        const Rounded w = round16(normal(static_cast<size_t>(N * K), 2000 + N * 11 + K, 1.0f), bf);
+        const std::vector<uint16_t>& xh = x.bits;
+        const std::vector<uint16_t>& wh = w.bits;
+        const auto ref = reference(x.value, w.value, M, N, K);
         DeviceBuffer<uint16_t> dx(xh.size()), dw(wh.size()), dy(static_cast<size_t>(M * N));
         dx.upload(xh.data());
         dw.upload(wh.data());
@@ -152,20 +158,12 @@ TEST(CublasLtGemm, AccumulateAddsTheProductIntoFp32Rows) {
       SCOPED_TRACE(std::string(cuda::blas_type_name(t)) + " M=" + std::to_string(M) + " N=" + std::to_string(N) +
                    " K=" + std::to_string(K));
       const bool bf = t == BlasType::bf16_f32out;
-      const auto xf = normal(static_cast<size_t>(M * K), 3000 + M + K, 1.0f);
-      const auto wf = normal(static_cast<size_t>(N * K), 4000 + N + K, 1.0f);
+      const Rounded x = round16(normal(static_cast<size_t>(M * K), 3000 + M + K, 1.0f), bf);
+      const Rounded w = round16(normal(static_cast<size_t>(N * K), 4000 + N + K, 1.0f), bf);
       const auto y0 = normal(static_cast<size_t>(M * N), 5000 + M * N, 4.0f);
-      std::vector<uint16_t> xh(xf.size()), wh(wf.size());
-      std::vector<double> xr(xf.size()), wr(wf.size());
-      for (size_t i = 0; i < xf.size(); ++i) {
-        xh[i] = bf ? bf16_encode(xf[i]) : fp16_encode(xf[i]);
-        xr[i] = bf ? bf16_decode(xh[i]) : fp16_decode(xh[i]);
-      }
-      for (size_t i = 0; i < wf.size(); ++i) {
-        wh[i] = bf ? bf16_encode(wf[i]) : fp16_encode(wf[i]);
-        wr[i] = bf ? bf16_decode(wh[i]) : fp16_decode(wh[i]);
-      }
-      const auto ref = reference(xr, wr, M, N, K);
+      const std::vector<uint16_t>& xh = x.bits;
+      const std::vector<uint16_t>& wh = w.bits;
+      const auto ref = reference(x.value, w.value, M, N, K);
       DeviceBuffer<uint16_t> dx(xh.size()), dw(wh.size());
       DeviceBuffer<float> dp(static_cast<size_t>(M * N)), dy(static_cast<size_t>(M * N));
       dx.upload(xh.data());
