@@ -21,6 +21,6 @@ for ((i = 1; i <= rounds; ++i)); do
   for v in "$a" "$b"; do
     echo "== $opt $v (round $i)" | tee -a "$log"
     "$B/sharq" bench model --synthetic llama3.1-8b "$opt" "$v" "$@" 2>/dev/null |
-      grep -E "^  [a-z0-9:]+ +(batch-1|prefill)|^  fp16 (batch-1|prefill)|decode1 |pf2048 |pf512 " | tee -a "$log"
+      grep -E "^  [a-z0-9:]+ +(batch-1 |batch 1:|prefill )|decode1 |pf2048 |pf512 " | tee -a "$log"
   done
 done
