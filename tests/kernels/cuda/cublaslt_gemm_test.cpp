@@ -457,6 +457,11 @@ TEST(CublasLtGemmArgs, ValidateRejectsBadArguments) {
     EXPECT_THROW(V::validate(t, p, q, nullptr, 4, 16, 64, s, s), std::invalid_argument);
     EXPECT_THROW(V::validate(t, odd, q, r, 4, 16, 64, s, s), std::invalid_argument);
   }
+  // accumulate: the FP32 outputs only
+  for (BlasType t : {BlasType::f16_f32out, BlasType::bf16_f32out})
+    EXPECT_NO_THROW(V::validate(t, p, q, r, 4, 16, 64, nullptr, nullptr, true));
+  for (BlasType t : {BlasType::f16, BlasType::bf16, BlasType::fp8_e4m3, BlasType::fp8_e4m3_rowwise})
+    EXPECT_THROW(V::validate(t, p, q, r, 4, 16, 64, s, s, true), std::invalid_argument);
   // f16/bf16: scales are ignored, K need not be a multiple of 16, 2-byte alignment suffices.
   EXPECT_NO_THROW(V::validate(BlasType::bf16, a8, q, r, 3, 5, 7, nullptr, nullptr));
   // FP8: both scales, K % 16 == 0, 16-byte aligned operands.

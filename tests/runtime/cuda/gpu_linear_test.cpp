@@ -328,6 +328,23 @@ TEST(GpuLinear, RejectsBadArgumentsBeforeLaunch) {
   EXPECT_NE(what([&] { GpuLinear(parse_scheme("sharq"), t16); }).find("NVFP4-32"), std::string::npos);
   GpuLinear from_tiles(parse_scheme("sharq:w16"), t16);  // the right block: fine
   EXPECT_EQ(from_tiles.N(), 12);
+  // gemm_accumulate: fp16 / bf16 layers without a bias only (the engine falls back to the norm kernel's add)
+  const std::vector<float> bias(12, 0.25f);
+  GpuLinear plain16(parse_scheme("bf16"), W.data(), 12, 64, small, &blas());
+  GpuLinear biased16(parse_scheme("bf16"), W.data(), 12, 64, small, &blas(), bias.data());
+  EXPECT_TRUE(plain16.accumulates());
+  EXPECT_FALSE(biased16.accumulates());
+  EXPECT_FALSE(lin.accumulates());
+  DeviceBuffer<float> rows(4 * 12);
+  biased16.prepare(dx.get(), 2, biased16.own_activations(), nullptr);
+  EXPECT_NE(what([&] { biased16.gemm_accumulate(biased16.own_activations(), rows.get(), nullptr); }).find("bias"),
+            std::string::npos);
+  lin.prepare(dx.get(), 2, lin.own_activations(), nullptr);
+  EXPECT_NE(what([&] { lin.gemm_accumulate(lin.own_activations(), rows.get(), nullptr); }).find("bias"),
+            std::string::npos);
+  plain16.prepare(dx.get(), 2, plain16.own_activations(), nullptr);
+  EXPECT_NE(what([&] { plain16.gemm_accumulate(plain16.own_activations(), nullptr, nullptr); }).find("null"),
+            std::string::npos);
 }
 
 // q/k/v biases (Qwen2): added after the GEMM's own 16-bit rounding, so within one more rounding of

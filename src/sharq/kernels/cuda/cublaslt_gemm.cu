@@ -157,11 +157,13 @@ CublasLtGemm::CublasLtGemm() : impl_(std::make_unique<Impl>()) {}
 CublasLtGemm::~CublasLtGemm() = default;
 
 void CublasLtGemm::validate(BlasType t, const void* X, const void* W, const void* Y, int64_t M, int64_t N, int64_t K,
-                            const float* x_scale, const float* w_scale) {
+                            const float* x_scale, const float* w_scale, bool accumulate) {
   const std::string where = "CublasLtGemm::matmul(" + shape_string(t, M, N, K) + "): ";
   if (t != BlasType::f16 && t != BlasType::bf16 && t != BlasType::fp8_e4m3 && t != BlasType::fp8_e4m3_rowwise &&
       t != BlasType::f16_f32out && t != BlasType::bf16_f32out)
     throw std::invalid_argument("CublasLtGemm::matmul: unknown BlasType");
+  if (accumulate && t != BlasType::f16_f32out && t != BlasType::bf16_f32out)
+    throw std::invalid_argument(where + "accumulate (Y += X W^T) takes the FP32 outputs only (f16_f32out, bf16_f32out)");
   if (M < 0) throw std::invalid_argument(where + "M must be >= 0");
   if (N <= 0 || K <= 0) throw std::invalid_argument(where + "N and K must be > 0");
   if (M == 0) return;  // no-op: nothing is read or written
@@ -186,7 +188,7 @@ void CublasLtGemm::validate(BlasType t, const void* X, const void* W, const void
 void CublasLtGemm::matmul(BlasType t, const void* X, const void* W, void* Y, int64_t M, int64_t N, int64_t K,
                           const float* x_scale, const float* w_scale, cudaStream_t stream, float alpha_value,
                           bool accumulate) {
-  validate(t, X, W, Y, M, N, K, x_scale, w_scale);
+  validate(t, X, W, Y, M, N, K, x_scale, w_scale, accumulate);
   if (M == 0) return;
   const bool rowwise = t == BlasType::fp8_e4m3_rowwise;
   const bool fp8 = t == BlasType::fp8_e4m3 || rowwise;

@@ -1,6 +1,7 @@
 // cuBLASLt baselines in the same harness: Y[M x N] = X[M x K] W[N x K]^T.
 //   f16, bf16 : X, W and Y of that type, FP32 accumulation (CUBLAS_COMPUTE_32F).
-//   f16_f32out, bf16_f32out : X, W of that type, Y in FP32 (the engine's lm_head: logits unrounded).
+//   f16_f32out, bf16_f32out : X, W of that type, Y in FP32 (the engine's lm_head: logits unrounded;
+//               with accumulate, o's and down's product added to the FP32 residual stream).
 //   fp8_e4m3  : X, W in E4M3 with per-tensor FP32 scales (device pointers), Y in BF16: the faster
 //               per-tensor reference column of the benches, not sharq's fp8 scheme.
 //   fp8_e4m3_rowwise : the fp8 scheme (quant/scheme.h): X, W in E4M3 with one FP32 scale per row of
@@ -37,14 +38,16 @@ class CublasLtGemm {
   // streams); the object is not thread-safe. A plan is made on the first call of a shape (host work
   // only: no allocation, no synchronization), so a call may be captured in a CUDA graph.
   // accumulate: Y += alpha * X W^T (beta = 1, cuBLASLt's in-place form C = D = Y: Y is read, and the
-  // sum is rounded once to Y's type); otherwise Y = alpha * X W^T and Y is not read.
+  // sum is rounded once), for the FP32 outputs (f16_f32out, bf16_f32out) only; otherwise
+  // Y = alpha * X W^T and Y is not read. Not part of the plan's key: the heuristic never sees alpha or
+  // beta, and beta is a run-time scalar every algorithm takes.
   void matmul(BlasType t, const void* X, const void* W, void* Y, int64_t M, int64_t N, int64_t K,
               const float* x_scale, const float* w_scale, cudaStream_t stream, float alpha = 1.0f,
               bool accumulate = false);
 
   // The argument checks of matmul, without any CUDA call: throws std::invalid_argument.
   static void validate(BlasType t, const void* X, const void* W, const void* Y, int64_t M, int64_t N, int64_t K,
-                       const float* x_scale, const float* w_scale);
+                       const float* x_scale, const float* w_scale, bool accumulate = false);
 
   // FP8 only: CUBLASLT_MATMUL_DESC_FAST_ACCUM. On by default (the speed baseline, as vLLM's FP8
   // CUTLASS kernels); off = cuBLASLt periodically promotes the partial sums to FP32 (more accurate).

@@ -579,7 +579,9 @@ void GpuExecutor::Impl::forward(int64_t M, int64_t R, const AttentionPlan& plan)
   void* ws = E.workspace.get();
   // The residual stream: the FP4 schemes fuse each residual add + RMSNorm into the next
   // projection's activation prep, which writes the sum to the other buffer (its blocks read x):
-  // xr is the current residual, xw the other one. The other schemes add and norm in place.
+  // xr is the current residual, xw the other one. The other schemes add in place: inside the GEMM
+  // (fp16, bf16: gemm_accumulate), inside the split-K reduction with the norm (Fp4Epilogue), or in the
+  // norm kernel.
   float* xr = E.x.get();
   float* xw = E.x2.get();
   // The other FP4 schemes' split-K reduction may add o's and down's output to the residual stream
@@ -657,7 +659,7 @@ void GpuExecutor::Impl::forward(int64_t M, int64_t R, const AttentionPlan& plan)
     gemm_to_residual(*L.down, *E.acts_i, l + 1 < c.num_layers ? E.layers[static_cast<size_t>(l + 1)].attn_norm.get() : nullptr);
   }
   if (R == 0) return;
-  mark(kOther);  // the last residual add and the final norm, of the R rows that need logits only
+  mark(kOther);  // the last residual add (unless down's GEMM did it) and the final norm, of the R logits rows only
   rmsnorm_rows(xr, pending, d + E.o_orow, R, E.H, E.final_norm.get(), eps, E.t, E.hn.get(), st);
   mark(kLmHead);
   E.blas->matmul(E.t == DType::f16 ? BlasType::f16_f32out : BlasType::bf16_f32out, E.hn.get(), E.lm_head.get(),
@@ -907,7 +909,9 @@ double GpuExecutor::time_linears(int64_t M, int64_t lm_rows, int reps) {
   for (int rep = 0; rep <= reps; ++rep) {  // rep 0 warms up
     SHARQ_CUDA_CHECK(cudaEventRecord(a, st));
     for (const Impl::Layer& L : E.layers) {
-      // the preps as forward() runs them (fused: the residual add + norm and SwiGLU inside them)
+      // the preps as forward() runs them (fused: the residual add + norm and SwiGLU inside them); the
+      // GEMMs plain, with 16-bit outputs, as cuBLAS's baseline: an epilogue the engine adds (the FP4
+      // reductions' Fp4Epilogue, fp16 / bf16's gemm_accumulate) counts as time outside the linears
       if (E.fuse_norm) L.qkv->prepare_norm(E.x.get(), E.ob.get(), L.attn_norm.get(), eps, M, E.x2.get(), *E.acts_h, st);
       else L.qkv->prepare(E.h.get(), M, *E.acts_h, st);
       L.qkv->gemm(*E.acts_h, E.qkvb.get(), st, ws);

@@ -62,10 +62,12 @@ struct EngineOptions {
   bool fuse_reduce_swiglu = true;
   // fp16, bf16: o's and down's product is added to the FP32 residual stream inside cuBLASLt's GEMM
   // (GpuLinear::gemm_accumulate: beta = 1, C = D = the residual), so the add + RMSNorm kernel after
-  // it reads the residual alone (at a 1x2048 prefill of Llama-3.1-8B, 2 x 50 MB less per layer). The
-  // product is then not rounded to FP16 / BF16 before the add (one rounding less, as the CPU's
-  // FP32 residual add of the FP32 product). false: the GEMM writes the 16-bit product and the norm
-  // kernel adds it.
+  // it reads the residual alone. The traffic moves into the GEMM's epilogue rather than going away
+  // (per add at a 1x2048 Llama-3.1-8B prefill the norm moves 50 MB less, the GEMM 50 MB more): the
+  // prefill is unchanged, the batch-1 decode step about 2% faster (docs/perf/engine.md, E51). The
+  // product is not rounded to FP16 / BF16 before the add (one rounding less, as the CPU's FP32
+  // residual add of the FP32 product). false: the GEMM writes the 16-bit product and the norm kernel
+  // adds it.
   bool gemm_residual = true;
   // Every row's attention by the decode kernel, and one split-K order in the prefill GEMM family for
   // every M: a row's logits are bit-identical whatever else shares the step, prefill chunks included
