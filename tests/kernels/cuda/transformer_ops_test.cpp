@@ -280,4 +280,33 @@ TEST(RmsnormRows, AddMatchesAddRmsnormOnTheSelectedRows) {
     }
 }
 
+// gather_rows: rows out of order and repeated, 16-byte rows (FP32 residual rows of 4096, the word
+// path) and rows of 74 bytes (37 16-bit values, the byte path), against the host copy.
+TEST(GatherRows, CopiesTheListedRows) {
+  SKIP_WITHOUT_GPU();
+  Rng rng(123);
+  for (const int64_t row_bytes : {int64_t{4096 * 4}, int64_t{74}}) {
+    SCOPED_TRACE(row_bytes);
+    const int64_t M = 300;
+    std::vector<uint8_t> src(static_cast<size_t>(M * row_bytes));
+    for (uint8_t& b : src) b = static_cast<uint8_t>(rng.index(256));
+    const std::vector<int32_t> rows = {299, 0, 17, 17, 150, 1, 298};
+    const int64_t R = static_cast<int64_t>(rows.size());
+    DeviceBuffer<uint8_t> dsrc(src.size()), ddst(static_cast<size_t>(R * row_bytes));
+    DeviceBuffer<int32_t> drows(rows.size());
+    dsrc.upload(src.data());
+    drows.upload(rows.data());
+    SHARQ_CUDA_CHECK(cudaMemset(ddst.get(), 0xA5, ddst.bytes()));
+    cuda::gather_rows(dsrc.get(), drows.get(), R, row_bytes, ddst.get(), nullptr);
+    SHARQ_CUDA_CHECK(cudaDeviceSynchronize());
+    const std::vector<uint8_t> got = ddst.to_host();
+    for (int64_t r = 0; r < R; ++r)
+      ASSERT_EQ(0, std::memcmp(got.data() + r * row_bytes, src.data() + rows[static_cast<size_t>(r)] * row_bytes,
+                               static_cast<size_t>(row_bytes)))
+          << "row " << r;
+  }
+  EXPECT_THROW(cuda::gather_rows(nullptr, nullptr, 3, 16, nullptr, nullptr), std::invalid_argument);
+  cuda::gather_rows(nullptr, nullptr, 0, 16, nullptr, nullptr);  // R == 0: nothing to do
+}
+
 }  // namespace

@@ -212,6 +212,58 @@ TEST(GpuEngine, GemmResidualAddMatchesTheNormKernelsAdd) {
   }
 }
 
+// EngineOptions::prune_last_layer: a step whose logits rows are fewer than its rows runs the last
+// layer's o projection, MLP and final norm for those rows only. A chunk without logits (R = 0: the
+// last layer stops after its K/V write), then a step of three entries (one with its last row's
+// logits, one with all of its rows', one with none: logits rows out of the step's row order would
+// show a wrong gather), then decode steps that read the pruned steps' K/V: the same logits as
+// without pruning up to the GEMMs' row-count-dependent order, and as close to the CPU as the engine is.
+TEST(GpuEngine, PruningTheLastLayerKeepsTheLogits) {
+  SKIP_WITHOUT_GPU();
+  const std::vector<int32_t> chunk = {5, 17, 99, 3, 200, 42, 7, 8};
+  const std::vector<int32_t> a = {1, 250, 33, 64, 11, 22}, b = {9, 8, 7, 6, 5}, cc = {44, 45, 46, 47};
+  auto drive = [&](Executor& ex) {
+    std::vector<float> all;
+    const SeqId A = ex.create_sequence(32), B = ex.create_sequence(32), C = ex.create_sequence(32);
+    const StepOutput o0 = ex.step({StepEntry{A, chunk, 0, false, std::nullopt, false}});
+    EXPECT_TRUE(o0.logits.empty());
+    StepEntry ea{A, a, static_cast<int64_t>(chunk.size()), false, std::nullopt};
+    StepEntry eb{B, b, 0, true, std::nullopt};
+    StepEntry ec{C, cc, 0, false, std::nullopt, false};
+    const StepOutput o1 = ex.step({ea, eb, ec});
+    all.insert(all.end(), o1.logits.begin(), o1.logits.end());
+    int64_t pa = static_cast<int64_t>(chunk.size() + a.size()), pb = static_cast<int64_t>(b.size()),
+            pc = static_cast<int64_t>(cc.size());
+    for (int32_t t : {11, 12, 13}) {
+      const StepOutput o = ex.step({StepEntry{A, {t}, pa++, false, std::nullopt}, StepEntry{B, {t}, pb++, false, std::nullopt},
+                                    StepEntry{C, {t}, pc++, false, std::nullopt}});
+      all.insert(all.end(), o.logits.begin(), o.logits.end());
+    }
+    for (SeqId q : {A, B, C}) ex.free_sequence(q);
+    return all;
+  };
+  for (const char* arch : {"llama3", "qwen2"}) {
+    const ModelWeights w = load_model_weights(tiny(arch));
+    for (const char* sc : {"bf16", "fp16", "sharq", "w4a16"}) {
+      CpuExecutor cpu(w, parse_scheme(sc));
+      const std::vector<float> yc = drive(cpu);
+      std::vector<float> y[2];
+      for (int f = 0; f < 2; ++f) {
+        EngineOptions o = small_blocks();
+        o.prune_last_layer = f == 1;
+        GpuExecutor gpu(w, parse_scheme(sc), o);
+        y[f] = drive(gpu);
+        ASSERT_EQ(y[f].size(), yc.size()) << arch << " " << sc;
+        for (float v : y[f]) ASSERT_TRUE(std::isfinite(v)) << arch << " " << sc << " prune " << f;
+      }
+      const double d = rel_l2(y[1], y[0]), e0 = rel_l2(y[0], yc), e1 = rel_l2(y[1], yc);
+      std::printf("  %-7s %-6s pruned vs not %.2e; vs CPU: not pruned %.2e, pruned %.2e\n", arch, sc, d, e0, e1);
+      EXPECT_LE(d, 1e-2) << arch << " " << sc;
+      EXPECT_LE(e1, 1.25 * e0 + 1e-3) << arch << " " << sc << ": pruning moved the logits away from the CPU";
+    }
+  }
+}
+
 TEST(GpuEngine, SlidingWindowPastTheWindow) {
   SKIP_WITHOUT_GPU();
   ModelWeights w = load_model_weights(tiny("mistral"));

@@ -556,6 +556,23 @@ __global__ void __launch_bounds__(kRopeWideMaxWarps * 32) qk_rope_wide_kernel(
   }
 }
 
+// dst row r = src row rows[r]: one block per row, 16-byte words where every row allows them (vec),
+// else bytes.
+__global__ void gather_rows_kernel(const uint8_t* __restrict__ src, const int32_t* __restrict__ rows, int64_t row_bytes,
+                                   int vec, uint8_t* __restrict__ dst) {
+  pdl_wait();
+  pdl_trigger();
+  const int64_t r = blockIdx.x;
+  const uint8_t* s = src + static_cast<int64_t>(rows[r]) * row_bytes;
+  uint8_t* d = dst + r * row_bytes;
+  if (vec) {
+    for (int64_t j = threadIdx.x; j < row_bytes / 16; j += blockDim.x)
+      reinterpret_cast<uint4*>(d)[j] = reinterpret_cast<const uint4*>(s)[j];
+  } else {
+    for (int64_t j = threadIdx.x; j < row_bytes; j += blockDim.x) d[j] = s[j];
+  }
+}
+
 template <class T>
 __global__ void swiglu_kernel(const T* __restrict__ gu, int64_t M, int64_t I, T* __restrict__ out) {
   pdl_wait();
@@ -700,6 +717,17 @@ void qk_rope_kv_write(const void* q, const void* k, const void* v, int64_t ld, i
                  static_cast<T*>(q_out));
     });
   });
+  SHARQ_CUDA_CHECK(cudaGetLastError());
+}
+
+void gather_rows(const void* src, const int32_t* rows, int64_t R, int64_t row_bytes, void* dst, cudaStream_t stream) {
+  check_rows(R, "gather_rows");
+  if (R == 0) return;
+  if (!src || !rows || !dst || row_bytes <= 0) throw std::invalid_argument("gather_rows: null pointer or row_bytes <= 0");
+  const bool vec = row_bytes % 16 == 0 && reinterpret_cast<uintptr_t>(src) % 16 == 0 &&
+                   reinterpret_cast<uintptr_t>(dst) % 16 == 0;
+  launch_pdl(gather_rows_kernel, dim3(static_cast<unsigned>(R)), dim3(kThreads), 0, stream,
+             static_cast<const uint8_t*>(src), rows, row_bytes, vec ? 1 : 0, static_cast<uint8_t*>(dst));
   SHARQ_CUDA_CHECK(cudaGetLastError());
 }
 

@@ -66,6 +66,11 @@ void qk_rope_kv_write(const void* q, const void* k, const void* v, int64_t ld, i
 bool qk_rope_wide(const void* q, const void* k, const void* v, int64_t ld, const float* q_norm, const float* k_norm,
                   const PagedKv& kv, const void* q_out);
 
+// dst row r = src row rows[r] for r < R, rows of row_bytes bytes (dst: R rows, another buffer than
+// src): the rows of a prefill that need logits, for the last layer's o projection and MLP.
+// PDL: rows is read after the wait on the preceding kernel.
+void gather_rows(const void* src, const int32_t* rows, int64_t R, int64_t row_bytes, void* dst, cudaStream_t stream);
+
 // out[m][i] = T(silu(gu[m][i]) * gu[m][I + i]) for i < I: gu is the fused gate/up projection's
 // output (M x 2I, gate first), out M x I.
 void swiglu(const void* gu, int64_t M, int64_t I, DType t, void* out, cudaStream_t stream);

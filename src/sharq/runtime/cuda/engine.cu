@@ -224,6 +224,8 @@ struct GpuExecutor::Impl {
   DeviceBuffer<uint8_t> workspace, attn_ws;
   // activations (max_batch_tokens rows; logits max_logit_rows)
   DeviceBuffer<float> x, x2, logits;  // x2: the residual's second buffer (fused norm preps)
+  DeviceBuffer<float> xc;             // prune_last_layer: the logits rows' residual (max_logit_rows x H)
+  DeviceBuffer<uint16_t> attc;        // and their attention output (max_logit_rows x q dim)
   bool fuse_norm = false;    // the FP4 schemes (EngineOptions): residual add + RMSNorm inside the q/k/v, gate/up preps
   bool fuse_swiglu = false;  // and SwiGLU inside the down projection's prep
   DeviceBuffer<uint16_t> h, qkvb, qr, att, ob, gub, ab, hn;  // qr: q after RoPE
@@ -308,7 +310,7 @@ struct GpuExecutor::Impl {
     else SHARQ_CUDA_CHECK(cudaEventRecord(events[event_cat.size()], stream));
     event_cat.push_back(cat);
   }
-  void forward(int64_t M, int64_t R, const AttentionPlan& plan);
+  void forward(int64_t M_step, int64_t R, const AttentionPlan& plan);
   bool graph_ok() const { return !(scheme.has_act_global_scale() && scheme.act_scale == GlobalScale::per_tensor); }
 };
 
@@ -464,6 +466,10 @@ void GpuExecutor::Impl::build(const ModelConfig& c, const Scheme& sch, const Eng
   E.gub = DeviceBuffer<uint16_t>(M * 2 * E.I);
   if (!E.fuse_swiglu) E.ab = DeviceBuffer<uint16_t>(M * E.I);  // the SwiGLU output (fused: never materialized)
   E.hn = DeviceBuffer<uint16_t>(R * E.H);
+  if (o.prune_last_layer && !o.batch_invariant) {  // (batch-invariant: every layer at the step's rows)
+    E.xc = DeviceBuffer<float>(R * E.H);
+    E.attc = DeviceBuffer<uint16_t>(R * E.qd);
+  }
   E.attn_ws = DeviceBuffer<uint8_t>(paged_attention_workspace_bytes(E.maxM, static_cast<int>(c.num_heads),
                                                                     static_cast<int>(c.head_dim)));
 
@@ -564,8 +570,13 @@ int64_t GpuExecutor::sequence_capacity(SeqId seq) const { return impl_->find(seq
 
 // The whole model for M rows whose metadata is on the device; logits of the R rows listed in orow.
 // Launches only (no host synchronization): captured as the decode graphs.
-void GpuExecutor::Impl::forward(int64_t M, int64_t R, const AttentionPlan& plan) {
+void GpuExecutor::Impl::forward(int64_t M_step, int64_t R, const AttentionPlan& plan) {
   Impl& E = *this;
+  // Rows the layers compute: every row of the step, until the last layer's attention; then only the R
+  // rows that need logits when the step has fewer (prune_last_layer: a prefill's o projection, MLP
+  // and final norm of its logits rows only; decode graphs give every row a logits row)
+  int64_t M = M_step;
+  const bool prune = E.xc.get() && R < M_step;
   const ModelConfig& c = E.cfg;
   cudaStream_t st = E.stream;
   const int32_t* d = E.meta.get();
@@ -625,6 +636,8 @@ void GpuExecutor::Impl::forward(int64_t M, int64_t R, const AttentionPlan& plan)
   mark(kOther);
   embed_rows(E.embed.get(), d + E.o_tok, M, E.H, xr, st);
   const uint16_t* qkv = E.qkvb.get();
+  const void* att = E.att.get();  // the attention's output rows the o projection reads
+  const int32_t* out_rows = d + E.o_orow;  // the logits rows among the computed rows
   for (int64_t l = 0; l < c.num_layers; ++l) {
     const Impl::Layer& L = E.layers[static_cast<size_t>(l)];
     const PagedKv kv = E.layer_kv(l);
@@ -635,9 +648,21 @@ void GpuExecutor::Impl::forward(int64_t M, int64_t R, const AttentionPlan& plan)
     qk_rope_kv_write(qkv, qkv + E.qd, qkv + E.qd + E.kvd, E.qkvd, M, nh, L.q_norm.get(), L.k_norm.get(), eps,
                      E.inv_freq.get(), c.rope_interleaved, rows, kv, E.t, E.qr.get(), st);
     mark(kAttention);
-    paged_attention(E.qr.get(), M, nh, rows, kv, c.sliding_window, E.t, plan, E.att.get(), st);
+    if (prune && l + 1 == c.num_layers) {
+      if (R == 0) return;  // a prefill chunk without logits: this layer's K and V are all it leaves
+      paged_attention(E.qr.get(), M, nh, rows, kv, c.sliding_window, E.t, plan, E.att.get(), st);
+      mark(kOther);  // the logits rows' residual and attention output, packed
+      gather_rows(xr, out_rows, R, E.H * static_cast<int64_t>(sizeof(float)), E.xc.get(), st);
+      gather_rows(E.att.get(), out_rows, R, E.qd * 2, E.attc.get(), st);
+      xr = E.xc.get();
+      att = E.attc.get();
+      M = R;
+      out_rows = nullptr;  // row r is logits row r
+    } else {
+      paged_attention(E.qr.get(), M, nh, rows, kv, c.sliding_window, E.t, plan, E.att.get(), st);
+    }
     mark(kPrep);
-    L.o->prepare(E.att.get(), M, acts_q, st);
+    L.o->prepare(att, M, acts_q, st);
     gemm_to_residual(*L.o, acts_q, L.mlp_norm.get());
     norm_into(*L.gate_up, pending, L.mlp_norm.get(), *E.acts_h);
     mark(kGemm);
@@ -660,7 +685,7 @@ void GpuExecutor::Impl::forward(int64_t M, int64_t R, const AttentionPlan& plan)
   }
   if (R == 0) return;
   mark(kOther);  // the last residual add (unless down's GEMM did it) and the final norm, of the R logits rows only
-  rmsnorm_rows(xr, pending, d + E.o_orow, R, E.H, E.final_norm.get(), eps, E.t, E.hn.get(), st);
+  rmsnorm_rows(xr, pending, out_rows, R, E.H, E.final_norm.get(), eps, E.t, E.hn.get(), st);
   mark(kLmHead);
   E.blas->matmul(E.t == DType::f16 ? BlasType::f16_f32out : BlasType::bf16_f32out, E.hn.get(), E.lm_head.get(),
                  E.logits.get(), R, E.V, E.H, nullptr, nullptr, st);
@@ -909,19 +934,22 @@ double GpuExecutor::time_linears(int64_t M, int64_t lm_rows, int reps) {
   for (int rep = 0; rep <= reps; ++rep) {  // rep 0 warms up
     SHARQ_CUDA_CHECK(cudaEventRecord(a, st));
     for (const Impl::Layer& L : E.layers) {
+      // the last layer's o, gate/up and down at the lm_rows rows alone where forward() prunes them
+      const int64_t Mo = E.xc.get() && lm_rows < M && &L == &E.layers.back() ? lm_rows : M;
       // the preps as forward() runs them (fused: the residual add + norm and SwiGLU inside them); the
       // GEMMs plain, with 16-bit outputs, as cuBLAS's baseline: an epilogue the engine adds (the FP4
       // reductions' Fp4Epilogue, fp16 / bf16's gemm_accumulate) counts as time outside the linears
       if (E.fuse_norm) L.qkv->prepare_norm(E.x.get(), E.ob.get(), L.attn_norm.get(), eps, M, E.x2.get(), *E.acts_h, st);
       else L.qkv->prepare(E.h.get(), M, *E.acts_h, st);
       L.qkv->gemm(*E.acts_h, E.qkvb.get(), st, ws);
-      L.o->prepare(E.att.get(), M, acts_q, st);
+      if (Mo == 0) continue;
+      L.o->prepare(E.att.get(), Mo, acts_q, st);
       L.o->gemm(acts_q, E.ob.get(), st, ws);
-      if (E.fuse_norm) L.gate_up->prepare_norm(E.x.get(), E.ob.get(), L.mlp_norm.get(), eps, M, E.x2.get(), *E.acts_h, st);
-      else L.gate_up->prepare(E.h.get(), M, *E.acts_h, st);
+      if (E.fuse_norm) L.gate_up->prepare_norm(E.x.get(), E.ob.get(), L.mlp_norm.get(), eps, Mo, E.x2.get(), *E.acts_h, st);
+      else L.gate_up->prepare(E.h.get(), Mo, *E.acts_h, st);
       L.gate_up->gemm(*E.acts_h, E.gub.get(), st, ws);
-      if (E.fuse_swiglu) L.down->prepare_swiglu(E.gub.get(), M, *E.acts_i, st);
-      else L.down->prepare(E.ab.get(), M, *E.acts_i, st);
+      if (E.fuse_swiglu) L.down->prepare_swiglu(E.gub.get(), Mo, *E.acts_i, st);
+      else L.down->prepare(E.ab.get(), Mo, *E.acts_i, st);
       L.down->gemm(*E.acts_i, E.ob.get(), st, ws);
     }
     E.blas->matmul(E.t == DType::f16 ? BlasType::f16_f32out : BlasType::bf16_f32out, E.hn.get(), E.lm_head.get(),

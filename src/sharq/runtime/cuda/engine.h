@@ -69,6 +69,14 @@ struct EngineOptions {
   // residual add of the FP32 product). false: the GEMM writes the 16-bit product and the norm kernel
   // adds it.
   bool gemm_residual = true;
+  // A step in which fewer rows need logits than it computes (a prefill: its last row; a chunk: none)
+  // runs the last layer's o projection, MLP and final norm for those rows only (llama.cpp's
+  // inp_out_ids): its attention still covers every row, and every row's K and V are written. A
+  // 2048-token prompt skips 2047 rows of one layer's o, gate/up and down (about 1/32 of the linears).
+  // The logits are the same up to the GEMMs' row-count-dependent order (the cuBLASLt algorithm, the
+  // FP4 family: docs/numerics.md). Off in batch-invariant mode; decode graphs give every row a
+  // logits row, so it never applies there.
+  bool prune_last_layer = true;
   // Every row's attention by the decode kernel, and one split-K order in the prefill GEMM family for
   // every M: a row's logits are bit-identical whatever else shares the step, prefill chunks included
   // (the default is invariant for decode rows only).
@@ -118,8 +126,9 @@ class GpuExecutor final : public Executor {
 
   // Benchmarks: profiled steps record events between the components (a decode step inside a
   // one-off CUDA graph, with the events as record nodes; other steps eagerly); the
-  // linears alone (prepare + gemm of every layer for M rows, then lm_head for lm_rows rows), back
-  // to back, timed on the GPU (median of `reps`), in microseconds.
+  // linears alone (prepare + gemm of every layer for M rows, then lm_head for lm_rows rows; with
+  // prune_last_layer and lm_rows < M, the last layer's o, gate/up and down for lm_rows rows, as a
+  // step runs them), back to back, timed on the GPU (median of `reps`), in microseconds.
   void set_profiling(bool on);
   const StepProfile& last_profile() const;
   double time_linears(int64_t M, int64_t lm_rows, int reps);

@@ -226,6 +226,9 @@ int run_bench_model(const BenchModelOptions& o) {
   if (o.gemm_residual != "on" && o.gemm_residual != "off")
     throw std::invalid_argument(fmt::format("bench model: --gemm-residual {}: use on or off", o.gemm_residual));
   eo.gemm_residual = o.gemm_residual == "on";
+  if (o.prune_last_layer != "on" && o.prune_last_layer != "off")
+    throw std::invalid_argument(fmt::format("bench model: --prune-last-layer {}: use on or off", o.prune_last_layer));
+  eo.prune_last_layer = o.prune_last_layer == "on";
   eo.max_batch_tokens = max_tokens;
   eo.max_logit_rows = std::min<int64_t>(max_tokens, std::max<int64_t>(64, max_batch));
   int64_t blocks = 0;
@@ -233,8 +236,9 @@ int run_bench_model(const BenchModelOptions& o) {
   blocks = std::max(blocks, max_batch * ((decode_len + eo.block_size - 1) / eo.block_size));
   eo.kv_blocks = blocks;
 
-  std::printf("sharq bench model: %s (FP4 fusion: preps %s, split-K reductions %s; fp16/bf16 residual add in the GEMM: %s)\n",
-              what.c_str(), o.fusion.c_str(), o.reduce_fusion.c_str(), o.gemm_residual.c_str());
+  std::printf("sharq bench model: %s (FP4 fusion: preps %s, split-K reductions %s; fp16/bf16 residual add in the GEMM: %s; "
+              "last layer for the logits rows only: %s)\n",
+              what.c_str(), o.fusion.c_str(), o.reduce_fusion.c_str(), o.gemm_residual.c_str(), o.prune_last_layer.c_str());
   std::printf("card: %s (%d SMs), same-run D2D copy %.2f TB/s; %lld layers, hidden %lld, %lld/%lld heads, vocab %lld\n",
               prop.name, prop.multiProcessorCount, copy_tbs, static_cast<long long>(cfg.num_layers),
               static_cast<long long>(cfg.hidden_size), static_cast<long long>(cfg.num_heads),

@@ -35,6 +35,7 @@ struct BenchModelOptions {
   std::string fusion = "none";  // FP4 preps: all | norm | swiglu | none (EngineOptions fuse_norm / fuse_swiglu)
   std::string reduce_fusion = "all";  // FP4 split-K reductions: all | norm | swiglu | none (EngineOptions fuse_reduce_*)
   std::string gemm_residual = "on";  // fp16, bf16: on | off (EngineOptions::gemm_residual)
+  std::string prune_last_layer = "on";  // on | off (EngineOptions::prune_last_layer)
   double torch_tok_s = 0;  // the same run's torch CUDA-graph decode (scripts/device/torch_decode_peer.py); 0: none
   std::string csv;   // write one CSV row per scheme here
   std::string svg;   // write the breakdown plot here
