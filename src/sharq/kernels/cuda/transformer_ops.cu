@@ -561,7 +561,6 @@ __global__ void __launch_bounds__(kRopeWideMaxWarps * 32) qk_rope_wide_kernel(
 __global__ void gather_rows_kernel(const uint8_t* __restrict__ src, const int32_t* __restrict__ rows, int64_t row_bytes,
                                    int vec, uint8_t* __restrict__ dst) {
   pdl_wait();
-  pdl_trigger();
   const int64_t r = blockIdx.x;
   const uint8_t* s = src + static_cast<int64_t>(rows[r]) * row_bytes;
   uint8_t* d = dst + r * row_bytes;
@@ -571,6 +570,7 @@ __global__ void gather_rows_kernel(const uint8_t* __restrict__ src, const int32_
   } else {
     for (int64_t j = threadIdx.x; j < row_bytes; j += blockDim.x) d[j] = s[j];
   }
+  pdl_trigger();  // after its loads, as the other short kernels (launch.cuh)
 }
 
 template <class T>

@@ -245,6 +245,7 @@ struct GpuExecutor::Impl {
   DeviceBuffer<uint8_t> samp_ws;   // sample_rows' workspace for R rows
   std::unique_ptr<Pinned> samp_host;
   std::map<int64_t, std::unique_ptr<Graph>> graphs;
+  int64_t pruned = 0;  // steps whose last layer ran for their logits rows only
   // profiling
   bool profiling = false;
   std::vector<cudaEvent_t> events;
@@ -466,7 +467,9 @@ void GpuExecutor::Impl::build(const ModelConfig& c, const Scheme& sch, const Eng
   E.gub = DeviceBuffer<uint16_t>(M * 2 * E.I);
   if (!E.fuse_swiglu) E.ab = DeviceBuffer<uint16_t>(M * E.I);  // the SwiGLU output (fused: never materialized)
   E.hn = DeviceBuffer<uint16_t>(R * E.H);
-  if (o.prune_last_layer && !o.batch_invariant) {  // (batch-invariant: every layer at the step's rows)
+  // (batch-invariant: every layer at the step's rows; per-tensor activation scales would take the
+  // last layer's amax over the logits rows alone)
+  if (o.prune_last_layer && !o.batch_invariant && E.graph_ok()) {
     E.xc = DeviceBuffer<float>(R * E.H);
     E.attc = DeviceBuffer<uint16_t>(R * E.qd);
   }
@@ -535,6 +538,7 @@ int64_t GpuExecutor::kv_blocks() const { return impl_->n_blocks; }
 int64_t GpuExecutor::kv_block_size() const { return impl_->opt.block_size; }
 int64_t GpuExecutor::free_kv_blocks() const { return static_cast<int64_t>(impl_->free_list.size()); }
 int64_t GpuExecutor::graphs_captured() const { return static_cast<int64_t>(impl_->graphs.size()); }
+int64_t GpuExecutor::steps_pruned() const { return impl_->pruned; }
 double GpuExecutor::load_seconds() const { return impl_->load_s; }
 void GpuExecutor::set_profiling(bool on) { impl_->profiling = on; }
 const StepProfile& GpuExecutor::last_profile() const { return impl_->profile; }
@@ -577,6 +581,7 @@ void GpuExecutor::Impl::forward(int64_t M_step, int64_t R, const AttentionPlan& 
   // and final norm of its logits rows only; decode graphs give every row a logits row)
   int64_t M = M_step;
   const bool prune = E.xc.get() && R < M_step;
+  if (prune) ++E.pruned;
   const ModelConfig& c = E.cfg;
   cudaStream_t st = E.stream;
   const int32_t* d = E.meta.get();
@@ -647,9 +652,9 @@ void GpuExecutor::Impl::forward(int64_t M_step, int64_t R, const AttentionPlan& 
     mark(kRope);
     qk_rope_kv_write(qkv, qkv + E.qd, qkv + E.qd + E.kvd, E.qkvd, M, nh, L.q_norm.get(), L.k_norm.get(), eps,
                      E.inv_freq.get(), c.rope_interleaved, rows, kv, E.t, E.qr.get(), st);
+    if (prune && l + 1 == c.num_layers && R == 0) return;  // a chunk without logits: its K and V are all it leaves
     mark(kAttention);
     if (prune && l + 1 == c.num_layers) {
-      if (R == 0) return;  // a prefill chunk without logits: this layer's K and V are all it leaves
       paged_attention(E.qr.get(), M, nh, rows, kv, c.sliding_window, E.t, plan, E.att.get(), st);
       mark(kOther);  // the logits rows' residual and attention output, packed
       gather_rows(xr, out_rows, R, E.H * static_cast<int64_t>(sizeof(float)), E.xc.get(), st);

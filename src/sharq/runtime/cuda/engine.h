@@ -74,8 +74,9 @@ struct EngineOptions {
   // inp_out_ids): its attention still covers every row, and every row's K and V are written. A
   // 2048-token prompt skips 2047 rows of one layer's o, gate/up and down (about 1/32 of the linears).
   // The logits are the same up to the GEMMs' row-count-dependent order (the cuBLASLt algorithm, the
-  // FP4 family: docs/numerics.md). Off in batch-invariant mode; decode graphs give every row a
-  // logits row, so it never applies there.
+  // FP4 family: docs/numerics.md). Off in batch-invariant mode and with per-tensor activation
+  // scales (whose amax would cover the logits rows alone); decode graphs give every row a logits
+  // row, so it never applies there.
   bool prune_last_layer = true;
   // Every row's attention by the decode kernel, and one split-K order in the prefill GEMM family for
   // every M: a row's logits are bit-identical whatever else shares the step, prefill chunks included
@@ -123,6 +124,8 @@ class GpuExecutor final : public Executor {
   int64_t kv_block_size() const override;
   int64_t free_kv_blocks() const;
   int64_t graphs_captured() const;
+  // Steps whose last layer ran for their logits rows only (EngineOptions::prune_last_layer).
+  int64_t steps_pruned() const;
 
   // Benchmarks: profiled steps record events between the components (a decode step inside a
   // one-off CUDA graph, with the events as record nodes; other steps eagerly); the
