@@ -659,7 +659,11 @@ HttpServer::HttpServer(Scheduler& scheduler, const Tokenizer& tokenizer, ServeOp
     s.listen_fd = fd;
   });
   s.http.set_keep_alive_max_count(1000);
-  s.http.set_keep_alive_timeout(2);  // an idle keep-alive connection holds a thread; shutdown waits for it
+  // An idle connection holds a thread; shutdown waits for it. cpp-httplib waits this long for a new
+  // connection's FIRST request too: at 2 s, a client that connected and was slow to send under load
+  // (500 Python client threads on 2 cores in serve_e2e.500_concurrent_streams, next to another test)
+  // found its connection closed (a broken pipe). 5 s, as uvicorn's default (vLLM's server).
+  s.http.set_keep_alive_timeout(5);
   s.http.set_payload_max_length(kMaxBodyMiB << 20);
   // Each route once: registered here and kept in method_of, from which the error handler tells a known
   // path asked with the other method (405, with Allow) from an unknown one (404).
