@@ -163,6 +163,12 @@ TEST(Cli, BenchModelOptionsAreChecked) {
   r = run("bench model --synthetic llama3.1-8b --reduce-fusion rope");
   EXPECT_NE(r.status, 0);
   EXPECT_NE(r.out.find("--reduce-fusion: rope not in"), std::string::npos) << r.out;
+  r = run("bench model --synthetic llama3.1-8b --gemm-residual yes");
+  EXPECT_NE(r.status, 0);
+  EXPECT_NE(r.out.find("--gemm-residual: yes not in"), std::string::npos) << r.out;
+  r = run("bench model --synthetic llama3.1-8b --prune-last-layer 1");
+  EXPECT_NE(r.status, 0);
+  EXPECT_NE(r.out.find("--prune-last-layer: 1 not in"), std::string::npos) << r.out;
 }
 
 // Comma-separated lists: an empty item or an item given twice is an error naming the flag or the list

@@ -652,10 +652,11 @@ void GpuExecutor::Impl::forward(int64_t M_step, int64_t R, const AttentionPlan& 
     mark(kRope);
     qk_rope_kv_write(qkv, qkv + E.qd, qkv + E.qd + E.kvd, E.qkvd, M, nh, L.q_norm.get(), L.k_norm.get(), eps,
                      E.inv_freq.get(), c.rope_interleaved, rows, kv, E.t, E.qr.get(), st);
-    if (prune && l + 1 == c.num_layers && R == 0) return;  // a chunk without logits: its K and V are all it leaves
+    const bool prune_here = prune && l + 1 == c.num_layers;
+    if (prune_here && R == 0) return;  // a chunk without logits: its K and V are all it leaves
     mark(kAttention);
-    if (prune && l + 1 == c.num_layers) {
-      paged_attention(E.qr.get(), M, nh, rows, kv, c.sliding_window, E.t, plan, E.att.get(), st);
+    paged_attention(E.qr.get(), M, nh, rows, kv, c.sliding_window, E.t, plan, E.att.get(), st);
+    if (prune_here) {
       mark(kOther);  // the logits rows' residual and attention output, packed
       gather_rows(xr, out_rows, R, E.H * static_cast<int64_t>(sizeof(float)), E.xc.get(), st);
       gather_rows(E.att.get(), out_rows, R, E.qd * 2, E.attc.get(), st);
@@ -663,8 +664,6 @@ void GpuExecutor::Impl::forward(int64_t M_step, int64_t R, const AttentionPlan& 
       att = E.attc.get();
       M = R;
       out_rows = nullptr;  // row r is logits row r
-    } else {
-      paged_attention(E.qr.get(), M, nh, rows, kv, c.sliding_window, E.t, plan, E.att.get(), st);
     }
     mark(kPrep);
     L.o->prepare(att, M, acts_q, st);

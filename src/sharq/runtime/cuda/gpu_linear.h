@@ -22,8 +22,9 @@
 // Graph-safe: everything is allocated at construction; prepare/gemm/forward only launch kernels on
 // the given stream (no allocation, no host synchronization) and can be captured in a CUDA graph.
 // X (M x K) and Y (M x N) are row-major device arrays of act_dtype(scheme): FP16 for fp16, BF16 for
-// every other scheme (gemm_accumulate: FP32 rows Y += X W^T). Batch invariance (docs/numerics.md): with per-token scales (the default) a
-// row's output does not depend on the other rows of the call, for M <= kSmallMaxM and for M above.
+// every other scheme (gemm_accumulate: FP32 rows Y += X W^T). Batch invariance (docs/numerics.md):
+// with per-token scales (the default) a row's output does not depend on the other rows of the call,
+// for M <= kSmallMaxM and for M above.
 #pragma once
 
 #include <cstdint>
