@@ -159,7 +159,7 @@ TEST(Cli, BenchModelOptionsAreChecked) {
   EXPECT_NE(r.out.find("--torch-tok-s: 0 is not"), std::string::npos) << r.out;
   // the choice flags: a value outside the set is refused naming the flag
   for (const std::string flag_value : {"--fusion some", "--reduce-fusion rope", "--gemm-residual yes",
-                                       "--prune-last-layer 1", "--rope-in-attention maybe"}) {
+                                       "--prune-last-layer 1"}) {
     r = run("bench model --synthetic llama3.1-8b " + flag_value);
     EXPECT_NE(r.status, 0) << flag_value;
     const std::string want = flag_value.substr(0, flag_value.find(' ')) + ": " + flag_value.substr(flag_value.find(' ') + 1) +

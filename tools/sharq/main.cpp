@@ -619,9 +619,6 @@ int main(int argc, char** argv) {
   bm->add_option("--prune-last-layer", bmo.prune_last_layer, "prefill steps: the last layer's o projection, MLP and "
                                                            "final norm for the logits rows only (on | off)")
       ->capture_default_str()->check(CLI::IsMember({"on", "off"}));
-  bm->add_option("--rope-in-attention", bmo.rope_in_attention, "decode steps: RoPE and the K/V write inside the decode "
-                                                             "attention kernel (on | off: their own kernel)")
-      ->capture_default_str()->check(CLI::IsMember({"on", "off"}));
   add_number<double>(bm, "--torch-tok-s", bmo.torch_tok_s,
                      "the same run's torch decode tok/s (scripts/device/torch_decode_peer.py), for the ratio", 0.0,
                      1e9, true);

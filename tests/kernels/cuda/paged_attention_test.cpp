@@ -474,62 +474,6 @@ TEST(PagedAttention, DecodeMatchesReference) {
   std::printf("[decode] worst error / bound: %.3f\n", worst);
 }
 
-// AttentionPlan::rope: the decode kernel rotating q and each row's new key itself and writing the new
-// K/V into the cache gives bit for bit the output and the cache of qk_rope_kv_write followed by the
-// kernel on its rotated q: both types, head_dim 64 and 128, GQA 1 / 4 / 8, rotate-half and interleaved
-// pairs, block sizes 16 and 5, rows at positions 0 (the new key alone), 16, 63 and 999, q/k/v rows with a
-// padded stride; the new keys' slots start as NaN in both caches.
-TEST(PagedAttention, RopeInsideTheDecodeKernelMatchesTheRopeKernel) {
-  SKIP_WITHOUT_GPU();
-  const std::vector<SeqSpec> seqs = {{0, 1}, {16, 1}, {63, 1}, {999, 1}};
-  uint64_t seed = 71;
-  for (DType t : {DType::bf16, DType::f16})
-    for (int hd : {64, 128})
-      for (int G : {1, 4, 8})
-        for (bool il : {false, true})
-          for (int bs : {16, 5}) {
-            Shape s;
-            s.t = t, s.hd = hd, s.nkv = 2, s.nh = 2 * G, s.bs = bs;
-            SCOPED_TRACE(describe(s) + (il ? " interleaved" : " rotate-half"));
-            Problem P = make_problem(s, seqs, seed++);
-            const size_t slot = static_cast<size_t>(s.nkv) * s.hd;
-            for (int64_t m = 0; m < P.M; ++m) {  // the new keys are not in the cache yet
-              const int p = P.pos[static_cast<size_t>(m)];
-              const size_t blk = static_cast<size_t>(P.table[static_cast<size_t>(P.toff[static_cast<size_t>(m)] + p / bs)]);
-              std::fill_n(P.k.begin() + static_cast<ptrdiff_t>((blk * bs + p % bs) * slot), slot, uint16_t{0xFFFF});
-              std::fill_n(P.v.begin() + static_cast<ptrdiff_t>((blk * bs + p % bs) * slot), slot, uint16_t{0xFFFF});
-            }
-            const int64_t qd = int64_t{s.nh} * hd, kvd = int64_t{s.nkv} * hd, ld = qd + 2 * kvd + 8;
-            Rng rng(seed);
-            std::vector<uint16_t> qkv(static_cast<size_t>(P.M * ld));
-            for (uint16_t& x : qkv) x = enc(static_cast<float>(rng.normal()), t);
-            std::vector<float> inv_freq(static_cast<size_t>(hd / 2));
-            for (int p = 0; p < hd / 2; ++p) inv_freq[static_cast<size_t>(p)] = static_cast<float>(std::pow(5e5, -2.0 * p / hd));
-            DeviceBuffer<uint16_t> dqkv(qkv.size());
-            dqkv.upload(qkv.data());
-            DeviceBuffer<float> dfreq(inv_freq.size());
-            dfreq.upload(inv_freq.data());
-            const AttentionWork w = cuda::plan_attention(P.entry_rows, hd, false);
-            const Pools pa(P), pb(P);
-            Step ref(P, pa, full_meta(P), w), fused(P, pb, full_meta(P), w);
-            cuda::qk_rope_kv_write(dqkv.get(), dqkv.get() + qd, dqkv.get() + qd + kvd, ld, P.M, s.nh, nullptr, nullptr,
-                                   1e-6f, dfreq.get(), il, ref.rows, ref.kv, t, ref.q.get(), nullptr);
-            ref.launch(nullptr);
-            fused.plan.rope.q = dqkv.get();
-            fused.plan.rope.k = dqkv.get() + qd;
-            fused.plan.rope.v = dqkv.get() + qd + kvd;
-            fused.plan.rope.ld = ld;
-            fused.plan.rope.inv_freq = dfreq.get();
-            fused.plan.rope.interleaved = il;
-            fused.launch(nullptr);
-            const std::vector<uint16_t> yr = ref.result(), yf = fused.result();
-            for (uint16_t x : yr) ASSERT_FALSE(std::isnan(dec(x, t))) << "NaN in the reference output";
-            EXPECT_EQ(yf, yr);
-            EXPECT_EQ(pb.k.to_host(), pa.k.to_host()) << "K cache";
-            EXPECT_EQ(pb.v.to_host(), pa.v.to_host()) << "V cache";
-          }
-}
-
 // The decode kernel's two forms at the shapes DecodeMatchesReference leaves out: tensor-core head dims
 // with group sizes whose head count per CTA is not a power of two (G 3: 3 heads in a 4-row group; G 6:
 // 6 of 8) or is 2, and the FP32 form at head dims 72 and 96 (16 lanes per key, as 128 had before the

@@ -212,45 +212,6 @@ TEST(GpuEngine, GemmResidualAddMatchesTheNormKernelsAdd) {
   }
 }
 
-// EngineOptions::fuse_rope_decode: decode steps rotate q and the new keys and write K/V inside the
-// decode attention instead of qk_rope_kv_write; the same FP32 arithmetic on the same inputs, so every
-// logits row (the prefill's, which keeps the separate kernel, and the decode steps', eager and from
-// graphs) is bit for bit the same with it off: on the tiny Llama 3 (rotate-half RoPE), Qwen2 (q/k/v
-// bias) and Mistral (sliding window) checkpoints, and on synthetic models with head_dim 128 and 64 and
-// interleaved pairs (llama2.c's). Qwen3 (q/k norm) keeps the separate kernel: the same bits trivially.
-TEST(GpuEngine, RopeInsideTheDecodeAttentionKeepsTheBits) {
-  SKIP_WITHOUT_GPU();
-  auto check = [&](const std::string& what, auto make) {
-    for (bool graphs : {false, true}) {
-      std::vector<float> y[2];
-      for (int f = 0; f < 2; ++f) {
-        EngineOptions o = small_blocks();
-        o.fuse_rope_decode = f == 1;
-        o.cuda_graphs = graphs;
-        std::unique_ptr<GpuExecutor> gpu = make(o);
-        y[f] = run(*gpu, kPrompt, kFeed);
-      }
-      ASSERT_FALSE(y[0].empty()) << what;
-      for (float v : y[1]) ASSERT_TRUE(std::isfinite(v)) << what;
-      EXPECT_EQ(y[1], y[0]) << what << (graphs ? " (graphs)" : " (eager)");
-    }
-  };
-  for (const char* arch : {"llama3", "qwen2", "mistral"}) {
-    const ModelWeights w = load_model_weights(tiny(arch));
-    for (const char* sc : {"fp16", "bf16", "sharq"})
-      check(std::string(arch) + " " + sc,
-            [&](const EngineOptions& o) { return std::make_unique<GpuExecutor>(w, parse_scheme(sc), o); });
-  }
-  for (int64_t hd : {128, 64})
-    for (bool il : {false, true}) {
-      ModelConfig c = small_llama(1024, 8 * 128 / hd, 2 * 128 / hd, hd, 1024, 2);
-      c.rope_interleaved = il;
-      check("synthetic hd " + std::to_string(hd) + (il ? " interleaved" : " rotate-half"), [&](const EngineOptions& o) {
-        return std::make_unique<GpuExecutor>(cuda::SyntheticModel{c, 9}, parse_scheme("fp16"), o);
-      });
-    }
-}
-
 // EngineOptions::prune_last_layer: a step whose logits rows are fewer than its rows runs the last
 // layer's o projection, MLP and final norm for those rows only. A chunk without logits (R = 0: the
 // last layer stops after its K/V write), then a step of four entries: one sampling only (greedy, no

@@ -139,12 +139,6 @@ struct DecodeArgs {
   int64_t window;
   int nh, G, gc, hd, nkv, bs, vec, q_pairs, cluster;
   float qscale;
-  // AttentionPlan::rope (tensor-core form only): q, k, v of the step's rows straight from the q/k/v
-  // projection (rows rld elements apart, rq null: q already rotated in a.q, the new keys in the cache)
-  const uint16_t *rq, *rk, *rv;
-  int64_t rld;
-  const float* inv_freq;
-  int rope_il;
 };
 
 constexpr int kDecodeThreads = 256;  // decode: 8 warps per CTA
@@ -272,7 +266,6 @@ __global__ void __launch_bounds__(kDecodeThreads) decode_kernel(const DecodeArgs
     static_assert(HD == 64 || HD == 128, "tensor-core decode: head_dim 64 or 128");
     static_assert(lay.stage_bytes == static_cast<size_t>(S) * RB, "stage = 8 key rows");
     static_assert(MG <= 8, "heads are the 8 columns of P^T");
-    __shared__ __align__(16) float rope_cs[2][HD / 2];  // fused RoPE: cos, sin of the row's pairs
     const int64_t hstride = static_cast<int64_t>(a.nkv) * HD, hoff = static_cast<int64_t>(kvh) * HD;
     const int g = lane >> 2, c2 = (lane & 3) * 2;
     const float scale = a.qscale;
@@ -288,14 +281,6 @@ __global__ void __launch_bounds__(kDecodeThreads) decode_kernel(const DecodeArgs
         }
       }
     };
-    // Fused RoPE (a.rq): the row's new key (position pos, the last of its range) is not in the cache
-    // yet. The warp whose range holds it takes it from the q/k/v rows instead: k rotated here (the
-    // chunk's rotate-half partner from lane ^ CPR / 2, the same arithmetic as qk_rope_kv_write), v as
-    // it is, both stored into the stage by the lanes; the first head group's cluster of the KV head
-    // also writes them to the cache (every cluster of a KV head rotates the same bits).
-    const bool own_new = a.rq && kw0 <= pos && pos < kw0 + nk;  // warp-uniform
-    const int u_new = own_new ? (pos - kw0) / S : -1, r_new = (pos - kw0) % S;
-    const bool writes_new = own_new && h0 % a.G == 0;
     auto issue = [&](int u, int st, const int (&tb)[KR], const int (&rm)[KR]) {
       if (u < nsteps) {
         const uint32_t sk = smem_u32(ring + st * 2 * lay.stage_bytes), sv = sk + static_cast<uint32_t>(lay.stage_bytes);
@@ -303,45 +288,6 @@ __global__ void __launch_bounds__(kDecodeThreads) decode_kernel(const DecodeArgs
         for (int i = 0; i < KR; ++i) {
           const int qd = i * 32 + lane, rr = qd / CPR, c = qd % CPR, j = u * S + rr;
           const uint32_t so = static_cast<uint32_t>(rr * RB + ((c ^ rr) << 4));
-          if (u == u_new) {  // warp-uniform: the step with the new key (the shuffle needs every lane)
-            const bool mine = rr == r_new;
-            uint4 kr = {}, vr = {};
-            if (mine) {
-              const int64_t src = static_cast<int64_t>(m) * a.rld + hoff + c * 8;
-              kr = *reinterpret_cast<const uint4*>(a.rk + src);
-              vr = *reinterpret_cast<const uint4*>(a.rv + src);
-            }
-            const uint32_t kw[4] = {kr.x, kr.y, kr.z, kr.w};
-            uint32_t pw[4], ow[4];
-#pragma unroll
-            for (int e = 0; e < 4; ++e) pw[e] = __shfl_xor_sync(kFull, kw[e], CPR / 2);
-            if (mine) {
-#pragma unroll
-              for (int e = 0; e < 4; ++e) {
-                const float2 x = unpack2<T>(kw[e]);
-                if (a.rope_il) {  // pair 4 c + e: (x.x, x.y)
-                  const int pr = 4 * c + e;
-                  const float cs = rope_cs[0][pr], sn = rope_cs[1][pr];
-                  ow[e] = pack2<T>(x.x * cs - x.y * sn, x.y * cs + x.x * sn);
-                } else {  // dims 8 c + 2 e, + 1: pairs 8 (c % (CPR / 2)) + 2 e, + 1, first or second halves
-                  const float2 y = unpack2<T>(pw[e]);
-                  const int pr = 8 * (c % (CPR / 2)) + 2 * e;
-                  const float c0 = rope_cs[0][pr], s0 = rope_cs[1][pr], c1 = rope_cs[0][pr + 1], s1 = rope_cs[1][pr + 1];
-                  ow[e] = c < CPR / 2 ? pack2<T>(x.x * c0 - y.x * s0, x.y * c1 - y.y * s1)
-                                      : pack2<T>(x.x * c0 + y.x * s0, x.y * c1 + y.y * s1);
-                }
-              }
-              const uint4 kq = make_uint4(ow[0], ow[1], ow[2], ow[3]);
-              *reinterpret_cast<uint4*>(ring + st * 2 * lay.stage_bytes + so) = kq;
-              *reinterpret_cast<uint4*>(ring + st * 2 * lay.stage_bytes + lay.stage_bytes + so) = vr;
-              if (writes_new) {
-                const int64_t off = (static_cast<int64_t>(tb[i]) * bs + rm[i]) * hstride + hoff + c * 8;
-                *reinterpret_cast<uint4*>(const_cast<uint16_t*>(a.k) + off) = kq;
-                *reinterpret_cast<uint4*>(const_cast<uint16_t*>(a.v) + off) = vr;
-              }
-              continue;
-            }
-          }
           if (j < nk) {
             const int64_t off = (static_cast<int64_t>(tb[i]) * bs + rm[i]) * hstride + hoff + c * 8;
             cp_async16(sk + so, a.k + off);
@@ -359,54 +305,19 @@ __global__ void __launch_bounds__(kDecodeThreads) decode_kernel(const DecodeArgs
 #pragma unroll
     for (int st = 0; st < NST; ++st) table_step(st, tb0[st], rm0[st]);
     table_step(NST, tbn, rmn);
-    if (a.rq) {  // the row's RoPE angles, before the wait (pos and inv_freq are not written by the step)
-      for (int p = tid; p < HD / 2; p += kDecodeThreads)
-        sincosf(static_cast<float>(pos) * a.inv_freq[p], &rope_cs[1][p], &rope_cs[0][p]);
-      __syncthreads();
-    }
     pdl_wait();  // q and the cache (written by the preceding kernel) from here on; every CTA waits
-
-    // Q as the A operand: row g = head h0 + g (zero for g >= gc), k = dims 16 j + c2 .. (+ 8). Its
-    // loads are issued before the first copies: with fused RoPE the warp holding the new key waits on
-    // that key's loads inside issue(), and q's loads are then in flight with them.
-    uint32_t qa[NKS][2];
-    const bool on = g < gc;
-    {
-      const int hq = h0 + (on ? g : 0);
-      const uint16_t* qrow = a.rq ? a.rq + static_cast<int64_t>(m) * a.rld + static_cast<int64_t>(hq) * HD + c2
-                                  : a.q + (static_cast<int64_t>(m) * a.nh + hq) * HD + c2;
-#pragma unroll
-      for (int j = 0; j < NKS; ++j) {  // q is T: its pairs are the fragment's words
-        qa[j][0] = on ? *reinterpret_cast<const uint32_t*>(qrow + 16 * j) : 0u;
-        qa[j][1] = on ? *reinterpret_cast<const uint32_t*>(qrow + 16 * j + 8) : 0u;
-      }
-    }
 #pragma unroll
     for (int st = 0; st < NST; ++st) issue(st, st, tb0[st], rm0[st]);
+
+    // Q as the A operand: row g = head h0 + g (zero for g >= gc), k = dims 16 j + c2 .. (+ 8)
+    uint32_t qa[NKS][2];
     {
-      if (a.rq) {  // RoPE of the raw q: word (j, w) holds dims 16 j + 8 w + c2, + 1
-        if (a.rope_il) {  // interleaved: the word is pair (16 j + 8 w + c2) / 2
+      const bool on = g < gc;
+      const uint16_t* qrow = a.q + (static_cast<int64_t>(m) * a.nh + h0 + (on ? g : 0)) * HD + c2;
 #pragma unroll
-          for (int j = 0; j < NKS; ++j)
-#pragma unroll
-            for (int w = 0; w < 2; ++w) {
-              const float2 x = unpack2<T>(qa[j][w]);
-              const int pr = (16 * j + 8 * w + c2) / 2;
-              const float cs = rope_cs[0][pr], sn = rope_cs[1][pr];
-              qa[j][w] = on ? pack2<T>(x.x * cs - x.y * sn, x.y * cs + x.x * sn) : 0u;
-            }
-        } else {  // rotate-half: the partner of word (j, w) is (j + NKS / 2, w)
-#pragma unroll
-          for (int j = 0; j < NKS / 2; ++j)
-#pragma unroll
-            for (int w = 0; w < 2; ++w) {
-              const float2 x = unpack2<T>(qa[j][w]), y = unpack2<T>(qa[j + NKS / 2][w]);
-              const int pr = 16 * j + 8 * w + c2;
-              const float c0 = rope_cs[0][pr], s0 = rope_cs[1][pr], c1 = rope_cs[0][pr + 1], s1 = rope_cs[1][pr + 1];
-              qa[j][w] = on ? pack2<T>(x.x * c0 - y.x * s0, x.y * c1 - y.y * s1) : 0u;
-              qa[j + NKS / 2][w] = on ? pack2<T>(y.x * c0 + x.x * s0, y.y * c1 + x.y * s1) : 0u;
-            }
-        }
+      for (int j = 0; j < NKS; ++j) {  // q is T already: its pairs are the fragment's words
+        qa[j][0] = on ? *reinterpret_cast<const uint32_t*>(qrow + 16 * j) : 0u;
+        qa[j][1] = on ? *reinterpret_cast<const uint32_t*>(qrow + 16 * j + 8) : 0u;
       }
     }
     float o[NKS][4];
@@ -1225,15 +1136,6 @@ void launch_all(const void* q, int nh, const RowMap& rows, const PagedKv& kv, in
     a.vec = hd % 8 == 0 && reinterpret_cast<uintptr_t>(kv.k) % 16 == 0 && reinterpret_cast<uintptr_t>(kv.v) % 16 == 0;
     a.q_pairs = reinterpret_cast<uintptr_t>(q) % 4 == 0;  // the tensor-core form loads q in pairs (words)
     a.qscale = scale_log2;
-    if (plan.rope.q) {  // checked by paged_attention(): the tensor-core form runs
-      a.rq = static_cast<const uint16_t*>(plan.rope.q);
-      a.rk = static_cast<const uint16_t*>(plan.rope.k);
-      a.rv = static_cast<const uint16_t*>(plan.rope.v);
-      a.rld = plan.rope.ld;
-      a.inv_freq = plan.rope.inv_freq;
-      a.rope_il = plan.rope.interleaved ? 1 : 0;
-      a.q_pairs = 1;  // the raw q rows are 16-byte aligned (checked)
-    }
     const int L = std::max(4, pow2_at_least((hd + 7) / 8));
     const int MG = pow2_at_least(a.gc);
     if (MG == 1)
@@ -1253,9 +1155,6 @@ bool aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0;
 
 bool prefill_attention_supports(int head_dim) { return head_dim == 64 || head_dim == 128; }
 bool decode_attention_on_tensor_cores(int head_dim) { return head_dim == 64 || head_dim == 128; }
-bool decode_attention_fuses_rope(const PagedKv& kv) {
-  return decode_attention_on_tensor_cores(kv.head_dim) && aligned16(kv.k) && aligned16(kv.v);
-}
 
 AttentionWork plan_attention(const std::vector<int64_t>& entry_rows, int head_dim, bool batch_invariant) {
   if (head_dim <= 0 || head_dim > kMaxHeadDim)
@@ -1322,20 +1221,6 @@ void paged_attention(const void* q, int64_t M, int nh, const RowMap& rows, const
     if (!aligned16(q) || !aligned16(kv.k) || !aligned16(kv.v) || reinterpret_cast<uintptr_t>(out) % 4 != 0)
       throw std::invalid_argument(
           "paged_attention: prefill tiles need 16-byte aligned q and K/V pools and a 4-byte aligned output");
-  }
-  if (plan.rope.q) {
-    const AttentionPlan::Rope& r = plan.rope;
-    if (plan.n_tiles > 0 || !decode_attention_fuses_rope(kv))
-      throw std::invalid_argument(fmt::format(
-          "paged_attention: RoPE inside the decode kernel needs a step of decode rows only and the tensor-core form "
-          "(head_dim 64 / 128, 16-byte aligned K/V pools); {} prefill tiles, head_dim {}",
-          plan.n_tiles, kv.head_dim));
-    if (!r.k || !r.v || !r.inv_freq || !aligned16(r.q) || !aligned16(r.k) || !aligned16(r.v) || r.ld % 8 != 0 ||
-        r.ld < static_cast<int64_t>(nh) * kv.head_dim)
-      throw std::invalid_argument(fmt::format(
-          "paged_attention: RoPE inside the decode kernel needs 16-byte aligned q/k/v rows, a row stride ld >= {} "
-          "that is a multiple of 8 (ld {}), and inv_freq",
-          static_cast<int64_t>(nh) * kv.head_dim, r.ld));
   }
   configure_kernels();
   const float scale_log2 = static_cast<float>(1.4426950408889634 / std::sqrt(static_cast<double>(kv.head_dim)));

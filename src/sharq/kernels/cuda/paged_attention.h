@@ -57,20 +57,6 @@ struct AttentionPlan {
                                            // consecutive rows of ONE sequence at consecutive positions
   int32_t n_tiles = 0;                     // host count
   void* workspace = nullptr;               // paged_attention_workspace_bytes(...) bytes, 16-byte aligned
-  // RoPE and the K/V write inside the decode kernel (rope.q null: none; q was rotated and the new keys
-  // written by qk_rope_kv_write). For a step whose rows are all decode rows, each the only row of
-  // its sequence (a decode step: the engine's graphs), without q/k norm: q, k and v are the q/k/v
-  // projection's rows (row m at q + m * ld, and so on; 16-byte aligned, ld a multiple of 8), the
-  // kernel rotates q and the row's new key by the angles of its position (inv_freq as
-  // qk_rope_kv_write takes it), bit for bit what qk_rope_kv_write writes, uses them, and writes the
-  // new key and value into the cache. The q argument of paged_attention() is then not read. Needs
-  // the tensor-core decode form (decode_attention_fuses_rope) and no prefill tiles; refused otherwise.
-  struct Rope {
-    const void *q = nullptr, *k = nullptr, *v = nullptr;
-    int64_t ld = 0;
-    const float* inv_freq = nullptr;
-    bool interleaved = false;
-  } rope;
 };
 
 // Rows of one prefill tile (the prefill kernel's query tile).
@@ -83,9 +69,6 @@ bool prefill_attention_supports(int head_dim);
 // type T, as in the prefill kernel; other dims (and unaligned buffers) take the FP32 form (scores and
 // weights in FP32).
 bool decode_attention_on_tensor_cores(int head_dim);
-// Whether AttentionPlan::rope applies: the tensor-core decode form (head_dim 64 / 128, K/V pools
-// 16-byte aligned).
-bool decode_attention_fuses_rope(const PagedKv& kv);
 
 // Host side: the plan's contents for a step whose entries have entry_rows[i] new tokens each, laid out
 // consecutively in row order (entry 0's rows first). Entries of 1 row go to the decode kernel; longer

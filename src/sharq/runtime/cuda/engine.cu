@@ -311,9 +311,7 @@ struct GpuExecutor::Impl {
     else SHARQ_CUDA_CHECK(cudaEventRecord(events[event_cat.size()], stream));
     event_cat.push_back(cat);
   }
-  // decode: every row is the only row of its sequence (RoPE inside the decode attention, rope_decode)
-  void forward(int64_t M_step, int64_t R, const AttentionPlan& plan, bool decode);
-  bool rope_decode = false;  // EngineOptions::fuse_rope_decode where it applies (build)
+  void forward(int64_t M_step, int64_t R, const AttentionPlan& plan);
   bool graph_ok() const { return !(scheme.has_act_global_scale() && scheme.act_scale == GlobalScale::per_tensor); }
 };
 
@@ -497,12 +495,6 @@ void GpuExecutor::Impl::build(const ModelConfig& c, const Scheme& sch, const Eng
     throw std::runtime_error(fmt::format("GpuExecutor: the KV cache of {} blocks ({:.1f} MiB) does not fit: {}", blocks,
                                          static_cast<double>(blocks) * block_bytes / 1048576.0, e.what()));
   }
-  {  // RoPE inside the decode attention: no q/k norm, the tensor-core decode form, 16-byte q/k/v rows
-    bool qk_norm = false;
-    for (const Impl::Layer& L : E.layers) qk_norm = qk_norm || L.q_norm.get() || L.k_norm.get();
-    E.rope_decode = o.fuse_rope_decode && !qk_norm && decode_attention_fuses_rope(E.layer_kv(0)) && E.qkvd % 8 == 0 &&
-                    E.qd % 8 == 0 && E.kvd % 8 == 0;
-  }
   E.refcount.assign(static_cast<size_t>(blocks), 0);
   E.free_list.reserve(static_cast<size_t>(blocks));
   for (int64_t b = blocks - 1; b >= 0; --b) E.free_list.push_back(static_cast<int32_t>(b));
@@ -582,7 +574,7 @@ int64_t GpuExecutor::sequence_capacity(SeqId seq) const { return impl_->find(seq
 
 // The whole model for M rows whose metadata is on the device; logits of the R rows listed in orow.
 // Launches only (no host synchronization): captured as the decode graphs.
-void GpuExecutor::Impl::forward(int64_t M_step, int64_t R, const AttentionPlan& plan, bool decode) {
+void GpuExecutor::Impl::forward(int64_t M_step, int64_t R, const AttentionPlan& plan) {
   Impl& E = *this;
   // Rows the layers compute: every row of the step, until the last layer's attention; then only the R
   // rows that need logits when the step has fewer (prune_last_layer: a prefill's o projection, MLP
@@ -590,7 +582,6 @@ void GpuExecutor::Impl::forward(int64_t M_step, int64_t R, const AttentionPlan& 
   int64_t M = M_step;
   const bool prune = E.xc.get() && R < M_step;
   if (prune) ++E.pruned;
-  const bool rope_in_attention = decode && E.rope_decode && plan.n_tiles == 0;
   const ModelConfig& c = E.cfg;
   cudaStream_t st = E.stream;
   const int32_t* d = E.meta.get();
@@ -658,23 +649,13 @@ void GpuExecutor::Impl::forward(int64_t M_step, int64_t R, const AttentionPlan& 
     norm_into(*L.qkv, pending, L.attn_norm.get(), *E.acts_h);
     mark(kGemm);
     L.qkv->gemm(*E.acts_h, E.qkvb.get(), st, ws);
-    AttentionPlan lplan = plan;
-    if (rope_in_attention) {  // the decode attention rotates q and the new keys and writes K/V itself
-      lplan.rope.q = qkv;
-      lplan.rope.k = qkv + E.qd;
-      lplan.rope.v = qkv + E.qd + E.kvd;
-      lplan.rope.ld = E.qkvd;
-      lplan.rope.inv_freq = E.inv_freq.get();
-      lplan.rope.interleaved = c.rope_interleaved;
-    } else {
-      mark(kRope);
-      qk_rope_kv_write(qkv, qkv + E.qd, qkv + E.qd + E.kvd, E.qkvd, M, nh, L.q_norm.get(), L.k_norm.get(), eps,
-                       E.inv_freq.get(), c.rope_interleaved, rows, kv, E.t, E.qr.get(), st);
-    }
+    mark(kRope);
+    qk_rope_kv_write(qkv, qkv + E.qd, qkv + E.qd + E.kvd, E.qkvd, M, nh, L.q_norm.get(), L.k_norm.get(), eps,
+                     E.inv_freq.get(), c.rope_interleaved, rows, kv, E.t, E.qr.get(), st);
     const bool prune_here = prune && l + 1 == c.num_layers;
     if (prune_here && R == 0) return;  // a chunk without logits: its K and V are all it leaves
     mark(kAttention);
-    paged_attention(E.qr.get(), M, nh, rows, kv, c.sliding_window, E.t, lplan, E.att.get(), st);
+    paged_attention(E.qr.get(), M, nh, rows, kv, c.sliding_window, E.t, plan, E.att.get(), st);
     if (prune_here) {
       mark(kOther);  // the logits rows' residual and attention output, packed
       gather_rows(xr, out_rows, R, E.H * static_cast<int64_t>(sizeof(float)), E.xc.get(), st);
@@ -847,7 +828,7 @@ StepOutput GpuExecutor::step(const std::vector<StepEntry>& batch) {
     E.capturing = true;
     SHARQ_CUDA_CHECK(cudaStreamBeginCapture(st, cudaStreamCaptureModeThreadLocal));
     try {
-      E.forward(P, Rrun, plan, decode);
+      E.forward(P, Rrun, plan);
     } catch (...) {
       E.capturing = false;
       cudaStreamEndCapture(st, &g);
@@ -866,7 +847,7 @@ StepOutput GpuExecutor::step(const std::vector<StepEntry>& batch) {
       cudaGraph_t g = nullptr;
       SHARQ_CUDA_CHECK(cudaStreamBeginCapture(st, cudaStreamCaptureModeThreadLocal));
       try {
-        E.forward(P, Rrun, plan, decode);
+        E.forward(P, Rrun, plan);
       } catch (...) {
         cudaStreamEndCapture(st, &g);
         if (g) cudaGraphDestroy(g);
@@ -881,7 +862,7 @@ StepOutput GpuExecutor::step(const std::vector<StepEntry>& batch) {
     }
     SHARQ_CUDA_CHECK(cudaGraphLaunch(it->second->exec, st));
   } else {
-    E.forward(P, Rrun, plan, decode);
+    E.forward(P, Rrun, plan);
   }
   if (E.event_cat.empty() || E.event_cat.back() != kSampling) E.mark(kSampling);
   if (q) {

@@ -78,12 +78,6 @@ struct EngineOptions {
   // scales (whose amax would cover the logits rows alone); decode graphs give every row a logits
   // row, so it never applies there.
   bool prune_last_layer = true;
-  // Decode steps (one new row per sequence) of models without q/k norm: RoPE and the K/V cache write
-  // run inside the decode attention (AttentionPlan::rope), which takes q, k and v from the q/k/v
-  // projection's output, rather than in their own kernel before it: one kernel less per layer, the
-  // same bits (the same FP32 arithmetic on the same inputs). Steps with prefill rows, and every step
-  // of a model with q/k norm (Qwen3) or a head_dim other than 64 / 128, use the separate kernel.
-  bool fuse_rope_decode = true;
   // Every row's attention by the decode kernel, and one split-K order in the prefill GEMM family for
   // every M: a row's logits are bit-identical whatever else shares the step, prefill chunks included
   // (the default is invariant for decode rows only).

@@ -229,9 +229,6 @@ int run_bench_model(const BenchModelOptions& o) {
   if (o.prune_last_layer != "on" && o.prune_last_layer != "off")
     throw std::invalid_argument(fmt::format("bench model: --prune-last-layer {}: use on or off", o.prune_last_layer));
   eo.prune_last_layer = o.prune_last_layer == "on";
-  if (o.rope_in_attention != "on" && o.rope_in_attention != "off")
-    throw std::invalid_argument(fmt::format("bench model: --rope-in-attention {}: use on or off", o.rope_in_attention));
-  eo.fuse_rope_decode = o.rope_in_attention == "on";
   eo.max_batch_tokens = max_tokens;
   eo.max_logit_rows = std::min<int64_t>(max_tokens, std::max<int64_t>(64, max_batch));
   int64_t blocks = 0;
@@ -240,9 +237,8 @@ int run_bench_model(const BenchModelOptions& o) {
   eo.kv_blocks = blocks;
 
   std::printf("sharq bench model: %s (FP4 fusion: preps %s, split-K reductions %s; fp16/bf16 residual add in the GEMM: %s; "
-              "last layer for the logits rows only: %s; decode RoPE inside the attention: %s)\n",
-              what.c_str(), o.fusion.c_str(), o.reduce_fusion.c_str(), o.gemm_residual.c_str(), o.prune_last_layer.c_str(),
-              o.rope_in_attention.c_str());
+              "last layer for the logits rows only: %s)\n",
+              what.c_str(), o.fusion.c_str(), o.reduce_fusion.c_str(), o.gemm_residual.c_str(), o.prune_last_layer.c_str());
   std::printf("card: %s (%d SMs), same-run D2D copy %.2f TB/s; %lld layers, hidden %lld, %lld/%lld heads, vocab %lld\n",
               prop.name, prop.multiProcessorCount, copy_tbs, static_cast<long long>(cfg.num_layers),
               static_cast<long long>(cfg.hidden_size), static_cast<long long>(cfg.num_heads),
