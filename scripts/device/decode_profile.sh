@@ -3,7 +3,8 @@
 # measures every kernel of one graph-replayed decode step (bench model's profiler range), serialized
 # and without cache flushes (CSV in $TMPDIR), summed per kernel name into $OUT/kernels.txt; the sum of the kernels against the step's
 # wall time (bench model's own figure, same run) gives the time between kernels. Optionally one
-# full-section profile of the decode attention kernel (ATTN=1).
+# full-section profile of the decode attention kernel, with its stall samples per SASS instruction
+# (ATTN=1: ncu_attention.txt, ncu_attention_hotspots.txt).
 # Usage: SCHEMES="fp16 sharq:merged" scripts/device/decode_profile.sh
 set -uo pipefail
 OUT=${OUT:-$PWD/gpu-out}
@@ -39,8 +40,15 @@ done | tee "$OUT/kernels.txt"
 grep -E "^(fp16|fp8|w4a16|nvfp4|sharq)" "$OUT/bench_b1.txt" | head -12
 if [[ ${ATTN:-0} == 1 ]]; then
   ncu --profile-from-start off --graph-profiling node --clock-control none -k regex:decode_kernel -c 1 --set full \
-      "$B/sharq" "${args[@]}" --schemes fp16 >"$OUT/ncu_attention.txt" 2>&1
+      --import-source no -o "${TMPDIR:-/tmp}/ncu_attention" -f "$B/sharq" "${args[@]}" --schemes fp16 >/dev/null 2>&1
+  ncu -i "${TMPDIR:-/tmp}/ncu_attention.ncu-rep" --page details >"$OUT/ncu_attention.txt" 2>&1
   grep -E "Duration|Throughput|Stall|Warp Cycles|Issued|Occupancy|Registers|Eligible|L2 Hit|Bandwidth" "$OUT/ncu_attention.txt" | head -60
+  # where its warps wait, per SASS instruction and per address window (the full set has SourceCounters)
+  ncu -i "${TMPDIR:-/tmp}/ncu_attention.ncu-rep" --page source --csv --print-source sass \
+      >"${TMPDIR:-/tmp}/ncu_attention_src.csv" 2>/dev/null
+  /usr/bin/python3 scripts/device/ncu_hotspots.py "${TMPDIR:-/tmp}/ncu_attention_src.csv" --top 40 --window 0x200 \
+      --min 20 >"$OUT/ncu_attention_hotspots.txt" 2>&1
+  head -50 "$OUT/ncu_attention_hotspots.txt"
 fi
 if [[ ${PREFILL_ATTN:-0} == 1 ]]; then  # one prefill attention call of the first prefill (use PREFILL=1x2048)
   ncu --profile-from-start off --clock-control none -k regex:prefill_kernel -s 8 -c 1 --set full \
