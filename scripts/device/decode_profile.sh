@@ -39,14 +39,15 @@ done | tee "$OUT/kernels.txt"
 "$B/sharq" "${args[@]}" --schemes "$(echo ${SCHEMES:-fp16 sharq:merged} | tr ' ' ',')" >"$OUT/bench_b1.txt" 2>&1
 grep -E "^(fp16|fp8|w4a16|nvfp4|sharq)" "$OUT/bench_b1.txt" | head -12
 if [[ ${ATTN:-0} == 1 ]]; then
+  rep="${TMPDIR:-/tmp}/ncu_attention"
   ncu --profile-from-start off --graph-profiling node --clock-control none -k regex:decode_kernel -c 1 --set full \
-      --import-source no -o "${TMPDIR:-/tmp}/ncu_attention" -f "$B/sharq" "${args[@]}" --schemes fp16 >/dev/null 2>&1
-  ncu -i "${TMPDIR:-/tmp}/ncu_attention.ncu-rep" --page details >"$OUT/ncu_attention.txt" 2>&1
+      --import-source no -o "$rep" -f "$B/sharq" "${args[@]}" --schemes fp16 >/dev/null 2>&1
+  ncu -i "$rep.ncu-rep" --page details >"$OUT/ncu_attention.txt" 2>&1
   grep -E "Duration|Throughput|Stall|Warp Cycles|Issued|Occupancy|Registers|Eligible|L2 Hit|Bandwidth" "$OUT/ncu_attention.txt" | head -60
   # where its warps wait, per SASS instruction and per address window (the full set has SourceCounters)
-  ncu -i "${TMPDIR:-/tmp}/ncu_attention.ncu-rep" --page source --csv --print-source sass \
-      >"${TMPDIR:-/tmp}/ncu_attention_src.csv" 2>/dev/null
-  /usr/bin/python3 scripts/device/ncu_hotspots.py "${TMPDIR:-/tmp}/ncu_attention_src.csv" --top 40 --window 0x200 \
+  ncu -i "$rep.ncu-rep" --page source --csv --print-source sass \
+      >"${rep}_src.csv" 2>/dev/null
+  /usr/bin/python3 scripts/device/ncu_hotspots.py "${rep}_src.csv" --top 40 --window 0x200 \
       --min 20 >"$OUT/ncu_attention_hotspots.txt" 2>&1
   head -50 "$OUT/ncu_attention_hotspots.txt"
 fi
