@@ -768,9 +768,9 @@ TEST(PagedAttention, TimingPrint) {
                   us, bytes / (1 << 20), bytes / us * 1e-3);
     }
   // The prefill kernel on cheap uniform values, then on normal ones in FP16 (the engine's fp16 type;
-  // the online softmax skips a block's rescale when no row's maximum moves, so the values change the
-  // work: inside an fp16 1x2048 engine prefill the kernel took 124-131 us per layer against the
-  // uniform line's 91.6 us, docs/perf/engine.md), then the batch-invariant form.
+  // the online softmax skips a block's rescale when no row's maximum moves, so the values may change
+  // the work: inside an fp16 1x2048 engine prefill the kernel took 124-131 us per layer against the
+  // uniform line's 91.6 us, cause unmeasured, docs/perf/engine.md), then the batch-invariant form.
   struct Variant {
     bool bi, fast;
     DType t;
