@@ -23,13 +23,20 @@
 // scores t, t + 32 of head t % MG: running max / sum in registers, exp2f, butterflies); PV:
 // acc[g][8] += p * v per lane (rescaled only when a head's max moved). After the loop: the warp's key
 // groups summed (butterfly), the 8 warps merged in warp order in shared memory (the CTA partial: max,
-// sum, acc[gc][hd]), then the CTAs of the cluster with keys merged in rank order through distributed
-// shared memory, each output (head, dim) by one thread of the cluster; a row whose keys fit one CTA
-// (len <= 8 W) writes its output from that CTA, without a cluster barrier. Everything is in a fixed
+// sum, acc[gc][hd]), then the CTAs of the cluster with keys merged in rank order, each output (head, dim)
+// by one thread of the cluster: every CTA pushes its partial of that output into the owning thread's
+// receive slots by distributed shared-memory stores, one cluster barrier phase (release / acquire) makes
+// them visible, and the owner merges from its own shared memory (the barrier's first phase, arrived at
+// the kernel's start, only guarantees that every CTA has started before it is written to). A single
+// barrier: nothing reads another CTA's memory, so no CTA waits for the others before it exits. (Pulling
+// the partials, with a barrier before and one after the reads, took 80-82 us per batch-32 call at
+// context 1024 against 71 us, and 4.9% of batch-64 tok/s; H200, docs/perf/engine.md.) A row whose
+// keys fit one CTA (len <= 8 W) writes its output from that CTA, without a cluster barrier. Everything is in a fixed
 // order: a row's bits depend on its own range only (never on M, the other rows or the SM count).
 // Shared memory: ring 8 warps x stages x 2 x L * 128 B (64 KB for hd 128 and for hd 256; with 128
-// registers per thread, 2 CTAs per SM) + scores 2 KB; the warp / CTA partials alias the ring after
-// the loop. The workspace is not used (its size is kept for the interface).
+// registers per thread, 2 CTAs per SM) + scores 2 KB + the receive buffer 8 ranks x 3 x 256 floats
+// (24 KB); the warp partials alias the ring after the loop. The workspace is not used (its size is
+// kept for the interface).
 // Tensor-core form (TC; head_dim 64 and 128 with 16-byte aligned pools and q 4-byte aligned,
 // decode_attention_on_tensor_cores):
 // the same CTAs, key ranges, stages and merges, but a warp's step of 8 keys is two MMA chains: S^T
@@ -162,19 +169,17 @@ __host__ __device__ constexpr int decode_stages(int L) { return L == 32 ? 1 : 2;
 // After the key loop the stage ring holds the warps' accumulators [warps][MG][L*8] and the CTA's
 // merged accumulator [MG][L*8] (read by the other CTAs of the cluster).
 struct DecodeSmem {
-  size_t stage_bytes, wacc, cacc, sc, cm, cl, total;
+  size_t stage_bytes, wacc, sc, recv, total;
 };
 __host__ __device__ constexpr DecodeSmem decode_smem(int L, int MG) {
   DecodeSmem s{};
   s.stage_bytes = static_cast<size_t>(L / 4) * 512;  // one stage's K (or V) of one warp
   const size_t ring = s.stage_bytes * 2 * decode_stages(L) * kDecodeWarps;
   s.wacc = 0;
-  s.cacc = static_cast<size_t>(kDecodeWarps) * MG * L * 8 * 4;
-  const size_t red = s.cacc + static_cast<size_t>(MG) * L * 8 * 4;
+  const size_t red = static_cast<size_t>(kDecodeWarps) * MG * L * 8 * 4;
   s.sc = ring > red ? ring : red;
-  s.cm = s.sc + static_cast<size_t>(kDecodeWarps) * kStepKeys * MG * 4;
-  s.cl = s.cm + MG * 4;
-  s.total = s.cl + MG * 4;
+  s.recv = s.sc + static_cast<size_t>(kDecodeWarps) * kStepKeys * MG * 4;  // 16-byte aligned
+  s.total = s.recv + static_cast<size_t>(kDecodeCluster) * 3 * kDecodeThreads * 4;
   return s;
 }
 
@@ -219,7 +224,6 @@ __global__ void __launch_bounds__(kDecodeThreads) decode_kernel(const DecodeArgs
   constexpr DecodeSmem lay = decode_smem(L, MG);
   static_assert(S == kStepKeys, "step keys");
   extern __shared__ __align__(16) unsigned char smem[];
-  namespace cg = cooperative_groups;
 
   const int rank = blockIdx.x, r = blockIdx.z, C = a.cluster;
   const int m = a.drows[r];
@@ -228,6 +232,11 @@ __global__ void __launch_bounds__(kDecodeThreads) decode_kernel(const DecodeArgs
   const int len = pos + 1 - j0;
   const int W = decode_warp_keys(len, C * NW);
   const int n_act = ((len + W - 1) / W + NW - 1) / NW;  // CTAs of the cluster with keys
+  // a row spread over several CTAs merges their partials through distributed shared memory: the first
+  // phase of the cluster barrier (every CTA has started, its shared memory may be written) is arrived
+  // at now and waited on only before the partials are pushed, by then long complete
+  const bool clustered = n_act > 1;  // the same in every CTA of the cluster
+  if (clustered) cluster_arrive_relaxed();
 
   const int gc = a.gc, h0 = blockIdx.y * gc, kvh = h0 / a.G, hd = a.hd, bs = a.bs;
   const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
@@ -244,9 +253,7 @@ __global__ void __launch_bounds__(kDecodeThreads) decode_kernel(const DecodeArgs
   float* sc = reinterpret_cast<float*>(smem + lay.sc) + warp * S * MG;  // [S][MG] scores, then p
 
   float* wacc = reinterpret_cast<float*>(smem + lay.wacc);  // [NW][MG][LD], aliases the stage ring
-  float* cacc = reinterpret_cast<float*>(smem + lay.cacc);  // [MG][LD]
-  float* cm = reinterpret_cast<float*>(smem + lay.cm);
-  float* cl = reinterpret_cast<float*>(smem + lay.cl);
+  float* recv = reinterpret_cast<float*>(smem + lay.recv);  // [C][3][threads]: the cluster's partials
   float* wml = reinterpret_cast<float*>(smem + lay.sc);  // [NW][2][MG] (aliases the scores)
 
   if constexpr (TC) {
@@ -593,7 +600,12 @@ __global__ void __launch_bounds__(kDecodeThreads) decode_kernel(const DecodeArgs
   }
   __syncthreads();
 
-  // the CTA's partial: the warps merged in warp order (warps without keys: max -inf, weight 0)
+  // the CTA's partial: the warps merged in warp order (warps without keys: max -inf, weight 0). Output
+  // (head g, dim d) = idx is merged by thread idx % threads of the cluster's CTA idx / threads: each CTA
+  // with keys pushes its partial (max, sum, acc) of idx into that CTA's receive buffer, slot [rank]
+  namespace cg = cooperative_groups;
+  cg::cluster_group cluster = cg::this_cluster();
+  if (clustered) cluster_wait();
   if (rank < n_act) {
     for (int idx = tid; idx < gc * hd; idx += kDecodeThreads) {
       const int g = idx / hd, d = idx - g * hd;
@@ -607,46 +619,36 @@ __global__ void __launch_bounds__(kDecodeThreads) decode_kernel(const DecodeArgs
         o = fmaf(wt, wacc[(w * MG + g) * LD + d], o);
         l = fmaf(wt, wml[(w * 2 + 1) * MG + g], l);
       }
-      if (n_act == 1) {
+      if (!clustered) {
         static_cast<T*>(a.out)[(static_cast<int64_t>(m) * a.nh + h0 + g) * hd + d] = from_f<T>(o / l);
       } else {
-        cacc[g * LD + d] = o;
-        if (d == 0) cm[g] = mx, cl[g] = l;
+        float* dst = cluster.map_shared_rank(recv + rank * 3 * kDecodeThreads + tid, idx / kDecodeThreads);
+        dst[0] = mx;
+        dst[kDecodeThreads] = l;
+        dst[2 * kDecodeThreads] = o;
       }
     }
   }
-  if (n_act == 1) return;  // the same in every CTA of the cluster: no cluster barrier at all
+  if (!clustered) return;  // the same in every CTA of the cluster: no cluster barrier at all
 
-  // the row's result: the cluster's CTA partials merged in rank order (through distributed shared
-  // memory), the outputs spread over the cluster's threads
-  cg::cluster_group cluster = cg::this_cluster();
-  cluster.sync();
-  for (int idx = rank * kDecodeThreads + tid; idx < gc * hd; idx += C * kDecodeThreads) {
+  // the row's result: the pushed partials merged in rank order, from this CTA's own shared memory once
+  // every CTA's pushes are visible (one barrier phase: nothing reads another CTA's memory after it)
+  cluster_arrive_release();
+  cluster_wait();
+  const int idx = rank * kDecodeThreads + tid;
+  if (idx < gc * hd) {
     const int g = idx / hd, d = idx - g * hd;
-    float pm[16], pl[16], pa[16];
-#pragma unroll
-    for (int rr = 0; rr < 16; ++rr) {
-      if (rr < n_act) {
-        pm[rr] = *cluster.map_shared_rank(cm + g, rr);
-        pl[rr] = *cluster.map_shared_rank(cl + g, rr);
-        pa[rr] = *cluster.map_shared_rank(cacc + g * LD + d, rr);
-      }
-    }
     float mx = -INFINITY;
-#pragma unroll
-    for (int rr = 0; rr < 16; ++rr)
-      if (rr < n_act) mx = fmaxf(mx, pm[rr]);
+    for (int rr = 0; rr < n_act; ++rr) mx = fmaxf(mx, recv[rr * 3 * kDecodeThreads + tid]);
     float o = 0.0f, l = 0.0f;
-#pragma unroll
-    for (int rr = 0; rr < 16; ++rr)
-      if (rr < n_act) {
-        const float wt = exp2f(pm[rr] - mx);
-        o = fmaf(wt, pa[rr], o);
-        l = fmaf(wt, pl[rr], l);
-      }
+    for (int rr = 0; rr < n_act; ++rr) {
+      const float* p = recv + rr * 3 * kDecodeThreads + tid;
+      const float wt = exp2f(p[0] - mx);
+      o = fmaf(wt, p[2 * kDecodeThreads], o);
+      l = fmaf(wt, p[kDecodeThreads], l);
+    }
     static_cast<T*>(a.out)[(static_cast<int64_t>(m) * a.nh + h0 + g) * hd + d] = from_f<T>(o / l);
   }
-  cluster.sync();  // no CTA leaves while the others read its shared memory
 }
 
 // ---- prefill -----------------------------------------------------------------------------------

@@ -45,6 +45,18 @@ __device__ __forceinline__ void fence_proxy_async_smem() {
   asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
 }
 
+// The cluster barrier in its two halves (every thread of every CTA of the cluster arrives once per
+// phase, then waits for the phase): a relaxed arrival orders nothing; a release arrival makes this
+// thread's earlier writes (distributed shared memory included) visible to the threads that then wait
+// (wait has acquire semantics).
+__device__ __forceinline__ void cluster_arrive_relaxed() {
+  asm volatile("barrier.cluster.arrive.relaxed;\n" ::: "memory");
+}
+__device__ __forceinline__ void cluster_arrive_release() {
+  asm volatile("barrier.cluster.arrive.release;\n" ::: "memory");
+}
+__device__ __forceinline__ void cluster_wait() { asm volatile("barrier.cluster.wait.acquire;\n" ::: "memory"); }
+
 // mbarriers (shared::cta): init with an arrival count; arrive (one arrival); arrive with an
 // expected transaction byte count (TMA); wait for the phase of the given parity to complete.
 __device__ __forceinline__ void mbar_init(uint32_t bar, uint32_t count) {
