@@ -34,8 +34,9 @@
 // keys fit one CTA (len <= 8 W) writes its output from that CTA, without a cluster barrier. Everything is in a fixed
 // order: a row's bits depend on its own range only (never on M, the other rows or the SM count).
 // Shared memory: ring 8 warps x stages x 2 x L * 128 B (64 KB for hd 128 and for hd 256; with 128
-// registers per thread, 2 CTAs per SM) + scores 2 KB + the receive buffer 8 ranks x 3 x 256 floats
-// (24 KB); the warp partials alias the ring after the loop. The workspace is not used (its size is
+// registers per thread for the tensor-core form, 2 CTAs per SM) + scores 2 KB + the receive buffer
+// 8 ranks x 3 x min(256, MG * L * 8) floats (24 KB when a row has 256 outputs or more); the warp
+// partials alias the ring after the loop. The workspace is not used (its size is
 // kept for the interface).
 // Tensor-core form (TC; head_dim 64 and 128 with 16-byte aligned pools and q 4-byte aligned,
 // decode_attention_on_tensor_cores):
@@ -165,11 +166,14 @@ __host__ __device__ inline int decode_warp_keys(int len, int nwarps) {
 // Pipeline stages per warp: L lanes per key row (L * 8 >= head_dim).
 __host__ __device__ constexpr int decode_stages(int L) { return L == 32 ? 1 : 2; }
 
-// Shared memory: the per-warp K/V stage ring, then the per-warp scores, the CTA partial's max and sum.
-// After the key loop the stage ring holds the warps' accumulators [warps][MG][L*8] and the CTA's
-// merged accumulator [MG][L*8] (read by the other CTAs of the cluster).
+// Shared memory: the per-warp K/V stage ring, then the per-warp scores (after the key loop the warps'
+// max and sum), then the receive buffer of the cluster merge [C][3][RS] (max, sum, acc of the
+// outputs this CTA owns, one row per rank; RS = min(threads, MG * L * 8) slots: the outputs are at
+// most MG * L * 8 per row). After the key loop the stage ring holds the warps' accumulators
+// [warps][MG][L*8]. Remote CTAs may write the receive buffer while this CTA is still in its key
+// loop: it overlaps nothing else.
 struct DecodeSmem {
-  size_t stage_bytes, wacc, sc, recv, total;
+  size_t stage_bytes, wacc, sc, recv, rs, total;
 };
 __host__ __device__ constexpr DecodeSmem decode_smem(int L, int MG) {
   DecodeSmem s{};
@@ -179,7 +183,8 @@ __host__ __device__ constexpr DecodeSmem decode_smem(int L, int MG) {
   const size_t red = static_cast<size_t>(kDecodeWarps) * MG * L * 8 * 4;
   s.sc = ring > red ? ring : red;
   s.recv = s.sc + static_cast<size_t>(kDecodeWarps) * kStepKeys * MG * 4;  // 16-byte aligned
-  s.total = s.recv + static_cast<size_t>(kDecodeCluster) * 3 * kDecodeThreads * 4;
+  s.rs = MG * L * 8 < kDecodeThreads ? static_cast<size_t>(MG) * L * 8 : kDecodeThreads;
+  s.total = s.recv + static_cast<size_t>(kDecodeCluster) * 3 * s.rs * 4;
   return s;
 }
 
@@ -253,7 +258,10 @@ __global__ void __launch_bounds__(kDecodeThreads) decode_kernel(const DecodeArgs
   float* sc = reinterpret_cast<float*>(smem + lay.sc) + warp * S * MG;  // [S][MG] scores, then p
 
   float* wacc = reinterpret_cast<float*>(smem + lay.wacc);  // [NW][MG][LD], aliases the stage ring
-  float* recv = reinterpret_cast<float*>(smem + lay.recv);  // [C][3][threads]: the cluster's partials
+  float* recv = reinterpret_cast<float*>(smem + lay.recv);  // [C][3][RS]: the cluster's partials
+  constexpr int RS = static_cast<int>(lay.rs);
+  // every output of a row has its owner thread: C CTAs x threads >= the largest gc * hd
+  static_assert(kDecodeCluster * kDecodeThreads >= 8 * kMaxHeadDim, "decode cluster merge: outputs per row");
   float* wml = reinterpret_cast<float*>(smem + lay.sc);  // [NW][2][MG] (aliases the scores)
 
   if constexpr (TC) {
@@ -622,10 +630,12 @@ __global__ void __launch_bounds__(kDecodeThreads) decode_kernel(const DecodeArgs
       if (!clustered) {
         static_cast<T*>(a.out)[(static_cast<int64_t>(m) * a.nh + h0 + g) * hd + d] = from_f<T>(o / l);
       } else {
-        float* dst = cluster.map_shared_rank(recv + rank * 3 * kDecodeThreads + tid, idx / kDecodeThreads);
+        // slot tid < RS: idx < gc * hd <= MG * L * 8, so with fewer outputs than threads only
+        // rank 0 owns any and tid = idx
+        float* dst = cluster.map_shared_rank(recv + rank * 3 * RS + tid, idx / kDecodeThreads);
         dst[0] = mx;
-        dst[kDecodeThreads] = l;
-        dst[2 * kDecodeThreads] = o;
+        dst[RS] = l;
+        dst[2 * RS] = o;
       }
     }
   }
@@ -639,13 +649,13 @@ __global__ void __launch_bounds__(kDecodeThreads) decode_kernel(const DecodeArgs
   if (idx < gc * hd) {
     const int g = idx / hd, d = idx - g * hd;
     float mx = -INFINITY;
-    for (int rr = 0; rr < n_act; ++rr) mx = fmaxf(mx, recv[rr * 3 * kDecodeThreads + tid]);
+    for (int rr = 0; rr < n_act; ++rr) mx = fmaxf(mx, recv[rr * 3 * RS + tid]);
     float o = 0.0f, l = 0.0f;
     for (int rr = 0; rr < n_act; ++rr) {
-      const float* p = recv + rr * 3 * kDecodeThreads + tid;
+      const float* p = recv + rr * 3 * RS + tid;
       const float wt = exp2f(p[0] - mx);
-      o = fmaf(wt, p[2 * kDecodeThreads], o);
-      l = fmaf(wt, p[kDecodeThreads], l);
+      o = fmaf(wt, p[2 * RS], o);
+      l = fmaf(wt, p[RS], l);
     }
     static_cast<T*>(a.out)[(static_cast<int64_t>(m) * a.nh + h0 + g) * hd + d] = from_f<T>(o / l);
   }
