@@ -166,17 +166,6 @@ __device__ __forceinline__ uint4 lds128(uint32_t a) {
   return v;
 }
 
-// Thread block clusters (the prefill kernel's split-K): every thread of every CTA of the cluster
-// arrives; release / acquire order the shared-memory writes before the barrier with the reads of
-// any CTA after it.
-__device__ __forceinline__ void cluster_sync() {
-  asm volatile("barrier.cluster.arrive.release.aligned;\nbarrier.cluster.wait.acquire.aligned;\n" ::: "memory");
-}
-// The same barrier in two halves, for a kernel that must know every CTA of its cluster has started
-// (before its first access to another CTA's shared memory) without waiting at its start: arrive
-// (relaxed: it publishes nothing) early, wait just before that first access.
-__device__ __forceinline__ void cluster_arrive_relaxed() { asm volatile("barrier.cluster.arrive.relaxed.aligned;\n" ::: "memory"); }
-__device__ __forceinline__ void cluster_wait() { asm volatile("barrier.cluster.wait.aligned;\n" ::: "memory"); }
 // The shared::cluster address of the same variable in CTA `rank` of the cluster.
 __device__ __forceinline__ uint32_t cluster_map(uint32_t saddr, uint32_t rank) {
   uint32_t r;
@@ -315,7 +304,7 @@ __device__ __forceinline__ void split_epilogue(const Fp4GemmParams& prm, const f
       sts_f32(row + 4 * na, acc[4 * j + h] * Fp4Pair<T>::kPost);
       sts_f32(row + 4 * nb, acc[4 * j + 2 + h] * Fp4Pair<T>::kPost);
     }
-  cluster_sync();
+  cluster_sync<true>();
   const int c = prm.splits, rows_per = (NT + c - 1) / c;
   const int rank = static_cast<int>(blockIdx.z);  // the cluster spans the grid's z: rank == blockIdx.z
   const int cq = tid & 31;                         // this thread's columns 4 cq .. 4 cq + 3
@@ -329,7 +318,7 @@ __device__ __forceinline__ void split_epilogue(const Fp4GemmParams& prm, const f
     for (int r = 1; r < c; ++r) add4(sum, ld_cluster_f4(cluster_map(a, static_cast<uint32_t>(r))));
     store_sum4(prm, m, col, sum);
   }
-  cluster_sync();
+  cluster_sync<true>();
 }
 
 // =============================================================================================
@@ -434,8 +423,8 @@ __global__ void __launch_bounds__(kPrefillThreads, 1) fp4_prefill_kernel(const F
     }
     if constexpr (kSplit) {  // the cluster barriers of split_epilogue: every thread, warps converged
       __syncwarp();
-      cluster_sync();
-      cluster_sync();
+      cluster_sync<true>();
+      cluster_sync<true>();
     }
     return;
   }
@@ -957,7 +946,7 @@ __global__ void __launch_bounds__(kNormThreads) splitk_add_rmsnorm_kernel(const 
   const int C = static_cast<int>(gridDim.x), rank = static_cast<int>(blockIdx.x), tid = static_cast<int>(threadIdx.x);
   const int64_t row = blockIdx.y, nq = prm.N / 4;
   const int64_t q0 = static_cast<int64_t>(rank) * Q, q1 = q0 + Q < nq ? q0 + Q : nq;
-  if (C > 1) cluster_arrive_relaxed();  // waited for before the first remote store (every CTA started)
+  if (C > 1) cluster_arrive_relaxed<true>();  // waited for before the first remote store (every CTA started)
   float4 wv[V];  // the norm's weights (written by no kernel) before the wait
 #pragma unroll
   for (int v = 0; v < V; ++v) {
@@ -987,7 +976,7 @@ __global__ void __launch_bounds__(kNormThreads) splitk_add_rmsnorm_kernel(const 
   pdl_trigger();  // after the loads
   for (int off = 16; off > 0; off >>= 1) ss += __shfl_xor_sync(0xffffffffu, ss, off);
   if ((tid & 31) == 0) warp_ss[tid >> 5] = ss;
-  if (C > 1) cluster_wait();  // every CTA of the cluster has started: its shared memory exists
+  if (C > 1) cluster_wait<true>();  // every CTA of the cluster has started: its shared memory exists
   __syncthreads();
   if (tid == 0) {  // the CTA's sum, in warp order, into slot `rank` of every CTA of the cluster
     float t = 0.0f;
@@ -1001,7 +990,7 @@ __global__ void __launch_bounds__(kNormThreads) splitk_add_rmsnorm_kernel(const 
   }
   // the pushes happen before every CTA's arrival (release / acquire), and no CTA touches another's
   // shared memory after this barrier, so none can exit while another still writes into it
-  if (C > 1) cluster_sync();
+  if (C > 1) cluster_sync<true>();
   else __syncthreads();
   float total = cta_ss[0];
   for (int r = 1; r < C; ++r) total += cta_ss[r];

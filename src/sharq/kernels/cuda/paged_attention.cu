@@ -23,21 +23,22 @@
 // scores t, t + 32 of head t % MG: running max / sum in registers, exp2f, butterflies); PV:
 // acc[g][8] += p * v per lane (rescaled only when a head's max moved). After the loop: the warp's key
 // groups summed (butterfly), the 8 warps merged in warp order in shared memory (the CTA partial: max,
-// sum, acc[gc][hd]), then the CTAs of the cluster with keys merged in rank order, each output (head, dim)
-// by one thread of the cluster: every CTA pushes its partial of that output into the owning thread's
-// receive slots by distributed shared-memory stores, one cluster barrier phase (release / acquire) makes
-// them visible, and the owner merges from its own shared memory (the barrier's first phase, arrived at
-// the kernel's start, only guarantees that every CTA has started before it is written to). A single
-// barrier: nothing reads another CTA's memory, so no CTA waits for the others before it exits. (Pulling
-// the partials, with a barrier before and one after the reads, took 80-82 us per batch-32 call at
-// context 1024 against 71 us, and 4.9% of batch-64 tok/s; H200, docs/perf/engine.md.) A row whose
-// keys fit one CTA (len <= 8 W) writes its output from that CTA, without a cluster barrier. Everything is in a fixed
+// sum, acc[gc][hd]), then the CTAs of the cluster with keys merged in rank order, each output
+// (head, dim) by one thread of the cluster: every CTA pushes its partial of that output into the
+// owning thread's receive slots by distributed shared-memory stores, one cluster barrier phase
+// (release / acquire) makes them visible, and the owner merges from its own shared memory (the
+// barrier's first phase, arrived at the kernel's start, only guarantees that every CTA has started
+// before it is written to). A single barrier: nothing reads another CTA's memory, so no CTA waits
+// for the others before it exits. (Pulling the partials, with a barrier before and one after the
+// reads, took 80-82 us per batch-32 call at context 1024 against 71 us, and 4.9% of batch-64 tok/s;
+// H200, docs/perf/engine.md.) A row whose keys fit one CTA (len <= 8 W) writes its output from that
+// CTA, without a cluster barrier. Everything is in a fixed
 // order: a row's bits depend on its own range only (never on M, the other rows or the SM count).
 // Shared memory: ring 8 warps x stages x 2 x L * 128 B (64 KB for hd 128 and for hd 256; with 128
 // registers per thread for the tensor-core form, 2 CTAs per SM) + scores 2 KB + the receive buffer
 // 8 ranks x 3 x min(256, MG * L * 8) floats (24 KB when a row has 256 outputs or more); the warp
-// partials alias the ring after the loop. The workspace is not used (its size is
-// kept for the interface).
+// partials alias the ring after the loop. The workspace is not used (its size is kept for the
+// interface).
 // Tensor-core form (TC; head_dim 64 and 128 with 16-byte aligned pools and q 4-byte aligned,
 // decode_attention_on_tensor_cores):
 // the same CTAs, key ranges, stages and merges, but a warp's step of 8 keys is two MMA chains: S^T
@@ -643,8 +644,7 @@ __global__ void __launch_bounds__(kDecodeThreads) decode_kernel(const DecodeArgs
 
   // the row's result: the pushed partials merged in rank order, from this CTA's own shared memory once
   // every CTA's pushes are visible (one barrier phase: nothing reads another CTA's memory after it)
-  cluster_arrive_release();
-  cluster_wait();
+  cluster_sync();
   const int idx = rank * kDecodeThreads + tid;
   if (idx < gc * hd) {
     const int g = idx / hd, d = idx - g * hd;

@@ -45,17 +45,34 @@ __device__ __forceinline__ void fence_proxy_async_smem() {
   asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
 }
 
-// The cluster barrier in its two halves (every thread of every CTA of the cluster arrives once per
-// phase, then waits for the phase): a relaxed arrival orders nothing; a release arrival makes this
-// thread's earlier writes (distributed shared memory included) visible to the threads that then wait
-// (wait has acquire semantics).
+// The cluster barrier: every thread of every CTA of the cluster arrives once per phase, then waits
+// for the phase. A relaxed arrival publishes nothing (for a kernel that must know every CTA of its
+// cluster has started before its first access to another CTA's shared memory, without waiting at
+// its start: arrive early, wait just before that access); a release arrival makes this thread's
+// earlier writes (distributed shared memory included) visible to the threads that then wait (wait
+// has acquire semantics). kAligned: the .aligned forms, which need every thread of the warp to
+// execute the same barrier instruction together (converged).
+template <bool kAligned = false>
 __device__ __forceinline__ void cluster_arrive_relaxed() {
-  asm volatile("barrier.cluster.arrive.relaxed;\n" ::: "memory");
+  if constexpr (kAligned) asm volatile("barrier.cluster.arrive.relaxed.aligned;\n" ::: "memory");
+  else asm volatile("barrier.cluster.arrive.relaxed;\n" ::: "memory");
 }
+template <bool kAligned = false>
 __device__ __forceinline__ void cluster_arrive_release() {
-  asm volatile("barrier.cluster.arrive.release;\n" ::: "memory");
+  if constexpr (kAligned) asm volatile("barrier.cluster.arrive.release.aligned;\n" ::: "memory");
+  else asm volatile("barrier.cluster.arrive.release;\n" ::: "memory");
 }
-__device__ __forceinline__ void cluster_wait() { asm volatile("barrier.cluster.wait.acquire;\n" ::: "memory"); }
+template <bool kAligned = false>
+__device__ __forceinline__ void cluster_wait() {
+  if constexpr (kAligned) asm volatile("barrier.cluster.wait.acquire.aligned;\n" ::: "memory");
+  else asm volatile("barrier.cluster.wait.acquire;\n" ::: "memory");
+}
+// Both halves: the shared-memory writes of every CTA before it are visible to every CTA after it.
+template <bool kAligned = false>
+__device__ __forceinline__ void cluster_sync() {
+  cluster_arrive_release<kAligned>();
+  cluster_wait<kAligned>();
+}
 
 // mbarriers (shared::cta): init with an arrival count; arrive (one arrival); arrive with an
 // expected transaction byte count (TMA); wait for the phase of the given parity to complete.
