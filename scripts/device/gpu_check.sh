@@ -39,7 +39,7 @@ fi
 if [[ $SAN == 1 ]]; then
   for t in "$BUILD"/tests/*_test; do
     case "$(basename "$t")" in
-      codec_parity_test|sharq_prep_test|gpu_linear_test|fp4_gemm_prefill_test|fp4_gemm_small_test|cublaslt_gemm_test|engine_test|paged_attention_test|transformer_ops_test) ;;
+      codec_parity_test|gemv16_test|sharq_prep_test|gpu_linear_test|fp4_gemm_prefill_test|fp4_gemm_small_test|cublaslt_gemm_test|engine_test|paged_attention_test|transformer_ops_test) ;;
       *) continue ;;
     esac
     # the timing prints (long loops, nothing asserted) are left out under the sanitizer

@@ -616,6 +616,9 @@ int main(int argc, char** argv) {
   bm->add_option("--gemm-residual", bmo.gemm_residual, "fp16, bf16: add o's and down's product to the residual "
                                                       "stream inside the cuBLASLt GEMM (on | off: the norm kernel adds it)")
       ->capture_default_str()->check(CLI::IsMember({"on", "off"}));
+  add_number<int64_t>(bm, "--gemv16-max-m", bmo.gemv16_max_m,
+                      "fp16, bf16: steps of at most this many rows through the 16-bit GEMV, with the norms and "
+                      "SwiGLU inside it (0: cuBLASLt and separate kernels)", 0, 4, false);
   bm->add_option("--prune-last-layer", bmo.prune_last_layer, "prefill steps: the last layer's o projection, MLP and "
                                                            "final norm for the logits rows only (on | off)")
       ->capture_default_str()->check(CLI::IsMember({"on", "off"}));

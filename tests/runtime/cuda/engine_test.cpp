@@ -32,6 +32,7 @@
 #include "../../support/error_metrics.h"
 #include "../../support/exceptions.h"
 #include "sharq/kernels/cuda/cuda_check.h"
+#include "sharq/kernels/cuda/gemv16.h"
 #include "sharq/model/config.h"
 #include "sharq/runtime/cpu/executor.h"
 #include "sharq/runtime/sampler.h"
@@ -183,12 +184,9 @@ TEST(GpuEngine, ReductionEpiloguesMatchTheSeparateKernels) {
   }
 }
 
-// fp16 / bf16: o's and down's product added to the FP32 residual inside cuBLASLt's GEMM
-// (EngineOptions::gemm_residual) against the 16-bit product added by the norm kernel: both within
-// the engine's bound of the CPU, and different (the product is no longer rounded to 16 bits before
-// the add), so the fused path did run. Both architectures with and without q/k/v bias.
-TEST(GpuEngine, GemmResidualAddMatchesTheNormKernelsAdd) {
-  SKIP_WITHOUT_GPU();
+// An fp16 / bf16 engine option off and on: both within the engine's bound of the CPU, and different in
+// bits, so the option's path did run. Both architectures, with and without q/k/v bias.
+void expect_both_settings_match_the_cpu(void (*set)(EngineOptions&, bool), const char* off_name, const char* on_name) {
   for (const char* arch : {"llama3", "qwen2"}) {
     const ModelWeights w = load_model_weights(tiny(arch));
     for (const char* sc : {"fp16", "bf16"}) {
@@ -197,19 +195,35 @@ TEST(GpuEngine, GemmResidualAddMatchesTheNormKernelsAdd) {
       std::vector<float> y[2];
       for (int f = 0; f < 2; ++f) {
         EngineOptions o = small_blocks();
-        o.gemm_residual = f == 1;
+        set(o, f == 1);
         GpuExecutor gpu(w, parse_scheme(sc), o);
         y[f] = run(gpu, kPrompt, kFeed);
         ASSERT_EQ(y[f].size(), yc.size()) << arch << " " << sc;
-        for (float v : y[f]) ASSERT_TRUE(std::isfinite(v)) << arch << " " << sc << " gemm_residual " << f;
+        for (float v : y[f]) ASSERT_TRUE(std::isfinite(v)) << arch << " " << sc << " " << (f ? on_name : off_name);
       }
       const double off = rel_l2(y[0], yc), on = rel_l2(y[1], yc), d = rel_l2(y[1], y[0]);
-      std::printf("  %-7s %-5s vs CPU: norm-kernel add %.2e, GEMM add %.2e; between them %.2e\n", arch, sc, off, on, d);
+      std::printf("  %-7s %-5s vs CPU: %s %.2e, %s %.2e; between them %.2e\n", arch, sc, off_name, off, on_name, on, d);
       EXPECT_LE(on, 2e-2) << arch << " " << sc;
       EXPECT_LE(off, 2e-2) << arch << " " << sc;
-      EXPECT_GT(d, 0.0) << arch << " " << sc << ": the GEMM add gave the norm kernel's bits (did it run?)";
+      EXPECT_GT(d, 0.0) << arch << " " << sc << ": " << on_name << " gave " << off_name << "'s bits (did it run?)";
     }
   }
+}
+
+// o's and down's product added to the FP32 residual inside the GEMM (EngineOptions::gemm_residual)
+// against the 16-bit product added by the norm kernel (the product is no longer rounded to 16 bits
+// before the add).
+TEST(GpuEngine, GemmResidualAddMatchesTheNormKernelsAdd) {
+  SKIP_WITHOUT_GPU();
+  expect_both_settings_match_the_cpu([](EngineOptions& o, bool on) { o.gemm_residual = on; }, "norm-kernel add",
+                                     "GEMM add");
+}
+
+// Decode steps of at most kGemv16MaxM rows through the 16-bit GEMV with the norms and SwiGLU inside it
+// (EngineOptions::gemv16) against cuBLASLt with the separate kernels.
+TEST(GpuEngine, SixteenBitGemvDecodeMatchesCublas) {
+  SKIP_WITHOUT_GPU();
+  expect_both_settings_match_the_cpu([](EngineOptions& o, bool on) { o.gemv16_max_m = on ? 1 : 0; }, "cuBLASLt", "GEMV");
 }
 
 // EngineOptions::prune_last_layer: a step whose logits rows are fewer than its rows runs the last
@@ -454,7 +468,9 @@ TEST(GpuEngine, DecodeLogitsDoNotDependOnTheBatch) {
   SKIP_WITHOUT_GPU();
   const ModelWeights w = load_model_weights(tiny("llama3"));
   for (const char* sc : {"sharq", "sharq:merged", "nvfp4", "w4a16", "fp16", "bf16", "fp8"}) {
-    GpuExecutor gpu(w, parse_scheme(sc), small_blocks());
+    EngineOptions eo = small_blocks();
+    eo.gemv16_max_m = cuda::kGemv16MaxM;  // fp16 / bf16: batches 1, 2 and 4 through the GEMV
+    GpuExecutor gpu(w, parse_scheme(sc), eo);
     std::vector<std::vector<float>> runs;
     for (int others : {0, 1, 3, 6}) {
       const SeqId x = gpu.create_sequence(16);
@@ -472,8 +488,10 @@ TEST(GpuEngine, DecodeLogitsDoNotDependOnTheBatch) {
       for (SeqId o : os) gpu.free_sequence(o);
     }
     const bool fp4 = parse_scheme(sc).is_fp4_weight();
+    // fp16 / bf16: batches 1, 2 and 4 (buckets <= gemv16_max_m) run the 16-bit GEMV, row-invariant
+    const bool gemv = std::string(sc) == "fp16" || std::string(sc) == "bf16";
     for (size_t k = 1; k < runs.size(); ++k) {
-      if (fp4) EXPECT_EQ(runs[k], runs[0]) << sc << ": batch " << k;
+      if (fp4 || (gemv && k < 3)) EXPECT_EQ(runs[k], runs[0]) << sc << ": batch " << k;
       else if (runs[k] != runs[0]) std::printf("  %s: the decode logits depend on the batch (cuBLASLt, run %zu)\n", sc, k);
     }
   }

@@ -148,6 +148,84 @@ TEST(GpuLinear, CublasSchemesMatchTheCpuReference) {
       }
 }
 
+// fp16 / bf16 at M <= gemv16_max_m run the 16-bit GEMV (gemv16.h): both it (at M = 1 .. 4) and cuBLASLt
+// (gemv16_max_m 0, or gemm_cublas) within the CPU bound above, with and without a bias; prepare_norm / prepare_swiglu
+// fuse the input into it: SwiGLU bit for bit the separate kernel followed by prepare + gemm, the
+// norm within one 16-bit rounding of each input (another order of its sum of squares). M = 5 and a
+// residual add are refused, as is cuBLASLt on fused activations.
+TEST(GpuLinear, SixteenBitGemvServesSmallMWithFusedInputs) {
+  SKIP_WITHOUT_GPU();
+  uint64_t seed = 900;
+  for (const char* sc : {"fp16", "bf16"}) {
+    const bool f16 = std::string(sc) == "fp16";
+    const DType t = f16 ? DType::f16 : DType::bf16;
+    for (int64_t M = 1; M <= kGemv16MaxM; ++M) {
+      const auto p = make_problem(M, 300, 1024, ++seed, true, f16);
+      const auto ref = run_cpu(sc, p);
+      GpuLinearOptions on, off;
+      on.gemv16_max_m = kGemv16MaxM;
+      off.gemv16_max_m = 0;
+      const GpuRun g = run_gpu(sc, p, on), c = run_gpu(sc, p, off);
+      const std::string what = fmt::format("{} M={}", sc, M);
+      for (size_t i = 0; i < ref.size(); ++i) ASSERT_FALSE(std::isnan(g.y16[i])) << what << " at " << i;
+      EXPECT_LE(rel_l2(g.y16, ref), 4e-3) << what << " GEMV";
+      EXPECT_LE(rel_l2(c.y16, ref), 4e-3) << what << " cuBLASLt";
+    }
+    // the fused inputs, M = 3: gate/up output (M x 2K) and FP32 residual rows (M x K)
+    const int64_t M = 3, N = 256, K = 1024;
+    const auto p = make_problem(M, N, K, ++seed, false, f16);
+    std::vector<uint16_t> gub;
+    sharq_test::Rng rng(seed);
+    for (int64_t i = 0; i < M * 2 * K; ++i) gub.push_back(f16 ? fp16_encode(float(2 * rng.normal())) : bf16_encode(float(2 * rng.normal())));
+    std::vector<float> xr(static_cast<size_t>(M * K)), nw(static_cast<size_t>(K));
+    for (auto& v : xr) v = static_cast<float>(3 * rng.laplace());
+    for (auto& v : nw) v = static_cast<float>(0.5 + rng.uniform());
+    DeviceBuffer<uint16_t> dgu(gub.size()), act(static_cast<size_t>(M * K)), y1(static_cast<size_t>(M * N)),
+        y2(static_cast<size_t>(M * N));
+    DeviceBuffer<float> dxr(xr.size()), dnw(nw.size());
+    dgu.upload(gub.data());
+    dxr.upload(xr.data());
+    dnw.upload(nw.data());
+    GpuLinearOptions opt;
+    opt.max_m = 8;
+    GpuLinear by_default(parse_scheme(sc), p.W.data(), N, K, opt, &blas());
+    EXPECT_TRUE(by_default.gemv(1));
+    EXPECT_FALSE(by_default.gemv(2)) << "gemv16_max_m is 1 by default";
+    opt.gemv16_max_m = 5;
+    EXPECT_THROW(GpuLinear(parse_scheme(sc), p.W.data(), N, K, opt, &blas()), std::invalid_argument);
+    opt.gemv16_max_m = kGemv16MaxM;
+    GpuLinear lin(parse_scheme(sc), p.W.data(), N, K, opt, &blas());
+    GpuActivations& a = lin.own_activations();
+    EXPECT_TRUE(lin.gemv(4));
+    EXPECT_FALSE(lin.gemv(5));
+    swiglu(dgu.get(), M, K, t, act.get(), nullptr);
+    lin.prepare(act.get(), M, a, nullptr);
+    lin.gemm(a, y1.get(), nullptr);
+    lin.prepare_swiglu(dgu.get(), M, a, nullptr);
+    EXPECT_THROW(lin.gemm_cublas(a, y2.get(), nullptr), std::invalid_argument) << sc << ": cuBLASLt on a fused input";
+    lin.gemm(a, y2.get(), nullptr);
+    EXPECT_EQ(y1.to_host(), y2.to_host()) << sc << " swiglu";
+    const float eps = 1e-5f;
+    rmsnorm_rows(dxr.get(), nullptr, nullptr, M, K, dnw.get(), eps, t, act.get(), nullptr);
+    lin.prepare(act.get(), M, a, nullptr);
+    lin.gemm(a, y1.get(), nullptr);
+    lin.prepare_norm(dxr.get(), nullptr, dnw.get(), eps, M, nullptr, a, nullptr);
+    lin.gemm(a, y2.get(), nullptr);
+    const auto h1 = y1.to_host(), h2 = y2.to_host();
+    std::vector<float> f1, f2;
+    for (size_t i = 0; i < h1.size(); ++i) {
+      f1.push_back(f16 ? fp16_decode(h1[i]) : bf16_decode(h1[i]));
+      f2.push_back(f16 ? fp16_decode(h2[i]) : bf16_decode(h2[i]));
+    }
+    EXPECT_LE(rel_l2(f2, f1), f16 ? 2e-3 : 1.6e-2) << sc << " rmsnorm";
+    EXPECT_THROW(lin.prepare_norm(dxr.get(), nullptr, dnw.get(), eps, 5, nullptr, a, nullptr), std::invalid_argument);
+    EXPECT_THROW(lin.prepare_norm(dxr.get(), act.get(), dnw.get(), eps, M, dxr.get() + 1, a, nullptr),
+                 std::invalid_argument) << sc << ": a residual add";
+    EXPECT_THROW(lin.prepare_swiglu(dgu.get(), 5, a, nullptr), std::invalid_argument);
+  }
+  SHARQ_CUDA_CHECK(cudaDeviceSynchronize());
+}
+
 // The fp8 scheme's activation quantization on the GPU is the CPU's (quant/fp8.h), bit for bit.
 TEST(GpuLinear, Fp8ActivationCodesAreTheCpuQuantizer) {
   SKIP_WITHOUT_GPU();

@@ -367,6 +367,7 @@ void GpuExecutor::Impl::build(const ModelConfig& c, const Scheme& sch, const Eng
     lo.max_m = E.maxM;
     lo.own_scratch = false;
     lo.batch_invariant = E.opt.batch_invariant;
+    lo.gemv16_max_m = E.opt.gemv16_max_m;
     size_t ws = 0;
     // one layer from matrices stacked along N (each N_i x K, with its bias or none)
     struct Part { Mat m; int64_t n; Vec bias; };
@@ -616,6 +617,11 @@ void GpuExecutor::Impl::forward(int64_t M_step, int64_t R, const AttentionPlan& 
       if (add) std::swap(xr, xw);
       return;
     }
+    if (!add && lin.gemv(M)) {  // fp16, bf16: the norm inside the GEMV
+      mark(kPrep);
+      lin.prepare_norm(xr, nullptr, w, eps, M, nullptr, acts, st);
+      return;
+    }
     mark(kNorm);
     if (add) add_rmsnorm(xr, add, M, E.H, w, eps, E.t, E.h.get(), st);
     else rmsnorm_rows(xr, nullptr, nullptr, M, E.H, w, eps, E.t, E.h.get(), st);
@@ -671,6 +677,10 @@ void GpuExecutor::Impl::forward(int64_t M_step, int64_t R, const AttentionPlan& 
     norm_into(*L.gate_up, pending, L.mlp_norm.get(), *E.acts_h);
     mark(kGemm);
     if (E.fuse_swiglu) {  // SwiGLU inside the down projection's activation prep
+      L.gate_up->gemm(*E.acts_h, E.gub.get(), st, ws);
+      mark(kPrep);
+      L.down->prepare_swiglu(E.gub.get(), M, *E.acts_i, st);
+    } else if (L.down->gemv(M)) {  // fp16, bf16: SwiGLU inside down's GEMV
       L.gate_up->gemm(*E.acts_h, E.gub.get(), st, ws);
       mark(kPrep);
       L.down->prepare_swiglu(E.gub.get(), M, *E.acts_i, st);
@@ -908,7 +918,7 @@ StepOutput GpuExecutor::step(const std::vector<StepEntry>& batch) {
   return out;
 }
 
-double GpuExecutor::time_linears(int64_t M, int64_t lm_rows, int reps) {
+double GpuExecutor::time_linears(int64_t M, int64_t lm_rows, int reps, bool cublas) {
   Impl& E = *impl_;
   if (M < 1 || M > E.maxM || lm_rows < 0 || lm_rows > E.maxR || reps < 1)
     throw std::invalid_argument(fmt::format("time_linears: M = {} (1 .. {}), lm_rows = {} (0 .. {}), reps = {}", M, E.maxM,
@@ -921,10 +931,9 @@ double GpuExecutor::time_linears(int64_t M, int64_t lm_rows, int reps) {
     fill_synthetic(f.get(), n, 77, 1.0f, 0.0f, st);
     convert_weights_16(f.get(), M * E.H, E.t == DType::f16, E.h.get(), st);
     convert_weights_16(f.get(), M * E.qd, E.t == DType::f16, E.att.get(), st);
-    if (E.fuse_norm) {  // the fused preps read the residual stream and the previous output
-      SHARQ_CUDA_CHECK(cudaMemcpyAsync(E.x.get(), f.get(), M * E.H * sizeof(float), cudaMemcpyDeviceToDevice, st));
-      convert_weights_16(f.get(), M * E.H, E.t == DType::f16, E.ob.get(), st);
-    }
+    // the fused preps (and the GEMV's norm) read the residual stream and the previous output
+    SHARQ_CUDA_CHECK(cudaMemcpyAsync(E.x.get(), f.get(), M * E.H * sizeof(float), cudaMemcpyDeviceToDevice, st));
+    convert_weights_16(f.get(), M * E.H, E.t == DType::f16, E.ob.get(), st);
     if (!E.fuse_swiglu) convert_weights_16(f.get(), M * E.I, E.t == DType::f16, E.ab.get(), st);
     if (lm_rows) convert_weights_16(f.get(), lm_rows * E.H, E.t == DType::f16, E.hn.get(), st);
     SHARQ_CUDA_CHECK(cudaStreamSynchronize(st));
@@ -943,18 +952,26 @@ double GpuExecutor::time_linears(int64_t M, int64_t lm_rows, int reps) {
       // the preps as forward() runs them (fused: the residual add + norm and SwiGLU inside them); the
       // GEMMs plain, with 16-bit outputs, as cuBLAS's baseline: an epilogue the engine adds (the FP4
       // reductions' Fp4Epilogue, fp16 / bf16's gemm_accumulate) counts as time outside the linears
+      // (the GEMV: its norm and SwiGLU inside, as forward() runs it; cublas: the plain GEMMs)
+      const auto gemv = [&](const GpuLinear& lin, int64_t m) { return !cublas && lin.gemv(m); };
+      const auto gemm = [&](const GpuLinear& lin, const GpuActivations& acts, void* y) {
+        if (cublas && lin.gemv(acts.M())) lin.gemm_cublas(acts, y, st);
+        else lin.gemm(acts, y, st, ws);
+      };
       if (E.fuse_norm) L.qkv->prepare_norm(E.x.get(), E.ob.get(), L.attn_norm.get(), eps, M, E.x2.get(), *E.acts_h, st);
+      else if (gemv(*L.qkv, M)) L.qkv->prepare_norm(E.x.get(), nullptr, L.attn_norm.get(), eps, M, nullptr, *E.acts_h, st);
       else L.qkv->prepare(E.h.get(), M, *E.acts_h, st);
-      L.qkv->gemm(*E.acts_h, E.qkvb.get(), st, ws);
+      gemm(*L.qkv, *E.acts_h, E.qkvb.get());
       if (Mo == 0) continue;
       L.o->prepare(E.att.get(), Mo, acts_q, st);
-      L.o->gemm(acts_q, E.ob.get(), st, ws);
+      gemm(*L.o, acts_q, E.ob.get());
       if (E.fuse_norm) L.gate_up->prepare_norm(E.x.get(), E.ob.get(), L.mlp_norm.get(), eps, Mo, E.x2.get(), *E.acts_h, st);
+      else if (gemv(*L.gate_up, Mo)) L.gate_up->prepare_norm(E.x.get(), nullptr, L.mlp_norm.get(), eps, Mo, nullptr, *E.acts_h, st);
       else L.gate_up->prepare(E.h.get(), Mo, *E.acts_h, st);
-      L.gate_up->gemm(*E.acts_h, E.gub.get(), st, ws);
-      if (E.fuse_swiglu) L.down->prepare_swiglu(E.gub.get(), Mo, *E.acts_i, st);
+      gemm(*L.gate_up, *E.acts_h, E.gub.get());
+      if (E.fuse_swiglu || gemv(*L.down, Mo)) L.down->prepare_swiglu(E.gub.get(), Mo, *E.acts_i, st);
       else L.down->prepare(E.ab.get(), Mo, *E.acts_i, st);
-      L.down->gemm(*E.acts_i, E.ob.get(), st, ws);
+      gemm(*L.down, *E.acts_i, E.ob.get());
     }
     E.blas->matmul(E.t == DType::f16 ? BlasType::f16_f32out : BlasType::bf16_f32out, E.hn.get(), E.lm_head.get(),
                    E.logits.get(), lm_rows, E.V, E.H, nullptr, nullptr, st);

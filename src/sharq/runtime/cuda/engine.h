@@ -69,6 +69,14 @@ struct EngineOptions {
   // residual add of the FP32 product). false: the GEMM writes the 16-bit product and the norm kernel
   // adds it.
   bool gemm_residual = true;
+  // fp16, bf16: steps of at most gemv16_max_m rows (0 .. kGemv16MaxM = 4; 0: none) run their linears
+  // through the 16-bit GEMV (kernels/cuda/gemv16.h) rather than cuBLASLt: its weights start
+  // streaming before the preceding kernel ends (PDL), and it computes the RMSNorm in front of q/k/v
+  // and gate/up and the SwiGLU in front of down itself, three kernels less per layer. The norm's sum
+  // of squares runs in the GEMV's order (last bits; docs/numerics.md). Measured on an H200
+  // (docs/perf/engine.md, eighteenth increment): the batch-1 step 4.6 -> 4.3 ms, but a batch of 4
+  // 18% slower than cuBLASLt (the GEMV is bound by its instructions there), hence 1.
+  int64_t gemv16_max_m = 1;
   // A step in which fewer rows need logits than it computes (a prefill: its last row; a chunk: none)
   // runs the last layer's o projection, MLP and final norm for those rows only (llama.cpp's
   // inp_out_ids): its attention still covers every row, and every row's K and V are written. A
@@ -131,10 +139,12 @@ class GpuExecutor final : public Executor {
   // one-off CUDA graph, with the events as record nodes; other steps eagerly); the
   // linears alone (prepare + gemm of every layer for M rows, then lm_head for lm_rows rows; with
   // prune_last_layer and lm_rows < M, the last layer's o, gate/up and down for lm_rows rows, as a
-  // step runs them), back to back, timed on the GPU (median of `reps`), in microseconds.
+  // step runs them), back to back, timed on the GPU (median of `reps`), in microseconds. cublas:
+  // the fp16 / bf16 linears through cuBLASLt whatever M, after the separate norm and SwiGLU (the
+  // baseline of the engine issue's step bound); false: as a step runs them (the GEMV where it does).
   void set_profiling(bool on);
   const StepProfile& last_profile() const;
-  double time_linears(int64_t M, int64_t lm_rows, int reps);
+  double time_linears(int64_t M, int64_t lm_rows, int reps, bool cublas = false);
 
  private:
   struct Impl;

@@ -131,6 +131,8 @@ void GpuLinear::check_shape(int64_t N, int64_t K) const {
   if (N <= 0 || K <= 0 || K > kPrepMaxK || N > (int64_t{1} << 31))
     throw std::invalid_argument(fmt::format("GpuLinear: weight shape N = {}, K = {} (both > 0, K <= {})", N, K, kPrepMaxK));
   if (opt_.max_m < 1) throw std::invalid_argument(fmt::format("GpuLinear: max_m = {} (>= 1)", opt_.max_m));
+  if (opt_.gemv16_max_m < 0 || opt_.gemv16_max_m > kGemv16MaxM)
+    throw std::invalid_argument(fmt::format("GpuLinear: gemv16_max_m = {} (0 .. {})", opt_.gemv16_max_m, kGemv16MaxM));
 }
 
 // The weights of every scheme from FP32 on the device, by the shared quantizers
@@ -239,10 +241,16 @@ void GpuLinear::prepare(const void* x, int64_t M, GpuActivations& acts, cudaStre
 
 bool GpuLinear::fused_prep() const { return scheme_.kind == SchemeKind::nvfp4 || scheme_.kind == SchemeKind::sharq; }
 
+bool GpuLinear::gemv(int64_t M) const {
+  return (scheme_.kind == SchemeKind::fp16 || scheme_.kind == SchemeKind::bf16) && M <= opt_.gemv16_max_m &&
+         M <= opt_.max_m && gemv16_supports(M, N_, K_);
+}
+
 void GpuLinear::prepare_swiglu(const void* gu, int64_t M, GpuActivations& acts, cudaStream_t stream) const {
-  if (!fused_prep())
+  if (!fused_prep() && !gemv(M))
     throw std::invalid_argument(fmt::format("GpuLinear({}, N = {}, K = {})::prepare_swiglu: the scheme has no fused "
-                                            "prep (nvfp4 and sharq do)", scheme_.name(), N_, K_));
+                                            "prep for M = {} (nvfp4 and sharq do; fp16 and bf16 for M <= gemv16_max_m = {})",
+                                            scheme_.name(), N_, K_, M, opt_.gemv16_max_m));
   Front f;
   f.input = PrepInput::swiglu;
   prepare_input(gu, M, acts, stream, f);
@@ -251,7 +259,10 @@ void GpuLinear::prepare_swiglu(const void* gu, int64_t M, GpuActivations& acts, 
 void GpuLinear::prepare_norm(const float* x, const void* add, const float* w, float eps, int64_t M, float* x_out,
                              GpuActivations& acts, cudaStream_t stream) const {
   const std::string who = fmt::format("GpuLinear({}, N = {}, K = {})::prepare_norm", scheme_.name(), N_, K_);
-  if (!fused_prep()) throw std::invalid_argument(who + ": the scheme has no fused prep (nvfp4 and sharq do)");
+  if (!fused_prep() && !(gemv(M) && !add))
+    throw std::invalid_argument(fmt::format("{}: the scheme has no fused prep for M = {}{} (nvfp4 and sharq do; fp16 "
+                                            "and bf16 for M <= gemv16_max_m = {} without a residual add)",
+                                            who, M, add ? " with a residual add" : "", opt_.gemv16_max_m));
   if (!w) throw std::invalid_argument(who + ": null norm weight");
   if (add && (!x_out || x_out == x))
     throw std::invalid_argument(who + ": the residual sum needs its own output buffer (not x: other blocks read it)");
@@ -278,6 +289,9 @@ void GpuLinear::prepare_input(const void* x, int64_t M, GpuActivations& acts, cu
   if (M > 0 && !x) throw std::invalid_argument(fmt::format("{}: null input", who));
   acts.M_ = M;
   acts.x_ = x;
+  acts.front_ = f.input;
+  acts.front_w_ = static_cast<const float*>(f.rms_w);
+  acts.front_eps_ = f.eps;
   if (M == 0) return;
   const int64_t ld = acts.ld_;
   switch (scheme_.kind) {
@@ -331,8 +345,11 @@ void GpuLinear::gemm(const GpuActivations& acts, void* y, cudaStream_t stream, v
   switch (scheme_.kind) {
     case SchemeKind::fp16:
     case SchemeKind::bf16:
-      blas_->matmul(scheme_.kind == SchemeKind::fp16 ? BlasType::f16 : BlasType::bf16, acts.x_, w16_.get(), y, M, N_, K_,
-                    nullptr, nullptr, stream);
+      if (gemv_takes(acts)) {
+        gemm_gemv(acts, y, false, stream);  // the bias inside
+        return;
+      }
+      gemm_cublas(acts, y, stream);
       break;
     case SchemeKind::fp8:
       if (n8_ == N_) {
@@ -375,8 +392,63 @@ void GpuLinear::gemm_accumulate(const GpuActivations& acts, float* x, cudaStream
     throw std::invalid_argument(fmt::format("{}: only fp16 and bf16 layers without a bias add into FP32 rows", who));
   if (acts.M_ == 0) return;
   if (!x) throw std::invalid_argument(fmt::format("{}: null residual rows", who));
+  if (gemv_takes(acts)) {
+    gemm_gemv(acts, x, true, stream);
+    return;
+  }
+  if (acts.front_ != PrepInput::plain) throw std::logic_error(who + ": a fused input without the GEMV");
   blas_->matmul(scheme_.kind == SchemeKind::fp16 ? BlasType::f16_f32out : BlasType::bf16_f32out, acts.x_, w16_.get(), x,
                 acts.M_, N_, K_, nullptr, nullptr, stream, 1.0f, /*accumulate=*/true);
+}
+
+void GpuLinear::gemm_cublas(const GpuActivations& acts, void* y, cudaStream_t stream) const {
+  const std::string who = fmt::format("GpuLinear({}, N = {}, K = {})::gemm_cublas", scheme_.name(), N_, K_);
+  check_activations(acts, who);
+  if (scheme_.kind != SchemeKind::fp16 && scheme_.kind != SchemeKind::bf16)
+    throw std::invalid_argument(who + ": fp16 and bf16 only");
+  if (acts.front_ != PrepInput::plain)
+    throw std::invalid_argument(who + ": the activations hold a fused input (prepare_norm / prepare_swiglu): the GEMV's only");
+  if (acts.M_ == 0) return;
+  if (!y) throw std::invalid_argument(fmt::format("{}: null output", who));
+  blas_->matmul(scheme_.kind == SchemeKind::fp16 ? BlasType::f16 : BlasType::bf16, acts.x_, w16_.get(), y, acts.M_, N_, K_,
+                nullptr, nullptr, stream);
+}
+
+bool GpuLinear::gemv_takes(const GpuActivations& acts) const {
+  // a plain X that is not 16-byte aligned (a caller's view into a larger array) goes to cuBLASLt
+  return gemv(acts.M_) && (acts.front_ != PrepInput::plain || reinterpret_cast<uintptr_t>(acts.x_) % 16 == 0);
+}
+
+void GpuLinear::gemm_gemv(const GpuActivations& acts, void* y, bool accumulate, cudaStream_t stream) const {
+  Gemv16Args a;
+  a.t = act_dtype(scheme_);
+  a.w = w16_.get();
+  a.N = N_;
+  a.K = K_;
+  a.M = acts.M_;
+  switch (acts.front_) {
+    case PrepInput::residual_rmsnorm:
+      a.input = Gemv16Input::rmsnorm;
+      a.xr = static_cast<const float*>(acts.x_);
+      a.norm_w = acts.front_w_;
+      a.eps = acts.front_eps_;
+      break;
+    case PrepInput::swiglu:
+      a.input = Gemv16Input::swiglu;
+      a.x = acts.x_;
+      a.ldx = 2 * K_;
+      break;
+    default:
+      a.input = Gemv16Input::plain;
+      a.x = acts.x_;
+      a.ldx = K_;
+      break;
+  }
+  a.output = accumulate ? Gemv16Output::accumulate : Gemv16Output::store;
+  a.y = y;
+  a.ldy = N_;
+  a.bias = accumulate ? nullptr : bias_.get();
+  gemv16(a, stream);
 }
 
 void GpuLinear::gemm(const GpuActivations& acts, const Epilogue& ep, void* y, cudaStream_t stream, void* workspace) const {

@@ -1,7 +1,9 @@
 // The linear-layer API of the GPU, for every GPU scheme of quant/scheme.h (the ones
 // scheme_unsupported_reason(s, Device::cuda) accepts):
 //
-//   fp16, bf16   cuBLASLt; weights FP16 / BF16
+//   fp16, bf16   weights FP16 / BF16: the 16-bit GEMV (kernels/cuda/gemv16.h) for M <= gemv16_max_m (1 by
+//                default), with the norm or SwiGLU in front of the layer computed inside it
+//                (prepare_norm, prepare_swiglu); cuBLASLt above
 //   fp8          W8A8 E4M3, per-output-channel weight scales, per-token activation scales (the one
 //                fp8 definition, quant/fp8.h): per-row quantization kernel + cuBLASLt FP8 with
 //                OUTER_VEC_32F scales
@@ -34,6 +36,7 @@
 
 #include "sharq/kernels/cuda/cublaslt_gemm.h"
 #include "sharq/kernels/cuda/fp4_gemm.h"
+#include "sharq/kernels/cuda/gemv16.h"
 #include "sharq/kernels/cuda/sharq_prep.h"
 #include "sharq/quant/fp4_tiles.h"
 #include "sharq/quant/scheme.h"
@@ -49,6 +52,7 @@ struct GpuLinearOptions {
   Fp4GemmKernel kernel = Fp4GemmKernel::automatic;  // FP4 schemes: force a family (tests, benches)
   int splits = 0;                                   // FP4 schemes: force the split count of both GEMM families (tuning)
   bool batch_invariant = false;                     // FP4 schemes: one prefill split for every M (fp4_gemm.h)
+  int64_t gemv16_max_m = 1;                         // fp16, bf16: the 16-bit GEMV for M <= this (0 .. kGemv16MaxM; 0: cuBLASLt)
 };
 
 // An FP32 row-major matrix in device memory. parts: the row counts of matrices stacked along N
@@ -89,6 +93,11 @@ class GpuActivations {
   DeviceBuffer<float> g_;          // g_x (nvfp4, sharq) or the fp8 row scales
   DeviceBuffer<uint32_t> scratch_; // per-tensor amax word
   const void* x_ = nullptr;        // fp16, bf16, w4a16 with K % 128 == 0: X itself (valid until gemm)
+  // fp16, bf16 through the GEMV: what it computes its input from (prepare_norm: x_ is the FP32
+  // residual rows; prepare_swiglu: x_ is the gate/up output)
+  PrepInput front_ = PrepInput::plain;
+  const float* front_w_ = nullptr;
+  float front_eps_ = 0.0f;
 };
 
 class GpuLinear {
@@ -134,9 +143,13 @@ class GpuLinear {
   // x: M x K of act_dtype(scheme) on the device, 0 <= M <= acts.max_m(). acts must be of this
   // layer's scheme and K (checked).
   void prepare(const void* x, int64_t M, GpuActivations& acts, cudaStream_t stream) const;
-  // Whether prepare_swiglu() and prepare_norm() exist for this scheme: the FP4-activation schemes
-  // (nvfp4, sharq), whose activation prep reads the row anyway. Both throw otherwise.
+  // Whether prepare_swiglu() and prepare_norm() exist for this scheme and any M: the FP4-activation
+  // schemes (nvfp4, sharq), whose activation prep reads the row anyway. fp16 and bf16 have them where
+  // gemv(M): the GEMV computes its input itself (prepare_norm without `add` only). Both throw otherwise.
   bool fused_prep() const;
+  // fp16, bf16: whether gemm() and gemm_accumulate() run the 16-bit GEMV for M rows (M <=
+  // gemv16_max_m, M <= max_m and the shape fits gemv16_supports()).
+  bool gemv(int64_t M) const;
   // prepare() of T(silu(gate) * up), computed inside the activation prep from the fused gate/up
   // projection's output gu (M x 2K, gate first): bit for bit what transformer_ops' swiglu()
   // followed by prepare() give, without the intermediate M x K tensor.
@@ -172,6 +185,9 @@ class GpuLinear {
   // throws otherwise.
   bool accumulates() const;
   void gemm_accumulate(const GpuActivations& acts, float* x, cudaStream_t stream) const;
+  // fp16, bf16: the cuBLASLt GEMM whatever M, with a plain prepare() (the baseline the benches time
+  // against the GEMV). Throws for the other schemes.
+  void gemm_cublas(const GpuActivations& acts, void* y, cudaStream_t stream) const;
   // gemm() and then the epilogue, in one reduction: y is the epilogue's output (swiglu: M x N/2,
   // add_rmsnorm: the normalized M x N), of act_dtype. Throws where !fuses(ep.kind, acts.M()).
   void gemm(const GpuActivations& acts, const Epilogue& ep, void* y, cudaStream_t stream,
@@ -186,6 +202,9 @@ class GpuLinear {
   void check_activations(const GpuActivations& acts, const std::string& who) const;
   void gemm_fp4(const GpuActivations& acts, void* y, float* y_f32, const Epilogue& ep, cudaStream_t stream,
                 void* workspace) const;
+  // fp16, bf16 with gemv(M): Y (store) or x += (accumulate) through the GEMV, from acts' front
+  void gemm_gemv(const GpuActivations& acts, void* y, bool accumulate, cudaStream_t stream) const;
+  bool gemv_takes(const GpuActivations& acts) const;
   struct Front {  // what prepare_input() reads in front of the activation prep
     PrepInput input = PrepInput::plain;
     const void* rms_w = nullptr;

@@ -12,6 +12,7 @@
 #include <fmt/format.h>
 
 #include "sharq/kernels/cuda/cuda_check.h"
+#include "sharq/kernels/cuda/gemv16.h"
 #include "sharq/model/weights.h"
 #include "sharq/quant/scheme.h"
 #include "sharq/runtime/cuda/engine.h"
@@ -74,6 +75,9 @@ struct SchemeResult {
   double decode_step_us_b1 = 0;     // batch-1 step wall time
   cuda::StepProfile decode_prof, prefill_prof;
   double linears_m1_us = 0, linears_m2048_us = 0;
+  // fp16, bf16: the batch-1 linears through cuBLASLt (after the separate norm and SwiGLU), the
+  // baseline of the step bound; the engine runs them through the 16-bit GEMV (linears_m1_us)
+  double cublas_m1_us = 0;
   // a 1x2048 prefill's linears alone / the prefill, per timed prefill (each against the linears
   // timed right after it, at the same clock); the last 1x2048 --prefill entry's
   std::vector<double> pf2048_ratio;
@@ -229,6 +233,9 @@ int run_bench_model(const BenchModelOptions& o) {
   if (o.prune_last_layer != "on" && o.prune_last_layer != "off")
     throw std::invalid_argument(fmt::format("bench model: --prune-last-layer {}: use on or off", o.prune_last_layer));
   eo.prune_last_layer = o.prune_last_layer == "on";
+  if (o.gemv16_max_m < 0 || o.gemv16_max_m > cuda::kGemv16MaxM)
+    throw std::invalid_argument(fmt::format("bench model: --gemv16-max-m {}: use 0 .. {}", o.gemv16_max_m, cuda::kGemv16MaxM));
+  eo.gemv16_max_m = o.gemv16_max_m;
   eo.max_batch_tokens = max_tokens;
   eo.max_logit_rows = std::min<int64_t>(max_tokens, std::max<int64_t>(64, max_batch));
   int64_t blocks = 0;
@@ -236,9 +243,10 @@ int run_bench_model(const BenchModelOptions& o) {
   blocks = std::max(blocks, max_batch * ((decode_len + eo.block_size - 1) / eo.block_size));
   eo.kv_blocks = blocks;
 
-  std::printf("sharq bench model: %s (FP4 fusion: preps %s, split-K reductions %s; fp16/bf16 residual add in the GEMM: %s; "
-              "last layer for the logits rows only: %s)\n",
-              what.c_str(), o.fusion.c_str(), o.reduce_fusion.c_str(), o.gemm_residual.c_str(), o.prune_last_layer.c_str());
+  std::printf("sharq bench model: %s (FP4 fusion: preps %s, split-K reductions %s; fp16/bf16 residual add in the GEMM: %s, "
+              "16-bit GEMV for M <= %lld; last layer for the logits rows only: %s)\n",
+              what.c_str(), o.fusion.c_str(), o.reduce_fusion.c_str(), o.gemm_residual.c_str(),
+              static_cast<long long>(o.gemv16_max_m), o.prune_last_layer.c_str());
   std::printf("card: %s (%d SMs), same-run D2D copy %.2f TB/s; %lld layers, hidden %lld, %lld/%lld heads, vocab %lld\n",
               prop.name, prop.multiProcessorCount, copy_tbs, static_cast<long long>(cfg.num_layers),
               static_cast<long long>(cfg.hidden_size), static_cast<long long>(cfg.num_heads),
@@ -321,7 +329,8 @@ int run_bench_model(const BenchModelOptions& o) {
       // allocates and frees its inputs) ran slower.
       const int rounds = B == 1 ? std::min(4, o.steps) : 1;
       double s = 0.0;
-      std::vector<double> lin, share;
+      std::vector<double> lin, share, lin_blas;
+      const bool sixteen = r.scheme == "fp16" || r.scheme == "bf16";
       for (int k = 0, rd = 0; rd < rounds; ++rd) {
         const int end = o.steps * (rd + 1) / rounds;
         if (rd > 0)
@@ -333,6 +342,7 @@ int run_bench_model(const BenchModelOptions& o) {
         s += rs;
         if (B == 1) {
           lin.push_back(ex->time_linears(1, 1, 5));
+          if (sixteen) lin_blas.push_back(ex->time_linears(1, 1, 5, /*cublas=*/true));
           share.push_back(1.0 - lin.back() / (rs / std::max(1, k - k0) * 1e6));
         }
       }
@@ -340,6 +350,7 @@ int run_bench_model(const BenchModelOptions& o) {
       if (B == 1) {
         r.decode_step_us_b1 = s / o.steps * 1e6;
         r.linears_m1_us = median(lin);
+        if (!lin_blas.empty()) r.cublas_m1_us = median(lin_blas);
         r.b1_share = share;
         ex->set_profiling(true);
         ex->step(decode_batch(*ex, seqs, 2));
@@ -413,10 +424,14 @@ int run_bench_model(const BenchModelOptions& o) {
   const int64_t kv_bytes = 2 * cfg.num_layers * o.context * cfg.num_kv_heads * cfg.head_dim * 2;
   std::printf("\ntargets:\n");
   if (f16) {
-    const double bound = 1.1 * (f16->linears_m1_us + kv_bytes / (copy_tbs * 1e12) * 1e6);
-    std::printf("  fp16 batch-1 step %.1f us <= 1.1 x (linears %.1f us + KV %.1f MB / copy) = %.1f us: %s\n",
-                f16->decode_step_us_b1, f16->linears_m1_us, kv_bytes / 1e6, bound,
-                f16->decode_step_us_b1 <= bound ? "met" : "MISSED");
+    // the bound's linears are cuBLAS's (the issue's definition), not the engine's GEMV
+    const double blas = f16->cublas_m1_us > 0 ? f16->cublas_m1_us : f16->linears_m1_us;
+    const double bound = 1.1 * (blas + kv_bytes / (copy_tbs * 1e12) * 1e6);
+    std::printf("  fp16 batch-1 step %.1f us <= 1.1 x (cuBLAS linears %.1f us + KV %.1f MB / copy) = %.1f us: %s "
+                "(%.1f%% of the bound; the engine's own linears alone: %.1f us)\n",
+                f16->decode_step_us_b1, blas, kv_bytes / 1e6, bound,
+                f16->decode_step_us_b1 <= bound ? "met" : "MISSED", 100.0 * f16->decode_step_us_b1 / bound,
+                f16->linears_m1_us);
     if (o.torch_tok_s > 0)
       std::printf("  fp16 batch-1 decode %.1f tok/s vs the same run's CUDA-graph torch decode (%.1f tok/s, "
                   "torch_decode_peer.py): %.2fx (goal >= 1.3x)\n", f16->decode_tps[0], o.torch_tok_s,
@@ -453,7 +468,7 @@ int run_bench_model(const BenchModelOptions& o) {
     f << "card,model,scheme,load_s,weight_gib";
     for (const Prefill& p : prefills) f << ",prefill_ms_" << p.label;
     for (int64_t b : o.batches) f << ",decode_tps_b" << b;
-    f << ",decode_step_us_b1,linears_m1_us,linears_m2048_us";
+    f << ",decode_step_us_b1,linears_m1_us,linears_m2048_us,cublas_m1_us";
     for (const char* k : kParts) f << ",dec_" << k << "_us";
     for (const char* k : kParts) f << ",pf2048_" << k << "_us";
     f << "\n";
@@ -462,7 +477,7 @@ int run_bench_model(const BenchModelOptions& o) {
         << r.weight_gib;
       for (double v : r.prefill_ms) f << ',' << v;
       for (double v : r.decode_tps) f << ',' << v;
-      f << ',' << r.decode_step_us_b1 << ',' << r.linears_m1_us << ',' << r.linears_m2048_us;
+      f << ',' << r.decode_step_us_b1 << ',' << r.linears_m1_us << ',' << r.linears_m2048_us << ',' << r.cublas_m1_us;
       for (const char* k : kParts) f << ',' << (r.decode_prof.us.count(k) ? r.decode_prof.us.at(k) : 0.0);
       for (const char* k : kParts) f << ',' << (r.prefill_prof.us.count(k) ? r.prefill_prof.us.at(k) : 0.0);
       f << "\n";

@@ -36,6 +36,7 @@ struct BenchModelOptions {
   std::string reduce_fusion = "all";  // FP4 split-K reductions: all | norm | swiglu | none (EngineOptions fuse_reduce_*)
   std::string gemm_residual = "on";  // fp16, bf16: on | off (EngineOptions::gemm_residual)
   std::string prune_last_layer = "on";  // on | off (EngineOptions::prune_last_layer)
+  int64_t gemv16_max_m = 1;  // fp16, bf16: 0 .. 4 (EngineOptions::gemv16_max_m)
   double torch_tok_s = 0;  // the same run's torch CUDA-graph decode (scripts/device/torch_decode_peer.py); 0: none
   std::string csv;   // write one CSV row per scheme here
   std::string svg;   // write the breakdown plot here
