@@ -676,11 +676,7 @@ void GpuExecutor::Impl::forward(int64_t M_step, int64_t R, const AttentionPlan& 
     gemm_to_residual(*L.o, acts_q, L.mlp_norm.get());
     norm_into(*L.gate_up, pending, L.mlp_norm.get(), *E.acts_h);
     mark(kGemm);
-    if (E.fuse_swiglu) {  // SwiGLU inside the down projection's activation prep
-      L.gate_up->gemm(*E.acts_h, E.gub.get(), st, ws);
-      mark(kPrep);
-      L.down->prepare_swiglu(E.gub.get(), M, *E.acts_i, st);
-    } else if (L.down->gemv(M)) {  // fp16, bf16: SwiGLU inside down's GEMV
+    if (E.fuse_swiglu || L.down->gemv(M)) {  // SwiGLU inside down's activation prep (FP4) or its GEMV (fp16, bf16)
       L.gate_up->gemm(*E.acts_h, E.gub.get(), st, ws);
       mark(kPrep);
       L.down->prepare_swiglu(E.gub.get(), M, *E.acts_i, st);
