@@ -157,6 +157,9 @@ TEST(Cli, BenchModelOptionsAreChecked) {
   r = run("bench model --synthetic llama3.1-8b --torch-tok-s 0");
   EXPECT_EQ(r.status, 1);
   EXPECT_NE(r.out.find("--torch-tok-s: 0 is not"), std::string::npos) << r.out;
+  r = run("bench model --synthetic llama3.1-8b --gemv16-max-m 5");  // the GEMV serves at most 4 rows
+  EXPECT_EQ(r.status, 1);
+  EXPECT_NE(r.out.find("--gemv16-max-m: 5 is not"), std::string::npos) << r.out;
   // the choice flags: a value outside the set is refused naming the flag
   for (const std::string flag_value : {"--fusion some", "--reduce-fusion rope", "--gemm-residual yes",
                                        "--prune-last-layer 1"}) {

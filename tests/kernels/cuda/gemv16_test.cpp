@@ -190,6 +190,25 @@ TEST(Gemv16, MatchesTheDoubleReference) {
     }
 }
 
+// Shapes launch in any order: a larger input after a smaller one after a larger one, each kernel
+// (the shared-memory opt-in once set per launch size was lowered by the smaller launch, and the
+// larger one, cached, then failed to launch: found by the engine on a model whose down projection has
+// the smallest K). Each repeated call gives the first call's bits.
+TEST(Gemv16, ShapesLaunchInAnyOrder) {
+  SKIP_WITHOUT_GPU();
+  for (DType t : {DType::f16, DType::bf16})
+    for (int64_t M : {1, 2, 4}) {
+      const Problem big = make(t, M, 300, 8192, 500 + M), small = make(t, M, 300, 1024, 600 + M);
+      const std::vector<float> y0(static_cast<size_t>(M * 300), 0.0f);
+      const Out first = run(big, Gemv16Input::plain, Gemv16Output::store, false, 1e-6f, 0, M, y0);
+      const Out mid = run(small, Gemv16Input::plain, Gemv16Output::store, false, 1e-6f, 0, M, y0);
+      const Out again = run(big, Gemv16Input::plain, Gemv16Output::store, false, 1e-6f, 0, M, y0);
+      const Out mid_again = run(small, Gemv16Input::plain, Gemv16Output::store, false, 1e-6f, 0, M, y0);
+      EXPECT_EQ(first.y16, again.y16) << "M=" << M;
+      EXPECT_EQ(mid.y16, mid_again.y16) << "M=" << M;
+    }
+}
+
 // A row's bits do not depend on the rows it shares the call with (its sum order depends on K only).
 TEST(Gemv16, RowsDoNotDependOnTheBatch) {
   SKIP_WITHOUT_GPU();

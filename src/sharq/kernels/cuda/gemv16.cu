@@ -17,6 +17,7 @@
 
 #include <map>
 #include <mutex>
+#include <set>
 #include <stdexcept>
 #include <utility>
 
@@ -215,16 +216,25 @@ KernelFn kernel_for(int64_t M) {
   }
 }
 
-// CTAs per SM for (kernel, shared memory), and the SM count, per device: asked once.
+// CTAs per SM for (kernel, shared memory), and the SM count, per device: asked once. The shared-memory
+// opt-in is a property of the kernel, not of one launch: every kernel of the family is set once per
+// device to the largest input it takes (set per launch size, a smaller launch would lower it and fail a
+// later, larger one that the cache skips).
 int wave_ctas(KernelFn k, size_t smem) {
   static std::mutex mu;
   static std::map<std::tuple<int, KernelFn, size_t>, int> cache;
+  static std::set<int> configured;
   int dev = 0;
   SHARQ_CUDA_CHECK(cudaGetDevice(&dev));
   std::lock_guard<std::mutex> lock(mu);
   const auto key = std::make_tuple(dev, k, smem);
   if (auto it = cache.find(key); it != cache.end()) return it->second;
-  SHARQ_CUDA_CHECK(cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));
+  if (configured.insert(dev).second) {
+    constexpr int kMaxSmem = static_cast<int>(kGemv16MaxMK * 2);
+    for (int64_t m = 1; m <= kGemv16MaxM; ++m)
+      for (KernelFn f : {kernel_for<__half>(m), kernel_for<__nv_bfloat16>(m)})
+        SHARQ_CUDA_CHECK(cudaFuncSetAttribute(f, cudaFuncAttributeMaxDynamicSharedMemorySize, kMaxSmem));
+  }
   int per_sm = 0, sms = 0;
   SHARQ_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, k, kThreads, smem));
   SHARQ_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev));

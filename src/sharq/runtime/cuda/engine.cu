@@ -939,6 +939,12 @@ double GpuExecutor::time_linears(int64_t M, int64_t lm_rows, int reps, bool cubl
   cudaEvent_t a, b;
   SHARQ_CUDA_CHECK(cudaEventCreate(&a));
   SHARQ_CUDA_CHECK(cudaEventCreate(&b));
+  // the GEMV's rows: its norm and SwiGLU inside, as forward() runs them; cublas: cuBLASLt's plain GEMMs
+  const auto gemv = [&](const GpuLinear& lin, int64_t m) { return !cublas && lin.gemv(m); };
+  const auto gemm = [&](const GpuLinear& lin, const GpuActivations& acts, void* y) {
+    if (cublas && lin.gemv(acts.M())) lin.gemm_cublas(acts, y, st);
+    else lin.gemm(acts, y, st, ws);
+  };
   std::vector<float> ms(static_cast<size_t>(reps) + 1);
   for (int rep = 0; rep <= reps; ++rep) {  // rep 0 warms up
     SHARQ_CUDA_CHECK(cudaEventRecord(a, st));
@@ -948,12 +954,6 @@ double GpuExecutor::time_linears(int64_t M, int64_t lm_rows, int reps, bool cubl
       // the preps as forward() runs them (fused: the residual add + norm and SwiGLU inside them); the
       // GEMMs plain, with 16-bit outputs, as cuBLAS's baseline: an epilogue the engine adds (the FP4
       // reductions' Fp4Epilogue, fp16 / bf16's gemm_accumulate) counts as time outside the linears
-      // (the GEMV: its norm and SwiGLU inside, as forward() runs it; cublas: the plain GEMMs)
-      const auto gemv = [&](const GpuLinear& lin, int64_t m) { return !cublas && lin.gemv(m); };
-      const auto gemm = [&](const GpuLinear& lin, const GpuActivations& acts, void* y) {
-        if (cublas && lin.gemv(acts.M())) lin.gemm_cublas(acts, y, st);
-        else lin.gemm(acts, y, st, ws);
-      };
       if (E.fuse_norm) L.qkv->prepare_norm(E.x.get(), E.ob.get(), L.attn_norm.get(), eps, M, E.x2.get(), *E.acts_h, st);
       else if (gemv(*L.qkv, M)) L.qkv->prepare_norm(E.x.get(), nullptr, L.attn_norm.get(), eps, M, nullptr, *E.acts_h, st);
       else L.qkv->prepare(E.h.get(), M, *E.acts_h, st);
