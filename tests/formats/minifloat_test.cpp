@@ -304,6 +304,22 @@ TEST(E2M1, ThresholdEncodeEqualsDividingByTheScale) {
   EXPECT_EQ(one.m[6], std::nextafter(5.0f, 6.0f));
 }
 
+// The FP32-only thresholds of an E4M3 divisor (the NVFP4 quantizers' form) are bit for bit the
+// general form's, for every positive finite E4M3 value (the whole domain: 126 values); and a scale
+// that is not an E4M3 value breaks it (so the test can fail): 1 + 2^-22 differs in 5 of the 7.
+TEST(E2M1, ThresholdsOfAnE4m3DivisorNeedNoDouble) {
+  for (int c = 1; c < 0x7F; ++c) {
+    const float s = sharq::e4m3_decode(static_cast<uint8_t>(c));
+    const sharq::E2m1Thresholds a = sharq::e2m1_thresholds(s), b = sharq::e2m1_thresholds_e4m3(s);
+    for (int i = 0; i < 7; ++i) EXPECT_EQ(bits_of(a.m[i]), bits_of(b.m[i])) << "code 0x" << std::hex << c << " threshold " << i;
+  }
+  const float off = 0x1.000004p+0f;
+  const sharq::E2m1Thresholds a = sharq::e2m1_thresholds(off), b = sharq::e2m1_thresholds_e4m3(off);
+  int differ = 0;
+  for (int i = 0; i < 7; ++i) differ += bits_of(a.m[i]) != bits_of(b.m[i]);
+  EXPECT_EQ(differ, 5);
+}
+
 TEST(E2M1, RoundTripEveryCode) {
   for (int c = 0; c < 16; ++c)
     EXPECT_EQ(sharq::e2m1_encode(sharq::e2m1_decode(static_cast<uint8_t>(c))), c) << "code " << c;

@@ -71,6 +71,29 @@ SHARQ_HD E2m1Thresholds e2m1_thresholds(float s) {
   return t;
 }
 
+// The same thresholds for a divisor that is a positive E4M3 value (NVFP4's divisors: ue4m3_decode of
+// a block scale, or 1), in FP32 alone: no double multiply and no FP32 <-> FP64 conversion, which ran
+// on the GPU's slow FP64 pipe seven times per block. Why it is equal: write s = S 2^e and
+// T = t 2^f with S, t in [1, 2). s has at most 4 significant bits (1.mmm) and every T at most 3, so
+// A = s T is exact in FP32 and normal (A >= 2^-9 * 0.25). The offset B = s ulp(T) / 2 = S 2^(e+f-24)
+// is below 2^(e+f-23) <= ulp(A). Hence RD(A + B) = A, so an "above" threshold is succ(A). And
+// RU(A - B) = A, because A is never a power of two for the ">=" constants 0.75, 1.75 and 3.5: A = 2^k
+// would need s = 2^k / 1.5 or 2^k / 1.75, which have more than 4 bits. So an "at least" threshold
+// is A itself. tests/formats checks it against e2m1_thresholds for all 126 positive E4M3 values.
+SHARQ_HD E2m1Thresholds e2m1_thresholds_e4m3(float s) {
+  // succ(A) for A positive and finite (A <= 448 * 5): the next FP32 bit pattern up
+  auto above = [](float a) { return f32_from_bits(f32_bits(a) + 1u); };
+  E2m1Thresholds t{};
+  t.m[0] = above(s * 0.25f);
+  t.m[1] = s * 0.75f;
+  t.m[2] = above(s * 1.25f);
+  t.m[3] = s * 1.75f;
+  t.m[4] = above(s * 2.5f);
+  t.m[5] = s * 3.5f;
+  t.m[6] = above(s * 5.0f);
+  return t;
+}
+
 // The same code for a v that is not NaN (the caller knows: a block with a NaN gets the NaN scale
 // and all-zero codes before any element is encoded). The magnitude is the number of thresholds
 // |v| reaches; for every finite s > 0 (the only divisors: a zero divisor means all-zero codes and

@@ -48,7 +48,7 @@ struct Nvfp4 {
     const float s = code_divisor(amax, b.s);
     if (s == 0.0f) return;  // NaN block (NaN scale), zero or underflowing block (scale 0): codes 0
     // e2m1_encode(v[k] / s), without the divisions (formats/minifloat.h, proven equal)
-    const E2m1Thresholds t = e2m1_thresholds(s);  // s != 0: the block has no NaN
+    const E2m1Thresholds t = e2m1_thresholds_e4m3(s);  // s != 0 (no NaN in the block): an E4M3 value
     for (int k = 0; k < B; ++k) set_nibble(b.qs, k, e2m1_encode_thresholds_nonnan(v[k], t));
   }
   SHARQ_HD static float element_scale(const scale_t& s, int /*k*/) { return ue4m3_decode(s.e); }

@@ -150,7 +150,7 @@ void run(const Case& c, uint64_t seed, const std::vector<float>* forced = nullpt
 TEST(SharqPrep, BitIdenticalToTheCpuReferenceAcrossShapesAndOptions) {
   SKIP_WITHOUT_GPU();
   uint64_t seed = 100;
-  // M <= 64: the warp-per-span kernels; M > 64: the thread-per-span kernels
+  // M <= 64: the warp-per-span kernels; M > 64: the four-lanes-per-span SharQ kernels (the thread-per-span NVFP4 one)
   const std::pair<int64_t, int64_t> shapes[] = {{1, 4096}, {1, 96}, {3, 160}, {7, 4160}, {33, 512}, {5, 14336},
                                                 {100, 4096}, {65, 96}, {130, 14336}};
   for (auto [M, K] : shapes)

@@ -4,10 +4,11 @@
 //   2. optional RMSNorm: warp 0 sums x*x in the documented order, every value is (x * inv) * w;
 //   3. g_x: per token, a block max of the finite |x| (order-free, so exact); per tensor, read from
 //      a first pass (amax_kernel) that did steps 1-2 and an atomicMax on the FP32 bits;
-//   4a. M > 64 (throughput): one thread per 32-wide span, everything in registers: x~ = x / g, mask,
-//      backbone block over the 16 kept values (the dropped zeros change neither the amax nor any kept
-//      code), residual, residual blocks, then 16-byte stores of the FP16 planes. Every per-block step
-//      (amax, scale, divisor) runs once per block, not once per lane;
+//   4a. M > 64 (throughput): four lanes per 32-wide span, 8 values each in registers (one 16-byte
+//      load): x~ = x / g, mask, backbone block over the 16 kept values (the dropped zeros change
+//      neither the amax nor any kept code), residual, residual blocks, then one 16-byte store per
+//      plane. The blocks' amaxes are shuffled within the quad; each lane computes its blocks' scale
+//      and divisor itself;
 //   4b. M <= 64 (latency): one warp per span, one lane per element, block steps by shuffles.
 //   Every per-element step is the same SHARQ_HD arithmetic as sharq_prepare_span() / F::quantize()
 //   (bit-identical to the CPU reference, sharq_prep_test covers both forms).
@@ -285,26 +286,45 @@ struct BlockQ {
   uint32_t code[N];  // 32-bit registers: no 8/16-bit conversions between the encode, decode and packing
   float deq[N];
 };
-template <class F, int N, bool kFinite = false>
-__device__ __forceinline__ void quantize_regs(const float* v, BlockQ<F, N>& q) {
-  // amax over the N given values; for the backbone these are the kept values only: the dropped
-  // positions are +0 in S, which change neither the NaN-sticky max (it starts at 0) nor any code.
-  // With finite values the NaN-sticky max is the plain max of |v|.
-  float amax = 0.0f;
+// The NaN-sticky max |v| of N values (with finite values, the plain max).
+template <int N, bool kFinite>
+__device__ __forceinline__ float regs_amax(const float* v) {
   if constexpr (kFinite) {
+    float amax = 0.0f;
 #pragma unroll
     for (int k = 0; k < N; ++k) amax = fmaxf(amax, abs_f32(v[k]));
+    return amax;
   } else {
-    amax = amax_nan_sticky(v, N);
+    return amax_nan_sticky(v, N);
   }
+}
+// The same max over the W lanes (aligned, W = 1, 2, 4) that share a block, by xor shuffles within
+// `mask`: max is order-free, so every lane gets the value of the CPU's scan over the whole block.
+template <int W, bool kFinite>
+__device__ __forceinline__ float lanes_amax(float amax, unsigned mask) {
+#pragma unroll
+  for (int off = W / 2; off >= 1; off >>= 1) {
+    const float o = __shfl_xor_sync(mask, amax, off);
+    if constexpr (kFinite) amax = fmaxf(amax, o);
+    else amax = (is_nan(amax) || is_nan(o)) ? f32_from_bits(0x7FC00000u) : fmaxf(amax, o);
+  }
+  return amax;
+}
+// This lane's N values of a block whose amax is given: the same scale_for / code_divisor /
+// e2m1_encode / decode * element_scale sequence as F::quantize() + dequantize. The divisor is
+// replaced by 1 for a zero divisor (codes forced to 0 anyway) only to keep the bounds / reciprocal
+// finite.
+template <class F, int N>
+__device__ __forceinline__ void quantize_regs(const float* v, float amax, BlockQ<F, N>& q) {
   q.s = F::scale_for(amax);
   const float d = F::code_divisor(amax, q.s);
   const float dd = d == 0.0f ? 1.0f : d;
   const float es = F::element_scale(q.s, 0);  // NVFP4 / MXFP4: one scale for the whole block
   // e2m1_encode(v[k] / dd) without the N divisions, by the host quantizers' proven-equal forms:
-  // NVFP4's seven bounds of its E4M3 divisor, MXFP4's exact power-of-two reciprocal
+  // NVFP4's seven bounds of its E4M3 divisor (dd: an E4M3 value or 1; FP32 only), MXFP4's exact
+  // power-of-two reciprocal
   if constexpr (std::is_same_v<typename F::scale_t, scale_ue4m3>) {
-    const E2m1Thresholds t = e2m1_thresholds(dd);
+    const E2m1Thresholds t = e2m1_thresholds_e4m3(dd);
 #pragma unroll
     for (int k = 0; k < N; ++k) q.code[k] = d == 0.0f ? 0u : uint32_t{e2m1_encode_thresholds_nonnan(v[k], t)};  // d != 0: no NaN
   } else {
@@ -327,99 +347,104 @@ __device__ __forceinline__ void store_half8(__half* dst, const float* v) {
       make_uint4(pack_half2(v[0], v[1]), pack_half2(v[2], v[3]), pack_half2(v[4], v[5]), pack_half2(v[6], v[7]));
 }
 
-// One 32-wide backbone span, one thread, all in registers (the register form of sharq_prepare_span).
-// kMaxScore: a.score is PairScore::max (pair-4:8 only; see group_select). kFinite: the row holds
-// only finite values (row_amax checked), so the NaN handling of the scores and amaxes is skipped:
-// for finite values it decides nothing, and x / g stays finite (|x / g| <= 2688).
+// One 32-wide backbone span, four lanes (a quad): lane q holds the span's elements 8q .. 8q + 7, one
+// 16-byte load, so a warp reads 8 spans' 512 contiguous bytes and writes each plane with 16-byte
+// stores side by side. A pair-4:8 mask group is exactly a lane's 8 values, a scalar 2:4 lane has two
+// groups: either way the lane holds kept values 4q .. 4q + 3 of the span's 16, in K order. The
+// blocks' amaxes are combined by xor shuffles within the quad (the backbone block: 4 lanes; an
+// NVFP4-16 residual block: 2; MXFP4-32: 4); every lane of a block then computes its scale, divisor
+// and bounds itself. The same per-element arithmetic as the CPU's sharq_prepare_span (bit-identical).
+// (One thread per span, all 32 values in its registers, took 128 registers and a quarter of the
+// warps: 12-22% slower in the engine's preps at 2048 rows, H200, docs/perf/hopper.md.) kMaxScore: a.score
+// is PairScore::max (pair-4:8 only; see group_select). kFinite: the row holds only finite values
+// (row_amax checked), so the NaN handling of the scores and amaxes is skipped: for finite values it
+// decides nothing, and x / g stays finite (|x / g| <= 2688).
 template <class V, int Group, bool kMaxScore, bool kFinite, class R>
-__device__ __forceinline__ void thread_span(const RowArgs& a, int64_t m, int64_t sp, float g, const R& row) {
+__device__ __forceinline__ void quad_span(const RowArgs& a, int64_t m, int64_t sp, int q, float g, const R& row) {
   using Fbb = typename V::Fbb;
   using Fres = typename V::Fres;
   using bb_t = backbone_block_t<V, Group>;
-  static_assert(Fbb::kBlock == 32 && 32 % Fres::kBlock == 0, "one 32-wide backbone block per span");
-  constexpr int kGroups = 32 / Group, kRB = Fres::kBlock, kRes = 32 / kRB;
-  constexpr int kKeep = Group / 2;  // kept values per group (2 pairs / 2 elements), in K order
-  // x~ = x / g (padding: 0 / g = 0, as on the CPU)
-  float x[32];
+  static_assert(Fbb::kBlock == 32 && (Fres::kBlock == 16 || Fres::kBlock == 32), "one 32-wide backbone block per span");
+  constexpr int kG = 8 / Group;               // mask groups per lane
+  constexpr int kRW = Fres::kBlock / 8;       // lanes per residual block
+  const unsigned mask = 0xFu << (threadIdx.x & 28u);  // this quad's lanes
+  float x[8];
+  row.at8(sp * 32 + 8 * q, x);
 #pragma unroll
-  for (int i = 0; i < 4; ++i) row.at8(sp * 32 + 8 * i, x + 8 * i);
+  for (int k = 0; k < 8; ++k) x[k] = x[k] / g;  // x~ = x / g (padding: 0 / g = 0, as on the CPU)
+  // 1. mask: the metadata nibble of each group; the kept values in K order
+  uint32_t meta[kG];
+  float kv[4];
 #pragma unroll
-  for (int k = 0; k < 32; ++k) x[k] = x[k] / g;
-  // 1. mask: metadata nibble per group; the kept values gathered in ascending K order
-  uint32_t meta[kGroups];
-  float kv[16];
-#pragma unroll
-  for (int gi = 0; gi < kGroups; ++gi) {
+  for (int gi = 0; gi < kG; ++gi) {
     const float* xg = x + gi * Group;
     meta[gi] = group_select<Group, kMaxScore, kFinite>(xg, a.score);
     const int i0 = meta[gi] & 3, i1 = meta[gi] >> 2;  // i0 < i1
     if constexpr (Group == 8) {  // pairs i0, i1
-      float e[4], o[4];  // even / odd member of each pair
+      float e[4], o[4];
 #pragma unroll
       for (int p = 0; p < 4; ++p) { e[p] = xg[2 * p]; o[p] = xg[2 * p + 1]; }
-      kv[4 * gi + 0] = pick<0, 2>(e, i0);
-      kv[4 * gi + 1] = pick<0, 2>(o, i0);
-      kv[4 * gi + 2] = pick<1, 3>(e, i1);
-      kv[4 * gi + 3] = pick<1, 3>(o, i1);
+      kv[0] = pick<0, 2>(e, i0);
+      kv[1] = pick<0, 2>(o, i0);
+      kv[2] = pick<1, 3>(e, i1);
+      kv[3] = pick<1, 3>(o, i1);
     } else {  // elements i0, i1
       kv[2 * gi + 0] = pick<0, 2>(xg, i0);
       kv[2 * gi + 1] = pick<1, 3>(xg, i1);
     }
   }
-  // 2. backbone block over the logical span (kept values; see quantize_regs)
-  BlockQ<Fbb, 16> bq;
-  quantize_regs<Fbb, 16, kFinite>(kv, bq);
-  // S^ at logical position k: the kept value's dequantized code, 0 where dropped
-  auto s_hat = [&](int k) -> float {
+  // 2. the backbone block over the span's 16 kept values (4 per lane)
+  BlockQ<Fbb, 4> bq;
+  quantize_regs<Fbb, 4>(kv, lanes_amax<4, kFinite>(regs_amax<4, kFinite>(kv), mask), bq);
+  // S^ at the lane's positions: the kept value's dequantized code, 0 where dropped
+  float sh[8];
+#pragma unroll
+  for (int k = 0; k < 8; ++k) {
     const int gi = k / Group, i = k % Group;
     const int i0 = meta[gi] & 3, i1 = meta[gi] >> 2;
     if constexpr (Group == 8) {
       const int p = i / 2, e = i % 2;
-      return i0 == p ? bq.deq[4 * gi + e] : (i1 == p ? bq.deq[4 * gi + 2 + e] : 0.0f);
+      sh[k] = i0 == p ? bq.deq[e] : (i1 == p ? bq.deq[2 + e] : 0.0f);
     } else {
-      return i0 == i ? bq.deq[2 * gi] : (i1 == i ? bq.deq[2 * gi + 1] : 0.0f);
+      sh[k] = i0 == i ? bq.deq[2 * gi] : (i1 == i ? bq.deq[2 * gi + 1] : 0.0f);
     }
-  };
+  }
   const int64_t idx = m * a.spans + sp;
   if (a.out.backbone) {
     bb_t* bb = static_cast<bb_t*>(a.out.backbone) + idx;
-    bb->s = bq.s;
-#pragma unroll
-    for (int i = 0; i < kGroups / 2; ++i) bb->meta[i] = static_cast<uint8_t>(meta[2 * i] | (meta[2 * i + 1] << 4));
-#pragma unroll
-    for (int i = 0; i < 8; ++i) bb->qs[i] = static_cast<uint8_t>(bq.code[2 * i] | (bq.code[2 * i + 1] << 4));
+    if (q == 0) bb->s = bq.s;
+    if constexpr (Group == 8) {  // group q's nibble; the byte holds groups 2i, 2i + 1
+      const uint32_t next = __shfl_xor_sync(mask, meta[0], 1);
+      if (q % 2 == 0) bb->meta[q / 2] = static_cast<uint8_t>(meta[0] | (next << 4));
+    } else {
+      bb->meta[q] = static_cast<uint8_t>(meta[0] | (meta[1] << 4));
+    }
+    bb->qs[2 * q] = static_cast<uint8_t>(bq.code[0] | (bq.code[1] << 4));
+    bb->qs[2 * q + 1] = static_cast<uint8_t>(bq.code[2] | (bq.code[3] << 4));
   }
-  static_assert(kKeep * kGroups == 16, "half of the span is kept");
-  // 3. per residual block: the residual against the quantized backbone, its block, then the
-  // outputs of its positions (S^ of the block's positions evaluated once, for both)
-  const int64_t o = m * a.ld + sp * 32;
+  // 3. the residual against the quantized backbone, 4. its block (kRW lanes)
+  float r[8];
 #pragma unroll
-  for (int b = 0; b < kRes; ++b) {
-    float sh[kRB], r[kRB];
+  for (int k = 0; k < 8; ++k) r[k] = x[k] - sh[k];
+  BlockQ<Fres, 8> rq;
+  quantize_regs<Fres, 8>(r, lanes_amax<kRW, kFinite>(regs_amax<8, kFinite>(r), mask), rq);
+  if (a.out.residual) {
+    constexpr int kRes = 32 / Fres::kBlock;
+    auto* res = static_cast<typename Fres::block_t*>(a.out.residual) + idx * kRes + q / kRW;
+    const int j = q % kRW;  // the lane's place in its block
+    if (j == 0) res->s = rq.s;
 #pragma unroll
-    for (int j = 0; j < kRB; ++j) {
-      sh[j] = s_hat(b * kRB + j);
-      r[j] = x[b * kRB + j] - sh[j];
-    }
-    BlockQ<Fres, kRB> rq;
-    quantize_regs<Fres, kRB, kFinite>(r, rq);
-    if (a.out.residual) {
-      auto* res = static_cast<typename Fres::block_t*>(a.out.residual) + idx * kRes + b;
-      res->s = rq.s;
+    for (int i = 0; i < 4; ++i) res->qs[4 * j + i] = static_cast<uint8_t>(rq.code[2 * i] | (rq.code[2 * i + 1] << 4));
+  }
+  if constexpr (V::kGlobal) {  // FP16 planes: NVFP4 only (checked on the host)
+    const int64_t o = m * a.ld + sp * 32 + 8 * q;
+    if (a.out.s_plane) store_half8(a.out.s_plane + o, sh);
+    if (a.out.r_plane) store_half8(a.out.r_plane + o, rq.deq);
+    if (a.out.x_plane) {
+      float xh[8];
 #pragma unroll
-      for (int i = 0; i < kRB / 2; ++i) res->qs[i] = static_cast<uint8_t>(rq.code[2 * i] | (rq.code[2 * i + 1] << 4));
-    }
-    if constexpr (V::kGlobal) {  // FP16 planes: NVFP4 only (checked on the host)
-#pragma unroll
-      for (int c = 0; c < kRB / 8; ++c) {
-        float xh[8];
-#pragma unroll
-        for (int j = 0; j < 8; ++j) xh[j] = sh[c * 8 + j] + rq.deq[c * 8 + j];  // S^ + R^ exact in FP32 (NVFP4), rounded once
-        const int64_t oc = o + b * kRB + c * 8;
-        if (a.out.s_plane) store_half8(a.out.s_plane + oc, sh + c * 8);
-        if (a.out.r_plane) store_half8(a.out.r_plane + oc, rq.deq + c * 8);
-        if (a.out.x_plane) store_half8(a.out.x_plane + oc, xh);
-      }
+      for (int k = 0; k < 8; ++k) xh[k] = sh[k] + rq.deq[k];  // S^ + R^ exact in FP32 (NVFP4), rounded once
+      store_half8(a.out.x_plane + o, xh);
     }
   }
 }
@@ -469,9 +494,11 @@ __global__ void __launch_bounds__(256) sharq_prep_kernel(RowArgs a) {
   span_range(a.spans, &b, &e);
   // the pair score tested once, not per pair: the spec's max (and scalar 2:4, which has no pair
   // score) gets span loops of its own, one for finite rows and one for rows with a NaN or an Inf
+  // (a quad's four lanes are consecutive threads, and blockDim.x is a multiple of 32: a quad is
+  // active as a whole in every iteration, which its shuffles need)
   auto spans = [&](auto max_score, auto all_finite) {
-    for (int64_t sp = b + threadIdx.x; sp < e; sp += blockDim.x)
-      thread_span<V, Group, decltype(max_score)::value, decltype(all_finite)::value>(a, m, sp, g, row);
+    for (int64_t t = 4 * b + threadIdx.x; t < 4 * e; t += blockDim.x)
+      quad_span<V, Group, decltype(max_score)::value, decltype(all_finite)::value>(a, m, t / 4, static_cast<int>(t % 4), g, row);
   };
   using True = std::true_type;
   using False = std::false_type;
@@ -510,7 +537,7 @@ __global__ void __launch_bounds__(256) nvfp4_prep_kernel(RowArgs a) {
 #pragma unroll
       for (int k = 0; k < 16; ++k) v[k] = v[k] / g;
       BlockQ<Nvfp4_16, 16> q;
-      quantize_regs<Nvfp4_16, 16>(v, q);  // deq = e2m1_decode(code) * ue4m3_decode(s)
+      quantize_regs<Nvfp4_16, 16>(v, regs_amax<16, false>(v), q);  // deq = e2m1_decode(code) * ue4m3_decode(s)
       const int64_t blk = sp * 2 + h;
       if (a.nv_blocks && blk < nblk) {
         block_nvfp4_16* nb = a.nv_blocks + m * nblk + blk;
@@ -619,7 +646,7 @@ __device__ void warp_span(const RowArgs& a, int64_t m, int64_t sp, float g, cons
 }
 
 // Small-M (latency) form: one warp per span, one lane per element (lower latency per span than the
-// thread-per-span kernel, which wins on throughput at large M). Bit-identical to it and to the CPU.
+// four-lanes-per-span kernel, which wins on throughput at large M). Bit-identical to it and to the CPU.
 template <class V, int Group, class T, int kIn>
 __global__ void __launch_bounds__(256) sharq_prep_warp_kernel(RowArgs a) {
   pdl_wait();  // PDL (launch.cuh): x comes from the preceding kernel
@@ -674,23 +701,24 @@ __global__ void __launch_bounds__(256) nvfp4_prep_warp_kernel(RowArgs a) {
   if (blockIdx.y == 0) zero_tail(a.out.x_plane, a, m);
 }
 
-// Launch shape: rows x bpr blocks of `threads` threads; a thread quantizes whole spans.
-// Many rows: one block per row (threads = spans, up to 256, looping past that). Few rows: the
-// row's spans are shared out so that every thread has about one span (each block reads the
-// whole row for its norm and amax).
+// Launch shape: rows x bpr blocks of `threads` threads; `lanes_per_span` threads quantize a span
+// (the SharQ prep: 4; the NVFP4 baseline: 1, a thread per two blocks). Many rows: one block per row
+// (threads = spans x lanes, up to 256, looping past that). Few rows: the row's spans are shared out
+// so that every thread has about one share (each block reads the whole row for its norm and amax).
 struct Shape {
   unsigned bpr, threads;
 };
-Shape launch_shape(int64_t M, int64_t spans) {
+Shape launch_shape(int64_t M, int64_t spans, int lanes_per_span = 1) {
   const int sms = sm_count();
   int64_t bpr = 1;
   if (M < 2LL * sms) bpr = std::max<int64_t>(1, std::min<int64_t>((spans + 63) / 64, (4LL * sms + M - 1) / M));
-  const int64_t per = (spans + bpr - 1) / bpr;
+  const int64_t per = (spans + bpr - 1) / bpr * lanes_per_span;
   const int64_t threads = std::min<int64_t>(256, std::max<int64_t>(64, (per + 31) / 32 * 32));
   return {static_cast<unsigned>(bpr), static_cast<unsigned>(threads)};
 }
 
-// Decode sizes use the warp-per-span kernels (latency); larger M the thread-per-span ones (throughput).
+// Decode sizes use the warp-per-span kernels (latency); larger M the four-lanes-per-span ones
+// (throughput; the NVFP4 baseline: a thread per span).
 constexpr int64_t kWarpKernelMaxM = 64;
 // Warp kernels: 8 warps per block, about one span per warp (each block reads the whole row for g).
 unsigned warp_blocks_per_row(int64_t M, int64_t spans) {
@@ -740,7 +768,7 @@ void launch_sharq(const RowArgs& a, int64_t M, cudaStream_t st) {
   if (M <= kWarpKernelMaxM) {
     launch_pdl(sharq_prep_warp_kernel<V, G, T, kIn>, dim3(static_cast<unsigned>(M), warp_blocks_per_row(M, a.spans)), dim3(256), 0, st, a);
   } else {
-    const Shape sh = launch_shape(M, a.spans);
+    const Shape sh = launch_shape(M, a.spans, 4);
     launch_pdl(sharq_prep_kernel<V, G, T, kIn>, dim3(static_cast<unsigned>(M), sh.bpr), dim3(sh.threads), 0, st, a);
   }
   SHARQ_CUDA_CHECK(cudaGetLastError());
