@@ -152,7 +152,9 @@ TEST(SharqPrep, BitIdenticalToTheCpuReferenceAcrossShapesAndOptions) {
   uint64_t seed = 100;
   // M <= 64: the warp-per-span kernels; M > 64: the four-lanes-per-span SharQ kernels (the thread-per-span NVFP4 one)
   const std::pair<int64_t, int64_t> shapes[] = {{1, 4096}, {1, 96}, {3, 160}, {7, 4160}, {33, 512}, {5, 14336},
-                                                {100, 4096}, {65, 96}, {130, 14336}};
+                                                {100, 4096}, {65, 96}, {130, 14336},
+                                                // K % 8 != 0: the element loads instead of the 16-byte ones
+                                                {5, 196}, {70, 196}};
   for (auto [M, K] : shapes)
     for (SharqFormat f : {SharqFormat::nvfp4, SharqFormat::mxfp4})
       for (MaskKind mk : {MaskKind::pair48, MaskKind::scalar24})
@@ -162,8 +164,8 @@ TEST(SharqPrep, BitIdenticalToTheCpuReferenceAcrossShapesAndOptions) {
         }
 }
 
-// The authors' pair-score ablations (l1, l2sq, max + min / 4) beside the spec's max: the thread-per-
-// span kernels run max in a span loop of its own, every other score in the general one; the warp
+// The authors' pair-score ablations (l1, l2sq, max + min / 4) beside the spec's max: the four-lanes-
+// per-span kernels run max in a span loop of its own, every other score in the general one; the warp
 // kernels take the score at run time. NaN and Inf pairs included (the outlier rows).
 TEST(SharqPrep, EveryPairScoreIsBitIdentical) {
   SKIP_WITHOUT_GPU();

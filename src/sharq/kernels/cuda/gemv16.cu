@@ -229,11 +229,12 @@ int wave_ctas(KernelFn k, size_t smem) {
   std::lock_guard<std::mutex> lock(mu);
   const auto key = std::make_tuple(dev, k, smem);
   if (auto it = cache.find(key); it != cache.end()) return it->second;
-  if (configured.insert(dev).second) {
+  if (!configured.count(dev)) {  // marked only once every kernel is set (a throw leaves it to the next call)
     constexpr int kMaxSmem = static_cast<int>(kGemv16MaxMK * 2);
     for (int64_t m = 1; m <= kGemv16MaxM; ++m)
       for (KernelFn f : {kernel_for<__half>(m), kernel_for<__nv_bfloat16>(m)})
         SHARQ_CUDA_CHECK(cudaFuncSetAttribute(f, cudaFuncAttributeMaxDynamicSharedMemorySize, kMaxSmem));
+    configured.insert(dev);
   }
   int per_sm = 0, sms = 0;
   SHARQ_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, k, kThreads, smem));

@@ -276,10 +276,8 @@ __device__ __forceinline__ float pick(const float* v, int i) {
   return r;
 }
 
-// The quantization of one block of F, given its values in registers: the same scale_for /
-// code_divisor / e2m1_encode / decode * element_scale sequence as F::quantize() + dequantize.
-// The divisor is replaced by 1 for a zero divisor (codes forced to 0 anyway) only to keep the
-// bounds / reciprocal finite.
+// One lane's N values of a block of F after quantize_regs: the block scale, the codes, and the
+// dequantized values (code * element scale).
 template <class F, int N>
 struct BlockQ {
   typename F::scale_t s;
@@ -300,6 +298,7 @@ __device__ __forceinline__ float regs_amax(const float* v) {
 }
 // The same max over the W lanes (aligned, W = 1, 2, 4) that share a block, by xor shuffles within
 // `mask`: max is order-free, so every lane gets the value of the CPU's scan over the whole block.
+// (The NaN-sticky combine: NaN if either side is NaN, else the larger, Inf included.)
 template <int W, bool kFinite>
 __device__ __forceinline__ float lanes_amax(float amax, unsigned mask) {
 #pragma unroll
