@@ -296,9 +296,9 @@ __device__ __forceinline__ float regs_amax(const float* v) {
     return amax_nan_sticky(v, N);
   }
 }
-// The same max over the W lanes (aligned, W = 1, 2, 4) that share a block, by xor shuffles within
-// `mask`: max is order-free, so every lane gets the value of the CPU's scan over the whole block.
-// (The NaN-sticky combine: NaN if either side is NaN, else the larger, Inf included.)
+// The same max over the W lanes (aligned, W a power of two <= 32) that share a block, by xor shuffles
+// within `mask`: max is order-free, so every lane gets the value of the CPU's scan over the whole
+// block. (The NaN-sticky combine: NaN if either side is NaN, else the larger, Inf included.)
 template <int W, bool kFinite>
 __device__ __forceinline__ float lanes_amax(float amax, unsigned mask) {
 #pragma unroll
@@ -554,24 +554,11 @@ __global__ void __launch_bounds__(256) nvfp4_prep_kernel(RowArgs a) {
 }
 
 // ---- small-M (latency) kernels: one warp per span ------------------------------------------
-// max |v| over aligned segments of `width` lanes, NaN-sticky like amax_nan_sticky(): NaN if any
-// lane holds NaN, else the exact max (Inf included). Max is order-free, so this equals the CPU's scan.
-template <int kWidth>
-__device__ __forceinline__ float segment_amax_sticky(float v) {
-  float m = abs_f32(v);
-#pragma unroll
-  for (int off = kWidth / 2; off >= 1; off >>= 1) {
-    const float o = __shfl_xor_sync(0xffffffffu, m, off);
-    m = (is_nan(m) || is_nan(o)) ? f32_from_bits(0x7FC00000u) : fmaxf(m, o);
-  }
-  return m;
-}
-
 // One block of F quantized one lane per element: the same scale_for / code_divisor / e2m1_encode
 // sequence as F::quantize(). Returns the lane's code; *scale receives the block scale.
 template <class F>
 __device__ __forceinline__ uint8_t lane_quantize(float v, typename F::scale_t* scale) {
-  const float amax = segment_amax_sticky<F::kBlock>(v);
+  const float amax = lanes_amax<F::kBlock, false>(abs_f32(v), 0xffffffffu);  // the block's lanes, NaN-sticky
   *scale = F::scale_for(amax);
   const float d = F::code_divisor(amax, *scale);
   return d == 0.0f ? uint8_t{0} : e2m1_encode(v / d);
