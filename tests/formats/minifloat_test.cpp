@@ -21,6 +21,7 @@
 
 #include "../support/reference_codecs.h"
 #include "sharq/formats/minifloat.h"
+#include "sharq/quant/block_quant.h"  // nvfp4_global_scale: the divisors of the prep's x / g
 
 #if defined(SHARQ_HAVE_CUDA_HEADERS)
 #include <cuda_bf16.h>
@@ -446,6 +447,82 @@ TEST(CudaE4M3, EncodeDenseSweepBitExact) {
 
 // =====================================================================================================
 // BF16
+// ---- x / d by a reciprocal and one correction (quotient_by_reciprocal, row_quotient, ue4m3_div6_code) ----
+// Each step of quotient_by_reciprocal (x * r, the remainder FMA, the correction FMA) scales exactly
+// with the exponents of x and d as long as nothing underflows or overflows, so the significands of x
+// and d decide whether it equals x / d. The tests run every significand pair of each proven set, then
+// check the real ranges directly (subnormals, zeros, signs), and show that each guard and the
+// correction are needed (negative controls).
+float recip_quotient(float x, float d) { return sharq::quotient_by_reciprocal(x, d, 1.0f / d); }
+
+TEST(QuotientByReciprocal, DividesBySixForEverySignificand) {
+  EXPECT_EQ(bits_of(sharq::kRecip6), bits_of(1.0f / 6.0f));
+  int64_t bad = 0, uncorrected = 0;
+  for (const float base : {1.0f, 0x1p-100f, 0x1p+100f}) {
+    for (uint32_t m = 0; m < (1u << 23); ++m) {
+      const float x = float_of(bits_of(base) | m);
+      bad += bits_of(recip_quotient(x, 6.0f)) != bits_of(x / 6.0f);
+      uncorrected += bits_of(x * sharq::kRecip6) != bits_of(x / 6.0f);
+    }
+  }
+  EXPECT_EQ(bad, 0);
+  EXPECT_GT(uncorrected, 0);  // x * RN(1/6) alone is not the quotient
+  // the NVFP4 scale codes over every exponent, subnormal amax included (a stride through all FP32)
+  for (uint32_t u = 0; u < 0x7F800000u; u += 97) {
+    const float a = float_of(u);
+    bad += sharq::e4m3_encode(recip_quotient(a, 6.0f)) != sharq::ue4m3_encode(a / 6.0f);
+  }
+  EXPECT_EQ(bad, 0);
+  EXPECT_EQ(sharq::ue4m3_div6_code(448.0f * 6.0f), 0x7E);
+  EXPECT_EQ(sharq::ue4m3_div6_code(0.0f), 0x00);
+}
+
+// The GPU prep's x~ = x / g: x an FP16 (BF16) value, g = nvfp4_global_scale(a) for an FP16 (BF16) a.
+TEST(QuotientByReciprocal, DividesFp16AndBf16RowValuesByTheirGlobalScales) {
+  for (const int mant : {10, 7}) {  // FP16, BF16: every significand of x and of g = RN(a / 2688) (or the clamp)
+    std::vector<float> xs, gs{1e-9f};
+    for (uint32_t m = 0; m < (1u << mant); ++m) xs.push_back(float_of(0x3F800000u | (m << (23 - mant))));
+    for (const float a : xs) gs.push_back(sharq::nvfp4_global_scale(a));
+    int64_t bad = 0, uncorrected = 0;
+    for (const float g : gs) {
+      for (const float x : xs) {
+        bad += bits_of(recip_quotient(x, g)) != bits_of(x / g);
+        bad += bits_of(recip_quotient(-x, g)) != bits_of(-x / g);
+        uncorrected += bits_of(x * (1.0f / g)) != bits_of(x / g);
+      }
+    }
+    EXPECT_EQ(bad, 0) << "mantissa bits " << mant;
+    EXPECT_GT(uncorrected, 0) << "mantissa bits " << mant;
+  }
+  // directly: every finite FP16 value (zeros, subnormals, both signs) unguarded, as the prep's finite
+  // FP16 rows use it, against the global scales of a stride of FP16 values
+  int64_t bad = 0;
+  for (uint32_t ha = 1; ha < 0x7C00u; ha += 97) {
+    const float g = sharq::nvfp4_global_scale(sharq::fp16_decode(static_cast<uint16_t>(ha)));
+    const float r = 1.0f / g;
+    for (uint32_t h = 0; h < 0x10000u; ++h) {
+      if ((h & 0x7C00u) == 0x7C00u) continue;  // Inf, NaN: not in a finite row
+      const float x = sharq::fp16_decode(static_cast<uint16_t>(h));
+      bad += bits_of(sharq::quotient_by_reciprocal(x, g, r)) != bits_of(x / g);
+    }
+  }
+  EXPECT_EQ(bad, 0);
+  // every BF16 value (subnormals, Inf, NaN included) through row_quotient's guard; without the guard
+  // the subnormal ones differ (the remainder underflows), so the guard is needed
+  int64_t unguarded = 0;
+  for (uint32_t ha = 1; ha < 0x7F80u; ha += 97) {
+    const float g = sharq::nvfp4_global_scale(sharq::bf16_decode(static_cast<uint16_t>(ha)));
+    const float r = 1.0f / g;
+    for (uint32_t h = 0; h < 0x10000u; ++h) {
+      const float x = sharq::bf16_decode(static_cast<uint16_t>(h));
+      bad += bits_of(sharq::row_quotient(x, g, r)) != bits_of(x / g);
+      unguarded += bits_of(sharq::quotient_by_reciprocal(x, g, r)) != bits_of(x / g);
+    }
+  }
+  EXPECT_EQ(bad, 0);
+  EXPECT_GT(unguarded, 0);
+}
+
 TEST(BF16, EncodeHandChecked) {
   EXPECT_EQ(sharq::bf16_encode(1.0f), 0x3F80);
   EXPECT_EQ(sharq::bf16_encode(float_of(0x3F808000u)), 0x3F80);  // tie, even stays

@@ -11,6 +11,7 @@
 #define SHARQ_HD inline
 #endif
 
+#include <cmath>
 #include <cstdint>
 #include <cstring>
 
@@ -34,6 +35,17 @@ SHARQ_HD float f32_from_bits(uint32_t u) {
   float x;
   std::memcpy(&x, &u, sizeof x);
   return x;
+#endif
+}
+
+// a * b + c with one rounding (the device's FFMA; the host's std::fma, correctly rounded in software
+// where the CPU has no FMA: only the tests call it there). The CUDA build uses --fmad=false, so an
+// FMA happens only where it is written.
+SHARQ_HD float fma_f32(float a, float b, float c) {
+#if defined(__CUDA_ARCH__)
+  return __fmaf_rn(a, b, c);
+#else
+  return std::fma(a, b, c);
 #endif
 }
 

@@ -130,31 +130,33 @@ SHARQ_HD float e2m1_decode(uint8_t code) {
 // Encode = __nv_cvt_float_to_fp8(x, __NV_SATFINITE, __NV_E4M3): RNE, +-Inf and overflow saturate
 // to +-448, NaN -> 0x7F.
 SHARQ_HD uint8_t e4m3_encode(float x) {
-  if (is_nan(x)) return 0x7F;
-  const uint32_t bits = f32_bits(x);
-  const uint8_t sign = static_cast<uint8_t>((bits >> 24) & 0x80);
+  const uint32_t sign = (f32_bits(x) >> 24) & 0x80u;
   const float a = abs_f32(x);
-  uint32_t mag;
-  if (a >= 0.015625f) {  // 2^-6: normal range. Round the FP32 mantissa to 3 bits (RNE), with carry.
-    uint32_t u = f32_bits(a);
-    u += 0x7FFFFu + ((u >> 20) & 1u);
-    u >>= 20;                         // 8-bit FP32 exponent << 3 | 3-bit mantissa
-    const uint32_t e = u >> 3;        // biased by 127
-    mag = e >= 136u ? 0x7Fu : (((e - 120u) << 3) | (u & 7u));  // 136 = 2^9 region: overflow
-    if (mag > 0x7Eu) mag = 0x7Eu;     // SATFINITE (Inf included)
-  } else {                            // subnormal: multiples of 2^-9
-    mag = static_cast<uint32_t>((a * 512.0f + 8388608.0f) - 8388608.0f);  // 0..8; 8 is 2^-6
-  }
-  return sign | static_cast<uint8_t>(mag);
+  // Both ranges are computed and one is selected (no branch: the GPU prep runs this per block).
+  // Normal (a >= 2^-6): round the FP32 mantissa to 3 bits (RNE) with carry; u is then the 8-bit FP32
+  // exponent << 3 | the 3-bit mantissa, and the E4M3 code is u - (120 << 3) (bias 127 -> 7). Past
+  // 448 (exponent 2^9 and up, +Inf included) it saturates to 0x7E (SATFINITE).
+  uint32_t u = f32_bits(a);
+  u += 0x7FFFFu + ((u >> 20) & 1u);
+  u >>= 20;
+  const uint32_t normal = u - 960u < 0x7Eu ? u - 960u : 0x7Eu;  // u >= 968 wherever it is selected
+  // Subnormal (a < 2^-6): multiples of 2^-9, 0..8 (8 is 2^-6); a is clamped so that the magic-number
+  // rounding stays exact where this side is not selected
+  const float as = a < 0.015625f ? a : 0.015625f;
+  const uint32_t sub = static_cast<uint32_t>((as * 512.0f + 8388608.0f) - 8388608.0f);
+  const uint32_t mag = a >= 0.015625f ? normal : sub;
+  return is_nan(x) ? uint8_t{0x7F} : static_cast<uint8_t>(sign | mag);
 }
 
 SHARQ_HD float e4m3_decode(uint8_t code) {
-  const uint32_t e = (code >> 3) & 0xF, m = code & 0x7;
-  float mag;
-  if (e == 0xF && m == 0x7) return f32_from_bits(0x7FC00000u);
-  if (e == 0) mag = static_cast<float>(m) * 0.001953125f;  // m * 2^-9
-  else mag = f32_from_bits(((e + 120u) << 23) | (m << 20));
-  return (code & 0x80) ? -mag : mag;
+  // branch-free, as the encode: normal codes are the FP32 bits (code << 20) re-biased by 120 << 23,
+  // subnormal ones m * 2^-9 (the magic-number integer to float, exact); 0x7F / 0xFF are NaN
+  const uint32_t c = code & 0x7Fu, m = c & 7u;
+  const float normal = f32_from_bits((c << 20) + (120u << 23));
+  const float sub = (f32_from_bits(0x4B000000u | m) - 8388608.0f) * 0.001953125f;
+  const float mag = (c >> 3) != 0 ? normal : sub;
+  const float v = f32_from_bits(f32_bits(mag) | (static_cast<uint32_t>(code & 0x80u) << 24));
+  return c == 0x7Fu ? f32_from_bits(0x7FC00000u) : v;
 }
 
 // UE4M3: the NVFP4 scale. E4M3 restricted to non-negative inputs (callers pass amax/6 >= 0), so
@@ -162,6 +164,48 @@ SHARQ_HD float e4m3_decode(uint8_t code) {
 SHARQ_HD uint8_t ue4m3_encode(float x) { return e4m3_encode(abs_f32(x)) & 0x7F; }
 SHARQ_HD float ue4m3_decode(uint8_t code) { return e4m3_decode(code & 0x7F); }
 inline constexpr uint8_t kUe4m3Nan = 0x7F;
+
+// ---------------------------------------------------------------------------------------------
+// x / d for a divisor used many times, without the IEEE division (on the GPU a dozen instructions
+// around a divergent slow path, per element in the prep): q0 = RN(x * r) with r = RN(1 / d), then one
+// Markstein correction q = RN(q0 + RN(x - q0 d) r) (two FMAs; the remainder is exact). The sign of x
+// is ORed in so that -0 / d stays -0 (the correction turns a -0 into +0; d > 0 everywhere here).
+// Markstein's theorem makes q the correctly rounded x / d when q0 is a faithful quotient, which
+// RN(x * r) is not for every x and d; so this is NOT a general division. It is proven equal to x / d
+// for the inputs the callers give it (tests/formats, exhaustively over their significands):
+//   - d = 6, every FP32 x (the NVFP4 scale's amax / 6: ue4m3_div6_code);
+//   - x an FP16 or a BF16 value, d = nvfp4_global_scale(a) for a in the same format (the GPU prep's
+//     x / g). With |x|, |q0| >= 2^-100 and x finite, no step underflows or overflows, so every step
+//     scales with the exponents of x and d and the significands decide alone; an FP16 x is never
+//     below 2^-24, nor x / g below 2^-29.
+// Callers whose inputs leave these sets divide.
+SHARQ_HD float quotient_by_reciprocal(float x, float d, float r) {
+  const float q0 = x * r;
+  const float q = fma_f32(fma_f32(-q0, d, x), r, q0);
+  return f32_from_bits(f32_bits(q) | (f32_bits(x) & 0x80000000u));
+}
+inline constexpr float kRecip6 = 1.0f / 6.0f;  // RN(1 / 6)
+
+// quotient_by_reciprocal where its proof holds for an FP16 or a BF16 x (nonzero: |x| >= 2^-100 and
+// |x / d| >= 2^-99, so no step underflows; or x = +-0), x / d elsewhere (subnormal BF16 values, tiny
+// quotients, NaN, Inf: a branch that finite FP16 values and normal-range BF16 values do not take).
+SHARQ_HD float row_quotient(float x, float d, float r) {
+  const float q = quotient_by_reciprocal(x, d, r);
+  const float ax = abs_f32(x);
+  const bool proven = ax == 0.0f || (ax >= 0x1p-100f && ax <= 3.40282347e38f && abs_f32(q) >= 0x1p-99f);
+  return proven ? q : x / d;
+}
+
+// The NVFP4 block scale code of a finite amax >= 0: ue4m3_encode(amax / 6). The device takes amax / 6
+// by its reciprocal (quotient_by_reciprocal: equal for every normal amax, tests/formats); below 2^-100
+// both quotients are far under E4M3's smallest subnormal and the code is 0 either way.
+SHARQ_HD uint8_t ue4m3_div6_code(float amax) {
+#if defined(__CUDA_ARCH__)
+  return ue4m3_encode(quotient_by_reciprocal(amax, 6.0f, kRecip6));
+#else
+  return ue4m3_encode(amax / 6.0f);
+#endif
+}
 
 // ---------------------------------------------------------------------------------------------
 // UE8M0 (MX scale): 2^(e - 127); e = 255 is NaN. e = 0 is 2^-127, an FP32 subnormal.

@@ -38,7 +38,7 @@ struct Nvfp4 {
   //   code_divisor(amax, s)    what every element is divided by, or 0: all codes 0 (NaN, zero or
   //                            underflowing block)
   SHARQ_HD static scale_t scale_for(float amax) {
-    return scale_t{is_nonfinite(amax) ? kUe4m3Nan : ue4m3_encode(amax / 6.0f)};
+    return scale_t{is_nonfinite(amax) ? kUe4m3Nan : ue4m3_div6_code(amax)};  // ue4m3_encode(amax / 6)
   }
   SHARQ_HD static float code_divisor(float amax, scale_t s) { return is_nonfinite(amax) ? 0.0f : ue4m3_decode(s.e); }
   SHARQ_HD static void quantize(const float* v, block_t& b) {

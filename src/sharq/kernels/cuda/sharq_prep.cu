@@ -38,6 +38,28 @@ __device__ __forceinline__ float swiglu_t(float g, float u) {
   return to_f(from_f<T>(silu_mul(g, u)));
 }
 
+// x~ = x / g, the prep's per-element division, by g's reciprocal r = RN(1 / g) and one correction
+// (formats/minifloat.h, quotient_by_reciprocal): proven equal to x / g for FP16 and BF16 row values
+// and g = nvfp4_global_scale of such a value (tests/formats, exhaustively over the significands). With
+// kFinite and FP16 values it needs no guard: an FP16 value is never below 2^-24 nor x / g below 2^-29,
+// so no step underflows. Otherwise row_quotient divides the values outside the proven range (|x| <
+// 2^-100 but not 0, |x / g| < 2^-99, NaN, Inf), a branch no finite FP16 or normal-range BF16 value takes.
+// RMSNorm rows (FP32 values (v * inv) * w, outside the proven set) always divide.
+template <class T, int kIn>
+struct RowDivisor {
+  float g, r;
+  __device__ explicit RowDivisor(float g_) : g(g_), r(1.0f / g_) {}
+  template <bool kFinite>
+  __device__ __forceinline__ float div(float x) const {
+    if constexpr (kIn == kInRms) {
+      return x / g;
+    } else {
+      if constexpr (kFinite && std::is_same_v<T, __half>) return quotient_by_reciprocal(x, g, r);
+      else return row_quotient(x, g, r);
+    }
+  }
+};
+
 struct RowArgs {
   const void* x;
   const void* rms_w;
@@ -358,8 +380,8 @@ __device__ __forceinline__ void store_half8(__half* dst, const float* v) {
 // is PairScore::max (pair-4:8 only; see group_select). kFinite: the row holds only finite values
 // (row_amax checked), so the NaN handling of the scores and amaxes is skipped: for finite values it
 // decides nothing, and x / g stays finite (|x / g| <= 2688).
-template <class V, int Group, bool kMaxScore, bool kFinite, class R>
-__device__ __forceinline__ void quad_span(const RowArgs& a, int64_t m, int64_t sp, int q, float g, const R& row) {
+template <class V, int Group, bool kMaxScore, bool kFinite, class R, class D>
+__device__ __forceinline__ void quad_span(const RowArgs& a, int64_t m, int64_t sp, int q, const D& g, const R& row) {
   using Fbb = typename V::Fbb;
   using Fres = typename V::Fres;
   using bb_t = backbone_block_t<V, Group>;
@@ -369,8 +391,10 @@ __device__ __forceinline__ void quad_span(const RowArgs& a, int64_t m, int64_t s
   const unsigned mask = 0xFu << (threadIdx.x & 28u);  // this quad's lanes
   float x[8];
   row.at8(sp * 32 + 8 * q, x);
+  if constexpr (V::kGlobal) {  // (MXFP4's g is 1: x / 1 = x)
 #pragma unroll
-  for (int k = 0; k < 8; ++k) x[k] = x[k] / g;  // x~ = x / g (padding: 0 / g = 0, as on the CPU)
+    for (int k = 0; k < 8; ++k) x[k] = g.template div<kFinite>(x[k]);  // x~ = x / g (padding: 0 / g = 0, as on the CPU)
+  }
   // 1. mask: the metadata nibble of each group; the kept values in K order
   uint32_t meta[kG];
   float kv[4];
@@ -489,6 +513,7 @@ __global__ void __launch_bounds__(256) sharq_prep_kernel(RowArgs a) {
   if constexpr (V::kGlobal) {
     g = row_global_scale(a, row, m, red, &finite);
   }
+  const RowDivisor<T, kIn> div(g);
   int64_t b, e;
   span_range(a.spans, &b, &e);
   // the pair score tested once, not per pair: the spec's max (and scalar 2:4, which has no pair
@@ -497,7 +522,7 @@ __global__ void __launch_bounds__(256) sharq_prep_kernel(RowArgs a) {
   // active as a whole in every iteration, which its shuffles need)
   auto spans = [&](auto max_score, auto all_finite) {
     for (int64_t t = 4 * b + threadIdx.x; t < 4 * e; t += blockDim.x)
-      quad_span<V, Group, decltype(max_score)::value, decltype(all_finite)::value>(a, m, t / 4, static_cast<int>(t % 4), g, row);
+      quad_span<V, Group, decltype(max_score)::value, decltype(all_finite)::value>(a, m, t / 4, static_cast<int>(t % 4), div, row);
   };
   using True = std::true_type;
   using False = std::false_type;
@@ -523,7 +548,7 @@ __global__ void __launch_bounds__(256) nvfp4_prep_kernel(RowArgs a) {
   __shared__ float red[33];
   const int64_t m = blockIdx.x;
   const auto row = make_row<T, kIn>(a, m, red + 32, blockIdx.y == 0);
-  const float g = row_global_scale(a, row, m, red);
+  const RowDivisor<T, kIn> div(row_global_scale(a, row, m, red));
   const int64_t nblk = (a.K + 15) / 16;
   int64_t b, e;
   span_range(a.spans, &b, &e);
@@ -534,7 +559,7 @@ __global__ void __launch_bounds__(256) nvfp4_prep_kernel(RowArgs a) {
       row.at8(sp * 32 + 16 * h, v);
       row.at8(sp * 32 + 16 * h + 8, v + 8);
 #pragma unroll
-      for (int k = 0; k < 16; ++k) v[k] = v[k] / g;
+      for (int k = 0; k < 16; ++k) v[k] = div.template div<false>(v[k]);  // x / g
       BlockQ<Nvfp4_16, 16> q;
       quantize_regs<Nvfp4_16, 16>(v, regs_amax<16, false>(v), q);  // deq = e2m1_decode(code) * ue4m3_decode(s)
       const int64_t blk = sp * 2 + h;
@@ -561,7 +586,12 @@ __device__ __forceinline__ uint8_t lane_quantize(float v, typename F::scale_t* s
   const float amax = lanes_amax<F::kBlock, false>(abs_f32(v), 0xffffffffu);  // the block's lanes, NaN-sticky
   *scale = F::scale_for(amax);
   const float d = F::code_divisor(amax, *scale);
-  return d == 0.0f ? uint8_t{0} : e2m1_encode(v / d);
+  // e2m1_encode(v / d) without the division, as quantize_regs (d != 0: the block has no NaN)
+  const float dd = d == 0.0f ? 1.0f : d;
+  uint8_t code;
+  if constexpr (std::is_same_v<typename F::scale_t, scale_ue4m3>) code = e2m1_encode_thresholds_nonnan(v, e2m1_thresholds_e4m3(dd));
+  else code = e2m1_encode(v * (1.0f / dd));
+  return d == 0.0f ? uint8_t{0} : code;
 }
 
 // Two 4-bit codes of lanes 2i, 2i+1 -> byte (even lane's code in the low nibble); valid on even lanes.
@@ -572,14 +602,15 @@ __device__ __forceinline__ uint8_t pair_byte(uint8_t code) {
 
 // One 32-wide backbone span, one lane per element (the warp-parallel form of sharq_prepare_span;
 // bit-identical, see sharq_prep_test).
-template <class V, int Group, class R>
-__device__ void warp_span(const RowArgs& a, int64_t m, int64_t sp, float g, const R& row, float* xs, uint8_t* cs) {
+template <class V, int Group, class R, class D>
+__device__ void warp_span(const RowArgs& a, int64_t m, int64_t sp, const D& g, const R& row, float* xs, uint8_t* cs) {
   using Fbb = typename V::Fbb;
   using Fres = typename V::Fres;
   using bb_t = backbone_block_t<V, Group>;
   constexpr int kRes = 32 / Fres::kBlock;
   const int lane = threadIdx.x & 31;
-  const float xt = row.at(sp * 32 + lane) / g;  // padding: 0 / g = 0, as on the CPU
+  float xt = row.at(sp * 32 + lane);
+  if constexpr (V::kGlobal) xt = g.template div<false>(xt);  // x / g (padding: 0 / g = 0, as on the CPU)
   xs[lane] = xt;
   __syncwarp();
   // 1. mask: every lane of a group evaluates its group's selection (same function as the CPU)
@@ -646,11 +677,12 @@ __global__ void __launch_bounds__(256) sharq_prep_warp_kernel(RowArgs a) {
   if constexpr (V::kGlobal) {
     g = row_global_scale(a, row, m, red);
   }
+  const RowDivisor<T, kIn> div(g);
   const int warp = threadIdx.x / 32;
   int64_t b, e;
   span_range(a.spans, &b, &e);
   for (int64_t sp = b + warp; sp < e; sp += blockDim.x / 32)
-    warp_span<V, Group>(a, m, sp, g, row, xs_all[warp], cs_all[warp]);
+    warp_span<V, Group>(a, m, sp, div, row, xs_all[warp], cs_all[warp]);
   if (blockIdx.y == 0) {
     zero_tail(a.out.s_plane, a, m);
     zero_tail(a.out.r_plane, a, m);
@@ -667,13 +699,13 @@ __global__ void __launch_bounds__(256) nvfp4_prep_warp_kernel(RowArgs a) {
   __shared__ float red[33];
   const int64_t m = blockIdx.x;
   const auto row = make_row<T, kIn>(a, m, red + 32, blockIdx.y == 0);
-  const float g = row_global_scale(a, row, m, red);
+  const RowDivisor<T, kIn> div(row_global_scale(a, row, m, red));
   const int warp = threadIdx.x / 32, lane = threadIdx.x & 31;
   const int64_t nblk = (a.K + 15) / 16;
   int64_t b, e;
   span_range(a.spans, &b, &e);
   for (int64_t sp = b + warp; sp < e; sp += blockDim.x / 32) {
-    const float v = row.at(sp * 32 + lane) / g;
+    const float v = div.template div<false>(row.at(sp * 32 + lane));  // x / g
     scale_ue4m3 sc;
     const uint8_t code = lane_quantize<Nvfp4_16>(v, &sc);
     const uint8_t byte = pair_byte(code);
