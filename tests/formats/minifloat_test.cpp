@@ -278,7 +278,7 @@ TEST(E2M1, ThresholdEncodeEqualsDividingByTheScale) {
     std::vector<float> points = {0.0f, std::numeric_limits<float>::denorm_min(), FLT_MAX,
                                  std::numeric_limits<float>::infinity()};
     for (float m : t.m) {
-      ASSERT_TRUE(m > 0.0f) << "s = " << s;
+      ASSERT_TRUE(m >= 0.0f) << "s = " << s;  // 0: "> 0" (a tiny s)
       points.push_back(m);
       points.push_back(std::nextafter(m, 0.0f));
       if (std::isfinite(m)) points.push_back(std::nextafter(m, std::numeric_limits<float>::infinity()));
@@ -300,9 +300,9 @@ TEST(E2M1, ThresholdEncodeEqualsDividingByTheScale) {
   EXPECT_EQ(sharq::e2m1_encode_thresholds(-std::numeric_limits<float>::quiet_NaN(), t), 0x7);
   // the thresholds of s = 1 are the tie points themselves, moved to where the ties go
   const sharq::E2m1Thresholds one = sharq::e2m1_thresholds(1.0f);
-  EXPECT_EQ(one.m[0], std::nextafter(0.25f, 1.0f));  // 0.25 rounds down: > 0.25
-  EXPECT_EQ(one.m[1], 0.75f);                        // 0.75 rounds up: >= 0.75
-  EXPECT_EQ(one.m[6], std::nextafter(5.0f, 6.0f));
+  EXPECT_EQ(one.m[0], 0.25f);  // 0.25 rounds down: > 0.25
+  EXPECT_EQ(one.m[1], 0.75f);  // 0.75 rounds up: >= 0.75
+  EXPECT_EQ(one.m[6], 5.0f);
 }
 
 // The FP32-only thresholds of an E4M3 divisor (the NVFP4 quantizers' form) are bit for bit the

@@ -35,11 +35,12 @@ SHARQ_HD uint8_t e2m1_encode(float x) {
 //     fl(x) >  T  <=>  x >  T + ulp(T) / 2        fl(x) >= T  <=>  x >= T - ulp(T) / 2
 // (no T is a power of two where ">=" is used, so the ulp below T is ulp(T)). With P = s * (T +-
 // ulp(T) / 2), exact in double (a 24-bit s times a 25-bit constant), and FP32 |v|:
-//     |v| > P  <=>  |v| >= succ(RD(P))             |v| >= P  <=>  |v| >= RU(P)
-// so each comparison becomes |v| >= m with one FP32 m per threshold, computed once per divisor.
-// Equal to e2m1_encode(v / s) for every FP32 v and every finite s > 0 (tests/formats: both sides are
-// monotone in |v|, so the codes at pred(m) and m for each m prove it; plus sweeps). NaN v -> 0x7,
-// as e2m1_encode(NaN).
+//     |v| > P  <=>  |v| > RD(P)                    |v| >= P  <=>  |v| >= RU(P)
+// so each comparison becomes one against an FP32 m, computed once per divisor: m[0], m[2], m[4],
+// m[6] are the largest |v| that still round down (the code needs |v| > m), m[1], m[3], m[5] the
+// smallest that round up (|v| >= m). Equal to e2m1_encode(v / s) for every FP32 v and every finite
+// s > 0 (tests/formats: both sides are monotone in |v|, so the codes at pred(m), m and succ(m) for
+// each m prove it; plus sweeps). NaN v -> 0x7, as e2m1_encode(NaN).
 struct E2m1Thresholds {
   float m[7];
 };
@@ -55,9 +56,6 @@ SHARQ_HD float f32_round_up(double d) {
   const float f = static_cast<float>(d);
   return static_cast<double>(f) < d ? f32_from_bits(f32_bits(f) + 1u) : f;
 }
-SHARQ_HD float f32_succ(float f) {  // f >= 0: the next FP32 up (+Inf stays)
-  return f32_bits(f) >= 0x7f800000u ? f : f32_from_bits(f32_bits(f) + 1u);
-}
 }  // namespace detail
 
 SHARQ_HD E2m1Thresholds e2m1_thresholds(float s) {
@@ -66,45 +64,36 @@ SHARQ_HD E2m1Thresholds e2m1_thresholds(float s) {
   constexpr double kAtLeast[3] = {0.75 - 0x1p-25, 1.75 - 0x1p-24, 3.5 - 0x1p-23};
   const double sd = static_cast<double>(s);
   E2m1Thresholds t{};
-  for (int i = 0; i < 4; ++i) t.m[2 * i] = detail::f32_succ(detail::f32_round_down(sd * kAbove[i]));
+  for (int i = 0; i < 4; ++i) t.m[2 * i] = detail::f32_round_down(sd * kAbove[i]);
   for (int i = 0; i < 3; ++i) t.m[2 * i + 1] = detail::f32_round_up(sd * kAtLeast[i]);
   return t;
 }
 
 // The same thresholds for a divisor that is a positive E4M3 value (NVFP4's divisors: ue4m3_decode of
-// a block scale, or 1), in FP32 alone: no double multiply and no FP32 <-> FP64 conversion, which ran
-// on the GPU's slow FP64 pipe seven times per block. Why it is equal: write s = S 2^e and
-// T = t 2^f with S, t in [1, 2). s has at most 4 significant bits (1.mmm) and every T at most 3, so
-// A = s T is exact in FP32 and normal (A >= 2^-9 * 0.25). The offset B = s ulp(T) / 2 = S 2^(e+f-24)
-// is below 2^(e+f-23) <= ulp(A). Hence RD(A + B) = A, so an "above" threshold is succ(A). And
+// a block scale, or 1), in FP32 alone: s * T, seven products. No double multiply and no FP32 <-> FP64
+// conversion, which ran on the GPU's slow FP64 pipe seven times per block. Why it is equal: write
+// s = S 2^e and T = t 2^f with S, t in [1, 2). s has at most 4 significant bits (1.mmm) and every T
+// at most 3, so A = s T is exact in FP32 and normal (A >= 2^-9 * 0.25). The offset B = s ulp(T) / 2 =
+// S 2^(e+f-24) is below 2^(e+f-23) <= ulp(A). Hence RD(A + B) = A for an "above" threshold. And
 // RU(A - B) = A, because A is never a power of two for the ">=" constants 0.75, 1.75 and 3.5: A = 2^k
-// would need s = 2^k / 1.5 or 2^k / 1.75, which have more than 4 bits. So an "at least" threshold
-// is A itself. tests/formats checks it against e2m1_thresholds for all 126 positive E4M3 values.
+// would need s = 2^k / 1.5 or 2^k / 1.75, which have more than 4 bits. tests/formats checks it
+// against e2m1_thresholds for all 126 positive E4M3 values.
 SHARQ_HD E2m1Thresholds e2m1_thresholds_e4m3(float s) {
-  // succ(A) for A positive and finite (A <= 448 * 5): the next FP32 bit pattern up
-  auto above = [](float a) { return f32_from_bits(f32_bits(a) + 1u); };
-  E2m1Thresholds t{};
-  t.m[0] = above(s * 0.25f);
-  t.m[1] = s * 0.75f;
-  t.m[2] = above(s * 1.25f);
-  t.m[3] = s * 1.75f;
-  t.m[4] = above(s * 2.5f);
-  t.m[5] = s * 3.5f;
-  t.m[6] = above(s * 5.0f);
-  return t;
+  return E2m1Thresholds{{s * 0.25f, s * 0.75f, s * 1.25f, s * 1.75f, s * 2.5f, s * 3.5f, s * 5.0f}};
 }
 
 // The same code for a v that is not NaN (the caller knows: a block with a NaN gets the NaN scale
 // and all-zero codes before any element is encoded). The magnitude is the number of thresholds
-// |v| reaches; for every finite s > 0 (the only divisors: a zero divisor means all-zero codes and
+// |v| passes; for every finite s > 0 (the only divisors: a zero divisor means all-zero codes and
 // never gets here) the thresholds are nondecreasing, so a three-step binary search finds it (three
-// compares instead of seven: the GPU prep's hottest step).
-SHARQ_HD uint8_t e2m1_encode_thresholds_nonnan(float v, const E2m1Thresholds& t) {
-  const uint32_t sign = (f32_bits(v) >> 28) & 0x8u;
+// compares instead of seven: the GPU prep's hottest step). sign_mask: 0x8, or 0 to drop the sign
+// (with thresholds no |v| passes, a zero block's codes: the GPU prep's branch-free form).
+SHARQ_HD uint8_t e2m1_encode_thresholds_nonnan(float v, const E2m1Thresholds& t, uint32_t sign_mask = 0x8u) {
+  const uint32_t sign = (f32_bits(v) >> 28) & sign_mask;
   const float a = abs_f32(v);
   const bool b2 = a >= t.m[3];
   const bool b1 = a >= (b2 ? t.m[5] : t.m[1]);
-  const bool b0 = a >= (b2 ? (b1 ? t.m[6] : t.m[4]) : (b1 ? t.m[2] : t.m[0]));
+  const bool b0 = a > (b2 ? (b1 ? t.m[6] : t.m[4]) : (b1 ? t.m[2] : t.m[0]));
   return static_cast<uint8_t>(sign | (b2 ? 4u : 0u) | (b1 ? 2u : 0u) | (b0 ? 1u : 0u));
 }
 

@@ -40,21 +40,22 @@ __device__ __forceinline__ float swiglu_t(float g, float u) {
 
 // x~ = x / g, the prep's per-element division, by g's reciprocal r = RN(1 / g) and one correction
 // (formats/minifloat.h, quotient_by_reciprocal): proven equal to x / g for FP16 and BF16 row values
-// and g = nvfp4_global_scale of such a value (tests/formats, exhaustively over the significands). With
-// kFinite and FP16 values it needs no guard: an FP16 value is never below 2^-24 nor x / g below 2^-29,
-// so no step underflows. Otherwise row_quotient divides the values outside the proven range (|x| <
-// 2^-100 but not 0, |x / g| < 2^-99, NaN, Inf), a branch no finite FP16 or normal-range BF16 value takes.
-// RMSNorm rows (FP32 values (v * inv) * w, outside the proven set) always divide.
+// and g = nvfp4_global_scale of such a value while no step underflows (tests/formats, exhaustively
+// over the significands). div<true> is for a row that row_global_scale found safe: finite, and every
+// nonzero |x| >= 2^-100 and >= 2^-97 g, so |x / g| >= 2^-97 and row_quotient's guard would pass for
+// every element: no per-element test. div<false> is row_quotient, which divides where its guard
+// fails (a branch finite FP16 values and normal-range BF16 values do not take). RMSNorm rows (FP32
+// values (v * inv) * w, outside the proven set) always divide.
 template <class T, int kIn>
 struct RowDivisor {
   float g, r;
   __device__ explicit RowDivisor(float g_) : g(g_), r(1.0f / g_) {}
-  template <bool kFinite>
+  template <bool kSafe>
   __device__ __forceinline__ float div(float x) const {
     if constexpr (kIn == kInRms) {
       return x / g;
     } else {
-      if constexpr (kFinite && std::is_same_v<T, __half>) return quotient_by_reciprocal(x, g, r);
+      if constexpr (kSafe) return quotient_by_reciprocal(x, g, r);
       else return row_quotient(x, g, r);
     }
   }
@@ -210,25 +211,53 @@ __device__ RowView<T, kIn> make_row(const RowArgs& a, int64_t m, float* red, boo
 
 // Block max of the finite |x| of the (normalized) row; every thread gets it. red: >= 32 floats.
 // all_finite (or null): whether every value of the row is finite (then the span code may skip its
-// NaN handling: for finite values it decides nothing).
+// NaN handling: for finite values it decides nothing). min_nonzero (or null): the smallest nonzero
+// |x| (+Inf for a row of zeros). One pass of integer max / min over the FP32 bits of |x| (non-negative
+// floats order as their bits; |x| - 1 wraps a zero to the top of the min); a row with a NaN or an Inf
+// takes a second pass for its finite max.
 template <class R>
-__device__ float row_amax(const R& row, float* red, bool* all_finite = nullptr) {
-  float m = 0.0f;
-  int nonfinite = 0;
+__device__ float row_amax(const R& row, float* red, bool* all_finite = nullptr, float* min_nonzero = nullptr) {
+  uint32_t mx = 0, mn = 0xFFFFFFFFu;
+  for (int64_t i = 8 * static_cast<int64_t>(threadIdx.x); i < row.K; i += 8 * static_cast<int64_t>(blockDim.x)) {
+    float v[8];
+    row.at8(i, v);
+#pragma unroll
+    for (int j = 0; j < 8; ++j) {
+      const uint32_t u = f32_bits(v[j]) & 0x7fffffffu;
+      mx = u > mx ? u : mx;
+      mn = u - 1u < mn ? u - 1u : mn;
+    }
+  }
+  mx = __reduce_max_sync(0xffffffffu, mx);
+  mn = __reduce_min_sync(0xffffffffu, mn);
+  uint32_t* ured = reinterpret_cast<uint32_t*>(red);
+  if ((threadIdx.x & 31) == 0) {
+    ured[threadIdx.x / 32] = mx;
+    ured[16 + threadIdx.x / 32] = mn;
+  }
+  __syncthreads();
+  for (unsigned w = 0; w < blockDim.x / 32; ++w) {
+    mx = ured[w] > mx ? ured[w] : mx;
+    mn = ured[16 + w] < mn ? ured[16 + w] : mn;
+  }
+  __syncthreads();
+  const bool finite = mx < 0x7f800000u;
+  if (all_finite) *all_finite = finite;
+  if (min_nonzero) *min_nonzero = mn == 0xFFFFFFFFu ? f32_from_bits(0x7f800000u) : f32_from_bits(mn + 1u);
+  if (finite) return f32_from_bits(mx);
+  float m = 0.0f;  // a NaN or an Inf in the row: the max over its finite values
   for (int64_t i = 8 * static_cast<int64_t>(threadIdx.x); i < row.K; i += 8 * static_cast<int64_t>(blockDim.x)) {
     float v[8];
     row.at8(i, v);
 #pragma unroll
     for (int j = 0; j < 8; ++j) {
       const float a = abs_f32(v[j]);
-      if (is_nonfinite(a)) nonfinite = 1;
-      else if (a > m) m = a;
+      if (!is_nonfinite(a) && a > m) m = a;
     }
   }
   for (int off = 16; off >= 1; off >>= 1) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, off));
   if ((threadIdx.x & 31) == 0) red[threadIdx.x / 32] = m;
-  const int any_nonfinite = __syncthreads_or(nonfinite);  // the barrier before red is read
-  if (all_finite) *all_finite = any_nonfinite == 0;
+  __syncthreads();
   float r = 0.0f;
   for (unsigned w = 0; w < blockDim.x / 32; ++w) r = fmaxf(r, red[w]);
   __syncthreads();
@@ -345,9 +374,17 @@ __device__ __forceinline__ void quantize_regs(const float* v, float amax, BlockQ
   // NVFP4's seven bounds of its E4M3 divisor (dd: an E4M3 value or 1; FP32 only), MXFP4's exact
   // power-of-two reciprocal
   if constexpr (std::is_same_v<typename F::scale_t, scale_ue4m3>) {
-    const E2m1Thresholds t = e2m1_thresholds_e4m3(dd);
+    // a zero divisor's codes are 0 without a per-element test: three NaN thresholds fail every
+    // comparison of the search (NaN and Inf values included) and the sign is masked off
+    E2m1Thresholds t = e2m1_thresholds_e4m3(dd);
+    const bool zero = d == 0.0f;
+    const float nan = f32_from_bits(0x7FC00000u);
+    t.m[0] = zero ? nan : t.m[0];
+    t.m[1] = zero ? nan : t.m[1];
+    t.m[3] = zero ? nan : t.m[3];
+    const uint32_t sign_mask = zero ? 0u : 0x8u;
 #pragma unroll
-    for (int k = 0; k < N; ++k) q.code[k] = d == 0.0f ? 0u : uint32_t{e2m1_encode_thresholds_nonnan(v[k], t)};  // d != 0: no NaN
+    for (int k = 0; k < N; ++k) q.code[k] = e2m1_encode_thresholds_nonnan(v[k], t, sign_mask);
   } else {
     static_assert(std::is_same_v<typename F::scale_t, scale_ue8m0>, "NVFP4 or MXFP4 blocks");
     const float inv = 1.0f / dd;
@@ -377,23 +414,26 @@ __device__ __forceinline__ void store_half8(__half* dst, const float* v) {
 // and bounds itself. The same per-element arithmetic as the CPU's sharq_prepare_span (bit-identical).
 // (One thread per span, all 32 values in its registers, took 128 registers and a quarter of the
 // warps: 12-22% slower in the engine's preps at 2048 rows, H200, docs/perf/hopper.md.) kMaxScore: a.score
-// is PairScore::max (pair-4:8 only; see group_select). kFinite: the row holds only finite values
-// (row_amax checked), so the NaN handling of the scores and amaxes is skipped: for finite values it
-// decides nothing, and x / g stays finite (|x / g| <= 2688).
-template <class V, int Group, bool kMaxScore, bool kFinite, class R, class D>
-__device__ __forceinline__ void quad_span(const RowArgs& a, int64_t m, int64_t sp, int q, const D& g, const R& row) {
+// is PairScore::max (pair-4:8 only; see group_select). kSafe: the row holds only finite values, none
+// too small for the reciprocal division (row_global_scale checked), so the NaN handling of the scores
+// and amaxes and the division's guard are skipped: for such values they decide nothing. active: false
+// for a quad that only keeps its warp's shuffles full (it stores nothing).
+template <class V, int Group, bool kMaxScore, bool kSafe, class R, class D>
+__device__ __forceinline__ void quad_span(const RowArgs& a, int64_t m, int64_t sp, int q, const D& g, const R& row,
+                                          bool active) {
+  constexpr bool kFinite = kSafe;
   using Fbb = typename V::Fbb;
   using Fres = typename V::Fres;
   using bb_t = backbone_block_t<V, Group>;
   static_assert(Fbb::kBlock == 32 && (Fres::kBlock == 16 || Fres::kBlock == 32), "one 32-wide backbone block per span");
   constexpr int kG = 8 / Group;               // mask groups per lane
   constexpr int kRW = Fres::kBlock / 8;       // lanes per residual block
-  const unsigned mask = 0xFu << (threadIdx.x & 28u);  // this quad's lanes
+  const unsigned mask = 0xffffffffu;  // the whole warp runs every quad_span (the caller's loop is warp-uniform)
   float x[8];
   row.at8(sp * 32 + 8 * q, x);
   if constexpr (V::kGlobal) {  // (MXFP4's g is 1: x / 1 = x)
 #pragma unroll
-    for (int k = 0; k < 8; ++k) x[k] = g.template div<kFinite>(x[k]);  // x~ = x / g (padding: 0 / g = 0, as on the CPU)
+    for (int k = 0; k < 8; ++k) x[k] = g.template div<kSafe>(x[k]);  // x~ = x / g (padding: 0 / g = 0, as on the CPU)
   }
   // 1. mask: the metadata nibble of each group; the kept values in K order
   uint32_t meta[kG];
@@ -433,17 +473,19 @@ __device__ __forceinline__ void quad_span(const RowArgs& a, int64_t m, int64_t s
     }
   }
   const int64_t idx = m * a.spans + sp;
-  if (a.out.backbone) {
-    bb_t* bb = static_cast<bb_t*>(a.out.backbone) + idx;
-    if (q == 0) bb->s = bq.s;
-    if constexpr (Group == 8) {  // group q's nibble; the byte holds groups 2i, 2i + 1
-      const uint32_t next = __shfl_xor_sync(mask, meta[0], 1);
-      if (q % 2 == 0) bb->meta[q / 2] = static_cast<uint8_t>(meta[0] | (next << 4));
-    } else {
-      bb->meta[q] = static_cast<uint8_t>(meta[0] | (meta[1] << 4));
+  if (a.out.backbone) {  // (uniform: the shuffle runs in every lane)
+    const uint32_t next = Group == 8 ? __shfl_xor_sync(mask, meta[0], 1) : 0u;
+    if (active) {
+      bb_t* bb = static_cast<bb_t*>(a.out.backbone) + idx;
+      if (q == 0) bb->s = bq.s;
+      if constexpr (Group == 8) {  // group q's nibble; the byte holds groups 2i, 2i + 1
+        if (q % 2 == 0) bb->meta[q / 2] = static_cast<uint8_t>(meta[0] | (next << 4));
+      } else {
+        bb->meta[q] = static_cast<uint8_t>(meta[0] | (meta[1] << 4));
+      }
+      bb->qs[2 * q] = static_cast<uint8_t>(bq.code[0] | (bq.code[1] << 4));
+      bb->qs[2 * q + 1] = static_cast<uint8_t>(bq.code[2] | (bq.code[3] << 4));
     }
-    bb->qs[2 * q] = static_cast<uint8_t>(bq.code[0] | (bq.code[1] << 4));
-    bb->qs[2 * q + 1] = static_cast<uint8_t>(bq.code[2] | (bq.code[3] << 4));
   }
   // 3. the residual against the quantized backbone, 4. its block (kRW lanes)
   float r[8];
@@ -451,7 +493,7 @@ __device__ __forceinline__ void quad_span(const RowArgs& a, int64_t m, int64_t s
   for (int k = 0; k < 8; ++k) r[k] = x[k] - sh[k];
   BlockQ<Fres, 8> rq;
   quantize_regs<Fres, 8>(r, lanes_amax<kRW, kFinite>(regs_amax<8, kFinite>(r), mask), rq);
-  if (a.out.residual) {
+  if (a.out.residual && active) {
     constexpr int kRes = 32 / Fres::kBlock;
     auto* res = static_cast<typename Fres::block_t*>(a.out.residual) + idx * kRes + q / kRW;
     const int j = q % kRW;  // the lane's place in its block
@@ -459,6 +501,7 @@ __device__ __forceinline__ void quad_span(const RowArgs& a, int64_t m, int64_t s
 #pragma unroll
     for (int i = 0; i < 4; ++i) res->qs[4 * j + i] = static_cast<uint8_t>(rq.code[2 * i] | (rq.code[2 * i + 1] << 4));
   }
+  if (!active) return;
   if constexpr (V::kGlobal) {  // FP16 planes: NVFP4 only (checked on the host)
     const int64_t o = m * a.ld + sp * 32 + 8 * q;
     if (a.out.s_plane) store_half8(a.out.s_plane + o, sh);
@@ -481,14 +524,22 @@ __device__ __forceinline__ void span_range(int64_t spans, int64_t* b, int64_t* e
 
 // g_x of row m (NVFP4): from the per-tensor pass, or this row's finite amax; block y == 0 of the
 // row (row 0 for per tensor) stores it. Every thread gets it.
-// all_finite (or null): whether the row holds only finite values (per token only: the per-tensor
-// scale does not read the row here, so it reports false).
+// safe (or null): whether the row holds only finite values, each zero or with |x| >= 2^-100 and
+// |x| >= 2^-97 g (RowDivisor::div<true>'s condition; per token only: the per-tensor scale does not
+// read the row here, so it reports false).
 template <class R>
 __device__ __forceinline__ float row_global_scale(const RowArgs& a, const R& row, int64_t m, float* red,
-                                                  bool* all_finite = nullptr) {
-  if (all_finite) *all_finite = false;
-  const float g = a.per_tensor ? nvfp4_global_scale(f32_from_bits(*a.amax_bits))
-                               : nvfp4_global_scale(row_amax(row, red, all_finite));
+                                                  bool* safe = nullptr) {
+  if (safe) *safe = false;
+  float g;
+  if (a.per_tensor) {
+    g = nvfp4_global_scale(f32_from_bits(*a.amax_bits));
+  } else {
+    bool finite = false;
+    float min_nonzero = 0.0f;
+    g = nvfp4_global_scale(row_amax(row, red, &finite, &min_nonzero));
+    if (safe) *safe = finite && min_nonzero >= 0x1p-100f && min_nonzero >= g * 0x1p-97f;
+  }
   if (a.out.g && threadIdx.x == 0 && blockIdx.y == 0 && (!a.per_tensor || m == 0)) a.out.g[a.per_tensor ? 0 : m] = g;
   return g;
 }
@@ -507,27 +558,34 @@ __global__ void __launch_bounds__(256) sharq_prep_kernel(RowArgs a) {
   const int64_t m = blockIdx.x;
   const auto row = make_row<T, kIn>(a, m, red + 32, blockIdx.y == 0);
   float g = 1.0f;
-  bool finite = false;  // the row holds only finite values: its spans skip the NaN handling (only
-                        // per-token NVFP4 rows learn it, from their amax pass; MXFP4, HiF4 and
-                        // per-tensor rows keep the NaN-handling path)
+  bool safe = false;  // the row holds only finite values, none too small for the reciprocal division:
+                      // its spans skip the NaN handling and the division's guard (only per-token
+                      // NVFP4 rows learn it, from their amax pass; MXFP4, HiF4 and per-tensor rows
+                      // keep the NaN-handling path)
   if constexpr (V::kGlobal) {
-    g = row_global_scale(a, row, m, red, &finite);
+    g = row_global_scale(a, row, m, red, &safe);
   }
   const RowDivisor<T, kIn> div(g);
   int64_t b, e;
   span_range(a.spans, &b, &e);
   // the pair score tested once, not per pair: the spec's max (and scalar 2:4, which has no pair
-  // score) gets span loops of its own, one for finite rows and one for rows with a NaN or an Inf
-  // (a quad's four lanes are consecutive threads, and blockDim.x is a multiple of 32: a quad is
-  // active as a whole in every iteration, which its shuffles need)
-  auto spans = [&](auto max_score, auto all_finite) {
-    for (int64_t t = 4 * b + threadIdx.x; t < 4 * e; t += blockDim.x)
-      quad_span<V, Group, decltype(max_score)::value, decltype(all_finite)::value>(a, m, t / 4, static_cast<int>(t % 4), div, row);
+  // score) gets span loops of its own, one for safe rows and one for the others. The loop is
+  // warp-uniform, so that the quads' shuffles run with the full mask (a partial mask costs a
+  // convergence test per shuffle group): past the row's last span a warp's lanes redo that span's
+  // quad and store nothing
+  auto spans = [&](auto max_score, auto all_safe) {
+    const int64_t end = 4 * e, lane = threadIdx.x & 31;
+    for (int64_t t0 = 4 * b + (threadIdx.x - lane); t0 < end; t0 += blockDim.x) {
+      const int64_t t = t0 + lane;
+      const bool active = t < end;
+      const int64_t tt = active ? t : end - 4 + (t & 3);
+      quad_span<V, Group, decltype(max_score)::value, decltype(all_safe)::value>(a, m, tt / 4, static_cast<int>(tt & 3), div, row, active);
+    }
   };
   using True = std::true_type;
   using False = std::false_type;
   if (Group == 4 || a.score == PairScore::max) {
-    if (finite) spans(True{}, True{});
+    if (safe) spans(True{}, True{});
     else spans(True{}, False{});
   } else if constexpr (Group == 8) {
     spans(False{}, False{});
