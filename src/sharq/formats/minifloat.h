@@ -88,13 +88,22 @@ SHARQ_HD E2m1Thresholds e2m1_thresholds_e4m3(float s) {
 // never gets here) the thresholds are nondecreasing, so a three-step binary search finds it (three
 // compares instead of seven: the GPU prep's hottest step). sign_mask: 0x8, or 0 to drop the sign
 // (with thresholds no |v| passes, a zero block's codes: the GPU prep's branch-free form).
+// The search itself, on a = |v|: the three decisions, the magnitude code's bits 2, 1, 0 (the GPU prep
+// selects the dequantized value from them directly).
+struct E2m1Search {
+  bool b2, b1, b0;
+  SHARQ_HD uint32_t mag() const { return (b2 ? 4u : 0u) | (b1 ? 2u : 0u) | (b0 ? 1u : 0u); }
+};
+SHARQ_HD E2m1Search e2m1_search(float a, const E2m1Thresholds& t) {
+  E2m1Search s;
+  s.b2 = a >= t.m[3];
+  s.b1 = a >= (s.b2 ? t.m[5] : t.m[1]);
+  s.b0 = a > (s.b2 ? (s.b1 ? t.m[6] : t.m[4]) : (s.b1 ? t.m[2] : t.m[0]));
+  return s;
+}
 SHARQ_HD uint8_t e2m1_encode_thresholds_nonnan(float v, const E2m1Thresholds& t, uint32_t sign_mask = 0x8u) {
   const uint32_t sign = (f32_bits(v) >> 28) & sign_mask;
-  const float a = abs_f32(v);
-  const bool b2 = a >= t.m[3];
-  const bool b1 = a >= (b2 ? t.m[5] : t.m[1]);
-  const bool b0 = a > (b2 ? (b1 ? t.m[6] : t.m[4]) : (b1 ? t.m[2] : t.m[0]));
-  return static_cast<uint8_t>(sign | (b2 ? 4u : 0u) | (b1 ? 2u : 0u) | (b0 ? 1u : 0u));
+  return static_cast<uint8_t>(sign | e2m1_search(abs_f32(v), t).mag());
 }
 
 SHARQ_HD uint8_t e2m1_encode_thresholds(float v, const E2m1Thresholds& t) {

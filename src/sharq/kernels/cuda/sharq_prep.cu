@@ -382,9 +382,23 @@ __device__ __forceinline__ void quantize_regs(const float* v, float amax, BlockQ
     t.m[0] = zero ? nan : t.m[0];
     t.m[1] = zero ? nan : t.m[1];
     t.m[3] = zero ? nan : t.m[3];
-    const uint32_t sign_mask = zero ? 0u : 0x8u;
+    const uint32_t sign_mask = zero ? 0u : 0x80000000u;
+    // the dequantized value is selected from the search's three decisions: e2m1 magnitude * es for
+    // the 8 magnitudes once per block (exact products), the sign ORed in; the same bits as
+    // decode(code) * es below (a NaN es makes every value NaN either way)
+    float mags[8];
 #pragma unroll
-    for (int k = 0; k < N; ++k) q.code[k] = e2m1_encode_thresholds_nonnan(v[k], t, sign_mask);
+    for (int c = 0; c < 8; ++c) mags[c] = e2m1_magnitude(static_cast<uint8_t>(c)) * es;
+#pragma unroll
+    for (int k = 0; k < N; ++k) {
+      const uint32_t sign = f32_bits(v[k]) & sign_mask;
+      const E2m1Search r = e2m1_search(abs_f32(v[k]), t);
+      q.code[k] = (sign >> 28) | r.mag();
+      const float mag = r.b2 ? (r.b1 ? (r.b0 ? mags[7] : mags[6]) : (r.b0 ? mags[5] : mags[4]))
+                             : (r.b1 ? (r.b0 ? mags[3] : mags[2]) : (r.b0 ? mags[1] : mags[0]));
+      q.deq[k] = f32_from_bits(f32_bits(mag) | sign);
+    }
+    return;
   } else {
     static_assert(std::is_same_v<typename F::scale_t, scale_ue8m0>, "NVFP4 or MXFP4 blocks");
     const float inv = 1.0f / dd;
