@@ -526,7 +526,7 @@ __global__ void __launch_bounds__(kPrefillThreads, 1) fp4_prefill_kernel(const F
     for (int idx = tid; idx < rows * 16; idx += kConsumerThreads) {
       const int t = idx >> 4, c = idx & 15;
       const uint4 v = lds128(smem0 + static_cast<uint32_t>(t * kEpiPitch + c * 16));
-      *reinterpret_cast<uint4*>(prm.y + (m0 + t) * prm.ldy + n0 + c * 8) = v;
+      stg_v4(prm.y + (m0 + t) * prm.ldy + n0 + c * 8, v.x, v.y, v.z, v.w);
     }
   } else {
     for (int idx = tid; idx < rows * 64; idx += kConsumerThreads) {

@@ -43,6 +43,11 @@ __device__ __forceinline__ uint32_t ldg_nc_u32(const void* p) {
   asm volatile("ld.global.nc.L1::no_allocate.u32 %0, [%1];\n" : "=r"(v) : "l"(p));
   return v;
 }
+// One 16-byte global store (p 16-byte aligned). A uint4 assigned through a cast pointer is not always
+// kept whole: nvcc split the SharQ prep's plane stores into four 4-byte stores (PTX st.global.u32 x 4).
+__device__ __forceinline__ void stg_v4(void* p, uint32_t a, uint32_t b, uint32_t c, uint32_t d) {
+  asm volatile("st.global.v4.b32 [%0], {%1, %2, %3, %4};\n" ::"l"(p), "r"(a), "r"(b), "r"(c), "r"(d) : "memory");
+}
 __device__ __forceinline__ uint32_t smem_u32(const void* p) {
   return static_cast<uint32_t>(__cvta_generic_to_shared(p));
 }

@@ -25,6 +25,7 @@
 #include "sharq/kernels/cuda/activation.cuh"
 #include "sharq/kernels/cuda/half_convert.cuh"
 #include "sharq/kernels/cuda/launch.cuh"
+#include "sharq/kernels/cuda/ptx.cuh"
 
 namespace sharq::cuda {
 namespace {
@@ -385,7 +386,7 @@ __device__ __forceinline__ void quantize_regs(const float* v, float amax, BlockQ
     const uint32_t sign_mask = zero ? 0u : 0x80000000u;
     // the dequantized value is selected from the search's three decisions: e2m1 magnitude * es for
     // the 8 magnitudes once per block (exact products), the sign ORed in; the same bits as
-    // decode(code) * es below (a NaN es makes every value NaN either way)
+    // decode(code) * es (a NaN es makes every value NaN either way)
     float mags[8];
 #pragma unroll
     for (int c = 0; c < 8; ++c) mags[c] = e2m1_magnitude(static_cast<uint8_t>(c)) * es;
@@ -398,15 +399,15 @@ __device__ __forceinline__ void quantize_regs(const float* v, float amax, BlockQ
                              : (r.b1 ? (r.b0 ? mags[3] : mags[2]) : (r.b0 ? mags[1] : mags[0]));
       q.deq[k] = f32_from_bits(f32_bits(mag) | sign);
     }
-    return;
   } else {
     static_assert(std::is_same_v<typename F::scale_t, scale_ue8m0>, "NVFP4 or MXFP4 blocks");
     const float inv = 1.0f / dd;
 #pragma unroll
-    for (int k = 0; k < N; ++k) q.code[k] = d == 0.0f ? 0u : uint32_t{e2m1_encode(v[k] * inv)};
+    for (int k = 0; k < N; ++k) {
+      q.code[k] = d == 0.0f ? 0u : uint32_t{e2m1_encode(v[k] * inv)};
+      q.deq[k] = F::decode(q.code[k]) * es;
+    }
   }
-#pragma unroll
-  for (int k = 0; k < N; ++k) q.deq[k] = F::decode(q.code[k]) * es;
 }
 
 __device__ __forceinline__ uint32_t pack_half2(float lo, float hi) {
@@ -415,8 +416,7 @@ __device__ __forceinline__ uint32_t pack_half2(float lo, float hi) {
 }
 // 8 floats -> 8 halves, one 16-byte store (dst 16-byte aligned).
 __device__ __forceinline__ void store_half8(__half* dst, const float* v) {
-  *reinterpret_cast<uint4*>(dst) =
-      make_uint4(pack_half2(v[0], v[1]), pack_half2(v[2], v[3]), pack_half2(v[4], v[5]), pack_half2(v[6], v[7]));
+  stg_v4(dst, pack_half2(v[0], v[1]), pack_half2(v[2], v[3]), pack_half2(v[4], v[5]), pack_half2(v[6], v[7]));
 }
 
 // One 32-wide backbone span, four lanes (a quad): lane q holds the span's elements 8q .. 8q + 7, one
