@@ -159,7 +159,7 @@ TEST(GpuEngine, ReductionEpiloguesMatchTheSeparateKernels) {
   const std::vector<float> y16 = run(f16, kPrompt, kFeed);
   for (const char* sc : {"w4a16", "nvfp4", "sharq"}) {
     std::vector<float> y[2];
-    double norm_us[2], swiglu_us[2];
+    int norms[2], swiglus[2];
     for (int f = 0; f < 2; ++f) {
       EngineOptions o = small_blocks();
       o.fuse_reduce_norm = o.fuse_reduce_swiglu = f == 1;
@@ -167,16 +167,20 @@ TEST(GpuEngine, ReductionEpiloguesMatchTheSeparateKernels) {
       gpu.set_profiling(true);  // the last decode step's kernels, by component
       y[f] = run(gpu, kPrompt, kFeed);
       for (float v : y[f]) ASSERT_TRUE(std::isfinite(v)) << sc << " fused reduction " << f;
-      const auto& us = gpu.last_profile().us;
-      norm_us[f] = us.count("other.norm") ? us.at("other.norm") : 0.0;
-      swiglu_us[f] = us.count("other.swiglu") ? us.at("other.swiglu") : 0.0;
+      const auto& seg = gpu.last_profile().segments;
+      norms[f] = seg.count("other.norm") ? seg.at("other.norm") : 0;
+      swiglus[f] = seg.count("other.swiglu") ? seg.at("other.swiglu") : 0;
     }
     // the separate kernels ran only without the fusion: SwiGLU not at all, and of the 2 x 3 norms
     // inside the layers (the final norm is profiled as "other.rest") only the first layer's first,
-    // which has nothing to add
-    EXPECT_GT(swiglu_us[0], 0.0) << sc;
-    EXPECT_EQ(swiglu_us[1], 0.0) << sc;
-    EXPECT_LT(norm_us[1], 0.4 * norm_us[0]) << sc << ": the fused steps still ran the separate norms";
+    // which has nothing to add. Counted as the step's launches (its profile's segments), not timed:
+    // a timed form of this check (fused norm µs < 0.4 x the separate ones) failed once on an H200
+    std::printf("  %-8s separate norm kernels %d -> %d, SwiGLU kernels %d -> %d\n", sc, norms[0], norms[1], swiglus[0],
+                swiglus[1]);
+    EXPECT_GT(swiglus[0], 0) << sc;
+    EXPECT_EQ(swiglus[1], 0) << sc;
+    EXPECT_LT(norms[1], norms[0]) << sc << ": the fused steps still ran the separate norms";
+    EXPECT_LE(norms[1], 1) << sc;
     ASSERT_EQ(y[0].size(), y[1].size());
     const double d = rel_l2(y[1], y[0]), q = rel_l2(y[0], y16);
     std::printf("  %-8s fused reduction vs separate kernels %.2e (vs fp16 %.2e)\n", sc, d, q);

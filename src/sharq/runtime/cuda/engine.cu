@@ -886,11 +886,15 @@ StepOutput GpuExecutor::step(const std::vector<StepEntry>& batch) {
 
   if (E.profiling && E.event_cat.size() > 1) {
     E.profile = StepProfile{};
-    for (const char* n : kCatNames) E.profile.us[n] = 0.0;
+    for (const char* n : kCatNames) {
+      E.profile.us[n] = 0.0;
+      E.profile.segments[n] = 0;
+    }
     for (size_t k = 0; k + 1 < E.event_cat.size(); ++k) {
       float ms = 0.0f;
       SHARQ_CUDA_CHECK(cudaEventElapsedTime(&ms, E.events[k], E.events[k + 1]));
       E.profile.us[kCatNames[E.event_cat[k]]] += 1000.0 * ms;
+      ++E.profile.segments[kCatNames[E.event_cat[k]]];
     }
     double other = 0.0;
     for (int c : {kOther, kNorm, kRope, kSwiglu}) other += E.profile.us[kCatNames[c]];

@@ -104,6 +104,8 @@ struct StepProfile {
   double total_us = 0.0;               // first kernel start to last kernel end
   std::map<std::string, double> us;    // gemm, prep, attention, norms_rope_other, lm_head, sampling;
                                        // norms_rope_other = other.norm + other.rope_kv + other.swiglu + other.rest
+  std::map<std::string, int> segments;  // how often the step entered each component (other.* included):
+                                        // e.g. the separate norm kernels it launched
 };
 
 class GpuExecutor final : public Executor {
