@@ -449,8 +449,9 @@ TEST(CudaE4M3, EncodeDenseSweepBitExact) {
 // BF16
 // ---- x / d by a reciprocal and one correction (quotient_by_reciprocal, row_quotient, ue4m3_div6_code) ----
 // Each step of quotient_by_reciprocal (x * r, the remainder FMA, the correction FMA) scales exactly
-// with the exponents of x and d as long as nothing underflows or overflows, so the significands of x
-// and d decide whether it equals x / d. The tests run every significand pair of each proven set, then
+// with the exponents of x and d while q0 and q are normal and the remainder is exact (it may be
+// subnormal near |x| = 2^-100, but its grain, about 2^(e_x - 47), stays >= 2^-149), so the
+// significands of x and d decide whether it equals x / d. The tests run every significand pair of each proven set, then
 // check the real ranges directly (subnormals, zeros, signs), and show that each guard and the
 // correction are needed (negative controls).
 float recip_quotient(float x, float d) { return sharq::quotient_by_reciprocal(x, d, 1.0f / d); }
@@ -473,8 +474,6 @@ TEST(QuotientByReciprocal, DividesBySixForEverySignificand) {
     bad += sharq::e4m3_encode(recip_quotient(a, 6.0f)) != sharq::ue4m3_encode(a / 6.0f);
   }
   EXPECT_EQ(bad, 0);
-  EXPECT_EQ(sharq::ue4m3_div6_code(448.0f * 6.0f), 0x7E);
-  EXPECT_EQ(sharq::ue4m3_div6_code(0.0f), 0x00);
 }
 
 // The GPU prep's x~ = x / g: x an FP16 (BF16) value, g = nvfp4_global_scale(a) for an FP16 (BF16) a.

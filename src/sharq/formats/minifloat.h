@@ -86,8 +86,7 @@ SHARQ_HD E2m1Thresholds e2m1_thresholds_e4m3(float s) {
 // and all-zero codes before any element is encoded). The magnitude is the number of thresholds
 // |v| passes; for every finite s > 0 (the only divisors: a zero divisor means all-zero codes and
 // never gets here) the thresholds are nondecreasing, so a three-step binary search finds it (three
-// compares instead of seven: the GPU prep's hottest step). sign_mask: 0x8, or 0 to drop the sign
-// (with thresholds no |v| passes, a zero block's codes: the GPU prep's branch-free form).
+// compares instead of seven: the GPU prep's hottest step).
 // The search itself, on a = |v|: the three decisions, the magnitude code's bits 2, 1, 0 (the GPU prep
 // selects the dequantized value from them directly).
 struct E2m1Search {
@@ -101,8 +100,8 @@ SHARQ_HD E2m1Search e2m1_search(float a, const E2m1Thresholds& t) {
   s.b0 = a > (s.b2 ? (s.b1 ? t.m[6] : t.m[4]) : (s.b1 ? t.m[2] : t.m[0]));
   return s;
 }
-SHARQ_HD uint8_t e2m1_encode_thresholds_nonnan(float v, const E2m1Thresholds& t, uint32_t sign_mask = 0x8u) {
-  const uint32_t sign = (f32_bits(v) >> 28) & sign_mask;
+SHARQ_HD uint8_t e2m1_encode_thresholds_nonnan(float v, const E2m1Thresholds& t) {
+  const uint32_t sign = (f32_bits(v) >> 28) & 0x8u;
   return static_cast<uint8_t>(sign | e2m1_search(abs_f32(v), t).mag());
 }
 
@@ -171,12 +170,14 @@ inline constexpr uint8_t kUe4m3Nan = 0x7F;
 // Markstein's theorem makes q the correctly rounded x / d when q0 is a faithful quotient, which
 // RN(x * r) is not for every x and d; so this is NOT a general division. It is proven equal to x / d
 // for the inputs the callers give it (tests/formats, exhaustively over their significands):
-//   - d = 6, every FP32 x (the NVFP4 scale's amax / 6: ue4m3_div6_code);
+//   - d = 6 and every FP32 x >= 2^-100 (the NVFP4 scale's amax / 6, ue4m3_div6_code; below 2^-100 it
+//     can differ, e.g. x = 9 * 2^-149, but the scale code is 0 either way);
 //   - x an FP16 or a BF16 value, d = nvfp4_global_scale(a) for a in the same format (the GPU prep's
-//     x / g). With |x|, |q0| >= 2^-100 and x finite, no step underflows or overflows, so every step
-//     scales with the exponents of x and d and the significands decide alone; an FP16 x is never
-//     below 2^-24, nor x / g below 2^-29.
-// Callers whose inputs leave these sets divide.
+//     x / g), with |x| >= 2^-100 and |q| >= 2^-99 (or x = +-0) and x finite.
+// Why the significands decide: in these ranges q0 and q are normal and the remainder x - q0 d is exact
+// (it may be subnormal near |x| = 2^-100, but its grain, about 2^(e_x - 47), is still >= 2^-149), so
+// every step scales with the exponents of x and d. An FP16 x is never below 2^-24, nor x / g below
+// 2^-29. Callers whose inputs leave these sets divide.
 SHARQ_HD float quotient_by_reciprocal(float x, float d, float r) {
   const float q0 = x * r;
   const float q = fma_f32(fma_f32(-q0, d, x), r, q0);
@@ -185,8 +186,8 @@ SHARQ_HD float quotient_by_reciprocal(float x, float d, float r) {
 inline constexpr float kRecip6 = 1.0f / 6.0f;  // RN(1 / 6)
 
 // quotient_by_reciprocal where its proof holds for an FP16 or a BF16 x (nonzero: |x| >= 2^-100 and
-// |x / d| >= 2^-99, so no step underflows; or x = +-0), x / d elsewhere (subnormal BF16 values, tiny
-// quotients, NaN, Inf: a branch that finite FP16 values and normal-range BF16 values do not take).
+// |x / d| >= 2^-99; or x = +-0), x / d elsewhere (BF16 values below 2^-100, quotients below 2^-99,
+// NaN, Inf: a branch that finite FP16 values never take).
 SHARQ_HD float row_quotient(float x, float d, float r) {
   const float q = quotient_by_reciprocal(x, d, r);
   const float ax = abs_f32(x);
@@ -195,8 +196,9 @@ SHARQ_HD float row_quotient(float x, float d, float r) {
 }
 
 // The NVFP4 block scale code of a finite amax >= 0: ue4m3_encode(amax / 6). The device takes amax / 6
-// by its reciprocal (quotient_by_reciprocal: equal for every normal amax, tests/formats); below 2^-100
-// both quotients are far under E4M3's smallest subnormal and the code is 0 either way.
+// by its reciprocal (quotient_by_reciprocal: equal for every amax >= 2^-100, tests/formats); below
+// 2^-100 both quotients are far under E4M3's smallest subnormal and the code is 0 either way (the
+// test compares the codes over a stride of all FP32 values, subnormals included).
 SHARQ_HD uint8_t ue4m3_div6_code(float amax) {
 #if defined(__CUDA_ARCH__)
   return ue4m3_encode(quotient_by_reciprocal(amax, 6.0f, kRecip6));

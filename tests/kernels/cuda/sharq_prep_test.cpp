@@ -217,6 +217,36 @@ TEST(SharqPrep, NanAndInfBehaveAsOnTheCpu) {
   }
 }
 
+// Finite rows that are not safe for the unguarded reciprocal division (sharq_prep.cu, RowDivisor):
+// BF16 values below 2^-100 and a subnormal one, a row whose range exceeds 2^97, a row of tiny values;
+// with an all-zero row (safe) and negative zeros. Unsafe rows take row_quotient's guarded division and
+// the NaN-handling span path; the others the unguarded one. Both kernels (M = 8: a warp per span; 72:
+// four lanes per span), both scale granularities, both mask kinds, FP16 (where such values round to
+// zero) too, and the RMSNorm input (FP32 values, always divided).
+TEST(SharqPrep, TinyZeroAndWideRangeRowsAreBitIdentical) {
+  SKIP_WITHOUT_GPU();
+  const int64_t K = 256;
+  for (const int64_t M : {8, 72}) {
+    for (DType dt : {DType::bf16, DType::f16}) {
+      auto x = input_values(M, K, 901, false, dt);
+      for (int64_t k = 0; k < K; ++k) {
+        x[0 * K + k] = 0.0f;                         // all zero
+        if (k % 3 == 0) x[1 * K + k] *= 1e-33f;      // a third below 2^-100 (BF16)
+        x[2 * K + k] *= 1e-5f;                       // with one huge value below: a range beyond 2^97
+        x[3 * K + k] *= 1e-36f;                      // every value tiny
+        if (k % 2) x[4 * K + k] = -0.0f;             // negative zeros
+      }
+      x[1 * K + 7] = 1e-39f;                         // a BF16 subnormal
+      x[2 * K + 100] = dt == DType::bf16 ? 1e30f : 60000.0f;
+      for (GlobalScale gs : {GlobalScale::per_row, GlobalScale::per_tensor})
+        for (MaskKind mk : {MaskKind::pair48, MaskKind::scalar24}) {
+          run({M, K, SharqFormat::nvfp4, mk, gs, dt, false, false}, 0, &x);
+          run({M, K, SharqFormat::nvfp4, mk, gs, dt, true, false}, 0, &x);
+        }
+    }
+  }
+}
+
 TEST(SharqPrep, Nvfp4BaselinePrepMatchesTheCpuQuantizer) {
   SKIP_WITHOUT_GPU();
   uint64_t seed = 1000;

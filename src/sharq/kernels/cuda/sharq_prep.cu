@@ -41,12 +41,12 @@ __device__ __forceinline__ float swiglu_t(float g, float u) {
 
 // x~ = x / g, the prep's per-element division, by g's reciprocal r = RN(1 / g) and one correction
 // (formats/minifloat.h, quotient_by_reciprocal): proven equal to x / g for FP16 and BF16 row values
-// and g = nvfp4_global_scale of such a value while no step underflows (tests/formats, exhaustively
-// over the significands). div<true> is for a row that row_global_scale found safe: finite, and every
-// nonzero |x| >= 2^-100 and >= 2^-97 g, so |x / g| >= 2^-97 and row_quotient's guard would pass for
-// every element: no per-element test. div<false> is row_quotient, which divides where its guard
-// fails (a branch finite FP16 values and normal-range BF16 values do not take). RMSNorm rows (FP32
-// values (v * inv) * w, outside the proven set) always divide.
+// and g = nvfp4_global_scale of such a value, where |x| >= 2^-100 and |x / g| >= 2^-99 (tests/formats,
+// exhaustively over the significands). div<true> is for a row that row_global_scale found safe:
+// finite, and every nonzero |x| >= 2^-100 and >= 2^-97 g, so |x / g| >= 2^-97 and row_quotient's guard
+// would pass for every element: no per-element test. div<false> is row_quotient, which divides where
+// its guard fails (BF16 values below 2^-100 or far below the row's amax; never a finite FP16 value).
+// RMSNorm rows (FP32 values (v * inv) * w, outside the proven set) always divide.
 template <class T, int kIn>
 struct RowDivisor {
   float g, r;
