@@ -61,4 +61,16 @@ class DeviceBuffer {
   size_t n_;
 };
 
+// RAII CUDA event (timing): destroyed on every path, a throw between its records included.
+class CudaEvent {
+ public:
+  CudaEvent() { SHARQ_CUDA_CHECK(cudaEventCreate(&e_)); }
+  ~CudaEvent() { if (e_) cudaEventDestroy(e_); }
+  CudaEvent(const CudaEvent&) = delete;
+  CudaEvent& operator=(const CudaEvent&) = delete;
+  cudaEvent_t get() const { return e_; }
+ private:
+  cudaEvent_t e_ = nullptr;
+};
+
 }  // namespace sharq::cuda

@@ -940,9 +940,8 @@ double GpuExecutor::time_linears(int64_t M, int64_t lm_rows, int reps, bool cubl
   }
   GpuActivations& acts_q = E.acts_q ? *E.acts_q : *E.acts_h;
   void* ws = E.workspace.get();
-  cudaEvent_t a, b;
-  SHARQ_CUDA_CHECK(cudaEventCreate(&a));
-  SHARQ_CUDA_CHECK(cudaEventCreate(&b));
+  const CudaEvent ea, eb;  // (owned: a throwing GEMM or prep does not leak them)
+  const cudaEvent_t a = ea.get(), b = eb.get();
   // the GEMV's rows: its norm and SwiGLU inside, as forward() runs them; cublas: cuBLASLt's plain GEMMs
   const auto gemv = [&](const GpuLinear& lin, int64_t m) { return !cublas && lin.gemv(m); };
   const auto gemm = [&](const GpuLinear& lin, const GpuActivations& acts, void* y) {
@@ -979,8 +978,6 @@ double GpuExecutor::time_linears(int64_t M, int64_t lm_rows, int reps, bool cubl
     SHARQ_CUDA_CHECK(cudaEventSynchronize(b));
     SHARQ_CUDA_CHECK(cudaEventElapsedTime(&ms[static_cast<size_t>(rep)], a, b));
   }
-  cudaEventDestroy(a);
-  cudaEventDestroy(b);
   std::sort(ms.begin() + 1, ms.end());
   return 1000.0 * ms[1 + static_cast<size_t>(reps) / 2];
 }

@@ -258,14 +258,14 @@ void GpuLinear::prepare_swiglu(const void* gu, int64_t M, GpuActivations& acts, 
 
 void GpuLinear::prepare_norm(const float* x, const void* add, const float* w, float eps, int64_t M, float* x_out,
                              GpuActivations& acts, cudaStream_t stream) const {
-  const std::string who = fmt::format("GpuLinear({}, N = {}, K = {})::prepare_norm", scheme_.name(), N_, K_);
+  const auto who = [this] { return where("prepare_norm"); };  // (formatted on the error path only)
   if (!fused_prep() && !(gemv(M) && !add))
     throw std::invalid_argument(fmt::format("{}: the scheme has no fused prep for M = {}{} (nvfp4 and sharq do; fp16 "
                                             "and bf16 for M <= gemv16_max_m = {} without a residual add)",
-                                            who, M, add ? " with a residual add" : "", opt_.gemv16_max_m));
-  if (!w) throw std::invalid_argument(who + ": null norm weight");
+                                            who(), M, add ? " with a residual add" : "", opt_.gemv16_max_m));
+  if (!w) throw std::invalid_argument(who() + ": null norm weight");
   if (add && (!x_out || x_out == x))
-    throw std::invalid_argument(who + ": the residual sum needs its own output buffer (not x: other blocks read it)");
+    throw std::invalid_argument(who() + ": the residual sum needs its own output buffer (not x: other blocks read it)");
   Front f;
   f.input = PrepInput::residual_rmsnorm;
   f.rms_w = w;
@@ -275,18 +275,22 @@ void GpuLinear::prepare_norm(const float* x, const void* add, const float* w, fl
   prepare_input(x, M, acts, stream, f);
 }
 
-void GpuLinear::check_activations(const GpuActivations& acts, const std::string& who) const {
+std::string GpuLinear::where(const char* method) const {
+  return fmt::format("GpuLinear({}, N = {}, K = {})::{}", scheme_.name(), N_, K_, method);
+}
+
+void GpuLinear::check_activations(const GpuActivations& acts, const std::function<std::string()>& who) const {
   if (!(acts.scheme_ == scheme_) || acts.K_ != K_)
-    throw std::invalid_argument(fmt::format("{}: the activations are for scheme '{}', K = {}", who, acts.scheme_.name(), acts.K_));
+    throw std::invalid_argument(fmt::format("{}: the activations are for scheme '{}', K = {}", who(), acts.scheme_.name(), acts.K_));
 }
 
 void GpuLinear::prepare_input(const void* x, int64_t M, GpuActivations& acts, cudaStream_t stream,
                               const Front& f) const {
-  const std::string who = fmt::format("GpuLinear({}, N = {}, K = {})::prepare", scheme_.name(), N_, K_);
+  const auto who = [this] { return where("prepare"); };  // (formatted on the error path only)
   check_activations(acts, who);
   if (M < 0 || M > acts.max_m_)
-    throw std::invalid_argument(fmt::format("{}: M = {} (0 .. max_m = {})", who, M, acts.max_m_));
-  if (M > 0 && !x) throw std::invalid_argument(fmt::format("{}: null input", who));
+    throw std::invalid_argument(fmt::format("{}: M = {} (0 .. max_m = {})", who(), M, acts.max_m_));
+  if (M > 0 && !x) throw std::invalid_argument(fmt::format("{}: null input", who()));
   acts.M_ = M;
   acts.x_ = x;
   acts.front_ = f.input;
@@ -335,13 +339,13 @@ void GpuLinear::prepare_input(const void* x, int64_t M, GpuActivations& acts, cu
 }
 
 void GpuLinear::gemm(const GpuActivations& acts, void* y, cudaStream_t stream, void* workspace, float* y_f32) const {
-  const std::string who = fmt::format("GpuLinear({}, N = {}, K = {})::gemm", scheme_.name(), N_, K_);
+  const auto who = [this] { return where("gemm"); };  // (formatted on the error path only)
   check_activations(acts, who);
   const int64_t M = acts.M_;
   if (M == 0) return;
-  if (!y && !y_f32) throw std::invalid_argument(fmt::format("{}: null output", who));
+  if (!y && !y_f32) throw std::invalid_argument(fmt::format("{}: null output", who()));
   if (y_f32 && !scheme_.is_fp4_weight())
-    throw std::invalid_argument(fmt::format("{}: the FP32 test output exists for the FP4 schemes only", who));
+    throw std::invalid_argument(fmt::format("{}: the FP32 test output exists for the FP4 schemes only", who()));
   switch (scheme_.kind) {
     case SchemeKind::fp16:
     case SchemeKind::bf16:
@@ -386,30 +390,30 @@ bool GpuLinear::accumulates() const {
 }
 
 void GpuLinear::gemm_accumulate(const GpuActivations& acts, float* x, cudaStream_t stream) const {
-  const std::string who = fmt::format("GpuLinear({}, N = {}, K = {})::gemm_accumulate", scheme_.name(), N_, K_);
+  const auto who = [this] { return where("gemm_accumulate"); };  // (formatted on the error path only)
   check_activations(acts, who);
   if (!accumulates())
-    throw std::invalid_argument(fmt::format("{}: only fp16 and bf16 layers without a bias add into FP32 rows", who));
+    throw std::invalid_argument(fmt::format("{}: only fp16 and bf16 layers without a bias add into FP32 rows", who()));
   if (acts.M_ == 0) return;
-  if (!x) throw std::invalid_argument(fmt::format("{}: null residual rows", who));
+  if (!x) throw std::invalid_argument(fmt::format("{}: null residual rows", who()));
   if (gemv_takes(acts)) {
     gemm_gemv(acts, x, true, stream);
     return;
   }
-  if (acts.front_ != PrepInput::plain) throw std::logic_error(who + ": a fused input without the GEMV");
+  if (acts.front_ != PrepInput::plain) throw std::logic_error(who() + ": a fused input without the GEMV");
   blas_->matmul(scheme_.kind == SchemeKind::fp16 ? BlasType::f16_f32out : BlasType::bf16_f32out, acts.x_, w16_.get(), x,
                 acts.M_, N_, K_, nullptr, nullptr, stream, 1.0f, /*accumulate=*/true);
 }
 
 void GpuLinear::gemm_cublas(const GpuActivations& acts, void* y, cudaStream_t stream) const {
-  const std::string who = fmt::format("GpuLinear({}, N = {}, K = {})::gemm_cublas", scheme_.name(), N_, K_);
+  const auto who = [this] { return where("gemm_cublas"); };  // (formatted on the error path only)
   check_activations(acts, who);
   if (scheme_.kind != SchemeKind::fp16 && scheme_.kind != SchemeKind::bf16)
-    throw std::invalid_argument(who + ": fp16 and bf16 only");
+    throw std::invalid_argument(who() + ": fp16 and bf16 only");
   if (acts.front_ != PrepInput::plain)
-    throw std::invalid_argument(who + ": the activations hold a fused input (prepare_norm / prepare_swiglu): the GEMV's only");
+    throw std::invalid_argument(who() + ": the activations hold a fused input (prepare_norm / prepare_swiglu): the GEMV's only");
   if (acts.M_ == 0) return;
-  if (!y) throw std::invalid_argument(fmt::format("{}: null output", who));
+  if (!y) throw std::invalid_argument(fmt::format("{}: null output", who()));
   blas_->matmul(scheme_.kind == SchemeKind::fp16 ? BlasType::f16 : BlasType::bf16, acts.x_, w16_.get(), y, acts.M_, N_, K_,
                 nullptr, nullptr, stream);
 }
@@ -452,13 +456,13 @@ void GpuLinear::gemm_gemv(const GpuActivations& acts, void* y, bool accumulate, 
 }
 
 void GpuLinear::gemm(const GpuActivations& acts, const Epilogue& ep, void* y, cudaStream_t stream, void* workspace) const {
-  const std::string who = fmt::format("GpuLinear({}, N = {}, K = {})::gemm", scheme_.name(), N_, K_);
+  const auto who = [this] { return where("gemm"); };  // (formatted on the error path only)
   check_activations(acts, who);
   if (acts.M_ == 0) return;
   if (ep.kind == Fp4Epilogue::none || !fuses(ep.kind, acts.M_))
-    throw std::invalid_argument(fmt::format("{}: no fused {} epilogue for M = {} (fuses())", who,
+    throw std::invalid_argument(fmt::format("{}: no fused {} epilogue for M = {} (fuses())", who(),
                                             ep.kind == Fp4Epilogue::swiglu ? "swiglu" : "add_rmsnorm", acts.M_));
-  if (!y) throw std::invalid_argument(fmt::format("{}: null output", who));
+  if (!y) throw std::invalid_argument(fmt::format("{}: null output", who()));
   gemm_fp4(acts, y, nullptr, ep, stream, workspace);
 }
 

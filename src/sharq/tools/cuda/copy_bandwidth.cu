@@ -16,9 +16,8 @@ CopyBandwidth measure_copy_bandwidth(cudaStream_t stream) {
   if (r.bytes == 0) return r;
   DeviceBuffer<uint8_t> a(r.bytes), b(r.bytes);
   SHARQ_CUDA_CHECK(cudaMemsetAsync(a.get(), 0x5A, r.bytes, stream));
-  cudaEvent_t e0, e1;
-  SHARQ_CUDA_CHECK(cudaEventCreate(&e0));
-  SHARQ_CUDA_CHECK(cudaEventCreate(&e1));
+  const CudaEvent ev0, ev1;
+  const cudaEvent_t e0 = ev0.get(), e1 = ev1.get();
   std::vector<float> t;
   for (int i = 0; i < 12; ++i) {
     SHARQ_CUDA_CHECK(cudaEventRecord(e0, stream));
@@ -29,8 +28,6 @@ CopyBandwidth measure_copy_bandwidth(cudaStream_t stream) {
     SHARQ_CUDA_CHECK(cudaEventElapsedTime(&ms, e0, e1));
     if (i >= 2) t.push_back(ms);
   }
-  cudaEventDestroy(e0);
-  cudaEventDestroy(e1);
   std::sort(t.begin(), t.end());
   const double med = 0.5 * (t[(t.size() - 1) / 2] + t[t.size() / 2]);
   r.tbs = 2.0 * static_cast<double>(r.bytes) / (med * 1e-3) / 1e12;
