@@ -651,19 +651,15 @@ __global__ void __launch_bounds__(256) nvfp4_prep_kernel(RowArgs a) {
 }
 
 // ---- small-M (latency) kernels: one warp per span ------------------------------------------
-// One block of F quantized one lane per element: the same scale_for / code_divisor / e2m1_encode
-// sequence as F::quantize(). Returns the lane's code; *scale receives the block scale.
+// One block of F quantized one lane per element: the block's amax over its lanes, then quantize_regs
+// on the lane's one value (the same scale_for / code_divisor / division-free encode as F::quantize()).
+// Returns the lane's code; *scale receives the block scale.
 template <class F>
 __device__ __forceinline__ uint8_t lane_quantize(float v, typename F::scale_t* scale) {
-  const float amax = lanes_amax<F::kBlock, false>(abs_f32(v), 0xffffffffu);  // the block's lanes, NaN-sticky
-  *scale = F::scale_for(amax);
-  const float d = F::code_divisor(amax, *scale);
-  // e2m1_encode(v / d) without the division, as quantize_regs (d != 0: the block has no NaN)
-  const float dd = d == 0.0f ? 1.0f : d;
-  uint8_t code;
-  if constexpr (std::is_same_v<typename F::scale_t, scale_ue4m3>) code = e2m1_encode_thresholds_nonnan(v, e2m1_thresholds_e4m3(dd));
-  else code = e2m1_encode(v * (1.0f / dd));
-  return d == 0.0f ? uint8_t{0} : code;
+  BlockQ<F, 1> q;
+  quantize_regs<F, 1>(&v, lanes_amax<F::kBlock, false>(abs_f32(v), 0xffffffffu), q);  // NaN-sticky amax
+  *scale = q.s;
+  return static_cast<uint8_t>(q.code[0]);
 }
 
 // Two 4-bit codes of lanes 2i, 2i+1 -> byte (even lane's code in the low nibble); valid on even lanes.

@@ -279,15 +279,16 @@ std::string GpuLinear::where(const char* method) const {
   return fmt::format("GpuLinear({}, N = {}, K = {})::{}", scheme_.name(), N_, K_, method);
 }
 
-void GpuLinear::check_activations(const GpuActivations& acts, const std::function<std::string()>& who) const {
+void GpuLinear::check_activations(const GpuActivations& acts, const char* method) const {
   if (!(acts.scheme_ == scheme_) || acts.K_ != K_)
-    throw std::invalid_argument(fmt::format("{}: the activations are for scheme '{}', K = {}", who(), acts.scheme_.name(), acts.K_));
+    throw std::invalid_argument(fmt::format("{}: the activations are for scheme '{}', K = {}", where(method),
+                                            acts.scheme_.name(), acts.K_));
 }
 
 void GpuLinear::prepare_input(const void* x, int64_t M, GpuActivations& acts, cudaStream_t stream,
                               const Front& f) const {
   const auto who = [this] { return where("prepare"); };  // (formatted on the error path only)
-  check_activations(acts, who);
+  check_activations(acts, "prepare");
   if (M < 0 || M > acts.max_m_)
     throw std::invalid_argument(fmt::format("{}: M = {} (0 .. max_m = {})", who(), M, acts.max_m_));
   if (M > 0 && !x) throw std::invalid_argument(fmt::format("{}: null input", who()));
@@ -340,7 +341,7 @@ void GpuLinear::prepare_input(const void* x, int64_t M, GpuActivations& acts, cu
 
 void GpuLinear::gemm(const GpuActivations& acts, void* y, cudaStream_t stream, void* workspace, float* y_f32) const {
   const auto who = [this] { return where("gemm"); };  // (formatted on the error path only)
-  check_activations(acts, who);
+  check_activations(acts, "gemm");
   const int64_t M = acts.M_;
   if (M == 0) return;
   if (!y && !y_f32) throw std::invalid_argument(fmt::format("{}: null output", who()));
@@ -391,7 +392,7 @@ bool GpuLinear::accumulates() const {
 
 void GpuLinear::gemm_accumulate(const GpuActivations& acts, float* x, cudaStream_t stream) const {
   const auto who = [this] { return where("gemm_accumulate"); };  // (formatted on the error path only)
-  check_activations(acts, who);
+  check_activations(acts, "gemm_accumulate");
   if (!accumulates())
     throw std::invalid_argument(fmt::format("{}: only fp16 and bf16 layers without a bias add into FP32 rows", who()));
   if (acts.M_ == 0) return;
@@ -407,7 +408,7 @@ void GpuLinear::gemm_accumulate(const GpuActivations& acts, float* x, cudaStream
 
 void GpuLinear::gemm_cublas(const GpuActivations& acts, void* y, cudaStream_t stream) const {
   const auto who = [this] { return where("gemm_cublas"); };  // (formatted on the error path only)
-  check_activations(acts, who);
+  check_activations(acts, "gemm_cublas");
   if (scheme_.kind != SchemeKind::fp16 && scheme_.kind != SchemeKind::bf16)
     throw std::invalid_argument(who() + ": fp16 and bf16 only");
   if (acts.front_ != PrepInput::plain)
@@ -457,7 +458,7 @@ void GpuLinear::gemm_gemv(const GpuActivations& acts, void* y, bool accumulate, 
 
 void GpuLinear::gemm(const GpuActivations& acts, const Epilogue& ep, void* y, cudaStream_t stream, void* workspace) const {
   const auto who = [this] { return where("gemm"); };  // (formatted on the error path only)
-  check_activations(acts, who);
+  check_activations(acts, "gemm");
   if (acts.M_ == 0) return;
   if (ep.kind == Fp4Epilogue::none || !fuses(ep.kind, acts.M_))
     throw std::invalid_argument(fmt::format("{}: no fused {} epilogue for M = {} (fuses())", who(),

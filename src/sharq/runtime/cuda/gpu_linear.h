@@ -30,7 +30,6 @@
 #pragma once
 
 #include <cstdint>
-#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -203,7 +202,7 @@ class GpuLinear {
   // "GpuLinear(scheme, N = .., K = ..)::method", for error messages: the checks run on every call of a
   // step's hot path, so the label is formatted only when one throws
   std::string where(const char* method) const;
-  void check_activations(const GpuActivations& acts, const std::function<std::string()>& who) const;
+  void check_activations(const GpuActivations& acts, const char* method) const;
   void gemm_fp4(const GpuActivations& acts, void* y, float* y_f32, const Epilogue& ep, cudaStream_t stream,
                 void* workspace) const;
   // fp16, bf16 with gemv(M): Y (store) or x += (accumulate) through the GEMV, from acts' front
