@@ -3,7 +3,9 @@
 // every GPU scheme, prefill + decode steps over a paged KV cache with small blocks (block
 // boundaries crossed), Mistral's sliding window past the window, a mixed batch whose sequences each
 // get the logits they get alone (bit for bit with per-token scales; per-tensor scales differ), and
-// bad input (MoE, a CPU-only scheme, too many tokens, an exhausted KV cache). Label `gpu`.
+// bad input (MoE routing beyond the GPU's limits, a CPU-only scheme, too many tokens, an exhausted
+// KV cache); the MoE architectures (Mixtral, Qwen3-MoE) against the CPU, and their batch invariance.
+// Label `gpu`.
 //
 // Tolerances: the GPU runs BF16 activations (FP16 for fp16) where the CPU runs FP32, so logits
 // differ by a few 1e-3 relative for the 16-bit schemes (bound 2e-2, the engine issue's). For the
@@ -112,6 +114,77 @@ TEST(GpuEngine, MatchesTheCpuExecutorOnEveryDenseArchitectureAndScheme) {
         EXPECT_LE(e, c32) << arch << " " << sc;
       }
     }
+  }
+}
+
+// Mixtral and Qwen3-MoE (4 experts, 2 per token; Qwen3-MoE's weights not renormalized): the GPU's
+// router, permutation, expert GEMMs and combine against the CPU executor, with the dense test's
+// tolerances. The decode steps route one token to 2 of the 4 experts (2 get none); the prefill gives
+// several tokens to each. A routing choice that flips between GPU and CPU (BF16 against FP32 inputs
+// near a tie) would show as a gap far above these bounds.
+TEST(GpuEngine, MatchesTheCpuExecutorOnMoeArchitecturesAndEveryScheme) {
+  SKIP_WITHOUT_GPU();
+  for (const char* arch : {"mixtral", "qwen3_moe"}) {
+    const ModelWeights w = load_model_weights(tiny(arch));
+    CpuExecutor ref32(w, parse_scheme("fp32"));
+    const std::vector<float> y32 = run(ref32, kPrompt, kFeed);
+    for (const char* sc : {"bf16", "fp16", "fp8", "w4a16", "nvfp4", "sharq", "sharq:merged", "sharq:s24:tensor"}) {
+      const Scheme s = parse_scheme(sc);
+      CpuExecutor cpu(w, s);
+      GpuExecutor gpu(w, s, small_blocks());
+      EXPECT_EQ(gpu.graphs_captured(), 0);
+      const std::vector<float> yc = run(cpu, kPrompt, kFeed), yg = run(gpu, kPrompt, kFeed);
+      EXPECT_EQ(gpu.graphs_captured(), 0) << "MoE steps run eagerly";
+      ASSERT_EQ(yc.size(), yg.size());
+      for (float v : yg) ASSERT_TRUE(std::isfinite(v)) << arch << " " << sc;
+      const double e = rel_l2(yg, yc), e32 = rel_l2(yg, y32), c32 = rel_l2(yc, y32);
+      std::printf("  %-12s %-18s GPU vs CPU same scheme %.2e | vs CPU fp32: GPU %.2e, CPU %.2e\n", arch, sc, e, e32, c32);
+      if (s.kind == SchemeKind::bf16 || s.kind == SchemeKind::fp16) {
+        EXPECT_LE(e, 2e-2) << arch << " " << sc;
+      } else {
+        EXPECT_LE(e32, 1.25 * c32 + 1e-3) << arch << " " << sc;
+        EXPECT_LE(e, c32) << arch << " " << sc;
+      }
+    }
+  }
+}
+
+// The batch-invariance rule for MoE: a token's logits do not depend on which other tokens share its
+// step (and so its experts' GEMMs), bit for bit for the FP4 schemes with per-token scales: three
+// sequences decoded together equal each decoded alone, and a prefill chunk beside a decode row
+// leaves that row's logits unchanged.
+TEST(GpuEngine, MoeLogitsDoNotDependOnTheBatch) {
+  SKIP_WITHOUT_GPU();
+  const ModelWeights w = load_model_weights(tiny("qwen3_moe"));
+  for (const char* sc : {"sharq", "sharq:merged", "nvfp4", "w4a16"}) {
+    SCOPED_TRACE(sc);
+    GpuExecutor gpu(w, parse_scheme(sc), small_blocks());
+    const std::vector<std::vector<int32_t>> prompts = {{5, 17, 99, 3}, {200, 42, 7}, {8, 1, 250, 33, 64}};
+    auto prefill = [&](const std::vector<int32_t>& p) {
+      const SeqId s = gpu.create_sequence(32);
+      gpu.step({StepEntry{s, p, 0, false, std::nullopt}});
+      return s;
+    };
+    // alone
+    std::vector<std::vector<float>> alone;
+    for (size_t i = 0; i < prompts.size(); ++i) {
+      const SeqId s = prefill(prompts[i]);
+      alone.push_back(gpu.step({StepEntry{s, {static_cast<int32_t>(11 + i)}, static_cast<int64_t>(prompts[i].size()), true,
+                                          std::nullopt}}).logits);
+      gpu.free_sequence(s);
+    }
+    // together, and with a prefill chunk in the same step
+    std::vector<SeqId> ids;
+    for (const auto& p : prompts) ids.push_back(prefill(p));
+    std::vector<StepEntry> batch;
+    for (size_t i = 0; i < prompts.size(); ++i)
+      batch.push_back(StepEntry{ids[i], {static_cast<int32_t>(11 + i)}, static_cast<int64_t>(prompts[i].size()), true, std::nullopt});
+    const SeqId chunk = gpu.create_sequence(32);
+    batch.push_back(StepEntry{chunk, {9, 10, 11, 12, 13, 14}, 0, false, std::nullopt});
+    const StepOutput out = gpu.step(batch);
+    const size_t V = static_cast<size_t>(w.config.vocab_size);
+    for (size_t i = 0; i < prompts.size(); ++i)
+      EXPECT_TRUE(std::equal(alone[i].begin(), alone[i].end(), out.logits.begin() + i * V)) << "sequence " << i;
   }
 }
 
@@ -415,8 +488,14 @@ TEST(GpuEngine, SamplingPerSequenceMatchesTheCpuSampler) {
 
 TEST(GpuEngine, BadInputIsRefusedWithAMessage) {
   SKIP_WITHOUT_GPU();
-  const ModelWeights moe = load_model_weights(tiny("mixtral"));
-  EXPECT_NE(what_of([&] { GpuExecutor(moe, parse_scheme("bf16")); }).find("mixture-of-experts"), std::string::npos);
+  ModelConfig moe = load_model_weights(tiny("mixtral")).config;  // routing the GPU engine does not take
+  moe.num_experts = 300;
+  EXPECT_NE(what_of([&] { GpuExecutor(cuda::SyntheticModel{moe, 1}, parse_scheme("bf16"), small_blocks()); }).find("300 experts"),
+            std::string::npos);
+  moe.num_experts = 32;
+  moe.num_experts_per_tok = 17;
+  EXPECT_NE(what_of([&] { GpuExecutor(cuda::SyntheticModel{moe, 1}, parse_scheme("bf16"), small_blocks()); }).find("17 per token"),
+            std::string::npos);
   const ModelWeights w = load_model_weights(tiny("llama3"));
   EXPECT_NE(what_of([&] { GpuExecutor(w, parse_scheme("mxfp4")); }).find("mxfp4"), std::string::npos);
   EXPECT_NE(what_of([&] { GpuExecutor(w, parse_scheme("fp32")); }).find("fp32"), std::string::npos);

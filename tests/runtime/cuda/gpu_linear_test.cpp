@@ -24,6 +24,7 @@
 
 #include "../../support/gpu_test.h"
 #include "../../support/error_metrics.h"
+#include "../../support/exceptions.h"
 #include "../../support/test_inputs.h"
 #include "sharq/kernels/cuda/transformer_ops.h"
 #include "sharq/quant/fp8.h"
@@ -584,6 +585,75 @@ TEST(GpuLinear, SharedActivationsServeSeveralLayers) {
   b2.forward(dx.get(), 12, yb2.get(), nullptr);
   EXPECT_EQ(ya.to_host(), ya2.to_host());
   EXPECT_EQ(yb.to_host(), yb2.to_host());
+}
+
+// The MoE experts' path: rows of a prepared input gathered into a permuted one (repeats included),
+// then two layers each on its own row range (gemm_rows). Every output row is bit-identical to a
+// plain prepare + gemm of the same X row; so is each range to the whole gathered input's rows. Where
+// the scheme keeps no per-row prepared input (fp16, bf16, w4a16 on X itself, per-tensor scales),
+// gather() refuses, and gemm_rows still serves row ranges (not parts of a per-tensor input).
+TEST(GpuLinear, GatheredRowsAndRowRangesMatchThePlainGemm) {
+  SKIP_WITHOUT_GPU();
+  const int64_t M = 40, N = 256, K = 640;  // K % 128 != 0: w4a16 keeps a padded copy (gathers)
+  const std::vector<int32_t> perm = {3, 0, 39, 7, 7, 12, 5, 1, 20, 33, 2, 38, 9, 9, 9, 17, 26, 4, 30, 11, 0, 22};
+  const int64_t P = static_cast<int64_t>(perm.size()), split = 9;  // layer a: rows 0 .. 8, layer b: 9 .. P-1
+  for (const char* sc : {"sharq", "sharq:merged", "nvfp4", "fp8", "w4a16", "bf16", "fp16", "sharq:tensor"}) {
+    SCOPED_TRACE(sc);
+    const Scheme s = parse_scheme(sc);
+    const bool fp16 = s.kind == SchemeKind::fp16;
+    const auto pa = make_problem(M, N, K, 901, true, fp16), pb = make_problem(M, N, K, 902, true, fp16);
+    GpuLinearOptions opt;
+    opt.max_m = 64;
+    GpuLinear a(s, pa.W.data(), N, K, opt, &blas()), b(s, pb.W.data(), N, K, opt, &blas());
+    // the permuted X rows, prepared as a whole: the reference
+    std::vector<uint16_t> xp;
+    for (int32_t r : perm) xp.insert(xp.end(), pa.Xb.begin() + r * K, pa.Xb.begin() + (r + 1) * K);
+    DeviceBuffer<uint16_t> dx(pa.Xb.size()), dxp(xp.size()), y_ref(static_cast<size_t>(P * N)), y(static_cast<size_t>(P * N));
+    DeviceBuffer<int32_t> drows(perm.size());
+    dx.upload(pa.Xb.data());
+    dxp.upload(xp.data());
+    drows.upload(perm.data());
+    GpuActivations whole(s, K, 64), permuted(s, K, 64);
+    // each range's rows prepared alone (the same M as its gemm_rows: cuBLASLt picks by M)
+    a.prepare(dxp.get(), split, whole, nullptr);
+    a.gemm(whole, y_ref.get(), nullptr);
+    b.prepare(dxp.get() + split * K, P - split, whole, nullptr);
+    b.gemm(whole, y_ref.get() + split * N, nullptr);
+    const std::vector<uint16_t> ref = y_ref.to_host();
+    const bool per_tensor = s.has_act_global_scale() && s.act_scale == GlobalScale::per_tensor;
+    if (permuted.gathers()) {
+      GpuActivations src(s, K, 64);
+      a.prepare(dx.get(), M, src, nullptr);
+      permuted.gather(src, drows.get(), P, nullptr);
+    } else {
+      EXPECT_NE(sharq_test::what_of([&] { permuted.gather(whole, drows.get(), P, nullptr); }).find("no per-row prepared input"),
+                std::string::npos);
+      a.prepare(dxp.get(), P, permuted, nullptr);
+    }
+    if (per_tensor) {  // one amax over the whole input: only the whole input's rows
+      EXPECT_NE(sharq_test::what_of([&] { a.gemm_rows(permuted, 0, split, y.get(), nullptr); }).find("per-tensor"),
+                std::string::npos);
+      continue;
+    }
+    SHARQ_CUDA_CHECK(cudaMemset(y.get(), 0xFF, y.bytes()));
+    a.gemm_rows(permuted, 0, split, y.get(), nullptr);
+    b.gemm_rows(permuted, split, P - split, y.get() + split * N, nullptr);
+    const std::vector<uint16_t> got = y.to_host();
+    if (s.is_fp4_weight()) {  // the FP4 families: bit for bit (their row results do not depend on M)
+      for (int64_t r = 0; r < P; ++r)
+        ASSERT_TRUE(std::equal(got.begin() + r * N, got.begin() + (r + 1) * N, ref.begin() + r * N)) << "row " << r;
+    } else {  // cuBLASLt: another pointer, perhaps another algorithm; within a 16-bit rounding
+      std::vector<float> g, e;
+      for (size_t i = 0; i < got.size(); ++i) {
+        g.push_back(fp16 ? fp16_decode(got[i]) : bf16_decode(got[i]));
+        e.push_back(fp16 ? fp16_decode(ref[i]) : bf16_decode(ref[i]));
+      }
+      EXPECT_LE(rel_l2(g, e), 4e-3);
+    }
+    // a repeated row's output equals its first occurrence (rows 3 and 4: X row 7), and a range past the end is refused
+    EXPECT_TRUE(std::equal(got.begin() + 3 * N, got.begin() + 4 * N, got.begin() + 4 * N));
+    EXPECT_NE(sharq_test::what_of([&] { a.gemm_rows(permuted, P - 2, 3, y.get(), nullptr); }).find("rows"), std::string::npos);
+  }
 }
 
 }  // namespace

@@ -12,10 +12,12 @@
 #include "sharq/formats/minifloat.h"
 #include "sharq/kernels/cuda/cublaslt_gemm.h"
 #include "sharq/kernels/cuda/cuda_check.h"
+#include "sharq/kernels/cuda/moe.h"
 #include "sharq/kernels/cuda/paged_attention.h"
 #include "sharq/kernels/cuda/sampling.h"
 #include "sharq/kernels/cuda/transformer_ops.h"
 #include "sharq/kernels/cuda/weight_quant.h"
+#include "sharq/model/moe_routing.h"
 #include "sharq/model/quantized_checkpoint.h"
 #include "sharq/model/rope.h"
 #include "sharq/quant/fp4_tiles.h"
@@ -26,16 +28,17 @@ namespace sharq::cuda {
 namespace {
 
 // ---- where the weights come from ---------------------------------------------------------------
-enum class Mat { embed, lm_head, q, k, v, o, gate, up, down };
+enum class Mat { embed, lm_head, q, k, v, o, gate, up, down, router, expert_gate, expert_up, expert_down };
 enum class Vec { none, final_norm, attn_norm, mlp_norm, q_norm, k_norm, q_bias, k_bias, v_bias, o_bias };
 
 class Source {
  public:
   virtual ~Source() = default;
   // A checkpoint's tensor of a projection (quantized checkpoints: its stored weights), or null.
-  virtual const TensorView* view(Mat, int64_t) { return nullptr; }
+  // expert: the MoE expert of the expert_* matrices.
+  virtual const TensorView* view(Mat, int64_t, int64_t /*expert*/) { return nullptr; }
   // The FP32 values of a matrix (rows x cols) into `dst` on the device, ordered on `stream`.
-  virtual void matrix(Mat m, int64_t layer, int64_t rows, int64_t cols, float* dst, cudaStream_t stream) = 0;
+  virtual void matrix(Mat m, int64_t layer, int64_t expert, int64_t rows, int64_t cols, float* dst, cudaStream_t stream) = 0;
   // A small vector on the host; empty when the model has none (biases, q/k norms).
   virtual std::vector<float> vec(Vec v, int64_t layer, int64_t n) = 0;
 };
@@ -43,8 +46,10 @@ class Source {
 class CheckpointSource final : public Source {
  public:
   explicit CheckpointSource(const ModelWeights& w) : w_(w) {}
-  const TensorView* view(Mat m, int64_t l) override {
+  const TensorView* view(Mat m, int64_t l, int64_t e) override {
     const LayerWeights lw = m == Mat::embed || m == Mat::lm_head ? LayerWeights{} : w_.layer(l);
+    const bool is_expert = m == Mat::expert_gate || m == Mat::expert_up || m == Mat::expert_down;
+    if (is_expert && (e < 0 || e >= static_cast<int64_t>(lw.experts.size()))) return nullptr;
     switch (m) {
       case Mat::embed: return &w_.embed_tokens();
       case Mat::lm_head: return &w_.lm_head();
@@ -55,14 +60,18 @@ class CheckpointSource final : public Source {
       case Mat::gate: return lw.gate;
       case Mat::up: return lw.up;
       case Mat::down: return lw.down;
+      case Mat::router: return lw.router;
+      case Mat::expert_gate: return lw.experts[static_cast<size_t>(e)].gate;
+      case Mat::expert_up: return lw.experts[static_cast<size_t>(e)].up;
+      case Mat::expert_down: return lw.experts[static_cast<size_t>(e)].down;
     }
     return nullptr;
   }
-  void matrix(Mat m, int64_t l, int64_t rows, int64_t cols, float* dst, cudaStream_t stream) override {
-    const TensorView* t = view(m, l);
+  void matrix(Mat m, int64_t l, int64_t e, int64_t rows, int64_t cols, float* dst, cudaStream_t stream) override {
+    const TensorView* t = view(m, l, e);
     if (!t || t->numel() != rows * cols)
-      throw std::invalid_argument(fmt::format("GpuExecutor: {}: a weight of layer {} is missing or not {} x {}", w_.source, l,
-                                              rows, cols));
+      throw std::invalid_argument(fmt::format("GpuExecutor: {}: a weight of layer {}{} is missing or not {} x {}", w_.source, l,
+                                              e >= 0 ? fmt::format(" (expert {})", e) : std::string(), rows, cols));
     const float* in = f32_in_place(*t);
     std::vector<float> tmp;
     if (!in) {
@@ -107,9 +116,11 @@ class CheckpointSource final : public Source {
 class SyntheticSource final : public Source {
  public:
   SyntheticSource(const ModelConfig& c, uint64_t seed) : c_(c), seed_(seed) {}
-  void matrix(Mat m, int64_t l, int64_t rows, int64_t cols, float* dst, cudaStream_t stream) override {
+  void matrix(Mat m, int64_t l, int64_t e, int64_t rows, int64_t cols, float* dst, cudaStream_t stream) override {
     // uniform on [-a, a) with a = 0.02 * sqrt(3): standard deviation 0.02, as initialized models
-    fill_synthetic(dst, rows * cols, seed_ * 1000003u + static_cast<uint64_t>(m) * 1009u + static_cast<uint64_t>(l + 1),
+    fill_synthetic(dst, rows * cols,
+                   seed_ * 1000003u + static_cast<uint64_t>(m) * 1009u + static_cast<uint64_t>(l + 1) +
+                       static_cast<uint64_t>(e + 1) * 7919u * 65537u,
                    0.0346410162f, 0.0f, stream);
   }
   std::vector<float> vec(Vec v, int64_t, int64_t n) override {
@@ -192,16 +203,23 @@ int64_t decode_bucket(int64_t M) {
 
 // kNorm, kRope, kSwiglu and kOther (embedding, last residual add, final norm, copies) are reported
 // one by one ("other.*") and together as "norms_rope_other".
-enum Cat { kOther, kPrep, kGemm, kAttention, kLmHead, kSampling, kNorm, kRope, kSwiglu, kCats };
-const char* const kCatNames[kCats] = {"other.rest", "prep",       "gemm",          "attention",   "lm_head",
-                                      "sampling",   "other.norm", "other.rope_kv", "other.swiglu"};
+// kMoe: the MoE router, the permutation plan (with its copy of the row counts to the host) and
+// the weighted combine.
+enum Cat { kOther, kPrep, kGemm, kAttention, kLmHead, kSampling, kNorm, kRope, kSwiglu, kMoe, kCats };
+const char* const kCatNames[kCats] = {"other.rest", "prep",         "gemm",          "attention",    "lm_head",
+                                      "sampling",   "other.norm",   "other.rope_kv", "other.swiglu", "other.moe"};
 
 }  // namespace
 
 struct GpuExecutor::Impl {
+  struct Expert {
+    std::unique_ptr<GpuLinear> gate_up, down;
+  };
   struct Layer {
-    std::unique_ptr<GpuLinear> qkv, o, gate_up, down;  // q/k/v and gate/up stacked: one GEMM each
+    std::unique_ptr<GpuLinear> qkv, o, gate_up, down;  // q/k/v and gate/up stacked: one GEMM each (dense MLP)
     DeviceBuffer<float> attn_norm, mlp_norm, q_norm, k_norm;
+    DeviceBuffer<float> router;                        // MoE: experts x hidden, FP32
+    std::vector<Expert> experts;                       // MoE
   };
   struct Sequence {
     int64_t len = 0, cap = 0;
@@ -214,6 +232,9 @@ struct GpuExecutor::Impl {
   EngineOptions opt;
   DType t = DType::bf16;
   int64_t H = 0, qd = 0, kvd = 0, I = 0, V = 0, maxM = 0, maxR = 0, qkvd = 0;
+  // MoE (nexp > 0): experts, choices per token, each expert's intermediate size, renormalized weights
+  int64_t nexp = 0, topk = 0, Ie = 0;
+  bool renorm = true;
   double load_s = 0.0;
   cudaStream_t stream = nullptr;
   std::unique_ptr<CublasLtGemm> blas;
@@ -229,6 +250,14 @@ struct GpuExecutor::Impl {
   bool fuse_norm = false;    // the FP4 schemes (EngineOptions): residual add + RMSNorm inside the q/k/v, gate/up preps
   bool fuse_swiglu = false;  // and SwiGLU inside the down projection's prep
   DeviceBuffer<uint16_t> h, qkvb, qr, att, ob, gub, ab, hn;  // qr: q after RoPE
+  // MoE, per step (M tokens, M top_k expert rows in moe_plan's order): the choices and weights, the
+  // plan (offsets[E + 1], src[M k], dst[M k]), the permuted input rows (he: when the prepared input
+  // is not gathered), gate/up output, SwiGLU output, down output; the prepared inputs of both
+  std::unique_ptr<GpuActivations> acts_e, acts_ei;
+  DeviceBuffer<int32_t> moe_ids, moe_off, moe_src, moe_dst;
+  DeviceBuffer<float> moe_w;
+  DeviceBuffer<uint16_t> he, gue, ae, ye;
+  std::unique_ptr<Pinned> moe_off_host;
   // KV cache: n_blocks usable blocks + block n_blocks for the padding rows of decode steps
   DeviceBuffer<uint16_t> kv_pool;
   int64_t n_blocks = 0;
@@ -312,7 +341,13 @@ struct GpuExecutor::Impl {
     event_cat.push_back(cat);
   }
   void forward(int64_t M_step, int64_t R, const AttentionPlan& plan);
-  bool graph_ok() const { return !(scheme.has_act_global_scale() && scheme.act_scale == GlobalScale::per_tensor); }
+  // the MoE block of layer l on M rows: x += the experts' weighted outputs
+  void moe(const Layer& L, int64_t M, float* x, void* ws);
+  // CUDA graphs: not with per-tensor activation scales (their amax covers the padding rows), nor for
+  // MoE models (the experts' row counts come back to the host inside the step)
+  bool graph_ok() const {
+    return nexp == 0 && !(scheme.has_act_global_scale() && scheme.act_scale == GlobalScale::per_tensor);
+  }
 };
 
 void GpuExecutor::Impl::build(const ModelConfig& c, const Scheme& sch, const EngineOptions& o, Source& src) {
@@ -322,9 +357,17 @@ void GpuExecutor::Impl::build(const ModelConfig& c, const Scheme& sch, const Eng
     throw std::runtime_error("GpuExecutor: no CUDA device found (no NVIDIA driver or GPU visible); use --device cpu");
   const std::string why = scheme_unsupported_reason(sch, Device::cuda);
   if (!why.empty()) throw std::invalid_argument("GpuExecutor: " + why);
-  if (c.num_experts > 0)
-    throw std::invalid_argument(fmt::format("GpuExecutor: {} is a mixture-of-experts model; MoE runs on the CPU only for now "
-                                            "(use --device cpu)", to_string(c.arch)));
+  if (c.num_experts > 0) {
+    const MoeRouting r = moe_routing(c);
+    if (r.num_experts > kMoeMaxExperts || r.top_k < 1 || r.top_k > std::min(r.num_experts, kMoeMaxTopK))
+      throw std::invalid_argument(fmt::format("GpuExecutor: {} has {} experts and {} per token; the GPU engine routes 1 .. {} "
+                                              "experts and 1 .. min(experts, {}) per token", to_string(c.arch),
+                                              r.num_experts, r.top_k, kMoeMaxExperts, kMoeMaxTopK));
+    if (c.hidden_size % 4 != 0 || c.hidden_size > kMoeMaxHidden || r.expert_intermediate < 1)
+      throw std::invalid_argument(fmt::format("GpuExecutor: an MoE model of hidden size {} (a multiple of 4, at most {}) and "
+                                              "expert intermediate size {}", c.hidden_size, kMoeMaxHidden,
+                                              r.expert_intermediate));
+  }
   if (o.max_batch_tokens < 1 || o.max_batch_tokens > (int64_t{1} << 20))
     throw std::invalid_argument(fmt::format("GpuExecutor: max_batch_tokens = {} (1 .. 2^20)", o.max_batch_tokens));
   if (o.max_logit_rows < 0 || o.max_logit_rows > o.max_batch_tokens)
@@ -345,6 +388,13 @@ void GpuExecutor::Impl::build(const ModelConfig& c, const Scheme& sch, const Eng
   E.I = c.intermediate_size;
   E.V = c.vocab_size;
   E.qkvd = E.qd + 2 * E.kvd;
+  if (c.num_experts > 0) {
+    const MoeRouting r = moe_routing(c);
+    E.nexp = r.num_experts;
+    E.topk = r.top_k;
+    E.Ie = r.expert_intermediate;
+    E.renorm = r.renormalize;
+  }
   E.maxM = o.max_batch_tokens;
   E.maxR = o.max_logit_rows > 0 ? o.max_logit_rows : o.max_batch_tokens;
   SHARQ_CUDA_CHECK(cudaStreamCreateWithFlags(&E.stream, cudaStreamNonBlocking));
@@ -352,13 +402,13 @@ void GpuExecutor::Impl::build(const ModelConfig& c, const Scheme& sch, const Eng
   cudaStream_t st = E.stream;
 
   try {
-    const int64_t stage_n = std::max({E.V * E.H, E.qkvd * E.H, 2 * E.I * E.H});
+    const int64_t stage_n = std::max({E.V * E.H, E.qkvd * E.H, 2 * E.I * E.H, 2 * E.Ie * E.H, E.nexp * E.H});
     DeviceBuffer<float> stage(static_cast<size_t>(stage_n));
     const bool fp16 = E.t == DType::f16;
-    src.matrix(Mat::embed, -1, E.V, E.H, stage.get(), st);
+    src.matrix(Mat::embed, -1, -1, E.V, E.H, stage.get(), st);
     E.embed = DeviceBuffer<uint16_t>(static_cast<size_t>(E.V * E.H));  // BF16 rows, widened into the FP32 stream
     convert_weights_16(stage.get(), E.V * E.H, false, E.embed.get(), st);
-    src.matrix(Mat::lm_head, -1, E.V, E.H, stage.get(), st);
+    src.matrix(Mat::lm_head, -1, -1, E.V, E.H, stage.get(), st);
     E.lm_head = DeviceBuffer<uint16_t>(static_cast<size_t>(E.V * E.H));
     convert_weights_16(stage.get(), E.V * E.H, fp16, E.lm_head.get(), st);
     E.final_norm = upload_vec(src.vec(Vec::final_norm, -1, E.H));
@@ -370,7 +420,7 @@ void GpuExecutor::Impl::build(const ModelConfig& c, const Scheme& sch, const Eng
     lo.gemv16_max_m = E.opt.gemv16_max_m;
     size_t ws = 0;
     // one layer from matrices stacked along N (each N_i x K, with its bias or none)
-    struct Part { Mat m; int64_t n; Vec bias; };
+    struct Part { Mat m; int64_t n; Vec bias; int64_t e = -1; };
     const auto linear = [&](int64_t l, int64_t K, std::initializer_list<Part> parts) {
       // the parts' biases, stacked (zeros for a part without one), or none at all
       std::vector<float> bias;
@@ -381,12 +431,12 @@ void GpuExecutor::Impl::build(const ModelConfig& c, const Scheme& sch, const Eng
         if (b.empty()) b.assign(static_cast<size_t>(p.n), 0.0f);
         bias.insert(bias.end(), b.begin(), b.end());
       }
-      const TensorView* first = src.view(parts.begin()->m, l);
+      const TensorView* first = src.view(parts.begin()->m, l, parts.begin()->e);
       if (first && first->quantized) {  // a quantized checkpoint: its stored blocks, not re-quantized
         std::vector<const QuantizedWeight*> stored;
         const bool fp8 = first->quantized->weights == StoredWeights::fp8;
         for (const Part& p : parts) {
-          const TensorView* t = src.view(p.m, l);
+          const TensorView* t = src.view(p.m, l, p.e);
           if (!t || !t->quantized || (t->quantized->weights == StoredWeights::fp8) != fp8)
             throw std::invalid_argument(fmt::format("GpuExecutor: layer {}: the GPU engine loads quantized checkpoints whose "
                                                     "every projection is stored quantized in one format", l));
@@ -419,7 +469,7 @@ void GpuExecutor::Impl::build(const ModelConfig& c, const Scheme& sch, const Eng
       }
       DeviceMatrix dm{stage.get(), 0, K, {}};
       for (const Part& p : parts) {
-        src.matrix(p.m, l, p.n, K, stage.get() + dm.rows * K, st);
+        src.matrix(p.m, l, p.e, p.n, K, stage.get() + dm.rows * K, st);
         dm.rows += p.n;
         dm.parts.push_back(p.n);
       }
@@ -437,8 +487,19 @@ void GpuExecutor::Impl::build(const ModelConfig& c, const Scheme& sch, const Eng
         throw std::invalid_argument(fmt::format("GpuExecutor: layer {} has no attention or MLP norm", l));
       L.qkv = linear(l, E.H, {{Mat::q, E.qd, Vec::q_bias}, {Mat::k, E.kvd, Vec::k_bias}, {Mat::v, E.kvd, Vec::v_bias}});
       L.o = linear(l, E.qd, {{Mat::o, E.H, Vec::o_bias}});
-      L.gate_up = linear(l, E.H, {{Mat::gate, E.I, Vec::none}, {Mat::up, E.I, Vec::none}});
-      L.down = linear(l, E.I, {{Mat::down, E.H, Vec::none}});
+      if (E.nexp == 0) {
+        L.gate_up = linear(l, E.H, {{Mat::gate, E.I, Vec::none}, {Mat::up, E.I, Vec::none}});
+        L.down = linear(l, E.I, {{Mat::down, E.H, Vec::none}});
+      } else {  // MoE: the FP32 router (every scheme leaves it unquantized), then each expert's gate/up and down
+        L.router = DeviceBuffer<float>(static_cast<size_t>(E.nexp * E.H));
+        src.matrix(Mat::router, l, -1, E.nexp, E.H, L.router.get(), st);
+        for (int64_t e = 0; e < E.nexp; ++e) {
+          Impl::Expert x;
+          x.gate_up = linear(l, E.H, {{Mat::expert_gate, E.Ie, Vec::none, e}, {Mat::expert_up, E.Ie, Vec::none, e}});
+          x.down = linear(l, E.Ie, {{Mat::expert_down, E.H, Vec::none, e}});
+          L.experts.push_back(std::move(x));
+        }
+      }
       E.layers.push_back(std::move(L));
     }
     SHARQ_CUDA_CHECK(cudaStreamSynchronize(st));  // `stage` is freed on return
@@ -455,8 +516,9 @@ void GpuExecutor::Impl::build(const ModelConfig& c, const Scheme& sch, const Eng
   if (E.qd != E.H) E.acts_q = std::make_unique<GpuActivations>(sch, E.qd, E.maxM);
   E.acts_i = std::make_unique<GpuActivations>(sch, E.I, E.maxM);
   const size_t M = static_cast<size_t>(E.maxM), R = static_cast<size_t>(E.maxR);
-  E.fuse_norm = o.fuse_norm && E.layers.front().down->fused_prep();
-  E.fuse_swiglu = o.fuse_swiglu && E.layers.front().down->fused_prep();
+  // (the fused preps take the dense MLP's successor kernels: not in MoE models)
+  E.fuse_norm = E.nexp == 0 && o.fuse_norm && E.layers.front().down->fused_prep();
+  E.fuse_swiglu = E.nexp == 0 && o.fuse_swiglu && E.layers.front().down->fused_prep();
   E.x = DeviceBuffer<float>(M * E.H);
   if (E.fuse_norm) E.x2 = DeviceBuffer<float>(M * E.H);
   E.qr = DeviceBuffer<uint16_t>(M * E.qd);
@@ -468,6 +530,21 @@ void GpuExecutor::Impl::build(const ModelConfig& c, const Scheme& sch, const Eng
   E.gub = DeviceBuffer<uint16_t>(M * 2 * E.I);
   if (!E.fuse_swiglu) E.ab = DeviceBuffer<uint16_t>(M * E.I);  // the SwiGLU output (fused: never materialized)
   E.hn = DeviceBuffer<uint16_t>(R * E.H);
+  if (E.nexp > 0) {
+    const size_t MK = M * static_cast<size_t>(E.topk);
+    E.acts_e = std::make_unique<GpuActivations>(sch, E.H, static_cast<int64_t>(MK));
+    E.acts_ei = std::make_unique<GpuActivations>(sch, E.Ie, static_cast<int64_t>(MK));
+    E.moe_ids = DeviceBuffer<int32_t>(MK);
+    E.moe_w = DeviceBuffer<float>(MK);
+    E.moe_src = DeviceBuffer<int32_t>(MK);
+    E.moe_dst = DeviceBuffer<int32_t>(MK);
+    E.moe_off = DeviceBuffer<int32_t>(static_cast<size_t>(E.nexp + 1));
+    E.moe_off_host = std::make_unique<Pinned>(static_cast<size_t>(E.nexp + 1) * sizeof(int32_t));
+    if (!E.acts_e->gathers()) E.he = DeviceBuffer<uint16_t>(MK * E.H);
+    E.gue = DeviceBuffer<uint16_t>(MK * 2 * E.Ie);
+    E.ae = DeviceBuffer<uint16_t>(MK * E.Ie);
+    E.ye = DeviceBuffer<uint16_t>(MK * E.H);
+  }
   // (batch-invariant: every layer at the step's rows; per-tensor activation scales would take the
   // last layer's amax over the logits rows alone)
   if (o.prune_last_layer && !o.batch_invariant && E.graph_ok()) {
@@ -548,8 +625,10 @@ size_t GpuExecutor::weight_bytes() const {
   const Impl& E = *impl_;
   size_t b = E.embed.bytes() + E.lm_head.bytes() + E.final_norm.bytes();
   for (const auto& L : E.layers) {
-    for (const GpuLinear* g : {L.qkv.get(), L.o.get(), L.gate_up.get(), L.down.get()}) b += g->weight_bytes();
-    b += L.attn_norm.bytes() + L.mlp_norm.bytes() + L.q_norm.bytes() + L.k_norm.bytes();
+    for (const GpuLinear* g : {L.qkv.get(), L.o.get(), L.gate_up.get(), L.down.get()})
+      if (g) b += g->weight_bytes();
+    for (const Impl::Expert& x : L.experts) b += x.gate_up->weight_bytes() + x.down->weight_bytes();
+    b += L.attn_norm.bytes() + L.mlp_norm.bytes() + L.q_norm.bytes() + L.k_norm.bytes() + L.router.bytes();
   }
   return b;
 }
@@ -674,6 +753,17 @@ void GpuExecutor::Impl::forward(int64_t M_step, int64_t R, const AttentionPlan& 
     mark(kPrep);
     L.o->prepare(att, M, acts_q, st);
     gemm_to_residual(*L.o, acts_q, L.mlp_norm.get());
+    if (!L.experts.empty()) {  // MoE: the residual add + norm into E.h (unless o's reduction did it), then the experts
+      if (!h_ready) {
+        mark(kNorm);
+        if (pending) add_rmsnorm(xr, pending, M, E.H, L.mlp_norm.get(), eps, E.t, E.h.get(), st);
+        else rmsnorm_rows(xr, nullptr, nullptr, M, E.H, L.mlp_norm.get(), eps, E.t, E.h.get(), st);
+      }
+      E.moe(L, M, xr, ws);
+      pending = nullptr;
+      h_ready = false;
+      continue;
+    }
     norm_into(*L.gate_up, pending, L.mlp_norm.get(), *E.acts_h);
     mark(kGemm);
     if (E.fuse_swiglu || L.down->gemv(M)) {  // SwiGLU inside down's activation prep (FP4) or its GEMV (fp16, bf16)
@@ -700,6 +790,96 @@ void GpuExecutor::Impl::forward(int64_t M_step, int64_t R, const AttentionPlan& 
   E.blas->matmul(E.t == DType::f16 ? BlasType::f16_f32out : BlasType::bf16_f32out, E.hn.get(), E.lm_head.get(),
                  E.logits.get(), R, E.V, E.H, nullptr, nullptr, st);
   mark(kSampling);  // (inside the graph of a profiled decode step: ends the lm_head segment there)
+}
+
+// The MoE block on M rows: x (FP32, M x H: the residual after the attention's add) and E.h (its
+// RMSNorm, act dtype) are ready. The router reads x (and the norm weights) for an FP32 router input
+// as the CPU's; the experts read E.h, prepared once per token and then permuted (gather) where the
+// prepared input is per row, else permuted first and prepared per expert (per-tensor scales: each
+// expert's amax over its own rows, as the CPU runs them) or as a whole (X itself: fp16, bf16, w4a16).
+// Each expert's GEMMs run on its rows; SwiGLU and down's prep run once over all the rows; the
+// combine adds the weighted outputs in expert order. The experts' row counts are copied to the host
+// (one synchronization per MoE layer: no CUDA graph for MoE models yet).
+void GpuExecutor::Impl::moe(const Layer& L, int64_t M, float* x, void* ws) {
+  Impl& E = *this;
+  cudaStream_t st = E.stream;
+  const int64_t K = E.topk, MK = M * K;
+  mark(kMoe);
+  MoeRouteArgs ra;
+  ra.x = x;
+  ra.norm_w = L.mlp_norm.get();
+  ra.eps = E.cfg.rms_norm_eps;
+  ra.router = L.router.get();
+  ra.M = M;
+  ra.H = E.H;
+  ra.E = E.nexp;
+  ra.top_k = K;
+  ra.renormalize = E.renorm;
+  ra.experts = E.moe_ids.get();
+  ra.weights = E.moe_w.get();
+  moe_route(ra, st);
+  moe_plan(E.moe_ids.get(), M, K, E.nexp, E.moe_off.get(), E.moe_src.get(), E.moe_dst.get(), st);
+  SHARQ_CUDA_CHECK(cudaMemcpyAsync(E.moe_off_host->p, E.moe_off.get(), static_cast<size_t>(E.nexp + 1) * sizeof(int32_t),
+                                   cudaMemcpyDeviceToHost, st));
+  SHARQ_CUDA_CHECK(cudaStreamSynchronize(st));
+  const int32_t* off = static_cast<const int32_t*>(E.moe_off_host->p);
+  if (off[E.nexp] != MK) throw std::logic_error(fmt::format("GpuExecutor: the MoE plan holds {} rows, not {}", off[E.nexp], MK));
+  const bool per_tensor = E.scheme.has_act_global_scale() && E.scheme.act_scale == GlobalScale::per_tensor;
+  GpuActivations& ae = *E.acts_e;
+  GpuActivations& ai = *E.acts_ei;
+  const GpuLinear& gu0 = *L.experts.front().gate_up;
+  const GpuLinear& dn0 = *L.experts.front().down;
+  const size_t es = 2;  // bytes of an activation element
+  if (ae.gathers()) {  // prepared once per token, then permuted
+    mark(kPrep);
+    gu0.prepare(E.h.get(), M, *E.acts_h, st);
+    mark(kMoe);
+    ae.gather(*E.acts_h, E.moe_src.get(), MK, st);
+  } else {
+    mark(kMoe);
+    gather_rows(E.h.get(), E.moe_src.get(), MK, E.H * static_cast<int64_t>(es), E.he.get(), st);
+    if (!per_tensor) {
+      mark(kPrep);
+      gu0.prepare(E.he.get(), MK, ae, st);
+    }
+  }
+  auto rows_of = [&](uint16_t* base, int64_t row, int64_t width) { return base + row * width; };
+  for (int64_t e = 0; e < E.nexp; ++e) {
+    const int64_t r0 = off[e], n = off[e + 1] - off[e];
+    if (n == 0) continue;  // an expert without tokens costs nothing
+    const GpuLinear& gu = *L.experts[static_cast<size_t>(e)].gate_up;
+    if (per_tensor) {
+      mark(kPrep);
+      gu.prepare(rows_of(E.he.get(), r0, E.H), n, ae, st);
+      mark(kGemm);
+      gu.gemm(ae, rows_of(E.gue.get(), r0, 2 * E.Ie), st, ws);
+    } else {
+      mark(kGemm);
+      gu.gemm_rows(ae, r0, n, rows_of(E.gue.get(), r0, 2 * E.Ie), st, ws);
+    }
+  }
+  mark(kSwiglu);
+  swiglu(E.gue.get(), MK, E.Ie, E.t, E.ae.get(), st);
+  if (!per_tensor) {
+    mark(kPrep);
+    dn0.prepare(E.ae.get(), MK, ai, st);
+  }
+  for (int64_t e = 0; e < E.nexp; ++e) {
+    const int64_t r0 = off[e], n = off[e + 1] - off[e];
+    if (n == 0) continue;
+    const GpuLinear& dn = *L.experts[static_cast<size_t>(e)].down;
+    if (per_tensor) {
+      mark(kPrep);
+      dn.prepare(rows_of(E.ae.get(), r0, E.Ie), n, ai, st);
+      mark(kGemm);
+      dn.gemm(ai, rows_of(E.ye.get(), r0, E.H), st, ws);
+    } else {
+      mark(kGemm);
+      dn.gemm_rows(ai, r0, n, rows_of(E.ye.get(), r0, E.H), st, ws);
+    }
+  }
+  mark(kMoe);
+  moe_combine(x, E.ye.get(), E.t, E.moe_ids.get(), E.moe_w.get(), E.moe_dst.get(), M, K, E.H, st);
 }
 
 StepOutput GpuExecutor::step(const std::vector<StepEntry>& batch) {
@@ -897,7 +1077,7 @@ StepOutput GpuExecutor::step(const std::vector<StepEntry>& batch) {
       ++E.profile.segments[kCatNames[E.event_cat[k]]];
     }
     double other = 0.0;
-    for (int c : {kOther, kNorm, kRope, kSwiglu}) other += E.profile.us[kCatNames[c]];
+    for (int c : {kOther, kNorm, kRope, kSwiglu, kMoe}) other += E.profile.us[kCatNames[c]];
     E.profile.us["norms_rope_other"] = other;
     float ms = 0.0f;
     SHARQ_CUDA_CHECK(cudaEventElapsedTime(&ms, E.events.front(), E.events[E.event_cat.size() - 1]));
@@ -920,6 +1100,8 @@ StepOutput GpuExecutor::step(const std::vector<StepEntry>& batch) {
 
 double GpuExecutor::time_linears(int64_t M, int64_t lm_rows, int reps, bool cublas) {
   Impl& E = *impl_;
+  if (E.nexp > 0)
+    throw std::invalid_argument("time_linears: MoE models are not timed by layer yet (their expert GEMMs depend on the routing)");
   if (M < 1 || M > E.maxM || lm_rows < 0 || lm_rows > E.maxR || reps < 1)
     throw std::invalid_argument(fmt::format("time_linears: M = {} (1 .. {}), lm_rows = {} (0 .. {}), reps = {}", M, E.maxM,
                                             lm_rows, E.maxR, reps));

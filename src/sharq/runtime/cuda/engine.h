@@ -1,5 +1,6 @@
 // The GPU executor: the step API (runtime/step.h) on an H100/H200, for the dense architectures
-// (Llama 2/3/3.1, Mistral with its sliding window, Qwen2/2.5, Qwen3) and every GPU scheme
+// (Llama 2/3/3.1, Mistral with its sliding window, Qwen2/2.5, Qwen3), the MoE architectures (Mixtral,
+// Qwen3-MoE) and every GPU scheme
 // (quant/scheme.h: fp16, bf16, fp8, w4a16, nvfp4, sharq exact / merged / w16, p48 | s24,
 // token | tensor).
 //
@@ -21,8 +22,11 @@
 //     bit-identical;
 //   - one host-to-device copy of the step's metadata; sampling on the GPU (kernels/cuda/sampling.h),
 //     so a step sends back token ids and log-probabilities, plus the logits rows asked for.
-// Not yet (the engine issue's next increments): fused RMSNorm+prep and SwiGLU+prep.
-// MoE models are refused (a later issue).
+//   - mixture-of-experts models (Mixtral, Qwen3-MoE): the FP32 router and top-k on the GPU
+//     (kernels/cuda/moe.h, model/moe_routing.h's rule), the tokens permuted to their experts (the
+//     prepared input gathered: the activation prep runs once per token), each expert's GEMMs on its
+//     own rows, the weighted outputs added in expert order. The experts' row counts come back to the
+//     host once per MoE layer, so MoE steps run eagerly (no CUDA graph) for now.
 #pragma once
 
 #include <cstdint>

@@ -6,6 +6,7 @@
 
 #include "sharq/core/hd.h"
 #include "sharq/formats/minifloat.h"
+#include "sharq/kernels/cuda/transformer_ops.h"
 #include "sharq/kernels/cuda/weight_quant.h"
 
 namespace sharq::cuda {
@@ -106,6 +107,38 @@ GpuActivations::Host GpuActivations::to_host() const {
   return h;
 }
 
+bool GpuActivations::gathers() const {
+  const bool per_tensor = scheme_.has_act_global_scale() && scheme_.act_scale == GlobalScale::per_tensor;
+  switch (scheme_.kind) {
+    case SchemeKind::fp8: return true;
+    case SchemeKind::w4a16: return a0_.get() != nullptr;
+    case SchemeKind::nvfp4:
+    case SchemeKind::sharq: return !per_tensor;
+    default: return false;
+  }
+}
+
+void GpuActivations::gather(const GpuActivations& src, const int32_t* rows, int64_t M, cudaStream_t stream) {
+  if (!(src.scheme_ == scheme_) || src.K_ != K_)
+    throw std::invalid_argument(fmt::format("GpuActivations::gather: the source is for scheme '{}', K = {}; these for '{}', K = {}",
+                                            src.scheme_.name(), src.K_, scheme_.name(), K_));
+  if (!gathers())
+    throw std::invalid_argument(fmt::format("GpuActivations::gather: scheme '{}', K = {} keeps no per-row prepared input "
+                                            "(gather the input rows and prepare them instead)", scheme_.name(), K_));
+  if (M < 0 || M > max_m_) throw std::invalid_argument(fmt::format("GpuActivations::gather: M = {} (0 .. max_m = {})", M, max_m_));
+  if (M > 0 && !rows) throw std::invalid_argument("GpuActivations::gather: null rows");
+  M_ = M;
+  x_ = nullptr;
+  front_ = PrepInput::plain;
+  front_w_ = nullptr;
+  front_eps_ = 0.0f;
+  if (M == 0) return;
+  if (a0_.get()) gather_rows(src.a0_.get(), rows, M, ld_ * 2, a0_.get(), stream);
+  if (a1_.get()) gather_rows(src.a1_.get(), rows, M, ld_ * 2, a1_.get(), stream);
+  if (q8_.get()) gather_rows(src.q8_.get(), rows, M, ld_, q8_.get(), stream);
+  if (g_.get()) gather_rows(src.g_.get(), rows, M, sizeof(float), g_.get(), stream);
+}
+
 // ------------------------------------------------------------------------------------------------
 GpuLinear::GpuLinear(const Scheme& scheme, const float* W, int64_t N, int64_t K, const GpuLinearOptions& opt,
                      CublasLtGemm* blas, const float* bias)
@@ -156,6 +189,7 @@ void GpuLinear::init(const float* Wd, const float* bias, cudaStream_t stream, co
       w8_scale_ = DeviceBuffer<float>(static_cast<size_t>(n8_));
       quantize_fp8_weights(Wd, N, K, n8_, ld8_, w8_.get(), w8_scale_.get(), stream);
       if (n8_ != N) y8_ = DeviceBuffer<uint16_t>(static_cast<size_t>(opt_.max_m * n8_));
+      g8_rows_ = DeviceBuffer<float>(static_cast<size_t>(opt_.max_m));
       break;
     default:  // FP4 weights: NVFP4-32 (SharQ's W32) or NVFP4-16, one per-tensor g (per stacked part)
       w4_ = quantize_fp4_weights(Wd, N, K, scheme_.fp4_weight_block(), stream, parts);
@@ -206,6 +240,7 @@ GpuLinear::GpuLinear(const Scheme& scheme, const Fp8Stored& w, const GpuLinearOp
   w8_scale_ = DeviceBuffer<float>(scales.size());
   w8_scale_.upload(scales.data());
   if (n8_ != N_) y8_ = DeviceBuffer<uint16_t>(static_cast<size_t>(opt_.max_m * n8_));
+  g8_rows_ = DeviceBuffer<float>(static_cast<size_t>(opt_.max_m));
   if (bias) {
     bias_ = DeviceBuffer<float>(static_cast<size_t>(N_));
     bias_.upload(bias);
@@ -342,41 +377,70 @@ void GpuLinear::prepare_input(const void* x, int64_t M, GpuActivations& acts, cu
 void GpuLinear::gemm(const GpuActivations& acts, void* y, cudaStream_t stream, void* workspace, float* y_f32) const {
   const auto who = [this] { return where("gemm"); };  // (formatted on the error path only)
   check_activations(acts, "gemm");
-  const int64_t M = acts.M_;
-  if (M == 0) return;
+  if (acts.M_ == 0) return;
   if (!y && !y_f32) throw std::invalid_argument(fmt::format("{}: null output", who()));
   if (y_f32 && !scheme_.is_fp4_weight())
     throw std::invalid_argument(fmt::format("{}: the FP32 test output exists for the FP4 schemes only", who()));
+  gemm_rows_impl(acts, all_rows(acts), y, y_f32, stream, workspace);
+}
+
+void GpuLinear::gemm_rows(const GpuActivations& acts, int64_t row0, int64_t rows, void* y, cudaStream_t stream,
+                          void* workspace) const {
+  const auto who = [this] { return where("gemm_rows"); };  // (formatted on the error path only)
+  check_activations(acts, "gemm_rows");
+  if (row0 < 0 || rows < 0 || row0 + rows > acts.M_)
+    throw std::invalid_argument(fmt::format("{}: rows {} .. {} of a prepared input of {}", who(), row0, row0 + rows - 1, acts.M_));
+  if (rows > opt_.max_m)
+    throw std::invalid_argument(fmt::format("{}: {} rows exceed the layer's max_m = {}", who(), rows, opt_.max_m));
+  if (rows == 0) return;
+  if (!y) throw std::invalid_argument(fmt::format("{}: null output", who()));
+  if (acts.front_ != PrepInput::plain && !fused_prep())
+    throw std::invalid_argument(who() + ": the activations hold a fused input (prepare_norm / prepare_swiglu)");
+  if (rows != acts.M_ && scheme_.has_act_global_scale() && scheme_.act_scale == GlobalScale::per_tensor)
+    throw std::invalid_argument(who() + ": per-tensor activation scales cover the whole prepared input, not some of its rows");
+  gemm_rows_impl(acts, Rows{row0, rows}, y, nullptr, stream, workspace);
+}
+
+void GpuLinear::gemm_rows_impl(const GpuActivations& acts, Rows r, void* y, float* y_f32, cudaStream_t stream,
+                               void* workspace) const {
   switch (scheme_.kind) {
     case SchemeKind::fp16:
     case SchemeKind::bf16:
-      if (gemv_takes(acts)) {
-        gemm_gemv(acts, y, false, stream);  // the bias inside
+      if (gemv_takes(acts, r)) {
+        gemm_gemv(acts, r, y, false, stream);  // the bias inside
         return;
       }
-      gemm_cublas(acts, y, stream);
+      if (acts.front_ != PrepInput::plain)
+        throw std::invalid_argument(where("gemm") + ": the activations hold a fused input (prepare_norm / prepare_swiglu): the GEMV's only");
+      cublas_16(acts, r, y, stream);
       break;
-    case SchemeKind::fp8:
+    case SchemeKind::fp8: {
+      const uint8_t* q = acts.q8_.get() + r.row0 * acts.ld_;  // (ld % 16 == 0: still 16-byte aligned)
+      const float* g = acts.g_.get() + r.row0;
+      if (reinterpret_cast<uintptr_t>(g) % 16 != 0) {  // cuBLASLt takes a scale vector 16-byte aligned only
+        SHARQ_CUDA_CHECK(cudaMemcpyAsync(g8_rows_.get(), g, static_cast<size_t>(r.n) * sizeof(float), cudaMemcpyDeviceToDevice,
+                                         stream));
+        g = g8_rows_.get();
+      }
       if (n8_ == N_) {
-        blas_->matmul(BlasType::fp8_e4m3_rowwise, acts.q8_.get(), w8_.get(), y, M, N_, ld8_, acts.g_.get(),
-                      w8_scale_.get(), stream);
+        blas_->matmul(BlasType::fp8_e4m3_rowwise, q, w8_.get(), y, r.n, N_, ld8_, g, w8_scale_.get(), stream);
       } else {  // through the padded scratch, then the N real columns of each row
-        blas_->matmul(BlasType::fp8_e4m3_rowwise, acts.q8_.get(), w8_.get(), y8_.get(), M, n8_, ld8_, acts.g_.get(),
-                      w8_scale_.get(), stream);
-        SHARQ_CUDA_CHECK(cudaMemcpy2DAsync(y, N_ * 2, y8_.get(), n8_ * 2, N_ * 2, M, cudaMemcpyDeviceToDevice, stream));
+        blas_->matmul(BlasType::fp8_e4m3_rowwise, q, w8_.get(), y8_.get(), r.n, n8_, ld8_, g, w8_scale_.get(), stream);
+        SHARQ_CUDA_CHECK(cudaMemcpy2DAsync(y, N_ * 2, y8_.get(), n8_ * 2, N_ * 2, r.n, cudaMemcpyDeviceToDevice, stream));
       }
       break;
+    }
     default:
-      gemm_fp4(acts, y, y_f32, Epilogue{}, stream, workspace);
+      gemm_fp4(acts, r, y, y_f32, Epilogue{}, stream, workspace);
       return;
   }
   if (bias_.get()) {  // cuBLASLt schemes: after the GEMM's 16-bit rounding (one extra rounding)
-    const int64_t n = M * N_;
+    const int64_t n = r.n * N_;
     const unsigned blocks = static_cast<unsigned>((n + 255) / 256);
     if (act_dtype(scheme_) == DType::f16)
-      add_bias_kernel<__half><<<blocks, 256, 0, stream>>>(static_cast<__half*>(y), M, N_, bias_.get());
+      add_bias_kernel<__half><<<blocks, 256, 0, stream>>>(static_cast<__half*>(y), r.n, N_, bias_.get());
     else
-      add_bias_kernel<__nv_bfloat16><<<blocks, 256, 0, stream>>>(static_cast<__nv_bfloat16*>(y), M, N_, bias_.get());
+      add_bias_kernel<__nv_bfloat16><<<blocks, 256, 0, stream>>>(static_cast<__nv_bfloat16*>(y), r.n, N_, bias_.get());
     SHARQ_CUDA_CHECK(cudaGetLastError());
   }
 }
@@ -397,8 +461,8 @@ void GpuLinear::gemm_accumulate(const GpuActivations& acts, float* x, cudaStream
     throw std::invalid_argument(fmt::format("{}: only fp16 and bf16 layers without a bias add into FP32 rows", who()));
   if (acts.M_ == 0) return;
   if (!x) throw std::invalid_argument(fmt::format("{}: null residual rows", who()));
-  if (gemv_takes(acts)) {
-    gemm_gemv(acts, x, true, stream);
+  if (gemv_takes(acts, all_rows(acts))) {
+    gemm_gemv(acts, all_rows(acts), x, true, stream);
     return;
   }
   if (acts.front_ != PrepInput::plain) throw std::logic_error(who() + ": a fused input without the GEMV");
@@ -415,22 +479,29 @@ void GpuLinear::gemm_cublas(const GpuActivations& acts, void* y, cudaStream_t st
     throw std::invalid_argument(who() + ": the activations hold a fused input (prepare_norm / prepare_swiglu): the GEMV's only");
   if (acts.M_ == 0) return;
   if (!y) throw std::invalid_argument(fmt::format("{}: null output", who()));
-  blas_->matmul(scheme_.kind == SchemeKind::fp16 ? BlasType::f16 : BlasType::bf16, acts.x_, w16_.get(), y, acts.M_, N_, K_,
-                nullptr, nullptr, stream);
+  cublas_16(acts, all_rows(acts), y, stream);
 }
 
-bool GpuLinear::gemv_takes(const GpuActivations& acts) const {
+void GpuLinear::cublas_16(const GpuActivations& acts, Rows r, void* y, cudaStream_t stream) const {
+  const void* x = static_cast<const uint8_t*>(acts.x_) + r.row0 * K_ * 2;
+  blas_->matmul(scheme_.kind == SchemeKind::fp16 ? BlasType::f16 : BlasType::bf16, x, w16_.get(), y, r.n, N_, K_, nullptr,
+                nullptr, stream);
+}
+
+bool GpuLinear::gemv_takes(const GpuActivations& acts, Rows r) const {
   // a plain X that is not 16-byte aligned (a caller's view into a larger array) goes to cuBLASLt
-  return gemv(acts.M_) && (acts.front_ != PrepInput::plain || reinterpret_cast<uintptr_t>(acts.x_) % 16 == 0);
+  if (!gemv(r.n)) return false;
+  if (acts.front_ != PrepInput::plain) return r.row0 == 0 && r.n == acts.M_;
+  return (reinterpret_cast<uintptr_t>(acts.x_) + static_cast<uintptr_t>(r.row0 * K_ * 2)) % 16 == 0;
 }
 
-void GpuLinear::gemm_gemv(const GpuActivations& acts, void* y, bool accumulate, cudaStream_t stream) const {
+void GpuLinear::gemm_gemv(const GpuActivations& acts, Rows r, void* y, bool accumulate, cudaStream_t stream) const {
   Gemv16Args a;
   a.t = act_dtype(scheme_);
   a.w = w16_.get();
   a.N = N_;
   a.K = K_;
-  a.M = acts.M_;
+  a.M = r.n;
   switch (acts.front_) {
     case PrepInput::residual_rmsnorm:
       a.input = Gemv16Input::rmsnorm;
@@ -445,7 +516,7 @@ void GpuLinear::gemm_gemv(const GpuActivations& acts, void* y, bool accumulate, 
       break;
     default:
       a.input = Gemv16Input::plain;
-      a.x = acts.x_;
+      a.x = static_cast<const uint8_t*>(acts.x_) + r.row0 * K_ * 2;
       a.ldx = K_;
       break;
   }
@@ -464,12 +535,13 @@ void GpuLinear::gemm(const GpuActivations& acts, const Epilogue& ep, void* y, cu
     throw std::invalid_argument(fmt::format("{}: no fused {} epilogue for M = {} (fuses())", who(),
                                             ep.kind == Fp4Epilogue::swiglu ? "swiglu" : "add_rmsnorm", acts.M_));
   if (!y) throw std::invalid_argument(fmt::format("{}: null output", who()));
-  gemm_fp4(acts, y, nullptr, ep, stream, workspace);
+  gemm_fp4(acts, all_rows(acts), y, nullptr, ep, stream, workspace);
 }
 
-void GpuLinear::gemm_fp4(const GpuActivations& acts, void* y, float* y_f32, const Epilogue& ep, cudaStream_t stream,
+void GpuLinear::gemm_fp4(const GpuActivations& acts, Rows r, void* y, float* y_f32, const Epilogue& ep, cudaStream_t stream,
                          void* workspace) const {
-  const int64_t M = acts.M_;
+  const int64_t M = r.n;
+  const int64_t off = r.row0 * acts.ld_;  // elements of a plane (X itself for w4a16 without padding: ld = K = Kp)
   if (!workspace) workspace = ws_.get();
   const size_t ws_bytes = workspace == ws_.get() ? ws_.bytes() : ws_need_;
   Fp4GemmArgs a;
@@ -485,12 +557,14 @@ void GpuLinear::gemm_fp4(const GpuActivations& acts, void* y, float* y_f32, cons
   a.eps = ep.eps;
   if (scheme_.kind == SchemeKind::w4a16) {
     a.adt = DType::bf16;
-    a.a0 = acts.a0_.get() ? static_cast<const void*>(acts.a0_.get()) : acts.x_;
+    a.a0 = acts.a0_.get() ? static_cast<const void*>(acts.a0_.get() + off)
+                          : static_cast<const void*>(static_cast<const __nv_bfloat16*>(acts.x_) + off);
   } else {
-    a.a0 = acts.a0_.get();
-    a.a1 = two_paths(scheme_) ? acts.a1_.get() : nullptr;
-    a.row_scale = acts.g_.get();
-    a.row_scale_count = scheme_.act_scale == GlobalScale::per_tensor ? 1 : M;
+    const bool per_tensor = scheme_.act_scale == GlobalScale::per_tensor;
+    a.a0 = acts.a0_.get() + off;
+    a.a1 = two_paths(scheme_) ? acts.a1_.get() + off : nullptr;
+    a.row_scale = acts.g_.get() + (per_tensor ? 0 : r.row0);
+    a.row_scale_count = per_tensor ? 1 : M;
   }
   fp4_gemm(a, w4_, workspace, ws_bytes, stream, opt_.kernel, opt_.splits, opt_.batch_invariant);
 }

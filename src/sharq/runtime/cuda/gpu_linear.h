@@ -79,6 +79,14 @@ class GpuActivations {
   int64_t M() const { return M_; }  // rows of the last prepare
   size_t bytes() const;
 
+  // Rows of another prepared input of the same scheme and K: row r = src's row rows[r] for r < M
+  // (rows: M device ints, ordered on `stream`; the rows may repeat). The MoE experts' inputs: the
+  // activation prep runs once per token and its rows are then permuted, instead of once per
+  // (token, expert). Only where gathers(): prepared planes or codes with per-row scales (fp8, nvfp4,
+  // sharq with per-token scales; w4a16 with K % 128 != 0). Throws std::invalid_argument otherwise.
+  bool gathers() const;
+  void gather(const GpuActivations& src, const int32_t* rows, int64_t M, cudaStream_t stream);
+
   // Host copies of the last prepare's operands, for tests (synchronizes the device): the FP16/BF16
   // planes (M x ld; a1 only for sharq exact), the FP8 codes (M x ld) and the row scales.
   struct Host { int64_t M = 0, ld = 0; std::vector<uint16_t> a0, a1; std::vector<uint8_t> codes; std::vector<float> row_scale; };
@@ -185,6 +193,13 @@ class GpuLinear {
   // throws otherwise.
   bool accumulates() const;
   void gemm_accumulate(const GpuActivations& acts, float* x, cudaStream_t stream) const;
+  // gemm() of the rows row0 .. row0 + rows - 1 of acts (0 <= row0, row0 + rows <= acts.M()): y is
+  // those rows' output (rows x N). A prepared input made of several layers' rows (the MoE experts'
+  // permuted inputs) runs each layer on its own rows. A row's output is what gemm() of the whole
+  // input gives it (the batch-invariance rule, docs/numerics.md). Not for a fused front
+  // (prepare_norm, prepare_swiglu) nor, with per-tensor activation scales, for part of the input.
+  void gemm_rows(const GpuActivations& acts, int64_t row0, int64_t rows, void* y, cudaStream_t stream,
+                 void* workspace = nullptr) const;
   // fp16, bf16: the cuBLASLt GEMM whatever M, with a plain prepare() (the baseline the benches time
   // against the GEMV). Throws for the other schemes.
   void gemm_cublas(const GpuActivations& acts, void* y, cudaStream_t stream) const;
@@ -203,11 +218,17 @@ class GpuLinear {
   // step's hot path, so the label is formatted only when one throws
   std::string where(const char* method) const;
   void check_activations(const GpuActivations& acts, const char* method) const;
-  void gemm_fp4(const GpuActivations& acts, void* y, float* y_f32, const Epilogue& ep, cudaStream_t stream,
+  struct Rows {  // the rows of acts a GEMM covers
+    int64_t row0 = 0, n = 0;
+  };
+  static Rows all_rows(const GpuActivations& acts) { return Rows{0, acts.M_}; }
+  void gemm_rows_impl(const GpuActivations& acts, Rows r, void* y, float* y_f32, cudaStream_t stream, void* workspace) const;
+  void gemm_fp4(const GpuActivations& acts, Rows r, void* y, float* y_f32, const Epilogue& ep, cudaStream_t stream,
                 void* workspace) const;
+  void cublas_16(const GpuActivations& acts, Rows r, void* y, cudaStream_t stream) const;
   // fp16, bf16 with gemv(M): Y (store) or x += (accumulate) through the GEMV, from acts' front
-  void gemm_gemv(const GpuActivations& acts, void* y, bool accumulate, cudaStream_t stream) const;
-  bool gemv_takes(const GpuActivations& acts) const;
+  void gemm_gemv(const GpuActivations& acts, Rows r, void* y, bool accumulate, cudaStream_t stream) const;
+  bool gemv_takes(const GpuActivations& acts, Rows r) const;
   struct Front {  // what prepare_input() reads in front of the activation prep
     PrepInput input = PrepInput::plain;
     const void* rms_w = nullptr;
@@ -228,6 +249,7 @@ class GpuLinear {
   DeviceBuffer<float> w8_scale_; // fp8: N per-channel scales (padded to n8_ with 1)
   int64_t ld8_ = 0, n8_ = 0;     // fp8: K padded to 16, N padded to 8
   DeviceBuffer<uint16_t> y8_;    // fp8 with N % 8 != 0: max_m x n8_ output scratch
+  DeviceBuffer<float> g8_rows_;  // fp8 gemm_rows: the rows' scales, 16-byte aligned for cuBLASLt (max_m)
   DeviceBuffer<float> bias_;
   size_t ws_need_ = 0;
   DeviceBuffer<uint8_t> ws_;
