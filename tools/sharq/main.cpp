@@ -315,7 +315,9 @@ int cmd_serve(const sharq::ServeCommandOptions& o) {
 #endif
 
 // The --synthetic architectures (model/config.h synthetic_model_config).
-const std::vector<std::string> kSyntheticModels = {"llama3.1-8b", "qwen2.5-7b", "qwen3-8b"};
+const std::vector<std::string> kSyntheticDenseModels = {"llama3.1-8b", "qwen2.5-7b", "qwen3-8b"};
+// + the MoE architectures, which the GPU engine runs (bench model, serve); quantize generates dense ones only
+const std::vector<std::string> kSyntheticModels = {"llama3.1-8b", "qwen2.5-7b", "qwen3-8b", "qwen3-30b-a3b", "mixtral-8x7b"};
 
 struct GenerateArgs {
   std::string model, tokenizer, scheme = "fp32", device = "cpu";
@@ -670,7 +672,7 @@ int main(int argc, char** argv) {
   add_number<int64_t>(qz, "--calib-tokens", qo.calib_tokens, "tokens of --calib-data to run, in windows of the model's context", 1);
   qz->add_option("--synthetic", qo.synthetic, "instead of MODEL: random weights of a real architecture, generated one projection at a "
                                               "time (for memory and speed measurements)")
-      ->check(CLI::IsMember(kSyntheticModels));
+      ->check(CLI::IsMember(kSyntheticDenseModels));
   add_number<uint64_t>(qz, "--seed", qo.seed, "seed of the --synthetic weights");
   qz->add_flag("-q,--quiet", qo_quiet, "no progress on stderr");
 

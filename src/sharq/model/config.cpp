@@ -430,12 +430,44 @@ ModelConfig synthetic_model_config(const std::string& name) {
     c.qk_norm = true;
     c.bos_token_id = 151643;
     c.eos_token_id = 151645;
+  } else if (name == "qwen3-30b-a3b") {  // Qwen/Qwen3-30B-A3B config.json: 128 experts, 8 per token
+    c.arch = Arch::qwen3_moe;
+    c.vocab_size = 151936;
+    c.hidden_size = 2048;
+    c.intermediate_size = 6144;
+    c.moe_intermediate_size = 768;
+    c.num_experts = 128;
+    c.num_experts_per_tok = 8;
+    c.norm_topk_prob = true;
+    c.num_layers = 48;
+    c.num_heads = 32;
+    c.num_kv_heads = 4;
+    c.max_position_embeddings = 40960;
+    c.rms_norm_eps = 1e-6;
+    c.rope_theta = 1000000.0;
+    c.qk_norm = true;
+    c.bos_token_id = 151643;
+    c.eos_token_id = 151645;
+  } else if (name == "mixtral-8x7b") {  // mistralai/Mixtral-8x7B-v0.1 config.json: 8 experts, 2 per token
+    c.arch = Arch::mixtral;
+    c.vocab_size = 32000;
+    c.intermediate_size = 14336;
+    c.moe_intermediate_size = 14336;
+    c.num_experts = 8;
+    c.num_experts_per_tok = 2;
+    c.norm_topk_prob = true;
+    c.num_layers = 32;
+    c.max_position_embeddings = 32768;
+    c.rms_norm_eps = 1e-5;
+    c.rope_theta = 1000000.0;
+    c.bos_token_id = 1;
+    c.eos_token_id = 2;
   } else {
     throw std::invalid_argument("unknown synthetic model '" + name + "' (one of: " + synthetic_model_names() + ")");
   }
   return c;
 }
 
-const char* synthetic_model_names() { return "llama3.1-8b, qwen2.5-7b, qwen3-8b"; }
+const char* synthetic_model_names() { return "llama3.1-8b, qwen2.5-7b, qwen3-8b, qwen3-30b-a3b, mixtral-8x7b"; }
 
 }  // namespace sharq

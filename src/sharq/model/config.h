@@ -57,9 +57,10 @@ ModelConfig parse_hf_config(const std::string& json_text, const std::string& pat
 ModelConfig read_hf_config(const std::string& config_json_path);
 
 // The architecture of a published model, for benchmarks on random weights of its real shapes
-// (`sharq bench model --synthetic NAME`): llama3.1-8b, qwen2.5-7b, qwen3-8b (their config.json
-// values). Throws std::invalid_argument listing the names for any other.
+// (`sharq bench model --synthetic NAME`): llama3.1-8b, qwen2.5-7b, qwen3-8b and the MoE models
+// qwen3-30b-a3b, mixtral-8x7b (their config.json values). Throws std::invalid_argument listing the
+// names for any other.
 ModelConfig synthetic_model_config(const std::string& name);
-const char* synthetic_model_names();  // "llama3.1-8b, qwen2.5-7b, qwen3-8b"
+const char* synthetic_model_names();  // "llama3.1-8b, qwen2.5-7b, qwen3-8b, qwen3-30b-a3b, mixtral-8x7b"
 
 }  // namespace sharq

@@ -203,11 +203,14 @@ int64_t decode_bucket(int64_t M) {
 
 // kNorm, kRope, kSwiglu and kOther (embedding, last residual add, final norm, copies) are reported
 // one by one ("other.*") and together as "norms_rope_other".
-// kMoe: the MoE router, the permutation plan (with its copy of the row counts to the host) and
-// the weighted combine.
-enum Cat { kOther, kPrep, kGemm, kAttention, kLmHead, kSampling, kNorm, kRope, kSwiglu, kMoe, kCats };
-const char* const kCatNames[kCats] = {"other.rest", "prep",         "gemm",          "attention",    "lm_head",
-                                      "sampling",   "other.norm",   "other.rope_kv", "other.swiglu", "other.moe"};
+// MoE models: kMoeRoute = the router + top-k and the permutation plan, with the copy of the
+// experts' row counts to the host; kMoePermute = the gather of the experts' input rows and the
+// weighted combine; kMoeGemm = the expert GEMMs (reported in "gemm" too; the first two in
+// "norms_rope_other").
+enum Cat { kOther, kPrep, kGemm, kAttention, kLmHead, kSampling, kNorm, kRope, kSwiglu, kMoeRoute, kMoePermute, kMoeGemm, kCats };
+const char* const kCatNames[kCats] = {"other.rest",   "prep",         "gemm",          "attention",
+                                      "lm_head",      "sampling",     "other.norm",    "other.rope_kv",
+                                      "other.swiglu", "moe.route",    "moe.permute",   "moe.gemm"};
 
 }  // namespace
 
@@ -621,6 +624,13 @@ double GpuExecutor::load_seconds() const { return impl_->load_s; }
 void GpuExecutor::set_profiling(bool on) { impl_->profiling = on; }
 const StepProfile& GpuExecutor::last_profile() const { return impl_->profile; }
 
+size_t GpuExecutor::expert_weight_bytes() const {
+  const Impl& E = *impl_;
+  if (E.nexp == 0) return 0;
+  const Impl::Expert& x = E.layers.front().experts.front();
+  return x.gate_up->weight_bytes() + x.down->weight_bytes();
+}
+
 size_t GpuExecutor::weight_bytes() const {
   const Impl& E = *impl_;
   size_t b = E.embed.bytes() + E.lm_head.bytes() + E.final_norm.bytes();
@@ -804,7 +814,7 @@ void GpuExecutor::Impl::moe(const Layer& L, int64_t M, float* x, void* ws) {
   Impl& E = *this;
   cudaStream_t st = E.stream;
   const int64_t K = E.topk, MK = M * K;
-  mark(kMoe);
+  mark(kMoeRoute);
   MoeRouteArgs ra;
   ra.x = x;
   ra.norm_w = L.mlp_norm.get();
@@ -833,10 +843,10 @@ void GpuExecutor::Impl::moe(const Layer& L, int64_t M, float* x, void* ws) {
   if (ae.gathers()) {  // prepared once per token, then permuted
     mark(kPrep);
     gu0.prepare(E.h.get(), M, *E.acts_h, st);
-    mark(kMoe);
+    mark(kMoePermute);
     ae.gather(*E.acts_h, E.moe_src.get(), MK, st);
   } else {
-    mark(kMoe);
+    mark(kMoePermute);
     gather_rows(E.h.get(), E.moe_src.get(), MK, E.H * static_cast<int64_t>(es), E.he.get(), st);
     if (!per_tensor) {
       mark(kPrep);
@@ -851,10 +861,10 @@ void GpuExecutor::Impl::moe(const Layer& L, int64_t M, float* x, void* ws) {
     if (per_tensor) {
       mark(kPrep);
       gu.prepare(rows_of(E.he.get(), r0, E.H), n, ae, st);
-      mark(kGemm);
+      mark(kMoeGemm);
       gu.gemm(ae, rows_of(E.gue.get(), r0, 2 * E.Ie), st, ws);
     } else {
-      mark(kGemm);
+      mark(kMoeGemm);
       gu.gemm_rows(ae, r0, n, rows_of(E.gue.get(), r0, 2 * E.Ie), st, ws);
     }
   }
@@ -871,14 +881,14 @@ void GpuExecutor::Impl::moe(const Layer& L, int64_t M, float* x, void* ws) {
     if (per_tensor) {
       mark(kPrep);
       dn.prepare(rows_of(E.ae.get(), r0, E.Ie), n, ai, st);
-      mark(kGemm);
+      mark(kMoeGemm);
       dn.gemm(ai, rows_of(E.ye.get(), r0, E.H), st, ws);
     } else {
-      mark(kGemm);
+      mark(kMoeGemm);
       dn.gemm_rows(ai, r0, n, rows_of(E.ye.get(), r0, E.H), st, ws);
     }
   }
-  mark(kMoe);
+  mark(kMoePermute);
   moe_combine(x, E.ye.get(), E.t, E.moe_ids.get(), E.moe_w.get(), E.moe_dst.get(), M, K, E.H, st);
 }
 
@@ -1077,8 +1087,9 @@ StepOutput GpuExecutor::step(const std::vector<StepEntry>& batch) {
       ++E.profile.segments[kCatNames[E.event_cat[k]]];
     }
     double other = 0.0;
-    for (int c : {kOther, kNorm, kRope, kSwiglu, kMoe}) other += E.profile.us[kCatNames[c]];
+    for (int c : {kOther, kNorm, kRope, kSwiglu, kMoeRoute, kMoePermute}) other += E.profile.us[kCatNames[c]];
     E.profile.us["norms_rope_other"] = other;
+    E.profile.us["gemm"] += E.profile.us[kCatNames[kMoeGemm]];
     float ms = 0.0f;
     SHARQ_CUDA_CHECK(cudaEventElapsedTime(&ms, E.events.front(), E.events[E.event_cat.size() - 1]));
     E.profile.total_us = 1000.0 * ms;

@@ -108,6 +108,7 @@ struct StepProfile {
   double total_us = 0.0;               // first kernel start to last kernel end
   std::map<std::string, double> us;    // gemm, prep, attention, norms_rope_other, lm_head, sampling;
                                        // norms_rope_other = other.norm + other.rope_kv + other.swiglu + other.rest
+                                       // (+ moe.route + moe.permute); gemm includes moe.gemm (MoE models)
   std::map<std::string, int> segments;  // how often the step entered each component (other.* included):
                                         // e.g. the separate norm kernels it launched
 };
@@ -133,6 +134,8 @@ class GpuExecutor final : public Executor {
   StepOutput step(const std::vector<StepEntry>& batch) override;
 
   size_t weight_bytes() const;
+  // MoE models: the weight bytes of one expert of one layer (gate/up + down; every expert is alike), 0 otherwise.
+  size_t expert_weight_bytes() const;
   double load_seconds() const;  // building the weights on the device (quantization included)
   int64_t kv_blocks() const override;  // usable blocks (one more is reserved for the padding rows)
   int64_t kv_block_size() const override;

@@ -85,6 +85,7 @@ struct SchemeResult {
   // batch-1 decode: the share of each timed round's step outside the linears timed right after it
   std::vector<double> b1_share;
   int64_t prefill_prof_tokens = 0;
+  double expert_bytes = 0;  // MoE: one expert's weight bytes (gate/up + down) of one layer
 };
 
 // Fills `n` tokens into each of the sequences (chunks of at most `max_tokens` rows per step).
@@ -252,6 +253,9 @@ int run_bench_model(const BenchModelOptions& o) {
               static_cast<long long>(cfg.hidden_size), static_cast<long long>(cfg.num_heads),
               static_cast<long long>(cfg.num_kv_heads), static_cast<long long>(cfg.vocab_size));
   std::fflush(stdout);
+  // MoE models: no linears-alone timing (the expert GEMMs depend on the routing), hence none of the
+  // dense engine targets; the MoE lines instead
+  const bool moe = cfg.num_experts > 0;
   std::vector<SchemeResult> results;
   for (const Scheme& sch : schemes) {
     SchemeResult r;
@@ -261,11 +265,13 @@ int run_bench_model(const BenchModelOptions& o) {
                                               : std::make_unique<GpuExecutor>(cuda::SyntheticModel{cfg, o.seed}, sch, eo);
     r.load_s = ex->load_seconds();
     r.weight_gib = static_cast<double>(ex->weight_bytes()) / 1073741824.0;
+    r.expert_bytes = static_cast<double>(ex->expert_weight_bytes());
     const int64_t V = cfg.vocab_size;
     // prefill
     for (const Prefill& p : prefills) {
       std::vector<double> t, lin, ratio;
       const bool prof_this = p.b == 1 && p.n == 2048;
+      const bool pair_linears = prof_this && !moe;
       // rep 0 warms up, then `timed` timed steps; a 1x2048 prefill then one profiled step. Its ratio to
       // the linears alone is taken per pair: a card's GEMM rate moves by several % between
       // moments (clock, power), more than the effects being measured.
@@ -298,7 +304,7 @@ int run_bench_model(const BenchModelOptions& o) {
           t.push_back(s * 1000.0);
           // the same linears alone, right after each timed step: both at the card's clock of the moment
           // (a long prefill runs at the power limit's clock, a short burst at the boost clock)
-          if (prof_this) {
+          if (pair_linears) {
             lin.push_back(ex->time_linears(2048, 1, 1));
             ratio.push_back(lin.back() / 1000.0 / t.back());
           }
@@ -306,7 +312,7 @@ int run_bench_model(const BenchModelOptions& o) {
         for (SeqId q : seqs) ex->free_sequence(q);
       }
       r.prefill_ms.push_back(median(t));
-      if (prof_this) {
+      if (pair_linears) {
         r.linears_m2048_us = median(lin);
         r.pf2048_ratio = ratio;
         r.pf2048_ms = r.prefill_ms.back();
@@ -340,7 +346,7 @@ int run_bench_model(const BenchModelOptions& o) {
         for (; k < end; ++k) ex->step(decode_batch(*ex, seqs, static_cast<int32_t>(k % V)));
         const double rs = seconds_since(t0);
         s += rs;
-        if (B == 1) {
+        if (B == 1 && !moe) {
           lin.push_back(ex->time_linears(1, 1, 5));
           if (sixteen) lin_blas.push_back(ex->time_linears(1, 1, 5, /*cublas=*/true));
           share.push_back(1.0 - lin.back() / (rs / std::max(1, k - k0) * 1e6));
@@ -349,7 +355,7 @@ int run_bench_model(const BenchModelOptions& o) {
       r.decode_tps.push_back(static_cast<double>(B * o.steps) / s);
       if (B == 1) {
         r.decode_step_us_b1 = s / o.steps * 1e6;
-        r.linears_m1_us = median(lin);
+        if (!lin.empty()) r.linears_m1_us = median(lin);
         if (!lin_blas.empty()) r.cublas_m1_us = median(lin_blas);
         r.b1_share = share;
         ex->set_profiling(true);
@@ -359,8 +365,8 @@ int run_bench_model(const BenchModelOptions& o) {
       }
       for (SeqId q : seqs) ex->free_sequence(q);
     }
-    if (r.linears_m1_us == 0) r.linears_m1_us = ex->time_linears(1, 1, 20);  // no batch-1 decode was timed
-    if (r.linears_m2048_us == 0 && max_tokens >= 2048) r.linears_m2048_us = ex->time_linears(2048, 1, 5);
+    if (!moe && r.linears_m1_us == 0) r.linears_m1_us = ex->time_linears(1, 1, 20);  // no batch-1 decode was timed
+    if (!moe && r.linears_m2048_us == 0 && max_tokens >= 2048) r.linears_m2048_us = ex->time_linears(2048, 1, 5);
     if (!o.quiet) std::fprintf(stderr, "[%s] done (load %.1f s)\n", r.scheme.c_str(), r.load_s);
     results.push_back(std::move(r));
     ex.reset();
@@ -420,10 +426,40 @@ int run_bench_model(const BenchModelOptions& o) {
                   p.us.at("other.swiglu"), p.us.at("other.rest"));
     }
 
-  // ---- targets (the engine issue)
+  if (moe) {
+    // the activated experts' bytes of one batch-1 token: top_k experts of every layer
+    std::printf("MoE (%lld experts, %lld per token; µs of GPU time between the events, which in these eager steps "
+                "include the host's launch gaps): route = router + top-k + plan + the row counts' copy to the host, "
+                "permute = gather + combine, experts = the expert GEMMs\n",
+                static_cast<long long>(cfg.num_experts), static_cast<long long>(cfg.num_experts_per_tok));
+    for (const SchemeResult& r : results)
+      for (int k = 0; k < 2; ++k) {
+        const cuda::StepProfile& p = k == 0 ? r.decode_prof : r.prefill_prof;
+        if (p.us.empty()) continue;
+        const auto at = [&](const char* n) { return p.us.count(n) ? p.us.at(n) : 0.0; };
+        std::string line = fmt::format("{:<16} {:<8} route {:9.1f}  permute {:9.1f}  experts {:9.1f}", r.scheme,
+                                       k == 0 ? "decode1" : "pf2048", at("moe.route"), at("moe.permute"), at("moe.gemm"));
+        if (k == 0 && at("moe.gemm") > 0) {
+          const double bytes = r.expert_bytes * static_cast<double>(cfg.num_experts_per_tok * cfg.num_layers);
+          const double tbs = bytes / (at("moe.gemm") * 1e-6) / 1e12;
+          line += fmt::format("  activated expert bytes {:.1f} MB: {:.2f} TB/s ({:.0f}% of copy)", bytes / 1e6, tbs,
+                              100.0 * tbs / copy_tbs);
+        }
+        std::printf("%s\n", line.c_str());
+      }
+  }
+
+  // ---- targets (the engine issue; the MoE issue's for MoE models)
   const int64_t kv_bytes = 2 * cfg.num_layers * o.context * cfg.num_kv_heads * cfg.head_dim * 2;
   std::printf("\ntargets:\n");
-  if (f16) {
+  if (moe) {
+    for (const SchemeResult& r : results) {
+      if (r.scheme == "fp16" || !f16 || r.decode_tps.empty()) continue;
+      std::printf("  %-14s batch-1 decode %.1f tok/s = %.2fx fp16 (MoE goal for sharq: >= 2.5x)\n", r.scheme.c_str(),
+                  r.decode_tps[0], r.decode_tps[0] / f16->decode_tps[0]);
+    }
+  }
+  if (f16 && !moe) {
     // the bound's linears are cuBLAS's (the issue's definition), not the engine's GEMV
     const double blas = f16->cublas_m1_us > 0 ? f16->cublas_m1_us : f16->linears_m1_us;
     const double bound = 1.1 * (blas + kv_bytes / (copy_tbs * 1e12) * 1e6);
@@ -449,7 +485,7 @@ int run_bench_model(const BenchModelOptions& o) {
   }
   for (const SchemeResult& r : results) {
     const cuda::StepProfile& p = r.decode_prof;
-    if (p.us.empty()) continue;
+    if (p.us.empty() || moe) continue;
     const double non = r.decode_step_us_b1 - r.linears_m1_us;
     const double other = p.us.at("attention") + p.us.at("norms_rope_other") + p.us.at("sampling");
     // each timed round against the linears timed right after it (the card's rate moves between moments)

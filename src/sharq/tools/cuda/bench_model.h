@@ -1,6 +1,6 @@
 // `sharq bench model`: whole-model latency and throughput of the GPU engine (runtime/cuda/engine.h)
 // for several schemes in one run, on a checkpoint or on random weights of a real architecture's
-// shapes generated on the GPU (--synthetic llama3.1-8b | qwen2.5-7b | qwen3-8b).
+// shapes generated on the GPU (--synthetic llama3.1-8b | qwen2.5-7b | qwen3-8b | qwen3-30b-a3b | mixtral-8x7b).
 //
 // Per scheme (one engine at a time):
 //   - load time (weights built and quantized on the device) and weight bytes;
@@ -25,7 +25,7 @@ namespace sharq {
 
 struct BenchModelOptions {
   std::string model;       // a checkpoint (HF directory or llama2.c .bin), or empty with synthetic
-  std::string synthetic;   // llama3.1-8b | qwen2.5-7b | qwen3-8b
+  std::string synthetic;   // llama3.1-8b | qwen2.5-7b | qwen3-8b | qwen3-30b-a3b | mixtral-8x7b
   std::string schemes = "fp16,fp8,w4a16,nvfp4,sharq,sharq:merged";
   std::vector<std::string> prefill = {"1x512", "1x2048", "8x2048"};  // BxN
   std::vector<int64_t> batches = {1, 8, 32, 64};
