@@ -40,7 +40,8 @@ struct Routed {
 
 Routed gpu_route(const std::vector<float>& x, const std::vector<float>& nw, const std::vector<float>& router, int64_t M,
                  int64_t H, int64_t E, int64_t K, bool renorm, double eps) {
-  DeviceBuffer<float> dx(x.size()), dn(nw.size()), dr(router.size()), dw(static_cast<size_t>(M * K));
+  DeviceBuffer<float> dx(x.size()), dn(nw.size()), dr(router.size()), dw(static_cast<size_t>(M * K)),
+      dl(static_cast<size_t>(M * E));
   DeviceBuffer<int32_t> di(static_cast<size_t>(M * K));
   dx.upload(x.data());
   dn.upload(nw.data());
@@ -55,6 +56,7 @@ Routed gpu_route(const std::vector<float>& x, const std::vector<float>& nw, cons
   a.E = E;
   a.top_k = K;
   a.renormalize = renorm;
+  a.logits = dl.get();
   a.experts = di.get();
   a.weights = dw.get();
   moe_route(a, nullptr);
@@ -245,7 +247,7 @@ TEST(MoeKernels, BadArgumentsAreRefusedBeforeLaunch) {
   MoeRouteArgs a;
   float f = 0.0f;
   int32_t i = 0;
-  a.x = a.norm_w = a.router = a.weights = &f;
+  a.x = a.norm_w = a.router = a.weights = a.logits = &f;
   a.experts = &i;
   a.M = 1;
   a.H = 64;

@@ -14,15 +14,19 @@
 namespace sharq::cuda {
 namespace {
 
-// ---- router --------------------------------------------------------------------------------------
-// One block of 256 threads per kRouteTok tokens: their normed rows in shared memory (FP32), each
-// router row read once per block for all of them, then one warp per token for softmax and top-k.
+// ---- router ----------------------------------------------------------------------------------------
+// Two kernels. moe_logits_kernel: grid (token groups of kRouteTok, expert groups of 8), 256 threads:
+// the group's normed rows in shared memory (FP32; each block of the group recomputes them, a few KB
+// of reads), then warp w the logits of expert 8 y + w for those tokens (each router row read once per
+// block). At M = 1 a step's 128 experts are 16 blocks, not one. moe_topk_kernel: one warp per token,
+// softmax and top-k over its logits row. A logit's sum runs in the same order whatever M.
 constexpr int kRouteThreads = 256;
 constexpr int kRouteTok = 4;
 constexpr int kLanes = 32;
+constexpr int kRouteWarps = kRouteThreads / kLanes;                   // experts per block
 constexpr int kPerLane = static_cast<int>(kMoeMaxExperts) / kLanes;  // experts a lane holds in the top-k
 
-size_t route_smem(int64_t H, int64_t E) { return static_cast<size_t>(kRouteTok * (H + E)) * sizeof(float); }
+size_t route_smem(int64_t H) { return static_cast<size_t>(kRouteTok * H) * sizeof(float); }
 
 __device__ __forceinline__ double warp_sum_d(double v) {
   for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
@@ -33,14 +37,11 @@ __device__ __forceinline__ float warp_sum_f(float v) {
   return v;
 }
 
-__global__ void __launch_bounds__(kRouteThreads) moe_route_kernel(const float* __restrict__ x, const float* __restrict__ nw,
-                                                                  double eps, const float* __restrict__ router, int64_t M,
-                                                                  int64_t H, int E, int K, int renorm,
-                                                                  int32_t* __restrict__ experts, float* __restrict__ weights) {
-  extern __shared__ __align__(16) float sm[];
-  float* h = sm;                       // [kRouteTok][H]
-  float* logit = sm + kRouteTok * H;   // [kRouteTok][E]
-  __shared__ double part[kRouteThreads / kLanes];
+__global__ void __launch_bounds__(kRouteThreads) moe_logits_kernel(const float* __restrict__ x, const float* __restrict__ nw,
+                                                                   double eps, const float* __restrict__ router, int64_t M,
+                                                                   int64_t H, int E, float* __restrict__ logits) {
+  extern __shared__ __align__(16) float h[];  // [kRouteTok][H]
+  __shared__ double part[kRouteWarps];
   __shared__ float rinv[kRouteTok];
   const int tid = static_cast<int>(threadIdx.x), lane = tid & 31, warp = tid >> 5;
   const int64_t m0 = static_cast<int64_t>(blockIdx.x) * kRouteTok;
@@ -59,9 +60,9 @@ __global__ void __launch_bounds__(kRouteThreads) moe_route_kernel(const float* _
     if (lane == 0) part[warp] = ss;
     __syncthreads();
     if (tid == 0) {
-      double s = 0.0;
-      for (int w = 0; w < kRouteThreads / kLanes; ++w) s += part[w];
-      rinv[t] = static_cast<float>(1.0 / sqrt(s / static_cast<double>(H) + eps));
+      double sum = 0.0;
+      for (int w = 0; w < kRouteWarps; ++w) sum += part[w];
+      rinv[t] = static_cast<float>(1.0 / sqrt(sum / static_cast<double>(H) + eps));
     }
     __syncthreads();
   }
@@ -72,29 +73,33 @@ __global__ void __launch_bounds__(kRouteThreads) moe_route_kernel(const float* _
   }
   pdl_trigger();
   __syncthreads();
-  // logits: warp w takes experts w, w + 8, ..; each router row is read once for the block's tokens
-  for (int e = warp; e < E; e += kRouteThreads / kLanes) {
-    const float4* wr = reinterpret_cast<const float4*>(router + static_cast<int64_t>(e) * H);
-    float acc[kRouteTok] = {};
-    for (int64_t i = lane; i < H / 4; i += kLanes) {
-      const float4 w = wr[i];
-#pragma unroll
-      for (int t = 0; t < kRouteTok; ++t) {
-        const float4 v = *reinterpret_cast<const float4*>(h + t * H + 4 * i);
-        acc[t] += w.x * v.x + w.y * v.y + w.z * v.z + w.w * v.w;
-      }
-    }
+  const int e = static_cast<int>(blockIdx.y) * kRouteWarps + warp;
+  if (e >= E) return;
+  const float4* wr = reinterpret_cast<const float4*>(router + static_cast<int64_t>(e) * H);
+  float acc[kRouteTok] = {};
+  for (int64_t i = lane; i < H / 4; i += kLanes) {
+    const float4 w = wr[i];
 #pragma unroll
     for (int t = 0; t < kRouteTok; ++t) {
-      const float s = warp_sum_f(acc[t]);
-      if (lane == 0) logit[t * E + e] = s;
+      const float4 v = *reinterpret_cast<const float4*>(h + t * H + 4 * i);
+      acc[t] += w.x * v.x + w.y * v.y + w.z * v.z + w.w * v.w;
     }
   }
-  __syncthreads();
-  // softmax and top-k: warp t for token m0 + t
-  if (warp >= kRouteTok || m0 + warp >= M) return;
-  const int64_t m = m0 + warp;
-  const float* lg = logit + warp * E;
+#pragma unroll
+  for (int t = 0; t < kRouteTok; ++t) {
+    const float sum = warp_sum_f(acc[t]);
+    if (lane == 0 && m0 + t < M) logits[(m0 + t) * E + e] = sum;
+  }
+}
+
+__global__ void __launch_bounds__(kRouteThreads) moe_topk_kernel(const float* __restrict__ logits, int64_t M, int E, int K,
+                                                                 int renorm, int32_t* __restrict__ experts,
+                                                                 float* __restrict__ weights) {
+  const int lane = static_cast<int>(threadIdx.x) & 31;
+  const int64_t m = static_cast<int64_t>(blockIdx.x) * kRouteWarps + (threadIdx.x >> 5);
+  pdl_wait();
+  if (m >= M) return;
+  const float* lg = logits + m * E;
   float p[kPerLane];
   float mx = -INFINITY;
 #pragma unroll
@@ -103,6 +108,7 @@ __global__ void __launch_bounds__(kRouteThreads) moe_route_kernel(const float* _
     p[j] = e < E ? lg[e] : -INFINITY;
     mx = fmaxf(mx, p[j]);
   }
+  pdl_trigger();
   for (int o = 16; o > 0; o >>= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, o));
   double sum = 0.0;
 #pragma unroll
@@ -253,10 +259,9 @@ void moe_route(const MoeRouteArgs& a, cudaStream_t stream) {
   if (a.H < 4 || a.H > kMoeMaxHidden || a.H % 4 != 0)
     throw std::invalid_argument(fmt::format("moe_route: hidden = {} (a multiple of 4, at most {})", a.H, kMoeMaxHidden));
   if (a.M == 0) return;
-  if (!a.x || !a.norm_w || !a.router || !a.experts || !a.weights)
+  if (!a.x || !a.norm_w || !a.router || !a.logits || !a.experts || !a.weights)
     throw std::invalid_argument("moe_route: a null pointer");
   if (reinterpret_cast<uintptr_t>(a.router) % 16 != 0) throw std::invalid_argument("moe_route: the router is not 16-byte aligned");
-  const size_t smem = route_smem(a.H, a.E);
   {  // the shared-memory opt-in, once per device, to the largest launch
     static std::mutex mu;
     static std::set<int> configured;
@@ -264,15 +269,17 @@ void moe_route(const MoeRouteArgs& a, cudaStream_t stream) {
     SHARQ_CUDA_CHECK(cudaGetDevice(&dev));
     std::lock_guard<std::mutex> lock(mu);
     if (!configured.count(dev)) {
-      SHARQ_CUDA_CHECK(cudaFuncSetAttribute(moe_route_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                            static_cast<int>(route_smem(kMoeMaxHidden, kMoeMaxExperts))));
+      SHARQ_CUDA_CHECK(cudaFuncSetAttribute(moe_logits_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                            static_cast<int>(route_smem(kMoeMaxHidden))));
       configured.insert(dev);
     }
   }
-  const unsigned blocks = static_cast<unsigned>((a.M + kRouteTok - 1) / kRouteTok);
-  launch_pdl(moe_route_kernel, dim3(blocks), dim3(kRouteThreads), smem, stream, a.x, a.norm_w, a.eps,
-             a.router, a.M, a.H, static_cast<int>(a.E), static_cast<int>(a.top_k), a.renormalize ? 1 : 0, a.experts,
-             a.weights);
+  const dim3 grid(static_cast<unsigned>((a.M + kRouteTok - 1) / kRouteTok), static_cast<unsigned>((a.E + kRouteWarps - 1) / kRouteWarps));
+  launch_pdl(moe_logits_kernel, grid, dim3(kRouteThreads), route_smem(a.H), stream, a.x, a.norm_w, a.eps, a.router, a.M, a.H,
+             static_cast<int>(a.E), a.logits);
+  launch_pdl(moe_topk_kernel, dim3(static_cast<unsigned>((a.M + kRouteWarps - 1) / kRouteWarps)), dim3(kRouteThreads), 0, stream,
+             static_cast<const float*>(a.logits), a.M, static_cast<int>(a.E), static_cast<int>(a.top_k), a.renormalize ? 1 : 0,
+             a.experts, a.weights);
 }
 
 void moe_plan(const int32_t* experts, int64_t M, int64_t top_k, int64_t E, int32_t* offsets, int32_t* src, int32_t* dst,

@@ -2,7 +2,7 @@
 // the experts' GEMMs (runtime/cuda/engine.cu runs those through GpuLinear).
 //
 //   moe_route    per token: RMSNorm of the FP32 residual row (the CPU's expression, its sum of
-//                squares in double), the FP32 router logits, then model/moe_routing.h's rule: softmax
+//                squares in double), the FP32 router logits (blocks over tokens x experts), then model/moe_routing.h's rule: softmax
 //                (exp of each logit minus the max, the normalizer summed in double), the top-k by
 //                probability (ties: the lower expert first), the chosen weights renormalized in
 //                rank order or kept. Outputs, per token, the k experts (most probable first) and
@@ -39,6 +39,7 @@ struct MoeRouteArgs {
   const float* router = nullptr;  // E x H FP32 (row-major, 16-byte aligned)
   int64_t M = 0, H = 0, E = 0, top_k = 0;
   bool renormalize = true;
+  float* logits = nullptr;        // M x E: the router's logits (workspace; left holding them)
   int32_t* experts = nullptr;     // M x top_k
   float* weights = nullptr;       // M x top_k
 };

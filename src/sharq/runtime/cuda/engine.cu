@@ -258,7 +258,7 @@ struct GpuExecutor::Impl {
   // is not gathered), gate/up output, SwiGLU output, down output; the prepared inputs of both
   std::unique_ptr<GpuActivations> acts_e, acts_ei;
   DeviceBuffer<int32_t> moe_ids, moe_off, moe_src, moe_dst;
-  DeviceBuffer<float> moe_w;
+  DeviceBuffer<float> moe_w, moe_logits;
   DeviceBuffer<uint16_t> he, gue, ae, ye;
   std::unique_ptr<Pinned> moe_off_host;
   // KV cache: n_blocks usable blocks + block n_blocks for the padding rows of decode steps
@@ -539,6 +539,7 @@ void GpuExecutor::Impl::build(const ModelConfig& c, const Scheme& sch, const Eng
     E.acts_ei = std::make_unique<GpuActivations>(sch, E.Ie, static_cast<int64_t>(MK));
     E.moe_ids = DeviceBuffer<int32_t>(MK);
     E.moe_w = DeviceBuffer<float>(MK);
+    E.moe_logits = DeviceBuffer<float>(M * static_cast<size_t>(E.nexp));
     E.moe_src = DeviceBuffer<int32_t>(MK);
     E.moe_dst = DeviceBuffer<int32_t>(MK);
     E.moe_off = DeviceBuffer<int32_t>(static_cast<size_t>(E.nexp + 1));
@@ -825,6 +826,7 @@ void GpuExecutor::Impl::moe(const Layer& L, int64_t M, float* x, void* ws) {
   ra.E = E.nexp;
   ra.top_k = K;
   ra.renormalize = E.renorm;
+  ra.logits = E.moe_logits.get();
   ra.experts = E.moe_ids.get();
   ra.weights = E.moe_w.get();
   moe_route(ra, st);
