@@ -1,9 +1,11 @@
 // The MoE kernels (kernels/cuda/moe.h) against host references:
 //   - moe_route: the RMSNorm of the FP32 rows, the router logits and model/moe_routing.h's
 //     route_token (the CPU runtime's routing): the same experts in the same order wherever the
-//     reference's k-th and (k+1)-th probabilities are not within 1e-4 of each other (the logits'
+//     reference's consecutive top probabilities are not within 1e-5 of each other (the logits'
 //     FP32 sums run in another order), the weights within 1e-5; an exact tie goes to the lower
-//     expert; Mixtral (renormalized) and Qwen3-MoE (not) shapes, top_k = experts, one expert;
+//     expert (across lanes, inside one lane, at the k-th place); a row with a NaN takes the lowest
+//     experts with NaN weights, as the CPU's stable sort does, and leaves its neighbours alone;
+//     Mixtral (renormalized) and Qwen3-MoE (not) shapes, top_k = experts, one expert;
 //   - moe_plan: offsets, source rows and destinations bit for bit the CPU runtime's grouping (each
 //     expert's tokens in increasing order, experts in index order), with experts that get no token,
 //     one token and every token, over several of the kernel's 1024-pair chunks;
@@ -142,6 +144,59 @@ TEST(MoeKernels, AnExactTieGoesToTheLowerExpert) {
   }
 }
 
+// Ties inside one lane's experts (e and e + 32) and at the k-th place: 64 experts, k = 3; experts 7,
+// 39 and 40 share the largest logit and 10 and 42 the next: the top 3 are 7, 39, 40 and, with k = 4,
+// the fourth is 10 (not 42).
+TEST(MoeKernels, TiesInsideALaneAndAtTheKthPlaceGoToTheLowerExpert) {
+  SKIP_WITHOUT_GPU();
+  const int64_t M = 2, H = 64, E = 64;
+  sharq_test::Rng rng(11);
+  std::vector<float> x(static_cast<size_t>(M * H)), nw(static_cast<size_t>(H), 1.0f), router(static_cast<size_t>(E * H));
+  for (auto& v : x) v = static_cast<float>(std::fabs(rng.normal()) + 0.1);
+  for (auto& v : router) v = static_cast<float>(rng.normal() * 0.001);
+  for (int64_t i = 0; i < H; ++i) {
+    for (int e : {7, 39, 40}) router[e * H + i] = 0.3f;
+    for (int e : {10, 42}) router[e * H + i] = 0.2f;
+  }
+  for (const int64_t K : {int64_t{3}, int64_t{4}}) {
+    const Routed g = gpu_route(x, nw, router, M, H, E, K, false, 1e-6);
+    for (int64_t m = 0; m < M; ++m) {
+      EXPECT_EQ(g.ids[m * K + 0], 7);
+      EXPECT_EQ(g.ids[m * K + 1], 39);
+      EXPECT_EQ(g.ids[m * K + 2], 40);
+      if (K == 4) {
+        EXPECT_EQ(g.ids[m * K + 3], 10);
+      }
+    }
+  }
+}
+
+TEST(MoeKernels, ANanRowTakesTheLowestExpertsAndSparesItsNeighbours) {
+  SKIP_WITHOUT_GPU();
+  const int64_t M = 3, H = 64, E = 16, K = 2;
+  sharq_test::Rng rng(12);
+  std::vector<float> x(static_cast<size_t>(M * H)), nw(static_cast<size_t>(H), 1.0f), router(static_cast<size_t>(E * H));
+  for (auto& v : x) v = static_cast<float>(rng.normal());
+  for (auto& v : router) v = static_cast<float>(rng.normal() * 0.1);
+  const Routed clean = gpu_route(x, nw, router, M, H, E, K, true, 1e-6);
+  x[1 * H + 5] = std::nanf("");
+  const Routed g = gpu_route(x, nw, router, M, H, E, K, true, 1e-6);
+  EXPECT_EQ(g.ids[1 * K + 0], 0);
+  EXPECT_EQ(g.ids[1 * K + 1], 1);
+  EXPECT_TRUE(std::isnan(g.w[1 * K + 0]) && std::isnan(g.w[1 * K + 1]));
+  for (int64_t m : {int64_t{0}, int64_t{2}})
+    for (int64_t k = 0; k < K; ++k) {
+      EXPECT_EQ(g.ids[m * K + k], clean.ids[m * K + k]);
+      EXPECT_EQ(g.w[m * K + k], clean.w[m * K + k]);
+    }
+  // and the plan of those choices stays in bounds (memcheck) with offsets that add up
+  DeviceBuffer<int32_t> di(g.ids.size()), doff(static_cast<size_t>(E + 1)), dsrc(g.ids.size()), ddst(g.ids.size());
+  di.upload(g.ids.data());
+  moe_plan(di.get(), M, K, E, doff.get(), dsrc.get(), ddst.get(), nullptr);
+  SHARQ_CUDA_CHECK(cudaDeviceSynchronize());
+  EXPECT_EQ(doff.to_host().back(), M * K);
+}
+
 // k distinct experts per token: expert 0 for every token, expert E-1 for token 0 only, experts 1 and
 // 2 never; the rest random.
 std::vector<int32_t> choices(int64_t M, int64_t K, int64_t E, uint64_t seed) {
@@ -202,6 +257,17 @@ TEST(MoeKernels, PlanGroupsTokensAsTheCpuDoes) {
       EXPECT_GE(ref.off[c.E] - ref.off[c.E - 1], 1);  // expert E-1: token 0
     }
   }
+}
+
+// A step without tokens: every offset 0 (the wrapper still launches; nothing is read).
+TEST(MoeKernels, PlanOfNoTokensIsAllZero) {
+  SKIP_WITHOUT_GPU();
+  const int64_t E = 200;
+  DeviceBuffer<int32_t> doff(static_cast<size_t>(E + 1)), dummy(1);
+  SHARQ_CUDA_CHECK(cudaMemset(doff.get(), 0x7F, doff.bytes()));  // poison
+  moe_plan(nullptr, 0, 8, E, doff.get(), nullptr, nullptr, nullptr);
+  SHARQ_CUDA_CHECK(cudaDeviceSynchronize());
+  EXPECT_EQ(doff.to_host(), std::vector<int32_t>(static_cast<size_t>(E + 1), 0));
 }
 
 TEST(MoeKernels, CombineIsTheCpuSumInExpertOrder) {

@@ -496,6 +496,11 @@ TEST(GpuEngine, BadInputIsRefusedWithAMessage) {
   moe.num_experts_per_tok = 17;
   EXPECT_NE(what_of([&] { GpuExecutor(cuda::SyntheticModel{moe, 1}, parse_scheme("bf16"), small_blocks()); }).find("17 per token"),
             std::string::npos);
+  moe.num_experts = 4;
+  moe.num_experts_per_tok = 2;
+  moe.hidden_size = 8192 + 64;  // the router's rows in shared memory: at most 8192
+  EXPECT_NE(what_of([&] { GpuExecutor(cuda::SyntheticModel{moe, 1}, parse_scheme("bf16"), small_blocks()); }).find("hidden size 8256"),
+            std::string::npos);
   const ModelWeights w = load_model_weights(tiny("llama3"));
   EXPECT_NE(what_of([&] { GpuExecutor(w, parse_scheme("mxfp4")); }).find("mxfp4"), std::string::npos);
   EXPECT_NE(what_of([&] { GpuExecutor(w, parse_scheme("fp32")); }).find("fp32"), std::string::npos);

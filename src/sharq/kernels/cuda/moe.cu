@@ -123,6 +123,10 @@ __global__ void __launch_bounds__(kRouteThreads) moe_topk_kernel(const float* __
   for (int j = 0; j < kPerLane; ++j) {
     const int e = lane + kLanes * j;
     p[j] = e < E ? static_cast<float>(static_cast<double>(p[j]) / sum) : -1.0f;  // -1: never chosen
+    // a NaN (a NaN or infinite logit) ranks below every number and above "no expert": a token
+    // whose logits hold NaNs takes the lowest experts, as the CPU's stable sort leaves them, and
+    // keeps NaN weights (a NaN chosen shows as -0.5 below, probabilities being >= 0)
+    if (p[j] != p[j]) p[j] = -0.5f;
   }
   // the top k by probability, the lower expert first among equals (a stable sort's order)
   float chosen_p[kMoeMaxTopK];
@@ -154,7 +158,10 @@ __global__ void __launch_bounds__(kRouteThreads) moe_topk_kernel(const float* __
   }
   if (lane != 0) return;
   float tsum = 0.0f;
-  for (int k = 0; k < K; ++k) tsum += chosen_p[k];
+  for (int k = 0; k < K; ++k) {
+    if (chosen_p[k] == -0.5f) chosen_p[k] = __int_as_float(0x7fc00000);  // the NaN it was
+    tsum += chosen_p[k];
+  }
   for (int k = 0; k < K; ++k) {
     experts[m * K + k] = chosen_e[k];
     weights[m * K + k] = renorm ? chosen_p[k] / tsum : chosen_p[k];
@@ -173,6 +180,7 @@ __global__ void __launch_bounds__(kPlanThreads) moe_plan_kernel(const int32_t* _
   __shared__ int warp_cnt[kPlanWarps][kMoeMaxExperts];
   const int tid = static_cast<int>(threadIdx.x), lane = tid & 31, warp = tid >> 5;
   for (int e = tid; e < E; e += kPlanThreads) running[e] = 0;
+  __syncthreads();
   pdl_wait();
   // pass 1: each pair's rank among the earlier pairs of its expert (pair index order = token order:
   // a token chooses an expert at most once), by chunks of kPlanThreads pairs
@@ -180,7 +188,8 @@ __global__ void __launch_bounds__(kPlanThreads) moe_plan_kernel(const int32_t* _
     for (int j = tid; j < kPlanWarps * E; j += kPlanThreads) (&warp_cnt[0][0])[(j / E) * kMoeMaxExperts + j % E] = 0;
     __syncthreads();
     const int64_t i = base + tid;
-    const int e = i < n ? experts[i] : E;  // E: no pair (its own group, never counted)
+    int e = i < n ? experts[i] : E;  // E: no pair (its own group, never counted)
+    if (e < 0 || e > E) e = E;          // (an id out of range is dropped, never an index)
     const unsigned peers = __match_any_sync(0xffffffffu, e);
     const unsigned before_me = peers & ((1u << lane) - 1u);
     if (e < E && before_me == 0) warp_cnt[warp][e] = __popc(peers);
@@ -206,7 +215,9 @@ __global__ void __launch_bounds__(kPlanThreads) moe_plan_kernel(const int32_t* _
   for (int e = tid; e <= E; e += kPlanThreads) offsets[e] = off[e];
   // pass 2: rows (the same thread wrote each dst[i] it reads back)
   for (int64_t i = tid; i < n; i += kPlanThreads) {
-    const int p = off[experts[i]] + dst[i];
+    const int e = experts[i];
+    if (e < 0 || e >= E) continue;
+    const int p = off[e] + dst[i];
     dst[i] = p;
     src[p] = static_cast<int32_t>(i / K);
   }

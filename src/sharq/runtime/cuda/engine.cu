@@ -517,7 +517,7 @@ void GpuExecutor::Impl::build(const ModelConfig& c, const Scheme& sch, const Eng
 
   E.acts_h = std::make_unique<GpuActivations>(sch, E.H, E.maxM);
   if (E.qd != E.H) E.acts_q = std::make_unique<GpuActivations>(sch, E.qd, E.maxM);
-  E.acts_i = std::make_unique<GpuActivations>(sch, E.I, E.maxM);
+  if (E.nexp == 0) E.acts_i = std::make_unique<GpuActivations>(sch, E.I, E.maxM);  // (MoE: acts_ei below)
   const size_t M = static_cast<size_t>(E.maxM), R = static_cast<size_t>(E.maxR);
   // (the fused preps take the dense MLP's successor kernels: not in MoE models)
   E.fuse_norm = E.nexp == 0 && o.fuse_norm && E.layers.front().down->fused_prep();
@@ -530,8 +530,8 @@ void GpuExecutor::Impl::build(const ModelConfig& c, const Scheme& sch, const Eng
   E.qkvb = DeviceBuffer<uint16_t>(M * E.qkvd);
   E.att = DeviceBuffer<uint16_t>(M * E.qd);
   E.ob = DeviceBuffer<uint16_t>(M * E.H);
-  E.gub = DeviceBuffer<uint16_t>(M * 2 * E.I);
-  if (!E.fuse_swiglu) E.ab = DeviceBuffer<uint16_t>(M * E.I);  // the SwiGLU output (fused: never materialized)
+  if (E.nexp == 0) E.gub = DeviceBuffer<uint16_t>(M * 2 * E.I);
+  if (E.nexp == 0 && !E.fuse_swiglu) E.ab = DeviceBuffer<uint16_t>(M * E.I);  // the SwiGLU output (fused: never materialized)
   E.hn = DeviceBuffer<uint16_t>(R * E.H);
   if (E.nexp > 0) {
     const size_t MK = M * static_cast<size_t>(E.topk);
@@ -551,7 +551,7 @@ void GpuExecutor::Impl::build(const ModelConfig& c, const Scheme& sch, const Eng
   }
   // (batch-invariant: every layer at the step's rows; per-tensor activation scales would take the
   // last layer's amax over the logits rows alone)
-  if (o.prune_last_layer && !o.batch_invariant && E.graph_ok()) {
+  if (o.prune_last_layer && !o.batch_invariant && !(sch.has_act_global_scale() && sch.act_scale == GlobalScale::per_tensor)) {
     E.xc = DeviceBuffer<float>(R * E.H);
     E.attc = DeviceBuffer<uint16_t>(R * E.qd);
   }

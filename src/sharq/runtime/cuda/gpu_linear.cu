@@ -55,6 +55,7 @@ GpuActivations::GpuActivations(const Scheme& s, int64_t K, int64_t max_m) : sche
         SHARQ_CUDA_CHECK(cudaStreamSynchronize(cudaStreamLegacy));
       }
       g_ = DeviceBuffer<float>(static_cast<size_t>(max_m));
+      g8_rows_ = DeviceBuffer<float>(static_cast<size_t>(max_m));
       break;
     case SchemeKind::w4a16:
       ld_ = round_up(K, 128);
@@ -80,7 +81,9 @@ GpuActivations::GpuActivations(const Scheme& s, int64_t K, int64_t max_m) : sche
 
 GpuActivations::~GpuActivations() = default;
 
-size_t GpuActivations::bytes() const { return a0_.bytes() + a1_.bytes() + q8_.bytes() + g_.bytes() + scratch_.bytes(); }
+size_t GpuActivations::bytes() const {
+  return a0_.bytes() + a1_.bytes() + q8_.bytes() + g_.bytes() + g8_rows_.bytes() + scratch_.bytes();
+}
 
 GpuActivations::Host GpuActivations::to_host() const {
   Host h;
@@ -189,7 +192,6 @@ void GpuLinear::init(const float* Wd, const float* bias, cudaStream_t stream, co
       w8_scale_ = DeviceBuffer<float>(static_cast<size_t>(n8_));
       quantize_fp8_weights(Wd, N, K, n8_, ld8_, w8_.get(), w8_scale_.get(), stream);
       if (n8_ != N) y8_ = DeviceBuffer<uint16_t>(static_cast<size_t>(opt_.max_m * n8_));
-      g8_rows_ = DeviceBuffer<float>(static_cast<size_t>(opt_.max_m));
       break;
     default:  // FP4 weights: NVFP4-32 (SharQ's W32) or NVFP4-16, one per-tensor g (per stacked part)
       w4_ = quantize_fp4_weights(Wd, N, K, scheme_.fp4_weight_block(), stream, parts);
@@ -240,7 +242,6 @@ GpuLinear::GpuLinear(const Scheme& scheme, const Fp8Stored& w, const GpuLinearOp
   w8_scale_ = DeviceBuffer<float>(scales.size());
   w8_scale_.upload(scales.data());
   if (n8_ != N_) y8_ = DeviceBuffer<uint16_t>(static_cast<size_t>(opt_.max_m * n8_));
-  g8_rows_ = DeviceBuffer<float>(static_cast<size_t>(opt_.max_m));
   if (bias) {
     bias_ = DeviceBuffer<float>(static_cast<size_t>(N_));
     bias_.upload(bias);
@@ -418,9 +419,9 @@ void GpuLinear::gemm_rows_impl(const GpuActivations& acts, Rows r, void* y, floa
       const uint8_t* q = acts.q8_.get() + r.row0 * acts.ld_;  // (ld % 16 == 0: still 16-byte aligned)
       const float* g = acts.g_.get() + r.row0;
       if (reinterpret_cast<uintptr_t>(g) % 16 != 0) {  // cuBLASLt takes a scale vector 16-byte aligned only
-        SHARQ_CUDA_CHECK(cudaMemcpyAsync(g8_rows_.get(), g, static_cast<size_t>(r.n) * sizeof(float), cudaMemcpyDeviceToDevice,
-                                         stream));
-        g = g8_rows_.get();
+        SHARQ_CUDA_CHECK(cudaMemcpyAsync(acts.g8_rows_.get(), g, static_cast<size_t>(r.n) * sizeof(float),
+                                         cudaMemcpyDeviceToDevice, stream));
+        g = acts.g8_rows_.get();
       }
       if (n8_ == N_) {
         blas_->matmul(BlasType::fp8_e4m3_rowwise, q, w8_.get(), y, r.n, N_, ld8_, g, w8_scale_.get(), stream);

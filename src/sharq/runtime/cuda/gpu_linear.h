@@ -99,6 +99,9 @@ class GpuActivations {
   DeviceBuffer<__half> a0_, a1_;   // FP4 schemes: activation planes (FP16; BF16 bits for w4a16)
   DeviceBuffer<uint8_t> q8_;       // fp8: E4M3 codes, M x ld (ld = K rounded up to 16, zero-padded)
   DeviceBuffer<float> g_;          // g_x (nvfp4, sharq) or the fp8 row scales
+  // fp8 GpuLinear::gemm_rows: a row range's scales, 16-byte aligned for cuBLASLt (max_m floats;
+  // stream-ordered scratch: one stream uses an activations object at a time)
+  mutable DeviceBuffer<float> g8_rows_;
   DeviceBuffer<uint32_t> scratch_; // per-tensor amax word
   const void* x_ = nullptr;        // fp16, bf16, w4a16 with K % 128 == 0: X itself (valid until gemm)
   // fp16, bf16 through the GEMV: what it computes its input from (prepare_norm: x_ is the FP32
@@ -195,8 +198,9 @@ class GpuLinear {
   void gemm_accumulate(const GpuActivations& acts, float* x, cudaStream_t stream) const;
   // gemm() of the rows row0 .. row0 + rows - 1 of acts (0 <= row0, row0 + rows <= acts.M()): y is
   // those rows' output (rows x N). A prepared input made of several layers' rows (the MoE experts'
-  // permuted inputs) runs each layer on its own rows. A row's output is what gemm() of the whole
-  // input gives it (the batch-invariance rule, docs/numerics.md). Not for a fused front
+  // permuted inputs) runs each layer on its own rows. In the FP4 families a row's output is what
+  // gemm() of the whole input gives it (the batch-invariance rule, docs/numerics.md); fp16 / bf16 /
+  // fp8 follow the GEMV / cuBLASLt choice for the range's row count. Not for a fused front
   // (prepare_norm, prepare_swiglu) nor, with per-tensor activation scales, for part of the input.
   void gemm_rows(const GpuActivations& acts, int64_t row0, int64_t rows, void* y, cudaStream_t stream,
                  void* workspace = nullptr) const;
@@ -249,7 +253,6 @@ class GpuLinear {
   DeviceBuffer<float> w8_scale_; // fp8: N per-channel scales (padded to n8_ with 1)
   int64_t ld8_ = 0, n8_ = 0;     // fp8: K padded to 16, N padded to 8
   DeviceBuffer<uint16_t> y8_;    // fp8 with N % 8 != 0: max_m x n8_ output scratch
-  DeviceBuffer<float> g8_rows_;  // fp8 gemm_rows: the rows' scales, 16-byte aligned for cuBLASLt (max_m)
   DeviceBuffer<float> bias_;
   size_t ws_need_ = 0;
   DeviceBuffer<uint8_t> ws_;
