@@ -90,7 +90,7 @@ TEST(MoeKernels, RoutingMatchesTheCpuRule) {
   SKIP_WITHOUT_GPU();
   struct Case { int64_t M, H, E, K; bool renorm; };
   for (const Case c : {Case{37, 64, 4, 2, true}, Case{50, 4096, 8, 2, true}, Case{33, 2048, 128, 8, false},
-                       Case{40, 512, 256, 16, true}, Case{5, 128, 3, 3, true}, Case{6, 128, 1, 1, false}}) {
+                       Case{40, 512, 256, 16, true}, Case{600, 256, 128, 8, false}, Case{5, 128, 3, 3, true}, Case{6, 128, 1, 1, false}}) {
     SCOPED_TRACE(::testing::Message() << "M " << c.M << " H " << c.H << " E " << c.E << " k " << c.K);
     sharq_test::Rng rng(static_cast<uint64_t>(c.M * 1000 + c.E));
     std::vector<float> x(static_cast<size_t>(c.M * c.H)), nw(static_cast<size_t>(c.H)), router(static_cast<size_t>(c.E * c.H));

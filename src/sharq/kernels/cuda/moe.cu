@@ -1,6 +1,7 @@
 // Mixture-of-experts kernels (moe.h): router + top-k, the permutation plan, the weighted combine.
 #include "sharq/kernels/cuda/moe.h"
 
+#include <algorithm>
 #include <mutex>
 #include <set>
 #include <stdexcept>
@@ -15,10 +16,11 @@ namespace sharq::cuda {
 namespace {
 
 // ---- router ----------------------------------------------------------------------------------------
-// Two kernels. moe_logits_kernel: grid (token groups of kRouteTok, expert groups of 8), 256 threads:
-// the group's normed rows in shared memory (FP32; each block of the group recomputes them, a few KB
-// of reads), then warp w the logits of expert 8 y + w for those tokens (each router row read once per
-// block). At M = 1 a step's 128 experts are 16 blocks, not one. moe_topk_kernel: one warp per token,
+// Two kernels. moe_logits_kernel: grid (token groups of kRouteTok, expert blocks), 256 threads: the
+// group's normed rows in shared memory (FP32; each block of the group recomputes them), then warp w
+// the logits of experts 8 y + w, 8 (y + gridDim.y) + w, .. for those tokens (each router row read once
+// per block). The expert blocks fill the SMs at small M (batch 1: 128 experts in 16 blocks, not one)
+// and shrink to one per group at a prefill's M. moe_topk_kernel: one warp per token,
 // softmax and top-k over its logits row. A logit's sum runs in the same order whatever M.
 constexpr int kRouteThreads = 256;
 constexpr int kRouteTok = 4;
@@ -73,22 +75,23 @@ __global__ void __launch_bounds__(kRouteThreads) moe_logits_kernel(const float* 
   }
   pdl_trigger();
   __syncthreads();
-  const int e = static_cast<int>(blockIdx.y) * kRouteWarps + warp;
-  if (e >= E) return;
-  const float4* wr = reinterpret_cast<const float4*>(router + static_cast<int64_t>(e) * H);
-  float acc[kRouteTok] = {};
-  for (int64_t i = lane; i < H / 4; i += kLanes) {
-    const float4 w = wr[i];
+  // warp w: experts 8 y + w, then + 8 gridDim.y, .. (each logit's sum in the same order whatever the grid)
+  for (int e = static_cast<int>(blockIdx.y) * kRouteWarps + warp; e < E; e += kRouteWarps * static_cast<int>(gridDim.y)) {
+    const float4* wr = reinterpret_cast<const float4*>(router + static_cast<int64_t>(e) * H);
+    float acc[kRouteTok] = {};
+    for (int64_t i = lane; i < H / 4; i += kLanes) {
+      const float4 w = wr[i];
+#pragma unroll
+      for (int t = 0; t < kRouteTok; ++t) {
+        const float4 v = *reinterpret_cast<const float4*>(h + t * H + 4 * i);
+        acc[t] += w.x * v.x + w.y * v.y + w.z * v.z + w.w * v.w;
+      }
+    }
 #pragma unroll
     for (int t = 0; t < kRouteTok; ++t) {
-      const float4 v = *reinterpret_cast<const float4*>(h + t * H + 4 * i);
-      acc[t] += w.x * v.x + w.y * v.y + w.z * v.z + w.w * v.w;
+      const float sum = warp_sum_f(acc[t]);
+      if (lane == 0 && m0 + t < M) logits[(m0 + t) * E + e] = sum;
     }
-  }
-#pragma unroll
-  for (int t = 0; t < kRouteTok; ++t) {
-    const float sum = warp_sum_f(acc[t]);
-    if (lane == 0 && m0 + t < M) logits[(m0 + t) * E + e] = sum;
   }
 }
 
@@ -285,7 +288,13 @@ void moe_route(const MoeRouteArgs& a, cudaStream_t stream) {
       configured.insert(dev);
     }
   }
-  const dim3 grid(static_cast<unsigned>((a.M + kRouteTok - 1) / kRouteTok), static_cast<unsigned>((a.E + kRouteWarps - 1) / kRouteWarps));
+  // expert blocks only while the token groups leave SMs idle: each block of a token group recomputes
+  // the group's norm, so at a prefill's M one block per group (all experts) reads the rows once
+  // (H200, Qwen3-30B-A3B shapes: 16 expert blocks per group cut the batch-1 route 87 -> 33 us per
+  // layer but cost a 1x2048 prefill 170 -> 245 us per layer; docs/perf/moe.md)
+  const int64_t groups = (a.M + kRouteTok - 1) / kRouteTok, expert_blocks = (a.E + kRouteWarps - 1) / kRouteWarps;
+  const int64_t y = std::clamp<int64_t>((2 * sm_count() + groups - 1) / groups, 1, expert_blocks);
+  const dim3 grid(static_cast<unsigned>(groups), static_cast<unsigned>(y));
   launch_pdl(moe_logits_kernel, grid, dim3(kRouteThreads), route_smem(a.H), stream, a.x, a.norm_w, a.eps, a.router, a.M, a.H,
              static_cast<int>(a.E), a.logits);
   launch_pdl(moe_topk_kernel, dim3(static_cast<unsigned>((a.M + kRouteWarps - 1) / kRouteWarps)), dim3(kRouteThreads), 0, stream,
